@@ -1,0 +1,17 @@
+//! Egret's API: the `egret.dev/v1alpha1` custom resources, and the Antrea and Cilium kinds that
+//! Egret accepts unchanged (translated by [`compat`]).
+//!
+//! Addresses and CIDRs stay strings here: parsing them is validation's job, so a malformed value
+//! becomes an error that names its field instead of a deserialisation failure.
+
+pub mod compat;
+pub mod v1alpha1;
+
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+/// The API group of Egret's own kinds.
+pub const GROUP: &str = "egret.dev";
+/// The API version of Egret's own kinds.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of Egret's own kinds.
+pub const API_VERSION: &str = "egret.dev/v1alpha1";

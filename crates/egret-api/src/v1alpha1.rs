@@ -1,0 +1,196 @@
+//! `egret.dev/v1alpha1`: `ExternalIPPool` and `Egress`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A set of external IP addresses that Egret hands out as egress IPs, and the nodes that may
+/// host them.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "egret.dev",
+    version = "v1alpha1",
+    kind = "ExternalIPPool",
+    plural = "externalippools",
+    shortname = "eip",
+    status = "ExternalIPPoolStatus",
+    printcolumn = r#"{"name":"TOTAL","type":"integer","jsonPath":".status.usage.total"}"#,
+    printcolumn = r#"{"name":"USED","type":"integer","jsonPath":".status.usage.used"}"#,
+    printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalIPPoolSpec {
+    /// Address ranges of the pool, each a `cidr` or an inclusive `start`/`end` pair.
+    pub ip_ranges: Vec<IPRange>,
+    /// Nodes that may host this pool's addresses; `{}` selects every node.
+    #[serde(default)]
+    pub node_selector: LabelSelector,
+}
+
+/// One range of a pool: either `cidr`, or `start` and `end` (inclusive).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPRange {
+    /// A CIDR; its network address (and, for IPv4, its broadcast address) is never handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// First address of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Last address of the range (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+/// Observed state of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalIPPoolStatus {
+    /// How many addresses the pool has and how many are allocated.
+    #[serde(default)]
+    pub usage: IPPoolUsage,
+}
+
+/// Size and use of a pool.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct IPPoolUsage {
+    /// Addresses the pool can hand out (saturates at `i64::MAX` for huge IPv6 ranges).
+    pub total: i64,
+    /// Addresses allocated to Egresses.
+    pub used: i64,
+}
+
+/// Pods chosen by labels leave the cluster with a fixed source IP through a gateway node.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "egret.dev",
+    version = "v1alpha1",
+    kind = "Egress",
+    plural = "egresses",
+    shortname = "eg",
+    status = "EgressStatus",
+    printcolumn = r#"{"name":"EGRESSIP","type":"string","jsonPath":".status.egressIP"}"#,
+    printcolumn = r#"{"name":"NODE","type":"string","jsonPath":".status.egressNode"}"#,
+    printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSpec {
+    /// The pods this Egress applies to. Both selectors absent selects nothing.
+    #[serde(default)]
+    pub applied_to: AppliedTo,
+    /// A static egress IP. Alone: it must already be configured on a node, which becomes the
+    /// gateway. With `externalIPPool`: it must lie in that pool.
+    #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
+    pub egress_ip: Option<String>,
+    /// The pool to allocate the egress IP from; its `nodeSelector` chooses the gateway nodes.
+    #[serde(
+        default,
+        rename = "externalIPPool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_ip_pool: Option<String>,
+    /// Destinations steered through the gateway (default: everything outside the cluster).
+    #[serde(
+        default,
+        rename = "destinationCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub destination_cidrs: Vec<String>,
+    /// Destinations inside `destinationCIDRs` that are left alone.
+    #[serde(
+        default,
+        rename = "excludedCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub excluded_cidrs: Vec<String>,
+    /// What happens while no gateway is available: `Drop` (default, fail closed) or
+    /// `FallbackToNodeIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<String>,
+}
+
+/// Pod selection of an Egress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedTo {
+    /// Namespaces whose pods are selected (all namespaces when only `podSelector` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods selected (all pods of the selected namespaces when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Only pods running on these nodes (Cilium's `selectors[].nodeSelector`); absent: any node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+}
+
+/// Observed state of an Egress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressStatus {
+    /// The egress IP in effect.
+    #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
+    pub egress_ip: Option<String>,
+    /// The node hosting the egress IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_node: Option<String>,
+    /// `IPAllocated` and `IPAssigned`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<EgressCondition>,
+}
+
+/// One condition of an Egress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressCondition {
+    /// `IPAllocated` or `IPAssigned`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// A human-readable explanation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// Condition type: the egress IP was allocated.
+pub const IP_ALLOCATED: &str = "IPAllocated";
+/// Condition type: the egress IP is hosted by a node.
+pub const IP_ASSIGNED: &str = "IPAssigned";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::{CustomResourceExt, Resource};
+
+    #[test]
+    fn kinds_are_cluster_scoped_with_short_names() {
+        let eg = Egress::crd();
+        assert_eq!(eg.spec.scope, "Cluster");
+        assert_eq!(eg.spec.names.short_names, Some(vec!["eg".to_string()]));
+        let eip = ExternalIPPool::crd();
+        assert_eq!(eip.spec.scope, "Cluster");
+        assert_eq!(eip.spec.names.short_names, Some(vec!["eip".to_string()]));
+        assert_eq!(Egress::api_version(&()), "egret.dev/v1alpha1");
+    }
+
+    #[test]
+    fn egress_fields_use_api_names() {
+        let y = "appliedTo:\n  podSelector: {matchLabels: {app: web}}\negressIP: 10.10.0.8\nexternalIPPool: p\ndestinationCIDRs: [0.0.0.0/0]\nexcludedCIDRs: [10.0.0.0/8]\n";
+        let spec: EgressSpec = serde_yaml_ng::from_str(y).unwrap();
+        assert_eq!(spec.egress_ip.as_deref(), Some("10.10.0.8"));
+        assert_eq!(spec.external_ip_pool.as_deref(), Some("p"));
+        assert_eq!(spec.destination_cidrs, vec!["0.0.0.0/0"]);
+        assert_eq!(spec.excluded_cidrs, vec!["10.0.0.0/8"]);
+        let back = serde_json::to_value(&spec).unwrap();
+        assert!(back.get("egressIP").is_some());
+        assert!(back.get("destinationCIDRs").is_some());
+    }
+}

@@ -1,0 +1,441 @@
+//! Egress IP allocation: pure and deterministic.
+//!
+//! Order of work, so that a restart never moves an IP that is in use:
+//! 1. restore every allocation recorded in `status.egressIP` that is still valid;
+//! 2. claim static `spec.egressIP`s that lie in a pool (several Egresses may share one static IP);
+//! 3. hand out the lowest free address, ranges in spec order, to the rest (oldest Egress first).
+
+use crate::model::{Egress, Pool};
+use crate::net::{from_u128, to_u128};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Why an Egress has no egress IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocFailure {
+    /// CamelCase reason for the `IPAllocated=False` condition.
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// An egress IP held by an Egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocated {
+    /// The address.
+    pub ip: IpAddr,
+    /// Whether it came from a pool (false: a static IP outside any pool, configured on a node).
+    pub from_pool: bool,
+}
+
+/// Use of one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Addresses the pool can hand out.
+    pub total: u128,
+    /// Distinct addresses allocated.
+    pub used: u128,
+}
+
+/// The outcome of an allocation round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocations {
+    /// Per Egress: its IP or why it has none.
+    pub egresses: BTreeMap<String, Result<Allocated, AllocFailure>>,
+    /// Per pool: its usage.
+    pub usage: BTreeMap<String, Usage>,
+}
+
+impl Allocations {
+    /// The IP of an Egress, if it has one.
+    pub fn ip(&self, egress: &str) -> Option<IpAddr> {
+        self.egresses
+            .get(egress)
+            .and_then(|r| r.as_ref().ok())
+            .map(|a| a.ip)
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Address -> whether it is held statically, and by whom.
+    used: BTreeMap<u128, (bool, Vec<String>)>,
+}
+
+/// Allocates egress IPs for every Egress from the pools.
+pub fn allocate(
+    pools: &BTreeMap<String, Pool>,
+    egresses: &BTreeMap<String, Egress>,
+) -> Allocations {
+    let mut state: BTreeMap<&str, PoolState> = pools
+        .keys()
+        .map(|k| (k.as_str(), PoolState::default()))
+        .collect();
+    let mut out = Allocations::default();
+    let mut order: Vec<&Egress> = egresses.values().collect();
+    order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+
+    // Static IPs without a pool need no allocation: the node that owns the address is the gateway.
+    for e in &order {
+        if let (Some(ip), None) = (e.static_ip, &e.pool) {
+            out.egresses.insert(
+                e.name.clone(),
+                Ok(Allocated {
+                    ip,
+                    from_pool: false,
+                }),
+            );
+        }
+    }
+
+    // 1. Restore.
+    for e in &order {
+        let (Some(pname), Some(ip)) = (&e.pool, e.status_ip) else {
+            continue;
+        };
+        let (Some(pool), Some(st)) = (pools.get(pname), state.get_mut(pname.as_str())) else {
+            continue;
+        };
+        if !pool.contains(&ip) || e.static_ip.is_some_and(|s| s != ip) {
+            continue;
+        }
+        let is_static = e.static_ip.is_some();
+        let slot = st
+            .used
+            .entry(to_u128(&ip))
+            .or_insert((is_static, Vec::new()));
+        if slot.1.is_empty() || (slot.0 && is_static) {
+            slot.1.push(e.name.clone());
+            out.egresses.insert(
+                e.name.clone(),
+                Ok(Allocated {
+                    ip,
+                    from_pool: true,
+                }),
+            );
+        }
+    }
+
+    // 2. Static IPs inside a pool.
+    for e in &order {
+        if out.egresses.contains_key(&e.name) {
+            continue;
+        }
+        let (Some(pname), Some(ip)) = (&e.pool, e.static_ip) else {
+            continue;
+        };
+        let Some(st) = state.get_mut(pname.as_str()) else {
+            out.egresses
+                .insert(e.name.clone(), Err(pool_missing(pname)));
+            continue;
+        };
+        let slot = st.used.entry(to_u128(&ip)).or_insert((true, Vec::new()));
+        if slot.1.is_empty() || slot.0 {
+            slot.0 = true;
+            slot.1.push(e.name.clone());
+            out.egresses.insert(
+                e.name.clone(),
+                Ok(Allocated {
+                    ip,
+                    from_pool: true,
+                }),
+            );
+        } else {
+            let holder = slot.1.first().cloned().unwrap_or_default();
+            out.egresses.insert(
+                e.name.clone(),
+                Err(AllocFailure { reason: "IPConflict", message: format!("{ip} is already allocated to Egress {holder:?} from ExternalIPPool {pname:?}") }),
+            );
+        }
+    }
+
+    // 3. Dynamic allocation.
+    for e in &order {
+        if out.egresses.contains_key(&e.name) {
+            continue;
+        }
+        let Some(pname) = &e.pool else { continue };
+        let (Some(pool), Some(st)) = (pools.get(pname), state.get_mut(pname.as_str())) else {
+            out.egresses
+                .insert(e.name.clone(), Err(pool_missing(pname)));
+            continue;
+        };
+        match lowest_free(pool, st) {
+            Some(v) => {
+                st.used.insert(v, (false, vec![e.name.clone()]));
+                out.egresses.insert(
+                    e.name.clone(),
+                    Ok(Allocated {
+                        ip: from_u128(pool.family, v),
+                        from_pool: true,
+                    }),
+                );
+            }
+            None => {
+                let total = pool.total();
+                out.egresses.insert(
+                    e.name.clone(),
+                    Err(AllocFailure { reason: "PoolExhausted", message: format!("ExternalIPPool {pname:?} has no free address ({total} of {total} in use)") }),
+                );
+            }
+        }
+    }
+
+    for (name, pool) in pools {
+        let used = state.get(name.as_str()).map_or(0, |s| s.used.len() as u128);
+        out.usage.insert(
+            name.clone(),
+            Usage {
+                total: pool.total(),
+                used,
+            },
+        );
+    }
+    out
+}
+
+fn pool_missing(pname: &str) -> AllocFailure {
+    AllocFailure {
+        reason: "PoolNotFound",
+        message: format!("ExternalIPPool {pname:?} does not exist or is invalid"),
+    }
+}
+
+fn lowest_free(pool: &Pool, st: &PoolState) -> Option<u128> {
+    for r in &pool.ranges {
+        let mut cur = r.start;
+        for (&k, _) in st.used.range(r.start..=r.end) {
+            if k != cur {
+                break;
+            }
+            if cur == r.end {
+                break;
+            }
+            cur += 1;
+        }
+        if !st.used.contains_key(&cur) && cur <= r.end {
+            return Some(cur);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use crate::validate::validate;
+    use egret_api::v1alpha1 as api;
+
+    fn run(pools: Vec<api::ExternalIPPool>, egresses: Vec<api::Egress>) -> Allocations {
+        let v = validate(&pools, &egresses);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        allocate(&v.pools, &v.egresses)
+    }
+
+    fn ips(a: &Allocations) -> Vec<(String, String)> {
+        a.egresses
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_ref()
+                        .map(|a| a.ip.to_string())
+                        .unwrap_or_else(|e| e.reason.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn cidr_pool(c: &str) -> api::ExternalIPPool {
+        mk_pool("p", &[], &[c])
+    }
+
+    fn n_egresses(n: usize) -> Vec<api::Egress> {
+        (0..n)
+            .map(|i| mk_egress(&format!("e{i:02}"), Some("p"), None))
+            .collect()
+    }
+
+    #[test]
+    fn seed_002_allocates_lowest_addresses_in_order() {
+        let mut a = mk_egress("egress-prod-web", Some("external-ip-pool"), None);
+        a.metadata.creation_timestamp = Some(ts(1));
+        let mut b = mk_egress("egress-staging-web", Some("external-ip-pool"), None);
+        b.metadata.creation_timestamp = Some(ts(2));
+        let r = run(
+            vec![mk_pool(
+                "external-ip-pool",
+                &[("10.10.0.11", "10.10.0.20")],
+                &[],
+            )],
+            vec![b, a],
+        );
+        assert_eq!(r.ip("egress-prod-web"), Some("10.10.0.11".parse().unwrap()));
+        assert_eq!(
+            r.ip("egress-staging-web"),
+            Some("10.10.0.12".parse().unwrap())
+        );
+        assert_eq!(r.usage["external-ip-pool"], Usage { total: 10, used: 2 });
+    }
+
+    #[test]
+    fn v4_slash_30_has_two_usable_addresses() {
+        let r = run(vec![cidr_pool("10.0.0.0/30")], n_egresses(3));
+        assert_eq!(
+            ips(&r),
+            vec![
+                ("e00".into(), "10.0.0.1".into()),
+                ("e01".into(), "10.0.0.2".into()),
+                ("e02".into(), "PoolExhausted".into())
+            ]
+        );
+        assert_eq!(r.usage["p"], Usage { total: 2, used: 2 });
+    }
+
+    #[test]
+    fn v6_slash_124_has_fifteen_usable_addresses() {
+        let r = run(vec![cidr_pool("fd00::/124")], n_egresses(16));
+        assert_eq!(r.ip("e00"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(r.ip("e14"), Some("fd00::f".parse().unwrap()));
+        assert_eq!(
+            r.egresses["e15"].as_ref().unwrap_err().reason,
+            "PoolExhausted"
+        );
+        assert_eq!(r.usage["p"].total, 15);
+    }
+
+    #[test]
+    fn single_address_ranges() {
+        let r = run(
+            vec![mk_pool("p", &[("10.0.0.7", "10.0.0.7")], &[])],
+            n_egresses(2),
+        );
+        assert_eq!(
+            ips(&r),
+            vec![
+                ("e00".into(), "10.0.0.7".into()),
+                ("e01".into(), "PoolExhausted".into())
+            ]
+        );
+        let r = run(vec![cidr_pool("10.0.0.9/32")], n_egresses(2));
+        assert_eq!(r.ip("e00"), Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(r.usage["p"].total, 1);
+        let r = run(vec![cidr_pool("10.0.0.8/31")], n_egresses(2));
+        assert_eq!(
+            ips(&r),
+            vec![
+                ("e00".into(), "10.0.0.8".into()),
+                ("e01".into(), "10.0.0.9".into())
+            ]
+        );
+        let r = run(vec![cidr_pool("fd00::5/128")], n_egresses(1));
+        assert_eq!(r.ip("e00"), Some("fd00::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn ranges_are_used_in_spec_order() {
+        let r = run(
+            vec![mk_pool(
+                "p",
+                &[("10.0.0.20", "10.0.0.20")],
+                &["10.0.0.0/29"],
+            )],
+            n_egresses(3),
+        );
+        assert_eq!(
+            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec!["10.0.0.20", "10.0.0.1", "10.0.0.2"]
+        );
+    }
+
+    #[test]
+    fn restore_happens_before_new_allocations() {
+        let mut eg = n_egresses(3);
+        eg[2].status = Some(api::EgressStatus {
+            egress_ip: Some("10.0.0.1".into()),
+            ..Default::default()
+        });
+        let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
+        assert_eq!(
+            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec!["10.0.0.2", "10.0.0.3", "10.0.0.1"]
+        );
+    }
+
+    #[test]
+    fn stale_status_outside_the_pool_is_reallocated() {
+        let mut eg = n_egresses(1);
+        eg[0].status = Some(api::EgressStatus {
+            egress_ip: Some("192.0.2.1".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            run(vec![cidr_pool("10.0.0.0/29")], eg).ip("e00"),
+            Some("10.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn two_restores_of_one_address_keep_the_oldest() {
+        let mut eg = n_egresses(2);
+        for e in &mut eg {
+            e.status = Some(api::EgressStatus {
+                egress_ip: Some("10.0.0.3".into()),
+                ..Default::default()
+            });
+        }
+        let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
+        assert_eq!(r.ip("e00"), Some("10.0.0.3".parse().unwrap()));
+        assert_eq!(r.ip("e01"), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn static_ip_conflicting_with_an_allocation_is_a_condition() {
+        let mut eg = n_egresses(2);
+        eg[0].status = Some(api::EgressStatus {
+            egress_ip: Some("10.0.0.1".into()),
+            ..Default::default()
+        });
+        eg[1].spec.egress_ip = Some("10.0.0.1".into());
+        let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
+        let f = r.egresses["e01"].as_ref().unwrap_err();
+        assert_eq!(f.reason, "IPConflict");
+        assert!(f.message.contains("e00"));
+    }
+
+    #[test]
+    fn static_ips_may_be_shared_and_are_not_handed_out() {
+        let mut eg = n_egresses(3);
+        eg[1].spec.egress_ip = Some("10.0.0.1".into());
+        eg[2].spec.egress_ip = Some("10.0.0.1".into());
+        let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
+        assert_eq!(
+            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
+            vec!["10.0.0.2", "10.0.0.1", "10.0.0.1"]
+        );
+        assert_eq!(r.usage["p"].used, 2);
+    }
+
+    #[test]
+    fn static_without_pool_needs_no_allocation() {
+        let e = mk_egress("s", None, Some("10.10.0.104"));
+        let r = run(vec![], vec![e]);
+        assert_eq!(
+            r.egresses["s"],
+            Ok(Allocated {
+                ip: "10.10.0.104".parse().unwrap(),
+                from_pool: false
+            })
+        );
+    }
+
+    #[test]
+    fn allocation_is_independent_of_input_order() {
+        let pools = vec![cidr_pool("10.0.0.0/28")];
+        let mut eg = n_egresses(6);
+        let a = run(pools.clone(), eg.clone());
+        eg.reverse();
+        assert_eq!(a, run(pools, eg));
+    }
+}

@@ -1,0 +1,20 @@
+//! Egret's pure core. Everything here is a plain function of its inputs: no I/O, no clocks, no
+//! async. Sources, the datapath, gossip and the CLI are shells around it.
+//!
+//! - [`model`]: the validated domain objects, built from API objects by [`validate`].
+//! - [`selector`]: Kubernetes label selectors, compiled once and matched many times.
+//! - [`net`]: address arithmetic (ranges, CIDR decomposition).
+//! - [`ipam`]: egress IP allocation from pools.
+//! - [`placement`]: which node hosts an egress IP.
+//! - [`planner`]: objects + live nodes -> what every node's datapath must hold.
+
+pub mod ipam;
+pub mod model;
+pub mod net;
+pub mod placement;
+pub mod planner;
+pub mod selector;
+pub mod validate;
+
+#[cfg(test)]
+pub(crate) mod testutil;

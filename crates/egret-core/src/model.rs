@@ -1,0 +1,228 @@
+//! The validated domain model. API objects become these through [`crate::validate`] (Egresses,
+//! pools) or the `from_*` constructors (Nodes, Namespaces, Pods, which need no validation).
+
+use crate::net::{Family, Span};
+use crate::selector::{Labels, Selector};
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::net::IpAddr;
+
+/// A node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Node labels.
+    pub labels: Labels,
+    /// `InternalIP` addresses (the first of each family is the node's underlay address).
+    pub internal_ips: Vec<IpAddr>,
+    /// Every address in `status.addresses` that parses as an IP.
+    pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`).
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl Node {
+    /// The node's underlay address of `family`.
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.internal_ips
+            .iter()
+            .find(|ip| Family::of(ip) == family)
+            .copied()
+    }
+
+    /// Builds the model from a core/v1 Node. Unparseable addresses are skipped: they cannot be
+    /// egress IPs or tunnel endpoints anyway.
+    pub fn from_k8s(n: &corev1::Node) -> Node {
+        let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+        let parse = |want_internal: bool| -> Vec<IpAddr> {
+            addrs
+                .into_iter()
+                .flatten()
+                .filter(|a| !want_internal || a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect()
+        };
+        let spec = n.spec.as_ref();
+        let mut pod_cidrs: Vec<IpNet> = spec
+            .and_then(|s| s.pod_cidrs.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        if pod_cidrs.is_empty()
+            && let Some(c) = spec
+                .and_then(|s| s.pod_cidr.as_ref())
+                .and_then(|c| c.parse().ok())
+        {
+            pod_cidrs.push(c);
+        }
+        Node {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+            internal_ips: parse(true),
+            addresses: parse(false),
+            pod_cidrs,
+        }
+    }
+}
+
+/// A namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// Namespace name.
+    pub name: String,
+    /// Namespace labels.
+    pub labels: Labels,
+}
+
+impl Namespace {
+    /// Builds the model from a core/v1 Namespace.
+    pub fn from_k8s(n: &corev1::Namespace) -> Namespace {
+        Namespace {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod labels.
+    pub labels: Labels,
+    /// The node it runs on, once scheduled.
+    pub node: Option<String>,
+    /// Its addresses (`status.podIPs`, or `status.podIP`). Host-network pods are left out by
+    /// [`Pod::from_k8s`]: their traffic is the node's.
+    pub ips: Vec<IpAddr>,
+}
+
+impl Pod {
+    /// Builds the model from a core/v1 Pod.
+    pub fn from_k8s(p: &corev1::Pod) -> Pod {
+        let spec = p.spec.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let status = p.status.as_ref();
+        let mut ips: Vec<IpAddr> = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
+        }
+        if host_network {
+            ips.clear();
+        }
+        Pod {
+            namespace: p
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            node: spec.and_then(|s| s.node_name.clone()),
+            ips,
+        }
+    }
+}
+
+/// A validated ExternalIPPool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Pool name.
+    pub name: String,
+    /// Usable addresses, one span per `ipRanges` entry in spec order (network and broadcast
+    /// addresses of CIDR ranges already removed).
+    pub ranges: Vec<Span>,
+    /// The family of every range.
+    pub family: Family,
+    /// Nodes that may host the pool's addresses.
+    pub node_selector: Selector,
+}
+
+impl Pool {
+    /// Whether the address is one the pool can hand out.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+
+    /// How many addresses the pool can hand out.
+    pub fn total(&self) -> u128 {
+        self.ranges
+            .iter()
+            .fold(0u128, |acc, r| acc.saturating_add(r.len()))
+    }
+}
+
+/// What happens to an Egress's traffic while it has no gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Fail closed: drop the traffic (the default).
+    #[default]
+    Drop,
+    /// Let the traffic leave with the node's IP, as if the Egress did not exist.
+    FallbackToNodeIP,
+}
+
+/// Pod selection of an Egress.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppliedTo {
+    /// Namespace selector.
+    pub namespaces: Option<Selector>,
+    /// Pod selector.
+    pub pods: Option<Selector>,
+    /// Node selector (only pods running on matching nodes).
+    pub nodes: Option<Selector>,
+}
+
+impl AppliedTo {
+    /// Whether this selects nothing at all (both pod and namespace selectors absent).
+    pub fn selects_nothing(&self) -> bool {
+        self.namespaces.is_none() && self.pods.is_none()
+    }
+}
+
+/// A validated Egress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// Egress name.
+    pub name: String,
+    /// Creation time, for the overlap rule (oldest wins); absent sorts first.
+    pub created: Option<Time>,
+    /// Pod selection.
+    pub applied_to: AppliedTo,
+    /// `spec.egressIP`.
+    pub static_ip: Option<IpAddr>,
+    /// `spec.externalIPPool`.
+    pub pool: Option<String>,
+    /// Destinations (the family's whole space when the spec lists none).
+    pub destinations: Vec<IpNet>,
+    /// Exclusions.
+    pub excluded: Vec<IpNet>,
+    /// The family of the egress IP (from the static IP or the pool).
+    pub family: Family,
+    /// Fail closed or fall back to the node IP.
+    pub failure_policy: FailurePolicy,
+    /// `status.egressIP` as found (an earlier allocation to restore).
+    pub status_ip: Option<IpAddr>,
+}
+
+impl Egress {
+    /// The overlap tie-break order: older first, then by name.
+    pub fn age_key(&self) -> (Option<&Time>, &str) {
+        (self.created.as_ref(), &self.name)
+    }
+}

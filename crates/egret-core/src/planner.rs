@@ -1,0 +1,1125 @@
+//! The planner: objects + live nodes -> what the cluster does and what every node's datapath
+//! must hold.
+//!
+//! Overlap rule (documented in docs/api.md): when several Egresses select a pod for a
+//! destination, the entry with the longest matching prefix wins, where an Egress's
+//! `excludedCIDRs` compete as "not steered" entries; ties go to the oldest Egress, then to the
+//! name that sorts first. Cluster-internal destinations are never steered: they are listed in
+//! [`Plan::cluster_cidrs`] and the datapath checks them before any rule.
+
+use crate::ipam::Allocations;
+use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod, Pool};
+use crate::net::{Family, Span, SpanSet, from_u128};
+use crate::placement::{self, Request};
+use crate::selector::Labels;
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Cluster-wide settings the objects do not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Service CIDRs (never steered).
+    pub service_cidrs: Vec<IpNet>,
+    /// Further cluster-internal CIDRs, e.g. the whole pod network when Nodes lack `podCIDRs`.
+    pub internal_cidrs: Vec<IpNet>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            service_cidrs: vec![IpNet::V4(ipnet::Ipv4Net::new_assert(
+                [10, 96, 0, 0].into(),
+                12,
+            ))],
+            internal_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Valid pools.
+    pub pools: &'a BTreeMap<String, Pool>,
+    /// Valid Egresses.
+    pub egresses: &'a BTreeMap<String, Egress>,
+    /// Allocated egress IPs.
+    pub allocations: &'a Allocations,
+    /// Nodes.
+    pub nodes: &'a [Node],
+    /// Namespaces.
+    pub namespaces: &'a [Namespace],
+    /// Pods.
+    pub pods: &'a [Pod],
+    /// Names of the nodes that are alive.
+    pub live: &'a BTreeSet<String>,
+    /// Cluster settings.
+    pub config: &'a ClusterConfig,
+}
+
+/// A condition of an Egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// `IPAllocated` or `IPAssigned`.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    /// `True` or `False`.
+    pub status: &'static str,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Explanation.
+    pub message: String,
+}
+
+/// What happens to one Egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressOutcome {
+    /// Egress name.
+    pub name: String,
+    /// Its egress IP.
+    #[serde(rename = "egressIP")]
+    pub egress_ip: Option<IpAddr>,
+    /// The gateway node.
+    #[serde(rename = "egressNode")]
+    pub egress_node: Option<String>,
+    /// `IPAllocated` and `IPAssigned`.
+    pub conditions: Vec<Condition>,
+    /// Whether the IP came from a pool (and so must be hosted on the gateway's dummy device).
+    #[serde(skip)]
+    pub from_pool: bool,
+}
+
+/// Use of one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolOutcome {
+    /// Pool name.
+    pub name: String,
+    /// Addresses it can hand out.
+    pub total: u128,
+    /// Addresses allocated.
+    pub used: u128,
+}
+
+/// One steering decision: traffic from `source_ip` to `destination` leaves as `egress_ip`
+/// through `gateway` (`None`: dropped, the Egress has no gateway and fails closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Pod address.
+    #[serde(rename = "sourceIP")]
+    pub source_ip: IpAddr,
+    /// Destination block (disjoint from every other block of the same source).
+    #[serde(rename = "destinationCIDR")]
+    pub destination: IpNet,
+    /// The Egress deciding it.
+    pub egress: Arc<str>,
+    /// The source IP seen outside.
+    #[serde(rename = "egressIP")]
+    pub egress_ip: Option<IpAddr>,
+    /// Gateway node; `None` means dropped.
+    #[serde(rename = "gatewayNode")]
+    pub gateway: Option<Arc<str>>,
+    /// The node the pod runs on.
+    #[serde(skip)]
+    pub source_node: Option<Arc<str>>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Per Egress, by name.
+    pub egresses: Vec<EgressOutcome>,
+    /// Per pool, by name.
+    pub pools: Vec<PoolOutcome>,
+    /// Steering rules, by source then destination.
+    pub rules: Vec<Rule>,
+    /// Destinations never steered: pod CIDRs, service CIDRs, node addresses.
+    #[serde(rename = "clusterCIDRs")]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// A small stable number per node, for marks and routing tables in the datapath.
+    #[serde(skip)]
+    pub node_ids: BTreeMap<String, u16>,
+    /// Node addresses, for tunnel endpoints.
+    #[serde(skip)]
+    pub node_ips: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// What a node does with a steered flow of one of its pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action")]
+pub enum SteerAction {
+    /// This node is the gateway: no tunnel, just SNAT on the way out.
+    Local,
+    /// Send through the tunnel to the gateway.
+    Tunnel {
+        /// Gateway node.
+        gateway: String,
+        /// Its node id.
+        gateway_id: u16,
+    },
+    /// No gateway: drop (fail closed).
+    Drop,
+}
+
+/// Steering of one local pod's traffic to one destination block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Steer {
+    /// Pod address.
+    pub source: IpAddr,
+    /// Destination block.
+    pub destination: IpNet,
+    /// Egress name.
+    pub egress: String,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: SteerAction,
+}
+
+/// SNAT on the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snat {
+    /// Pod address (of any node).
+    pub source: IpAddr,
+    /// Destination block.
+    pub destination: IpNet,
+    /// Egress name.
+    pub egress: String,
+    /// Address to rewrite the source to.
+    pub egress_ip: IpAddr,
+}
+
+/// A node of the cluster as a tunnel peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// Node id.
+    pub id: u16,
+    /// Underlay addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+/// An egress IP this node must host (hold on its dummy device and announce).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hosted {
+    /// The address.
+    pub ip: IpAddr,
+    /// The Egresses using it.
+    pub egresses: Vec<String>,
+}
+
+/// What one node's datapath must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct NodePlan {
+    /// Node name.
+    pub node: String,
+    /// Node id (marks, routing tables).
+    pub node_id: u16,
+    /// This node's underlay addresses.
+    pub node_ips: Vec<IpAddr>,
+    /// Every other node (tunnel peers), by name.
+    pub peers: Vec<Peer>,
+    /// Never steered.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Egresses with traffic on this node, by name (for per-Egress counters).
+    pub egresses: Vec<String>,
+    /// Steering of local pods.
+    pub steer: Vec<Steer>,
+    /// SNAT done here as a gateway.
+    pub snat: Vec<Snat>,
+    /// Egress IPs hosted here.
+    pub hosted: Vec<Hosted>,
+}
+
+/// Stable small ids for nodes: a hash of the name, collisions resolved in name order, so an id
+/// changes only when a colliding node joins or leaves.
+pub fn node_ids<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u16> {
+    const SPACE: u64 = u16::MAX as u64; // ids 1..=65535
+    let mut sorted: Vec<&str> = names.into_iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for n in sorted {
+        let mut id = xxh3_64(n.as_bytes()) % SPACE + 1;
+        while !taken.insert(id) {
+            id = id % SPACE + 1;
+        }
+        out.insert(n.to_string(), id as u16);
+    }
+    out
+}
+
+fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {
+    Condition {
+        type_,
+        status: if ok { "True" } else { "False" },
+        reason,
+        message,
+    }
+}
+
+/// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
+fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
+    let live_nodes: Vec<&Node> = inp
+        .nodes
+        .iter()
+        .filter(|n| inp.live.contains(&n.name))
+        .collect();
+    let mut requests = Vec::new();
+    for e in inp.egresses.values() {
+        let (Some(ip), Some(pool)) = (
+            inp.allocations.ip(&e.name),
+            e.pool.as_ref().and_then(|p| inp.pools.get(p)),
+        ) else {
+            continue;
+        };
+        let eligible = live_nodes
+            .iter()
+            .filter(|n| pool.node_selector.matches(&n.labels))
+            .map(|n| n.name.clone())
+            .collect();
+        requests.push(Request { ip, eligible });
+    }
+    let placed = placement::place(&requests, None);
+    let mut out = BTreeMap::new();
+    for e in inp.egresses.values() {
+        let mut conditions = Vec::new();
+        let alloc = inp.allocations.egresses.get(&e.name);
+        let from_pool = matches!(alloc, Some(Ok(a)) if a.from_pool);
+        let (ip, node) = match alloc {
+            Some(Ok(a)) if a.from_pool => {
+                conditions.push(cond(
+                    egret_api::v1alpha1::IP_ALLOCATED,
+                    true,
+                    "Allocated",
+                    format!(
+                        "{} allocated from ExternalIPPool {:?}",
+                        a.ip,
+                        e.pool.as_deref().unwrap_or("")
+                    ),
+                ));
+                let node = placed.get(&a.ip).cloned().flatten();
+                match &node {
+                    Some(n) => conditions.push(cond(
+                        egret_api::v1alpha1::IP_ASSIGNED,
+                        true,
+                        "Assigned",
+                        format!("{} is hosted on node {n}", a.ip),
+                    )),
+                    None => conditions.push(cond(
+                        egret_api::v1alpha1::IP_ASSIGNED,
+                        false,
+                        "NoEligibleNode",
+                        format!(
+                            "no live node matches the nodeSelector of ExternalIPPool {:?}",
+                            e.pool.as_deref().unwrap_or("")
+                        ),
+                    )),
+                }
+                (Some(a.ip), node)
+            }
+            Some(Ok(a)) => {
+                conditions.push(cond(
+                    egret_api::v1alpha1::IP_ALLOCATED,
+                    true,
+                    "Static",
+                    format!("static egress IP {}", a.ip),
+                ));
+                let mut owners = inp.nodes.iter().filter(|n| n.addresses.contains(&a.ip));
+                let node = match owners.next() {
+                    Some(n) if inp.live.contains(&n.name) => {
+                        conditions.push(cond(
+                            egret_api::v1alpha1::IP_ASSIGNED,
+                            true,
+                            "Assigned",
+                            format!("{} is configured on node {}", a.ip, n.name),
+                        ));
+                        Some(n.name.clone())
+                    }
+                    Some(n) => {
+                        conditions.push(cond(
+                            egret_api::v1alpha1::IP_ASSIGNED,
+                            false,
+                            "NodeNotLive",
+                            format!(
+                                "{} is configured on node {}, which is not alive",
+                                a.ip, n.name
+                            ),
+                        ));
+                        None
+                    }
+                    None => {
+                        conditions.push(cond(
+                            egret_api::v1alpha1::IP_ASSIGNED,
+                            false,
+                            "NoNodeHasIP",
+                            format!("no node has {} in status.addresses; configure it on a node or use externalIPPool", a.ip),
+                        ));
+                        None
+                    }
+                };
+                (Some(a.ip), node)
+            }
+            Some(Err(f)) => {
+                conditions.push(cond(
+                    egret_api::v1alpha1::IP_ALLOCATED,
+                    false,
+                    f.reason,
+                    f.message.clone(),
+                ));
+                conditions.push(cond(
+                    egret_api::v1alpha1::IP_ASSIGNED,
+                    false,
+                    "NotAllocated",
+                    "no egress IP to assign".into(),
+                ));
+                (None, None)
+            }
+            None => (None, None),
+        };
+        out.insert(
+            e.name.clone(),
+            EgressOutcome {
+                name: e.name.clone(),
+                egress_ip: ip,
+                egress_node: node,
+                conditions,
+                from_pool,
+            },
+        );
+    }
+    out
+}
+
+/// The disjoint destination blocks of one set of matching Egresses (indices in priority
+/// order), for one family: `(block, egress index)`.
+fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(IpNet, usize)> {
+    // (prefix length, egress rank, exclusion first, span)
+    let mut entries: Vec<(u8, usize, bool, Span)> = Vec::new();
+    for &i in matched {
+        let e = egresses[i];
+        if e.family != family {
+            continue;
+        }
+        entries.extend(
+            e.excluded
+                .iter()
+                .map(|x| (x.prefix_len(), i, false, Span::of_net(x))),
+        );
+        entries.extend(
+            e.destinations
+                .iter()
+                .map(|d| (d.prefix_len(), i, true, Span::of_net(d))),
+        );
+    }
+    entries.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut claimed = SpanSet::new();
+    let mut out = Vec::new();
+    for (_, i, steer, span) in entries {
+        for (s, e) in claimed.gaps(span.start, span.end) {
+            if steer {
+                out.extend(
+                    Span {
+                        family,
+                        start: s,
+                        end: e,
+                    }
+                    .to_cidrs()
+                    .into_iter()
+                    .map(|n| (n, i)),
+                );
+            }
+        }
+        claimed.insert(span.start, span.end);
+    }
+    out.sort_by_key(|(n, _)| (n.network(), n.prefix_len()));
+    out
+}
+
+fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
+    let mut sets: BTreeMap<Family, SpanSet> = BTreeMap::new();
+    for n in nets {
+        let s = Span::of_net(&n);
+        sets.entry(s.family).or_default().insert(s.start, s.end);
+    }
+    sets.into_iter()
+        .flat_map(|(f, set)| {
+            set.spans()
+                .iter()
+                .flat_map(|&(s, e)| {
+                    Span {
+                        family: f,
+                        start: s,
+                        end: e,
+                    }
+                    .to_cidrs()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Computes the plan.
+pub fn plan(inp: &Inputs) -> Plan {
+    let outcomes = gateways(inp);
+
+    // Egresses in priority order: oldest first, then by name.
+    let mut order: Vec<&Egress> = inp
+        .egresses
+        .values()
+        .filter(|e| !e.applied_to.selects_nothing())
+        .collect();
+    order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let names: Vec<Arc<str>> = order.iter().map(|e| Arc::from(e.name.as_str())).collect();
+    let ips: Vec<Option<IpAddr>> = order
+        .iter()
+        .map(|e| outcomes.get(&e.name).and_then(|o| o.egress_ip))
+        .collect();
+    let gws: Vec<Option<Arc<str>>> = order
+        .iter()
+        .map(|e| {
+            outcomes
+                .get(&e.name)
+                .and_then(|o| o.egress_node.as_deref())
+                .map(Arc::from)
+        })
+        .collect();
+    let node_labels: HashMap<&str, &Labels> = inp
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), &n.labels))
+        .collect();
+    let node_names: HashMap<&str, Arc<str>> = inp
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), Arc::from(n.name.as_str())))
+        .collect();
+    let empty = Labels::new();
+
+    // Egresses whose namespace selector admits each namespace.
+    let mut by_ns: HashMap<&str, (&Labels, Vec<usize>)> = HashMap::new();
+    for ns in inp.namespaces {
+        let cands = order
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.applied_to
+                    .namespaces
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&ns.labels))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        by_ns.insert(ns.name.as_str(), (&ns.labels, cands));
+    }
+    let no_ns: (&Labels, Vec<usize>) = (&empty, Vec::new());
+
+    let mut by_pod_labels: HashMap<(&str, &Labels), Vec<usize>> = HashMap::new();
+    let mut partitions: HashMap<(Vec<usize>, Family), Arc<Vec<(IpNet, usize)>>> = HashMap::new();
+    let mut rules = Vec::new();
+    for pod in inp.pods {
+        if pod.ips.is_empty() {
+            continue;
+        }
+        let (_, cands) = by_ns.get(pod.namespace.as_str()).unwrap_or(&no_ns);
+        let matched = by_pod_labels
+            .entry((pod.namespace.as_str(), &pod.labels))
+            .or_insert_with(|| {
+                cands
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        order[i]
+                            .applied_to
+                            .pods
+                            .as_ref()
+                            .is_none_or(|s| s.matches(&pod.labels))
+                    })
+                    .collect()
+            });
+        if matched.is_empty() {
+            continue;
+        }
+        let nl = pod
+            .node
+            .as_deref()
+            .and_then(|n| node_labels.get(n).copied())
+            .unwrap_or(&empty);
+        let matched: Vec<usize> = if matched.iter().any(|&i| order[i].applied_to.nodes.is_some()) {
+            matched
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    order[i]
+                        .applied_to
+                        .nodes
+                        .as_ref()
+                        .is_none_or(|s| s.matches(nl))
+                })
+                .collect()
+        } else {
+            matched.clone()
+        };
+        let source_node = pod
+            .node
+            .as_deref()
+            .map(|n| node_names.get(n).cloned().unwrap_or_else(|| Arc::from(n)));
+        for ip in &pod.ips {
+            let family = Family::of(ip);
+            let part = partitions
+                .entry((matched.clone(), family))
+                .or_insert_with(|| Arc::new(partition(&matched, &order, family)))
+                .clone();
+            for &(dest, i) in part.iter() {
+                if gws[i].is_none() && order[i].failure_policy == FailurePolicy::FallbackToNodeIP {
+                    continue;
+                }
+                rules.push(Rule {
+                    source_ip: *ip,
+                    destination: dest,
+                    egress: names[i].clone(),
+                    egress_ip: ips[i],
+                    gateway: gws[i].clone(),
+                    source_node: source_node.clone(),
+                });
+            }
+        }
+    }
+    rules.sort_by(|a, b| {
+        (
+            a.source_ip,
+            a.destination.network(),
+            a.destination.prefix_len(),
+        )
+            .cmp(&(
+                b.source_ip,
+                b.destination.network(),
+                b.destination.prefix_len(),
+            ))
+    });
+
+    let internal = inp
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.pod_cidrs.iter().copied().chain(
+                n.internal_ips
+                    .iter()
+                    .chain(n.addresses.iter())
+                    .map(|ip| IpNet::from(*ip)),
+            )
+        })
+        .chain(inp.config.service_cidrs.iter().copied())
+        .chain(inp.config.internal_cidrs.iter().copied());
+    let cluster_cidrs = collapse(internal);
+
+    let pools = inp
+        .allocations
+        .usage
+        .iter()
+        .map(|(name, u)| PoolOutcome {
+            name: name.clone(),
+            total: u.total,
+            used: u.used,
+        })
+        .collect();
+    Plan {
+        egresses: outcomes.into_values().collect(),
+        pools,
+        rules,
+        cluster_cidrs,
+        node_ids: node_ids(inp.nodes.iter().map(|n| n.name.as_str())),
+        node_ips: inp
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.internal_ips.clone()))
+            .collect(),
+    }
+}
+
+impl Plan {
+    /// Splits the plan into what each node must hold, in one pass over the rules.
+    pub fn node_plans(&self) -> BTreeMap<String, NodePlan> {
+        let mut out: BTreeMap<String, NodePlan> = self
+            .node_ids
+            .iter()
+            .map(|(name, &id)| {
+                let np = NodePlan {
+                    node: name.clone(),
+                    node_id: id,
+                    node_ips: self.node_ips.get(name).cloned().unwrap_or_default(),
+                    peers: self
+                        .node_ids
+                        .iter()
+                        .filter(|(n, _)| *n != name)
+                        .map(|(n, &pid)| Peer {
+                            name: n.clone(),
+                            id: pid,
+                            ips: self.node_ips.get(n).cloned().unwrap_or_default(),
+                        })
+                        .collect(),
+                    cluster_cidrs: self.cluster_cidrs.clone(),
+                    ..NodePlan::default()
+                };
+                (name.clone(), np)
+            })
+            .collect();
+        let mut counters: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for r in &self.rules {
+            if let Some(src) = r.source_node.as_deref()
+                && let Some(np) = out.get_mut(src)
+            {
+                let action = match r.gateway.as_deref() {
+                    None => SteerAction::Drop,
+                    Some(gw) if gw == src => SteerAction::Local,
+                    Some(gw) => SteerAction::Tunnel {
+                        gateway: gw.to_string(),
+                        gateway_id: self.node_ids.get(gw).copied().unwrap_or(0),
+                    },
+                };
+                np.steer.push(Steer {
+                    source: r.source_ip,
+                    destination: r.destination,
+                    egress: r.egress.to_string(),
+                    action,
+                });
+                counters.entry(src).or_default().insert(&r.egress);
+            }
+            if let (Some(gw), Some(ip)) = (r.gateway.as_deref(), r.egress_ip)
+                && let Some(np) = out.get_mut(gw)
+            {
+                np.snat.push(Snat {
+                    source: r.source_ip,
+                    destination: r.destination,
+                    egress: r.egress.to_string(),
+                    egress_ip: ip,
+                });
+                counters.entry(gw).or_default().insert(&r.egress);
+            }
+        }
+        for e in &self.egresses {
+            // Static IPs outside pools are already configured on their node.
+            let (Some(ip), Some(node), true) = (e.egress_ip, &e.egress_node, e.from_pool) else {
+                continue;
+            };
+            if let Some(np) = out.get_mut(node) {
+                match np.hosted.iter_mut().find(|h| h.ip == ip) {
+                    Some(h) => h.egresses.push(e.name.clone()),
+                    None => np.hosted.push(Hosted {
+                        ip,
+                        egresses: vec![e.name.clone()],
+                    }),
+                }
+            }
+        }
+        for (node, names) in counters {
+            if let Some(np) = out.get_mut(node) {
+                np.egresses = names.into_iter().map(str::to_string).collect();
+            }
+        }
+        out
+    }
+}
+
+/// A destination block as a span of addresses (for datapath interval sets).
+pub fn block_span(net: &IpNet) -> (IpAddr, IpAddr) {
+    let s = Span::of_net(net);
+    (from_u128(s.family, s.start), from_u128(s.family, s.end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::allocate;
+    use crate::testutil::*;
+    use crate::validate::validate;
+    use egret_api::v1alpha1 as api;
+
+    struct Fixture {
+        pools: Vec<api::ExternalIPPool>,
+        egresses: Vec<api::Egress>,
+        nodes: Vec<Node>,
+        namespaces: Vec<Namespace>,
+        pods: Vec<Pod>,
+        live: BTreeSet<String>,
+    }
+
+    impl Fixture {
+        fn lab() -> Fixture {
+            let (nodes, namespaces, pods) = lab();
+            let live = nodes.iter().map(|n| n.name.clone()).collect();
+            Fixture {
+                pools: vec![],
+                egresses: vec![],
+                nodes,
+                namespaces,
+                pods,
+                live,
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            let v = validate(&self.pools, &self.egresses);
+            assert!(v.problems.is_empty(), "{:?}", v.problems);
+            let a = allocate(&v.pools, &v.egresses);
+            plan(&Inputs {
+                pools: &v.pools,
+                egresses: &v.egresses,
+                allocations: &a,
+                nodes: &self.nodes,
+                namespaces: &self.namespaces,
+                pods: &self.pods,
+                live: &self.live,
+                config: &ClusterConfig::default(),
+            })
+        }
+    }
+
+    fn ns_egress(
+        name: &str,
+        ns: &str,
+        app: Option<&str>,
+        pool: Option<&str>,
+        ip: Option<&str>,
+    ) -> api::Egress {
+        let mut e = mk_egress(name, pool, ip);
+        e.spec.applied_to.namespace_selector =
+            Some(mk_match(&[("kubernetes.io/metadata.name", ns)]));
+        e.spec.applied_to.pod_selector = app.map(|a| mk_match(&[("app", a)]));
+        e
+    }
+
+    fn rows(p: &Plan) -> Vec<String> {
+        p.rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    r.source_ip,
+                    r.destination,
+                    r.egress_ip.map(|i| i.to_string()).unwrap_or("-".into()),
+                    r.gateway.as_deref().unwrap_or("DROP")
+                )
+            })
+            .collect()
+    }
+
+    fn outcome<'a>(p: &'a Plan, name: &str) -> &'a EgressOutcome {
+        p.egresses.iter().find(|e| e.name == name).unwrap()
+    }
+
+    #[test]
+    fn seed_002_ha_example() {
+        let mut f = Fixture::lab();
+        f.pools.push(mk_pool(
+            "external-ip-pool",
+            &[("10.10.0.11", "10.10.0.20")],
+            &[],
+        ));
+        let mut prod = ns_egress(
+            "egress-prod-web",
+            "prod",
+            Some("web"),
+            Some("external-ip-pool"),
+            None,
+        );
+        prod.metadata.creation_timestamp = Some(ts(1));
+        let mut staging = ns_egress(
+            "egress-staging-web",
+            "staging",
+            Some("web"),
+            Some("external-ip-pool"),
+            None,
+        );
+        staging.metadata.creation_timestamp = Some(ts(2));
+        f.egresses = vec![prod, staging];
+        let p = f.plan();
+        let prod = outcome(&p, "egress-prod-web");
+        let staging = outcome(&p, "egress-staging-web");
+        assert_eq!(prod.egress_ip, Some("10.10.0.11".parse().unwrap()));
+        assert_eq!(staging.egress_ip, Some("10.10.0.12".parse().unwrap()));
+        assert!(
+            prod.conditions.iter().all(|c| c.status == "True"),
+            "{:?}",
+            prod.conditions
+        );
+        let gw_prod = prod.egress_node.clone().unwrap();
+        let gw_staging = staging.egress_node.clone().unwrap();
+        assert_eq!(
+            rows(&p),
+            vec![
+                format!("10.244.1.10 0.0.0.0/0 10.10.0.11 {gw_prod}"),
+                format!("10.244.2.10 0.0.0.0/0 10.10.0.11 {gw_prod}"),
+                format!("10.244.2.11 0.0.0.0/0 10.10.0.12 {gw_staging}"),
+            ]
+        );
+        assert_eq!(
+            p.pools,
+            vec![PoolOutcome {
+                name: "external-ip-pool".into(),
+                total: 10,
+                used: 2
+            }]
+        );
+
+        let nps = p.node_plans();
+        let n1 = &nps["node-1"];
+        assert_eq!(n1.steer.len(), 1);
+        assert_eq!(n1.steer[0].source, "10.244.1.10".parse::<IpAddr>().unwrap());
+        let expected = if gw_prod == "node-1" {
+            SteerAction::Local
+        } else {
+            SteerAction::Tunnel {
+                gateway: gw_prod.clone(),
+                gateway_id: p.node_ids[&gw_prod],
+            }
+        };
+        assert_eq!(n1.steer[0].action, expected);
+        let gw = &nps[&gw_prod];
+        assert!(
+            gw.hosted
+                .iter()
+                .any(|h| h.ip == "10.10.0.11".parse::<IpAddr>().unwrap())
+        );
+        assert!(
+            gw.snat
+                .iter()
+                .any(|s| s.source == "10.244.2.10".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(n1.peers.len(), 5);
+        // Cluster-internal destinations: pod CIDRs, service CIDR and node addresses.
+        let internal: Vec<String> = p.cluster_cidrs.iter().map(|c| c.to_string()).collect();
+        assert!(internal.contains(&"10.96.0.0/12".to_string()));
+        assert!(internal.contains(&"10.244.1.0/24".to_string()));
+        assert!(internal.iter().any(|c| c.starts_with("10.10.0.10")));
+    }
+
+    #[test]
+    fn seed_002_static_example_uses_the_nodes_owning_the_ips() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![
+            ns_egress("egress-prod", "prod", None, None, Some("10.10.0.104")),
+            ns_egress("egress-staging", "staging", None, None, Some("10.10.0.105")),
+        ];
+        let p = f.plan();
+        assert_eq!(
+            outcome(&p, "egress-prod").egress_node.as_deref(),
+            Some("node-4")
+        );
+        assert_eq!(
+            outcome(&p, "egress-staging").egress_node.as_deref(),
+            Some("node-5")
+        );
+        assert_eq!(
+            rows(&p),
+            vec![
+                "10.244.1.10 0.0.0.0/0 10.10.0.104 node-4",
+                "10.244.2.10 0.0.0.0/0 10.10.0.104 node-4",
+                "10.244.2.11 0.0.0.0/0 10.10.0.105 node-5",
+                "10.244.3.10 0.0.0.0/0 10.10.0.104 node-4",
+            ]
+        );
+        // A node's own address is not hosted on the dummy device.
+        assert!(p.node_plans().values().all(|np| np.hosted.is_empty()));
+    }
+
+    #[test]
+    fn static_ip_owner_down_fails_closed() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![ns_egress(
+            "e",
+            "prod",
+            Some("web"),
+            None,
+            Some("10.10.0.104"),
+        )];
+        f.live.remove("node-4");
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        assert_eq!(o.egress_node, None);
+        assert!(o.conditions.iter().any(|c| c.reason == "NodeNotLive"));
+        assert!(rows(&p).iter().all(|r| r.ends_with("DROP")));
+        let nps = p.node_plans();
+        assert_eq!(nps["node-1"].steer[0].action, SteerAction::Drop);
+    }
+
+    #[test]
+    fn static_ip_on_no_node() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("192.0.2.9"))];
+        let p = f.plan();
+        assert!(
+            outcome(&p, "e")
+                .conditions
+                .iter()
+                .any(|c| c.reason == "NoNodeHasIP")
+        );
+    }
+
+    #[test]
+    fn no_eligible_node_fails_closed_unless_fallback() {
+        let mut f = Fixture::lab();
+        let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]);
+        pool.spec.node_selector = mk_match(&[("network-role", "nowhere")]);
+        f.pools.push(pool);
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p"), None)];
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        assert_eq!(o.egress_ip, Some("10.10.0.11".parse().unwrap()));
+        let assigned = o
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "IPAssigned")
+            .unwrap();
+        assert_eq!(
+            (assigned.status, assigned.reason),
+            ("False", "NoEligibleNode")
+        );
+        assert_eq!(
+            rows(&p),
+            vec![
+                "10.244.1.10 0.0.0.0/0 10.10.0.11 DROP",
+                "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"
+            ]
+        );
+        f.egresses[0].spec.failure_policy = Some("FallbackToNodeIP".into());
+        assert!(f.plan().rules.is_empty());
+    }
+
+    #[test]
+    fn gateway_follows_the_live_set() {
+        let mut f = Fixture::lab();
+        let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]);
+        pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
+        f.pools.push(pool);
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p"), None)];
+        let first = outcome(&f.plan(), "e").egress_node.clone().unwrap();
+        assert!(["node-4", "node-5", "node-6"].contains(&first.as_str()));
+        f.live.remove(&first);
+        let second = outcome(&f.plan(), "e").egress_node.clone().unwrap();
+        assert_ne!(first, second);
+        assert!(["node-4", "node-5", "node-6"].contains(&second.as_str()));
+    }
+
+    #[test]
+    fn overlap_longest_prefix_then_oldest_then_name() {
+        let mut f = Fixture::lab();
+        f.pools
+            .push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        let mk = |name: &str, t: i64, dest: &[&str], excl: &[&str]| {
+            let mut e = ns_egress(name, "prod", Some("payment"), Some("p"), None);
+            e.metadata.creation_timestamp = Some(ts(t));
+            e.spec.destination_cidrs = dest.iter().map(|s| s.to_string()).collect();
+            e.spec.excluded_cidrs = excl.iter().map(|s| s.to_string()).collect();
+            e
+        };
+        // "wide" is oldest and covers everything; "narrow" is newer but more specific.
+        f.egresses = vec![
+            mk("wide", 1, &[], &[]),
+            mk("narrow", 2, &["203.0.113.0/24"], &["203.0.113.0/25"]),
+            mk("same", 3, &["203.0.113.0/24"], &[]),
+        ];
+        let p = f.plan();
+        let by_dest: BTreeMap<String, String> = p
+            .rules
+            .iter()
+            .map(|r| (r.destination.to_string(), r.egress.to_string()))
+            .collect();
+        // The /25 exclusion of "narrow" is the longest prefix: not steered at all.
+        assert!(!by_dest.contains_key("203.0.113.0/25"));
+        // Same prefix /24 for "narrow" and "same": the older wins.
+        assert_eq!(by_dest["203.0.113.128/25"], "narrow");
+        // Everything else goes through "wide", in CIDR blocks around the /24.
+        assert_eq!(by_dest["0.0.0.0/1"], "wide");
+        assert_eq!(by_dest["203.0.112.0/24"], "wide");
+        assert!(by_dest.values().all(|e| e != "same"));
+        // Same age: the name decides.
+        f.egresses = vec![
+            mk("b", 1, &["198.51.100.0/24"], &[]),
+            mk("a", 1, &["198.51.100.0/24"], &[]),
+        ];
+        assert!(f.plan().rules.iter().all(|r| &*r.egress == "a"));
+    }
+
+    #[test]
+    fn selection_semantics() {
+        let mut f = Fixture::lab();
+        f.pools
+            .push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        // Pod selector alone: every namespace.
+        let mut e = mk_egress("e", Some("p"), None);
+        f.egresses = vec![e.clone()];
+        let srcs: Vec<String> = f
+            .plan()
+            .rules
+            .iter()
+            .map(|r| r.source_ip.to_string())
+            .collect();
+        assert_eq!(srcs, vec!["10.244.1.10", "10.244.2.10", "10.244.2.11"]);
+        // Namespace selector alone: every pod of the namespace.
+        e.spec.applied_to.pod_selector = None;
+        e.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "staging")]));
+        f.egresses = vec![e.clone()];
+        assert_eq!(f.plan().rules.len(), 1);
+        // Neither: nothing.
+        e.spec.applied_to.namespace_selector = None;
+        f.egresses = vec![e.clone()];
+        assert!(f.plan().rules.is_empty());
+        // Node selector (Cilium's source-node restriction).
+        e.spec.applied_to.pod_selector = Some(mk_match(&[("app", "web")]));
+        e.spec.applied_to.node_selector = Some(mk_match(&[("kubernetes.io/hostname", "node-2")]));
+        f.egresses = vec![e];
+        let srcs: Vec<String> = f
+            .plan()
+            .rules
+            .iter()
+            .map(|r| r.source_ip.to_string())
+            .collect();
+        assert_eq!(srcs, vec!["10.244.2.10", "10.244.2.11"]);
+    }
+
+    #[test]
+    fn ipv6_pods_use_ipv6_egresses_only() {
+        let mut f = Fixture::lab();
+        f.pods[0].ips.push("fd00:244:1::10".parse().unwrap());
+        f.pools.push(mk_pool("p6", &[], &["fd00:10::/124"]));
+        f.pools
+            .push(mk_pool("p4", &[("10.10.0.11", "10.10.0.20")], &[]));
+        f.egresses = vec![
+            ns_egress("e6", "prod", Some("web"), Some("p6"), None),
+            ns_egress("e4", "prod", Some("web"), Some("p4"), None),
+        ];
+        let p = f.plan();
+        let web1: Vec<String> = p
+            .rules
+            .iter()
+            .filter(|r| r.source_node.as_deref() == Some("node-1"))
+            .map(|r| format!("{} {} {}", r.source_ip, r.destination, r.egress))
+            .collect();
+        assert_eq!(
+            web1,
+            vec!["10.244.1.10 0.0.0.0/0 e4", "fd00:244:1::10 ::/0 e6"]
+        );
+    }
+
+    #[test]
+    fn node_ids_are_stable_and_unique() {
+        let a = node_ids(["node-1", "node-2", "node-3"]);
+        let b = node_ids(["node-3", "node-2", "node-1", "node-9"]);
+        assert_eq!(a["node-1"], b["node-1"]);
+        let many = node_ids(
+            (0..5000)
+                .map(|i| format!("n{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        );
+        let distinct: BTreeSet<u16> = many.values().copied().collect();
+        assert_eq!(distinct.len(), 5000);
+        assert!(!distinct.contains(&0));
+    }
+}

@@ -1,0 +1,705 @@
+//! Validation of `egret.dev` objects: API objects in, model objects and problems out.
+//!
+//! Every problem names the object and the field path and says what is wrong and what is
+//! allowed. A bad object is reported and left out; it never stops the others from being checked.
+
+use crate::model::{AppliedTo, Egress, FailurePolicy, Pool};
+use crate::net::{Family, Span};
+use crate::selector::Selector;
+use egret_api::v1alpha1::{self as api, IPRange};
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+/// One thing wrong with one object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The object's kind, e.g. `Egress`.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// Field path, e.g. `spec.ipRanges[0].start`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}: {}: {}",
+            self.kind, self.name, self.field, self.reason
+        )
+    }
+}
+
+/// The outcome of validating a set of objects.
+#[derive(Debug, Clone, Default)]
+pub struct Validated {
+    /// Valid pools, by name.
+    pub pools: BTreeMap<String, Pool>,
+    /// Valid Egresses, by name.
+    pub egresses: BTreeMap<String, Egress>,
+    /// Every problem found, in input order.
+    pub problems: Vec<Problem>,
+}
+
+struct Sink<'a> {
+    kind: &'static str,
+    name: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+}
+
+/// Parses a CIDR, refusing host bits so that `10.0.0.1/24` is not silently read as `10.0.0.0/24`.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR (expected an address and a prefix length, e.g. 10.10.1.0/28 or fd00::/64)"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// The addresses a CIDR range hands out: all but the network address (and, for IPv4, the
+/// broadcast address); /31 and /32 (IPv6: /127 and /128) hand out every address.
+pub fn usable_span(net: &IpNet) -> Span {
+    let mut s = Span::of_net(net);
+    let host_bits = net.max_prefix_len() - net.prefix_len();
+    if host_bits >= 2 {
+        s.start += 1;
+        if Family::of_net(net) == Family::V4 {
+            s.end -= 1;
+        }
+    }
+    s
+}
+
+fn range_span(r: &IPRange, at: &str, sink: &mut Sink) -> Option<Span> {
+    match (&r.cidr, &r.start, &r.end) {
+        (Some(c), None, None) => match parse_cidr(c) {
+            Ok(net) => Some(usable_span(&net)),
+            Err(e) => {
+                sink.push(format!("{at}.cidr"), e);
+                None
+            }
+        },
+        (None, Some(s), Some(e)) => {
+            let start = parse_ip(s)
+                .map_err(|m| sink.push(format!("{at}.start"), m))
+                .ok();
+            let end = parse_ip(e)
+                .map_err(|m| sink.push(format!("{at}.end"), m))
+                .ok();
+            let (start, end) = (start?, end?);
+            if Family::of(&start) != Family::of(&end) {
+                sink.push(
+                    at,
+                    format!(
+                        "start {start} is {} but end {end} is {}; both ends must be of one family",
+                        Family::of(&start),
+                        Family::of(&end)
+                    ),
+                );
+                return None;
+            }
+            let span = Span::new(start, end);
+            if span.is_none() {
+                sink.push(
+                    at,
+                    format!("start {start} is after end {end}; start must not exceed end"),
+                );
+            }
+            span
+        }
+        (Some(_), _, _) => {
+            sink.push(at, "set either cidr, or start and end, not both");
+            None
+        }
+        (None, None, None) => {
+            sink.push(at, "empty range; set cidr, or start and end");
+            None
+        }
+        (None, _, _) => {
+            sink.push(at, "start and end must be set together");
+            None
+        }
+    }
+}
+
+fn compile(sel: &LabelSelector, at: &str, sink: &mut Sink) -> Option<Selector> {
+    Selector::compile(sel)
+        .map_err(|e| sink.push(format!("{at}.{}", e.field), e.reason))
+        .ok()
+}
+
+fn describe(s: &Span) -> String {
+    if s.start == s.end {
+        s.first().to_string()
+    } else {
+        format!("{}-{}", s.first(), s.last())
+    }
+}
+
+/// Validates one pool on its own (not against other pools).
+fn validate_pool(p: &api::ExternalIPPool, sink: &mut Sink) -> Option<Pool> {
+    let before = sink.problems.len();
+    if p.spec.ip_ranges.is_empty() {
+        sink.push(
+            "spec.ipRanges",
+            "at least one range (cidr, or start and end) is required",
+        );
+    }
+    let mut spans: Vec<(usize, Span)> = Vec::new();
+    for (i, r) in p.spec.ip_ranges.iter().enumerate() {
+        let at = format!("spec.ipRanges[{i}]");
+        let Some(span) = range_span(r, &at, sink) else {
+            continue;
+        };
+        if let Some((j, first)) = spans.first()
+            && first.family != span.family
+        {
+            sink.push(
+                &at,
+                format!(
+                    "{} range in a pool whose spec.ipRanges[{j}] is {}; a pool holds one family",
+                    span.family, first.family
+                ),
+            );
+            continue;
+        }
+        if let Some((j, o)) = spans.iter().find(|(_, o)| o.overlaps(&span)) {
+            sink.push(
+                &at,
+                format!(
+                    "{} overlaps spec.ipRanges[{j}] ({}); ranges must not overlap",
+                    describe(&span),
+                    describe(o)
+                ),
+            );
+            continue;
+        }
+        spans.push((i, span));
+    }
+    let node_selector = compile(&p.spec.node_selector, "spec.nodeSelector", sink);
+    if sink.problems.len() > before {
+        return None;
+    }
+    let family = spans.first().map(|(_, s)| s.family)?;
+    Some(Pool {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        ranges: spans.into_iter().map(|(_, s)| s).collect(),
+        family,
+        node_selector: node_selector?,
+    })
+}
+
+fn validate_egress(
+    e: &api::Egress,
+    pools: &BTreeMap<String, Pool>,
+    invalid_pools: &BTreeSet<String>,
+    sink: &mut Sink,
+) -> Option<Egress> {
+    let before = sink.problems.len();
+    let spec = &e.spec;
+    let at = &spec.applied_to;
+    let namespaces = at
+        .namespace_selector
+        .as_ref()
+        .map(|s| compile(s, "spec.appliedTo.namespaceSelector", sink));
+    let pods = at
+        .pod_selector
+        .as_ref()
+        .map(|s| compile(s, "spec.appliedTo.podSelector", sink));
+    let nodes = at
+        .node_selector
+        .as_ref()
+        .map(|s| compile(s, "spec.appliedTo.nodeSelector", sink));
+
+    let static_ip = spec
+        .egress_ip
+        .as_deref()
+        .and_then(|s| parse_ip(s).map_err(|m| sink.push("spec.egressIP", m)).ok());
+    let mut family = static_ip.as_ref().map(Family::of);
+    if spec.egress_ip.is_none() && spec.external_ip_pool.is_none() {
+        sink.push("spec", "neither egressIP nor externalIPPool is set; set egressIP (static), externalIPPool (allocated), or both");
+    }
+    if let Some(pname) = &spec.external_ip_pool {
+        match pools.get(pname) {
+            Some(pool) => {
+                if let Some(ip) = &static_ip
+                    && !pool.contains(ip)
+                {
+                    let ranges: Vec<String> = pool.ranges.iter().map(describe).collect();
+                    sink.push("spec.egressIP", format!("{ip} is not in ExternalIPPool {pname:?} (usable: {}); with externalIPPool set, egressIP must lie in the pool", ranges.join(", ")));
+                }
+                family.get_or_insert(pool.family);
+            }
+            None if invalid_pools.contains(pname) => {
+                sink.push(
+                    "spec.externalIPPool",
+                    format!("ExternalIPPool {pname:?} is invalid (see its own errors)"),
+                );
+            }
+            None => sink.push(
+                "spec.externalIPPool",
+                format!("ExternalIPPool {pname:?} does not exist"),
+            ),
+        }
+    }
+
+    let mut cidrs = |list: &[String], field: &str| -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (i, c) in list.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            match parse_cidr(c) {
+                Ok(net) => {
+                    if let Some(f) = family
+                        && Family::of_net(&net) != f
+                    {
+                        sink.push(at, format!("{net} is {} but the egress IP is {f}; a destination must be of the egress IP's family", Family::of_net(&net)));
+                        continue;
+                    }
+                    out.push(net);
+                }
+                Err(m) => sink.push(at, m),
+            }
+        }
+        out
+    };
+    let destinations = cidrs(&spec.destination_cidrs, "spec.destinationCIDRs");
+    let excluded = cidrs(&spec.excluded_cidrs, "spec.excludedCIDRs");
+    if !spec.destination_cidrs.is_empty() {
+        for (i, x) in excluded.iter().enumerate() {
+            if !destinations.iter().any(|d| d.contains(x)) {
+                sink.push(format!("spec.excludedCIDRs[{i}]"), format!("{x} is not inside any of destinationCIDRs; an exclusion must narrow a destination"));
+            }
+        }
+    }
+    let failure_policy = match spec.failure_policy.as_deref() {
+        None | Some("Drop") => FailurePolicy::Drop,
+        Some("FallbackToNodeIP") => FailurePolicy::FallbackToNodeIP,
+        Some(other) => {
+            sink.push(
+                "spec.failurePolicy",
+                format!("unknown value {other:?}; allowed: Drop, FallbackToNodeIP"),
+            );
+            FailurePolicy::Drop
+        }
+    };
+    if sink.problems.len() > before {
+        return None;
+    }
+    let family = family?;
+    let status_ip = e
+        .status
+        .as_ref()
+        .and_then(|s| s.egress_ip.as_deref())
+        .and_then(|s| s.parse().ok());
+    Some(Egress {
+        name: e.metadata.name.clone().unwrap_or_default(),
+        created: e.metadata.creation_timestamp.clone(),
+        applied_to: AppliedTo {
+            namespaces: namespaces.flatten(),
+            pods: pods.flatten(),
+            nodes: nodes.flatten(),
+        },
+        static_ip,
+        pool: spec.external_ip_pool.clone(),
+        destinations: if destinations.is_empty() {
+            vec![family.everything()]
+        } else {
+            destinations
+        },
+        excluded,
+        family,
+        failure_policy,
+        status_ip,
+    })
+}
+
+fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sink) -> bool {
+    match name {
+        None => {
+            sink.push("metadata.name", "is required");
+            false
+        }
+        Some(n) if n.is_empty() => {
+            sink.push("metadata.name", "is required");
+            false
+        }
+        Some(n) if !seen.insert(n.clone()) => {
+            sink.push(
+                "metadata.name",
+                format!(
+                    "duplicate {} {n:?}; names are unique per kind (the first definition is kept)",
+                    sink.kind
+                ),
+            );
+            false
+        }
+        Some(_) => true,
+    }
+}
+
+/// Validates pools and Egresses together (Egresses refer to pools; pools must not overlap).
+///
+/// When two pools overlap, the older one (then the one whose name sorts first) is kept and the
+/// other is reported, so adding a bad pool never breaks a working one.
+pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Validated {
+    let mut out = Validated::default();
+    let mut seen = BTreeSet::new();
+    let mut candidates: Vec<(usize, &api::ExternalIPPool, Pool)> = Vec::new();
+    let mut invalid_pools = BTreeSet::new();
+    let mut pool_problems: Vec<(usize, Problem)> = Vec::new();
+    for (idx, p) in pools.iter().enumerate() {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let mut sink = Sink {
+            kind: "ExternalIPPool",
+            name: &name,
+            problems: Vec::new(),
+        };
+        if check_name(p.metadata.name.as_ref(), &mut seen, &mut sink) {
+            match validate_pool(p, &mut sink) {
+                Some(model) => candidates.push((idx, p, model)),
+                None => {
+                    invalid_pools.insert(name.clone());
+                }
+            }
+        }
+        pool_problems.extend(sink.problems.into_iter().map(|pr| (idx, pr)));
+    }
+    // Older pools claim their addresses first.
+    candidates.sort_by(|a, b| {
+        (a.1.metadata.creation_timestamp.as_ref(), &a.2.name)
+            .cmp(&(b.1.metadata.creation_timestamp.as_ref(), &b.2.name))
+    });
+    for (idx, p, model) in candidates {
+        let mut sink = Sink {
+            kind: "ExternalIPPool",
+            name: &model.name,
+            problems: Vec::new(),
+        };
+        for (i, r) in model.ranges.iter().enumerate() {
+            for other in out.pools.values() {
+                if let Some(o) = other.ranges.iter().find(|o| o.overlaps(r)) {
+                    sink.push(
+                        format!("spec.ipRanges[{i}]"),
+                        format!(
+                            "{} overlaps ExternalIPPool {:?} ({}); pools must not share addresses",
+                            describe(r),
+                            other.name,
+                            describe(o)
+                        ),
+                    );
+                }
+            }
+        }
+        let _ = p;
+        if sink.problems.is_empty() {
+            out.pools.insert(model.name.clone(), model);
+        } else {
+            invalid_pools.insert(model.name.clone());
+            pool_problems.extend(sink.problems.into_iter().map(|pr| (idx, pr)));
+        }
+    }
+    pool_problems.sort_by_key(|(i, _)| *i);
+    out.problems
+        .extend(pool_problems.into_iter().map(|(_, p)| p));
+
+    let mut seen = BTreeSet::new();
+    for e in egresses {
+        let name = e.metadata.name.clone().unwrap_or_default();
+        let mut sink = Sink {
+            kind: "Egress",
+            name: &name,
+            problems: Vec::new(),
+        };
+        if check_name(e.metadata.name.as_ref(), &mut seen, &mut sink)
+            && let Some(model) = validate_egress(e, &out.pools, &invalid_pools, &mut sink)
+        {
+            out.egresses.insert(model.name.clone(), model);
+        }
+        out.problems.extend(sink.problems);
+    }
+    out
+}
+
+/// Checks an update of a pool against its allocations: a range may not be changed or removed
+/// while an address it held is allocated. `allocated` lists `(ip, egress name)`.
+pub fn check_pool_update(new: &Pool, allocated: &[(IpAddr, String)]) -> Vec<Problem> {
+    allocated
+        .iter()
+        .filter(|(ip, _)| !new.contains(ip))
+        .map(|(ip, eg)| Problem {
+            kind: "ExternalIPPool".into(),
+            name: new.name.clone(),
+            field: "spec.ipRanges".into(),
+            reason: format!("{ip} is allocated to Egress {eg:?} but the new ranges no longer hold it; release it (delete or change that Egress) before changing or removing its range"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn fields(v: &Validated) -> Vec<String> {
+        v.problems
+            .iter()
+            .map(|p| format!("{}/{}: {}", p.kind, p.name, p.field))
+            .collect()
+    }
+
+    #[test]
+    fn valid_seed_objects_pass() {
+        let v = validate(
+            &[mk_pool(
+                "external-ip-pool",
+                &[("10.10.0.11", "10.10.0.20")],
+                &[],
+            )],
+            &[mk_egress("egress-prod-web", Some("external-ip-pool"), None)],
+        );
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        assert_eq!(
+            v.egresses["egress-prod-web"].destinations,
+            vec!["0.0.0.0/0".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn range_errors_name_their_field() {
+        let bad = |r: IPRange| {
+            let mut p = mk_pool("p", &[], &[]);
+            p.spec.ip_ranges = vec![r];
+            let v = validate(&[p], &[]);
+            assert!(v.pools.is_empty());
+            (v.problems[0].field.clone(), v.problems[0].reason.clone())
+        };
+        let (f, r) = bad(range(Some("10.0.0.9"), Some("10.0.0.1"), None));
+        assert_eq!(f, "spec.ipRanges[0]");
+        assert!(r.contains("after end"), "{r}");
+        let (f, r) = bad(range(Some("10.0.0.1"), Some("fd00::1"), None));
+        assert_eq!(f, "spec.ipRanges[0]");
+        assert!(r.contains("one family"), "{r}");
+        assert_eq!(
+            bad(range(Some("10.0.0.300"), Some("10.0.0.1"), None)).0,
+            "spec.ipRanges[0].start"
+        );
+        assert_eq!(
+            bad(range(Some("10.0.0.1"), Some("nope"), None)).0,
+            "spec.ipRanges[0].end"
+        );
+        assert_eq!(
+            bad(range(None, None, Some("10.0.0.0/33"))).0,
+            "spec.ipRanges[0].cidr"
+        );
+        let (f, r) = bad(range(None, None, Some("10.0.0.1/24")));
+        assert_eq!(f, "spec.ipRanges[0].cidr");
+        assert!(r.contains("10.0.0.0/24"), "{r}");
+        assert!(
+            bad(range(
+                Some("10.0.0.1"),
+                Some("10.0.0.2"),
+                Some("10.0.0.0/24")
+            ))
+            .1
+            .contains("not both")
+        );
+        assert!(
+            bad(range(Some("10.0.0.1"), None, None))
+                .1
+                .contains("together")
+        );
+        assert!(bad(range(None, None, None)).1.contains("empty range"));
+    }
+
+    #[test]
+    fn mixed_families_and_overlaps_within_a_pool() {
+        let mut p = mk_pool(
+            "p",
+            &[("10.0.0.1", "10.0.0.10"), ("10.0.0.5", "10.0.0.20")],
+            &[],
+        );
+        p.spec.ip_ranges.push(range(None, None, Some("fd00::/120")));
+        let v = validate(&[p], &[]);
+        assert_eq!(
+            fields(&v),
+            vec![
+                "ExternalIPPool/p: spec.ipRanges[1]",
+                "ExternalIPPool/p: spec.ipRanges[2]"
+            ]
+        );
+        assert!(v.problems[0].reason.contains("overlaps spec.ipRanges[0]"));
+        assert!(v.problems[1].reason.contains("one family"));
+    }
+
+    #[test]
+    fn overlapping_pools_keep_the_older() {
+        let mut a = mk_pool("b-old", &[("10.0.0.1", "10.0.0.10")], &[]);
+        a.metadata.creation_timestamp = Some(ts(100));
+        let mut b = mk_pool("a-new", &[("10.0.0.10", "10.0.0.20")], &[]);
+        b.metadata.creation_timestamp = Some(ts(200));
+        let v = validate(&[a, b], &[mk_egress("e", Some("a-new"), None)]);
+        assert!(v.pools.contains_key("b-old"));
+        assert_eq!(
+            fields(&v),
+            vec![
+                "ExternalIPPool/a-new: spec.ipRanges[0]",
+                "Egress/e: spec.externalIPPool"
+            ]
+        );
+        assert!(v.problems[1].reason.contains("invalid"));
+    }
+
+    #[test]
+    fn duplicate_names_are_reported_once_each() {
+        let p = mk_pool("p", &[("10.0.0.1", "10.0.0.2")], &[]);
+        let e = mk_egress("e", Some("p"), None);
+        let v = validate(&[p.clone(), p], &[e.clone(), e]);
+        assert_eq!(
+            fields(&v),
+            vec!["ExternalIPPool/p: metadata.name", "Egress/e: metadata.name"]
+        );
+        assert!(v.problems[0].reason.contains("duplicate"));
+        assert_eq!(v.egresses.len(), 1);
+    }
+
+    #[test]
+    fn egress_errors_name_their_field() {
+        let pool = mk_pool("p", &[("10.0.0.1", "10.0.0.10")], &[]);
+        let check = |f: &dyn Fn(&mut api::Egress), want: &str| {
+            let mut e = mk_egress("e", Some("p"), None);
+            f(&mut e);
+            let v = validate(std::slice::from_ref(&pool), &[e]);
+            assert_eq!(
+                fields(&v),
+                vec![format!("Egress/e: {want}")],
+                "{:?}",
+                v.problems
+            );
+            v.problems[0].reason.clone()
+        };
+        assert!(
+            check(
+                &|e| e.spec.egress_ip = Some("10.0.0.99".into()),
+                "spec.egressIP"
+            )
+            .contains("not in ExternalIPPool")
+        );
+        check(&|e| e.spec.egress_ip = Some("ten".into()), "spec.egressIP");
+        check(
+            &|e| e.spec.external_ip_pool = Some("missing".into()),
+            "spec.externalIPPool",
+        );
+        check(
+            &|e| {
+                e.spec.external_ip_pool = None;
+            },
+            "spec",
+        );
+        check(
+            &|e| e.spec.destination_cidrs = vec!["1.2.3.0/33".into()],
+            "spec.destinationCIDRs[0]",
+        );
+        assert!(
+            check(
+                &|e| e.spec.destination_cidrs = vec!["fd00::/64".into()],
+                "spec.destinationCIDRs[0]"
+            )
+            .contains("family")
+        );
+        assert!(
+            check(
+                &|e| {
+                    e.spec.destination_cidrs = vec!["203.0.113.0/24".into()];
+                    e.spec.excluded_cidrs = vec!["198.51.100.0/24".into()];
+                },
+                "spec.excludedCIDRs[0]"
+            )
+            .contains("not inside")
+        );
+        check(
+            &|e| e.spec.excluded_cidrs = vec!["x".into()],
+            "spec.excludedCIDRs[0]",
+        );
+        check(
+            &|e| e.spec.failure_policy = Some("Leak".into()),
+            "spec.failurePolicy",
+        );
+        check(
+            &|e| e.spec.applied_to.pod_selector = Some(mk_expr("app", "Equals", &["web"])),
+            "spec.appliedTo.podSelector.matchExpressions[0].operator",
+        );
+        check(
+            &|e| e.spec.applied_to.namespace_selector = Some(mk_expr("env", "In", &[])),
+            "spec.appliedTo.namespaceSelector.matchExpressions[0].values",
+        );
+    }
+
+    #[test]
+    fn missing_names_are_reported() {
+        let mut e = mk_egress("e", None, Some("10.0.0.1"));
+        e.metadata.name = None;
+        let v = validate(&[], &[e]);
+        assert_eq!(fields(&v), vec!["Egress/: metadata.name"]);
+    }
+
+    #[test]
+    fn one_bad_object_does_not_hide_others() {
+        let mut bad_pool = mk_pool("bad", &[("10.0.0.9", "10.0.0.1")], &[]);
+        bad_pool.spec.node_selector = mk_expr("x", "Nope", &[]);
+        let good = mk_pool("good", &[("10.1.0.1", "10.1.0.9")], &[]);
+        let mut e1 = mk_egress("e1", Some("good"), None);
+        e1.spec.egress_ip = Some("bogus".into());
+        e1.spec.failure_policy = Some("Leak".into());
+        let e2 = mk_egress("e2", Some("good"), None);
+        let v = validate(&[bad_pool, good], &[e1, e2]);
+        assert_eq!(
+            fields(&v),
+            vec![
+                "ExternalIPPool/bad: spec.ipRanges[0]",
+                "ExternalIPPool/bad: spec.nodeSelector.matchExpressions[0].operator",
+                "Egress/e1: spec.egressIP",
+                "Egress/e1: spec.failurePolicy",
+            ]
+        );
+        assert!(v.pools.contains_key("good") && v.egresses.contains_key("e2"));
+    }
+
+    #[test]
+    fn pool_update_cannot_drop_allocated_addresses() {
+        let v = validate(&[mk_pool("p", &[("10.0.0.1", "10.0.0.5")], &[])], &[]);
+        let p = &v.pools["p"];
+        assert!(check_pool_update(p, &[("10.0.0.3".parse().unwrap(), "e".into())]).is_empty());
+        let probs = check_pool_update(p, &[("10.0.0.9".parse().unwrap(), "e".into())]);
+        assert_eq!(probs[0].field, "spec.ipRanges");
+        assert!(probs[0].reason.contains("10.0.0.9"));
+    }
+}
