@@ -3,9 +3,7 @@
 //! The translation is pure: a foreign object in, Egret objects out, or an error that names the
 //! field Egret cannot honour (rather than silently dropping it).
 
-use crate::v1alpha1::{
-    AppliedTo, Egress, EgressSpec, EgressStatus, ExternalIPPool, ExternalIPPoolSpec, IPRange,
-};
+use crate::v1alpha1::{AppliedTo, Egress, EgressSpec, EgressStatus, ExternalIPPool, ExternalIPPoolSpec, IPRange};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,10 +24,7 @@ pub struct CompatError {
 }
 
 fn unsupported(field: &str, reason: &str) -> CompatError {
-    CompatError {
-        field: field.to_string(),
-        reason: reason.to_string(),
-    }
+    CompatError { field: field.to_string(), reason: reason.to_string() }
 }
 
 /// An Egret object produced by translation.
@@ -210,22 +205,13 @@ fn name_of(m: &ObjectMeta) -> String {
 /// errors until Egret supports them, so nothing is silently dropped.
 pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
     if !a.spec.egress_ips.is_empty() {
-        return Err(unsupported(
-            "spec.egressIPs",
-            "several egress IPs are not supported yet; use egressIP",
-        ));
+        return Err(unsupported("spec.egressIPs", "several egress IPs are not supported yet; use egressIP"));
     }
     if !a.spec.external_ip_pools.is_empty() {
-        return Err(unsupported(
-            "spec.externalIPPools",
-            "several pools are not supported yet; use externalIPPool",
-        ));
+        return Err(unsupported("spec.externalIPPools", "several pools are not supported yet; use externalIPPool"));
     }
     if a.spec.bandwidth.is_some() {
-        return Err(unsupported(
-            "spec.bandwidth",
-            "bandwidth limits are not supported yet",
-        ));
+        return Err(unsupported("spec.bandwidth", "bandwidth limits are not supported yet"));
     }
     let spec = EgressSpec {
         applied_to: AppliedTo {
@@ -251,17 +237,11 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
 /// Translates an Antrea ExternalIPPool.
 pub fn antrea_pool(a: &AntreaPool) -> Result<ExternalIPPool, CompatError> {
     if a.spec.subnet_info.is_some() {
-        return Err(unsupported(
-            "spec.subnetInfo",
-            "secondary-network pools are not supported yet",
-        ));
+        return Err(unsupported("spec.subnetInfo", "secondary-network pools are not supported yet"));
     }
     let mut p = ExternalIPPool::new(
         &name_of(&a.metadata),
-        ExternalIPPoolSpec {
-            ip_ranges: a.spec.ip_ranges.clone(),
-            node_selector: a.spec.node_selector.clone(),
-        },
+        ExternalIPPoolSpec { ip_ranges: a.spec.ip_ranges.clone(), node_selector: a.spec.node_selector.clone() },
     );
     p.metadata = carry_meta(&a.metadata, name_of(&a.metadata));
     Ok(p)
@@ -286,8 +266,7 @@ fn split_namespace_label(
     }
     let mut moved_exprs = Vec::new();
     if let Some(me) = pod.match_expressions.as_mut() {
-        let (ns_exprs, rest): (Vec<_>, Vec<_>) =
-            me.drain(..).partition(|r| r.key == CILIUM_NAMESPACE_LABEL);
+        let (ns_exprs, rest): (Vec<_>, Vec<_>) = me.drain(..).partition(|r| r.key == CILIUM_NAMESPACE_LABEL);
         *me = rest;
         for mut r in ns_exprs {
             r.key = NAMESPACE_NAME_LABEL.to_string();
@@ -297,14 +276,10 @@ fn split_namespace_label(
     if !moved_labels.is_empty() || !moved_exprs.is_empty() {
         let n = ns.get_or_insert_with(LabelSelector::default);
         if !moved_labels.is_empty() {
-            n.match_labels
-                .get_or_insert_with(BTreeMap::new)
-                .extend(moved_labels);
+            n.match_labels.get_or_insert_with(BTreeMap::new).extend(moved_labels);
         }
         if !moved_exprs.is_empty() {
-            n.match_expressions
-                .get_or_insert_with(Vec::new)
-                .extend(moved_exprs);
+            n.match_expressions.get_or_insert_with(Vec::new).extend(moved_exprs);
         }
     }
     if pod.match_labels.as_ref().is_some_and(BTreeMap::is_empty) {
@@ -325,19 +300,13 @@ fn split_namespace_label(
 pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     let name = name_of(&c.metadata);
     if !c.spec.egress_gateways.is_empty() {
-        return Err(unsupported(
-            "spec.egressGateways",
-            "several gateways are not supported yet; use egressGateway",
-        ));
+        return Err(unsupported("spec.egressGateways", "several gateways are not supported yet; use egressGateway"));
     }
     let Some(gw) = c.spec.egress_gateway.as_ref() else {
         return Err(unsupported("spec.egressGateway", "is required"));
     };
     if gw.interface.is_some() && gw.egress_ip.is_some() {
-        return Err(unsupported(
-            "spec.egressGateway",
-            "egressIP and interface are mutually exclusive",
-        ));
+        return Err(unsupported("spec.egressGateway", "egressIP and interface are mutually exclusive"));
     }
     if gw.interface.is_some() {
         return Err(unsupported(
@@ -352,20 +321,14 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
         ));
     };
     if c.spec.selectors.is_empty() {
-        return Err(unsupported(
-            "spec.selectors",
-            "at least one selector is required",
-        ));
+        return Err(unsupported("spec.selectors", "at least one selector is required"));
     }
     let pool_name = format!("cilium-{name}");
     let host = if ip.contains(':') { 128 } else { 32 };
     let mut pool = ExternalIPPool::new(
         &pool_name,
         ExternalIPPoolSpec {
-            ip_ranges: vec![IPRange {
-                cidr: Some(format!("{ip}/{host}")),
-                ..IPRange::default()
-            }],
+            ip_ranges: vec![IPRange { cidr: Some(format!("{ip}/{host}")), ..IPRange::default() }],
             node_selector: gw.node_selector.clone().unwrap_or_default(),
         },
     );
@@ -375,17 +338,9 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     for (i, s) in c.spec.selectors.iter().enumerate() {
         let (namespace_selector, pod_selector) =
             split_namespace_label(s.pod_selector.as_ref(), s.namespace_selector.as_ref());
-        let eg_name = if many {
-            format!("{name}-{i}")
-        } else {
-            name.clone()
-        };
+        let eg_name = if many { format!("{name}-{i}") } else { name.clone() };
         let spec = EgressSpec {
-            applied_to: AppliedTo {
-                namespace_selector,
-                pod_selector,
-                node_selector: s.node_selector.clone(),
-            },
+            applied_to: AppliedTo { namespace_selector, pod_selector, node_selector: s.node_selector.clone() },
             egress_ip: Some(ip.clone()),
             external_ip_pool: Some(pool_name.clone()),
             destination_cidrs: c.spec.destination_cidrs.clone(),
@@ -432,29 +387,14 @@ spec:
         let c: CiliumPolicy = serde_yaml_ng::from_str(SEED_004).unwrap();
         let out = cilium_policy(&c).unwrap();
         assert_eq!(out.len(), 2);
-        let Translated::Pool(p) = &out[0] else {
-            panic!("pool first")
-        };
+        let Translated::Pool(p) = &out[0] else { panic!("pool first") };
         assert_eq!(p.metadata.name.as_deref(), Some("cilium-egress-sample"));
-        assert_eq!(
-            p.spec.ip_ranges[0].cidr.as_deref(),
-            Some("10.168.60.100/32")
-        );
-        let Translated::Egress(e) = &out[1] else {
-            panic!("egress second")
-        };
+        assert_eq!(p.spec.ip_ranges[0].cidr.as_deref(), Some("10.168.60.100/32"));
+        let Translated::Egress(e) = &out[1] else { panic!("egress second") };
         let ns = e.spec.applied_to.namespace_selector.as_ref().unwrap();
-        assert_eq!(
-            ns.match_labels.as_ref().unwrap()[NAMESPACE_NAME_LABEL],
-            "default"
-        );
+        assert_eq!(ns.match_labels.as_ref().unwrap()[NAMESPACE_NAME_LABEL], "default");
         let pod = e.spec.applied_to.pod_selector.as_ref().unwrap();
-        assert!(
-            !pod.match_labels
-                .as_ref()
-                .unwrap()
-                .contains_key(CILIUM_NAMESPACE_LABEL)
-        );
+        assert!(!pod.match_labels.as_ref().unwrap().contains_key(CILIUM_NAMESPACE_LABEL));
         assert_eq!(pod.match_labels.as_ref().unwrap()["org"], "empire");
         assert!(e.spec.applied_to.node_selector.is_some());
         assert_eq!(e.spec.egress_ip.as_deref(), Some("10.168.60.100"));
@@ -467,10 +407,7 @@ spec:
         let gw = c.spec.egress_gateway.as_mut().unwrap();
         gw.egress_ip = None;
         gw.interface = Some("eth1".into());
-        assert_eq!(
-            cilium_policy(&c).unwrap_err().field,
-            "spec.egressGateway.interface"
-        );
+        assert_eq!(cilium_policy(&c).unwrap_err().field, "spec.egressGateway.interface");
     }
 
     #[test]

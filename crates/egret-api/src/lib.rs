@@ -15,3 +15,11 @@ pub const GROUP: &str = "egret.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` of Egret's own kinds.
 pub const API_VERSION: &str = "egret.dev/v1alpha1";
+
+/// The CustomResourceDefinitions of Egret's kinds, with the file name each is committed under
+/// in `deploy/crds/`.
+pub fn crds()
+-> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
+    use kube::CustomResourceExt;
+    vec![("externalippools.yaml", v1alpha1::ExternalIPPool::crd()), ("egresses.yaml", v1alpha1::Egress::crd())]
+}

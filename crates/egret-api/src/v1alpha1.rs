@@ -84,25 +84,13 @@ pub struct EgressSpec {
     #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
     pub egress_ip: Option<String>,
     /// The pool to allocate the egress IP from; its `nodeSelector` chooses the gateway nodes.
-    #[serde(
-        default,
-        rename = "externalIPPool",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "externalIPPool", skip_serializing_if = "Option::is_none")]
     pub external_ip_pool: Option<String>,
     /// Destinations steered through the gateway (default: everything outside the cluster).
-    #[serde(
-        default,
-        rename = "destinationCIDRs",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, rename = "destinationCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub destination_cidrs: Vec<String>,
     /// Destinations inside `destinationCIDRs` that are left alone.
-    #[serde(
-        default,
-        rename = "excludedCIDRs",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, rename = "excludedCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub excluded_cidrs: Vec<String>,
     /// What happens while no gateway is available: `Drop` (default, fail closed) or
     /// `FallbackToNodeIP`.

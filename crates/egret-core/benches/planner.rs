@@ -34,12 +34,7 @@ struct World {
 fn world() -> World {
     let nodes: Vec<Node> = (0..NODES)
         .map(|i| {
-            let ip = IpAddr::V4(Ipv4Addr::new(
-                10,
-                10 + (i / 65536) as u8,
-                (i / 256 % 256) as u8,
-                (i % 256) as u8,
-            ));
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 10 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8));
             let mut l = labels(&[("kubernetes.io/hostname", format!("node-{i}"))]);
             if i % 10 == 0 {
                 l.insert("network-role".into(), "egress-gateway".into());
@@ -49,19 +44,12 @@ fn world() -> World {
                 labels: l,
                 internal_ips: vec![ip],
                 addresses: vec![ip],
-                pod_cidrs: vec![
-                    format!("10.{}.{}.0/24", 128 + i / 256, i % 256)
-                        .parse()
-                        .unwrap(),
-                ],
+                pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
             }
         })
         .collect();
     let namespaces: Vec<Namespace> = (0..EGRESSES)
-        .map(|i| Namespace {
-            name: format!("ns-{i}"),
-            labels: labels(&[("team", format!("t{i}"))]),
-        })
+        .map(|i| Namespace { name: format!("ns-{i}"), labels: labels(&[("team", format!("t{i}"))]) })
         .collect();
     let pods: Vec<Pod> = (0..PODS)
         .map(|j| {
@@ -83,10 +71,7 @@ fn world() -> World {
     let pool = api::ExternalIPPool::new(
         "pool",
         api::ExternalIPPoolSpec {
-            ip_ranges: vec![api::IPRange {
-                cidr: Some("172.16.0.0/16".into()),
-                ..Default::default()
-            }],
+            ip_ranges: vec![api::IPRange { cidr: Some("172.16.0.0/16".into()), ..Default::default() }],
             node_selector: LabelSelector {
                 match_labels: Some(labels(&[("network-role", "egress-gateway".into())])),
                 match_expressions: None,
@@ -116,21 +101,13 @@ fn world() -> World {
             };
             // A quarter of the Egresses narrow their destinations, so partitions overlap.
             if k % 4 == 0 {
-                spec.destination_cidrs =
-                    vec![format!("203.0.{}.0/24", k % 256), "198.51.100.0/24".into()];
+                spec.destination_cidrs = vec![format!("203.0.{}.0/24", k % 256), "198.51.100.0/24".into()];
             }
             api::Egress::new(&format!("eg-{k}"), spec)
         })
         .collect();
     let live = nodes.iter().map(|n| n.name.clone()).collect();
-    World {
-        pools: vec![pool],
-        egresses,
-        nodes,
-        namespaces,
-        pods,
-        live,
-    }
+    World { pools: vec![pool], egresses, nodes, namespaces, pods, live }
 }
 
 fn bench(c: &mut Criterion) {
@@ -138,26 +115,23 @@ fn bench(c: &mut Criterion) {
     let config = ClusterConfig::default();
     let mut g = c.benchmark_group("planner");
     g.sample_size(10);
-    g.bench_function(
-        "validate+allocate+plan 100k pods x 2k egresses x 5k nodes",
-        |b| {
-            b.iter(|| {
-                let v = validate(&w.pools, &w.egresses);
-                let a = allocate(&v.pools, &v.egresses);
-                let p = plan(&Inputs {
-                    pools: &v.pools,
-                    egresses: &v.egresses,
-                    allocations: &a,
-                    nodes: &w.nodes,
-                    namespaces: &w.namespaces,
-                    pods: &w.pods,
-                    live: &w.live,
-                    config: &config,
-                });
-                black_box(p.rules.len())
-            })
-        },
-    );
+    g.bench_function("validate+allocate+plan 100k pods x 2k egresses x 5k nodes", |b| {
+        b.iter(|| {
+            let v = validate(&w.pools, &w.egresses);
+            let a = allocate(&v.pools, &v.egresses);
+            let p = plan(&Inputs {
+                pools: &v.pools,
+                egresses: &v.egresses,
+                allocations: &a,
+                nodes: &w.nodes,
+                namespaces: &w.namespaces,
+                pods: &w.pods,
+                live: &w.live,
+                config: &config,
+            });
+            black_box(p.rules.len())
+        })
+    });
     let v = validate(&w.pools, &w.egresses);
     let a = allocate(&v.pools, &v.egresses);
     let inputs = Inputs {
@@ -171,13 +145,8 @@ fn bench(c: &mut Criterion) {
         config: &config,
     };
     let p = plan(&inputs);
-    assert!(
-        p.rules.len() >= PODS / 2,
-        "the benchmark world steers most pods"
-    );
-    g.bench_function("node_plans for 5k nodes", |b| {
-        b.iter(|| black_box(p.node_plans().len()))
-    });
+    assert!(p.rules.len() >= PODS / 2, "the benchmark world steers most pods");
+    g.bench_function("node_plans for 5k nodes", |b| b.iter(|| black_box(p.node_plans().len())));
     g.finish();
 }
 

@@ -49,10 +49,7 @@ pub struct Allocations {
 impl Allocations {
     /// The IP of an Egress, if it has one.
     pub fn ip(&self, egress: &str) -> Option<IpAddr> {
-        self.egresses
-            .get(egress)
-            .and_then(|r| r.as_ref().ok())
-            .map(|a| a.ip)
+        self.egresses.get(egress).and_then(|r| r.as_ref().ok()).map(|a| a.ip)
     }
 }
 
@@ -63,14 +60,8 @@ struct PoolState {
 }
 
 /// Allocates egress IPs for every Egress from the pools.
-pub fn allocate(
-    pools: &BTreeMap<String, Pool>,
-    egresses: &BTreeMap<String, Egress>,
-) -> Allocations {
-    let mut state: BTreeMap<&str, PoolState> = pools
-        .keys()
-        .map(|k| (k.as_str(), PoolState::default()))
-        .collect();
+pub fn allocate(pools: &BTreeMap<String, Pool>, egresses: &BTreeMap<String, Egress>) -> Allocations {
+    let mut state: BTreeMap<&str, PoolState> = pools.keys().map(|k| (k.as_str(), PoolState::default())).collect();
     let mut out = Allocations::default();
     let mut order: Vec<&Egress> = egresses.values().collect();
     order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
@@ -78,13 +69,7 @@ pub fn allocate(
     // Static IPs without a pool need no allocation: the node that owns the address is the gateway.
     for e in &order {
         if let (Some(ip), None) = (e.static_ip, &e.pool) {
-            out.egresses.insert(
-                e.name.clone(),
-                Ok(Allocated {
-                    ip,
-                    from_pool: false,
-                }),
-            );
+            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: false }));
         }
     }
 
@@ -100,19 +85,10 @@ pub fn allocate(
             continue;
         }
         let is_static = e.static_ip.is_some();
-        let slot = st
-            .used
-            .entry(to_u128(&ip))
-            .or_insert((is_static, Vec::new()));
+        let slot = st.used.entry(to_u128(&ip)).or_insert((is_static, Vec::new()));
         if slot.1.is_empty() || (slot.0 && is_static) {
             slot.1.push(e.name.clone());
-            out.egresses.insert(
-                e.name.clone(),
-                Ok(Allocated {
-                    ip,
-                    from_pool: true,
-                }),
-            );
+            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: true }));
         }
     }
 
@@ -125,26 +101,22 @@ pub fn allocate(
             continue;
         };
         let Some(st) = state.get_mut(pname.as_str()) else {
-            out.egresses
-                .insert(e.name.clone(), Err(pool_missing(pname)));
+            out.egresses.insert(e.name.clone(), Err(pool_missing(pname)));
             continue;
         };
         let slot = st.used.entry(to_u128(&ip)).or_insert((true, Vec::new()));
         if slot.1.is_empty() || slot.0 {
             slot.0 = true;
             slot.1.push(e.name.clone());
-            out.egresses.insert(
-                e.name.clone(),
-                Ok(Allocated {
-                    ip,
-                    from_pool: true,
-                }),
-            );
+            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: true }));
         } else {
             let holder = slot.1.first().cloned().unwrap_or_default();
             out.egresses.insert(
                 e.name.clone(),
-                Err(AllocFailure { reason: "IPConflict", message: format!("{ip} is already allocated to Egress {holder:?} from ExternalIPPool {pname:?}") }),
+                Err(AllocFailure {
+                    reason: "IPConflict",
+                    message: format!("{ip} is already allocated to Egress {holder:?} from ExternalIPPool {pname:?}"),
+                }),
             );
         }
     }
@@ -156,26 +128,22 @@ pub fn allocate(
         }
         let Some(pname) = &e.pool else { continue };
         let (Some(pool), Some(st)) = (pools.get(pname), state.get_mut(pname.as_str())) else {
-            out.egresses
-                .insert(e.name.clone(), Err(pool_missing(pname)));
+            out.egresses.insert(e.name.clone(), Err(pool_missing(pname)));
             continue;
         };
         match lowest_free(pool, st) {
             Some(v) => {
                 st.used.insert(v, (false, vec![e.name.clone()]));
-                out.egresses.insert(
-                    e.name.clone(),
-                    Ok(Allocated {
-                        ip: from_u128(pool.family, v),
-                        from_pool: true,
-                    }),
-                );
+                out.egresses.insert(e.name.clone(), Ok(Allocated { ip: from_u128(pool.family, v), from_pool: true }));
             }
             None => {
                 let total = pool.total();
                 out.egresses.insert(
                     e.name.clone(),
-                    Err(AllocFailure { reason: "PoolExhausted", message: format!("ExternalIPPool {pname:?} has no free address ({total} of {total} in use)") }),
+                    Err(AllocFailure {
+                        reason: "PoolExhausted",
+                        message: format!("ExternalIPPool {pname:?} has no free address ({total} of {total} in use)"),
+                    }),
                 );
             }
         }
@@ -183,22 +151,13 @@ pub fn allocate(
 
     for (name, pool) in pools {
         let used = state.get(name.as_str()).map_or(0, |s| s.used.len() as u128);
-        out.usage.insert(
-            name.clone(),
-            Usage {
-                total: pool.total(),
-                used,
-            },
-        );
+        out.usage.insert(name.clone(), Usage { total: pool.total(), used });
     }
     out
 }
 
 fn pool_missing(pname: &str) -> AllocFailure {
-    AllocFailure {
-        reason: "PoolNotFound",
-        message: format!("ExternalIPPool {pname:?} does not exist or is invalid"),
-    }
+    AllocFailure { reason: "PoolNotFound", message: format!("ExternalIPPool {pname:?} does not exist or is invalid") }
 }
 
 fn lowest_free(pool: &Pool, st: &PoolState) -> Option<u128> {
@@ -236,14 +195,7 @@ mod tests {
     fn ips(a: &Allocations) -> Vec<(String, String)> {
         a.egresses
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_ref()
-                        .map(|a| a.ip.to_string())
-                        .unwrap_or_else(|e| e.reason.to_string()),
-                )
-            })
+            .map(|(k, v)| (k.clone(), v.as_ref().map(|a| a.ip.to_string()).unwrap_or_else(|e| e.reason.to_string())))
             .collect()
     }
 
@@ -252,9 +204,7 @@ mod tests {
     }
 
     fn n_egresses(n: usize) -> Vec<api::Egress> {
-        (0..n)
-            .map(|i| mk_egress(&format!("e{i:02}"), Some("p"), None))
-            .collect()
+        (0..n).map(|i| mk_egress(&format!("e{i:02}"), Some("p"), None)).collect()
     }
 
     #[test]
@@ -263,19 +213,9 @@ mod tests {
         a.metadata.creation_timestamp = Some(ts(1));
         let mut b = mk_egress("egress-staging-web", Some("external-ip-pool"), None);
         b.metadata.creation_timestamp = Some(ts(2));
-        let r = run(
-            vec![mk_pool(
-                "external-ip-pool",
-                &[("10.10.0.11", "10.10.0.20")],
-                &[],
-            )],
-            vec![b, a],
-        );
+        let r = run(vec![mk_pool("external-ip-pool", &[("10.10.0.11", "10.10.0.20")], &[])], vec![b, a]);
         assert_eq!(r.ip("egress-prod-web"), Some("10.10.0.11".parse().unwrap()));
-        assert_eq!(
-            r.ip("egress-staging-web"),
-            Some("10.10.0.12".parse().unwrap())
-        );
+        assert_eq!(r.ip("egress-staging-web"), Some("10.10.0.12".parse().unwrap()));
         assert_eq!(r.usage["external-ip-pool"], Usage { total: 10, used: 2 });
     }
 
@@ -298,92 +238,49 @@ mod tests {
         let r = run(vec![cidr_pool("fd00::/124")], n_egresses(16));
         assert_eq!(r.ip("e00"), Some("fd00::1".parse().unwrap()));
         assert_eq!(r.ip("e14"), Some("fd00::f".parse().unwrap()));
-        assert_eq!(
-            r.egresses["e15"].as_ref().unwrap_err().reason,
-            "PoolExhausted"
-        );
+        assert_eq!(r.egresses["e15"].as_ref().unwrap_err().reason, "PoolExhausted");
         assert_eq!(r.usage["p"].total, 15);
     }
 
     #[test]
     fn single_address_ranges() {
-        let r = run(
-            vec![mk_pool("p", &[("10.0.0.7", "10.0.0.7")], &[])],
-            n_egresses(2),
-        );
-        assert_eq!(
-            ips(&r),
-            vec![
-                ("e00".into(), "10.0.0.7".into()),
-                ("e01".into(), "PoolExhausted".into())
-            ]
-        );
+        let r = run(vec![mk_pool("p", &[("10.0.0.7", "10.0.0.7")], &[])], n_egresses(2));
+        assert_eq!(ips(&r), vec![("e00".into(), "10.0.0.7".into()), ("e01".into(), "PoolExhausted".into())]);
         let r = run(vec![cidr_pool("10.0.0.9/32")], n_egresses(2));
         assert_eq!(r.ip("e00"), Some("10.0.0.9".parse().unwrap()));
         assert_eq!(r.usage["p"].total, 1);
         let r = run(vec![cidr_pool("10.0.0.8/31")], n_egresses(2));
-        assert_eq!(
-            ips(&r),
-            vec![
-                ("e00".into(), "10.0.0.8".into()),
-                ("e01".into(), "10.0.0.9".into())
-            ]
-        );
+        assert_eq!(ips(&r), vec![("e00".into(), "10.0.0.8".into()), ("e01".into(), "10.0.0.9".into())]);
         let r = run(vec![cidr_pool("fd00::5/128")], n_egresses(1));
         assert_eq!(r.ip("e00"), Some("fd00::5".parse().unwrap()));
     }
 
     #[test]
     fn ranges_are_used_in_spec_order() {
-        let r = run(
-            vec![mk_pool(
-                "p",
-                &[("10.0.0.20", "10.0.0.20")],
-                &["10.0.0.0/29"],
-            )],
-            n_egresses(3),
-        );
-        assert_eq!(
-            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
-            vec!["10.0.0.20", "10.0.0.1", "10.0.0.2"]
-        );
+        let r = run(vec![mk_pool("p", &[("10.0.0.20", "10.0.0.20")], &["10.0.0.0/29"])], n_egresses(3));
+        assert_eq!(ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(), vec!["10.0.0.20", "10.0.0.1", "10.0.0.2"]);
     }
 
     #[test]
     fn restore_happens_before_new_allocations() {
         let mut eg = n_egresses(3);
-        eg[2].status = Some(api::EgressStatus {
-            egress_ip: Some("10.0.0.1".into()),
-            ..Default::default()
-        });
+        eg[2].status = Some(api::EgressStatus { egress_ip: Some("10.0.0.1".into()), ..Default::default() });
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
-        assert_eq!(
-            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
-            vec!["10.0.0.2", "10.0.0.3", "10.0.0.1"]
-        );
+        assert_eq!(ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(), vec!["10.0.0.2", "10.0.0.3", "10.0.0.1"]);
     }
 
     #[test]
     fn stale_status_outside_the_pool_is_reallocated() {
         let mut eg = n_egresses(1);
-        eg[0].status = Some(api::EgressStatus {
-            egress_ip: Some("192.0.2.1".into()),
-            ..Default::default()
-        });
-        assert_eq!(
-            run(vec![cidr_pool("10.0.0.0/29")], eg).ip("e00"),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        eg[0].status = Some(api::EgressStatus { egress_ip: Some("192.0.2.1".into()), ..Default::default() });
+        assert_eq!(run(vec![cidr_pool("10.0.0.0/29")], eg).ip("e00"), Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
     fn two_restores_of_one_address_keep_the_oldest() {
         let mut eg = n_egresses(2);
         for e in &mut eg {
-            e.status = Some(api::EgressStatus {
-                egress_ip: Some("10.0.0.3".into()),
-                ..Default::default()
-            });
+            e.status = Some(api::EgressStatus { egress_ip: Some("10.0.0.3".into()), ..Default::default() });
         }
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
         assert_eq!(r.ip("e00"), Some("10.0.0.3".parse().unwrap()));
@@ -393,10 +290,7 @@ mod tests {
     #[test]
     fn static_ip_conflicting_with_an_allocation_is_a_condition() {
         let mut eg = n_egresses(2);
-        eg[0].status = Some(api::EgressStatus {
-            egress_ip: Some("10.0.0.1".into()),
-            ..Default::default()
-        });
+        eg[0].status = Some(api::EgressStatus { egress_ip: Some("10.0.0.1".into()), ..Default::default() });
         eg[1].spec.egress_ip = Some("10.0.0.1".into());
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
         let f = r.egresses["e01"].as_ref().unwrap_err();
@@ -410,10 +304,7 @@ mod tests {
         eg[1].spec.egress_ip = Some("10.0.0.1".into());
         eg[2].spec.egress_ip = Some("10.0.0.1".into());
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
-        assert_eq!(
-            ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(),
-            vec!["10.0.0.2", "10.0.0.1", "10.0.0.1"]
-        );
+        assert_eq!(ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(), vec!["10.0.0.2", "10.0.0.1", "10.0.0.1"]);
         assert_eq!(r.usage["p"].used, 2);
     }
 
@@ -421,13 +312,7 @@ mod tests {
     fn static_without_pool_needs_no_allocation() {
         let e = mk_egress("s", None, Some("10.10.0.104"));
         let r = run(vec![], vec![e]);
-        assert_eq!(
-            r.egresses["s"],
-            Ok(Allocated {
-                ip: "10.10.0.104".parse().unwrap(),
-                from_pool: false
-            })
-        );
+        assert_eq!(r.egresses["s"], Ok(Allocated { ip: "10.10.0.104".parse().unwrap(), from_pool: false }));
     }
 
     #[test]

@@ -26,10 +26,7 @@ pub struct Node {
 impl Node {
     /// The node's underlay address of `family`.
     pub fn ip(&self, family: Family) -> Option<IpAddr> {
-        self.internal_ips
-            .iter()
-            .find(|ip| Family::of(ip) == family)
-            .copied()
+        self.internal_ips.iter().find(|ip| Family::of(ip) == family).copied()
     }
 
     /// Builds the model from a core/v1 Node. Unparseable addresses are skipped: they cannot be
@@ -45,16 +42,10 @@ impl Node {
                 .collect()
         };
         let spec = n.spec.as_ref();
-        let mut pod_cidrs: Vec<IpNet> = spec
-            .and_then(|s| s.pod_cidrs.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.parse().ok())
-            .collect();
+        let mut pod_cidrs: Vec<IpNet> =
+            spec.and_then(|s| s.pod_cidrs.as_ref()).into_iter().flatten().filter_map(|c| c.parse().ok()).collect();
         if pod_cidrs.is_empty()
-            && let Some(c) = spec
-                .and_then(|s| s.pod_cidr.as_ref())
-                .and_then(|c| c.parse().ok())
+            && let Some(c) = spec.and_then(|s| s.pod_cidr.as_ref()).and_then(|c| c.parse().ok())
         {
             pod_cidrs.push(c);
         }
@@ -109,16 +100,10 @@ impl Pod {
         let spec = p.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         let status = p.status.as_ref();
-        let mut ips: Vec<IpAddr> = status
-            .and_then(|s| s.pod_ips.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.ip.parse().ok())
-            .collect();
+        let mut ips: Vec<IpAddr> =
+            status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|a| a.ip.parse().ok()).collect();
         if ips.is_empty()
-            && let Some(ip) = status
-                .and_then(|s| s.pod_ip.as_ref())
-                .and_then(|ip| ip.parse().ok())
+            && let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok())
         {
             ips.push(ip);
         }
@@ -126,11 +111,7 @@ impl Pod {
             ips.clear();
         }
         Pod {
-            namespace: p
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             name: p.metadata.name.clone().unwrap_or_default(),
             labels: p.metadata.labels.clone().unwrap_or_default(),
             node: spec.and_then(|s| s.node_name.clone()),
@@ -161,9 +142,7 @@ impl Pool {
 
     /// How many addresses the pool can hand out.
     pub fn total(&self) -> u128 {
-        self.ranges
-            .iter()
-            .fold(0u128, |acc, r| acc.saturating_add(r.len()))
+        self.ranges.iter().fold(0u128, |acc, r| acc.saturating_add(r.len()))
     }
 }
 

@@ -101,21 +101,13 @@ impl Span {
             return None;
         }
         let (s, e) = (to_u128(&start), to_u128(&end));
-        (s <= e).then_some(Span {
-            family,
-            start: s,
-            end: e,
-        })
+        (s <= e).then_some(Span { family, start: s, end: e })
     }
 
     /// Every address of a network.
     pub fn of_net(net: &IpNet) -> Span {
         let family = Family::of_net(net);
-        Span {
-            family,
-            start: to_u128(&net.network()),
-            end: to_u128(&net.broadcast()),
-        }
+        Span { family, start: to_u128(&net.network()), end: to_u128(&net.broadcast()) }
     }
 
     /// Number of addresses, saturating at `u128::MAX` for the whole IPv6 space.
@@ -156,11 +148,7 @@ impl Span {
     /// The smallest list of CIDRs covering exactly this span, in address order.
     pub fn to_cidrs(&self) -> Vec<IpNet> {
         fn mask(k: u32) -> u128 {
-            if k >= 128 {
-                u128::MAX
-            } else {
-                (1u128 << k) - 1
-            }
+            if k >= 128 { u128::MAX } else { (1u128 << k) - 1 }
         }
         let bits = self.family.bits() as u32;
         let mut out = Vec::new();
@@ -168,11 +156,7 @@ impl Span {
         loop {
             // Largest block aligned at `cur` that does not pass `end`; alignment keeps
             // `cur + mask(k)` from overflowing.
-            let mut k = if cur == 0 {
-                bits
-            } else {
-                cur.trailing_zeros().min(bits)
-            };
+            let mut k = if cur == 0 { bits } else { cur.trailing_zeros().min(bits) };
             while k > 0 && cur + mask(k) > self.end {
                 k -= 1;
             }
@@ -276,25 +260,12 @@ mod tests {
     fn cidr_decomposition_is_minimal_and_exact() {
         let s = Span::new("10.0.0.1".parse().unwrap(), "10.0.0.6".parse().unwrap()).unwrap();
         let c: Vec<String> = s.to_cidrs().iter().map(|n| n.to_string()).collect();
-        assert_eq!(
-            c,
-            vec!["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
-        );
-        assert_eq!(
-            Span::of_net(&net("0.0.0.0/0")).to_cidrs(),
-            vec![net("0.0.0.0/0")]
-        );
+        assert_eq!(c, vec!["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]);
+        assert_eq!(Span::of_net(&net("0.0.0.0/0")).to_cidrs(), vec![net("0.0.0.0/0")]);
         assert_eq!(Span::of_net(&net("::/0")).to_cidrs(), vec![net("::/0")]);
         assert_eq!(Span::of_net(&net("::/1")).to_cidrs(), vec![net("::/1")]);
-        let top = Span {
-            family: Family::V6,
-            start: u128::MAX - 1,
-            end: u128::MAX,
-        };
-        assert_eq!(
-            top.to_cidrs(),
-            vec![net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127")]
-        );
+        let top = Span { family: Family::V6, start: u128::MAX - 1, end: u128::MAX };
+        assert_eq!(top.to_cidrs(), vec![net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127")]);
     }
 
     #[test]

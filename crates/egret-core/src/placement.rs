@@ -39,10 +39,7 @@ pub fn score(ip: &IpAddr, node: &str) -> u64 {
 /// Places every requested IP. `capacity` optionally bounds how many IPs a node may host; IPs are
 /// placed in address order so the bound is applied deterministically. An IP with no eligible
 /// node with room maps to `None`.
-pub fn place(
-    requests: &[Request],
-    capacity: Option<&BTreeMap<String, usize>>,
-) -> BTreeMap<IpAddr, Option<String>> {
+pub fn place(requests: &[Request], capacity: Option<&BTreeMap<String, usize>>) -> BTreeMap<IpAddr, Option<String>> {
     let mut sorted: Vec<&Request> = requests.iter().collect();
     sorted.sort_by_key(|r| r.ip);
     let mut load: BTreeMap<&str, usize> = BTreeMap::new();
@@ -79,10 +76,7 @@ mod tests {
 
     fn reqs(k: usize, eligible: &BTreeSet<String>) -> Vec<Request> {
         (0..k)
-            .map(|i| Request {
-                ip: IpAddr::V4(Ipv4Addr::from(0x0a0a_0000u32 + i as u32)),
-                eligible: eligible.clone(),
-            })
+            .map(|i| Request { ip: IpAddr::V4(Ipv4Addr::from(0x0a0a_0000u32 + i as u32)), eligible: eligible.clone() })
             .collect()
     }
 
@@ -164,13 +158,7 @@ mod tests {
     #[test]
     fn score_is_a_fixed_function() {
         // Pinned so that a change of hash (which would move every IP on upgrade) fails a test.
-        assert_eq!(
-            score(&"10.10.0.11".parse().unwrap(), "node-4"),
-            score(&"10.10.0.11".parse().unwrap(), "node-4")
-        );
-        assert_ne!(
-            score(&"10.10.0.11".parse().unwrap(), "node-4"),
-            score(&"10.10.0.11".parse().unwrap(), "node-5")
-        );
+        assert_eq!(score(&"10.10.0.11".parse().unwrap(), "node-4"), score(&"10.10.0.11".parse().unwrap(), "node-4"));
+        assert_ne!(score(&"10.10.0.11".parse().unwrap(), "node-4"), score(&"10.10.0.11".parse().unwrap(), "node-5"));
     }
 }

@@ -31,10 +31,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            service_cidrs: vec![IpNet::V4(ipnet::Ipv4Net::new_assert(
-                [10, 96, 0, 0].into(),
-                12,
-            ))],
+            service_cidrs: vec![IpNet::V4(ipnet::Ipv4Net::new_assert([10, 96, 0, 0].into(), 12))],
             internal_cidrs: Vec::new(),
         }
     }
@@ -254,34 +251,20 @@ pub fn node_ids<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String
 }
 
 fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {
-    Condition {
-        type_,
-        status: if ok { "True" } else { "False" },
-        reason,
-        message,
-    }
+    Condition { type_, status: if ok { "True" } else { "False" }, reason, message }
 }
 
 /// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
 fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
-    let live_nodes: Vec<&Node> = inp
-        .nodes
-        .iter()
-        .filter(|n| inp.live.contains(&n.name))
-        .collect();
+    let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
     let mut requests = Vec::new();
     for e in inp.egresses.values() {
-        let (Some(ip), Some(pool)) = (
-            inp.allocations.ip(&e.name),
-            e.pool.as_ref().and_then(|p| inp.pools.get(p)),
-        ) else {
+        let (Some(ip), Some(pool)) = (inp.allocations.ip(&e.name), e.pool.as_ref().and_then(|p| inp.pools.get(p)))
+        else {
             continue;
         };
-        let eligible = live_nodes
-            .iter()
-            .filter(|n| pool.node_selector.matches(&n.labels))
-            .map(|n| n.name.clone())
-            .collect();
+        let eligible =
+            live_nodes.iter().filter(|n| pool.node_selector.matches(&n.labels)).map(|n| n.name.clone()).collect();
         requests.push(Request { ip, eligible });
     }
     let placed = placement::place(&requests, None);
@@ -296,11 +279,7 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
                     egret_api::v1alpha1::IP_ALLOCATED,
                     true,
                     "Allocated",
-                    format!(
-                        "{} allocated from ExternalIPPool {:?}",
-                        a.ip,
-                        e.pool.as_deref().unwrap_or("")
-                    ),
+                    format!("{} allocated from ExternalIPPool {:?}", a.ip, e.pool.as_deref().unwrap_or("")),
                 ));
                 let node = placed.get(&a.ip).cloned().flatten();
                 match &node {
@@ -345,10 +324,7 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
                             egret_api::v1alpha1::IP_ASSIGNED,
                             false,
                             "NodeNotLive",
-                            format!(
-                                "{} is configured on node {}, which is not alive",
-                                a.ip, n.name
-                            ),
+                            format!("{} is configured on node {}, which is not alive", a.ip, n.name),
                         ));
                         None
                     }
@@ -357,7 +333,10 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
                             egret_api::v1alpha1::IP_ASSIGNED,
                             false,
                             "NoNodeHasIP",
-                            format!("no node has {} in status.addresses; configure it on a node or use externalIPPool", a.ip),
+                            format!(
+                                "no node has {} in status.addresses; configure it on a node or use externalIPPool",
+                                a.ip
+                            ),
                         ));
                         None
                     }
@@ -365,12 +344,7 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
                 (Some(a.ip), node)
             }
             Some(Err(f)) => {
-                conditions.push(cond(
-                    egret_api::v1alpha1::IP_ALLOCATED,
-                    false,
-                    f.reason,
-                    f.message.clone(),
-                ));
+                conditions.push(cond(egret_api::v1alpha1::IP_ALLOCATED, false, f.reason, f.message.clone()));
                 conditions.push(cond(
                     egret_api::v1alpha1::IP_ASSIGNED,
                     false,
@@ -383,13 +357,7 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
         };
         out.insert(
             e.name.clone(),
-            EgressOutcome {
-                name: e.name.clone(),
-                egress_ip: ip,
-                egress_node: node,
-                conditions,
-                from_pool,
-            },
+            EgressOutcome { name: e.name.clone(), egress_ip: ip, egress_node: node, conditions, from_pool },
         );
     }
     out
@@ -405,16 +373,8 @@ fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(Ip
         if e.family != family {
             continue;
         }
-        entries.extend(
-            e.excluded
-                .iter()
-                .map(|x| (x.prefix_len(), i, false, Span::of_net(x))),
-        );
-        entries.extend(
-            e.destinations
-                .iter()
-                .map(|d| (d.prefix_len(), i, true, Span::of_net(d))),
-        );
+        entries.extend(e.excluded.iter().map(|x| (x.prefix_len(), i, false, Span::of_net(x))));
+        entries.extend(e.destinations.iter().map(|d| (d.prefix_len(), i, true, Span::of_net(d))));
     }
     entries.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut claimed = SpanSet::new();
@@ -422,16 +382,7 @@ fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(Ip
     for (_, i, steer, span) in entries {
         for (s, e) in claimed.gaps(span.start, span.end) {
             if steer {
-                out.extend(
-                    Span {
-                        family,
-                        start: s,
-                        end: e,
-                    }
-                    .to_cidrs()
-                    .into_iter()
-                    .map(|n| (n, i)),
-                );
+                out.extend(Span { family, start: s, end: e }.to_cidrs().into_iter().map(|n| (n, i)));
             }
         }
         claimed.insert(span.start, span.end);
@@ -448,17 +399,7 @@ fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
     }
     sets.into_iter()
         .flat_map(|(f, set)| {
-            set.spans()
-                .iter()
-                .flat_map(|&(s, e)| {
-                    Span {
-                        family: f,
-                        start: s,
-                        end: e,
-                    }
-                    .to_cidrs()
-                })
-                .collect::<Vec<_>>()
+            set.spans().iter().flat_map(|&(s, e)| Span { family: f, start: s, end: e }.to_cidrs()).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -468,36 +409,15 @@ pub fn plan(inp: &Inputs) -> Plan {
     let outcomes = gateways(inp);
 
     // Egresses in priority order: oldest first, then by name.
-    let mut order: Vec<&Egress> = inp
-        .egresses
-        .values()
-        .filter(|e| !e.applied_to.selects_nothing())
-        .collect();
+    let mut order: Vec<&Egress> = inp.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
     order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
     let names: Vec<Arc<str>> = order.iter().map(|e| Arc::from(e.name.as_str())).collect();
-    let ips: Vec<Option<IpAddr>> = order
-        .iter()
-        .map(|e| outcomes.get(&e.name).and_then(|o| o.egress_ip))
-        .collect();
-    let gws: Vec<Option<Arc<str>>> = order
-        .iter()
-        .map(|e| {
-            outcomes
-                .get(&e.name)
-                .and_then(|o| o.egress_node.as_deref())
-                .map(Arc::from)
-        })
-        .collect();
-    let node_labels: HashMap<&str, &Labels> = inp
-        .nodes
-        .iter()
-        .map(|n| (n.name.as_str(), &n.labels))
-        .collect();
-    let node_names: HashMap<&str, Arc<str>> = inp
-        .nodes
-        .iter()
-        .map(|n| (n.name.as_str(), Arc::from(n.name.as_str())))
-        .collect();
+    let ips: Vec<Option<IpAddr>> = order.iter().map(|e| outcomes.get(&e.name).and_then(|o| o.egress_ip)).collect();
+    let gws: Vec<Option<Arc<str>>> =
+        order.iter().map(|e| outcomes.get(&e.name).and_then(|o| o.egress_node.as_deref()).map(Arc::from)).collect();
+    let node_labels: HashMap<&str, &Labels> = inp.nodes.iter().map(|n| (n.name.as_str(), &n.labels)).collect();
+    let node_names: HashMap<&str, Arc<str>> =
+        inp.nodes.iter().map(|n| (n.name.as_str(), Arc::from(n.name.as_str()))).collect();
     let empty = Labels::new();
 
     // Egresses whose namespace selector admits each namespace.
@@ -506,12 +426,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         let cands = order
             .iter()
             .enumerate()
-            .filter(|(_, e)| {
-                e.applied_to
-                    .namespaces
-                    .as_ref()
-                    .is_none_or(|s| s.matches(&ns.labels))
-            })
+            .filter(|(_, e)| e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(&ns.labels)))
             .map(|(i, _)| i)
             .collect();
         by_ns.insert(ns.name.as_str(), (&ns.labels, cands));
@@ -526,48 +441,27 @@ pub fn plan(inp: &Inputs) -> Plan {
             continue;
         }
         let (_, cands) = by_ns.get(pod.namespace.as_str()).unwrap_or(&no_ns);
-        let matched = by_pod_labels
-            .entry((pod.namespace.as_str(), &pod.labels))
-            .or_insert_with(|| {
-                cands
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        order[i]
-                            .applied_to
-                            .pods
-                            .as_ref()
-                            .is_none_or(|s| s.matches(&pod.labels))
-                    })
-                    .collect()
-            });
+        let matched = by_pod_labels.entry((pod.namespace.as_str(), &pod.labels)).or_insert_with(|| {
+            cands
+                .iter()
+                .copied()
+                .filter(|&i| order[i].applied_to.pods.as_ref().is_none_or(|s| s.matches(&pod.labels)))
+                .collect()
+        });
         if matched.is_empty() {
             continue;
         }
-        let nl = pod
-            .node
-            .as_deref()
-            .and_then(|n| node_labels.get(n).copied())
-            .unwrap_or(&empty);
+        let nl = pod.node.as_deref().and_then(|n| node_labels.get(n).copied()).unwrap_or(&empty);
         let matched: Vec<usize> = if matched.iter().any(|&i| order[i].applied_to.nodes.is_some()) {
             matched
                 .iter()
                 .copied()
-                .filter(|&i| {
-                    order[i]
-                        .applied_to
-                        .nodes
-                        .as_ref()
-                        .is_none_or(|s| s.matches(nl))
-                })
+                .filter(|&i| order[i].applied_to.nodes.as_ref().is_none_or(|s| s.matches(nl)))
                 .collect()
         } else {
             matched.clone()
         };
-        let source_node = pod
-            .node
-            .as_deref()
-            .map(|n| node_names.get(n).cloned().unwrap_or_else(|| Arc::from(n)));
+        let source_node = pod.node.as_deref().map(|n| node_names.get(n).cloned().unwrap_or_else(|| Arc::from(n)));
         for ip in &pod.ips {
             let family = Family::of(ip);
             let part = partitions
@@ -590,28 +484,21 @@ pub fn plan(inp: &Inputs) -> Plan {
         }
     }
     rules.sort_by(|a, b| {
-        (
-            a.source_ip,
-            a.destination.network(),
-            a.destination.prefix_len(),
-        )
-            .cmp(&(
-                b.source_ip,
-                b.destination.network(),
-                b.destination.prefix_len(),
-            ))
+        (a.source_ip, a.destination.network(), a.destination.prefix_len()).cmp(&(
+            b.source_ip,
+            b.destination.network(),
+            b.destination.prefix_len(),
+        ))
     });
 
     let internal = inp
         .nodes
         .iter()
         .flat_map(|n| {
-            n.pod_cidrs.iter().copied().chain(
-                n.internal_ips
-                    .iter()
-                    .chain(n.addresses.iter())
-                    .map(|ip| IpNet::from(*ip)),
-            )
+            n.pod_cidrs
+                .iter()
+                .copied()
+                .chain(n.internal_ips.iter().chain(n.addresses.iter()).map(|ip| IpNet::from(*ip)))
         })
         .chain(inp.config.service_cidrs.iter().copied())
         .chain(inp.config.internal_cidrs.iter().copied());
@@ -621,11 +508,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         .allocations
         .usage
         .iter()
-        .map(|(name, u)| PoolOutcome {
-            name: name.clone(),
-            total: u.total,
-            used: u.used,
-        })
+        .map(|(name, u)| PoolOutcome { name: name.clone(), total: u.total, used: u.used })
         .collect();
     Plan {
         egresses: outcomes.into_values().collect(),
@@ -633,11 +516,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         rules,
         cluster_cidrs,
         node_ids: node_ids(inp.nodes.iter().map(|n| n.name.as_str())),
-        node_ips: inp
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.internal_ips.clone()))
-            .collect(),
+        node_ips: inp.nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
     }
 }
 
@@ -709,10 +588,7 @@ impl Plan {
             if let Some(np) = out.get_mut(node) {
                 match np.hosted.iter_mut().find(|h| h.ip == ip) {
                     Some(h) => h.egresses.push(e.name.clone()),
-                    None => np.hosted.push(Hosted {
-                        ip,
-                        egresses: vec![e.name.clone()],
-                    }),
+                    None => np.hosted.push(Hosted { ip, egresses: vec![e.name.clone()] }),
                 }
             }
         }
@@ -752,14 +628,7 @@ mod tests {
         fn lab() -> Fixture {
             let (nodes, namespaces, pods) = lab();
             let live = nodes.iter().map(|n| n.name.clone()).collect();
-            Fixture {
-                pools: vec![],
-                egresses: vec![],
-                nodes,
-                namespaces,
-                pods,
-                live,
-            }
+            Fixture { pools: vec![], egresses: vec![], nodes, namespaces, pods, live }
         }
 
         fn plan(&self) -> Plan {
@@ -779,16 +648,9 @@ mod tests {
         }
     }
 
-    fn ns_egress(
-        name: &str,
-        ns: &str,
-        app: Option<&str>,
-        pool: Option<&str>,
-        ip: Option<&str>,
-    ) -> api::Egress {
+    fn ns_egress(name: &str, ns: &str, app: Option<&str>, pool: Option<&str>, ip: Option<&str>) -> api::Egress {
         let mut e = mk_egress(name, pool, ip);
-        e.spec.applied_to.namespace_selector =
-            Some(mk_match(&[("kubernetes.io/metadata.name", ns)]));
+        e.spec.applied_to.namespace_selector = Some(mk_match(&[("kubernetes.io/metadata.name", ns)]));
         e.spec.applied_to.pod_selector = app.map(|a| mk_match(&[("app", a)]));
         e
     }
@@ -815,26 +677,10 @@ mod tests {
     #[test]
     fn seed_002_ha_example() {
         let mut f = Fixture::lab();
-        f.pools.push(mk_pool(
-            "external-ip-pool",
-            &[("10.10.0.11", "10.10.0.20")],
-            &[],
-        ));
-        let mut prod = ns_egress(
-            "egress-prod-web",
-            "prod",
-            Some("web"),
-            Some("external-ip-pool"),
-            None,
-        );
+        f.pools.push(mk_pool("external-ip-pool", &[("10.10.0.11", "10.10.0.20")], &[]));
+        let mut prod = ns_egress("egress-prod-web", "prod", Some("web"), Some("external-ip-pool"), None);
         prod.metadata.creation_timestamp = Some(ts(1));
-        let mut staging = ns_egress(
-            "egress-staging-web",
-            "staging",
-            Some("web"),
-            Some("external-ip-pool"),
-            None,
-        );
+        let mut staging = ns_egress("egress-staging-web", "staging", Some("web"), Some("external-ip-pool"), None);
         staging.metadata.creation_timestamp = Some(ts(2));
         f.egresses = vec![prod, staging];
         let p = f.plan();
@@ -842,11 +688,7 @@ mod tests {
         let staging = outcome(&p, "egress-staging-web");
         assert_eq!(prod.egress_ip, Some("10.10.0.11".parse().unwrap()));
         assert_eq!(staging.egress_ip, Some("10.10.0.12".parse().unwrap()));
-        assert!(
-            prod.conditions.iter().all(|c| c.status == "True"),
-            "{:?}",
-            prod.conditions
-        );
+        assert!(prod.conditions.iter().all(|c| c.status == "True"), "{:?}", prod.conditions);
         let gw_prod = prod.egress_node.clone().unwrap();
         let gw_staging = staging.egress_node.clone().unwrap();
         assert_eq!(
@@ -857,14 +699,7 @@ mod tests {
                 format!("10.244.2.11 0.0.0.0/0 10.10.0.12 {gw_staging}"),
             ]
         );
-        assert_eq!(
-            p.pools,
-            vec![PoolOutcome {
-                name: "external-ip-pool".into(),
-                total: 10,
-                used: 2
-            }]
-        );
+        assert_eq!(p.pools, vec![PoolOutcome { name: "external-ip-pool".into(), total: 10, used: 2 }]);
 
         let nps = p.node_plans();
         let n1 = &nps["node-1"];
@@ -873,23 +708,12 @@ mod tests {
         let expected = if gw_prod == "node-1" {
             SteerAction::Local
         } else {
-            SteerAction::Tunnel {
-                gateway: gw_prod.clone(),
-                gateway_id: p.node_ids[&gw_prod],
-            }
+            SteerAction::Tunnel { gateway: gw_prod.clone(), gateway_id: p.node_ids[&gw_prod] }
         };
         assert_eq!(n1.steer[0].action, expected);
         let gw = &nps[&gw_prod];
-        assert!(
-            gw.hosted
-                .iter()
-                .any(|h| h.ip == "10.10.0.11".parse::<IpAddr>().unwrap())
-        );
-        assert!(
-            gw.snat
-                .iter()
-                .any(|s| s.source == "10.244.2.10".parse::<IpAddr>().unwrap())
-        );
+        assert!(gw.hosted.iter().any(|h| h.ip == "10.10.0.11".parse::<IpAddr>().unwrap()));
+        assert!(gw.snat.iter().any(|s| s.source == "10.244.2.10".parse::<IpAddr>().unwrap()));
         assert_eq!(n1.peers.len(), 5);
         // Cluster-internal destinations: pod CIDRs, service CIDR and node addresses.
         let internal: Vec<String> = p.cluster_cidrs.iter().map(|c| c.to_string()).collect();
@@ -906,14 +730,8 @@ mod tests {
             ns_egress("egress-staging", "staging", None, None, Some("10.10.0.105")),
         ];
         let p = f.plan();
-        assert_eq!(
-            outcome(&p, "egress-prod").egress_node.as_deref(),
-            Some("node-4")
-        );
-        assert_eq!(
-            outcome(&p, "egress-staging").egress_node.as_deref(),
-            Some("node-5")
-        );
+        assert_eq!(outcome(&p, "egress-prod").egress_node.as_deref(), Some("node-4"));
+        assert_eq!(outcome(&p, "egress-staging").egress_node.as_deref(), Some("node-5"));
         assert_eq!(
             rows(&p),
             vec![
@@ -930,13 +748,7 @@ mod tests {
     #[test]
     fn static_ip_owner_down_fails_closed() {
         let mut f = Fixture::lab();
-        f.egresses = vec![ns_egress(
-            "e",
-            "prod",
-            Some("web"),
-            None,
-            Some("10.10.0.104"),
-        )];
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.104"))];
         f.live.remove("node-4");
         let p = f.plan();
         let o = outcome(&p, "e");
@@ -952,12 +764,7 @@ mod tests {
         let mut f = Fixture::lab();
         f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("192.0.2.9"))];
         let p = f.plan();
-        assert!(
-            outcome(&p, "e")
-                .conditions
-                .iter()
-                .any(|c| c.reason == "NoNodeHasIP")
-        );
+        assert!(outcome(&p, "e").conditions.iter().any(|c| c.reason == "NoNodeHasIP"));
     }
 
     #[test]
@@ -970,22 +777,9 @@ mod tests {
         let p = f.plan();
         let o = outcome(&p, "e");
         assert_eq!(o.egress_ip, Some("10.10.0.11".parse().unwrap()));
-        let assigned = o
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "IPAssigned")
-            .unwrap();
-        assert_eq!(
-            (assigned.status, assigned.reason),
-            ("False", "NoEligibleNode")
-        );
-        assert_eq!(
-            rows(&p),
-            vec![
-                "10.244.1.10 0.0.0.0/0 10.10.0.11 DROP",
-                "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"
-            ]
-        );
+        let assigned = o.conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap();
+        assert_eq!((assigned.status, assigned.reason), ("False", "NoEligibleNode"));
+        assert_eq!(rows(&p), vec!["10.244.1.10 0.0.0.0/0 10.10.0.11 DROP", "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"]);
         f.egresses[0].spec.failure_policy = Some("FallbackToNodeIP".into());
         assert!(f.plan().rules.is_empty());
     }
@@ -1008,8 +802,7 @@ mod tests {
     #[test]
     fn overlap_longest_prefix_then_oldest_then_name() {
         let mut f = Fixture::lab();
-        f.pools
-            .push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        f.pools.push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
         let mk = |name: &str, t: i64, dest: &[&str], excl: &[&str]| {
             let mut e = ns_egress(name, "prod", Some("payment"), Some("p"), None);
             e.metadata.creation_timestamp = Some(ts(t));
@@ -1024,11 +817,8 @@ mod tests {
             mk("same", 3, &["203.0.113.0/24"], &[]),
         ];
         let p = f.plan();
-        let by_dest: BTreeMap<String, String> = p
-            .rules
-            .iter()
-            .map(|r| (r.destination.to_string(), r.egress.to_string()))
-            .collect();
+        let by_dest: BTreeMap<String, String> =
+            p.rules.iter().map(|r| (r.destination.to_string(), r.egress.to_string())).collect();
         // The /25 exclusion of "narrow" is the longest prefix: not steered at all.
         assert!(!by_dest.contains_key("203.0.113.0/25"));
         // Same prefix /24 for "narrow" and "same": the older wins.
@@ -1038,27 +828,18 @@ mod tests {
         assert_eq!(by_dest["203.0.112.0/24"], "wide");
         assert!(by_dest.values().all(|e| e != "same"));
         // Same age: the name decides.
-        f.egresses = vec![
-            mk("b", 1, &["198.51.100.0/24"], &[]),
-            mk("a", 1, &["198.51.100.0/24"], &[]),
-        ];
+        f.egresses = vec![mk("b", 1, &["198.51.100.0/24"], &[]), mk("a", 1, &["198.51.100.0/24"], &[])];
         assert!(f.plan().rules.iter().all(|r| &*r.egress == "a"));
     }
 
     #[test]
     fn selection_semantics() {
         let mut f = Fixture::lab();
-        f.pools
-            .push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        f.pools.push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
         // Pod selector alone: every namespace.
         let mut e = mk_egress("e", Some("p"), None);
         f.egresses = vec![e.clone()];
-        let srcs: Vec<String> = f
-            .plan()
-            .rules
-            .iter()
-            .map(|r| r.source_ip.to_string())
-            .collect();
+        let srcs: Vec<String> = f.plan().rules.iter().map(|r| r.source_ip.to_string()).collect();
         assert_eq!(srcs, vec!["10.244.1.10", "10.244.2.10", "10.244.2.11"]);
         // Namespace selector alone: every pod of the namespace.
         e.spec.applied_to.pod_selector = None;
@@ -1073,12 +854,7 @@ mod tests {
         e.spec.applied_to.pod_selector = Some(mk_match(&[("app", "web")]));
         e.spec.applied_to.node_selector = Some(mk_match(&[("kubernetes.io/hostname", "node-2")]));
         f.egresses = vec![e];
-        let srcs: Vec<String> = f
-            .plan()
-            .rules
-            .iter()
-            .map(|r| r.source_ip.to_string())
-            .collect();
+        let srcs: Vec<String> = f.plan().rules.iter().map(|r| r.source_ip.to_string()).collect();
         assert_eq!(srcs, vec!["10.244.2.10", "10.244.2.11"]);
     }
 
@@ -1087,8 +863,7 @@ mod tests {
         let mut f = Fixture::lab();
         f.pods[0].ips.push("fd00:244:1::10".parse().unwrap());
         f.pools.push(mk_pool("p6", &[], &["fd00:10::/124"]));
-        f.pools
-            .push(mk_pool("p4", &[("10.10.0.11", "10.10.0.20")], &[]));
+        f.pools.push(mk_pool("p4", &[("10.10.0.11", "10.10.0.20")], &[]));
         f.egresses = vec![
             ns_egress("e6", "prod", Some("web"), Some("p6"), None),
             ns_egress("e4", "prod", Some("web"), Some("p4"), None),
@@ -1100,10 +875,7 @@ mod tests {
             .filter(|r| r.source_node.as_deref() == Some("node-1"))
             .map(|r| format!("{} {} {}", r.source_ip, r.destination, r.egress))
             .collect();
-        assert_eq!(
-            web1,
-            vec!["10.244.1.10 0.0.0.0/0 e4", "fd00:244:1::10 ::/0 e6"]
-        );
+        assert_eq!(web1, vec!["10.244.1.10 0.0.0.0/0 e4", "fd00:244:1::10 ::/0 e6"]);
     }
 
     #[test]
@@ -1111,13 +883,7 @@ mod tests {
         let a = node_ids(["node-1", "node-2", "node-3"]);
         let b = node_ids(["node-3", "node-2", "node-1", "node-9"]);
         assert_eq!(a["node-1"], b["node-1"]);
-        let many = node_ids(
-            (0..5000)
-                .map(|i| format!("n{i}"))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
-        );
+        let many = node_ids((0..5000).map(|i| format!("n{i}")).collect::<Vec<_>>().iter().map(String::as_str));
         let distinct: BTreeSet<u16> = many.values().copied().collect();
         assert_eq!(distinct.len(), 5000);
         assert!(!distinct.contains(&0));

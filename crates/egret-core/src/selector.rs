@@ -58,15 +58,12 @@ fn check_key(key: &str) -> Result<(), String> {
             || p.len() > 253
             || !p.split('.').all(|l| {
                 !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             }))
     {
-        return Err(format!(
-            "invalid label key {key:?}: the prefix must be a DNS subdomain"
-        ));
+        return Err(format!("invalid label key {key:?}: the prefix must be a DNS subdomain"));
     }
     check_value(name).map_err(|_| {
         format!(
@@ -84,8 +81,7 @@ fn check_key(key: &str) -> Result<(), String> {
 fn check_value(v: &str) -> Result<(), String> {
     let ok = v.is_empty()
         || (v.len() <= 63
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
             && v.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric));
     if ok {
@@ -104,26 +100,17 @@ impl Selector {
         if let Some(ml) = &sel.match_labels {
             for (k, v) in ml {
                 let field = format!("matchLabels.{k}");
-                check_key(k).map_err(|reason| SelectorError {
-                    field: field.clone(),
-                    reason,
-                })?;
+                check_key(k).map_err(|reason| SelectorError { field: field.clone(), reason })?;
                 check_value(v).map_err(|reason| SelectorError { field, reason })?;
                 reqs.push(Requirement::In(k.clone(), vec![v.clone()]));
             }
         }
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let at = |f: &str| format!("matchExpressions[{i}].{f}");
-            check_key(&e.key).map_err(|reason| SelectorError {
-                field: at("key"),
-                reason,
-            })?;
+            check_key(&e.key).map_err(|reason| SelectorError { field: at("key"), reason })?;
             let values = e.values.clone().unwrap_or_default();
             for (j, v) in values.iter().enumerate() {
-                check_value(v).map_err(|reason| SelectorError {
-                    field: at(&format!("values[{j}]")),
-                    reason,
-                })?;
+                check_value(v).map_err(|reason| SelectorError { field: at(&format!("values[{j}]")), reason })?;
             }
             let req = match e.operator.as_str() {
                 "In" | "NotIn" if values.is_empty() => {
@@ -145,9 +132,7 @@ impl Selector {
                 other => {
                     return Err(SelectorError {
                         field: at("operator"),
-                        reason: format!(
-                            "unknown operator {other:?}; allowed: In, NotIn, Exists, DoesNotExist"
-                        ),
+                        reason: format!("unknown operator {other:?}; allowed: In, NotIn, Exists, DoesNotExist"),
                     });
                 }
             };
@@ -178,9 +163,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
@@ -188,11 +171,7 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: key.into(),
                 operator: op.into(),
-                values: if values.is_empty() {
-                    None
-                } else {
-                    Some(values.iter().map(|s| s.to_string()).collect())
-                },
+                values: if values.is_empty() { None } else { Some(values.iter().map(|s| s.to_string()).collect()) },
             }]),
             match_labels: None,
         }
@@ -212,43 +191,18 @@ mod tests {
         assert!(s("app", "Exists", &[]).matches(&web));
         assert!(!s("app", "Exists", &[]).matches(&none));
         assert!(s("app", "DoesNotExist", &[]).matches(&none));
-        assert!(
-            Selector::compile(&LabelSelector::default())
-                .unwrap()
-                .matches(&web)
-        );
+        assert!(Selector::compile(&LabelSelector::default()).unwrap().matches(&web));
     }
 
     #[test]
     fn bad_selectors_name_their_field() {
         let e = Selector::compile(&expr("app", "Equals", &["x"])).unwrap_err();
         assert_eq!(e.field, "matchExpressions[0].operator");
-        assert!(
-            e.reason
-                .contains("allowed: In, NotIn, Exists, DoesNotExist")
-        );
-        assert_eq!(
-            Selector::compile(&expr("app", "In", &[]))
-                .unwrap_err()
-                .field,
-            "matchExpressions[0].values"
-        );
-        assert_eq!(
-            Selector::compile(&expr("app", "Exists", &["a"]))
-                .unwrap_err()
-                .field,
-            "matchExpressions[0].values"
-        );
-        assert_eq!(
-            Selector::compile(&expr("bad key!", "Exists", &[]))
-                .unwrap_err()
-                .field,
-            "matchExpressions[0].key"
-        );
-        let ml = LabelSelector {
-            match_labels: Some(labels(&[("app", "-web")])),
-            match_expressions: None,
-        };
+        assert!(e.reason.contains("allowed: In, NotIn, Exists, DoesNotExist"));
+        assert_eq!(Selector::compile(&expr("app", "In", &[])).unwrap_err().field, "matchExpressions[0].values");
+        assert_eq!(Selector::compile(&expr("app", "Exists", &["a"])).unwrap_err().field, "matchExpressions[0].values");
+        assert_eq!(Selector::compile(&expr("bad key!", "Exists", &[])).unwrap_err().field, "matchExpressions[0].key");
+        let ml = LabelSelector { match_labels: Some(labels(&[("app", "-web")])), match_expressions: None };
         assert_eq!(Selector::compile(&ml).unwrap_err().field, "matchLabels.app");
         let ok = LabelSelector {
             match_labels: Some(labels(&[("kubernetes.io/metadata.name", "prod")])),

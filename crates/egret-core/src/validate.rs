@@ -20,6 +20,8 @@ pub struct Problem {
     pub kind: String,
     /// The object's name.
     pub name: String,
+    /// Position of the object in the input slice of its kind (to find the file it came from).
+    pub index: usize,
     /// Field path, e.g. `spec.ipRanges[0].start`.
     pub field: String,
     /// What is wrong and what is allowed.
@@ -28,11 +30,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}: {}: {}",
-            self.kind, self.name, self.field, self.reason
-        )
+        write!(f, "{}/{}: {}: {}", self.kind, self.name, self.field, self.reason)
     }
 }
 
@@ -50,6 +48,7 @@ pub struct Validated {
 struct Sink<'a> {
     kind: &'static str,
     name: &'a str,
+    index: usize,
     problems: Vec<Problem>,
 }
 
@@ -58,6 +57,7 @@ impl Sink<'_> {
         self.problems.push(Problem {
             kind: self.kind.to_string(),
             name: self.name.to_string(),
+            index: self.index,
             field: field.into(),
             reason: reason.into(),
         });
@@ -65,22 +65,16 @@ impl Sink<'_> {
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
+    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
 }
 
 /// Parses a CIDR, refusing host bits so that `10.0.0.1/24` is not silently read as `10.0.0.0/24`.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a CIDR (expected an address and a prefix length, e.g. 10.10.1.0/28 or fd00::/64)"))?;
+    let net: IpNet = s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a CIDR (expected an address and a prefix length, e.g. 10.10.1.0/28 or fd00::/64)")
+    })?;
     if net.trunc() != net {
-        return Err(format!(
-            "{s:?} has host bits set; did you mean {}?",
-            net.trunc()
-        ));
+        return Err(format!("{s:?} has host bits set; did you mean {}?", net.trunc()));
     }
     Ok(net)
 }
@@ -109,12 +103,8 @@ fn range_span(r: &IPRange, at: &str, sink: &mut Sink) -> Option<Span> {
             }
         },
         (None, Some(s), Some(e)) => {
-            let start = parse_ip(s)
-                .map_err(|m| sink.push(format!("{at}.start"), m))
-                .ok();
-            let end = parse_ip(e)
-                .map_err(|m| sink.push(format!("{at}.end"), m))
-                .ok();
+            let start = parse_ip(s).map_err(|m| sink.push(format!("{at}.start"), m)).ok();
+            let end = parse_ip(e).map_err(|m| sink.push(format!("{at}.end"), m)).ok();
             let (start, end) = (start?, end?);
             if Family::of(&start) != Family::of(&end) {
                 sink.push(
@@ -129,10 +119,7 @@ fn range_span(r: &IPRange, at: &str, sink: &mut Sink) -> Option<Span> {
             }
             let span = Span::new(start, end);
             if span.is_none() {
-                sink.push(
-                    at,
-                    format!("start {start} is after end {end}; start must not exceed end"),
-                );
+                sink.push(at, format!("start {start} is after end {end}; start must not exceed end"));
             }
             span
         }
@@ -152,27 +139,18 @@ fn range_span(r: &IPRange, at: &str, sink: &mut Sink) -> Option<Span> {
 }
 
 fn compile(sel: &LabelSelector, at: &str, sink: &mut Sink) -> Option<Selector> {
-    Selector::compile(sel)
-        .map_err(|e| sink.push(format!("{at}.{}", e.field), e.reason))
-        .ok()
+    Selector::compile(sel).map_err(|e| sink.push(format!("{at}.{}", e.field), e.reason)).ok()
 }
 
 fn describe(s: &Span) -> String {
-    if s.start == s.end {
-        s.first().to_string()
-    } else {
-        format!("{}-{}", s.first(), s.last())
-    }
+    if s.start == s.end { s.first().to_string() } else { format!("{}-{}", s.first(), s.last()) }
 }
 
 /// Validates one pool on its own (not against other pools).
 fn validate_pool(p: &api::ExternalIPPool, sink: &mut Sink) -> Option<Pool> {
     let before = sink.problems.len();
     if p.spec.ip_ranges.is_empty() {
-        sink.push(
-            "spec.ipRanges",
-            "at least one range (cidr, or start and end) is required",
-        );
+        sink.push("spec.ipRanges", "at least one range (cidr, or start and end) is required");
     }
     let mut spans: Vec<(usize, Span)> = Vec::new();
     for (i, r) in p.spec.ip_ranges.iter().enumerate() {
@@ -195,11 +173,7 @@ fn validate_pool(p: &api::ExternalIPPool, sink: &mut Sink) -> Option<Pool> {
         if let Some((j, o)) = spans.iter().find(|(_, o)| o.overlaps(&span)) {
             sink.push(
                 &at,
-                format!(
-                    "{} overlaps spec.ipRanges[{j}] ({}); ranges must not overlap",
-                    describe(&span),
-                    describe(o)
-                ),
+                format!("{} overlaps spec.ipRanges[{j}] ({}); ranges must not overlap", describe(&span), describe(o)),
             );
             continue;
         }
@@ -227,26 +201,17 @@ fn validate_egress(
     let before = sink.problems.len();
     let spec = &e.spec;
     let at = &spec.applied_to;
-    let namespaces = at
-        .namespace_selector
-        .as_ref()
-        .map(|s| compile(s, "spec.appliedTo.namespaceSelector", sink));
-    let pods = at
-        .pod_selector
-        .as_ref()
-        .map(|s| compile(s, "spec.appliedTo.podSelector", sink));
-    let nodes = at
-        .node_selector
-        .as_ref()
-        .map(|s| compile(s, "spec.appliedTo.nodeSelector", sink));
+    let namespaces = at.namespace_selector.as_ref().map(|s| compile(s, "spec.appliedTo.namespaceSelector", sink));
+    let pods = at.pod_selector.as_ref().map(|s| compile(s, "spec.appliedTo.podSelector", sink));
+    let nodes = at.node_selector.as_ref().map(|s| compile(s, "spec.appliedTo.nodeSelector", sink));
 
-    let static_ip = spec
-        .egress_ip
-        .as_deref()
-        .and_then(|s| parse_ip(s).map_err(|m| sink.push("spec.egressIP", m)).ok());
+    let static_ip = spec.egress_ip.as_deref().and_then(|s| parse_ip(s).map_err(|m| sink.push("spec.egressIP", m)).ok());
     let mut family = static_ip.as_ref().map(Family::of);
     if spec.egress_ip.is_none() && spec.external_ip_pool.is_none() {
-        sink.push("spec", "neither egressIP nor externalIPPool is set; set egressIP (static), externalIPPool (allocated), or both");
+        sink.push(
+            "spec",
+            "neither egressIP nor externalIPPool is set; set egressIP (static), externalIPPool (allocated), or both",
+        );
     }
     if let Some(pname) = &spec.external_ip_pool {
         match pools.get(pname) {
@@ -260,15 +225,9 @@ fn validate_egress(
                 family.get_or_insert(pool.family);
             }
             None if invalid_pools.contains(pname) => {
-                sink.push(
-                    "spec.externalIPPool",
-                    format!("ExternalIPPool {pname:?} is invalid (see its own errors)"),
-                );
+                sink.push("spec.externalIPPool", format!("ExternalIPPool {pname:?} is invalid (see its own errors)"));
             }
-            None => sink.push(
-                "spec.externalIPPool",
-                format!("ExternalIPPool {pname:?} does not exist"),
-            ),
+            None => sink.push("spec.externalIPPool", format!("ExternalIPPool {pname:?} does not exist")),
         }
     }
 
@@ -281,7 +240,13 @@ fn validate_egress(
                     if let Some(f) = family
                         && Family::of_net(&net) != f
                     {
-                        sink.push(at, format!("{net} is {} but the egress IP is {f}; a destination must be of the egress IP's family", Family::of_net(&net)));
+                        sink.push(
+                            at,
+                            format!(
+                                "{net} is {} but the egress IP is {f}; a destination must be of the egress IP's family",
+                                Family::of_net(&net)
+                            ),
+                        );
                         continue;
                     }
                     out.push(net);
@@ -296,7 +261,10 @@ fn validate_egress(
     if !spec.destination_cidrs.is_empty() {
         for (i, x) in excluded.iter().enumerate() {
             if !destinations.iter().any(|d| d.contains(x)) {
-                sink.push(format!("spec.excludedCIDRs[{i}]"), format!("{x} is not inside any of destinationCIDRs; an exclusion must narrow a destination"));
+                sink.push(
+                    format!("spec.excludedCIDRs[{i}]"),
+                    format!("{x} is not inside any of destinationCIDRs; an exclusion must narrow a destination"),
+                );
             }
         }
     }
@@ -304,10 +272,7 @@ fn validate_egress(
         None | Some("Drop") => FailurePolicy::Drop,
         Some("FallbackToNodeIP") => FailurePolicy::FallbackToNodeIP,
         Some(other) => {
-            sink.push(
-                "spec.failurePolicy",
-                format!("unknown value {other:?}; allowed: Drop, FallbackToNodeIP"),
-            );
+            sink.push("spec.failurePolicy", format!("unknown value {other:?}; allowed: Drop, FallbackToNodeIP"));
             FailurePolicy::Drop
         }
     };
@@ -315,26 +280,14 @@ fn validate_egress(
         return None;
     }
     let family = family?;
-    let status_ip = e
-        .status
-        .as_ref()
-        .and_then(|s| s.egress_ip.as_deref())
-        .and_then(|s| s.parse().ok());
+    let status_ip = e.status.as_ref().and_then(|s| s.egress_ip.as_deref()).and_then(|s| s.parse().ok());
     Some(Egress {
         name: e.metadata.name.clone().unwrap_or_default(),
         created: e.metadata.creation_timestamp.clone(),
-        applied_to: AppliedTo {
-            namespaces: namespaces.flatten(),
-            pods: pods.flatten(),
-            nodes: nodes.flatten(),
-        },
+        applied_to: AppliedTo { namespaces: namespaces.flatten(), pods: pods.flatten(), nodes: nodes.flatten() },
         static_ip,
         pool: spec.external_ip_pool.clone(),
-        destinations: if destinations.is_empty() {
-            vec![family.everything()]
-        } else {
-            destinations
-        },
+        destinations: if destinations.is_empty() { vec![family.everything()] } else { destinations },
         excluded,
         family,
         failure_policy,
@@ -355,10 +308,7 @@ fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sin
         Some(n) if !seen.insert(n.clone()) => {
             sink.push(
                 "metadata.name",
-                format!(
-                    "duplicate {} {n:?}; names are unique per kind (the first definition is kept)",
-                    sink.kind
-                ),
+                format!("duplicate {} {n:?}; names are unique per kind (the first definition is kept)", sink.kind),
             );
             false
         }
@@ -378,11 +328,7 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
     let mut pool_problems: Vec<(usize, Problem)> = Vec::new();
     for (idx, p) in pools.iter().enumerate() {
         let name = p.metadata.name.clone().unwrap_or_default();
-        let mut sink = Sink {
-            kind: "ExternalIPPool",
-            name: &name,
-            problems: Vec::new(),
-        };
+        let mut sink = Sink { kind: "ExternalIPPool", name: &name, index: idx, problems: Vec::new() };
         if check_name(p.metadata.name.as_ref(), &mut seen, &mut sink) {
             match validate_pool(p, &mut sink) {
                 Some(model) => candidates.push((idx, p, model)),
@@ -398,12 +344,8 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
         (a.1.metadata.creation_timestamp.as_ref(), &a.2.name)
             .cmp(&(b.1.metadata.creation_timestamp.as_ref(), &b.2.name))
     });
-    for (idx, p, model) in candidates {
-        let mut sink = Sink {
-            kind: "ExternalIPPool",
-            name: &model.name,
-            problems: Vec::new(),
-        };
+    for (idx, _, model) in candidates {
+        let mut sink = Sink { kind: "ExternalIPPool", name: &model.name, index: idx, problems: Vec::new() };
         for (i, r) in model.ranges.iter().enumerate() {
             for other in out.pools.values() {
                 if let Some(o) = other.ranges.iter().find(|o| o.overlaps(r)) {
@@ -419,7 +361,6 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
                 }
             }
         }
-        let _ = p;
         if sink.problems.is_empty() {
             out.pools.insert(model.name.clone(), model);
         } else {
@@ -428,17 +369,12 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
         }
     }
     pool_problems.sort_by_key(|(i, _)| *i);
-    out.problems
-        .extend(pool_problems.into_iter().map(|(_, p)| p));
+    out.problems.extend(pool_problems.into_iter().map(|(_, p)| p));
 
     let mut seen = BTreeSet::new();
-    for e in egresses {
+    for (idx, e) in egresses.iter().enumerate() {
         let name = e.metadata.name.clone().unwrap_or_default();
-        let mut sink = Sink {
-            kind: "Egress",
-            name: &name,
-            problems: Vec::new(),
-        };
+        let mut sink = Sink { kind: "Egress", name: &name, index: idx, problems: Vec::new() };
         if check_name(e.metadata.name.as_ref(), &mut seen, &mut sink)
             && let Some(model) = validate_egress(e, &out.pools, &invalid_pools, &mut sink)
         {
@@ -451,13 +387,14 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
 
 /// Checks an update of a pool against its allocations: a range may not be changed or removed
 /// while an address it held is allocated. `allocated` lists `(ip, egress name)`.
-pub fn check_pool_update(new: &Pool, allocated: &[(IpAddr, String)]) -> Vec<Problem> {
+pub fn check_pool_update(new: &Pool, index: usize, allocated: &[(IpAddr, String)]) -> Vec<Problem> {
     allocated
         .iter()
         .filter(|(ip, _)| !new.contains(ip))
         .map(|(ip, eg)| Problem {
             kind: "ExternalIPPool".into(),
             name: new.name.clone(),
+            index,
             field: "spec.ipRanges".into(),
             reason: format!("{ip} is allocated to Egress {eg:?} but the new ranges no longer hold it; release it (delete or change that Egress) before changing or removing its range"),
         })
@@ -470,27 +407,17 @@ mod tests {
     use crate::testutil::*;
 
     fn fields(v: &Validated) -> Vec<String> {
-        v.problems
-            .iter()
-            .map(|p| format!("{}/{}: {}", p.kind, p.name, p.field))
-            .collect()
+        v.problems.iter().map(|p| format!("{}/{}: {}", p.kind, p.name, p.field)).collect()
     }
 
     #[test]
     fn valid_seed_objects_pass() {
         let v = validate(
-            &[mk_pool(
-                "external-ip-pool",
-                &[("10.10.0.11", "10.10.0.20")],
-                &[],
-            )],
+            &[mk_pool("external-ip-pool", &[("10.10.0.11", "10.10.0.20")], &[])],
             &[mk_egress("egress-prod-web", Some("external-ip-pool"), None)],
         );
         assert!(v.problems.is_empty(), "{:?}", v.problems);
-        assert_eq!(
-            v.egresses["egress-prod-web"].destinations,
-            vec!["0.0.0.0/0".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(v.egresses["egress-prod-web"].destinations, vec!["0.0.0.0/0".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
@@ -508,54 +435,23 @@ mod tests {
         let (f, r) = bad(range(Some("10.0.0.1"), Some("fd00::1"), None));
         assert_eq!(f, "spec.ipRanges[0]");
         assert!(r.contains("one family"), "{r}");
-        assert_eq!(
-            bad(range(Some("10.0.0.300"), Some("10.0.0.1"), None)).0,
-            "spec.ipRanges[0].start"
-        );
-        assert_eq!(
-            bad(range(Some("10.0.0.1"), Some("nope"), None)).0,
-            "spec.ipRanges[0].end"
-        );
-        assert_eq!(
-            bad(range(None, None, Some("10.0.0.0/33"))).0,
-            "spec.ipRanges[0].cidr"
-        );
+        assert_eq!(bad(range(Some("10.0.0.300"), Some("10.0.0.1"), None)).0, "spec.ipRanges[0].start");
+        assert_eq!(bad(range(Some("10.0.0.1"), Some("nope"), None)).0, "spec.ipRanges[0].end");
+        assert_eq!(bad(range(None, None, Some("10.0.0.0/33"))).0, "spec.ipRanges[0].cidr");
         let (f, r) = bad(range(None, None, Some("10.0.0.1/24")));
         assert_eq!(f, "spec.ipRanges[0].cidr");
         assert!(r.contains("10.0.0.0/24"), "{r}");
-        assert!(
-            bad(range(
-                Some("10.0.0.1"),
-                Some("10.0.0.2"),
-                Some("10.0.0.0/24")
-            ))
-            .1
-            .contains("not both")
-        );
-        assert!(
-            bad(range(Some("10.0.0.1"), None, None))
-                .1
-                .contains("together")
-        );
+        assert!(bad(range(Some("10.0.0.1"), Some("10.0.0.2"), Some("10.0.0.0/24"))).1.contains("not both"));
+        assert!(bad(range(Some("10.0.0.1"), None, None)).1.contains("together"));
         assert!(bad(range(None, None, None)).1.contains("empty range"));
     }
 
     #[test]
     fn mixed_families_and_overlaps_within_a_pool() {
-        let mut p = mk_pool(
-            "p",
-            &[("10.0.0.1", "10.0.0.10"), ("10.0.0.5", "10.0.0.20")],
-            &[],
-        );
+        let mut p = mk_pool("p", &[("10.0.0.1", "10.0.0.10"), ("10.0.0.5", "10.0.0.20")], &[]);
         p.spec.ip_ranges.push(range(None, None, Some("fd00::/120")));
         let v = validate(&[p], &[]);
-        assert_eq!(
-            fields(&v),
-            vec![
-                "ExternalIPPool/p: spec.ipRanges[1]",
-                "ExternalIPPool/p: spec.ipRanges[2]"
-            ]
-        );
+        assert_eq!(fields(&v), vec!["ExternalIPPool/p: spec.ipRanges[1]", "ExternalIPPool/p: spec.ipRanges[2]"]);
         assert!(v.problems[0].reason.contains("overlaps spec.ipRanges[0]"));
         assert!(v.problems[1].reason.contains("one family"));
     }
@@ -568,13 +464,7 @@ mod tests {
         b.metadata.creation_timestamp = Some(ts(200));
         let v = validate(&[a, b], &[mk_egress("e", Some("a-new"), None)]);
         assert!(v.pools.contains_key("b-old"));
-        assert_eq!(
-            fields(&v),
-            vec![
-                "ExternalIPPool/a-new: spec.ipRanges[0]",
-                "Egress/e: spec.externalIPPool"
-            ]
-        );
+        assert_eq!(fields(&v), vec!["ExternalIPPool/a-new: spec.ipRanges[0]", "Egress/e: spec.externalIPPool"]);
         assert!(v.problems[1].reason.contains("invalid"));
     }
 
@@ -583,10 +473,7 @@ mod tests {
         let p = mk_pool("p", &[("10.0.0.1", "10.0.0.2")], &[]);
         let e = mk_egress("e", Some("p"), None);
         let v = validate(&[p.clone(), p], &[e.clone(), e]);
-        assert_eq!(
-            fields(&v),
-            vec!["ExternalIPPool/p: metadata.name", "Egress/e: metadata.name"]
-        );
+        assert_eq!(fields(&v), vec!["ExternalIPPool/p: metadata.name", "Egress/e: metadata.name"]);
         assert!(v.problems[0].reason.contains("duplicate"));
         assert_eq!(v.egresses.len(), 1);
     }
@@ -598,42 +485,24 @@ mod tests {
             let mut e = mk_egress("e", Some("p"), None);
             f(&mut e);
             let v = validate(std::slice::from_ref(&pool), &[e]);
-            assert_eq!(
-                fields(&v),
-                vec![format!("Egress/e: {want}")],
-                "{:?}",
-                v.problems
-            );
+            assert_eq!(fields(&v), vec![format!("Egress/e: {want}")], "{:?}", v.problems);
             v.problems[0].reason.clone()
         };
         assert!(
-            check(
-                &|e| e.spec.egress_ip = Some("10.0.0.99".into()),
-                "spec.egressIP"
-            )
-            .contains("not in ExternalIPPool")
+            check(&|e| e.spec.egress_ip = Some("10.0.0.99".into()), "spec.egressIP").contains("not in ExternalIPPool")
         );
         check(&|e| e.spec.egress_ip = Some("ten".into()), "spec.egressIP");
-        check(
-            &|e| e.spec.external_ip_pool = Some("missing".into()),
-            "spec.externalIPPool",
-        );
+        check(&|e| e.spec.external_ip_pool = Some("missing".into()), "spec.externalIPPool");
         check(
             &|e| {
                 e.spec.external_ip_pool = None;
             },
             "spec",
         );
-        check(
-            &|e| e.spec.destination_cidrs = vec!["1.2.3.0/33".into()],
-            "spec.destinationCIDRs[0]",
-        );
+        check(&|e| e.spec.destination_cidrs = vec!["1.2.3.0/33".into()], "spec.destinationCIDRs[0]");
         assert!(
-            check(
-                &|e| e.spec.destination_cidrs = vec!["fd00::/64".into()],
-                "spec.destinationCIDRs[0]"
-            )
-            .contains("family")
+            check(&|e| e.spec.destination_cidrs = vec!["fd00::/64".into()], "spec.destinationCIDRs[0]")
+                .contains("family")
         );
         assert!(
             check(
@@ -645,14 +514,8 @@ mod tests {
             )
             .contains("not inside")
         );
-        check(
-            &|e| e.spec.excluded_cidrs = vec!["x".into()],
-            "spec.excludedCIDRs[0]",
-        );
-        check(
-            &|e| e.spec.failure_policy = Some("Leak".into()),
-            "spec.failurePolicy",
-        );
+        check(&|e| e.spec.excluded_cidrs = vec!["x".into()], "spec.excludedCIDRs[0]");
+        check(&|e| e.spec.failure_policy = Some("Leak".into()), "spec.failurePolicy");
         check(
             &|e| e.spec.applied_to.pod_selector = Some(mk_expr("app", "Equals", &["web"])),
             "spec.appliedTo.podSelector.matchExpressions[0].operator",
@@ -697,8 +560,8 @@ mod tests {
     fn pool_update_cannot_drop_allocated_addresses() {
         let v = validate(&[mk_pool("p", &[("10.0.0.1", "10.0.0.5")], &[])], &[]);
         let p = &v.pools["p"];
-        assert!(check_pool_update(p, &[("10.0.0.3".parse().unwrap(), "e".into())]).is_empty());
-        let probs = check_pool_update(p, &[("10.0.0.9".parse().unwrap(), "e".into())]);
+        assert!(check_pool_update(p, 0, &[("10.0.0.3".parse().unwrap(), "e".into())]).is_empty());
+        let probs = check_pool_update(p, 0, &[("10.0.0.9".parse().unwrap(), "e".into())]);
         assert_eq!(probs[0].field, "spec.ipRanges");
         assert!(probs[0].reason.contains("10.0.0.9"));
     }

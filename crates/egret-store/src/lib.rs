@@ -1,0 +1,9 @@
+//! The local store: a file or directory of multi-document Kubernetes-style YAML holding Egret's
+//! kinds, the Antrea and Cilium kinds Egret translates, and core/v1 Nodes, Namespaces and Pods.
+//!
+//! Reading never stops at the first bad document: every problem is reported with its file,
+//! document index, kind and name, and the good documents are still returned.
+
+mod read;
+
+pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};

@@ -1,0 +1,393 @@
+//! Reading YAML into typed objects.
+
+use egret_api::compat::{self, Translated};
+use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_core::model;
+use egret_core::validate::{Validated, validate};
+use k8s_openapi::api::core::v1 as corev1;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where an object came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file.
+    pub file: PathBuf,
+    /// Index of the document in the file (0-based; items of a top-level list count one each).
+    pub doc: usize,
+    /// `apiVersion` and kind as written (e.g. `crd.antrea.io/v1alpha2 Egress`).
+    pub written_as: String,
+}
+
+/// A document that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    /// The file.
+    pub file: PathBuf,
+    /// Document index, when the problem is inside one document.
+    pub doc: Option<usize>,
+    /// The document's kind, when known.
+    pub kind: Option<String>,
+    /// The document's name, when known.
+    pub name: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    /// `file: Kind/name: document N: reason`, the shape of validation problems.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.file.display())?;
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, " {k}/{n}:")?,
+            (Some(k), None) => write!(f, " {k}:")?,
+            _ => {}
+        }
+        if let Some(d) = self.doc {
+            write!(f, " document {d}:")?;
+        }
+        write!(f, " {}", self.reason)
+    }
+}
+
+/// One loaded object.
+#[derive(Debug, Clone)]
+pub struct Document<T> {
+    /// Where it came from.
+    pub origin: Origin,
+    /// The object.
+    pub object: T,
+}
+
+/// Everything read from a set of paths.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Egret Egresses (including translated Antrea and Cilium objects).
+    pub egresses: Vec<Document<Egress>>,
+    /// Egret pools (including translated ones).
+    pub pools: Vec<Document<ExternalIPPool>>,
+    /// Nodes.
+    pub nodes: Vec<Document<corev1::Node>>,
+    /// Namespaces.
+    pub namespaces: Vec<Document<corev1::Namespace>>,
+    /// Pods.
+    pub pods: Vec<Document<corev1::Pod>>,
+    /// Documents of kinds Egret passes through unchanged (none yet; kept for `convert`).
+    pub raw: Vec<Document<serde_json::Value>>,
+}
+
+impl Objects {
+    /// Appends everything from `other`.
+    pub fn extend(&mut self, other: Objects) {
+        self.egresses.extend(other.egresses);
+        self.pools.extend(other.pools);
+        self.nodes.extend(other.nodes);
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.raw.extend(other.raw);
+    }
+
+    /// Validates the Egret objects.
+    pub fn validate(&self) -> Validated {
+        let pools: Vec<ExternalIPPool> = self.pools.iter().map(|d| d.object.clone()).collect();
+        let egresses: Vec<Egress> = self.egresses.iter().map(|d| d.object.clone()).collect();
+        validate(&pools, &egresses)
+    }
+
+    /// The file a validation problem's object came from (by kind and position).
+    pub fn origin_of(&self, kind: &str, index: usize) -> Option<&Origin> {
+        match kind {
+            "Egress" => self.egresses.get(index).map(|d| &d.origin),
+            "ExternalIPPool" => self.pools.get(index).map(|d| &d.origin),
+            _ => None,
+        }
+    }
+
+    /// Nodes as the core model.
+    pub fn model_nodes(&self) -> Vec<model::Node> {
+        self.nodes.iter().map(|d| model::Node::from_k8s(&d.object)).collect()
+    }
+
+    /// Namespaces as the core model.
+    pub fn model_namespaces(&self) -> Vec<model::Namespace> {
+        self.namespaces.iter().map(|d| model::Namespace::from_k8s(&d.object)).collect()
+    }
+
+    /// Pods as the core model.
+    pub fn model_pods(&self) -> Vec<model::Pod> {
+        self.pods.iter().map(|d| model::Pod::from_k8s(&d.object)).collect()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<HeadMeta>,
+}
+
+#[derive(Deserialize, Default)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Reads files and directories (the `*.yaml`, `*.yml` and `*.json` files directly inside, in
+/// name order). Returns what loaded and every error.
+pub fn read_paths(paths: &[PathBuf]) -> (Objects, Vec<LoadError>) {
+    let mut objs = Objects::default();
+    let mut errs = Vec::new();
+    for p in paths {
+        for file in expand(p, &mut errs) {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let (o, e) = read_str(&file, &text);
+                    objs.extend(o);
+                    errs.extend(e);
+                }
+                Err(e) => errs.push(LoadError {
+                    file: file.clone(),
+                    doc: None,
+                    kind: None,
+                    name: None,
+                    reason: format!("cannot read: {e}"),
+                }),
+            }
+        }
+    }
+    (objs, errs)
+}
+
+fn expand(p: &Path, errs: &mut Vec<LoadError>) -> Vec<PathBuf> {
+    if p.is_dir() {
+        let entries = match std::fs::read_dir(p) {
+            Ok(rd) => rd,
+            Err(e) => {
+                errs.push(LoadError {
+                    file: p.to_path_buf(),
+                    doc: None,
+                    kind: None,
+                    name: None,
+                    reason: format!("cannot read directory: {e}"),
+                });
+                return Vec::new();
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|f| f.is_file() && matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+            .collect();
+        files.sort();
+        files
+    } else if p.exists() {
+        vec![p.to_path_buf()]
+    } else {
+        errs.push(LoadError {
+            file: p.to_path_buf(),
+            doc: None,
+            kind: None,
+            name: None,
+            reason: "no such file or directory".into(),
+        });
+        Vec::new()
+    }
+}
+
+/// Parses the text of one file.
+pub fn read_str(file: &Path, text: &str) -> (Objects, Vec<LoadError>) {
+    let mut objs = Objects::default();
+    let mut errs = Vec::new();
+    let mut index = 0usize;
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = match serde_yaml_ng::Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push(LoadError {
+                    file: file.to_path_buf(),
+                    doc: Some(index),
+                    kind: None,
+                    name: None,
+                    reason: format!("malformed YAML: {e}"),
+                });
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        // A top-level sequence of objects (as in the Antrea docs) counts one document per item.
+        let items = match value {
+            serde_yaml_ng::Value::Null => continue,
+            serde_yaml_ng::Value::Sequence(items) => items,
+            other => vec![other],
+        };
+        for item in items {
+            load_one(file, index, item, &mut objs, &mut errs);
+            index += 1;
+        }
+    }
+    (objs, errs)
+}
+
+fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Objects, errs: &mut Vec<LoadError>) {
+    let json: serde_json::Value = match serde_json::to_value(&value) {
+        Ok(j) => j,
+        Err(e) => {
+            errs.push(LoadError {
+                file: file.into(),
+                doc: Some(doc),
+                kind: None,
+                name: None,
+                reason: format!("not a Kubernetes object: {e}"),
+            });
+            return;
+        }
+    };
+    let head: Head = serde_json::from_value(json.clone()).unwrap_or_default();
+    let kind = head.kind.clone();
+    let name = head.metadata.as_ref().and_then(|m| m.name.clone());
+    let err = |reason: String| LoadError {
+        file: file.into(),
+        doc: Some(doc),
+        kind: kind.clone(),
+        name: name.clone(),
+        reason,
+    };
+    let (Some(api_version), Some(k)) = (head.api_version.as_deref(), head.kind.as_deref()) else {
+        errs.push(err("not a Kubernetes object: apiVersion and kind are required".into()));
+        return;
+    };
+    let origin = Origin { file: file.into(), doc, written_as: format!("{api_version} {k}") };
+    // serde_path_to_error names the field that failed, e.g. `spec.appliedTo`.
+    fn parse<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(json).map_err(|e| format!("malformed object: {}: {}", e.path(), e.inner()))
+    }
+    let push_translated = |t: Vec<Translated>, objs: &mut Objects| {
+        for t in t {
+            match t {
+                Translated::Egress(e) => objs.egresses.push(Document { origin: origin.clone(), object: e }),
+                Translated::Pool(p) => objs.pools.push(Document { origin: origin.clone(), object: p }),
+            }
+        }
+    };
+    let res: Result<(), String> = match (api_version, k) {
+        ("egret.dev/v1alpha1", "Egress") => {
+            parse(json).map(|e| objs.egresses.push(Document { origin: origin.clone(), object: e }))
+        }
+        ("egret.dev/v1alpha1", "ExternalIPPool") => {
+            parse(json).map(|p| objs.pools.push(Document { origin: origin.clone(), object: p }))
+        }
+        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => parse::<compat::AntreaEgress>(json)
+            .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
+            .map(|e| push_translated(vec![Translated::Egress(e)], objs)),
+        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "ExternalIPPool") => parse::<compat::AntreaPool>(json)
+            .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
+            .map(|p| push_translated(vec![Translated::Pool(p)], objs)),
+        ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse::<compat::CiliumPolicy>(json)
+            .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
+            .map(|t| push_translated(t, objs)),
+        ("v1", "Node") => parse(json).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n })),
+        ("v1", "Namespace") => {
+            parse(json).map(|n| objs.namespaces.push(Document { origin: origin.clone(), object: n }))
+        }
+        ("v1", "Pod") => parse(json).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p })),
+        (av, k) => Err(format!(
+            "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress and ExternalIPPool, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, v1 Node, Namespace and Pod"
+        )),
+    };
+    if let Err(reason) = res {
+        errs.push(err(reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Objects, Vec<LoadError>) {
+        read_str(Path::new("t.yaml"), text)
+    }
+
+    #[test]
+    fn multi_document_and_top_level_lists() {
+        let text = r#"
+- apiVersion: crd.antrea.io/v1alpha2
+  kind: ExternalIPPool
+  metadata:
+    name: external-ip-pool
+  spec:
+    ipRanges:
+    - start: 10.10.0.11  # 10.10.0.11-10.10.0.20 can be used as Egress IPs
+      end: 10.10.0.20
+    nodeSelector: {}     # All Nodes can be Egress Nodes
+---
+apiVersion: crd.antrea.io/v1alpha2
+kind: Egress
+metadata:
+  name: egress-prod-web
+spec:
+  appliedTo:
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: prod
+    podSelector:
+      matchLabels:
+        app: web
+  externalIPPool: external-ip-pool
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
+---
+"#;
+        let (o, e) = load(text);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.pools.len(), 1);
+        assert_eq!(o.egresses.len(), 1);
+        assert_eq!(o.namespaces.len(), 1);
+        assert_eq!(o.egresses[0].origin.doc, 1);
+        assert_eq!(o.egresses[0].origin.written_as, "crd.antrea.io/v1alpha2 Egress");
+        assert!(o.validate().problems.is_empty());
+    }
+
+    #[test]
+    fn unknown_kind_names_file_document_kind_and_name() {
+        let (o, e) = load(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        );
+        assert_eq!(o.pods.len(), 1);
+        let msg = e[0].to_string();
+        assert!(msg.starts_with("t.yaml: Deployment/web: document 1: unknown kind apps/v1/Deployment"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_documents_are_reported() {
+        let (_, e) = load("apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: e}\nspec: {appliedTo: 5}\n");
+        assert!(e[0].to_string().contains("Egress/e: document 0: malformed object: spec.appliedTo:"), "{}", e[0]);
+        let (_, e) = load("a: [1, 2\n");
+        assert!(e[0].to_string().contains("malformed YAML"), "{}", e[0]);
+        let (_, e) = load("just: a map\n");
+        assert!(e[0].to_string().contains("apiVersion and kind are required"));
+        let (_, e) = load(
+            "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: c}\nspec: {selectors: [{podSelector: {}}], egressGateway: {interface: eth1}}\n",
+        );
+        assert!(e[0].to_string().contains("spec.egressGateway.interface"), "{}", e[0]);
+    }
+
+    #[test]
+    fn directories_are_read_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n").unwrap();
+        std::fs::write(dir.path().join("a.yml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (o, e) = read_paths(&[dir.path().to_path_buf(), dir.path().join("missing.yaml")]);
+        let names: Vec<_> = o.namespaces.iter().map(|d| d.object.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, vec!["a", "b"]);
+        assert!(e[0].reason.contains("no such file"));
+    }
+}

@@ -1,0 +1,216 @@
+//! Commands that work on manifests alone: `crds`, `validate`, `plan`, `convert`.
+
+use crate::table;
+use anyhow::{Context, bail};
+use egret_core::ipam::allocate;
+use egret_core::planner::{ClusterConfig, Inputs, Plan, plan as make_plan};
+use egret_store::{Objects, read_paths};
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Prints (or writes) the CRDs.
+pub fn crds(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    for (file, crd) in egret_api::crds() {
+        let yaml = serde_yaml_ng::to_string(&crd)?;
+        match dir {
+            Some(d) => {
+                std::fs::write(d.join(file), yaml).with_context(|| format!("writing {}", d.join(file).display()))?
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads manifests; every load error and validation problem as one line each.
+fn load(files: &[PathBuf]) -> (Objects, egret_core::validate::Validated, Vec<String>) {
+    let (objs, errs) = read_paths(files);
+    let mut lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let v = objs.validate();
+    for p in &v.problems {
+        let file = objs.origin_of(&p.kind, p.index).map(|o| o.file.display().to_string()).unwrap_or_default();
+        lines.push(format!("{file}: {p}"));
+    }
+    (objs, v, lines)
+}
+
+/// `egret validate`.
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let (objs, v, lines) = load(files);
+    if !lines.is_empty() {
+        for l in &lines {
+            println!("{l}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "valid: {} ExternalIPPools, {} Egresses, {} Nodes, {} Namespaces, {} Pods",
+        v.pools.len(),
+        v.egresses.len(),
+        objs.nodes.len(),
+        objs.namespaces.len(),
+        objs.pods.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Output formats of `plan`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PlanOutput {
+    /// Aligned tables.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Arguments of `egret plan`.
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// Files or directories of YAML manifests.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// The live nodes (default: every Node in the manifests).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Option<Vec<String>>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: PlanOutput,
+    /// Service CIDRs (never steered).
+    #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
+    service_cidrs: Vec<IpNet>,
+    /// Further cluster-internal CIDRs (never steered), e.g. the pod network.
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    cluster_cidrs: Vec<IpNet>,
+}
+
+/// `egret plan`.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let (objs, v, lines) = load(&args.files);
+    if !lines.is_empty() {
+        for l in &lines {
+            eprintln!("{l}");
+        }
+        eprintln!("error: {} problem(s) in the manifests; nothing planned", lines.len());
+        return Ok(ExitCode::from(1));
+    }
+    let nodes = objs.model_nodes();
+    let known: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let live: BTreeSet<String> = match &args.nodes {
+        None => known.clone(),
+        Some(list) => {
+            let unknown: Vec<&String> = list.iter().filter(|n| !known.contains(*n)).collect();
+            if !unknown.is_empty() {
+                bail!(
+                    "--nodes names nodes that are not in the manifests: {} (known: {})",
+                    unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            list.iter().cloned().collect()
+        }
+    };
+    let config =
+        ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: args.cluster_cidrs.clone() };
+    let allocations = allocate(&v.pools, &v.egresses);
+    let p = make_plan(&Inputs {
+        pools: &v.pools,
+        egresses: &v.egresses,
+        allocations: &allocations,
+        nodes: &nodes,
+        namespaces: &objs.model_namespaces(),
+        pods: &objs.model_pods(),
+        live: &live,
+        config: &config,
+    });
+    match args.output {
+        PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+        PlanOutput::Table => print!("{}", plan_tables(&p)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "<none>".into())
+}
+
+/// The plan as three tables: Egresses, pools, rules.
+pub fn plan_tables(p: &Plan) -> String {
+    let egresses: Vec<Vec<String>> = p
+        .egresses
+        .iter()
+        .map(|e| {
+            let conds = e
+                .conditions
+                .iter()
+                .map(|c| {
+                    if c.status == "True" {
+                        format!("{}=True", c.type_)
+                    } else {
+                        format!("{}=False ({}: {})", c.type_, c.reason, c.message)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![e.name.clone(), opt(e.egress_ip), opt(e.egress_node.as_deref()), conds]
+        })
+        .collect();
+    let pools: Vec<Vec<String>> =
+        p.pools.iter().map(|x| vec![x.name.clone(), x.total.to_string(), x.used.to_string()]).collect();
+    let rules: Vec<Vec<String>> = p
+        .rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.source_ip.to_string(),
+                r.destination.to_string(),
+                opt(r.egress_ip),
+                r.gateway.as_deref().map(str::to_string).unwrap_or_else(|| "<none: dropped>".into()),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    out.push_str(&table::render(&["Egress", "Egress IP", "Node", "Conditions"], &egresses, " | "));
+    out.push('\n');
+    out.push_str(&table::render(&["Pool", "Total", "Used"], &pools, " | "));
+    out.push('\n');
+    if rules.is_empty() {
+        out.push_str("no pod is steered\n");
+    } else {
+        out.push_str(&table::render(&["Source IP", "Destination CIDR", "Egress IP", "Gateway"], &rules, " | "));
+    }
+    let _ = writeln!(out, "\ncluster-internal (never steered): {}", join(&p.cluster_cidrs));
+    out
+}
+
+fn join(nets: &[IpNet]) -> String {
+    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// `egret convert`.
+pub fn convert(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let (objs, errs) = read_paths(files);
+    if !errs.is_empty() {
+        for e in &errs {
+            eprintln!("{e}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let mut out = String::new();
+    for d in &objs.pools {
+        let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
+    }
+    for d in &objs.egresses {
+        let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
+    }
+    print!("{out}");
+    let skipped = objs.nodes.len() + objs.namespaces.len() + objs.pods.len();
+    if skipped > 0 {
+        eprintln!(
+            "note: {skipped} core/v1 object(s) (Nodes, Namespaces, Pods) are not egret.dev objects and were left out"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,221 @@
+//! The CLI run as a binary on `examples/` and on broken inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn egret(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_egret")).args(args).current_dir(root()).output().expect("run egret")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn plan_json(args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["plan", "-o", "json"];
+    a.extend_from_slice(args);
+    let o = egret(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("plan prints JSON")
+}
+
+fn egress<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    plan["egresses"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap()
+}
+
+#[test]
+fn every_example_validates() {
+    for dir in std::fs::read_dir(root().join("examples")).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.file_name().unwrap().to_str().unwrap().starts_with("seed-") {
+            continue;
+        }
+        let o = egret(&["validate", "-f", dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", dir.display(), stdout(&o));
+        assert!(stdout(&o).starts_with("valid: "), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn seed_002_ha_allocates_from_the_pool() {
+    let p = plan_json(&["-f", "examples/seed-002-ha"]);
+    assert_eq!(egress(&p, "egress-prod-web")["egressIP"], "10.10.0.11");
+    assert_eq!(egress(&p, "egress-staging-web")["egressIP"], "10.10.0.12");
+    assert!(egress(&p, "egress-prod-web")["egressNode"].is_string());
+    assert_eq!(p["pools"][0], serde_json::json!({"name": "external-ip-pool", "total": 10, "used": 2}));
+    let rules = p["rules"].as_array().unwrap();
+    let by_src = |ip: &str| rules.iter().filter(|r| r["sourceIP"] == ip).collect::<Vec<_>>();
+    assert_eq!(by_src("10.244.1.10")[0]["egressIP"], "10.10.0.11"); // prod/web-1
+    assert_eq!(by_src("10.244.2.10")[0]["egressIP"], "10.10.0.11"); // prod/web-2
+    assert_eq!(by_src("10.244.2.11")[0]["egressIP"], "10.10.0.12"); // staging/web-1
+    assert!(by_src("10.244.1.11").is_empty()); // default/client-1 keeps its node IP
+    let r = &by_src("10.244.1.10")[0];
+    for key in ["sourceIP", "destinationCIDR", "egressIP", "gatewayNode"] {
+        assert!(r.get(key).is_some(), "rule lacks {key}: {r}");
+    }
+}
+
+#[test]
+fn seed_002_static_uses_node_4_and_node_5() {
+    let p = plan_json(&["-f", "examples/seed-002-static"]);
+    assert_eq!(egress(&p, "egress-prod")["egressNode"], "node-4");
+    assert_eq!(egress(&p, "egress-staging")["egressNode"], "node-5");
+    let rules = p["rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| r["sourceIP"] == "10.244.3.10" && r["gatewayNode"] == "node-4"));
+}
+
+#[test]
+fn seed_004_cilium_policy_loads_unchanged() {
+    let p = plan_json(&["-f", "examples/seed-004-cilium"]);
+    let e = egress(&p, "egress-sample");
+    assert_eq!(e["egressIP"], "10.168.60.100");
+    assert_eq!(e["egressNode"], "node-2");
+    let srcs: Vec<&str> = p["rules"].as_array().unwrap().iter().map(|r| r["sourceIP"].as_str().unwrap()).collect();
+    assert_eq!(srcs, vec!["10.244.1.12"]);
+}
+
+#[test]
+fn seed_000_web_pods_reach_db_a_with_the_fixed_ip() {
+    let p = plan_json(&["-f", "examples/seed-000-web-to-db"]);
+    for r in p["rules"].as_array().unwrap() {
+        assert_eq!(r["destinationCIDR"], "203.0.113.5/32");
+        assert_eq!(r["egressIP"], "198.51.100.100");
+    }
+    assert_eq!(p["rules"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn live_nodes_choose_the_gateway() {
+    let p = plan_json(&["-f", "examples/seed-002-reference", "--nodes", "node-1,node-2,node-5"]);
+    assert_eq!(egress(&p, "egress-prod-web")["egressNode"], "node-5");
+    let p = plan_json(&["-f", "examples/seed-002-reference", "--nodes", "node-1,node-2"]);
+    let e = egress(&p, "egress-prod-web");
+    assert!(e["egressNode"].is_null());
+    let assigned = e["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "IPAssigned").unwrap();
+    assert_eq!(assigned["status"], "False");
+    assert_eq!(assigned["reason"], "NoEligibleNode");
+    assert!(p["rules"][0]["gatewayNode"].is_null(), "fail closed: the rule stays, with no gateway");
+    let o = egret(&["plan", "-f", "examples/seed-002-reference", "--nodes", "node-9"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node-9"));
+}
+
+#[test]
+fn plan_table_has_the_documented_columns() {
+    let o = egret(&["plan", "-f", "examples/seed-002-ha"]);
+    let out = stdout(&o);
+    assert!(out.contains("Source IP   | Destination CIDR | Egress IP  | Gateway"), "{out}");
+    assert!(out.contains("egress-prod-web    | 10.10.0.11"), "{out}");
+}
+
+const BROKEN: &str = r#"
+apiVersion: egret.dev/v1alpha1
+kind: ExternalIPPool
+metadata: {name: backwards}
+spec:
+  ipRanges: [{start: 10.10.0.20, end: 10.10.0.11}]
+---
+apiVersion: egret.dev/v1alpha1
+kind: ExternalIPPool
+metadata: {name: good}
+spec:
+  ipRanges: [{cidr: 10.10.1.0/28}]
+---
+apiVersion: egret.dev/v1alpha1
+kind: ExternalIPPool
+metadata: {name: overlapping}
+spec:
+  ipRanges: [{cidr: 10.10.1.8/29}]
+---
+apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata: {name: outside-pool}
+spec:
+  appliedTo: {podSelector: {matchLabels: {app: web}}}
+  egressIP: 10.99.0.1
+  externalIPPool: good
+---
+apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata: {name: bad-operator}
+spec:
+  appliedTo: {podSelector: {matchExpressions: [{key: app, operator: Equals, values: [web]}]}}
+  externalIPPool: good
+---
+apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata: {name: bad-exclusion}
+spec:
+  appliedTo: {podSelector: {}}
+  externalIPPool: good
+  destinationCIDRs: [203.0.113.0/24]
+  excludedCIDRs: [198.51.100.0/24]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+"#;
+
+#[test]
+fn broken_inputs_are_rejected_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, BROKEN).unwrap();
+    let o = egret(&["validate", "-f", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let f = file.display().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        format!("{f}: Deployment/web: document 6: unknown kind apps/v1/Deployment"),
+        format!("{f}: ExternalIPPool/backwards: spec.ipRanges[0]: start 10.10.0.20 is after end 10.10.0.11"),
+        format!(
+            "{f}: ExternalIPPool/overlapping: spec.ipRanges[0]: 10.10.1.9-10.10.1.14 overlaps ExternalIPPool \"good\""
+        ),
+        format!("{f}: Egress/outside-pool: spec.egressIP: 10.99.0.1 is not in ExternalIPPool \"good\""),
+        format!(
+            "{f}: Egress/bad-operator: spec.appliedTo.podSelector.matchExpressions[0].operator: unknown operator \"Equals\""
+        ),
+        format!(
+            "{f}: Egress/bad-exclusion: spec.excludedCIDRs[0]: 198.51.100.0/24 is not inside any of destinationCIDRs"
+        ),
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}");
+    for (line, want) in lines.iter().zip(&expect) {
+        assert!(line.starts_with(want.as_str()), "\n got: {line}\nwant: {want}...");
+    }
+    let o = egret(&["plan", "-f", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty(), "nothing is planned from broken input");
+}
+
+#[test]
+fn convert_emits_egret_manifests_that_load_again() {
+    let o = egret(&["convert", "-f", "examples/seed-004-cilium/policy.yaml", "examples/seed-002-ha/egress.yaml"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(!out.contains("cilium.io") && !out.contains("antrea.io"), "{out}");
+    assert_eq!(out.matches("apiVersion: egret.dev/v1alpha1").count(), 5, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("converted.yaml"), &out).unwrap();
+    std::fs::copy(root().join("examples/cluster/lab.yaml"), dir.path().join("cluster.yaml")).unwrap();
+    let o = egret(&["validate", "-f", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("valid: 2 ExternalIPPools, 3 Egresses"));
+}
+
+#[test]
+fn committed_crds_are_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = egret(&["crds", "--dir", dir.path().to_str().unwrap()]);
+    assert!(o.status.success());
+    for f in ["egresses.yaml", "externalippools.yaml"] {
+        let fresh = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let committed = std::fs::read_to_string(root().join("deploy/crds").join(f)).unwrap_or_default();
+        assert!(fresh == committed, "deploy/crds/{f} is stale: run `egret crds --dir deploy/crds`");
+    }
+}
