@@ -146,7 +146,9 @@ fn bench(c: &mut Criterion) {
     };
     let p = plan(&inputs);
     assert!(p.rules.len() >= PODS / 2, "the benchmark world steers most pods");
-    g.bench_function("node_plans for 5k nodes", |b| b.iter(|| black_box(p.node_plans().len())));
+    g.bench_function("node_plan of one node (what an agent computes)", |b| {
+        b.iter(|| black_box(p.node_plan("node-10").map(|n| n.steer.len())))
+    });
     g.finish();
 }
 

@@ -156,9 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn score_is_a_fixed_function() {
-        // Pinned so that a change of hash (which would move every IP on upgrade) fails a test.
-        assert_eq!(score(&"10.10.0.11".parse().unwrap(), "node-4"), score(&"10.10.0.11".parse().unwrap(), "node-4"));
-        assert_ne!(score(&"10.10.0.11".parse().unwrap(), "node-4"), score(&"10.10.0.11".parse().unwrap(), "node-5"));
+    fn placement_is_pinned_across_builds() {
+        // Agents of different builds must agree; a change of hash would move every IP on
+        // upgrade. These owners were computed once and must never change.
+        let six: BTreeSet<String> = (1..=6).map(|i| format!("node-{i}")).collect();
+        let r = |ip: &str| Request { ip: ip.parse().unwrap(), eligible: six.clone() };
+        let placed = place(&[r("10.10.0.11"), r("10.10.0.12")], None);
+        assert_eq!(placed[&"10.10.0.11".parse::<IpAddr>().unwrap()].as_deref(), Some("node-1"));
+        assert_eq!(placed[&"10.10.0.12".parse::<IpAddr>().unwrap()].as_deref(), Some("node-5"));
     }
 }

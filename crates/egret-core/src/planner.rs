@@ -434,7 +434,8 @@ pub fn plan(inp: &Inputs) -> Plan {
     let no_ns: (&Labels, Vec<usize>) = (&empty, Vec::new());
 
     let mut by_pod_labels: HashMap<(&str, &Labels), Vec<usize>> = HashMap::new();
-    let mut partitions: HashMap<(Vec<usize>, Family), Arc<Vec<(IpNet, usize)>>> = HashMap::new();
+    // Destination partitions, computed once per family and distinct set of matching Egresses.
+    let mut partitions: HashMap<Family, HashMap<Vec<usize>, Arc<Vec<(IpNet, usize)>>>> = HashMap::new();
     let mut rules = Vec::new();
     for pod in inp.pods {
         if pod.ips.is_empty() {
@@ -452,22 +453,28 @@ pub fn plan(inp: &Inputs) -> Plan {
             continue;
         }
         let nl = pod.node.as_deref().and_then(|n| node_labels.get(n).copied()).unwrap_or(&empty);
-        let matched: Vec<usize> = if matched.iter().any(|&i| order[i].applied_to.nodes.is_some()) {
+        let matched: std::borrow::Cow<[usize]> = if matched.iter().any(|&i| order[i].applied_to.nodes.is_some()) {
             matched
                 .iter()
                 .copied()
                 .filter(|&i| order[i].applied_to.nodes.as_ref().is_none_or(|s| s.matches(nl)))
-                .collect()
+                .collect::<Vec<_>>()
+                .into()
         } else {
-            matched.clone()
+            matched.as_slice().into()
         };
         let source_node = pod.node.as_deref().map(|n| node_names.get(n).cloned().unwrap_or_else(|| Arc::from(n)));
         for ip in &pod.ips {
             let family = Family::of(ip);
-            let part = partitions
-                .entry((matched.clone(), family))
-                .or_insert_with(|| Arc::new(partition(&matched, &order, family)))
-                .clone();
+            let cache = partitions.entry(family).or_default();
+            let part = match cache.get(matched.as_ref()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(partition(&matched, &order, family));
+                    cache.insert(matched.to_vec(), p.clone());
+                    p
+                }
+            };
             for &(dest, i) in part.iter() {
                 if gws[i].is_none() && order[i].failure_policy == FailurePolicy::FallbackToNodeIP {
                     continue;
@@ -483,13 +490,7 @@ pub fn plan(inp: &Inputs) -> Plan {
             }
         }
     }
-    rules.sort_by(|a, b| {
-        (a.source_ip, a.destination.network(), a.destination.prefix_len()).cmp(&(
-            b.source_ip,
-            b.destination.network(),
-            b.destination.prefix_len(),
-        ))
-    });
+    rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
 
     let internal = inp
         .nodes
@@ -521,11 +522,22 @@ pub fn plan(inp: &Inputs) -> Plan {
 }
 
 impl Plan {
-    /// Splits the plan into what each node must hold, in one pass over the rules.
+    /// What one node must hold: one pass over the rules. This is what an agent computes.
+    pub fn node_plan(&self, node: &str) -> Option<NodePlan> {
+        self.build(Some(node)).remove(node)
+    }
+
+    /// What every node must hold, in one pass over the rules. Every plan lists all tunnel
+    /// peers, so this is quadratic in the number of nodes: for tests and tools, not agents.
     pub fn node_plans(&self) -> BTreeMap<String, NodePlan> {
+        self.build(None)
+    }
+
+    fn build(&self, only: Option<&str>) -> BTreeMap<String, NodePlan> {
         let mut out: BTreeMap<String, NodePlan> = self
             .node_ids
             .iter()
+            .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
             .map(|(name, &id)| {
                 let np = NodePlan {
                     node: name.clone(),
