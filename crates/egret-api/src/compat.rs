@@ -31,9 +31,9 @@ fn unsupported(field: &str, reason: &str) -> CompatError {
 #[derive(Debug, Clone)]
 pub enum Translated {
     /// An `egret.dev` Egress.
-    Egress(Egress),
+    Egress(Box<Egress>),
     /// An `egret.dev` ExternalIPPool.
-    Pool(ExternalIPPool),
+    Pool(Box<ExternalIPPool>),
 }
 
 /// Antrea `Egress` spec (`crd.antrea.io/v1alpha2` and `v1beta1`).
@@ -333,7 +333,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
         },
     );
     pool.metadata = carry_meta(&c.metadata, pool_name.clone());
-    let mut out = vec![Translated::Pool(pool)];
+    let mut out = vec![Translated::Pool(Box::new(pool))];
     let many = c.spec.selectors.len() > 1;
     for (i, s) in c.spec.selectors.iter().enumerate() {
         let (namespace_selector, pod_selector) =
@@ -349,7 +349,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
         };
         let mut e = Egress::new(&eg_name, spec);
         e.metadata = carry_meta(&c.metadata, eg_name);
-        out.push(Translated::Egress(e));
+        out.push(Translated::Egress(Box::new(e)));
     }
     Ok(out)
 }

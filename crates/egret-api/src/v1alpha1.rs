@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
     plural = "externalippools",
     shortname = "eip",
     status = "ExternalIPPoolStatus",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"TOTAL","type":"integer","jsonPath":".status.usage.total"}"#,
     printcolumn = r#"{"name":"USED","type":"integer","jsonPath":".status.usage.used"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -70,6 +71,7 @@ pub struct IPPoolUsage {
     plural = "egresses",
     shortname = "eg",
     status = "EgressStatus",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"EGRESSIP","type":"string","jsonPath":".status.egressIP"}"#,
     printcolumn = r#"{"name":"NODE","type":"string","jsonPath":".status.egressNode"}"#,
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#

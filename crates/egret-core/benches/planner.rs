@@ -3,6 +3,8 @@
 //! Run: `cargo bench -p egret-core --bench planner`. Measured: validation, allocation, placement
 //! and the whole plan, then the split into per-node plans.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a bad fixture should stop it
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use egret_api::v1alpha1 as api;
 use egret_core::ipam::allocate;

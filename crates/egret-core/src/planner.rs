@@ -257,16 +257,23 @@ fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) ->
 /// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
 fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
     let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
-    let mut requests = Vec::new();
+    // Eligible nodes per pool, computed once per pool rather than once per Egress.
+    let mut eligible_by_pool: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut wanted = Vec::new();
     for e in inp.egresses.values() {
         let (Some(ip), Some(pool)) = (inp.allocations.ip(&e.name), e.pool.as_ref().and_then(|p| inp.pools.get(p)))
         else {
             continue;
         };
-        let eligible =
-            live_nodes.iter().filter(|n| pool.node_selector.matches(&n.labels)).map(|n| n.name.clone()).collect();
-        requests.push(Request { ip, eligible });
+        eligible_by_pool.entry(pool.name.as_str()).or_insert_with(|| {
+            live_nodes.iter().filter(|n| pool.node_selector.matches(&n.labels)).map(|n| n.name.clone()).collect()
+        });
+        wanted.push((ip, pool.name.as_str()));
     }
+    let requests: Vec<Request> = wanted
+        .into_iter()
+        .filter_map(|(ip, pool)| eligible_by_pool.get(pool).map(|eligible| Request { ip, eligible }))
+        .collect();
     let placed = placement::place(&requests, None);
     let mut out = BTreeMap::new();
     for e in inp.egresses.values() {
@@ -363,6 +370,9 @@ fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
     out
 }
 
+/// Disjoint destination blocks and the index of the Egress deciding each.
+type Partition = Arc<Vec<(IpNet, usize)>>;
+
 /// The disjoint destination blocks of one set of matching Egresses (indices in priority
 /// order), for one family: `(block, egress index)`.
 fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(IpNet, usize)> {
@@ -392,14 +402,19 @@ fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(Ip
 }
 
 fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
-    let mut sets: BTreeMap<Family, SpanSet> = BTreeMap::new();
+    let mut by_family: BTreeMap<Family, Vec<(u128, u128)>> = BTreeMap::new();
     for n in nets {
         let s = Span::of_net(&n);
-        sets.entry(s.family).or_default().insert(s.start, s.end);
+        by_family.entry(s.family).or_default().push((s.start, s.end));
     }
-    sets.into_iter()
-        .flat_map(|(f, set)| {
-            set.spans().iter().flat_map(|&(s, e)| Span { family: f, start: s, end: e }.to_cidrs()).collect::<Vec<_>>()
+    by_family
+        .into_iter()
+        .flat_map(|(family, spans)| {
+            SpanSet::from_spans(spans)
+                .spans()
+                .iter()
+                .flat_map(|&(start, end)| Span { family, start, end }.to_cidrs())
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -435,7 +450,7 @@ pub fn plan(inp: &Inputs) -> Plan {
 
     let mut by_pod_labels: HashMap<(&str, &Labels), Vec<usize>> = HashMap::new();
     // Destination partitions, computed once per family and distinct set of matching Egresses.
-    let mut partitions: HashMap<Family, HashMap<Vec<usize>, Arc<Vec<(IpNet, usize)>>>> = HashMap::new();
+    let mut partitions: HashMap<Family, HashMap<Vec<usize>, Partition>> = HashMap::new();
     let mut rules = Vec::new();
     for pod in inp.pods {
         if pod.ips.is_empty() {

@@ -5,5 +5,7 @@
 //! document index, kind and name, and the good documents are still returned.
 
 mod read;
+mod store;
 
 pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};
+pub use store::{HasMeta, Key, Store, StoreError, StoreLock, write_atomic};

@@ -270,8 +270,8 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
     let push_translated = |t: Vec<Translated>, objs: &mut Objects| {
         for t in t {
             match t {
-                Translated::Egress(e) => objs.egresses.push(Document { origin: origin.clone(), object: e }),
-                Translated::Pool(p) => objs.pools.push(Document { origin: origin.clone(), object: p }),
+                Translated::Egress(e) => objs.egresses.push(Document { origin: origin.clone(), object: *e }),
+                Translated::Pool(p) => objs.pools.push(Document { origin: origin.clone(), object: *p }),
             }
         }
     };
@@ -284,10 +284,10 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         }
         ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => parse::<compat::AntreaEgress>(json)
             .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
-            .map(|e| push_translated(vec![Translated::Egress(e)], objs)),
+            .map(|e| push_translated(vec![Translated::Egress(Box::new(e))], objs)),
         ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "ExternalIPPool") => parse::<compat::AntreaPool>(json)
             .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
-            .map(|p| push_translated(vec![Translated::Pool(p)], objs)),
+            .map(|p| push_translated(vec![Translated::Pool(Box::new(p))], objs)),
         ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse::<compat::CiliumPolicy>(json)
             .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
             .map(|t| push_translated(t, objs)),

@@ -1,5 +1,7 @@
 //! The CLI run as a binary on `examples/` and on broken inputs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,410 @@
+//! The writable local store: one YAML file per object in a directory, written atomically
+//! (temporary file + rename, so no reader ever sees half a file) under an exclusive lock
+//! (`DIR/.lock`), plus per-node agent reports in `DIR/.agents/`.
+
+use crate::read::{LoadError, Objects, read_paths};
+use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_core::validate::Problem;
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An object could not be serialised.
+    #[error("cannot serialise {what}: {reason}")]
+    Serialise {
+        /// Which object.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The input did not load; nothing was written.
+    #[error("{} document(s) did not load; nothing was applied", .0.len())]
+    Load(Vec<LoadError>),
+    /// The change would make objects invalid; nothing was written.
+    #[error("{} problem(s); nothing was applied", .0.len())]
+    Invalid(Vec<Problem>),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// A local store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Holds the store's exclusive lock until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+/// The key of an object: kind, namespace (pods only) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// Kind.
+    pub kind: &'static str,
+    /// Namespace, for namespaced kinds.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    fn file_name(&self) -> String {
+        let kind = self.kind.to_ascii_lowercase();
+        match &self.namespace {
+            Some(ns) => format!("{kind}_{ns}_{}.yaml", self.name),
+            None => format!("{kind}_{}.yaml", self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{ns}/{}", self.kind, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+impl Store {
+    /// Opens (creating if needed) a store directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join(".agents")).map_err(io(&dir))?;
+        Ok(Store { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the exclusive write lock (blocking).
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let path = self.dir.join(".lock");
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        file.lock().map_err(io(&path))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Reads every object.
+    pub fn load(&self) -> (Objects, Vec<LoadError>) {
+        read_paths(std::slice::from_ref(&self.dir))
+    }
+
+    /// Writes one object (under the lock).
+    pub fn put<T: Serialize>(&self, _lock: &StoreLock, key: &Key, obj: &T) -> Result<(), StoreError> {
+        let yaml = serde_yaml_ng::to_string(obj)
+            .map_err(|e| StoreError::Serialise { what: key.to_string(), reason: e.to_string() })?;
+        write_atomic(&self.dir.join(key.file_name()), yaml.as_bytes())
+    }
+
+    /// Removes one object (under the lock); `false` when it did not exist.
+    pub fn remove(&self, _lock: &StoreLock, key: &Key) -> Result<bool, StoreError> {
+        let path = self.dir.join(key.file_name());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
+    /// keeping the stored status and creation time. The whole change is validated together
+    /// with what the store holds; if it adds any problem, nothing is written.
+    pub fn apply(&self, new: Objects) -> Result<Vec<(Key, bool)>, StoreError> {
+        let lock = self.lock()?;
+        let (mut cur, errs) = self.load();
+        if !errs.is_empty() {
+            return Err(StoreError::Load(errs));
+        }
+        let before: BTreeSet<String> = problem_keys(&cur);
+        let allocated = allocated_ips(&cur);
+        let mut changes = Vec::new();
+        merge(
+            &mut cur.pools,
+            new.pools,
+            |d| key_of("ExternalIPPool", None, &d.metadata.name),
+            &mut changes,
+            |o, n| {
+                n.status = o.status.clone();
+                n.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
+            },
+        );
+        merge(
+            &mut cur.egresses,
+            new.egresses,
+            |d| key_of("Egress", None, &d.metadata.name),
+            &mut changes,
+            |o, n| {
+                n.status = o.status.clone();
+                n.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
+            },
+        );
+        merge(&mut cur.nodes, new.nodes, |d| key_of("Node", None, &d.metadata.name), &mut changes, keep_created);
+        merge(
+            &mut cur.namespaces,
+            new.namespaces,
+            |d| key_of("Namespace", None, &d.metadata.name),
+            &mut changes,
+            keep_created,
+        );
+        merge(
+            &mut cur.pods,
+            new.pods,
+            |d| key_of("Pod", d.metadata.namespace.clone(), &d.metadata.name),
+            &mut changes,
+            keep_created,
+        );
+
+        let v = cur.validate();
+        let mut fresh: Vec<Problem> =
+            v.problems.iter().filter(|p| !before.contains(&problem_key(p))).cloned().collect();
+        for (name, pool) in &v.pools {
+            let idx = cur.pools.iter().position(|d| d.object.metadata.name.as_deref() == Some(name)).unwrap_or(0);
+            let held: Vec<_> =
+                allocated.iter().filter(|(_, _, p)| p == name).map(|(ip, e, _)| (*ip, e.clone())).collect();
+            fresh.extend(egret_core::validate::check_pool_update(pool, idx, &held));
+        }
+        if !fresh.is_empty() {
+            return Err(StoreError::Invalid(fresh));
+        }
+        for (key, _) in &changes {
+            match key.kind {
+                "ExternalIPPool" => put_doc(self, &lock, key, &cur.pools)?,
+                "Egress" => put_doc(self, &lock, key, &cur.egresses)?,
+                "Node" => put_doc(self, &lock, key, &cur.nodes)?,
+                "Namespace" => put_doc(self, &lock, key, &cur.namespaces)?,
+                _ => put_doc(self, &lock, key, &cur.pods)?,
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Deletes the objects named in `objs` (their specs are ignored); returns those that existed.
+    pub fn delete(&self, objs: &Objects) -> Result<Vec<Key>, StoreError> {
+        let lock = self.lock()?;
+        let mut keys: Vec<Key> = Vec::new();
+        keys.extend(objs.pools.iter().map(|d| key_of("ExternalIPPool", None, &d.object.metadata.name)));
+        keys.extend(objs.egresses.iter().map(|d| key_of("Egress", None, &d.object.metadata.name)));
+        keys.extend(objs.nodes.iter().map(|d| key_of("Node", None, &d.object.metadata.name)));
+        keys.extend(objs.namespaces.iter().map(|d| key_of("Namespace", None, &d.object.metadata.name)));
+        keys.extend(
+            objs.pods.iter().map(|d| key_of("Pod", d.object.metadata.namespace.clone(), &d.object.metadata.name)),
+        );
+        let mut gone = Vec::new();
+        for k in keys {
+            if self.remove(&lock, &k)? {
+                gone.push(k);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Rewrites the status of Egresses and pools whose status changed (under the lock),
+    /// re-reading each file first so a concurrent spec change is never lost.
+    pub fn write_statuses(
+        &self,
+        egresses: &[(String, egret_api::v1alpha1::EgressStatus)],
+        pools: &[(String, egret_api::v1alpha1::ExternalIPPoolStatus)],
+    ) -> Result<usize, StoreError> {
+        let lock = self.lock()?;
+        let mut written = 0;
+        for (name, status) in egresses {
+            let key = key_of("Egress", None, &Some(name.clone()));
+            if let Some(mut e) = self.read_one::<Egress>(&key)?
+                && e.status.as_ref() != Some(status)
+            {
+                e.status = Some(status.clone());
+                self.put(&lock, &key, &e)?;
+                written += 1;
+            }
+        }
+        for (name, status) in pools {
+            let key = key_of("ExternalIPPool", None, &Some(name.clone()));
+            if let Some(mut p) = self.read_one::<ExternalIPPool>(&key)?
+                && p.status.as_ref() != Some(status)
+            {
+                p.status = Some(status.clone());
+                self.put(&lock, &key, &p)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    fn read_one<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError> {
+        let path = self.dir.join(key.file_name());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_yaml_ng::from_str(&text)
+                .map(Some)
+                .map_err(|e| StoreError::Serialise { what: key.to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Writes this node's agent report.
+    pub fn write_report<T: Serialize>(&self, node: &str, report: &T) -> Result<(), StoreError> {
+        let path = self.dir.join(".agents").join(format!("{node}.json"));
+        let json = serde_json::to_vec_pretty(report)
+            .map_err(|e| StoreError::Serialise { what: format!("report of {node}"), reason: e.to_string() })?;
+        write_atomic(&path, &json)
+    }
+
+    /// Reads every agent report that parses, by node.
+    pub fn read_reports<T: DeserializeOwned>(&self) -> Vec<(String, T)> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join(".agents")) else { return Vec::new() };
+        let mut out: Vec<(String, T)> = rd
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let p = e.path();
+                let node = p.file_name()?.to_str()?.strip_suffix(".json")?.to_string();
+                let r = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                Some((node, r))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn keep_created<T: HasMeta>(o: &T, n: &mut T) {
+    n.meta_mut().creation_timestamp = o.meta().creation_timestamp.clone();
+}
+
+fn key_of(kind: &'static str, namespace: Option<String>, name: &Option<String>) -> Key {
+    Key {
+        kind,
+        namespace: namespace.or_else(|| (kind == "Pod").then(|| "default".to_string())),
+        name: name.clone().unwrap_or_default(),
+    }
+}
+
+/// Merges `new` into `cur` by key; records `(key, created)` for each changed object.
+fn merge<T, K, F>(
+    cur: &mut Vec<crate::read::Document<T>>,
+    new: Vec<crate::read::Document<T>>,
+    key: K,
+    changes: &mut Vec<(Key, bool)>,
+    keep: F,
+) where
+    T: Clone + PartialEq + HasMeta,
+    K: Fn(&T) -> Key,
+    F: Fn(&T, &mut T),
+{
+    for mut d in new {
+        let k = key(&d.object);
+        match cur.iter_mut().find(|c| key(&c.object) == k) {
+            Some(existing) => {
+                keep(&existing.object, &mut d.object);
+                if existing.object != d.object {
+                    existing.object = d.object;
+                    changes.push((k, false));
+                }
+            }
+            None => {
+                if d.object.meta_mut().creation_timestamp.is_none() {
+                    d.object.meta_mut().creation_timestamp = Some(now());
+                }
+                cur.push(d);
+                changes.push((k, true));
+            }
+        }
+    }
+}
+
+/// Access to object metadata for the kinds the store holds.
+pub trait HasMeta {
+    /// Metadata.
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    /// Mutable metadata.
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+}
+
+macro_rules! has_meta {
+    ($($t:ty),*) => {$(
+        impl HasMeta for $t {
+            fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    )*};
+}
+has_meta!(Egress, ExternalIPPool, corev1::Node, corev1::Namespace, corev1::Pod);
+
+fn put_doc<T: Serialize + HasMeta>(
+    store: &Store,
+    lock: &StoreLock,
+    key: &Key,
+    docs: &[crate::read::Document<T>],
+) -> Result<(), StoreError> {
+    for d in docs {
+        let m = d.object.meta();
+        let ns_ok = key.kind != "Pod"
+            || m.namespace.as_deref().unwrap_or("default") == key.namespace.as_deref().unwrap_or("default");
+        if m.name.as_deref() == Some(key.name.as_str()) && ns_ok {
+            return store.put(lock, key, &d.object);
+        }
+    }
+    Ok(())
+}
+
+fn problem_key(p: &Problem) -> String {
+    format!("{}/{}/{}/{}", p.kind, p.name, p.field, p.reason)
+}
+
+fn problem_keys(o: &Objects) -> BTreeSet<String> {
+    o.validate().problems.iter().map(problem_key).collect()
+}
+
+/// `(ip, egress, pool)` for every allocation recorded in Egress status.
+fn allocated_ips(o: &Objects) -> Vec<(std::net::IpAddr, String, String)> {
+    o.egresses
+        .iter()
+        .filter_map(|d| {
+            let e = &d.object;
+            let ip = e.status.as_ref()?.egress_ip.as_deref()?.parse().ok()?;
+            Some((ip, e.metadata.name.clone()?, e.spec.external_ip_pool.clone()?))
+        })
+        .collect()
+}
