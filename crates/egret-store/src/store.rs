@@ -408,3 +408,108 @@ fn allocated_ips(o: &Objects) -> Vec<(std::net::IpAddr, String, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::read_str;
+    use egret_api::v1alpha1::EgressStatus;
+
+    fn objs(text: &str) -> Objects {
+        let (o, e) = read_str(Path::new("in.yaml"), text);
+        assert!(e.is_empty(), "{e:?}");
+        o
+    }
+
+    const POOL: &str = "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p}\nspec: {ipRanges: [{start: 10.10.0.11, end: 10.10.0.20}]}\n";
+    const EGRESS: &str = "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: e}\nspec: {appliedTo: {podSelector: {}}, externalIPPool: p}\n";
+
+    #[test]
+    fn apply_creates_then_updates_keeping_status_and_creation_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let changes = store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap();
+        assert_eq!(changes.iter().filter(|(_, created)| *created).count(), 2);
+        let status = EgressStatus { egress_ip: Some("10.10.0.11".into()), ..Default::default() };
+        assert_eq!(store.write_statuses(&[("e".into(), status.clone())], &[]).unwrap(), 1);
+        // Unchanged status: nothing rewritten.
+        assert_eq!(store.write_statuses(&[("e".into(), status.clone())], &[]).unwrap(), 0);
+        let (loaded, _) = store.load();
+        let created = loaded.egresses[0].object.metadata.creation_timestamp.clone();
+        assert!(created.is_some());
+        // Re-applying the same spec changes nothing; a new spec keeps status and creation time.
+        assert!(store.apply(objs(EGRESS)).unwrap().is_empty());
+        store.apply(objs(&EGRESS.replace("podSelector: {}", "podSelector: {matchLabels: {app: web}}"))).unwrap();
+        let (loaded, _) = store.load();
+        let e = &loaded.egresses[0].object;
+        assert_eq!(e.status.as_ref(), Some(&status));
+        assert_eq!(e.metadata.creation_timestamp, created);
+        assert!(e.spec.applied_to.pod_selector.as_ref().unwrap().match_labels.is_some());
+    }
+
+    #[test]
+    fn bad_input_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap();
+        let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let bad = format!(
+            "{}---\n{}",
+            EGRESS.replace("name: e", "name: f").replace("externalIPPool: p", "externalIPPool: nope"),
+            EGRESS.replace("name: e", "name: g")
+        );
+        match store.apply(objs(&bad)) {
+            Err(StoreError::Invalid(p)) => {
+                assert_eq!(p.len(), 1);
+                assert_eq!((p[0].name.as_str(), p[0].field.as_str()), ("f", "spec.externalIPPool"));
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let after: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(before, after, "nothing written, not even the valid object");
+    }
+
+    #[test]
+    fn pool_ranges_holding_allocations_cannot_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap();
+        store
+            .write_statuses(
+                &[("e".into(), EgressStatus { egress_ip: Some("10.10.0.11".into()), ..Default::default() })],
+                &[],
+            )
+            .unwrap();
+        let shrunk = POOL.replace("start: 10.10.0.11", "start: 10.10.0.15");
+        let Err(StoreError::Invalid(p)) = store.apply(objs(&shrunk)) else {
+            panic!("shrinking under an allocation must fail")
+        };
+        assert_eq!(p[0].field, "spec.ipRanges");
+        assert!(p[0].reason.contains("10.10.0.11"));
+        let grown = POOL.replace("end: 10.10.0.20", "end: 10.10.0.30");
+        assert_eq!(store.apply(objs(&grown)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn delete_removes_files_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap();
+        let gone = store.delete(&objs(EGRESS)).unwrap();
+        assert_eq!(gone.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["Egress/e"]);
+        assert!(store.delete(&objs(EGRESS)).unwrap().is_empty());
+        assert!(store.load().0.egresses.is_empty());
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.write_report("node-1", &serde_json::json!({"hosted": ["10.10.0.11"]})).unwrap();
+        let r: Vec<(String, serde_json::Value)> = store.read_reports();
+        assert_eq!(r[0].0, "node-1");
+        assert_eq!(r[0].1["hosted"][0], "10.10.0.11");
+        // Reports never show up as objects.
+        assert!(store.load().1.is_empty());
+    }
+}
