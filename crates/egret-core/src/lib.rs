@@ -14,6 +14,7 @@ pub mod net;
 pub mod placement;
 pub mod planner;
 pub mod selector;
+pub mod status;
 pub mod validate;
 
 #[cfg(test)]

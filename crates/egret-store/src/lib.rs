@@ -6,6 +6,8 @@
 
 mod read;
 mod store;
+mod watch;
 
 pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};
 pub use store::{HasMeta, Key, Store, StoreError, StoreLock, write_atomic};
+pub use watch::{StoreWatcher, WatchError, watch};
