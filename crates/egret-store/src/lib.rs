@@ -5,9 +5,11 @@
 //! document index, kind and name, and the good documents are still returned.
 
 mod read;
+mod report;
 mod store;
 mod watch;
 
 pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};
-pub use store::{HasMeta, Key, Store, StoreError, StoreLock, write_atomic};
+pub use report::{APPLIED_AT, AgentReport, now_ms};
+pub use store::{HasMeta, Key, Store, StoreError, StoreLock, newest_applied_at, write_atomic};
 pub use watch::{StoreWatcher, WatchError, watch};

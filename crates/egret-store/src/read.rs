@@ -105,6 +105,16 @@ impl Objects {
         }
     }
 
+    /// The origin of the Egret object of `kind` called `name`.
+    pub fn origin_by_name(&self, kind: &str, name: &str) -> Option<&Origin> {
+        let hit = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.name.as_deref() == Some(name);
+        match kind {
+            "Egress" => self.egresses.iter().find(|d| hit(&d.object.metadata)).map(|d| &d.origin),
+            "ExternalIPPool" => self.pools.iter().find(|d| hit(&d.object.metadata)).map(|d| &d.origin),
+            _ => None,
+        }
+    }
+
     /// Nodes as the core model.
     pub fn model_nodes(&self) -> Vec<model::Node> {
         self.nodes.iter().map(|d| model::Node::from_k8s(&d.object)).collect()

@@ -148,7 +148,9 @@ impl Store {
     /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
     /// keeping the stored status and creation time. The whole change is validated together
     /// with what the store holds; if it adds any problem, nothing is written.
-    pub fn apply(&self, new: Objects) -> Result<Vec<(Key, bool)>, StoreError> {
+    pub fn apply(&self, mut new: Objects) -> Result<Vec<(Key, bool)>, StoreError> {
+        let stamp = crate::report::now_ms().to_string();
+        stamp_all(&mut new, &stamp);
         let lock = self.lock()?;
         let (mut cur, errs) = self.load();
         if !errs.is_empty() {
@@ -305,6 +307,34 @@ impl Store {
     }
 }
 
+fn stamp_all(o: &mut Objects, at: &str) {
+    fn stamp<T: HasMeta>(docs: &mut [crate::read::Document<T>], v: &str) {
+        for d in docs {
+            d.object
+                .meta_mut()
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(crate::report::APPLIED_AT.into(), v.into());
+        }
+    }
+    stamp(&mut o.pools, at);
+    stamp(&mut o.egresses, at);
+    stamp(&mut o.nodes, at);
+    stamp(&mut o.namespaces, at);
+    stamp(&mut o.pods, at);
+}
+
+/// The newest `egret.dev/applied-at` among the objects.
+pub fn newest_applied_at(o: &Objects) -> u64 {
+    fn newest<T: HasMeta>(docs: &[crate::read::Document<T>]) -> u64 {
+        docs.iter()
+            .filter_map(|d| d.object.meta().annotations.as_ref()?.get(crate::report::APPLIED_AT)?.parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+    newest(&o.pools).max(newest(&o.egresses)).max(newest(&o.nodes)).max(newest(&o.namespaces)).max(newest(&o.pods))
+}
+
 fn keep_created<T: HasMeta>(o: &T, n: &mut T) {
     n.meta_mut().creation_timestamp = o.meta().creation_timestamp.clone();
 }
@@ -334,7 +364,17 @@ fn merge<T, K, F>(
         match cur.iter_mut().find(|c| key(&c.object) == k) {
             Some(existing) => {
                 keep(&existing.object, &mut d.object);
-                if existing.object != d.object {
+                // The apply stamp alone is no change: compare with the old stamp in place.
+                let mut same = d.object.clone();
+                if let (Some(a), Some(old)) =
+                    (same.meta_mut().annotations.as_mut(), existing.object.meta().annotations.as_ref())
+                {
+                    match old.get(crate::report::APPLIED_AT) {
+                        Some(v) => a.insert(crate::report::APPLIED_AT.into(), v.clone()),
+                        None => a.remove(crate::report::APPLIED_AT),
+                    };
+                }
+                if existing.object != same {
                     existing.object = d.object;
                     changes.push((k, false));
                 }

@@ -1,5 +1,16 @@
 //! `egret`: one binary for the controller, the agent, the lab and the operator's CLI.
 
+/// `print!` through [`emit`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::emit(&format!($($t)*)) };
+}
+/// `println!` through [`emit`].
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::emit(&format!("{}\n", format!($($t)*))) };
+}
+
+mod controller;
+mod get;
 mod offline;
 mod table;
 
@@ -30,6 +41,40 @@ enum Cmd {
     },
     /// Show what manifests would do: allocations, gateway nodes and steering rules.
     Plan(offline::PlanArgs),
+    /// Show objects with their status, like `kubectl get`.
+    Get {
+        /// egress (eg) or externalippools (eip).
+        what: get::Resource,
+        /// The local store (default: the running lab's).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The lab whose store to read when --store is not given.
+        #[arg(long, default_value = "egret")]
+        name: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: get::GetOutput,
+    },
+    /// Create or update objects in a local store (all or nothing).
+    Apply {
+        /// Files or directories of YAML manifests.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The local store.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Delete the objects named in manifests from a local store.
+    Delete {
+        /// Files or directories of YAML manifests.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The local store.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Run the controller: validate objects, allocate egress IPs, write status.
+    Controller(controller::ControllerArgs),
     /// Translate Antrea and Cilium manifests into egret.dev manifests.
     Convert {
         /// Files or directories of YAML manifests.
@@ -38,10 +83,37 @@ enum Cmd {
     },
 }
 
+/// Writes command output to stdout; a closed pipe (`egret get … | head`) ends the program
+/// quietly instead of panicking like `print!` would.
+pub fn emit(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The store of the lab called `name`.
+fn lab_store(name: &str) -> PathBuf {
+    PathBuf::from("/run/egret/labs").join(name).join("store")
+}
+
+/// Runs a daemon on a small multi-threaded runtime.
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(fut)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
@@ -49,6 +121,10 @@ fn main() -> ExitCode {
         Cmd::Validate { files } => offline::validate(&files),
         Cmd::Plan(args) => offline::plan(&args),
         Cmd::Convert { files } => offline::convert(&files),
+        Cmd::Controller(args) => block_on(controller::run(args)),
+        Cmd::Get { what, store, name, output } => get::get(what, &store.unwrap_or_else(|| lab_store(&name)), output),
+        Cmd::Apply { files, store } => get::apply(&files, &store),
+        Cmd::Delete { files, store } => get::delete(&files, &store),
     };
     match res {
         Ok(code) => code,

@@ -19,7 +19,7 @@ pub fn crds(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
             Some(d) => {
                 std::fs::write(d.join(file), yaml).with_context(|| format!("writing {}", d.join(file).display()))?
             }
-            None => print!("---\n{yaml}"),
+            None => out!("---\n{yaml}"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -42,11 +42,11 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let (objs, v, lines) = load(files);
     if !lines.is_empty() {
         for l in &lines {
-            println!("{l}");
+            outln!("{l}");
         }
         return Ok(ExitCode::from(1));
     }
-    println!(
+    outln!(
         "valid: {} ExternalIPPools, {} Egresses, {} Nodes, {} Namespaces, {} Pods",
         v.pools.len(),
         v.egresses.len(),
@@ -126,8 +126,8 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         config: &config,
     });
     match args.output {
-        PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&p)?),
-        PlanOutput::Table => print!("{}", plan_tables(&p)),
+        PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
+        PlanOutput::Table => out!("{}", plan_tables(&p)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -205,7 +205,7 @@ pub fn convert(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for d in &objs.egresses {
         let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
     }
-    print!("{out}");
+    out!("{out}");
     let skipped = objs.nodes.len() + objs.namespaces.len() + objs.pods.len();
     if skipped > 0 {
         eprintln!(

@@ -221,3 +221,64 @@ fn committed_crds_are_fresh() {
         assert!(fresh == committed, "deploy/crds/{f} is stale: run `egret crds --dir deploy/crds`");
     }
 }
+
+#[test]
+fn store_apply_get_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let o = egret(&["apply", "--store", s, "-f", "examples/cluster/lab.yaml", "examples/seed-002-ha/egress.yaml"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("Egress/egress-prod-web created"));
+    // Re-applying the same manifests changes nothing.
+    assert_eq!(stdout(&egret(&["apply", "--store", s, "-f", "examples/seed-002-ha/egress.yaml"])).trim(), "unchanged");
+    // Bad input is rejected with its field named, and nothing is written.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: egress-prod-web}\nspec: {appliedTo: {podSelector: {}}, externalIPPool: nope}\n").unwrap();
+    let o = egret(&["apply", "--store", s, "-f", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Egress/egress-prod-web: spec.externalIPPool: ExternalIPPool \"nope\" does not exist"),
+        "{err}"
+    );
+    let o = egret(&["get", "egress", "--store", s]);
+    let out = stdout(&o);
+    assert!(out.starts_with("NAME                 EGRESSIP   NODE   AGE\n"), "{out}");
+    let o = egret(&["get", "eg", "--store", s, "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"][0]["spec"]["externalIPPool"], "external-ip-pool");
+    let o = egret(&["get", "externalippools", "--store", s]);
+    assert!(stdout(&o).starts_with("NAME               TOTAL   USED   AGE\n"), "{}", stdout(&o));
+    let o = egret(&["delete", "--store", s, "-f", "examples/seed-002-ha/egress.yaml"]);
+    assert!(stdout(&o).contains("Egress/egress-staging-web deleted"));
+    assert!(String::from_utf8_lossy(&egret(&["get", "egress", "--store", s]).stderr).contains("No resources found"));
+}
+
+#[test]
+fn controller_allocates_and_writes_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().to_str().unwrap();
+    assert!(
+        egret(&["apply", "--store", s, "-f", "examples/cluster/lab.yaml", "examples/seed-002-ha/egress.yaml"])
+            .status
+            .success()
+    );
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_egret")).args(["controller", "--store", s]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut out = String::new();
+    while std::time::Instant::now() < deadline {
+        out = stdout(&egret(&["get", "egress", "--store", s]));
+        if out.contains("10.10.0.12") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = ctl.kill();
+    let _ = ctl.wait();
+    assert!(out.contains("egress-prod-web      10.10.0.11"), "{out}");
+    assert!(out.contains("egress-staging-web   10.10.0.12"), "{out}");
+    let pools = stdout(&egret(&["get", "eip", "--store", s]));
+    assert!(pools.contains("external-ip-pool   10      2"), "{pools}");
+}

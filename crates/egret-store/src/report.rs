@@ -1,0 +1,38 @@
+//! What an agent reports about itself, in `DIR/.agents/<node>.json`: liveness (a heartbeat
+//! until gossip takes over), the egress IPs it hosts, and how far it has programmed the store.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// Annotation that `apply` puts on every object it writes: the apply time in Unix
+/// milliseconds. Agents report the newest one they have programmed, which is how the
+/// store-change-to-datapath latency is measured.
+pub const APPLIED_AT: &str = "egret.dev/applied-at";
+
+/// One agent's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// Node name.
+    pub node: String,
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Unix milliseconds of the last heartbeat.
+    pub heartbeat_ms: u64,
+    /// Whether the datapath matches the latest plan.
+    pub ready: bool,
+    /// Egress IPs this node hosts now.
+    pub hosted: Vec<IpAddr>,
+    /// The newest `egret.dev/applied-at` among the objects of the last programmed store state.
+    pub programmed_applied_at_ms: u64,
+    /// Unix milliseconds when that state was programmed.
+    pub programmed_at_ms: u64,
+    /// The last error, if the last sync failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

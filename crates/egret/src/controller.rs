@@ -1,0 +1,107 @@
+//! `egret controller --store DIR`: validates, allocates egress IPs and writes status back.
+
+use anyhow::Context;
+use egret_core::ipam::allocate;
+use egret_core::planner::{ClusterConfig, Inputs, plan};
+use egret_core::status::{egress_statuses, pool_statuses};
+use egret_store::{AgentReport, Store, now_ms};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Arguments of `egret controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// The local store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// An agent whose heartbeat is older than this is not alive.
+    #[arg(long, default_value = "1500")]
+    pub liveness_timeout_ms: u64,
+    /// Re-evaluate at least this often (liveness changes have no file event).
+    #[arg(long, default_value = "250")]
+    pub resync_ms: u64,
+    /// Service CIDRs (never steered).
+    #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// Nodes whose agent heartbeat is fresh, and the IPs each reports hosting.
+pub fn liveness(
+    reports: &[(String, AgentReport)],
+    timeout_ms: u64,
+) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>) {
+    let now = now_ms();
+    let mut live = BTreeSet::new();
+    let mut hosted = BTreeMap::new();
+    for (node, r) in reports {
+        if now.saturating_sub(r.heartbeat_ms) <= timeout_ms {
+            live.insert(node.clone());
+            hosted.insert(node.clone(), r.hosted.iter().copied().collect());
+        }
+    }
+    (live, hosted)
+}
+
+/// One reconciliation: returns how many statuses were written.
+pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> {
+    let (objs, errs) = store.load();
+    if !errs.is_empty() {
+        // Keep the last good state rather than act on a partial view.
+        for e in &errs {
+            warn!("store: {e}");
+        }
+        return Ok(0);
+    }
+    let reports: Vec<(String, AgentReport)> = store.read_reports();
+    let (live, hosted) = liveness(&reports, args.liveness_timeout_ms);
+    let v = objs.validate();
+    let allocations = allocate(&v.pools, &v.egresses);
+    let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+    let nodes = objs.model_nodes();
+    let p = plan(&Inputs {
+        pools: &v.pools,
+        egresses: &v.egresses,
+        allocations: &allocations,
+        nodes: &nodes,
+        namespaces: &objs.model_namespaces(),
+        pods: &objs.model_pods(),
+        live: &live,
+        config: &config,
+    });
+    let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
+        objs.egresses.iter().filter_map(|d| Some((d.object.metadata.name.clone()?, d.object.status.clone()))).collect();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let egresses = egress_statuses(&p, &all, &v.problems, &hosted, &now);
+    let written = store.write_statuses(&egresses, &pool_statuses(&p))?;
+    if written > 0 {
+        info!(written, live = live.len(), problems = v.problems.len(), "status updated");
+    }
+    Ok(written)
+}
+
+/// Runs until interrupted.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let store = Store::open(&args.store).with_context(|| format!("opening store {}", args.store.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _watch = egret_store::watch(store.dir(), move || {
+        let _ = tx.send(());
+    })?;
+    info!(store = %args.store.display(), "controller started");
+    let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if let Err(e) = reconcile(&store, &args) {
+            warn!("reconcile: {e:#}");
+        }
+        tokio::select! {
+            _ = rx.recv() => { while rx.try_recv().is_ok() {} }
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!("controller stopped");
+    Ok(())
+}

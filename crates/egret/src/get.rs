@@ -1,0 +1,180 @@
+//! `egret get`, `egret apply`, `egret delete` against a local store.
+
+use crate::table;
+use anyhow::{Context, bail};
+use egret_store::{Objects, Store, StoreError, read_paths};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Output formats of `get`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum GetOutput {
+    /// `kubectl get` columns.
+    Table,
+    /// A `List` of objects as JSON.
+    Json,
+    /// A `List` of objects as YAML.
+    Yaml,
+}
+
+/// What to get.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Resource {
+    /// Egresses.
+    #[value(alias = "egresses", alias = "eg")]
+    Egress,
+    /// ExternalIPPools.
+    #[value(alias = "externalippool", alias = "eip")]
+    Externalippools,
+}
+
+/// kubectl's age format: `45s`, `12m`, `5h`, `3d`.
+pub fn age(created: Option<&Time>) -> String {
+    let Some(t) = created else { return "<unknown>".into() };
+    let secs = (k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<T> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: Vec<T>,
+}
+
+fn print_list<T: Serialize>(items: Vec<T>, out: GetOutput) -> anyhow::Result<()> {
+    let list = List { api_version: "v1", kind: "List", items };
+    match out {
+        GetOutput::Json => outln!("{}", serde_json::to_string_pretty(&list)?),
+        _ => out!("{}", serde_yaml_ng::to_string(&list)?),
+    }
+    Ok(())
+}
+
+fn load(store: &Path) -> anyhow::Result<Objects> {
+    if !store.is_dir() {
+        bail!("no store at {} (is the lab up? `egret lab up`)", store.display());
+    }
+    let (objs, errs) = read_paths(&[store.to_path_buf()]);
+    for e in &errs {
+        eprintln!("warning: {e}");
+    }
+    Ok(objs)
+}
+
+/// `egret get egress|externalippools`.
+pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitCode> {
+    let objs = load(store)?;
+    match (what, out) {
+        (Resource::Egress, GetOutput::Table) => {
+            let rows: Vec<Vec<String>> = objs
+                .egresses
+                .iter()
+                .map(|d| {
+                    let e = &d.object;
+                    let st = e.status.as_ref();
+                    vec![
+                        e.metadata.name.clone().unwrap_or_default(),
+                        st.and_then(|s| s.egress_ip.clone()).unwrap_or_default(),
+                        st.and_then(|s| s.egress_node.clone()).unwrap_or_default(),
+                        age(e.metadata.creation_timestamp.as_ref()),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!("No resources found.");
+            } else {
+                crate::emit(&table::render(&["NAME", "EGRESSIP", "NODE", "AGE"], &rows, "   "));
+            }
+        }
+        (Resource::Externalippools, GetOutput::Table) => {
+            let rows: Vec<Vec<String>> = objs
+                .pools
+                .iter()
+                .map(|d| {
+                    let p = &d.object;
+                    let u = p.status.as_ref().map(|s| s.usage).unwrap_or_default();
+                    vec![
+                        p.metadata.name.clone().unwrap_or_default(),
+                        u.total.to_string(),
+                        u.used.to_string(),
+                        age(p.metadata.creation_timestamp.as_ref()),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!("No resources found.");
+            } else {
+                crate::emit(&table::render(&["NAME", "TOTAL", "USED", "AGE"], &rows, "   "));
+            }
+        }
+        (Resource::Egress, o) => print_list(objs.egresses.into_iter().map(|d| d.object).collect(), o)?,
+        (Resource::Externalippools, o) => print_list(objs.pools.into_iter().map(|d| d.object).collect(), o)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads manifests for `apply`/`delete`; every problem is printed.
+fn manifests(files: &[PathBuf]) -> anyhow::Result<Option<Objects>> {
+    let (objs, errs) = read_paths(files);
+    if errs.is_empty() {
+        return Ok(Some(objs));
+    }
+    for e in &errs {
+        eprintln!("{e}");
+    }
+    Ok(None)
+}
+
+/// `apply -f` into a store: all or nothing.
+pub fn apply(files: &[PathBuf], store: &Path) -> anyhow::Result<ExitCode> {
+    let Some(objs) = manifests(files)? else { return Ok(ExitCode::from(1)) };
+    let applied = objs.clone();
+    let s = Store::open(store).with_context(|| format!("opening store {}", store.display()))?;
+    match s.apply(objs) {
+        Ok(changes) => {
+            for (k, created) in &changes {
+                outln!("{k} {}", if *created { "created" } else { "configured" });
+            }
+            if changes.is_empty() {
+                outln!("unchanged");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StoreError::Invalid(problems)) => {
+            for p in &problems {
+                // Problems of stored objects that the change breaks name the store.
+                let file = applied
+                    .origin_by_name(&p.kind, &p.name)
+                    .map(|o| o.file.display().to_string())
+                    .unwrap_or_else(|| store.display().to_string());
+                eprintln!("{file}: {p}");
+            }
+            eprintln!("error: rejected, nothing applied");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `delete -f` from a store.
+pub fn delete(files: &[PathBuf], store: &Path) -> anyhow::Result<ExitCode> {
+    let Some(objs) = manifests(files)? else { return Ok(ExitCode::from(1)) };
+    let s = Store::open(store)?;
+    let gone = s.delete(&objs)?;
+    for k in &gone {
+        outln!("{k} deleted");
+    }
+    if gone.is_empty() {
+        eprintln!("nothing to delete");
+    }
+    Ok(ExitCode::SUCCESS)
+}
