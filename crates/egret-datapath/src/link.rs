@@ -382,6 +382,10 @@ impl Net {
                 match a {
                     NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    // Bridge-family dumps carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
                     _ => {}
                 }
             }
@@ -459,7 +463,8 @@ impl Net {
                     _ => {}
                 }
             }
-            if prio == cfg.rule_priority || cfg.is_our_table(table) {
+            // Ours: pointing into Egret's tables (a rule at the same priority elsewhere is not).
+            if cfg.is_our_table(table) {
                 out.insert(Item::Rule(prio, mark, mask, table), Raw::Rule(r));
             }
         }

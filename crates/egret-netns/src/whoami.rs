@@ -136,6 +136,12 @@ impl WhoamiConn {
         Ok(WhoamiConn { reader, seen })
     }
 
+    /// The connection's current maximum segment size (`TCP_MAXSEG`): shows MSS clamping.
+    pub fn mss(&self) -> Result<u32, Error> {
+        nix::sys::socket::getsockopt(self.reader.get_ref(), nix::sys::socket::sockopt::TcpMaxSeg)
+            .map_err(|e| Error::Io("TCP_MAXSEG".into(), e.into()))
+    }
+
     /// Sends `msg` (one line) and waits for the echo: proves the connection still carries data.
     pub fn echo(&mut self, msg: &str) -> Result<(), Error> {
         writeln!(self.reader.get_mut(), "{msg}").map_err(|e| Error::Io("echo write".into(), e))?;
