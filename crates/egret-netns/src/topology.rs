@@ -200,6 +200,9 @@ impl Topology {
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
             let ns = Netns::create(&format!("{prefix}-n{i}"))?;
+            // No IPv6 duplicate address detection: addresses settle at once, state compares.
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
             let port = format!("n{i}");
             router.ip(&[
                 "link",

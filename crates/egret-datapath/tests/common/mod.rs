@@ -226,7 +226,25 @@ pub fn snapshot(topo: &Topology, i: usize) -> String {
     out += &ns.ip(&["-6", "rule", "show"]).unwrap();
     out += &ns.ip(&["neigh", "show", "nud", "permanent"]).unwrap();
     out += &ns.exec("bridge", &["fdb", "show"]).unwrap();
-    out
+    // IPv6 duplicate address detection finishes on its own schedule.
+    out.replace(" tentative", "")
+}
+
+/// Asserts two snapshots are equal, printing only the lines that differ.
+pub fn assert_same(what: &str, a: &str, b: &str) {
+    if a == b {
+        return;
+    }
+    let la: Vec<&str> = a.lines().collect();
+    let lb: Vec<&str> = b.lines().collect();
+    let gone: Vec<&&str> = la.iter().filter(|l| !lb.contains(l)).collect();
+    let new: Vec<&&str> = lb.iter().filter(|l| !la.contains(l)).collect();
+    panic!("{what} changed:\n- {gone:#?}\n+ {new:#?}");
+}
+
+/// Waits until a connection is idle (delayed ACKs sent) so that counters stop moving.
+pub fn quiesce() {
+    std::thread::sleep(Duration::from_millis(400));
 }
 
 /// Counter of `egress` on node `i`.
