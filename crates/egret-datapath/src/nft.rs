@@ -952,3 +952,180 @@ pub fn parse_counters(doc: &Value) -> BTreeMap<String, Counter> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_core::planner::{Hosted, Peer, Snat, Steer};
+
+    fn plan(pods: u32) -> NodePlan {
+        let mut steer = Vec::new();
+        for i in 0..pods {
+            steer.push(Steer {
+                source: IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 1, 0)) + i)),
+                destination: "0.0.0.0/0".parse().unwrap(),
+                egress: format!("eg-{}", i % 3),
+                action: if i % 2 == 0 {
+                    SteerAction::Tunnel {
+                        gateway: "node-2".into(),
+                        gateway_id: 7,
+                    }
+                } else {
+                    SteerAction::Drop
+                },
+            });
+        }
+        NodePlan {
+            node: "node-1".into(),
+            node_id: 3,
+            node_ips: vec!["10.10.0.101".parse().unwrap()],
+            peers: vec![Peer {
+                name: "node-2".into(),
+                id: 7,
+                ips: vec!["10.10.0.102".parse().unwrap()],
+            }],
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
+            egresses: vec!["eg-0".into(), "eg-1".into(), "eg-2".into()],
+            steer,
+            snat: vec![Snat {
+                source: "10.244.2.10".parse().unwrap(),
+                destination: "203.0.113.0/24".parse().unwrap(),
+                egress: "eg-9".into(),
+                egress_ip: "10.10.0.11".parse().unwrap(),
+            }],
+            hosted: vec![Hosted {
+                ip: "10.10.0.11".parse().unwrap(),
+                egresses: vec!["eg-9".into()],
+            }],
+        }
+    }
+
+    fn rule_count(t: &Table) -> usize {
+        t.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    #[test]
+    fn rules_do_not_grow_with_pods_or_egresses() {
+        let cfg = Config::default();
+        let (small, _) = desired(&cfg, &plan(1));
+        let (big, _) = desired(&cfg, &plan(5000));
+        assert_eq!(rule_count(&small), rule_count(&big));
+        assert_eq!(big.sets[MAP_STEER4].elems.len(), 5000);
+        assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
+        assert!(big.counters.contains("eg-2") && big.counters.contains("eg-9"));
+    }
+
+    #[test]
+    fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
+        let cfg = Config::default();
+        let (t, skipped) = desired(&cfg, &plan(2));
+        assert_eq!(skipped.len(), 1, "the IPv6 cluster CIDR is skipped: {skipped:?}");
+        let t = normalise(t);
+        let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
+        assert_eq!(
+            steer,
+            vec![
+                "183763200-183763200 . 0-4294967295 : goto to_node_7",
+                "183763201-183763201 . 0-4294967295 : drop",
+            ]
+        );
+        let snat: Vec<&String> = t.sets[MAP_SNAT4].elems.keys().collect();
+        assert_eq!(
+            snat,
+            vec!["183763466-183763466 . 3405803776-3405804031 : 168427531-168427531"]
+        );
+        // The tunnel chain sets only Egret's bits.
+        let (_, expr) = &t.chains[&tunnel_chain(7)].rules[0];
+        let m = cfg.mark(7);
+        assert_eq!(
+            expr[0]["mangle"]["value"],
+            json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]})
+        );
+        assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
+        assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:72:74:00:07 : jump from_node_7");
+        // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
+        assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
+        assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
+    }
+
+    #[test]
+    fn tunnel_to_unknown_gateway_fails_closed() {
+        let cfg = Config::default();
+        let mut p = plan(1);
+        p.peers.clear();
+        let (t, skipped) = desired(&cfg, &p);
+        let t = normalise(t);
+        assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
+        assert!(skipped.iter().any(|s| s.contains("dropped")));
+    }
+
+    #[test]
+    fn transaction_touches_only_differences() {
+        let cfg = Config::default();
+        let want = normalise(desired(&cfg, &plan(10)).0);
+        // Fresh: everything in one transaction.
+        let all = transaction(&want, None);
+        assert!(all.len() > 10);
+        // Equal: nothing.
+        assert!(transaction(&want, Some(&want)).is_empty());
+        // One pod fewer: one element deletion per map, no flush, no counter touched.
+        let have = want.clone();
+        let want2 = normalise(desired(&cfg, &plan(9)).0);
+        let cmds = transaction(&want2, Some(&have));
+        let text = serde_json::to_string(&cmds).unwrap();
+        assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
+        assert_eq!(
+            cmds.iter().filter(|c| c.get("delete").is_some()).count(),
+            2,
+            "steer4 and counters4: {text}"
+        );
+        // An Egress gone: its counter is deleted after the elements that use it.
+        let mut p = plan(10);
+        p.egresses.retain(|e| e != "eg-0");
+        p.steer.retain(|s| s.egress != "eg-0");
+        let cmds = transaction(&normalise(desired(&cfg, &p).0), Some(&have));
+        let pos = |needle: &str| {
+            cmds.iter()
+                .position(|c| c.to_string().contains(needle))
+                .unwrap_or(usize::MAX)
+        };
+        assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
+    }
+
+    #[test]
+    fn read_back_parses_into_the_same_model() {
+        let cfg = Config::default();
+        let want = normalise(desired(&cfg, &plan(3)).0);
+        // What nft 1.0.6 prints for such a table (abridged to the parts the model reads).
+        let doc = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "egret", "handle": 1}},
+            {"set": {"family": "inet", "table": "egret", "name": "cluster4", "type": "ipv4_addr",
+                "flags": ["interval"], "elem": [
+                    {"prefix": {"addr": "10.96.0.0", "len": 12}},
+                    {"range": ["10.244.0.0", "10.244.127.255"]},
+                    {"prefix": {"addr": "10.244.128.0", "len": 17}}]}},
+            {"map": {"family": "inet", "table": "egret", "name": "steer4",
+                "type": ["ipv4_addr", "ipv4_addr"], "map": "verdict", "flags": ["interval"],
+                "elem": [[{"concat": ["10.244.1.0", {"prefix": {"addr": "0.0.0.0", "len": 0}}]},
+                          {"goto": {"target": "to_node_7"}}]]}},
+            {"counter": {"family": "inet", "table": "egret", "name": "eg-0", "packets": 5_000_000_000u64, "bytes": 1}},
+            {"counter": {"family": "inet", "table": "other", "name": "x", "packets": 1, "bytes": 1}},
+        ]});
+        let have = parse_table(&doc).unwrap();
+        assert_eq!(
+            have.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
+            want.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
+            "adjacent ranges merge"
+        );
+        assert!(have.sets[MAP_STEER4].elems.keys().all(|k| want.sets[MAP_STEER4].elems.contains_key(k)));
+        assert!(parse_table(&json!({"nftables": []})).is_none());
+        let counters = parse_counters(&doc);
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters["eg-0"].packets, 5_000_000_000, "u64, not u32");
+    }
+}
