@@ -44,7 +44,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             vxlan_name: "egret-vxlan".into(),
-            vni: 0x00e6_67,
+            vni: 0xe667,
             vxlan_port: 14789,
             underlay: "eth0".into(),
             holder_name: "egret-eip".into(),
@@ -148,6 +148,7 @@ pub fn mac_string(mac: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -164,7 +165,11 @@ mod tests {
         assert!(!c.is_our_table(c.table_base) && !c.is_our_table(254));
         assert_eq!(c.tunnel_ip(0x0102), Ipv4Addr::new(198, 19, 1, 2));
         assert_eq!(tunnel_mac(0x0102), [0x0e, 0x67, 0x72, 0x74, 1, 2]);
-        assert_eq!(tunnel_mac(1)[0] & 0b11, 0b10, "locally administered unicast");
+        assert_eq!(
+            tunnel_mac(1)[0] & 0b11,
+            0b10,
+            "locally administered unicast"
+        );
         assert_eq!(mac_string(&tunnel_mac(258)), "0e:67:72:74:01:02");
 
         let shifted = Config {

@@ -62,7 +62,9 @@ pub enum DatapathError {
     #[error("node {0} has no IPv4 address to terminate the tunnel on")]
     NoNodeAddress(String),
     /// A link with one of Egret's names exists but Egret did not create it.
-    #[error("link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it")]
+    #[error(
+        "link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it"
+    )]
     NotOurs(String),
     /// After applying, the kernel state still differs from the plan.
     #[error("kernel state differs from the plan after applying: {}", .0.join("; "))]
@@ -254,7 +256,11 @@ impl Datapath {
                     .difference(&want_items)
                     .map(|i| format!("unexpected {i}"))
                     .collect();
-                diff.extend(want_items.difference(&check).map(|i| format!("missing {i}")));
+                diff.extend(
+                    want_items
+                        .difference(&check)
+                        .map(|i| format!("missing {i}")),
+                );
                 return Err(DatapathError::Verify(diff));
             }
             Ok::<_, DatapathError>((links, added_hosted))
@@ -268,7 +274,9 @@ impl Datapath {
         }
         let cmds = nft::transaction(&want_nft, have.as_ref());
         if !cmds.is_empty() {
-            report.changes.extend(nft::describe(&want_nft, have.as_ref()));
+            report
+                .changes
+                .extend(nft::describe(&want_nft, have.as_ref()));
             report.nft_commands = cmds.len();
             let doc = nft::document(cmds).to_string();
             let t = Instant::now();
@@ -307,7 +315,11 @@ impl Datapath {
 
     /// Per-Egress counters (packets and bytes as u64), by Egress name.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
-        let out = run_nft(&self.cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
+        let out = run_nft(
+            &self.cfg,
+            &["-j", "list", "counters", "table", "inet", TABLE],
+            None,
+        )?;
         let doc: serde_json::Value =
             serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
         Ok(nft::parse_counters(&doc))

@@ -7,6 +7,7 @@ use crate::DatapathError;
 use crate::config::{Config, OWNER_ALIAS, mac_string, tunnel_mac};
 use egret_core::planner::NodePlan;
 use futures_util::TryStreamExt;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -16,7 +17,6 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, LinkDummy, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -116,7 +116,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> BTreeSet<Item> {
         let tip = cfg.tunnel_ip(id);
         out.insert(Item::Fdb(mac, ip));
         out.insert(Item::Neigh(tip, mac));
-        out.insert(Item::Route(cfg.table(id), Ipv4Addr::UNSPECIFIED, 0, Some(tip)));
+        out.insert(Item::Route(
+            cfg.table(id),
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            Some(tip),
+        ));
         out.insert(Item::Rule(
             cfg.rule_priority,
             cfg.mark(id),
@@ -164,8 +169,8 @@ pub struct Net {
 impl Net {
     /// Opens the connection; its driver runs on the current (single-threaded) runtime.
     pub fn connect() -> Result<Net, DatapathError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| DatapathError::Io("netlink socket".into(), e))?;
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DatapathError::Io("netlink socket".into(), e))?;
         tokio::spawn(conn);
         Ok(Net { handle })
     }
@@ -190,7 +195,12 @@ impl Net {
     async fn set_up_alias(&self, index: u32, name: &str) -> Result<(), DatapathError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).alias(OWNER_ALIAS).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .alias(OWNER_ALIAS)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl(format!("set {name} up")))
@@ -217,7 +227,8 @@ impl Net {
             .await?
             .ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
         let underlay = under.header.index;
-        let underlay_mac = link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
+        let underlay_mac =
+            link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
         let local = plan
             .node_ips
             .iter()
@@ -244,7 +255,10 @@ impl Net {
             let have = vxlan_info(l);
             let same = have.is_some_and(|h| want_info.iter().all(|w| h.contains(w)));
             if !same {
-                changes.push(format!("link {}: VXLAN settings changed, recreated", cfg.vxlan_name));
+                changes.push(format!(
+                    "link {}: VXLAN settings changed, recreated",
+                    cfg.vxlan_name
+                ));
                 self.delete_link(l.header.index, &cfg.vxlan_name).await?;
                 vx = None;
             }
@@ -269,19 +283,27 @@ impl Net {
                     "link {}: created (VNI {}, UDP {}, local {local}, dev {})",
                     cfg.vxlan_name, cfg.vni, cfg.vxlan_port, cfg.underlay
                 ));
-                self.link(&cfg.vxlan_name)
-                    .await?
-                    .ok_or_else(|| DatapathError::Verify(vec![format!("{} vanished", cfg.vxlan_name)]))?
+                self.link(&cfg.vxlan_name).await?.ok_or_else(|| {
+                    DatapathError::Verify(vec![format!("{} vanished", cfg.vxlan_name)])
+                })?
             }
         };
         if link_mac(&vx) != Some(mac) {
             self.handle
                 .link()
-                .set(LinkUnspec::new_with_index(vx.header.index).address(mac.to_vec()).build())
+                .set(
+                    LinkUnspec::new_with_index(vx.header.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl(format!("set MAC of {}", cfg.vxlan_name)))?;
-            changes.push(format!("link {}: MAC set to {}", cfg.vxlan_name, mac_string(&mac)));
+            changes.push(format!(
+                "link {}: MAC set to {}",
+                cfg.vxlan_name,
+                mac_string(&mac)
+            ));
         }
         if link_alias(&vx) != Some(OWNER_ALIAS) || !vx.header.flags.contains(LinkFlags::Up) {
             self.set_up_alias(vx.header.index, &cfg.vxlan_name).await?;
@@ -319,13 +341,15 @@ impl Net {
                     Err(e) => return Err(nl(format!("create dummy {}", cfg.holder_name))(e)),
                 }
                 changes.push(format!("link {}: created", cfg.holder_name));
-                self.link(&cfg.holder_name)
-                    .await?
-                    .ok_or_else(|| DatapathError::Verify(vec![format!("{} vanished", cfg.holder_name)]))?
+                self.link(&cfg.holder_name).await?.ok_or_else(|| {
+                    DatapathError::Verify(vec![format!("{} vanished", cfg.holder_name)])
+                })?
             }
         };
-        if link_alias(&holder) != Some(OWNER_ALIAS) || !holder.header.flags.contains(LinkFlags::Up) {
-            self.set_up_alias(holder.header.index, &cfg.holder_name).await?;
+        if link_alias(&holder) != Some(OWNER_ALIAS) || !holder.header.flags.contains(LinkFlags::Up)
+        {
+            self.set_up_alias(holder.header.index, &cfg.holder_name)
+                .await?;
             changes.push(format!("link {}: up", cfg.holder_name));
         }
         Ok(Links {
@@ -380,7 +404,9 @@ impl Net {
             let mut dst = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
                     // Bridge-family dumps carry the remote as raw bytes.
                     NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
@@ -408,7 +434,9 @@ impl Net {
             let mut dst = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
                     _ => {}
                 }
@@ -545,7 +573,9 @@ impl Net {
                     .fw_mark(*mark)
                     .table_id(*table)
                     .action(RuleAction::ToTable);
-                req.message_mut().attributes.push(RuleAttribute::FwMask(*mask));
+                req.message_mut()
+                    .attributes
+                    .push(RuleAttribute::FwMask(*mask));
                 req.execute().await
             }
         }
@@ -589,6 +619,7 @@ impl Net {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use egret_core::planner::{Hosted, Peer};

@@ -184,9 +184,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             format!("{mac} : jump {}", origin_chain(p.id)),
             json!([mac, verdict_jump(&origin_chain(p.id))]),
         );
+        // goto: a restored reply needs nothing else from Egret's chain.
         restore_elems.insert(
-            format!("{m} : jump {}", tunnel_chain(p.id)),
-            json!([m, verdict_jump(&tunnel_chain(p.id))]),
+            format!("{m} : goto {}", tunnel_chain(p.id)),
+            json!([m, verdict_goto(&tunnel_chain(p.id))]),
         );
     }
 
@@ -361,6 +362,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                     json!({"return": null}),
                 ]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
+                // Counted at the gateway; other nodes' pods are never steered here.
+                rule(vec![
+                    matches("==", meta("iifname"), json!(vx)),
+                    json!({"return": null}),
+                ]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
             ],
         },
@@ -568,11 +574,10 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
                     hook: None,
                     rules: vec![],
                 });
-                if let Some(c) = t.chains.get_mut(
-                    body.get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                ) {
+                if let Some(c) = t
+                    .chains
+                    .get_mut(body.get("name").and_then(Value::as_str).unwrap_or_default())
+                {
                     c.hook = hook;
                 }
             }
@@ -630,7 +635,11 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
                 t.sets.insert(
                     name,
                     Set {
-                        map: if is_map { body.get("map").cloned() } else { None },
+                        map: if is_map {
+                            body.get("map").cloned()
+                        } else {
+                            None
+                        },
                         key,
                         flags,
                         elems,
@@ -773,7 +782,9 @@ pub fn describe(want: &Table, have: Option<&Table>) -> Vec<String> {
     for (n, s) in &want.sets {
         match have.sets.get(n) {
             None => out.push(format!("nft: set {n} missing")),
-            Some(h) if !h.same_definition(s) => out.push(format!("nft: set {n} definition differs")),
+            Some(h) if !h.same_definition(s) => {
+                out.push(format!("nft: set {n} definition differs"))
+            }
             Some(h) => {
                 let missing = s.elems.keys().filter(|k| !h.elems.contains_key(*k)).count();
                 let extra = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).count();
@@ -873,8 +884,16 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
             adds.push(set_cmd(n, s));
             continue;
         };
-        let gone: BTreeSet<&String> = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).collect();
-        let new: BTreeSet<&String> = s.elems.keys().filter(|k| !h.elems.contains_key(*k)).collect();
+        let gone: BTreeSet<&String> = h
+            .elems
+            .keys()
+            .filter(|k| !s.elems.contains_key(*k))
+            .collect();
+        let new: BTreeSet<&String> = s
+            .elems
+            .keys()
+            .filter(|k| !h.elems.contains_key(*k))
+            .collect();
         if !gone.is_empty() {
             cmds.push(element_cmd("delete", n, elems_of(h, &gone, true)));
         }
@@ -954,6 +973,7 @@ pub fn parse_counters(doc: &Value) -> BTreeMap<String, Counter> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use egret_core::planner::{Hosted, Peer, Snat, Steer};
@@ -1023,7 +1043,11 @@ mod tests {
     fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
         let cfg = Config::default();
         let (t, skipped) = desired(&cfg, &plan(2));
-        assert_eq!(skipped.len(), 1, "the IPv6 cluster CIDR is skipped: {skipped:?}");
+        assert_eq!(
+            skipped.len(),
+            1,
+            "the IPv6 cluster CIDR is skipped: {skipped:?}"
+        );
         let t = normalise(t);
         let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
         assert_eq!(
@@ -1046,7 +1070,10 @@ mod tests {
             json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]})
         );
         assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
-        assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:72:74:00:07 : jump from_node_7");
+        assert_eq!(
+            t.sets[MAP_PEERS].elems.keys().next().unwrap(),
+            "0e:67:72:74:00:07 : jump from_node_7"
+        );
         // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
         assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
@@ -1059,7 +1086,12 @@ mod tests {
         p.peers.clear();
         let (t, skipped) = desired(&cfg, &p);
         let t = normalise(t);
-        assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
+        assert!(
+            t.sets[MAP_STEER4]
+                .elems
+                .keys()
+                .all(|k| k.ends_with(": drop"))
+        );
         assert!(skipped.iter().any(|s| s.contains("dropped")));
     }
 
@@ -1077,7 +1109,10 @@ mod tests {
         let want2 = normalise(desired(&cfg, &plan(9)).0);
         let cmds = transaction(&want2, Some(&have));
         let text = serde_json::to_string(&cmds).unwrap();
-        assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
+        assert!(
+            !text.contains("flush") && !text.contains("\"counter\":{\"family"),
+            "{text}"
+        );
         assert_eq!(
             cmds.iter().filter(|c| c.get("delete").is_some()).count(),
             2,
@@ -1122,7 +1157,12 @@ mod tests {
             want.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
             "adjacent ranges merge"
         );
-        assert!(have.sets[MAP_STEER4].elems.keys().all(|k| want.sets[MAP_STEER4].elems.contains_key(k)));
+        assert!(
+            have.sets[MAP_STEER4]
+                .elems
+                .keys()
+                .all(|k| want.sets[MAP_STEER4].elems.contains_key(k))
+        );
         assert!(parse_table(&json!({"nftables": []})).is_none());
         let counters = parse_counters(&doc);
         assert_eq!(counters.len(), 1);

@@ -1,4 +1,5 @@
 //! Privileged: real TCP connections through the datapath in network namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;
@@ -130,12 +131,25 @@ fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
     sync_all(&topo, &mut dps, &plan);
 
     let web1 = &topo.pod("web-1").unwrap().ns;
-    let r = whoami(web1, to(DB_A, WHOAMI_PORT), std::time::Duration::from_millis(1500));
-    assert!(r.is_err(), "traffic of an Egress without gateway got out: {r:?}");
-    assert!(counter(&topo, &dps[0], 1, "eg-web").packets > 0, "drops are counted");
+    let r = whoami(
+        web1,
+        to(DB_A, WHOAMI_PORT),
+        std::time::Duration::from_millis(1500),
+    );
+    assert!(
+        r.is_err(),
+        "traffic of an Egress without gateway got out: {r:?}"
+    );
+    assert!(
+        counter(&topo, &dps[0], 1, "eg-web").packets > 0,
+        "drops are counted"
+    );
     // Unselected traffic on the same node still flows.
     let client = &topo.pod("client-1").unwrap().ns;
-    assert_eq!(whoami(client, to(DB_A, WHOAMI_PORT), T).unwrap(), v4(node_ip(1)));
+    assert_eq!(
+        whoami(client, to(DB_A, WHOAMI_PORT), T).unwrap(),
+        v4(node_ip(1))
+    );
     assert!(
         !topo.seen().iter().any(|s| *s != v4(node_ip(1))) && topo.seen().len() == 1,
         "the outside saw {:?}: only client-1's connection may arrive",

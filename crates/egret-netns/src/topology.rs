@@ -185,7 +185,10 @@ impl Topology {
             if host.prefix_len() < 31 {
                 let gw = Ipv4Addr::from(u32::from(host.network()) + 1);
                 let gw_net = format!("{gw}/{}", host.prefix_len());
-                if !router.ip(&["-4", "addr", "show", "dev", "out0"])?.contains(&gw_net) {
+                if !router
+                    .ip(&["-4", "addr", "show", "dev", "out0"])?
+                    .contains(&gw_net)
+                {
                     router.ip(&["addr", "add", &gw_net, "dev", "out0"])?;
                 }
                 default_gw.get_or_insert(gw);
@@ -326,7 +329,10 @@ impl Topology {
 
     /// The MAC address of a node's underlay interface.
     pub fn node_mac(&self, i: usize) -> Result<String, Error> {
-        let out = self.node(i).ns.ip(&["-br", "link", "show", "dev", "eth0"])?;
+        let out = self
+            .node(i)
+            .ns
+            .ip(&["-br", "link", "show", "dev", "eth0"])?;
         out.split_whitespace()
             .nth(2)
             .map(str::to_string)

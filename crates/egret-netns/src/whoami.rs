@@ -150,7 +150,9 @@ impl WhoamiConn {
             .read_line(&mut line)
             .map_err(|e| Error::Io("echo read".into(), e))?;
         if line.trim_end() != msg {
-            return Err(Error::Protocol(format!("echo {msg:?} came back as {line:?}")));
+            return Err(Error::Protocol(format!(
+                "echo {msg:?} came back as {line:?}"
+            )));
         }
         Ok(())
     }

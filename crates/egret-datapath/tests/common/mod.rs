@@ -104,7 +104,13 @@ impl Cluster {
         self.pool_on(name, start, end, sel(&[("network-role", "egress-gateway")]))
     }
 
-    pub fn pool_on(&mut self, name: &str, start: &str, end: &str, nodes: LabelSelector) -> &mut Self {
+    pub fn pool_on(
+        &mut self,
+        name: &str,
+        start: &str,
+        end: &str,
+        nodes: LabelSelector,
+    ) -> &mut Self {
         self.pools.push(api::ExternalIPPool::new(
             name,
             api::ExternalIPPoolSpec {
@@ -183,7 +189,9 @@ pub fn gateway(p: &Plan, egress: &str) -> Option<usize> {
 
 /// One Datapath per node (index 0 = node-1).
 pub fn datapaths(n: usize) -> Vec<Datapath> {
-    (0..n).map(|_| Datapath::new(Config::default()).unwrap()).collect()
+    (0..n)
+        .map(|_| Datapath::new(Config::default()).unwrap())
+        .collect()
 }
 
 /// Syncs node `i` (1-based) to its share of `plan`, inside the node's namespace.
