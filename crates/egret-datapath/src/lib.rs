@@ -1,0 +1,391 @@
+//! Egret's Linux datapath: "make this node's kernel state equal this plan".
+//!
+//! [`Datapath::sync`] programs, in the network namespace of the calling thread:
+//! - links, addresses, FDB and neighbour entries, routing tables and fwmark rules through
+//!   rtnetlink ([`link`]),
+//! - one nftables table `inet egret` in one atomic `nft -j -f -` transaction ([`nft`]),
+//! - gratuitous ARP / unsolicited NA for egress IPs this node starts hosting ([`announce`]),
+//!
+//! then reads everything back and verifies it. Only what differs is changed, so a resync or a
+//! restarted agent leaves established connections alone. [`cleanup`] removes everything Egret
+//! created and nothing else. The design is documented in `docs/datapath.md`.
+//!
+//! The API is synchronous: each call runs a private single-threaded runtime for netlink, so
+//! call it from a plain thread (or `spawn_blocking`), never from inside an async task.
+
+pub mod announce;
+pub mod config;
+pub mod link;
+pub mod nft;
+
+pub use config::{Config, OWNER_ALIAS, TABLE};
+pub use nft::Counter;
+
+use egret_core::planner::NodePlan;
+use link::{Item, Links, Net};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors of the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The settings are unusable.
+    #[error("bad datapath settings: {0}")]
+    Config(String),
+    /// A netlink request failed.
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// `nft` failed.
+    #[error("nft {what} failed: {detail}")]
+    Nft {
+        /// What was being done.
+        what: String,
+        /// Its standard error, or why it could not run.
+        detail: String,
+    },
+    /// `nft` printed something that is not the expected JSON.
+    #[error("unexpected nft output: {0}")]
+    NftOutput(String),
+    /// The underlay interface does not exist.
+    #[error("underlay interface {0:?} not found")]
+    NoUnderlay(String),
+    /// The plan gives this node no IPv4 address for the tunnel endpoint.
+    #[error("node {0} has no IPv4 address to terminate the tunnel on")]
+    NoNodeAddress(String),
+    /// A link with one of Egret's names exists but Egret did not create it.
+    #[error(
+        "link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it"
+    )]
+    NotOurs(String),
+    /// After applying, the kernel state still differs from the plan.
+    #[error("kernel state differs from the plan after applying: {}", .0.join("; "))]
+    Verify(Vec<String>),
+    /// A system call or file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Every change made, one line each (empty: the kernel already matched the plan).
+    pub changes: Vec<String>,
+    /// Differences found against what this instance had verified at its previous sync:
+    /// someone else changed Egret's state in between. They were repaired.
+    pub drift: Vec<String>,
+    /// Plan entries left out, with the reason (e.g. IPv6, not programmed yet).
+    pub skipped: Vec<String>,
+    /// Addresses announced (gratuitous ARP / unsolicited NA).
+    pub announced: Vec<IpAddr>,
+    /// Time of the nft transaction, when one was applied.
+    pub nft_apply: Option<Duration>,
+    /// Number of commands in the nft transaction (0: none was needed).
+    pub nft_commands: usize,
+    /// Whole sync.
+    pub elapsed: Duration,
+}
+
+/// What cleanup removed.
+#[derive(Debug, Clone, Default)]
+pub struct CleanupReport {
+    /// One line per removed object.
+    pub removed: Vec<String>,
+}
+
+/// One node's datapath.
+#[derive(Debug)]
+pub struct Datapath {
+    cfg: Config,
+    last_nft: Option<nft::Table>,
+    last_items: Option<BTreeSet<Item>>,
+    announced: BTreeSet<IpAddr>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, DatapathError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DatapathError::Io("tokio runtime".into(), e))
+}
+
+fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
+    let what = if input.is_some() {
+        "transaction".to_string()
+    } else {
+        args.join(" ")
+    };
+    let mut child = Command::new(&cfg.nft)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DatapathError::Nft {
+            what: what.clone(),
+            detail: format!("cannot run {:?}: {e}", cfg.nft),
+        })?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| DatapathError::Io("writing to nft".into(), e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| DatapathError::Io("waiting for nft".into(), e))?;
+    if !out.status.success() {
+        return Err(DatapathError::Nft {
+            what,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads table `inet egret` (`None`: it does not exist).
+fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
+    match run_nft(cfg, &["-j", "list", "table", "inet", TABLE], None) {
+        Ok(out) => {
+            let doc: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
+            Ok(nft::parse_table(&doc))
+        }
+        Err(DatapathError::Nft { detail, .. }) if detail.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn set_sysctl(path: &str, value: &str, changes: &mut Vec<String>) -> Result<(), DatapathError> {
+    let cur = std::fs::read_to_string(path).map_err(|e| DatapathError::Io(path.into(), e))?;
+    if cur.trim() != value {
+        std::fs::write(path, value).map_err(|e| DatapathError::Io(path.into(), e))?;
+        changes.push(format!("sysctl {path} = {value}"));
+    }
+    Ok(())
+}
+
+impl Datapath {
+    /// A datapath with these settings. Touches nothing yet.
+    pub fn new(cfg: Config) -> Result<Datapath, DatapathError> {
+        cfg.check()?;
+        Ok(Datapath {
+            cfg,
+            last_nft: None,
+            last_items: None,
+            announced: BTreeSet::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Makes the kernel state of the calling thread's network namespace equal `plan`, then
+    /// verifies it. Idempotent: with an unchanged plan and untouched kernel state, it changes
+    /// nothing at all.
+    pub fn sync(&mut self, plan: &NodePlan) -> Result<SyncReport, DatapathError> {
+        let start = Instant::now();
+        let cfg = self.cfg.clone();
+        let mut report = SyncReport::default();
+        let (want_nft, skipped) = nft::desired(&cfg, plan);
+        let want_nft = nft::normalise(want_nft);
+        report.skipped = skipped;
+        for s in &report.skipped {
+            tracing::warn!(node = %plan.node, "{s}");
+        }
+        let want_items = link::desired(&cfg, plan);
+
+        // 1. Links, addresses, tunnel and routing (rtnetlink).
+        let rt = runtime()?;
+        let (links, added_hosted) = rt.block_on(async {
+            let net = Net::connect()?;
+            let links = net.ensure_links(&cfg, plan, &mut report.changes).await?;
+            for (key, value) in [("forwarding", "1"), ("rp_filter", "2")] {
+                // Loose reverse-path filtering on the tunnel only: pod sources arrive through
+                // it although the main table routes them elsewhere.
+                set_sysctl(
+                    &format!("/proc/sys/net/ipv4/conf/{}/{key}", cfg.vxlan_name),
+                    value,
+                    &mut report.changes,
+                )?;
+            }
+            let have = net.read(&cfg, &links).await?;
+            if let Some(last) = &self.last_items {
+                let now: BTreeSet<Item> = have.keys().cloned().collect();
+                for i in now.difference(last) {
+                    report.drift.push(format!("unexpected {i}"));
+                }
+                for i in last.difference(&now) {
+                    report.drift.push(format!("missing {i}"));
+                }
+            }
+            for (item, raw) in &have {
+                if !want_items.contains(item) {
+                    net.delete(item, raw).await?;
+                    report.changes.push(format!("deleted {item}"));
+                }
+            }
+            let mut added_hosted = Vec::new();
+            for item in &want_items {
+                if !have.contains_key(item) {
+                    net.add(item, &links).await?;
+                    report.changes.push(format!("added {item}"));
+                    if let Item::Hosted(ip, _) = item {
+                        added_hosted.push(*ip);
+                    }
+                }
+            }
+            let check: BTreeSet<Item> = net.read(&cfg, &links).await?.into_keys().collect();
+            if check != want_items {
+                let mut diff: Vec<String> = check
+                    .difference(&want_items)
+                    .map(|i| format!("unexpected {i}"))
+                    .collect();
+                diff.extend(
+                    want_items
+                        .difference(&check)
+                        .map(|i| format!("missing {i}")),
+                );
+                return Err(DatapathError::Verify(diff));
+            }
+            Ok::<_, DatapathError>((links, added_hosted))
+        })?;
+        self.last_items = Some(want_items);
+
+        // 2. nftables: one transaction with only the differences.
+        let have = read_table(&cfg)?;
+        if let Some(last) = &self.last_nft {
+            report.drift.extend(nft::describe(last, have.as_ref()));
+        }
+        let cmds = nft::transaction(&want_nft, have.as_ref());
+        if !cmds.is_empty() {
+            report
+                .changes
+                .extend(nft::describe(&want_nft, have.as_ref()));
+            report.nft_commands = cmds.len();
+            let doc = nft::document(cmds).to_string();
+            let t = Instant::now();
+            run_nft(&cfg, &["-j", "-f", "-"], Some(&doc))?;
+            report.nft_apply = Some(t.elapsed());
+            let check = read_table(&cfg)?;
+            let diff = nft::describe(&want_nft, check.as_ref());
+            if !diff.is_empty() {
+                return Err(DatapathError::Verify(diff));
+            }
+        }
+        self.last_nft = Some(want_nft);
+
+        // 3. Announce addresses this node starts hosting (and, after a restart, all of them:
+        // the previous instance may have died before announcing).
+        let hosted: BTreeSet<IpAddr> = plan.hosted.iter().map(|h| h.ip).collect();
+        let mut to_announce: BTreeSet<IpAddr> = added_hosted.into_iter().collect();
+        to_announce.extend(hosted.difference(&self.announced));
+        self.announced = hosted;
+        if !to_announce.is_empty() {
+            let ips: Vec<IpAddr> = to_announce.into_iter().collect();
+            announce_all(&cfg, &links, &ips)?;
+            report.announced = ips;
+        }
+        report.elapsed = start.elapsed();
+        if !report.changes.is_empty() || !report.drift.is_empty() {
+            tracing::info!(
+                node = %plan.node,
+                changes = report.changes.len(),
+                drift = report.drift.len(),
+                "datapath synced"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Per-Egress counters (packets and bytes as u64), by Egress name.
+    pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
+        let out = run_nft(
+            &self.cfg,
+            &["-j", "list", "counters", "table", "inet", TABLE],
+            None,
+        )?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
+        Ok(nft::parse_counters(&doc))
+    }
+
+    /// Removes everything Egret created (see [`cleanup`]) and forgets what was programmed.
+    pub fn cleanup(&mut self) -> Result<CleanupReport, DatapathError> {
+        self.last_nft = None;
+        self.last_items = None;
+        self.announced.clear();
+        cleanup(&self.cfg)
+    }
+}
+
+/// Sends the first announcement of every address now and the repeats from a background thread
+/// (the packet socket stays bound to this namespace wherever it is used).
+fn announce_all(cfg: &Config, links: &Links, ips: &[IpAddr]) -> Result<(), DatapathError> {
+    let sock = announce::sys::PacketSocket::open(links.underlay)
+        .map_err(|e| DatapathError::Io(format!("packet socket on {}", cfg.underlay), e))?;
+    let frames: Vec<Vec<u8>> = ips
+        .iter()
+        .map(|ip| announce::frame(links.underlay_mac, *ip))
+        .collect();
+    for f in &frames {
+        sock.send(f)
+            .map_err(|e| DatapathError::Io(format!("announce on {}", cfg.underlay), e))?;
+    }
+    let (count, gap) = (cfg.announce_count, cfg.announce_interval);
+    if count > 1 {
+        std::thread::spawn(move || {
+            for _ in 1..count {
+                std::thread::sleep(gap);
+                for f in &frames {
+                    if let Err(e) = sock.send(f) {
+                        tracing::debug!(error = %e, "repeated announcement failed");
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Removes, in the calling thread's network namespace, everything Egret creates: the nft table
+/// `inet egret`, fwmark rules at Egret's priority or pointing to Egret's tables, routes in
+/// Egret's tables, and the VXLAN and holder devices (only if they carry Egret's alias). Other
+/// tables, rules, routes and links are never touched. Safe to run when nothing is there.
+pub fn cleanup(cfg: &Config) -> Result<CleanupReport, DatapathError> {
+    cfg.check()?;
+    let mut report = CleanupReport::default();
+    if read_table(cfg)?.is_some() {
+        let doc = nft::document(vec![serde_json::json!(
+            {"delete": {"table": {"family": "inet", "name": TABLE}}}
+        )]);
+        run_nft(cfg, &["-j", "-f", "-"], Some(&doc.to_string()))?;
+        report.removed.push(format!("nft table inet {TABLE}"));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let net = Net::connect()?;
+        for (item, raw) in net.read_routing(cfg).await? {
+            net.delete(&item, &raw).await?;
+            report.removed.push(item.to_string());
+        }
+        report.removed.extend(net.delete_links(cfg).await?);
+        Ok::<_, DatapathError>(())
+    })?;
+    Ok(report)
+}

@@ -1,0 +1,665 @@
+//! Kernel state through rtnetlink: Egret's VXLAN and address-holder devices, static FDB and
+//! neighbour entries for peers, per-peer routing tables and fwmark rules, tunnel and hosted
+//! addresses. State is read into a set of comparable [`Item`]s so that a sync adds and deletes
+//! only what differs.
+
+use crate::DatapathError;
+use crate::config::{Config, OWNER_ALIAS, mac_string, tunnel_mac};
+use egret_core::planner::NodePlan;
+use futures_util::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkDummy, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// One piece of kernel state Egret owns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Item {
+    /// This node's tunnel address on the VXLAN device (address, prefix length).
+    TunnelAddr(Ipv4Addr, u8),
+    /// VXLAN FDB entry: peer tunnel MAC -> peer underlay address.
+    Fdb([u8; 6], Ipv4Addr),
+    /// Permanent neighbour on the VXLAN device: peer tunnel address -> peer tunnel MAC.
+    Neigh(Ipv4Addr, [u8; 6]),
+    /// Route in one of Egret's tables: (table, destination, prefix, gateway).
+    Route(u32, Ipv4Addr, u8, Option<Ipv4Addr>),
+    /// Rule: (priority, fwmark, fwmask, table).
+    Rule(u32, u32, u32, u32),
+    /// Egress IP held on the holder device (address, prefix length).
+    Hosted(IpAddr, u8),
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Item::TunnelAddr(a, l) => write!(f, "tunnel address {a}/{l}"),
+            Item::Fdb(m, d) => write!(f, "fdb {} dst {d}", mac_string(m)),
+            Item::Neigh(a, m) => write!(f, "neighbour {a} lladdr {}", mac_string(m)),
+            Item::Route(t, d, l, g) => match g {
+                Some(g) => write!(f, "route {d}/{l} via {g} onlink table {t}"),
+                None => write!(f, "route {d}/{l} table {t}"),
+            },
+            Item::Rule(p, m, k, t) => write!(f, "rule pref {p} fwmark {m:#x}/{k:#x} table {t}"),
+            Item::Hosted(a, l) => write!(f, "hosted address {a}/{l}"),
+        }
+    }
+}
+
+/// The kernel message an item was read from, to delete exactly that object.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    /// An address.
+    Addr(AddressMessage),
+    /// A neighbour or FDB entry.
+    Neigh(NeighbourMessage),
+    /// A route.
+    Route(RouteMessage),
+    /// A rule.
+    Rule(RuleMessage),
+}
+
+/// Interfaces a sync works with.
+#[derive(Debug, Clone, Copy)]
+pub struct Links {
+    /// The underlay interface.
+    pub underlay: u32,
+    /// Its MAC address.
+    pub underlay_mac: [u8; 6],
+    /// Egret's VXLAN device.
+    pub vxlan: u32,
+    /// Egret's address-holder device.
+    pub holder: u32,
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Netlink { what, source }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io().raw_os_error(),
+        _ => None,
+    }
+}
+
+/// The peers a node tunnels to: a usable id and an IPv4 underlay address.
+pub fn tunnel_peers(plan: &NodePlan) -> Vec<(u16, Ipv4Addr)> {
+    plan.peers
+        .iter()
+        .filter(|p| p.id != 0 && p.id != plan.node_id)
+        .filter_map(|p| {
+            p.ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some((p.id, *v4)),
+                IpAddr::V6(_) => None,
+            })
+        })
+        .collect()
+}
+
+/// What the kernel must hold for `plan` (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan) -> BTreeSet<Item> {
+    let mut out = BTreeSet::new();
+    out.insert(Item::TunnelAddr(cfg.tunnel_ip(plan.node_id), 32));
+    for (id, ip) in tunnel_peers(plan) {
+        let mac = tunnel_mac(id);
+        let tip = cfg.tunnel_ip(id);
+        out.insert(Item::Fdb(mac, ip));
+        out.insert(Item::Neigh(tip, mac));
+        out.insert(Item::Route(
+            cfg.table(id),
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            Some(tip),
+        ));
+        out.insert(Item::Rule(
+            cfg.rule_priority,
+            cfg.mark(id),
+            cfg.mark_mask(),
+            cfg.table(id),
+        ));
+    }
+    for h in &plan.hosted {
+        let len = if h.ip.is_ipv4() { 32 } else { 128 };
+        out.insert(Item::Hosted(h.ip, len));
+    }
+    out
+}
+
+fn link_alias(m: &LinkMessage) -> Option<&str> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+fn link_mac(m: &LinkMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+fn vxlan_info(m: &LinkMessage) -> Option<&Vec<InfoVxlan>> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// A netlink connection in the calling thread's network namespace.
+pub struct Net {
+    /// The request handle.
+    pub handle: Handle,
+}
+
+impl Net {
+    /// Opens the connection; its driver runs on the current (single-threaded) runtime.
+    pub fn connect() -> Result<Net, DatapathError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DatapathError::Io("netlink socket".into(), e))?;
+        tokio::spawn(conn);
+        Ok(Net { handle })
+    }
+
+    /// The link called `name`, if any.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, DatapathError> {
+        let r = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await;
+        match r {
+            Ok(m) => Ok(m),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("get link {name}"))(e)),
+        }
+    }
+
+    async fn set_up_alias(&self, index: u32, name: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .alias(OWNER_ALIAS)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up")))
+    }
+
+    async fn delete_link(&self, index: u32, name: &str) -> Result<(), DatapathError> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(nl(format!("delete link {name}")))
+    }
+
+    /// Creates or repairs Egret's devices; returns them and what changed.
+    pub async fn ensure_links(
+        &self,
+        cfg: &Config,
+        plan: &NodePlan,
+        changes: &mut Vec<String>,
+    ) -> Result<Links, DatapathError> {
+        let under = self
+            .link(&cfg.underlay)
+            .await?
+            .ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
+        let underlay = under.header.index;
+        let underlay_mac =
+            link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
+        let local = plan
+            .node_ips
+            .iter()
+            .find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| DatapathError::NoNodeAddress(plan.node.clone()))?;
+        let mac = tunnel_mac(plan.node_id);
+
+        // VXLAN: recreate only when its identity (VNI, port, endpoints) changed.
+        let want_info = [
+            InfoVxlan::Id(cfg.vni),
+            InfoVxlan::Port(cfg.vxlan_port),
+            InfoVxlan::Local(local),
+            InfoVxlan::Link(underlay),
+            InfoVxlan::Learning(false),
+        ];
+        let mut vx = self.link(&cfg.vxlan_name).await?;
+        if let Some(l) = &vx {
+            if link_alias(l) != Some(OWNER_ALIAS) {
+                return Err(DatapathError::NotOurs(cfg.vxlan_name.clone()));
+            }
+            let have = vxlan_info(l);
+            let same = have.is_some_and(|h| want_info.iter().all(|w| h.contains(w)));
+            if !same {
+                changes.push(format!(
+                    "link {}: VXLAN settings changed, recreated",
+                    cfg.vxlan_name
+                ));
+                self.delete_link(l.header.index, &cfg.vxlan_name).await?;
+                vx = None;
+            }
+        }
+        let vx = match vx {
+            Some(l) => l,
+            None => {
+                let msg = LinkVxlan::new(&cfg.vxlan_name, cfg.vni)
+                    .dev(underlay)
+                    .port(cfg.vxlan_port)
+                    .local(local)
+                    .learning(false)
+                    .address(mac.to_vec())
+                    .build();
+                self.handle
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("create VXLAN {}", cfg.vxlan_name)))?;
+                changes.push(format!(
+                    "link {}: created (VNI {}, UDP {}, local {local}, dev {})",
+                    cfg.vxlan_name, cfg.vni, cfg.vxlan_port, cfg.underlay
+                ));
+                self.link(&cfg.vxlan_name).await?.ok_or_else(|| {
+                    DatapathError::Verify(vec![format!("{} vanished", cfg.vxlan_name)])
+                })?
+            }
+        };
+        if link_mac(&vx) != Some(mac) {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(vx.header.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("set MAC of {}", cfg.vxlan_name)))?;
+            changes.push(format!(
+                "link {}: MAC set to {}",
+                cfg.vxlan_name,
+                mac_string(&mac)
+            ));
+        }
+        if link_alias(&vx) != Some(OWNER_ALIAS) || !vx.header.flags.contains(LinkFlags::Up) {
+            self.set_up_alias(vx.header.index, &cfg.vxlan_name).await?;
+            changes.push(format!("link {}: up", cfg.vxlan_name));
+        }
+
+        // Holder: a dummy device; kernels built without dummy get an ifb device, which
+        // likewise carries addresses and never passes traffic on its own.
+        let holder = match self.link(&cfg.holder_name).await? {
+            Some(l) if link_alias(&l) != Some(OWNER_ALIAS) => {
+                return Err(DatapathError::NotOurs(cfg.holder_name.clone()));
+            }
+            Some(l) => l,
+            None => {
+                let r = self
+                    .handle
+                    .link()
+                    .add(LinkDummy::new(&cfg.holder_name).build())
+                    .execute()
+                    .await;
+                match r {
+                    Ok(()) => {}
+                    Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                        tracing::warn!(
+                            device = %cfg.holder_name,
+                            "kernel has no dummy devices; holding egress IPs on an ifb device"
+                        );
+                        self.handle
+                            .link()
+                            .add(rtnetlink::LinkIfb::new(&cfg.holder_name).build())
+                            .execute()
+                            .await
+                            .map_err(nl(format!("create ifb {}", cfg.holder_name)))?;
+                    }
+                    Err(e) => return Err(nl(format!("create dummy {}", cfg.holder_name))(e)),
+                }
+                changes.push(format!("link {}: created", cfg.holder_name));
+                self.link(&cfg.holder_name).await?.ok_or_else(|| {
+                    DatapathError::Verify(vec![format!("{} vanished", cfg.holder_name)])
+                })?
+            }
+        };
+        if link_alias(&holder) != Some(OWNER_ALIAS) || !holder.header.flags.contains(LinkFlags::Up)
+        {
+            self.set_up_alias(holder.header.index, &cfg.holder_name)
+                .await?;
+            changes.push(format!("link {}: up", cfg.holder_name));
+        }
+        Ok(Links {
+            underlay,
+            underlay_mac,
+            vxlan: vx.header.index,
+            holder: holder.header.index,
+        })
+    }
+
+    /// Reads every item Egret owns.
+    pub async fn read(
+        &self,
+        cfg: &Config,
+        links: &Links,
+    ) -> Result<BTreeMap<Item, Raw>, DatapathError> {
+        let mut out = BTreeMap::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = addrs.try_next().await.map_err(nl("dump addresses"))? {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            // Link-local IPv6 addresses are the kernel's own.
+            if let IpAddr::V6(v6) = ip
+                && v6.segments()[0] & 0xffc0 == 0xfe80
+            {
+                continue;
+            }
+            let len = a.header.prefix_len;
+            if a.header.index == links.vxlan {
+                if let IpAddr::V4(v4) = ip {
+                    out.insert(Item::TunnelAddr(v4, len), Raw::Addr(a));
+                }
+            } else if a.header.index == links.holder {
+                out.insert(Item::Hosted(ip, len), Raw::Addr(a));
+            }
+        }
+
+        let mut fdb = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(n) = fdb.try_next().await.map_err(nl("dump FDB"))? {
+            if n.header.ifindex != links.vxlan {
+                continue;
+            }
+            let mut mac = None;
+            let mut dst = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    // Bridge-family dumps carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                out.insert(Item::Fdb(mac, dst), Raw::Neigh(n));
+            }
+        }
+
+        let mut neigh = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        while let Some(n) = neigh.try_next().await.map_err(nl("dump neighbours"))? {
+            if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut mac = None;
+            let mut dst = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(b) => {
+                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                out.insert(Item::Neigh(dst, mac), Raw::Neigh(n));
+            }
+        }
+
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("dump routes"))? {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(r.header.table as u32);
+            if !cfg.is_our_table(table) {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gw = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    _ => {}
+                }
+            }
+            let len = r.header.destination_prefix_length;
+            out.insert(Item::Route(table, dst, len, gw), Raw::Route(r));
+        }
+
+        let mut rules = self.handle.rule().get(IpVersion::V4).execute();
+        while let Some(r) = rules.try_next().await.map_err(nl("dump rules"))? {
+            let mut prio = 0;
+            let mut mark = 0;
+            let mut mask = 0;
+            let mut table = r.header.table as u32;
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Priority(p) => prio = *p,
+                    RuleAttribute::FwMark(m) => mark = *m,
+                    RuleAttribute::FwMask(m) => mask = *m,
+                    RuleAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            // Ours: pointing into Egret's tables (a rule at the same priority elsewhere is not).
+            if cfg.is_our_table(table) {
+                out.insert(Item::Rule(prio, mark, mask, table), Raw::Rule(r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one item.
+    pub async fn delete(&self, item: &Item, raw: &Raw) -> Result<(), DatapathError> {
+        let what = format!("delete {item}");
+        match raw {
+            Raw::Addr(m) => self.handle.address().del(m.clone()).execute().await,
+            Raw::Neigh(m) => self.handle.neighbours().del(m.clone()).execute().await,
+            Raw::Route(m) => self.handle.route().del(m.clone()).execute().await,
+            Raw::Rule(m) => self.handle.rule().del(m.clone()).execute().await,
+        }
+        .map_err(nl(what))
+    }
+
+    /// Adds one item.
+    pub async fn add(&self, item: &Item, links: &Links) -> Result<(), DatapathError> {
+        let what = format!("add {item}");
+        match item {
+            Item::TunnelAddr(a, l) => {
+                self.handle
+                    .address()
+                    .add(links.vxlan, IpAddr::V4(*a), *l)
+                    .execute()
+                    .await
+            }
+            Item::Hosted(a, l) => {
+                let mut req = self.handle.address().add(links.holder, *a, *l);
+                if a.is_ipv6() {
+                    // The address moved here on purpose: no duplicate detection delay.
+                    req.message_mut()
+                        .attributes
+                        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                }
+                req.execute().await
+            }
+            Item::Fdb(mac, dst) => {
+                self.handle
+                    .neighbours()
+                    .add_bridge(links.vxlan, mac)
+                    .destination(IpAddr::V4(*dst))
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .execute()
+                    .await
+            }
+            Item::Neigh(ip, mac) => {
+                self.handle
+                    .neighbours()
+                    .add(links.vxlan, IpAddr::V4(*ip))
+                    .link_layer_address(mac)
+                    .state(NeighbourState::Permanent)
+                    .execute()
+                    .await
+            }
+            Item::Route(table, dst, len, gw) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(*table)
+                    .destination_prefix(*dst, *len)
+                    .output_interface(links.vxlan);
+                if let Some(g) = gw {
+                    // On-link: the peer's tunnel address is a /32 with no connected route,
+                    // so no route that could shadow a real network is ever added.
+                    b = b.gateway(*g).onlink();
+                }
+                self.handle.route().add(b.build()).execute().await
+            }
+            Item::Rule(prio, mark, mask, table) => {
+                let mut req = self
+                    .handle
+                    .rule()
+                    .add()
+                    .v4()
+                    .priority(*prio)
+                    .fw_mark(*mark)
+                    .table_id(*table)
+                    .action(RuleAction::ToTable);
+                req.message_mut()
+                    .attributes
+                    .push(RuleAttribute::FwMask(*mask));
+                req.execute().await
+            }
+        }
+        .map_err(nl(what))
+    }
+
+    /// Deletes Egret's devices (only those carrying its alias); returns what was removed.
+    pub async fn delete_links(&self, cfg: &Config) -> Result<Vec<String>, DatapathError> {
+        let mut out = Vec::new();
+        for name in [&cfg.vxlan_name, &cfg.holder_name] {
+            match self.link(name).await? {
+                Some(l) if link_alias(&l) == Some(OWNER_ALIAS) => {
+                    self.delete_link(l.header.index, name).await?;
+                    out.push(format!("link {name}"));
+                }
+                Some(_) => {
+                    tracing::warn!(link = %name, "not created by Egret; left alone");
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rules and routes Egret owns (for cleanup, without needing its links).
+    pub async fn read_routing(&self, cfg: &Config) -> Result<BTreeMap<Item, Raw>, DatapathError> {
+        // Device indexes that match nothing: only routes and rules are collected.
+        let none = Links {
+            underlay: u32::MAX,
+            underlay_mac: [0; 6],
+            vxlan: u32::MAX,
+            holder: u32::MAX,
+        };
+        Ok(self
+            .read(cfg, &none)
+            .await?
+            .into_iter()
+            .filter(|(i, _)| matches!(i, Item::Route(..) | Item::Rule(..)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use egret_core::planner::{Hosted, Peer};
+
+    #[test]
+    fn desired_items_follow_the_plan() {
+        let cfg = Config::default();
+        let plan = NodePlan {
+            node: "node-1".into(),
+            node_id: 5,
+            node_ips: vec!["10.10.0.101".parse().unwrap()],
+            peers: vec![
+                Peer {
+                    name: "node-2".into(),
+                    id: 9,
+                    ips: vec!["10.10.0.102".parse().unwrap()],
+                },
+                Peer {
+                    name: "v6-only".into(),
+                    id: 10,
+                    ips: vec!["fd00::2".parse().unwrap()],
+                },
+            ],
+            hosted: vec![Hosted {
+                ip: "10.10.0.11".parse().unwrap(),
+                egresses: vec!["e".into()],
+            }],
+            ..NodePlan::default()
+        };
+        let items: Vec<String> = desired(&cfg, &plan).iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            items,
+            vec![
+                "tunnel address 198.19.0.5/32",
+                "fdb 0e:67:72:74:00:09 dst 10.10.0.102",
+                "neighbour 198.19.0.9 lladdr 0e:67:72:74:00:09",
+                "route 0.0.0.0/0 via 198.19.0.9 onlink table 241631241",
+                "rule pref 1700 fwmark 0x90000/0xffff0000 table 241631241",
+                "hosted address 10.10.0.11/32",
+            ]
+        );
+    }
+}

@@ -1,0 +1,1171 @@
+//! Egret's nftables table `inet egret`: the desired content built from a [`NodePlan`] (pure),
+//! the content read back from the kernel, and the one transaction that turns the second into
+//! the first while touching only what differs.
+//!
+//! Both sides are brought into one comparable model ([`Table`]): chains with their hook and
+//! the comments of their rules (every rule carries `egret:<hash of its expression>`, so a rule
+//! is compared by what Egret wrote, not by nft's re-rendering of it), set and map definitions,
+//! elements in a canonical text form, and named counters (by name only: their values are state).
+
+use crate::config::{Config, TABLE, mac_string, tunnel_mac};
+use egret_core::planner::{NodePlan, SteerAction};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Set holding cluster-internal IPv4 destinations (never steered).
+pub const SET_CLUSTER4: &str = "cluster4";
+/// Map (pod, destination) -> verdict on the pod's node.
+pub const MAP_STEER4: &str = "steer4";
+/// Map (pod, destination) -> egress IP on the gateway.
+pub const MAP_SNAT4: &str = "snat4";
+/// Map (pod, destination) -> the Egress's named counter.
+pub const MAP_COUNTERS4: &str = "counters4";
+/// Map inner source MAC of tunnelled packets -> chain recording the origin node in ct mark.
+pub const MAP_PEERS: &str = "tunnel_peers";
+/// Map Egret's ct mark bits -> chain setting the packet mark that routes back to that node.
+pub const MAP_RESTORE: &str = "tunnel_restore";
+
+/// Priority of the mangle-like filter chains (as `mangle`): after conntrack, before DNAT.
+const PRIO_MANGLE: i64 = -150;
+/// Egret's SNAT runs before any CNI masquerade at `srcnat` (100): the first NAT binding wins.
+const PRIO_SNAT: i64 = 90;
+/// Clearing the tunnel mark after every NAT chain, just before the packet enters the device.
+const PRIO_CLEAR: i64 = 110;
+
+/// A base chain's hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// `filter` or `nat`.
+    pub kind: String,
+    /// `prerouting`, `forward`, `postrouting`.
+    pub hook: String,
+    /// Priority.
+    pub prio: i64,
+    /// `accept`.
+    pub policy: String,
+}
+
+/// A chain: its hook (base chains) and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// `None` for regular chains.
+    pub hook: Option<Hook>,
+    /// `(comment, expression)`; only comments are compared.
+    pub rules: Vec<(String, Value)>,
+}
+
+/// A set or map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    /// `map` data type, `None` for a set.
+    pub map: Option<Value>,
+    /// Key type.
+    pub key: Value,
+    /// Flags (e.g. `interval`).
+    pub flags: Vec<String>,
+    /// Canonical element text (key, and `: value` for maps) -> JSON element.
+    pub elems: BTreeMap<String, Value>,
+}
+
+impl Set {
+    fn same_definition(&self, o: &Set) -> bool {
+        self.map == o.map && self.key == o.key && self.flags == o.flags
+    }
+}
+
+/// The content of table `inet egret`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Table {
+    /// Chains by name.
+    pub chains: BTreeMap<String, Chain>,
+    /// Sets and maps by name.
+    pub sets: BTreeMap<String, Set>,
+    /// Named counters.
+    pub counters: BTreeSet<String>,
+}
+
+/// Things left out of the table, with the reason (logged and reported).
+pub type Skipped = Vec<String>;
+
+fn payload(proto: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": proto, "field": field}})
+}
+
+fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+fn ct(key: &str) -> Value {
+    json!({"ct": {"key": key}})
+}
+
+fn matches(op: &str, left: Value, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+fn saddr_daddr() -> Value {
+    json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr")]})
+}
+
+fn rule(expr: Vec<Value>) -> (String, Value) {
+    let expr = Value::Array(expr);
+    let hash = xxhash_rust::xxh3::xxh3_64(expr.to_string().as_bytes());
+    (format!("egret:{hash:016x}"), expr)
+}
+
+fn prefix(net: &IpNet) -> Value {
+    json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}})
+}
+
+fn verdict_goto(chain: &str) -> Value {
+    json!({"goto": {"target": chain}})
+}
+
+fn verdict_jump(chain: &str) -> Value {
+    json!({"jump": {"target": chain}})
+}
+
+/// Name of the chain that marks packets for the tunnel to node `id`.
+pub fn tunnel_chain(id: u16) -> String {
+    format!("to_node_{id}")
+}
+
+/// Name of the chain that records "arrived from node `id`" in the conntrack mark.
+pub fn origin_chain(id: u16) -> String {
+    format!("from_node_{id}")
+}
+
+/// Builds the desired table for `plan` (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
+    let mut skipped = Vec::new();
+    let mask = cfg.mark_mask();
+    let vx = cfg.vxlan_name.as_str();
+    let mut t = Table::default();
+
+    // Peers: one marking chain per direction and peer. These grow with nodes, never with pods
+    // or Egresses.
+    let mut peer_ids = BTreeSet::new();
+    let mut peers_elems = BTreeMap::new();
+    let mut restore_elems = BTreeMap::new();
+    for p in &plan.peers {
+        if !p.ips.iter().any(IpAddr::is_ipv4) {
+            skipped.push(format!(
+                "peer {} has no IPv4 address: no IPv4 tunnel to it",
+                p.name
+            ));
+            continue;
+        }
+        if p.id == 0 || p.id == plan.node_id {
+            skipped.push(format!("peer {} has unusable node id {}", p.name, p.id));
+            continue;
+        }
+        peer_ids.insert(p.id);
+        let m = cfg.mark(p.id);
+        t.chains.insert(
+            tunnel_chain(p.id),
+            Chain {
+                hook: None,
+                rules: vec![rule(vec![json!({"mangle": {"key": meta("mark"),
+                    "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}})])],
+            },
+        );
+        t.chains.insert(
+            origin_chain(p.id),
+            Chain {
+                hook: None,
+                rules: vec![rule(vec![json!({"mangle": {"key": ct("mark"),
+                    "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}})])],
+            },
+        );
+        let mac = mac_string(&tunnel_mac(p.id));
+        peers_elems.insert(
+            format!("{mac} : jump {}", origin_chain(p.id)),
+            json!([mac, verdict_jump(&origin_chain(p.id))]),
+        );
+        // goto: a restored reply needs nothing else from Egret's chain.
+        restore_elems.insert(
+            format!("{m} : goto {}", tunnel_chain(p.id)),
+            json!([m, verdict_goto(&tunnel_chain(p.id))]),
+        );
+    }
+
+    let mut cluster = Vec::new();
+    for c in &plan.cluster_cidrs {
+        match c {
+            IpNet::V4(v4) => cluster.push(*v4),
+            IpNet::V6(_) => skipped.push(format!("IPv6 cluster CIDR {c}: IPv6 not programmed yet")),
+        }
+    }
+    let cluster_elems = canonical_interval_set(cluster.iter().map(|n| {
+        (
+            u32::from(n.network()) as u128,
+            u32::from(n.broadcast()) as u128,
+            prefix(&IpNet::V4(*n)),
+        )
+    }));
+
+    let mut steer = BTreeMap::new();
+    let mut counters = BTreeMap::new();
+    let mut counter_names = BTreeSet::new();
+    let mut add_counter =
+        |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Value>| {
+            if counters.contains_key(&format!("{key_text} : {egress}")) {
+                return;
+            }
+            counters.insert(
+                format!("{key_text} : {egress}"),
+                json!([key.clone(), egress]),
+            );
+            counter_names.insert(egress.to_string());
+        };
+    for s in &plan.steer {
+        let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
+            skipped.push(format!(
+                "IPv6 steering {} -> {} ({}): IPv6 not programmed yet",
+                s.source, s.destination, s.egress
+            ));
+            continue;
+        };
+        let key_text = concat_text(src, &dst);
+        let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
+        let (vtext, v) = match &s.action {
+            SteerAction::Local => ("accept".to_string(), json!({"accept": null})),
+            SteerAction::Tunnel { gateway_id, .. } if peer_ids.contains(gateway_id) => {
+                let c = tunnel_chain(*gateway_id);
+                (format!("goto {c}"), verdict_goto(&c))
+            }
+            SteerAction::Tunnel { gateway, .. } => {
+                // Fail closed: without a tunnel to the gateway the traffic must not leak.
+                skipped.push(format!(
+                    "gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped",
+                    s.egress
+                ));
+                ("drop".to_string(), json!({"drop": null}))
+            }
+            SteerAction::Drop => ("drop".to_string(), json!({"drop": null})),
+        };
+        steer.insert(format!("{key_text} : {vtext}"), json!([key.clone(), v]));
+        add_counter(key_text, &key, &s.egress, &mut counters);
+    }
+    let mut snat = BTreeMap::new();
+    for s in &plan.snat {
+        let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) =
+            (s.source, s.destination, s.egress_ip)
+        else {
+            skipped.push(format!(
+                "IPv6 SNAT {} -> {} as {} ({}): IPv6 not programmed yet",
+                s.source, s.destination, s.egress_ip, s.egress
+            ));
+            continue;
+        };
+        let key_text = concat_text(src, &dst);
+        let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
+        snat.insert(
+            format!("{key_text} : {eip}"),
+            json!([key.clone(), eip.to_string()]),
+        );
+        add_counter(key_text, &key, &s.egress, &mut counters);
+    }
+    // Named counters for every Egress with traffic here, even before its first packet.
+    counter_names.extend(plan.egresses.iter().cloned());
+    t.counters = counter_names;
+
+    let interval = vec!["interval".to_string()];
+    let pair = json!(["ipv4_addr", "ipv4_addr"]);
+    t.sets.insert(
+        SET_CLUSTER4.into(),
+        Set {
+            map: None,
+            key: json!("ipv4_addr"),
+            flags: interval.clone(),
+            elems: cluster_elems,
+        },
+    );
+    t.sets.insert(
+        MAP_STEER4.into(),
+        Set {
+            map: Some(json!("verdict")),
+            key: pair.clone(),
+            flags: interval.clone(),
+            elems: steer,
+        },
+    );
+    t.sets.insert(
+        MAP_SNAT4.into(),
+        Set {
+            map: Some(json!("ipv4_addr")),
+            key: pair.clone(),
+            flags: interval.clone(),
+            elems: snat,
+        },
+    );
+    t.sets.insert(
+        MAP_COUNTERS4.into(),
+        Set {
+            map: Some(json!("counter")),
+            key: pair,
+            flags: interval,
+            elems: counters,
+        },
+    );
+    t.sets.insert(
+        MAP_PEERS.into(),
+        Set {
+            map: Some(json!("verdict")),
+            key: json!("ether_addr"),
+            flags: vec![],
+            elems: peers_elems,
+        },
+    );
+    t.sets.insert(
+        MAP_RESTORE.into(),
+        Set {
+            map: Some(json!("verdict")),
+            key: json!("mark"),
+            flags: vec![],
+            elems: restore_elems,
+        },
+    );
+
+    let hook = |kind: &str, hook: &str, prio: i64| {
+        Some(Hook {
+            kind: kind.into(),
+            hook: hook.into(),
+            prio,
+            policy: "accept".into(),
+        })
+    };
+    let set_ref = |n: &str| json!(format!("@{n}"));
+    t.chains.insert(
+        "prerouting".into(),
+        Chain {
+            hook: hook("filter", "prerouting", PRIO_MANGLE),
+            rules: vec![
+                // Gateway, reply direction of a flow that came through the tunnel: mark it so
+                // policy routing sends it back through the tunnel to the node it came from.
+                rule(vec![
+                    matches("==", ct("direction"), json!("reply")),
+                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
+                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
+                ]),
+                // Gateway, new flow from the tunnel: remember the origin node (inner source
+                // MAC is the origin's VXLAN device, derived from its node id).
+                rule(vec![
+                    matches("==", meta("iifname"), json!(vx)),
+                    matches("in", ct("state"), json!("new")),
+                    json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
+                ]),
+                rule(vec![
+                    matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)),
+                    json!({"return": null}),
+                ]),
+                rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
+                // Counted at the gateway; other nodes' pods are never steered here.
+                rule(vec![
+                    matches("==", meta("iifname"), json!(vx)),
+                    json!({"return": null}),
+                ]),
+                rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
+            ],
+        },
+    );
+    t.chains.insert(
+        "forward".into(),
+        Chain {
+            hook: hook("filter", "forward", PRIO_MANGLE),
+            rules: vec![
+                // The tunnel costs 50 bytes: clamp the MSS of SYNs (both directions) entering it.
+                rule(vec![
+                    matches("==", meta("oifname"), json!(vx)),
+                    matches(
+                        "==",
+                        json!({"&": [payload("tcp", "flags"), ["syn", "rst"]]}),
+                        json!("syn"),
+                    ),
+                    json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
+                        "value": {"rt": {"key": "mtu"}}}}),
+                ]),
+            ],
+        },
+    );
+    t.chains.insert(
+        "postrouting_nat".into(),
+        Chain {
+            hook: hook("nat", "postrouting", PRIO_SNAT),
+            rules: vec![
+                rule(vec![
+                    matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)),
+                    json!({"return": null}),
+                ]),
+                // Steered into the tunnel: bind an identity SNAT so that no CNI masquerade
+                // later in this hook rewrites the pod address the gateway must see.
+                rule(vec![
+                    matches("==", meta("oifname"), json!(vx)),
+                    matches("!=", json!({"&": [meta("mark"), mask]}), json!(0)),
+                    json!({"snat": {"family": "ip", "addr": payload("ip", "saddr")}}),
+                ]),
+                rule(vec![
+                    matches("!=", meta("oifname"), json!(vx)),
+                    json!({"snat": {"family": "ip", "addr": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_SNAT4)}}}}),
+                ]),
+            ],
+        },
+    );
+    t.chains.insert(
+        "postrouting".into(),
+        Chain {
+            hook: hook("filter", "postrouting", PRIO_CLEAR),
+            rules: vec![
+                // The VXLAN device routes the encapsulated packet with the inner packet's mark:
+                // clear Egret's bits or the outer packet would be routed into the tunnel again.
+                rule(vec![
+                    matches("==", meta("oifname"), json!(vx)),
+                    json!({"mangle": {"key": meta("mark"), "value": {"&": [meta("mark"), !mask]}}}),
+                ]),
+            ],
+        },
+    );
+    (t, skipped)
+}
+
+fn concat_text(src: Ipv4Addr, dst: &ipnet::Ipv4Net) -> String {
+    format!(
+        "{}-{} . {}-{}",
+        u32::from(src),
+        u32::from(src),
+        u32::from(dst.network()),
+        u32::from(dst.broadcast())
+    )
+}
+
+/// Canonical elements of a one-field interval set: adjacent or overlapping ranges merged, so
+/// that however nft splits or joins intervals, equal sets compare equal.
+fn canonical_interval_set(
+    ranges: impl Iterator<Item = (u128, u128, Value)>,
+) -> BTreeMap<String, Value> {
+    let mut v: Vec<(u128, u128, Value)> = ranges.collect();
+    v.sort_by_key(|r| (r.0, r.1));
+    let mut merged: Vec<(u128, u128, Vec<Value>)> = Vec::new();
+    for (s, e, j) in v {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => {
+                last.1 = last.1.max(e);
+                last.2.push(j);
+            }
+            _ => merged.push((s, e, vec![j])),
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (s, e, js) in merged {
+        // One canonical range may stand for several JSON elements; keep them all for adds.
+        out.insert(format!("{s}-{e}"), Value::Array(js));
+    }
+    out
+}
+
+// ---- reading back ----
+
+fn ip_u128(s: &str) -> Option<u128> {
+    match s.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v) => Some(u32::from(v) as u128),
+        IpAddr::V6(v) => Some(u128::from(v)),
+    }
+}
+
+/// `start-end` of an address-like element component, or the plain text of anything else.
+fn component_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => match ip_u128(s) {
+            Some(n) => format!("{n}-{n}"),
+            None => s.clone(),
+        },
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) => {
+            if let Some(p) = o.get("prefix") {
+                let addr = p.get("addr").and_then(Value::as_str).unwrap_or("");
+                let len = p.get("len").and_then(Value::as_u64).unwrap_or(0) as u32;
+                if let Ok(net) = format!("{addr}/{len}").parse::<IpNet>() {
+                    let (s, e) = egret_core::planner::block_span(&net);
+                    if let (Some(s), Some(e)) = (ip_u128(&s.to_string()), ip_u128(&e.to_string())) {
+                        return format!("{s}-{e}");
+                    }
+                }
+            }
+            if let Some(Value::Array(r)) = o.get("range")
+                && let (Some(a), Some(b)) = (
+                    r.first().and_then(Value::as_str).and_then(ip_u128),
+                    r.get(1).and_then(Value::as_str).and_then(ip_u128),
+                )
+            {
+                return format!("{a}-{b}");
+            }
+            if let Some(Value::Array(c)) = o.get("concat") {
+                return c.iter().map(component_text).collect::<Vec<_>>().join(" . ");
+            }
+            if let Some(inner) = o.get("elem").and_then(|e| e.get("val")) {
+                return component_text(inner);
+            }
+            for verdict in ["goto", "jump"] {
+                if let Some(t) = o
+                    .get(verdict)
+                    .and_then(|g| g.get("target"))
+                    .and_then(Value::as_str)
+                {
+                    return format!("{verdict} {t}");
+                }
+            }
+            if let Some((k, _)) = o.iter().next() {
+                return k.clone(); // accept, drop, ...
+            }
+            String::new()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn elem_text(v: &Value, is_map: bool) -> String {
+    match (is_map, v) {
+        (true, Value::Array(kv)) if kv.len() == 2 => {
+            format!("{} : {}", component_text(&kv[0]), component_text(&kv[1]))
+        }
+        _ => component_text(v),
+    }
+}
+
+/// Parses `nft -j list table inet egret` output into the model (`None`: no such table).
+pub fn parse_table(doc: &Value) -> Option<Table> {
+    let items = doc.get("nftables")?.as_array()?;
+    let mut t = Table::default();
+    let mut found = false;
+    for item in items {
+        let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let mine = body.get("table").and_then(Value::as_str) == Some(TABLE)
+            || (kind == "table" && body.get("name").and_then(Value::as_str) == Some(TABLE));
+        if body.get("family").and_then(Value::as_str) != Some("inet") || !mine {
+            continue;
+        }
+        let name = body
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match kind.as_str() {
+            "table" => found = true,
+            "chain" => {
+                let hook = body.get("hook").map(|h| Hook {
+                    kind: body
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                    hook: h.as_str().unwrap_or_default().into(),
+                    prio: body.get("prio").and_then(Value::as_i64).unwrap_or_default(),
+                    policy: body
+                        .get("policy")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .into(),
+                });
+                t.chains.entry(name).or_insert(Chain {
+                    hook: None,
+                    rules: vec![],
+                });
+                if let Some(c) = t
+                    .chains
+                    .get_mut(body.get("name").and_then(Value::as_str).unwrap_or_default())
+                {
+                    c.hook = hook;
+                }
+            }
+            "rule" => {
+                let chain = body
+                    .get("chain")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let comment = body
+                    .get("comment")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no comment)")
+                    .to_string();
+                let expr = body.get("expr").cloned().unwrap_or(Value::Null);
+                t.chains
+                    .entry(chain)
+                    .or_insert(Chain {
+                        hook: None,
+                        rules: vec![],
+                    })
+                    .rules
+                    .push((comment, expr));
+            }
+            "set" | "map" => {
+                let is_map = kind == "map";
+                let key = body.get("type").cloned().unwrap_or(Value::Null);
+                let flags: Vec<String> = body
+                    .get("flags")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let raw: Vec<Value> = match body.get("elem") {
+                    Some(Value::Array(a)) => a.clone(),
+                    _ => vec![],
+                };
+                let single_interval =
+                    !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
+                let elems = if single_interval {
+                    canonical_interval_set(raw.into_iter().filter_map(|e| {
+                        let text = component_text(&e);
+                        let (s, e2) = text.split_once('-')?;
+                        Some((s.parse().ok()?, e2.parse().ok()?, e))
+                    }))
+                } else {
+                    raw.into_iter()
+                        .map(|e| (elem_text(&e, is_map), e))
+                        .collect()
+                };
+                t.sets.insert(
+                    name,
+                    Set {
+                        map: if is_map {
+                            body.get("map").cloned()
+                        } else {
+                            None
+                        },
+                        key,
+                        flags,
+                        elems,
+                    },
+                );
+            }
+            "counter" => {
+                t.counters.insert(name);
+            }
+            _ => {}
+        }
+    }
+    found.then_some(t)
+}
+
+/// Canonical texts of the desired elements must match the read-back ones: re-key desired
+/// elements through the same canonicaliser (the generator's keys are only for dedup).
+pub fn normalise(mut t: Table) -> Table {
+    for s in t.sets.values_mut() {
+        let is_map = s.map.is_some();
+        if !is_map && s.key.as_str().is_some() && s.flags.iter().any(|f| f == "interval") {
+            continue; // already canonical ranges
+        }
+        s.elems = std::mem::take(&mut s.elems)
+            .into_values()
+            .map(|e| (elem_text(&e, is_map), e))
+            .collect();
+    }
+    t
+}
+
+// ---- diff ----
+
+fn obj(kind: &str, mut body: serde_json::Map<String, Value>) -> Value {
+    body.insert("family".into(), json!("inet"));
+    body.insert("table".into(), json!(TABLE));
+    json!({ kind: body })
+}
+
+fn named(kind: &str, name: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), json!(name));
+    obj(kind, m)
+}
+
+fn elems_of(s: &Set, texts: &BTreeSet<&String>, keys_only: bool) -> Vec<Value> {
+    let mut out = Vec::new();
+    for t in texts {
+        let Some(e) = s.elems.get(*t) else { continue };
+        let list = match e {
+            // single-field interval sets keep a list of JSON elements per canonical range
+            Value::Array(a) if s.map.is_none() => a.clone(),
+            other => vec![other.clone()],
+        };
+        for e in list {
+            match (keys_only, &e) {
+                (true, Value::Array(kv)) if s.map.is_some() => out.push(kv[0].clone()),
+                _ => out.push(e),
+            }
+        }
+    }
+    out
+}
+
+fn element_cmd(verb: &str, set: &str, elems: Vec<Value>) -> Value {
+    json!({ verb: {"element": {"family": "inet", "table": TABLE, "name": set, "elem": elems}}})
+}
+
+fn set_cmd(name: &str, s: &Set) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), json!(name));
+    m.insert("type".into(), s.key.clone());
+    if !s.flags.is_empty() {
+        m.insert("flags".into(), json!(s.flags));
+    }
+    let all: BTreeSet<&String> = s.elems.keys().collect();
+    let elems = elems_of(s, &all, false);
+    if !elems.is_empty() {
+        m.insert("elem".into(), Value::Array(elems));
+    }
+    match &s.map {
+        Some(data) => {
+            m.insert("map".into(), data.clone());
+            json!({"add": obj("map", m)})
+        }
+        None => json!({"add": obj("set", m)}),
+    }
+}
+
+fn chain_cmd(name: &str, c: &Chain) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), json!(name));
+    if let Some(h) = &c.hook {
+        m.insert("type".into(), json!(h.kind));
+        m.insert("hook".into(), json!(h.hook));
+        m.insert("prio".into(), json!(h.prio));
+        m.insert("policy".into(), json!(h.policy));
+    }
+    json!({"add": obj("chain", m)})
+}
+
+fn rule_cmds(name: &str, c: &Chain) -> Vec<Value> {
+    c.rules
+        .iter()
+        .map(|(comment, expr)| {
+            let mut m = serde_json::Map::new();
+            m.insert("chain".into(), json!(name));
+            m.insert("comment".into(), json!(comment));
+            m.insert("expr".into(), expr.clone());
+            json!({"add": obj("rule", m)})
+        })
+        .collect()
+}
+
+fn rule_comments(c: &Chain) -> Vec<&str> {
+    c.rules.iter().map(|(c, _)| c.as_str()).collect()
+}
+
+/// The differences between two tables, one line each (for reports and drift).
+pub fn describe(want: &Table, have: Option<&Table>) -> Vec<String> {
+    let empty = Table::default();
+    let Some(have) = have else {
+        return vec![format!("nft: table inet {TABLE} missing")];
+    };
+    let _ = &empty;
+    let mut out = Vec::new();
+    for (n, c) in &want.chains {
+        match have.chains.get(n) {
+            None => out.push(format!("nft: chain {n} missing")),
+            Some(h) if h.hook != c.hook => out.push(format!("nft: chain {n} hook differs")),
+            Some(h) if rule_comments(h) != rule_comments(c) => {
+                out.push(format!("nft: rules of chain {n} differ"))
+            }
+            _ => {}
+        }
+    }
+    for n in have.chains.keys().filter(|n| !want.chains.contains_key(*n)) {
+        out.push(format!("nft: chain {n} unexpected"));
+    }
+    for (n, s) in &want.sets {
+        match have.sets.get(n) {
+            None => out.push(format!("nft: set {n} missing")),
+            Some(h) if !h.same_definition(s) => {
+                out.push(format!("nft: set {n} definition differs"))
+            }
+            Some(h) => {
+                let missing = s.elems.keys().filter(|k| !h.elems.contains_key(*k)).count();
+                let extra = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).count();
+                if missing + extra > 0 {
+                    out.push(format!(
+                        "nft: set {n}: {missing} element(s) to add, {extra} to delete"
+                    ));
+                }
+            }
+        }
+    }
+    for n in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
+        out.push(format!("nft: set {n} unexpected"));
+    }
+    for n in want.counters.difference(&have.counters) {
+        out.push(format!("nft: counter {n} missing"));
+    }
+    for n in have.counters.difference(&want.counters) {
+        out.push(format!("nft: counter {n} unexpected"));
+    }
+    out
+}
+
+/// The commands of the single transaction turning `have` into `want` (empty: nothing to do).
+/// Existing counters are never deleted while still wanted, so their values survive.
+pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
+    let empty = Table::default();
+    let fresh = have.is_none();
+    let have = have.unwrap_or(&empty);
+    if !fresh && describe(want, Some(have)).is_empty() {
+        return Vec::new();
+    }
+    let mut cmds = vec![json!({"add": {"table": {"family": "inet", "name": TABLE}}})];
+
+    let recreate_sets: BTreeSet<&String> = want
+        .sets
+        .iter()
+        .filter(|(n, s)| have.sets.get(*n).is_some_and(|h| !h.same_definition(s)))
+        .map(|(n, _)| n)
+        .collect();
+    let drop_sets: BTreeSet<&String> = have
+        .sets
+        .keys()
+        .filter(|n| !want.sets.contains_key(*n))
+        .collect();
+    let recreate_chains: BTreeSet<&String> = want
+        .chains
+        .iter()
+        .filter(|(n, c)| have.chains.get(*n).is_some_and(|h| h.hook != c.hook))
+        .map(|(n, _)| n)
+        .collect();
+    let drop_chains: BTreeSet<&String> = have
+        .chains
+        .keys()
+        .filter(|n| !want.chains.contains_key(*n))
+        .collect();
+    // Rules reference sets by name: when any set is dropped or recreated, re-add every rule.
+    let all_rules = !recreate_sets.is_empty() || !drop_sets.is_empty();
+    let rewrite_rules: BTreeSet<&String> = want
+        .chains
+        .iter()
+        .filter(|(n, c)| {
+            all_rules
+                || have
+                    .chains
+                    .get(*n)
+                    .is_none_or(|h| rule_comments(h) != rule_comments(c) || h.hook != c.hook)
+        })
+        .map(|(n, _)| n)
+        .collect();
+
+    // 1. Flush rules that will be rewritten or whose chain goes away.
+    for n in have.chains.keys() {
+        if (rewrite_rules.contains(n) || drop_chains.contains(n))
+            && have.chains.get(n).is_some_and(|c| !c.rules.is_empty())
+        {
+            cmds.push(json!({"flush": named("chain", n)}));
+        }
+    }
+    // 2. Sets that go away or change shape.
+    for n in drop_sets.iter().chain(recreate_sets.iter()) {
+        let kind = if have.sets.get(*n).is_some_and(|s| s.map.is_some()) {
+            "map"
+        } else {
+            "set"
+        };
+        cmds.push(json!({"delete": named(kind, n)}));
+    }
+    // 3. Elements that go away (before the chains and counters they reference).
+    let mut adds = Vec::new();
+    for (n, s) in &want.sets {
+        if recreate_sets.contains(n) {
+            adds.push(set_cmd(n, s));
+            continue;
+        }
+        let Some(h) = have.sets.get(n) else {
+            adds.push(set_cmd(n, s));
+            continue;
+        };
+        let gone: BTreeSet<&String> = h
+            .elems
+            .keys()
+            .filter(|k| !s.elems.contains_key(*k))
+            .collect();
+        let new: BTreeSet<&String> = s
+            .elems
+            .keys()
+            .filter(|k| !h.elems.contains_key(*k))
+            .collect();
+        if !gone.is_empty() {
+            cmds.push(element_cmd("delete", n, elems_of(h, &gone, true)));
+        }
+        if !new.is_empty() {
+            adds.push(element_cmd("add", n, elems_of(s, &new, false)));
+        }
+    }
+    // 4. Chains and counters that go away.
+    for n in drop_chains.iter().chain(recreate_chains.iter()) {
+        cmds.push(json!({"delete": named("chain", n)}));
+    }
+    for n in have.counters.difference(&want.counters) {
+        cmds.push(json!({"delete": named("counter", n)}));
+    }
+    // 5. New counters, chains, sets and elements, then rules.
+    for n in want.counters.difference(&have.counters) {
+        cmds.push(json!({"add": named("counter", n)}));
+    }
+    for (n, c) in &want.chains {
+        if !have.chains.contains_key(n) || recreate_chains.contains(n) {
+            cmds.push(chain_cmd(n, c));
+        }
+    }
+    cmds.extend(adds);
+    for (n, c) in &want.chains {
+        if rewrite_rules.contains(n) {
+            cmds.extend(rule_cmds(n, c));
+        }
+    }
+    cmds
+}
+
+/// Wraps commands into an nft JSON document.
+pub fn document(cmds: Vec<Value>) -> Value {
+    let mut all = vec![json!({"metainfo": {"json_schema_version": 1}})];
+    all.extend(cmds);
+    json!({ "nftables": all })
+}
+
+/// Packets and bytes of one named counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counter {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+}
+
+/// Parses `nft -j list counters table inet egret` (values as u64).
+pub fn parse_counters(doc: &Value) -> BTreeMap<String, Counter> {
+    let mut out = BTreeMap::new();
+    for item in doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(c) = item.get("counter") else {
+            continue;
+        };
+        if c.get("table").and_then(Value::as_str) != Some(TABLE)
+            || c.get("family").and_then(Value::as_str) != Some("inet")
+        {
+            continue;
+        }
+        if let Some(name) = c.get("name").and_then(Value::as_str) {
+            out.insert(
+                name.to_string(),
+                Counter {
+                    packets: c.get("packets").and_then(Value::as_u64).unwrap_or(0),
+                    bytes: c.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use egret_core::planner::{Hosted, Peer, Snat, Steer};
+
+    fn plan(pods: u32) -> NodePlan {
+        let mut steer = Vec::new();
+        for i in 0..pods {
+            steer.push(Steer {
+                source: IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 1, 0)) + i)),
+                destination: "0.0.0.0/0".parse().unwrap(),
+                egress: format!("eg-{}", i % 3),
+                action: if i % 2 == 0 {
+                    SteerAction::Tunnel {
+                        gateway: "node-2".into(),
+                        gateway_id: 7,
+                    }
+                } else {
+                    SteerAction::Drop
+                },
+            });
+        }
+        NodePlan {
+            node: "node-1".into(),
+            node_id: 3,
+            node_ips: vec!["10.10.0.101".parse().unwrap()],
+            peers: vec![Peer {
+                name: "node-2".into(),
+                id: 7,
+                ips: vec!["10.10.0.102".parse().unwrap()],
+            }],
+            cluster_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.96.0.0/12".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
+            egresses: vec!["eg-0".into(), "eg-1".into(), "eg-2".into()],
+            steer,
+            snat: vec![Snat {
+                source: "10.244.2.10".parse().unwrap(),
+                destination: "203.0.113.0/24".parse().unwrap(),
+                egress: "eg-9".into(),
+                egress_ip: "10.10.0.11".parse().unwrap(),
+            }],
+            hosted: vec![Hosted {
+                ip: "10.10.0.11".parse().unwrap(),
+                egresses: vec!["eg-9".into()],
+            }],
+        }
+    }
+
+    fn rule_count(t: &Table) -> usize {
+        t.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    #[test]
+    fn rules_do_not_grow_with_pods_or_egresses() {
+        let cfg = Config::default();
+        let (small, _) = desired(&cfg, &plan(1));
+        let (big, _) = desired(&cfg, &plan(5000));
+        assert_eq!(rule_count(&small), rule_count(&big));
+        assert_eq!(big.sets[MAP_STEER4].elems.len(), 5000);
+        assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
+        assert!(big.counters.contains("eg-2") && big.counters.contains("eg-9"));
+    }
+
+    #[test]
+    fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
+        let cfg = Config::default();
+        let (t, skipped) = desired(&cfg, &plan(2));
+        assert_eq!(
+            skipped.len(),
+            1,
+            "the IPv6 cluster CIDR is skipped: {skipped:?}"
+        );
+        let t = normalise(t);
+        let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
+        assert_eq!(
+            steer,
+            vec![
+                "183763200-183763200 . 0-4294967295 : goto to_node_7",
+                "183763201-183763201 . 0-4294967295 : drop",
+            ]
+        );
+        let snat: Vec<&String> = t.sets[MAP_SNAT4].elems.keys().collect();
+        assert_eq!(
+            snat,
+            vec!["183763466-183763466 . 3405803776-3405804031 : 168427531-168427531"]
+        );
+        // The tunnel chain sets only Egret's bits.
+        let (_, expr) = &t.chains[&tunnel_chain(7)].rules[0];
+        let m = cfg.mark(7);
+        assert_eq!(
+            expr[0]["mangle"]["value"],
+            json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]})
+        );
+        assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
+        assert_eq!(
+            t.sets[MAP_PEERS].elems.keys().next().unwrap(),
+            "0e:67:72:74:00:07 : jump from_node_7"
+        );
+        // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
+        assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
+        assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
+    }
+
+    #[test]
+    fn tunnel_to_unknown_gateway_fails_closed() {
+        let cfg = Config::default();
+        let mut p = plan(1);
+        p.peers.clear();
+        let (t, skipped) = desired(&cfg, &p);
+        let t = normalise(t);
+        assert!(
+            t.sets[MAP_STEER4]
+                .elems
+                .keys()
+                .all(|k| k.ends_with(": drop"))
+        );
+        assert!(skipped.iter().any(|s| s.contains("dropped")));
+    }
+
+    #[test]
+    fn transaction_touches_only_differences() {
+        let cfg = Config::default();
+        let want = normalise(desired(&cfg, &plan(10)).0);
+        // Fresh: everything in one transaction.
+        let all = transaction(&want, None);
+        assert!(all.len() > 10);
+        // Equal: nothing.
+        assert!(transaction(&want, Some(&want)).is_empty());
+        // One pod fewer: one element deletion per map, no flush, no counter touched.
+        let have = want.clone();
+        let want2 = normalise(desired(&cfg, &plan(9)).0);
+        let cmds = transaction(&want2, Some(&have));
+        let text = serde_json::to_string(&cmds).unwrap();
+        assert!(
+            !text.contains("flush") && !text.contains("\"counter\":{\"family"),
+            "{text}"
+        );
+        assert_eq!(
+            cmds.iter().filter(|c| c.get("delete").is_some()).count(),
+            2,
+            "steer4 and counters4: {text}"
+        );
+        // An Egress gone: its counter is deleted after the elements that use it.
+        let mut p = plan(10);
+        p.egresses.retain(|e| e != "eg-0");
+        p.steer.retain(|s| s.egress != "eg-0");
+        let cmds = transaction(&normalise(desired(&cfg, &p).0), Some(&have));
+        let pos = |needle: &str| {
+            cmds.iter()
+                .position(|c| c.to_string().contains(needle))
+                .unwrap_or(usize::MAX)
+        };
+        assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
+    }
+
+    #[test]
+    fn read_back_parses_into_the_same_model() {
+        let cfg = Config::default();
+        let want = normalise(desired(&cfg, &plan(3)).0);
+        // What nft 1.0.6 prints for such a table (abridged to the parts the model reads).
+        let doc = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "egret", "handle": 1}},
+            {"set": {"family": "inet", "table": "egret", "name": "cluster4", "type": "ipv4_addr",
+                "flags": ["interval"], "elem": [
+                    {"prefix": {"addr": "10.96.0.0", "len": 12}},
+                    {"range": ["10.244.0.0", "10.244.127.255"]},
+                    {"prefix": {"addr": "10.244.128.0", "len": 17}}]}},
+            {"map": {"family": "inet", "table": "egret", "name": "steer4",
+                "type": ["ipv4_addr", "ipv4_addr"], "map": "verdict", "flags": ["interval"],
+                "elem": [[{"concat": ["10.244.1.0", {"prefix": {"addr": "0.0.0.0", "len": 0}}]},
+                          {"goto": {"target": "to_node_7"}}]]}},
+            {"counter": {"family": "inet", "table": "egret", "name": "eg-0", "packets": 5_000_000_000u64, "bytes": 1}},
+            {"counter": {"family": "inet", "table": "other", "name": "x", "packets": 1, "bytes": 1}},
+        ]});
+        let have = parse_table(&doc).unwrap();
+        assert_eq!(
+            have.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
+            want.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
+            "adjacent ranges merge"
+        );
+        assert!(
+            have.sets[MAP_STEER4]
+                .elems
+                .keys()
+                .all(|k| want.sets[MAP_STEER4].elems.contains_key(k))
+        );
+        assert!(parse_table(&json!({"nftables": []})).is_none());
+        let counters = parse_counters(&doc);
+        assert_eq!(counters.len(), 1);
+        assert_eq!(counters["eg-0"].packets, 5_000_000_000, "u64, not u32");
+    }
+}

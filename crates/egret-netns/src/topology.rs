@@ -1,0 +1,359 @@
+//! The lab's shape (BRIEF §5) in network namespaces: a router with the node network on a bridge,
+//! N nodes with routed pod CIDRs (the stand-in CNI), pods, and outside hosts behind the router.
+//!
+//! ```text
+//!  pod ns (eth0 10.244.N.x/32) ──veth── node-N ns (vpK)      outside ns (eth0: 203.0.113.5/24,
+//!                                        │ eth0 10.10.0.10N/24      198.51.100.8/24, …)
+//!                                        │                          │
+//!                           router ns: br0 10.10.0.1/24 ─────────── out0 (203.0.113.1/24, …)
+//! ```
+//!
+//! The stand-in CNI: every node routes its pods' /32s to their veths, routes the other nodes'
+//! pod CIDRs to those nodes (host-gw style), and masquerades pod traffic leaving the pod network
+//! to the node's IP with its own nft table `ip labcni` (never Egret's table).
+
+use crate::whoami::{WHOAMI_PORT, Whoami};
+use crate::{Error, Netns, unique_prefix};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+
+/// The router's address on the node network.
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+/// `db-a`, an outside whoami server.
+pub const DB_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+/// `bad-host`, another outside whoami server.
+pub const BAD_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+/// The node network.
+pub const NODE_NET: &str = "10.10.0.0/24";
+/// The whole pod network (what the stand-in CNI does not masquerade).
+pub const POD_NET: &str = "10.244.0.0/16";
+
+/// The underlay address of node `i` (1-based): `10.10.0.(100+i)`.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 10, 0, 100 + i as u8)
+}
+
+/// The pod CIDR of node `i` (1-based): `10.244.i.0/24`.
+pub fn pod_cidr(i: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24).unwrap_or_default()
+}
+
+/// The name of node `i` (1-based): `node-i`.
+pub fn node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct TopologySpec {
+    /// Prefix-free tag naming the namespaces (a test name).
+    pub tag: String,
+    /// Number of nodes (1..=150).
+    pub nodes: usize,
+    /// Pods.
+    pub pods: Vec<PodSpec>,
+    /// Outside hosts behind the router, each `address/prefix`; every one runs the whoami.
+    pub outside: Vec<Ipv4Net>,
+}
+
+/// One pod.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// Pod name, unique in the topology (e.g. `prod-web-1`).
+    pub name: String,
+    /// The node it runs on (1-based).
+    pub node: usize,
+    /// Its address, inside the node's pod CIDR.
+    pub ip: Ipv4Addr,
+}
+
+impl TopologySpec {
+    /// `nodes` nodes, no pods, and the lab's outside hosts db-a and bad-host.
+    pub fn new(tag: &str, nodes: usize) -> TopologySpec {
+        TopologySpec {
+            tag: tag.to_string(),
+            nodes,
+            pods: Vec::new(),
+            outside: vec![
+                Ipv4Net::new(DB_A, 24).unwrap_or_default(),
+                Ipv4Net::new(BAD_HOST, 24).unwrap_or_default(),
+            ],
+        }
+    }
+
+    /// Adds a pod on node `node` (1-based).
+    pub fn pod(mut self, name: &str, node: usize, ip: Ipv4Addr) -> TopologySpec {
+        self.pods.push(PodSpec {
+            name: name.to_string(),
+            node,
+            ip,
+        });
+        self
+    }
+
+    /// Adds an outside host, e.g. `10.96.0.10/32` to stand in for a service address.
+    pub fn outside_host(mut self, host: Ipv4Net) -> TopologySpec {
+        self.outside.push(host);
+        self
+    }
+}
+
+/// A node namespace.
+#[derive(Debug)]
+pub struct Node {
+    /// `node-i`.
+    pub name: String,
+    /// 1-based index.
+    pub index: usize,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// The underlay interface inside the namespace.
+    pub underlay: String,
+    /// The namespace.
+    pub ns: Netns,
+}
+
+/// A pod namespace.
+#[derive(Debug)]
+pub struct Pod {
+    /// Pod name.
+    pub name: String,
+    /// 1-based node index.
+    pub node: usize,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// The namespace.
+    pub ns: Netns,
+}
+
+/// A built topology. Dropping it stops the servers and deletes every namespace (and so every
+/// link) it created, pods first, router last.
+#[derive(Debug)]
+pub struct Topology {
+    /// Whoami servers (one per outside namespace, listening on every outside address).
+    pub whoami: Vec<Whoami>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Nodes, `nodes[i-1]` is `node-i`.
+    pub nodes: Vec<Node>,
+    /// The outside hosts' namespace.
+    pub outside: Netns,
+    /// The router.
+    pub router: Netns,
+    /// The namespace name prefix (`egret-TAG-PID-SEQ`).
+    pub prefix: String,
+}
+
+impl Topology {
+    /// Builds the topology. On error, whatever was built is removed again.
+    pub fn build(spec: &TopologySpec) -> Result<Topology, Error> {
+        if spec.nodes == 0 || spec.nodes > 150 {
+            return Err(Error::Spec(format!(
+                "nodes must be 1..=150, not {}",
+                spec.nodes
+            )));
+        }
+        let prefix = unique_prefix(&spec.tag);
+        let router = Netns::create(&format!("{prefix}-r"))?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+        router.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
+        router.ip(&["link", "add", "br0", "type", "bridge"])?;
+        router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])?;
+        router.ip(&["link", "set", "br0", "up"])?;
+
+        let outside = Netns::create(&format!("{prefix}-x"))?;
+        router.ip(&[
+            "link",
+            "add",
+            "out0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            outside.name(),
+        ])?;
+        router.ip(&["link", "set", "out0", "up"])?;
+        outside.ip(&["link", "set", "eth0", "up"])?;
+        let mut default_gw = None;
+        for host in &spec.outside {
+            outside.ip(&["addr", "add", &host.to_string(), "dev", "eth0"])?;
+            if host.prefix_len() < 31 {
+                let gw = Ipv4Addr::from(u32::from(host.network()) + 1);
+                let gw_net = format!("{gw}/{}", host.prefix_len());
+                if !router
+                    .ip(&["-4", "addr", "show", "dev", "out0"])?
+                    .contains(&gw_net)
+                {
+                    router.ip(&["addr", "add", &gw_net, "dev", "out0"])?;
+                }
+                default_gw.get_or_insert(gw);
+            } else {
+                router.ip(&["route", "add", &host.to_string(), "dev", "out0"])?;
+            }
+        }
+        if let Some(gw) = default_gw {
+            outside.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        }
+
+        let mut nodes = Vec::new();
+        for i in 1..=spec.nodes {
+            let ns = Netns::create(&format!("{prefix}-n{i}"))?;
+            // No IPv6 duplicate address detection: addresses settle at once, state compares.
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            let port = format!("n{i}");
+            router.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            router.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            let ip = node_ip(i);
+            let cidr = pod_cidr(i);
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
+            // The pods' default gateway: a node-local address answered by ARP on every veth.
+            let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+            ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", "lo"])?;
+            ns.sysctl("net.ipv4.ip_forward", "1")?;
+            // Strict reverse-path filtering, as many distributions ship it.
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "1")?;
+            ns.exec_stdin(
+                "nft",
+                &["-f", "-"],
+                &format!(
+                    "table ip labcni {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {POD_NET} ip daddr != {POD_NET} masquerade\n }}\n}}\n"
+                ),
+            )?;
+            router.ip(&["route", "add", &cidr.to_string(), "via", &ip.to_string()])?;
+            nodes.push(Node {
+                name: node_name(i),
+                index: i,
+                ip,
+                pod_cidr: cidr,
+                underlay: "eth0".into(),
+                ns,
+            });
+        }
+        for n in &nodes {
+            for m in &nodes {
+                if n.index != m.index {
+                    n.ns.ip(&[
+                        "route",
+                        "add",
+                        &m.pod_cidr.to_string(),
+                        "via",
+                        &m.ip.to_string(),
+                    ])?;
+                }
+            }
+        }
+
+        let mut pods = Vec::new();
+        for (k, p) in spec.pods.iter().enumerate() {
+            let node = nodes
+                .get(p.node.wrapping_sub(1))
+                .ok_or_else(|| Error::Spec(format!("pod {} on unknown node {}", p.name, p.node)))?;
+            if !node.pod_cidr.contains(&p.ip) {
+                return Err(Error::Spec(format!(
+                    "pod {} address {} is outside {}",
+                    p.name, p.ip, node.pod_cidr
+                )));
+            }
+            let ns = Netns::create(&format!("{prefix}-p-{}", p.name))?;
+            let veth = format!("vp{k}");
+            node.ns.ip(&[
+                "link",
+                "add",
+                &veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            node.ns.ip(&["link", "set", &veth, "up"])?;
+            node.ns
+                .ip(&["route", "add", &format!("{}/32", p.ip), "dev", &veth])?;
+            let gw = Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 1).to_string();
+            ns.ip(&["addr", "add", &format!("{}/32", p.ip), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+            ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
+            pods.push(Pod {
+                name: p.name.clone(),
+                node: p.node,
+                ip: p.ip,
+                ns,
+            });
+        }
+        let whoami = vec![Whoami::start(&outside, WHOAMI_PORT)?];
+        Ok(Topology {
+            whoami,
+            pods,
+            nodes,
+            outside,
+            router,
+            prefix,
+        })
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    /// The pod named `name`.
+    pub fn pod(&self, name: &str) -> Result<&Pod, Error> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::Spec(format!("no pod {name}")))
+    }
+
+    /// The MAC address of a node's underlay interface.
+    pub fn node_mac(&self, i: usize) -> Result<String, Error> {
+        let out = self
+            .node(i)
+            .ns
+            .ip(&["-br", "link", "show", "dev", "eth0"])?;
+        out.split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Protocol(format!("no MAC in {out:?}")))
+    }
+
+    /// The MAC address the router's neighbour table holds for `ip` on the node network, if any.
+    pub fn router_neighbour(&self, ip: Ipv4Addr) -> Result<Option<String>, Error> {
+        let out = self
+            .router
+            .ip(&["neigh", "show", "to", &ip.to_string(), "dev", "br0"])?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        Ok(words
+            .iter()
+            .position(|w| *w == "lladdr")
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string()))
+    }
+
+    /// Every source address the outside whoami servers saw, in order.
+    pub fn seen(&self) -> Vec<std::net::IpAddr> {
+        self.whoami.iter().flat_map(|w| w.seen()).collect()
+    }
+}
