@@ -28,15 +28,10 @@ fn iperf(topo: &Topology, secs: u32) -> f64 {
         .pod("web-1")
         .unwrap()
         .ns
-        .exec(
-            "iperf3",
-            &["-c", &DB_A.to_string(), "-t", &secs.to_string(), "-J"],
-        )
+        .exec("iperf3", &["-c", &DB_A.to_string(), "-t", &secs.to_string(), "-J"])
         .expect("iperf3 client");
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("bits_per_second")
+    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -49,19 +44,20 @@ fn main() {
         eprintln!("cannot run: {why}");
         std::process::exit(2);
     }
-    let args: Vec<u32> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let secs = args.first().copied().unwrap_or(5);
     let rounds = args.get(1).copied().unwrap_or(3);
 
     let web1 = Ipv4Addr::new(10, 244, 1, 10);
     let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, web1)).unwrap();
     let mut c = Cluster::new(2, &[2]);
-    c.pod("default", "web-1", "web", 1, web1)
-        .pool("pool", "10.10.0.11", "10.10.0.20")
-        .egress("eg-web", "web", "pool", &[], &[]);
+    c.pod("default", "web-1", "web", 1, web1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
+    );
     let plan = c.plan();
     let eip = egress_ip(&plan, "eg-web");
     let gw_id = plan.node_ids["node-2"];
@@ -79,59 +75,24 @@ fn main() {
     for round in 0..rounds {
         // Egret.
         sync_all(&topo, &mut dps, &plan);
-        assert_eq!(
-            egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(),
-            eip
-        );
+        assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
         let e = iperf(&topo, secs);
         // Baseline: same tunnel, no Egret table.
         for i in 1..=2 {
-            topo.node(i)
-                .ns
-                .exec("nft", &["delete", "table", "inet", "egret"])
-                .unwrap();
+            topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
         }
         let n1 = &topo.node(1).ns;
-        n1.ip(&[
-            "rule",
-            "add",
-            "from",
-            &web1.to_string(),
-            "lookup",
-            &table,
-            "pref",
-            "1600",
-        ])
-        .unwrap();
+        n1.ip(&["rule", "add", "from", &web1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
         let n2 = &topo.node(2).ns;
-        n2.ip(&["route", "add", &n1_tunnel, "dev", &cfg.vxlan_name])
-            .unwrap();
-        topo.router
-            .ip(&[
-                "route",
-                "add",
-                &n1_tunnel,
-                "via",
-                &egret_netns::node_ip(2).to_string(),
-            ])
-            .unwrap();
+        n2.ip(&["route", "add", &n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
+        topo.router.ip(&["route", "add", &n1_tunnel, "via", &egret_netns::node_ip(2).to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
-        assert_eq!(
-            seen.to_string(),
-            n1_tunnel.trim_end_matches("/32"),
-            "baseline goes through the tunnel and node-2"
-        );
+        assert_eq!(seen.to_string(), n1_tunnel.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
         let b = iperf(&topo, secs);
         n1.ip(&["rule", "del", "pref", "1600"]).unwrap();
-        n2.ip(&["route", "del", &n1_tunnel, "dev", &cfg.vxlan_name])
-            .unwrap();
+        n2.ip(&["route", "del", &n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
         topo.router.ip(&["route", "del", &n1_tunnel]).unwrap();
-        println!(
-            "round {}: egret {:.2} Gbit/s, baseline {:.2} Gbit/s",
-            round + 1,
-            e / 1e9,
-            b / 1e9
-        );
+        println!("round {}: egret {:.2} Gbit/s, baseline {:.2} Gbit/s", round + 1, e / 1e9, b / 1e9);
         with.push(e);
         without.push(b);
     }
@@ -139,13 +100,7 @@ fn main() {
         topo.node(i + 1).ns.run(|| dp.cleanup()).unwrap().unwrap();
     }
     let (e, b) = (median(with), median(without));
-    println!(
-        "through the gateway with Egret's rules:    {:.2} Gbit/s (median of {rounds} x {secs} s)",
-        e / 1e9
-    );
-    println!(
-        "same tunnel path without Egret's rules:    {:.2} Gbit/s",
-        b / 1e9
-    );
+    println!("through the gateway with Egret's rules:    {:.2} Gbit/s (median of {rounds} x {secs} s)", e / 1e9);
+    println!("same tunnel path without Egret's rules:    {:.2} Gbit/s", b / 1e9);
     println!("ratio: {:.1}%", 100.0 * e / b);
 }

@@ -96,15 +96,14 @@ pub(crate) mod sys {
         /// Opens the socket in the calling thread's network namespace.
         pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
             // SAFETY: plain syscall with constant arguments; the result is checked before use.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let ifindex = i32::try_from(ifindex)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex too large"))?;
+            let ifindex =
+                i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex too large"))?;
             Ok(PacketSocket { fd, ifindex })
         }
 
@@ -190,10 +189,7 @@ mod tests {
 
     #[test]
     fn frame_picks_the_family() {
-        assert_eq!(
-            frame(MAC, "10.0.0.1".parse().unwrap())[12..14],
-            [0x08, 0x06]
-        );
+        assert_eq!(frame(MAC, "10.0.0.1".parse().unwrap())[12..14], [0x08, 0x06]);
         assert_eq!(frame(MAC, "fd00::1".parse().unwrap())[12..14], [0x86, 0xdd]);
     }
 }

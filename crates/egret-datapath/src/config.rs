@@ -73,9 +73,7 @@ impl Config {
             }
         }
         if self.vxlan_name == self.holder_name {
-            return Err(DatapathError::Config(
-                "vxlan_name and holder_name must differ".into(),
-            ));
+            return Err(DatapathError::Config("vxlan_name and holder_name must differ".into()));
         }
         if self.mark_shift > 16 {
             return Err(DatapathError::Config(format!(
@@ -84,10 +82,7 @@ impl Config {
             )));
         }
         if self.vni == 0 || self.vni >= 1 << 24 {
-            return Err(DatapathError::Config(format!(
-                "VNI {} is not in 1..2^24",
-                self.vni
-            )));
+            return Err(DatapathError::Config(format!("VNI {} is not in 1..2^24", self.vni)));
         }
         if self.table_base.checked_add(u16::MAX as u32).is_none() || self.table_base < 256 {
             return Err(DatapathError::Config(format!(
@@ -141,10 +136,7 @@ pub fn tunnel_mac(id: u16) -> [u8; 6] {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]
@@ -165,17 +157,10 @@ mod tests {
         assert!(!c.is_our_table(c.table_base) && !c.is_our_table(254));
         assert_eq!(c.tunnel_ip(0x0102), Ipv4Addr::new(198, 19, 1, 2));
         assert_eq!(tunnel_mac(0x0102), [0x0e, 0x67, 0x72, 0x74, 1, 2]);
-        assert_eq!(
-            tunnel_mac(1)[0] & 0b11,
-            0b10,
-            "locally administered unicast"
-        );
+        assert_eq!(tunnel_mac(1)[0] & 0b11, 0b10, "locally administered unicast");
         assert_eq!(mac_string(&tunnel_mac(258)), "0e:67:72:74:01:02");
 
-        let shifted = Config {
-            mark_shift: 4,
-            ..Config::default()
-        };
+        let shifted = Config { mark_shift: 4, ..Config::default() };
         assert_eq!(shifted.mark_mask(), 0x000f_fff0);
         assert_eq!(shifted.mark(1), 0x10);
     }
@@ -183,26 +168,11 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         let bad = [
-            Config {
-                mark_shift: 17,
-                ..Config::default()
-            },
-            Config {
-                vxlan_name: "a-name-that-is-too-long".into(),
-                ..Config::default()
-            },
-            Config {
-                vni: 0,
-                ..Config::default()
-            },
-            Config {
-                tunnel_net: "10.0.0.0/24".parse().unwrap(),
-                ..Config::default()
-            },
-            Config {
-                holder_name: "egret-vxlan".into(),
-                ..Config::default()
-            },
+            Config { mark_shift: 17, ..Config::default() },
+            Config { vxlan_name: "a-name-that-is-too-long".into(), ..Config::default() },
+            Config { vni: 0, ..Config::default() },
+            Config { tunnel_net: "10.0.0.0/24".parse().unwrap(), ..Config::default() },
+            Config { holder_name: "egret-vxlan".into(), ..Config::default() },
         ];
         for c in bad {
             assert!(c.check().is_err(), "{c:?}");

@@ -62,9 +62,7 @@ pub enum DatapathError {
     #[error("node {0} has no IPv4 address to terminate the tunnel on")]
     NoNodeAddress(String),
     /// A link with one of Egret's names exists but Egret did not create it.
-    #[error(
-        "link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it"
-    )]
+    #[error("link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it")]
     NotOurs(String),
     /// After applying, the kernel state still differs from the plan.
     #[error("kernel state differs from the plan after applying: {}", .0.join("; "))]
@@ -118,38 +116,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, DatapathError> {
 }
 
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
-    let what = if input.is_some() {
-        "transaction".to_string()
-    } else {
-        args.join(" ")
-    };
+    let what = if input.is_some() { "transaction".to_string() } else { args.join(" ") };
     let mut child = Command::new(&cfg.nft)
         .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| DatapathError::Nft {
-            what: what.clone(),
-            detail: format!("cannot run {:?}: {e}", cfg.nft),
-        })?;
+        .map_err(|e| DatapathError::Nft { what: what.clone(), detail: format!("cannot run {:?}: {e}", cfg.nft) })?;
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| DatapathError::Io("writing to nft".into(), e))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| DatapathError::Io("writing to nft".into(), e))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| DatapathError::Io("waiting for nft".into(), e))?;
+    let out = child.wait_with_output().map_err(|e| DatapathError::Io("waiting for nft".into(), e))?;
     if !out.status.success() {
-        return Err(DatapathError::Nft {
-            what,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+        return Err(DatapathError::Nft { what, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -162,9 +142,7 @@ fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
                 serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
             Ok(nft::parse_table(&doc))
         }
-        Err(DatapathError::Nft { detail, .. }) if detail.contains("No such file or directory") => {
-            Ok(None)
-        }
+        Err(DatapathError::Nft { detail, .. }) if detail.contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -182,12 +160,7 @@ impl Datapath {
     /// A datapath with these settings. Touches nothing yet.
     pub fn new(cfg: Config) -> Result<Datapath, DatapathError> {
         cfg.check()?;
-        Ok(Datapath {
-            cfg,
-            last_nft: None,
-            last_items: None,
-            announced: BTreeSet::new(),
-        })
+        Ok(Datapath { cfg, last_nft: None, last_items: None, announced: BTreeSet::new() })
     }
 
     /// The settings.
@@ -218,11 +191,7 @@ impl Datapath {
             for (key, value) in [("forwarding", "1"), ("rp_filter", "2")] {
                 // Loose reverse-path filtering on the tunnel only: pod sources arrive through
                 // it although the main table routes them elsewhere.
-                set_sysctl(
-                    &format!("/proc/sys/net/ipv4/conf/{}/{key}", cfg.vxlan_name),
-                    value,
-                    &mut report.changes,
-                )?;
+                set_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/{key}", cfg.vxlan_name), value, &mut report.changes)?;
             }
             let have = net.read(&cfg, &links).await?;
             if let Some(last) = &self.last_items {
@@ -252,15 +221,8 @@ impl Datapath {
             }
             let check: BTreeSet<Item> = net.read(&cfg, &links).await?.into_keys().collect();
             if check != want_items {
-                let mut diff: Vec<String> = check
-                    .difference(&want_items)
-                    .map(|i| format!("unexpected {i}"))
-                    .collect();
-                diff.extend(
-                    want_items
-                        .difference(&check)
-                        .map(|i| format!("missing {i}")),
-                );
+                let mut diff: Vec<String> = check.difference(&want_items).map(|i| format!("unexpected {i}")).collect();
+                diff.extend(want_items.difference(&check).map(|i| format!("missing {i}")));
                 return Err(DatapathError::Verify(diff));
             }
             Ok::<_, DatapathError>((links, added_hosted))
@@ -274,9 +236,7 @@ impl Datapath {
         }
         let cmds = nft::transaction(&want_nft, have.as_ref());
         if !cmds.is_empty() {
-            report
-                .changes
-                .extend(nft::describe(&want_nft, have.as_ref()));
+            report.changes.extend(nft::describe(&want_nft, have.as_ref()));
             report.nft_commands = cmds.len();
             let doc = nft::document(cmds).to_string();
             let t = Instant::now();
@@ -315,13 +275,8 @@ impl Datapath {
 
     /// Per-Egress counters (packets and bytes as u64), by Egress name.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
-        let out = run_nft(
-            &self.cfg,
-            &["-j", "list", "counters", "table", "inet", TABLE],
-            None,
-        )?;
-        let doc: serde_json::Value =
-            serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
+        let out = run_nft(&self.cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
+        let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
         Ok(nft::parse_counters(&doc))
     }
 
@@ -339,13 +294,9 @@ impl Datapath {
 fn announce_all(cfg: &Config, links: &Links, ips: &[IpAddr]) -> Result<(), DatapathError> {
     let sock = announce::sys::PacketSocket::open(links.underlay)
         .map_err(|e| DatapathError::Io(format!("packet socket on {}", cfg.underlay), e))?;
-    let frames: Vec<Vec<u8>> = ips
-        .iter()
-        .map(|ip| announce::frame(links.underlay_mac, *ip))
-        .collect();
+    let frames: Vec<Vec<u8>> = ips.iter().map(|ip| announce::frame(links.underlay_mac, *ip)).collect();
     for f in &frames {
-        sock.send(f)
-            .map_err(|e| DatapathError::Io(format!("announce on {}", cfg.underlay), e))?;
+        sock.send(f).map_err(|e| DatapathError::Io(format!("announce on {}", cfg.underlay), e))?;
     }
     let (count, gap) = (cfg.announce_count, cfg.announce_interval);
     if count > 1 {

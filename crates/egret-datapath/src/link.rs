@@ -9,9 +9,7 @@ use egret_core::planner::NodePlan;
 use futures_util::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -116,18 +114,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> BTreeSet<Item> {
         let tip = cfg.tunnel_ip(id);
         out.insert(Item::Fdb(mac, ip));
         out.insert(Item::Neigh(tip, mac));
-        out.insert(Item::Route(
-            cfg.table(id),
-            Ipv4Addr::UNSPECIFIED,
-            0,
-            Some(tip),
-        ));
-        out.insert(Item::Rule(
-            cfg.rule_priority,
-            cfg.mark(id),
-            cfg.mark_mask(),
-            cfg.table(id),
-        ));
+        out.insert(Item::Route(cfg.table(id), Ipv4Addr::UNSPECIFIED, 0, Some(tip)));
+        out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
     }
     for h in &plan.hosted {
         let len = if h.ip.is_ipv4() { 32 } else { 128 };
@@ -169,22 +157,15 @@ pub struct Net {
 impl Net {
     /// Opens the connection; its driver runs on the current (single-threaded) runtime.
     pub fn connect() -> Result<Net, DatapathError> {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| DatapathError::Io("netlink socket".into(), e))?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| DatapathError::Io("netlink socket".into(), e))?;
         tokio::spawn(conn);
         Ok(Net { handle })
     }
 
     /// The link called `name`, if any.
     pub async fn link(&self, name: &str) -> Result<Option<LinkMessage>, DatapathError> {
-        let r = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await;
+        let r = self.handle.link().get().match_name(name.to_string()).execute().try_next().await;
         match r {
             Ok(m) => Ok(m),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -195,24 +176,14 @@ impl Net {
     async fn set_up_alias(&self, index: u32, name: &str) -> Result<(), DatapathError> {
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .alias(OWNER_ALIAS)
-                    .up()
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(index).alias(OWNER_ALIAS).up().build())
             .execute()
             .await
             .map_err(nl(format!("set {name} up")))
     }
 
     async fn delete_link(&self, index: u32, name: &str) -> Result<(), DatapathError> {
-        self.handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(nl(format!("delete link {name}")))
+        self.handle.link().del(index).execute().await.map_err(nl(format!("delete link {name}")))
     }
 
     /// Creates or repairs Egret's devices; returns them and what changed.
@@ -222,13 +193,9 @@ impl Net {
         plan: &NodePlan,
         changes: &mut Vec<String>,
     ) -> Result<Links, DatapathError> {
-        let under = self
-            .link(&cfg.underlay)
-            .await?
-            .ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
+        let under = self.link(&cfg.underlay).await?.ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
         let underlay = under.header.index;
-        let underlay_mac =
-            link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
+        let underlay_mac = link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
         let local = plan
             .node_ips
             .iter()
@@ -255,10 +222,7 @@ impl Net {
             let have = vxlan_info(l);
             let same = have.is_some_and(|h| want_info.iter().all(|w| h.contains(w)));
             if !same {
-                changes.push(format!(
-                    "link {}: VXLAN settings changed, recreated",
-                    cfg.vxlan_name
-                ));
+                changes.push(format!("link {}: VXLAN settings changed, recreated", cfg.vxlan_name));
                 self.delete_link(l.header.index, &cfg.vxlan_name).await?;
                 vx = None;
             }
@@ -273,37 +237,24 @@ impl Net {
                     .learning(false)
                     .address(mac.to_vec())
                     .build();
-                self.handle
-                    .link()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("create VXLAN {}", cfg.vxlan_name)))?;
+                self.handle.link().add(msg).execute().await.map_err(nl(format!("create VXLAN {}", cfg.vxlan_name)))?;
                 changes.push(format!(
                     "link {}: created (VNI {}, UDP {}, local {local}, dev {})",
                     cfg.vxlan_name, cfg.vni, cfg.vxlan_port, cfg.underlay
                 ));
-                self.link(&cfg.vxlan_name).await?.ok_or_else(|| {
-                    DatapathError::Verify(vec![format!("{} vanished", cfg.vxlan_name)])
-                })?
+                self.link(&cfg.vxlan_name)
+                    .await?
+                    .ok_or_else(|| DatapathError::Verify(vec![format!("{} vanished", cfg.vxlan_name)]))?
             }
         };
         if link_mac(&vx) != Some(mac) {
             self.handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(vx.header.index)
-                        .address(mac.to_vec())
-                        .build(),
-                )
+                .set(LinkUnspec::new_with_index(vx.header.index).address(mac.to_vec()).build())
                 .execute()
                 .await
                 .map_err(nl(format!("set MAC of {}", cfg.vxlan_name)))?;
-            changes.push(format!(
-                "link {}: MAC set to {}",
-                cfg.vxlan_name,
-                mac_string(&mac)
-            ));
+            changes.push(format!("link {}: MAC set to {}", cfg.vxlan_name, mac_string(&mac)));
         }
         if link_alias(&vx) != Some(OWNER_ALIAS) || !vx.header.flags.contains(LinkFlags::Up) {
             self.set_up_alias(vx.header.index, &cfg.vxlan_name).await?;
@@ -318,12 +269,7 @@ impl Net {
             }
             Some(l) => l,
             None => {
-                let r = self
-                    .handle
-                    .link()
-                    .add(LinkDummy::new(&cfg.holder_name).build())
-                    .execute()
-                    .await;
+                let r = self.handle.link().add(LinkDummy::new(&cfg.holder_name).build()).execute().await;
                 match r {
                     Ok(()) => {}
                     Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
@@ -341,31 +287,20 @@ impl Net {
                     Err(e) => return Err(nl(format!("create dummy {}", cfg.holder_name))(e)),
                 }
                 changes.push(format!("link {}: created", cfg.holder_name));
-                self.link(&cfg.holder_name).await?.ok_or_else(|| {
-                    DatapathError::Verify(vec![format!("{} vanished", cfg.holder_name)])
-                })?
+                self.link(&cfg.holder_name)
+                    .await?
+                    .ok_or_else(|| DatapathError::Verify(vec![format!("{} vanished", cfg.holder_name)]))?
             }
         };
-        if link_alias(&holder) != Some(OWNER_ALIAS) || !holder.header.flags.contains(LinkFlags::Up)
-        {
-            self.set_up_alias(holder.header.index, &cfg.holder_name)
-                .await?;
+        if link_alias(&holder) != Some(OWNER_ALIAS) || !holder.header.flags.contains(LinkFlags::Up) {
+            self.set_up_alias(holder.header.index, &cfg.holder_name).await?;
             changes.push(format!("link {}: up", cfg.holder_name));
         }
-        Ok(Links {
-            underlay,
-            underlay_mac,
-            vxlan: vx.header.index,
-            holder: holder.header.index,
-        })
+        Ok(Links { underlay, underlay_mac, vxlan: vx.header.index, holder: holder.header.index })
     }
 
     /// Reads every item Egret owns.
-    pub async fn read(
-        &self,
-        cfg: &Config,
-        links: &Links,
-    ) -> Result<BTreeMap<Item, Raw>, DatapathError> {
+    pub async fn read(&self, cfg: &Config, links: &Links) -> Result<BTreeMap<Item, Raw>, DatapathError> {
         let mut out = BTreeMap::new();
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs.try_next().await.map_err(nl("dump addresses"))? {
@@ -390,12 +325,7 @@ impl Net {
             }
         }
 
-        let mut fdb = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
+        let mut fdb = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
         while let Some(n) = fdb.try_next().await.map_err(nl("dump FDB"))? {
             if n.header.ifindex != links.vxlan {
                 continue;
@@ -404,9 +334,7 @@ impl Net {
             let mut dst = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => {
-                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
-                    }
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
                     // Bridge-family dumps carry the remote as raw bytes.
                     NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
@@ -420,12 +348,7 @@ impl Net {
             }
         }
 
-        let mut neigh = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
+        let mut neigh = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
         while let Some(n) = neigh.try_next().await.map_err(nl("dump neighbours"))? {
             if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
                 continue;
@@ -434,9 +357,7 @@ impl Net {
             let mut dst = None;
             for a in &n.attributes {
                 match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => {
-                        mac = <[u8; 6]>::try_from(b.as_slice()).ok()
-                    }
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
                     _ => {}
                 }
@@ -446,11 +367,7 @@ impl Net {
             }
         }
 
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(r) = routes.try_next().await.map_err(nl("dump routes"))? {
             let table = r
                 .attributes
@@ -515,20 +432,12 @@ impl Net {
     pub async fn add(&self, item: &Item, links: &Links) -> Result<(), DatapathError> {
         let what = format!("add {item}");
         match item {
-            Item::TunnelAddr(a, l) => {
-                self.handle
-                    .address()
-                    .add(links.vxlan, IpAddr::V4(*a), *l)
-                    .execute()
-                    .await
-            }
+            Item::TunnelAddr(a, l) => self.handle.address().add(links.vxlan, IpAddr::V4(*a), *l).execute().await,
             Item::Hosted(a, l) => {
                 let mut req = self.handle.address().add(links.holder, *a, *l);
                 if a.is_ipv6() {
                     // The address moved here on purpose: no duplicate detection delay.
-                    req.message_mut()
-                        .attributes
-                        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                    req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
                 }
                 req.execute().await
             }
@@ -573,9 +482,7 @@ impl Net {
                     .fw_mark(*mark)
                     .table_id(*table)
                     .action(RuleAction::ToTable);
-                req.message_mut()
-                    .attributes
-                    .push(RuleAttribute::FwMask(*mask));
+                req.message_mut().attributes.push(RuleAttribute::FwMask(*mask));
                 req.execute().await
             }
         }
@@ -603,12 +510,7 @@ impl Net {
     /// Rules and routes Egret owns (for cleanup, without needing its links).
     pub async fn read_routing(&self, cfg: &Config) -> Result<BTreeMap<Item, Raw>, DatapathError> {
         // Device indexes that match nothing: only routes and rules are collected.
-        let none = Links {
-            underlay: u32::MAX,
-            underlay_mac: [0; 6],
-            vxlan: u32::MAX,
-            holder: u32::MAX,
-        };
+        let none = Links { underlay: u32::MAX, underlay_mac: [0; 6], vxlan: u32::MAX, holder: u32::MAX };
         Ok(self
             .read(cfg, &none)
             .await?
@@ -632,21 +534,10 @@ mod tests {
             node_id: 5,
             node_ips: vec!["10.10.0.101".parse().unwrap()],
             peers: vec![
-                Peer {
-                    name: "node-2".into(),
-                    id: 9,
-                    ips: vec!["10.10.0.102".parse().unwrap()],
-                },
-                Peer {
-                    name: "v6-only".into(),
-                    id: 10,
-                    ips: vec!["fd00::2".parse().unwrap()],
-                },
+                Peer { name: "node-2".into(), id: 9, ips: vec!["10.10.0.102".parse().unwrap()] },
+                Peer { name: "v6-only".into(), id: 10, ips: vec!["fd00::2".parse().unwrap()] },
             ],
-            hosted: vec![Hosted {
-                ip: "10.10.0.11".parse().unwrap(),
-                egresses: vec!["e".into()],
-            }],
+            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["e".into()] }],
             ..NodePlan::default()
         };
         let items: Vec<String> = desired(&cfg, &plan).iter().map(|i| i.to_string()).collect();

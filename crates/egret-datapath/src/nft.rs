@@ -151,10 +151,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
     let mut restore_elems = BTreeMap::new();
     for p in &plan.peers {
         if !p.ips.iter().any(IpAddr::is_ipv4) {
-            skipped.push(format!(
-                "peer {} has no IPv4 address: no IPv4 tunnel to it",
-                p.name
-            ));
+            skipped.push(format!("peer {} has no IPv4 address: no IPv4 tunnel to it", p.name));
             continue;
         }
         if p.id == 0 || p.id == plan.node_id {
@@ -180,15 +177,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             },
         );
         let mac = mac_string(&tunnel_mac(p.id));
-        peers_elems.insert(
-            format!("{mac} : jump {}", origin_chain(p.id)),
-            json!([mac, verdict_jump(&origin_chain(p.id))]),
-        );
+        peers_elems
+            .insert(format!("{mac} : jump {}", origin_chain(p.id)), json!([mac, verdict_jump(&origin_chain(p.id))]));
         // goto: a restored reply needs nothing else from Egret's chain.
-        restore_elems.insert(
-            format!("{m} : goto {}", tunnel_chain(p.id)),
-            json!([m, verdict_goto(&tunnel_chain(p.id))]),
-        );
+        restore_elems
+            .insert(format!("{m} : goto {}", tunnel_chain(p.id)), json!([m, verdict_goto(&tunnel_chain(p.id))]));
     }
 
     let mut cluster = Vec::new();
@@ -198,28 +191,22 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             IpNet::V6(_) => skipped.push(format!("IPv6 cluster CIDR {c}: IPv6 not programmed yet")),
         }
     }
-    let cluster_elems = canonical_interval_set(cluster.iter().map(|n| {
-        (
-            u32::from(n.network()) as u128,
-            u32::from(n.broadcast()) as u128,
-            prefix(&IpNet::V4(*n)),
-        )
-    }));
+    let cluster_elems = canonical_interval_set(
+        cluster
+            .iter()
+            .map(|n| (u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128, prefix(&IpNet::V4(*n)))),
+    );
 
     let mut steer = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
-    let mut add_counter =
-        |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Value>| {
-            if counters.contains_key(&format!("{key_text} : {egress}")) {
-                return;
-            }
-            counters.insert(
-                format!("{key_text} : {egress}"),
-                json!([key.clone(), egress]),
-            );
-            counter_names.insert(egress.to_string());
-        };
+    let mut add_counter = |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Value>| {
+        if counters.contains_key(&format!("{key_text} : {egress}")) {
+            return;
+        }
+        counters.insert(format!("{key_text} : {egress}"), json!([key.clone(), egress]));
+        counter_names.insert(egress.to_string());
+    };
     for s in &plan.steer {
         let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
             skipped.push(format!(
@@ -238,10 +225,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             }
             SteerAction::Tunnel { gateway, .. } => {
                 // Fail closed: without a tunnel to the gateway the traffic must not leak.
-                skipped.push(format!(
-                    "gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped",
-                    s.egress
-                ));
+                skipped.push(format!("gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped", s.egress));
                 ("drop".to_string(), json!({"drop": null}))
             }
             SteerAction::Drop => ("drop".to_string(), json!({"drop": null})),
@@ -251,9 +235,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
     }
     let mut snat = BTreeMap::new();
     for s in &plan.snat {
-        let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) =
-            (s.source, s.destination, s.egress_ip)
-        else {
+        let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) = (s.source, s.destination, s.egress_ip) else {
             skipped.push(format!(
                 "IPv6 SNAT {} -> {} as {} ({}): IPv6 not programmed yet",
                 s.source, s.destination, s.egress_ip, s.egress
@@ -262,10 +244,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
         };
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
-        snat.insert(
-            format!("{key_text} : {eip}"),
-            json!([key.clone(), eip.to_string()]),
-        );
+        snat.insert(format!("{key_text} : {eip}"), json!([key.clone(), eip.to_string()]));
         add_counter(key_text, &key, &s.egress, &mut counters);
     }
     // Named counters for every Egress with traffic here, even before its first packet.
@@ -276,66 +255,29 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
     let pair = json!(["ipv4_addr", "ipv4_addr"]);
     t.sets.insert(
         SET_CLUSTER4.into(),
-        Set {
-            map: None,
-            key: json!("ipv4_addr"),
-            flags: interval.clone(),
-            elems: cluster_elems,
-        },
+        Set { map: None, key: json!("ipv4_addr"), flags: interval.clone(), elems: cluster_elems },
     );
     t.sets.insert(
         MAP_STEER4.into(),
-        Set {
-            map: Some(json!("verdict")),
-            key: pair.clone(),
-            flags: interval.clone(),
-            elems: steer,
-        },
+        Set { map: Some(json!("verdict")), key: pair.clone(), flags: interval.clone(), elems: steer },
     );
     t.sets.insert(
         MAP_SNAT4.into(),
-        Set {
-            map: Some(json!("ipv4_addr")),
-            key: pair.clone(),
-            flags: interval.clone(),
-            elems: snat,
-        },
+        Set { map: Some(json!("ipv4_addr")), key: pair.clone(), flags: interval.clone(), elems: snat },
     );
-    t.sets.insert(
-        MAP_COUNTERS4.into(),
-        Set {
-            map: Some(json!("counter")),
-            key: pair,
-            flags: interval,
-            elems: counters,
-        },
-    );
+    t.sets
+        .insert(MAP_COUNTERS4.into(), Set { map: Some(json!("counter")), key: pair, flags: interval, elems: counters });
     t.sets.insert(
         MAP_PEERS.into(),
-        Set {
-            map: Some(json!("verdict")),
-            key: json!("ether_addr"),
-            flags: vec![],
-            elems: peers_elems,
-        },
+        Set { map: Some(json!("verdict")), key: json!("ether_addr"), flags: vec![], elems: peers_elems },
     );
     t.sets.insert(
         MAP_RESTORE.into(),
-        Set {
-            map: Some(json!("verdict")),
-            key: json!("mark"),
-            flags: vec![],
-            elems: restore_elems,
-        },
+        Set { map: Some(json!("verdict")), key: json!("mark"), flags: vec![], elems: restore_elems },
     );
 
     let hook = |kind: &str, hook: &str, prio: i64| {
-        Some(Hook {
-            kind: kind.into(),
-            hook: hook.into(),
-            prio,
-            policy: "accept".into(),
-        })
+        Some(Hook { kind: kind.into(), hook: hook.into(), prio, policy: "accept".into() })
     };
     let set_ref = |n: &str| json!(format!("@{n}"));
     t.chains.insert(
@@ -357,16 +299,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                     matches("in", ct("state"), json!("new")),
                     json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
                 ]),
-                rule(vec![
-                    matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)),
-                    json!({"return": null}),
-                ]),
+                rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
                 // Counted at the gateway; other nodes' pods are never steered here.
-                rule(vec![
-                    matches("==", meta("iifname"), json!(vx)),
-                    json!({"return": null}),
-                ]),
+                rule(vec![matches("==", meta("iifname"), json!(vx)), json!({"return": null})]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
             ],
         },
@@ -379,11 +315,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                 // The tunnel costs 50 bytes: clamp the MSS of SYNs (both directions) entering it.
                 rule(vec![
                     matches("==", meta("oifname"), json!(vx)),
-                    matches(
-                        "==",
-                        json!({"&": [payload("tcp", "flags"), ["syn", "rst"]]}),
-                        json!("syn"),
-                    ),
+                    matches("==", json!({"&": [payload("tcp", "flags"), ["syn", "rst"]]}), json!("syn")),
                     json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
                         "value": {"rt": {"key": "mtu"}}}}),
                 ]),
@@ -431,20 +363,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
 }
 
 fn concat_text(src: Ipv4Addr, dst: &ipnet::Ipv4Net) -> String {
-    format!(
-        "{}-{} . {}-{}",
-        u32::from(src),
-        u32::from(src),
-        u32::from(dst.network()),
-        u32::from(dst.broadcast())
-    )
+    format!("{}-{} . {}-{}", u32::from(src), u32::from(src), u32::from(dst.network()), u32::from(dst.broadcast()))
 }
 
 /// Canonical elements of a one-field interval set: adjacent or overlapping ranges merged, so
 /// that however nft splits or joins intervals, equal sets compare equal.
-fn canonical_interval_set(
-    ranges: impl Iterator<Item = (u128, u128, Value)>,
-) -> BTreeMap<String, Value> {
+fn canonical_interval_set(ranges: impl Iterator<Item = (u128, u128, Value)>) -> BTreeMap<String, Value> {
     let mut v: Vec<(u128, u128, Value)> = ranges.collect();
     v.sort_by_key(|r| (r.0, r.1));
     let mut merged: Vec<(u128, u128, Vec<Value>)> = Vec::new();
@@ -508,11 +432,7 @@ fn component_text(v: &Value) -> String {
                 return component_text(inner);
             }
             for verdict in ["goto", "jump"] {
-                if let Some(t) = o
-                    .get(verdict)
-                    .and_then(|g| g.get("target"))
-                    .and_then(Value::as_str)
-                {
+                if let Some(t) = o.get(verdict).and_then(|g| g.get("target")).and_then(Value::as_str) {
                     return format!("{verdict} {t}");
                 }
             }
@@ -548,59 +468,26 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
         if body.get("family").and_then(Value::as_str) != Some("inet") || !mine {
             continue;
         }
-        let name = body
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let name = body.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         match kind.as_str() {
             "table" => found = true,
             "chain" => {
                 let hook = body.get("hook").map(|h| Hook {
-                    kind: body
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .into(),
+                    kind: body.get("type").and_then(Value::as_str).unwrap_or_default().into(),
                     hook: h.as_str().unwrap_or_default().into(),
                     prio: body.get("prio").and_then(Value::as_i64).unwrap_or_default(),
-                    policy: body
-                        .get("policy")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .into(),
+                    policy: body.get("policy").and_then(Value::as_str).unwrap_or_default().into(),
                 });
-                t.chains.entry(name).or_insert(Chain {
-                    hook: None,
-                    rules: vec![],
-                });
-                if let Some(c) = t
-                    .chains
-                    .get_mut(body.get("name").and_then(Value::as_str).unwrap_or_default())
-                {
+                t.chains.entry(name).or_insert(Chain { hook: None, rules: vec![] });
+                if let Some(c) = t.chains.get_mut(body.get("name").and_then(Value::as_str).unwrap_or_default()) {
                     c.hook = hook;
                 }
             }
             "rule" => {
-                let chain = body
-                    .get("chain")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let comment = body
-                    .get("comment")
-                    .and_then(Value::as_str)
-                    .unwrap_or("(no comment)")
-                    .to_string();
+                let chain = body.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
+                let comment = body.get("comment").and_then(Value::as_str).unwrap_or("(no comment)").to_string();
                 let expr = body.get("expr").cloned().unwrap_or(Value::Null);
-                t.chains
-                    .entry(chain)
-                    .or_insert(Chain {
-                        hook: None,
-                        rules: vec![],
-                    })
-                    .rules
-                    .push((comment, expr));
+                t.chains.entry(chain).or_insert(Chain { hook: None, rules: vec![] }).rules.push((comment, expr));
             }
             "set" | "map" => {
                 let is_map = kind == "map";
@@ -608,19 +495,13 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
                 let flags: Vec<String> = body
                     .get("flags")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_string)
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
                     .unwrap_or_default();
                 let raw: Vec<Value> = match body.get("elem") {
                     Some(Value::Array(a)) => a.clone(),
                     _ => vec![],
                 };
-                let single_interval =
-                    !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
+                let single_interval = !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
                 let elems = if single_interval {
                     canonical_interval_set(raw.into_iter().filter_map(|e| {
                         let text = component_text(&e);
@@ -628,23 +509,10 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
                         Some((s.parse().ok()?, e2.parse().ok()?, e))
                     }))
                 } else {
-                    raw.into_iter()
-                        .map(|e| (elem_text(&e, is_map), e))
-                        .collect()
+                    raw.into_iter().map(|e| (elem_text(&e, is_map), e)).collect()
                 };
-                t.sets.insert(
-                    name,
-                    Set {
-                        map: if is_map {
-                            body.get("map").cloned()
-                        } else {
-                            None
-                        },
-                        key,
-                        flags,
-                        elems,
-                    },
-                );
+                t.sets
+                    .insert(name, Set { map: if is_map { body.get("map").cloned() } else { None }, key, flags, elems });
             }
             "counter" => {
                 t.counters.insert(name);
@@ -663,10 +531,7 @@ pub fn normalise(mut t: Table) -> Table {
         if !is_map && s.key.as_str().is_some() && s.flags.iter().any(|f| f == "interval") {
             continue; // already canonical ranges
         }
-        s.elems = std::mem::take(&mut s.elems)
-            .into_values()
-            .map(|e| (elem_text(&e, is_map), e))
-            .collect();
+        s.elems = std::mem::take(&mut s.elems).into_values().map(|e| (elem_text(&e, is_map), e)).collect();
     }
     t
 }
@@ -770,9 +635,7 @@ pub fn describe(want: &Table, have: Option<&Table>) -> Vec<String> {
         match have.chains.get(n) {
             None => out.push(format!("nft: chain {n} missing")),
             Some(h) if h.hook != c.hook => out.push(format!("nft: chain {n} hook differs")),
-            Some(h) if rule_comments(h) != rule_comments(c) => {
-                out.push(format!("nft: rules of chain {n} differ"))
-            }
+            Some(h) if rule_comments(h) != rule_comments(c) => out.push(format!("nft: rules of chain {n} differ")),
             _ => {}
         }
     }
@@ -782,16 +645,12 @@ pub fn describe(want: &Table, have: Option<&Table>) -> Vec<String> {
     for (n, s) in &want.sets {
         match have.sets.get(n) {
             None => out.push(format!("nft: set {n} missing")),
-            Some(h) if !h.same_definition(s) => {
-                out.push(format!("nft: set {n} definition differs"))
-            }
+            Some(h) if !h.same_definition(s) => out.push(format!("nft: set {n} definition differs")),
             Some(h) => {
                 let missing = s.elems.keys().filter(|k| !h.elems.contains_key(*k)).count();
                 let extra = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).count();
                 if missing + extra > 0 {
-                    out.push(format!(
-                        "nft: set {n}: {missing} element(s) to add, {extra} to delete"
-                    ));
+                    out.push(format!("nft: set {n}: {missing} element(s) to add, {extra} to delete"));
                 }
             }
         }
@@ -825,33 +684,21 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
         .filter(|(n, s)| have.sets.get(*n).is_some_and(|h| !h.same_definition(s)))
         .map(|(n, _)| n)
         .collect();
-    let drop_sets: BTreeSet<&String> = have
-        .sets
-        .keys()
-        .filter(|n| !want.sets.contains_key(*n))
-        .collect();
+    let drop_sets: BTreeSet<&String> = have.sets.keys().filter(|n| !want.sets.contains_key(*n)).collect();
     let recreate_chains: BTreeSet<&String> = want
         .chains
         .iter()
         .filter(|(n, c)| have.chains.get(*n).is_some_and(|h| h.hook != c.hook))
         .map(|(n, _)| n)
         .collect();
-    let drop_chains: BTreeSet<&String> = have
-        .chains
-        .keys()
-        .filter(|n| !want.chains.contains_key(*n))
-        .collect();
+    let drop_chains: BTreeSet<&String> = have.chains.keys().filter(|n| !want.chains.contains_key(*n)).collect();
     // Rules reference sets by name: when any set is dropped or recreated, re-add every rule.
     let all_rules = !recreate_sets.is_empty() || !drop_sets.is_empty();
     let rewrite_rules: BTreeSet<&String> = want
         .chains
         .iter()
         .filter(|(n, c)| {
-            all_rules
-                || have
-                    .chains
-                    .get(*n)
-                    .is_none_or(|h| rule_comments(h) != rule_comments(c) || h.hook != c.hook)
+            all_rules || have.chains.get(*n).is_none_or(|h| rule_comments(h) != rule_comments(c) || h.hook != c.hook)
         })
         .map(|(n, _)| n)
         .collect();
@@ -866,11 +713,7 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
     }
     // 2. Sets that go away or change shape.
     for n in drop_sets.iter().chain(recreate_sets.iter()) {
-        let kind = if have.sets.get(*n).is_some_and(|s| s.map.is_some()) {
-            "map"
-        } else {
-            "set"
-        };
+        let kind = if have.sets.get(*n).is_some_and(|s| s.map.is_some()) { "map" } else { "set" };
         cmds.push(json!({"delete": named(kind, n)}));
     }
     // 3. Elements that go away (before the chains and counters they reference).
@@ -884,16 +727,8 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
             adds.push(set_cmd(n, s));
             continue;
         };
-        let gone: BTreeSet<&String> = h
-            .elems
-            .keys()
-            .filter(|k| !s.elems.contains_key(*k))
-            .collect();
-        let new: BTreeSet<&String> = s
-            .elems
-            .keys()
-            .filter(|k| !h.elems.contains_key(*k))
-            .collect();
+        let gone: BTreeSet<&String> = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).collect();
+        let new: BTreeSet<&String> = s.elems.keys().filter(|k| !h.elems.contains_key(*k)).collect();
         if !gone.is_empty() {
             cmds.push(element_cmd("delete", n, elems_of(h, &gone, true)));
         }
@@ -945,12 +780,7 @@ pub struct Counter {
 /// Parses `nft -j list counters table inet egret` (values as u64).
 pub fn parse_counters(doc: &Value) -> BTreeMap<String, Counter> {
     let mut out = BTreeMap::new();
-    for item in doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for item in doc.get("nftables").and_then(Value::as_array).into_iter().flatten() {
         let Some(c) = item.get("counter") else {
             continue;
         };
@@ -986,10 +816,7 @@ mod tests {
                 destination: "0.0.0.0/0".parse().unwrap(),
                 egress: format!("eg-{}", i % 3),
                 action: if i % 2 == 0 {
-                    SteerAction::Tunnel {
-                        gateway: "node-2".into(),
-                        gateway_id: 7,
-                    }
+                    SteerAction::Tunnel { gateway: "node-2".into(), gateway_id: 7 }
                 } else {
                     SteerAction::Drop
                 },
@@ -999,11 +826,7 @@ mod tests {
             node: "node-1".into(),
             node_id: 3,
             node_ips: vec!["10.10.0.101".parse().unwrap()],
-            peers: vec![Peer {
-                name: "node-2".into(),
-                id: 7,
-                ips: vec!["10.10.0.102".parse().unwrap()],
-            }],
+            peers: vec![Peer { name: "node-2".into(), id: 7, ips: vec!["10.10.0.102".parse().unwrap()] }],
             cluster_cidrs: vec![
                 "10.244.0.0/16".parse().unwrap(),
                 "10.96.0.0/12".parse().unwrap(),
@@ -1017,10 +840,7 @@ mod tests {
                 egress: "eg-9".into(),
                 egress_ip: "10.10.0.11".parse().unwrap(),
             }],
-            hosted: vec![Hosted {
-                ip: "10.10.0.11".parse().unwrap(),
-                egresses: vec!["eg-9".into()],
-            }],
+            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["eg-9".into()] }],
         }
     }
 
@@ -1043,37 +863,21 @@ mod tests {
     fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
         let cfg = Config::default();
         let (t, skipped) = desired(&cfg, &plan(2));
-        assert_eq!(
-            skipped.len(),
-            1,
-            "the IPv6 cluster CIDR is skipped: {skipped:?}"
-        );
+        assert_eq!(skipped.len(), 1, "the IPv6 cluster CIDR is skipped: {skipped:?}");
         let t = normalise(t);
         let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
         assert_eq!(
             steer,
-            vec![
-                "183763200-183763200 . 0-4294967295 : goto to_node_7",
-                "183763201-183763201 . 0-4294967295 : drop",
-            ]
+            vec!["183763200-183763200 . 0-4294967295 : goto to_node_7", "183763201-183763201 . 0-4294967295 : drop",]
         );
         let snat: Vec<&String> = t.sets[MAP_SNAT4].elems.keys().collect();
-        assert_eq!(
-            snat,
-            vec!["183763466-183763466 . 3405803776-3405804031 : 168427531-168427531"]
-        );
+        assert_eq!(snat, vec!["183763466-183763466 . 3405803776-3405804031 : 168427531-168427531"]);
         // The tunnel chain sets only Egret's bits.
         let (_, expr) = &t.chains[&tunnel_chain(7)].rules[0];
         let m = cfg.mark(7);
-        assert_eq!(
-            expr[0]["mangle"]["value"],
-            json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]})
-        );
+        assert_eq!(expr[0]["mangle"]["value"], json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]}));
         assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
-        assert_eq!(
-            t.sets[MAP_PEERS].elems.keys().next().unwrap(),
-            "0e:67:72:74:00:07 : jump from_node_7"
-        );
+        assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:72:74:00:07 : jump from_node_7");
         // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
         assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
@@ -1086,12 +890,7 @@ mod tests {
         p.peers.clear();
         let (t, skipped) = desired(&cfg, &p);
         let t = normalise(t);
-        assert!(
-            t.sets[MAP_STEER4]
-                .elems
-                .keys()
-                .all(|k| k.ends_with(": drop"))
-        );
+        assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
         assert!(skipped.iter().any(|s| s.contains("dropped")));
     }
 
@@ -1109,25 +908,14 @@ mod tests {
         let want2 = normalise(desired(&cfg, &plan(9)).0);
         let cmds = transaction(&want2, Some(&have));
         let text = serde_json::to_string(&cmds).unwrap();
-        assert!(
-            !text.contains("flush") && !text.contains("\"counter\":{\"family"),
-            "{text}"
-        );
-        assert_eq!(
-            cmds.iter().filter(|c| c.get("delete").is_some()).count(),
-            2,
-            "steer4 and counters4: {text}"
-        );
+        assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
+        assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 2, "steer4 and counters4: {text}");
         // An Egress gone: its counter is deleted after the elements that use it.
         let mut p = plan(10);
         p.egresses.retain(|e| e != "eg-0");
         p.steer.retain(|s| s.egress != "eg-0");
         let cmds = transaction(&normalise(desired(&cfg, &p).0), Some(&have));
-        let pos = |needle: &str| {
-            cmds.iter()
-                .position(|c| c.to_string().contains(needle))
-                .unwrap_or(usize::MAX)
-        };
+        let pos = |needle: &str| cmds.iter().position(|c| c.to_string().contains(needle)).unwrap_or(usize::MAX);
         assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
     }
 
@@ -1157,12 +945,7 @@ mod tests {
             want.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
             "adjacent ranges merge"
         );
-        assert!(
-            have.sets[MAP_STEER4]
-                .elems
-                .keys()
-                .all(|k| want.sets[MAP_STEER4].elems.contains_key(k))
-        );
+        assert!(have.sets[MAP_STEER4].elems.keys().all(|k| want.sets[MAP_STEER4].elems.contains_key(k)));
         assert!(parse_table(&json!({"nftables": []})).is_none());
         let counters = parse_counters(&doc);
         assert_eq!(counters.len(), 1);

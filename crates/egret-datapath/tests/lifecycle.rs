@@ -17,9 +17,13 @@ fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
     }
     let topo = Topology::build(&TopologySpec::new("life-resync", 2).pod("web-1", 1, WEB1)).unwrap();
     let mut c = Cluster::new(2, &[2]);
-    c.pod("default", "web-1", "web", 1, WEB1)
-        .pool("pool", "10.10.0.11", "10.10.0.20")
-        .egress("eg-web", "web", "pool", &[], &[]);
+    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
+    );
     let plan = c.plan();
     let eip = egress_ip(&plan, "eg-web");
     let mut dps = datapaths(2);
@@ -61,24 +65,11 @@ fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
     quiesce();
     let n1 = &topo.node(1).ns;
     n1.ip(&["rule", "del", "pref", "1700"]).unwrap();
-    n1.exec("nft", &["flush", "map", "inet", "egret", "steer4"])
-        .unwrap();
+    n1.exec("nft", &["flush", "map", "inet", "egret", "steer4"]).unwrap();
     let r = sync(&topo, &mut fresh[0], 1, &plan);
-    assert!(
-        r.drift.iter().any(|d| d.contains("missing rule")),
-        "{:?}",
-        r.drift
-    );
-    assert!(
-        r.drift.iter().any(|d| d.contains("steer4")),
-        "{:?}",
-        r.drift
-    );
-    assert!(
-        r.nft_commands > 0 && r.nft_commands < 5,
-        "only the map is refilled: {}",
-        r.nft_commands
-    );
+    assert!(r.drift.iter().any(|d| d.contains("missing rule")), "{:?}", r.drift);
+    assert!(r.drift.iter().any(|d| d.contains("steer4")), "{:?}", r.drift);
+    assert!(r.nft_commands > 0 && r.nft_commands < 5, "only the map is refilled: {}", r.nft_commands);
     conn.echo("after repair").unwrap();
     let c1 = counter(&topo, &fresh[0], 1, "eg-web");
     assert!(c1.packets > 0, "counters survived the repair: {c1:?}");
@@ -93,83 +84,37 @@ fn cleanup_leaves_the_node_exactly_as_before_and_touches_nothing_else() {
     let n1 = &topo.node(1).ns;
     // Other parties' state that Egret must leave alone, including look-alikes.
     n1.exec("nft", &["add", "table", "inet", "other"]).unwrap();
-    n1.ip(&[
-        "link", "add", "other-vx", "type", "vxlan", "id", "9", "dstport", "4789", "dev", "eth0",
-    ])
-    .unwrap();
-    n1.ip(&[
-        "rule",
-        "add",
-        "pref",
-        "1700",
-        "fwmark",
-        "0x4000/0x4000",
-        "table",
-        "100",
-    ])
-    .unwrap();
-    n1.ip(&[
-        "route",
-        "add",
-        "192.0.2.0/24",
-        "via",
-        "10.10.0.1",
-        "table",
-        "100",
-    ])
-    .unwrap();
+    n1.ip(&["link", "add", "other-vx", "type", "vxlan", "id", "9", "dstport", "4789", "dev", "eth0"]).unwrap();
+    n1.ip(&["rule", "add", "pref", "1700", "fwmark", "0x4000/0x4000", "table", "100"]).unwrap();
+    n1.ip(&["route", "add", "192.0.2.0/24", "via", "10.10.0.1", "table", "100"]).unwrap();
     let before = snapshot(&topo, 1);
 
     let mut c = Cluster::new(2, &[1]);
-    c.pod("default", "web-1", "web", 1, WEB1)
-        .pool("pool", "10.10.0.11", "10.10.0.20")
-        .egress("eg-web", "web", "pool", &[], &[]);
+    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
+    );
     let plan = c.plan();
     let mut dp = Datapath::new(Config::default()).unwrap();
     sync(&topo, &mut dp, 1, &plan);
     assert_ne!(snapshot(&topo, 1), before);
 
     let report = n1.run(|| dp.cleanup()).unwrap().unwrap();
-    assert!(
-        report.removed.iter().any(|r| r.contains("nft table")),
-        "{:?}",
-        report.removed
-    );
+    assert!(report.removed.iter().any(|r| r.contains("nft table")), "{:?}", report.removed);
     assert_same("cleanup", &before, &snapshot(&topo, 1));
     // Again: nothing left to remove.
-    let again = n1
-        .run(|| egret_datapath::cleanup(&Config::default()))
-        .unwrap()
-        .unwrap();
+    let again = n1.run(|| egret_datapath::cleanup(&Config::default())).unwrap().unwrap();
     assert!(again.removed.is_empty(), "{:?}", again.removed);
 
     // A link with Egret's name that Egret did not create is refused, not adopted or deleted.
-    n1.ip(&[
-        "link",
-        "add",
-        "egret-vxlan",
-        "type",
-        "vxlan",
-        "id",
-        "10",
-        "dstport",
-        "4790",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    let err = n1
-        .run(|| dp.sync(&plan.node_plans()["node-1"]))
-        .unwrap()
-        .unwrap_err();
+    n1.ip(&["link", "add", "egret-vxlan", "type", "vxlan", "id", "10", "dstport", "4790", "dev", "eth0"]).unwrap();
+    let err = n1.run(|| dp.sync(&plan.node_plans()["node-1"])).unwrap().unwrap_err();
     assert!(err.to_string().contains("not created by Egret"), "{err}");
-    n1.run(|| egret_datapath::cleanup(&Config::default()))
-        .unwrap()
-        .unwrap();
-    assert!(
-        n1.ip(&["link", "show", "egret-vxlan"]).is_ok(),
-        "foreign link kept"
-    );
+    n1.run(|| egret_datapath::cleanup(&Config::default())).unwrap().unwrap();
+    assert!(n1.ip(&["link", "show", "egret-vxlan"]).is_ok(), "foreign link kept");
 }
 
 #[test]
@@ -235,37 +180,24 @@ fn a_large_plan_applies_in_one_transaction_without_growing_the_rules() {
     };
     let big_rules = rules(1);
     let r = sync(&topo, &mut dps[0], 1, &plan);
-    assert!(
-        r.changes.is_empty() && r.nft_commands == 0,
-        "{:?}",
-        r.changes
-    );
+    assert!(r.changes.is_empty() && r.nft_commands == 0, "{:?}", r.changes);
 
     // A one-pod change is a small element diff, not a reload.
     c.pods.pop();
     let smaller = c.plan();
     let r = sync(&topo, &mut dps[0], 1, &smaller);
-    assert!(
-        r.nft_commands <= 4,
-        "{} commands for a one-pod change",
-        r.nft_commands
-    );
+    assert!(r.nft_commands <= 4, "{} commands for a one-pod change", r.nft_commands);
 
     let mut small = Cluster::new(2, &[2]);
-    small
-        .pod("default", "web-1", "web", 1, WEB1)
-        .pool("pool", "100.64.0.1", "100.64.3.254")
-        .egress("eg-web", "web", "pool", &[], &[]);
-    let mut fresh = Datapath::new(Config::default()).unwrap();
-    topo.node(1)
-        .ns
-        .run(|| egret_datapath::cleanup(&Config::default()))
-        .unwrap()
-        .unwrap();
-    sync(&topo, &mut fresh, 1, &small.plan());
-    assert_eq!(
-        rules(1),
-        big_rules,
-        "rules must not grow with pods or Egresses"
+    small.pod("default", "web-1", "web", 1, WEB1).pool("pool", "100.64.0.1", "100.64.3.254").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
     );
+    let mut fresh = Datapath::new(Config::default()).unwrap();
+    topo.node(1).ns.run(|| egret_datapath::cleanup(&Config::default())).unwrap().unwrap();
+    sync(&topo, &mut fresh, 1, &small.plan());
+    assert_eq!(rules(1), big_rules, "rules must not grow with pods or Egresses");
 }

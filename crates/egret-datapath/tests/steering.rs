@@ -15,10 +15,8 @@ fn selected_pods_leave_with_the_egress_ip_from_any_node_and_others_with_their_no
     if skip() {
         return;
     }
-    let spec = TopologySpec::new("steer-basic", 3)
-        .pod("web-1", 1, WEB1)
-        .pod("client-1", 1, CLIENT1)
-        .pod("web-2", 2, WEB2);
+    let spec =
+        TopologySpec::new("steer-basic", 3).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1).pod("web-2", 2, WEB2);
     let topo = Topology::build(&spec).unwrap();
     let mut c = Cluster::new(3, &[2]);
     c.pod("default", "web-1", "web", 1, WEB1)
@@ -115,9 +113,7 @@ fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
     if skip() {
         return;
     }
-    let spec = TopologySpec::new("steer-drop", 2)
-        .pod("web-1", 1, WEB1)
-        .pod("client-1", 1, CLIENT1);
+    let spec = TopologySpec::new("steer-drop", 2).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1);
     let topo = Topology::build(&spec).unwrap();
     // No node carries the gateway label: the IP is allocated but has no gateway.
     let mut c = Cluster::new(2, &[]);
@@ -131,25 +127,12 @@ fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
     sync_all(&topo, &mut dps, &plan);
 
     let web1 = &topo.pod("web-1").unwrap().ns;
-    let r = whoami(
-        web1,
-        to(DB_A, WHOAMI_PORT),
-        std::time::Duration::from_millis(1500),
-    );
-    assert!(
-        r.is_err(),
-        "traffic of an Egress without gateway got out: {r:?}"
-    );
-    assert!(
-        counter(&topo, &dps[0], 1, "eg-web").packets > 0,
-        "drops are counted"
-    );
+    let r = whoami(web1, to(DB_A, WHOAMI_PORT), std::time::Duration::from_millis(1500));
+    assert!(r.is_err(), "traffic of an Egress without gateway got out: {r:?}");
+    assert!(counter(&topo, &dps[0], 1, "eg-web").packets > 0, "drops are counted");
     // Unselected traffic on the same node still flows.
     let client = &topo.pod("client-1").unwrap().ns;
-    assert_eq!(
-        whoami(client, to(DB_A, WHOAMI_PORT), T).unwrap(),
-        v4(node_ip(1))
-    );
+    assert_eq!(whoami(client, to(DB_A, WHOAMI_PORT), T).unwrap(), v4(node_ip(1)));
     assert!(
         !topo.seen().iter().any(|s| *s != v4(node_ip(1))) && topo.seen().len() == 1,
         "the outside saw {:?}: only client-1's connection may arrive",
@@ -165,23 +148,22 @@ fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
     let spec = TopologySpec::new("steer-move", 3).pod("web-1", 1, WEB1);
     let topo = Topology::build(&spec).unwrap();
     let mut c = Cluster::new(3, &[2, 3]);
-    c.pod("default", "web-1", "web", 1, WEB1)
-        .pool("pool", "10.10.0.11", "10.10.0.20")
-        .egress("eg-web", "web", "pool", &[], &[]);
+    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
+    );
     let before = c.plan();
     let eip = egress_ip(&before, "eg-web");
-    let std::net::IpAddr::V4(eip4) = eip else {
-        panic!("IPv4 expected")
-    };
+    let std::net::IpAddr::V4(eip4) = eip else { panic!("IPv4 expected") };
     let first = gateway(&before, "eg-web").unwrap();
     let mut dps = datapaths(3);
     sync_all(&topo, &mut dps, &before);
     let web1 = &topo.pod("web-1").unwrap().ns;
     assert_eq!(whoami(web1, to(DB_A, WHOAMI_PORT), T).unwrap(), eip);
-    assert_eq!(
-        topo.router_neighbour(eip4).unwrap(),
-        Some(topo.node_mac(first).unwrap())
-    );
+    assert_eq!(topo.router_neighbour(eip4).unwrap(), Some(topo.node_mac(first).unwrap()));
 
     // The first gateway leaves the live set: placement moves the IP to the other one.
     c.live.remove(&node_name(first));
@@ -192,10 +174,7 @@ fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
     let reports = sync_all(&topo, &mut dps, &after);
     assert_eq!(reports[second - 1].announced, vec![eip]);
     assert!(
-        reports[first - 1]
-            .changes
-            .iter()
-            .any(|l| l.contains("deleted hosted address")),
+        reports[first - 1].changes.iter().any(|l| l.contains("deleted hosted address")),
         "{:?}",
         reports[first - 1].changes
     );

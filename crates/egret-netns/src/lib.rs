@@ -17,8 +17,8 @@ mod whoami;
 
 pub use ns::{KillOnDrop, Netns, unique_prefix};
 pub use topology::{
-    BAD_HOST, DB_A, NODE_NET, Node, POD_NET, Pod, PodSpec, ROUTER_IP, Topology, TopologySpec,
-    node_ip, node_name, pod_cidr,
+    BAD_HOST, DB_A, NODE_NET, Node, POD_NET, Pod, PodSpec, ROUTER_IP, Topology, TopologySpec, node_ip, node_name,
+    plumb_pod, pod_cidr,
 };
 pub use whoami::{WHOAMI_PORT, Whoami, WhoamiConn, whoami};
 

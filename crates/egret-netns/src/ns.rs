@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Deleted on drop (created here and not made persistent).
+    owned: bool,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -17,24 +19,13 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// A name unique to this process and call: `egret-TAG-PID-SEQ`, so parallel tests and several
 /// processes never collide.
 pub fn unique_prefix(tag: &str) -> String {
-    let tag: String = tag
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(24)
-        .collect();
-    format!(
-        "egret-{tag}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(24).collect();
+    format!("egret-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 fn run(cmd: &mut Command) -> Result<String, Error> {
     let display = format!("{cmd:?}");
-    let out: Output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Spawn(display.clone(), e))?;
+    let out: Output = cmd.stdin(Stdio::null()).output().map_err(|e| Error::Spawn(display.clone(), e))?;
     if !out.status.success() {
         return Err(Error::Command {
             command: display,
@@ -52,11 +43,35 @@ impl Netns {
             return Err(Error::Name(name.to_string()));
         }
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns {
-            name: name.to_string(),
-        };
+        let ns = Netns { name: name.to_string(), owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on an existing namespace (made by an earlier process, e.g. a running lab). It is
+    /// not deleted on drop.
+    pub fn attach(name: &str) -> Result<Netns, Error> {
+        if !name.starts_with("egret-") {
+            return Err(Error::Name(name.to_string()));
+        }
+        let path = format!("/run/netns/{name}");
+        if !std::path::Path::new(&path).exists() {
+            return Err(Error::Open(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        Ok(Netns { name: name.to_string(), owned: false })
+    }
+
+    /// Keeps the namespace after this handle is dropped (a lab outlives the command that built
+    /// it); deleting it is then someone else's job ([`Netns::delete`]).
+    pub fn persist(mut self) -> Netns {
+        self.owned = false;
+        self
+    }
+
+    /// Deletes the namespace now (and every link inside it).
+    pub fn delete(mut self) -> Result<(), Error> {
+        self.owned = false;
+        run(Command::new("ip").args(["netns", "del", &self.name])).map(|_| ())
     }
 
     /// The namespace's name.
@@ -78,20 +93,13 @@ impl Netns {
     pub fn exec_stdin(&self, program: &str, args: &[&str], input: &str) -> Result<String, Error> {
         use std::io::Write;
         let mut cmd = self.command(program);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let display = format!("{cmd:?}");
         let mut child = cmd.spawn().map_err(|e| Error::Spawn(display.clone(), e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(input.as_bytes())
-                .map_err(|e| Error::Spawn(display.clone(), e))?;
+            stdin.write_all(input.as_bytes()).map_err(|e| Error::Spawn(display.clone(), e))?;
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::Spawn(display.clone(), e))?;
+        let out = child.wait_with_output().map_err(|e| Error::Spawn(display.clone(), e))?;
         if !out.status.success() {
             return Err(Error::Command {
                 command: display,
@@ -114,13 +122,8 @@ impl Netns {
     /// child (see [`KillOnDrop`]).
     pub fn spawn(&self, program: &str, args: &[&str]) -> Result<KillOnDrop, Error> {
         let mut cmd = self.command(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Spawn(format!("{cmd:?}"), e))?;
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().map_err(|e| Error::Spawn(format!("{cmd:?}"), e))?;
         Ok(KillOnDrop(child))
     }
 
@@ -159,17 +162,18 @@ impl Netns {
         let path = format!("/run/netns/{}", self.name);
         let file = File::open(&path).map_err(|e| Error::Open(path.clone(), e))?;
         let name = self.name.clone();
-        Ok(std::thread::spawn(move || {
-            match nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
-                Ok(()) => f(),
-                Err(e) => tracing::error!(netns = %name, error = %e, "setns failed"),
-            }
+        Ok(std::thread::spawn(move || match nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+            Ok(()) => f(),
+            Err(e) => tracing::error!(netns = %name, error = %e, "setns failed"),
         }))
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
             tracing::warn!(netns = %self.name, error = %e, "could not delete network namespace");
         }

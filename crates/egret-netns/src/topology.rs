@@ -54,6 +54,9 @@ pub struct TopologySpec {
     pub pods: Vec<PodSpec>,
     /// Outside hosts behind the router, each `address/prefix`; every one runs the whoami.
     pub outside: Vec<Ipv4Net>,
+    /// Run the whoami server on a thread of this process (tests). A lab that outlives the
+    /// building process starts its own whoami process instead.
+    pub whoami: bool,
 }
 
 /// One pod.
@@ -74,20 +77,14 @@ impl TopologySpec {
             tag: tag.to_string(),
             nodes,
             pods: Vec::new(),
-            outside: vec![
-                Ipv4Net::new(DB_A, 24).unwrap_or_default(),
-                Ipv4Net::new(BAD_HOST, 24).unwrap_or_default(),
-            ],
+            outside: vec![Ipv4Net::new(DB_A, 24).unwrap_or_default(), Ipv4Net::new(BAD_HOST, 24).unwrap_or_default()],
+            whoami: true,
         }
     }
 
     /// Adds a pod on node `node` (1-based).
     pub fn pod(mut self, name: &str, node: usize, ip: Ipv4Addr) -> TopologySpec {
-        self.pods.push(PodSpec {
-            name: name.to_string(),
-            node,
-            ip,
-        });
+        self.pods.push(PodSpec { name: name.to_string(), node, ip });
         self
     }
 
@@ -128,6 +125,21 @@ pub struct Pod {
     pub ns: Netns,
 }
 
+/// Connects pod namespace `pod` to node namespace `node` the way the stand-in CNI does: a veth
+/// (`veth` on the node side, `eth0` in the pod), the pod's /32, a host route on the node, and the
+/// node-local gateway (first address of the pod CIDR) as the pod's default route.
+pub fn plumb_pod(node: &Netns, pod_cidr: Ipv4Net, pod: &Netns, ip: Ipv4Addr, veth: &str) -> Result<(), Error> {
+    node.ip(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
+    node.ip(&["link", "set", veth, "up"])?;
+    node.ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
+    let gw = Ipv4Addr::from(u32::from(pod_cidr.network()) + 1).to_string();
+    pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    pod.ip(&["link", "set", "eth0", "up"])?;
+    pod.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+    pod.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
+    Ok(())
+}
+
 /// A built topology. Dropping it stops the servers and deletes every namespace (and so every
 /// link) it created, pods first, router last.
 #[derive(Debug)]
@@ -150,10 +162,7 @@ impl Topology {
     /// Builds the topology. On error, whatever was built is removed again.
     pub fn build(spec: &TopologySpec) -> Result<Topology, Error> {
         if spec.nodes == 0 || spec.nodes > 150 {
-            return Err(Error::Spec(format!(
-                "nodes must be 1..=150, not {}",
-                spec.nodes
-            )));
+            return Err(Error::Spec(format!("nodes must be 1..=150, not {}", spec.nodes)));
         }
         let prefix = unique_prefix(&spec.tag);
         let router = Netns::create(&format!("{prefix}-r"))?;
@@ -165,18 +174,7 @@ impl Topology {
         router.ip(&["link", "set", "br0", "up"])?;
 
         let outside = Netns::create(&format!("{prefix}-x"))?;
-        router.ip(&[
-            "link",
-            "add",
-            "out0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            outside.name(),
-        ])?;
+        router.ip(&["link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()])?;
         router.ip(&["link", "set", "out0", "up"])?;
         outside.ip(&["link", "set", "eth0", "up"])?;
         let mut default_gw = None;
@@ -185,10 +183,7 @@ impl Topology {
             if host.prefix_len() < 31 {
                 let gw = Ipv4Addr::from(u32::from(host.network()) + 1);
                 let gw_net = format!("{gw}/{}", host.prefix_len());
-                if !router
-                    .ip(&["-4", "addr", "show", "dev", "out0"])?
-                    .contains(&gw_net)
-                {
+                if !router.ip(&["-4", "addr", "show", "dev", "out0"])?.contains(&gw_net) {
                     router.ip(&["addr", "add", &gw_net, "dev", "out0"])?;
                 }
                 default_gw.get_or_insert(gw);
@@ -207,18 +202,7 @@ impl Topology {
             ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
             ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
             let port = format!("n{i}");
-            router.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
+            router.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
             router.ip(&["link", "set", &port, "master", "br0", "up"])?;
             let ip = node_ip(i);
             let cidr = pod_cidr(i);
@@ -240,25 +224,12 @@ impl Topology {
                 ),
             )?;
             router.ip(&["route", "add", &cidr.to_string(), "via", &ip.to_string()])?;
-            nodes.push(Node {
-                name: node_name(i),
-                index: i,
-                ip,
-                pod_cidr: cidr,
-                underlay: "eth0".into(),
-                ns,
-            });
+            nodes.push(Node { name: node_name(i), index: i, ip, pod_cidr: cidr, underlay: "eth0".into(), ns });
         }
         for n in &nodes {
             for m in &nodes {
                 if n.index != m.index {
-                    n.ns.ip(&[
-                        "route",
-                        "add",
-                        &m.pod_cidr.to_string(),
-                        "via",
-                        &m.ip.to_string(),
-                    ])?;
+                    n.ns.ip(&["route", "add", &m.pod_cidr.to_string(), "via", &m.ip.to_string()])?;
                 }
             }
         }
@@ -269,49 +240,14 @@ impl Topology {
                 .get(p.node.wrapping_sub(1))
                 .ok_or_else(|| Error::Spec(format!("pod {} on unknown node {}", p.name, p.node)))?;
             if !node.pod_cidr.contains(&p.ip) {
-                return Err(Error::Spec(format!(
-                    "pod {} address {} is outside {}",
-                    p.name, p.ip, node.pod_cidr
-                )));
+                return Err(Error::Spec(format!("pod {} address {} is outside {}", p.name, p.ip, node.pod_cidr)));
             }
             let ns = Netns::create(&format!("{prefix}-p-{}", p.name))?;
-            let veth = format!("vp{k}");
-            node.ns.ip(&[
-                "link",
-                "add",
-                &veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            node.ns.ip(&["link", "set", &veth, "up"])?;
-            node.ns
-                .ip(&["route", "add", &format!("{}/32", p.ip), "dev", &veth])?;
-            let gw = Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 1).to_string();
-            ns.ip(&["addr", "add", &format!("{}/32", p.ip), "dev", "eth0"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
-            ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
-            pods.push(Pod {
-                name: p.name.clone(),
-                node: p.node,
-                ip: p.ip,
-                ns,
-            });
+            plumb_pod(&node.ns, node.pod_cidr, &ns, p.ip, &format!("vp{k}"))?;
+            pods.push(Pod { name: p.name.clone(), node: p.node, ip: p.ip, ns });
         }
-        let whoami = vec![Whoami::start(&outside, WHOAMI_PORT)?];
-        Ok(Topology {
-            whoami,
-            pods,
-            nodes,
-            outside,
-            router,
-            prefix,
-        })
+        let whoami = if spec.whoami { vec![Whoami::start(&outside, WHOAMI_PORT)?] } else { Vec::new() };
+        Ok(Topology { whoami, pods, nodes, outside, router, prefix })
     }
 
     /// Node `i` (1-based).
@@ -321,35 +257,20 @@ impl Topology {
 
     /// The pod named `name`.
     pub fn pod(&self, name: &str) -> Result<&Pod, Error> {
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| Error::Spec(format!("no pod {name}")))
+        self.pods.iter().find(|p| p.name == name).ok_or_else(|| Error::Spec(format!("no pod {name}")))
     }
 
     /// The MAC address of a node's underlay interface.
     pub fn node_mac(&self, i: usize) -> Result<String, Error> {
-        let out = self
-            .node(i)
-            .ns
-            .ip(&["-br", "link", "show", "dev", "eth0"])?;
-        out.split_whitespace()
-            .nth(2)
-            .map(str::to_string)
-            .ok_or_else(|| Error::Protocol(format!("no MAC in {out:?}")))
+        let out = self.node(i).ns.ip(&["-br", "link", "show", "dev", "eth0"])?;
+        out.split_whitespace().nth(2).map(str::to_string).ok_or_else(|| Error::Protocol(format!("no MAC in {out:?}")))
     }
 
     /// The MAC address the router's neighbour table holds for `ip` on the node network, if any.
     pub fn router_neighbour(&self, ip: Ipv4Addr) -> Result<Option<String>, Error> {
-        let out = self
-            .router
-            .ip(&["neigh", "show", "to", &ip.to_string(), "dev", "br0"])?;
+        let out = self.router.ip(&["neigh", "show", "to", &ip.to_string(), "dev", "br0"])?;
         let words: Vec<&str> = out.split_whitespace().collect();
-        Ok(words
-            .iter()
-            .position(|w| *w == "lladdr")
-            .and_then(|i| words.get(i + 1))
-            .map(|s| s.to_string()))
+        Ok(words.iter().position(|w| *w == "lladdr").and_then(|i| words.get(i + 1)).map(|s| s.to_string()))
     }
 
     /// Every source address the outside whoami servers saw, in order.

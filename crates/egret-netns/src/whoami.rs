@@ -29,16 +29,18 @@ impl Whoami {
             Ok::<_, std::io::Error>(l)
         })?;
         let listener = listener.map_err(|e| Error::Io("whoami bind".into(), e))?;
+        Ok(Whoami::from_listener(listener))
+    }
+
+    /// Serves on a listener already bound (in whatever namespace it was bound in), e.g. by a
+    /// whoami process started inside a lab namespace. The listener must be non-blocking.
+    pub fn from_listener(listener: TcpListener) -> Whoami {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, v) = (stop.clone(), seen.clone());
         // The listening socket already lives in `ns`; the thread needs no setns.
         let thread = std::thread::spawn(move || serve(listener, s, v));
-        Ok(Whoami {
-            stop,
-            seen,
-            thread: Some(thread),
-        })
+        Whoami { stop, seen, thread: Some(thread) }
     }
 
     /// Every source address seen so far, in order.
@@ -88,11 +90,7 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, stop: Arc<AtomicBool>) {
                     return;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }
@@ -121,18 +119,11 @@ impl WhoamiConn {
         let stream = ns
             .run(|| TcpStream::connect_timeout(&to, timeout))?
             .map_err(|e| Error::Io(format!("connect from {} to {to}", ns.name()), e))?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| Error::Io("set timeout".into(), e))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| Error::Io("set timeout".into(), e))?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| Error::Io(format!("read from {to}"), e))?;
-        let seen = line
-            .trim()
-            .parse()
-            .map_err(|_| Error::Protocol(format!("whoami {to} answered {line:?}")))?;
+        reader.read_line(&mut line).map_err(|e| Error::Io(format!("read from {to}"), e))?;
+        let seen = line.trim().parse().map_err(|_| Error::Protocol(format!("whoami {to} answered {line:?}")))?;
         Ok(WhoamiConn { reader, seen })
     }
 
@@ -146,13 +137,9 @@ impl WhoamiConn {
     pub fn echo(&mut self, msg: &str) -> Result<(), Error> {
         writeln!(self.reader.get_mut(), "{msg}").map_err(|e| Error::Io("echo write".into(), e))?;
         let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| Error::Io("echo read".into(), e))?;
+        self.reader.read_line(&mut line).map_err(|e| Error::Io("echo read".into(), e))?;
         if line.trim_end() != msg {
-            return Err(Error::Protocol(format!(
-                "echo {msg:?} came back as {line:?}"
-            )));
+            return Err(Error::Protocol(format!("echo {msg:?} came back as {line:?}")));
         }
         Ok(())
     }

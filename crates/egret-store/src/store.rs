@@ -57,6 +57,15 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// What an apply wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Each object written, and whether it was created (`false`: updated).
+    pub changes: Vec<(Key, bool)>,
+    /// The `egret.dev/applied-at` stamp put on the written objects (Unix milliseconds).
+    pub stamp_ms: u64,
+}
+
 /// The key of an object: kind, namespace (pods only) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
@@ -148,9 +157,9 @@ impl Store {
     /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
     /// keeping the stored status and creation time. The whole change is validated together
     /// with what the store holds; if it adds any problem, nothing is written.
-    pub fn apply(&self, mut new: Objects) -> Result<Vec<(Key, bool)>, StoreError> {
-        let stamp = crate::report::now_ms().to_string();
-        stamp_all(&mut new, &stamp);
+    pub fn apply(&self, mut new: Objects) -> Result<Applied, StoreError> {
+        let stamp_ms = crate::report::now_ms();
+        stamp_all(&mut new, &stamp_ms.to_string());
         let lock = self.lock()?;
         let (mut cur, errs) = self.load();
         if !errs.is_empty() {
@@ -216,7 +225,7 @@ impl Store {
                 _ => put_doc(self, &lock, key, &cur.pods)?,
             }
         }
-        Ok(changes)
+        Ok(Applied { changes, stamp_ms })
     }
 
     /// Deletes the objects named in `objs` (their specs are ignored); returns those that existed.
@@ -468,7 +477,7 @@ mod tests {
     fn apply_creates_then_updates_keeping_status_and_creation_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let changes = store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap();
+        let changes = store.apply(objs(&format!("{POOL}---\n{EGRESS}"))).unwrap().changes;
         assert_eq!(changes.iter().filter(|(_, created)| *created).count(), 2);
         let status = EgressStatus { egress_ip: Some("10.10.0.11".into()), ..Default::default() };
         assert_eq!(store.write_statuses(&[("e".into(), status.clone())], &[]).unwrap(), 1);
@@ -478,7 +487,7 @@ mod tests {
         let created = loaded.egresses[0].object.metadata.creation_timestamp.clone();
         assert!(created.is_some());
         // Re-applying the same spec changes nothing; a new spec keeps status and creation time.
-        assert!(store.apply(objs(EGRESS)).unwrap().is_empty());
+        assert!(store.apply(objs(EGRESS)).unwrap().changes.is_empty());
         store.apply(objs(&EGRESS.replace("podSelector: {}", "podSelector: {matchLabels: {app: web}}"))).unwrap();
         let (loaded, _) = store.load();
         let e = &loaded.egresses[0].object;
@@ -527,7 +536,7 @@ mod tests {
         assert_eq!(p[0].field, "spec.ipRanges");
         assert!(p[0].reason.contains("10.10.0.11"));
         let grown = POOL.replace("end: 10.10.0.20", "end: 10.10.0.30");
-        assert_eq!(store.apply(objs(&grown)).unwrap().len(), 1);
+        assert_eq!(store.apply(objs(&grown)).unwrap().changes.len(), 1);
     }
 
     #[test]

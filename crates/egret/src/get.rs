@@ -140,7 +140,8 @@ pub fn apply(files: &[PathBuf], store: &Path) -> anyhow::Result<ExitCode> {
     let applied = objs.clone();
     let s = Store::open(store).with_context(|| format!("opening store {}", store.display()))?;
     match s.apply(objs) {
-        Ok(changes) => {
+        Ok(applied) => {
+            let changes = applied.changes;
             for (k, created) in &changes {
                 outln!("{k} {}", if *created { "created" } else { "configured" });
             }

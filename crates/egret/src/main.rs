@@ -9,6 +9,7 @@ macro_rules! outln {
     ($($t:tt)*) => { $crate::emit(&format!("{}\n", format!($($t)*))) };
 }
 
+mod agent;
 mod controller;
 mod get;
 mod offline;
@@ -73,6 +74,8 @@ enum Cmd {
         #[arg(long)]
         store: PathBuf,
     },
+    /// Run a node's agent: program the datapath from the store, report hosted IPs.
+    Agent(agent::AgentArgs),
     /// Run the controller: validate objects, allocate egress IPs, write status.
     Controller(controller::ControllerArgs),
     /// Translate Antrea and Cilium manifests into egret.dev manifests.
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Cmd::Plan(args) => offline::plan(&args),
         Cmd::Convert { files } => offline::convert(&files),
         Cmd::Controller(args) => block_on(controller::run(args)),
+        Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Get { what, store, name, output } => get::get(what, &store.unwrap_or_else(|| lab_store(&name)), output),
         Cmd::Apply { files, store } => get::apply(&files, &store),
         Cmd::Delete { files, store } => get::delete(&files, &store),

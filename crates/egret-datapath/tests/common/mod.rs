@@ -26,16 +26,11 @@ pub fn skip() -> bool {
 }
 
 pub fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn sel(kv: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels(kv)),
-        match_expressions: None,
-    }
+    LabelSelector { match_labels: Some(labels(kv)), match_expressions: None }
 }
 
 /// The objects of a small cluster, shaped like the topology.
@@ -81,10 +76,7 @@ impl Cluster {
     }
 
     pub fn namespace(&mut self, name: &str) -> &mut Self {
-        self.namespaces.push(Namespace {
-            name: name.into(),
-            labels: labels(&[("kubernetes.io/metadata.name", name)]),
-        });
+        self.namespaces.push(Namespace { name: name.into(), labels: labels(&[("kubernetes.io/metadata.name", name)]) });
         self
     }
 
@@ -104,21 +96,11 @@ impl Cluster {
         self.pool_on(name, start, end, sel(&[("network-role", "egress-gateway")]))
     }
 
-    pub fn pool_on(
-        &mut self,
-        name: &str,
-        start: &str,
-        end: &str,
-        nodes: LabelSelector,
-    ) -> &mut Self {
+    pub fn pool_on(&mut self, name: &str, start: &str, end: &str, nodes: LabelSelector) -> &mut Self {
         self.pools.push(api::ExternalIPPool::new(
             name,
             api::ExternalIPPoolSpec {
-                ip_ranges: vec![api::IPRange {
-                    cidr: None,
-                    start: Some(start.into()),
-                    end: Some(end.into()),
-                }],
+                ip_ranges: vec![api::IPRange { cidr: None, start: Some(start.into()), end: Some(end.into()) }],
                 node_selector: nodes,
             },
         ));
@@ -126,21 +108,11 @@ impl Cluster {
     }
 
     /// An Egress for pods labelled `app=APP` in every namespace.
-    pub fn egress(
-        &mut self,
-        name: &str,
-        app: &str,
-        pool: &str,
-        destinations: &[&str],
-        excluded: &[&str],
-    ) -> &mut Self {
+    pub fn egress(&mut self, name: &str, app: &str, pool: &str, destinations: &[&str], excluded: &[&str]) -> &mut Self {
         self.egresses.push(api::Egress::new(
             name,
             api::EgressSpec {
-                applied_to: api::AppliedTo {
-                    pod_selector: Some(sel(&[("app", app)])),
-                    ..Default::default()
-                },
+                applied_to: api::AppliedTo { pod_selector: Some(sel(&[("app", app)])), ..Default::default() },
                 external_ip_pool: Some(pool.into()),
                 destination_cidrs: destinations.iter().map(|s| s.to_string()).collect(),
                 excluded_cidrs: excluded.iter().map(|s| s.to_string()).collect(),
@@ -169,47 +141,29 @@ impl Cluster {
 }
 
 pub fn egress_ip(p: &Plan, egress: &str) -> IpAddr {
-    p.egresses
-        .iter()
-        .find(|e| e.name == egress)
-        .and_then(|e| e.egress_ip)
-        .expect("egress IP allocated")
+    p.egresses.iter().find(|e| e.name == egress).and_then(|e| e.egress_ip).expect("egress IP allocated")
 }
 
 /// 1-based index of the gateway node of `egress`.
 pub fn gateway(p: &Plan, egress: &str) -> Option<usize> {
-    let node = p
-        .egresses
-        .iter()
-        .find(|e| e.name == egress)?
-        .egress_node
-        .clone()?;
+    let node = p.egresses.iter().find(|e| e.name == egress)?.egress_node.clone()?;
     node.strip_prefix("node-")?.parse().ok()
 }
 
 /// One Datapath per node (index 0 = node-1).
 pub fn datapaths(n: usize) -> Vec<Datapath> {
-    (0..n)
-        .map(|_| Datapath::new(Config::default()).unwrap())
-        .collect()
+    (0..n).map(|_| Datapath::new(Config::default()).unwrap()).collect()
 }
 
 /// Syncs node `i` (1-based) to its share of `plan`, inside the node's namespace.
 pub fn sync(topo: &Topology, dp: &mut Datapath, i: usize, plan: &Plan) -> SyncReport {
     let np: NodePlan = plan.node_plans().remove(&node_name(i)).expect("node plan");
-    topo.node(i)
-        .ns
-        .run(|| dp.sync(&np))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("sync node-{i}: {e}"))
+    topo.node(i).ns.run(|| dp.sync(&np)).unwrap().unwrap_or_else(|e| panic!("sync node-{i}: {e}"))
 }
 
 /// Syncs every node.
 pub fn sync_all(topo: &Topology, dps: &mut [Datapath], plan: &Plan) -> Vec<SyncReport> {
-    dps.iter_mut()
-        .enumerate()
-        .map(|(k, dp)| sync(topo, dp, k + 1, plan))
-        .collect()
+    dps.iter_mut().enumerate().map(|(k, dp)| sync(topo, dp, k + 1, plan)).collect()
 }
 
 pub fn to(ip: Ipv4Addr, port: u16) -> SocketAddr {
@@ -257,12 +211,5 @@ pub fn quiesce() {
 
 /// Counter of `egress` on node `i`.
 pub fn counter(topo: &Topology, dp: &Datapath, i: usize, egress: &str) -> egret_datapath::Counter {
-    topo.node(i)
-        .ns
-        .run(|| dp.counters())
-        .unwrap()
-        .unwrap()
-        .get(egress)
-        .copied()
-        .unwrap_or_default()
+    topo.node(i).ns.run(|| dp.counters()).unwrap().unwrap().get(egress).copied().unwrap_or_default()
 }
