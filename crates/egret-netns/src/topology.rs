@@ -54,6 +54,9 @@ pub struct TopologySpec {
     pub pods: Vec<PodSpec>,
     /// Outside hosts behind the router, each `address/prefix`; every one runs the whoami.
     pub outside: Vec<Ipv4Net>,
+    /// Use exactly this namespace prefix (it must start with `egret-`) instead of a unique one:
+    /// a lab's namespaces must be findable by name after the building process is gone.
+    pub prefix: Option<String>,
     /// Run the whoami server on a thread of this process (tests). A lab that outlives the
     /// building process starts its own whoami process instead.
     pub whoami: bool,
@@ -79,6 +82,7 @@ impl TopologySpec {
             pods: Vec::new(),
             outside: vec![Ipv4Net::new(DB_A, 24).unwrap_or_default(), Ipv4Net::new(BAD_HOST, 24).unwrap_or_default()],
             whoami: true,
+            prefix: None,
         }
     }
 
@@ -164,7 +168,7 @@ impl Topology {
         if spec.nodes == 0 || spec.nodes > 150 {
             return Err(Error::Spec(format!("nodes must be 1..=150, not {}", spec.nodes)));
         }
-        let prefix = unique_prefix(&spec.tag);
+        let prefix = spec.prefix.clone().unwrap_or_else(|| unique_prefix(&spec.tag));
         let router = Netns::create(&format!("{prefix}-r"))?;
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
@@ -176,6 +180,11 @@ impl Topology {
         let outside = Netns::create(&format!("{prefix}-x"))?;
         router.ip(&["link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()])?;
         router.ip(&["link", "set", "out0", "up"])?;
+        // An egress IP may lie inside an outside subnet (seed 000's 198.51.100.100): outside
+        // hosts then ARP for it directly, and the router answers for what it routes elsewhere.
+        router.sysctl("net.ipv4.conf.out0.proxy_arp", "1")?;
+        // Answer at once: by default proxy ARP replies are delayed up to 0.8 s.
+        router.sysctl("net.ipv4.neigh.out0.proxy_delay", "0")?;
         outside.ip(&["link", "set", "eth0", "up"])?;
         let mut default_gw = None;
         for host in &spec.outside {

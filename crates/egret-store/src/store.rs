@@ -132,8 +132,19 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
-    /// Reads every object.
+    /// Reads every object, under a shared lock: a reader never sees half of an apply (an apply
+    /// of several objects writes several files under the exclusive lock).
     pub fn load(&self) -> (Objects, Vec<LoadError>) {
+        let path = self.dir.join(".lock");
+        let guard = File::options().create(true).truncate(false).write(true).open(&path);
+        let locked = guard.as_ref().map(|f| f.lock_shared());
+        if !matches!(locked, Ok(Ok(()))) {
+            tracing::warn!(path = %path.display(), "cannot take the store's shared lock; reading without it");
+        }
+        self.load_unlocked()
+    }
+
+    fn load_unlocked(&self) -> (Objects, Vec<LoadError>) {
         read_paths(std::slice::from_ref(&self.dir))
     }
 
@@ -161,7 +172,7 @@ impl Store {
         let stamp_ms = crate::report::now_ms();
         stamp_all(&mut new, &stamp_ms.to_string());
         let lock = self.lock()?;
-        let (mut cur, errs) = self.load();
+        let (mut cur, errs) = self.load_unlocked();
         if !errs.is_empty() {
             return Err(StoreError::Load(errs));
         }

@@ -122,6 +122,9 @@ fn control_loop(
                 if last.as_ref() != Some(&np) || !report.ready {
                     match dp.sync(&np) {
                         Ok(r) => {
+                            if report.hosted != np.hosted.iter().map(|h| h.ip).collect::<Vec<_>>() {
+                                last_heartbeat = 0;
+                            }
                             if !r.drift.is_empty() {
                                 warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
                             }
@@ -137,9 +140,11 @@ fn control_loop(
                         }
                     }
                 }
-                if report.ready {
+                // Record when this store state was first fully programmed, and tell at once.
+                if report.ready && applied_at != report.programmed_applied_at_ms {
                     report.programmed_applied_at_ms = applied_at;
                     report.programmed_at_ms = now_ms();
+                    last_heartbeat = 0;
                 }
             }
             Err(e) => {

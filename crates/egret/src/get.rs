@@ -63,7 +63,7 @@ fn load(store: &Path) -> anyhow::Result<Objects> {
     if !store.is_dir() {
         bail!("no store at {} (is the lab up? `egret lab up`)", store.display());
     }
-    let (objs, errs) = read_paths(&[store.to_path_buf()]);
+    let (objs, errs) = Store::open(store)?.load();
     for e in &errs {
         eprintln!("warning: {e}");
     }

@@ -12,6 +12,7 @@ macro_rules! outln {
 mod agent;
 mod controller;
 mod get;
+mod lab;
 mod offline;
 mod table;
 
@@ -74,6 +75,8 @@ enum Cmd {
         #[arg(long)]
         store: PathBuf,
     },
+    /// A whole Egret cluster on this machine, in network namespaces.
+    Lab(lab::LabArgs),
     /// Run a node's agent: program the datapath from the store, report hosted IPs.
     Agent(agent::AgentArgs),
     /// Run the controller: validate objects, allocate egress IPs, write status.
@@ -102,7 +105,7 @@ pub fn emit(s: &str) {
 
 /// The store of the lab called `name`.
 fn lab_store(name: &str) -> PathBuf {
-    PathBuf::from("/run/egret/labs").join(name).join("store")
+    PathBuf::from(lab::LABS_DIR).join(name).join("store")
 }
 
 /// Runs a daemon on a small multi-threaded runtime.
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
         Cmd::Plan(args) => offline::plan(&args),
         Cmd::Convert { files } => offline::convert(&files),
         Cmd::Controller(args) => block_on(controller::run(args)),
+        Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Get { what, store, name, output } => get::get(what, &store.unwrap_or_else(|| lab_store(&name)), output),
         Cmd::Apply { files, store } => get::apply(&files, &store),

@@ -1,0 +1,834 @@
+//! `egret lab`: a whole Egret cluster on one machine, in network namespaces.
+//!
+//! `up` builds the BRIEF's topology with egret-netns, writes its Nodes, Namespaces and Pods to a
+//! local store, and starts one real controller and one real agent per node (inside the node's
+//! namespace) as detached processes logging to the lab directory. Nothing is added to the
+//! host's own network namespace. `down` removes every namespace, process and file `up` made,
+//! also after a crash (it finds the namespaces by their prefix).
+
+mod state;
+
+use crate::table;
+use anyhow::{Context, bail};
+use egret_netns::{Netns, Topology, TopologySpec, WhoamiConn, plumb_pod};
+use egret_store::{AgentReport, Objects, Store, StoreError, now_ms, read_paths, read_str};
+use k8s_openapi::api::core::v1 as corev1;
+use state::{LabNode, LabPod, LabState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+pub use state::LABS_DIR;
+
+/// The lab's cluster: the same objects as `examples/cluster/lab.yaml`.
+const CLUSTER_YAML: &str = include_str!("../../../../examples/cluster/lab.yaml");
+
+/// `egret lab` and its subcommands.
+#[derive(clap::Args, Debug)]
+pub struct LabArgs {
+    /// The lab's name: labs with different names run side by side.
+    #[arg(long, global = true, default_value = "egret")]
+    pub name: String,
+    #[command(subcommand)]
+    pub cmd: LabCmd,
+}
+
+/// Lab subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum LabCmd {
+    /// Build the lab and start a controller and one agent per node.
+    Up {
+        /// Number of nodes (the default topology has six).
+        #[arg(long, default_value = "6")]
+        nodes: usize,
+    },
+    /// Stop every process and remove every namespace and file of the lab.
+    Down,
+    /// Show nodes, agents, pods and Egresses.
+    Status,
+    /// Create or update objects (all or nothing) and wait until every node has programmed them.
+    Apply {
+        /// Files or directories of YAML manifests.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete the objects named in manifests.
+    Delete {
+        /// Files or directories of YAML manifests.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Run a command inside a pod: `egret lab exec prod/web-1 -- ip addr`.
+    Exec {
+        /// `namespace/pod`.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Connect from a pod to a whoami server and print the source address it saw.
+    Whoami {
+        /// `namespace/pod`.
+        pod: String,
+        /// `db-a`, `bad-host`, or an address (port 8080 unless given).
+        #[arg(long, default_value = "db-a")]
+        to: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value = "3000")]
+        timeout_ms: u64,
+    },
+    /// Power loss: kill the node's agent and take its link down.
+    KillNode {
+        /// Node name.
+        node: String,
+    },
+    /// Bring a killed node back (link up, agent restarted).
+    RestoreNode {
+        /// Node name.
+        node: String,
+    },
+    /// Measurements in the lab.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// Serve whoami on this namespace (used by `up` inside the outside namespace).
+    #[command(hide = true)]
+    ServeWhoami {
+        /// Port.
+        #[arg(long, default_value_t = egret_netns::WHOAMI_PORT)]
+        port: u16,
+    },
+}
+
+/// Lab benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Store change -> datapath programmed on every node.
+    Latency {
+        /// Number of changes.
+        #[arg(long, default_value = "50")]
+        trials: usize,
+    },
+}
+
+/// Runs a lab command.
+pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let name = args.name.as_str();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || name.len() > 20 {
+        bail!("lab name {name:?} must be 1-20 characters of letters, digits and '-'");
+    }
+    match args.cmd {
+        LabCmd::Up { nodes } => up(name, nodes),
+        LabCmd::Down => down(name),
+        LabCmd::Status => status(name),
+        LabCmd::Apply { files } => apply(name, &files),
+        LabCmd::Delete { files } => delete(name, &files),
+        LabCmd::Exec { pod, cmd } => exec(name, &pod, &cmd),
+        LabCmd::Whoami { pod, to, timeout_ms } => whoami(name, &pod, &to, Duration::from_millis(timeout_ms)),
+        LabCmd::KillNode { node } => kill_node(name, &node),
+        LabCmd::RestoreNode { node } => restore_node(name, &node),
+        LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
+        LabCmd::ServeWhoami { port } => serve_whoami(port),
+    }
+}
+
+fn need_root() -> anyhow::Result<()> {
+    if let Some(why) = egret_netns::skip_reason(&["ip", "nft"]) {
+        bail!("the lab needs root and the `ip` and `nft` commands: {why} (install iproute2 and nftables, run as root)");
+    }
+    Ok(())
+}
+
+/// Exclusive lock on the lab's directory for commands that change it.
+fn lock(name: &str) -> anyhow::Result<File> {
+    let dir = state::dir(name);
+    std::fs::create_dir_all(&dir)?;
+    let f = File::options().create(true).truncate(false).write(true).open(dir.join("lab.lock"))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// The lab's Nodes, Namespaces and Pods for `n` nodes: the example cluster, trimmed or
+/// extended (nodes 7.. are gateways like 4-6).
+fn cluster_objects(n: usize) -> anyhow::Result<Objects> {
+    let (mut objs, errs) = read_str(Path::new("examples/cluster/lab.yaml"), CLUSTER_YAML);
+    if let Some(e) = errs.first() {
+        bail!("built-in cluster: {e}");
+    }
+    let template = objs.nodes.last().cloned().context("built-in cluster has no node")?;
+    objs.nodes.retain(|d| node_index(d.object.metadata.name.as_deref()).is_some_and(|i| i <= n));
+    for i in objs.nodes.len() + 1..=n {
+        let mut d = template.clone();
+        let name = egret_netns::node_name(i);
+        let o = &mut d.object;
+        o.metadata.name = Some(name.clone());
+        let labels = o.metadata.labels.get_or_insert_with(Default::default);
+        labels.insert("kubernetes.io/hostname".into(), name.clone());
+        labels.insert("node.kubernetes.io/name".into(), format!("node{i}"));
+        let cidr = egret_netns::pod_cidr(i).to_string();
+        o.spec =
+            Some(corev1::NodeSpec { pod_cidr: Some(cidr.clone()), pod_cidrs: Some(vec![cidr]), ..Default::default() });
+        o.status = Some(corev1::NodeStatus {
+            addresses: Some(vec![
+                corev1::NodeAddress { type_: "InternalIP".into(), address: egret_netns::node_ip(i).to_string() },
+                corev1::NodeAddress { type_: "Hostname".into(), address: name },
+            ]),
+            ..Default::default()
+        });
+        objs.nodes.push(d);
+    }
+    objs.pods
+        .retain(|d| node_index(d.object.spec.as_ref().and_then(|s| s.node_name.as_deref())).is_some_and(|i| i <= n));
+    Ok(objs)
+}
+
+fn node_index(name: Option<&str>) -> Option<usize> {
+    name?.strip_prefix("node-")?.parse().ok()
+}
+
+fn pod_key(p: &corev1::Pod) -> String {
+    format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name.as_deref().unwrap_or(""))
+}
+
+fn pod_netns(prefix: &str, key: &str) -> String {
+    format!("{prefix}-p-{}", key.replace('/', "-"))
+}
+
+fn pod_ip(p: &corev1::Pod) -> Option<Ipv4Addr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// Starts `egret ARGS...` detached (own process group, output to `log`), inside `netns` if given.
+fn spawn_egret(netns: Option<&str>, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+    let exe = std::env::current_exe().context("finding the egret binary")?;
+    let out =
+        File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    if std::env::var_os("EGRET_LOG").is_none() {
+        cmd.env("EGRET_LOG", "info");
+    }
+    let child = cmd.spawn().with_context(|| format!("starting egret {}", args.join(" ")))?;
+    Ok(child.id())
+}
+
+/// Whether `pid` is a live egret process (guards against a recycled pid).
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("egret"))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Stops a process: SIGTERM, then SIGKILL after `grace`.
+fn stop(pid: u32, grace: Duration) {
+    if !alive(pid) {
+        return;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
+    let store = st.store();
+    spawn_egret(
+        Some(&node.netns),
+        &[
+            "agent",
+            "--store",
+            &store.to_string_lossy(),
+            "--node",
+            &node.name,
+            "--underlay",
+            "eth0",
+            "--health-addr",
+            "127.0.0.1:9090",
+        ],
+        &st.log(&format!("agent-{}", node.name)),
+    )
+}
+
+fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    if !(1..=150).contains(&n) {
+        bail!("--nodes must be between 1 and 150");
+    }
+    let _lock = lock(name)?;
+    let prefix = state::prefix(name);
+    if state::dir(name).join("lab.json").exists() || !lab_namespaces(&prefix)?.is_empty() {
+        bail!("lab {name:?} is already up (or left over from a crash): run `egret lab down --name {name}` first");
+    }
+    let objs = cluster_objects(n)?;
+    let mut spec = TopologySpec::new(name, n);
+    spec.prefix = Some(prefix.clone());
+    spec.whoami = false;
+    for d in &objs.pods {
+        let p = &d.object;
+        let node = node_index(p.spec.as_ref().and_then(|s| s.node_name.as_deref())).context("pod without node")?;
+        let ip = pod_ip(p).context("pod without IPv4 address")?;
+        spec = spec.pod(&pod_key(p).replace('/', "-"), node, ip);
+    }
+    println!("building {n} nodes, {} pods, router and outside hosts in namespaces {prefix}-*", objs.pods.len());
+    let topo = Topology::build(&spec)?;
+    let mut st = LabState {
+        name: name.to_string(),
+        prefix: prefix.clone(),
+        router: topo.router.name().to_string(),
+        outside: topo.outside.name().to_string(),
+        nodes: topo
+            .nodes
+            .iter()
+            .map(|nd| {
+                (
+                    nd.name.clone(),
+                    LabNode {
+                        name: nd.name.clone(),
+                        index: nd.index,
+                        ip: nd.ip,
+                        pod_cidr: nd.pod_cidr,
+                        netns: nd.ns.name().to_string(),
+                        router_port: format!("n{}", nd.index),
+                    },
+                )
+            })
+            .collect(),
+        pods: BTreeMap::new(),
+        next_veth: objs.pods.len() as u32,
+        controller_pid: None,
+        agents: BTreeMap::new(),
+        whoami_pid: None,
+        killed: BTreeSet::new(),
+        router_routes: BTreeSet::new(),
+    };
+    for d in &objs.pods {
+        let p = &d.object;
+        let key = pod_key(p);
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        st.pods.insert(
+            key.clone(),
+            LabPod { netns: pod_netns(&prefix, &key), node, ip: pod_ip(p).unwrap_or(Ipv4Addr::UNSPECIFIED) },
+        );
+    }
+    // From here on the namespaces outlive this process; `down` removes them.
+    let Topology { pods, nodes, outside, router, .. } = topo;
+    for ns in pods.into_iter().map(|p| p.ns).chain(nodes.into_iter().map(|n| n.ns)).chain([outside, router]) {
+        let _ = ns.persist();
+    }
+    st.save()?;
+    match start(&mut st, objs) {
+        Ok(()) => {
+            println!(
+                "lab {name:?} is up: {} nodes, {} pods; store {}, logs {}",
+                st.nodes.len(),
+                st.pods.len(),
+                st.store().display(),
+                st.dir().join("logs").display()
+            );
+            println!(
+                "try: egret lab whoami prod/web-1 --name {name}    egret lab apply -f examples/seed-002-ha --name {name}"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}; tearing the lab down");
+            drop(_lock);
+            let _ = down(name);
+            Err(e)
+        }
+    }
+}
+
+/// Starts the processes of a freshly built lab and waits until every agent is ready.
+fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
+    std::fs::create_dir_all(st.dir().join("logs"))?;
+    st.whoami_pid = Some(spawn_egret(Some(&st.outside.clone()), &["lab", "serve-whoami"], &st.log("whoami"))?);
+    st.save()?;
+    let store = Store::open(st.store())?;
+    store.apply(objs)?;
+    st.controller_pid =
+        Some(spawn_egret(None, &["controller", "--store", &st.store().to_string_lossy()], &st.log("controller"))?);
+    st.save()?;
+    for node in st.nodes.values().cloned().collect::<Vec<_>>() {
+        let pid = start_agent(st, &node)?;
+        st.agents.insert(node.name.clone(), pid);
+    }
+    st.save()?;
+    let want: BTreeSet<String> = st.nodes.keys().cloned().collect();
+    wait_until(Duration::from_secs(60), || {
+        let ready: BTreeSet<String> = reports(st).into_iter().filter(|(_, r)| r.ready).map(|(n, _)| n).collect();
+        Ok(ready == want)
+    })
+    .with_context(|| format!("agents did not all become ready within 60 s; see {}", st.dir().join("logs").display()))?;
+    Ok(())
+}
+
+fn reports(st: &LabState) -> Vec<(String, AgentReport)> {
+    Store::open(st.store()).map(|s| s.read_reports()).unwrap_or_default()
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every namespace of the lab.
+fn lab_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ip").args(["netns", "list"]).output().context("running `ip netns list`")?;
+    let dash = format!("{prefix}-");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&dash))
+        .map(str::to_string)
+        .collect())
+}
+
+fn down(name: &str) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let prefix = state::prefix(name);
+    let st = LabState::load(name).ok();
+    let mut removed = 0;
+    if let Some(pid) = st.as_ref().and_then(|s| s.controller_pid) {
+        stop(pid, Duration::from_secs(2));
+    }
+    // Processes inside the lab's namespaces (agents, whoami, anything a user started).
+    let namespaces = lab_namespaces(&prefix)?;
+    for ns in &namespaces {
+        let out = Command::new("ip").args(["netns", "pids", ns]).output()?;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // Pods first, router last, so no veth outlives its peer's namespace by surprise.
+    let mut ordered = namespaces.clone();
+    ordered.sort_by_key(|n| {
+        if n.contains("-p-") {
+            0
+        } else if n.ends_with("-r") {
+            2
+        } else {
+            1
+        }
+    });
+    for ns in ordered {
+        Netns::attach(&ns)?.delete()?;
+        removed += 1;
+    }
+    let dir = state::dir(name);
+    drop(_lock);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    if removed == 0 && st.is_none() {
+        println!("lab {name:?} was not up; nothing to do");
+    } else {
+        println!("lab {name:?} is down: {removed} namespaces and their processes removed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(name: &str) -> anyhow::Result<ExitCode> {
+    let st = LabState::load(name)?;
+    let reps: BTreeMap<String, AgentReport> = reports(&st).into_iter().collect();
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = st
+        .nodes
+        .values()
+        .map(|n| {
+            let r = reps.get(&n.name);
+            let agent = match st.agents.get(&n.name) {
+                _ if st.killed.contains(&n.name) => "killed".to_string(),
+                Some(&pid) if alive(pid) => format!("running ({pid})"),
+                _ => "not running".into(),
+            };
+            vec![
+                n.name.clone(),
+                n.ip.to_string(),
+                agent,
+                r.map(|r| if r.ready { "yes" } else { "no" }).unwrap_or("-").to_string(),
+                r.map(|r| format!("{} ms", now.saturating_sub(r.heartbeat_ms))).unwrap_or_default(),
+                r.map(|r| r.hosted.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out!("{}", table::render(&["NODE", "IP", "AGENT", "READY", "HEARTBEAT", "HOSTS"], &rows, "   "));
+    let ctl = match st.controller_pid {
+        Some(pid) if alive(pid) => format!("running ({pid})"),
+        _ => "not running".into(),
+    };
+    outln!("\ncontroller: {ctl}");
+    let pods: Vec<Vec<String>> =
+        st.pods.iter().map(|(k, p)| vec![k.clone(), p.ip.to_string(), p.node.clone()]).collect();
+    out!("\n{}", table::render(&["POD", "IP", "NODE"], &pods, "   "));
+    outln!("");
+    crate::get::get(crate::get::Resource::Egress, &st.store(), crate::get::GetOutput::Table)
+}
+
+/// Checks pods of `objs` against the lab and fills in missing addresses; returns the new pods.
+fn prepare_pods(st: &LabState, objs: &mut Objects) -> anyhow::Result<Vec<String>> {
+    let mut taken: BTreeSet<Ipv4Addr> = st.pods.values().map(|p| p.ip).collect();
+    let mut new = Vec::new();
+    for d in &mut objs.pods {
+        let key = pod_key(&d.object);
+        let p = &mut d.object;
+        let node_name = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .with_context(|| format!("pod {key}: spec.nodeName is required in the lab"))?;
+        let node = st.node(&node_name).with_context(|| format!("pod {key}: spec.nodeName"))?;
+        if let Some(existing) = st.pods.get(&key) {
+            if existing.node != node_name {
+                bail!(
+                    "pod {key}: spec.nodeName: cannot move a running pod from {} to {node_name}; delete it first",
+                    existing.node
+                );
+            }
+            let status = p.status.get_or_insert_with(Default::default);
+            status.pod_ip = Some(existing.ip.to_string());
+            status.pod_ips = Some(vec![corev1::PodIP { ip: existing.ip.to_string() }]);
+            continue;
+        }
+        let ip = match pod_ip(p) {
+            Some(ip) => {
+                if !node.pod_cidr.contains(&ip) || taken.contains(&ip) {
+                    bail!(
+                        "pod {key}: status.podIP {ip} is not a free address of {node_name}'s pod CIDR {}",
+                        node.pod_cidr
+                    );
+                }
+                ip
+            }
+            None => node
+                .pod_cidr
+                .hosts()
+                .skip(9)
+                .find(|ip| !taken.contains(ip))
+                .with_context(|| format!("pod {key}: no free address left in {}", node.pod_cidr))?,
+        };
+        taken.insert(ip);
+        let status = p.status.get_or_insert_with(Default::default);
+        status.pod_ip = Some(ip.to_string());
+        status.pod_ips = Some(vec![corev1::PodIP { ip: ip.to_string() }]);
+        new.push(key);
+    }
+    for d in &objs.nodes {
+        let n = d.object.metadata.name.clone().unwrap_or_default();
+        if !st.nodes.contains_key(&n) {
+            bail!(
+                "Node/{n}: the lab's nodes are fixed when it comes up (use `lab up --nodes N`); only their labels may change"
+            );
+        }
+    }
+    Ok(new)
+}
+
+/// Routes on the router for egress IPs outside the node network, so that it reaches them by
+/// ARP on the node network like an upstream router with those addresses on-link.
+fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
+    let (objs, _) = Store::open(st.store())?.load();
+    let node_net: ipnet::Ipv4Net = egret_netns::NODE_NET.parse()?;
+    let v = objs.validate();
+    let mut want = BTreeSet::new();
+    for pool in v.pools.values() {
+        for r in &pool.ranges {
+            for c in r.to_cidrs() {
+                if let ipnet::IpNet::V4(c4) = c
+                    && !node_net.contains(&c4)
+                {
+                    want.insert(c.to_string());
+                }
+            }
+        }
+    }
+    for e in v.egresses.values() {
+        if let Some(IpAddr::V4(ip)) = e.static_ip
+            && !node_net.contains(&ip)
+        {
+            want.insert(format!("{ip}/32"));
+        }
+    }
+    let router = Netns::attach(&st.router)?;
+    for r in want.difference(&st.router_routes) {
+        router.ip(&["route", "replace", r, "dev", "br0"])?;
+    }
+    for r in st.router_routes.difference(&want) {
+        let _ = router.ip(&["route", "del", r, "dev", "br0"]);
+    }
+    st.router_routes = want;
+    Ok(())
+}
+
+/// Waits until every running agent has programmed the store as of `stamp`; returns the
+/// latency of each node.
+fn wait_programmed(st: &LabState, stamp: u64, limit: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
+    let want: BTreeSet<&String> = st.nodes.keys().filter(|n| !st.killed.contains(*n)).collect();
+    let mut lat = BTreeMap::new();
+    wait_until(limit, || {
+        for (node, r) in reports(st) {
+            if want.contains(&node) && r.programmed_applied_at_ms >= stamp && !lat.contains_key(&node) {
+                lat.insert(node, r.programmed_at_ms.saturating_sub(stamp));
+            }
+        }
+        Ok(lat.len() == want.len())
+    })
+    .with_context(|| {
+        let missing: Vec<&&String> = want.iter().filter(|n| !lat.contains_key(**n)).collect();
+        format!("nodes {missing:?} did not program the change within {} s", limit.as_secs())
+    })?;
+    Ok(lat)
+}
+
+fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    let (mut objs, errs) = read_paths(files);
+    if !errs.is_empty() {
+        for e in &errs {
+            eprintln!("{e}");
+        }
+        eprintln!("error: rejected, nothing applied");
+        return Ok(ExitCode::from(1));
+    }
+    let new_pods = prepare_pods(&st, &mut objs)?;
+    let applied_objs = objs.clone();
+    let store = Store::open(st.store())?;
+    let applied = match store.apply(objs) {
+        Ok(a) => a,
+        Err(StoreError::Invalid(problems)) => {
+            for p in &problems {
+                let file = applied_objs
+                    .origin_by_name(&p.kind, &p.name)
+                    .map(|o| o.file.display().to_string())
+                    .unwrap_or_else(|| "(lab store)".into());
+                eprintln!("{file}: {p}");
+            }
+            eprintln!("error: rejected, nothing applied");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for key in &new_pods {
+        let Some(d) = applied_objs.pods.iter().find(|d| pod_key(&d.object) == *key) else { continue };
+        let ip = pod_ip(&d.object).context("pod address")?;
+        let node = st.node(d.object.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or(""))?.clone();
+        let ns = Netns::create(&pod_netns(&st.prefix, key))?;
+        plumb_pod(&Netns::attach(&node.netns)?, node.pod_cidr, &ns, ip, &format!("vp{}", st.next_veth))?;
+        let _ = ns.persist();
+        st.next_veth += 1;
+        st.pods.insert(key.clone(), LabPod { netns: pod_netns(&st.prefix, key), node: node.name.clone(), ip });
+        st.save()?;
+    }
+    sync_router_routes(&mut st)?;
+    st.save()?;
+    for (k, created) in &applied.changes {
+        outln!("{k} {}", if *created { "created" } else { "configured" });
+    }
+    if applied.changes.is_empty() {
+        outln!("unchanged");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lat = wait_programmed(&st, applied.stamp_ms, Duration::from_secs(15))?;
+    let slowest = lat.values().max().copied().unwrap_or(0);
+    outln!("programmed on {} nodes within {slowest} ms", lat.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    let (objs, errs) = read_paths(files);
+    if let Some(e) = errs.first() {
+        bail!("{e}");
+    }
+    let store = Store::open(st.store())?;
+    let gone = store.delete(&objs)?;
+    for k in &gone {
+        if k.kind == "Pod" {
+            let key = format!("{}/{}", k.namespace.as_deref().unwrap_or("default"), k.name);
+            if let Some(p) = st.pods.remove(&key) {
+                Netns::attach(&p.netns)?.delete()?;
+            }
+        }
+        outln!("{k} deleted");
+    }
+    sync_router_routes(&mut st)?;
+    st.save()?;
+    if gone.is_empty() {
+        eprintln!("nothing to delete");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exec(name: &str, pod: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
+    let st = LabState::load(name)?;
+    let p = st.pod(pod)?;
+    let status =
+        Command::new("ip").args(["netns", "exec", &p.netns]).args(cmd).status().context("running ip netns exec")?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
+    let host = match to {
+        "db-a" => egret_netns::DB_A.to_string(),
+        "bad-host" => egret_netns::BAD_HOST.to_string(),
+        other => other.to_string(),
+    };
+    let with_port = if host.parse::<IpAddr>().is_ok() { format!("{host}:{}", egret_netns::WHOAMI_PORT) } else { host };
+    with_port.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {to:?}"))
+}
+
+fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let st = LabState::load(name)?;
+    let p = st.pod(pod)?;
+    let addr = resolve(to)?;
+    match WhoamiConn::open(&Netns::attach(&p.netns)?, addr, timeout) {
+        Ok(c) => {
+            outln!("{}", c.seen);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{pod} -> {addr}: no answer: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn kill_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    let n = st.node(node)?.clone();
+    if let Some(&pid) = st.agents.get(node)
+        && alive(pid)
+    {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    // Pulling the cable: the router's port goes down, so the node loses carrier.
+    Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "down"])?;
+    st.killed.insert(node.to_string());
+    st.save()?;
+    outln!("{node}: agent killed, link down");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    let n = st.node(node)?.clone();
+    Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "up"])?;
+    if !st.agents.get(node).is_some_and(|&pid| alive(pid)) {
+        let pid = start_agent(&st, &n)?;
+        st.agents.insert(node.to_string(), pid);
+    }
+    st.killed.remove(node);
+    st.save()?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(reports(&st).iter().any(|(nm, r)| nm == node && r.ready && r.pid == st.agents[node]))
+    })
+    .with_context(|| format!("agent of {node} did not become ready"))?;
+    outln!("{node}: link up, agent running");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn bench_latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let st = LabState::load(name)?;
+    let dir = tempfile_dir()?;
+    let file = dir.join("bench-egress.yaml");
+    let mut all = Vec::new();
+    for i in 0..trials {
+        // Alternate the destination so every apply is a real change for every node.
+        let dest = if i % 2 == 0 { "192.0.2.0/24" } else { "192.0.2.0/25" };
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {{name: bench-latency}}\nspec:\n  appliedTo: {{podSelector: {{}}}}\n  egressIP: {}\n  destinationCIDRs: [{dest}]\n",
+                egret_netns::node_ip(1)
+            ),
+        )?;
+        let (objs, errs) = read_paths(std::slice::from_ref(&file));
+        if let Some(e) = errs.first() {
+            bail!("{e}");
+        }
+        let applied = Store::open(st.store())?.apply(objs)?;
+        let lat = wait_programmed(&st, applied.stamp_ms, Duration::from_secs(15))?;
+        all.extend(lat.values().copied());
+    }
+    let (objs, _) = read_paths(std::slice::from_ref(&file));
+    Store::open(st.store())?.delete(&objs)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    all.sort_unstable();
+    outln!(
+        "store change -> datapath programmed, {} changes x {} nodes = {} samples: p50 {} ms, p99 {} ms, max {} ms",
+        trials,
+        st.nodes.len() - st.killed.len(),
+        all.len(),
+        percentile(&all, 50.0),
+        percentile(&all, 99.0),
+        all.last().copied().unwrap_or(0)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("egret-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn serve_whoami(port: u16) -> anyhow::Result<ExitCode> {
+    let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
+    l.set_nonblocking(true)?;
+    let _w = egret_netns::Whoami::from_listener(l);
+    tracing::info!(port, "whoami serving");
+    loop {
+        std::thread::park();
+    }
+}
