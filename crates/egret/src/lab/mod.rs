@@ -91,6 +91,11 @@ pub enum LabCmd {
         /// Node name.
         node: String,
     },
+    /// Restart the controller or a node's agent (the datapath stays as it is meanwhile).
+    Restart {
+        /// `controller` or a node name.
+        target: String,
+    },
     /// Measurements in the lab.
     Bench {
         #[command(subcommand)]
@@ -132,6 +137,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Whoami { pod, to, timeout_ms } => whoami(name, &pod, &to, Duration::from_millis(timeout_ms)),
         LabCmd::KillNode { node } => kill_node(name, &node),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
+        LabCmd::Restart { target } => restart(name, &target),
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
     }
@@ -766,6 +772,38 @@ fn restore_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
     })
     .with_context(|| format!("agent of {node} did not become ready"))?;
     outln!("{node}: link up, agent running");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restart(name: &str, target: &str) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    if target == "controller" {
+        if let Some(pid) = st.controller_pid {
+            stop(pid, Duration::from_secs(5));
+        }
+        st.controller_pid =
+            Some(spawn_egret(None, &["controller", "--store", &st.store().to_string_lossy()], &st.log("controller"))?);
+        st.save()?;
+        outln!("controller restarted");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let n = st.node(target)?.clone();
+    if st.killed.contains(target) {
+        bail!("{target} is killed; use `egret lab restore-node {target}`");
+    }
+    if let Some(&pid) = st.agents.get(target) {
+        stop(pid, Duration::from_secs(5));
+    }
+    let pid = start_agent(&st, &n)?;
+    st.agents.insert(target.to_string(), pid);
+    st.save()?;
+    wait_until(Duration::from_secs(30), || {
+        Ok(reports(&st).iter().any(|(nm, r)| nm == target && r.ready && r.pid == pid))
+    })
+    .with_context(|| format!("agent of {target} did not become ready"))?;
+    outln!("{target}: agent restarted");
     Ok(ExitCode::SUCCESS)
 }
 

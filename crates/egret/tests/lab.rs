@@ -1,0 +1,276 @@
+//! End-to-end tests through the lab: real controller and agents in network namespaces, real
+//! TCP connections from pods to the outside whoami servers. They need root, `ip` and `nft`, and
+//! print why they skip otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn egret(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_egret")).args(args).current_dir(root()).output().expect("run egret")
+}
+
+/// A lab brought up for one test and brought down when dropped, even on panic.
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn up(test: &str) -> Option<Lab> {
+        if let Some(why) = egret_netns::skip_reason(&["ip", "nft"]) {
+            eprintln!("skipping {test}: {why}");
+            return None;
+        }
+        let name = format!("t{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
+        let lab = Lab { name };
+        let o = lab.run(&["lab", "up"]);
+        assert!(
+            o.status.success(),
+            "lab up: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(lab)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--name", &self.name]);
+        egret(&a)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "egret {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn apply(&self, file: &str) -> String {
+        self.ok(&["lab", "apply", "-f", file])
+    }
+
+    /// The source address db-a (or `to`) sees from `pod`, on the first attempt.
+    fn whoami(&self, pod: &str, to: &str) -> String {
+        let o = self.run(&["lab", "whoami", pod, "--to", to]);
+        if o.status.success() { String::from_utf8_lossy(&o.stdout).trim().to_string() } else { "no answer".into() }
+    }
+
+    fn store(&self) -> String {
+        format!("/run/egret/labs/{}/store", self.name)
+    }
+
+    fn get_egress(&self) -> serde_json::Value {
+        let o = egret(&["get", "egress", "--store", &self.store(), "-o", "json"]);
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn egress(&self, name: &str) -> serde_json::Value {
+        self.get_egress()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls until `check` holds for the named Egress (the controller writes status shortly
+    /// after the agents report).
+    fn wait_egress(&self, name: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = self.egress(name);
+            if check(&e) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "Egress {name} never satisfied the check: {e:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pod_netns(&self, pod: &str) -> egret_netns::Netns {
+        egret_netns::Netns::attach(&format!("egret-lab-{}-p-{}", self.name, pod.replace('/', "-"))).unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let o = self.run(&["lab", "down"]);
+        if !o.status.success() {
+            eprintln!("lab down {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+fn condition<'a>(e: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    e["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn seed_002_ha_example() {
+    let Some(lab) = Lab::up("seed_002_ha_example") else { return };
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.101", "before any Egress: the node IP");
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("prod/web-2", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.12");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    for name in ["egress-prod-web", "egress-staging-web"] {
+        let e = lab.wait_egress(name, |e| e["status"]["egressNode"].is_string());
+        assert_eq!(condition(&e, "IPAssigned")["status"], "True");
+    }
+    let table = lab.ok(&["get", "egress", "--store", &lab.store()]);
+    assert!(table.contains("egress-prod-web      10.10.0.11   node-"), "{table}");
+}
+
+#[test]
+fn seed_002_static_example() {
+    let Some(lab) = Lab::up("seed_002_static_example") else { return };
+    lab.apply("examples/seed-002-static/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.104");
+    assert_eq!(lab.whoami("prod/payment-1", "db-a"), "10.10.0.104");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.105");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    let e = lab.wait_egress("egress-prod", |e| e["status"]["egressNode"] == "node-4");
+    assert_eq!(e["status"]["egressIP"], "10.10.0.104");
+    lab.wait_egress("egress-staging", |e| e["status"]["egressNode"] == "node-5");
+}
+
+#[test]
+fn seed_004_cilium_and_seed_000_unchanged() {
+    let Some(lab) = Lab::up("seed_004_cilium_and_seed_000") else { return };
+    lab.apply("examples/seed-004-cilium/policy.yaml");
+    assert_eq!(lab.whoami("default/mediabot-1", "db-a"), "10.168.60.100");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    lab.wait_egress("egress-sample", |e| e["status"]["egressNode"] == "node-2");
+    lab.ok(&["lab", "delete", "-f", "examples/seed-004-cilium/policy.yaml"]);
+    assert_eq!(lab.whoami("default/mediabot-1", "db-a"), "10.10.0.101");
+
+    lab.apply("examples/seed-000-web-to-db/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "198.51.100.100");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "198.51.100.100");
+    // Only database A is steered; other destinations keep the node IP.
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "10.10.0.101");
+    assert_eq!(lab.whoami("default/malicious-1", "db-a"), "10.10.0.103");
+}
+
+#[test]
+fn live_changes() {
+    let Some(lab) = Lab::up("live_changes") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+
+    // Editing appliedTo: now app=payment instead of app=web.
+    let payment = std::fs::read_to_string(root().join("examples/seed-002-ha/egress.yaml")).unwrap().replacen(
+        "app: web",
+        "app: payment",
+        1,
+    );
+    lab.apply(&write(dir.path(), "payment.yaml", &payment));
+    assert_eq!(lab.whoami("prod/payment-1", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.101");
+
+    // Changing egressIP (inside the pool).
+    let moved = payment.replacen(
+        "  externalIPPool: external-ip-pool",
+        "  externalIPPool: external-ip-pool\n  egressIP: 10.10.0.15",
+        1,
+    );
+    lab.apply(&write(dir.path(), "moved.yaml", &moved));
+    assert_eq!(lab.whoami("prod/payment-1", "db-a"), "10.10.0.15");
+    lab.wait_egress("egress-prod-web", |e| e["status"]["egressIP"] == "10.10.0.15");
+
+    // A pod created after the Egress uses the egress IP on its very first connection.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {namespace: prod, name: payment-2, labels: {app: payment}}\nspec: {nodeName: node-5, containers: [{name: main, image: x}]}\n";
+    lab.apply(&write(dir.path(), "pod.yaml", pod));
+    assert_eq!(lab.whoami("prod/payment-2", "db-a"), "10.10.0.15");
+
+    // Deleting the Egress: back to the node IP.
+    lab.ok(&["lab", "delete", "-f", &write(dir.path(), "moved2.yaml", &moved)]);
+    assert_eq!(lab.whoami("prod/payment-1", "db-a"), "10.10.0.103");
+    assert_eq!(lab.whoami("prod/payment-2", "db-a"), "10.10.0.105");
+
+    // A pool with no eligible node: IPAssigned=False with a reason, and traffic fails closed.
+    let nowhere = "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: nowhere}\nspec:\n  ipRanges: [{start: 10.10.0.30, end: 10.10.0.31}]\n  nodeSelector: {matchLabels: {network-role: nowhere}}\n---\napiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: stranded}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: client}}}\n  externalIPPool: nowhere\n";
+    lab.apply(&write(dir.path(), "nowhere.yaml", nowhere));
+    let e = lab.wait_egress("stranded", |e| condition(e, "IPAssigned")["reason"] == "NoEligibleNode");
+    assert_eq!(condition(&e, "IPAssigned")["status"], "False");
+    assert_eq!(e["status"]["egressIP"], "10.10.0.30");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "no answer", "fail closed: no node-IP leak");
+}
+
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    let Some(lab) = Lab::up("bad_input") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: egress-prod-web}\nspec:\n  appliedTo: {podSelector: {matchExpressions: [{key: app, operator: Equals, values: [web]}]}}\n  externalIPPool: external-ip-pool\n";
+    let o = lab.run(&["lab", "apply", "-f", &write(dir.path(), "bad.yaml", bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Egress/egress-prod-web: spec.appliedTo.podSelector.matchExpressions[0].operator"), "{err}");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11", "the running state is untouched");
+    let e = lab.egress("egress-prod-web");
+    assert_eq!(e["spec"]["appliedTo"]["podSelector"]["matchLabels"]["app"], "web");
+}
+
+#[test]
+fn restarts_keep_allocations_and_connections() {
+    let Some(lab) = Lab::up("restarts") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let before = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
+    let gateway = before["status"]["egressNode"].as_str().unwrap().to_string();
+    let mut conn = egret_netns::WhoamiConn::open(
+        &lab.pod_netns("prod/web-2"),
+        "203.0.113.5:8080".parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(conn.seen.to_string(), "10.10.0.11");
+    lab.ok(&["lab", "restart", "controller"]);
+    lab.ok(&["lab", "restart", "node-2"]);
+    lab.ok(&["lab", "restart", &gateway]);
+    conn.echo("still there after restarts").unwrap();
+    let after = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
+    assert_eq!(after["status"]["egressIP"], before["status"]["egressIP"]);
+    assert_eq!(lab.egress("egress-staging-web")["status"]["egressIP"], "10.10.0.12");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+}
+
+#[test]
+fn second_up_is_an_error_and_down_cleans_everything() {
+    let Some(lab) = Lab::up("second_up") else { return };
+    let o = lab.run(&["lab", "up"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already up"));
+    let status = lab.ok(&["lab", "status"]);
+    assert!(status.contains("node-6") && status.contains("controller: running"), "{status}");
+    lab.ok(&["lab", "down"]);
+    let left =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    assert!(!left.contains(&format!("egret-lab-{}-", lab.name)), "{left}");
+    assert!(!Path::new(&format!("/run/egret/labs/{}", lab.name)).exists());
+}
