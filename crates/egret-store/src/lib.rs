@@ -10,6 +10,6 @@ mod store;
 mod watch;
 
 pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};
-pub use report::{APPLIED_AT, AgentReport, now_ms};
-pub use store::{Applied, HasMeta, Key, Store, StoreError, StoreLock, newest_applied_at, write_atomic};
+pub use report::{AgentReport, now_ms};
+pub use store::{Applied, HasMeta, Key, Store, StoreError, StoreLock, write_atomic};
 pub use watch::{StoreWatcher, WatchError, watch};

@@ -4,11 +4,6 @@
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
-/// Annotation that `apply` puts on every object it writes: the apply time in Unix
-/// milliseconds. Agents report the newest one they have programmed, which is how the
-/// store-change-to-datapath latency is measured.
-pub const APPLIED_AT: &str = "egret.dev/applied-at";
-
 /// One agent's report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -23,8 +18,9 @@ pub struct AgentReport {
     pub ready: bool,
     /// Egress IPs this node hosts now.
     pub hosted: Vec<IpAddr>,
-    /// The newest `egret.dev/applied-at` among the objects of the last programmed store state.
-    pub programmed_applied_at_ms: u64,
+    /// The store stamp ([`crate::Store::stamp`]) of the last state fully programmed; how the
+    /// store-change-to-datapath latency is measured.
+    pub programmed_stamp_ms: u64,
     /// Unix milliseconds when that state was programmed.
     pub programmed_at_ms: u64,
     /// The last error, if the last sync failed.

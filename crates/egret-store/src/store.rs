@@ -62,7 +62,7 @@ pub struct StoreLock {
 pub struct Applied {
     /// Each object written, and whether it was created (`false`: updated).
     pub changes: Vec<(Key, bool)>,
-    /// The `egret.dev/applied-at` stamp put on the written objects (Unix milliseconds).
+    /// The store's change stamp after the apply (see [`Store::stamp`]).
     pub stamp_ms: u64,
 }
 
@@ -144,6 +144,15 @@ impl Store {
         self.load_unlocked()
     }
 
+    /// Like [`Store::load`], with the stamp of the state read (taken under the same lock).
+    pub fn load_stamped(&self) -> (Objects, Vec<LoadError>, u64) {
+        let path = self.dir.join(".lock");
+        let guard = File::options().create(true).truncate(false).write(true).open(&path);
+        let _locked = guard.as_ref().map(|f| f.lock_shared());
+        let (o, e) = self.load_unlocked();
+        (o, e, self.stamp())
+    }
+
     fn load_unlocked(&self) -> (Objects, Vec<LoadError>) {
         read_paths(std::slice::from_ref(&self.dir))
     }
@@ -168,9 +177,7 @@ impl Store {
     /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
     /// keeping the stored status and creation time. The whole change is validated together
     /// with what the store holds; if it adds any problem, nothing is written.
-    pub fn apply(&self, mut new: Objects) -> Result<Applied, StoreError> {
-        let stamp_ms = crate::report::now_ms();
-        stamp_all(&mut new, &stamp_ms.to_string());
+    pub fn apply(&self, new: Objects) -> Result<Applied, StoreError> {
         let lock = self.lock()?;
         let (mut cur, errs) = self.load_unlocked();
         if !errs.is_empty() {
@@ -236,7 +243,22 @@ impl Store {
                 _ => put_doc(self, &lock, key, &cur.pods)?,
             }
         }
+        let stamp_ms = if changes.is_empty() { self.stamp() } else { self.bump(&lock)? };
         Ok(Applied { changes, stamp_ms })
+    }
+
+    /// The store's change stamp: Unix milliseconds of the last apply or delete that changed
+    /// something (0 for a new store). Readers report the stamp of the state they acted on, so a
+    /// writer can wait until every reader has seen its change, deletions included.
+    pub fn stamp(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join(".stamp")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Sets a new stamp, strictly greater than the previous one (under the lock).
+    fn bump(&self, _lock: &StoreLock) -> Result<u64, StoreError> {
+        let stamp = crate::report::now_ms().max(self.stamp() + 1);
+        write_atomic(&self.dir.join(".stamp"), stamp.to_string().as_bytes())?;
+        Ok(stamp)
     }
 
     /// Deletes the objects named in `objs` (their specs are ignored); returns those that existed.
@@ -255,6 +277,9 @@ impl Store {
             if self.remove(&lock, &k)? {
                 gone.push(k);
             }
+        }
+        if !gone.is_empty() {
+            self.bump(&lock)?;
         }
         Ok(gone)
     }
@@ -327,34 +352,6 @@ impl Store {
     }
 }
 
-fn stamp_all(o: &mut Objects, at: &str) {
-    fn stamp<T: HasMeta>(docs: &mut [crate::read::Document<T>], v: &str) {
-        for d in docs {
-            d.object
-                .meta_mut()
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(crate::report::APPLIED_AT.into(), v.into());
-        }
-    }
-    stamp(&mut o.pools, at);
-    stamp(&mut o.egresses, at);
-    stamp(&mut o.nodes, at);
-    stamp(&mut o.namespaces, at);
-    stamp(&mut o.pods, at);
-}
-
-/// The newest `egret.dev/applied-at` among the objects.
-pub fn newest_applied_at(o: &Objects) -> u64 {
-    fn newest<T: HasMeta>(docs: &[crate::read::Document<T>]) -> u64 {
-        docs.iter()
-            .filter_map(|d| d.object.meta().annotations.as_ref()?.get(crate::report::APPLIED_AT)?.parse().ok())
-            .max()
-            .unwrap_or(0)
-    }
-    newest(&o.pools).max(newest(&o.egresses)).max(newest(&o.nodes)).max(newest(&o.namespaces)).max(newest(&o.pods))
-}
-
 fn keep_created<T: HasMeta>(o: &T, n: &mut T) {
     n.meta_mut().creation_timestamp = o.meta().creation_timestamp.clone();
 }
@@ -384,17 +381,7 @@ fn merge<T, K, F>(
         match cur.iter_mut().find(|c| key(&c.object) == k) {
             Some(existing) => {
                 keep(&existing.object, &mut d.object);
-                // The apply stamp alone is no change: compare with the old stamp in place.
-                let mut same = d.object.clone();
-                if let (Some(a), Some(old)) =
-                    (same.meta_mut().annotations.as_mut(), existing.object.meta().annotations.as_ref())
-                {
-                    match old.get(crate::report::APPLIED_AT) {
-                        Some(v) => a.insert(crate::report::APPLIED_AT.into(), v.clone()),
-                        None => a.remove(crate::report::APPLIED_AT),
-                    };
-                }
-                if existing.object != same {
+                if existing.object != d.object {
                     existing.object = d.object;
                     changes.push((k, false));
                 }

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use egret_core::ipam::allocate;
 use egret_core::planner::{ClusterConfig, Inputs, NodePlan, plan};
 use egret_datapath::{Config, Datapath};
-use egret_store::{AgentReport, Store, newest_applied_at, now_ms};
+use egret_store::{AgentReport, Store, now_ms};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +79,7 @@ struct Health {
 
 /// This node's plan from the store, and the newest apply stamp it reflects.
 fn compute(store: &Store, node: &str, args: &AgentArgs) -> anyhow::Result<(NodePlan, u64)> {
-    let (objs, errs) = store.load();
+    let (objs, errs, stamp) = store.load_stamped();
     if let Some(e) = errs.first() {
         bail!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
     }
@@ -101,7 +101,7 @@ fn compute(store: &Store, node: &str, args: &AgentArgs) -> anyhow::Result<(NodeP
         config: &config,
     });
     let np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
-    Ok((np, newest_applied_at(&objs)))
+    Ok((np, stamp))
 }
 
 fn control_loop(
@@ -141,8 +141,8 @@ fn control_loop(
                     }
                 }
                 // Record when this store state was first fully programmed, and tell at once.
-                if report.ready && applied_at != report.programmed_applied_at_ms {
-                    report.programmed_applied_at_ms = applied_at;
+                if report.ready && applied_at != report.programmed_stamp_ms {
+                    report.programmed_stamp_ms = applied_at;
                     report.programmed_at_ms = now_ms();
                     last_heartbeat = 0;
                 }

@@ -607,7 +607,7 @@ fn wait_programmed(st: &LabState, stamp: u64, limit: Duration) -> anyhow::Result
     let mut lat = BTreeMap::new();
     wait_until(limit, || {
         for (node, r) in reports(st) {
-            if want.contains(&node) && r.programmed_applied_at_ms >= stamp && !lat.contains_key(&node) {
+            if want.contains(&node) && r.programmed_stamp_ms >= stamp && !lat.contains_key(&node) {
                 lat.insert(node, r.programmed_at_ms.saturating_sub(stamp));
             }
         }
@@ -699,7 +699,10 @@ fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     st.save()?;
     if gone.is_empty() {
         eprintln!("nothing to delete");
+        return Ok(ExitCode::SUCCESS);
     }
+    let lat = wait_programmed(&st, store.stamp(), Duration::from_secs(15))?;
+    outln!("programmed on {} nodes within {} ms", lat.len(), lat.values().max().copied().unwrap_or(0));
     Ok(ExitCode::SUCCESS)
 }
 
