@@ -160,12 +160,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
         }
         peer_ids.insert(p.id);
         let m = cfg.mark(p.id);
+        // The conntrack mark remembers the decision, so the flow's later packets skip the
+        // steering lookups (see the prerouting chain).
         t.chains.insert(
             tunnel_chain(p.id),
             Chain {
                 hook: None,
-                rules: vec![rule(vec![json!({"mangle": {"key": meta("mark"),
-                    "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}})])],
+                rules: vec![rule(vec![
+                    json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}}),
+                    json!({"mangle": {"key": ct("mark"), "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}}),
+                ])],
             },
         );
         t.chains.insert(
@@ -287,7 +291,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             rules: vec![
                 // Gateway, reply direction of a flow that came through the tunnel: mark it so
                 // policy routing sends it back through the tunnel to the node it came from.
+                // (Replies arriving through the tunnel belong to flows this node steered out:
+                // they go to the local pod.)
                 rule(vec![
+                    matches("!=", meta("iifname"), json!(vx)),
                     matches("==", ct("direction"), json!("reply")),
                     matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
@@ -299,10 +306,27 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                     matches("in", ct("state"), json!("new")),
                     json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
                 ]),
+                // Pod's node, later packets of a flow already steered into the tunnel: the
+                // conntrack mark holds the gateway; count and go, skipping the cluster and
+                // steering lookups (the per-packet cost that matters for throughput).
+                rule(vec![
+                    matches("!=", meta("iifname"), json!(vx)),
+                    matches("==", ct("direction"), json!("original")),
+                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
+                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
+                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
+                ]),
+                // From the tunnel: steered traffic to count here at the gateway, or replies to
+                // a local pod; either way nothing to steer, and no cluster lookup needed.
+                rule(vec![
+                    matches("==", meta("iifname"), json!(vx)),
+                    matches("==", ct("direction"), json!("original")),
+                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
+                    json!({"return": null}),
+                ]),
+                rule(vec![matches("==", meta("iifname"), json!(vx)), json!({"return": null})]),
                 rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
-                // Counted at the gateway; other nodes' pods are never steered here.
-                rule(vec![matches("==", meta("iifname"), json!(vx)), json!({"return": null})]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
             ],
         },
