@@ -6,6 +6,7 @@
 //! host's own network namespace. `down` removes every namespace, process and file `up` made,
 //! also after a crash (it finds the namespaces by their prefix).
 
+mod bench;
 mod state;
 
 use crate::table;
@@ -113,6 +114,15 @@ pub enum LabCmd {
 /// Lab benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
+    /// Gap in a pod's traffic when its gateway node loses power.
+    Failover {
+        /// Number of trials.
+        #[arg(long, default_value = "20")]
+        trials: usize,
+        /// The Egress whose gateway is killed.
+        #[arg(long, default_value = "egress-prod-web")]
+        egress: String,
+    },
     /// Store change -> datapath programmed on every node.
     Latency {
         /// Number of changes.
@@ -139,11 +149,12 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::RestoreNode { node } => restore_node(name, &node),
         LabCmd::Restart { target } => restart(name, &target),
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
+        LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
     }
 }
 
-fn need_root() -> anyhow::Result<()> {
+pub(crate) fn need_root() -> anyhow::Result<()> {
     if let Some(why) = egret_netns::skip_reason(&["ip", "nft"]) {
         bail!("the lab needs root and the `ip` and `nft` commands: {why} (install iproute2 and nftables, run as root)");
     }
@@ -389,7 +400,7 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reports(st: &LabState) -> Vec<(String, AgentReport)> {
+pub(crate) fn reports(st: &LabState) -> Vec<(String, AgentReport)> {
     Store::open(st.store()).map(|s| s.read_reports()).unwrap_or_default()
 }
 
@@ -740,20 +751,40 @@ fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<
     }
 }
 
-fn kill_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
-    need_root()?;
-    let _lock = lock(name)?;
-    let mut st = LabState::load(name)?;
+/// Power loss on `node`: its agent is killed and the router's port to it goes down (the node
+/// loses carrier, as with a pulled cable).
+fn power_off(st: &mut LabState, node: &str) -> anyhow::Result<()> {
     let n = st.node(node)?.clone();
     if let Some(&pid) = st.agents.get(node)
         && alive(pid)
     {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    // Pulling the cable: the router's port goes down, so the node loses carrier.
     Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "down"])?;
     st.killed.insert(node.to_string());
+    st.save()
+}
+
+/// Brings `node` back: link up, agent restarted, waits until it is ready.
+fn power_on(st: &mut LabState, node: &str) -> anyhow::Result<()> {
+    let n = st.node(node)?.clone();
+    Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "up"])?;
+    if !st.agents.get(node).is_some_and(|&pid| alive(pid)) {
+        let pid = start_agent(st, &n)?;
+        st.agents.insert(node.to_string(), pid);
+    }
+    st.killed.remove(node);
     st.save()?;
+    let pid = st.agents.get(node).copied().unwrap_or(0);
+    wait_until(Duration::from_secs(30), || Ok(reports(st).iter().any(|(nm, r)| nm == node && r.ready && r.pid == pid)))
+        .with_context(|| format!("agent of {node} did not become ready"))
+}
+
+fn kill_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
+    need_root()?;
+    let _lock = lock(name)?;
+    let mut st = LabState::load(name)?;
+    power_off(&mut st, node)?;
     outln!("{node}: agent killed, link down");
     Ok(ExitCode::SUCCESS)
 }
@@ -762,18 +793,7 @@ fn restore_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
     need_root()?;
     let _lock = lock(name)?;
     let mut st = LabState::load(name)?;
-    let n = st.node(node)?.clone();
-    Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "up"])?;
-    if !st.agents.get(node).is_some_and(|&pid| alive(pid)) {
-        let pid = start_agent(&st, &n)?;
-        st.agents.insert(node.to_string(), pid);
-    }
-    st.killed.remove(node);
-    st.save()?;
-    wait_until(Duration::from_secs(30), || {
-        Ok(reports(&st).iter().any(|(nm, r)| nm == node && r.ready && r.pid == st.agents[node]))
-    })
-    .with_context(|| format!("agent of {node} did not become ready"))?;
+    power_on(&mut st, node)?;
     outln!("{node}: link up, agent running");
     Ok(ExitCode::SUCCESS)
 }
@@ -810,7 +830,7 @@ fn restart(name: &str, target: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
