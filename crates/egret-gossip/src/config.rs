@@ -21,20 +21,34 @@ use std::time::Duration;
 ///
 /// So every observer sees it Dead by its own probing within `2M * probe_period + suspect_to_down`
 /// ([`Tuning::detection_bound`]), plus timer lateness in a real runtime. With the defaults and
-/// six nodes (M = 5): 10 * 100 ms + 200 ms = **1.2 s worst case**. That bound needs the dead member
-/// to land at opposite ends of two consecutive passes of *every* observer; in practice the first
-/// of the five observers probes it within about one period, declares it Down after
-/// `probe_period + suspect_to_down`, and periodic gossip (every `gossip_interval`, to
-/// `gossip_fanout` members) spreads the verdict within one or two gossip rounds. The
-/// deterministic simulation measures this (see `tests/sim.rs`): on six members with the defaults,
-/// the time until *all* survivors see the member Dead is about 0.4 s at the median and 0.6-0.7 s
-/// at p99 (the exact figures are printed by `detection_time_distribution`).
+/// six nodes (M = 5): 10 * 80 ms + 160 ms = **960 ms worst case**, inside the one-second failover
+/// budget even in the worst case. That worst case needs the dead member to land at opposite ends
+/// of two consecutive passes of *every* observer; usually the first of the five observers probes
+/// it within about one period, declares it Down after `probe_period + suspect_to_down`, and
+/// periodic gossip (every `gossip_interval`, to `gossip_fanout` members) spreads the verdict in
+/// one or two gossip rounds.
+///
+/// Measured in the deterministic simulation (`tests/sim.rs`, 300 trials, six members, 1-2 ms
+/// one-way latency, random victim and kill phase; time until *all* survivors see it Dead):
+///
+/// | probe_period / probe_rtt / suspect_to_down | p50 | p90 | p99 | max | bound |
+/// |---|---|---|---|---|---|
+/// | 100 / 40 / 200 ms | 386 ms | 505 ms | 671 ms | 797 ms | 1200 ms |
+/// | 100 / 40 / 150 ms | 362 ms | 479 ms | 642 ms | 748 ms | 1150 ms |
+/// | **80 / 30 / 160 ms (default)** | **325 ms** | **430 ms** | **549 ms** | **639 ms** | **960 ms** |
+/// | 60 / 25 / 150 ms | 284 ms | 356 ms | 452 ms | 487 ms | 750 ms |
+/// | 50 / 20 / 150 ms | 252 ms | 316 ms | 380 ms | 422 ms | 650 ms |
+///
+/// (`cargo test -p egret-gossip --release --test sim tuning_sweep -- --ignored --nocapture`.)
+/// These are protocol times with punctual timers; on a real host add scheduling delay. The
+/// default leaves the agent roughly 400 ms of the budget at p99 for programming the datapath
+/// and announcing the IP, while tolerating a stall of about a quarter second (below).
 ///
 /// # What the short timers cost
 ///
 /// A member is falsely declared Down when it cannot answer any probe for a whole
 /// `probe_period` and then cannot refute the suspicion within `suspect_to_down`: a process that
-/// stalls for roughly 300 ms (CPU starvation, a stopped process) is declared Down. It notices
+/// stalls for roughly 250 ms (CPU starvation, a stopped process) is declared Down. It notices
 /// (foca tells a down member so), renews its identity and is Alive again one round trip later,
 /// but the agent will have moved its egress IPs meanwhile. Raise `suspect_to_down` on busy or
 /// lossy networks.
@@ -77,16 +91,17 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            // 100 ms: one probe per member and period is a few dozen small datagrams per second in
-            // a six-node cluster, and it keeps the detection tail short (see above).
-            probe_period: Duration::from_millis(100),
-            // A LAN round trip is well under a millisecond; 40 ms absorbs a busy scheduler and
-            // leaves 60 ms for the indirect ping-req round trip.
-            probe_rtt: Duration::from_millis(40),
+            // 80 ms: the longest period whose worst case (960 ms for six nodes) still fits the
+            // one-second budget; a probe per member and period is a few dozen small datagrams
+            // per second in a six-node cluster.
+            probe_period: Duration::from_millis(80),
+            // A LAN round trip is well under a millisecond; 30 ms absorbs a busy scheduler and
+            // leaves 50 ms for the indirect ping-req round trip.
+            probe_rtt: Duration::from_millis(30),
             num_indirect_probes: 3,
             // Two probe periods to refute: enough for the suspect to hear about it through
             // gossip (every 50 ms) and answer, short enough to stay inside the failover budget.
-            suspect_to_down: Duration::from_millis(200),
+            suspect_to_down: Duration::from_millis(160),
             max_transmissions: 6,
             gossip_interval: Duration::from_millis(50),
             gossip_fanout: 3,
@@ -182,8 +197,8 @@ mod tests {
     fn defaults_are_valid_and_bound_is_derived() {
         let t = Tuning::default();
         t.validate().unwrap();
-        assert_eq!(t.detection_bound(6), Duration::from_millis(1200));
-        assert_eq!(t.detection_bound(2), Duration::from_millis(400));
+        assert_eq!(t.detection_bound(6), Duration::from_millis(960));
+        assert_eq!(t.detection_bound(2), Duration::from_millis(320));
         let f = t.to_foca().unwrap();
         assert_eq!(f.max_packet_size.get(), 1400 - crate::envelope::OVERHEAD);
         assert!(f.notify_down_members);
@@ -191,7 +206,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        let mut t = Tuning { probe_rtt: Duration::from_millis(100), ..Tuning::default() };
+        let mut t = Tuning { probe_rtt: Duration::from_millis(80), ..Tuning::default() };
         assert!(t.validate().unwrap_err().to_string().contains("probe_rtt"));
         t = Tuning { max_datagram: 100, ..Tuning::default() };
         assert!(t.validate().is_err());

@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(env(7).open(&d[..OVERHEAD - 1], NOW), Err(Reject::Malformed));
         assert_eq!(env(7).open(&[], NOW), Err(Reject::Malformed));
         let mut plain = vec![6u8];
-        plain.extend_from_slice(b"node-1 and then a plain foca packet");
+        plain.extend_from_slice(b"node-1 then a plain foca packet, long enough to pass the length check");
         assert_eq!(env(7).open(&plain, NOW), Err(Reject::Unencrypted));
         let big = env(7).seal(Kind::Foca, &[0u8; 1400], NOW, &mut rng).unwrap();
         assert_eq!(env(7).open(&big, NOW), Err(Reject::Malformed));
