@@ -166,10 +166,9 @@ impl Tuning {
     pub(crate) fn to_foca(&self) -> Result<foca::Config, TuningError> {
         self.validate()?;
         let nz = |n: usize| NonZeroUsize::new(n).ok_or_else(|| TuningError("zero count".into()));
-        let params =
-            |frequency: Duration, n: usize| -> Result<foca::PeriodicParams, TuningError> {
-                Ok(foca::PeriodicParams { frequency, num_members: nz(n)? })
-            };
+        let params = |frequency: Duration, n: usize| -> Result<foca::PeriodicParams, TuningError> {
+            Ok(foca::PeriodicParams { frequency, num_members: nz(n)? })
+        };
         Ok(foca::Config {
             probe_period: self.probe_period,
             probe_rtt: self.probe_rtt,

@@ -1,6 +1,7 @@
 //! Deterministic simulation of a gossip cluster: the sans-I/O cores exchange datagrams through an
 //! in-memory network with a simulated clock, controllable latency, loss and partitions. No
 //! sockets; every run with the same seed is identical.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 use egret_gossip::envelope::{Envelope, Kind};
 use egret_gossip::{
@@ -94,7 +95,10 @@ impl Sim {
 
     fn config(&self, i: usize) -> GossipConfig {
         let seeds = (0..self.nodes.len()).map(|j| Seed { name: name(j), addr: addr(j) }).collect();
-        GossipConfig { tuning: self.tuning.clone(), ..GossipConfig::new(&name(i), addr(i), seeds, GossipKey::from_bytes(KEY)) }
+        GossipConfig {
+            tuning: self.tuning.clone(),
+            ..GossipConfig::new(&name(i), addr(i), seeds, GossipKey::from_bytes(KEY))
+        }
     }
 
     /// Starts (or restarts) node `i` as a new process: a new core, a bump from the clock, and
@@ -435,9 +439,9 @@ fn views_converge_after_a_partition_heals() {
     sim.partition(&a, &b);
     let deadline = sim.now + 5_000;
     sim.run_until(deadline, |s| {
-        a.iter().all(|&x| b.iter().all(|&y| {
-            s.status(x, y) == Some(MemberStatus::Dead) && s.status(y, x) == Some(MemberStatus::Dead)
-        }))
+        a.iter().all(|&x| {
+            b.iter().all(|&y| s.status(x, y) == Some(MemberStatus::Dead) && s.status(y, x) == Some(MemberStatus::Dead))
+        })
     })
     .expect("both sides see the other side Dead");
     // Each side stays healthy internally, and changes its hosted IPs meanwhile.
@@ -455,8 +459,7 @@ fn views_converge_after_a_partition_heals() {
     let t0 = sim.now;
     let t = sim
         .run_until(t0 + 10_000, |s| {
-            s.all_see_all_alive()
-                && (0..6).all(|o| s.hosted_seen(o, 0).len() == 1 && s.hosted_seen(o, 3).len() == 2)
+            s.all_see_all_alive() && (0..6).all(|o| s.hosted_seen(o, 0).len() == 1 && s.hosted_seen(o, 3).len() == 2)
         })
         .expect("views converge");
     eprintln!("partition healed: views and hosted IPs converged after {} ms", t - t0);
@@ -504,8 +507,7 @@ fn hosted_ips_propagate_to_all_and_to_late_joiners() {
     sim.loss = 0.3;
     sim.set_hosted(0, &["10.0.0.1"]);
     let t0 = sim.now;
-    sim.run_until(t0 + 10_000, |s| (1..7).all(|o| s.hosted_seen(o, 0).len() == 1))
-        .expect("propagated despite loss");
+    sim.run_until(t0 + 10_000, |s| (1..7).all(|o| s.hosted_seen(o, 0).len() == 1)).expect("propagated despite loss");
 }
 
 /// A foca packet from an outsider, addressed to `dst`, claiming `victim` is Down.
@@ -583,8 +585,8 @@ fn forged_unencrypted_and_replayed_datagrams_are_rejected_and_cannot_kill_a_live
     assert_eq!(sim.core(1).identity().bump, victim_id.bump, "the victim never had to rejoin");
 
     let mut total = Counters::default();
-    for i in 0..6 {
-        let (now, then) = (sim.counters(i), before[i]);
+    for (i, then) in before.iter().enumerate() {
+        let now = sim.counters(i);
         total.rejected_malformed += now.rejected_malformed - then.rejected_malformed;
         total.rejected_unencrypted += now.rejected_unencrypted - then.rejected_unencrypted;
         total.rejected_auth += now.rejected_auth - then.rejected_auth;
