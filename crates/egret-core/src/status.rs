@@ -46,20 +46,37 @@ pub fn egress_statuses(
         let status = match outcomes.get(name.as_str()) {
             Some(o) => {
                 let mut conditions: Vec<EgressCondition> = o.conditions.iter().map(api_cond).collect();
-                let confirmed = match (&o.egress_node, o.egress_ip) {
+                // Agents place IPs from their own (gossip) view, which may be ahead of this
+                // one: the node is whichever live node reports holding the IP, preferring the
+                // planned one.
+                let holder = o.egress_ip.and_then(|ip| {
+                    let holds = |n: &String| hosted.get(n).is_some_and(|s| s.contains(&ip));
+                    o.egress_node.iter().find(|n| holds(n)).or_else(|| hosted.keys().find(|n| holds(n))).cloned()
+                });
+                let (confirmed, node) = match (&o.egress_node, o.egress_ip) {
                     // Static IPs outside pools are the node's own: nothing for an agent to add.
-                    (Some(_), Some(_)) if !o.from_pool => true,
-                    (Some(n), Some(ip)) => hosted.get(n).is_some_and(|s| s.contains(&ip)),
-                    _ => true,
+                    (Some(n), Some(_)) if !o.from_pool => (true, Some(n.clone())),
+                    (_, Some(_)) if holder.is_some() => (true, holder),
+                    (Some(n), Some(_)) => (false, Some(n.clone())),
+                    _ => (true, None),
                 };
-                if !confirmed && let Some(c) = conditions.iter_mut().find(|c| c.type_ == IP_ASSIGNED) {
-                    c.status = "False".into();
-                    c.reason = "Pending".into();
-                    c.message = format!("waiting for node {} to host the IP", o.egress_node.as_deref().unwrap_or(""));
+                if let Some(c) = conditions.iter_mut().find(|c| c.type_ == IP_ASSIGNED) {
+                    if !confirmed {
+                        c.status = "False".into();
+                        c.reason = "Pending".into();
+                        c.message = format!("waiting for node {} to host the IP", node.as_deref().unwrap_or(""));
+                    } else if c.status == "False" && node.is_some() {
+                        // The controller's view lags the agents': trust what the agents hold.
+                        c.status = "True".into();
+                        c.reason = "Assigned".into();
+                        c.message = format!("hosted on node {}", node.as_deref().unwrap_or(""));
+                    } else if let (Some(n), Some(ip)) = (&node, o.egress_ip) {
+                        c.message = format!("{ip} is hosted on node {n}");
+                    }
                 }
                 EgressStatus {
                     egress_ip: o.egress_ip.map(|i| i.to_string()),
-                    egress_node: if confirmed { o.egress_node.clone() } else { None },
+                    egress_node: if confirmed { node } else { None },
                     conditions: conditions.into_iter().map(|c| carry(prev, c, now)).collect(),
                 }
             }
@@ -152,6 +169,19 @@ mod tests {
         assert_eq!(allocated.last_transition_time.as_deref(), Some("t1"), "unchanged status keeps its time");
         let assigned = e2.conditions.iter().find(|c| c.type_ == IP_ASSIGNED).unwrap();
         assert_eq!((assigned.status.as_str(), assigned.last_transition_time.as_deref()), ("True", Some("t2")));
+    }
+
+    #[test]
+    fn the_node_is_whichever_live_node_holds_the_ip() {
+        let (p, problems) = setup();
+        let planned = p.egresses.iter().find(|o| o.name == "e").unwrap().egress_node.clone().unwrap();
+        let other = if planned == "node-5" { "node-6" } else { "node-5" };
+        let hosted = BTreeMap::from([(other.to_string(), BTreeSet::from(["10.10.0.11".parse().unwrap()]))]);
+        let st = egress_statuses(&p, &[("e".to_string(), None)], &problems, &hosted, "t");
+        assert_eq!(st[0].1.egress_node.as_deref(), Some(other));
+        let assigned = st[0].1.conditions.iter().find(|c| c.type_ == IP_ASSIGNED).unwrap();
+        assert_eq!(assigned.status, "True");
+        assert!(assigned.message.contains(other));
     }
 
     #[test]

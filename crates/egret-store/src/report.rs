@@ -23,6 +23,9 @@ pub struct AgentReport {
     pub programmed_stamp_ms: u64,
     /// Unix milliseconds when that state was programmed.
     pub programmed_at_ms: u64,
+    /// The gossip membership as this agent sees it (empty without gossip).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberReport>,
     /// The last error, if the last sync failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -31,4 +34,15 @@ pub struct AgentReport {
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One gossip member as an agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// Node name.
+    pub name: String,
+    /// Its gossip address.
+    pub ip: IpAddr,
+    /// `Alive`, `Suspect` or `Dead`.
+    pub status: String,
 }

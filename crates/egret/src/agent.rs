@@ -1,21 +1,26 @@
-//! `egret agent --store DIR --node NAME`: programs this node's datapath from the store and
-//! reports what it hosts.
+//! `egret agent --store DIR --node NAME`: programs this node's datapath from the store, learns
+//! which nodes are alive by gossip, hosts the egress IPs placement gives it, and reports.
 //!
 //! The datapath work runs on a plain thread (the datapath drives netlink on its own small
-//! runtime); the health endpoints run on a tokio runtime beside it.
+//! runtime); gossip and the HTTP endpoints run on a tokio runtime beside it. Every membership
+//! change wakes the datapath thread, which recomputes placement from the new live set at once:
+//! no round trip through the controller on failover.
 
 use crate::controller::liveness;
+use crate::metrics::Metrics;
 use anyhow::{Context, bail};
 use egret_core::ipam::allocate;
 use egret_core::planner::{ClusterConfig, Inputs, NodePlan, plan};
 use egret_datapath::{Config, Datapath};
-use egret_store::{AgentReport, Store, now_ms};
-use std::net::SocketAddr;
+use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, MemberStatus, Seed, View};
+use egret_store::{AgentReport, MemberReport, Store, now_ms};
+use std::collections::{BTreeSet, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Arguments of `egret agent`.
@@ -30,7 +35,7 @@ pub struct AgentArgs {
     /// Remove everything Egret created on this node and exit.
     #[arg(long)]
     pub cleanup: bool,
-    /// Where to serve /healthz and /readyz.
+    /// Where to serve /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub health_addr: SocketAddr,
     /// The underlay interface the tunnel runs over.
@@ -45,13 +50,24 @@ pub struct AgentArgs {
     /// VXLAN UDP port.
     #[arg(long, default_value_t = Config::default().vxlan_port)]
     pub vxlan_port: u16,
-    /// How often this agent writes its heartbeat.
+    /// The shared gossip key (64 hex characters). Without it there is no gossip and this node
+    /// never hosts egress IPs.
+    #[arg(long)]
+    pub gossip_key_file: Option<PathBuf>,
+    /// UDP port of the gossip protocol on every node's underlay address.
+    #[arg(long, default_value = "7947")]
+    pub gossip_port: u16,
+    /// After joining, wait this long for the membership view to fill before hosting anything,
+    /// so a returning node never announces an IP that another node owns.
+    #[arg(long, default_value = "400")]
+    pub settle_ms: u64,
+    /// How often this agent writes its report (heartbeat) into the store.
     #[arg(long, default_value = "300")]
     pub heartbeat_ms: u64,
-    /// Another agent whose heartbeat is older than this is not alive.
+    /// Without gossip: another agent whose heartbeat is older than this is not alive.
     #[arg(long, default_value = "1500")]
     pub liveness_timeout_ms: u64,
-    /// Re-evaluate at least this often (liveness changes have no file event).
+    /// Re-evaluate at least this often.
     #[arg(long, default_value = "100")]
     pub resync_ms: u64,
     /// Service CIDRs (never steered).
@@ -77,15 +93,48 @@ struct Health {
     error: Option<String>,
 }
 
-/// This node's plan from the store, and the newest apply stamp it reflects.
-fn compute(store: &Store, node: &str, args: &AgentArgs) -> anyhow::Result<(NodePlan, u64)> {
+/// Where the live set comes from.
+enum Membership {
+    /// Gossip: the latest view, and the moment this member first saw another live member.
+    Gossip { view: Arc<Mutex<View>>, handle: Arc<GossipHandle>, rt: tokio::runtime::Handle, started: Instant },
+    /// No key: store heartbeats, and this node never hosts.
+    Heartbeats,
+}
+
+impl Membership {
+    /// The live set (this node included) and whether this node may host egress IPs now.
+    fn live(&self, store: &Store, node: &str, args: &AgentArgs) -> (BTreeSet<String>, bool) {
+        match self {
+            Membership::Gossip { view, started, .. } => {
+                let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+                // Suspect members are still alive for SWIM until declared Dead.
+                let mut live: BTreeSet<String> = v.active().into_iter().map(str::to_string).collect();
+                live.insert(node.to_string());
+                let alone = v.members.iter().all(|m| m.local);
+                let settled = (v.joined || alone) && started.elapsed() >= Duration::from_millis(args.settle_ms);
+                (live, settled)
+            }
+            Membership::Heartbeats => {
+                let (mut live, _) = liveness(&store.read_reports(), args.liveness_timeout_ms);
+                live.insert(node.to_string());
+                (live, false)
+            }
+        }
+    }
+}
+
+/// This node's plan from the store, and the store stamp it reflects.
+fn compute(
+    store: &Store,
+    node: &str,
+    live: &BTreeSet<String>,
+    may_host: bool,
+    args: &AgentArgs,
+) -> anyhow::Result<(NodePlan, u64)> {
     let (objs, errs, stamp) = store.load_stamped();
     if let Some(e) = errs.first() {
         bail!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
     }
-    let reports: Vec<(String, AgentReport)> = store.read_reports();
-    let (mut live, _) = liveness(&reports, args.liveness_timeout_ms);
-    live.insert(node.to_string());
     let v = objs.validate();
     let allocations = allocate(&v.pools, &v.egresses);
     let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
@@ -97,84 +146,127 @@ fn compute(store: &Store, node: &str, args: &AgentArgs) -> anyhow::Result<(NodeP
         nodes: &nodes,
         namespaces: &objs.model_namespaces(),
         pods: &objs.model_pods(),
-        live: &live,
+        live,
         config: &config,
     });
-    let np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
+    let mut np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
+    if !may_host {
+        // Not settled in the cluster yet (or no gossip key): hold nothing, so the sync removes
+        // whatever an earlier life held before anything is announced.
+        np.hosted.clear();
+    }
     Ok((np, stamp))
 }
 
-fn control_loop(
+struct Loop {
     store: Store,
     node: String,
     args: AgentArgs,
     health: Arc<Mutex<Health>>,
-    wake: std::sync::mpsc::Receiver<()>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let mut dp = Datapath::new(args.datapath_config())?;
-    let mut last: Option<NodePlan> = None;
-    let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
-    let mut last_heartbeat = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        match compute(&store, &node, &args) {
-            Ok((np, applied_at)) => {
-                if last.as_ref() != Some(&np) || !report.ready {
-                    match dp.sync(&np) {
-                        Ok(r) => {
-                            if report.hosted != np.hosted.iter().map(|h| h.ip).collect::<Vec<_>>() {
-                                last_heartbeat = 0;
-                            }
-                            if !r.drift.is_empty() {
-                                warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
-                            }
-                            report.ready = true;
-                            report.error = None;
-                            report.hosted = np.hosted.iter().map(|h| h.ip).collect();
-                            last = Some(np);
-                        }
-                        Err(e) => {
-                            warn!("datapath sync failed: {e}");
-                            report.ready = false;
-                            report.error = Some(e.to_string());
-                        }
-                    }
-                }
-                // Record when this store state was first fully programmed, and tell at once.
-                if report.ready && applied_at != report.programmed_stamp_ms {
-                    report.programmed_stamp_ms = applied_at;
-                    report.programmed_at_ms = now_ms();
-                    last_heartbeat = 0;
-                }
-            }
-            Err(e) => {
-                warn!("{e:#}");
-                report.error = Some(format!("{e:#}"));
-            }
-        }
-        if let Ok(mut h) = health.lock() {
-            h.ready = report.ready;
-            h.error = report.error.clone();
-        }
-        let now = now_ms();
-        if now.saturating_sub(last_heartbeat) >= args.heartbeat_ms {
-            report.heartbeat_ms = now;
-            if let Err(e) = store.write_report(&node, &report) {
-                warn!("writing report: {e}");
-            }
-            last_heartbeat = now;
-        }
-        let wait = Duration::from_millis(args.resync_ms.min(args.heartbeat_ms));
-        match wake.recv_timeout(wait) {
-            Ok(()) => while wake.try_recv().is_ok() {},
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    Ok(())
+    metrics: Arc<Metrics>,
+    membership: Membership,
 }
 
-async fn serve_health(addr: SocketAddr, health: Arc<Mutex<Health>>) -> anyhow::Result<()> {
+impl Loop {
+    fn run(self, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let Loop { store, node, args, health, metrics, membership } = self;
+        let mut dp = Datapath::new(args.datapath_config())?;
+        let mut last: Option<NodePlan> = None;
+        let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
+        let mut last_heartbeat = 0u64;
+        let mut conflicts_seen: HashSet<(IpAddr, Vec<String>)> = HashSet::new();
+        let mut announced_hosted: Option<Vec<IpAddr>> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let (live, may_host) = membership.live(&store, &node, &args);
+            match compute(&store, &node, &live, may_host, &args) {
+                Ok((np, stamp)) => {
+                    if last.as_ref() != Some(&np) || !report.ready {
+                        match dp.sync(&np) {
+                            Ok(r) => {
+                                metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
+                                if !r.drift.is_empty() {
+                                    warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
+                                }
+                                let hosted: Vec<IpAddr> = np.hosted.iter().map(|h| h.ip).collect();
+                                if report.hosted != hosted {
+                                    info!(hosted = ?hosted, "egress IPs hosted here changed");
+                                    last_heartbeat = 0;
+                                }
+                                metrics.hosted.set(hosted.len() as i64);
+                                report.ready = true;
+                                report.error = None;
+                                report.hosted = hosted;
+                                last = Some(np);
+                            }
+                            Err(e) => {
+                                metrics.syncs.get_or_create(&vec![("result".into(), "error".into())]).inc();
+                                warn!("datapath sync failed: {e}");
+                                report.ready = false;
+                                report.error = Some(e.to_string());
+                            }
+                        }
+                    }
+                    // Record when this store state was first fully programmed, and tell at once.
+                    if report.ready && stamp != report.programmed_stamp_ms {
+                        report.programmed_stamp_ms = stamp;
+                        report.programmed_at_ms = now_ms();
+                        last_heartbeat = 0;
+                    }
+                }
+                Err(e) => {
+                    warn!("{e:#}");
+                    report.error = Some(format!("{e:#}"));
+                }
+            }
+            if let Membership::Gossip { view, handle, rt, .. } = &membership {
+                if announced_hosted.as_ref() != Some(&report.hosted) {
+                    match rt.block_on(handle.set_hosted(report.hosted.clone())) {
+                        Ok(()) => announced_hosted = Some(report.hosted.clone()),
+                        Err(e) => warn!("announcing hosted IPs by gossip: {e}"),
+                    }
+                }
+                let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+                let now: HashSet<(IpAddr, Vec<String>)> = v.conflicts().into_iter().collect();
+                for c in now.difference(&conflicts_seen) {
+                    metrics.conflicts.inc();
+                    warn!(ip = %c.0, holders = ?c.1, "egress IP conflict: held by more than one live node");
+                }
+                conflicts_seen = now;
+                for status in [MemberStatus::Alive, MemberStatus::Suspect, MemberStatus::Dead] {
+                    let n = v.members.iter().filter(|m| m.status == status).count();
+                    metrics.members.get_or_create(&vec![("status".into(), format!("{status:?}"))]).set(n as i64);
+                }
+                metrics.gossip_rejected.set(handle.counters().rejected() as i64);
+                report.members = v
+                    .members
+                    .iter()
+                    .map(|m| MemberReport { name: m.name.clone(), ip: m.addr.ip(), status: format!("{:?}", m.status) })
+                    .collect();
+            }
+            if let Ok(mut h) = health.lock() {
+                h.ready = report.ready;
+                h.error = report.error.clone();
+            }
+            let now = now_ms();
+            if now.saturating_sub(last_heartbeat) >= args.heartbeat_ms {
+                report.heartbeat_ms = now;
+                if let Err(e) = store.write_report(&node, &report) {
+                    warn!("writing report: {e}");
+                }
+                last_heartbeat = now;
+            }
+            let wait = Duration::from_millis(args.resync_ms.min(args.heartbeat_ms));
+            match wake.recv_timeout(wait) {
+                Ok(()) => while wake.try_recv().is_ok() {},
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn serve_http(addr: SocketAddr, health: Arc<Mutex<Health>>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     use axum::http::StatusCode;
     let ready = move || {
         let health = health.clone();
@@ -188,9 +280,14 @@ async fn serve_health(addr: SocketAddr, health: Arc<Mutex<Health>>) -> anyhow::R
             }
         }
     };
+    let scrape = move || {
+        let metrics = metrics.clone();
+        async move { metrics.encode() }
+    };
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route("/readyz", axum::routing::get(ready));
+        .route("/readyz", axum::routing::get(ready))
+        .route("/metrics", axum::routing::get(scrape));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     axum::serve(listener, app).await?;
     Ok(())
@@ -209,6 +306,28 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// The gossip configuration: this node's underlay address and every other Node as a seed.
+fn gossip_config(store: &Store, node: &str, key: GossipKey, port: u16) -> anyhow::Result<GossipConfig> {
+    let (objs, errs) = store.load();
+    if let Some(e) = errs.first() {
+        bail!("store: {e}");
+    }
+    let nodes = objs.model_nodes();
+    let me = nodes.iter().find(|n| n.name == node).with_context(|| format!("node {node:?} is not in the store"))?;
+    let ip = me
+        .ip(egret_core::net::Family::V4)
+        .or_else(|| me.internal_ips.first().copied())
+        .with_context(|| format!("node {node:?} has no InternalIP"))?;
+    let seeds = nodes
+        .iter()
+        .filter(|n| n.name != node)
+        .filter_map(|n| {
+            n.internal_ips.first().map(|ip| Seed { name: n.name.clone(), addr: SocketAddr::new(*ip, port) })
+        })
+        .collect();
+    Ok(GossipConfig::new(node, SocketAddr::new(ip, port), seeds, key))
 }
 
 /// Runs the agent (or its cleanup).
@@ -233,20 +352,49 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let _ = watch_tx.send(());
     })?;
     let health = Arc::new(Mutex::new(Health::default()));
+    let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+
+    let membership = match &args.gossip_key_file {
+        Some(path) => {
+            let key = GossipKey::load(path).with_context(|| format!("gossip key {}", path.display()))?;
+            let cfg = gossip_config(&store, &node, key, args.gossip_port)?;
+            let addr = cfg.addr;
+            let (handle, mut views) = {
+                let _guard = rt.enter();
+                Gossip::start(cfg).with_context(|| format!("starting gossip on {addr}"))?
+            };
+            let view = Arc::new(Mutex::new(views.borrow().clone()));
+            let (v, wake) = (view.clone(), tx.clone());
+            rt.spawn(async move {
+                while views.changed().await.is_ok() {
+                    let latest = views.borrow_and_update().clone();
+                    if let Ok(mut g) = v.lock() {
+                        *g = latest;
+                    }
+                    let _ = wake.send(());
+                }
+            });
+            info!(%addr, "gossip started");
+            Membership::Gossip { view, handle: Arc::new(handle), rt: rt.handle().clone(), started: Instant::now() }
+        }
+        None => {
+            warn!("no --gossip-key-file: no gossip, and this node will not host egress IPs");
+            Membership::Heartbeats
+        }
+    };
     info!(node = %node, store = %store_dir.display(), "agent started");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let health_addr = args.health_addr;
+    let worker = Loop { store, node, args, health: health.clone(), metrics: metrics.clone(), membership };
     let loop_handle = {
-        let (health, stop) = (health.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("datapath".into())
-            .spawn(move || control_loop(store, node, args, health, rx, stop))?
+        let stop = stop.clone();
+        std::thread::Builder::new().name("datapath".into()).spawn(move || worker.run(rx, stop))?
     };
     rt.block_on(async {
         tokio::select! {
-            r = serve_health(health_addr, health) => r,
+            r = serve_http(health_addr, health, metrics) => r,
             _ = wait_for_signal() => Ok(()),
         }
     })?;

@@ -28,6 +28,9 @@ pub enum Resource {
     /// ExternalIPPools.
     #[value(alias = "externalippool", alias = "eip")]
     Externalippools,
+    /// Gossip members as one agent sees them.
+    #[value(alias = "member")]
+    Members,
 }
 
 /// kubectl's age format: `45s`, `12m`, `5h`, `3d`.
@@ -70,8 +73,60 @@ fn load(store: &Path) -> anyhow::Result<Objects> {
     Ok(objs)
 }
 
+/// `egret get members`: the membership as the agent of `node` reports it (default: the first
+/// node with a fresh report).
+pub fn members(store: &Path, node: Option<&str>, out: GetOutput) -> anyhow::Result<ExitCode> {
+    if !store.is_dir() {
+        bail!("no store at {} (is the lab up? `egret lab up`)", store.display());
+    }
+    let reports: Vec<(String, egret_store::AgentReport)> = Store::open(store)?.read_reports();
+    let now = egret_store::now_ms();
+    let fresh = |r: &egret_store::AgentReport| now.saturating_sub(r.heartbeat_ms) < 5_000;
+    let (name, report) = match node {
+        Some(n) => reports.iter().find(|(m, _)| m == n).with_context(|| format!("no report from node {n:?}"))?,
+        None => reports.iter().find(|(_, r)| fresh(r)).context("no agent has reported recently")?,
+    };
+    if !fresh(report) {
+        eprintln!(
+            "warning: {name}'s last report is {} s old (is its agent running?)",
+            now.saturating_sub(report.heartbeat_ms) / 1000
+        );
+    }
+    if report.members.is_empty() {
+        bail!("{name} reports no gossip members (agent running without --gossip-key-file?)");
+    }
+    match out {
+        GetOutput::Table => {
+            let rows: Vec<Vec<String>> =
+                report.members.iter().map(|m| vec![m.name.clone(), m.ip.to_string(), m.status.clone()]).collect();
+            out!("{}", table::render(&["NODE", "IP", "STATUS"], &rows, "   "));
+            eprintln!("(as seen by {name})");
+        }
+        o => {
+            #[derive(Serialize)]
+            struct Member<'a> {
+                node: &'a str,
+                ip: std::net::IpAddr,
+                status: &'a str,
+                #[serde(rename = "seenBy")]
+                seen_by: &'a str,
+            }
+            let items: Vec<Member> = report
+                .members
+                .iter()
+                .map(|m| Member { node: &m.name, ip: m.ip, status: &m.status, seen_by: name })
+                .collect();
+            print_list(items, o)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `egret get egress|externalippools`.
 pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitCode> {
+    if let Resource::Members = what {
+        return members(store, None, out);
+    }
     let objs = load(store)?;
     match (what, out) {
         (Resource::Egress, GetOutput::Table) => {
@@ -118,6 +173,7 @@ pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitC
         }
         (Resource::Egress, o) => print_list(objs.egresses.into_iter().map(|d| d.object).collect(), o)?,
         (Resource::Externalippools, o) => print_list(objs.pools.into_iter().map(|d| d.object).collect(), o)?,
+        (Resource::Members, _) => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ mod agent;
 mod controller;
 mod get;
 mod lab;
+mod metrics;
 mod offline;
 mod table;
 
@@ -45,8 +46,11 @@ enum Cmd {
     Plan(offline::PlanArgs),
     /// Show objects with their status, like `kubectl get`.
     Get {
-        /// egress (eg) or externalippools (eip).
+        /// egress (eg), externalippools (eip) or members.
         what: get::Resource,
+        /// For members: the node whose view to show (default: the first that reported).
+        #[arg(long = "node")]
+        node: Option<String>,
         /// The local store (default: the running lab's).
         #[arg(long)]
         store: Option<PathBuf>,
@@ -130,7 +134,12 @@ fn main() -> ExitCode {
         Cmd::Controller(args) => block_on(controller::run(args)),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
-        Cmd::Get { what, store, name, output } => get::get(what, &store.unwrap_or_else(|| lab_store(&name)), output),
+        Cmd::Get { what: get::Resource::Members, node, store, name, output } => {
+            get::members(&store.unwrap_or_else(|| lab_store(&name)), node.as_deref(), output)
+        }
+        Cmd::Get { what, store, name, output, .. } => {
+            get::get(what, &store.unwrap_or_else(|| lab_store(&name)), output)
+        }
         Cmd::Apply { files, store } => get::apply(&files, &store),
         Cmd::Delete { files, store } => get::delete(&files, &store),
     };

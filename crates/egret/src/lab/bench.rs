@@ -61,7 +61,8 @@ impl Probe {
 
     /// Attempts started at or after `since`, by start time.
     fn since(&self, since: Instant) -> Vec<Sample> {
-        let mut v: Vec<Sample> = self.samples.lock().map(|g| g.iter().filter(|(t, _)| *t >= since).copied().collect()).unwrap_or_default();
+        let mut v: Vec<Sample> =
+            self.samples.lock().map(|g| g.iter().filter(|(t, _)| *t >= since).copied().collect()).unwrap_or_default();
         v.sort_by_key(|(t, _)| *t);
         v
     }
@@ -82,7 +83,8 @@ fn wait_steady(probe: &Probe, ip: IpAddr, window: Duration, limit: Duration) -> 
     loop {
         std::thread::sleep(window / 2);
         let now = Instant::now();
-        let recent: Vec<Sample> = probe.since(now - window).into_iter().filter(|(t, _)| *t + ATTEMPT_TIMEOUT < now).collect();
+        // Attempts finish within ATTEMPT_TIMEOUT; those of the last window+timeout have reported.
+        let recent = probe.since(now - window - ATTEMPT_TIMEOUT);
         if recent.len() >= 3 && recent.iter().all(|(_, s)| *s == Some(ip)) {
             return Ok(());
         }
@@ -129,7 +131,10 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
             .iter()
             .filter(|(_, p)| p.node != gateway)
             .find(|(_, p)| {
-                Netns::attach(&p.netns).ok().and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok()).is_some_and(|c| c.seen == ip)
+                Netns::attach(&p.netns)
+                    .ok()
+                    .and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok())
+                    .is_some_and(|c| c.seen == ip)
             })
             .map(|(k, p)| (k.clone(), p.netns.clone()))
             .with_context(|| format!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}"))?;
@@ -148,8 +153,21 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
                 bail!("trial {trial}: {} never reached {ip} again within 20 s of killing {gateway}", pod.0);
             }
         };
-        let new_gateway = reports(&st).into_iter().find(|(_, r)| r.hosted.contains(&ip)).map(|(n, _)| n).unwrap_or_else(|| "?".into());
-        outln!("trial {trial:>2}: killed {gateway}, {} back on {ip} via {new_gateway} after {} ms", pod.0, gap.as_millis());
+        // The new holder: a node other than the dead one that reports the IP (reports are
+        // written every few hundred milliseconds).
+        let mut new_gateway = "?".to_string();
+        let _ = super::wait_until(Duration::from_secs(2), || {
+            if let Some((n, _)) = reports(&st).into_iter().find(|(n, r)| *n != gateway && r.hosted.contains(&ip)) {
+                new_gateway = n;
+                return Ok(true);
+            }
+            Ok(false)
+        });
+        outln!(
+            "trial {trial:>2}: killed {gateway}, {} back on {ip} via {new_gateway} after {} ms",
+            pod.0,
+            gap.as_millis()
+        );
         gaps.push(gap.as_millis() as u64);
         power_on(&mut st, &gateway)?;
         wait_steady(&probe, ip, Duration::from_millis(500), Duration::from_secs(20))?;

@@ -268,22 +268,22 @@ fn stop(pid: u32, grace: Duration) {
 }
 
 fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
-    let store = st.store();
-    spawn_egret(
-        Some(&node.netns),
-        &[
-            "agent",
-            "--store",
-            &store.to_string_lossy(),
-            "--node",
-            &node.name,
-            "--underlay",
-            "eth0",
-            "--health-addr",
-            "127.0.0.1:9090",
-        ],
-        &st.log(&format!("agent-{}", node.name)),
-    )
+    let store = st.store().to_string_lossy().into_owned();
+    let key = st.dir().join("gossip.key").to_string_lossy().into_owned();
+    let args = [
+        "agent",
+        "--store",
+        &store,
+        "--node",
+        &node.name,
+        "--underlay",
+        "eth0",
+        "--health-addr",
+        "127.0.0.1:9090",
+        "--gossip-key-file",
+        &key,
+    ];
+    spawn_egret(Some(&node.netns), &args, &st.log(&format!("agent-{}", node.name)))
 }
 
 fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
@@ -379,6 +379,8 @@ fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
 /// Starts the processes of a freshly built lab and waits until every agent is ready.
 fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     std::fs::create_dir_all(st.dir().join("logs"))?;
+    // The agents' shared gossip key (mode 0600), made fresh for every lab.
+    egret_gossip::generate_key_file(&st.dir().join("gossip.key")).context("creating the gossip key")?;
     st.whoami_pid = Some(spawn_egret(Some(&st.outside.clone()), &["lab", "serve-whoami"], &st.log("whoami"))?);
     st.save()?;
     let store = Store::open(st.store())?;
@@ -404,7 +406,7 @@ pub(crate) fn reports(st: &LabState) -> Vec<(String, AgentReport)> {
     Store::open(st.store()).map(|s| s.read_reports()).unwrap_or_default()
 }
 
-fn wait_until(limit: Duration, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if done()? {

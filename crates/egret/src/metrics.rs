@@ -1,0 +1,53 @@
+//! The agent's Prometheus metrics (served on `/metrics`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Every metric of the agent.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// The registry they are in.
+    pub registry: Registry,
+    /// Egress IPs seen announced by more than one live member, each time a new one appears.
+    pub conflicts: Counter,
+    /// Datapath syncs by result (`ok`, `error`).
+    pub syncs: Family<Vec<(String, String)>, Counter>,
+    /// Egress IPs this node hosts.
+    pub hosted: Gauge,
+    /// Gossip members by status as this agent sees them.
+    pub members: Family<Vec<(String, String)>, Gauge>,
+    /// Gossip datagrams dropped (failed authentication, unencrypted, stale, replayed, malformed).
+    pub gossip_rejected: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Metrics {
+        let mut m = Metrics::default();
+        m.registry.register(
+            "egret_egress_ip_conflicts",
+            "Egress IPs seen held by more than one live node",
+            m.conflicts.clone(),
+        );
+        m.registry.register("egret_datapath_syncs", "Datapath syncs by result", m.syncs.clone());
+        m.registry.register("egret_hosted_egress_ips", "Egress IPs this node hosts", m.hosted.clone());
+        m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
+        m.registry.register(
+            "egret_gossip_datagrams_rejected",
+            "Gossip datagrams dropped before membership processing (cumulative)",
+            m.gossip_rejected.clone(),
+        );
+        m
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
