@@ -274,3 +274,77 @@ fn second_up_is_an_error_and_down_cleans_everything() {
     assert!(!left.contains(&format!("egret-lab-{}-", lab.name)), "{left}");
     assert!(!Path::new(&format!("/run/egret/labs/{}", lab.name)).exists());
 }
+
+fn mac_of(netns: &str, dev: &str) -> String {
+    let out = egret_netns::Netns::attach(netns).unwrap().ip(&["-br", "link", "show", "dev", dev]).unwrap();
+    out.split_whitespace().nth(2).unwrap().to_string()
+}
+
+fn router_neighbour(lab: &Lab, ip: &str) -> Option<String> {
+    let out = egret_netns::Netns::attach(&format!("egret-lab-{}-r", lab.name))
+        .unwrap()
+        .ip(&["neigh", "show", "to", ip, "dev", "br0"])
+        .unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words.iter().position(|w| *w == "lladdr").map(|i| words[i + 1].to_string())
+}
+
+fn holders(lab: &Lab, ip: &str) -> Vec<String> {
+    let dir = format!("/run/egret/labs/{}/store/.agents", lab.name);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        if r["hosted"].as_array().is_some_and(|h| h.iter().any(|x| x == ip)) {
+            out.push(r["node"].as_str().unwrap().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
+    let Some(lab) = Lab::up("failover") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
+    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
+    let staging_gw =
+        lab.wait_egress("egress-staging-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+
+    // Kill a node that is neither gateway nor hosts the probe: no egress IP moves.
+    let bystander = ["node-3", "node-4", "node-5"].into_iter().find(|n| *n != gw && *n != staging_gw).unwrap();
+    lab.ok(&["lab", "kill-node", bystander]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(holders(&lab, "10.10.0.11"), vec![gw.clone()]);
+    assert_eq!(holders(&lab, "10.10.0.12"), vec![staging_gw.clone()]);
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    lab.ok(&["lab", "restore-node", bystander]);
+
+    // Kill the gateway: the IP moves, traffic comes back with the same source, and the
+    // router's neighbour entry follows the gratuitous ARP.
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "10.10.0.11" {
+        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
+    }
+    let moved = lab.wait_egress("egress-prod-web", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    let new_gw = moved["status"]["egressNode"].as_str().unwrap().to_string();
+    let new_mac = mac_of(&format!("egret-lab-{}-n{}", lab.name, new_gw.trim_start_matches("node-")), "eth0");
+    assert_eq!(router_neighbour(&lab, "10.10.0.11").as_deref(), Some(new_mac.as_str()));
+    let members = lab.ok(&["get", "members", "--store", &lab.store(), "--node", &new_gw]);
+    assert!(members.lines().any(|l| l.starts_with(&gw) && l.ends_with("Dead")), "{members}");
+
+    // Restore it: in the end exactly one node holds each IP.
+    lab.ok(&["lab", "restore-node", &gw]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(holders(&lab, "10.10.0.11").len(), 1, "{:?}", holders(&lab, "10.10.0.11"));
+    assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+}
