@@ -83,6 +83,25 @@ mod tests {
         (0..k).map(|i| Request { ip: IpAddr::V4(Ipv4Addr::from(0x0a0a_0000u32 + i as u32)), eligible }).collect()
     }
 
+    /// Places `k` IPs: even-numbered ones on any live node, odd-numbered ones only on live nodes
+    /// of `even` (as with a pool nodeSelector). Returns each IP's eligible set and the placement.
+    #[allow(clippy::type_complexity)]
+    fn place_mixed(
+        k: usize,
+        live: &BTreeSet<String>,
+        even: &BTreeSet<String>,
+    ) -> (Vec<(IpAddr, BTreeSet<String>)>, BTreeMap<IpAddr, Option<String>>) {
+        let live_even: BTreeSet<String> = live.intersection(even).cloned().collect();
+        let eligible: Vec<(IpAddr, BTreeSet<String>)> = reqs(k, live)
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.ip, if i % 2 == 1 { live_even.clone() } else { live.clone() }))
+            .collect();
+        let requests: Vec<Request> = eligible.iter().map(|(ip, e)| Request { ip: *ip, eligible: e }).collect();
+        let placed = place(&requests, None);
+        (eligible, placed)
+    }
+
     proptest! {
         #[test]
         fn deterministic_regardless_of_input_order(k in 1usize..60, n in 1usize..12, seed in any::<u64>()) {
@@ -137,6 +156,41 @@ mod tests {
             let mean = k as f64 / n as f64;
             let bound = mean + 5.0 * mean.sqrt() + 5.0;
             for (node, l) in load { prop_assert!((l as f64) <= bound, "{node} holds {l} > {bound}"); }
+        }
+
+        /// Seeded random sequences of joins, leaves and flaps over a fixed set of candidates:
+        /// after every step each IP has exactly one owner, a live eligible node, and the only
+        /// IPs that moved are those whose owner left or that moved to a node that just joined.
+        #[test]
+        fn membership_sequences_keep_one_owner_and_move_minimally(
+            k in 1usize..40,
+            steps in proptest::collection::vec((0usize..8, any::<bool>()), 1..40),
+        ) {
+            let all = nodes(8);
+            let names: Vec<String> = all.iter().cloned().collect();
+            // Only even-numbered nodes are eligible for half of the IPs (a pool nodeSelector).
+            let even: BTreeSet<String> = names.iter().step_by(2).cloned().collect();
+            let mut live: BTreeSet<String> = all.clone();
+            let mut before = place_mixed(k, &live, &even).1;
+            for (n, join) in steps {
+                let node = names[n].clone();
+                let changed = if join { live.insert(node.clone()) } else { live.remove(&node) };
+                let (eligible, after) = place_mixed(k, &live, &even);
+                for (i, (ip, eligible)) in eligible.iter().enumerate() {
+                    let owner = &after[ip];
+                    match owner {
+                        Some(o) => prop_assert!(eligible.contains(o), "IP {i} on ineligible or dead {o}"),
+                        None => prop_assert!(eligible.is_empty(), "IP {i} unplaced with eligible nodes"),
+                    }
+                    let prev = &before[ip];
+                    if changed && prev != owner {
+                        let owner_left = !join && prev.as_deref() == Some(node.as_str());
+                        let moved_to_joiner = join && owner.as_deref() == Some(node.as_str());
+                        prop_assert!(owner_left || moved_to_joiner || prev.is_none(), "IP {i} moved from {prev:?} to {owner:?}");
+                    }
+                }
+                before = after;
+            }
         }
 
         #[test]

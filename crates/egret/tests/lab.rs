@@ -261,14 +261,29 @@ fn restarts_keep_allocations_and_connections() {
 }
 
 #[test]
-fn second_up_is_an_error_and_down_cleans_everything() {
+fn second_up_is_an_error_and_down_cleans_everything_even_after_a_crash() {
     let Some(lab) = Lab::up("second_up") else { return };
     let o = lab.run(&["lab", "up"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("already up"));
     let status = lab.ok(&["lab", "status"]);
     assert!(status.contains("node-6") && status.contains("controller: running"), "{status}");
+    // A crash: every lab process dies at once and the lab's record is lost; `down` still
+    // finds and removes everything by the namespace prefix.
+    let state_file = format!("/run/egret/labs/{}/lab.json", lab.name);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    let mut pids: Vec<u64> = state["agents"].as_object().unwrap().values().filter_map(|v| v.as_u64()).collect();
+    // The controller is left running: `down` must find it without the record.
+    pids.extend(state["whoami_pid"].as_u64());
+    let controller = state["controller_pid"].as_u64().unwrap();
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    std::fs::remove_file(&state_file).unwrap();
     lab.ok(&["lab", "down"]);
+    // Gone, or a zombie waiting for whoever adopted it to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{controller}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"), "the controller survived down: {stat}");
     let left =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
     assert!(!left.contains(&format!("egret-lab-{}-", lab.name)), "{left}");

@@ -419,6 +419,20 @@ pub(crate) fn wait_until(limit: Duration, mut done: impl FnMut() -> anyhow::Resu
     }
 }
 
+/// Processes running `egret controller --store STORE`.
+fn controllers_of(store: &str) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.iter().any(|a| *a == b"controller") && args.iter().any(|a| *a == store.as_bytes())
+            })
+        })
+        .collect()
+}
+
 /// Every namespace of the lab.
 fn lab_namespaces(prefix: &str) -> anyhow::Result<Vec<String>> {
     let out = Command::new("ip").args(["netns", "list"]).output().context("running `ip netns list`")?;
@@ -438,6 +452,11 @@ fn down(name: &str) -> anyhow::Result<ExitCode> {
     let st = LabState::load(name).ok();
     let mut removed = 0;
     if let Some(pid) = st.as_ref().and_then(|s| s.controller_pid) {
+        stop(pid, Duration::from_secs(2));
+    }
+    // The controller runs outside the lab's namespaces: find any left without a record.
+    let store_arg = state::dir(name).join("store").to_string_lossy().into_owned();
+    for pid in controllers_of(&store_arg) {
         stop(pid, Duration::from_secs(2));
     }
     // Processes inside the lab's namespaces (agents, whoami, anything a user started).
