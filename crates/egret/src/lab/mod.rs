@@ -427,7 +427,7 @@ fn controllers_of(store: &str) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
                 let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                args.iter().any(|a| *a == b"controller") && args.iter().any(|a| *a == store.as_bytes())
+                args.contains(&b"controller".as_slice()) && args.contains(&store.as_bytes())
             })
         })
         .collect()
