@@ -96,6 +96,27 @@ impl Objects {
         validate(&pools, &egresses)
     }
 
+    /// Validates, allocates, places and plans everything here for the given live nodes.
+    pub fn plan(
+        &self,
+        live: &std::collections::BTreeSet<String>,
+        config: &egret_core::planner::ClusterConfig,
+    ) -> (Validated, egret_core::planner::Plan) {
+        let v = self.validate();
+        let allocations = egret_core::ipam::allocate(&v.pools, &v.egresses);
+        let p = egret_core::planner::plan(&egret_core::planner::Inputs {
+            pools: &v.pools,
+            egresses: &v.egresses,
+            allocations: &allocations,
+            nodes: &self.model_nodes(),
+            namespaces: &self.model_namespaces(),
+            pods: &self.model_pods(),
+            live,
+            config,
+        });
+        (v, p)
+    }
+
     /// The file a validation problem's object came from (by kind and position).
     pub fn origin_of(&self, kind: &str, index: usize) -> Option<&Origin> {
         match kind {

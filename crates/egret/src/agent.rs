@@ -9,8 +9,7 @@
 use crate::controller::liveness;
 use crate::metrics::Metrics;
 use anyhow::{Context, bail};
-use egret_core::ipam::allocate;
-use egret_core::planner::{ClusterConfig, Inputs, NodePlan, plan};
+use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_datapath::{Config, Datapath};
 use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, MemberStatus, Seed, View};
 use egret_store::{AgentReport, MemberReport, Store, now_ms};
@@ -135,20 +134,8 @@ fn compute(
     if let Some(e) = errs.first() {
         bail!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
     }
-    let v = objs.validate();
-    let allocations = allocate(&v.pools, &v.egresses);
     let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
-    let nodes = objs.model_nodes();
-    let p = plan(&Inputs {
-        pools: &v.pools,
-        egresses: &v.egresses,
-        allocations: &allocations,
-        nodes: &nodes,
-        namespaces: &objs.model_namespaces(),
-        pods: &objs.model_pods(),
-        live,
-        config: &config,
-    });
+    let (_, p) = objs.plan(live, &config);
     let mut np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
     if !may_host {
         // Not settled in the cluster yet (or no gossip key): hold nothing, so the sync removes

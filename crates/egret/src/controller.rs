@@ -1,8 +1,7 @@
 //! `egret controller --store DIR`: validates, allocates egress IPs and writes status back.
 
 use anyhow::Context;
-use egret_core::ipam::allocate;
-use egret_core::planner::{ClusterConfig, Inputs, plan};
+use egret_core::planner::ClusterConfig;
 use egret_core::status::{egress_statuses, pool_statuses};
 use egret_store::{AgentReport, Store, now_ms};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,20 +56,8 @@ pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> 
     }
     let reports: Vec<(String, AgentReport)> = store.read_reports();
     let (live, hosted) = liveness(&reports, args.liveness_timeout_ms);
-    let v = objs.validate();
-    let allocations = allocate(&v.pools, &v.egresses);
     let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
-    let nodes = objs.model_nodes();
-    let p = plan(&Inputs {
-        pools: &v.pools,
-        egresses: &v.egresses,
-        allocations: &allocations,
-        nodes: &nodes,
-        namespaces: &objs.model_namespaces(),
-        pods: &objs.model_pods(),
-        live: &live,
-        config: &config,
-    });
+    let (v, p) = objs.plan(&live, &config);
     let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
         objs.egresses.iter().filter_map(|d| Some((d.object.metadata.name.clone()?, d.object.status.clone()))).collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();

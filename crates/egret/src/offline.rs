@@ -2,8 +2,7 @@
 
 use crate::table;
 use anyhow::{Context, bail};
-use egret_core::ipam::allocate;
-use egret_core::planner::{ClusterConfig, Inputs, Plan, plan as make_plan};
+use egret_core::planner::{ClusterConfig, Plan};
 use egret_store::{Objects, read_paths};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
@@ -88,7 +87,7 @@ pub struct PlanArgs {
 
 /// `egret plan`.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    let (objs, v, lines) = load(&args.files);
+    let (objs, _, lines) = load(&args.files);
     if !lines.is_empty() {
         for l in &lines {
             eprintln!("{l}");
@@ -114,17 +113,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     };
     let config =
         ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: args.cluster_cidrs.clone() };
-    let allocations = allocate(&v.pools, &v.egresses);
-    let p = make_plan(&Inputs {
-        pools: &v.pools,
-        egresses: &v.egresses,
-        allocations: &allocations,
-        nodes: &nodes,
-        namespaces: &objs.model_namespaces(),
-        pods: &objs.model_pods(),
-        live: &live,
-        config: &config,
-    });
+    let (_, p) = objs.plan(&live, &config);
     match args.output {
         PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
         PlanOutput::Table => out!("{}", plan_tables(&p)),
