@@ -92,6 +92,9 @@ struct Health {
     error: Option<String>,
 }
 
+/// How often an agent re-verifies its datapath even when nothing changed (drift repair).
+const VERIFY_EVERY: Duration = Duration::from_secs(10);
+
 /// Where the live set comes from.
 enum Membership {
     /// Gossip: the latest view, and the moment this member first saw another live member.
@@ -163,46 +166,64 @@ impl Loop {
         let mut last_heartbeat = 0u64;
         let mut conflicts_seen: HashSet<(IpAddr, Vec<String>)> = HashSet::new();
         let mut announced_hosted: Option<Vec<IpAddr>> = None;
+        // Work only when something may have changed: a store or membership event (wake), a
+        // change of the live set or of the right to host, a failed sync to retry, or the
+        // periodic check that repairs drift made behind our back.
+        let mut dirty = true;
+        let mut last_verify = Instant::now();
+        let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
         while !stop.load(Ordering::Relaxed) {
             let (live, may_host) = membership.live(&store, &node, &args);
-            match compute(&store, &node, &live, may_host, &args) {
-                Ok((np, stamp)) => {
-                    if last.as_ref() != Some(&np) || !report.ready {
-                        match dp.sync(&np) {
-                            Ok(r) => {
-                                metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
-                                if !r.drift.is_empty() {
-                                    warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
+            let verify = last_verify.elapsed() >= VERIFY_EVERY;
+            // The live set of heartbeat liveness, and the end of a settle period, change
+            // without any event.
+            let inputs = (live, may_host);
+            if last_inputs.as_ref() != Some(&inputs) {
+                dirty = true;
+            }
+            let (live, may_host) = last_inputs.insert(inputs).clone();
+            if dirty || verify || !report.ready {
+                dirty = false;
+                match compute(&store, &node, &live, may_host, &args) {
+                    Ok((np, stamp)) => {
+                        if last.as_ref() != Some(&np) || !report.ready || verify {
+                            last_verify = Instant::now();
+                            match dp.sync(&np) {
+                                Ok(r) => {
+                                    metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
+                                    if !r.drift.is_empty() {
+                                        warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
+                                    }
+                                    let hosted: Vec<IpAddr> = np.hosted.iter().map(|h| h.ip).collect();
+                                    if report.hosted != hosted {
+                                        info!(hosted = ?hosted, "egress IPs hosted here changed");
+                                        last_heartbeat = 0;
+                                    }
+                                    metrics.hosted.set(hosted.len() as i64);
+                                    report.ready = true;
+                                    report.error = None;
+                                    report.hosted = hosted;
+                                    last = Some(np);
                                 }
-                                let hosted: Vec<IpAddr> = np.hosted.iter().map(|h| h.ip).collect();
-                                if report.hosted != hosted {
-                                    info!(hosted = ?hosted, "egress IPs hosted here changed");
-                                    last_heartbeat = 0;
+                                Err(e) => {
+                                    metrics.syncs.get_or_create(&vec![("result".into(), "error".into())]).inc();
+                                    warn!("datapath sync failed: {e}");
+                                    report.ready = false;
+                                    report.error = Some(e.to_string());
                                 }
-                                metrics.hosted.set(hosted.len() as i64);
-                                report.ready = true;
-                                report.error = None;
-                                report.hosted = hosted;
-                                last = Some(np);
-                            }
-                            Err(e) => {
-                                metrics.syncs.get_or_create(&vec![("result".into(), "error".into())]).inc();
-                                warn!("datapath sync failed: {e}");
-                                report.ready = false;
-                                report.error = Some(e.to_string());
                             }
                         }
+                        // Record when this store state was first fully programmed, and tell at once.
+                        if report.ready && stamp != report.programmed_stamp_ms {
+                            report.programmed_stamp_ms = stamp;
+                            report.programmed_at_ms = now_ms();
+                            last_heartbeat = 0;
+                        }
                     }
-                    // Record when this store state was first fully programmed, and tell at once.
-                    if report.ready && stamp != report.programmed_stamp_ms {
-                        report.programmed_stamp_ms = stamp;
-                        report.programmed_at_ms = now_ms();
-                        last_heartbeat = 0;
+                    Err(e) => {
+                        warn!("{e:#}");
+                        report.error = Some(format!("{e:#}"));
                     }
-                }
-                Err(e) => {
-                    warn!("{e:#}");
-                    report.error = Some(format!("{e:#}"));
                 }
             }
             if let Membership::Gossip { view, handle, rt, .. } = &membership {
@@ -244,7 +265,10 @@ impl Loop {
             }
             let wait = Duration::from_millis(args.resync_ms.min(args.heartbeat_ms));
             match wake.recv_timeout(wait) {
-                Ok(()) => while wake.try_recv().is_ok() {},
+                Ok(()) => {
+                    while wake.try_recv().is_ok() {}
+                    dirty = true;
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
