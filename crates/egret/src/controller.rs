@@ -27,21 +27,75 @@ pub struct ControllerArgs {
     pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
-/// Nodes whose agent heartbeat is fresh, and the IPs each reports hosting.
+/// Nodes whose agent heartbeat is fresh and that the agents' gossip does not declare dead, and
+/// the IPs each reports hosting. Gossip declares a dead node in well under a second, long
+/// before its last heartbeat goes stale, so the controller follows failovers that fast.
 pub fn liveness(
     reports: &[(String, AgentReport)],
     timeout_ms: u64,
 ) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>) {
-    let now = now_ms();
+    live_at(reports, timeout_ms, now_ms())
+}
+
+fn live_at(
+    reports: &[(String, AgentReport)],
+    timeout_ms: u64,
+    now: u64,
+) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>) {
+    let fresh: Vec<&(String, AgentReport)> =
+        reports.iter().filter(|(_, r)| now.saturating_sub(r.heartbeat_ms) <= timeout_ms).collect();
+    // A node is dead by gossip when most fresh reports that carry a membership say so.
+    let views: Vec<&AgentReport> = fresh.iter().map(|(_, r)| r).filter(|r| !r.members.is_empty()).collect();
+    let dead_by_gossip = |node: &str| {
+        let dead = views.iter().filter(|r| r.members.iter().any(|m| m.name == node && m.status == "Dead")).count();
+        !views.is_empty() && dead * 2 > views.len()
+    };
     let mut live = BTreeSet::new();
     let mut hosted = BTreeMap::new();
-    for (node, r) in reports {
-        if now.saturating_sub(r.heartbeat_ms) <= timeout_ms {
+    for (node, r) in fresh {
+        if !dead_by_gossip(node) {
             live.insert(node.clone());
             hosted.insert(node.clone(), r.hosted.iter().copied().collect());
         }
     }
     (live, hosted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_store::MemberReport;
+
+    fn report(node: &str, heartbeat: u64, dead: &[&str]) -> (String, AgentReport) {
+        let members = ["node-1", "node-2", "node-3"]
+            .iter()
+            .map(|n| MemberReport {
+                name: n.to_string(),
+                ip: "10.10.0.1".parse().unwrap(),
+                status: if dead.contains(n) { "Dead".into() } else { "Alive".into() },
+            })
+            .collect();
+        (
+            node.to_string(),
+            AgentReport { node: node.into(), heartbeat_ms: heartbeat, members, ..AgentReport::default() },
+        )
+    }
+
+    #[test]
+    fn gossip_verdict_beats_a_fresh_heartbeat() {
+        // node-1 died 200 ms ago: its last heartbeat is still fresh, the others' gossip says Dead.
+        let reports =
+            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &["node-1"])];
+        let (live, _) = live_at(&reports, 1500, 1000);
+        assert_eq!(live.into_iter().collect::<Vec<_>>(), vec!["node-2", "node-3"]);
+        // One dissenting view is not a majority.
+        let reports =
+            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &[])];
+        assert_eq!(live_at(&reports, 1500, 1000).0.len(), 3);
+        // A stale heartbeat is dead without gossip.
+        let reports = vec![(String::from("node-1"), AgentReport { heartbeat_ms: 0, ..AgentReport::default() })];
+        assert!(live_at(&reports, 1500, 5000).0.is_empty());
+    }
 }
 
 /// One reconciliation: returns how many statuses were written.
