@@ -61,43 +61,6 @@ fn live_at(
     (live, hosted)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use egret_store::MemberReport;
-
-    fn report(node: &str, heartbeat: u64, dead: &[&str]) -> (String, AgentReport) {
-        let members = ["node-1", "node-2", "node-3"]
-            .iter()
-            .map(|n| MemberReport {
-                name: n.to_string(),
-                ip: "10.10.0.1".parse().unwrap(),
-                status: if dead.contains(n) { "Dead".into() } else { "Alive".into() },
-            })
-            .collect();
-        (
-            node.to_string(),
-            AgentReport { node: node.into(), heartbeat_ms: heartbeat, members, ..AgentReport::default() },
-        )
-    }
-
-    #[test]
-    fn gossip_verdict_beats_a_fresh_heartbeat() {
-        // node-1 died 200 ms ago: its last heartbeat is still fresh, the others' gossip says Dead.
-        let reports =
-            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &["node-1"])];
-        let (live, _) = live_at(&reports, 1500, 1000);
-        assert_eq!(live.into_iter().collect::<Vec<_>>(), vec!["node-2", "node-3"]);
-        // One dissenting view is not a majority.
-        let reports =
-            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &[])];
-        assert_eq!(live_at(&reports, 1500, 1000).0.len(), 3);
-        // A stale heartbeat is dead without gossip.
-        let reports = vec![(String::from("node-1"), AgentReport { heartbeat_ms: 0, ..AgentReport::default() })];
-        assert!(live_at(&reports, 1500, 5000).0.is_empty());
-    }
-}
-
 /// One reconciliation: returns how many statuses were written.
 pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> {
     let (objs, errs) = store.load();
@@ -145,4 +108,41 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     info!("controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_store::MemberReport;
+
+    fn report(node: &str, heartbeat: u64, dead: &[&str]) -> (String, AgentReport) {
+        let members = ["node-1", "node-2", "node-3"]
+            .iter()
+            .map(|n| MemberReport {
+                name: n.to_string(),
+                ip: "10.10.0.1".parse().unwrap(),
+                status: if dead.contains(n) { "Dead".into() } else { "Alive".into() },
+            })
+            .collect();
+        (
+            node.to_string(),
+            AgentReport { node: node.into(), heartbeat_ms: heartbeat, members, ..AgentReport::default() },
+        )
+    }
+
+    #[test]
+    fn gossip_verdict_beats_a_fresh_heartbeat() {
+        // node-1 died 200 ms ago: its last heartbeat is still fresh, the others' gossip says Dead.
+        let reports =
+            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &["node-1"])];
+        let (live, _) = live_at(&reports, 1500, 1000);
+        assert_eq!(live.into_iter().collect::<Vec<_>>(), vec!["node-2", "node-3"]);
+        // One dissenting view is not a majority.
+        let reports =
+            vec![report("node-1", 800, &[]), report("node-2", 1000, &["node-1"]), report("node-3", 1000, &[])];
+        assert_eq!(live_at(&reports, 1500, 1000).0.len(), 3);
+        // A stale heartbeat is dead without gossip.
+        let reports = vec![(String::from("node-1"), AgentReport { heartbeat_ms: 0, ..AgentReport::default() })];
+        assert!(live_at(&reports, 1500, 5000).0.is_empty());
+    }
 }
