@@ -363,3 +363,36 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
 }
+
+#[test]
+fn partition_heals_with_exactly_one_holder() {
+    let Some(lab) = Lab::up("partition") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let gw = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    // Cut the gateway off the network; its agent keeps running and sees everyone else dead.
+    lab.ok(&["lab", "kill-node", &gw, "--keep-agent"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = holders(&lab, "10.10.0.11");
+        // The isolated side holds nothing (it is alone); the majority side took the IP over.
+        if h.len() == 1 && h[0] != gw {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no single new holder while {gw} is cut off: {h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    // Heal: the isolated node rejoins, and in the end exactly one node holds each IP.
+    lab.ok(&["lab", "restore-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while holders(&lab, "10.10.0.11") != vec![gw.clone()] {
+        assert!(Instant::now() < deadline, "after healing: holders {:?}", holders(&lab, "10.10.0.11"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+}

@@ -86,6 +86,9 @@ pub enum LabCmd {
     KillNode {
         /// Node name.
         node: String,
+        /// A network partition instead: only the link goes down, the agent keeps running.
+        #[arg(long)]
+        keep_agent: bool,
     },
     /// Bring a killed node back (link up, agent restarted).
     RestoreNode {
@@ -145,7 +148,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Delete { files } => delete(name, &files),
         LabCmd::Exec { pod, cmd } => exec(name, &pod, &cmd),
         LabCmd::Whoami { pod, to, timeout_ms } => whoami(name, &pod, &to, Duration::from_millis(timeout_ms)),
-        LabCmd::KillNode { node } => kill_node(name, &node),
+        LabCmd::KillNode { node, keep_agent } => kill_node(name, &node, keep_agent),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
         LabCmd::Restart { target } => restart(name, &target),
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
@@ -775,8 +778,14 @@ fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<
 /// Power loss on `node`: its agent is killed and the router's port to it goes down (the node
 /// loses carrier, as with a pulled cable).
 fn power_off(st: &mut LabState, node: &str) -> anyhow::Result<()> {
+    cut_off(st, node, true)
+}
+
+/// Takes `node`'s link down; with `kill_agent`, kills its agent too (power loss).
+fn cut_off(st: &mut LabState, node: &str, kill_agent: bool) -> anyhow::Result<()> {
     let n = st.node(node)?.clone();
     if let Some(&pid) = st.agents.get(node)
+        && kill_agent
         && alive(pid)
     {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
@@ -801,12 +810,12 @@ fn power_on(st: &mut LabState, node: &str) -> anyhow::Result<()> {
         .with_context(|| format!("agent of {node} did not become ready"))
 }
 
-fn kill_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
+fn kill_node(name: &str, node: &str, keep_agent: bool) -> anyhow::Result<ExitCode> {
     need_root()?;
     let _lock = lock(name)?;
     let mut st = LabState::load(name)?;
-    power_off(&mut st, node)?;
-    outln!("{node}: agent killed, link down");
+    cut_off(&mut st, node, !keep_agent)?;
+    outln!("{node}: {}link down", if keep_agent { "partitioned, agent running, " } else { "agent killed, " });
     Ok(ExitCode::SUCCESS)
 }
 
