@@ -396,3 +396,27 @@ fn partition_heals_with_exactly_one_holder() {
     assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
 }
+
+#[test]
+fn an_agent_without_the_gossip_key_hosts_nothing() {
+    let Some(lab) = Lab::up("without_key") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let gw = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    lab.ok(&["lab", "restart", &gw, "--without-key"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = holders(&lab, "10.10.0.11");
+        if h.len() == 1 && h[0] != gw {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the keyless agent on {gw} still holds or nobody took over: {h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    let log = std::fs::read_to_string(format!("/run/egret/labs/{}/logs/agent-{gw}.log", lab.name)).unwrap();
+    assert!(log.contains("will not host egress IPs"), "{log}");
+}

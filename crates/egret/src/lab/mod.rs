@@ -99,6 +99,9 @@ pub enum LabCmd {
     Restart {
         /// `controller` or a node name.
         target: String,
+        /// Start the agent without the gossip key (it then refuses to host egress IPs).
+        #[arg(long)]
+        without_key: bool,
     },
     /// Measurements in the lab.
     Bench {
@@ -150,7 +153,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Whoami { pod, to, timeout_ms } => whoami(name, &pod, &to, Duration::from_millis(timeout_ms)),
         LabCmd::KillNode { node, keep_agent } => kill_node(name, &node, keep_agent),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
-        LabCmd::Restart { target } => restart(name, &target),
+        LabCmd::Restart { target, without_key } => restart(name, &target, without_key),
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
@@ -271,21 +274,17 @@ fn stop(pid: u32, grace: Duration) {
 }
 
 fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
+    start_agent_with(st, node, true)
+}
+
+fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Result<u32> {
     let store = st.store().to_string_lossy().into_owned();
     let key = st.dir().join("gossip.key").to_string_lossy().into_owned();
-    let args = [
-        "agent",
-        "--store",
-        &store,
-        "--node",
-        &node.name,
-        "--underlay",
-        "eth0",
-        "--health-addr",
-        "127.0.0.1:9090",
-        "--gossip-key-file",
-        &key,
-    ];
+    let mut args = vec!["agent", "--store", &store, "--node", &node.name, "--underlay", "eth0"];
+    args.extend(["--health-addr", "127.0.0.1:9090"]);
+    if with_key {
+        args.extend(["--gossip-key-file", &key]);
+    }
     spawn_egret(Some(&node.netns), &args, &st.log(&format!("agent-{}", node.name)))
 }
 
@@ -828,7 +827,7 @@ fn restore_node(name: &str, node: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn restart(name: &str, target: &str) -> anyhow::Result<ExitCode> {
+fn restart(name: &str, target: &str, without_key: bool) -> anyhow::Result<ExitCode> {
     need_root()?;
     let _lock = lock(name)?;
     let mut st = LabState::load(name)?;
@@ -849,7 +848,7 @@ fn restart(name: &str, target: &str) -> anyhow::Result<ExitCode> {
     if let Some(&pid) = st.agents.get(target) {
         stop(pid, Duration::from_secs(5));
     }
-    let pid = start_agent(&st, &n)?;
+    let pid = start_agent_with(&st, &n, !without_key)?;
     st.agents.insert(target.to_string(), pid);
     st.save()?;
     wait_until(Duration::from_secs(30), || {
