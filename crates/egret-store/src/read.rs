@@ -74,8 +74,6 @@ pub struct Objects {
     pub namespaces: Vec<Document<corev1::Namespace>>,
     /// Pods.
     pub pods: Vec<Document<corev1::Pod>>,
-    /// Documents of kinds Egret passes through unchanged (none yet; kept for `convert`).
-    pub raw: Vec<Document<serde_json::Value>>,
 }
 
 impl Objects {
@@ -86,7 +84,6 @@ impl Objects {
         self.nodes.extend(other.nodes);
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
-        self.raw.extend(other.raw);
     }
 
     /// Validates the Egret objects.
