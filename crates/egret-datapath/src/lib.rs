@@ -273,6 +273,14 @@ impl Datapath {
         Ok(report)
     }
 
+    /// Makes the next [`Datapath::sync`] announce `ips` again if this node still hosts them
+    /// (e.g. after another node wrongly announced them: the router must learn the owner again).
+    pub fn reannounce(&mut self, ips: &[IpAddr]) {
+        for ip in ips {
+            self.announced.remove(ip);
+        }
+    }
+
     /// Per-Egress counters (packets and bytes as u64), by Egress name.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
         let out = run_nft(&self.cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;

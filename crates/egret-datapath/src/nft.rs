@@ -366,6 +366,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                     matches("!=", meta("oifname"), json!(vx)),
                     json!({"snat": {"family": "ip", "addr": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_SNAT4)}}}}),
                 ]),
+                // Arrived through the tunnel but this node has no SNAT for it (its view of the
+                // gateway differs for a moment, e.g. during a failover): fail closed rather than
+                // let a CNI masquerade send it out with this node's IP.
+                rule(vec![
+                    matches("==", meta("iifname"), json!(vx)),
+                    matches("!=", meta("oifname"), json!(vx)),
+                    json!({"drop": null}),
+                ]),
             ],
         },
     );

@@ -16,6 +16,10 @@ pub struct AgentReport {
     pub heartbeat_ms: u64,
     /// Whether the datapath matches the latest plan.
     pub ready: bool,
+    /// Whether this node may host egress IPs now (it has a gossip key and its membership view
+    /// has settled).
+    #[serde(default)]
+    pub may_host: bool,
     /// Egress IPs this node hosts now.
     pub hosted: Vec<IpAddr>,
     /// The store stamp ([`crate::Store::stamp`]) of the last state fully programmed; how the

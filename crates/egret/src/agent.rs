@@ -61,13 +61,13 @@ pub struct AgentArgs {
     #[arg(long, default_value = "400")]
     pub settle_ms: u64,
     /// How often this agent writes its report (heartbeat) into the store.
-    #[arg(long, default_value = "300")]
+    #[arg(long, default_value = "300", value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_ms: u64,
     /// Without gossip: another agent whose heartbeat is older than this is not alive.
     #[arg(long, default_value = "1500")]
     pub liveness_timeout_ms: u64,
     /// Re-evaluate at least this often.
-    #[arg(long, default_value = "100")]
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_ms: u64,
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
@@ -98,7 +98,16 @@ const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// Where the live set comes from.
 enum Membership {
     /// Gossip: the latest view, and the moment this member first saw another live member.
-    Gossip { view: Arc<Mutex<View>>, handle: Arc<GossipHandle>, rt: tokio::runtime::Handle, started: Instant },
+    Gossip {
+        view: Arc<Mutex<View>>,
+        handle: Arc<GossipHandle>,
+        rt: tokio::runtime::Handle,
+        /// Whether the store lists other nodes (a one-node cluster may host without joining).
+        has_peers: bool,
+        /// Since when this member has been joined (connected to a live peer) without a break;
+        /// every (re)join starts a new settle period.
+        joined_since: Mutex<Option<Instant>>,
+    },
     /// No key: store heartbeats, and this node never hosts.
     Heartbeats,
 }
@@ -107,13 +116,26 @@ impl Membership {
     /// The live set (this node included) and whether this node may host egress IPs now.
     fn live(&self, store: &Store, node: &str, args: &AgentArgs) -> (BTreeSet<String>, bool) {
         match self {
-            Membership::Gossip { view, started, .. } => {
-                let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+            Membership::Gossip { view, has_peers, joined_since, .. } => {
+                let v = match view.lock() {
+                    Ok(v) => v.clone(),
+                    // Without a trustworthy view, host nothing.
+                    Err(_) => return ([node.to_string()].into(), false),
+                };
                 // Suspect members are still alive for SWIM until declared Dead.
                 let mut live: BTreeSet<String> = v.active().into_iter().map(str::to_string).collect();
                 live.insert(node.to_string());
-                let alone = v.members.iter().all(|m| m.local);
-                let settled = (v.joined || alone) && started.elapsed() >= Duration::from_millis(args.settle_ms);
+                let settled = match joined_since.lock() {
+                    Ok(mut since) => {
+                        if v.joined || !has_peers {
+                            since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_millis(args.settle_ms)
+                        } else {
+                            *since = None;
+                            false
+                        }
+                    }
+                    Err(_) => false,
+                };
                 (live, settled)
             }
             Membership::Heartbeats => {
@@ -125,9 +147,14 @@ impl Membership {
     }
 }
 
-/// This node's plan from the store, and the store stamp it reflects.
+/// The last store state that loaded without errors.
+type GoodState = Option<(egret_store::Objects, u64)>;
+
+/// This node's plan from the store (or, while the store has a bad document, from the last good
+/// state, so membership changes still fail over), and the store stamp it reflects.
 fn compute(
     store: &Store,
+    good: &mut GoodState,
     node: &str,
     live: &BTreeSet<String>,
     may_host: bool,
@@ -135,16 +162,22 @@ fn compute(
 ) -> anyhow::Result<(NodePlan, u64)> {
     let (objs, errs, stamp) = store.load_stamped();
     if let Some(e) = errs.first() {
-        bail!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
+        warn!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
+    } else {
+        *good = Some((objs, stamp));
     }
+    let Some((objs, stamp)) = good.as_ref() else { bail!("the store has never loaded without errors") };
+    let stamp = *stamp;
     let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
-    let (_, p) = objs.plan(live, &config);
-    let mut np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
+    // Not settled in the cluster yet (or no gossip key): plan as if this node could not be a
+    // gateway, so it holds, announces and SNATs nothing, and the sync removes whatever an
+    // earlier life held before anything is announced. Its pods are steered to the others.
+    let mut live = live.clone();
     if !may_host {
-        // Not settled in the cluster yet (or no gossip key): hold nothing, so the sync removes
-        // whatever an earlier life held before anything is announced.
-        np.hosted.clear();
+        live.remove(node);
     }
+    let (_, p) = objs.plan(&live, &config);
+    let np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
     Ok((np, stamp))
 }
 
@@ -172,6 +205,7 @@ impl Loop {
         let mut dirty = true;
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
+        let mut good: GoodState = None;
         while !stop.load(Ordering::Relaxed) {
             let (live, may_host) = membership.live(&store, &node, &args);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
@@ -182,9 +216,13 @@ impl Loop {
                 dirty = true;
             }
             let (live, may_host) = last_inputs.insert(inputs).clone();
+            if report.may_host != may_host {
+                report.may_host = may_host;
+                last_heartbeat = 0;
+            }
             if dirty || verify || !report.ready {
                 dirty = false;
-                match compute(&store, &node, &live, may_host, &args) {
+                match compute(&store, &mut good, &node, &live, may_host, &args) {
                     Ok((np, stamp)) => {
                         if last.as_ref() != Some(&np) || !report.ready || verify {
                             last_verify = Instant::now();
@@ -238,6 +276,18 @@ impl Loop {
                 for c in now.difference(&conflicts_seen) {
                     metrics.conflicts.inc();
                     warn!(ip = %c.0, holders = ?c.1, "egress IP conflict: held by more than one live node");
+                }
+                // A conflict over an IP this node still holds has cleared: the other node may
+                // have moved the router's entry for it, so announce it again.
+                let cleared: Vec<IpAddr> = conflicts_seen
+                    .iter()
+                    .filter(|c| !now.contains(*c) && report.hosted.contains(&c.0))
+                    .map(|c| c.0)
+                    .collect();
+                if !cleared.is_empty() {
+                    info!(ips = ?cleared, "conflict cleared; announcing again");
+                    dp.reannounce(&cleared);
+                    report.ready = false; // forces the next iteration to sync
                 }
                 conflicts_seen = now;
                 for status in [MemberStatus::Alive, MemberStatus::Suspect, MemberStatus::Dead] {
@@ -326,19 +376,28 @@ fn gossip_config(store: &Store, node: &str, key: GossipKey, port: u16) -> anyhow
         bail!("store: {e}");
     }
     let nodes = objs.model_nodes();
+    // One rule for every node's gossip address, so peers reach each other where they listen.
+    let addr_of =
+        |n: &egret_core::model::Node| n.ip(egret_core::net::Family::V4).or_else(|| n.internal_ips.first().copied());
     let me = nodes.iter().find(|n| n.name == node).with_context(|| format!("node {node:?} is not in the store"))?;
-    let ip = me
-        .ip(egret_core::net::Family::V4)
-        .or_else(|| me.internal_ips.first().copied())
-        .with_context(|| format!("node {node:?} has no InternalIP"))?;
+    let ip = addr_of(me).with_context(|| format!("node {node:?} has no InternalIP"))?;
     let seeds = nodes
         .iter()
         .filter(|n| n.name != node)
-        .filter_map(|n| {
-            n.internal_ips.first().map(|ip| Seed { name: n.name.clone(), addr: SocketAddr::new(*ip, port) })
-        })
+        .filter_map(|n| Some(Seed { name: n.name.clone(), addr: SocketAddr::new(addr_of(n)?, port) }))
         .collect();
     Ok(GossipConfig::new(node, SocketAddr::new(ip, port), seeds, key))
+}
+
+/// Signals the main thread when the datapath thread ends, also by panic (drop runs on unwind).
+struct DoneOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Runs the agent (or its cleanup).
@@ -372,6 +431,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             let key = GossipKey::load(path).with_context(|| format!("gossip key {}", path.display()))?;
             let cfg = gossip_config(&store, &node, key, args.gossip_port)?;
             let addr = cfg.addr;
+            let has_peers = !cfg.seeds.is_empty();
             let (handle, mut views) = {
                 let _guard = rt.enter();
                 Gossip::start(cfg).with_context(|| format!("starting gossip on {addr}"))?
@@ -388,7 +448,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             });
             info!(%addr, "gossip started");
-            Membership::Gossip { view, handle: Arc::new(handle), rt: rt.handle().clone(), started: Instant::now() }
+            Membership::Gossip {
+                view,
+                handle: Arc::new(handle),
+                rt: rt.handle().clone(),
+                has_peers,
+                joined_since: Mutex::new(None),
+            }
         }
         None => {
             warn!("no --gossip-key-file: no gossip, and this node will not host egress IPs");
@@ -399,16 +465,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let health_addr = args.health_addr;
     let worker = Loop { store, node, args, health: health.clone(), metrics: metrics.clone(), membership };
+    // If the datapath loop ends on its own (an error or a panic), the whole agent must exit:
+    // otherwise gossip would keep telling peers this node is alive while nothing hosts its IPs.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let loop_handle = {
         let stop = stop.clone();
-        std::thread::Builder::new().name("datapath".into()).spawn(move || worker.run(rx, stop))?
+        std::thread::Builder::new().name("datapath".into()).spawn(move || {
+            let _done = DoneOnDrop(Some(done_tx));
+            worker.run(rx, stop)
+        })?
     };
-    rt.block_on(async {
+    let served = rt.block_on(async {
         tokio::select! {
             r = serve_http(health_addr, health, metrics) => r,
             _ = wait_for_signal() => Ok(()),
+            _ = done_rx => Err(anyhow::anyhow!("the datapath loop stopped")),
         }
-    })?;
+    });
     // The datapath is left in place: a restarted agent converges without disturbing flows.
     stop.store(true, Ordering::Relaxed);
     let _ = tx.send(());
@@ -416,6 +489,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         Ok(r) => r?,
         Err(_) => bail!("the datapath thread panicked"),
     }
+    served?;
     info!("agent stopped");
     Ok(())
 }

@@ -20,7 +20,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "1500")]
     pub liveness_timeout_ms: u64,
     /// Re-evaluate at least this often (liveness changes have no file event).
-    #[arg(long, default_value = "250")]
+    #[arg(long, default_value = "250", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_ms: u64,
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]

@@ -29,7 +29,7 @@ impl Lab {
             eprintln!("skipping {test}: {why}");
             return None;
         }
-        let name = format!("t{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!("t{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
         let lab = Lab { name };
         let o = lab.run(&["lab", "up"]);
         assert!(
@@ -308,7 +308,13 @@ fn holders(lab: &Lab, ip: &str) -> Vec<String> {
     let dir = format!("/run/egret/labs/{}/store/.agents", lab.name);
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        let path = e.unwrap().path();
+        // Skip the temporary files of atomic writes (they may vanish between listing and reading).
+        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         if r["hosted"].as_array().is_some_and(|h| h.iter().any(|x| x == ip)) {
             out.push(r["node"].as_str().unwrap().to_string());
         }

@@ -140,8 +140,10 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
             .with_context(|| format!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}"))?;
         let probe = Probe::start(&Netns::attach(&pod.1)?, to)?;
         wait_steady(&probe, ip, Duration::from_millis(300), Duration::from_secs(10))?;
-        let killed_at = Instant::now();
         power_off(&mut st, &gateway)?;
+        // From the moment the link is down: an attempt started earlier could still succeed
+        // through the old gateway and make the gap look shorter.
+        let killed_at = Instant::now();
         let gap = loop {
             std::thread::sleep(Duration::from_millis(20));
             let now = Instant::now();

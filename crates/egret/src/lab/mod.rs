@@ -140,8 +140,10 @@ pub enum BenchCmd {
 /// Runs a lab command.
 pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.as_str();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || name.len() > 20 {
-        bail!("lab name {name:?} must be 1-20 characters of letters, digits and '-'");
+    // No '-': a lab's namespaces are found by the prefix `egret-lab-NAME-`, which must never
+    // also match another lab's (`a` and `a-b`).
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) || name.len() > 20 {
+        bail!("lab name {name:?} must be 1-20 letters and digits");
     }
     match args.cmd {
         LabCmd::Up { nodes } => up(name, nodes),
@@ -258,17 +260,22 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
-/// Stops a process: SIGTERM, then SIGKILL after `grace`.
+/// Whether `pid` runs (a zombie does not count).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
+}
+
+/// Stops a process: SIGTERM, then SIGKILL after `grace` if it still runs.
 fn stop(pid: u32, grace: Duration) {
-    if !alive(pid) {
+    if !running(pid) {
         return;
     }
     signal(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + grace;
-    while alive(pid) && Instant::now() < deadline {
+    while running(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if alive(pid) {
+    if running(pid) {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }
@@ -397,7 +404,8 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     st.save()?;
     let want: BTreeSet<String> = st.nodes.keys().cloned().collect();
     wait_until(Duration::from_secs(60), || {
-        let ready: BTreeSet<String> = reports(st).into_iter().filter(|(_, r)| r.ready).map(|(n, _)| n).collect();
+        let ready: BTreeSet<String> =
+            reports(st).into_iter().filter(|(_, r)| r.ready && r.may_host).map(|(n, _)| n).collect();
         Ok(ready == want)
     })
     .with_context(|| format!("agents did not all become ready within 60 s; see {}", st.dir().join("logs").display()))?;
@@ -461,17 +469,20 @@ fn down(name: &str) -> anyhow::Result<ExitCode> {
     for pid in controllers_of(&store_arg) {
         stop(pid, Duration::from_secs(2));
     }
-    // Processes inside the lab's namespaces (agents, whoami, anything a user started).
+    // Processes inside the lab's namespaces (agents, whoami, anything a user started). Keep
+    // going past errors: whatever can be removed is, and the errors are reported at the end.
+    let mut errors = Vec::new();
     let namespaces = lab_namespaces(&prefix)?;
     for ns in &namespaces {
-        let out = Command::new("ip").args(["netns", "pids", ns]).output()?;
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            signal(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+        let out = match Command::new("ip").args(["netns", "pids", ns]).output() {
+            Ok(o) => o,
+            Err(e) => {
+                errors.push(format!("listing processes of {ns}: {e}"));
+                continue;
             }
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        };
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            stop(pid, Duration::from_secs(2));
         }
     }
     // Pods first, router last, so no veth outlives its peer's namespace by surprise.
@@ -486,13 +497,20 @@ fn down(name: &str) -> anyhow::Result<ExitCode> {
         }
     });
     for ns in ordered {
-        Netns::attach(&ns)?.delete()?;
-        removed += 1;
+        match Netns::attach(&ns).and_then(Netns::delete) {
+            Ok(()) => removed += 1,
+            Err(e) => errors.push(format!("deleting {ns}: {e}")),
+        }
     }
     let dir = state::dir(name);
     drop(_lock);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    if !errors.is_empty() {
+        bail!("lab {name:?} is only partly down:\n  {}", errors.join("\n  "));
     }
     if removed == 0 && st.is_none() {
         println!("lab {name:?} was not up; nothing to do");
@@ -805,8 +823,10 @@ fn power_on(st: &mut LabState, node: &str) -> anyhow::Result<()> {
     st.killed.remove(node);
     st.save()?;
     let pid = st.agents.get(node).copied().unwrap_or(0);
-    wait_until(Duration::from_secs(30), || Ok(reports(st).iter().any(|(nm, r)| nm == node && r.ready && r.pid == pid)))
-        .with_context(|| format!("agent of {node} did not become ready"))
+    wait_until(Duration::from_secs(30), || {
+        Ok(reports(st).iter().any(|(nm, r)| nm == node && r.ready && r.may_host && r.pid == pid))
+    })
+    .with_context(|| format!("agent of {node} did not become ready"))
 }
 
 fn kill_node(name: &str, node: &str, keep_agent: bool) -> anyhow::Result<ExitCode> {
@@ -852,7 +872,7 @@ fn restart(name: &str, target: &str, without_key: bool) -> anyhow::Result<ExitCo
     st.agents.insert(target.to_string(), pid);
     st.save()?;
     wait_until(Duration::from_secs(30), || {
-        Ok(reports(&st).iter().any(|(nm, r)| nm == target && r.ready && r.pid == pid))
+        Ok(reports(&st).iter().any(|(nm, r)| nm == target && r.ready && (r.may_host || without_key) && r.pid == pid))
     })
     .with_context(|| format!("agent of {target} did not become ready"))?;
     outln!("{target}: agent restarted");
