@@ -177,9 +177,14 @@ fn compute(
         live.remove(node);
     }
     let (_, p) = objs.plan(&live, &config);
-    let np = p.node_plan(node).with_context(|| format!("node {node:?} is not in the store"))?;
+    let np = p.node_plan(node).ok_or(NotInStore)?;
     Ok((np, stamp))
 }
+
+/// This node's Node object is not (or no longer) in the store.
+#[derive(Debug, thiserror::Error)]
+#[error("this node is not in the store")]
+struct NotInStore;
 
 struct Loop {
     store: Store,
@@ -257,6 +262,18 @@ impl Loop {
                             report.programmed_at_ms = now_ms();
                             last_heartbeat = 0;
                         }
+                    }
+                    Err(e) if e.is::<NotInStore>() => {
+                        // Removed from the cluster: hold and steer nothing, so no IP is held twice.
+                        if last.take().is_some() || !report.hosted.is_empty() {
+                            warn!("{node} is no longer in the store: removing Egret's datapath state");
+                            if let Err(e) = dp.cleanup() {
+                                warn!("cleanup: {e}");
+                            }
+                            report.hosted.clear();
+                            last_heartbeat = 0;
+                        }
+                        report.error = Some(format!("node {node} is not in the store"));
                     }
                     Err(e) => {
                         warn!("{e:#}");
