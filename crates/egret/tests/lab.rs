@@ -370,27 +370,36 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
 }
 
+/// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
+fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
+    let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
+    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
+    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    (gw, probe)
+}
+
+/// Waits until exactly one node other than `old` holds `ip`.
+fn wait_taken_over(lab: &Lab, ip: &str, old: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = holders(lab, ip);
+        if h.len() == 1 && h[0] != old {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{ip} not taken over from {old}: holders {h:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn partition_heals_with_exactly_one_holder() {
     let Some(lab) = Lab::up("partition") else { return };
     lab.apply("examples/seed-002-ha/egress.yaml");
-    let gw = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    let (gw, probe) = gateway_and_probe(&lab);
     // Cut the gateway off the network; its agent keeps running and sees everyone else dead.
     lab.ok(&["lab", "kill-node", &gw, "--keep-agent"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = holders(&lab, "10.10.0.11");
-        // The isolated side holds nothing (it is alone); the majority side took the IP over.
-        if h.len() == 1 && h[0] != gw {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no single new holder while {gw} is cut off: {h:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The isolated side holds nothing (it is alone); the majority side took the IP over.
+    wait_taken_over(&lab, "10.10.0.11", &gw);
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
     // Heal: the isolated node rejoins, and in the end exactly one node holds each IP.
     lab.ok(&["lab", "restore-node", &gw]);
@@ -407,21 +416,9 @@ fn partition_heals_with_exactly_one_holder() {
 fn an_agent_without_the_gossip_key_hosts_nothing() {
     let Some(lab) = Lab::up("without_key") else { return };
     lab.apply("examples/seed-002-ha/egress.yaml");
-    let gw = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    let (gw, probe) = gateway_and_probe(&lab);
     lab.ok(&["lab", "restart", &gw, "--without-key"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = holders(&lab, "10.10.0.11");
-        if h.len() == 1 && h[0] != gw {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the keyless agent on {gw} still holds or nobody took over: {h:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_taken_over(&lab, "10.10.0.11", &gw);
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
     let log = std::fs::read_to_string(format!("/run/egret/labs/{}/logs/agent-{gw}.log", lab.name)).unwrap();
     assert!(log.contains("will not host egress IPs"), "{log}");
