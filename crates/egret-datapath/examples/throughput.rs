@@ -21,7 +21,6 @@ mod common;
 
 use common::*;
 use egret_netns::{DB_A, Topology, TopologySpec};
-use std::net::Ipv4Addr;
 
 fn iperf(topo: &Topology, secs: u32) -> f64 {
     let out = topo
@@ -48,16 +47,8 @@ fn main() {
     let secs = args.first().copied().unwrap_or(5);
     let rounds = args.get(1).copied().unwrap_or(3);
 
-    let web1 = Ipv4Addr::new(10, 244, 1, 10);
-    let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, web1)).unwrap();
-    let mut c = Cluster::new(2, &[2]);
-    c.pod("default", "web-1", "web", 1, web1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
-        "eg-web",
-        "web",
-        "pool",
-        &[],
-        &[],
-    );
+    let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
+    let c = Cluster::web_egress(2, &[2]);
     let plan = c.plan();
     let eip = egress_ip(&plan, "eg-web");
     let gw_id = plan.node_ids["node-2"];
@@ -82,7 +73,7 @@ fn main() {
             topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
         }
         let n1 = &topo.node(1).ns;
-        n1.ip(&["rule", "add", "from", &web1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
+        n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
         let n2 = &topo.node(2).ns;
         n2.ip(&["route", "add", &n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
         topo.router.ip(&["route", "add", &n1_tunnel, "via", &egret_netns::node_ip(2).to_string()]).unwrap();

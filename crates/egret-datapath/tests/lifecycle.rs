@@ -8,22 +8,13 @@ use egret_netns::*;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-const WEB1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-
 #[test]
 fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
     if skip() {
         return;
     }
     let topo = Topology::build(&TopologySpec::new("life-resync", 2).pod("web-1", 1, WEB1)).unwrap();
-    let mut c = Cluster::new(2, &[2]);
-    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
-        "eg-web",
-        "web",
-        "pool",
-        &[],
-        &[],
-    );
+    let c = Cluster::web_egress(2, &[2]);
     let plan = c.plan();
     let eip = egress_ip(&plan, "eg-web");
     let mut dps = datapaths(2);
@@ -89,14 +80,7 @@ fn cleanup_leaves_the_node_exactly_as_before_and_touches_nothing_else() {
     n1.ip(&["route", "add", "192.0.2.0/24", "via", "10.10.0.1", "table", "100"]).unwrap();
     let before = snapshot(&topo, 1);
 
-    let mut c = Cluster::new(2, &[1]);
-    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
-        "eg-web",
-        "web",
-        "pool",
-        &[],
-        &[],
-    );
+    let c = Cluster::web_egress(2, &[1]);
     let plan = c.plan();
     let mut dp = Datapath::new(Config::default()).unwrap();
     sync(&topo, &mut dp, 1, &plan);

@@ -6,7 +6,6 @@ use common::*;
 use egret_netns::*;
 use std::net::Ipv4Addr;
 
-const WEB1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const CLIENT1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 
@@ -147,14 +146,7 @@ fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
     }
     let spec = TopologySpec::new("steer-move", 3).pod("web-1", 1, WEB1);
     let topo = Topology::build(&spec).unwrap();
-    let mut c = Cluster::new(3, &[2, 3]);
-    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
-        "eg-web",
-        "web",
-        "pool",
-        &[],
-        &[],
-    );
+    let mut c = Cluster::web_egress(3, &[2, 3]);
     let before = c.plan();
     let eip = egress_ip(&before, "eg-web");
     let std::net::IpAddr::V4(eip4) = eip else { panic!("IPv4 expected") };

@@ -17,6 +17,9 @@ use std::time::Duration;
 
 pub const T: Duration = Duration::from_secs(3);
 
+/// The address of pod `default/web-1` on node 1 in most scenarios.
+pub const WEB1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+
 pub fn skip() -> bool {
     if let Some(why) = egret_netns::skip_reason(&["ip", "nft"]) {
         eprintln!("skipping: {why}");
@@ -123,6 +126,20 @@ impl Cluster {
     }
 
     /// Runs the real planner.
+    /// The common scenario: `n` nodes (`gateways` eligible), pod `default/web-1` (app=web) on
+    /// node 1 at [`WEB1`], a pool 10.10.0.11-20 and Egress `eg-web` selecting it.
+    pub fn web_egress(n: usize, gateways: &[usize]) -> Cluster {
+        let mut c = Cluster::new(n, gateways);
+        c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+            "eg-web",
+            "web",
+            "pool",
+            &[],
+            &[],
+        );
+        c
+    }
+
     pub fn plan(&self) -> Plan {
         let v = validate(&self.pools, &self.egresses);
         assert!(v.problems.is_empty(), "{:?}", v.problems);
