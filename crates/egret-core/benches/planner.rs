@@ -7,10 +7,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use egret_api::v1alpha1 as api;
-use egret_core::ipam::allocate;
 use egret_core::model::{Namespace, Node, Pod};
-use egret_core::planner::{ClusterConfig, Inputs, plan};
-use egret_core::validate::validate;
+use egret_core::planner::{ClusterConfig, plan_objects};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -119,34 +117,11 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("validate+allocate+plan 100k pods x 2k egresses x 5k nodes", |b| {
         b.iter(|| {
-            let v = validate(&w.pools, &w.egresses);
-            let a = allocate(&v.pools, &v.egresses);
-            let p = plan(&Inputs {
-                pools: &v.pools,
-                egresses: &v.egresses,
-                allocations: &a,
-                nodes: &w.nodes,
-                namespaces: &w.namespaces,
-                pods: &w.pods,
-                live: &w.live,
-                config: &config,
-            });
+            let (_, p) = plan_objects(&w.pools, &w.egresses, &w.nodes, &w.namespaces, &w.pods, &w.live, &config);
             black_box(p.rules.len())
         })
     });
-    let v = validate(&w.pools, &w.egresses);
-    let a = allocate(&v.pools, &v.egresses);
-    let inputs = Inputs {
-        pools: &v.pools,
-        egresses: &v.egresses,
-        allocations: &a,
-        nodes: &w.nodes,
-        namespaces: &w.namespaces,
-        pods: &w.pods,
-        live: &w.live,
-        config: &config,
-    };
-    let p = plan(&inputs);
+    let (_, p) = plan_objects(&w.pools, &w.egresses, &w.nodes, &w.namespaces, &w.pods, &w.live, &config);
     assert!(p.rules.len() >= PODS / 2, "the benchmark world steers most pods");
     g.bench_function("node_plan of one node (what an agent computes)", |b| {
         b.iter(|| black_box(p.node_plan("node-10").map(|n| n.steer.len())))

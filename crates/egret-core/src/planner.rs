@@ -536,6 +536,32 @@ pub fn plan(inp: &Inputs) -> Plan {
     }
 }
 
+/// Validates, allocates, places and plans in one go from API objects: what the controller,
+/// the agents, `egret plan`, the tests and the benchmark all do.
+pub fn plan_objects(
+    pools: &[egret_api::v1alpha1::ExternalIPPool],
+    egresses: &[egret_api::v1alpha1::Egress],
+    nodes: &[Node],
+    namespaces: &[Namespace],
+    pods: &[Pod],
+    live: &BTreeSet<String>,
+    config: &ClusterConfig,
+) -> (crate::validate::Validated, Plan) {
+    let v = crate::validate::validate(pools, egresses);
+    let allocations = crate::ipam::allocate(&v.pools, &v.egresses);
+    let p = plan(&Inputs {
+        pools: &v.pools,
+        egresses: &v.egresses,
+        allocations: &allocations,
+        nodes,
+        namespaces,
+        pods,
+        live,
+        config,
+    });
+    (v, p)
+}
+
 impl Plan {
     /// What one node must hold: one pass over the rules. This is what an agent computes.
     pub fn node_plan(&self, node: &str) -> Option<NodePlan> {
@@ -637,9 +663,7 @@ pub fn block_span(net: &IpNet) -> (IpAddr, IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::allocate;
     use crate::testutil::*;
-    use crate::validate::validate;
     use egret_api::v1alpha1 as api;
 
     struct Fixture {
@@ -659,19 +683,17 @@ mod tests {
         }
 
         fn plan(&self) -> Plan {
-            let v = validate(&self.pools, &self.egresses);
+            let (v, p) = plan_objects(
+                &self.pools,
+                &self.egresses,
+                &self.nodes,
+                &self.namespaces,
+                &self.pods,
+                &self.live,
+                &ClusterConfig::default(),
+            );
             assert!(v.problems.is_empty(), "{:?}", v.problems);
-            let a = allocate(&v.pools, &v.egresses);
-            plan(&Inputs {
-                pools: &v.pools,
-                egresses: &v.egresses,
-                allocations: &a,
-                nodes: &self.nodes,
-                namespaces: &self.namespaces,
-                pods: &self.pods,
-                live: &self.live,
-                config: &ClusterConfig::default(),
-            })
+            p
         }
     }
 

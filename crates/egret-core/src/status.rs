@@ -120,29 +120,23 @@ pub fn pool_statuses(plan: &Plan) -> Vec<(String, ExternalIPPoolStatus)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::allocate;
-    use crate::planner::{ClusterConfig, Inputs, plan};
+    use crate::planner::{ClusterConfig, plan_objects};
     use crate::testutil::*;
-    use crate::validate::validate;
 
     fn setup() -> (Plan, Vec<Problem>) {
         let (nodes, namespaces, pods) = lab();
         let mut bad = mk_egress("bad", Some("p"), None);
         bad.spec.failure_policy = Some("Leak".into());
-        let v =
-            validate(&[mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[])], &[mk_egress("e", Some("p"), None), bad]);
-        let a = allocate(&v.pools, &v.egresses);
         let live = nodes.iter().map(|n| n.name.clone()).collect();
-        let p = plan(&Inputs {
-            pools: &v.pools,
-            egresses: &v.egresses,
-            allocations: &a,
-            nodes: &nodes,
-            namespaces: &namespaces,
-            pods: &pods,
-            live: &live,
-            config: &ClusterConfig::default(),
-        });
+        let (v, p) = plan_objects(
+            &[mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[])],
+            &[mk_egress("e", Some("p"), None), bad],
+            &nodes,
+            &namespaces,
+            &pods,
+            &live,
+            &ClusterConfig::default(),
+        );
         (p, v.problems)
     }
 

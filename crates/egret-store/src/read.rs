@@ -99,19 +99,17 @@ impl Objects {
         live: &std::collections::BTreeSet<String>,
         config: &egret_core::planner::ClusterConfig,
     ) -> (Validated, egret_core::planner::Plan) {
-        let v = self.validate();
-        let allocations = egret_core::ipam::allocate(&v.pools, &v.egresses);
-        let p = egret_core::planner::plan(&egret_core::planner::Inputs {
-            pools: &v.pools,
-            egresses: &v.egresses,
-            allocations: &allocations,
-            nodes: &self.model_nodes(),
-            namespaces: &self.model_namespaces(),
-            pods: &self.model_pods(),
+        let pools: Vec<ExternalIPPool> = self.pools.iter().map(|d| d.object.clone()).collect();
+        let egresses: Vec<Egress> = self.egresses.iter().map(|d| d.object.clone()).collect();
+        egret_core::planner::plan_objects(
+            &pools,
+            &egresses,
+            &self.model_nodes(),
+            &self.model_namespaces(),
+            &self.model_pods(),
             live,
             config,
-        });
-        (v, p)
+        )
     }
 
     /// The file a validation problem's object came from (by kind and position).

@@ -4,10 +4,8 @@
 #![allow(dead_code)]
 
 use egret_api::v1alpha1 as api;
-use egret_core::ipam::allocate;
 use egret_core::model::{Namespace, Node, Pod};
-use egret_core::planner::{ClusterConfig, Inputs, NodePlan, Plan, plan};
-use egret_core::validate::validate;
+use egret_core::planner::{ClusterConfig, NodePlan, Plan, plan_objects};
 use egret_datapath::{Config, Datapath, SyncReport};
 use egret_netns::{Topology, node_ip, node_name, pod_cidr};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -125,7 +123,6 @@ impl Cluster {
         self
     }
 
-    /// Runs the real planner.
     /// The common scenario: `n` nodes (`gateways` eligible), pod `default/web-1` (app=web) on
     /// node 1 at [`WEB1`], a pool 10.10.0.11-20 and Egress `eg-web` selecting it.
     pub fn web_egress(n: usize, gateways: &[usize]) -> Cluster {
@@ -140,20 +137,19 @@ impl Cluster {
         c
     }
 
+    /// Runs the real planner.
     pub fn plan(&self) -> Plan {
-        let v = validate(&self.pools, &self.egresses);
+        let (v, p) = plan_objects(
+            &self.pools,
+            &self.egresses,
+            &self.nodes,
+            &self.namespaces,
+            &self.pods,
+            &self.live,
+            &ClusterConfig::default(),
+        );
         assert!(v.problems.is_empty(), "{:?}", v.problems);
-        let a = allocate(&v.pools, &v.egresses);
-        plan(&Inputs {
-            pools: &v.pools,
-            egresses: &v.egresses,
-            allocations: &a,
-            nodes: &self.nodes,
-            namespaces: &self.namespaces,
-            pods: &self.pods,
-            live: &self.live,
-            config: &ClusterConfig::default(),
-        })
+        p
     }
 }
 
