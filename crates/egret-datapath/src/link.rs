@@ -330,20 +330,7 @@ impl Net {
             if n.header.ifindex != links.vxlan {
                 continue;
             }
-            let mut mac = None;
-            let mut dst = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
-                    // Bridge-family dumps carry the remote as raw bytes.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(mac), Some(dst)) = (mac, dst) {
+            if let (Some(mac), Some(dst)) = mac_and_ipv4(&n.attributes) {
                 out.insert(Item::Fdb(mac, dst), Raw::Neigh(n));
             }
         }
@@ -353,16 +340,7 @@ impl Net {
             if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
                 continue;
             }
-            let mut mac = None;
-            let mut dst = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
-                    _ => {}
-                }
-            }
-            if let (Some(mac), Some(dst)) = (mac, dst) {
+            if let (Some(mac), Some(dst)) = mac_and_ipv4(&n.attributes) {
                 out.insert(Item::Neigh(dst, mac), Raw::Neigh(n));
             }
         }
@@ -553,4 +531,22 @@ mod tests {
             ]
         );
     }
+}
+
+/// The link-layer address and IPv4 destination of a neighbour or FDB entry.
+fn mac_and_ipv4(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<Ipv4Addr>) {
+    let mut mac = None;
+    let mut dst = None;
+    for a in attrs {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            // Bridge-family (FDB) dumps carry the remote as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+            }
+            _ => {}
+        }
+    }
+    (mac, dst)
 }

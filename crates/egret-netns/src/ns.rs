@@ -26,9 +26,14 @@ pub fn unique_prefix(tag: &str) -> String {
 fn run(cmd: &mut Command) -> Result<String, Error> {
     let display = format!("{cmd:?}");
     let out: Output = cmd.stdin(Stdio::null()).output().map_err(|e| Error::Spawn(display.clone(), e))?;
+    stdout_of(display, out)
+}
+
+/// The standard output of a finished command, or an error carrying its standard error.
+fn stdout_of(command: String, out: Output) -> Result<String, Error> {
     if !out.status.success() {
         return Err(Error::Command {
-            command: display,
+            command,
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
@@ -100,14 +105,7 @@ impl Netns {
             stdin.write_all(input.as_bytes()).map_err(|e| Error::Spawn(display.clone(), e))?;
         }
         let out = child.wait_with_output().map_err(|e| Error::Spawn(display.clone(), e))?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                command: display,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(display, out)
     }
 
     /// A command that runs inside the namespace (`ip netns exec NAME PROGRAM`), to spawn
