@@ -498,6 +498,24 @@ impl Net {
     }
 }
 
+/// The link-layer address and IPv4 destination of a neighbour or FDB entry.
+fn mac_and_ipv4(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<Ipv4Addr>) {
+    let mut mac = None;
+    let mut dst = None;
+    for a in attrs {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            // Bridge-family (FDB) dumps carry the remote as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+            }
+            _ => {}
+        }
+    }
+    (mac, dst)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -531,22 +549,4 @@ mod tests {
             ]
         );
     }
-}
-
-/// The link-layer address and IPv4 destination of a neighbour or FDB entry.
-fn mac_and_ipv4(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<Ipv4Addr>) {
-    let mut mac = None;
-    let mut dst = None;
-    for a in attrs {
-        match a {
-            NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
-            // Bridge-family (FDB) dumps carry the remote as raw bytes.
-            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-            }
-            _ => {}
-        }
-    }
-    (mac, dst)
 }
