@@ -305,22 +305,10 @@ fn router_neighbour(lab: &Lab, ip: &str) -> Option<String> {
 }
 
 fn holders(lab: &Lab, ip: &str) -> Vec<String> {
-    let dir = format!("/run/egret/labs/{}/store/.agents", lab.name);
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        // Skip the temporary files of atomic writes (they may vanish between listing and reading).
-        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(&path) else { continue };
-        let r: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        if r["hosted"].as_array().is_some_and(|h| h.iter().any(|x| x == ip)) {
-            out.push(r["node"].as_str().unwrap().to_string());
-        }
-    }
-    out.sort();
-    out
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let store = egret_store::Store::open(lab.store()).unwrap();
+    let reports: Vec<(String, egret_store::AgentReport)> = store.read_reports();
+    reports.into_iter().filter(|(_, r)| r.hosted.contains(&ip)).map(|(n, _)| n).collect()
 }
 
 #[test]
