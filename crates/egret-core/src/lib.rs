@@ -1,6 +1,7 @@
 //! Egret's pure core. Everything here is a plain function of its inputs: no I/O, no clocks, no
 //! async. Sources, the datapath, gossip and the CLI are shells around it.
 //!
+//! - [`event`]: what object sources send into the index (apply, delete, reset per kind).
 //! - [`model`]: the validated domain objects, built from API objects by [`validate`].
 //! - [`selector`]: Kubernetes label selectors, compiled once and matched many times.
 //! - [`net`]: address arithmetic (ranges, CIDR decomposition).
@@ -8,6 +9,7 @@
 //! - [`placement`]: which node hosts an egress IP.
 //! - [`planner`]: objects + live nodes -> what every node's datapath must hold.
 
+pub mod event;
 pub mod ipam;
 pub mod model;
 pub mod net;
