@@ -2,6 +2,7 @@
 //! async. Sources, the datapath, gossip and the CLI are shells around it.
 //!
 //! - [`event`]: what object sources send into the index (apply, delete, reset per kind).
+//! - [`index`]: the in-memory index that events keep up to date; node plans without re-planning.
 //! - [`model`]: the validated domain objects, built from API objects by [`validate`].
 //! - [`selector`]: Kubernetes label selectors, compiled once and matched many times.
 //! - [`net`]: address arithmetic (ranges, CIDR decomposition).
@@ -10,6 +11,7 @@
 //! - [`planner`]: objects + live nodes -> what every node's datapath must hold.
 
 pub mod event;
+pub mod index;
 pub mod ipam;
 pub mod model;
 pub mod net;

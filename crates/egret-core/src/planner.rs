@@ -125,7 +125,7 @@ pub struct Rule {
 }
 
 /// The whole plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Plan {
     /// Per Egress, by name.
     pub egresses: Vec<EgressOutcome>,
@@ -255,7 +255,7 @@ fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) ->
 }
 
 /// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
-fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
+pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
     let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
     // Eligible nodes per pool, computed once per pool rather than once per Egress.
     let mut eligible_by_pool: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -375,7 +375,7 @@ type Partition = Arc<Vec<(IpNet, usize)>>;
 
 /// The disjoint destination blocks of one set of matching Egresses (indices in priority
 /// order), for one family: `(block, egress index)`.
-fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(IpNet, usize)> {
+pub(crate) fn partition(matched: &[usize], egresses: &[&Egress], family: Family) -> Vec<(IpNet, usize)> {
     // (prefix length, egress rank, exclusion first, span)
     let mut entries: Vec<(u8, usize, bool, Span)> = Vec::new();
     for &i in matched {
@@ -417,6 +417,22 @@ fn collapse(nets: impl IntoIterator<Item = IpNet>) -> Vec<IpNet> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Destinations never steered: every node's pod CIDRs and addresses, the service CIDRs and
+/// the other configured internal CIDRs, collapsed.
+pub(crate) fn cluster_cidrs<'a>(nodes: impl IntoIterator<Item = &'a Node>, config: &ClusterConfig) -> Vec<IpNet> {
+    let internal = nodes
+        .into_iter()
+        .flat_map(|n| {
+            n.pod_cidrs
+                .iter()
+                .copied()
+                .chain(n.internal_ips.iter().chain(n.addresses.iter()).map(|ip| IpNet::from(*ip)))
+        })
+        .chain(config.service_cidrs.iter().copied())
+        .chain(config.internal_cidrs.iter().copied());
+    collapse(internal)
 }
 
 /// Computes the plan.
@@ -507,18 +523,7 @@ pub fn plan(inp: &Inputs) -> Plan {
     }
     rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
 
-    let internal = inp
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            n.pod_cidrs
-                .iter()
-                .copied()
-                .chain(n.internal_ips.iter().chain(n.addresses.iter()).map(|ip| IpNet::from(*ip)))
-        })
-        .chain(inp.config.service_cidrs.iter().copied())
-        .chain(inp.config.internal_cidrs.iter().copied());
-    let cluster_cidrs = collapse(internal);
+    let cluster_cidrs = cluster_cidrs(inp.nodes, inp.config);
 
     let pools = inp
         .allocations

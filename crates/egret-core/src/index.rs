@@ -1,0 +1,1064 @@
+//! The in-memory index: object sources feed it [`Change`] events; it keeps what the planner
+//! needs in incremental form and answers "what must node N hold" without re-planning the cluster.
+//!
+//! After linkerd2's policy-controller index: `apply`, `delete` and `reset` per kind, tested
+//! synchronously by feeding events. What each change costs:
+//!
+//! - **Pods** are grouped by `(namespace, labels)`; a group knows the Egresses that select it.
+//!   A pod add, delete or move touches its group only; a new group is matched against the
+//!   Egresses whose namespace selector admits its namespace (kept per namespace).
+//! - **Namespaces**: a label change re-matches that namespace's groups.
+//! - **Egresses and pools** are few (thousands at most): a change re-validates and re-allocates
+//!   them all (the cross-object rules need that) and re-matches every group against each Egress
+//!   whose selection changed, but only against that Egress.
+//! - **Nodes and the live set** re-place egress IPs (a function of Egresses, pools and nodes,
+//!   not of pods).
+//! - **A node's plan** ([`Index::node_plan`]) is built from the rules of the pods on that node
+//!   plus those of the pods it serves as a gateway, never from the whole cluster's rules.
+//!
+//! The result is the same as [`crate::planner::plan`] over the same objects: a property test
+//! feeds random event sequences and compares every node's plan.
+
+use crate::event::{Change, Event, Kind, ObjectRef};
+use crate::ipam::{self, Allocations};
+use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
+use crate::net::Family;
+use crate::planner::{self, ClusterConfig, EgressOutcome, Inputs, NodePlan, Plan, PoolOutcome, Rule};
+use crate::selector::Labels;
+use crate::validate::{self, Problem, Validated};
+use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
+use egret_api::v1alpha1 as api;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+type GroupId = u64;
+
+/// Pods of one namespace with identical labels: they are selected by the same Egresses.
+#[derive(Debug)]
+struct Group {
+    namespace: String,
+    labels: Labels,
+    pods: BTreeSet<ObjectRef>,
+    /// Egresses whose namespace and pod selectors select this group (node selectors are
+    /// applied per pod, since they depend on the pod's node).
+    matched: BTreeSet<Arc<str>>,
+}
+
+/// Egresses and pools and what follows from them alone: validation, allocation, order.
+#[derive(Debug, Default)]
+struct Objects {
+    validated: Validated,
+    allocations: Allocations,
+    /// Egresses with a selection, oldest first then by name (the overlap rule's order).
+    order: Vec<Arc<str>>,
+    rank: HashMap<Arc<str>, usize>,
+}
+
+/// What follows from the Nodes alone.
+#[derive(Debug, Default)]
+struct NodeFacts {
+    cluster_cidrs: Vec<IpNet>,
+    node_ids: BTreeMap<String, u16>,
+    node_ips: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// A translation of a foreign object that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslationProblem {
+    /// The foreign kind.
+    pub kind: Kind,
+    /// The object.
+    pub name: String,
+    /// What the compat layer said (field and reason).
+    pub reason: String,
+}
+
+
+/// The index. See the module documentation.
+#[derive(Debug)]
+pub struct Index {
+    config: ClusterConfig,
+    expected: BTreeSet<Kind>,
+    synced: BTreeSet<Kind>,
+
+    pools: BTreeMap<String, api::ExternalIPPool>,
+    egresses: BTreeMap<String, api::Egress>,
+    antrea_pools: BTreeMap<String, AntreaPool>,
+    antrea_egresses: BTreeMap<String, AntreaEgress>,
+    cilium: BTreeMap<String, CiliumPolicy>,
+    translation_problems: BTreeMap<(Kind, String), TranslationProblem>,
+
+    nodes: BTreeMap<String, Node>,
+    namespaces: HashMap<String, Namespace>,
+    pods: HashMap<ObjectRef, (Pod, GroupId)>,
+    node_pods: HashMap<String, BTreeSet<ObjectRef>>,
+
+    groups: HashMap<GroupId, Group>,
+    group_ids: HashMap<(String, Labels), GroupId>,
+    next_group: GroupId,
+    ns_groups: HashMap<String, BTreeSet<GroupId>>,
+    egress_groups: HashMap<Arc<str>, BTreeSet<GroupId>>,
+    /// Per namespace, the Egresses whose namespace selector admits it (only namespaces that
+    /// exist: pods of a namespace the index does not know are selected by nothing).
+    ns_candidates: HashMap<String, BTreeSet<Arc<str>>>,
+
+    live: BTreeSet<String>,
+    /// Validation and allocation; `None` when Egress or pool objects changed since.
+    objects: Option<Objects>,
+    /// The validated Egresses the groups were last matched against.
+    matched_against: BTreeMap<String, Egress>,
+    /// Placement and conditions; `None` when objects, Nodes or the live set changed since.
+    outcomes: Option<BTreeMap<String, EgressOutcome>>,
+    /// `None` when Nodes changed since.
+    node_facts: Option<NodeFacts>,
+    /// Destination partitions per family and set of matching Egresses (by rank); emptied when
+    /// the Egresses change.
+    partitions: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, usize)>>>,
+}
+
+/// Applies an event to a map of objects keyed by name. Returns whether anything changed.
+fn objects_event<T: PartialEq>(
+    map: &mut BTreeMap<String, T>,
+    ev: Event<T>,
+    name: impl Fn(&T) -> Option<String>,
+) -> bool {
+    match ev {
+        Event::Apply(obj) => {
+            let Some(n) = name(&obj) else { return false };
+            if map.get(&n) == Some(&obj) {
+                return false;
+            }
+            map.insert(n, obj);
+            true
+        }
+        Event::Delete(r) => map.remove(&r.name).is_some(),
+        Event::Reset(list) => {
+            let new: BTreeMap<String, T> = list.into_iter().filter_map(|o| Some((name(&o)?, o))).collect();
+            if *map == new {
+                return false;
+            }
+            *map = new;
+            true
+        }
+    }
+}
+
+fn pool_outcomes(a: &Allocations) -> Vec<PoolOutcome> {
+    a.usage.iter().map(|(name, u)| PoolOutcome { name: name.clone(), total: u.total, used: u.used }).collect()
+}
+
+/// Whether an Egress's namespace and pod selectors select pods with `labels` in a namespace
+/// with `ns_labels`.
+fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
+    !e.applied_to.selects_nothing()
+        && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
+        && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
+}
+
+fn admits_namespace(e: &Egress, ns_labels: &Labels) -> bool {
+    !e.applied_to.selects_nothing() && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
+}
+
+impl Index {
+    /// An empty index that waits for the initial list of every kind in `expected`.
+    pub fn new(config: ClusterConfig, expected: impl IntoIterator<Item = Kind>) -> Index {
+        Index {
+            config,
+            expected: expected.into_iter().collect(),
+            synced: BTreeSet::new(),
+            pools: BTreeMap::new(),
+            egresses: BTreeMap::new(),
+            antrea_pools: BTreeMap::new(),
+            antrea_egresses: BTreeMap::new(),
+            cilium: BTreeMap::new(),
+            translation_problems: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            namespaces: HashMap::new(),
+            pods: HashMap::new(),
+            node_pods: HashMap::new(),
+            groups: HashMap::new(),
+            group_ids: HashMap::new(),
+            next_group: 0,
+            ns_groups: HashMap::new(),
+            egress_groups: HashMap::new(),
+            ns_candidates: HashMap::new(),
+            live: BTreeSet::new(),
+            objects: None,
+            matched_against: BTreeMap::new(),
+            outcomes: None,
+            node_facts: None,
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// The kinds Egret's own sources always feed: Egret's kinds, Nodes, Namespaces and Pods.
+    pub fn core_kinds() -> [Kind; 5] {
+        [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod]
+    }
+
+    /// Whether every expected kind has delivered its initial list: nothing may reconcile
+    /// before that, or a half-listed cluster would look like deletions.
+    pub fn is_synced(&self) -> bool {
+        self.expected.is_subset(&self.synced)
+    }
+
+    /// Kinds still waiting for their initial list.
+    pub fn waiting_for(&self) -> Vec<Kind> {
+        self.expected.difference(&self.synced).copied().collect()
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: Change) {
+        let kind = change.kind();
+        let objects_changed = match change {
+            Change::Pools(ev) => self.object_event(kind, ev, |s| &mut s.pools, |p| p.metadata.name.clone()),
+            Change::Egresses(ev) => self.object_event(kind, ev, |s| &mut s.egresses, |e| e.metadata.name.clone()),
+            Change::AntreaPools(ev) => {
+                self.object_event(kind, ev, |s| &mut s.antrea_pools, |p| p.metadata.name.clone())
+            }
+            Change::AntreaEgresses(ev) => {
+                self.object_event(kind, ev, |s| &mut s.antrea_egresses, |e| e.metadata.name.clone())
+            }
+            Change::CiliumPolicies(ev) => {
+                self.object_event(kind, ev, |s| &mut s.cilium, |c| c.metadata.name.clone())
+            }
+            Change::Nodes(ev) => {
+                self.node_event(ev);
+                false
+            }
+            Change::Namespaces(ev) => {
+                self.namespace_event(ev);
+                false
+            }
+            Change::Pods(ev) => {
+                self.pod_event(ev);
+                false
+            }
+        };
+        if objects_changed {
+            self.objects = None;
+            self.outcomes = None;
+        }
+    }
+
+    fn object_event<T: PartialEq>(
+        &mut self,
+        kind: Kind,
+        ev: Event<T>,
+        map: impl FnOnce(&mut Self) -> &mut BTreeMap<String, T>,
+        name: impl Fn(&T) -> Option<String>,
+    ) -> bool {
+        if matches!(ev, Event::Reset(_)) {
+            self.synced.insert(kind);
+        }
+        objects_event(map(self), ev, name)
+    }
+
+    /// Sets the nodes that may host egress IPs (alive and eligible). Placement follows it.
+    pub fn set_live(&mut self, live: &BTreeSet<String>) {
+        if &self.live != live {
+            self.live = live.clone();
+            self.outcomes = None;
+        }
+    }
+
+    /// Every Egress and pool problem as a line: failed translations of foreign objects, then
+    /// validation problems.
+    pub fn problems(&mut self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.translation_problems().iter().map(|p| format!("{:?}/{}: {}", p.kind, p.name, p.reason)).collect();
+        out.extend(self.objects().validated.problems.iter().map(Problem::to_string));
+        out
+    }
+
+    /// Validation problems of the Egret objects (translated ones included).
+    pub fn validation_problems(&mut self) -> &[Problem] {
+        &self.objects().validated.problems
+    }
+
+    /// Failed translations of foreign objects.
+    pub fn translation_problems(&mut self) -> Vec<TranslationProblem> {
+        self.objects();
+        self.translation_problems.values().cloned().collect()
+    }
+
+    /// The Egresses (native and translated) as API objects.
+    pub fn api_egresses(&self) -> Vec<api::Egress> {
+        self.all_objects().1
+    }
+
+    /// The pools (native and translated) as API objects.
+    pub fn api_pools(&self) -> Vec<api::ExternalIPPool> {
+        self.all_objects().0
+    }
+
+    /// Number of pods held.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Number of pod groups (distinct namespace and labels).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether the node is known.
+    pub fn has_node(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+    }
+
+    /// The Nodes, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// The cluster-level plan without steering rules: Egress outcomes (IP, gateway,
+    /// conditions), pool usage and cluster CIDRs. What the controller writes as status.
+    pub fn control_plan(&mut self) -> Plan {
+        self.refresh();
+        let (Some(o), Some(out), Some(f)) = (&self.objects, &self.outcomes, &self.node_facts) else {
+            return Plan::default();
+        };
+        Plan {
+            egresses: out.values().cloned().collect(),
+            pools: pool_outcomes(&o.allocations),
+            rules: Vec::new(),
+            cluster_cidrs: f.cluster_cidrs.clone(),
+            node_ids: f.node_ids.clone(),
+            node_ips: f.node_ips.clone(),
+        }
+    }
+
+    /// What `node` must hold, or `None` when the node is unknown.
+    pub fn node_plan(&mut self, node: &str) -> Option<NodePlan> {
+        if !self.nodes.contains_key(node) {
+            return None;
+        }
+        self.refresh();
+        let rules = self.rules_for(node);
+        let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
+        let plan = Plan {
+            // A node's plan reads only the outcomes of the IPs it hosts.
+            egresses: out.values().filter(|o| o.egress_node.as_deref() == Some(node)).cloned().collect(),
+            pools: Vec::new(),
+            rules,
+            cluster_cidrs: f.cluster_cidrs.clone(),
+            node_ids: f.node_ids.clone(),
+            node_ips: f.node_ips.clone(),
+        };
+        plan.node_plan(node)
+    }
+
+    // ---- Egresses and pools ----
+
+    /// Native objects plus the translations of foreign ones, native first.
+    fn all_objects(&self) -> (Vec<api::ExternalIPPool>, Vec<api::Egress>) {
+        let mut pools: Vec<api::ExternalIPPool> = self.pools.values().cloned().collect();
+        let mut egresses: Vec<api::Egress> = self.egresses.values().cloned().collect();
+        pools.extend(self.antrea_pools.values().filter_map(|a| compat::antrea_pool(a).ok()));
+        egresses.extend(self.antrea_egresses.values().filter_map(|a| compat::antrea_egress(a).ok()));
+        for c in self.cilium.values() {
+            for t in compat::cilium_policy(c).into_iter().flatten() {
+                match t {
+                    Translated::Pool(p) => pools.push(*p),
+                    Translated::Egress(e) => egresses.push(*e),
+                }
+            }
+        }
+        (pools, egresses)
+    }
+
+    fn translate_problems(&mut self) {
+        let mut out = BTreeMap::new();
+        let mut note = |kind: Kind, name: &Option<String>, e: compat::CompatError| {
+            let name = name.clone().unwrap_or_default();
+            out.insert((kind, name.clone()), TranslationProblem { kind, name, reason: e.to_string() });
+        };
+        for a in self.antrea_pools.values() {
+            if let Err(e) = compat::antrea_pool(a) {
+                note(Kind::AntreaPool, &a.metadata.name, e);
+            }
+        }
+        for a in self.antrea_egresses.values() {
+            if let Err(e) = compat::antrea_egress(a) {
+                note(Kind::AntreaEgress, &a.metadata.name, e);
+            }
+        }
+        for c in self.cilium.values() {
+            if let Err(e) = compat::cilium_policy(c) {
+                note(Kind::CiliumPolicy, &c.metadata.name, e);
+            }
+        }
+        self.translation_problems = out;
+    }
+
+    /// Brings validation and allocation up to date, re-matching groups against the Egresses
+    /// whose selection changed.
+    fn objects(&mut self) -> &Objects {
+        if self.objects.is_none() {
+            self.translate_problems();
+            let (pools, egresses) = self.all_objects();
+            let validated = validate::validate(&pools, &egresses);
+            let before = std::mem::take(&mut self.matched_against);
+            self.rematch(&before, &validated.egresses);
+            self.matched_against = validated.egresses.clone();
+            self.partitions.clear();
+            let allocations = ipam::allocate(&validated.pools, &validated.egresses);
+            let mut order: Vec<&Egress> =
+                validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
+            order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+            let order: Vec<Arc<str>> = order.iter().map(|e| Arc::from(e.name.as_str())).collect();
+            let rank = order.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+            self.objects = Some(Objects { validated, allocations, order, rank });
+        }
+        self.objects.get_or_insert_with(Objects::default)
+    }
+
+    /// Brings every derived part up to date.
+    fn refresh(&mut self) {
+        self.objects();
+        if self.node_facts.is_none() {
+            self.node_facts = Some(self.compute_node_facts());
+        }
+        if self.outcomes.is_none() {
+            let nodes: Vec<Node> = self.nodes.values().cloned().collect();
+            let Some(o) = self.objects.as_ref() else { return };
+            let outcomes = planner::gateways(&Inputs {
+                pools: &o.validated.pools,
+                egresses: &o.validated.egresses,
+                allocations: &o.allocations,
+                nodes: &nodes,
+                namespaces: &[],
+                pods: &[],
+                live: &self.live,
+                config: &self.config,
+            });
+            self.outcomes = Some(outcomes);
+        }
+    }
+
+    fn compute_node_facts(&self) -> NodeFacts {
+        let nodes: Vec<&Node> = self.nodes.values().collect();
+        NodeFacts {
+            cluster_cidrs: planner::cluster_cidrs(nodes.iter().copied(), &self.config),
+            node_ids: planner::node_ids(nodes.iter().map(|n| n.name.as_str())),
+            node_ips: nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
+        }
+    }
+
+    /// Re-matches every group against each Egress whose selection differs between `before`
+    /// and `after` (added, removed or changed), and updates the per-namespace candidates.
+    fn rematch(&mut self, before: &BTreeMap<String, Egress>, after: &BTreeMap<String, Egress>) {
+        let changed: Vec<&str> = before
+            .keys()
+            .chain(after.keys())
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|n| before.get(*n).map(|e| &e.applied_to) != after.get(*n).map(|e| &e.applied_to))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let empty = Labels::new();
+        for name in changed {
+            let key: Arc<str> = Arc::from(name);
+            let new = after.get(name);
+            for (ns, cands) in self.ns_candidates.iter_mut() {
+                let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
+                if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
+                    cands.insert(key.clone());
+                } else {
+                    cands.remove(&key);
+                }
+            }
+            let mut selected = BTreeSet::new();
+            for (&gid, g) in self.groups.iter_mut() {
+                let hit = match (new, self.namespaces.get(&g.namespace)) {
+                    (Some(e), Some(ns)) => selects(e, &ns.labels, &g.labels),
+                    _ => false,
+                };
+                if hit {
+                    g.matched.insert(key.clone());
+                    selected.insert(gid);
+                } else {
+                    g.matched.remove(&key);
+                }
+            }
+            if selected.is_empty() {
+                self.egress_groups.remove(&key);
+            } else {
+                self.egress_groups.insert(key, selected);
+            }
+        }
+    }
+
+    // ---- Nodes ----
+
+    fn node_event(&mut self, ev: Event<Node>) {
+        let changed = match ev {
+            Event::Reset(_) => {
+                self.synced.insert(Kind::Node);
+                objects_event(&mut self.nodes, ev, |n| Some(n.name.clone()))
+            }
+            ev => objects_event(&mut self.nodes, ev, |n| Some(n.name.clone())),
+        };
+        if changed {
+            self.node_facts = None;
+            self.outcomes = None;
+        }
+    }
+
+    // ---- Namespaces ----
+
+    fn namespace_event(&mut self, ev: Event<Namespace>) {
+        match ev {
+            Event::Apply(ns) => self.put_namespace(ns),
+            Event::Delete(r) => self.remove_namespace(&r.name),
+            Event::Reset(list) => {
+                self.synced.insert(Kind::Namespace);
+                let keep: BTreeSet<String> = list.iter().map(|n| n.name.clone()).collect();
+                let gone: Vec<String> = self.namespaces.keys().filter(|n| !keep.contains(*n)).cloned().collect();
+                for n in gone {
+                    self.remove_namespace(&n);
+                }
+                for ns in list {
+                    self.put_namespace(ns);
+                }
+            }
+        }
+    }
+
+    fn put_namespace(&mut self, ns: Namespace) {
+        if self.namespaces.get(&ns.name) == Some(&ns) {
+            return;
+        }
+        let name = ns.name.clone();
+        self.namespaces.insert(name.clone(), ns);
+        self.namespace_changed(&name);
+    }
+
+    fn remove_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_some() {
+            self.namespace_changed(name);
+        }
+    }
+
+    /// Recomputes a namespace's candidates and re-matches its groups.
+    fn namespace_changed(&mut self, name: &str) {
+        let egresses = &self.matched_against;
+        let cands: Option<BTreeSet<Arc<str>>> = self.namespaces.get(name).map(|ns| {
+            egresses.values().filter(|e| admits_namespace(e, &ns.labels)).map(|e| Arc::from(e.name.as_str())).collect()
+        });
+        match cands {
+            Some(c) => {
+                self.ns_candidates.insert(name.to_string(), c);
+            }
+            None => {
+                self.ns_candidates.remove(name);
+            }
+        }
+        let gids: Vec<GroupId> = self.ns_groups.get(name).map(|g| g.iter().copied().collect()).unwrap_or_default();
+        for gid in gids {
+            self.match_group(gid);
+        }
+    }
+
+    /// Matches one group against its namespace's candidates from scratch.
+    fn match_group(&mut self, gid: GroupId) {
+        let Some(g) = self.groups.get(&gid) else { return };
+        let mut matched = BTreeSet::new();
+        if let (Some(ns), Some(cands)) = (self.namespaces.get(&g.namespace), self.ns_candidates.get(&g.namespace)) {
+            for name in cands {
+                if let Some(e) = self.matched_against.get(&**name)
+                    && selects(e, &ns.labels, &g.labels)
+                {
+                    matched.insert(name.clone());
+                }
+            }
+        }
+        let old = self.groups.get_mut(&gid).map(|g| std::mem::replace(&mut g.matched, matched.clone()));
+        for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
+            if let Some(set) = self.egress_groups.get_mut(name) {
+                set.remove(&gid);
+                if set.is_empty() {
+                    self.egress_groups.remove(name);
+                }
+            }
+        }
+        for name in matched {
+            self.egress_groups.entry(name).or_default().insert(gid);
+        }
+    }
+
+    // ---- Pods ----
+
+    fn pod_event(&mut self, ev: Event<Pod>) {
+        match ev {
+            Event::Apply(p) => self.put_pod(p),
+            Event::Delete(r) => self.remove_pod(&r),
+            Event::Reset(list) => {
+                self.synced.insert(Kind::Pod);
+                let keep: BTreeSet<ObjectRef> =
+                    list.iter().map(|p| ObjectRef::namespaced(&p.namespace, &p.name)).collect();
+                let gone: Vec<ObjectRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+                for k in gone {
+                    self.remove_pod(&k);
+                }
+                for p in list {
+                    self.put_pod(p);
+                }
+            }
+        }
+    }
+
+    fn put_pod(&mut self, pod: Pod) {
+        let key = ObjectRef::namespaced(&pod.namespace, &pod.name);
+        if self.pods.get(&key).is_some_and(|(p, _)| *p == pod) {
+            return;
+        }
+        self.remove_pod(&key);
+        let gid = self.group_for(&pod.namespace, &pod.labels);
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.pods.insert(key.clone());
+        }
+        if let Some(n) = &pod.node {
+            self.node_pods.entry(n.clone()).or_default().insert(key.clone());
+        }
+        self.pods.insert(key, (pod, gid));
+    }
+
+    fn remove_pod(&mut self, key: &ObjectRef) {
+        let Some((pod, gid)) = self.pods.remove(key) else { return };
+        if let Some(n) = &pod.node
+            && let Some(set) = self.node_pods.get_mut(n)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.node_pods.remove(n);
+            }
+        }
+        let empty = match self.groups.get_mut(&gid) {
+            Some(g) => {
+                g.pods.remove(key);
+                g.pods.is_empty()
+            }
+            None => false,
+        };
+        if empty && let Some(g) = self.groups.remove(&gid) {
+            self.group_ids.remove(&(g.namespace.clone(), g.labels));
+            if let Some(set) = self.ns_groups.get_mut(&g.namespace) {
+                set.remove(&gid);
+                if set.is_empty() {
+                    self.ns_groups.remove(&g.namespace);
+                }
+            }
+            for name in &g.matched {
+                if let Some(set) = self.egress_groups.get_mut(name) {
+                    set.remove(&gid);
+                    if set.is_empty() {
+                        self.egress_groups.remove(name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The group of pods with these labels in this namespace, created (and matched) if new.
+    fn group_for(&mut self, namespace: &str, labels: &Labels) -> GroupId {
+        let key = (namespace.to_string(), labels.clone());
+        if let Some(&gid) = self.group_ids.get(&key) {
+            return gid;
+        }
+        let gid = self.next_group;
+        self.next_group += 1;
+        self.groups.insert(
+            gid,
+            Group { namespace: key.0.clone(), labels: key.1.clone(), pods: BTreeSet::new(), matched: BTreeSet::new() },
+        );
+        self.ns_groups.entry(key.0.clone()).or_default().insert(gid);
+        self.group_ids.insert(key, gid);
+        self.match_group(gid);
+        gid
+    }
+
+    // ---- Rules ----
+
+    /// The steering rules that concern `node`: those of its own pods, and those of other
+    /// nodes' pods whose gateway it is.
+    fn rules_for(&mut self, node: &str) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        let local: Vec<ObjectRef> = self.node_pods.get(node).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for key in &local {
+            self.pod_rules(key, None, &mut rules);
+        }
+        // Egresses this node is the gateway of, by rank.
+        let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
+            (Some(out), Some(o)) => out
+                .values()
+                .filter(|e| e.egress_node.as_deref() == Some(node))
+                .filter_map(|e| o.rank.get_key_value(e.name.as_str()).map(|(k, &r)| (k.clone(), r)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut remote: BTreeSet<ObjectRef> = BTreeSet::new();
+        for (name, _) in &served {
+            for gid in self.egress_groups.get(name).into_iter().flatten() {
+                if let Some(g) = self.groups.get(gid) {
+                    remote.extend(
+                        g.pods
+                            .iter()
+                            .filter(|k| self.pods.get(*k).is_some_and(|(p, _)| p.node.as_deref() != Some(node)))
+                            .cloned(),
+                    );
+                }
+            }
+        }
+        if !remote.is_empty() {
+            let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
+            for key in &remote {
+                self.pod_rules(key, Some(&ranks), &mut rules);
+            }
+        }
+        rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
+        rules
+    }
+
+    /// The rules of one pod (only those decided by an Egress in `only`, when given).
+    fn pod_rules(&mut self, key: &ObjectRef, only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
+        let (Some((pod, gid)), Some(o), Some(outcomes)) = (self.pods.get(key), &self.objects, &self.outcomes) else {
+            return;
+        };
+        if pod.ips.is_empty() {
+            return;
+        }
+        let Some(g) = self.groups.get(gid) else { return };
+        let empty = Labels::new();
+        let node_labels = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
+        let mut matched: Vec<usize> = g
+            .matched
+            .iter()
+            .filter_map(|name| {
+                let e = o.validated.egresses.get(&**name)?;
+                if !e.applied_to.nodes.as_ref().is_none_or(|s| s.matches(node_labels)) {
+                    return None;
+                }
+                o.rank.get(name).copied()
+            })
+            .collect();
+        if matched.is_empty() {
+            return;
+        }
+        matched.sort_unstable();
+        let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
+        let ips = pod.ips.clone();
+        for ip in ips {
+            let family = Family::of(&ip);
+            let part = match self.partitions.get(&(family, matched.clone())) {
+                Some(p) => p.clone(),
+                None => {
+                    let order: Vec<&Egress> =
+                        o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
+                    let p = Arc::new(planner::partition(&matched, &order, family));
+                    self.partitions.insert((family, matched.clone()), p.clone());
+                    p
+                }
+            };
+            for &(dest, i) in part.iter() {
+                if only.is_some_and(|only| !only.contains(&i)) {
+                    continue;
+                }
+                let name = &o.order[i];
+                let outcome = outcomes.get(&**name);
+                let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
+                let e = o.validated.egresses.get(&**name);
+                if gateway.is_none() && e.is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP) {
+                    continue;
+                }
+                out.push(Rule {
+                    source_ip: ip,
+                    destination: dest,
+                    egress: name.clone(),
+                    egress_ip: outcome.and_then(|x| x.egress_ip),
+                    gateway,
+                    source_node: source_node.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use proptest::prelude::*;
+
+    fn mk_index() -> Index {
+        Index::new(ClusterConfig::default(), Index::core_kinds())
+    }
+
+    /// An index holding the lab's nodes, namespaces and pods, all kinds synced, every node live.
+    fn lab_index() -> Index {
+        let (nodes, namespaces, pods) = lab();
+        let mut ix = mk_index();
+        ix.set_live(&nodes.iter().map(|n| n.name.clone()).collect());
+        ix.apply(Change::Nodes(Event::Reset(nodes)));
+        ix.apply(Change::Namespaces(Event::Reset(namespaces)));
+        ix.apply(Change::Pods(Event::Reset(pods)));
+        ix.apply(Change::Pools(Event::Reset(vec![])));
+        ix.apply(Change::Egresses(Event::Reset(vec![])));
+        ix
+    }
+
+    /// Every node's plan from the whole-cluster planner over the same objects.
+    fn reference(ix: &Index) -> BTreeMap<String, NodePlan> {
+        let (pools, egresses) = ix.all_objects();
+        let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+        let namespaces: Vec<Namespace> = ix.namespaces.values().cloned().collect();
+        let pods: Vec<Pod> = ix.pods.values().map(|(p, _)| p.clone()).collect();
+        let (_, plan) =
+            planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
+        plan.node_plans()
+    }
+
+    fn assert_same_as_planner(ix: &mut Index) {
+        let want = reference(ix);
+        let names: Vec<String> = ix.nodes.keys().cloned().collect();
+        for n in names {
+            assert_eq!(ix.node_plan(&n).as_ref(), want.get(&n), "node {n}");
+        }
+    }
+
+    fn web_egress(name: &str) -> api::Egress {
+        let mut e = mk_egress(name, Some("p"), None);
+        e.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "prod")]));
+        e
+    }
+
+    #[test]
+    fn nothing_is_synced_before_every_initial_list() {
+        let mut ix = mk_index();
+        assert!(!ix.is_synced());
+        ix.apply(Change::Nodes(Event::Reset(vec![])));
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "a", &[], "node-1", "10.244.1.9"))));
+        assert_eq!(ix.waiting_for(), vec![Kind::Pool, Kind::Egress, Kind::Namespace, Kind::Pod]);
+        ix.apply(Change::Pools(Event::Reset(vec![])));
+        ix.apply(Change::Egresses(Event::Reset(vec![])));
+        ix.apply(Change::Namespaces(Event::Reset(vec![])));
+        ix.apply(Change::Pods(Event::Reset(vec![])));
+        assert!(ix.is_synced());
+    }
+
+    #[test]
+    fn seed_002_through_events() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let np = ix.node_plan("node-1").unwrap();
+        let sources: Vec<String> = np.steer.iter().map(|s| s.source.to_string()).collect();
+        assert_eq!(sources, vec!["10.244.1.10"]);
+        assert_same_as_planner(&mut ix);
+        let gw = ix.control_plan().egresses[0].egress_node.clone().unwrap();
+        let gw_plan = ix.node_plan(&gw).unwrap();
+        let snat: BTreeSet<String> = gw_plan.snat.iter().map(|s| s.source.to_string()).collect();
+        assert_eq!(snat, ["10.244.1.10", "10.244.2.10"].map(String::from).into());
+    }
+
+    #[test]
+    fn pod_label_change_and_delete_follow() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        // payment-1 on node-3 becomes a web pod.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "payment-1", &[("app", "web")], "node-3", "10.244.3.10"))));
+        assert_eq!(ix.node_plan("node-3").unwrap().steer.len(), 1);
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "payment-1"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.is_empty());
+        // Deleting what is not there is not an error.
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "nobody"))));
+        ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("nothing"))));
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn namespace_label_change_rematches_its_pods() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.2.11"));
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("staging", &[("env", "prod")]))));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.2.11"));
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn reset_removes_what_the_new_list_lacks() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let (_, _, pods) = lab();
+        let keep: Vec<Pod> = pods.into_iter().filter(|p| p.name != "web-1" || p.namespace != "prod").collect();
+        ix.apply(Change::Pods(Event::Reset(keep)));
+        assert!(ix.node_plan("node-1").unwrap().steer.is_empty());
+        ix.apply(Change::Egresses(Event::Reset(vec![])));
+        assert!(ix.node_plan("node-2").unwrap().steer.is_empty());
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn events_in_any_order_give_the_same_plan() {
+        // Egresses before pods, pods before namespaces: the result does not depend on it.
+        let (nodes, namespaces, pods) = lab();
+        let mut a = mk_index();
+        a.set_live(&nodes.iter().map(|n| n.name.clone()).collect());
+        a.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        a.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        for p in pods.iter().cloned() {
+            a.apply(Change::Pods(Event::Apply(p)));
+        }
+        for n in namespaces.iter().cloned() {
+            a.apply(Change::Namespaces(Event::Apply(n)));
+        }
+        for n in nodes.iter().cloned() {
+            a.apply(Change::Nodes(Event::Apply(n)));
+        }
+        let mut b = lab_index();
+        b.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        b.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        for n in ["node-1", "node-2", "node-4", "node-5", "node-6"] {
+            assert_eq!(a.node_plan(n), b.node_plan(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn foreign_kinds_are_translated_and_deleted_with_their_object() {
+        let mut ix = lab_index();
+        let cilium: CiliumPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "c"},
+            "spec": {
+                "selectors": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                "destinationCIDRs": ["0.0.0.0/0"],
+                "egressGateway": {"nodeSelector": {"matchLabels": {"network-role": "egress-gateway"}}, "egressIP": "10.10.0.30"}
+            }
+        }))
+        .unwrap();
+        ix.apply(Change::CiliumPolicies(Event::Apply(cilium)));
+        assert!(ix.api_pools().iter().any(|p| p.metadata.name.as_deref() == Some("cilium-c")));
+        assert!(!ix.node_plan("node-1").unwrap().steer.is_empty());
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::CiliumPolicies(Event::Delete(ObjectRef::cluster("c"))));
+        assert!(ix.api_pools().is_empty() && ix.api_egresses().is_empty());
+        assert!(ix.node_plan("node-1").unwrap().steer.is_empty());
+        let bad: AntreaEgress = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a"}, "spec": {"bandwidth": {"rate": "10M", "burst": "20M"}}
+        }))
+        .unwrap();
+        ix.apply(Change::AntreaEgresses(Event::Apply(bad)));
+        assert_eq!(ix.translation_problems().len(), 1);
+    }
+
+    /// One step of a random history.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Pod { ns: usize, name: usize, app: usize, node: usize, ip6: bool },
+        DeletePod { ns: usize, name: usize },
+        Namespace { ns: usize, env: usize },
+        Egress { name: usize, ns_env: Option<usize>, app: Option<usize>, dest: usize, pool: bool, created: i64 },
+        DeleteEgress { name: usize },
+        NodeLabel { node: usize, gw: bool },
+        Live { node: usize, up: bool },
+    }
+
+    const NS: [&str; 3] = ["prod", "staging", "default"];
+    const APPS: [&str; 3] = ["web", "db", "api"];
+    const ENVS: [&str; 2] = ["prod", "staging"];
+    const DESTS: [&[&str]; 3] = [&[], &["203.0.113.0/24"], &["203.0.113.0/25", "198.51.100.0/24"]];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, 0..6usize, 0..3usize, 0..6usize, any::<bool>())
+                .prop_map(|(ns, name, app, node, ip6)| Op::Pod { ns, name, app, node, ip6 }),
+            1 => (0..3usize, 0..6usize).prop_map(|(ns, name)| Op::DeletePod { ns, name }),
+            1 => (0..3usize, 0..2usize).prop_map(|(ns, env)| Op::Namespace { ns, env }),
+            3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, any::<bool>(), 0..4i64)
+                .prop_map(|(name, ns_env, app, dest, pool, created)| Op::Egress { name, ns_env, app, dest, pool, created }),
+            1 => (0..5usize).prop_map(|name| Op::DeleteEgress { name }),
+            1 => (0..6usize, any::<bool>()).prop_map(|(node, gw)| Op::NodeLabel { node, gw }),
+            1 => (0..6usize, any::<bool>()).prop_map(|(node, up)| Op::Live { node, up }),
+        ]
+    }
+
+    fn run(ix: &mut Index, op: Op) {
+        match op {
+            Op::Pod { ns, name, app, node, ip6 } => {
+                // One stable address per pod identity, so addresses never collide.
+                let id = ns * 6 + name;
+                let ip = if ip6 { format!("fd00:244::{}", id + 1) } else { format!("10.244.{}.{}", node + 1, id + 20) };
+                let mut p = mk_pod(NS[ns], &format!("p{name}"), &[("app", APPS[app])], &format!("node-{}", node + 1), &ip);
+                if ip6 {
+                    p.ips.insert(0, format!("10.244.{}.{}", node + 1, id + 20).parse().unwrap());
+                }
+                ix.apply(Change::Pods(Event::Apply(p)));
+            }
+            Op::DeletePod { ns, name } => {
+                ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced(NS[ns], format!("p{name}")))))
+            }
+            Op::Namespace { ns, env } => ix.apply(Change::Namespaces(Event::Apply(mk_ns(NS[ns], &[("env", ENVS[env])])))),
+            Op::Egress { name, ns_env, app, dest, pool, created } => {
+                let ip = (!pool).then(|| format!("10.10.0.{}", 104 + name % 3));
+                let mut e = mk_egress(&format!("e{name}"), pool.then_some("p"), ip.as_deref());
+                e.spec.applied_to.namespace_selector = ns_env.map(|i| mk_match(&[("env", ENVS[i])]));
+                e.spec.applied_to.pod_selector = app.map(|i| mk_match(&[("app", APPS[i])]));
+                e.spec.destination_cidrs = DESTS[dest].iter().map(|s| s.to_string()).collect();
+                e.metadata.creation_timestamp = Some(ts(created));
+                ix.apply(Change::Egresses(Event::Apply(e)));
+            }
+            Op::DeleteEgress { name } => {
+                ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster(format!("e{name}")))))
+            }
+            Op::NodeLabel { node, gw } => {
+                let i = node + 1;
+                let kv: &[(&str, &str)] = if gw { &[("network-role", "egress-gateway")] } else { &[] };
+                let n = mk_node(&format!("node-{i}"), &format!("10.10.0.{}", 100 + i), &format!("10.244.{i}.0/24"), kv);
+                ix.apply(Change::Nodes(Event::Apply(n)));
+            }
+            Op::Live { node, up } => {
+                let mut live = ix.live.clone();
+                let n = format!("node-{}", node + 1);
+                if up {
+                    live.insert(n);
+                } else {
+                    live.remove(&n);
+                }
+                ix.set_live(&live);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        /// After any history of events, every node's plan equals the whole-cluster planner's.
+        #[test]
+        fn same_as_the_planner_after_any_history(ops in proptest::collection::vec(op(), 1..40), check_every in 1usize..8) {
+            let mut ix = lab_index();
+            let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.13")], &[]);
+            pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
+            ix.apply(Change::Pools(Event::Apply(pool)));
+            for (i, op) in ops.into_iter().enumerate() {
+                run(&mut ix, op);
+                if i % check_every == 0 {
+                    assert_same_as_planner(&mut ix);
+                }
+            }
+            assert_same_as_planner(&mut ix);
+            let (pools, egresses) = ix.all_objects();
+            let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+            let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);
+            prop_assert_eq!(ix.control_plan().egresses, whole.egresses);
+        }
+    }
+}
