@@ -132,6 +132,19 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
+    /// Takes the shared read lock (blocking) for as long as the returned file lives; `None`
+    /// (reading without it, with a warning) when the lock file cannot be opened or locked.
+    pub(crate) fn read_lock(&self) -> Option<File> {
+        let path = self.dir.join(".lock");
+        match File::options().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) if f.lock_shared().is_ok() => Some(f),
+            _ => {
+                tracing::warn!(path = %path.display(), "cannot take the store's shared lock; reading without it");
+                None
+            }
+        }
+    }
+
     /// Reads every object, under a shared lock: a reader never sees half of an apply (an apply
     /// of several objects writes several files under the exclusive lock).
     pub fn load(&self) -> (Objects, Vec<LoadError>) {

@@ -1,0 +1,259 @@
+//! The index at the brief's scale: 100,000 pods x 2,000 Egresses x 5,000 nodes, a quarter of
+//! the Egresses selecting across 200 namespaces each, so selectors overlap and the overlap rule
+//! decides between them.
+//!
+//! Run: `cargo bench -p egret-core --bench index`. It prints:
+//! - the initial sync: every kind's initial list fed into an empty index, then the control plan
+//!   (validation, allocation, placement) and one node's plan;
+//! - per kind of change (each sample a real change that alters some node's plan): the time the
+//!   index takes to apply it, and the time to compute the plan of the pod's own node and of the
+//!   gateway node serving it afterwards (what an agent does per change); p50/p99/max over the
+//!   samples;
+//! - the resident memory the index holds at that scale.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a bad fixture should stop it
+
+use egret_api::v1alpha1 as api;
+use egret_core::event::{Change, Event, ObjectRef};
+use egret_core::index::Index;
+use egret_core::model::{Namespace, Node, Pod};
+use egret_core::planner::ClusterConfig;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+const PODS: usize = 100_000;
+const EGRESSES: usize = 2_000;
+const NAMESPACES: usize = 2_000;
+const NODES: usize = 5_000;
+const SAMPLES: usize = 200;
+
+fn labels(kv: &[(&str, String)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn node(i: usize) -> Node {
+    let ip = IpAddr::V4(Ipv4Addr::new(10, 10 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8));
+    let mut l = labels(&[("kubernetes.io/hostname", format!("node-{i}"))]);
+    if i % 10 == 0 {
+        l.insert("network-role".into(), "egress-gateway".into());
+    }
+    Node {
+        name: format!("node-{i}"),
+        labels: l,
+        internal_ips: vec![ip],
+        addresses: vec![ip],
+        pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
+    }
+}
+
+fn pod(j: usize, app: usize) -> Pod {
+    let node = j % NODES;
+    Pod {
+        namespace: format!("ns-{}", j % NAMESPACES),
+        name: format!("pod-{j}"),
+        labels: labels(&[("app", format!("a{app}"))]),
+        node: Some(format!("node-{node}")),
+        ips: vec![IpAddr::V4(Ipv4Addr::new(10, (128 + node / 256) as u8, (node % 256) as u8, (2 + j / NODES) as u8))],
+    }
+}
+
+fn sel(kv: &[(&str, String)]) -> LabelSelector {
+    LabelSelector { match_labels: Some(labels(kv)), match_expressions: None }
+}
+
+fn apps_in(values: &[&str]) -> LabelSelector {
+    LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "app".into(),
+            operator: "In".into(),
+            values: Some(values.iter().map(|s| s.to_string()).collect()),
+        }]),
+    }
+}
+
+/// Egress `k`: three in four select app a0..a2 in their own namespace; one in four selects one
+/// app in the 200 namespaces of a tier, towards two /24s, overlapping the per-namespace ones.
+fn egress(k: usize, apps: &[&str]) -> api::Egress {
+    let mut spec = api::EgressSpec { external_ip_pool: Some("pool".into()), ..Default::default() };
+    if k % 4 == 0 {
+        spec.applied_to.namespace_selector = Some(sel(&[("tier", format!("{}", k % 10))]));
+        spec.applied_to.pod_selector = Some(sel(&[("app", format!("a{}", k % 5))]));
+        spec.destination_cidrs = vec![format!("203.0.{}.0/24", k % 256), "198.51.100.0/24".into()];
+    } else {
+        spec.applied_to.namespace_selector = Some(sel(&[("team", format!("t{k}"))]));
+        spec.applied_to.pod_selector = Some(apps_in(apps));
+    }
+    api::Egress::new(&format!("eg-{k}"), spec)
+}
+
+fn pool() -> api::ExternalIPPool {
+    api::ExternalIPPool::new(
+        "pool",
+        api::ExternalIPPoolSpec {
+            ip_ranges: vec![api::IPRange { cidr: Some("172.16.0.0/16".into()), ..Default::default() }],
+            node_selector: sel(&[("network-role", "egress-gateway".into())]),
+        },
+    )
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn pct(d: &mut [Duration], p: f64) -> Duration {
+    d.sort();
+    let i = ((d.len() as f64 - 1.0) * p).round() as usize;
+    d[i.min(d.len() - 1)]
+}
+
+fn show(what: &str, d: &mut [Duration]) {
+    let ms = |x: Duration| x.as_secs_f64() * 1e3;
+    println!(
+        "{what:<44} n={:<4} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
+        d.len(),
+        ms(pct(d, 0.5)),
+        ms(pct(d, 0.99)),
+        ms(pct(d, 1.0))
+    );
+}
+
+/// The gateway node of the Egress that decides most of a pod's traffic (its first steer rule).
+fn gateway_of(ix: &mut Index, node: &str) -> Option<String> {
+    let np = ix.node_plan(node)?;
+    np.steer.iter().find_map(|s| match &s.action {
+        egret_core::planner::SteerAction::Tunnel { gateway, .. } => Some(gateway.clone()),
+        egret_core::planner::SteerAction::Local => Some(node.to_string()),
+        egret_core::planner::SteerAction::Drop => None,
+    })
+}
+
+struct Samples {
+    apply: Vec<Duration>,
+    origin: Vec<Duration>,
+    gateway: Vec<Duration>,
+}
+
+impl Samples {
+    fn new() -> Samples {
+        Samples { apply: Vec::new(), origin: Vec::new(), gateway: Vec::new() }
+    }
+
+    /// Applies `change`, then computes the origin node's and the gateway's plans; checks that
+    /// the origin's (or gateway's) plan really changed.
+    fn take(&mut self, ix: &mut Index, change: Change, origin: &str, gateway: &str) {
+        let before = (ix.node_plan(origin), ix.node_plan(gateway));
+        let t = Instant::now();
+        ix.apply(change);
+        // Validation and placement run lazily on the first read: count them with the change.
+        black_box(ix.control_plan().egresses.len());
+        self.apply.push(t.elapsed());
+        let t = Instant::now();
+        let o = ix.node_plan(origin);
+        self.origin.push(t.elapsed());
+        let t = Instant::now();
+        let g = ix.node_plan(gateway);
+        self.gateway.push(t.elapsed());
+        assert!(before != (o, g), "every sample must be a real change");
+    }
+
+    fn show(&mut self, what: &str) {
+        show(&format!("{what}: index apply"), &mut self.apply);
+        show(&format!("{what}: origin node plan"), &mut self.origin);
+        show(&format!("{what}: gateway node plan"), &mut self.gateway);
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs this with `--bench` absent: keep that cheap.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("index benchmark: run with `cargo bench -p egret-core --bench index`");
+        return;
+    }
+    let rss0 = rss_kib();
+    let nodes: Vec<Node> = (0..NODES).map(node).collect();
+    let namespaces: Vec<Namespace> = (0..NAMESPACES)
+        .map(|i| Namespace {
+            name: format!("ns-{i}"),
+            labels: labels(&[("team", format!("t{i}")), ("tier", format!("{}", i % 10))]),
+        })
+        .collect();
+    let pods: Vec<Pod> = (0..PODS).map(|j| pod(j, j % 5)).collect();
+    let egresses: Vec<api::Egress> = (0..EGRESSES).map(|k| egress(k, &["a0", "a1", "a2"])).collect();
+    let live: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+
+    let t = Instant::now();
+    let mut ix = Index::new(ClusterConfig::default(), Index::core_kinds());
+    ix.set_live(&live);
+    ix.apply(Change::Nodes(Event::Reset(nodes)));
+    ix.apply(Change::Namespaces(Event::Reset(namespaces)));
+    ix.apply(Change::Pods(Event::Reset(pods)));
+    ix.apply(Change::Pools(Event::Reset(vec![pool()])));
+    ix.apply(Change::Egresses(Event::Reset(egresses)));
+    let control = ix.control_plan();
+    let first = ix.node_plan("node-1").unwrap();
+    let sync = t.elapsed();
+    assert!(ix.is_synced() && !first.steer.is_empty());
+    assert!(control.egresses.iter().all(|e| e.egress_node.is_some()));
+    let rss1 = rss_kib();
+    println!(
+        "world: {PODS} pods ({} groups), {EGRESSES} Egresses, {NAMESPACES} namespaces, {NODES} nodes",
+        ix.group_count()
+    );
+    println!("initial sync (all lists + control plan + one node plan): {:.1} ms", sync.as_secs_f64() * 1e3);
+    println!("resident memory of the process: {} MiB before, {} MiB after the initial sync", rss0 / 1024, rss1 / 1024);
+
+    // Pod added, then deleted: a pod of app a0 (selected) in a rotating namespace and node.
+    let mut add = Samples::new();
+    let mut del = Samples::new();
+    for s in 0..SAMPLES {
+        let j = PODS + s * 7919 % PODS;
+        let mut p = pod(j, 0);
+        p.name = format!("extra-{s}");
+        let origin = p.node.clone().unwrap();
+        add.take(&mut ix, Change::Pods(Event::Apply(p.clone())), &origin, &origin);
+        let gw = gateway_of(&mut ix, &origin).unwrap_or_else(|| origin.clone());
+        del.take(&mut ix, Change::Pods(Event::Delete(ObjectRef::namespaced(&p.namespace, &p.name))), &origin, &gw);
+    }
+    add.show("pod add");
+    del.show("pod delete");
+
+    // Label change: a pod flips between app a0 (selected) and a3 (selected only by the
+    // cross-namespace Egresses of some tiers).
+    let mut relabel = Samples::new();
+    for s in 0..SAMPLES {
+        let j = s * 4793 % PODS;
+        let p = pod(j, if j % 5 == 3 { 0 } else { 3 });
+        let origin = p.node.clone().unwrap();
+        let gw = gateway_of(&mut ix, &origin).unwrap_or_else(|| origin.clone());
+        relabel.take(&mut ix, Change::Pods(Event::Apply(p)), &origin, &gw);
+    }
+    relabel.show("pod label change");
+
+    // Egress edit: a per-namespace Egress stops (or starts again) selecting app a2.
+    let mut edit = Samples::new();
+    for s in 0..SAMPLES {
+        let k = 1 + 4 * (s % (EGRESSES / 4)) + s % 3;
+        let apps: &[&str] = if s / (EGRESSES / 4) % 2 == 0 { &["a0", "a1"] } else { &["a0", "a1", "a2"] };
+        // pod j = k + 2000*m is in ns-k; pick the one of app a2 (j % 5 == 2).
+        let j = (0..5).map(|m| k + NAMESPACES * m).find(|j| j % 5 == 2).unwrap();
+        let origin = format!("node-{}", j % NODES);
+        let gw = ix
+            .control_plan()
+            .egresses
+            .iter()
+            .find(|e| e.name == format!("eg-{k}"))
+            .and_then(|e| e.egress_node.clone())
+            .unwrap();
+        edit.take(&mut ix, Change::Egresses(Event::Apply(egress(k, apps))), &origin, &gw);
+    }
+    edit.show("Egress edit");
+    println!("resident memory at the end: {} MiB", rss_kib() / 1024);
+}
