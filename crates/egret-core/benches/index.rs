@@ -37,7 +37,7 @@ fn labels(kv: &[(&str, String)]) -> BTreeMap<String, String> {
 fn node(i: usize) -> Node {
     let ip = IpAddr::V4(Ipv4Addr::new(10, 10 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8));
     let mut l = labels(&[("kubernetes.io/hostname", format!("node-{i}"))]);
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         l.insert("network-role".into(), "egress-gateway".into());
     }
     Node {
@@ -79,7 +79,7 @@ fn apps_in(values: &[&str]) -> LabelSelector {
 /// app in the 200 namespaces of a tier, towards two /24s, overlapping the per-namespace ones.
 fn egress(k: usize, apps: &[&str]) -> api::Egress {
     let mut spec = api::EgressSpec { external_ip_pool: Some("pool".into()), ..Default::default() };
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         spec.applied_to.namespace_selector = Some(sel(&[("tier", format!("{}", k % 10))]));
         spec.applied_to.pod_selector = Some(sel(&[("app", format!("a{}", k % 5))]));
         spec.destination_cidrs = vec![format!("203.0.{}.0/24", k % 256), "198.51.100.0/24".into()];
@@ -241,7 +241,7 @@ fn main() {
     let mut edit = Samples::new();
     for s in 0..SAMPLES {
         let k = 1 + 4 * (s % (EGRESSES / 4)) + s % 3;
-        let apps: &[&str] = if s / (EGRESSES / 4) % 2 == 0 { &["a0", "a1"] } else { &["a0", "a1", "a2"] };
+        let apps: &[&str] = if (s / (EGRESSES / 4)).is_multiple_of(2) { &["a0", "a1"] } else { &["a0", "a1", "a2"] };
         // pod j = k + 2000*m is in ns-k; pick the one of app a2 (j % 5 == 2).
         let j = (0..5).map(|m| k + NAMESPACES * m).find(|j| j % 5 == 2).unwrap();
         let origin = format!("node-{}", j % NODES);

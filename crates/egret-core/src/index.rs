@@ -35,6 +35,9 @@ use std::sync::Arc;
 
 type GroupId = u64;
 
+/// Disjoint destination blocks and the rank of the Egress deciding each.
+type Partition = Arc<Vec<(IpNet, usize)>>;
+
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
 struct Group {
@@ -75,7 +78,6 @@ pub struct TranslationProblem {
     pub reason: String,
 }
 
-
 /// The index. See the module documentation.
 #[derive(Debug)]
 pub struct Index {
@@ -115,7 +117,7 @@ pub struct Index {
     node_facts: Option<NodeFacts>,
     /// Destination partitions per family and set of matching Egresses (by rank); emptied when
     /// the Egresses change.
-    partitions: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, usize)>>>,
+    partitions: HashMap<(Family, Vec<usize>), Partition>,
 }
 
 /// Applies an event to a map of objects keyed by name. Returns whether anything changed.
@@ -221,9 +223,7 @@ impl Index {
             Change::AntreaEgresses(ev) => {
                 self.object_event(kind, ev, |s| &mut s.antrea_egresses, |e| e.metadata.name.clone())
             }
-            Change::CiliumPolicies(ev) => {
-                self.object_event(kind, ev, |s| &mut s.cilium, |c| c.metadata.name.clone())
-            }
+            Change::CiliumPolicies(ev) => self.object_event(kind, ev, |s| &mut s.cilium, |c| c.metadata.name.clone()),
             Change::Nodes(ev) => {
                 self.node_event(ev);
                 false
@@ -759,8 +759,7 @@ impl Index {
             let part = match self.partitions.get(&(family, matched.clone())) {
                 Some(p) => p.clone(),
                 None => {
-                    let order: Vec<&Egress> =
-                        o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
+                    let order: Vec<&Egress> = o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
                     let p = Arc::new(planner::partition(&matched, &order, family));
                     self.partitions.insert((family, matched.clone()), p.clone());
                     p
@@ -819,8 +818,7 @@ mod tests {
         let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
         let namespaces: Vec<Namespace> = ix.namespaces.values().cloned().collect();
         let pods: Vec<Pod> = ix.pods.values().map(|(p, _)| p.clone()).collect();
-        let (_, plan) =
-            planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
+        let (_, plan) = planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
         plan.node_plans()
     }
 
@@ -998,7 +996,8 @@ mod tests {
                 // One stable address per pod identity, so addresses never collide.
                 let id = ns * 6 + name;
                 let ip = if ip6 { format!("fd00:244::{}", id + 1) } else { format!("10.244.{}.{}", node + 1, id + 20) };
-                let mut p = mk_pod(NS[ns], &format!("p{name}"), &[("app", APPS[app])], &format!("node-{}", node + 1), &ip);
+                let mut p =
+                    mk_pod(NS[ns], &format!("p{name}"), &[("app", APPS[app])], &format!("node-{}", node + 1), &ip);
                 if ip6 {
                     p.ips.insert(0, format!("10.244.{}.{}", node + 1, id + 20).parse().unwrap());
                 }
@@ -1007,7 +1006,9 @@ mod tests {
             Op::DeletePod { ns, name } => {
                 ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced(NS[ns], format!("p{name}")))))
             }
-            Op::Namespace { ns, env } => ix.apply(Change::Namespaces(Event::Apply(mk_ns(NS[ns], &[("env", ENVS[env])])))),
+            Op::Namespace { ns, env } => {
+                ix.apply(Change::Namespaces(Event::Apply(mk_ns(NS[ns], &[("env", ENVS[env])]))))
+            }
             Op::Egress { name, ns_env, app, dest, pool, created } => {
                 let ip = (!pool).then(|| format!("10.10.0.{}", 104 + name % 3));
                 let mut e = mk_egress(&format!("e{name}"), pool.then_some("p"), ip.as_deref());

@@ -11,7 +11,7 @@ mod store;
 mod watch;
 
 pub use read::{Document, LoadError, Objects, Origin, read_paths, read_str};
-pub use source::{Poll, StoreSource};
 pub use report::{AgentReport, MemberReport, now_ms};
+pub use source::{Poll, StoreSource};
 pub use store::{Applied, HasMeta, Key, Store, StoreError, StoreLock, write_atomic};
 pub use watch::{StoreWatcher, WatchError, watch};

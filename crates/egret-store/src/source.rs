@@ -47,12 +47,7 @@ impl FileObjects {
         FileObjects {
             pools: o.pools.into_iter().filter_map(|d| Some((named(&d.object.metadata)?, d.object))).collect(),
             egresses: o.egresses.into_iter().filter_map(|d| Some((named(&d.object.metadata)?, d.object))).collect(),
-            nodes: o
-                .nodes
-                .iter()
-                .map(|d| model::Node::from_k8s(&d.object))
-                .map(|n| (n.name.clone(), n))
-                .collect(),
+            nodes: o.nodes.iter().map(|d| model::Node::from_k8s(&d.object)).map(|n| (n.name.clone(), n)).collect(),
             namespaces: o
                 .namespaces
                 .iter()
@@ -201,17 +196,24 @@ fn diff(old: FileObjects, new: FileObjects) -> Vec<Change> {
         applies.extend(new.into_values().map(|n| wrap(Event::Apply(n))));
     }
     one(old.nodes, new.nodes, |n: &String| ObjectRef::cluster(n.clone()), Change::Nodes, &mut deletes, &mut applies);
-    one(old.namespaces, new.namespaces, |n: &String| ObjectRef::cluster(n.clone()), Change::Namespaces, &mut deletes, &mut applies);
-    one(old.pools, new.pools, |n: &String| ObjectRef::cluster(n.clone()), Change::Pools, &mut deletes, &mut applies);
-    one(old.egresses, new.egresses, |n: &String| ObjectRef::cluster(n.clone()), Change::Egresses, &mut deletes, &mut applies);
     one(
-        old.pods,
-        new.pods,
-        |(ns, name)| ObjectRef::namespaced(ns, name),
-        Change::Pods,
+        old.namespaces,
+        new.namespaces,
+        |n: &String| ObjectRef::cluster(n.clone()),
+        Change::Namespaces,
         &mut deletes,
         &mut applies,
     );
+    one(old.pools, new.pools, |n: &String| ObjectRef::cluster(n.clone()), Change::Pools, &mut deletes, &mut applies);
+    one(
+        old.egresses,
+        new.egresses,
+        |n: &String| ObjectRef::cluster(n.clone()),
+        Change::Egresses,
+        &mut deletes,
+        &mut applies,
+    );
+    one(old.pods, new.pods, |(ns, name)| ObjectRef::namespaced(ns, name), Change::Pods, &mut deletes, &mut applies);
     deletes.extend(applies);
     deletes
 }

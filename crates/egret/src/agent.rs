@@ -9,10 +9,11 @@
 use crate::controller::liveness;
 use crate::metrics::Metrics;
 use anyhow::{Context, bail};
+use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_datapath::{Config, Datapath};
 use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, MemberStatus, Seed, View};
-use egret_store::{AgentReport, MemberReport, Store, now_ms};
+use egret_store::{AgentReport, MemberReport, Store, StoreSource, now_ms};
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -147,28 +148,54 @@ impl Membership {
     }
 }
 
-/// The last store state that loaded without errors.
-type GoodState = Option<(egret_store::Objects, u64)>;
+/// The objects this agent acts on: the store as an event source feeding the index.
+struct Objects {
+    source: StoreSource,
+    index: Index,
+    /// The store stamp of the last state fed into the index.
+    stamp: u64,
+    /// The errors of the last poll, so each is logged once.
+    errors: Vec<String>,
+}
 
-/// This node's plan from the store (or, while the store has a bad document, from the last good
-/// state, so membership changes still fail over), and the store stamp it reflects.
+impl Objects {
+    fn new(store: Store, args: &AgentArgs) -> Objects {
+        let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+        Objects {
+            source: StoreSource::new(store),
+            index: Index::new(config, Index::core_kinds()),
+            stamp: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Feeds what changed in the store into the index.
+    fn poll(&mut self) {
+        let p = self.source.poll();
+        let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
+        if errors != self.errors {
+            for e in &errors {
+                warn!("store: {e}; keeping that file's last good content");
+            }
+            self.errors = errors;
+        }
+        for c in p.changes {
+            self.index.apply(c);
+        }
+        self.stamp = p.stamp;
+    }
+}
+
+/// This node's plan from the index, and the store stamp it reflects.
 fn compute(
-    store: &Store,
-    good: &mut GoodState,
+    objects: &mut Objects,
     node: &str,
     live: &BTreeSet<String>,
     may_host: bool,
-    args: &AgentArgs,
 ) -> anyhow::Result<(NodePlan, u64)> {
-    let (objs, errs, stamp) = store.load_stamped();
-    if let Some(e) = errs.first() {
-        warn!("store has {} bad document(s), keeping the last good state; first: {e}", errs.len());
-    } else {
-        *good = Some((objs, stamp));
+    if !objects.index.is_synced() {
+        bail!("waiting for the initial list of {:?}", objects.index.waiting_for());
     }
-    let Some((objs, stamp)) = good.as_ref() else { bail!("the store has never loaded without errors") };
-    let stamp = *stamp;
-    let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
     // Not settled in the cluster yet (or no gossip key): plan as if this node could not be a
     // gateway, so it holds, announces and SNATs nothing, and the sync removes whatever an
     // earlier life held before anything is announced. Its pods are steered to the others.
@@ -176,9 +203,9 @@ fn compute(
     if !may_host {
         live.remove(node);
     }
-    let (_, p) = objs.plan(&live, &config);
-    let np = p.node_plan(node).ok_or(NotInStore)?;
-    Ok((np, stamp))
+    objects.index.set_live(&live);
+    let np = objects.index.node_plan(node).ok_or(NotInStore)?;
+    Ok((np, objects.stamp))
 }
 
 /// This node's Node object is not (or no longer) in the store.
@@ -210,7 +237,7 @@ impl Loop {
         let mut dirty = true;
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
-        let mut good: GoodState = None;
+        let mut objects = Objects::new(store.clone(), &args);
         while !stop.load(Ordering::Relaxed) {
             let (live, may_host) = membership.live(&store, &node, &args);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
@@ -227,7 +254,8 @@ impl Loop {
             }
             if dirty || verify || !report.ready {
                 dirty = false;
-                match compute(&store, &mut good, &node, &live, may_host, &args) {
+                objects.poll();
+                match compute(&mut objects, &node, &live, may_host) {
                     Ok((np, stamp)) => {
                         if last.as_ref() != Some(&np) || !report.ready || verify {
                             last_verify = Instant::now();

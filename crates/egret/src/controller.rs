@@ -1,9 +1,10 @@
 //! `egret controller --store DIR`: validates, allocates egress IPs and writes status back.
 
 use anyhow::Context;
+use egret_core::index::Index;
 use egret_core::planner::ClusterConfig;
 use egret_core::status::{egress_statuses, pool_statuses};
-use egret_store::{AgentReport, Store, now_ms};
+use egret_store::{AgentReport, Store, StoreSource, now_ms};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -61,27 +62,61 @@ fn live_at(
     (live, hosted)
 }
 
-/// One reconciliation: returns how many statuses were written.
-pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> {
-    let (objs, errs) = store.load();
-    if !errs.is_empty() {
-        // Keep the last good state rather than act on a partial view.
-        for e in &errs {
+/// The controller's objects: the store as an event source feeding the index.
+pub struct Objects {
+    source: StoreSource,
+    index: Index,
+    errors: Vec<String>,
+    /// Whether the store has ever loaded without errors: until then a bad file's object is
+    /// simply missing, and acting would, for instance, mark its Egresses invalid.
+    loaded_clean: bool,
+}
+
+impl Objects {
+    /// An index over `store`, filled by the first [`reconcile`].
+    pub fn new(store: Store, args: &ControllerArgs) -> Objects {
+        let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+        Objects {
+            source: StoreSource::new(store),
+            index: Index::new(config, Index::core_kinds()),
+            errors: Vec::new(),
+            loaded_clean: false,
+        }
+    }
+}
+
+/// One reconciliation: feeds what changed in the store into the index, then writes statuses.
+/// Returns how many statuses were written.
+pub fn reconcile(store: &Store, objects: &mut Objects, args: &ControllerArgs) -> anyhow::Result<usize> {
+    let p = objects.source.poll();
+    let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
+    if errors != objects.errors {
+        // A bad file keeps its last good content in the index: the rest goes on.
+        for e in &errors {
             warn!("store: {e}");
         }
+        objects.errors = errors;
+    }
+    objects.loaded_clean |= objects.errors.is_empty();
+    for c in p.changes {
+        objects.index.apply(c);
+    }
+    if !objects.index.is_synced() || !objects.loaded_clean {
         return Ok(0);
     }
     let reports: Vec<(String, AgentReport)> = store.read_reports();
     let (live, hosted) = liveness(&reports, args.liveness_timeout_ms);
-    let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
-    let (v, p) = objs.plan(&live, &config);
+    let ix = &mut objects.index;
+    ix.set_live(&live);
+    let plan = ix.control_plan();
+    let problems = ix.validation_problems().to_vec();
     let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
-        objs.egresses.iter().filter_map(|d| Some((d.object.metadata.name.clone()?, d.object.status.clone()))).collect();
+        ix.api_egresses().into_iter().filter_map(|e| Some((e.metadata.name?, e.status))).collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let egresses = egress_statuses(&p, &all, &v.problems, &hosted, &now);
-    let written = store.write_statuses(&egresses, &pool_statuses(&p))?;
+    let egresses = egress_statuses(&plan, &all, &problems, &hosted, &now);
+    let written = store.write_statuses(&egresses, &pool_statuses(&plan))?;
     if written > 0 {
-        info!(written, live = live.len(), problems = v.problems.len(), "status updated");
+        info!(written, live = live.len(), problems = problems.len(), "status updated");
     }
     Ok(written)
 }
@@ -94,10 +129,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = tx.send(());
     })?;
     info!(store = %args.store.display(), "controller started");
+    let mut objects = Objects::new(store.clone(), &args);
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if let Err(e) = reconcile(&store, &args) {
+        if let Err(e) = reconcile(&store, &mut objects, &args) {
             warn!("reconcile: {e:#}");
         }
         tokio::select! {
