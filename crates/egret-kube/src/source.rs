@@ -13,7 +13,7 @@ use egret_api::v1alpha1::{Egress, ExternalIPPool};
 use egret_core::event::{Change, Event, Kind, ObjectRef};
 use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::discovery::{ApiResource, ApiGroup};
+use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -143,15 +143,30 @@ impl Source {
         ];
         if let Some(ar) = &self.antrea_pool {
             let api = Api::<Foreign<AntreaPool>>::all_with(c.clone(), ar);
-            streams.push(relay(api, wc.clone(), |f| trim_foreign(f, |o: &mut AntreaPool| &mut o.metadata), Change::AntreaPools));
+            streams.push(relay(
+                api,
+                wc.clone(),
+                |f| trim_foreign(f, |o: &mut AntreaPool| &mut o.metadata),
+                Change::AntreaPools,
+            ));
         }
         if let Some(ar) = &self.antrea_egress {
             let api = Api::<Foreign<AntreaEgress>>::all_with(c.clone(), ar);
-            streams.push(relay(api, wc.clone(), |f| trim_foreign(f, |o: &mut AntreaEgress| &mut o.metadata), Change::AntreaEgresses));
+            streams.push(relay(
+                api,
+                wc.clone(),
+                |f| trim_foreign(f, |o: &mut AntreaEgress| &mut o.metadata),
+                Change::AntreaEgresses,
+            ));
         }
         if let Some(ar) = &self.cilium_policy {
             let api = Api::<Foreign<CiliumPolicy>>::all_with(c.clone(), ar);
-            streams.push(relay(api, wc, |f| trim_foreign(f, |o: &mut CiliumPolicy| &mut o.metadata), Change::CiliumPolicies));
+            streams.push(relay(
+                api,
+                wc,
+                |f| trim_foreign(f, |o: &mut CiliumPolicy| &mut o.metadata),
+                Change::CiliumPolicies,
+            ));
         }
         futures::stream::select_all(streams).boxed()
     }
@@ -271,3 +286,7 @@ where
         })
         .boxed()
 }
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;
