@@ -48,3 +48,41 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     };
     Client::try_from(config).map_err(ClientError::Client)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testserver::TestServer;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::Api;
+
+    #[tokio::test]
+    async fn a_client_from_a_kubeconfig_file() {
+        let server = TestServer::start().await.unwrap();
+        server.put(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})).unwrap();
+        let path = std::env::temp_dir().join(format!("egret-kube-{}-{}.yaml", std::process::id(), server.url().len()));
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\nusers:\n- name: test\n  user: {{token: t}}\n",
+            server.url()
+        );
+        std::fs::write(&path, kubeconfig).unwrap();
+        let c = client(Some(&path)).await;
+        std::fs::remove_file(&path).unwrap();
+        let names: Vec<String> = Api::<Namespace>::all(c.unwrap())
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        assert_eq!(names, ["prod"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_kubeconfig_names_the_file() {
+        let Err(e) = client(Some(Path::new("/nonexistent/kubeconfig"))).await else { panic!("no such file") };
+        assert!(matches!(e, ClientError::Read { .. }));
+        assert!(e.to_string().contains("/nonexistent/kubeconfig"));
+    }
+}

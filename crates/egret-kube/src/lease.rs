@@ -339,7 +339,10 @@ mod tests {
         assert!(!la.is_leader());
         assert!(b.try_acquire_or_renew().await.unwrap(), "a released lease is taken at once");
         let lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
-        assert_eq!((lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseTransitions"].as_i64()), (Some("b"), Some(1)));
+        assert_eq!(
+            (lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseTransitions"].as_i64()),
+            (Some("b"), Some(1))
+        );
     }
 
     #[tokio::test]
@@ -348,7 +351,8 @@ mod tests {
         let (mut a, la) = LeaderElector::new(server.client().unwrap(), config("a")).unwrap();
         assert!(a.try_acquire_or_renew().await.unwrap());
         // Another replica took the lease (e.g. after a's renewals failed for too long).
-        let mut lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
+        let mut lease =
+            server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
         lease["spec"]["holderIdentity"] = json!("b");
         lease["spec"]["renewTime"] = json!(MicroTime(Timestamp::now()));
         server.put(lease).unwrap();
