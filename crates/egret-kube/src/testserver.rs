@@ -931,3 +931,45 @@ fn fill(s: &mut WatchState, tick: Tick) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::Api;
+    use kube::api::ListParams;
+
+    #[tokio::test]
+    async fn lists_in_pages() {
+        let server = TestServer::start().await.unwrap();
+        for n in ["a", "b", "c", "d", "e"] {
+            server.put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}})).unwrap();
+        }
+        let api: Api<Namespace> = Api::all(server.client().unwrap());
+        let mut names = Vec::new();
+        let mut lp = ListParams::default().limit(2);
+        loop {
+            let page = api.list(&lp).await.unwrap();
+            assert!(page.items.len() <= 2);
+            assert_eq!(page.metadata.resource_version.as_deref(), Some("5"));
+            names.extend(page.items.into_iter().filter_map(|n| n.metadata.name));
+            match page.metadata.continue_ {
+                Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+                _ => break,
+            }
+        }
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn field_selectors() {
+        let pod = json!({"spec": {"nodeName": "node-1"}, "metadata": {"name": "p"}});
+        let sel = |s: &str| field_matches(Some(&s.to_string()), &pod);
+        assert!(sel("spec.nodeName=node-1"));
+        assert!(sel("spec.nodeName==node-1,metadata.name=p"));
+        assert!(!sel("spec.nodeName=node-2"));
+        assert!(sel("spec.nodeName!=node-2"));
+        assert!(!sel("spec.nodeName!=node-1"));
+        assert!(sel("spec.nodeName!=") && !sel("spec.nodeName="));
+    }
+}
