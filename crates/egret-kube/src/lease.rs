@@ -160,6 +160,7 @@ pub struct LeaderElector {
     config: LeaseConfig,
     fence: Arc<Fence>,
     observed: Option<Observed>,
+    reporter: Option<crate::status::Reporter>,
 }
 
 impl LeaderElector {
@@ -170,7 +171,29 @@ impl LeaderElector {
         }
         let leadership = Leadership::new();
         let api = Api::namespaced(client, &config.namespace);
-        Ok((LeaderElector { api, config, fence: leadership.fence.clone(), observed: None }, leadership))
+        Ok((LeaderElector { api, config, fence: leadership.fence.clone(), observed: None, reporter: None }, leadership))
+    }
+
+    /// Publishes a `LeaderElected` Event on the Lease whenever this replica takes it over.
+    pub fn with_reporter(mut self, reporter: crate::status::Reporter) -> LeaderElector {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    async fn announce(&self, previous: Option<&str>) {
+        let Some(r) = &self.reporter else { return };
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("coordination.k8s.io/v1".into()),
+            kind: Some("Lease".into()),
+            name: Some(self.config.name.clone()),
+            namespace: Some(self.config.namespace.clone()),
+            ..Default::default()
+        };
+        let note = match previous {
+            Some(p) => format!("{} took over from {p}", self.config.identity),
+            None => format!("{} became leader", self.config.identity),
+        };
+        r.publish(&regarding, &crate::status::Notice { warning: false, reason: "LeaderElected", note }).await;
     }
 
     fn api_err(&self, source: kube::Error) -> LeaseError {
@@ -225,6 +248,7 @@ impl LeaderElector {
                     self.observe(&created.spec.unwrap_or_default());
                     self.fence.lead_until(start + self.config.renew_deadline);
                     info!(identity = %self.config.identity, "acquired the lease (created it)");
+                    self.announce(None).await;
                     Ok(true)
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -256,6 +280,7 @@ impl LeaderElector {
                 self.fence.lead_until(start + self.config.renew_deadline);
                 if !mine {
                     info!(identity = %self.config.identity, previous = ?holder, "acquired the lease");
+                    self.announce(holder.as_deref()).await;
                 }
                 Ok(true)
             }
@@ -343,6 +368,30 @@ mod tests {
             (lease["spec"]["holderIdentity"].as_str(), lease["spec"]["leaseTransitions"].as_i64()),
             (Some("b"), Some(1))
         );
+    }
+
+    #[tokio::test]
+    async fn a_takeover_is_an_event_on_the_lease() {
+        let server = TestServer::start().await.unwrap();
+        let client = server.client().unwrap();
+        let short = |id: &str| LeaseConfig {
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(500),
+            ..config(id)
+        };
+        let (mut a, _) = LeaderElector::new(client.clone(), short("a")).unwrap();
+        let (b, _) = LeaderElector::new(client.clone(), short("b")).unwrap();
+        let mut b = b.with_reporter(crate::status::Reporter::new(client, Some("b".into())));
+        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(!b.try_acquire_or_renew().await.unwrap());
+        // a stops renewing; once b has seen the record unchanged for a whole lease, it takes over.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        let events = server.list("events.k8s.io/v1", "Event");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["reason"], "LeaderElected");
+        assert_eq!(events[0]["note"], "b took over from a");
+        assert_eq!(events[0]["metadata"]["namespace"], "egret-system");
     }
 
     #[tokio::test]

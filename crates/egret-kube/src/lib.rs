@@ -29,7 +29,7 @@
 //! |---|---|---|
 //! | `egret.dev` `egresses/status`, `externalippools/status` | patch (server-side apply, field manager `egret-controller`) | [`status::StatusWriter`] |
 //! | `coordination.k8s.io` `leases` (one, in the controller's namespace) | get, create, update | [`lease::LeaderElector`] |
-//! | `events.k8s.io` `events` (namespace `default` for the cluster-scoped Egret kinds) | create, patch | [`status::Reporter`] (kube-rs' `Recorder` patches a repeated event) |
+//! | `events.k8s.io` `events` (namespace `default` for the cluster-scoped Egret kinds, the Lease's namespace for `LeaderElected`) | create, patch | [`status::Reporter`] (kube-rs' `Recorder` patches a repeated event) |
 
 pub mod client;
 pub mod foreign;
