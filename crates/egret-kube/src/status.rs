@@ -393,6 +393,12 @@ mod tests {
             (Some("StatusConflict"), Some("Warning"))
         );
         assert_eq!(events[0]["reportingInstance"], "pod-a");
+        // The same conflict again: kube-rs' recorder patches the event into a series.
+        assert!(matches!(w.egress("e1", None, &s).await, Err(StatusError::Conflict { .. })));
+        let events = server.list("events.k8s.io/v1", "Event");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["series"]["count"], 2);
+        assert!(server.requests().iter().any(|r| r.method == "PATCH" && r.path.contains("/events/")));
     }
 
     #[tokio::test]
