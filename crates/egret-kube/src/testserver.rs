@@ -293,6 +293,8 @@ impl TestServer {
     }
 
     /// Forgets the history up to now: a watch from an older resourceVersion gets `410 Gone`.
+    /// Open watches that have not yet sent every event miss the forgotten ones: to make a
+    /// client miss changes and relist, [`TestServer::partition`] first, change, compact, heal.
     pub fn compact(&self) {
         let mut inner = self.shared.lock();
         inner.compacted = inner.rv;
