@@ -24,10 +24,22 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-const PODS: usize = 100_000;
-const EGRESSES: usize = 2_000;
-const NAMESPACES: usize = 2_000;
-const NODES: usize = 5_000;
+// `EGRET_INDEX_BENCH_DIV=N` divides the world by N (a quick look in a debug build).
+static DIV: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("EGRET_INDEX_BENCH_DIV").ok().and_then(|v| v.parse().ok()).filter(|&d| d > 0).unwrap_or(1)
+});
+macro_rules! scaled {
+    ($name:ident, $n:expr) => {
+        #[allow(non_snake_case)]
+        fn $name() -> usize {
+            $n / *DIV
+        }
+    };
+}
+scaled!(PODS, 100_000);
+scaled!(EGRESSES, 2_000);
+scaled!(NAMESPACES, 2_000);
+scaled!(NODES, 5_000);
 const SAMPLES: usize = 200;
 
 fn labels(kv: &[(&str, String)]) -> BTreeMap<String, String> {
@@ -50,13 +62,13 @@ fn node(i: usize) -> Node {
 }
 
 fn pod(j: usize, app: usize) -> Pod {
-    let node = j % NODES;
+    let node = j % NODES();
     Pod {
-        namespace: format!("ns-{}", j % NAMESPACES),
+        namespace: format!("ns-{}", j % NAMESPACES()),
         name: format!("pod-{j}"),
         labels: labels(&[("app", format!("a{app}"))]),
         node: Some(format!("node-{node}")),
-        ips: vec![IpAddr::V4(Ipv4Addr::new(10, (128 + node / 256) as u8, (node % 256) as u8, (2 + j / NODES) as u8))],
+        ips: vec![IpAddr::V4(Ipv4Addr::new(10, (128 + node / 256) as u8, (node % 256) as u8, (2 + j / NODES()) as u8))],
     }
 }
 
@@ -178,43 +190,68 @@ fn main() {
         return;
     }
     let rss0 = rss_kib();
-    let nodes: Vec<Node> = (0..NODES).map(node).collect();
-    let namespaces: Vec<Namespace> = (0..NAMESPACES)
+    let nodes: Vec<Node> = (0..NODES()).map(node).collect();
+    let namespaces: Vec<Namespace> = (0..NAMESPACES())
         .map(|i| Namespace {
             name: format!("ns-{i}"),
             labels: labels(&[("team", format!("t{i}")), ("tier", format!("{}", i % 10))]),
         })
         .collect();
-    let pods: Vec<Pod> = (0..PODS).map(|j| pod(j, j % 5)).collect();
-    let egresses: Vec<api::Egress> = (0..EGRESSES).map(|k| egress(k, &["a0", "a1", "a2"])).collect();
+    // Every namespace holds pods of all five apps: 10,000 distinct (namespace, labels) groups.
+    let pods: Vec<Pod> = (0..PODS()).map(|j| pod(j, j / NAMESPACES() % 5)).collect();
+    let egresses: Vec<api::Egress> = (0..EGRESSES()).map(|k| egress(k, &["a0", "a1", "a2"])).collect();
     let live: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
 
     let t = Instant::now();
+    let mut phases = Vec::new();
+    let mut lap = |what: &'static str, since: &mut Instant| {
+        phases.push(format!("{what} {:.1} ms", since.elapsed().as_secs_f64() * 1e3));
+        *since = Instant::now();
+    };
+    let mut since = Instant::now();
     let mut ix = Index::new(ClusterConfig::default(), Index::core_kinds());
     ix.set_live(&live);
     ix.apply(Change::Nodes(Event::Reset(nodes)));
+    lap("nodes", &mut since);
     ix.apply(Change::Namespaces(Event::Reset(namespaces)));
+    lap("namespaces", &mut since);
     ix.apply(Change::Pods(Event::Reset(pods)));
+    lap("pods", &mut since);
     ix.apply(Change::Pools(Event::Reset(vec![pool()])));
     ix.apply(Change::Egresses(Event::Reset(egresses)));
+    lap("pools and Egresses", &mut since);
     let control = ix.control_plan();
+    lap("control plan", &mut since);
     let first = ix.node_plan("node-1").unwrap();
+    lap("node-1's plan", &mut since);
     let sync = t.elapsed();
     assert!(ix.is_synced() && !first.steer.is_empty());
     assert!(control.egresses.iter().all(|e| e.egress_node.is_some()));
     let rss1 = rss_kib();
     println!(
-        "world: {PODS} pods ({} groups), {EGRESSES} Egresses, {NAMESPACES} namespaces, {NODES} nodes",
-        ix.group_count()
+        "world: {} pods ({} groups), {} Egresses, {} namespaces, {} nodes",
+        PODS(),
+        ix.group_count(),
+        EGRESSES(),
+        NAMESPACES(),
+        NODES()
     );
-    println!("initial sync (all lists + control plan + one node plan): {:.1} ms", sync.as_secs_f64() * 1e3);
+    println!(
+        "initial sync (all lists + control plan + one node plan): {:.1} ms ({})",
+        sync.as_secs_f64() * 1e3,
+        phases.join(", ")
+    );
     println!("resident memory of the process: {} MiB before, {} MiB after the initial sync", rss0 / 1024, rss1 / 1024);
 
     // Pod added, then deleted: a pod of app a0 (selected) in a rotating namespace and node.
     let mut add = Samples::new();
     let mut del = Samples::new();
     for s in 0..SAMPLES {
-        let j = PODS + s * 7919 % PODS;
+        // A namespace whose own Egress selects app a0 (every fourth has a cross-namespace one).
+        let mut j = PODS() + s * 7919 % PODS();
+        while (j % NAMESPACES()).is_multiple_of(4) {
+            j += 1;
+        }
         let mut p = pod(j, 0);
         p.name = format!("extra-{s}");
         let origin = p.node.clone().unwrap();
@@ -228,9 +265,15 @@ fn main() {
     // Label change: a pod flips between app a0 (selected) and a3 (selected only by the
     // cross-namespace Egresses of some tiers).
     let mut relabel = Samples::new();
+    let mut relabeled = BTreeSet::new();
     for s in 0..SAMPLES {
-        let j = s * 4793 % PODS;
-        let p = pod(j, if j % 5 == 3 { 0 } else { 3 });
+        // A selected pod (app a0..a2 in a namespace with its own Egress) becomes app a3.
+        let mut j = s * 4793 % PODS();
+        while (j % NAMESPACES()).is_multiple_of(4) || j / NAMESPACES() % 5 > 2 || relabeled.contains(&j) {
+            j = (j + 1) % PODS();
+        }
+        relabeled.insert(j);
+        let p = pod(j, 3);
         let origin = p.node.clone().unwrap();
         let gw = gateway_of(&mut ix, &origin).unwrap_or_else(|| origin.clone());
         relabel.take(&mut ix, Change::Pods(Event::Apply(p)), &origin, &gw);
@@ -239,12 +282,18 @@ fn main() {
 
     // Egress edit: a per-namespace Egress stops (or starts again) selecting app a2.
     let mut edit = Samples::new();
+    let mut narrowed = BTreeSet::new();
     for s in 0..SAMPLES {
-        let k = 1 + 4 * (s % (EGRESSES / 4)) + s % 3;
-        let apps: &[&str] = if (s / (EGRESSES / 4)).is_multiple_of(2) { &["a0", "a1"] } else { &["a0", "a1", "a2"] };
-        // pod j = k + 2000*m is in ns-k; pick the one of app a2 (j % 5 == 2).
-        let j = (0..5).map(|m| k + NAMESPACES * m).find(|j| j % 5 == 2).unwrap();
-        let origin = format!("node-{}", j % NODES);
+        let k = (1 + 4 * (s % (EGRESSES() / 4)) + s % 3).min(EGRESSES() - 1);
+        let apps: &[&str] = if narrowed.insert(k) {
+            &["a0", "a1"]
+        } else {
+            narrowed.remove(&k);
+            &["a0", "a1", "a2"]
+        };
+        // Pod k + NAMESPACES * 2 is in ns-k, of app a2.
+        let j = k + NAMESPACES() * 2;
+        let origin = format!("node-{}", j % NODES());
         let gw = ix
             .control_plan()
             .egresses

@@ -687,12 +687,18 @@ impl Index {
     // ---- Rules ----
 
     /// The steering rules that concern `node`: those of its own pods, and those of other
-    /// nodes' pods whose gateway it is.
+    /// nodes' pods whose gateway it is. Work is per group: pods of a group share their
+    /// partition unless an Egress restricts source nodes.
     fn rules_for(&mut self, node: &str) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let local: Vec<ObjectRef> = self.node_pods.get(node).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        for key in &local {
-            self.pod_rules(key, None, &mut rules);
+        let mut local: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
+        for key in self.node_pods.get(node).into_iter().flatten() {
+            if let Some((_, gid)) = self.pods.get(key) {
+                local.entry(*gid).or_default().push(key.clone());
+            }
+        }
+        for (gid, keys) in &local {
+            self.group_rules(*gid, keys, None, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -703,87 +709,128 @@ impl Index {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut remote: BTreeSet<ObjectRef> = BTreeSet::new();
-        for (name, _) in &served {
-            for gid in self.egress_groups.get(name).into_iter().flatten() {
-                if let Some(g) = self.groups.get(gid) {
-                    remote.extend(
-                        g.pods
-                            .iter()
-                            .filter(|k| self.pods.get(*k).is_some_and(|(p, _)| p.node.as_deref() != Some(node)))
-                            .cloned(),
-                    );
+        let mut remote: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
+        let gids: BTreeSet<GroupId> =
+            served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
+        for gid in gids {
+            if let Some(g) = self.groups.get(&gid) {
+                let keys: Vec<ObjectRef> = g
+                    .pods
+                    .iter()
+                    .filter(|k| self.pods.get(*k).is_some_and(|(p, _)| p.node.as_deref() != Some(node)))
+                    .cloned()
+                    .collect();
+                if !keys.is_empty() {
+                    remote.insert(gid, keys);
                 }
             }
         }
         if !remote.is_empty() {
             let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
-            for key in &remote {
-                self.pod_rules(key, Some(&ranks), &mut rules);
+            for (gid, keys) in &remote {
+                self.group_rules(*gid, keys, Some(&ranks), &mut rules);
             }
         }
         rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
         rules
     }
 
-    /// The rules of one pod (only those decided by an Egress in `only`, when given).
-    fn pod_rules(&mut self, key: &ObjectRef, only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
-        let (Some((pod, gid)), Some(o), Some(outcomes)) = (self.pods.get(key), &self.objects, &self.outcomes) else {
+    /// The rules of some pods of one group (only those decided by an Egress in `only`, when
+    /// given).
+    fn group_rules(&mut self, gid: GroupId, keys: &[ObjectRef], only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
+        let (Some(g), Some(o), Some(outcomes)) = (self.groups.get(&gid), &self.objects, &self.outcomes) else {
             return;
         };
-        if pod.ips.is_empty() {
-            return;
-        }
-        let Some(g) = self.groups.get(gid) else { return };
-        let empty = Labels::new();
-        let node_labels = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
-        let mut matched: Vec<usize> = g
+        // (rank, node selector) of every Egress selecting the group.
+        let mut matched: Vec<(usize, Option<&crate::selector::Selector>)> = g
             .matched
             .iter()
             .filter_map(|name| {
                 let e = o.validated.egresses.get(&**name)?;
-                if !e.applied_to.nodes.as_ref().is_none_or(|s| s.matches(node_labels)) {
-                    return None;
-                }
-                o.rank.get(name).copied()
+                Some((*o.rank.get(name)?, e.applied_to.nodes.as_ref()))
             })
             .collect();
         if matched.is_empty() {
             return;
         }
-        matched.sort_unstable();
-        let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
-        let ips = pod.ips.clone();
-        for ip in ips {
-            let family = Family::of(&ip);
-            let part = match self.partitions.get(&(family, matched.clone())) {
-                Some(p) => p.clone(),
-                None => {
-                    let order: Vec<&Egress> = o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
-                    let p = Arc::new(planner::partition(&matched, &order, family));
-                    self.partitions.insert((family, matched.clone()), p.clone());
-                    p
-                }
+        matched.sort_unstable_by_key(|(r, _)| *r);
+        let per_node = matched.iter().any(|(_, n)| n.is_some());
+        let all_ranks: Vec<usize> = matched.iter().map(|(r, _)| *r).collect();
+        // What one rank's entries carry, resolved once per group.
+        type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
+        let mut resolved: HashMap<usize, Resolved> = HashMap::new();
+        let mut resolve = |i: usize| -> Resolved {
+            resolved
+                .entry(i)
+                .or_insert_with(|| {
+                    let name = o.order[i].clone();
+                    let outcome = outcomes.get(&*name);
+                    let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
+                    let fallback = o
+                        .validated
+                        .egresses
+                        .get(&*name)
+                        .is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
+                    // No gateway and fallback to the node IP: not steered at all.
+                    let skip = gateway.is_none() && fallback;
+                    (name, outcome.and_then(|x| x.egress_ip), gateway, skip)
+                })
+                .clone()
+        };
+        let empty = Labels::new();
+        let mut local_parts: HashMap<(Family, Vec<usize>), Partition> = HashMap::new();
+        for key in keys {
+            let Some((pod, _)) = self.pods.get(key) else { continue };
+            if pod.ips.is_empty() {
+                continue;
+            }
+            let ranks: Vec<usize> = if per_node {
+                let nl = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
+                matched.iter().filter(|(_, s)| s.is_none_or(|s| s.matches(nl))).map(|(r, _)| *r).collect()
+            } else {
+                all_ranks.clone()
             };
-            for &(dest, i) in part.iter() {
-                if only.is_some_and(|only| !only.contains(&i)) {
-                    continue;
+            if ranks.is_empty() {
+                continue;
+            }
+            let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
+            for ip in &pod.ips {
+                let family = Family::of(ip);
+                let k = (family, ranks.clone());
+                let part = match local_parts.get(&k) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = match self.partitions.get(&k) {
+                            Some(p) => p.clone(),
+                            None => {
+                                let order: Vec<&Egress> =
+                                    o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
+                                let p = Arc::new(planner::partition(&ranks, &order, family));
+                                self.partitions.insert(k.clone(), p.clone());
+                                p
+                            }
+                        };
+                        local_parts.insert(k, p.clone());
+                        p
+                    }
+                };
+                for &(dest, i) in part.iter() {
+                    if only.is_some_and(|only| !only.contains(&i)) {
+                        continue;
+                    }
+                    let (egress, egress_ip, gateway, skip) = resolve(i);
+                    if skip {
+                        continue;
+                    }
+                    out.push(Rule {
+                        source_ip: *ip,
+                        destination: dest,
+                        egress,
+                        egress_ip,
+                        gateway,
+                        source_node: source_node.clone(),
+                    });
                 }
-                let name = &o.order[i];
-                let outcome = outcomes.get(&**name);
-                let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
-                let e = o.validated.egresses.get(&**name);
-                if gateway.is_none() && e.is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP) {
-                    continue;
-                }
-                out.push(Rule {
-                    source_ip: ip,
-                    destination: dest,
-                    egress: name.clone(),
-                    egress_ip: outcome.and_then(|x| x.egress_ip),
-                    gateway,
-                    source_node: source_node.clone(),
-                });
             }
         }
     }
