@@ -730,11 +730,8 @@ mod tests {
         let n1 = &nps["node-1"];
         assert_eq!(n1.steer.len(), 1);
         assert_eq!(n1.steer[0].source, "10.244.1.10".parse::<IpAddr>().unwrap());
-        let expected = if gw_prod == "node-1" {
-            SteerAction::Local
-        } else {
-            SteerAction::Tunnel { gateway: gw_prod.clone() }
-        };
+        let expected =
+            if gw_prod == "node-1" { SteerAction::Local } else { SteerAction::Tunnel { gateway: gw_prod.clone() } };
         assert_eq!(n1.steer[0].action, expected);
         let gw = &nps[&gw_prod];
         assert!(gw.hosted.iter().any(|h| h.ip == "10.10.0.11".parse::<IpAddr>().unwrap()));

@@ -187,7 +187,9 @@ mod tests {
 
     fn show(c: &BTreeMap<Ipv4Addr, Vec<Interval>>) -> Vec<String> {
         c.iter()
-            .flat_map(|(s, iv)| iv.iter().map(move |(a, b)| format!("{s} {}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b))))
+            .flat_map(|(s, iv)| {
+                iv.iter().map(move |(a, b)| format!("{s} {}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b)))
+            })
             .collect()
     }
 
@@ -256,8 +258,7 @@ mod tests {
     fn deleting_an_egress_ends_its_flows_on_the_origin_and_the_gateway() {
         let origin_old =
             NodePlan { steer: vec![steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"))], ..NodePlan::default() };
-        let gw_old =
-            NodePlan { snat: vec![snat("10.244.1.10", "0.0.0.0/0", "10.10.0.11")], ..NodePlan::default() };
+        let gw_old = NodePlan { snat: vec![snat("10.244.1.10", "0.0.0.0/0", "10.10.0.11")], ..NodePlan::default() };
         let gone = NodePlan::default();
         assert_eq!(show(&changed(&origin_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
         assert_eq!(show(&changed(&gw_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);

@@ -389,7 +389,9 @@ fn run_conntrack(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<Opt
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(DatapathError::Conntrack { what, detail: format!("cannot run {:?}: {e}", cfg.conntrack) }),
+        Err(e) => {
+            return Err(DatapathError::Conntrack { what, detail: format!("cannot run {:?}: {e}", cfg.conntrack) });
+        }
     };
     if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin.write_all(input.as_bytes()).map_err(|e| DatapathError::Io("writing to conntrack".into(), e))?;

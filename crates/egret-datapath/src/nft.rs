@@ -859,11 +859,7 @@ mod tests {
                 source: IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 1, 0)) + i)),
                 destination: "0.0.0.0/0".parse().unwrap(),
                 egress: format!("eg-{}", i % 3),
-                action: if i % 2 == 0 {
-                    SteerAction::Tunnel { gateway: "node-2".into() }
-                } else {
-                    SteerAction::Drop
-                },
+                action: if i % 2 == 0 { SteerAction::Tunnel { gateway: "node-2".into() } } else { SteerAction::Drop },
             });
         }
         NodePlan {
