@@ -35,7 +35,7 @@ impl<K: Ord> Default for LocalIds<K> {
 }
 
 fn after(id: u16) -> u16 {
-    if id >= MAX_ID { 1 } else { id + 1 }
+    if id == MAX_ID { 1 } else { id + 1 }
 }
 
 impl<K: Ord + Clone> LocalIds<K> {
