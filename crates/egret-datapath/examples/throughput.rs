@@ -75,8 +75,10 @@ fn main() {
         }
         let n1 = &topo.node(1).ns;
         n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
-        n1.ip(&["addr", "del", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
+        // Add before deleting: removing a device's last IPv4 address flushes its routes and
+        // neighbours.
         n1.ip(&["addr", "add", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
+        n1.ip(&["addr", "del", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
         let n2 = &topo.node(2).ns;
         n2.ip(&["route", "add", n1_tunnel, "via", &n1_ip, "dev", &cfg.vxlan_name, "onlink"]).unwrap();
         topo.router.ip(&["route", "add", n1_tunnel, "via", &n2_ip.to_string()]).unwrap();
@@ -84,7 +86,7 @@ fn main() {
         assert_eq!(seen.to_string(), n1_tunnel.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
         let b = iperf(&topo, secs);
         n1.ip(&["rule", "del", "pref", "1600"]).unwrap();
-        // The next sync puts node-1's own tunnel address back.
+        n1.ip(&["addr", "add", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
         n1.ip(&["addr", "del", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
         n2.ip(&["route", "del", n1_tunnel]).unwrap();
         topo.router.ip(&["route", "del", n1_tunnel]).unwrap();

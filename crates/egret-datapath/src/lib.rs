@@ -262,12 +262,10 @@ impl Datapath {
                     report.drift.push(format!("missing {i}"));
                 }
             }
-            for (item, raw) in &have {
-                if !want_items.contains(item) {
-                    net.delete(item, raw).await?;
-                    report.changes.push(format!("deleted {item}"));
-                }
-            }
+            // Add before deleting: removing the VXLAN device's last IPv4 address (its tunnel
+            // address, when the node's address changes) would make the kernel flush every
+            // route and neighbour through it. Items never conflict: peers' MACs and tables
+            // derive from their addresses and ids.
             let mut added_hosted = Vec::new();
             for item in &want_items {
                 if !have.contains_key(item) {
@@ -276,6 +274,12 @@ impl Datapath {
                     if let Item::Hosted(ip, _) = item {
                         added_hosted.push(*ip);
                     }
+                }
+            }
+            for (item, raw) in &have {
+                if !want_items.contains(item) {
+                    net.delete(item, raw).await?;
+                    report.changes.push(format!("deleted {item}"));
                 }
             }
             let check: BTreeSet<Item> = net.read(&cfg, &links).await?.into_keys().collect();
