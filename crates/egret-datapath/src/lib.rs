@@ -262,10 +262,17 @@ impl Datapath {
                     report.drift.push(format!("missing {i}"));
                 }
             }
-            // Add before deleting: removing the VXLAN device's last IPv4 address (its tunnel
-            // address, when the node's address changes) would make the kernel flush every
-            // route and neighbour through it. Items never conflict: peers' MACs and tables
-            // derive from their addresses and ids.
+            // Stale items go first (a changed neighbour or route must make room), except the
+            // old tunnel address, which goes last: removing the VXLAN device's last IPv4
+            // address (when the node's address changes) makes the kernel flush every route and
+            // neighbour through it.
+            let stale: Vec<(&Item, &link::Raw)> = have.iter().filter(|(i, _)| !want_items.contains(*i)).collect();
+            let (old_addr, stale): (Vec<_>, Vec<_>) =
+                stale.into_iter().partition(|(i, _)| matches!(i, Item::TunnelAddr(..)));
+            for (item, raw) in stale {
+                net.delete(item, raw).await?;
+                report.changes.push(format!("deleted {item}"));
+            }
             let mut added_hosted = Vec::new();
             for item in &want_items {
                 if !have.contains_key(item) {
@@ -276,11 +283,9 @@ impl Datapath {
                     }
                 }
             }
-            for (item, raw) in &have {
-                if !want_items.contains(item) {
-                    net.delete(item, raw).await?;
-                    report.changes.push(format!("deleted {item}"));
-                }
+            for (item, raw) in old_addr {
+                net.delete(item, raw).await?;
+                report.changes.push(format!("deleted {item}"));
             }
             let check: BTreeSet<Item> = net.read(&cfg, &links).await?.into_keys().collect();
             if check != want_items {
