@@ -46,6 +46,7 @@ struct Flow(UdpSocket);
 impl Flow {
     fn open(ns: &Netns) -> Flow {
         let sock = ns.run(|| UdpSocket::bind(("0.0.0.0", 40053))).unwrap().unwrap();
+        sock.connect(SocketAddr::from((DB_A, UDP_PORT))).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         Flow(sock)
     }
@@ -54,8 +55,8 @@ impl Flow {
     fn seen(&self) -> IpAddr {
         let mut buf = [0u8; 64];
         for _ in 0..6 {
-            self.0.send_to(b"?", SocketAddr::from((DB_A, UDP_PORT))).unwrap();
-            if let Ok((n, _)) = self.0.recv_from(&mut buf) {
+            self.0.send(b"?").unwrap();
+            if let Ok(n) = self.0.recv(&mut buf) {
                 return std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
             }
         }
@@ -69,11 +70,14 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     if skip() {
         return;
     }
-    let topo = Topology::build(&TopologySpec::new("resteer", 3).pod("web-1", 1, WEB1)).unwrap();
+    let web2 = std::net::Ipv4Addr::new(10, 244, 2, 10);
+    let spec = TopologySpec::new("resteer", 3).pod("web-1", 1, WEB1).pod("web-2", 2, web2);
+    let topo = Topology::build(&spec).unwrap();
     let _server = UdpWhoami::start(&topo);
     let mut c = Cluster::new(3, &[2, 3]);
     let on = |i: usize| sel(&[("kubernetes.io/hostname", &node_name(i))]);
     c.pod("default", "web-1", "web", 1, WEB1)
+        .pod("default", "web-2", "web", 2, web2)
         .pool_on("pool-2", "10.10.0.11", "10.10.0.20", on(2))
         .pool_on("pool-3", "10.10.0.21", "10.10.0.30", on(3))
         .egress("eg-web", "web", "pool-2", &[], &[]);
@@ -85,6 +89,9 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     let flow = Flow::open(&topo.pod("web-1").unwrap().ns);
     assert_eq!(flow.seen(), old_ip);
     assert_eq!(flow.seen(), old_ip, "one flow, one conntrack entry");
+    // web-2 runs on the gateway itself: SNAT there, no tunnel.
+    let local = Flow::open(&topo.pod("web-2").unwrap().ns);
+    assert_eq!(local.seen(), old_ip);
 
     // The Egress moves to another pool: another egress IP on another gateway.
     c.egresses[0].spec.external_ip_pool = Some("pool-3".into());
@@ -97,6 +104,7 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
     assert!(reports[1].flows_ended.contains(&flow_key), "old gateway: {:?}", reports[1].flows_ended);
     assert_eq!(flow.seen(), new_ip, "the established flow still left with the old egress IP");
+    assert_eq!(local.seen(), new_ip, "the flow of the old gateway's own pod too");
 
     // The Egress is deleted: the flow leaves like any unselected traffic, with the node IP.
     c.egresses.clear();
@@ -105,4 +113,5 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
     assert!(reports[2].flows_ended.contains(&flow_key), "old gateway: {:?}", reports[2].flows_ended);
     assert_eq!(flow.seen(), IpAddr::V4(node_ip(1)));
+    assert_eq!(local.seen(), IpAddr::V4(node_ip(2)));
 }
