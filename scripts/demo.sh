@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 need=()
-for cmd in nft:nftables ip:iproute2; do
+for cmd in nft:nftables ip:iproute2 conntrack:conntrack; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for cmd in nft:nftables ip:iproute2 iperf3:iperf3; do
+for cmd in nft:nftables ip:iproute2 iperf3:iperf3 conntrack:conntrack; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

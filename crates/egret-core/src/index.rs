@@ -63,7 +63,6 @@ struct Objects {
 #[derive(Debug, Default)]
 struct NodeFacts {
     cluster_cidrs: Vec<IpNet>,
-    node_ids: BTreeMap<String, u16>,
     node_ips: BTreeMap<String, Vec<IpAddr>>,
 }
 
@@ -326,7 +325,6 @@ impl Index {
             pools: pool_outcomes(&o.allocations),
             rules: Vec::new(),
             cluster_cidrs: f.cluster_cidrs.clone(),
-            node_ids: f.node_ids.clone(),
             node_ips: f.node_ips.clone(),
         }
     }
@@ -345,7 +343,6 @@ impl Index {
             pools: Vec::new(),
             rules,
             cluster_cidrs: f.cluster_cidrs.clone(),
-            node_ids: f.node_ids.clone(),
             node_ips: f.node_ips.clone(),
         };
         plan.node_plan(node)
@@ -443,7 +440,6 @@ impl Index {
         let nodes: Vec<&Node> = self.nodes.values().collect();
         NodeFacts {
             cluster_cidrs: planner::cluster_cidrs(nodes.iter().copied(), &self.config),
-            node_ids: planner::node_ids(nodes.iter().map(|n| n.name.as_str())),
             node_ips: nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
         }
     }

@@ -7,10 +7,12 @@
 //! - [`selector`]: Kubernetes label selectors, compiled once and matched many times.
 //! - [`net`]: address arithmetic (ranges, CIDR decomposition).
 //! - [`ipam`]: egress IP allocation from pools.
+//! - [`ids`]: node-local ids for tunnel peers (marks, routing tables), stable while needed.
 //! - [`placement`]: which node hosts an egress IP.
 //! - [`planner`]: objects + live nodes -> what every node's datapath must hold.
 
 pub mod event;
+pub mod ids;
 pub mod index;
 pub mod ipam;
 pub mod model;

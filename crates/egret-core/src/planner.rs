@@ -17,7 +17,6 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// Cluster-wide settings the objects do not carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,10 +135,7 @@ pub struct Plan {
     /// Destinations never steered: pod CIDRs, service CIDRs, node addresses.
     #[serde(rename = "clusterCIDRs")]
     pub cluster_cidrs: Vec<IpNet>,
-    /// A small stable number per node, for marks and routing tables in the datapath.
-    #[serde(skip)]
-    pub node_ids: BTreeMap<String, u16>,
-    /// Node addresses, for tunnel endpoints.
+    /// Every node's underlay addresses (its tunnel endpoint and identity), by node name.
     #[serde(skip)]
     pub node_ips: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -150,12 +146,10 @@ pub struct Plan {
 pub enum SteerAction {
     /// This node is the gateway: no tunnel, just SNAT on the way out.
     Local,
-    /// Send through the tunnel to the gateway.
+    /// Send through the tunnel to the gateway (one of the node's [`NodePlan::peers`]).
     Tunnel {
         /// Gateway node.
         gateway: String,
-        /// Its node id.
-        gateway_id: u16,
     },
     /// No gateway: drop (fail closed).
     Drop,
@@ -188,13 +182,13 @@ pub struct Snat {
     pub egress_ip: IpAddr,
 }
 
-/// A node of the cluster as a tunnel peer.
+/// A node this node exchanges tunnelled traffic with. Its underlay IPv4 address is its
+/// identity in the datapath (tunnel MAC and address derive from it); the mark and routing
+/// table used for it are allocated by the datapath of each node (see [`crate::ids`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peer {
     /// Node name.
     pub name: String,
-    /// Node id.
-    pub id: u16,
     /// Underlay addresses.
     pub ips: Vec<IpAddr>,
 }
@@ -213,11 +207,10 @@ pub struct Hosted {
 pub struct NodePlan {
     /// Node name.
     pub node: String,
-    /// Node id (marks, routing tables).
-    pub node_id: u16,
     /// This node's underlay addresses.
     pub node_ips: Vec<IpAddr>,
-    /// Every other node (tunnel peers), by name.
+    /// The nodes this node needs a tunnel to, by name: gateways of its pods' steered traffic,
+    /// and, as a gateway, the nodes whose pods it SNATs (replies go back to them).
     pub peers: Vec<Peer>,
     /// Never steered.
     pub cluster_cidrs: Vec<IpNet>,
@@ -229,25 +222,6 @@ pub struct NodePlan {
     pub snat: Vec<Snat>,
     /// Egress IPs hosted here.
     pub hosted: Vec<Hosted>,
-}
-
-/// Stable small ids for nodes: a hash of the name, collisions resolved in name order, so an id
-/// changes only when a colliding node joins or leaves.
-pub fn node_ids<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u16> {
-    const SPACE: u64 = u16::MAX as u64; // ids 1..=65535
-    let mut sorted: Vec<&str> = names.into_iter().collect();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut taken = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    for n in sorted {
-        let mut id = xxh3_64(n.as_bytes()) % SPACE + 1;
-        while !taken.insert(id) {
-            id = id % SPACE + 1;
-        }
-        out.insert(n.to_string(), id as u16);
-    }
-    out
 }
 
 fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {
@@ -536,7 +510,6 @@ pub fn plan(inp: &Inputs) -> Plan {
         pools,
         rules,
         cluster_cidrs,
-        node_ids: node_ids(inp.nodes.iter().map(|n| n.name.as_str())),
         node_ips: inp.nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
     }
 }
@@ -573,32 +546,20 @@ impl Plan {
         self.build(Some(node)).remove(node)
     }
 
-    /// What every node must hold, in one pass over the rules. Every plan lists all tunnel
-    /// peers, so this is quadratic in the number of nodes: for tests and tools, not agents.
+    /// What every node must hold, in one pass over the rules.
     pub fn node_plans(&self) -> BTreeMap<String, NodePlan> {
         self.build(None)
     }
 
     fn build(&self, only: Option<&str>) -> BTreeMap<String, NodePlan> {
         let mut out: BTreeMap<String, NodePlan> = self
-            .node_ids
+            .node_ips
             .iter()
             .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
-            .map(|(name, &id)| {
+            .map(|(name, ips)| {
                 let np = NodePlan {
                     node: name.clone(),
-                    node_id: id,
-                    node_ips: self.node_ips.get(name).cloned().unwrap_or_default(),
-                    peers: self
-                        .node_ids
-                        .iter()
-                        .filter(|(n, _)| *n != name)
-                        .map(|(n, &pid)| Peer {
-                            name: n.clone(),
-                            id: pid,
-                            ips: self.node_ips.get(n).cloned().unwrap_or_default(),
-                        })
-                        .collect(),
+                    node_ips: ips.clone(),
                     cluster_cidrs: self.cluster_cidrs.clone(),
                     ..NodePlan::default()
                 };
@@ -606,6 +567,8 @@ impl Plan {
             })
             .collect();
         let mut counters: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        // Tunnel peers a node needs: the gateways of its pods, and the origins of what it SNATs.
+        let mut peers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for r in &self.rules {
             if let Some(src) = r.source_node.as_deref()
                 && let Some(np) = out.get_mut(src)
@@ -613,10 +576,10 @@ impl Plan {
                 let action = match r.gateway.as_deref() {
                     None => SteerAction::Drop,
                     Some(gw) if gw == src => SteerAction::Local,
-                    Some(gw) => SteerAction::Tunnel {
-                        gateway: gw.to_string(),
-                        gateway_id: self.node_ids.get(gw).copied().unwrap_or(0),
-                    },
+                    Some(gw) => {
+                        peers.entry(src).or_default().insert(gw);
+                        SteerAction::Tunnel { gateway: gw.to_string() }
+                    }
                 };
                 np.steer.push(Steer {
                     source: r.source_ip,
@@ -636,6 +599,11 @@ impl Plan {
                     egress_ip: ip,
                 });
                 counters.entry(gw).or_default().insert(&r.egress);
+                if let Some(src) = r.source_node.as_deref()
+                    && src != gw
+                {
+                    peers.entry(gw).or_default().insert(src);
+                }
             }
         }
         for e in &self.egresses {
@@ -653,6 +621,14 @@ impl Plan {
         for (node, names) in counters {
             if let Some(np) = out.get_mut(node) {
                 np.egresses = names.into_iter().map(str::to_string).collect();
+            }
+        }
+        for (node, names) in peers {
+            if let Some(np) = out.get_mut(node) {
+                np.peers = names
+                    .into_iter()
+                    .map(|n| Peer { name: n.to_string(), ips: self.node_ips.get(n).cloned().unwrap_or_default() })
+                    .collect();
             }
         }
         out
@@ -759,16 +735,18 @@ mod tests {
         let n1 = &nps["node-1"];
         assert_eq!(n1.steer.len(), 1);
         assert_eq!(n1.steer[0].source, "10.244.1.10".parse::<IpAddr>().unwrap());
-        let expected = if gw_prod == "node-1" {
-            SteerAction::Local
-        } else {
-            SteerAction::Tunnel { gateway: gw_prod.clone(), gateway_id: p.node_ids[&gw_prod] }
-        };
+        let expected =
+            if gw_prod == "node-1" { SteerAction::Local } else { SteerAction::Tunnel { gateway: gw_prod.clone() } };
         assert_eq!(n1.steer[0].action, expected);
         let gw = &nps[&gw_prod];
         assert!(gw.hosted.iter().any(|h| h.ip == "10.10.0.11".parse::<IpAddr>().unwrap()));
         assert!(gw.snat.iter().any(|s| s.source == "10.244.2.10".parse::<IpAddr>().unwrap()));
-        assert_eq!(n1.peers.len(), 5);
+        // Tunnel peers: only what each node needs, not every node of the cluster.
+        let names = |np: &NodePlan| np.peers.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if gw_prod != "node-1" {
+            assert_eq!(names(n1), vec![gw_prod.clone()]);
+            assert_eq!(n1.peers[0].ips, p.node_ips[&gw_prod]);
+        }
         // Cluster-internal destinations: pod CIDRs, service CIDR and node addresses.
         let internal: Vec<String> = p.cluster_cidrs.iter().map(|c| c.to_string()).collect();
         assert!(internal.contains(&"10.96.0.0/12".to_string()));
@@ -933,13 +911,26 @@ mod tests {
     }
 
     #[test]
-    fn node_ids_are_stable_and_unique() {
-        let a = node_ids(["node-1", "node-2", "node-3"]);
-        let b = node_ids(["node-3", "node-2", "node-1", "node-9"]);
-        assert_eq!(a["node-1"], b["node-1"]);
-        let many = node_ids((0..5000).map(|i| format!("n{i}")).collect::<Vec<_>>().iter().map(String::as_str));
-        let distinct: BTreeSet<u16> = many.values().copied().collect();
-        assert_eq!(distinct.len(), 5000);
-        assert!(!distinct.contains(&0));
+    fn nodes_peer_only_with_the_nodes_they_exchange_tunnelled_traffic_with() {
+        let mut f = Fixture::lab();
+        // prod/web-1 on node-1 and prod/web-2 on node-2 leave through node-4 (static IP).
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.104"))];
+        let nps = f.plan().node_plans();
+        let peers = |n: &str| nps[n].peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>();
+        assert_eq!(peers("node-1"), vec!["node-4"]);
+        assert_eq!(peers("node-2"), vec!["node-4"]);
+        assert_eq!(peers("node-4"), vec!["node-1", "node-2"]);
+        assert!(peers("node-3").is_empty() && peers("node-5").is_empty() && peers("node-6").is_empty());
+        assert_eq!(nps["node-4"].peers[0].ips, vec!["10.10.0.101".parse::<IpAddr>().unwrap()]);
+        // A pod on its own gateway needs no tunnel; no Egress at all, no peers anywhere.
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.102"))];
+        let nps = f.plan().node_plans();
+        assert_eq!(nps["node-2"].peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["node-1"]);
+        f.egresses.clear();
+        assert!(f.plan().node_plans().values().all(|np| np.peers.is_empty()));
+        // node_plan (what an agent computes) agrees with node_plans.
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.104"))];
+        let p = f.plan();
+        assert_eq!(p.node_plan("node-4"), p.node_plans().remove("node-4"));
     }
 }

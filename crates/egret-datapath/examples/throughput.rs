@@ -10,7 +10,8 @@
 //! - **baseline**: the same VXLAN device, FDB, neighbours and routing tables, but table
 //!   `inet egret` deleted; pod traffic enters the tunnel by a plain source rule
 //!   (`ip rule from 10.244.1.10 lookup TABLE`). Without Egret's SNAT binding, node-1's CNI
-//!   masquerade rewrites the pod to node-1's tunnel address; plain routes (router -> node-2,
+//!   masquerade rewrites the pod to an address on node-1's tunnel device (198.19.0.1 for the
+//!   baseline, in place of node-1's own address there); plain routes (router -> node-2,
 //!   node-2 -> tunnel) carry the replies back the same way.
 //!
 //! Rounds alternate between the two; the medians are compared.
@@ -51,12 +52,11 @@ fn main() {
     let c = Cluster::web_egress(2, &[2]);
     let plan = c.plan();
     let eip = egress_ip(&plan, "eg-web");
-    let gw_id = plan.node_ids["node-2"];
     let cfg = egret_datapath::Config::default();
-    let table = cfg.table(gw_id).to_string();
-    // The CNI masquerade on node-1 rewrites the pod to node-1's tunnel address when no Egret
-    // rule binds the SNAT first; node-2 routes that address back into the tunnel.
-    let n1_tunnel = format!("{}/32", cfg.tunnel_ip(plan.node_ids["node-1"]));
+    // The CNI masquerade on node-1 rewrites the pod to the address of node-1's tunnel device
+    // when no Egret rule binds the SNAT first; node-2 routes that address back into the tunnel.
+    let n1_tunnel = "198.19.0.1/32";
+    let (n1_ip, n2_ip) = (egret_netns::node_ip(1).to_string(), egret_netns::node_ip(2));
     let _server = topo.outside.spawn("iperf3", &["-s"]).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
 
@@ -68,21 +68,28 @@ fn main() {
         sync_all(&topo, &mut dps, &plan);
         assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
         let e = iperf(&topo, secs);
+        let table = cfg.table(dps[0].peer_id(n2_ip).expect("node-1 has a local id for node-2")).to_string();
         // Baseline: same tunnel, no Egret table.
         for i in 1..=2 {
             topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
         }
         let n1 = &topo.node(1).ns;
         n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
+        // Add before deleting: removing a device's last IPv4 address flushes its routes and
+        // neighbours.
+        n1.ip(&["addr", "add", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
+        n1.ip(&["addr", "del", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
         let n2 = &topo.node(2).ns;
-        n2.ip(&["route", "add", &n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
-        topo.router.ip(&["route", "add", &n1_tunnel, "via", &egret_netns::node_ip(2).to_string()]).unwrap();
+        n2.ip(&["route", "add", n1_tunnel, "via", &n1_ip, "dev", &cfg.vxlan_name, "onlink"]).unwrap();
+        topo.router.ip(&["route", "add", n1_tunnel, "via", &n2_ip.to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
         assert_eq!(seen.to_string(), n1_tunnel.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
         let b = iperf(&topo, secs);
         n1.ip(&["rule", "del", "pref", "1600"]).unwrap();
-        n2.ip(&["route", "del", &n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
-        topo.router.ip(&["route", "del", &n1_tunnel]).unwrap();
+        n1.ip(&["addr", "add", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
+        n1.ip(&["addr", "del", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
+        n2.ip(&["route", "del", n1_tunnel]).unwrap();
+        topo.router.ip(&["route", "del", n1_tunnel]).unwrap();
         println!("round {}: egret {:.2} Gbit/s, baseline {:.2} Gbit/s", round + 1, e / 1e9, b / 1e9);
         with.push(e);
         without.push(b);

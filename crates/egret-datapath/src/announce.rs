@@ -60,6 +60,51 @@ pub fn frame(mac: [u8; 6], ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// When a newly hosted address is announced, as offsets from the moment it is added: the
+/// first at once, then `count - 1` more with gaps doubling from `first_gap` (250 ms: 0, 0.25,
+/// 0.75, 1.75, 3.75 s). Repeats cover a router that missed one frame or was busy; the growing
+/// gaps spread them over a few seconds without flooding the segment.
+pub fn schedule(count: u32, first_gap: std::time::Duration) -> Vec<std::time::Duration> {
+    let mut out = Vec::with_capacity(count as usize);
+    let mut at = std::time::Duration::ZERO;
+    let mut gap = first_gap;
+    for i in 0..count {
+        if i > 0 {
+            at = at.saturating_add(gap);
+            gap = gap.saturating_mul(2);
+        }
+        out.push(at);
+    }
+    out
+}
+
+/// Waits before each retry of a failed send: `tries - 1` of them, doubling from `base`
+/// (10 ms, 4 tries: 10, 20, 40 ms), so a transient failure (e.g. `ENOBUFS`) costs little and
+/// a persistent one gives up quickly.
+pub fn retry_delays(tries: u32, base: std::time::Duration) -> Vec<std::time::Duration> {
+    (1..tries.max(1)).map(|i| base.saturating_mul(1 << (i - 1).min(20))).collect()
+}
+
+/// Calls `send` until it succeeds, at most once plus once per delay, calling `wait` with each
+/// delay between tries. Returns the number of tries, or the last error.
+pub fn send_with_retry<E>(
+    delays: &[std::time::Duration],
+    mut send: impl FnMut() -> Result<(), E>,
+    mut wait: impl FnMut(std::time::Duration),
+) -> Result<usize, E> {
+    let mut tries = 1;
+    let mut last = send();
+    for d in delays {
+        if last.is_ok() {
+            break;
+        }
+        wait(*d);
+        tries += 1;
+        last = send();
+    }
+    last.map(|()| tries)
+}
+
 fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, body: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
@@ -142,6 +187,7 @@ pub(crate) mod sys {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
 
@@ -185,6 +231,48 @@ mod tests {
         assert_eq!(&icmp[2..4], &[0x92, 0x72]);
         // And the one's-complement sum over pseudo-header + message verifies to zero.
         assert_eq!(icmpv6_checksum(ip, "ff02::1".parse().unwrap(), icmp), 0);
+    }
+
+    #[test]
+    fn announcements_repeat_with_growing_gaps() {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        assert_eq!(schedule(5, Duration::from_millis(250)), ms(&[0, 250, 750, 1750, 3750]));
+        assert_eq!(schedule(1, Duration::from_millis(250)), ms(&[0]));
+        assert!(schedule(0, Duration::from_millis(250)).is_empty());
+        assert_eq!(retry_delays(4, Duration::from_millis(10)), ms(&[10, 20, 40]));
+        assert!(retry_delays(1, Duration::from_millis(10)).is_empty());
+        assert_eq!(retry_delays(40, Duration::from_millis(1)).len(), 39, "bounded, no overflow");
+    }
+
+    #[test]
+    fn a_failed_send_is_retried_with_backoff_and_gives_up_after_the_last_try() {
+        let delays = retry_delays(4, Duration::from_millis(10));
+        // Fails twice, then works: three tries, waits of 10 and 20 ms.
+        let mut calls = 0;
+        let mut waited = Vec::new();
+        let r = send_with_retry(
+            &delays,
+            || {
+                calls += 1;
+                if calls < 3 { Err("ENOBUFS") } else { Ok(()) }
+            },
+            |d| waited.push(d),
+        );
+        assert_eq!(r, Ok(3));
+        assert_eq!(waited, vec![Duration::from_millis(10), Duration::from_millis(20)]);
+        // Always fails: four tries, then the error.
+        let mut calls = 0;
+        let r: Result<usize, &str> = send_with_retry(
+            &delays,
+            || {
+                calls += 1;
+                Err("down")
+            },
+            |_| {},
+        );
+        assert_eq!((r, calls), (Err("down"), 4));
+        // Works at once: no wait.
+        assert_eq!(send_with_retry::<()>(&delays, || Ok(()), |_| panic!("no wait")), Ok(1));
     }
 
     #[test]

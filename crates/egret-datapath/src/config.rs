@@ -1,9 +1,9 @@
-//! Datapath settings and the numbers derived from node ids (marks, tables, tunnel addresses).
-//! Every derivation is a pure function so that two agents (and a restarted agent) agree on
-//! them without talking to each other.
+//! Datapath settings and the numbers derived from them: marks and routing tables of a peer's
+//! local id, and the tunnel MAC derived from a node's underlay address. Every derivation is a
+//! pure function so that two agents (and a restarted agent) agree on them without talking to
+//! each other.
 
 use crate::DatapathError;
-use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -26,18 +26,23 @@ pub struct Config {
     pub holder_name: String,
     /// Lowest bit of Egret's 16-bit mark field (packet mark and conntrack mark).
     pub mark_shift: u8,
-    /// Routing table of the peer with node id N is `table_base + N`.
+    /// Routing table of the peer with local id N is `table_base + N`.
     pub table_base: u32,
     /// Priority (`pref`) of Egret's fwmark rules.
     pub rule_priority: u32,
-    /// Tunnel addresses: node id N gets `tunnel_net` + N as a /32.
-    pub tunnel_net: Ipv4Net,
-    /// Gratuitous ARP / unsolicited NA: how many, and how far apart.
+    /// Gratuitous ARP / unsolicited NA: how many times a newly hosted address is announced.
     pub announce_count: u32,
-    /// Gap between two announcements of one address.
+    /// Gap between the first and second announcement; each later gap doubles.
     pub announce_interval: Duration,
+    /// How many times one announcement is tried when sending fails.
+    pub announce_tries: u32,
+    /// Wait before the first retry of a failed send; each later wait doubles.
+    pub announce_retry: Duration,
     /// The `nft` program.
     pub nft: String,
+    /// The `conntrack` program (Debian package `conntrack`), to end established flows the plan
+    /// steers elsewhere. Without it such flows keep their old path (logged, reported skipped).
+    pub conntrack: String,
 }
 
 impl Default for Config {
@@ -51,10 +56,12 @@ impl Default for Config {
             mark_shift: 16,
             table_base: 0x0e67_0000,
             rule_priority: 1700,
-            tunnel_net: Ipv4Net::new(Ipv4Addr::new(198, 19, 0, 0), 16).unwrap_or_default(),
-            announce_count: 3,
+            announce_count: 5,
             announce_interval: Duration::from_millis(250),
+            announce_tries: 4,
+            announce_retry: Duration::from_millis(10),
             nft: "nft".into(),
+            conntrack: "conntrack".into(),
         }
     }
 }
@@ -90,11 +97,8 @@ impl Config {
                 self.table_base
             )));
         }
-        if self.tunnel_net.prefix_len() > 16 {
-            return Err(DatapathError::Config(format!(
-                "tunnel_net {} must be /16 or larger to number 65535 nodes",
-                self.tunnel_net
-            )));
+        if self.announce_count == 0 || self.announce_tries == 0 {
+            return Err(DatapathError::Config("announce_count and announce_tries must be at least 1".into()));
         }
         Ok(())
     }
@@ -105,12 +109,12 @@ impl Config {
         0xffffu32 << self.mark_shift
     }
 
-    /// The mark value meaning "route through the tunnel to node `id`".
+    /// The mark value meaning "route through the tunnel to the peer with local id `id`".
     pub fn mark(&self, id: u16) -> u32 {
         (id as u32) << self.mark_shift
     }
 
-    /// The routing table holding the route to node `id` through the tunnel.
+    /// The routing table holding the route through the tunnel to the peer with local id `id`.
     pub fn table(&self, id: u16) -> u32 {
         self.table_base + id as u32
     }
@@ -120,18 +124,28 @@ impl Config {
         table > self.table_base && table <= self.table_base + u16::MAX as u32
     }
 
-    /// The tunnel address of node `id`.
-    pub fn tunnel_ip(&self, id: u16) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.tunnel_net.network()) | id as u32)
+    /// The id whose routing table is `table`, if it is one of Egret's.
+    pub fn table_id(&self, table: u32) -> Option<u16> {
+        if self.is_our_table(table) { u16::try_from(table - self.table_base).ok() } else { None }
     }
 }
 
-/// The MAC address of node `id`'s VXLAN device: locally administered, unicast, and derived from
-/// the id so that FDB, neighbour entries and the gateway's "which node sent this" lookup need
-/// no exchange between nodes.
-pub fn tunnel_mac(id: u16) -> [u8; 6] {
-    let [hi, lo] = id.to_be_bytes();
-    [0x0e, 0x67, 0x72, 0x74, hi, lo]
+/// The MAC address of the VXLAN device of the node with underlay address `ip`: `0e:67` (locally
+/// administered, unicast) followed by the four address bytes. Underlay addresses are unique in
+/// a cluster, so this is too, and every node derives it alike: FDB, neighbour entries and the
+/// gateway's "which node sent this" lookup need no exchange, and it never changes while the
+/// node keeps its address.
+pub fn tunnel_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x0e, 0x67, a, b, c, d]
+}
+
+/// The underlay address a tunnel MAC was derived from (`None`: not one of Egret's).
+pub fn mac_ipv4(mac: [u8; 6]) -> Option<Ipv4Addr> {
+    match mac {
+        [0x0e, 0x67, a, b, c, d] => Some(Ipv4Addr::new(a, b, c, d)),
+        _ => None,
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -155,10 +169,14 @@ mod tests {
         assert_eq!(c.table(1), 0x0e67_0001);
         assert!(c.is_our_table(c.table(1)) && c.is_our_table(c.table(u16::MAX)));
         assert!(!c.is_our_table(c.table_base) && !c.is_our_table(254));
-        assert_eq!(c.tunnel_ip(0x0102), Ipv4Addr::new(198, 19, 1, 2));
-        assert_eq!(tunnel_mac(0x0102), [0x0e, 0x67, 0x72, 0x74, 1, 2]);
-        assert_eq!(tunnel_mac(1)[0] & 0b11, 0b10, "locally administered unicast");
-        assert_eq!(mac_string(&tunnel_mac(258)), "0e:67:72:74:01:02");
+        assert_eq!(c.table_id(c.table(9)), Some(9));
+        assert_eq!(c.table_id(254), None);
+        let ip = Ipv4Addr::new(10, 10, 0, 102);
+        assert_eq!(tunnel_mac(ip), [0x0e, 0x67, 10, 10, 0, 102]);
+        assert_eq!(tunnel_mac(ip)[0] & 0b11, 0b10, "locally administered unicast");
+        assert_eq!(mac_string(&tunnel_mac(ip)), "0e:67:0a:0a:00:66");
+        assert_eq!(mac_ipv4(tunnel_mac(ip)), Some(ip));
+        assert_eq!(mac_ipv4([2, 0, 0, 0, 0, 1]), None);
 
         let shifted = Config { mark_shift: 4, ..Config::default() };
         assert_eq!(shifted.mark_mask(), 0x000f_fff0);
@@ -171,7 +189,7 @@ mod tests {
             Config { mark_shift: 17, ..Config::default() },
             Config { vxlan_name: "a-name-that-is-too-long".into(), ..Config::default() },
             Config { vni: 0, ..Config::default() },
-            Config { tunnel_net: "10.0.0.0/24".parse().unwrap(), ..Config::default() },
+            Config { announce_tries: 0, ..Config::default() },
             Config { holder_name: "egret-vxlan".into(), ..Config::default() },
         ];
         for c in bad {

@@ -5,6 +5,8 @@
 //!   rtnetlink ([`link`]),
 //! - one nftables table `inet egret` in one atomic `nft -j -f -` transaction ([`nft`]),
 //! - gratuitous ARP / unsolicited NA for egress IPs this node starts hosting ([`announce`]),
+//! - deletion of the conntrack entries of established flows the new plan steers differently
+//!   ([`conntrack`]),
 //!
 //! then reads everything back and verifies it. Only what differs is changed, so a resync or a
 //! restarted agent leaves established connections alone. [`cleanup`] removes everything Egret
@@ -15,6 +17,7 @@
 
 pub mod announce;
 pub mod config;
+pub mod conntrack;
 pub mod link;
 pub mod nft;
 
@@ -22,11 +25,12 @@ pub use config::{Config, OWNER_ALIAS, TABLE};
 pub use nft::Counter;
 
 use egret_core::planner::NodePlan;
-use link::{Item, Links, Net};
+use link::{Item, Links, Net, PeerIds};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Errors of the datapath.
@@ -64,6 +68,17 @@ pub enum DatapathError {
     /// A link with one of Egret's names exists but Egret did not create it.
     #[error("link {0:?} exists but was not created by Egret (no alias \"egret\"); refusing to touch it")]
     NotOurs(String),
+    /// The plan needs more tunnel peers than there are local ids.
+    #[error("{0}")]
+    TooManyPeers(#[from] egret_core::ids::Exhausted),
+    /// `conntrack` failed.
+    #[error("conntrack {what} failed: {detail}")]
+    Conntrack {
+        /// What was being done.
+        what: String,
+        /// Its standard error.
+        detail: String,
+    },
     /// After applying, the kernel state still differs from the plan.
     #[error("kernel state differs from the plan after applying: {}", .0.join("; "))]
     Verify(Vec<String>),
@@ -82,8 +97,13 @@ pub struct SyncReport {
     pub drift: Vec<String>,
     /// Plan entries left out, with the reason (e.g. IPv6, not programmed yet).
     pub skipped: Vec<String>,
-    /// Addresses announced (gratuitous ARP / unsolicited NA).
+    /// Addresses announced (gratuitous ARP / unsolicited NA; repeats follow in the background).
     pub announced: Vec<IpAddr>,
+    /// Addresses whose first announcement failed on every try (the repeats still follow).
+    pub announce_failed: Vec<IpAddr>,
+    /// Established flows whose conntrack entries were deleted because the plan now steers
+    /// them differently, as `(source, destination)`.
+    pub flows_ended: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// Time of the nft transaction, when one was applied.
     pub nft_apply: Option<Duration>,
     /// Number of commands in the nft transaction (0: none was needed).
@@ -106,6 +126,13 @@ pub struct Datapath {
     last_nft: Option<nft::Table>,
     last_items: Option<BTreeSet<Item>>,
     announced: BTreeSet<IpAddr>,
+    /// Local ids of the tunnel peers (`None` until recovered from the kernel at the first sync).
+    ids: Option<PeerIds>,
+    /// The plan of the last successful sync (to find the flows a new plan steers differently).
+    last_plan: Option<NodePlan>,
+    /// Addresses hosted now: background repeats of announcements stop for any that leaves,
+    /// so a node never re-announces an address that has moved to another node.
+    hosting: Arc<Mutex<BTreeSet<IpAddr>>>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, DatapathError> {
@@ -160,7 +187,15 @@ impl Datapath {
     /// A datapath with these settings. Touches nothing yet.
     pub fn new(cfg: Config) -> Result<Datapath, DatapathError> {
         cfg.check()?;
-        Ok(Datapath { cfg, last_nft: None, last_items: None, announced: BTreeSet::new() })
+        Ok(Datapath {
+            cfg,
+            last_nft: None,
+            last_items: None,
+            announced: BTreeSet::new(),
+            ids: None,
+            last_plan: None,
+            hosting: Arc::new(Mutex::new(BTreeSet::new())),
+        })
     }
 
     /// The settings.
@@ -175,16 +210,40 @@ impl Datapath {
         let start = Instant::now();
         let cfg = self.cfg.clone();
         let mut report = SyncReport::default();
-        let (want_nft, skipped) = nft::desired(&cfg, plan);
+        let rt = runtime()?;
+
+        // 0. Local ids of the peers: kept while a peer stays needed; after a restart, first
+        // recovered from Egret's own routing tables and nft map, so established flows keep
+        // the marks they carry.
+        let prev = match self.ids.take() {
+            Some(ids) => ids,
+            None => {
+                let mut found = rt.block_on(async { Net::connect()?.read_ids(&cfg).await })?;
+                if let Some(t) = read_table(&cfg)? {
+                    found.extend(nft::ids_in(&t));
+                }
+                PeerIds::recovered(found)
+            }
+        };
+        let needed = link::tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
+        let ids = match prev.allocate(&needed) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.ids = Some(prev);
+                return Err(e.into());
+            }
+        };
+        self.ids = Some(ids.clone());
+
+        let (want_nft, skipped) = nft::desired(&cfg, plan, &ids);
         let want_nft = nft::normalise(want_nft);
         report.skipped = skipped;
         for s in &report.skipped {
             tracing::warn!(node = %plan.node, "{s}");
         }
-        let want_items = link::desired(&cfg, plan);
+        let want_items = link::desired(&cfg, plan, &ids);
 
         // 1. Links, addresses, tunnel and routing (rtnetlink).
-        let rt = runtime()?;
         let (links, added_hosted) = rt.block_on(async {
             let net = Net::connect()?;
             let links = net.ensure_links(&cfg, plan, &mut report.changes).await?;
@@ -203,11 +262,16 @@ impl Datapath {
                     report.drift.push(format!("missing {i}"));
                 }
             }
-            for (item, raw) in &have {
-                if !want_items.contains(item) {
-                    net.delete(item, raw).await?;
-                    report.changes.push(format!("deleted {item}"));
-                }
+            // Stale items go first (a changed neighbour or route must make room), except the
+            // old tunnel address, which goes last: removing the VXLAN device's last IPv4
+            // address (when the node's address changes) makes the kernel flush every route and
+            // neighbour through it.
+            let stale: Vec<(&Item, &link::Raw)> = have.iter().filter(|(i, _)| !want_items.contains(*i)).collect();
+            let (old_addr, stale): (Vec<_>, Vec<_>) =
+                stale.into_iter().partition(|(i, _)| matches!(i, Item::TunnelAddr(..)));
+            for (item, raw) in stale {
+                net.delete(item, raw).await?;
+                report.changes.push(format!("deleted {item}"));
             }
             let mut added_hosted = Vec::new();
             for item in &want_items {
@@ -218,6 +282,10 @@ impl Datapath {
                         added_hosted.push(*ip);
                     }
                 }
+            }
+            for (item, raw) in old_addr {
+                net.delete(item, raw).await?;
+                report.changes.push(format!("deleted {item}"));
             }
             let check: BTreeSet<Item> = net.read(&cfg, &links).await?.into_keys().collect();
             if check != want_items {
@@ -250,15 +318,25 @@ impl Datapath {
         }
         self.last_nft = Some(want_nft);
 
-        // 3. Announce addresses this node starts hosting (and, after a restart, all of them:
+        // 3. Established flows the new plan steers differently lose their conntrack entries
+        // (after the new state is in place, so their next packet follows the new plan).
+        if let Some(old) = &self.last_plan {
+            end_changed_flows(&cfg, old, plan, &mut report)?;
+        }
+        self.last_plan = Some(plan.clone());
+
+        // 4. Announce addresses this node starts hosting (and, after a restart, all of them:
         // the previous instance may have died before announcing).
         let hosted: BTreeSet<IpAddr> = plan.hosted.iter().map(|h| h.ip).collect();
+        if let Ok(mut h) = self.hosting.lock() {
+            h.clone_from(&hosted);
+        }
         let mut to_announce: BTreeSet<IpAddr> = added_hosted.into_iter().collect();
         to_announce.extend(hosted.difference(&self.announced));
         self.announced = hosted;
         if !to_announce.is_empty() {
             let ips: Vec<IpAddr> = to_announce.into_iter().collect();
-            announce_all(&cfg, &links, &ips)?;
+            report.announce_failed = announce_all(&cfg, &links, &ips, self.hosting.clone())?;
             report.announced = ips;
         }
         report.elapsed = start.elapsed();
@@ -281,6 +359,12 @@ impl Datapath {
         }
     }
 
+    /// The local id (mark value, routing table) this node uses for the peer with underlay
+    /// address `peer`, once a sync has allocated one.
+    pub fn peer_id(&self, peer: std::net::Ipv4Addr) -> Option<u16> {
+        self.ids.as_ref()?.get(&peer)
+    }
+
     /// Per-Egress counters (packets and bytes as u64), by Egress name.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
         let out = run_nft(&self.cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
@@ -293,33 +377,120 @@ impl Datapath {
         self.last_nft = None;
         self.last_items = None;
         self.announced.clear();
+        self.ids = None;
+        self.last_plan = None;
+        if let Ok(mut h) = self.hosting.lock() {
+            h.clear();
+        }
         cleanup(&self.cfg)
     }
 }
 
-/// Sends the first announcement of every address now and the repeats from a background thread
-/// (the packet socket stays bound to this namespace wherever it is used).
-fn announce_all(cfg: &Config, links: &Links, ips: &[IpAddr]) -> Result<(), DatapathError> {
+/// Runs `conntrack` with `args` (and `input` on stdin); `Ok(None)` when it is not installed.
+fn run_conntrack(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<Option<String>, DatapathError> {
+    let what = args.join(" ");
+    let child = Command::new(&cfg.conntrack)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(DatapathError::Conntrack { what, detail: format!("cannot run {:?}: {e}", cfg.conntrack) });
+        }
+    };
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input.as_bytes()).map_err(|e| DatapathError::Io("writing to conntrack".into(), e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| DatapathError::Io("waiting for conntrack".into(), e))?;
+    if !out.status.success() {
+        return Err(DatapathError::Conntrack { what, detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// Deletes the conntrack entries of the flows whose treatment on this node differs between
+/// `old` and `new` (see [`conntrack`]).
+fn end_changed_flows(
+    cfg: &Config,
+    old: &NodePlan,
+    new: &NodePlan,
+    report: &mut SyncReport,
+) -> Result<(), DatapathError> {
+    let changed = conntrack::changed(old, new);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let missing = || {
+        let why = format!(
+            "{:?} not found: established flows of {} source(s) keep their old path until they end",
+            cfg.conntrack,
+            changed.len()
+        );
+        tracing::warn!(node = %new.node, "{why}");
+        why
+    };
+    let Some(list) = run_conntrack(cfg, &["-L", "-f", "ipv4"], None)? else {
+        report.skipped.push(missing());
+        return Ok(());
+    };
+    let flows = conntrack::parse_flows(&list);
+    let hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));
+    if hit.is_empty() {
+        return Ok(());
+    }
+    if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_script(&hit)))?.is_none() {
+        report.skipped.push(missing());
+        return Ok(());
+    }
+    report.changes.push(format!("conntrack: ended {} flow(s) that the plan now steers differently", hit.len()));
+    report.flows_ended = hit.into_iter().collect();
+    Ok(())
+}
+
+/// Sends the first announcement of every address now (each send retried with backoff) and the
+/// repeats of [`announce::schedule`] from a background thread, which stops announcing an address
+/// as soon as it leaves `hosting` (the packet socket stays bound to this namespace wherever it
+/// is used). Returns the addresses whose first announcement failed on every try.
+fn announce_all(
+    cfg: &Config,
+    links: &Links,
+    ips: &[IpAddr],
+    hosting: Arc<Mutex<BTreeSet<IpAddr>>>,
+) -> Result<Vec<IpAddr>, DatapathError> {
     let sock = announce::sys::PacketSocket::open(links.underlay)
         .map_err(|e| DatapathError::Io(format!("packet socket on {}", cfg.underlay), e))?;
-    let frames: Vec<Vec<u8>> = ips.iter().map(|ip| announce::frame(links.underlay_mac, *ip)).collect();
-    for f in &frames {
-        sock.send(f).map_err(|e| DatapathError::Io(format!("announce on {}", cfg.underlay), e))?;
-    }
-    let (count, gap) = (cfg.announce_count, cfg.announce_interval);
-    if count > 1 {
+    let frames: Vec<(IpAddr, Vec<u8>)> = ips.iter().map(|ip| (*ip, announce::frame(links.underlay_mac, *ip))).collect();
+    let delays = announce::retry_delays(cfg.announce_tries, cfg.announce_retry);
+    let send = move |sock: &announce::sys::PacketSocket, ip: &IpAddr, f: &[u8]| {
+        announce::send_with_retry(&delays, || sock.send(f), std::thread::sleep).map_err(|e| {
+            tracing::warn!(%ip, error = %e, "announcement failed on every try");
+        })
+    };
+    let failed: Vec<IpAddr> = frames.iter().filter(|(ip, f)| send(&sock, ip, f).is_err()).map(|(ip, _)| *ip).collect();
+    let schedule = announce::schedule(cfg.announce_count, cfg.announce_interval);
+    if schedule.len() > 1 {
         std::thread::spawn(move || {
-            for _ in 1..count {
-                std::thread::sleep(gap);
-                for f in &frames {
-                    if let Err(e) = sock.send(f) {
-                        tracing::debug!(error = %e, "repeated announcement failed");
-                    }
+            for w in schedule.windows(2) {
+                std::thread::sleep(w[1].saturating_sub(w[0]));
+                let now: BTreeSet<IpAddr> = match hosting.lock() {
+                    Ok(h) => h.clone(),
+                    Err(_) => return,
+                };
+                let still: Vec<&(IpAddr, Vec<u8>)> = frames.iter().filter(|(ip, _)| now.contains(ip)).collect();
+                if still.is_empty() {
+                    return;
+                }
+                for (ip, f) in still {
+                    let _ = send(&sock, ip, f);
                 }
             }
         });
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// Removes, in the calling thread's network namespace, everything Egret creates: the nft table

@@ -5,6 +5,7 @@
 
 use crate::DatapathError;
 use crate::config::{Config, OWNER_ALIAS, mac_string, tunnel_mac};
+use egret_core::ids::LocalIds;
 use egret_core::planner::NodePlan;
 use futures_util::TryStreamExt;
 use netlink_packet_route::AddressFamily;
@@ -23,11 +24,12 @@ use std::net::{IpAddr, Ipv4Addr};
 /// One piece of kernel state Egret owns.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Item {
-    /// This node's tunnel address on the VXLAN device (address, prefix length).
+    /// This node's tunnel address (its underlay IPv4 address) on the VXLAN device.
     TunnelAddr(Ipv4Addr, u8),
     /// VXLAN FDB entry: peer tunnel MAC -> peer underlay address.
     Fdb([u8; 6], Ipv4Addr),
-    /// Permanent neighbour on the VXLAN device: peer tunnel address -> peer tunnel MAC.
+    /// Permanent neighbour on the VXLAN device: peer tunnel address (its underlay address)
+    /// -> peer tunnel MAC.
     Neigh(Ipv4Addr, [u8; 6]),
     /// Route in one of Egret's tables: (table, destination, prefix, gateway).
     Route(u32, Ipv4Addr, u8, Option<Ipv4Addr>),
@@ -91,30 +93,53 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// The peers a node tunnels to: a usable id and an IPv4 underlay address.
-pub fn tunnel_peers(plan: &NodePlan) -> Vec<(u16, Ipv4Addr)> {
-    plan.peers
-        .iter()
-        .filter(|p| p.id != 0 && p.id != plan.node_id)
-        .filter_map(|p| {
-            p.ips.iter().find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some((p.id, *v4)),
-                IpAddr::V6(_) => None,
-            })
-        })
-        .collect()
+/// Local ids of this node's tunnel peers, keyed by the peer's underlay IPv4 address (its
+/// identity in the datapath).
+pub type PeerIds = LocalIds<Ipv4Addr>;
+
+fn first_v4(ips: &[IpAddr]) -> Option<Ipv4Addr> {
+    ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
 }
 
-/// What the kernel must hold for `plan` (pure).
-pub fn desired(cfg: &Config, plan: &NodePlan) -> BTreeSet<Item> {
+/// This node's tunnel address: its first IPv4 underlay address.
+pub fn local_address(plan: &NodePlan) -> Option<Ipv4Addr> {
+    first_v4(&plan.node_ips)
+}
+
+/// The peers a node can tunnel to, `(name, underlay IPv4)`, and the peers left out with why.
+pub fn tunnel_peers(plan: &NodePlan) -> (Vec<(String, Ipv4Addr)>, Vec<String>) {
+    let me = local_address(plan);
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for p in &plan.peers {
+        match first_v4(&p.ips) {
+            None => skipped.push(format!("peer {} has no IPv4 address: no IPv4 tunnel to it", p.name)),
+            Some(ip) if Some(ip) == me => skipped.push(format!("peer {} has this node's address {ip}", p.name)),
+            Some(ip) if !seen.insert(ip) => {
+                skipped.push(format!("peer {} shares address {ip} with another peer: no tunnel to it", p.name))
+            }
+            Some(ip) => out.push((p.name.clone(), ip)),
+        }
+    }
+    (out, skipped)
+}
+
+/// What the kernel must hold for `plan`, with `ids` the local ids of its peers (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
     let mut out = BTreeSet::new();
-    out.insert(Item::TunnelAddr(cfg.tunnel_ip(plan.node_id), 32));
-    for (id, ip) in tunnel_peers(plan) {
-        let mac = tunnel_mac(id);
-        let tip = cfg.tunnel_ip(id);
+    if let Some(me) = local_address(plan) {
+        out.insert(Item::TunnelAddr(me, 32));
+    }
+    for (_, ip) in tunnel_peers(plan).0 {
+        let Some(id) = ids.get(&ip) else { continue };
+        let mac = tunnel_mac(ip);
         out.insert(Item::Fdb(mac, ip));
-        out.insert(Item::Neigh(tip, mac));
-        out.insert(Item::Route(cfg.table(id), Ipv4Addr::UNSPECIFIED, 0, Some(tip)));
+        out.insert(Item::Neigh(ip, mac));
+        out.insert(Item::Route(cfg.table(id), Ipv4Addr::UNSPECIFIED, 0, Some(ip)));
         out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
     }
     for h in &plan.hosted {
@@ -196,15 +221,8 @@ impl Net {
         let under = self.link(&cfg.underlay).await?.ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
         let underlay = under.header.index;
         let underlay_mac = link_mac(&under).ok_or_else(|| DatapathError::NoUnderlay(cfg.underlay.clone()))?;
-        let local = plan
-            .node_ips
-            .iter()
-            .find_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .ok_or_else(|| DatapathError::NoNodeAddress(plan.node.clone()))?;
-        let mac = tunnel_mac(plan.node_id);
+        let local = local_address(plan).ok_or_else(|| DatapathError::NoNodeAddress(plan.node.clone()))?;
+        let mac = tunnel_mac(local);
 
         // VXLAN: recreate only when its identity (VNI, port, endpoints) changed.
         let want_info = [
@@ -485,6 +503,20 @@ impl Net {
         Ok(out)
     }
 
+    /// The local ids found in the kernel (after a restart): each route in one of Egret's
+    /// tables names the peer (its gateway) the table's id belongs to.
+    pub async fn read_ids(&self, cfg: &Config) -> Result<Vec<(Ipv4Addr, u16)>, DatapathError> {
+        Ok(self
+            .read_routing(cfg)
+            .await?
+            .into_keys()
+            .filter_map(|i| match i {
+                Item::Route(table, _, 0, Some(gw)) => Some((gw, cfg.table_id(table)?)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Rules and routes Egret owns (for cleanup, without needing its links).
     pub async fn read_routing(&self, cfg: &Config) -> Result<BTreeMap<Item, Raw>, DatapathError> {
         // Device indexes that match nothing: only routes and rules are collected.
@@ -527,26 +559,73 @@ mod tests {
         let cfg = Config::default();
         let plan = NodePlan {
             node: "node-1".into(),
-            node_id: 5,
             node_ips: vec!["10.10.0.101".parse().unwrap()],
             peers: vec![
-                Peer { name: "node-2".into(), id: 9, ips: vec!["10.10.0.102".parse().unwrap()] },
-                Peer { name: "v6-only".into(), id: 10, ips: vec!["fd00::2".parse().unwrap()] },
+                Peer { name: "node-2".into(), ips: vec!["10.10.0.102".parse().unwrap()] },
+                Peer { name: "v6-only".into(), ips: vec!["fd00::2".parse().unwrap()] },
+                Peer { name: "twin".into(), ips: vec!["10.10.0.102".parse().unwrap()] },
             ],
             hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["e".into()] }],
             ..NodePlan::default()
         };
-        let items: Vec<String> = desired(&cfg, &plan).iter().map(|i| i.to_string()).collect();
+        let (peers, skipped) = tunnel_peers(&plan);
+        assert_eq!(peers, vec![("node-2".to_string(), Ipv4Addr::new(10, 10, 0, 102))]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        let ids = PeerIds::recovered([(Ipv4Addr::new(10, 10, 0, 102), 9)]);
+        let items: Vec<String> = desired(&cfg, &plan, &ids).iter().map(|i| i.to_string()).collect();
         assert_eq!(
             items,
             vec![
-                "tunnel address 198.19.0.5/32",
-                "fdb 0e:67:72:74:00:09 dst 10.10.0.102",
-                "neighbour 198.19.0.9 lladdr 0e:67:72:74:00:09",
-                "route 0.0.0.0/0 via 198.19.0.9 onlink table 241631241",
+                "tunnel address 10.10.0.101/32",
+                "fdb 0e:67:0a:0a:00:66 dst 10.10.0.102",
+                "neighbour 10.10.0.102 lladdr 0e:67:0a:0a:00:66",
+                "route 0.0.0.0/0 via 10.10.0.102 onlink table 241631241",
                 "rule pref 1700 fwmark 0x90000/0xffff0000 table 241631241",
                 "hosted address 10.10.0.11/32",
             ]
         );
+    }
+
+    /// The items of one peer depend only on that peer and its local id: other nodes joining
+    /// or leaving the plan never change them (they did when ids were a hash of node names
+    /// with linear probing).
+    #[test]
+    fn a_peers_items_do_not_change_when_other_peers_come_and_go() {
+        let cfg = Config::default();
+        let peer = |i: u32| Peer { name: format!("n{i}"), ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))] };
+        let plan = |peers: Vec<Peer>| NodePlan {
+            node: "me".into(),
+            node_ips: vec!["10.255.255.1".parse().unwrap()],
+            peers,
+            ..NodePlan::default()
+        };
+        let of = |items: &BTreeSet<Item>, ip: Ipv4Addr| -> Vec<Item> {
+            items
+                .iter()
+                .filter(|i| match i {
+                    Item::Fdb(_, d) | Item::Neigh(d, _) | Item::Route(_, _, _, Some(d)) => *d == ip,
+                    _ => false,
+                })
+                .cloned()
+                .collect()
+        };
+        let watched = Ipv4Addr::from(0x0a00_0000 + 2500);
+        let mut ids = PeerIds::default();
+        let mut before: Option<Vec<Item>> = None;
+        // 5,000 peers, then 2,000 leave, then 3,000 others join.
+        for range in [0..5000u32, 2000..5000, 2000..8000] {
+            let p = plan(range.map(peer).collect());
+            let needed = tunnel_peers(&p).0.into_iter().map(|(_, ip)| ip).collect();
+            ids = ids.allocate(&needed).unwrap();
+            let items = desired(&cfg, &p, &ids);
+            let rules = items.iter().filter(|i| matches!(i, Item::Rule(..))).count();
+            assert_eq!(rules, needed.len(), "one rule (and table) per peer, all distinct");
+            let mine = of(&items, watched);
+            assert_eq!(mine.len(), 3);
+            if let Some(b) = &before {
+                assert_eq!(b, &mine, "the watched peer's tunnel state changed");
+            }
+            before = Some(mine);
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! elements in a canonical text form, and named counters (by name only: their values are state).
 
 use crate::config::{Config, TABLE, mac_string, tunnel_mac};
+use crate::link::{PeerIds, tunnel_peers};
 use egret_core::planner::{NodePlan, SteerAction};
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -127,43 +128,40 @@ fn verdict_jump(chain: &str) -> Value {
     json!({"jump": {"target": chain}})
 }
 
-/// Name of the chain that marks packets for the tunnel to node `id`.
+/// Name of the chain that marks packets for the tunnel to the peer with local id `id`.
 pub fn tunnel_chain(id: u16) -> String {
     format!("to_node_{id}")
 }
 
-/// Name of the chain that records "arrived from node `id`" in the conntrack mark.
+/// Name of the chain that records "arrived from the peer with local id `id`" in the
+/// conntrack mark.
 pub fn origin_chain(id: u16) -> String {
     format!("from_node_{id}")
 }
 
-/// Builds the desired table for `plan` (pure).
-pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
-    let mut skipped = Vec::new();
+/// Builds the desired table for `plan`, with `ids` the local ids of its peers (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped) {
+    let (peers, mut skipped) = tunnel_peers(plan);
     let mask = cfg.mark_mask();
     let vx = cfg.vxlan_name.as_str();
     let mut t = Table::default();
 
-    // Peers: one marking chain per direction and peer. These grow with nodes, never with pods
-    // or Egresses.
-    let mut peer_ids = BTreeSet::new();
+    // Peers: one marking chain per direction and peer. These grow with the peers this node
+    // needs, never with pods or Egresses.
+    let mut peer_ids: BTreeMap<&str, u16> = BTreeMap::new();
     let mut peers_elems = BTreeMap::new();
     let mut restore_elems = BTreeMap::new();
-    for p in &plan.peers {
-        if !p.ips.iter().any(IpAddr::is_ipv4) {
-            skipped.push(format!("peer {} has no IPv4 address: no IPv4 tunnel to it", p.name));
+    for (name, ip) in &peers {
+        let Some(id) = ids.get(ip) else {
+            skipped.push(format!("peer {name} has no local id: no tunnel to it"));
             continue;
-        }
-        if p.id == 0 || p.id == plan.node_id {
-            skipped.push(format!("peer {} has unusable node id {}", p.name, p.id));
-            continue;
-        }
-        peer_ids.insert(p.id);
-        let m = cfg.mark(p.id);
+        };
+        peer_ids.insert(name, id);
+        let m = cfg.mark(id);
         // The conntrack mark remembers the decision, so the flow's later packets skip the
         // steering lookups (see the prerouting chain).
         t.chains.insert(
-            tunnel_chain(p.id),
+            tunnel_chain(id),
             Chain {
                 hook: None,
                 rules: vec![rule(vec![
@@ -173,19 +171,17 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
             },
         );
         t.chains.insert(
-            origin_chain(p.id),
+            origin_chain(id),
             Chain {
                 hook: None,
                 rules: vec![rule(vec![json!({"mangle": {"key": ct("mark"),
                     "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}})])],
             },
         );
-        let mac = mac_string(&tunnel_mac(p.id));
-        peers_elems
-            .insert(format!("{mac} : jump {}", origin_chain(p.id)), json!([mac, verdict_jump(&origin_chain(p.id))]));
+        let mac = mac_string(&tunnel_mac(*ip));
+        peers_elems.insert(format!("{mac} : jump {}", origin_chain(id)), json!([mac, verdict_jump(&origin_chain(id))]));
         // goto: a restored reply needs nothing else from Egret's chain.
-        restore_elems
-            .insert(format!("{m} : goto {}", tunnel_chain(p.id)), json!([m, verdict_goto(&tunnel_chain(p.id))]));
+        restore_elems.insert(format!("{m} : goto {}", tunnel_chain(id)), json!([m, verdict_goto(&tunnel_chain(id))]));
     }
 
     let mut cluster = Vec::new();
@@ -223,11 +219,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
         let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
         let (vtext, v) = match &s.action {
             SteerAction::Local => ("accept".to_string(), json!({"accept": null})),
-            SteerAction::Tunnel { gateway_id, .. } if peer_ids.contains(gateway_id) => {
-                let c = tunnel_chain(*gateway_id);
+            SteerAction::Tunnel { gateway } if peer_ids.contains_key(gateway.as_str()) => {
+                let c = tunnel_chain(peer_ids[gateway.as_str()]);
                 (format!("goto {c}"), verdict_goto(&c))
             }
-            SteerAction::Tunnel { gateway, .. } => {
+            SteerAction::Tunnel { gateway } => {
                 // Fail closed: without a tunnel to the gateway the traffic must not leak.
                 skipped.push(format!("gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped", s.egress));
                 ("drop".to_string(), json!({"drop": null}))
@@ -300,7 +296,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan) -> (Table, Skipped) {
                     json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
                 ]),
                 // Gateway, new flow from the tunnel: remember the origin node (inner source
-                // MAC is the origin's VXLAN device, derived from its node id).
+                // MAC is the origin's VXLAN device, derived from its underlay address).
                 rule(vec![
                     matches("==", meta("iifname"), json!(vx)),
                     matches("in", ct("state"), json!("new")),
@@ -553,6 +549,22 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
         }
     }
     found.then_some(t)
+}
+
+/// The local ids a table read back records: `tunnel_peers` maps each peer's tunnel MAC (which
+/// is derived from its underlay address) to `from_node_<id>`. Used to recover ids after a
+/// restart.
+pub fn ids_in(t: &Table) -> Vec<(Ipv4Addr, u16)> {
+    let Some(s) = t.sets.get(MAP_PEERS) else { return Vec::new() };
+    s.elems
+        .keys()
+        .filter_map(|k| {
+            let (mac, verdict) = k.split_once(" : ")?;
+            let id = verdict.strip_prefix("jump from_node_")?.parse().ok()?;
+            let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
+            Some((crate::config::mac_ipv4(bytes.try_into().ok()?)?, id))
+        })
+        .collect()
 }
 
 /// Canonical texts of the desired elements must match the read-back ones: re-key desired
@@ -847,18 +859,13 @@ mod tests {
                 source: IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 1, 0)) + i)),
                 destination: "0.0.0.0/0".parse().unwrap(),
                 egress: format!("eg-{}", i % 3),
-                action: if i % 2 == 0 {
-                    SteerAction::Tunnel { gateway: "node-2".into(), gateway_id: 7 }
-                } else {
-                    SteerAction::Drop
-                },
+                action: if i % 2 == 0 { SteerAction::Tunnel { gateway: "node-2".into() } } else { SteerAction::Drop },
             });
         }
         NodePlan {
             node: "node-1".into(),
-            node_id: 3,
             node_ips: vec!["10.10.0.101".parse().unwrap()],
-            peers: vec![Peer { name: "node-2".into(), id: 7, ips: vec!["10.10.0.102".parse().unwrap()] }],
+            peers: vec![Peer { name: "node-2".into(), ips: vec!["10.10.0.102".parse().unwrap()] }],
             cluster_cidrs: vec![
                 "10.244.0.0/16".parse().unwrap(),
                 "10.96.0.0/12".parse().unwrap(),
@@ -876,6 +883,11 @@ mod tests {
         }
     }
 
+    /// node-2 (10.10.0.102) has local id 7.
+    fn ids() -> PeerIds {
+        PeerIds::recovered([(Ipv4Addr::new(10, 10, 0, 102), 7)])
+    }
+
     fn rule_count(t: &Table) -> usize {
         t.chains.values().map(|c| c.rules.len()).sum()
     }
@@ -883,8 +895,8 @@ mod tests {
     #[test]
     fn rules_do_not_grow_with_pods_or_egresses() {
         let cfg = Config::default();
-        let (small, _) = desired(&cfg, &plan(1));
-        let (big, _) = desired(&cfg, &plan(5000));
+        let (small, _) = desired(&cfg, &plan(1), &ids());
+        let (big, _) = desired(&cfg, &plan(5000), &ids());
         assert_eq!(rule_count(&small), rule_count(&big));
         assert_eq!(big.sets[MAP_STEER4].elems.len(), 5000);
         assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
@@ -894,7 +906,7 @@ mod tests {
     #[test]
     fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
         let cfg = Config::default();
-        let (t, skipped) = desired(&cfg, &plan(2));
+        let (t, skipped) = desired(&cfg, &plan(2), &ids());
         assert_eq!(skipped.len(), 1, "the IPv6 cluster CIDR is skipped: {skipped:?}");
         let t = normalise(t);
         let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
@@ -909,7 +921,8 @@ mod tests {
         let m = cfg.mark(7);
         assert_eq!(expr[0]["mangle"]["value"], json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]}));
         assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
-        assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:72:74:00:07 : jump from_node_7");
+        assert_eq!(ids_in(&t), vec![(Ipv4Addr::new(10, 10, 0, 102), 7)], "ids are recoverable");
+        assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:0a:0a:00:66 : jump from_node_7");
         // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
         assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
@@ -920,7 +933,7 @@ mod tests {
         let cfg = Config::default();
         let mut p = plan(1);
         p.peers.clear();
-        let (t, skipped) = desired(&cfg, &p);
+        let (t, skipped) = desired(&cfg, &p, &ids());
         let t = normalise(t);
         assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
         assert!(skipped.iter().any(|s| s.contains("dropped")));
@@ -929,7 +942,7 @@ mod tests {
     #[test]
     fn transaction_touches_only_differences() {
         let cfg = Config::default();
-        let want = normalise(desired(&cfg, &plan(10)).0);
+        let want = normalise(desired(&cfg, &plan(10), &ids()).0);
         // Fresh: everything in one transaction.
         let all = transaction(&want, None);
         assert!(all.len() > 10);
@@ -937,7 +950,7 @@ mod tests {
         assert!(transaction(&want, Some(&want)).is_empty());
         // One pod fewer: one element deletion per map, no flush, no counter touched.
         let have = want.clone();
-        let want2 = normalise(desired(&cfg, &plan(9)).0);
+        let want2 = normalise(desired(&cfg, &plan(9), &ids()).0);
         let cmds = transaction(&want2, Some(&have));
         let text = serde_json::to_string(&cmds).unwrap();
         assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
@@ -946,7 +959,7 @@ mod tests {
         let mut p = plan(10);
         p.egresses.retain(|e| e != "eg-0");
         p.steer.retain(|s| s.egress != "eg-0");
-        let cmds = transaction(&normalise(desired(&cfg, &p).0), Some(&have));
+        let cmds = transaction(&normalise(desired(&cfg, &p, &ids()).0), Some(&have));
         let pos = |needle: &str| cmds.iter().position(|c| c.to_string().contains(needle)).unwrap_or(usize::MAX);
         assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
     }
@@ -954,7 +967,7 @@ mod tests {
     #[test]
     fn read_back_parses_into_the_same_model() {
         let cfg = Config::default();
-        let want = normalise(desired(&cfg, &plan(3)).0);
+        let want = normalise(desired(&cfg, &plan(3), &ids()).0);
         // What nft 1.0.6 prints for such a table (abridged to the parts the model reads).
         let doc = json!({"nftables": [
             {"metainfo": {"version": "1.0.6"}},

@@ -1,0 +1,268 @@
+//! Established flows follow a changed plan. A flow's conntrack entry pins its path: the origin
+//! node's entry carries the gateway's mark, the gateway's entry carries the SNAT binding. When
+//! the plan changes what this node does with traffic from a source to a destination (another
+//! gateway, another egress IP, no longer or newly steered), the entries of those flows are
+//! deleted, so the flow's next packet is classified again by the new plan: it never keeps
+//! leaving with an egress IP the plan no longer gives it. (A TCP peer that sees the new source
+//! address resets the connection: the client reconnects, like after a failover.)
+//!
+//! What to delete is decided here, purely; the `conntrack` tool (Debian package `conntrack`)
+//! lists the table and deletes the chosen flows.
+
+use egret_core::planner::{NodePlan, SteerAction};
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Inclusive destination interval, as numbers.
+pub type Interval = (u32, u32);
+
+/// `(start, end, what this node does)` for one source, one layer (steering or SNAT).
+type Entries = Vec<(u32, u32, String)>;
+
+/// Per source: steering entries and SNAT entries, each sorted and disjoint.
+fn entries(plan: &NodePlan) -> BTreeMap<Ipv4Addr, [Entries; 2]> {
+    let mut out: BTreeMap<Ipv4Addr, [Entries; 2]> = BTreeMap::new();
+    let span = |d: &Ipv4Net| (u32::from(d.network()), u32::from(d.broadcast()));
+    for s in &plan.steer {
+        if let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) {
+            let what = match &s.action {
+                SteerAction::Local => "local".to_string(),
+                SteerAction::Tunnel { gateway } => format!("tunnel {gateway}"),
+                SteerAction::Drop => "drop".to_string(),
+            };
+            let (a, b) = span(&dst);
+            out.entry(src).or_default()[0].push((a, b, what));
+        }
+    }
+    for s in &plan.snat {
+        if let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) {
+            let (a, b) = span(&dst);
+            out.entry(src).or_default()[1].push((a, b, format!("snat {}", s.egress_ip)));
+        }
+    }
+    for layers in out.values_mut() {
+        for l in layers.iter_mut() {
+            l.sort();
+        }
+    }
+    out
+}
+
+/// What `entries` (sorted, disjoint) says for address `x`.
+fn lookup(entries: &Entries, x: u32) -> Option<&str> {
+    let i = entries.partition_point(|e| e.1 < x);
+    entries.get(i).filter(|e| e.0 <= x).map(|e| e.2.as_str())
+}
+
+/// Per source address, the destination intervals (merged, sorted) where this node's treatment
+/// of the traffic differs between `old` and `new` (IPv4: what the datapath programs).
+pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interval>> {
+    let (o, n) = (entries(old), entries(new));
+    let empty: [Entries; 2] = Default::default();
+    let mut out = BTreeMap::new();
+    let sources: BTreeSet<&Ipv4Addr> = o.keys().chain(n.keys()).collect();
+    for src in sources {
+        let (a, b) = (o.get(src).unwrap_or(&empty), n.get(src).unwrap_or(&empty));
+        if a == b {
+            continue;
+        }
+        // Elementary intervals between every boundary of either plan.
+        let mut cuts: BTreeSet<u64> = BTreeSet::new();
+        for l in a.iter().chain(b.iter()) {
+            for e in l {
+                cuts.insert(e.0 as u64);
+                cuts.insert(e.1 as u64 + 1);
+            }
+        }
+        let cuts: Vec<u64> = cuts.into_iter().collect();
+        let mut diff: Vec<Interval> = Vec::new();
+        for w in cuts.windows(2) {
+            let (start, end) = (w[0] as u32, (w[1] - 1) as u32);
+            let differs = (0..2).any(|layer| lookup(&a[layer], start) != lookup(&b[layer], start));
+            if !differs {
+                continue;
+            }
+            match diff.last_mut() {
+                Some(last) if last.1 as u64 + 1 == start as u64 => last.1 = end,
+                _ => diff.push((start, end)),
+            }
+        }
+        if !diff.is_empty() {
+            out.insert(*src, diff);
+        }
+    }
+    out
+}
+
+/// The original `(source, destination)` of every IPv4 flow in `conntrack -L -f ipv4` output.
+pub fn parse_flows(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut src = None;
+            let mut dst = None;
+            for tok in line.split_whitespace() {
+                if src.is_none()
+                    && let Some(v) = tok.strip_prefix("src=")
+                {
+                    src = v.parse().ok();
+                } else if dst.is_none()
+                    && let Some(v) = tok.strip_prefix("dst=")
+                {
+                    dst = v.parse().ok();
+                }
+            }
+            Some((src?, dst?))
+        })
+        .collect()
+}
+
+/// The `(source, destination)` pairs among `flows` whose path changed, leaving out
+/// cluster-internal destinations (never steered, so never Egret's to end).
+pub fn affected(
+    flows: &[(Ipv4Addr, Ipv4Addr)],
+    changed: &BTreeMap<Ipv4Addr, Vec<Interval>>,
+    cluster: &[Ipv4Net],
+) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
+    flows
+        .iter()
+        .filter(|(s, d)| {
+            let Some(iv) = changed.get(s) else { return false };
+            let x = u32::from(*d);
+            let i = iv.partition_point(|e| e.1 < x);
+            iv.get(i).is_some_and(|e| e.0 <= x) && !cluster.iter().any(|c| c.contains(d))
+        })
+        .copied()
+        .collect()
+}
+
+/// The input of `conntrack -R -` deleting every flow between each pair.
+pub fn delete_script(pairs: &BTreeSet<(Ipv4Addr, Ipv4Addr)>) -> String {
+    let mut out = String::new();
+    for (s, d) in pairs {
+        let _ = writeln!(out, "-D -s {s} -d {d}");
+    }
+    out
+}
+
+/// IPv4 cluster-internal CIDRs of both plans.
+pub fn cluster(old: &NodePlan, new: &NodePlan) -> Vec<Ipv4Net> {
+    old.cluster_cidrs
+        .iter()
+        .chain(new.cluster_cidrs.iter())
+        .filter_map(|c| match c {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use egret_core::planner::{Snat, Steer};
+
+    fn steer(src: &str, dst: &str, action: SteerAction) -> Steer {
+        Steer { source: src.parse().unwrap(), destination: dst.parse().unwrap(), egress: "e".into(), action }
+    }
+
+    fn snat(src: &str, dst: &str, eip: &str) -> Snat {
+        Snat {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            egress: "e".into(),
+            egress_ip: eip.parse().unwrap(),
+        }
+    }
+
+    fn tunnel(gw: &str) -> SteerAction {
+        SteerAction::Tunnel { gateway: gw.into() }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn show(c: &BTreeMap<Ipv4Addr, Vec<Interval>>) -> Vec<String> {
+        c.iter()
+            .flat_map(|(s, iv)| {
+                iv.iter().map(move |(a, b)| format!("{s} {}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_what_changed_for_a_source_is_ended() {
+        let old = NodePlan {
+            steer: vec![
+                steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2")),
+                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-2")),
+                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local),
+                steer("10.244.1.13", "198.51.100.0/24", tunnel("node-2")),
+            ],
+            snat: vec![snat("10.244.1.12", "0.0.0.0/0", "10.10.0.11")],
+            ..NodePlan::default()
+        };
+        // Unchanged plan: nothing.
+        assert!(changed(&old, &old).is_empty());
+        // .10: same gateway, blocks split differently (no change); .11 moves to node-3; .12
+        // stays here with another egress IP; .13 is no longer steered.
+        let new = NodePlan {
+            steer: vec![
+                steer("10.244.1.10", "0.0.0.0/1", tunnel("node-2")),
+                steer("10.244.1.10", "128.0.0.0/1", tunnel("node-2")),
+                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-3")),
+                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local),
+            ],
+            snat: vec![snat("10.244.1.12", "0.0.0.0/0", "10.10.0.12")],
+            ..NodePlan::default()
+        };
+        let c = changed(&old, &new);
+        assert_eq!(
+            show(&c),
+            vec![
+                "10.244.1.11 203.0.113.0-203.0.113.255",
+                "10.244.1.12 0.0.0.0-255.255.255.255",
+                "10.244.1.13 198.51.100.0-198.51.100.255",
+            ]
+        );
+
+        let flows = parse_flows(
+            "tcp      6 431999 ESTABLISHED src=10.244.1.10 dst=203.0.113.5 sport=40000 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=40000 [ASSURED] mark=65536 use=1\n\
+             tcp      6 431999 ESTABLISHED src=10.244.1.11 dst=203.0.113.5 sport=40001 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=40001 [ASSURED] mark=65536 use=1\n\
+             tcp      6 431999 ESTABLISHED src=10.244.1.11 dst=198.51.100.8 sport=40002 dport=8080 src=198.51.100.8 dst=10.10.0.101 sport=8080 dport=40002 [ASSURED] mark=0 use=1\n\
+             udp      17 29 src=10.244.1.12 dst=10.96.0.10 sport=5353 dport=53 src=10.96.0.10 dst=10.244.1.12 sport=53 dport=5353 mark=0 use=1\n\
+             udp      17 29 src=10.244.1.12 dst=8.8.8.8 sport=5353 dport=53 [UNREPLIED] src=8.8.8.8 dst=10.10.0.11 sport=53 dport=5353 mark=0 use=1\n\
+             icmp     1 29 src=10.244.1.13 dst=198.51.100.8 type=8 code=0 id=7 src=198.51.100.8 dst=10.10.0.11 type=0 code=0 id=7 mark=0 use=1\n\
+             garbage\n",
+        );
+        assert_eq!(flows.len(), 6);
+        let cluster: Vec<Ipv4Net> = vec!["10.96.0.0/12".parse().unwrap()];
+        let hit = affected(&flows, &c, &cluster);
+        assert_eq!(
+            hit.into_iter().collect::<Vec<_>>(),
+            vec![
+                (ip("10.244.1.11"), ip("203.0.113.5")),
+                (ip("10.244.1.12"), ip("8.8.8.8")),
+                (ip("10.244.1.13"), ip("198.51.100.8")),
+            ],
+            "moved, re-SNATed and no longer steered flows; not unchanged ones or the service"
+        );
+        let script = delete_script(&[(ip("10.244.1.11"), ip("203.0.113.5"))].into());
+        assert_eq!(script, "-D -s 10.244.1.11 -d 203.0.113.5\n");
+    }
+
+    #[test]
+    fn deleting_an_egress_ends_its_flows_on_the_origin_and_the_gateway() {
+        let origin_old =
+            NodePlan { steer: vec![steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"))], ..NodePlan::default() };
+        let gw_old = NodePlan { snat: vec![snat("10.244.1.10", "0.0.0.0/0", "10.10.0.11")], ..NodePlan::default() };
+        let gone = NodePlan::default();
+        assert_eq!(show(&changed(&origin_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
+        assert_eq!(show(&changed(&gw_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
+        // Newly steered traffic is re-classified too (it was masqueraded to the node IP).
+        assert_eq!(show(&changed(&gone, &origin_old)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
+    }
+}

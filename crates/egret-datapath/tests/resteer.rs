@@ -1,0 +1,117 @@
+//! Privileged: established flows follow the plan when their Egress moves to another egress IP
+//! or is deleted (their conntrack entries are ended on the origin node and the old gateway).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use egret_netns::*;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const UDP_PORT: u16 = 9053;
+
+/// A UDP server in the outside namespace answering each datagram with the source address it
+/// saw; stops when dropped.
+struct UdpWhoami(Arc<AtomicBool>);
+
+impl UdpWhoami {
+    fn start(topo: &Topology) -> UdpWhoami {
+        let sock = topo.outside.run(|| UdpSocket::bind(("0.0.0.0", UDP_PORT))).unwrap().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        UdpWhoami(stop)
+    }
+}
+
+impl Drop for UdpWhoami {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One UDP flow from a pod: the same socket (same 5-tuple, same conntrack entry) every time.
+struct Flow(UdpSocket);
+
+impl Flow {
+    fn open(ns: &Netns) -> Flow {
+        let sock = ns.run(|| UdpSocket::bind(("0.0.0.0", 40053))).unwrap().unwrap();
+        sock.connect(SocketAddr::from((DB_A, UDP_PORT))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        Flow(sock)
+    }
+
+    /// The source address the outside saw for this flow (a few tries: UDP may lose one).
+    fn seen(&self) -> IpAddr {
+        let mut buf = [0u8; 64];
+        for _ in 0..6 {
+            self.0.send(b"?").unwrap();
+            if let Ok(n) = self.0.recv(&mut buf) {
+                return std::str::from_utf8(&buf[..n]).unwrap().parse().unwrap();
+            }
+        }
+        panic!("no answer from the outside");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_deleted() {
+    if skip() {
+        return;
+    }
+    let web2 = std::net::Ipv4Addr::new(10, 244, 2, 10);
+    let spec = TopologySpec::new("resteer", 3).pod("web-1", 1, WEB1).pod("web-2", 2, web2);
+    let topo = Topology::build(&spec).unwrap();
+    let _server = UdpWhoami::start(&topo);
+    let mut c = Cluster::new(3, &[2, 3]);
+    let on = |i: usize| sel(&[("kubernetes.io/hostname", &node_name(i))]);
+    c.pod("default", "web-1", "web", 1, WEB1)
+        .pod("default", "web-2", "web", 2, web2)
+        .pool_on("pool-2", "10.10.0.11", "10.10.0.20", on(2))
+        .pool_on("pool-3", "10.10.0.21", "10.10.0.30", on(3))
+        .egress("eg-web", "web", "pool-2", &[], &[]);
+    let plan = c.plan();
+    let old_ip = egress_ip(&plan, "eg-web");
+    assert_eq!(gateway(&plan, "eg-web"), Some(2));
+    let mut dps = datapaths(3);
+    sync_all(&topo, &mut dps, &plan);
+    let flow = Flow::open(&topo.pod("web-1").unwrap().ns);
+    assert_eq!(flow.seen(), old_ip);
+    assert_eq!(flow.seen(), old_ip, "one flow, one conntrack entry");
+    // web-2 runs on the gateway itself: SNAT there, no tunnel.
+    let local = Flow::open(&topo.pod("web-2").unwrap().ns);
+    assert_eq!(local.seen(), old_ip);
+
+    // The Egress moves to another pool: another egress IP on another gateway.
+    c.egresses[0].spec.external_ip_pool = Some("pool-3".into());
+    let plan = c.plan();
+    let new_ip = egress_ip(&plan, "eg-web");
+    assert_eq!(gateway(&plan, "eg-web"), Some(3));
+    assert_ne!(new_ip, old_ip);
+    let reports = sync_all(&topo, &mut dps, &plan);
+    let flow_key = (WEB1, DB_A);
+    assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
+    assert!(reports[1].flows_ended.contains(&flow_key), "old gateway: {:?}", reports[1].flows_ended);
+    assert_eq!(flow.seen(), new_ip, "the established flow still left with the old egress IP");
+    assert_eq!(local.seen(), new_ip, "the flow of the old gateway's own pod too");
+
+    // The Egress is deleted: the flow leaves like any unselected traffic, with the node IP.
+    c.egresses.clear();
+    let plan = c.plan();
+    let reports = sync_all(&topo, &mut dps, &plan);
+    assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
+    assert!(reports[2].flows_ended.contains(&flow_key), "old gateway: {:?}", reports[2].flows_ended);
+    assert_eq!(flow.seen(), IpAddr::V4(node_ip(1)));
+    assert_eq!(local.seen(), IpAddr::V4(node_ip(2)));
+}
