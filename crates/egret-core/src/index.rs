@@ -293,6 +293,12 @@ impl Index {
         self.all_objects().0
     }
 
+    /// Brings validation, allocation, placement and the Node facts up to date now (they are
+    /// otherwise computed on the first read after a change).
+    pub fn settle(&mut self) {
+        self.refresh();
+    }
+
     /// Number of pods held.
     pub fn pod_count(&self) -> usize {
         self.pods.len()
@@ -398,9 +404,8 @@ impl Index {
             self.translate_problems();
             let (pools, egresses) = self.all_objects();
             let validated = validate::validate(&pools, &egresses);
-            let before = std::mem::take(&mut self.matched_against);
-            self.rematch(&before, &validated.egresses);
-            self.matched_against = validated.egresses.clone();
+            let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
+            self.rematch(&before);
             self.partitions.clear();
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
@@ -446,22 +451,30 @@ impl Index {
 
     /// Re-matches every group against each Egress whose selection differs between `before`
     /// and `after` (added, removed or changed), and updates the per-namespace candidates.
-    fn rematch(&mut self, before: &BTreeMap<String, Egress>, after: &BTreeMap<String, Egress>) {
-        let changed: Vec<&str> = before
+    fn rematch(&mut self, before: &BTreeMap<String, Egress>) {
+        let after = &self.matched_against;
+        let changed: Vec<String> = before
             .keys()
             .chain(after.keys())
             .map(String::as_str)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter(|n| before.get(*n).map(|e| &e.applied_to) != after.get(*n).map(|e| &e.applied_to))
+            .map(str::to_string)
             .collect();
         if changed.is_empty() {
             return;
         }
+        // Many changes at once (an initial list, a relist): one pass over namespaces and
+        // groups beats one pass per Egress.
+        if changed.len() > 16 {
+            self.rematch_all();
+            return;
+        }
         let empty = Labels::new();
         for name in changed {
-            let key: Arc<str> = Arc::from(name);
-            let new = after.get(name);
+            let key: Arc<str> = Arc::from(name.as_str());
+            let new = self.matched_against.get(&name);
             for (ns, cands) in self.ns_candidates.iter_mut() {
                 let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
                 if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
@@ -488,6 +501,24 @@ impl Index {
             } else {
                 self.egress_groups.insert(key, selected);
             }
+        }
+    }
+
+    /// Recomputes every namespace's candidates and every group's matches from scratch.
+    fn rematch_all(&mut self) {
+        let names: Vec<(Arc<str>, &Egress)> =
+            self.matched_against.iter().map(|(n, e)| (Arc::from(n.as_str()), e)).collect();
+        let mut candidates = HashMap::with_capacity(self.namespaces.len());
+        for (ns_name, ns) in &self.namespaces {
+            let cands: BTreeSet<Arc<str>> =
+                names.iter().filter(|(_, e)| admits_namespace(e, &ns.labels)).map(|(n, _)| n.clone()).collect();
+            candidates.insert(ns_name.clone(), cands);
+        }
+        self.ns_candidates = candidates;
+        self.egress_groups.clear();
+        let gids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for gid in gids {
+            self.match_group(gid);
         }
     }
 
@@ -1000,6 +1031,38 @@ mod tests {
         .unwrap();
         ix.apply(Change::AntreaEgresses(Event::Apply(bad)));
         assert_eq!(ix.translation_problems().len(), 1);
+    }
+
+    #[test]
+    fn many_egresses_at_once_match_like_one_at_a_time() {
+        // More Egresses in one reset than the per-Egress re-match handles: the bulk path.
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.90")], &[]))));
+        let many: Vec<api::Egress> = (0..40)
+            .map(|i| {
+                let mut e = mk_egress(&format!("e{i:02}"), Some("p"), None);
+                e.spec.applied_to.namespace_selector =
+                    (i % 3 != 0).then(|| mk_match(&[("env", ["prod", "staging"][i % 2])]));
+                e.spec.applied_to.pod_selector =
+                    (i % 4 != 0).then(|| mk_match(&[("app", ["web", "payment", "client"][i % 3])]));
+                e.spec.destination_cidrs = vec![format!("203.0.113.{}/32", i)];
+                e
+            })
+            .collect();
+        ix.apply(Change::Egresses(Event::Reset(many.clone())));
+        assert_same_as_planner(&mut ix);
+        let mut one_by_one = lab_index();
+        one_by_one.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.90")], &[]))));
+        for e in many {
+            one_by_one.apply(Change::Egresses(Event::Apply(e)));
+            one_by_one.settle();
+        }
+        for n in ["node-1", "node-2", "node-3", "node-4", "node-5", "node-6"] {
+            assert_eq!(ix.node_plan(n), one_by_one.node_plan(n), "{n}");
+        }
+        // And a namespace change afterwards still follows.
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("default", &[("env", "prod")]))));
+        assert_same_as_planner(&mut ix);
     }
 
     /// One step of a random history.
