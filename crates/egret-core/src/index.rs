@@ -114,8 +114,10 @@ pub struct Index {
     outcomes: Option<BTreeMap<String, EgressOutcome>>,
     /// `None` when Nodes changed since.
     node_facts: Option<NodeFacts>,
-    /// Destination partitions per family and set of matching Egresses (by rank); emptied when
-    /// the Egresses change.
+    /// The Egress order the partitions' ranks refer to.
+    objects_order: Option<Vec<Arc<str>>>,
+    /// Destination partitions per family and set of matching Egresses (by rank); dropped when
+    /// the order or a member's destinations change.
     partitions: HashMap<(Family, Vec<usize>), Partition>,
 }
 
@@ -190,6 +192,7 @@ impl Index {
             matched_against: BTreeMap::new(),
             outcomes: None,
             node_facts: None,
+            objects_order: None,
             partitions: HashMap::new(),
         }
     }
@@ -406,13 +409,33 @@ impl Index {
             let validated = validate::validate(&pools, &egresses);
             let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
             self.rematch(&before);
-            self.partitions.clear();
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
             order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
             let order: Vec<Arc<str>> = order.iter().map(|e| Arc::from(e.name.as_str())).collect();
-            let rank = order.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+            let rank: HashMap<Arc<str>, usize> = order.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+            // Partitions are keyed by rank: when the order is unchanged only those holding an
+            // Egress whose destinations changed are stale (a selector edit keeps them all).
+            let same_order = self.objects_order.as_deref() == Some(order.as_slice());
+            if same_order {
+                let stale: BTreeSet<usize> = order
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| {
+                        let (a, b) = (before.get(&***n), validated.egresses.get(&***n));
+                        a.map(|e| (&e.destinations, &e.excluded, e.family))
+                            != b.map(|e| (&e.destinations, &e.excluded, e.family))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if !stale.is_empty() {
+                    self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
+                }
+            } else {
+                self.partitions.clear();
+            }
+            self.objects_order = Some(order.clone());
             self.objects = Some(Objects { validated, allocations, order, rank });
         }
         self.objects.get_or_insert_with(Objects::default)
