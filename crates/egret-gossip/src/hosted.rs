@@ -294,6 +294,16 @@ mod tests {
             assert!(data.len() < 400, "an IPv4 chunk is small: {}", data.len());
             assert_eq!(HostedRecord::decode(&data).unwrap(), *r);
         }
+        // The largest chunk (48 IPv6 addresses, a long name) fits one datagram with the envelope
+        // and foca's header, with room to spare.
+        let v6: Vec<IpAddr> =
+            (0..MAX_HOSTED_IPS as u128).map(|i| IpAddr::from(std::net::Ipv6Addr::from(u128::MAX - i))).collect();
+        let long: Arc<str> = "n".repeat(253).into();
+        let big = HostedState { epoch: u64::MAX, seq: u64::MAX, eligible: true, ips: v6 }.records(&long);
+        assert_eq!(big.len(), 1);
+        let size = big[0].encode().unwrap().len();
+        let budget = crate::Tuning::default().max_datagram - crate::envelope::OVERHEAD;
+        assert!(size + 200 < budget, "{size} bytes of {budget}");
         let mut s = HostedStore::default();
         assert!(s.offer(rec("a", 5, 2, &["192.0.2.1"])));
         // All but the last chunk, out of order and with a duplicate: the old state stays.

@@ -374,8 +374,8 @@ impl Loop {
                 }
             }
             // What this node tells the others, after this iteration's sync.
-            let announce_eligible = programmed_eligible
-                && eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
+            let announce_eligible =
+                programmed_eligible && eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
             if report.may_host != announce_eligible {
                 report.may_host = announce_eligible;
                 last_heartbeat = 0;

@@ -129,7 +129,13 @@ mod tests {
             .collect();
         (
             node.to_string(),
-            AgentReport { node: node.into(), heartbeat_ms: heartbeat, members, may_host: true, ..AgentReport::default() },
+            AgentReport {
+                node: node.into(),
+                heartbeat_ms: heartbeat,
+                members,
+                may_host: true,
+                ..AgentReport::default()
+            },
         )
     }
 

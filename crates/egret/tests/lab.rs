@@ -422,7 +422,8 @@ fn a_gateway_whose_datapath_sync_fails_hands_its_ip_over_and_takes_it_back_once_
     // Someone replaces Egret's address-holding device with one of their own: the gateway loses
     // the IP, and every sync of its datapath now fails ("not created by Egret"), while its agent
     // stays alive in gossip. It must stop being eligible so the others take the IP over.
-    let ns = egret_netns::Netns::attach(&format!("egret-lab-{}-n{}", lab.name, gw.trim_start_matches("node-"))).unwrap();
+    let ns =
+        egret_netns::Netns::attach(&format!("egret-lab-{}-n{}", lab.name, gw.trim_start_matches("node-"))).unwrap();
     ns.ip(&["link", "del", "egret-eip"]).unwrap();
     // (a veth pair: every kernel that runs the lab has veth, not every one has dummy)
     ns.ip(&["link", "add", "egret-eip", "type", "veth", "peer", "name", "not-egret"]).unwrap();
@@ -436,7 +437,9 @@ fn a_gateway_whose_datapath_sync_fails_hands_its_ip_over_and_takes_it_back_once_
         assert!(Instant::now() < deadline, "10.10.0.11 not taken over from {gw} (sync failing): holders {others:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str());
+    lab.wait_egress("egress-prod-web", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
     let log = std::fs::read_to_string(format!("/run/egret/labs/{}/logs/agent-{gw}.log", lab.name)).unwrap();
     assert!(log.contains("not eligible to host"), "{log}");
     // Repair: the retry (with back-off) succeeds, the node is eligible again and, placed first by

@@ -214,10 +214,8 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
         let settled_at = Instant::now() - ATTEMPT_TIMEOUT;
         let during: Vec<Sample> = probe.since(back_at).into_iter().filter(|(t, _)| *t <= settled_at).collect();
         let failback = longest_outage(&during, ip);
-        let holder_after = reports(&st)
-            .into_iter()
-            .find(|(_, r)| r.hosted.contains(&ip))
-            .map_or_else(|| "?".to_string(), |(n, _)| n);
+        let holder_after =
+            reports(&st).into_iter().find(|(_, r)| r.hosted.contains(&ip)).map_or_else(|| "?".to_string(), |(n, _)| n);
         if holder_after == gateway {
             moved_back += 1;
         }
@@ -233,7 +231,10 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
     gaps.sort_unstable();
     failback_gaps.sort_unstable();
     outln!("{}", summary("failover", &gaps));
-    outln!("{} (the IP moved back to the returning node in {moved_back} of {trials})", summary("failback", &failback_gaps));
+    outln!(
+        "{} (the IP moved back to the returning node in {moved_back} of {trials})",
+        summary("failback", &failback_gaps)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
