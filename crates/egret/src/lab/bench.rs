@@ -158,9 +158,15 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
     let mut moved_back = 0usize;
     for trial in 1..=trials {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The gateway per the status, once it agrees with the one node that reports holding
+        // the IP (the status follows a failback a moment later).
         let (ip, gateway) = loop {
-            if let Ok(v) = egress_status(&st, egress) {
-                break v;
+            if let Ok((ip, node)) = egress_status(&st, egress) {
+                let holders: Vec<String> =
+                    reports(&st).into_iter().filter(|(_, r)| r.hosted.contains(&ip)).map(|(n, _)| n).collect();
+                if holders == [node.clone()] {
+                    break (ip, node);
+                }
             }
             if Instant::now() > deadline {
                 return egress_status(&st, egress).map(|_| ExitCode::FAILURE);
