@@ -173,19 +173,30 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // A probe pod steered by this Egress on another node than the gateway.
-        let pod = st
-            .pods
-            .iter()
-            .filter(|(_, p)| p.node != gateway)
-            .find(|(_, p)| {
-                Netns::attach(&p.netns)
-                    .ok()
-                    .and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok())
-                    .is_some_and(|c| c.seen == ip)
-            })
-            .map(|(k, p)| (k.clone(), p.netns.clone()))
-            .with_context(|| format!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}"))?;
+        // A probe pod steered by this Egress on another node than the gateway (retried: on a
+        // busy machine one attempt may time out).
+        let find = || {
+            st.pods
+                .iter()
+                .filter(|(_, p)| p.node != gateway)
+                .find(|(_, p)| {
+                    Netns::attach(&p.netns)
+                        .ok()
+                        .and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok())
+                        .is_some_and(|c| c.seen == ip)
+                })
+                .map(|(k, p)| (k.clone(), p.netns.clone()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pod = loop {
+            if let Some(p) = find() {
+                break p;
+            }
+            if Instant::now() > deadline {
+                bail!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let probe = Probe::start(&Netns::attach(&pod.1)?, to)?;
         wait_steady(&probe, ip, Duration::from_millis(300), Duration::from_secs(10))?;
         let cut = power_off(&mut st, &gateway)?;
