@@ -51,7 +51,9 @@ pub struct Inputs<'a> {
     pub namespaces: &'a [Namespace],
     /// Pods.
     pub pods: &'a [Pod],
-    /// Names of the nodes that are alive.
+    /// Names of the nodes that may host egress IPs: alive and eligible (settled after joining,
+    /// datapath in sync). Only the placement of egress IPs looks at it; pods are steered
+    /// whichever node they run on.
     pub live: &'a BTreeSet<String>,
     /// Cluster settings.
     pub config: &'a ClusterConfig,

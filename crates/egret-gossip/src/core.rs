@@ -8,9 +8,9 @@
 use crate::config::Tuning;
 use crate::envelope::{Envelope, Kind, Reject};
 use crate::error::GossipError;
-use crate::hosted::{HostedHandler, HostedRecord, MAX_HOSTED_IPS, SharedStore, lock};
+use crate::hosted::{HostedHandler, HostedRecord, HostedState, MAX_HOSTED_TOTAL, SharedStore, lock};
 use crate::identity::NodeId;
-use crate::key::GossipKey;
+use crate::key::GossipKeys;
 use crate::view::{MemberStatus, MemberView, View};
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, State};
 use rand::SeedableRng;
@@ -40,16 +40,17 @@ pub struct GossipConfig {
     pub addr: SocketAddr,
     /// Peers to join through; an entry with this node's name is ignored.
     pub seeds: Vec<Seed>,
-    /// The shared key. There is no gossip without one.
-    pub key: GossipKey,
+    /// The shared key (two during a rotation: the first seals, both open). There is no gossip
+    /// without one.
+    pub keys: GossipKeys,
     /// Protocol tuning.
     pub tuning: Tuning,
 }
 
 impl GossipConfig {
     /// A configuration with default tuning.
-    pub fn new(name: &str, addr: SocketAddr, seeds: Vec<Seed>, key: GossipKey) -> Self {
-        Self { name: name.to_string(), addr, seeds, key, tuning: Tuning::default() }
+    pub fn new(name: &str, addr: SocketAddr, seeds: Vec<Seed>, keys: impl Into<GossipKeys>) -> Self {
+        Self { name: name.to_string(), addr, seeds, keys: keys.into(), tuning: Tuning::default() }
     }
 
     /// Checks the configuration.
@@ -149,7 +150,9 @@ pub struct GossipCore {
     envelope: Envelope,
     nonce_rng: StdRng,
     store: SharedStore,
-    record: HostedRecord,
+    name: Arc<str>,
+    /// What this member announces about itself.
+    own: HostedState,
     seeds: Vec<Seed>,
     tuning: Tuning,
     counters: Counters,
@@ -165,18 +168,20 @@ impl GossipCore {
         let foca_config = cfg.tuning.to_foca()?;
         let id = NodeId::new(&cfg.name, cfg.addr, bump);
         let store = SharedStore::default();
-        let record = HostedRecord { name: id.name.clone(), epoch: bump, seq: 0, ips: Vec::new() };
-        lock(&store).offer(record.clone());
+        // A member starts ineligible: its agent says when it may host.
+        let own = HostedState { epoch: bump, seq: 0, eligible: false, ips: Vec::new() };
+        let name = id.name.clone();
         let handler = HostedHandler { local: id.name.clone(), store: store.clone() };
         let foca_rng = StdRng::from_rng(&mut rng);
         let seeds = cfg.seeds.iter().filter(|s| s.name != cfg.name && s.addr != cfg.addr).cloned().collect();
         let mut core = Self {
             foca: Foca::with_custom_broadcast(id, foca_config, foca_rng, PostcardCodec, handler),
             runtime: AccumulatingRuntime::new(),
-            envelope: Envelope::new(&cfg.key, cfg.tuning.replay_window, cfg.tuning.max_datagram),
+            envelope: Envelope::with_keys(&cfg.keys, cfg.tuning.replay_window, cfg.tuning.max_datagram),
             nonce_rng: rng,
             store,
-            record,
+            name,
+            own,
             seeds,
             tuning: cfg.tuning.clone(),
             counters: Counters::default(),
@@ -251,7 +256,7 @@ impl GossipCore {
                 }
             }
             Kind::Hosted => match HostedRecord::decode(&body) {
-                Ok(record) if record.name != self.record.name => {
+                Ok(record) if record.name != self.name => {
                     lock(&self.store).offer(record);
                 }
                 Ok(_) => {}
@@ -292,24 +297,34 @@ impl GossipCore {
         fx
     }
 
-    /// Announces the egress IPs this member now hosts (order and duplicates do not matter).
-    pub fn set_hosted(&mut self, now_ms: u64, mut ips: Vec<IpAddr>) -> Result<Effects, GossipError> {
+    /// Announces the egress IPs this member now hosts (order and duplicates do not matter),
+    /// keeping its eligibility as it is.
+    pub fn set_hosted(&mut self, now_ms: u64, ips: Vec<IpAddr>) -> Result<Effects, GossipError> {
+        let eligible = self.own.eligible;
+        self.announce(now_ms, ips, eligible)
+    }
+
+    /// Announces the egress IPs this member now hosts (order and duplicates do not matter) and
+    /// whether it is eligible to be given egress IPs (settled and its datapath in sync), as one
+    /// new version.
+    pub fn announce(&mut self, now_ms: u64, mut ips: Vec<IpAddr>, eligible: bool) -> Result<Effects, GossipError> {
         let mut fx = Effects::default();
         ips.sort_unstable();
         ips.dedup();
-        if ips.len() > MAX_HOSTED_IPS {
-            return Err(GossipError::TooManyHosted { count: ips.len(), max: MAX_HOSTED_IPS });
+        if ips.len() > MAX_HOSTED_TOTAL {
+            return Err(GossipError::TooManyHosted { count: ips.len(), max: MAX_HOSTED_TOTAL });
         }
-        if ips == self.record.ips || self.left {
+        if (ips == self.own.ips && eligible == self.own.eligible) || self.left {
             return Ok(fx);
         }
-        self.record.seq += 1;
-        self.record.ips = ips;
-        lock(&self.store).offer(self.record.clone());
-        info!(seq = self.record.seq, hosted = ?self.record.ips, "announcing hosted IPs");
+        self.own.seq += 1;
+        self.own.ips = ips;
+        self.own.eligible = eligible;
+        info!(seq = self.own.seq, eligible, hosted = self.own.ips.len(), "announcing hosted IPs");
+        debug!(hosted = ?self.own.ips, "hosted IPs");
         self.offer_own_record();
-        // A change is rare and matters now (conflict detection): send it to every live member
-        // directly instead of waiting for piggy-backing to reach them all.
+        // A change is rare and matters now (conflict detection, placement): send it to every
+        // live member directly instead of waiting for piggy-backing to reach them all.
         let targets: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
         for addr in targets {
             self.send_record(now_ms, addr, &mut fx);
@@ -360,20 +375,24 @@ impl GossipCore {
     }
 
     fn offer_own_record(&mut self) {
-        match self.record.encode() {
-            Ok(data) => {
-                if let Err(e) = self.foca.add_broadcast(&data) {
-                    warn!(error = %e, "cannot queue hosted-IP record");
+        for record in self.own.records(&self.name) {
+            match record.encode() {
+                Ok(data) => {
+                    if let Err(e) = self.foca.add_broadcast(&data) {
+                        warn!(error = %e, "cannot queue hosted-IP record");
+                    }
                 }
+                Err(e) => warn!(error = %e, "cannot encode hosted-IP record"),
             }
-            Err(e) => warn!(error = %e, "cannot encode hosted-IP record"),
         }
     }
 
     fn send_record(&mut self, now_ms: u64, to: SocketAddr, fx: &mut Effects) {
-        match self.record.encode() {
-            Ok(data) => self.seal_to(now_ms, Kind::Hosted, to, &data, fx),
-            Err(e) => warn!(error = %e, "cannot encode hosted-IP record"),
+        for record in self.own.records(&self.name) {
+            match record.encode() {
+                Ok(data) => self.seal_to(now_ms, Kind::Hosted, to, &data, fx),
+                Err(e) => warn!(error = %e, "cannot encode hosted-IP record"),
+            }
         }
     }
 
@@ -407,6 +426,11 @@ impl GossipCore {
                 }
                 OwnedNotification::MemberDown(id) => {
                     info!(member = %id.name, addr = %id.addr, bump = id.bump, "member down");
+                    // Only if no newer identity of the node is up (a renewed identity retires
+                    // the old one, which may be reported down after the new one is up).
+                    if !self.foca.iter_members().any(|m| m.id().name == id.name) {
+                        lock(&self.store).mark_down(&id.name);
+                    }
                 }
                 OwnedNotification::Rename(old, new) => {
                     info!(member = %new.name, old_bump = old.bump, new_bump = new.bump, "member has a new identity");
@@ -432,7 +456,9 @@ impl GossipCore {
 
     fn build_view(&self) -> View {
         let store = lock(&self.store);
-        let hosted = |name: &str| store.records.get(name).map(|r| r.ips.clone()).unwrap_or_default();
+        let hosted =
+            |name: &str| store.get(name).and_then(|e| e.complete.as_ref()).map(|c| c.ips.clone()).unwrap_or_default();
+        let eligible = |name: &str| store.get(name).is_some_and(|e| e.eligible());
         let mut members: Vec<MemberView> = self
             .foca
             .iter_membership_state()
@@ -447,6 +473,7 @@ impl GossipCore {
                 bump: m.id().bump,
                 incarnation: m.incarnation(),
                 hosted: hosted(&m.id().name),
+                eligible: m.state() != State::Down && eligible(&m.id().name),
                 local: false,
             })
             .collect();
@@ -458,7 +485,8 @@ impl GossipCore {
             bump: me.bump,
             // foca does not expose its own incarnation; it only matters to peers.
             incarnation: 0,
-            hosted: self.record.ips.clone(),
+            hosted: self.own.ips.clone(),
+            eligible: !self.left && self.own.eligible,
             local: true,
         });
         members.sort_by(|a, b| a.name.cmp(&b.name));

@@ -16,8 +16,12 @@
 //! and one whose nonce was already accepted within the window ([`Reject::Replay`]). A rejected
 //! datagram is never handed to foca, so a process without the key can neither join nor make a
 //! member look dead. The window also bounds the tolerated clock skew between members.
+//!
+//! During a key rotation a member holds two keys ([`GossipKeys`]): it seals with the first and
+//! opens with either, so members that already seal with the new key and members that still seal
+//! with the old one understand each other.
 
-use crate::key::GossipKey;
+use crate::key::{GossipKey, GossipKeys};
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use std::collections::HashMap;
@@ -75,6 +79,8 @@ pub enum Reject {
 /// Seals and opens datagrams; remembers accepted nonces for the replay window.
 pub struct Envelope {
     cipher: ChaCha20Poly1305,
+    /// The other key of a rotation: opens only.
+    secondary: Option<ChaCha20Poly1305>,
     window_ms: u64,
     max_datagram: usize,
     // Nonce -> sender timestamp of every datagram accepted within the window. Only datagrams
@@ -87,9 +93,15 @@ impl Envelope {
     /// An envelope for `key` that accepts timestamps within `window` of the receiver's clock and
     /// datagrams up to `max_datagram` bytes.
     pub fn new(key: &GossipKey, window: Duration, max_datagram: usize) -> Self {
-        let cipher = ChaCha20Poly1305::new(&(*key.as_bytes()).into());
+        Self::with_keys(&key.clone().into(), window, max_datagram)
+    }
+
+    /// An envelope that seals with `keys.primary` and opens with either key.
+    pub fn with_keys(keys: &GossipKeys, window: Duration, max_datagram: usize) -> Self {
+        let cipher = |k: &GossipKey| ChaCha20Poly1305::new(&(*k.as_bytes()).into());
         Self {
-            cipher,
+            cipher: cipher(&keys.primary),
+            secondary: keys.secondary.as_ref().map(cipher),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             max_datagram,
             seen: HashMap::new(),
@@ -126,10 +138,15 @@ impl Envelope {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&datagram[1..1 + NONCE_LEN]);
-        let mut plaintext = self
-            .cipher
-            .decrypt(&Nonce::from(nonce), Payload { msg: &datagram[1 + NONCE_LEN..], aad: &[VERSION] })
-            .map_err(|_| Reject::Auth)?;
+        let payload = || Payload { msg: &datagram[1 + NONCE_LEN..], aad: &[VERSION] };
+        let mut plaintext = match self.cipher.decrypt(&Nonce::from(nonce), payload()) {
+            Ok(p) => p,
+            Err(_) => self
+                .secondary
+                .as_ref()
+                .and_then(|c| c.decrypt(&Nonce::from(nonce), payload()).ok())
+                .ok_or(Reject::Auth)?,
+        };
         let mut stamp = [0u8; 8];
         stamp.copy_from_slice(&plaintext[1..HEADER_LEN]);
         let sent_ms = u64::from_be_bytes(stamp);
@@ -228,6 +245,32 @@ mod tests {
         assert_eq!(env(7).open(&plain, NOW), Err(Reject::Unencrypted));
         let big = env(7).seal(Kind::Foca, &[0u8; 1400], NOW, &mut rng).unwrap();
         assert_eq!(env(7).open(&big, NOW), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn during_a_rotation_the_first_key_seals_and_both_open() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let (old, new) = (GossipKey::from_bytes([7; 32]), GossipKey::from_bytes([9; 32]));
+        let both = |first: &GossipKey, second: &GossipKey| {
+            Envelope::with_keys(&GossipKeys { primary: first.clone(), secondary: Some(second.clone()) }, WINDOW, 1400)
+        };
+        // Mid-rotation: some members seal with the new key, others still with the old one.
+        let (sealing_new, sealing_old) = (both(&new, &old), both(&old, &new));
+        let from_new = sealing_new.seal(Kind::Foca, b"x", NOW, &mut rng).unwrap();
+        let from_old = sealing_old.seal(Kind::Foca, b"y", NOW, &mut rng).unwrap();
+        assert_eq!(both(&old, &new).open(&from_new, NOW), Ok((Kind::Foca, b"x".to_vec())));
+        assert_eq!(both(&new, &old).open(&from_old, NOW), Ok((Kind::Foca, b"y".to_vec())));
+        // The first key seals: a member holding only the old key opens the old sealer, not the new.
+        assert_eq!(env(7).open(&from_old, NOW), Ok((Kind::Foca, b"y".to_vec())));
+        assert_eq!(env(7).open(&from_new, NOW), Err(Reject::Auth));
+        assert_eq!(env(9).open(&from_new, NOW), Ok((Kind::Foca, b"x".to_vec())));
+        // A third key opens nothing, and replays are still caught whichever key opened.
+        let stranger = Envelope::new(&GossipKey::from_bytes([1; 32]), WINDOW, 1400);
+        let forged = stranger.seal(Kind::Foca, b"z", NOW, &mut rng).unwrap();
+        let mut member = both(&new, &old);
+        assert_eq!(member.open(&forged, NOW), Err(Reject::Auth));
+        assert!(member.open(&from_old, NOW).is_ok());
+        assert_eq!(member.open(&from_old, NOW), Err(Reject::Replay));
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub enum GossipError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// More hosted IPs than one record carries.
-    #[error("cannot announce {count} hosted IPs: at most {max} fit in one gossip record")]
+    /// More hosted IPs than a member may announce.
+    #[error("cannot announce {count} hosted IPs: at most {max} fit in a member's gossip records")]
     TooManyHosted {
         /// How many were given.
         count: usize,

@@ -1,4 +1,10 @@
 //! The cluster's shared gossip key: 32 random bytes, stored as 64 hexadecimal characters.
+//!
+//! A key file holds one key, or two during a rotation, one per line: the first seals every
+//! datagram, both open ([`GossipKeys`]). To rotate: add the new key as a second line on every node
+//! (restarting each agent), then swap the lines on every node (now the new key seals), then
+//! remove the old line. At every step each pair of nodes shares a key that one seals with and the
+//! other opens with. The file must be readable by its owner only, as ssh insists for its keys.
 
 use std::fmt;
 use std::io::Write;
@@ -47,6 +53,102 @@ pub enum KeyError {
     /// The operating system's random source failed.
     #[error("cannot get random bytes for a gossip key: {0}")]
     Random(String),
+    /// The key file can be read or written by others than its owner.
+    #[error(
+        "gossip key file {path} has permissions {mode:04o}: it must be accessible by its owner only (chmod 600 {path})"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file holds more keys than a rotation needs.
+    #[error("gossip key file {path} holds {count} keys: one, or two (one per line) during a rotation")]
+    TooManyKeys {
+        /// The file.
+        path: PathBuf,
+        /// How many lines with a key it has.
+        count: usize,
+    },
+}
+
+/// Refuses a file that its group or others may access.
+fn check_private(path: &Path) -> Result<(), KeyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
+        }
+    }
+    Ok(())
+}
+
+fn read_private(path: &Path) -> Result<String, KeyError> {
+    check_private(path)?;
+    std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })
+}
+
+fn in_file(path: &Path) -> impl Fn(KeyError) -> KeyError + '_ {
+    move |e| match e {
+        KeyError::Format { reason } => KeyError::Format { reason: format!("{}: {reason}", path.display()) },
+        other => other,
+    }
+}
+
+/// The keys a member uses: the first seals and opens, the second (during a rotation) only opens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GossipKeys {
+    /// Seals every datagram; opens too.
+    pub primary: GossipKey,
+    /// Opens only: the other key of a rotation.
+    pub secondary: Option<GossipKey>,
+}
+
+impl fmt::Debug for GossipKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GossipKeys(<redacted>, {} key(s))", 1 + usize::from(self.secondary.is_some()))
+    }
+}
+
+impl From<GossipKey> for GossipKeys {
+    fn from(primary: GossipKey) -> Self {
+        Self { primary, secondary: None }
+    }
+}
+
+impl GossipKeys {
+    /// Parses a key file's text: one key (whitespace anywhere ignored, as [`GossipKey::parse`]),
+    /// or two keys on two lines, the sealing one first.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        if let Ok(one) = GossipKey::parse(text) {
+            return Ok(one.into());
+        }
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        match lines.as_slice() {
+            [a, b] => Ok(Self { primary: GossipKey::parse(a)?, secondary: Some(GossipKey::parse(b)?) }),
+            _ => GossipKey::parse(text).map(Self::from),
+        }
+    }
+
+    /// Reads and parses a key file that only its owner may access.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = read_private(path)?;
+        let keys = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let compact = text.chars().filter(|c| !c.is_whitespace()).count();
+        if keys > 2 && compact != KEY_LEN * 2 {
+            return Err(KeyError::TooManyKeys { path: path.to_path_buf(), count: keys });
+        }
+        Self::parse(&text).map_err(in_file(path))
+    }
+
+    /// Every key that opens, the sealing one first.
+    pub fn all(&self) -> impl Iterator<Item = &GossipKey> {
+        std::iter::once(&self.primary).chain(self.secondary.as_ref())
+    }
 }
 
 impl GossipKey {
@@ -84,14 +186,9 @@ impl GossipKey {
         Ok(Self(bytes))
     }
 
-    /// Reads and parses a key file.
+    /// Reads and parses a key file holding one key, which only its owner may access.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text).map_err(|e| match e {
-            KeyError::Format { reason } => KeyError::Format { reason: format!("{}: {reason}", path.display()) },
-            other => other,
-        })
+        Self::parse(&read_private(path)?).map_err(in_file(path))
     }
 
     /// The key as 64 lowercase hexadecimal characters.
@@ -181,6 +278,56 @@ mod tests {
         let err = GossipKey::load(&path).unwrap_err().to_string();
         assert!(err.contains("gossip.key"), "{err}");
         assert!(matches!(GossipKey::load(&dir.join("missing")), Err(KeyError::Read { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn private_file(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("egret-gossip-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602, 0o620] {
+            let path = private_file(&dir, "k", HEX, mode);
+            let err = GossipKey::load(&path).unwrap_err();
+            assert!(matches!(err, KeyError::Permissions { .. }), "{mode:o}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("{mode:04o}")) && text.contains("owner only"), "{text}");
+            assert!(matches!(GossipKeys::load(&path), Err(KeyError::Permissions { .. })));
+        }
+        for mode in [0o600, 0o400] {
+            let path = private_file(&dir, "k", HEX, mode);
+            assert!(GossipKey::load(&path).is_ok(), "{mode:o}");
+            assert!(GossipKeys::load(&path).is_ok(), "{mode:o}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_holds_one_key_or_two_for_a_rotation() {
+        let other = "ff".repeat(32);
+        let one = GossipKeys::parse(&format!("{HEX}\n")).unwrap();
+        assert_eq!(one.secondary, None);
+        assert_eq!(one.all().count(), 1);
+        let split = GossipKeys::parse(&format!("{}\n{}\n", &HEX[..32], &HEX[32..])).unwrap();
+        assert_eq!(split, one, "one key split over lines is still one key");
+        let two = GossipKeys::parse(&format!("{other}\n\n  {HEX}\n")).unwrap();
+        assert_eq!(two.primary, GossipKey::parse(&other).unwrap(), "the first line seals");
+        assert_eq!(two.secondary, Some(GossipKey::parse(HEX).unwrap()));
+        assert!(!format!("{two:?}").contains("ff"), "Debug never shows a key");
+        assert!(GossipKeys::parse(&format!("{HEX}\nzz")).is_err());
+        let dir = std::env::temp_dir().join(format!("egret-gossip-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = private_file(&dir, "k", &format!("{other}\n{HEX}\n"), 0o600);
+        assert_eq!(GossipKeys::load(&path).unwrap(), two);
+        let three = private_file(&dir, "k3", &format!("{other}\n{HEX}\n{other}\n"), 0o600);
+        assert!(matches!(GossipKeys::load(&three), Err(KeyError::TooManyKeys { count: 3, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -31,6 +31,6 @@ pub use crate::config::Tuning;
 pub use crate::core::{Counters, Effects, GossipConfig, GossipCore, Seed, Timer};
 pub use crate::error::GossipError;
 pub use crate::identity::NodeId;
-pub use crate::key::{GossipKey, KeyError, generate_key_file};
+pub use crate::key::{GossipKey, GossipKeys, KeyError, generate_key_file};
 pub use crate::shell::{Gossip, GossipHandle};
 pub use crate::view::{MemberStatus, MemberView, View};

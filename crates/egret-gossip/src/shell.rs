@@ -34,7 +34,7 @@ struct Shared {
 }
 
 enum Command {
-    SetHosted(Vec<IpAddr>, oneshot::Sender<Result<(), GossipError>>),
+    Announce(Vec<IpAddr>, Option<bool>, oneshot::Sender<Result<(), GossipError>>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -100,10 +100,20 @@ impl GossipHandle {
         lock(&self.shared).counters
     }
 
-    /// Announces the egress IPs this node now hosts.
+    /// Announces the egress IPs this node now hosts, keeping its eligibility.
     pub async fn set_hosted(&self, ips: Vec<IpAddr>) -> Result<(), GossipError> {
+        self.command(ips, None).await
+    }
+
+    /// Announces the egress IPs this node now hosts and whether it is eligible to host (see
+    /// [`GossipCore::announce`]).
+    pub async fn announce(&self, ips: Vec<IpAddr>, eligible: bool) -> Result<(), GossipError> {
+        self.command(ips, Some(eligible)).await
+    }
+
+    async fn command(&self, ips: Vec<IpAddr>, eligible: Option<bool>) -> Result<(), GossipError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::SetHosted(ips, reply)).await.map_err(|_| GossipError::Stopped)?;
+        self.commands.send(Command::Announce(ips, eligible, reply)).await.map_err(|_| GossipError::Stopped)?;
         answer.await.map_err(|_| GossipError::Stopped)?
     }
 
@@ -146,8 +156,12 @@ impl Driver {
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
-                    Some(Command::SetHosted(ips, reply)) => {
-                        match self.core.set_hosted(now_ms(), ips) {
+                    Some(Command::Announce(ips, eligible, reply)) => {
+                        let result = match eligible {
+                            Some(eligible) => self.core.announce(now_ms(), ips, eligible),
+                            None => self.core.set_hosted(now_ms(), ips),
+                        };
+                        match result {
                             Ok(fx) => {
                                 self.apply(fx).await;
                                 let _ = reply.send(Ok(()));

@@ -31,6 +31,9 @@ pub struct MemberView {
     /// The egress IPs it last announced it hosts (empty if none heard yet). Kept for a Dead member
     /// too: it is what the member held when last heard of.
     pub hosted: Vec<IpAddr>,
+    /// Whether it said it may be given egress IPs (its agent has settled and its datapath is in
+    /// sync), in its current life. Never true for a Dead member.
+    pub eligible: bool,
     /// Whether this is the member publishing the view.
     pub local: bool,
 }
@@ -65,6 +68,12 @@ impl View {
     /// Names of members that are Alive or Suspect (SWIM's "active"), this one included.
     pub fn active(&self) -> Vec<&str> {
         self.members.iter().filter(|m| m.status != MemberStatus::Dead).map(|m| m.name.as_str()).collect()
+    }
+
+    /// Names of active members that are eligible to host egress IPs, this one included if it is:
+    /// where placement may put egress IPs.
+    pub fn eligible(&self) -> Vec<&str> {
+        self.members.iter().filter(|m| m.status != MemberStatus::Dead && m.eligible).map(|m| m.name.as_str()).collect()
     }
 
     /// Egress IPs announced by more than one active member, with the members announcing each:

@@ -615,3 +615,116 @@ fn forged_unencrypted_and_replayed_datagrams_are_rejected_and_cannot_kill_a_live
     sim.run_until(t0 + 5_000, |s| s.all_see_all_alive() && s.core(1).identity().bump > victim_id.bump)
         .expect("victim rejoins after a false Down");
 }
+
+fn many_ips(base: u32, n: u32) -> Vec<IpAddr> {
+    (0..n).map(|i| IpAddr::from(std::net::Ipv4Addr::from(base + i))).collect()
+}
+
+#[test]
+fn a_conflict_on_one_of_a_thousand_hosted_ips_is_detected() {
+    let mut sim = Sim::cluster(6, 21);
+    sim.run_for(500);
+    // node-1 hosts 1,000 IPs: far more than one datagram carries.
+    let thousand = many_ips(0x0a64_0000, 1000);
+    let wall = sim.wall();
+    let fx = sim.nodes[0].core.as_mut().unwrap().set_hosted(wall, thousand.clone()).unwrap();
+    sim.apply(0, fx);
+    let t0 = sim.now;
+    sim.run_until(t0 + 5_000, |s| (1..6).all(|o| s.hosted_seen(o, 0) == thousand))
+        .expect("every member learns all 1,000 IPs");
+    for o in 0..6 {
+        assert!(sim.view(o).conflicts().is_empty(), "observer {o}");
+    }
+    // node-4 claims one of them, the 777th: everyone sees exactly that conflict.
+    let contested = thousand[776];
+    let wall = sim.wall();
+    let fx = sim.nodes[3].core.as_mut().unwrap().set_hosted(wall, vec![contested]).unwrap();
+    sim.apply(3, fx);
+    let t0 = sim.now;
+    sim.run_until(t0 + 2_000, |s| (0..6).all(|o| !s.view(o).conflicts().is_empty())).expect("conflict detected");
+    for o in 0..6 {
+        assert_eq!(
+            sim.view(o).conflicts(),
+            vec![(contested, vec!["node-1".to_string(), "node-4".to_string()])],
+            "observer {o}"
+        );
+    }
+    // A late joiner learns the whole set too (pushed directly on join, chunk by chunk).
+    sim.kill(5);
+    sim.time_to_detect(5, 5_000);
+    sim.run_for(1_000);
+    sim.start(5);
+    let t0 = sim.now;
+    sim.run_until(t0 + 5_000, |s| s.all_see_all_alive() && s.hosted_seen(5, 0) == thousand)
+        .expect("restarted member learns all 1,000 IPs");
+    assert_eq!(sim.view(5).conflicts().len(), 1);
+}
+
+fn eligible_seen(sim: &Sim, observer: usize, of: usize) -> bool {
+    sim.view(observer).eligible().contains(&name(of).as_str())
+}
+
+fn announce(sim: &mut Sim, i: usize, ips: &[&str], eligible: bool) {
+    let ips: Vec<IpAddr> = ips.iter().map(|s| s.parse().unwrap()).collect();
+    let wall = sim.wall();
+    let fx = sim.nodes[i].core.as_mut().unwrap().announce(wall, ips, eligible).unwrap();
+    sim.apply(i, fx);
+}
+
+#[test]
+fn eligibility_propagates_and_a_restarted_member_starts_ineligible() {
+    let mut sim = Sim::cluster(6, 22);
+    // Alive is not eligible: a member says when it may host.
+    for o in 0..6 {
+        assert!(sim.view(o).eligible().is_empty(), "observer {o}: {:?}", sim.view(o).eligible());
+    }
+    for i in 0..6 {
+        announce(&mut sim, i, &[], true);
+    }
+    let t0 = sim.now;
+    sim.run_until(t0 + 1_000, |s| (0..6).all(|o| s.view(o).eligible().len() == 6)).expect("all eligible");
+    // A member whose datapath fails says so; it stays alive but is no longer eligible anywhere.
+    announce(&mut sim, 2, &["10.0.0.3"], false);
+    let t0 = sim.now;
+    sim.run_until(t0 + 1_000, |s| (0..6).all(|o| !eligible_seen(s, o, 2))).expect("ineligible everywhere");
+    assert!((0..6).all(|o| sim.status(o, 2) == Some(MemberStatus::Alive)));
+    assert_eq!(sim.hosted_seen(4, 2), vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
+    announce(&mut sim, 2, &[], true);
+    let t0 = sim.now;
+    sim.run_until(t0 + 1_000, |s| (0..6).all(|o| eligible_seen(s, o, 2))).expect("eligible again");
+    // Power loss: dead members are not eligible, and when it restarts it is alive but not
+    // eligible until it says so, whatever its earlier life said.
+    sim.time_to_detect(4, 5_000).expect("detected");
+    assert!((0..6).filter(|&o| o != 4).all(|o| !eligible_seen(&sim, o, 4)));
+    sim.run_for(1_000);
+    sim.start(4);
+    let t0 = sim.now;
+    sim.run_until(t0 + 5_000, |s| s.all_see_all_alive()).expect("readmitted");
+    sim.run_for(1_000);
+    for o in 0..6 {
+        assert!(!eligible_seen(&sim, o, 4), "observer {o} sees the restarted member eligible");
+    }
+    announce(&mut sim, 4, &[], true);
+    let t0 = sim.now;
+    sim.run_until(t0 + 1_000, |s| (0..6).all(|o| eligible_seen(s, o, 4))).expect("eligible after saying so");
+}
+
+#[test]
+fn a_member_falsely_declared_dead_is_ineligible_until_it_speaks_again() {
+    let mut sim = Sim::cluster(4, 23);
+    for i in 0..4 {
+        announce(&mut sim, i, &[], true);
+    }
+    sim.run_until(sim.now + 1_000, |s| (0..4).all(|o| s.view(o).eligible().len() == 4)).expect("all eligible");
+    let others = [0, 2, 3];
+    sim.partition(&[1], &others);
+    sim.run_until(sim.now + 5_000, |s| others.iter().all(|&o| s.status(o, 1) == Some(MemberStatus::Dead)))
+        .expect("declared dead");
+    assert!(others.iter().all(|&o| !eligible_seen(&sim, o, 1)));
+    sim.run_for(2_000);
+    sim.heal();
+    // It comes back on its own (same process, same announced state) and is eligible again once
+    // its record reaches the others.
+    sim.run_until(sim.now + 10_000, |s| s.all_see_all_alive() && others.iter().all(|&o| eligible_seen(s, o, 1)))
+        .expect("eligible again after rejoining");
+}

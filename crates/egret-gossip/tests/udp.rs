@@ -2,7 +2,7 @@
 //! a stopped member, re-admit it restarted, graceful leave, and rejection of a stray datagram.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
-use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, MemberStatus, Seed, Tuning, View};
+use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, GossipKeys, MemberStatus, Seed, Tuning, View};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -137,4 +137,41 @@ async fn start_rejects_an_unspecified_address_and_a_taken_port() {
     let err = Gossip::start(GossipConfig::new("b", h.local_addr(), vec![], key)).err().unwrap();
     assert!(err.to_string().contains("cannot bind"), "{err}");
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_keeps_members_talking() {
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (old, new) = (GossipKey::from_bytes(KEY), GossipKey::from_bytes([0x43; 32]));
+    let keys = |primary: &GossipKey, secondary: Option<&GossipKey>| GossipKeys {
+        primary: primary.clone(),
+        secondary: secondary.cloned(),
+    };
+    // Mid-rotation: node-a already seals with the new key, node-b still with the old one; each
+    // opens with both.
+    let (a, rx_a) = Gossip::start(GossipConfig::new("node-a", local, vec![], keys(&new, Some(&old)))).unwrap();
+    let seeds = vec![Seed { name: "node-a".into(), addr: a.local_addr() }];
+    let (b, rx_b) = Gossip::start(GossipConfig::new("node-b", local, seeds.clone(), keys(&old, Some(&new)))).unwrap();
+    let both = ["node-a", "node-b"];
+    wait_all("join across a rotation", &[&rx_a, &rx_b], Duration::from_secs(3), |v| all_alive(v, &both)).await;
+    let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    b.announce(vec![ip], true).await.unwrap();
+    wait_all("record across a rotation", &[&rx_a], Duration::from_secs(2), |v| {
+        v.member("node-b").is_some_and(|m| m.hosted == vec![ip] && m.eligible)
+    })
+    .await;
+    assert_eq!(a.counters().rejected(), 0, "{:?}", a.counters());
+    assert_eq!(b.counters().rejected(), 0, "{:?}", b.counters());
+    // A member holding only the new key hears node-a (which seals with it) but not node-b.
+    let (c, rx_c) = Gossip::start(GossipConfig::new("node-c", local, seeds, keys(&new, None))).unwrap();
+    wait_all("new key only", &[&rx_c], Duration::from_secs(3), |v| v.status("node-a") == Some(MemberStatus::Alive))
+        .await;
+    let t0 = Instant::now();
+    while c.counters().rejected_auth == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "node-b's old-key datagrams not rejected: {:?}", c.counters());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for h in [a, b, c] {
+        h.shutdown().await;
+    }
 }

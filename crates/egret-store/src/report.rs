@@ -16,8 +16,9 @@ pub struct AgentReport {
     pub heartbeat_ms: u64,
     /// Whether the datapath matches the latest plan.
     pub ready: bool,
-    /// Whether this node may host egress IPs now (it has a gossip key and its membership view
-    /// has settled).
+    /// Whether this node may host egress IPs now: it has a gossip key, its membership view has
+    /// settled, its datapath is in sync, and it has programmed the plan that has it eligible
+    /// (what it announces by gossip).
     #[serde(default)]
     pub may_host: bool,
     /// Egress IPs this node hosts now.

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_datapath::{Config, Datapath};
-use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKey, MemberStatus, Seed, View};
+use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKeys, MemberStatus, Seed, View};
 use egret_store::{AgentReport, MemberReport, Store, StoreSource, now_ms};
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -50,8 +50,9 @@ pub struct AgentArgs {
     /// VXLAN UDP port.
     #[arg(long, default_value_t = Config::default().vxlan_port)]
     pub vxlan_port: u16,
-    /// The shared gossip key (64 hex characters). Without it there is no gossip and this node
-    /// never hosts egress IPs.
+    /// The shared gossip key (64 hex characters), readable by its owner only. During a key
+    /// rotation it holds two keys, one per line: the first seals, both open. Without it there is
+    /// no gossip and this node never hosts egress IPs.
     #[arg(long)]
     pub gossip_key_file: Option<PathBuf>,
     /// UDP port of the gossip protocol on every node's underlay address.
@@ -114,18 +115,16 @@ enum Membership {
 }
 
 impl Membership {
-    /// The live set (this node included) and whether this node may host egress IPs now.
+    /// The other nodes placement may give egress IPs to, and whether this node has settled in
+    /// the cluster (joined long enough for its membership view to fill).
     fn live(&self, store: &Store, node: &str, args: &AgentArgs) -> (BTreeSet<String>, bool) {
         match self {
             Membership::Gossip { view, has_peers, joined_since, .. } => {
                 let v = match view.lock() {
                     Ok(v) => v.clone(),
                     // Without a trustworthy view, host nothing.
-                    Err(_) => return ([node.to_string()].into(), false),
+                    Err(_) => return (BTreeSet::new(), false),
                 };
-                // Suspect members are still alive for SWIM until declared Dead.
-                let mut live: BTreeSet<String> = v.active().into_iter().map(str::to_string).collect();
-                live.insert(node.to_string());
                 let settled = match joined_since.lock() {
                     Ok(mut since) => {
                         if v.joined || !has_peers {
@@ -137,14 +136,88 @@ impl Membership {
                     }
                     Err(_) => false,
                 };
-                (live, settled)
+                (hosting_set(&v, node, false), settled)
             }
             Membership::Heartbeats => {
+                // Nodes whose reports say they may host (heartbeat liveness).
                 let (mut live, _) = liveness(&store.read_reports(), args.liveness_timeout_ms);
-                live.insert(node.to_string());
+                live.remove(node);
                 (live, false)
             }
         }
+    }
+}
+
+/// The nodes placement may give egress IPs to: the active members that announce they are
+/// eligible (settled and in sync), and this node by its own verdict, which it knows before
+/// anyone else. An alive member that is not eligible gets no IPs; its pods are still steered.
+fn hosting_set(view: &View, node: &str, self_eligible: bool) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = view.eligible().into_iter().filter(|n| *n != node).map(str::to_string).collect();
+    if self_eligible {
+        set.insert(node.to_string());
+    }
+    set
+}
+
+/// Whether this node may be given egress IPs now: it has settled after (re)joining, its
+/// datapath is in sync, and it is in the store.
+const fn eligible(settled: bool, in_sync: bool, in_store: bool) -> bool {
+    settled && in_sync && in_store
+}
+
+/// The first retry after a failed sync comes after this long; each further failure doubles it.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Retries are never further apart than this.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// A failure streak is forgotten after this long without a failure.
+const FORGET_FAILURES: Duration = Duration::from_secs(60);
+
+/// How long to wait after the `failures`-th failed sync in a row: 100 ms, doubling, at most 10 s.
+fn retry_delay(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    RETRY_FIRST.saturating_mul(1u32 << (failures - 1).min(16)).min(RETRY_MAX)
+}
+
+/// Failed-sync bookkeeping: when the next attempt may run, and whether the datapath counts as
+/// in sync (and so this node as eligible to host).
+#[derive(Debug, Clone, Copy, Default)]
+struct SyncHealth {
+    /// Failed syncs in the current streak.
+    failures: u32,
+    /// When the last one failed.
+    last_failure: Option<Instant>,
+    /// Whether the last attempt succeeded.
+    ok: bool,
+}
+
+impl SyncHealth {
+    fn record(&mut self, ok: bool, now: Instant) {
+        self.ok = ok;
+        if !ok {
+            let forgotten = self.last_failure.is_none_or(|t| now.saturating_duration_since(t) >= FORGET_FAILURES);
+            self.failures = if forgotten { 1 } else { self.failures.saturating_add(1) };
+            self.last_failure = Some(now);
+        }
+    }
+
+    /// Whether the hold-down after the last failure is over.
+    fn held_down(&self, now: Instant) -> bool {
+        self.last_failure.is_some_and(|t| now.saturating_duration_since(t) < retry_delay(self.failures))
+    }
+
+    /// Whether a sync may be attempted now: at once while syncs succeed, after the back-off
+    /// delay while they fail (each failed attempt is a full reload: no busy loop).
+    fn may_attempt(&self, now: Instant) -> bool {
+        self.ok || !self.held_down(now)
+    }
+
+    /// Whether the datapath is in sync: the last sync succeeded and the hold-down after the last
+    /// failure is over, so a node whose syncs fail only while it hosts does not flap between
+    /// eligible and not faster than the back-off.
+    fn in_sync(&self, now: Instant) -> bool {
+        self.ok && !self.held_down(now)
     }
 }
 
@@ -196,11 +269,14 @@ fn compute(
     if !objects.index.is_synced() {
         bail!("waiting for the initial list of {:?}", objects.index.waiting_for());
     }
-    // Not settled in the cluster yet (or no gossip key): plan as if this node could not be a
-    // gateway, so it holds, announces and SNATs nothing, and the sync removes whatever an
-    // earlier life held before anything is announced. Its pods are steered to the others.
+    // Not eligible (not settled in the cluster yet, datapath not in sync, or no gossip key):
+    // plan as if this node could not be a gateway, so it holds, announces and SNATs nothing,
+    // and the sync removes whatever an earlier life held before anything is announced. Its pods
+    // are steered to the others. `live` is the set placement may put egress IPs on.
     let mut live = live.clone();
-    if !may_host {
+    if may_host {
+        live.insert(node.to_string());
+    } else {
         live.remove(node);
     }
     objects.index.set_live(&live);
@@ -230,7 +306,7 @@ impl Loop {
         let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
         let mut last_heartbeat = 0u64;
         let mut conflicts_seen: HashSet<(IpAddr, Vec<String>)> = HashSet::new();
-        let mut announced_hosted: Option<Vec<IpAddr>> = None;
+        let mut announced: Option<(Vec<IpAddr>, bool)> = None;
         // Work only when something may have changed: a store or membership event (wake), a
         // change of the live set or of the right to host, a failed sync to retry, or the
         // periodic check that repairs drift made behind our back.
@@ -238,28 +314,34 @@ impl Loop {
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
         let mut objects = Objects::new(store.clone(), &args);
+        let mut health_of_sync = SyncHealth::default();
+        let mut in_store = true;
+        // Whether the plan last programmed had this node eligible: only then does it tell the
+        // others it is, so they move IPs to it only once it holds them (make before break).
+        let mut programmed_eligible = false;
+        let mut rejected_seen = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let (live, may_host) = membership.live(&store, &node, &args);
+            let (others, settled) = membership.live(&store, &node, &args);
+            let may_host = eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
-            // The live set of heartbeat liveness, and the end of a settle period, change
-            // without any event.
-            let inputs = (live, may_host);
+            // The live set of heartbeat liveness, the end of a settle period and of a sync
+            // hold-down change without any event.
+            let inputs = (others, may_host);
             if last_inputs.as_ref() != Some(&inputs) {
                 dirty = true;
             }
             let (live, may_host) = last_inputs.insert(inputs).clone();
-            if report.may_host != may_host {
-                report.may_host = may_host;
-                last_heartbeat = 0;
-            }
-            if dirty || verify || !report.ready {
+            if (dirty || verify || !report.ready) && health_of_sync.may_attempt(Instant::now()) {
                 dirty = false;
                 objects.poll();
                 match compute(&mut objects, &node, &live, may_host) {
                     Ok((np, stamp)) => {
+                        in_store = true;
                         if last.as_ref() != Some(&np) || !report.ready || verify {
                             last_verify = Instant::now();
-                            match dp.sync(&np) {
+                            let result = dp.sync(&np);
+                            health_of_sync.record(result.is_ok(), Instant::now());
+                            match result {
                                 Ok(r) => {
                                     metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
                                     if !r.drift.is_empty() {
@@ -274,15 +356,23 @@ impl Loop {
                                     report.ready = true;
                                     report.error = None;
                                     report.hosted = hosted;
-                                    last = Some(np);
+                                    last = Some(np.clone());
                                 }
                                 Err(e) => {
                                     metrics.syncs.get_or_create(&vec![("result".into(), "error".into())]).inc();
-                                    warn!("datapath sync failed: {e}");
+                                    warn!(
+                                        retry_in_ms = retry_delay(health_of_sync.failures).as_millis() as u64,
+                                        "datapath sync failed; not eligible to host until it succeeds: {e}"
+                                    );
+                                    programmed_eligible = false;
                                     report.ready = false;
                                     report.error = Some(e.to_string());
                                 }
                             }
+                        }
+                        // The datapath holds the plan made with this eligibility.
+                        if report.ready && last.as_ref() == Some(&np) {
+                            programmed_eligible = may_host;
                         }
                         // Record when this store state was first fully programmed, and tell at once.
                         if report.ready && stamp != report.programmed_stamp_ms {
@@ -292,6 +382,8 @@ impl Loop {
                         }
                     }
                     Err(e) if e.is::<NotInStore>() => {
+                        in_store = false;
+                        programmed_eligible = false;
                         // Removed from the cluster: hold and steer nothing, so no IP is held twice.
                         if last.take().is_some() || !report.hosted.is_empty() {
                             warn!("{node} is no longer in the store: removing Egret's datapath state");
@@ -309,10 +401,18 @@ impl Loop {
                     }
                 }
             }
+            // What this node tells the others, after this iteration's sync.
+            let announce_eligible =
+                programmed_eligible && eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
+            if report.may_host != announce_eligible {
+                report.may_host = announce_eligible;
+                last_heartbeat = 0;
+            }
             if let Membership::Gossip { view, handle, rt, .. } = &membership {
-                if announced_hosted.as_ref() != Some(&report.hosted) {
-                    match rt.block_on(handle.set_hosted(report.hosted.clone())) {
-                        Ok(()) => announced_hosted = Some(report.hosted.clone()),
+                let state = (report.hosted.clone(), announce_eligible);
+                if announced.as_ref() != Some(&state) {
+                    match rt.block_on(handle.announce(state.0.clone(), state.1)) {
+                        Ok(()) => announced = Some(state),
                         Err(e) => warn!("announcing hosted IPs by gossip: {e}"),
                     }
                 }
@@ -339,7 +439,9 @@ impl Loop {
                     let n = v.members.iter().filter(|m| m.status == status).count();
                     metrics.members.get_or_create(&vec![("status".into(), format!("{status:?}"))]).set(n as i64);
                 }
-                metrics.gossip_rejected.set(handle.counters().rejected() as i64);
+                let rejected = handle.counters().rejected();
+                metrics.gossip_rejected.inc_by(rejected.saturating_sub(rejected_seen));
+                rejected_seen = rejected;
                 report.members = v
                     .members
                     .iter()
@@ -415,7 +517,7 @@ async fn wait_for_signal() {
 }
 
 /// The gossip configuration: this node's underlay address and every other Node as a seed.
-fn gossip_config(store: &Store, node: &str, key: GossipKey, port: u16) -> anyhow::Result<GossipConfig> {
+fn gossip_config(store: &Store, node: &str, key: GossipKeys, port: u16) -> anyhow::Result<GossipConfig> {
     let (objs, errs) = store.load();
     if let Some(e) = errs.first() {
         bail!("store: {e}");
@@ -473,7 +575,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let membership = match &args.gossip_key_file {
         Some(path) => {
-            let key = GossipKey::load(path).with_context(|| format!("gossip key {}", path.display()))?;
+            let key = GossipKeys::load(path).with_context(|| format!("gossip key {}", path.display()))?;
             let cfg = gossip_config(&store, &node, key, args.gossip_port)?;
             let addr = cfg.addr;
             let has_peers = !cfg.seeds.is_empty();
@@ -537,4 +639,95 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     served?;
     info!("agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_gossip::MemberView;
+
+    fn member(name: &str, status: MemberStatus, eligible: bool) -> MemberView {
+        MemberView {
+            name: name.into(),
+            addr: "10.10.0.1:7947".parse().unwrap(),
+            status,
+            bump: 1,
+            incarnation: 0,
+            hosted: vec![],
+            eligible,
+            local: name == "node-1",
+        }
+    }
+
+    #[test]
+    fn placement_uses_only_members_that_can_host() {
+        let view = View {
+            local: "node-1".into(),
+            joined: true,
+            members: vec![
+                // The view's idea of this node is what it last announced; its own verdict wins.
+                member("node-1", MemberStatus::Alive, true),
+                member("node-2", MemberStatus::Alive, true),
+                // Alive but settling after a restart, or its datapath sync fails.
+                member("node-3", MemberStatus::Alive, false),
+                member("node-4", MemberStatus::Suspect, true),
+                member("node-5", MemberStatus::Dead, true),
+            ],
+        };
+        let names = |s: BTreeSet<String>| s.into_iter().collect::<Vec<_>>();
+        assert_eq!(names(hosting_set(&view, "node-1", true)), vec!["node-1", "node-2", "node-4"]);
+        assert_eq!(names(hosting_set(&view, "node-1", false)), vec!["node-2", "node-4"]);
+    }
+
+    #[test]
+    fn a_node_is_eligible_only_settled_in_sync_and_in_the_store() {
+        assert!(eligible(true, true, true));
+        for (settled, in_sync, in_store) in
+            [(false, true, true), (true, false, true), (true, true, false), (false, false, false)]
+        {
+            assert!(!eligible(settled, in_sync, in_store), "{settled} {in_sync} {in_store}");
+        }
+    }
+
+    #[test]
+    fn failed_syncs_back_off_exponentially_up_to_a_cap() {
+        let ms = |n| retry_delay(n).as_millis();
+        assert_eq!([ms(0), ms(1), ms(2), ms(3), ms(4), ms(7)], [0, 100, 200, 400, 800, 6400]);
+        assert_eq!(retry_delay(8), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX, "no overflow");
+    }
+
+    #[test]
+    fn a_failing_sync_is_retried_after_the_back_off_and_makes_the_node_ineligible() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut h = SyncHealth::default();
+        assert!(h.may_attempt(t0), "the first sync runs at once");
+        assert!(!h.in_sync(t0), "not in sync before the first sync");
+        h.record(true, at(0));
+        assert!(h.in_sync(at(0)) && h.may_attempt(at(0)));
+        // Three failures in a row: 100, 200, 400 ms between attempts, never in sync meanwhile.
+        let mut now = 10;
+        for (n, wait) in [(1, 100), (2, 200), (3, 400)] {
+            h.record(false, at(now));
+            assert_eq!(h.failures, n);
+            assert!(!h.in_sync(at(now)));
+            assert!(!h.may_attempt(at(now + wait - 1)), "failure {n}: too early at {}", wait - 1);
+            assert!(h.may_attempt(at(now + wait)), "failure {n}: due after {wait} ms");
+            now += wait;
+        }
+        // A success right after a failure: attempts run freely again, but the node counts as in
+        // sync only once the hold-down is over (no flapping faster than the back-off).
+        h.record(false, at(now));
+        h.record(true, at(now + 800));
+        assert!(h.may_attempt(at(now + 801)));
+        assert!(h.in_sync(at(now + 800)), "hold-down of 800 ms is over");
+        h.record(false, at(now + 900));
+        h.record(true, at(now + 1000));
+        assert!(!h.in_sync(at(now + 1000)), "hold-down of 1.6 s after the fifth failure");
+        assert!(h.in_sync(at(now + 900 + 1600)));
+        // A minute without failures forgets the streak.
+        h.record(false, at(now + 900 + 61_000));
+        assert_eq!(h.failures, 1);
+    }
 }

@@ -28,8 +28,9 @@ pub struct ControllerArgs {
     pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
-/// Nodes whose agent heartbeat is fresh and that the agents' gossip does not declare dead, and
-/// the IPs each reports hosting. Gossip declares a dead node in well under a second, long
+/// Nodes that may be given egress IPs: their agent's heartbeat is fresh, it reports it may host
+/// (settled and in sync), and the agents' gossip does not declare it dead; and the IPs each
+/// fresh, not dead node reports hosting. Gossip declares a dead node in well under a second, long
 /// before its last heartbeat goes stale, so the controller follows failovers that fast.
 pub fn liveness(
     reports: &[(String, AgentReport)],
@@ -55,7 +56,9 @@ fn live_at(
     let mut hosted = BTreeMap::new();
     for (node, r) in fresh {
         if !dead_by_gossip(node) {
-            live.insert(node.clone());
+            if r.may_host {
+                live.insert(node.clone());
+            }
             hosted.insert(node.clone(), r.hosted.iter().copied().collect());
         }
     }
@@ -162,7 +165,13 @@ mod tests {
             .collect();
         (
             node.to_string(),
-            AgentReport { node: node.into(), heartbeat_ms: heartbeat, members, ..AgentReport::default() },
+            AgentReport {
+                node: node.into(),
+                heartbeat_ms: heartbeat,
+                members,
+                may_host: true,
+                ..AgentReport::default()
+            },
         )
     }
 
@@ -180,5 +189,16 @@ mod tests {
         // A stale heartbeat is dead without gossip.
         let reports = vec![(String::from("node-1"), AgentReport { heartbeat_ms: 0, ..AgentReport::default() })];
         assert!(live_at(&reports, 1500, 5000).0.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_may_not_host_gets_no_egress_ip_but_its_holdings_count() {
+        // node-2 is alive but not eligible (settling, or its datapath sync fails).
+        let mut reports = vec![report("node-1", 1000, &[]), report("node-2", 1000, &[]), report("node-3", 1000, &[])];
+        reports[1].1.may_host = false;
+        reports[1].1.hosted = vec!["10.10.0.11".parse().unwrap()];
+        let (live, hosted) = live_at(&reports, 1500, 1000);
+        assert_eq!(live.into_iter().collect::<Vec<_>>(), vec!["node-1", "node-3"]);
+        assert_eq!(hosted["node-2"].len(), 1, "what it still holds is reported");
     }
 }

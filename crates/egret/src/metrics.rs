@@ -18,8 +18,9 @@ pub struct Metrics {
     pub hosted: Gauge,
     /// Gossip members by status as this agent sees them.
     pub members: Family<Vec<(String, String)>, Gauge>,
-    /// Gossip datagrams dropped (failed authentication, unencrypted, stale, replayed, malformed).
-    pub gossip_rejected: Gauge,
+    /// Gossip datagrams dropped (failed authentication, unencrypted, stale, replayed, malformed),
+    /// since the agent started.
+    pub gossip_rejected: Counter,
 }
 
 impl Metrics {
@@ -34,9 +35,10 @@ impl Metrics {
         m.registry.register("egret_datapath_syncs", "Datapath syncs by result", m.syncs.clone());
         m.registry.register("egret_hosted_egress_ips", "Egress IPs this node hosts", m.hosted.clone());
         m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
+        // A counter: the text encoding adds the `_total` suffix.
         m.registry.register(
-            "egret_gossip_datagrams_rejected",
-            "Gossip datagrams dropped before membership processing (cumulative)",
+            "egret_gossip_rejected_datagrams",
+            "Gossip datagrams dropped before membership processing",
             m.gossip_rejected.clone(),
         );
         m
@@ -49,5 +51,19 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_gossip_datagrams_are_a_counter_named_by_the_convention() {
+        let m = Metrics::new();
+        m.gossip_rejected.inc_by(3);
+        let text = m.encode();
+        assert!(text.contains("# TYPE egret_gossip_rejected_datagrams counter"), "{text}");
+        assert!(text.contains("egret_gossip_rejected_datagrams_total 3"), "{text}");
     }
 }

@@ -411,3 +411,45 @@ fn an_agent_without_the_gossip_key_hosts_nothing() {
     let log = std::fs::read_to_string(format!("/run/egret/labs/{}/logs/agent-{gw}.log", lab.name)).unwrap();
     assert!(log.contains("will not host egress IPs"), "{log}");
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_gateway_whose_datapath_sync_fails_hands_its_ip_over_and_takes_it_back_once_repaired() {
+    let Some(lab) = Lab::up("sync_fails") else { return };
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let (gw, probe) = gateway_and_probe(&lab);
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    // Someone replaces Egret's address-holding device with one of their own: the gateway loses
+    // the IP, and every sync of its datapath now fails ("not created by Egret"), while its agent
+    // stays alive in gossip. It must stop being eligible so the others take the IP over.
+    let ns =
+        egret_netns::Netns::attach(&format!("egret-lab-{}-n{}", lab.name, gw.trim_start_matches("node-"))).unwrap();
+    ns.ip(&["link", "del", "egret-eip"]).unwrap();
+    // (a veth pair: every kernel that runs the lab has veth, not every one has dummy)
+    ns.ip(&["link", "add", "egret-eip", "type", "veth", "peer", "name", "not-egret"]).unwrap();
+    // The agent notices at its next periodic verification (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let others: Vec<String> = holders(&lab, "10.10.0.11").into_iter().filter(|h| *h != gw).collect();
+        if others.len() == 1 && lab.whoami(probe, "db-a") == "10.10.0.11" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "10.10.0.11 not taken over from {gw} (sync failing): holders {others:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.wait_egress("egress-prod-web", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    let log = std::fs::read_to_string(format!("/run/egret/labs/{}/logs/agent-{gw}.log", lab.name)).unwrap();
+    assert!(log.contains("not eligible to host"), "{log}");
+    // Repair: the retry (with back-off) succeeds, the node is eligible again and, placed first by
+    // rendezvous hashing, takes the IP back.
+    ns.ip(&["link", "del", "egret-eip"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while holders(&lab, "10.10.0.11") != vec![gw.clone()] {
+        assert!(Instant::now() < deadline, "after repair: holders {:?}", holders(&lab, "10.10.0.11"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
+}

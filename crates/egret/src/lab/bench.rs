@@ -2,10 +2,18 @@
 //!
 //! A probe inside a selected pod opens a new short TCP connection to the outside whoami server
 //! every 15 ms (each attempt on its own thread, so a hanging attempt never delays the next)
-//! and records when it started and which source address the server saw. Each trial kills the
-//! gateway with the same power loss as `lab kill-node`, measures the time from the kill to the
-//! start of the first attempt that succeeds again with the egress IP, restores the node, and
-//! waits for traffic to be steady again.
+//! and records when it started and which source address the server saw. Each trial:
+//!
+//! - **failover**: kills the gateway with the same power loss as `lab kill-node` (agent killed,
+//!   then link down) and measures from the moment the agent is killed to the start of the first
+//!   attempt that succeeds with the egress IP and started after the link went down (an attempt
+//!   started before could still leave through the old gateway, whose kernel state outlives its
+//!   agent);
+//! - **failback**: brings the node back (link up, agent started; it becomes eligible once settled
+//!   and in sync and, placed first by rendezvous hashing, takes its IPs back) and measures the
+//!   longest outage of the probe meanwhile: from the start of the first attempt of a run of
+//!   failed ones (or ones that left with another source) to the start of the next good attempt;
+//!   zero when no attempt failed.
 
 use super::state::LabState;
 use super::{percentile, power_off, power_on, reports};
@@ -108,49 +116,98 @@ fn egress_status(st: &LabState, egress: &str) -> anyhow::Result<(IpAddr, String)
     }
 }
 
+/// The longest outage among `samples` (sorted by start time): from the start of the first bad
+/// attempt of a run to the start of the next attempt that saw `ip`. A run still open at the end
+/// counts up to the last attempt. Zero if every attempt saw `ip`.
+fn longest_outage(samples: &[Sample], ip: IpAddr) -> Duration {
+    let mut worst = Duration::ZERO;
+    let mut bad_since: Option<Instant> = None;
+    for (t, seen) in samples {
+        match (*seen == Some(ip), bad_since) {
+            (true, Some(since)) => {
+                worst = worst.max(*t - since);
+                bad_since = None;
+            }
+            (false, None) => bad_since = Some(*t),
+            _ => {}
+        }
+    }
+    if let (Some(since), Some((last, _))) = (bad_since, samples.last()) {
+        worst = worst.max(*last - since);
+    }
+    worst
+}
+
+fn summary(what: &str, sorted: &[u64]) -> String {
+    format!(
+        "{what} gap over {} trials: p50 {} ms, p99 {} ms, max {} ms",
+        sorted.len(),
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
+        sorted.last().copied().unwrap_or(0)
+    )
+}
+
 /// Runs the failover benchmark.
 pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitCode> {
     super::need_root()?;
     let mut st = LabState::load(name)?;
     let to = SocketAddr::from((egret_netns::DB_A, egret_netns::WHOAMI_PORT));
     let mut gaps = Vec::new();
+    let mut failback_gaps = Vec::new();
+    let mut moved_back = 0usize;
     for trial in 1..=trials {
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The gateway per the status, once it agrees with the one node that reports holding
+        // the IP (the status follows a failback a moment later).
         let (ip, gateway) = loop {
-            if let Ok(v) = egress_status(&st, egress) {
-                break v;
+            if let Ok((ip, node)) = egress_status(&st, egress) {
+                let holders: Vec<String> =
+                    reports(&st).into_iter().filter(|(_, r)| r.hosted.contains(&ip)).map(|(n, _)| n).collect();
+                if holders == [node.clone()] {
+                    break (ip, node);
+                }
             }
             if Instant::now() > deadline {
                 return egress_status(&st, egress).map(|_| ExitCode::FAILURE);
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // A probe pod steered by this Egress on another node than the gateway.
-        let pod = st
-            .pods
-            .iter()
-            .filter(|(_, p)| p.node != gateway)
-            .find(|(_, p)| {
-                Netns::attach(&p.netns)
-                    .ok()
-                    .and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok())
-                    .is_some_and(|c| c.seen == ip)
-            })
-            .map(|(k, p)| (k.clone(), p.netns.clone()))
-            .with_context(|| format!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}"))?;
+        // A probe pod steered by this Egress on another node than the gateway (retried: on a
+        // busy machine one attempt may time out).
+        let find = || {
+            st.pods
+                .iter()
+                .filter(|(_, p)| p.node != gateway)
+                .find(|(_, p)| {
+                    Netns::attach(&p.netns)
+                        .ok()
+                        .and_then(|ns| WhoamiConn::open(&ns, to, ATTEMPT_TIMEOUT).ok())
+                        .is_some_and(|c| c.seen == ip)
+                })
+                .map(|(k, p)| (k.clone(), p.netns.clone()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pod = loop {
+            if let Some(p) = find() {
+                break p;
+            }
+            if Instant::now() > deadline {
+                bail!("no pod outside {gateway} leaves as {ip} through Egress {egress:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let probe = Probe::start(&Netns::attach(&pod.1)?, to)?;
         wait_steady(&probe, ip, Duration::from_millis(300), Duration::from_secs(10))?;
-        power_off(&mut st, &gateway)?;
-        // From the moment the link is down: an attempt started earlier could still succeed
-        // through the old gateway and make the gap look shorter.
-        let killed_at = Instant::now();
+        let cut = power_off(&mut st, &gateway)?;
+        // The clock starts when the agent is killed; only attempts started once the link was
+        // down count as recovered, since until then the old gateway's kernel still forwards.
         let gap = loop {
             std::thread::sleep(Duration::from_millis(20));
-            let now = Instant::now();
-            if let Some((t, _)) = probe.since(killed_at).into_iter().find(|(_, s)| *s == Some(ip)) {
-                break t - killed_at;
+            if let Some((t, _)) = probe.since(cut.link_down_at).into_iter().find(|(_, s)| *s == Some(ip)) {
+                break t - cut.killed_at;
             }
-            if now - killed_at > Duration::from_secs(20) {
+            if cut.killed_at.elapsed() > Duration::from_secs(20) {
                 power_on(&mut st, &gateway)?;
                 bail!("trial {trial}: {} never reached {ip} again within 20 s of killing {gateway}", pod.0);
             }
@@ -165,22 +222,62 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
             }
             Ok(false)
         });
-        outln!(
-            "trial {trial:>2}: killed {gateway}, {} back on {ip} via {new_gateway} after {} ms",
-            pod.0,
-            gap.as_millis()
-        );
-        gaps.push(gap.as_millis() as u64);
+        // Failback: from the moment the node is switched back on until traffic is steady again
+        // and the probe's last attempts have all reported.
+        let back_at = Instant::now();
         power_on(&mut st, &gateway)?;
         wait_steady(&probe, ip, Duration::from_millis(500), Duration::from_secs(20))?;
+        std::thread::sleep(ATTEMPT_TIMEOUT);
+        let settled_at = Instant::now() - ATTEMPT_TIMEOUT;
+        let during: Vec<Sample> = probe.since(back_at).into_iter().filter(|(t, _)| *t <= settled_at).collect();
+        let failback = longest_outage(&during, ip);
+        let holder_after =
+            reports(&st).into_iter().find(|(_, r)| r.hosted.contains(&ip)).map_or_else(|| "?".to_string(), |(n, _)| n);
+        if holder_after == gateway {
+            moved_back += 1;
+        }
+        outln!(
+            "trial {trial:>3}: killed {gateway}, {} back on {ip} via {new_gateway} after {} ms; failback to {holder_after}: gap {} ms",
+            pod.0,
+            gap.as_millis(),
+            failback.as_millis()
+        );
+        gaps.push(gap.as_millis() as u64);
+        failback_gaps.push(failback.as_millis() as u64);
     }
     gaps.sort_unstable();
+    failback_gaps.sort_unstable();
+    outln!("{}", summary("failover", &gaps));
     outln!(
-        "failover gap over {} trials: p50 {} ms, p99 {} ms, max {} ms",
-        gaps.len(),
-        percentile(&gaps, 50.0),
-        percentile(&gaps, 99.0),
-        gaps.last().copied().unwrap_or(0)
+        "{} (the IP moved back to the returning node in {moved_back} of {trials})",
+        summary("failback", &failback_gaps)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_outage_runs_from_the_first_bad_attempt_to_the_next_good_one() {
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.10.0.11".parse().unwrap();
+        let other: IpAddr = "10.10.0.104".parse().unwrap();
+        let at = |ms: u64, seen: Option<IpAddr>| (t0 + Duration::from_millis(ms), seen);
+        assert_eq!(longest_outage(&[], ip), Duration::ZERO);
+        assert_eq!(longest_outage(&[at(0, Some(ip)), at(15, Some(ip))], ip), Duration::ZERO);
+        let samples = [
+            at(0, Some(ip)),
+            at(15, None),
+            at(30, Some(ip)),
+            at(45, Some(other)),
+            at(60, None),
+            at(75, None),
+            at(90, Some(ip)),
+            at(105, None),
+        ];
+        assert_eq!(longest_outage(&samples, ip), Duration::from_millis(45));
+        assert_eq!(longest_outage(&samples[..6], ip), Duration::from_millis(30), "open run at the end");
+    }
 }

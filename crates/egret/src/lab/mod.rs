@@ -120,10 +120,10 @@ pub enum LabCmd {
 /// Lab benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Gap in a pod's traffic when its gateway node loses power.
+    /// Gap in a pod's traffic when its gateway node loses power, and when it comes back.
     Failover {
-        /// Number of trials.
-        #[arg(long, default_value = "20")]
+        /// Number of trials (with 100 or more, the p99 is not simply the maximum).
+        #[arg(long, default_value = "100")]
         trials: usize,
         /// The Egress whose gateway is killed.
         #[arg(long, default_value = "egress-prod-web")]
@@ -794,22 +794,34 @@ fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<
 
 /// Power loss on `node`: its agent is killed and the router's port to it goes down (the node
 /// loses carrier, as with a pulled cable).
-fn power_off(st: &mut LabState, node: &str) -> anyhow::Result<()> {
+fn power_off(st: &mut LabState, node: &str) -> anyhow::Result<CutOff> {
     cut_off(st, node, true)
 }
 
+/// When a node was cut off: its agent killed, then its link taken down.
+pub(crate) struct CutOff {
+    /// Just before the agent was killed (or the link taken down, if the agent was kept).
+    pub killed_at: Instant,
+    /// Once the link was down.
+    pub link_down_at: Instant,
+}
+
 /// Takes `node`'s link down; with `kill_agent`, kills its agent too (power loss).
-fn cut_off(st: &mut LabState, node: &str, kill_agent: bool) -> anyhow::Result<()> {
+fn cut_off(st: &mut LabState, node: &str, kill_agent: bool) -> anyhow::Result<CutOff> {
     let n = st.node(node)?.clone();
+    let router = Netns::attach(&st.router)?;
+    let killed_at = Instant::now();
     if let Some(&pid) = st.agents.get(node)
         && kill_agent
         && alive(pid)
     {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    Netns::attach(&st.router)?.ip(&["link", "set", &n.router_port, "down"])?;
+    router.ip(&["link", "set", &n.router_port, "down"])?;
+    let link_down_at = Instant::now();
     st.killed.insert(node.to_string());
-    st.save()
+    st.save()?;
+    Ok(CutOff { killed_at, link_down_at })
 }
 
 /// Brings `node` back: link up, agent restarted, waits until it is ready.
