@@ -106,8 +106,13 @@ pub struct Index {
     ns_candidates: HashMap<String, BTreeSet<Arc<str>>>,
 
     live: BTreeSet<String>,
-    /// Validation and allocation; `None` when Egress or pool objects changed since.
+    /// Validation and allocation, as of the last time they were computed.
     objects: Option<Objects>,
+    /// Whether Egress or pool objects changed since `objects` was computed.
+    objects_stale: bool,
+    /// The native Egresses changed since then, when only those changed (`None`: anything may
+    /// have, re-validate everything).
+    dirty_egresses: Option<BTreeSet<String>>,
     /// The validated Egresses the groups were last matched against.
     matched_against: BTreeMap<String, Egress>,
     /// Placement and conditions; `None` when objects, Nodes or the live set changed since.
@@ -189,6 +194,8 @@ impl Index {
             ns_candidates: HashMap::new(),
             live: BTreeSet::new(),
             objects: None,
+            objects_stale: true,
+            dirty_egresses: None,
             matched_against: BTreeMap::new(),
             outcomes: None,
             node_facts: None,
@@ -218,7 +225,21 @@ impl Index {
         let kind = change.kind();
         let objects_changed = match change {
             Change::Pools(ev) => self.object_event(kind, ev, |s| &mut s.pools, |p| p.metadata.name.clone()),
-            Change::Egresses(ev) => self.object_event(kind, ev, |s| &mut s.egresses, |e| e.metadata.name.clone()),
+            Change::Egresses(ev) => {
+                let names = match &ev {
+                    Event::Apply(e) => e.metadata.name.clone().map(|n| vec![n]),
+                    Event::Delete(r) => Some(vec![r.name.clone()]),
+                    Event::Reset(_) => None,
+                };
+                let changed = self.object_event(kind, ev, |s| &mut s.egresses, |e| e.metadata.name.clone());
+                if changed {
+                    match (names, self.dirty_egresses.as_mut()) {
+                        (Some(names), Some(dirty)) => dirty.extend(names),
+                        _ => self.dirty_egresses = None,
+                    }
+                }
+                changed
+            }
             Change::AntreaPools(ev) => {
                 self.object_event(kind, ev, |s| &mut s.antrea_pools, |p| p.metadata.name.clone())
             }
@@ -240,7 +261,10 @@ impl Index {
             }
         };
         if objects_changed {
-            self.objects = None;
+            if !matches!(kind, Kind::Egress) {
+                self.dirty_egresses = None;
+            }
+            self.objects_stale = true;
             self.outcomes = None;
         }
     }
@@ -403,12 +427,20 @@ impl Index {
     /// Brings validation and allocation up to date, re-matching groups against the Egresses
     /// whose selection changed.
     fn objects(&mut self) -> &Objects {
-        if self.objects.is_none() {
-            self.translate_problems();
-            let (pools, egresses) = self.all_objects();
-            let validated = validate::validate(&pools, &egresses);
-            let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
-            self.rematch(&before);
+        if self.objects.is_none() || self.objects_stale {
+            let (validated, before, candidates) = match self.revalidate_some() {
+                Some(r) => r,
+                None => {
+                    self.translate_problems();
+                    let (pools, egresses) = self.all_objects();
+                    let validated = validate::validate(&pools, &egresses);
+                    let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
+                    let candidates: BTreeSet<String> =
+                        before.keys().chain(validated.egresses.keys()).cloned().collect();
+                    (validated, before, candidates)
+                }
+            };
+            self.rematch(&candidates, &before);
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
@@ -419,15 +451,14 @@ impl Index {
             // Egress whose destinations changed are stale (a selector edit keeps them all).
             let same_order = self.objects_order.as_deref() == Some(order.as_slice());
             if same_order {
-                let stale: BTreeSet<usize> = order
+                let stale: BTreeSet<usize> = candidates
                     .iter()
-                    .enumerate()
-                    .filter(|(_, n)| {
-                        let (a, b) = (before.get(&***n), validated.egresses.get(&***n));
+                    .filter(|n| {
+                        let (a, b) = (before.get(*n), validated.egresses.get(*n));
                         a.map(|e| (&e.destinations, &e.excluded, e.family))
                             != b.map(|e| (&e.destinations, &e.excluded, e.family))
                     })
-                    .map(|(i, _)| i)
+                    .filter_map(|n| rank.get(n.as_str()).copied())
                     .collect();
                 if !stale.is_empty() {
                     self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
@@ -437,8 +468,42 @@ impl Index {
             }
             self.objects_order = Some(order.clone());
             self.objects = Some(Objects { validated, allocations, order, rank });
+            self.objects_stale = false;
+            self.dirty_egresses = Some(BTreeSet::new());
         }
         self.objects.get_or_insert_with(Objects::default)
+    }
+
+    /// When only a few native Egresses changed (and no foreign objects exist, whose translated
+    /// names could collide with them), validates just those against the unchanged pools.
+    /// Returns the new validation, the changed Egresses' previous models and their names.
+    #[allow(clippy::type_complexity)]
+    fn revalidate_some(&mut self) -> Option<(Validated, BTreeMap<String, Egress>, BTreeSet<String>)> {
+        let few = self.dirty_egresses.as_ref().is_some_and(|d| d.len() <= 16);
+        let foreign = !(self.antrea_pools.is_empty() && self.antrea_egresses.is_empty() && self.cilium.is_empty());
+        if !few || foreign || self.objects.is_none() {
+            return None;
+        }
+        let dirty = self.dirty_egresses.take().unwrap_or_default();
+        let mut validated = self.objects.take().map(|o| o.validated).unwrap_or_default();
+        let pools: Vec<api::ExternalIPPool> = self.pools.values().cloned().collect();
+        let mut before = BTreeMap::new();
+        for name in &dirty {
+            validated.egresses.remove(name);
+            if let Some(old) = self.matched_against.remove(name) {
+                before.insert(name.clone(), old);
+            }
+            validated.problems.retain(|p| !(p.kind == "Egress" && &p.name == name));
+            if let Some(obj) = self.egresses.get(name) {
+                let v = validate::validate(&pools, std::slice::from_ref(obj));
+                validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
+                if let Some(m) = v.egresses.into_values().next() {
+                    self.matched_against.insert(name.clone(), m.clone());
+                    validated.egresses.insert(name.clone(), m);
+                }
+            }
+        }
+        Some((validated, before, dirty))
     }
 
     /// Brings every derived part up to date.
@@ -472,18 +537,15 @@ impl Index {
         }
     }
 
-    /// Re-matches every group against each Egress whose selection differs between `before`
-    /// and `after` (added, removed or changed), and updates the per-namespace candidates.
-    fn rematch(&mut self, before: &BTreeMap<String, Egress>) {
+    /// Re-matches every group against each Egress among `candidates` whose selection differs
+    /// between `before` and now (added, removed or changed), and updates the per-namespace
+    /// candidates.
+    fn rematch(&mut self, candidates: &BTreeSet<String>, before: &BTreeMap<String, Egress>) {
         let after = &self.matched_against;
-        let changed: Vec<String> = before
-            .keys()
-            .chain(after.keys())
-            .map(String::as_str)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+        let changed: Vec<String> = candidates
+            .iter()
             .filter(|n| before.get(*n).map(|e| &e.applied_to) != after.get(*n).map(|e| &e.applied_to))
-            .map(str::to_string)
+            .cloned()
             .collect();
         if changed.is_empty() {
             return;
