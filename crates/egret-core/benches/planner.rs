@@ -3,8 +3,8 @@
 //! Run: `cargo bench -p egret-core --bench planner` (add `-- --quick` for a short run).
 //!
 //! The world (see [`world`]): 5,000 nodes (every tenth a gateway), 2,000 namespaces, 100,000
-//! pods with five `app` values, one /16 pool, 2,000 Egresses. Three quarters select one
-//! namespace each (`team=tK`, `app In [a0,a1,a2]`); the other quarter select across
+//! pods (every namespace holds all five `app` values), one /16 pool, 2,000 Egresses. Three
+//! quarters select one namespace each (`team=tK`, `app In [a0,a1,a2]`); the other quarter select across
 //! namespaces (`tier In [gX]`: 50 namespaces each, every namespace is picked by about 12 of
 //! them) with pod selectors (`app In [a2,a3]` or `app NotIn [a0,a1,a4]`) that overlap the
 //! per-namespace Egresses on `a2` and each other on `a3`, and narrow their destinations to two
@@ -59,7 +59,8 @@ fn egress(k: usize) -> api::Egress {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "tier".into(),
                 operator: "In".into(),
-                values: Some(vec![format!("g{}", k % TIERS)]),
+                // Cross-namespace Egresses are k = 4m + 1: spread them over the tiers by m.
+                values: Some(vec![format!("g{}", (k / 4) % TIERS)]),
             }]),
         };
         // Two spellings of overlapping pod selectors: both match a3, the first also a2.
@@ -127,7 +128,8 @@ fn world() -> World {
             Pod {
                 namespace: format!("ns-{}", j % EGRESSES),
                 name: format!("pod-{j}"),
-                labels: labels(&[("app", format!("a{}", j % 5))]),
+                // Every namespace holds pods of all five app values (not one per namespace).
+                labels: labels(&[("app", format!("a{}", (j / EGRESSES) % 5))]),
                 node: Some(format!("node-{node}")),
                 ips: vec![IpAddr::V4(Ipv4Addr::new(
                     10,
@@ -178,14 +180,15 @@ fn bench(c: &mut Criterion) {
     }
     let shared = by_source.values().filter(|e| e.len() > 1).count();
     assert!(shared >= PODS / 10, "only {shared} pods are steered by more than one Egress");
+    eprintln!("world: {} steering rules; {shared} pods split between several Egresses", p.rules.len());
 
     // The changed worlds, built outside the timed loops.
     let mut added = w.clone();
     added.pods.push(new_pod());
     let mut relabelled = w.clone();
-    // pod-12345 (ns-345, node-2345) moves from app=a0 to app=a3: from its namespace's Egress to
+    // pod-10346 (ns-346, node-346) moves from app=a0 to app=a3: from its namespace's Egress to
     // the cross-namespace ones of its tier.
-    let moved = relabelled.pods.iter_mut().find(|p| p.name == "pod-12345").expect("pod-12345");
+    let moved = relabelled.pods.iter_mut().find(|p| p.name == "pod-10346").expect("pod-10346");
     assert_eq!(moved.labels.get("app").map(String::as_str), Some("a0"));
     moved.labels.insert("app".into(), "a3".into());
     let moved_node = moved.node.clone().expect("scheduled");
