@@ -84,6 +84,6 @@ seen prod/web-1 db-a; seen prod/web-1 bad-host; seen default/malicious-1 db-a
 get
 
 say "Store change -> every node's datapath programmed"
-run lab bench latency --trials 20 --name "$lab"
+run lab bench latency --name "$lab"
 
 say "Tear down"
