@@ -216,7 +216,7 @@ fn bench_pods_yaml(st: &LabState) -> String {
 /// The bench's Egress: the bench pods only, leaving through node-1's own address, to one of
 /// two destination sets.
 fn bench_egress_yaml(variant: usize) -> String {
-    let dest = if variant % 2 == 0 { "192.0.2.0/24" } else { "192.0.2.0/25" };
+    let dest = if variant.is_multiple_of(2) { "192.0.2.0/24" } else { "192.0.2.0/25" };
     format!(
         "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {{name: bench-latency}}\nspec:\n  appliedTo:\n    namespaceSelector: {{matchLabels: {{egret.dev/bench: latency}}}}\n    podSelector: {{matchLabels: {{app: bench-latency}}}}\n  egressIP: {}\n  destinationCIDRs: [{dest}]\n",
         egret_netns::node_ip(1)
