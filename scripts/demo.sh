@@ -2,19 +2,22 @@
 # The main demo: builds Egret, brings up the lab (a whole cluster in network namespaces on this
 # machine: a router, six nodes each running a real agent, a controller, pods and outside
 # servers), applies the seed scenarios one after another, shows what the outside server sees
-# from which pod, and tears everything down. Run as root on Linux; a few minutes.
+# from which pod, and tears everything down. Run as root on Linux (a root shell, no sudo
+# needed: the script never calls it); a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-  echo "error: the lab creates network namespaces: run as root (sudo $0)" >&2
+  echo "error: the lab creates network namespaces: run $0 as root" >&2
   exit 1
 fi
+# command:package pairs of what the lab and this script run.
 need=()
-for cmd in nft:nftables ip:iproute2 conntrack:conntrack; do
+for cmd in nft:nftables ip:iproute2 conntrack:conntrack sysctl:procps python3:python3; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "installing: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -81,6 +84,6 @@ seen prod/web-1 db-a; seen prod/web-1 bad-host; seen default/malicious-1 db-a
 get
 
 say "Store change -> every node's datapath programmed"
-run lab bench latency --trials 20 --name "$lab"
+run lab bench latency --name "$lab"
 
 say "Tear down"

@@ -10,9 +10,7 @@ use std::time::Duration;
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn a_node_stops_announcing_an_ip_as_soon_as_it_moves_away() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let topo = Topology::build(&TopologySpec::new("ann-stop", 3).pod("web-1", 1, WEB1)).unwrap();
     let mut c = Cluster::web_egress(3, &[2, 3]);
     let before = c.plan();

@@ -17,9 +17,7 @@ fn on(node: usize) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelec
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn peer_ids_survive_joins_leaves_and_restarts_and_keep_an_established_connection() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let spec = TopologySpec::new("id-stable", 3).pod("web-1", 1, WEB1).pod("api-1", 1, API1);
     let topo = Topology::build(&spec).unwrap();
     let mut c = Cluster::new(3, &[2, 3]);

@@ -9,10 +9,9 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let topo = Topology::build(&TopologySpec::new("life-resync", 2).pod("web-1", 1, WEB1)).unwrap();
     let c = Cluster::web_egress(2, &[2]);
     let plan = c.plan();
@@ -67,10 +66,9 @@ fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn cleanup_leaves_the_node_exactly_as_before_and_touches_nothing_else() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let topo = Topology::build(&TopologySpec::new("life-clean", 2).pod("web-1", 1, WEB1)).unwrap();
     let n1 = &topo.node(1).ns;
     // Other parties' state that Egret must leave alone, including look-alikes.
@@ -102,10 +100,9 @@ fn cleanup_leaves_the_node_exactly_as_before_and_touches_nothing_else() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn a_large_plan_applies_in_one_transaction_without_growing_the_rules() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let topo = Topology::build(&TopologySpec::new("life-large", 2)).unwrap();
     // 10,000 pods on node-1 in 1,000 namespaces, one Egress per namespace, gateways on node-2.
     let mut c = Cluster::new(2, &[2]);

@@ -67,9 +67,7 @@ impl Flow {
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_deleted() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let web2 = std::net::Ipv4Addr::new(10, 244, 2, 10);
     let spec = TopologySpec::new("resteer", 3).pod("web-1", 1, WEB1).pod("web-2", 2, web2);
     let topo = Topology::build(&spec).unwrap();

@@ -10,10 +10,9 @@ const CLIENT1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn selected_pods_leave_with_the_egress_ip_from_any_node_and_others_with_their_node_ip() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let spec =
         TopologySpec::new("steer-basic", 3).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1).pod("web-2", 2, WEB2);
     let topo = Topology::build(&spec).unwrap();
@@ -60,10 +59,9 @@ fn selected_pods_leave_with_the_egress_ip_from_any_node_and_others_with_their_no
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn excluded_outside_destination_and_cluster_internal_traffic_are_not_steered() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let service = Ipv4Addr::new(10, 96, 0, 10);
     let api1 = Ipv4Addr::new(10, 244, 1, 20);
     let peer = Ipv4Addr::new(10, 244, 3, 10);
@@ -108,10 +106,9 @@ fn excluded_outside_destination_and_cluster_internal_traffic_are_not_steered() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let spec = TopologySpec::new("steer-drop", 2).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1);
     let topo = Topology::build(&spec).unwrap();
     // No node carries the gateway label: the IP is allocated but has no gateway.
@@ -140,10 +137,9 @@ fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
-    if skip() {
-        return;
-    }
+    egret_netns::require_privileged();
     let spec = TopologySpec::new("steer-move", 3).pod("web-1", 1, WEB1);
     let topo = Topology::build(&spec).unwrap();
     let mut c = Cluster::web_egress(3, &[2, 3]);

@@ -61,21 +61,78 @@ pub enum Error {
     Spec(String),
 }
 
-/// Why privileged tests cannot run here (`None`: they can): not root, or `ip`/`nft` missing.
+/// Why privileged code cannot run here (`None`: it can): not root, or a tool of `need` missing.
 pub fn skip_reason(need: &[&str]) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
-    for tool in need {
-        let found = std::process::Command::new(tool)
+    missing_tool(need).map(|tool| format!("`{tool}` is not installed"))
+}
+
+/// The first tool of `need` that cannot be run.
+fn missing_tool<'a>(need: &[&'a str]) -> Option<&'a str> {
+    need.iter().copied().find(|tool| {
+        std::process::Command::new(tool)
             .arg(if *tool == "iperf3" { "--version" } else { "-V" })
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok();
-        if !found {
-            return Some(format!("`{tool}` is not installed"));
-        }
+            .is_err()
+    })
+}
+
+/// The environment variable that privileged tests require to be `1`, so that they run only
+/// where someone asked for them (they create namespaces and nftables tables).
+pub const PRIVILEGED_ENV: &str = "EGRET_PRIVILEGED_TESTS";
+
+/// Why a privileged test may not run (`None`: it may): pure, so the decision is unit-tested.
+fn privileged_problem(root: bool, env: Option<&str>, missing: Option<&str>) -> Option<String> {
+    let mut why = Vec::new();
+    if !root {
+        why.push("not running as root".to_string());
     }
-    None
+    if env != Some("1") {
+        why.push(format!("{PRIVILEGED_ENV} is not set to 1"));
+    }
+    if let Some(tool) = missing {
+        why.push(format!("`{tool}` is not installed (iproute2, nftables)"));
+    }
+    (!why.is_empty()).then(|| {
+        format!(
+            "this privileged test cannot run: {}; run it as root with `{PRIVILEGED_ENV}=1 cargo test -- --include-ignored` (scripts/test.sh does)",
+            why.join(", ")
+        )
+    })
+}
+
+/// Called first by every privileged test (those marked
+/// `#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]`): panics, saying why,
+/// unless the test runs as root with `EGRET_PRIVILEGED_TESTS=1` and `ip` and `nft` installed.
+/// A privileged test that cannot run must fail, never pass by returning early.
+pub fn require_privileged() {
+    let env = std::env::var(PRIVILEGED_ENV).ok();
+    let root = nix::unistd::geteuid().is_root();
+    // Probing tools only makes sense once the rest holds; it also keeps the message short.
+    let missing = if root && env.as_deref() == Some("1") { missing_tool(&["ip", "nft"]) } else { None };
+    if let Some(why) = privileged_problem(root, env.as_deref(), missing) {
+        panic!("{why}");
+    }
+}
+
+#[cfg(test)]
+mod privileged_tests {
+    use super::privileged_problem;
+
+    #[test]
+    fn privileged_tests_run_only_as_root_with_the_variable_and_the_tools() {
+        assert_eq!(privileged_problem(true, Some("1"), None), None);
+        let not_root = privileged_problem(false, Some("1"), None).unwrap_or_default();
+        assert!(not_root.contains("not running as root"), "{not_root}");
+        for env in [None, Some("0"), Some("yes")] {
+            let why = privileged_problem(true, env, None).unwrap_or_default();
+            assert!(why.contains("EGRET_PRIVILEGED_TESTS is not set to 1"), "{why}");
+        }
+        let tool = privileged_problem(true, Some("1"), Some("nft")).unwrap_or_default();
+        assert!(tool.contains("`nft` is not installed"), "{tool}");
+    }
 }

@@ -12,11 +12,9 @@ fn to(ip: Ipv4Addr) -> SocketAddr {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn stand_in_cni_routes_pods_and_masquerades_to_the_node_ip() {
-    if let Some(why) = skip_reason(&["ip", "nft"]) {
-        eprintln!("skipping: {why}");
-        return;
-    }
+    require_privileged();
     let spec = TopologySpec::new("topo-cni", 2).pod("a", 1, Ipv4Addr::new(10, 244, 1, 10)).pod(
         "b",
         2,
@@ -43,11 +41,9 @@ fn stand_in_cni_routes_pods_and_masquerades_to_the_node_ip() {
 }
 
 #[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn namespaces_are_removed_on_panic() {
-    if let Some(why) = skip_reason(&["ip"]) {
-        eprintln!("skipping: {why}");
-        return;
-    }
+    require_privileged();
     let name = unique_prefix("topo-panic");
     let n2 = name.clone();
     let r = std::panic::catch_unwind(move || {

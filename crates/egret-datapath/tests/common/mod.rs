@@ -18,14 +18,6 @@ pub const T: Duration = Duration::from_secs(3);
 /// The address of pod `default/web-1` on node 1 in most scenarios.
 pub const WEB1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 
-pub fn skip() -> bool {
-    if let Some(why) = egret_netns::skip_reason(&["ip", "nft"]) {
-        eprintln!("skipping: {why}");
-        return true;
-    }
-    false
-}
-
 pub fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
     kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }

@@ -1,5 +1,14 @@
-//! `egret lab bench failover`: the gap in a pod's traffic when its gateway node dies.
+//! Lab benchmarks.
 //!
+//! `egret lab bench latency`: from a store change to "programmed" on every node. The bench
+//! first puts one pod on every node (namespace `egret-bench`), then applies [`latency`]'s
+//! Egress selecting exactly those pods again and again, alternating its destinations, so
+//! that every change changes the plan, and so the datapath, of every node. Before counting a
+//! sample it checks with the planner that the node's plan really changed (and stops if not).
+//! A node's latency is the time from the store stamp of the change to the moment its agent
+//! reports having programmed a state at least that new (`programmed_at_ms`).
+//!
+//! `egret lab bench failover`: the gap in a pod's traffic when its gateway node dies.
 //! A probe inside a selected pod opens a new short TCP connection to the outside whoami server
 //! every 15 ms (each attempt on its own thread, so a hanging attempt never delays the next)
 //! and records when it started and which source address the server saw. Each trial:
@@ -18,7 +27,10 @@
 use super::state::LabState;
 use super::{percentile, power_off, power_on, reports};
 use anyhow::{Context, bail};
+use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_netns::{Netns, WhoamiConn};
+use egret_store::{Store, read_paths};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -252,6 +264,125 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
         "{} (the IP moved back to the returning node in {moved_back} of {trials})",
         summary("failback", &failback_gaps)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The namespace of the latency bench's pods and its label.
+const BENCH_NS: &str = "egret-bench";
+
+/// The bench's Namespace and one pod per live node.
+fn bench_pods_yaml(st: &LabState) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {BENCH_NS}\n  labels: {{kubernetes.io/metadata.name: {BENCH_NS}, egret.dev/bench: latency}}\n"
+    );
+    for node in st.nodes.keys().filter(|n| !st.killed.contains(*n)) {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  namespace: {BENCH_NS}\n  name: bench-{node}\n  labels: {{app: bench-latency}}\nspec:\n  nodeName: {node}\n  containers: [{{name: main, image: egret-lab/none}}]\n"
+        ));
+    }
+    y
+}
+
+/// The bench's Egress: the bench pods only, leaving through node-1's own address, to one of
+/// two destination sets.
+fn bench_egress_yaml(variant: usize) -> String {
+    let dest = if variant.is_multiple_of(2) { "192.0.2.0/24" } else { "192.0.2.0/25" };
+    format!(
+        "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {{name: bench-latency}}\nspec:\n  appliedTo:\n    namespaceSelector: {{matchLabels: {{egret.dev/bench: latency}}}}\n    podSelector: {{matchLabels: {{app: bench-latency}}}}\n  egressIP: {}\n  destinationCIDRs: [{dest}]\n",
+        egret_netns::node_ip(1)
+    )
+}
+
+/// Every live node's plan as the store holds it now (what each agent computes).
+fn node_plans(st: &LabState, live: &BTreeSet<String>) -> anyhow::Result<BTreeMap<String, NodePlan>> {
+    let (objs, errs) = Store::open(st.store())?.load();
+    if let Some(e) = errs.first() {
+        bail!("the lab store has a bad document: {e}");
+    }
+    let (_, plan) = objs.plan(live, &ClusterConfig::default());
+    Ok(live.iter().filter_map(|n| Some((n.clone(), plan.node_plan(n)?))).collect())
+}
+
+/// p50, p99 and max of `v` (sorted here).
+fn latency_summary(v: &mut [u64]) -> String {
+    v.sort_unstable();
+    format!(
+        "{:>3} samples: p50 {:>3} ms, p99 {:>3} ms, max {:>3} ms",
+        v.len(),
+        percentile(v, 50.0),
+        percentile(v, 99.0),
+        v.last().copied().unwrap_or(0)
+    )
+}
+
+/// Runs the latency benchmark: `trials` changes, each one a sample on every live node.
+pub fn latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
+    super::need_root()?;
+    if trials == 0 {
+        bail!("--trials must be at least 1");
+    }
+    let st = LabState::load(name)?;
+    let dir = super::tempfile_dir()?;
+    let pods = dir.join("bench-pods.yaml");
+    let egress = dir.join("bench-egress.yaml");
+    std::fs::write(&pods, bench_pods_yaml(&st))?;
+    outln!("adding a bench pod to every node (namespace {BENCH_NS})");
+    // A rejected apply prints why; the trials then stop at the first node without a pod.
+    let result = super::apply(name, std::slice::from_ref(&pods)).and_then(|_| latency_trials(name, trials, &egress));
+    // Remove the Egress and the pods even when a trial failed.
+    let mut cleanup = Vec::new();
+    for f in [&egress, &pods] {
+        if f.exists()
+            && let Err(e) = super::delete(name, std::slice::from_ref(f))
+        {
+            cleanup.push(format!("{e:#}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let code = result?;
+    if !cleanup.is_empty() {
+        bail!("removing the bench objects: {}", cleanup.join("; "));
+    }
+    Ok(code)
+}
+
+fn latency_trials(name: &str, trials: usize, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let st = LabState::load(name)?;
+    let live: BTreeSet<String> = st.nodes.keys().filter(|n| !st.killed.contains(*n)).cloned().collect();
+    let missing: Vec<&String> = live.iter().filter(|n| !st.pods.values().any(|p| p.node == **n)).collect();
+    if !missing.is_empty() {
+        bail!("nodes {missing:?} have no pod; the bench pods were not added");
+    }
+    let mut before = node_plans(&st, &live)?;
+    let mut per_node: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Trial 0 creates the Egress (or resets a leftover one): a change, but not a sample.
+    for trial in 0..=trials {
+        std::fs::write(file, bench_egress_yaml(trial))?;
+        let (objs, errs) = read_paths(std::slice::from_ref(&file.to_path_buf()));
+        if let Some(e) = errs.first() {
+            bail!("{e}");
+        }
+        let applied = Store::open(st.store())?.apply(objs)?;
+        let lat = super::wait_programmed(&st, applied.stamp_ms, Duration::from_secs(15))?;
+        let after = node_plans(&st, &live)?;
+        if trial > 0 {
+            for node in &live {
+                if before.get(node) == after.get(node) {
+                    bail!("change {trial}: {node}'s plan did not change, so its sample would not be a real change");
+                }
+                let ms = lat.get(node).copied().with_context(|| format!("no latency for {node}"))?;
+                per_node.entry(node.clone()).or_default().push(ms);
+            }
+        }
+        before = after;
+    }
+    outln!("store change -> datapath programmed, {trials} changes, each a real change of every node's plan:");
+    let mut all = Vec::new();
+    for (node, v) in &mut per_node {
+        all.extend(v.iter().copied());
+        outln!("  {node:<8} {}", latency_summary(v));
+    }
+    outln!("  {:<8} {}", "all", latency_summary(&mut all));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -129,9 +129,10 @@ pub enum BenchCmd {
         #[arg(long, default_value = "egress-prod-web")]
         egress: String,
     },
-    /// Store change -> datapath programmed on every node.
+    /// Store change -> datapath programmed on every node (adds a bench pod to every node so
+    /// that every change changes every node's datapath; removes them afterwards).
     Latency {
-        /// Number of changes.
+        /// Number of changes (each one a sample on every node).
         #[arg(long, default_value = "50")]
         trials: usize,
     },
@@ -156,7 +157,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::KillNode { node, keep_agent } => kill_node(name, &node, keep_agent),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
         LabCmd::Restart { target, without_key } => restart(name, &target, without_key),
-        LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench_latency(name, trials),
+        LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench::latency(name, trials),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
     }
@@ -897,46 +898,6 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn bench_latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
-    need_root()?;
-    let st = LabState::load(name)?;
-    let dir = tempfile_dir()?;
-    let file = dir.join("bench-egress.yaml");
-    let mut all = Vec::new();
-    for i in 0..trials {
-        // Alternate the destination so every apply is a real change for every node.
-        let dest = if i % 2 == 0 { "192.0.2.0/24" } else { "192.0.2.0/25" };
-        std::fs::write(
-            &file,
-            format!(
-                "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {{name: bench-latency}}\nspec:\n  appliedTo: {{podSelector: {{}}}}\n  egressIP: {}\n  destinationCIDRs: [{dest}]\n",
-                egret_netns::node_ip(1)
-            ),
-        )?;
-        let (objs, errs) = read_paths(std::slice::from_ref(&file));
-        if let Some(e) = errs.first() {
-            bail!("{e}");
-        }
-        let applied = Store::open(st.store())?.apply(objs)?;
-        let lat = wait_programmed(&st, applied.stamp_ms, Duration::from_secs(15))?;
-        all.extend(lat.values().copied());
-    }
-    let (objs, _) = read_paths(std::slice::from_ref(&file));
-    Store::open(st.store())?.delete(&objs)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    all.sort_unstable();
-    outln!(
-        "store change -> datapath programmed, {} changes x {} nodes = {} samples: p50 {} ms, p99 {} ms, max {} ms",
-        trials,
-        st.nodes.len() - st.killed.len(),
-        all.len(),
-        percentile(&all, 50.0),
-        percentile(&all, 99.0),
-        all.last().copied().unwrap_or(0)
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
