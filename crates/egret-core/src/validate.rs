@@ -305,6 +305,13 @@ fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sin
             sink.push("metadata.name", "is required");
             false
         }
+        Some(n) if let Err(why) = dns1123_subdomain(n) => {
+            sink.push(
+                "metadata.name",
+                format!("{n:?} is not a valid name: {why} (names must be DNS-1123 subdomains, as Kubernetes requires: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"),
+            );
+            false
+        }
         Some(n) if !seen.insert(n.clone()) => {
             sink.push(
                 "metadata.name",
@@ -314,6 +321,27 @@ fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sin
         }
         Some(_) => true,
     }
+}
+
+/// Checks a DNS-1123 subdomain (RFC 1123 host names, as Kubernetes checks the names of most
+/// objects): dot-separated labels of lowercase letters, digits and `-`, each starting and
+/// ending with a letter or digit, 253 characters at most.
+pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("{} characters, more than 253", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (leading, trailing or double '.')".into());
+        }
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return Err(format!("{c:?} is not allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{label:?} starts or ends with '-'"));
+        }
+    }
+    Ok(())
 }
 
 /// Validates pools and Egresses together (Egresses refer to pools; pools must not overlap).
@@ -524,6 +552,19 @@ mod tests {
             &|e| e.spec.applied_to.namespace_selector = Some(mk_expr("env", "In", &[])),
             "spec.appliedTo.namespaceSelector.matchExpressions[0].values",
         );
+    }
+
+    #[test]
+    fn names_must_be_dns1123_subdomains() {
+        for bad in ["Bad_Name!", "UPPER", "-lead", "trail-", "a..b", ".a", "a.", "a b", &"x".repeat(254)] {
+            let v = validate(&[mk_pool(bad, &[("10.0.0.1", "10.0.0.2")], &[])], &[mk_egress(bad, None, Some("10.0.0.1"))]);
+            assert_eq!(fields(&v), vec![format!("ExternalIPPool/{bad}: metadata.name"), format!("Egress/{bad}: metadata.name")]);
+            assert!(v.problems[0].reason.contains("DNS-1123"), "{}", v.problems[0].reason);
+            assert!(v.pools.is_empty() && v.egresses.is_empty());
+        }
+        for good in ["a", "egress-prod-web", "cilium-egress-sample", "a.b-c.d0", "0", &"x".repeat(253)] {
+            assert_eq!(dns1123_subdomain(good), Ok(()), "{good}");
+        }
     }
 
     #[test]

@@ -77,12 +77,31 @@ pub struct Key {
     pub name: String,
 }
 
+/// One part of a file name: lowercase letters, digits, `-` and `.` as they are, every other
+/// byte as `%XX`. `_` (the separator of parts) and `%` are thus always escaped, so distinct keys
+/// never share a file (`(a, b_c)` and `(a_b, c)` did), and no name can reach outside the store
+/// (`/` is escaped too). Valid Kubernetes names need no escaping, so their files keep the names
+/// they always had.
+fn file_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Key {
+    /// The object's file: `kind_name.yaml` or `kind_namespace_name.yaml`, parts escaped so
+    /// the mapping is injective.
     fn file_name(&self) -> String {
-        let kind = self.kind.to_ascii_lowercase();
+        let kind = file_part(&self.kind.to_ascii_lowercase());
         match &self.namespace {
-            Some(ns) => format!("{kind}_{ns}_{}.yaml", self.name),
-            None => format!("{kind}_{}.yaml", self.name),
+            Some(ns) => format!("{kind}_{}_{}.yaml", file_part(ns), file_part(&self.name)),
+            None => format!("{kind}_{}.yaml", file_part(&self.name)),
         }
     }
 }
@@ -546,6 +565,49 @@ mod tests {
         assert_eq!(gone.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["Egress/e"]);
         assert!(store.delete(&objs(EGRESS)).unwrap().is_empty());
         assert!(store.load().0.egresses.is_empty());
+    }
+
+    #[test]
+    fn file_names_never_collide() {
+        let pod = |ns: &str, name: &str| Key { kind: "Pod", namespace: Some(ns.into()), name: name.into() };
+        assert_ne!(pod("a", "b_c").file_name(), pod("a_b", "c").file_name());
+        assert_eq!(pod("prod", "web-1").file_name(), "pod_prod_web-1.yaml");
+        let eg = Key { kind: "Egress", namespace: None, name: "../../etc/x".into() };
+        assert!(!eg.file_name().contains('/'), "{}", eg.file_name());
+    }
+
+    proptest::proptest! {
+        /// Distinct keys map to distinct files (names drawn from an alphabet rich in the
+        /// characters that matter: separators, escapes, case).
+        #[test]
+        fn file_names_are_injective(
+            a in ("[a_%B/.-]{0,4}", "[a_%B/.-]{0,4}", proptest::bool::ANY),
+            b in ("[a_%B/.-]{0,4}", "[a_%B/.-]{0,4}", proptest::bool::ANY),
+        ) {
+            let key = |(ns, name, pod): (String, String, bool)| if pod {
+                Key { kind: "Pod", namespace: Some(ns), name }
+            } else {
+                Key { kind: "Egress", namespace: None, name: format!("{ns}{name}") }
+            };
+            let (ka, kb) = (key(a), key(b));
+            proptest::prop_assert_eq!(ka == kb, ka.file_name() == kb.file_name(), "{} {}", ka, kb);
+        }
+    }
+
+    #[test]
+    fn pods_whose_keys_collided_before_are_both_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pod = |ns: &str, name: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}}}\nspec: {{containers: []}}\n")
+        };
+        store.apply(objs(&format!("{}---\n{}", pod("a", "b_c"), pod("a_b", "c")))).unwrap();
+        let (loaded, errs) = store.load();
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(loaded.pods.len(), 2);
+        let gone = store.delete(&objs(&pod("a", "b_c"))).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(store.load().0.pods[0].object.metadata.namespace.as_deref(), Some("a_b"));
     }
 
     #[test]
