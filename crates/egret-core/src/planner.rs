@@ -26,6 +26,8 @@ pub struct ClusterConfig {
     pub service_cidrs: Vec<IpNet>,
     /// Further cluster-internal CIDRs, e.g. the whole pod network when Nodes lack `podCIDRs`.
     pub internal_cidrs: Vec<IpNet>,
+    /// Addresses no pool may hold that no object names, e.g. the node network's router.
+    pub reserved: Vec<IpAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -33,6 +35,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             service_cidrs: vec![IpNet::V4(ipnet::Ipv4Net::new_assert([10, 96, 0, 0].into(), 12))],
             internal_cidrs: Vec::new(),
+            reserved: Vec::new(),
         }
     }
 }
@@ -547,7 +550,7 @@ pub fn plan_objects(
     live: &BTreeSet<String>,
     config: &ClusterConfig,
 ) -> (crate::validate::Validated, Plan) {
-    let v = crate::validate::validate(pools, egresses);
+    let v = crate::validate::validate(pools, egresses, &crate::validate::Reserved::of(nodes, config));
     let allocations = crate::ipam::allocate(&v.pools, &v.egresses);
     let p = plan(&Inputs {
         pools: &v.pools,

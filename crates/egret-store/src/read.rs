@@ -3,7 +3,7 @@
 use egret_api::compat::{self, Translated};
 use egret_api::v1alpha1::{Egress, ExternalIPPool};
 use egret_core::model;
-use egret_core::validate::{Validated, validate};
+use egret_core::validate::{Reserved, Validated, validate};
 use k8s_openapi::api::core::v1 as corev1;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -86,11 +86,12 @@ impl Objects {
         self.pods.extend(other.pods);
     }
 
-    /// Validates the Egret objects.
-    pub fn validate(&self) -> Validated {
+    /// Validates the Egret objects; pools must not cover the addresses of the Nodes here nor
+    /// what `config` reserves.
+    pub fn validate(&self, config: &egret_core::planner::ClusterConfig) -> Validated {
         let pools: Vec<ExternalIPPool> = self.pools.iter().map(|d| d.object.clone()).collect();
         let egresses: Vec<Egress> = self.egresses.iter().map(|d| d.object.clone()).collect();
-        validate(&pools, &egresses)
+        validate(&pools, &egresses, &Reserved::of(&self.model_nodes(), config))
     }
 
     /// Validates, allocates, places and plans everything here for the given live nodes.
@@ -415,7 +416,7 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
         assert_eq!(o.namespaces.len(), 1);
         assert_eq!(o.egresses[0].origin.doc, 1);
         assert_eq!(o.egresses[0].origin.written_as, "crd.antrea.io/v1alpha2 Egress");
-        assert!(o.validate().problems.is_empty());
+        assert!(o.validate(&Default::default()).problems.is_empty());
     }
 
     #[test]

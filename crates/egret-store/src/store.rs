@@ -4,6 +4,7 @@
 
 use crate::read::{LoadError, Objects, read_paths};
 use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_core::planner::ClusterConfig;
 use egret_core::validate::Problem;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -193,16 +194,22 @@ impl Store {
         }
     }
 
+    /// [`Store::apply_with`] the default cluster settings.
+    pub fn apply(&self, new: Objects) -> Result<Applied, StoreError> {
+        self.apply_with(new, &ClusterConfig::default())
+    }
+
     /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
     /// keeping the stored status and creation time. The whole change is validated together
-    /// with what the store holds; if it adds any problem, nothing is written.
-    pub fn apply(&self, new: Objects) -> Result<Applied, StoreError> {
+    /// with what the store holds (and what `config` reserves); if it adds any problem, nothing
+    /// is written.
+    pub fn apply_with(&self, new: Objects, config: &ClusterConfig) -> Result<Applied, StoreError> {
         let lock = self.lock()?;
         let (mut cur, errs) = self.load_unlocked();
         if !errs.is_empty() {
             return Err(StoreError::Load(errs));
         }
-        let before: BTreeSet<String> = problem_keys(&cur);
+        let before: BTreeSet<String> = problem_keys(&cur, config);
         let allocated = allocated_ips(&cur);
         let mut changes = Vec::new();
         merge(
@@ -241,7 +248,7 @@ impl Store {
             keep_created,
         );
 
-        let v = cur.validate();
+        let v = cur.validate(config);
         let mut fresh: Vec<Problem> =
             v.problems.iter().filter(|p| !before.contains(&problem_key(p))).cloned().collect();
         for (name, pool) in &v.pools {
@@ -459,8 +466,8 @@ fn problem_key(p: &Problem) -> String {
     format!("{}/{}/{}/{}", p.kind, p.name, p.field, p.reason)
 }
 
-fn problem_keys(o: &Objects) -> BTreeSet<String> {
-    o.validate().problems.iter().map(problem_key).collect()
+fn problem_keys(o: &Objects, config: &ClusterConfig) -> BTreeSet<String> {
+    o.validate(config).problems.iter().map(problem_key).collect()
 }
 
 /// `(ip, egress, pool)` for every allocation recorded in Egress status.
@@ -554,6 +561,23 @@ mod tests {
         assert!(p[0].reason.contains("10.10.0.11"));
         let grown = POOL.replace("end: 10.10.0.20", "end: 10.10.0.30");
         assert_eq!(store.apply(objs(&grown)).unwrap().changes.len(), 1);
+    }
+
+    #[test]
+    fn pools_covering_reserved_addresses_are_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus: {addresses: [{type: InternalIP, address: 10.10.0.101}]}\n";
+        let config = ClusterConfig { reserved: vec!["10.10.0.1".parse().unwrap()], ..ClusterConfig::default() };
+        store.apply_with(objs(node), &config).unwrap();
+        let wide = POOL.replace("{start: 10.10.0.11, end: 10.10.0.20}", "{cidr: 10.10.0.0/24}");
+        let Err(StoreError::Invalid(p)) = store.apply_with(objs(&wide), &config) else { panic!("must be rejected") };
+        assert_eq!(p[0].field, "spec.ipRanges[0]");
+        assert!(p[0].reason.contains("10.10.0.1, a reserved address"), "{}", p[0].reason);
+        // A node address, without any configured reservation.
+        let on_node = POOL.replace("{start: 10.10.0.11, end: 10.10.0.20}", "{cidr: 10.10.0.101/32}");
+        assert!(matches!(store.apply(objs(&on_node)), Err(StoreError::Invalid(_))));
+        store.apply_with(objs(POOL), &config).unwrap();
     }
 
     #[test]

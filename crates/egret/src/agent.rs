@@ -72,6 +72,9 @@ pub struct AgentArgs {
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Addresses no pool may cover that no object names, e.g. the node network's router.
+    #[arg(long = "reserved-ip", value_delimiter = ',')]
+    pub reserved_ips: Vec<std::net::IpAddr>,
 }
 
 impl AgentArgs {
@@ -168,7 +171,11 @@ fn compute(
     }
     let Some((objs, stamp)) = good.as_ref() else { bail!("the store has never loaded without errors") };
     let stamp = *stamp;
-    let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+    let config = ClusterConfig {
+        service_cidrs: args.service_cidrs.clone(),
+        internal_cidrs: Vec::new(),
+        reserved: args.reserved_ips.clone(),
+    };
     // Not settled in the cluster yet (or no gossip key): plan as if this node could not be a
     // gateway, so it holds, announces and SNATs nothing, and the sync removes whatever an
     // earlier life held before anything is announced. Its pods are steered to the others.

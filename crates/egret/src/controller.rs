@@ -25,6 +25,9 @@ pub struct ControllerArgs {
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Addresses no pool may cover that no object names, e.g. the node network's router.
+    #[arg(long = "reserved-ip", value_delimiter = ',')]
+    pub reserved_ips: Vec<std::net::IpAddr>,
 }
 
 /// Nodes whose agent heartbeat is fresh and that the agents' gossip does not declare dead, and
@@ -73,7 +76,11 @@ pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> 
     }
     let reports: Vec<(String, AgentReport)> = store.read_reports();
     let (live, hosted) = liveness(&reports, args.liveness_timeout_ms);
-    let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+    let config = ClusterConfig {
+        service_cidrs: args.service_cidrs.clone(),
+        internal_cidrs: Vec::new(),
+        reserved: args.reserved_ips.clone(),
+    };
     let (v, p) = objs.plan(&live, &config);
     let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
         objs.egresses.iter().filter_map(|d| Some((d.object.metadata.name.clone()?, d.object.status.clone()))).collect();
