@@ -162,6 +162,7 @@ fn compute(
     live: &BTreeSet<String>,
     may_host: bool,
     args: &AgentArgs,
+    logged: &mut Vec<egret_core::planner::Warning>,
 ) -> anyhow::Result<(NodePlan, u64)> {
     let (objs, errs, stamp) = store.load_stamped();
     if let Some(e) = errs.first() {
@@ -184,6 +185,7 @@ fn compute(
         live.remove(node);
     }
     let (_, p) = objs.plan(&live, &config);
+    crate::controller::log_warnings(&p.warnings, logged);
     let np = p.node_plan(node).ok_or(NotInStore)?;
     Ok((np, stamp))
 }
@@ -218,6 +220,7 @@ impl Loop {
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
         let mut good: GoodState = None;
+        let mut logged = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let (live, may_host) = membership.live(&store, &node, &args);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
@@ -234,7 +237,7 @@ impl Loop {
             }
             if dirty || verify || !report.ready {
                 dirty = false;
-                match compute(&store, &mut good, &node, &live, may_host, &args) {
+                match compute(&store, &mut good, &node, &live, may_host, &args, &mut logged) {
                     Ok((np, stamp)) => {
                         if last.as_ref() != Some(&np) || !report.ready || verify {
                             last_verify = Instant::now();

@@ -64,8 +64,23 @@ fn live_at(
     (live, hosted)
 }
 
-/// One reconciliation: returns how many statuses were written.
-pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> {
+/// Logs the plan's warnings when they differ from the last ones logged (`logged`).
+pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<egret_core::planner::Warning>) {
+    if warnings != logged.as_slice() {
+        for w in warnings {
+            warn!("plan: {w}");
+        }
+        *logged = warnings.to_vec();
+    }
+}
+
+/// One reconciliation: returns how many statuses were written. `logged`: the plan warnings
+/// logged last.
+pub fn reconcile(
+    store: &Store,
+    args: &ControllerArgs,
+    logged: &mut Vec<egret_core::planner::Warning>,
+) -> anyhow::Result<usize> {
     let (objs, errs) = store.load();
     if !errs.is_empty() {
         // Keep the last good state rather than act on a partial view.
@@ -82,6 +97,7 @@ pub fn reconcile(store: &Store, args: &ControllerArgs) -> anyhow::Result<usize> 
         reserved: args.reserved_ips.clone(),
     };
     let (v, p) = objs.plan(&live, &config);
+    log_warnings(&p.warnings, logged);
     let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
         objs.egresses.iter().filter_map(|d| Some((d.object.metadata.name.clone()?, d.object.status.clone()))).collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -103,8 +119,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     info!(store = %args.store.display(), "controller started");
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = Vec::new();
     loop {
-        if let Err(e) = reconcile(&store, &args) {
+        if let Err(e) = reconcile(&store, &args, &mut logged) {
             warn!("reconcile: {e:#}");
         }
         tokio::select! {

@@ -135,6 +135,9 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (_, p) = objs.plan(&live, &config);
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
     match args.output {
         PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
         PlanOutput::Table => out!("{}", plan_tables(&p)),

@@ -46,6 +46,25 @@ fn every_example_validates() {
 }
 
 #[test]
+fn plan_warns_about_two_pods_with_one_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stale.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {namespace: prod, name: web-old, labels: {app: web}}\nspec: {nodeName: node-9, containers: []}\nstatus: {podIP: 10.244.1.10}\n",
+    )
+    .unwrap();
+    let o = egret(&["plan", "-o", "json", "-f", "examples/seed-002-ha", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("warning: Pod/prod/web-old: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"), "{err}");
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["warnings"].as_array().unwrap().len(), 1);
+    let rules = plan["rules"].as_array().unwrap();
+    assert_eq!(rules.iter().filter(|r| r["sourceIP"] == "10.244.1.10").count(), 1);
+}
+
+#[test]
 fn strict_inputs_are_rejected_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("strict.yaml");
