@@ -29,3 +29,6 @@ if [ -n "$left" ]; then
   echo "error: network namespaces left behind by the tests: $left" >&2
   exit 1
 fi
+
+# Fuzz targets, briefly (scripts/fuzz.sh runs them longer); they need the nightly toolchain.
+if cargo +nightly --version >/dev/null 2>&1; then FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ./scripts/fuzz.sh; else echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"; fi
