@@ -193,7 +193,9 @@ mod tests {
                         walk(x, &format!("{at}.{k}"), bad);
                     }
                 }
-                serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| walk(x, &format!("{at}[{i}]"), bad)),
+                serde_json::Value::Array(a) => {
+                    a.iter().enumerate().for_each(|(i, x)| walk(x, &format!("{at}[{i}]"), bad))
+                }
                 _ => {}
             }
         }

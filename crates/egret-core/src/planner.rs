@@ -1016,7 +1016,10 @@ mod tests {
         assert_eq!(web1[0].source_node.as_deref(), Some("node-1"));
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
         let w = p.warnings[0].to_string();
-        assert!(w.starts_with("Pod/prod/web-0: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"), "{w}");
+        assert!(
+            w.starts_with("Pod/prod/web-0: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"),
+            "{w}"
+        );
         // Both on existing nodes: namespace/name order decides, whatever the input order.
         stale.node = Some("node-3".into());
         f.pods[0] = stale.clone();

@@ -195,7 +195,11 @@ impl Reserved {
             .iter()
             .filter_map(|(c, what)| c.parse::<IpNet>().ok().map(|n| (Span::of_net(&n), format!("{n} ({what})"))))
             .collect();
-        out.extend(self.node_ips.iter().map(|(n, ip)| (Span::of_net(&IpNet::from(*ip)), format!("{ip}, an address of Node {n}"))));
+        out.extend(
+            self.node_ips
+                .iter()
+                .map(|(n, ip)| (Span::of_net(&IpNet::from(*ip)), format!("{ip}, an address of Node {n}"))),
+        );
         out.extend(self.pod_cidrs.iter().map(|(n, c)| {
             let what = match n {
                 Some(n) => format!("{c}, the pod CIDR of Node {n}"),
@@ -251,7 +255,10 @@ fn validate_pool(p: &api::ExternalIPPool, reserved: &[(Span, String)], sink: &mu
             };
             sink.push(
                 &at,
-                format!("{} covers {what}{more}; a pool must not hold addresses the cluster already uses", describe(&span)),
+                format!(
+                    "{} covers {what}{more}; a pool must not hold addresses the cluster already uses",
+                    describe(&span)
+                ),
             );
             continue;
         }
@@ -644,8 +651,12 @@ mod tests {
     #[test]
     fn names_must_be_dns1123_subdomains() {
         for bad in ["Bad_Name!", "UPPER", "-lead", "trail-", "a..b", ".a", "a.", "a b", &"x".repeat(254)] {
-            let v = validate(&[mk_pool(bad, &[("10.0.0.1", "10.0.0.2")], &[])], &[mk_egress(bad, None, Some("10.0.0.1"))]);
-            assert_eq!(fields(&v), vec![format!("ExternalIPPool/{bad}: metadata.name"), format!("Egress/{bad}: metadata.name")]);
+            let v =
+                validate(&[mk_pool(bad, &[("10.0.0.1", "10.0.0.2")], &[])], &[mk_egress(bad, None, Some("10.0.0.1"))]);
+            assert_eq!(
+                fields(&v),
+                vec![format!("ExternalIPPool/{bad}: metadata.name"), format!("Egress/{bad}: metadata.name")]
+            );
             assert!(v.problems[0].reason.contains("DNS-1123"), "{}", v.problems[0].reason);
             assert!(v.pools.is_empty() && v.egresses.is_empty());
         }

@@ -309,22 +309,28 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         ("egret.dev/v1alpha1", "ExternalIPPool") => {
             parse_strict(json, true).map(|p| objs.pools.push(Document { origin: origin.clone(), object: p }))
         }
-        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => parse_strict::<compat::AntreaEgress>(json, true)
-            .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
-            .map(|e| push_translated(vec![Translated::Egress(Box::new(e))], objs)),
+        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => {
+            parse_strict::<compat::AntreaEgress>(json, true)
+                .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
+                .map(|e| push_translated(vec![Translated::Egress(Box::new(e))], objs))
+        }
         ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "ExternalIPPool") => {
             parse_strict::<compat::AntreaPool>(json, true)
-            .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
+                .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
                 .map(|p| push_translated(vec![Translated::Pool(Box::new(p))], objs))
         }
         ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse_strict::<compat::CiliumPolicy>(json, true)
             .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
             .map(|t| push_translated(t, objs)),
-        ("v1", "Node") => parse_strict(json, false).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n })),
+        ("v1", "Node") => {
+            parse_strict(json, false).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n }))
+        }
         ("v1", "Namespace") => {
             parse_strict(json, false).map(|n| objs.namespaces.push(Document { origin: origin.clone(), object: n }))
         }
-        ("v1", "Pod") => parse_strict(json, false).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p })),
+        ("v1", "Pod") => {
+            parse_strict(json, false).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p }))
+        }
         (av, k) => Err(format!(
             "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress and ExternalIPPool, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, v1 Node, Namespace and Pod"
         )),
@@ -462,7 +468,9 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
             "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: e}\nspec: {appliedTo: {podSelector: {matchLabel: {app: web}}}, externalIPPool: p}\n",
         );
         assert!(msg.contains("spec.appliedTo.podSelector.matchLabel: unknown field"), "{msg}");
-        let msg = one("apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p}\nspec: {ipRanges: [{cidr: 10.0.0.0/30}]}\nstatu: {}\n");
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p}\nspec: {ipRanges: [{cidr: 10.0.0.0/30}]}\nstatu: {}\n",
+        );
         assert!(msg.contains("ExternalIPPool/p: document 0: statu: unknown field"), "{msg}");
         let msg = one(
             "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p, label: {a: b}}\nspec: {ipRanges: [{cidr: 10.0.0.0/30}]}\n",

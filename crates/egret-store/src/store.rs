@@ -623,7 +623,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let pod = |ns: &str, name: &str| {
-            format!("apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}}}\nspec: {{containers: []}}\n")
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}}}\nspec: {{containers: []}}\n"
+            )
         };
         store.apply(objs(&format!("{}---\n{}", pod("a", "b_c"), pod("a_b", "c")))).unwrap();
         let (loaded, errs) = store.load();

@@ -57,7 +57,10 @@ fn plan_warns_about_two_pods_with_one_address() {
     let o = egret(&["plan", "-o", "json", "-f", "examples/seed-002-ha", file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("warning: Pod/prod/web-old: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"), "{err}");
+    assert!(
+        err.contains("warning: Pod/prod/web-old: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"),
+        "{err}"
+    );
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(plan["warnings"].as_array().unwrap().len(), 1);
     let rules = plan["rules"].as_array().unwrap();
@@ -98,7 +101,9 @@ spec: {ipRanges: [{cidr: 10.10.0.0/24}]}
     let lines: Vec<&str> = out.lines().collect();
     let expect = [
         format!("{f}: Egress/typo: document 0: malformed object: spec.destinationCIDR: unknown field"),
-        format!("{f}: ExternalIPPool/whole-node-net: spec.ipRanges[0]: 10.10.0.1-10.10.0.254 covers 10.10.0.1, a reserved address"),
+        format!(
+            "{f}: ExternalIPPool/whole-node-net: spec.ipRanges[0]: 10.10.0.1-10.10.0.254 covers 10.10.0.1, a reserved address"
+        ),
         format!("{f}: Egress/Bad_Name!: metadata.name: \"Bad_Name!\" is not a valid name"),
     ];
     assert_eq!(lines.len(), expect.len(), "{out}");
