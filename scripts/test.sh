@@ -59,3 +59,6 @@ else
   echo "NOTE: the privileged tests (network namespaces, nftables, the lab) were NOT run: they"
   echo "need root. Run ./scripts/test.sh as root to run them."
 fi
+
+# Fuzz targets, briefly (scripts/fuzz.sh runs them longer); they need the nightly toolchain.
+if cargo +nightly --version >/dev/null 2>&1; then FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ./scripts/fuzz.sh; else echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"; fi

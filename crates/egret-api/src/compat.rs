@@ -39,6 +39,7 @@ pub enum Translated {
 /// Antrea `Egress` spec (`crd.antrea.io/v1alpha2` and `v1beta1`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct AntreaEgressSpec {
     /// Pod selection.
     #[serde(default)]
@@ -63,6 +64,7 @@ pub struct AntreaEgressSpec {
 /// Antrea `appliedTo`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct AntreaAppliedTo {
     /// Pod selector.
     #[serde(default)]
@@ -75,6 +77,7 @@ pub struct AntreaAppliedTo {
 /// Antrea Egress status.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct AntreaEgressStatus {
     /// Node hosting the IP.
     #[serde(default)]
@@ -82,6 +85,9 @@ pub struct AntreaEgressStatus {
     /// The IP in effect.
     #[serde(default, rename = "egressIP")]
     pub egress_ip: Option<String>,
+    /// Antrea's conditions (v1beta1); not carried over: Egret sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<serde_json::Value>,
 }
 
 /// An Antrea Egress document.
@@ -101,6 +107,7 @@ pub struct AntreaEgress {
 /// Antrea `ExternalIPPool` spec.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct AntreaPoolSpec {
     /// Ranges; same shape as Egret's.
     #[serde(default)]
@@ -122,11 +129,24 @@ pub struct AntreaPool {
     /// Spec.
     #[serde(default)]
     pub spec: AntreaPoolSpec,
+    /// Status as Antrea writes it; not carried over: Egret computes the usage itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AntreaPoolStatus>,
+}
+
+/// Antrea ExternalIPPool status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AntreaPoolStatus {
+    /// Addresses of the pool and how many are in use.
+    #[serde(default)]
+    pub usage: Option<crate::v1alpha1::IPPoolUsage>,
 }
 
 /// Cilium `CiliumEgressGatewayPolicy` spec (`cilium.io/v2`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct CiliumPolicySpec {
     /// Source selections; each becomes one Egress.
     #[serde(default)]
@@ -148,6 +168,7 @@ pub struct CiliumPolicySpec {
 /// One Cilium source selector.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct CiliumSelector {
     /// Pod selector; may name the namespace with `io.kubernetes.pod.namespace`.
     #[serde(default)]
@@ -163,6 +184,7 @@ pub struct CiliumSelector {
 /// Cilium gateway.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct CiliumGateway {
     /// Nodes that may act as the gateway.
     #[serde(default)]
@@ -184,6 +206,9 @@ pub struct CiliumPolicy {
     /// Spec.
     #[serde(default)]
     pub spec: CiliumPolicySpec,
+    /// Status as Cilium writes it (conditions, observed generation); ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// Metadata carried over to a translated object: name, labels, annotations and creation time.

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct ExternalIPPoolSpec {
     /// Address ranges of the pool, each a `cidr` or an inclusive `start`/`end` pair.
     pub ip_ranges: Vec<IPRange>,
@@ -32,6 +33,7 @@ pub struct ExternalIPPoolSpec {
 /// One range of a pool: either `cidr`, or `start` and `end` (inclusive).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct IPRange {
     /// A CIDR; its network address (and, for IPv4, its broadcast address) is never handed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +49,7 @@ pub struct IPRange {
 /// Observed state of a pool.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct ExternalIPPoolStatus {
     /// How many addresses the pool has and how many are allocated.
     #[serde(default)]
@@ -55,6 +58,7 @@ pub struct ExternalIPPoolStatus {
 
 /// Size and use of a pool.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct IPPoolUsage {
     /// Addresses the pool can hand out (saturates at `i64::MAX` for huge IPv6 ranges).
     pub total: i64,
@@ -77,6 +81,7 @@ pub struct IPPoolUsage {
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct EgressSpec {
     /// The pods this Egress applies to. Both selectors absent selects nothing.
     #[serde(default)]
@@ -103,6 +108,7 @@ pub struct EgressSpec {
 /// Pod selection of an Egress.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct AppliedTo {
     /// Namespaces whose pods are selected (all namespaces when only `podSelector` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +124,7 @@ pub struct AppliedTo {
 /// Observed state of an Egress.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct EgressStatus {
     /// The egress IP in effect.
     #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
@@ -133,6 +140,7 @@ pub struct EgressStatus {
 /// One condition of an Egress.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct EgressCondition {
     /// `IPAllocated` or `IPAssigned`.
     #[serde(rename = "type")]
@@ -169,6 +177,45 @@ mod tests {
         assert_eq!(eip.spec.scope, "Cluster");
         assert_eq!(eip.spec.names.short_names, Some(vec!["eip".to_string()]));
         assert_eq!(Egress::api_version(&()), "egret.dev/v1alpha1");
+    }
+
+    /// Kubernetes prunes (or, with `kubectl apply --validate=strict`, rejects) unknown fields
+    /// only where the schema is structural and does not preserve unknown fields.
+    #[test]
+    fn crd_schemas_never_preserve_unknown_fields() {
+        fn walk(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m {
+                        if k == "x-kubernetes-preserve-unknown-fields" && x != &serde_json::Value::Bool(false) {
+                            bad.push(at.to_string());
+                        }
+                        walk(x, &format!("{at}.{k}"), bad);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    a.iter().enumerate().for_each(|(i, x)| walk(x, &format!("{at}[{i}]"), bad))
+                }
+                _ => {}
+            }
+        }
+        for (file, crd) in crate::crds() {
+            let json = serde_json::to_value(&crd).unwrap();
+            let mut bad = Vec::new();
+            walk(&json, file, &mut bad);
+            assert!(bad.is_empty(), "{bad:?}");
+            // Every object in the schema lists its properties (or is a string map), so it is
+            // structural and unknown fields are pruned.
+            let schema = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            assert!(schema["properties"]["spec"]["properties"].is_object(), "{file}");
+        }
+    }
+
+    #[test]
+    fn spec_types_reject_unknown_fields() {
+        let e = serde_yaml_ng::from_str::<EgressSpec>("appliedTo: {}\ndestinationCIDR: [10.0.0.0/8]\n").unwrap_err();
+        assert!(e.to_string().contains("destinationCIDR"), "{e}");
+        assert!(serde_yaml_ng::from_str::<IPRange>("cidr: 10.0.0.0/8\nbegin: 10.0.0.1\n").is_err());
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct Objects {
 /// What follows from the Nodes alone.
 #[derive(Debug, Default)]
 struct NodeFacts {
+    /// What no pool may cover (node addresses, pod and service CIDRs, configured addresses).
+    reserved: validate::Reserved,
     cluster_cidrs: Vec<IpNet>,
     node_ips: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -95,6 +97,8 @@ pub struct Index {
     namespaces: HashMap<String, Namespace>,
     pods: HashMap<ObjectRef, (Pod, GroupId)>,
     node_pods: HashMap<String, BTreeSet<ObjectRef>>,
+    /// The pods claiming each pod address (more than one: a stale pod object).
+    addr_claims: HashMap<IpAddr, BTreeSet<ObjectRef>>,
 
     groups: HashMap<GroupId, Group>,
     group_ids: HashMap<(String, Labels), GroupId>,
@@ -186,6 +190,7 @@ impl Index {
             namespaces: HashMap::new(),
             pods: HashMap::new(),
             node_pods: HashMap::new(),
+            addr_claims: HashMap::new(),
             groups: HashMap::new(),
             group_ids: HashMap::new(),
             next_group: 0,
@@ -359,6 +364,7 @@ impl Index {
             rules: Vec::new(),
             cluster_cidrs: f.cluster_cidrs.clone(),
             node_ips: f.node_ips.clone(),
+            warnings: self.warnings(),
         }
     }
 
@@ -377,6 +383,7 @@ impl Index {
             rules,
             cluster_cidrs: f.cluster_cidrs.clone(),
             node_ips: f.node_ips.clone(),
+            warnings: Vec::new(),
         };
         plan.node_plan(node)
     }
@@ -428,12 +435,17 @@ impl Index {
     /// whose selection changed.
     fn objects(&mut self) -> &Objects {
         if self.objects.is_none() || self.objects_stale {
+            if self.node_facts.is_none() {
+                self.node_facts = Some(self.compute_node_facts());
+            }
             let (validated, before, candidates) = match self.revalidate_some() {
                 Some(r) => r,
                 None => {
                     self.translate_problems();
                     let (pools, egresses) = self.all_objects();
-                    let validated = validate::validate(&pools, &egresses);
+                    let reserved = self.node_facts.as_ref().map(|f| &f.reserved);
+                    let validated =
+                        validate::validate(&pools, &egresses, reserved.unwrap_or(&validate::Reserved::default()));
                     let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
                     let candidates: BTreeSet<String> =
                         before.keys().chain(validated.egresses.keys()).cloned().collect();
@@ -495,7 +507,12 @@ impl Index {
             }
             validated.problems.retain(|p| !(p.kind == "Egress" && &p.name == name));
             if let Some(obj) = self.egresses.get(name) {
-                let v = validate::validate(&pools, std::slice::from_ref(obj));
+                let reserved = self.node_facts.as_ref().map(|f| &f.reserved);
+                let v = validate::validate(
+                    &pools,
+                    std::slice::from_ref(obj),
+                    reserved.unwrap_or(&validate::Reserved::default()),
+                );
                 validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
                 if let Some(m) = v.egresses.into_values().next() {
                     self.matched_against.insert(name.clone(), m.clone());
@@ -531,7 +548,9 @@ impl Index {
 
     fn compute_node_facts(&self) -> NodeFacts {
         let nodes: Vec<&Node> = self.nodes.values().collect();
+        let owned: Vec<Node> = self.nodes.values().cloned().collect();
         NodeFacts {
+            reserved: validate::Reserved::of(&owned, &self.config),
             cluster_cidrs: planner::cluster_cidrs(nodes.iter().copied(), &self.config),
             node_ips: nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
         }
@@ -618,8 +637,11 @@ impl Index {
             ev => objects_event(&mut self.nodes, ev, |n| Some(n.name.clone())),
         };
         if changed {
+            // Pools are checked against node addresses and pod CIDRs: validate everything again.
             self.node_facts = None;
             self.outcomes = None;
+            self.objects_stale = true;
+            self.dirty_egresses = None;
         }
     }
 
@@ -739,11 +761,22 @@ impl Index {
         if let Some(n) = &pod.node {
             self.node_pods.entry(n.clone()).or_default().insert(key.clone());
         }
+        for ip in &pod.ips {
+            self.addr_claims.entry(*ip).or_default().insert(key.clone());
+        }
         self.pods.insert(key, (pod, gid));
     }
 
     fn remove_pod(&mut self, key: &ObjectRef) {
         let Some((pod, gid)) = self.pods.remove(key) else { return };
+        for ip in &pod.ips {
+            if let Some(set) = self.addr_claims.get_mut(ip) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.addr_claims.remove(ip);
+                }
+            }
+        }
         if let Some(n) = &pod.node
             && let Some(set) = self.node_pods.get_mut(n)
         {
@@ -794,6 +827,37 @@ impl Index {
         self.group_ids.insert(key, gid);
         self.match_group(gid);
         gid
+    }
+
+    /// The pod that owns `ip` when several claim it (the planner's rule), `None` when one does.
+    fn contested_owner(&self, ip: &IpAddr) -> Option<&ObjectRef> {
+        let claims = self.addr_claims.get(ip).filter(|c| c.len() > 1)?;
+        claims
+            .iter()
+            .filter_map(|k| Some((k, &self.pods.get(k)?.0)))
+            .min_by(|a, b| {
+                let rank = |p| planner::owner_rank(p, |n| self.nodes.contains_key(n));
+                rank(a.1).cmp(&rank(b.1))
+            })
+            .map(|(k, _)| k)
+    }
+
+    /// Pods not steered for an address because another pod owns it, by object.
+    pub fn warnings(&self) -> Vec<planner::Warning> {
+        let mut out = Vec::new();
+        for (ip, claims) in self.addr_claims.iter().filter(|(_, c)| c.len() > 1) {
+            let Some(owner) = self.contested_owner(ip).and_then(|k| self.pods.get(k)) else { continue };
+            for k in claims {
+                if let Some((pod, _)) = self.pods.get(k)
+                    && (pod.namespace.as_str(), pod.name.as_str())
+                        != (owner.0.namespace.as_str(), owner.0.name.as_str())
+                {
+                    out.push(planner::lost_address(pod, ip, &owner.0));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     // ---- Rules ----
@@ -907,6 +971,9 @@ impl Index {
             }
             let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
             for ip in &pod.ips {
+                if self.contested_owner(ip).is_some_and(|owner| owner != key) {
+                    continue;
+                }
                 let family = Family::of(ip);
                 let k = (family, ranks.clone());
                 let part = match local_parts.get(&k) {
@@ -1153,7 +1220,7 @@ mod tests {
     /// One step of a random history.
     #[derive(Debug, Clone)]
     enum Op {
-        Pod { ns: usize, name: usize, app: usize, node: usize, ip6: bool },
+        Pod { ns: usize, name: usize, app: usize, node: usize, ip6: bool, dup: bool },
         DeletePod { ns: usize, name: usize },
         Namespace { ns: usize, env: usize },
         Egress { name: usize, ns_env: Option<usize>, app: Option<usize>, dest: usize, pool: bool, created: i64 },
@@ -1169,8 +1236,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0..3usize, 0..6usize, 0..3usize, 0..6usize, any::<bool>())
-                .prop_map(|(ns, name, app, node, ip6)| Op::Pod { ns, name, app, node, ip6 }),
+            // node 6 does not exist; `dup` pods share one address (stale pod objects).
+            4 => (0..3usize, 0..6usize, 0..3usize, 0..7usize, any::<bool>(), proptest::bool::weighted(0.2))
+                .prop_map(|(ns, name, app, node, ip6, dup)| Op::Pod { ns, name, app, node, ip6, dup }),
             1 => (0..3usize, 0..6usize).prop_map(|(ns, name)| Op::DeletePod { ns, name }),
             1 => (0..3usize, 0..2usize).prop_map(|(ns, env)| Op::Namespace { ns, env }),
             3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, any::<bool>(), 0..4i64)
@@ -1183,10 +1251,16 @@ mod tests {
 
     fn run(ix: &mut Index, op: Op) {
         match op {
-            Op::Pod { ns, name, app, node, ip6 } => {
-                // One stable address per pod identity, so addresses never collide.
+            Op::Pod { ns, name, app, node, ip6, dup } => {
+                // One stable address per pod identity, unless `dup`: then one shared address.
                 let id = ns * 6 + name;
-                let ip = if ip6 { format!("fd00:244::{}", id + 1) } else { format!("10.244.{}.{}", node + 1, id + 20) };
+                let ip = if dup {
+                    "10.244.1.250".to_string()
+                } else if ip6 {
+                    format!("fd00:244::{}", id + 1)
+                } else {
+                    format!("10.244.{}.{}", node + 1, id + 20)
+                };
                 let mut p =
                     mk_pod(NS[ns], &format!("p{name}"), &[("app", APPS[app])], &format!("node-{}", node + 1), &ip);
                 if ip6 {

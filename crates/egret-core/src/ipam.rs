@@ -183,11 +183,11 @@ fn lowest_free(pool: &Pool, st: &PoolState) -> Option<u128> {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use crate::validate::validate;
+    use crate::validate::{Reserved, validate};
     use egret_api::v1alpha1 as api;
 
     fn run(pools: Vec<api::ExternalIPPool>, egresses: Vec<api::Egress>) -> Allocations {
-        let v = validate(&pools, &egresses);
+        let v = validate(&pools, &egresses, &Reserved::default());
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         allocate(&v.pools, &v.egresses)
     }

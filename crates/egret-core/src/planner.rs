@@ -25,6 +25,8 @@ pub struct ClusterConfig {
     pub service_cidrs: Vec<IpNet>,
     /// Further cluster-internal CIDRs, e.g. the whole pod network when Nodes lack `podCIDRs`.
     pub internal_cidrs: Vec<IpNet>,
+    /// Addresses no pool may hold that no object names, e.g. the node network's router.
+    pub reserved: Vec<IpAddr>,
 }
 
 impl Default for ClusterConfig {
@@ -32,6 +34,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             service_cidrs: vec![IpNet::V4(ipnet::Ipv4Net::new_assert([10, 96, 0, 0].into(), 12))],
             internal_cidrs: Vec::new(),
+            reserved: Vec::new(),
         }
     }
 }
@@ -125,6 +128,23 @@ pub struct Rule {
     pub source_node: Option<Arc<str>>,
 }
 
+/// Something in the inputs the plan had to work around (the inputs are still planned).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Warning {
+    /// The object, e.g. `Pod/prod/web-1`.
+    pub object: String,
+    /// Field path, e.g. `status.podIPs`.
+    pub field: String,
+    /// What happened and why.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.reason)
+    }
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Plan {
@@ -140,6 +160,8 @@ pub struct Plan {
     /// Every node's underlay addresses (its tunnel endpoint and identity), by node name.
     #[serde(skip)]
     pub node_ips: BTreeMap<String, Vec<IpAddr>>,
+    /// Problems worked around, e.g. two pods with one address.
+    pub warnings: Vec<Warning>,
 }
 
 /// What a node does with a steered flow of one of its pods.
@@ -411,9 +433,69 @@ pub(crate) fn cluster_cidrs<'a>(nodes: impl IntoIterator<Item = &'a Node>, confi
     collapse(internal)
 }
 
+/// The order in which pods claiming one address win it (smaller wins): a pod scheduled on a
+/// node that exists, then namespace, then name.
+pub(crate) fn owner_rank(p: &Pod, node_exists: impl Fn(&str) -> bool) -> (bool, &str, &str) {
+    (!p.node.as_deref().is_some_and(node_exists), p.namespace.as_str(), p.name.as_str())
+}
+
+/// The warning for `pod`, which lost `ip` to `winner`.
+pub(crate) fn lost_address(pod: &Pod, ip: &IpAddr, winner: &Pod) -> Warning {
+    Warning {
+        object: format!("Pod/{}/{}", pod.namespace, pod.name),
+        field: "status.podIPs".into(),
+        reason: format!(
+            "{ip} is also the address of Pod {}/{}, which keeps it (a pod on an existing node beats one that is not, then namespace/name order); this pod is not steered for {ip}",
+            winner.namespace, winner.name
+        ),
+    }
+}
+
+/// Which pod each pod address belongs to, when several pods claim one (a stale pod object
+/// left behind): the pod scheduled on a node that exists beats one that is not, then the
+/// namespace, then the name that sorts first (then the first listed). Two owners would give the
+/// datapath overlapping entries for one source, which it cannot hold. Returns `(pod index per
+/// address, warnings for the pods that lost)`.
+fn address_owners(pods: &[Pod], nodes: &[Node]) -> (HashMap<IpAddr, usize>, Vec<Warning>) {
+    let known: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let rank = |p| owner_rank(p, |n| known.contains(n));
+    let mut owners: HashMap<IpAddr, usize> = HashMap::with_capacity(pods.len());
+    let mut contested = BTreeSet::new();
+    for (i, pod) in pods.iter().enumerate() {
+        for ip in &pod.ips {
+            match owners.entry(*ip) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    contested.insert(*ip);
+                    if rank(pod) < rank(&pods[*o.get()]) {
+                        o.insert(i);
+                    }
+                }
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    if !contested.is_empty() {
+        for (i, pod) in pods.iter().enumerate() {
+            for ip in pod.ips.iter().filter(|ip| contested.contains(*ip)) {
+                let Some(&w) = owners.get(ip) else { continue };
+                if w == i {
+                    continue;
+                }
+                warnings.push(lost_address(pod, ip, &pods[w]));
+            }
+        }
+        warnings.sort();
+    }
+    (owners, warnings)
+}
+
 /// Computes the plan.
 pub fn plan(inp: &Inputs) -> Plan {
     let outcomes = gateways(inp);
+    let (owners, warnings) = address_owners(inp.pods, inp.nodes);
 
     // Egresses in priority order: oldest first, then by name.
     let mut order: Vec<&Egress> = inp.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
@@ -444,7 +526,7 @@ pub fn plan(inp: &Inputs) -> Plan {
     // Destination partitions, computed once per family and distinct set of matching Egresses.
     let mut partitions: HashMap<Family, HashMap<Vec<usize>, Partition>> = HashMap::new();
     let mut rules = Vec::new();
-    for pod in inp.pods {
+    for (idx, pod) in inp.pods.iter().enumerate() {
         if pod.ips.is_empty() {
             continue;
         }
@@ -471,7 +553,7 @@ pub fn plan(inp: &Inputs) -> Plan {
             matched.as_slice().into()
         };
         let source_node = pod.node.as_deref().map(|n| node_names.get(n).cloned().unwrap_or_else(|| Arc::from(n)));
-        for ip in &pod.ips {
+        for ip in pod.ips.iter().filter(|ip| owners.get(*ip) == Some(&idx)) {
             let family = Family::of(ip);
             let cache = partitions.entry(family).or_default();
             let part = match cache.get(matched.as_ref()) {
@@ -513,6 +595,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         rules,
         cluster_cidrs,
         node_ips: inp.nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
+        warnings,
     }
 }
 
@@ -527,7 +610,7 @@ pub fn plan_objects(
     live: &BTreeSet<String>,
     config: &ClusterConfig,
 ) -> (crate::validate::Validated, Plan) {
-    let v = crate::validate::validate(pools, egresses);
+    let v = crate::validate::validate(pools, egresses, &crate::validate::Reserved::of(nodes, config));
     let allocations = crate::ipam::allocate(&v.pools, &v.egresses);
     let p = plan(&Inputs {
         pools: &v.pools,
@@ -934,5 +1017,83 @@ mod tests {
         f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.104"))];
         let p = f.plan();
         assert_eq!(p.node_plan("node-4"), p.node_plans().remove("node-4"));
+    }
+
+    #[test]
+    fn two_pods_with_one_address_steer_once_and_warn() {
+        let mut f = Fixture::lab();
+        f.pools.push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p"), None)];
+        // A stale copy of prod/web-1 on a node that no longer exists, sorting first by name.
+        let mut stale = mk_pod("prod", "web-0", &[("app", "web")], "node-gone", "10.244.1.10");
+        f.pods.insert(0, stale.clone());
+        let p = f.plan();
+        let web1: Vec<&Rule> = p.rules.iter().filter(|r| r.source_ip.to_string() == "10.244.1.10").collect();
+        assert_eq!(web1.len(), 1, "{:?}", p.rules);
+        assert_eq!(web1[0].source_node.as_deref(), Some("node-1"));
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        let w = p.warnings[0].to_string();
+        assert!(
+            w.starts_with("Pod/prod/web-0: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"),
+            "{w}"
+        );
+        // Both on existing nodes: namespace/name order decides, whatever the input order.
+        stale.node = Some("node-3".into());
+        f.pods[0] = stale.clone();
+        let a = f.plan();
+        f.pods.remove(0);
+        f.pods.push(stale);
+        let b = f.plan();
+        assert_eq!(a.rules, b.rules);
+        assert_eq!(a.warnings, b.warnings);
+        let r: Vec<&Rule> = a.rules.iter().filter(|r| r.source_ip.to_string() == "10.244.1.10").collect();
+        assert_eq!((r.len(), r[0].source_node.as_deref()), (1, Some("node-3")));
+        assert!(a.warnings[0].object == "Pod/prod/web-1");
+        // The node plans hold one entry per (source, destination): what nft needs.
+        for np in a.node_plans().values() {
+            let mut seen = BTreeSet::new();
+            assert!(np.snat.iter().all(|s| seen.insert((s.source, s.destination))));
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the pods (addresses shared, nodes missing) and Egresses (overlapping
+            /// destinations and exclusions), no source holds two overlapping destinations: the
+            /// datapath's interval maps could not take them.
+            #[test]
+            fn one_entry_per_source_and_destination(
+                pods in proptest::collection::vec((0u8..4, 0u8..4, 0u8..8, any::<bool>()), 0..12),
+                egresses in proptest::collection::vec((0u8..3, 0u8..4, any::<bool>(), 0i64..3), 1..5),
+            ) {
+                let mut f = Fixture::lab();
+                f.pools.push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+                let nss = ["prod", "staging", "default", "other"];
+                f.pods = pods.iter().enumerate().map(|(i, &(ns, ip, node, web))| {
+                    let mut p = mk_pod(nss[ns as usize], &format!("p{i}"), &[("app", if web { "web" } else { "db" })], &format!("node-{node}"), &format!("10.244.1.{ip}"));
+                    if node == 0 { p.node = None; }
+                    p
+                }).collect();
+                let dests = ["0.0.0.0/0", "203.0.113.0/24", "203.0.113.0/25", "198.51.100.0/24"];
+                f.egresses = egresses.iter().enumerate().map(|(i, &(ns, d, excl, t))| {
+                    let mut e = ns_egress(&format!("e{i}"), nss[ns as usize], Some("web"), Some("p"), None);
+                    e.metadata.creation_timestamp = Some(ts(t));
+                    e.spec.destination_cidrs = vec![dests[d as usize].to_string()];
+                    if excl && d == 1 { e.spec.excluded_cidrs = vec!["203.0.113.0/26".into()]; }
+                    e
+                }).collect();
+                let p = f.plan();
+                let mut by_source: BTreeMap<IpAddr, Vec<Span>> = BTreeMap::new();
+                for r in &p.rules {
+                    let s = Span::of_net(&r.destination);
+                    let seen = by_source.entry(r.source_ip).or_default();
+                    prop_assert!(!seen.iter().any(|o| o.overlaps(&s)), "{} {} twice", r.source_ip, r.destination);
+                    seen.push(s);
+                }
+            }
+        }
     }
 }

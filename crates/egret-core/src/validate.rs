@@ -146,8 +146,77 @@ fn describe(s: &Span) -> String {
     if s.start == s.end { s.first().to_string() } else { format!("{}-{}", s.first(), s.last()) }
 }
 
+/// What pools must not hand out: addresses and networks the cluster already uses. Taking one
+/// over would break the cluster (an agent would hold and announce the router's address).
+/// Loopback, link-local, multicast, unspecified and broadcast addresses are always reserved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Node addresses (`status.addresses`), with the node's name.
+    pub node_ips: Vec<(String, IpAddr)>,
+    /// Pod CIDRs, with the node's name; `None` for a cluster-wide pod network (`--cluster-cidr`).
+    pub pod_cidrs: Vec<(Option<String>, IpNet)>,
+    /// Service CIDRs.
+    pub service_cidrs: Vec<IpNet>,
+    /// Further addresses no object names, such as the node network's router (`--reserved-ip`).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Addresses no pool may hold on any network, and why.
+const SPECIAL: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "unspecified ('this network')"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+impl Reserved {
+    /// Everything reserved in a cluster of `nodes` with `config`.
+    pub fn of(nodes: &[crate::model::Node], config: &crate::planner::ClusterConfig) -> Reserved {
+        Reserved {
+            node_ips: nodes.iter().flat_map(|n| n.addresses.iter().map(|ip| (n.name.clone(), *ip))).collect(),
+            pod_cidrs: nodes
+                .iter()
+                .flat_map(|n| n.pod_cidrs.iter().map(|c| (Some(n.name.clone()), *c)))
+                .chain(config.internal_cidrs.iter().map(|c| (None, *c)))
+                .collect(),
+            service_cidrs: config.service_cidrs.clone(),
+            addresses: config.reserved.clone(),
+        }
+    }
+
+    /// Every reserved block with what it is, for messages.
+    fn blocks(&self) -> Vec<(Span, String)> {
+        let mut out: Vec<(Span, String)> = SPECIAL
+            .iter()
+            .filter_map(|(c, what)| c.parse::<IpNet>().ok().map(|n| (Span::of_net(&n), format!("{n} ({what})"))))
+            .collect();
+        out.extend(
+            self.node_ips
+                .iter()
+                .map(|(n, ip)| (Span::of_net(&IpNet::from(*ip)), format!("{ip}, an address of Node {n}"))),
+        );
+        out.extend(self.pod_cidrs.iter().map(|(n, c)| {
+            let what = match n {
+                Some(n) => format!("{c}, the pod CIDR of Node {n}"),
+                None => format!("{c}, a cluster CIDR (--cluster-cidr)"),
+            };
+            (Span::of_net(c), what)
+        }));
+        out.extend(self.service_cidrs.iter().map(|c| (Span::of_net(c), format!("{c}, a service CIDR"))));
+        out.extend(self.addresses.iter().map(|ip| {
+            (Span::of_net(&IpNet::from(*ip)), format!("{ip}, a reserved address (--reserved-ip, e.g. the router)"))
+        }));
+        out
+    }
+}
+
 /// Validates one pool on its own (not against other pools).
-fn validate_pool(p: &api::ExternalIPPool, sink: &mut Sink) -> Option<Pool> {
+fn validate_pool(p: &api::ExternalIPPool, reserved: &[(Span, String)], sink: &mut Sink) -> Option<Pool> {
     let before = sink.problems.len();
     if p.spec.ip_ranges.is_empty() {
         sink.push("spec.ipRanges", "at least one range (cidr, or start and end) is required");
@@ -174,6 +243,22 @@ fn validate_pool(p: &api::ExternalIPPool, sink: &mut Sink) -> Option<Pool> {
             sink.push(
                 &at,
                 format!("{} overlaps spec.ipRanges[{j}] ({}); ranges must not overlap", describe(&span), describe(o)),
+            );
+            continue;
+        }
+        let mut hits: Vec<&(Span, String)> = reserved.iter().filter(|(r, _)| r.overlaps(&span)).collect();
+        hits.sort_by_key(|(r, _)| (r.start, r.end));
+        if let Some((_, what)) = hits.first() {
+            let more = match hits.len() - 1 {
+                0 => String::new(),
+                n => format!(" and {n} more reserved address(es) or network(s)"),
+            };
+            sink.push(
+                &at,
+                format!(
+                    "{} covers {what}{more}; a pool must not hold addresses the cluster already uses",
+                    describe(&span)
+                ),
             );
             continue;
         }
@@ -305,6 +390,13 @@ fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sin
             sink.push("metadata.name", "is required");
             false
         }
+        Some(n) if let Err(why) = dns1123_subdomain(n) => {
+            sink.push(
+                "metadata.name",
+                format!("{n:?} is not a valid name: {why} (names must be DNS-1123 subdomains, as Kubernetes requires: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"),
+            );
+            false
+        }
         Some(n) if !seen.insert(n.clone()) => {
             sink.push(
                 "metadata.name",
@@ -316,11 +408,36 @@ fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sin
     }
 }
 
+/// Checks a DNS-1123 subdomain (RFC 1123 host names, as Kubernetes checks the names of most
+/// objects): dot-separated labels of lowercase letters, digits and `-`, each starting and
+/// ending with a letter or digit, 253 characters at most.
+pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("{} characters, more than 253", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (leading, trailing or double '.')".into());
+        }
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return Err(format!("{c:?} is not allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{label:?} starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
 /// Validates pools and Egresses together (Egresses refer to pools; pools must not overlap).
 ///
 /// When two pools overlap, the older one (then the one whose name sorts first) is kept and the
 /// other is reported, so adding a bad pool never breaks a working one.
-pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Validated {
+///
+/// Pool ranges must not cover anything in `reserved` (node addresses, pod and service CIDRs,
+/// the router) nor loopback, link-local, multicast, unspecified or broadcast addresses.
+pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress], reserved: &Reserved) -> Validated {
+    let reserved = reserved.blocks();
     let mut out = Validated::default();
     let mut seen = BTreeSet::new();
     let mut candidates: Vec<(usize, &api::ExternalIPPool, Pool)> = Vec::new();
@@ -330,7 +447,7 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Vali
         let name = p.metadata.name.clone().unwrap_or_default();
         let mut sink = Sink { kind: "ExternalIPPool", name: &name, index: idx, problems: Vec::new() };
         if check_name(p.metadata.name.as_ref(), &mut seen, &mut sink) {
-            match validate_pool(p, &mut sink) {
+            match validate_pool(p, &reserved, &mut sink) {
                 Some(model) => candidates.push((idx, p, model)),
                 None => {
                     invalid_pools.insert(name.clone());
@@ -405,6 +522,11 @@ pub fn check_pool_update(new: &Pool, index: usize, allocated: &[(IpAddr, String)
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    /// Validation with nothing reserved but the special ranges.
+    fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress]) -> Validated {
+        super::validate(pools, egresses, &Reserved::default())
+    }
 
     fn fields(v: &Validated) -> Vec<String> {
         v.problems.iter().map(|p| format!("{}/{}: {}", p.kind, p.name, p.field)).collect()
@@ -527,6 +649,23 @@ mod tests {
     }
 
     #[test]
+    fn names_must_be_dns1123_subdomains() {
+        for bad in ["Bad_Name!", "UPPER", "-lead", "trail-", "a..b", ".a", "a.", "a b", &"x".repeat(254)] {
+            let v =
+                validate(&[mk_pool(bad, &[("10.0.0.1", "10.0.0.2")], &[])], &[mk_egress(bad, None, Some("10.0.0.1"))]);
+            assert_eq!(
+                fields(&v),
+                vec![format!("ExternalIPPool/{bad}: metadata.name"), format!("Egress/{bad}: metadata.name")]
+            );
+            assert!(v.problems[0].reason.contains("DNS-1123"), "{}", v.problems[0].reason);
+            assert!(v.pools.is_empty() && v.egresses.is_empty());
+        }
+        for good in ["a", "egress-prod-web", "cilium-egress-sample", "a.b-c.d0", "0", &"x".repeat(253)] {
+            assert_eq!(dns1123_subdomain(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
     fn missing_names_are_reported() {
         let mut e = mk_egress("e", None, Some("10.0.0.1"));
         e.metadata.name = None;
@@ -554,6 +693,52 @@ mod tests {
             ]
         );
         assert!(v.pools.contains_key("good") && v.egresses.contains_key("e2"));
+    }
+
+    #[test]
+    fn pools_must_not_cover_reserved_addresses() {
+        let (nodes, _, _) = lab();
+        let config = crate::planner::ClusterConfig {
+            reserved: vec!["10.10.0.1".parse().unwrap()],
+            internal_cidrs: vec!["10.250.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let reserved = Reserved::of(&nodes, &config);
+        let check = |start: &str, end: &str| {
+            let v = super::validate(&[mk_pool("p", &[(start, end)], &[])], &[], &reserved);
+            v.problems.first().map(|p| {
+                assert_eq!(p.field, "spec.ipRanges[0]");
+                p.reason.clone()
+            })
+        };
+        // The examples' pool stays valid.
+        assert_eq!(check("10.10.0.11", "10.10.0.20"), None);
+        // The pool: the router, then the nodes.
+        let r = check("10.10.0.1", "10.10.0.254").unwrap();
+        assert!(r.contains("10.10.0.1, a reserved address") && r.contains("more reserved"), "{r}");
+        assert!(check("10.10.0.100", "10.10.0.110").unwrap().contains("10.10.0.101, an address of Node node-1"));
+        assert!(check("10.244.3.0", "10.244.3.9").unwrap().contains("pod CIDR of Node node-3"));
+        assert!(check("10.96.0.10", "10.96.0.10").unwrap().contains("service CIDR"));
+        assert!(check("10.250.1.1", "10.250.1.2").unwrap().contains("cluster CIDR"));
+        for (a, b, what) in [
+            ("127.0.0.1", "127.0.0.1", "loopback"),
+            ("169.254.1.1", "169.254.1.9", "link-local"),
+            ("224.0.0.5", "224.0.0.6", "multicast"),
+            ("0.0.0.0", "0.0.0.3", "unspecified"),
+            ("255.255.255.250", "255.255.255.255", "broadcast"),
+            ("::1", "::1", "loopback"),
+            ("fe80::1", "fe80::9", "link-local"),
+            ("ff02::1", "ff02::2", "multicast"),
+            ("::", "::", "unspecified"),
+        ] {
+            assert!(check(a, b).unwrap_or_default().contains(what), "{a}-{b}: {what}");
+        }
+        // A CIDR's usable addresses count: 10.10.0.0/24 hands out .1 to .254.
+        let mut p = mk_pool("p", &[], &["10.10.0.0/24"]);
+        p.metadata.name = Some("wide".into());
+        let v = super::validate(&[p], &[], &reserved);
+        assert!(v.pools.is_empty());
+        assert!(v.problems[0].reason.starts_with("10.10.0.1-10.10.0.254 covers 10.10.0.1"), "{}", v.problems[0].reason);
     }
 
     #[test]

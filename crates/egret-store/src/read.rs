@@ -3,7 +3,7 @@
 use egret_api::compat::{self, Translated};
 use egret_api::v1alpha1::{Egress, ExternalIPPool};
 use egret_core::model;
-use egret_core::validate::{Validated, validate};
+use egret_core::validate::{Reserved, Validated, validate};
 use k8s_openapi::api::core::v1 as corev1;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -86,11 +86,12 @@ impl Objects {
         self.pods.extend(other.pods);
     }
 
-    /// Validates the Egret objects.
-    pub fn validate(&self) -> Validated {
+    /// Validates the Egret objects; pools must not cover the addresses of the Nodes here nor
+    /// what `config` reserves.
+    pub fn validate(&self, config: &egret_core::planner::ClusterConfig) -> Validated {
         let pools: Vec<ExternalIPPool> = self.pools.iter().map(|d| d.object.clone()).collect();
         let egresses: Vec<Egress> = self.egresses.iter().map(|d| d.object.clone()).collect();
-        validate(&pools, &egresses)
+        validate(&pools, &egresses, &Reserved::of(&self.model_nodes(), config))
     }
 
     /// Validates, allocates, places and plans everything here for the given live nodes.
@@ -289,10 +290,10 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         return;
     };
     let origin = Origin { file: file.into(), doc, written_as: format!("{api_version} {k}") };
-    // serde_path_to_error names the field that failed, e.g. `spec.appliedTo`.
-    fn parse<T: DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
-        serde_path_to_error::deserialize(json).map_err(|e| format!("malformed object: {}: {}", e.path(), e.inner()))
-    }
+    // Egret's and the foreign kinds are strict: a misspelt field would otherwise be dropped
+    // and the object would mean something else (an Egress without its destinations steers
+    // everything). core/v1 objects mirror the API server's state and tolerate fields newer
+    // Kubernetes versions add.
     let push_translated = |t: Vec<Translated>, objs: &mut Objects| {
         for t in t {
             match t {
@@ -303,31 +304,74 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
     };
     let res: Result<(), String> = match (api_version, k) {
         ("egret.dev/v1alpha1", "Egress") => {
-            parse(json).map(|e| objs.egresses.push(Document { origin: origin.clone(), object: e }))
+            parse_strict(json, true).map(|e| objs.egresses.push(Document { origin: origin.clone(), object: e }))
         }
         ("egret.dev/v1alpha1", "ExternalIPPool") => {
-            parse(json).map(|p| objs.pools.push(Document { origin: origin.clone(), object: p }))
+            parse_strict(json, true).map(|p| objs.pools.push(Document { origin: origin.clone(), object: p }))
         }
-        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => parse::<compat::AntreaEgress>(json)
-            .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
-            .map(|e| push_translated(vec![Translated::Egress(Box::new(e))], objs)),
-        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "ExternalIPPool") => parse::<compat::AntreaPool>(json)
-            .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
-            .map(|p| push_translated(vec![Translated::Pool(Box::new(p))], objs)),
-        ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse::<compat::CiliumPolicy>(json)
+        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => {
+            parse_strict::<compat::AntreaEgress>(json, true)
+                .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
+                .map(|e| push_translated(vec![Translated::Egress(Box::new(e))], objs))
+        }
+        ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "ExternalIPPool") => {
+            parse_strict::<compat::AntreaPool>(json, true)
+                .and_then(|a| compat::antrea_pool(&a).map_err(|e| e.to_string()))
+                .map(|p| push_translated(vec![Translated::Pool(Box::new(p))], objs))
+        }
+        ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse_strict::<compat::CiliumPolicy>(json, true)
             .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
             .map(|t| push_translated(t, objs)),
-        ("v1", "Node") => parse(json).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n })),
-        ("v1", "Namespace") => {
-            parse(json).map(|n| objs.namespaces.push(Document { origin: origin.clone(), object: n }))
+        ("v1", "Node") => {
+            parse_strict(json, false).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n }))
         }
-        ("v1", "Pod") => parse(json).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p })),
+        ("v1", "Namespace") => {
+            parse_strict(json, false).map(|n| objs.namespaces.push(Document { origin: origin.clone(), object: n }))
+        }
+        ("v1", "Pod") => {
+            parse_strict(json, false).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p }))
+        }
         (av, k) => Err(format!(
             "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress and ExternalIPPool, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, v1 Node, Namespace and Pod"
         )),
     };
     if let Err(reason) = res {
         errs.push(err(reason));
+    }
+}
+
+/// A field path as written in manifests: `spec.selectors[0].podSelector`.
+fn field_path(p: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            s if s.is_empty() => key.clone(),
+            s => format!("{s}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// Deserialises one object. Errors name the field path (`spec.appliedTo: invalid type…`);
+/// with `strict`, a field the type does not know is an error too, named by its path.
+fn parse_strict<T: DeserializeOwned>(json: serde_json::Value, strict: bool) -> Result<T, String> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut note = |p: serde_ignored::Path| unknown.push(field_path(&p));
+    let de = serde_ignored::Deserializer::new(json, &mut note);
+    let obj: T =
+        serde_path_to_error::deserialize(de).map_err(|e| format!("malformed object: {}: {}", e.path(), e.inner()))?;
+    // `apiVersion` and `kind` were read already; the typed roots do not keep them.
+    unknown.retain(|p| p != "apiVersion" && p != "kind");
+    match unknown.as_slice() {
+        [] => Ok(obj),
+        _ if !strict => Ok(obj),
+        [one] => Err(format!("{one}: unknown field; check its spelling (see docs/api.md for the fields of each kind)")),
+        many => Err(format!(
+            "{}: unknown fields; check their spelling (see docs/api.md for the fields of each kind)",
+            many.join(", ")
+        )),
     }
 }
 
@@ -378,7 +422,7 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
         assert_eq!(o.namespaces.len(), 1);
         assert_eq!(o.egresses[0].origin.doc, 1);
         assert_eq!(o.egresses[0].origin.written_as, "crd.antrea.io/v1alpha2 Egress");
-        assert!(o.validate().problems.is_empty());
+        assert!(o.validate(&Default::default()).problems.is_empty());
     }
 
     #[test]
@@ -403,6 +447,113 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
             "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: c}\nspec: {selectors: [{podSelector: {}}], egressGateway: {interface: eth1}}\n",
         );
         assert!(e[0].to_string().contains("spec.egressGateway.interface"), "{}", e[0]);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_their_path() {
+        let one = |text: &str| {
+            let (o, e) = load(text);
+            assert_eq!(o.egresses.len() + o.pools.len(), 0, "{text}");
+            assert_eq!(e.len(), 1, "{e:?}");
+            e[0].to_string()
+        };
+        // The misspelt destinationCIDRs of the issue: the Egress would steer everything.
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: e}\nspec: {appliedTo: {podSelector: {}}, externalIPPool: p, destinationCIDR: [203.0.113.5/32]}\n",
+        );
+        assert!(msg.starts_with("t.yaml: Egress/e: document 0: "), "{msg}");
+        assert!(msg.contains("spec") && msg.contains("destinationCIDR") && msg.contains("destinationCIDRs"), "{msg}");
+        // Inside a k8s-openapi selector, at the root, in metadata.
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: e}\nspec: {appliedTo: {podSelector: {matchLabel: {app: web}}}, externalIPPool: p}\n",
+        );
+        assert!(msg.contains("spec.appliedTo.podSelector.matchLabel: unknown field"), "{msg}");
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p}\nspec: {ipRanges: [{cidr: 10.0.0.0/30}]}\nstatu: {}\n",
+        );
+        assert!(msg.contains("ExternalIPPool/p: document 0: statu: unknown field"), "{msg}");
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p, label: {a: b}}\nspec: {ipRanges: [{cidr: 10.0.0.0/30}]}\n",
+        );
+        assert!(msg.contains("metadata.label: unknown field"), "{msg}");
+        let msg = one(
+            "apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: p}\nspec: {ipRanges: [{cidr: 10.0.0.0/30, stop: 10.0.0.9}]}\n",
+        );
+        assert!(msg.contains("spec.ipRanges[0]") && msg.contains("stop"), "{msg}");
+        // Foreign kinds are strict too.
+        let msg = one(
+            "apiVersion: crd.antrea.io/v1beta1\nkind: Egress\nmetadata: {name: a}\nspec: {appliedTo: {podSelector: {}}, externalIPPol: p}\n",
+        );
+        assert!(msg.contains("externalIPPol"), "{msg}");
+        let msg = one(
+            "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: c}\nspec: {selectors: [{podSelector: {}, nodeSelecter: {}}], egressGateway: {egressIP: 10.1.1.1}}\n",
+        );
+        assert!(msg.contains("spec.selectors[0]") && msg.contains("nodeSelecter"), "{msg}");
+    }
+
+    #[test]
+    fn status_metadata_and_upstream_fields_still_load() {
+        let text = r#"
+apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata:
+  name: e
+  labels: {a: b}
+  annotations: {x: y}
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  resourceVersion: "12"
+  uid: 0b3c
+spec: {appliedTo: {podSelector: {}}, externalIPPool: p}
+status:
+  egressIP: 10.10.0.11
+  egressNode: node-4
+  conditions:
+  - {type: IPAllocated, status: "True", reason: Allocated, message: m, lastTransitionTime: "2026-01-01T00:00:00Z"}
+---
+apiVersion: egret.dev/v1alpha1
+kind: ExternalIPPool
+metadata: {name: p}
+spec: {ipRanges: [{start: 10.10.0.11, end: 10.10.0.20}], nodeSelector: {}}
+status: {usage: {total: 10, used: 1}}
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: Egress
+metadata: {name: a}
+spec: {appliedTo: {podSelector: {}}, externalIPPool: p}
+status:
+  egressNode: node-4
+  egressIP: 10.10.0.12
+  conditions: [{type: IPAssigned, status: "True", reason: Assigned}]
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: ExternalIPPool
+metadata: {name: q}
+spec: {ipRanges: [{cidr: 10.10.1.0/28}], nodeSelector: {}}
+status: {usage: {total: 14, used: 0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: prod}
+spec: {nodeName: node-1, containers: [{name: c, image: i}], someFutureField: true}
+status: {podIP: 10.244.1.10}
+"#;
+        let (o, e) = load(text);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!((o.egresses.len(), o.pools.len(), o.pods.len()), (2, 2, 1));
+        assert_eq!(o.egresses[0].object.status.as_ref().unwrap().conditions.len(), 1);
+    }
+
+    #[test]
+    fn every_example_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut dirs = 0;
+        for d in std::fs::read_dir(&root).unwrap() {
+            let (o, e) = read_paths(&[d.unwrap().path()]);
+            assert!(e.is_empty(), "{e:?}");
+            assert!(!o.nodes.is_empty());
+            dirs += 1;
+        }
+        assert!(dirs >= 6);
     }
 
     #[test]

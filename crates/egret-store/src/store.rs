@@ -4,6 +4,7 @@
 
 use crate::read::{LoadError, Objects, read_paths};
 use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_core::planner::ClusterConfig;
 use egret_core::validate::Problem;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -77,12 +78,31 @@ pub struct Key {
     pub name: String,
 }
 
+/// One part of a file name: lowercase letters, digits, `-` and `.` as they are, every other
+/// byte as `%XX`. `_` (the separator of parts) and `%` are thus always escaped, so distinct keys
+/// never share a file (`(a, b_c)` and `(a_b, c)` did), and no name can reach outside the store
+/// (`/` is escaped too). Valid Kubernetes names need no escaping, so their files keep the names
+/// they always had.
+fn file_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Key {
+    /// The object's file: `kind_name.yaml` or `kind_namespace_name.yaml`, parts escaped so
+    /// the mapping is injective.
     fn file_name(&self) -> String {
-        let kind = self.kind.to_ascii_lowercase();
+        let kind = file_part(&self.kind.to_ascii_lowercase());
         match &self.namespace {
-            Some(ns) => format!("{kind}_{ns}_{}.yaml", self.name),
-            None => format!("{kind}_{}.yaml", self.name),
+            Some(ns) => format!("{kind}_{}_{}.yaml", file_part(ns), file_part(&self.name)),
+            None => format!("{kind}_{}.yaml", file_part(&self.name)),
         }
     }
 }
@@ -187,16 +207,22 @@ impl Store {
         }
     }
 
+    /// [`Store::apply_with`] the default cluster settings.
+    pub fn apply(&self, new: Objects) -> Result<Applied, StoreError> {
+        self.apply_with(new, &ClusterConfig::default())
+    }
+
     /// Applies objects like `kubectl apply`: creates or replaces each object's spec and labels,
     /// keeping the stored status and creation time. The whole change is validated together
-    /// with what the store holds; if it adds any problem, nothing is written.
-    pub fn apply(&self, new: Objects) -> Result<Applied, StoreError> {
+    /// with what the store holds (and what `config` reserves); if it adds any problem, nothing
+    /// is written.
+    pub fn apply_with(&self, new: Objects, config: &ClusterConfig) -> Result<Applied, StoreError> {
         let lock = self.lock()?;
         let (mut cur, errs) = self.load_unlocked();
         if !errs.is_empty() {
             return Err(StoreError::Load(errs));
         }
-        let before: BTreeSet<String> = problem_keys(&cur);
+        let before: BTreeSet<String> = problem_keys(&cur, config);
         let allocated = allocated_ips(&cur);
         let mut changes = Vec::new();
         merge(
@@ -235,7 +261,7 @@ impl Store {
             keep_created,
         );
 
-        let v = cur.validate();
+        let v = cur.validate(config);
         let mut fresh: Vec<Problem> =
             v.problems.iter().filter(|p| !before.contains(&problem_key(p))).cloned().collect();
         for (name, pool) in &v.pools {
@@ -453,8 +479,8 @@ fn problem_key(p: &Problem) -> String {
     format!("{}/{}/{}/{}", p.kind, p.name, p.field, p.reason)
 }
 
-fn problem_keys(o: &Objects) -> BTreeSet<String> {
-    o.validate().problems.iter().map(problem_key).collect()
+fn problem_keys(o: &Objects, config: &ClusterConfig) -> BTreeSet<String> {
+    o.validate(config).problems.iter().map(problem_key).collect()
 }
 
 /// `(ip, egress, pool)` for every allocation recorded in Egress status.
@@ -551,6 +577,23 @@ mod tests {
     }
 
     #[test]
+    fn pools_covering_reserved_addresses_are_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus: {addresses: [{type: InternalIP, address: 10.10.0.101}]}\n";
+        let config = ClusterConfig { reserved: vec!["10.10.0.1".parse().unwrap()], ..ClusterConfig::default() };
+        store.apply_with(objs(node), &config).unwrap();
+        let wide = POOL.replace("{start: 10.10.0.11, end: 10.10.0.20}", "{cidr: 10.10.0.0/24}");
+        let Err(StoreError::Invalid(p)) = store.apply_with(objs(&wide), &config) else { panic!("must be rejected") };
+        assert_eq!(p[0].field, "spec.ipRanges[0]");
+        assert!(p[0].reason.contains("10.10.0.1, a reserved address"), "{}", p[0].reason);
+        // A node address, without any configured reservation.
+        let on_node = POOL.replace("{start: 10.10.0.11, end: 10.10.0.20}", "{cidr: 10.10.0.101/32}");
+        assert!(matches!(store.apply(objs(&on_node)), Err(StoreError::Invalid(_))));
+        store.apply_with(objs(POOL), &config).unwrap();
+    }
+
+    #[test]
     fn delete_removes_files_and_reports() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -559,6 +602,51 @@ mod tests {
         assert_eq!(gone.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["Egress/e"]);
         assert!(store.delete(&objs(EGRESS)).unwrap().is_empty());
         assert!(store.load().0.egresses.is_empty());
+    }
+
+    #[test]
+    fn file_names_never_collide() {
+        let pod = |ns: &str, name: &str| Key { kind: "Pod", namespace: Some(ns.into()), name: name.into() };
+        assert_ne!(pod("a", "b_c").file_name(), pod("a_b", "c").file_name());
+        assert_eq!(pod("prod", "web-1").file_name(), "pod_prod_web-1.yaml");
+        let eg = Key { kind: "Egress", namespace: None, name: "../../etc/x".into() };
+        assert!(!eg.file_name().contains('/'), "{}", eg.file_name());
+    }
+
+    proptest::proptest! {
+        /// Distinct keys map to distinct files (names drawn from an alphabet rich in the
+        /// characters that matter: separators, escapes, case).
+        #[test]
+        fn file_names_are_injective(
+            a in ("[a_%B/.-]{0,4}", "[a_%B/.-]{0,4}", proptest::bool::ANY),
+            b in ("[a_%B/.-]{0,4}", "[a_%B/.-]{0,4}", proptest::bool::ANY),
+        ) {
+            let key = |(ns, name, pod): (String, String, bool)| if pod {
+                Key { kind: "Pod", namespace: Some(ns), name }
+            } else {
+                Key { kind: "Egress", namespace: None, name: format!("{ns}{name}") }
+            };
+            let (ka, kb) = (key(a), key(b));
+            proptest::prop_assert_eq!(ka == kb, ka.file_name() == kb.file_name(), "{} {}", ka, kb);
+        }
+    }
+
+    #[test]
+    fn pods_whose_keys_collided_before_are_both_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pod = |ns: &str, name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{namespace: {ns}, name: {name}}}\nspec: {{containers: []}}\n"
+            )
+        };
+        store.apply(objs(&format!("{}---\n{}", pod("a", "b_c"), pod("a_b", "c")))).unwrap();
+        let (loaded, errs) = store.load();
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(loaded.pods.len(), 2);
+        let gone = store.delete(&objs(&pod("a", "b_c"))).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(store.load().0.pods[0].object.metadata.namespace.as_deref(), Some("a_b"));
     }
 
     #[test]

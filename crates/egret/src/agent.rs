@@ -74,6 +74,9 @@ pub struct AgentArgs {
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Addresses no pool may cover that no object names, e.g. the node network's router.
+    #[arg(long = "reserved-ip", value_delimiter = ',')]
+    pub reserved_ips: Vec<std::net::IpAddr>,
 }
 
 impl AgentArgs {
@@ -233,7 +236,11 @@ struct Objects {
 
 impl Objects {
     fn new(store: Store, args: &AgentArgs) -> Objects {
-        let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+        let config = ClusterConfig {
+            service_cidrs: args.service_cidrs.clone(),
+            internal_cidrs: Vec::new(),
+            reserved: args.reserved_ips.clone(),
+        };
         Objects {
             source: StoreSource::new(store),
             index: Index::new(config, Index::core_kinds()),
@@ -265,6 +272,7 @@ fn compute(
     node: &str,
     live: &BTreeSet<String>,
     may_host: bool,
+    logged: &mut Vec<egret_core::planner::Warning>,
 ) -> anyhow::Result<(NodePlan, u64)> {
     if !objects.index.is_synced() {
         bail!("waiting for the initial list of {:?}", objects.index.waiting_for());
@@ -281,6 +289,7 @@ fn compute(
     }
     objects.index.set_live(&live);
     let np = objects.index.node_plan(node).ok_or(NotInStore)?;
+    crate::controller::log_warnings(&objects.index.warnings(), logged);
     Ok((np, objects.stamp))
 }
 
@@ -320,6 +329,7 @@ impl Loop {
         // others it is, so they move IPs to it only once it holds them (make before break).
         let mut programmed_eligible = false;
         let mut rejected_seen = 0u64;
+        let mut logged = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let (others, settled) = membership.live(&store, &node, &args);
             let may_host = eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
@@ -334,7 +344,7 @@ impl Loop {
             if (dirty || verify || !report.ready) && health_of_sync.may_attempt(Instant::now()) {
                 dirty = false;
                 objects.poll();
-                match compute(&mut objects, &node, &live, may_host) {
+                match compute(&mut objects, &node, &live, may_host, &mut logged) {
                     Ok((np, stamp)) => {
                         in_store = true;
                         if last.as_ref() != Some(&np) || !report.ready || verify {

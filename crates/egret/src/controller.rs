@@ -26,6 +26,9 @@ pub struct ControllerArgs {
     /// Service CIDRs (never steered).
     #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
     pub service_cidrs: Vec<ipnet::IpNet>,
+    /// Addresses no pool may cover that no object names, e.g. the node network's router.
+    #[arg(long = "reserved-ip", value_delimiter = ',')]
+    pub reserved_ips: Vec<std::net::IpAddr>,
 }
 
 /// Nodes that may be given egress IPs: their agent's heartbeat is fresh, it reports it may host
@@ -65,6 +68,16 @@ fn live_at(
     (live, hosted)
 }
 
+/// Logs the plan's warnings when they differ from the last ones logged (`logged`).
+pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<egret_core::planner::Warning>) {
+    if warnings != logged.as_slice() {
+        for w in warnings {
+            warn!("plan: {w}");
+        }
+        *logged = warnings.to_vec();
+    }
+}
+
 /// The controller's objects: the store as an event source feeding the index.
 pub struct Objects {
     source: StoreSource,
@@ -78,7 +91,11 @@ pub struct Objects {
 impl Objects {
     /// An index over `store`, filled by the first [`reconcile`].
     pub fn new(store: Store, args: &ControllerArgs) -> Objects {
-        let config = ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: Vec::new() };
+        let config = ClusterConfig {
+            service_cidrs: args.service_cidrs.clone(),
+            internal_cidrs: Vec::new(),
+            reserved: args.reserved_ips.clone(),
+        };
         Objects {
             source: StoreSource::new(store),
             index: Index::new(config, Index::core_kinds()),
@@ -90,7 +107,12 @@ impl Objects {
 
 /// One reconciliation: feeds what changed in the store into the index, then writes statuses.
 /// Returns how many statuses were written.
-pub fn reconcile(store: &Store, objects: &mut Objects, args: &ControllerArgs) -> anyhow::Result<usize> {
+pub fn reconcile(
+    store: &Store,
+    objects: &mut Objects,
+    args: &ControllerArgs,
+    logged: &mut Vec<egret_core::planner::Warning>,
+) -> anyhow::Result<usize> {
     let p = objects.source.poll();
     let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
     if errors != objects.errors {
@@ -113,6 +135,7 @@ pub fn reconcile(store: &Store, objects: &mut Objects, args: &ControllerArgs) ->
     ix.set_live(&live);
     let plan = ix.control_plan();
     let problems = ix.validation_problems().to_vec();
+    log_warnings(&ix.warnings(), logged);
     let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
         ix.api_egresses().into_iter().filter_map(|e| Some((e.metadata.name?, e.status))).collect();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -135,8 +158,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut objects = Objects::new(store.clone(), &args);
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = Vec::new();
     loop {
-        if let Err(e) = reconcile(&store, &mut objects, &args) {
+        if let Err(e) = reconcile(&store, &mut objects, &args, &mut logged) {
             warn!("reconcile: {e:#}");
         }
         tokio::select! {

@@ -41,6 +41,8 @@ enum Cmd {
         /// Files or directories of YAML manifests.
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        cluster: offline::ClusterArgs,
     },
     /// Show what manifests would do: allocations, gateway nodes and steering rules.
     Plan(offline::PlanArgs),
@@ -128,7 +130,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Crds { dir } => offline::crds(dir.as_deref()),
-        Cmd::Validate { files } => offline::validate(&files),
+        Cmd::Validate { files, cluster } => offline::validate(&files, &cluster),
         Cmd::Plan(args) => offline::plan(&args),
         Cmd::Convert { files } => offline::convert(&files),
         Cmd::Controller(args) => block_on(controller::run(args)),

@@ -7,6 +7,7 @@ use egret_store::{Objects, read_paths};
 use ipnet::IpNet;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -24,11 +25,36 @@ pub fn crds(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Cluster settings no object carries, shared by `validate` and `plan`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Service CIDRs (never steered; no pool may cover them).
+    #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
+    service_cidrs: Vec<IpNet>,
+    /// Further cluster-internal CIDRs (never steered; no pool may cover them), e.g. the pod
+    /// network.
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    cluster_cidrs: Vec<IpNet>,
+    /// Addresses no pool may cover that no object names, e.g. the node network's router.
+    #[arg(long = "reserved-ip", value_delimiter = ',')]
+    reserved_ips: Vec<IpAddr>,
+}
+
+impl ClusterArgs {
+    fn config(&self) -> ClusterConfig {
+        ClusterConfig {
+            service_cidrs: self.service_cidrs.clone(),
+            internal_cidrs: self.cluster_cidrs.clone(),
+            reserved: self.reserved_ips.clone(),
+        }
+    }
+}
+
 /// Loads manifests; every load error and validation problem as one line each.
-fn load(files: &[PathBuf]) -> (Objects, egret_core::validate::Validated, Vec<String>) {
+fn load(files: &[PathBuf], config: &ClusterConfig) -> (Objects, egret_core::validate::Validated, Vec<String>) {
     let (objs, errs) = read_paths(files);
     let mut lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
-    let v = objs.validate();
+    let v = objs.validate(config);
     for p in &v.problems {
         let file = objs.origin_of(&p.kind, p.index).map(|o| o.file.display().to_string()).unwrap_or_default();
         lines.push(format!("{file}: {p}"));
@@ -37,8 +63,8 @@ fn load(files: &[PathBuf]) -> (Objects, egret_core::validate::Validated, Vec<Str
 }
 
 /// `egret validate`.
-pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let (objs, v, lines) = load(files);
+pub fn validate(files: &[PathBuf], cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
+    let (objs, v, lines) = load(files, &cluster.config());
     if !lines.is_empty() {
         for l in &lines {
             outln!("{l}");
@@ -77,17 +103,14 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: PlanOutput,
-    /// Service CIDRs (never steered).
-    #[arg(long = "service-cidr", default_value = "10.96.0.0/12", value_delimiter = ',')]
-    service_cidrs: Vec<IpNet>,
-    /// Further cluster-internal CIDRs (never steered), e.g. the pod network.
-    #[arg(long = "cluster-cidr", value_delimiter = ',')]
-    cluster_cidrs: Vec<IpNet>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// `egret plan`.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    let (objs, _, lines) = load(&args.files);
+    let config = args.cluster.config();
+    let (objs, _, lines) = load(&args.files, &config);
     if !lines.is_empty() {
         for l in &lines {
             eprintln!("{l}");
@@ -111,9 +134,10 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             list.iter().cloned().collect()
         }
     };
-    let config =
-        ClusterConfig { service_cidrs: args.service_cidrs.clone(), internal_cidrs: args.cluster_cidrs.clone() };
     let (_, p) = objs.plan(&live, &config);
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
     match args.output {
         PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
         PlanOutput::Table => out!("{}", plan_tables(&p)),

@@ -39,6 +39,76 @@ fn every_example_validates() {
         let o = egret(&["validate", "-f", dir.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}", dir.display(), stdout(&o));
         assert!(stdout(&o).starts_with("valid: "), "{}", stdout(&o));
+        // With the lab's router reserved, as the lab's controller and agents run.
+        let o = egret(&["validate", "--reserved-ip", "10.10.0.1", "-f", dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", dir.display(), stdout(&o));
+    }
+}
+
+#[test]
+fn plan_warns_about_two_pods_with_one_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stale.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {namespace: prod, name: web-old, labels: {app: web}}\nspec: {nodeName: node-9, containers: []}\nstatus: {podIP: 10.244.1.10}\n",
+    )
+    .unwrap();
+    let o = egret(&["plan", "-o", "json", "-f", "examples/seed-002-ha", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: Pod/prod/web-old: status.podIPs: 10.244.1.10 is also the address of Pod prod/web-1"),
+        "{err}"
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["warnings"].as_array().unwrap().len(), 1);
+    let rules = plan["rules"].as_array().unwrap();
+    assert_eq!(rules.iter().filter(|r| r["sourceIP"] == "10.244.1.10").count(), 1);
+}
+
+#[test]
+fn strict_inputs_are_rejected_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strict.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata: {name: typo}
+spec:
+  appliedTo: {podSelector: {}}
+  egressIP: 10.10.0.104
+  destinationCIDR: [203.0.113.5/32]
+---
+apiVersion: egret.dev/v1alpha1
+kind: Egress
+metadata: {name: Bad_Name!}
+spec: {appliedTo: {podSelector: {}}, egressIP: 10.10.0.104}
+---
+apiVersion: egret.dev/v1alpha1
+kind: ExternalIPPool
+metadata: {name: whole-node-net}
+spec: {ipRanges: [{cidr: 10.10.0.0/24}]}
+"#,
+    )
+    .unwrap();
+    let cluster = root().join("examples/cluster/lab.yaml");
+    let o = egret(&["validate", "--reserved-ip", "10.10.0.1", "-f", cluster.to_str().unwrap(), file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    let f = file.display().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        format!("{f}: Egress/typo: document 0: malformed object: spec.destinationCIDR: unknown field"),
+        format!(
+            "{f}: ExternalIPPool/whole-node-net: spec.ipRanges[0]: 10.10.0.1-10.10.0.254 covers 10.10.0.1, a reserved address"
+        ),
+        format!("{f}: Egress/Bad_Name!: metadata.name: \"Bad_Name!\" is not a valid name"),
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}");
+    for (line, want) in lines.iter().zip(&expect) {
+        assert!(line.starts_with(want.as_str()), "\n got: {line}\nwant: {want}...");
     }
 }
 

@@ -362,7 +362,7 @@ fn latency_trials(name: &str, trials: usize, file: &std::path::Path) -> anyhow::
         if let Some(e) = errs.first() {
             bail!("{e}");
         }
-        let applied = Store::open(st.store())?.apply(objs)?;
+        let applied = Store::open(st.store())?.apply_with(objs, &super::lab_config())?;
         let lat = super::wait_programmed(&st, applied.stamp_ms, Duration::from_secs(15))?;
         let after = node_plans(&st, &live)?;
         if trial > 0 {

@@ -281,6 +281,21 @@ fn stop(pid: u32, grace: Duration) {
     }
 }
 
+/// The lab's cluster settings: its router's address is no object's, so no pool may take it.
+fn lab_config() -> egret_core::planner::ClusterConfig {
+    egret_core::planner::ClusterConfig {
+        reserved: vec![IpAddr::V4(egret_netns::ROUTER_IP)],
+        ..egret_core::planner::ClusterConfig::default()
+    }
+}
+
+/// Starts the controller with the lab's settings.
+fn spawn_controller(st: &LabState) -> anyhow::Result<u32> {
+    let store = st.store().to_string_lossy().into_owned();
+    let reserved = egret_netns::ROUTER_IP.to_string();
+    spawn_egret(None, &["controller", "--store", &store, "--reserved-ip", &reserved], &st.log("controller"))
+}
+
 fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
     start_agent_with(st, node, true)
 }
@@ -288,8 +303,9 @@ fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
 fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Result<u32> {
     let store = st.store().to_string_lossy().into_owned();
     let key = st.dir().join("gossip.key").to_string_lossy().into_owned();
+    let reserved = egret_netns::ROUTER_IP.to_string();
     let mut args = vec!["agent", "--store", &store, "--node", &node.name, "--underlay", "eth0"];
-    args.extend(["--health-addr", "127.0.0.1:9090"]);
+    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved]);
     if with_key {
         args.extend(["--gossip-key-file", &key]);
     }
@@ -394,9 +410,8 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     st.whoami_pid = Some(spawn_egret(Some(&st.outside.clone()), &["lab", "serve-whoami"], &st.log("whoami"))?);
     st.save()?;
     let store = Store::open(st.store())?;
-    store.apply(objs)?;
-    st.controller_pid =
-        Some(spawn_egret(None, &["controller", "--store", &st.store().to_string_lossy()], &st.log("controller"))?);
+    store.apply_with(objs, &lab_config())?;
+    st.controller_pid = Some(spawn_controller(st)?);
     st.save()?;
     for node in st.nodes.values().cloned().collect::<Vec<_>>() {
         let pid = start_agent(st, &node)?;
@@ -622,7 +637,7 @@ fn prepare_pods(st: &LabState, objs: &mut Objects) -> anyhow::Result<Vec<String>
 fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
     let (objs, _) = Store::open(st.store())?.load();
     let node_net: ipnet::Ipv4Net = egret_netns::NODE_NET.parse()?;
-    let v = objs.validate();
+    let v = objs.validate(&lab_config());
     let mut want = BTreeSet::new();
     for pool in v.pools.values() {
         for r in &pool.ranges {
@@ -688,7 +703,7 @@ fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let new_pods = prepare_pods(&st, &mut objs)?;
     let applied_objs = objs.clone();
     let store = Store::open(st.store())?;
-    let applied = match store.apply(objs) {
+    let applied = match store.apply_with(objs, &lab_config()) {
         Ok(a) => a,
         Err(StoreError::Invalid(problems)) => {
             for p in &problems {
@@ -868,8 +883,7 @@ fn restart(name: &str, target: &str, without_key: bool) -> anyhow::Result<ExitCo
         if let Some(pid) = st.controller_pid {
             stop(pid, Duration::from_secs(5));
         }
-        st.controller_pid =
-            Some(spawn_egret(None, &["controller", "--store", &st.store().to_string_lossy()], &st.log("controller"))?);
+        st.controller_pid = Some(spawn_controller(&st)?);
         st.save()?;
         outln!("controller restarted");
         return Ok(ExitCode::SUCCESS);
