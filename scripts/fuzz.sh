@@ -4,6 +4,8 @@
 # timeout or memory blow-up; the input that caused it is left in fuzz/artifacts/TARGET/.
 #   FUZZ_SECONDS=N   seconds per target (default 30)
 #   FUZZ_TARGETS="a b"  only these targets (default: all)
+#   FUZZ_BUILD="--dev"  extra `cargo fuzz run` flags (test.sh builds unoptimised: its short run
+#                       needs a quick build more than fast executions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,8 @@ for t in $targets; do
   # New inputs go to fuzz/corpus/ (ignored by git); the seeds are only read. libFuzzer's
   # per-input progress lines are filtered out; its exit status decides.
   set +e
-  (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+  # shellcheck disable=SC2086
+  (cd fuzz && cargo +nightly fuzz run ${FUZZ_BUILD:-} "$t" "corpus/$t" "seeds/$t" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) 2>&1 |
     grep -Ev '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)'
   status=${PIPESTATUS[0]}

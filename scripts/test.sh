@@ -61,4 +61,4 @@ else
 fi
 
 # Fuzz targets, briefly (scripts/fuzz.sh runs them longer); they need the nightly toolchain.
-if cargo +nightly --version >/dev/null 2>&1; then FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ./scripts/fuzz.sh; else echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"; fi
+if cargo +nightly --version >/dev/null 2>&1; then FUZZ_SECONDS="${FUZZ_SECONDS:-10}" FUZZ_BUILD="${FUZZ_BUILD:---dev}" ./scripts/fuzz.sh; else echo "fuzz: skipped: no nightly toolchain (rustup toolchain install nightly)"; fi
