@@ -23,6 +23,7 @@ use crate::event::{Change, Event, Kind, ObjectRef};
 use crate::ipam::{self, Allocations};
 use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
 use crate::net::Family;
+use crate::placement;
 use crate::planner::{self, ClusterConfig, EgressOutcome, Inputs, NodePlan, Plan, PoolOutcome, Rule};
 use crate::selector::Labels;
 use crate::validate::{self, Problem, Validated};
@@ -62,6 +63,8 @@ struct Objects {
 /// What follows from the Nodes alone.
 #[derive(Debug, Default)]
 struct NodeFacts {
+    /// The Nodes in name order, as the planner's steps take them.
+    nodes: Vec<Node>,
     /// What no pool may cover (node addresses, pod and service CIDRs, configured addresses).
     reserved: validate::Reserved,
     cluster_cidrs: Vec<IpNet>,
@@ -123,6 +126,9 @@ pub struct Index {
     outcomes: Option<BTreeMap<String, EgressOutcome>>,
     /// `None` when Nodes changed since.
     node_facts: Option<NodeFacts>,
+    /// Placement per egress IP, valid while the eligible nodes of every pool are unchanged
+    /// (emptied when the live set, the Nodes or the pools change).
+    placed: HashMap<IpAddr, Option<String>>,
     /// The Egress order the partitions' ranks refer to.
     objects_order: Option<Vec<Arc<str>>>,
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
@@ -204,6 +210,7 @@ impl Index {
             matched_against: BTreeMap::new(),
             outcomes: None,
             node_facts: None,
+            placed: HashMap::new(),
             objects_order: None,
             partitions: HashMap::new(),
         }
@@ -268,6 +275,8 @@ impl Index {
         if objects_changed {
             if !matches!(kind, Kind::Egress) {
                 self.dirty_egresses = None;
+                // A pool's node selector decides its eligible nodes.
+                self.placed.clear();
             }
             self.objects_stale = true;
             self.outcomes = None;
@@ -292,6 +301,7 @@ impl Index {
         if &self.live != live {
             self.live = live.clone();
             self.outcomes = None;
+            self.placed.clear();
         }
     }
 
@@ -530,18 +540,25 @@ impl Index {
             self.node_facts = Some(self.compute_node_facts());
         }
         if self.outcomes.is_none() {
-            let nodes: Vec<Node> = self.nodes.values().cloned().collect();
-            let Some(o) = self.objects.as_ref() else { return };
-            let outcomes = planner::gateways(&Inputs {
+            let (Some(o), Some(f)) = (self.objects.as_ref(), self.node_facts.as_ref()) else { return };
+            let memo = &mut self.placed;
+            let place = |requests: &[placement::Request]| {
+                let missing: Vec<placement::Request> =
+                    requests.iter().filter(|r| !memo.contains_key(&r.ip)).copied().collect();
+                memo.extend(placement::place(&missing, None));
+                requests.iter().map(|r| (r.ip, memo.get(&r.ip).cloned().flatten())).collect()
+            };
+            let inputs = Inputs {
                 pools: &o.validated.pools,
                 egresses: &o.validated.egresses,
                 allocations: &o.allocations,
-                nodes: &nodes,
+                nodes: &f.nodes,
                 namespaces: &[],
                 pods: &[],
                 live: &self.live,
                 config: &self.config,
-            });
+            };
+            let outcomes = planner::gateways_with(&inputs, place);
             self.outcomes = Some(outcomes);
         }
     }
@@ -551,6 +568,7 @@ impl Index {
         let owned: Vec<Node> = self.nodes.values().cloned().collect();
         NodeFacts {
             reserved: validate::Reserved::of(&owned, &self.config),
+            nodes: owned.clone(),
             cluster_cidrs: planner::cluster_cidrs(nodes.iter().copied(), &self.config),
             node_ips: nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
         }
@@ -640,6 +658,7 @@ impl Index {
             // Pools are checked against node addresses and pod CIDRs: validate everything again.
             self.node_facts = None;
             self.outcomes = None;
+            self.placed.clear();
             self.objects_stale = true;
             self.dirty_egresses = None;
         }

@@ -254,6 +254,15 @@ fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) ->
 
 /// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
 pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
+    gateways_with(inp, |requests| placement::place(requests, None))
+}
+
+/// [`gateways`] with the placement step supplied (the index memoises it: without a capacity
+/// bound each IP's place depends on that IP and its eligible nodes only).
+pub(crate) fn gateways_with(
+    inp: &Inputs,
+    place: impl FnOnce(&[Request]) -> BTreeMap<IpAddr, Option<String>>,
+) -> BTreeMap<String, EgressOutcome> {
     let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
     // Eligible nodes per pool, computed once per pool rather than once per Egress.
     let mut eligible_by_pool: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -272,7 +281,7 @@ pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
         .into_iter()
         .filter_map(|(ip, pool)| eligible_by_pool.get(pool).map(|eligible| Request { ip, eligible }))
         .collect();
-    let placed = placement::place(&requests, None);
+    let placed = place(&requests);
     let mut out = BTreeMap::new();
     for e in inp.egresses.values() {
         let mut conditions = Vec::new();
