@@ -386,13 +386,20 @@ impl Index {
         self.refresh();
         let rules = self.rules_for(node);
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
+        // A node's plan reads the addresses of itself and of the nodes its rules name only.
+        let mut names: BTreeSet<&str> = BTreeSet::from([node]);
+        for r in &rules {
+            names.extend(r.gateway.as_deref());
+            names.extend(r.source_node.as_deref());
+        }
+        let node_ips = names.into_iter().filter_map(|n| Some((n.to_string(), f.node_ips.get(n)?.clone()))).collect();
         let plan = Plan {
             // A node's plan reads only the outcomes of the IPs it hosts.
             egresses: out.values().filter(|o| o.egress_node.as_deref() == Some(node)).cloned().collect(),
             pools: Vec::new(),
             rules,
             cluster_cidrs: f.cluster_cidrs.clone(),
-            node_ips: f.node_ips.clone(),
+            node_ips,
             warnings: Vec::new(),
         };
         plan.node_plan(node)
