@@ -6,7 +6,9 @@
 //! needed**. Established flows carry the id in their conntrack mark, so renumbering a live peer
 //! would send them to the wrong node. New peers take free ids from a cursor that moves forward,
 //! so an id freed by a peer that left is not handed out again until the cursor has gone round
-//! the whole space (a stale mark never points at a new peer in the meantime).
+//! the whole space (a stale mark never points at a new peer in the meantime), and a peer that
+//! comes back (a gateway whose IP went away for a moment and returned) gets its old id again,
+//! so the flows still marked with it find their way once more.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,11 +28,16 @@ pub struct Exhausted {
 pub struct LocalIds<K: Ord> {
     ids: BTreeMap<K, u16>,
     next: u16,
+    /// Peers no longer needed and the id each had, at most [`REMEMBERED`] of them.
+    released: BTreeMap<K, u16>,
 }
+
+/// How many released peers keep a claim on their old id.
+pub const REMEMBERED: usize = 4096;
 
 impl<K: Ord> Default for LocalIds<K> {
     fn default() -> Self {
-        LocalIds { ids: BTreeMap::new(), next: 1 }
+        LocalIds { ids: BTreeMap::new(), next: 1, released: BTreeMap::new() }
     }
 }
 
@@ -51,7 +58,7 @@ impl<K: Ord + Clone> LocalIds<K> {
             }
         }
         let next = taken.last().map_or(1, |&m| after(m));
-        LocalIds { ids, next }
+        LocalIds { ids, next, released: BTreeMap::new() }
     }
 
     /// The id of `peer`, if it has one.
@@ -84,12 +91,39 @@ impl<K: Ord + Clone> LocalIds<K> {
         let mut ids: BTreeMap<K, u16> =
             self.ids.iter().filter(|(k, _)| needed.contains(*k)).map(|(k, &v)| (k.clone(), v)).collect();
         let mut taken: BTreeSet<u16> = ids.values().copied().collect();
+        // Returning peers first: their old id, unless another peer holds it now.
+        for k in needed {
+            if let (false, Some(&old)) = (ids.contains_key(k), self.released.get(k))
+                && taken.insert(old)
+            {
+                ids.insert(k.clone(), old);
+            }
+        }
+        let mut released: BTreeMap<K, u16> = self
+            .released
+            .iter()
+            .chain(self.ids.iter())
+            .filter(|(k, _)| !needed.contains(*k))
+            .map(|(k, &v)| (k.clone(), v))
+            .collect();
+        while released.len() > REMEMBERED {
+            released.pop_first();
+        }
+        let claimed: BTreeSet<u16> = released.values().copied().collect();
         let mut next = self.next.max(1);
         for k in needed {
             if ids.contains_key(k) {
                 continue;
             }
-            // At most MAX_ID - 1 steps: `needed` fits, so a free id exists.
+            // At most MAX_ID - 1 steps: `needed` fits, so a free id exists (ids claimed by
+            // released peers are skipped while some other id is free).
+            let start = next;
+            while taken.contains(&next) || claimed.contains(&next) {
+                next = after(next);
+                if next == start {
+                    break;
+                }
+            }
             while taken.contains(&next) {
                 next = after(next);
             }
@@ -97,7 +131,7 @@ impl<K: Ord + Clone> LocalIds<K> {
             ids.insert(k.clone(), next);
             next = after(next);
         }
-        Ok(LocalIds { ids, next })
+        Ok(LocalIds { ids, next, released })
     }
 }
 
@@ -117,6 +151,14 @@ mod tests {
         // 20 leaves, 40 joins: 10 and 30 keep theirs, 40 does not get 20's old id.
         let b = a.allocate(&set(&[10, 30, 40])).unwrap();
         assert_eq!((b.get(&10), b.get(&30), b.get(&40), b.get(&20)), (Some(1), Some(3), Some(4), None));
+    }
+
+    #[test]
+    fn a_peer_that_comes_back_gets_its_old_id() {
+        let a = LocalIds::default().allocate(&set(&[10, 20])).unwrap();
+        let b = a.allocate(&set(&[10, 30])).unwrap(); // 20 gone for a moment, 30 new
+        let c = b.allocate(&set(&[10, 20])).unwrap(); // 20 back
+        assert_eq!((c.get(&10), c.get(&20), b.get(&30)), (Some(1), Some(2), Some(3)));
     }
 
     #[test]
@@ -152,7 +194,7 @@ mod tests {
             steps in proptest::collection::vec(proptest::collection::btree_set(0u32..200, 0..80), 1..40),
             start in 1u16..=MAX_ID,
         ) {
-            let mut cur = LocalIds { ids: BTreeMap::new(), next: start };
+            let mut cur = LocalIds { ids: BTreeMap::new(), next: start, released: BTreeMap::new() };
             for needed in steps {
                 let new = cur.allocate(&needed).unwrap();
                 prop_assert_eq!(new.len(), needed.len());

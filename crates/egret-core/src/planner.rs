@@ -191,6 +191,10 @@ pub struct Steer {
     /// What to do.
     #[serde(flatten)]
     pub action: SteerAction,
+    /// The source address the traffic leaves with (`None`: dropped). A move of the same IP to
+    /// another gateway keeps it; an Egress edit that gives the flow another IP changes it.
+    #[serde(rename = "egressIP")]
+    pub egress_ip: Option<IpAddr>,
 }
 
 /// SNAT on the gateway.
@@ -680,6 +684,7 @@ impl Plan {
                     destination: r.destination,
                     egress: r.egress.to_string(),
                     action,
+                    egress_ip: r.egress_ip,
                 });
                 counters.entry(src).or_default().insert(&r.egress);
             }

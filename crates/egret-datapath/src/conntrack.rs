@@ -1,10 +1,18 @@
 //! Established flows follow a changed plan. A flow's conntrack entry pins its path: the origin
-//! node's entry carries the gateway's mark, the gateway's entry carries the SNAT binding. When
-//! the plan changes what this node does with traffic from a source to a destination (another
-//! gateway, another egress IP, no longer or newly steered), the entries of those flows are
-//! deleted, so the flow's next packet is classified again by the new plan: it never keeps
-//! leaving with an egress IP the plan no longer gives it. (A TCP peer that sees the new source
-//! address resets the connection: the client reconnects, like after a failover.)
+//! node's entry carries the gateway's mark, the gateway's entry carries the SNAT binding.
+//!
+//! - On the origin, when the plan changes the address a source's traffic to a destination
+//!   leaves with (another Egress or egress IP, no longer or newly steered, dropped), the
+//!   entries of those flows are deleted, so the flow's next packet is classified again by the
+//!   new plan: it never keeps leaving with an egress IP the plan no longer gives it.
+//! - On a gateway, a flow whose SNAT binding differs from the egress IP the plan now gives it
+//!   is deleted, whatever the previous plan said (a binding left from an earlier plan too).
+//!
+//! A move of the same egress IP to another gateway ends nothing: while the IP is away (a
+//! gateway restarting, or briefly ineligible) the flow waits, and it carries on when the IP
+//! comes back, as TCP does across a short outage; a gateway that died took its NAT state with
+//! it anyway. (A TCP peer that sees a new source address resets the connection: the client
+//! reconnects, like after a failover.)
 //!
 //! What to delete is decided here, purely; the `conntrack` tool (Debian package `conntrack`)
 //! lists the table and deletes the chosen flows.
@@ -27,10 +35,10 @@ fn entries(plan: &NodePlan) -> BTreeMap<Ipv4Addr, [Entries; 2]> {
     let span = |d: &Ipv4Net| (u32::from(d.network()), u32::from(d.broadcast()));
     for s in &plan.steer {
         if let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) {
-            let what = match &s.action {
-                SteerAction::Local => "local".to_string(),
-                SteerAction::Tunnel { gateway } => format!("tunnel {gateway}"),
-                SteerAction::Drop => "drop".to_string(),
+            // The address the traffic leaves with decides, not the gateway carrying it.
+            let what = match (&s.action, s.egress_ip) {
+                (SteerAction::Drop, _) | (_, None) => "drop".to_string(),
+                (_, Some(ip)) => format!("{} as {ip}", s.egress),
             };
             let (a, b) = span(&dst);
             out.entry(src).or_default()[0].push((a, b, what));
@@ -56,8 +64,9 @@ fn lookup(entries: &Entries, x: u32) -> Option<&str> {
     entries.get(i).filter(|e| e.0 <= x).map(|e| e.2.as_str())
 }
 
-/// Per source address, the destination intervals (merged, sorted) where this node's treatment
-/// of the traffic differs between `old` and `new` (IPv4: what the datapath programs).
+/// Per source address, the destination intervals (merged, sorted) where the address this
+/// node's pods' traffic leaves with differs between `old` and `new` (IPv4: what the datapath
+/// programs).
 pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interval>> {
     let (o, n) = (entries(old), entries(new));
     let empty: [Entries; 2] = Default::default();
@@ -80,7 +89,7 @@ pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interva
         let mut diff: Vec<Interval> = Vec::new();
         for w in cuts.windows(2) {
             let (start, end) = (w[0] as u32, (w[1] - 1) as u32);
-            let differs = (0..2).any(|layer| lookup(&a[layer], start) != lookup(&b[layer], start));
+            let differs = lookup(&a[0], start) != lookup(&b[0], start);
             if !differs {
                 continue;
             }
@@ -96,44 +105,64 @@ pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interva
     out
 }
 
-/// The original `(source, destination)` of every IPv4 flow in `conntrack -L -f ipv4` output.
-pub fn parse_flows(text: &str) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+/// One IPv4 flow of `conntrack -L -f ipv4`: its original source and destination, and the
+/// destination of its reply direction (the source address the flow leaves with after SNAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Flow {
+    /// Original source.
+    pub src: Ipv4Addr,
+    /// Original destination.
+    pub dst: Ipv4Addr,
+    /// Reply destination: `src` unless the flow is SNATed.
+    pub reply_dst: Ipv4Addr,
+}
+
+/// Every IPv4 flow in `conntrack -L -f ipv4` output.
+pub fn parse_flows(text: &str) -> Vec<Flow> {
     text.lines()
         .filter_map(|line| {
-            let mut src = None;
-            let mut dst = None;
-            for tok in line.split_whitespace() {
-                if src.is_none()
-                    && let Some(v) = tok.strip_prefix("src=")
-                {
-                    src = v.parse().ok();
-                } else if dst.is_none()
-                    && let Some(v) = tok.strip_prefix("dst=")
-                {
-                    dst = v.parse().ok();
-                }
-            }
-            Some((src?, dst?))
+            let mut srcs = line.split_whitespace().filter_map(|t| t.strip_prefix("src=")?.parse().ok());
+            let mut dsts = line.split_whitespace().filter_map(|t| t.strip_prefix("dst=")?.parse().ok());
+            let (src, dst) = (srcs.next()?, dsts.next()?);
+            let _reply_src: Option<Ipv4Addr> = srcs.next();
+            let reply_dst = dsts.next().unwrap_or(src);
+            Some(Flow { src, dst, reply_dst })
         })
+        .collect()
+}
+
+/// The flows SNATed to another address than the one `plan` gives their source and
+/// destination now (flows the plan does not SNAT here are left alone).
+pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
+    let snat: BTreeMap<Ipv4Addr, Entries> = entries(plan).into_iter().map(|(src, [_, snat])| (src, snat)).collect();
+    flows
+        .iter()
+        .filter(|f| f.reply_dst != f.src)
+        .filter(|f| {
+            snat.get(&f.src)
+                .and_then(|e| lookup(e, u32::from(f.dst)))
+                .is_some_and(|want| want != format!("snat {}", f.reply_dst))
+        })
+        .map(|f| (f.src, f.dst))
         .collect()
 }
 
 /// The `(source, destination)` pairs among `flows` whose path changed, leaving out
 /// cluster-internal destinations (never steered, so never Egret's to end).
 pub fn affected(
-    flows: &[(Ipv4Addr, Ipv4Addr)],
+    flows: &[Flow],
     changed: &BTreeMap<Ipv4Addr, Vec<Interval>>,
     cluster: &[Ipv4Net],
 ) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
     flows
         .iter()
-        .filter(|(s, d)| {
-            let Some(iv) = changed.get(s) else { return false };
-            let x = u32::from(*d);
+        .filter(|f| {
+            let Some(iv) = changed.get(&f.src) else { return false };
+            let x = u32::from(f.dst);
             let i = iv.partition_point(|e| e.1 < x);
-            iv.get(i).is_some_and(|e| e.0 <= x) && !cluster.iter().any(|c| c.contains(d))
+            iv.get(i).is_some_and(|e| e.0 <= x) && !cluster.iter().any(|c| c.contains(&f.dst))
         })
-        .copied()
+        .map(|f| (f.src, f.dst))
         .collect()
 }
 
@@ -164,8 +193,10 @@ mod tests {
     use super::*;
     use egret_core::planner::{Snat, Steer};
 
-    fn steer(src: &str, dst: &str, action: SteerAction) -> Steer {
-        Steer { source: src.parse().unwrap(), destination: dst.parse().unwrap(), egress: "e".into(), action }
+    /// Steering as egress IP `eip` (dropped traffic has none).
+    fn steer(src: &str, dst: &str, action: SteerAction, eip: &str) -> Steer {
+        let egress_ip = (action != SteerAction::Drop).then(|| eip.parse().unwrap());
+        Steer { source: src.parse().unwrap(), destination: dst.parse().unwrap(), egress: "e".into(), action, egress_ip }
     }
 
     fn snat(src: &str, dst: &str, eip: &str) -> Snat {
@@ -195,74 +226,101 @@ mod tests {
 
     #[test]
     fn only_what_changed_for_a_source_is_ended() {
+        let (a, b) = ("10.10.0.11", "10.10.0.12");
         let old = NodePlan {
             steer: vec![
-                steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2")),
-                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-2")),
-                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local),
-                steer("10.244.1.13", "198.51.100.0/24", tunnel("node-2")),
+                steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"), a),
+                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-2"), a),
+                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local, a),
+                steer("10.244.1.13", "198.51.100.0/24", tunnel("node-2"), a),
+                steer("10.244.1.14", "203.0.113.0/24", tunnel("node-2"), a),
             ],
-            snat: vec![snat("10.244.1.12", "0.0.0.0/0", "10.10.0.11")],
+            snat: vec![snat("10.244.1.12", "0.0.0.0/0", a)],
             ..NodePlan::default()
         };
         // Unchanged plan: nothing.
         assert!(changed(&old, &old).is_empty());
-        // .10: same gateway, blocks split differently (no change); .11 moves to node-3; .12
-        // stays here with another egress IP; .13 is no longer steered.
+        // .10: same gateway, blocks split differently (no change); .11: the same egress IP
+        // moved to node-3 (no change: the flow waits for it); .12 stays here with another
+        // egress IP; .13 is no longer steered; .14 leaves through node-3 with another IP.
         let new = NodePlan {
             steer: vec![
-                steer("10.244.1.10", "0.0.0.0/1", tunnel("node-2")),
-                steer("10.244.1.10", "128.0.0.0/1", tunnel("node-2")),
-                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-3")),
-                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local),
+                steer("10.244.1.10", "0.0.0.0/1", tunnel("node-2"), a),
+                steer("10.244.1.10", "128.0.0.0/1", tunnel("node-2"), a),
+                steer("10.244.1.11", "203.0.113.0/24", tunnel("node-3"), a),
+                steer("10.244.1.12", "0.0.0.0/0", SteerAction::Local, b),
+                steer("10.244.1.14", "203.0.113.0/24", tunnel("node-3"), b),
             ],
-            snat: vec![snat("10.244.1.12", "0.0.0.0/0", "10.10.0.12")],
+            snat: vec![snat("10.244.1.12", "0.0.0.0/0", b)],
             ..NodePlan::default()
         };
         let c = changed(&old, &new);
         assert_eq!(
             show(&c),
             vec![
-                "10.244.1.11 203.0.113.0-203.0.113.255",
                 "10.244.1.12 0.0.0.0-255.255.255.255",
                 "10.244.1.13 198.51.100.0-198.51.100.255",
+                "10.244.1.14 203.0.113.0-203.0.113.255",
             ]
         );
 
         let flows = parse_flows(
             "tcp      6 431999 ESTABLISHED src=10.244.1.10 dst=203.0.113.5 sport=40000 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=40000 [ASSURED] mark=65536 use=1\n\
              tcp      6 431999 ESTABLISHED src=10.244.1.11 dst=203.0.113.5 sport=40001 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=40001 [ASSURED] mark=65536 use=1\n\
-             tcp      6 431999 ESTABLISHED src=10.244.1.11 dst=198.51.100.8 sport=40002 dport=8080 src=198.51.100.8 dst=10.10.0.101 sport=8080 dport=40002 [ASSURED] mark=0 use=1\n\
+             tcp      6 431999 ESTABLISHED src=10.244.1.14 dst=203.0.113.5 sport=40002 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=40002 [ASSURED] mark=65536 use=1\n\
              udp      17 29 src=10.244.1.12 dst=10.96.0.10 sport=5353 dport=53 src=10.96.0.10 dst=10.244.1.12 sport=53 dport=5353 mark=0 use=1\n\
              udp      17 29 src=10.244.1.12 dst=8.8.8.8 sport=5353 dport=53 [UNREPLIED] src=8.8.8.8 dst=10.10.0.11 sport=53 dport=5353 mark=0 use=1\n\
              icmp     1 29 src=10.244.1.13 dst=198.51.100.8 type=8 code=0 id=7 src=198.51.100.8 dst=10.10.0.11 type=0 code=0 id=7 mark=0 use=1\n\
              garbage\n",
         );
         assert_eq!(flows.len(), 6);
+        assert_eq!(flows[0].reply_dst, ip("10.10.0.11"));
+        assert_eq!(flows[3].reply_dst, ip("10.244.1.12"), "not SNATed");
         let cluster: Vec<Ipv4Net> = vec!["10.96.0.0/12".parse().unwrap()];
         let hit = affected(&flows, &c, &cluster);
         assert_eq!(
             hit.into_iter().collect::<Vec<_>>(),
             vec![
-                (ip("10.244.1.11"), ip("203.0.113.5")),
                 (ip("10.244.1.12"), ip("8.8.8.8")),
                 (ip("10.244.1.13"), ip("198.51.100.8")),
+                (ip("10.244.1.14"), ip("203.0.113.5")),
             ],
-            "moved, re-SNATed and no longer steered flows; not unchanged ones or the service"
+            "re-addressed and no longer steered flows; not moved, unchanged ones or the service"
         );
+        // As a gateway: the flow SNATed to the old address is bound wrongly now.
+        assert_eq!(misbound(&flows, &new).into_iter().collect::<Vec<_>>(), vec![(ip("10.244.1.12"), ip("8.8.8.8"))]);
+        assert!(misbound(&flows, &old).is_empty(), "every binding agrees with the old plan");
         let script = delete_script(&[(ip("10.244.1.11"), ip("203.0.113.5"))].into());
         assert_eq!(script, "-D -s 10.244.1.11 -d 203.0.113.5\n");
     }
 
     #[test]
-    fn deleting_an_egress_ends_its_flows_on_the_origin_and_the_gateway() {
-        let origin_old =
-            NodePlan { steer: vec![steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"))], ..NodePlan::default() };
-        let gw_old = NodePlan { snat: vec![snat("10.244.1.10", "0.0.0.0/0", "10.10.0.11")], ..NodePlan::default() };
+    fn deleting_an_egress_ends_its_flows_on_the_origin() {
+        let origin_old = NodePlan {
+            steer: vec![steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"), "10.10.0.11")],
+            ..NodePlan::default()
+        };
         let gone = NodePlan::default();
         assert_eq!(show(&changed(&origin_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
-        assert_eq!(show(&changed(&gw_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
         // Newly steered traffic is re-classified too (it was masqueraded to the node IP).
         assert_eq!(show(&changed(&gone, &origin_old)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
+    }
+
+    #[test]
+    fn a_gateway_keeps_flows_bound_as_its_plan_says_and_leaves_the_rest() {
+        let gw = NodePlan { snat: vec![snat("10.244.1.10", "0.0.0.0/0", "10.10.0.11")], ..NodePlan::default() };
+        let flows = parse_flows(
+            "tcp 6 1 ESTABLISHED src=10.244.1.10 dst=203.0.113.5 sport=1 dport=8080 src=203.0.113.5 dst=10.10.0.11 sport=8080 dport=1 mark=0 use=1\n\
+             tcp 6 1 ESTABLISHED src=10.244.1.10 dst=198.51.100.8 sport=2 dport=8080 src=198.51.100.8 dst=10.10.0.102 sport=8080 dport=2 mark=0 use=1\n\
+             tcp 6 1 ESTABLISHED src=10.244.2.10 dst=203.0.113.5 sport=3 dport=8080 src=203.0.113.5 dst=10.10.0.12 sport=8080 dport=3 mark=0 use=1\n",
+        );
+        // The second flow was masqueraded to the node address before the Egress steered it; the
+        // third is SNATed for an Egress this node no longer serves (its IP moved away): kept.
+        assert_eq!(
+            misbound(&flows, &gw).into_iter().collect::<Vec<_>>(),
+            vec![(ip("10.244.1.10"), ip("198.51.100.8"))]
+        );
+        // Its IP moved away (a restart, a failback): nothing here is ended.
+        assert!(misbound(&flows, &NodePlan::default()).is_empty());
     }
 }

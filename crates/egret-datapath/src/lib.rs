@@ -421,7 +421,7 @@ fn end_changed_flows(
     report: &mut SyncReport,
 ) -> Result<(), DatapathError> {
     let changed = conntrack::changed(old, new);
-    if changed.is_empty() {
+    if changed.is_empty() && old.snat == new.snat {
         return Ok(());
     }
     let missing = || {
@@ -438,7 +438,8 @@ fn end_changed_flows(
         return Ok(());
     };
     let flows = conntrack::parse_flows(&list);
-    let hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));
+    let mut hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));
+    hit.extend(conntrack::misbound(&flows, new));
     if hit.is_empty() {
         return Ok(());
     }

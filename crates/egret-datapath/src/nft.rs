@@ -860,6 +860,7 @@ mod tests {
                 destination: "0.0.0.0/0".parse().unwrap(),
                 egress: format!("eg-{}", i % 3),
                 action: if i % 2 == 0 { SteerAction::Tunnel { gateway: "node-2".into() } } else { SteerAction::Drop },
+                egress_ip: (i % 2 == 0).then(|| "10.10.0.11".parse().unwrap()),
             });
         }
         NodePlan {

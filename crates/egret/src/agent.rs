@@ -162,6 +162,13 @@ fn hosting_set(view: &View, node: &str, self_eligible: bool) -> BTreeSet<String>
     set
 }
 
+/// Whether to leave the kernel as it is for now: a (re)started agent with gossip programs
+/// nothing before its membership view has settled, since a plan made from an empty view fails
+/// every Egress closed and would cut the established flows its earlier life left running.
+const fn hold_first_sync(gossip: bool, synced_before: bool, settled: bool) -> bool {
+    gossip && !synced_before && !settled
+}
+
 /// Whether this node may be given egress IPs now: it has settled after (re)joining, its
 /// datapath is in sync, and it is in the store.
 const fn eligible(settled: bool, in_sync: bool, in_store: bool) -> bool {
@@ -341,7 +348,11 @@ impl Loop {
                 dirty = true;
             }
             let (live, may_host) = last_inputs.insert(inputs).clone();
-            if (dirty || verify || !report.ready) && health_of_sync.may_attempt(Instant::now()) {
+            let gossip = matches!(membership, Membership::Gossip { .. });
+            if (dirty || verify || !report.ready)
+                && health_of_sync.may_attempt(Instant::now())
+                && !hold_first_sync(gossip, last.is_some(), settled)
+            {
                 dirty = false;
                 objects.poll();
                 match compute(&mut objects, &node, &live, may_host, &mut logged) {
@@ -667,6 +678,14 @@ mod tests {
             eligible,
             local: name == "node-1",
         }
+    }
+
+    #[test]
+    fn a_restarted_agent_waits_for_its_view_before_its_first_sync() {
+        assert!(hold_first_sync(true, false, false));
+        assert!(!hold_first_sync(true, false, true), "settled: sync");
+        assert!(!hold_first_sync(true, true, false), "a later unsettled period keeps syncing");
+        assert!(!hold_first_sync(false, false, false), "without gossip there is nothing to wait for");
     }
 
     #[test]

@@ -250,7 +250,7 @@ fn restarts_keep_allocations_and_connections() {
     let mut conn = egret_netns::WhoamiConn::open(
         &lab.pod_netns("prod/web-2"),
         "203.0.113.5:8080".parse().unwrap(),
-        Duration::from_secs(3),
+        Duration::from_secs(15),
     )
     .unwrap();
     assert_eq!(conn.seen.to_string(), "10.10.0.11");
