@@ -8,12 +8,12 @@
 
 use crate::controller::liveness;
 use crate::metrics::Metrics;
+use crate::objects::StoreIndex;
 use anyhow::{Context, bail};
-use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_datapath::{Config, Datapath};
 use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKeys, MemberStatus, Seed, View};
-use egret_store::{AgentReport, MemberReport, Store, StoreSource, now_ms};
+use egret_store::{AgentReport, MemberReport, Store, now_ms};
 use std::collections::{BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -231,51 +231,9 @@ impl SyncHealth {
     }
 }
 
-/// The objects this agent acts on: the store as an event source feeding the index.
-struct Objects {
-    source: StoreSource,
-    index: Index,
-    /// The store stamp of the last state fed into the index.
-    stamp: u64,
-    /// The errors of the last poll, so each is logged once.
-    errors: Vec<String>,
-}
-
-impl Objects {
-    fn new(store: Store, args: &AgentArgs) -> Objects {
-        let config = ClusterConfig {
-            service_cidrs: args.service_cidrs.clone(),
-            internal_cidrs: Vec::new(),
-            reserved: args.reserved_ips.clone(),
-        };
-        Objects {
-            source: StoreSource::new(store),
-            index: Index::new(config, Index::core_kinds()),
-            stamp: 0,
-            errors: Vec::new(),
-        }
-    }
-
-    /// Feeds what changed in the store into the index.
-    fn poll(&mut self) {
-        let p = self.source.poll();
-        let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
-        if errors != self.errors {
-            for e in &errors {
-                warn!("store: {e}; keeping that file's last good content");
-            }
-            self.errors = errors;
-        }
-        for c in p.changes {
-            self.index.apply(c);
-        }
-        self.stamp = p.stamp;
-    }
-}
-
 /// This node's plan from the index, and the store stamp it reflects.
 fn compute(
-    objects: &mut Objects,
+    objects: &mut StoreIndex,
     node: &str,
     live: &BTreeSet<String>,
     may_host: bool,
@@ -329,7 +287,12 @@ impl Loop {
         let mut dirty = true;
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
-        let mut objects = Objects::new(store.clone(), &args);
+        let config = ClusterConfig {
+            service_cidrs: args.service_cidrs.clone(),
+            internal_cidrs: Vec::new(),
+            reserved: args.reserved_ips.clone(),
+        };
+        let mut objects = StoreIndex::new(store.clone(), config);
         let mut health_of_sync = SyncHealth::default();
         let mut in_store = true;
         // Whether the plan last programmed had this node eligible: only then does it tell the

@@ -1,10 +1,10 @@
 //! `egret controller --store DIR`: validates, allocates egress IPs and writes status back.
 
+use crate::objects::StoreIndex;
 use anyhow::Context;
-use egret_core::index::Index;
 use egret_core::planner::ClusterConfig;
 use egret_core::status::{egress_statuses, pool_statuses};
-use egret_store::{AgentReport, Store, StoreSource, now_ms};
+use egret_store::{AgentReport, Store, now_ms};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -78,54 +78,15 @@ pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<
     }
 }
 
-/// The controller's objects: the store as an event source feeding the index.
-pub struct Objects {
-    source: StoreSource,
-    index: Index,
-    errors: Vec<String>,
-    /// Whether the store has ever loaded without errors: until then a bad file's object is
-    /// simply missing, and acting would, for instance, mark its Egresses invalid.
-    loaded_clean: bool,
-}
-
-impl Objects {
-    /// An index over `store`, filled by the first [`reconcile`].
-    pub fn new(store: Store, args: &ControllerArgs) -> Objects {
-        let config = ClusterConfig {
-            service_cidrs: args.service_cidrs.clone(),
-            internal_cidrs: Vec::new(),
-            reserved: args.reserved_ips.clone(),
-        };
-        Objects {
-            source: StoreSource::new(store),
-            index: Index::new(config, Index::core_kinds()),
-            errors: Vec::new(),
-            loaded_clean: false,
-        }
-    }
-}
-
 /// One reconciliation: feeds what changed in the store into the index, then writes statuses.
 /// Returns how many statuses were written.
 pub fn reconcile(
     store: &Store,
-    objects: &mut Objects,
+    objects: &mut StoreIndex,
     args: &ControllerArgs,
     logged: &mut Vec<egret_core::planner::Warning>,
 ) -> anyhow::Result<usize> {
-    let p = objects.source.poll();
-    let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
-    if errors != objects.errors {
-        // A bad file keeps its last good content in the index: the rest goes on.
-        for e in &errors {
-            warn!("store: {e}");
-        }
-        objects.errors = errors;
-    }
-    objects.loaded_clean |= objects.errors.is_empty();
-    for c in p.changes {
-        objects.index.apply(c);
-    }
+    objects.poll();
     if !objects.index.is_synced() || !objects.loaded_clean {
         return Ok(0);
     }
@@ -155,7 +116,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = tx.send(());
     })?;
     info!(store = %args.store.display(), "controller started");
-    let mut objects = Objects::new(store.clone(), &args);
+    let config = ClusterConfig {
+        service_cidrs: args.service_cidrs.clone(),
+        internal_cidrs: Vec::new(),
+        reserved: args.reserved_ips.clone(),
+    };
+    let mut objects = StoreIndex::new(store.clone(), config);
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged = Vec::new();

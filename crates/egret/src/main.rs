@@ -14,6 +14,7 @@ mod controller;
 mod get;
 mod lab;
 mod metrics;
+mod objects;
 mod offline;
 mod table;
 
