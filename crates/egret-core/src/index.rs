@@ -305,15 +305,6 @@ impl Index {
         }
     }
 
-    /// Every Egress and pool problem as a line: failed translations of foreign objects, then
-    /// validation problems.
-    pub fn problems(&mut self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.translation_problems().iter().map(|p| format!("{:?}/{}: {}", p.kind, p.name, p.reason)).collect();
-        out.extend(self.objects().validated.problems.iter().map(Problem::to_string));
-        out
-    }
-
     /// Validation problems of the Egret objects (translated ones included).
     pub fn validation_problems(&mut self) -> &[Problem] {
         &self.objects().validated.problems
@@ -341,24 +332,9 @@ impl Index {
         self.refresh();
     }
 
-    /// Number of pods held.
-    pub fn pod_count(&self) -> usize {
-        self.pods.len()
-    }
-
     /// Number of pod groups (distinct namespace and labels).
     pub fn group_count(&self) -> usize {
         self.groups.len()
-    }
-
-    /// Whether the node is known.
-    pub fn has_node(&self, node: &str) -> bool {
-        self.nodes.contains_key(node)
-    }
-
-    /// The Nodes, by name.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
     }
 
     /// The cluster-level plan without steering rules: Egress outcomes (IP, gateway,

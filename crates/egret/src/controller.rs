@@ -78,6 +78,9 @@ pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<
     }
 }
 
+/// The live nodes and the IPs each reports hosting, as the last reconciliation acted on them.
+pub type Liveness = (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>);
+
 /// One reconciliation: feeds what changed in the store into the index, then writes statuses.
 /// Returns how many statuses were written.
 pub fn reconcile(
@@ -85,13 +88,20 @@ pub fn reconcile(
     objects: &mut StoreIndex,
     args: &ControllerArgs,
     logged: &mut Vec<egret_core::planner::Warning>,
+    last: &mut Option<Liveness>,
 ) -> anyhow::Result<usize> {
-    objects.poll();
+    let changed = objects.poll();
     if !objects.index.is_synced() || !objects.loaded_clean {
         return Ok(0);
     }
     let reports: Vec<(String, AgentReport)> = store.read_reports();
-    let (live, hosted) = liveness(&reports, args.liveness_timeout_ms);
+    let seen = liveness(&reports, args.liveness_timeout_ms);
+    // The periodic tick only re-reads the agents' reports: nothing else to do unless the
+    // objects or what the agents report changed.
+    if !changed && last.as_ref() == Some(&seen) {
+        return Ok(0);
+    }
+    let (live, hosted) = last.insert(seen).clone();
     let ix = &mut objects.index;
     ix.set_live(&live);
     let plan = ix.control_plan();
@@ -125,8 +135,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged = Vec::new();
+    let mut last = None;
     loop {
-        if let Err(e) = reconcile(&store, &mut objects, &args, &mut logged) {
+        if let Err(e) = reconcile(&store, &mut objects, &args, &mut logged, &mut last) {
             warn!("reconcile: {e:#}");
         }
         tokio::select! {

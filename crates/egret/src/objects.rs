@@ -32,9 +32,9 @@ impl StoreIndex {
         }
     }
 
-    /// Feeds what changed in the store into the index. A file that fails to load keeps its
-    /// last good content there; its error is logged once.
-    pub fn poll(&mut self) {
+    /// Feeds what changed in the store into the index, and tells whether anything did. A file
+    /// that fails to load keeps its last good content there; its error is logged once.
+    pub fn poll(&mut self) -> bool {
         let p = self.source.poll();
         let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
         if errors != self.errors {
@@ -44,9 +44,11 @@ impl StoreIndex {
             self.errors = errors;
         }
         self.loaded_clean |= self.errors.is_empty();
+        let changed = !p.changes.is_empty();
         for c in p.changes {
             self.index.apply(c);
         }
         self.stamp = p.stamp;
+        changed
     }
 }
