@@ -19,7 +19,7 @@ use egret_core::index::Index;
 use egret_core::model::{Namespace, Node, Pod};
 use egret_core::planner::ClusterConfig;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -41,24 +41,8 @@ scaled!(NAMESPACES, 2_000);
 scaled!(NODES, 5_000);
 const SAMPLES: usize = 200;
 
-fn labels(kv: &[(&str, String)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn node(i: usize) -> Node {
-    let ip = IpAddr::V4(Ipv4Addr::new(10, 10 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8));
-    let mut l = labels(&[("kubernetes.io/hostname", format!("node-{i}"))]);
-    if i.is_multiple_of(10) {
-        l.insert("network-role".into(), "egress-gateway".into());
-    }
-    Node {
-        name: format!("node-{i}"),
-        labels: l,
-        internal_ips: vec![ip],
-        addresses: vec![ip],
-        pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
-    }
-}
+mod common;
+use common::{labels, node};
 
 fn pod(j: usize, app: usize) -> Pod {
     let node = j % NODES();

@@ -22,6 +22,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a bad fixture should stop it
 
+mod common;
+use common::labels;
 use criterion::{Criterion, criterion_group, criterion_main};
 use egret_api::v1alpha1 as api;
 use egret_core::model::{Namespace, Node, Pod};
@@ -85,10 +87,6 @@ fn egress(k: usize) -> api::Egress {
     api::Egress::new(&format!("eg-{k}"), spec)
 }
 
-fn labels(kv: &[(&str, String)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
 #[derive(Clone)]
 struct World {
     pools: Vec<api::ExternalIPPool>,
@@ -100,22 +98,7 @@ struct World {
 }
 
 fn world() -> World {
-    let nodes: Vec<Node> = (0..NODES)
-        .map(|i| {
-            let ip = IpAddr::V4(Ipv4Addr::new(10, 10 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8));
-            let mut l = labels(&[("kubernetes.io/hostname", format!("node-{i}"))]);
-            if i % 10 == 0 {
-                l.insert("network-role".into(), "egress-gateway".into());
-            }
-            Node {
-                name: format!("node-{i}"),
-                labels: l,
-                internal_ips: vec![ip],
-                addresses: vec![ip],
-                pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
-            }
-        })
-        .collect();
+    let nodes: Vec<Node> = (0..NODES).map(common::node).collect();
     let namespaces: Vec<Namespace> = (0..EGRESSES)
         .map(|i| Namespace {
             name: format!("ns-{i}"),
