@@ -163,6 +163,21 @@ fn objects_event<T: PartialEq>(
     }
 }
 
+/// Removes `v` from the set under `key`, and the set once it is empty.
+fn unlink<K, Q, V>(map: &mut HashMap<K, BTreeSet<V>>, key: &Q, v: &V)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Ord,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(v);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 fn pool_outcomes(a: &Allocations) -> Vec<PoolOutcome> {
     a.usage.iter().map(|(name, u)| PoolOutcome { name: name.clone(), total: u.total, used: u.used }).collect()
 }
@@ -717,12 +732,7 @@ impl Index {
         }
         let old = self.groups.get_mut(&gid).map(|g| std::mem::replace(&mut g.matched, matched.clone()));
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
-            if let Some(set) = self.egress_groups.get_mut(name) {
-                set.remove(&gid);
-                if set.is_empty() {
-                    self.egress_groups.remove(name);
-                }
-            }
+            unlink(&mut self.egress_groups, name, &gid);
         }
         for name in matched {
             self.egress_groups.entry(name).or_default().insert(gid);
@@ -772,20 +782,10 @@ impl Index {
     fn remove_pod(&mut self, key: &ObjectRef) {
         let Some((pod, gid)) = self.pods.remove(key) else { return };
         for ip in &pod.ips {
-            if let Some(set) = self.addr_claims.get_mut(ip) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.addr_claims.remove(ip);
-                }
-            }
+            unlink(&mut self.addr_claims, ip, key);
         }
-        if let Some(n) = &pod.node
-            && let Some(set) = self.node_pods.get_mut(n)
-        {
-            set.remove(key);
-            if set.is_empty() {
-                self.node_pods.remove(n);
-            }
+        if let Some(n) = &pod.node {
+            unlink(&mut self.node_pods, n, key);
         }
         let empty = match self.groups.get_mut(&gid) {
             Some(g) => {
@@ -796,19 +796,9 @@ impl Index {
         };
         if empty && let Some(g) = self.groups.remove(&gid) {
             self.group_ids.remove(&(g.namespace.clone(), g.labels));
-            if let Some(set) = self.ns_groups.get_mut(&g.namespace) {
-                set.remove(&gid);
-                if set.is_empty() {
-                    self.ns_groups.remove(&g.namespace);
-                }
-            }
+            unlink(&mut self.ns_groups, &g.namespace, &gid);
             for name in &g.matched {
-                if let Some(set) = self.egress_groups.get_mut(name) {
-                    set.remove(&gid);
-                    if set.is_empty() {
-                        self.egress_groups.remove(name);
-                    }
-                }
+                unlink(&mut self.egress_groups, name, &gid);
             }
         }
     }
