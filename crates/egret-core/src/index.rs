@@ -514,19 +514,16 @@ impl Index {
                 before.insert(name.clone(), old);
             }
             validated.problems.retain(|p| !(p.kind == "Egress" && &p.name == name));
-            if let Some(obj) = self.egresses.get(name) {
-                let reserved = self.node_facts.as_ref().map(|f| &f.reserved);
-                let v = validate::validate(
-                    &pools,
-                    std::slice::from_ref(obj),
-                    reserved.unwrap_or(&validate::Reserved::default()),
-                );
-                validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
-                if let Some(m) = v.egresses.into_values().next() {
-                    self.matched_against.insert(name.clone(), m.clone());
-                    validated.egresses.insert(name.clone(), m);
-                }
-            }
+        }
+        // The changed Egresses that still exist, validated together against the pools once.
+        let objs: Vec<api::Egress> = dirty.iter().filter_map(|n| self.egresses.get(n).cloned()).collect();
+        let default = validate::Reserved::default();
+        let reserved = self.node_facts.as_ref().map_or(&default, |f| &f.reserved);
+        let v = validate::validate(&pools, &objs, reserved);
+        validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
+        for (name, m) in v.egresses {
+            self.matched_against.insert(name.clone(), m.clone());
+            validated.egresses.insert(name, m);
         }
         Some((validated, before, dirty))
     }
