@@ -96,6 +96,21 @@ pub enum Kind {
 }
 
 impl Change {
+    /// Whether this is a complete list (a reset).
+    pub fn is_reset(&self) -> bool {
+        matches!(
+            self,
+            Change::Pools(Event::Reset(_))
+                | Change::Egresses(Event::Reset(_))
+                | Change::AntreaPools(Event::Reset(_))
+                | Change::AntreaEgresses(Event::Reset(_))
+                | Change::CiliumPolicies(Event::Reset(_))
+                | Change::Nodes(Event::Reset(_))
+                | Change::Namespaces(Event::Reset(_))
+                | Change::Pods(Event::Reset(_))
+        )
+    }
+
     /// The kind this change is about.
     pub fn kind(&self) -> Kind {
         match self {

@@ -250,15 +250,18 @@ impl Index {
     /// Applies one change.
     pub fn apply(&mut self, change: Change) {
         let kind = change.kind();
+        if change.is_reset() {
+            self.synced.insert(kind);
+        }
         let objects_changed = match change {
-            Change::Pools(ev) => self.object_event(kind, ev, |s| &mut s.pools, |p| p.metadata.name.clone()),
+            Change::Pools(ev) => objects_event(&mut self.pools, ev, |p| p.metadata.name.clone()),
             Change::Egresses(ev) => {
                 let names = match &ev {
                     Event::Apply(e) => e.metadata.name.clone().map(|n| vec![n]),
                     Event::Delete(r) => Some(vec![r.name.clone()]),
                     Event::Reset(_) => None,
                 };
-                let changed = self.object_event(kind, ev, |s| &mut s.egresses, |e| e.metadata.name.clone());
+                let changed = objects_event(&mut self.egresses, ev, |e| e.metadata.name.clone());
                 if changed {
                     match (names, self.dirty_egresses.as_mut()) {
                         (Some(names), Some(dirty)) => dirty.extend(names),
@@ -267,13 +270,9 @@ impl Index {
                 }
                 changed
             }
-            Change::AntreaPools(ev) => {
-                self.object_event(kind, ev, |s| &mut s.antrea_pools, |p| p.metadata.name.clone())
-            }
-            Change::AntreaEgresses(ev) => {
-                self.object_event(kind, ev, |s| &mut s.antrea_egresses, |e| e.metadata.name.clone())
-            }
-            Change::CiliumPolicies(ev) => self.object_event(kind, ev, |s| &mut s.cilium, |c| c.metadata.name.clone()),
+            Change::AntreaPools(ev) => objects_event(&mut self.antrea_pools, ev, |p| p.metadata.name.clone()),
+            Change::AntreaEgresses(ev) => objects_event(&mut self.antrea_egresses, ev, |e| e.metadata.name.clone()),
+            Change::CiliumPolicies(ev) => objects_event(&mut self.cilium, ev, |c| c.metadata.name.clone()),
             Change::Nodes(ev) => {
                 self.node_event(ev);
                 false
@@ -296,19 +295,6 @@ impl Index {
             self.objects_stale = true;
             self.outcomes = None;
         }
-    }
-
-    fn object_event<T: PartialEq>(
-        &mut self,
-        kind: Kind,
-        ev: Event<T>,
-        map: impl FnOnce(&mut Self) -> &mut BTreeMap<String, T>,
-        name: impl Fn(&T) -> Option<String>,
-    ) -> bool {
-        if matches!(ev, Event::Reset(_)) {
-            self.synced.insert(kind);
-        }
-        objects_event(map(self), ev, name)
     }
 
     /// Sets the nodes that may host egress IPs (alive and eligible). Placement follows it.
@@ -642,13 +628,7 @@ impl Index {
     // ---- Nodes ----
 
     fn node_event(&mut self, ev: Event<Node>) {
-        let changed = match ev {
-            Event::Reset(_) => {
-                self.synced.insert(Kind::Node);
-                objects_event(&mut self.nodes, ev, |n| Some(n.name.clone()))
-            }
-            ev => objects_event(&mut self.nodes, ev, |n| Some(n.name.clone())),
-        };
+        let changed = objects_event(&mut self.nodes, ev, |n| Some(n.name.clone()));
         if changed {
             // Pools are checked against node addresses and pod CIDRs: validate everything again.
             self.node_facts = None;
@@ -666,7 +646,6 @@ impl Index {
             Event::Apply(ns) => self.put_namespace(ns),
             Event::Delete(r) => self.remove_namespace(&r.name),
             Event::Reset(list) => {
-                self.synced.insert(Kind::Namespace);
                 let keep: BTreeSet<String> = list.iter().map(|n| n.name.clone()).collect();
                 let gone: Vec<String> = self.namespaces.keys().filter(|n| !keep.contains(*n)).cloned().collect();
                 for n in gone {
@@ -743,7 +722,6 @@ impl Index {
             Event::Apply(p) => self.put_pod(p),
             Event::Delete(r) => self.remove_pod(&r),
             Event::Reset(list) => {
-                self.synced.insert(Kind::Pod);
                 let keep: BTreeSet<ObjectRef> =
                     list.iter().map(|p| ObjectRef::namespaced(&p.namespace, &p.name)).collect();
                 let gone: Vec<ObjectRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
