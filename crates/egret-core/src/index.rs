@@ -297,6 +297,11 @@ impl Index {
         }
     }
 
+    /// The nodes the index holds, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
     /// Sets the nodes that may host egress IPs (alive and eligible). Placement follows it.
     pub fn set_live(&mut self, live: &BTreeSet<String>) {
         if &self.live != live {

@@ -128,6 +128,11 @@ impl Source {
 
     /// The watch streams of every kind, merged.
     pub fn changes(&self) -> BoxStream<'static, Change> {
+        self.versioned_changes().map(|v| v.change).boxed()
+    }
+
+    /// The watch streams of every kind, merged, each change with its resourceVersion.
+    pub fn versioned_changes(&self) -> BoxStream<'static, Versioned> {
         let c = &self.client;
         let wc = watcher::Config::default();
         let pods_wc = match &self.config.pods_on_node {
@@ -216,15 +221,51 @@ fn trim_foreign<K>(f: Foreign<K>, meta: impl Fn(&mut K) -> &mut ObjectMeta) -> K
 #[derive(Debug)]
 pub struct Relay<T> {
     listing: Option<Vec<T>>,
+    /// The highest resourceVersion of the objects of the listing in progress.
+    listed: u64,
 }
 
 impl<T> Default for Relay<T> {
     fn default() -> Self {
-        Relay { listing: None }
+        Relay { listing: None, listed: 0 }
     }
 }
 
+/// A change and the resourceVersion it brings the source to: that of the object for an apply or
+/// a delete, the highest of the listed objects for a reset. resourceVersions are opaque to
+/// clients; they are read as numbers where they are (etcd's revisions are, and the test double's),
+/// and as 0 otherwise. The lab uses them to tell when every agent has seen a change.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    /// The change.
+    pub change: Change,
+    /// Its resourceVersion (0 when not numeric).
+    pub version: u64,
+}
+
+/// An object's resourceVersion as a number (0 when absent or not numeric).
+pub fn version_of(m: &ObjectMeta) -> u64 {
+    m.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 impl<T> Relay<T> {
+    /// The resourceVersion the next [`Relay::step`] with `ev` brings the source to (call it
+    /// first: it also gathers the versions of a listing).
+    pub fn version<K: Resource>(&mut self, ev: &watcher::Event<K>) -> u64 {
+        match ev {
+            watcher::Event::Init => {
+                self.listed = 0;
+                0
+            }
+            watcher::Event::InitApply(k) => {
+                self.listed = self.listed.max(version_of(k.meta()));
+                self.listed
+            }
+            watcher::Event::InitDone => self.listed,
+            watcher::Event::Apply(k) | watcher::Event::Delete(k) => version_of(k.meta()),
+        }
+    }
+
     /// The event for one watcher event, if any.
     pub fn step<K: Resource>(&mut self, ev: watcher::Event<K>, convert: impl Fn(K) -> T) -> Option<Event<T>> {
         match ev {
@@ -254,7 +295,7 @@ fn relay<K, T>(
     wc: watcher::Config,
     convert: fn(K) -> T,
     tag: fn(Event<T>) -> Change,
-) -> BoxStream<'static, Change>
+) -> BoxStream<'static, Versioned>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: Send + 'static,
@@ -266,7 +307,7 @@ fn relay_with<K, T>(
     w: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     convert: fn(K) -> T,
     tag: fn(Event<T>) -> Change,
-) -> BoxStream<'static, Change>
+) -> BoxStream<'static, Versioned>
 where
     K: Resource + Send + 'static,
     T: Send + 'static,
@@ -276,7 +317,10 @@ where
     w.default_backoff()
         .filter_map(move |r| {
             let out = match r {
-                Ok(ev) => state.step(ev, convert).map(tag),
+                Ok(ev) => {
+                    let version = state.version(&ev);
+                    state.step(ev, convert).map(|e| Versioned { change: tag(e), version })
+                }
                 Err(e) => {
                     warn!(?kind, "watch: {e}");
                     None

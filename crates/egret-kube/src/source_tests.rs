@@ -167,6 +167,25 @@ fn relay_gathers_the_list_into_one_reset() {
 }
 
 #[test]
+fn relay_versions_are_the_objects_and_a_listing_its_highest() {
+    let mut r = Relay::<String>::default();
+    let ns = |n: &str, rv: &str| SlimNamespace {
+        metadata: ObjectMeta { name: Some(n.into()), resource_version: Some(rv.into()), ..ObjectMeta::default() },
+    };
+    let evs = [
+        watcher::Event::Init,
+        watcher::Event::InitApply(ns("a", "7")),
+        watcher::Event::InitApply(ns("b", "5")),
+        watcher::Event::InitDone,
+        watcher::Event::Apply(ns("c", "9")),
+        watcher::Event::Delete(ns("a", "12")),
+        watcher::Event::Apply(ns("d", "opaque")),
+    ];
+    let versions: Vec<u64> = evs.iter().map(|e| r.version(e)).collect();
+    assert_eq!(versions, [0, 7, 7, 7, 9, 12, 0]);
+}
+
+#[test]
 fn slim_types_give_the_same_model_as_full_objects() {
     let mut variants = vec![pod("prod", "a", Some("node-1"), "10.244.1.5"), pod("prod", "pending", None, "")];
     let mut host = pod("kube-system", "h", Some("node-1"), "192.168.0.1");

@@ -1,5 +1,6 @@
-//! `egret agent --store DIR --node NAME`: programs this node's datapath from the store, learns
-//! which nodes are alive by gossip, hosts the egress IPs placement gives it, and reports.
+//! `egret agent --node NAME (--store DIR | --source kubernetes)`: programs this node's datapath
+//! from the objects, learns which nodes are alive by gossip, hosts the egress IPs placement gives
+//! it, and reports.
 //!
 //! The datapath work runs on a plain thread (the datapath drives netlink on its own small
 //! runtime); gossip and the HTTP endpoints run on a tokio runtime beside it. Every membership
@@ -8,8 +9,9 @@
 
 use crate::controller::liveness;
 use crate::metrics::Metrics;
-use crate::objects::StoreIndex;
+use crate::objects::{KubeArgs, Objects, SourceKind};
 use anyhow::{Context, bail};
+use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};
 use egret_datapath::{Config, Datapath};
 use egret_gossip::{Gossip, GossipConfig, GossipHandle, GossipKeys, MemberStatus, Seed, View};
@@ -26,11 +28,17 @@ use tracing::{info, warn};
 /// Arguments of `egret agent`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AgentArgs {
-    /// The local store directory.
-    #[arg(long, required_unless_present = "cleanup")]
+    /// Where objects come from.
+    #[arg(long, value_enum, default_value = "store")]
+    pub source: SourceKind,
+    /// The local store directory: the objects with `--source store`; with `--source kubernetes`
+    /// only where this agent writes its reports (the lab reads them), if given.
+    #[arg(long)]
     pub store: Option<PathBuf>,
-    /// This node's name.
-    #[arg(long, required_unless_present = "cleanup")]
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// This node's name (on a cluster, from the downward API: `spec.nodeName`).
+    #[arg(long, env = "EGRET_NODE", required_unless_present = "cleanup")]
     pub node: Option<String>,
     /// Remove everything Egret created on this node and exit.
     #[arg(long)]
@@ -113,14 +121,14 @@ enum Membership {
         /// every (re)join starts a new settle period.
         joined_since: Mutex<Option<Instant>>,
     },
-    /// No key: store heartbeats, and this node never hosts.
-    Heartbeats,
+    /// No key: store heartbeats (none without a store), and this node never hosts.
+    Heartbeats(Option<Store>),
 }
 
 impl Membership {
     /// The other nodes placement may give egress IPs to, and whether this node has settled in
     /// the cluster (joined long enough for its membership view to fill).
-    fn live(&self, store: &Store, node: &str, args: &AgentArgs) -> (BTreeSet<String>, bool) {
+    fn live(&self, node: &str, args: &AgentArgs) -> (BTreeSet<String>, bool) {
         match self {
             Membership::Gossip { view, has_peers, joined_since, .. } => {
                 let v = match view.lock() {
@@ -141,9 +149,10 @@ impl Membership {
                 };
                 (hosting_set(&v, node, false), settled)
             }
-            Membership::Heartbeats => {
+            Membership::Heartbeats(store) => {
                 // Nodes whose reports say they may host (heartbeat liveness).
-                let (mut live, _) = liveness(&store.read_reports(), args.liveness_timeout_ms);
+                let reports = store.as_ref().map(Store::read_reports).unwrap_or_default();
+                let (mut live, _) = liveness(&reports, args.liveness_timeout_ms);
                 live.remove(node);
                 (live, false)
             }
@@ -233,7 +242,7 @@ impl SyncHealth {
 
 /// This node's plan from the index, and the store stamp it reflects.
 fn compute(
-    objects: &mut StoreIndex,
+    objects: &mut Objects,
     node: &str,
     live: &BTreeSet<String>,
     may_host: bool,
@@ -253,18 +262,20 @@ fn compute(
         live.remove(node);
     }
     objects.index.set_live(&live);
-    let np = objects.index.node_plan(node).ok_or(NotInStore)?;
+    let np = objects.index.node_plan(node).ok_or(NotANode)?;
     crate::controller::log_warnings(&objects.index.warnings(), logged);
     Ok((np, objects.stamp))
 }
 
 /// This node's Node object is not (or no longer) in the store.
 #[derive(Debug, thiserror::Error)]
-#[error("this node is not in the store")]
-struct NotInStore;
+#[error("this node is not among the Nodes")]
+struct NotANode;
 
 struct Loop {
-    store: Store,
+    /// Where reports go, when there is a store.
+    store: Option<Store>,
+    objects: Objects,
     node: String,
     args: AgentArgs,
     health: Arc<Mutex<Health>>,
@@ -274,7 +285,7 @@ struct Loop {
 
 impl Loop {
     fn run(self, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let Loop { store, node, args, health, metrics, membership } = self;
+        let Loop { store, mut objects, node, args, health, metrics, membership } = self;
         let mut dp = Datapath::new(args.datapath_config())?;
         let mut last: Option<NodePlan> = None;
         let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
@@ -287,12 +298,6 @@ impl Loop {
         let mut dirty = true;
         let mut last_verify = Instant::now();
         let mut last_inputs: Option<(BTreeSet<String>, bool)> = None;
-        let config = ClusterConfig {
-            service_cidrs: args.service_cidrs.clone(),
-            internal_cidrs: Vec::new(),
-            reserved: args.reserved_ips.clone(),
-        };
-        let mut objects = StoreIndex::new(store.clone(), config);
         let mut health_of_sync = SyncHealth::default();
         let mut in_store = true;
         // Whether the plan last programmed had this node eligible: only then does it tell the
@@ -301,7 +306,7 @@ impl Loop {
         let mut rejected_seen = 0u64;
         let mut logged = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let (others, settled) = membership.live(&store, &node, &args);
+            let (others, settled) = membership.live(&node, &args);
             let may_host = eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
             // The live set of heartbeat liveness, the end of a settle period and of a sync
@@ -317,7 +322,8 @@ impl Loop {
                 && !hold_first_sync(gossip, last.is_some(), settled)
             {
                 dirty = false;
-                objects.poll();
+                // A source that is gone for good ends the loop, so the agent exits and restarts.
+                objects.poll()?;
                 match compute(&mut objects, &node, &live, may_host, &mut logged) {
                     Ok((np, stamp)) => {
                         in_store = true;
@@ -365,19 +371,19 @@ impl Loop {
                             last_heartbeat = 0;
                         }
                     }
-                    Err(e) if e.is::<NotInStore>() => {
+                    Err(e) if e.is::<NotANode>() => {
                         in_store = false;
                         programmed_eligible = false;
                         // Removed from the cluster: hold and steer nothing, so no IP is held twice.
                         if last.take().is_some() || !report.hosted.is_empty() {
-                            warn!("{node} is no longer in the store: removing Egret's datapath state");
+                            warn!("{node} is no longer among the Nodes: removing Egret's datapath state");
                             if let Err(e) = dp.cleanup() {
                                 warn!("cleanup: {e}");
                             }
                             report.hosted.clear();
                             last_heartbeat = 0;
                         }
-                        report.error = Some(format!("node {node} is not in the store"));
+                        report.error = Some(format!("node {node} is not among the Nodes"));
                     }
                     Err(e) => {
                         warn!("{e:#}");
@@ -439,7 +445,9 @@ impl Loop {
             let now = now_ms();
             if now.saturating_sub(last_heartbeat) >= args.heartbeat_ms {
                 report.heartbeat_ms = now;
-                if let Err(e) = store.write_report(&node, &report) {
+                if let Some(store) = &store
+                    && let Err(e) = store.write_report(&node, &report)
+                {
                     warn!("writing report: {e}");
                 }
                 last_heartbeat = now;
@@ -485,7 +493,7 @@ async fn serve_http(addr: SocketAddr, health: Arc<Mutex<Health>>, metrics: Arc<M
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -500,24 +508,25 @@ async fn wait_for_signal() {
     }
 }
 
+/// A Node's gossip address: one rule for every node, so peers reach each other where they listen.
+fn gossip_ip(n: &egret_core::model::Node) -> Option<IpAddr> {
+    n.ip(egret_core::net::Family::V4).or_else(|| n.internal_ips.first().copied())
+}
+
+/// Every Node but `except` as a gossip seed on `port`.
+pub(crate) fn gossip_seeds(index: &Index, except: &str, port: u16) -> Vec<Seed> {
+    index
+        .nodes()
+        .filter(|n| n.name != except)
+        .filter_map(|n| Some(Seed { name: n.name.clone(), addr: SocketAddr::new(gossip_ip(n)?, port) }))
+        .collect()
+}
+
 /// The gossip configuration: this node's underlay address and every other Node as a seed.
-fn gossip_config(store: &Store, node: &str, key: GossipKeys, port: u16) -> anyhow::Result<GossipConfig> {
-    let (objs, errs) = store.load();
-    if let Some(e) = errs.first() {
-        bail!("store: {e}");
-    }
-    let nodes = objs.model_nodes();
-    // One rule for every node's gossip address, so peers reach each other where they listen.
-    let addr_of =
-        |n: &egret_core::model::Node| n.ip(egret_core::net::Family::V4).or_else(|| n.internal_ips.first().copied());
-    let me = nodes.iter().find(|n| n.name == node).with_context(|| format!("node {node:?} is not in the store"))?;
-    let ip = addr_of(me).with_context(|| format!("node {node:?} has no InternalIP"))?;
-    let seeds = nodes
-        .iter()
-        .filter(|n| n.name != node)
-        .filter_map(|n| Some(Seed { name: n.name.clone(), addr: SocketAddr::new(addr_of(n)?, port) }))
-        .collect();
-    Ok(GossipConfig::new(node, SocketAddr::new(ip, port), seeds, key))
+fn gossip_config(index: &Index, node: &str, key: GossipKeys, port: u16) -> anyhow::Result<GossipConfig> {
+    let me = index.nodes().find(|n| n.name == node).with_context(|| format!("node {node:?} is not among the Nodes"))?;
+    let ip = gossip_ip(me).with_context(|| format!("node {node:?} has no InternalIP"))?;
+    Ok(GossipConfig::new(node, SocketAddr::new(ip, port), gossip_seeds(index, node, port), key))
 }
 
 /// Signals the main thread when the datapath thread ends, also by panic (drop runs on unwind).
@@ -527,6 +536,25 @@ impl Drop for DoneOnDrop {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Blocks until every kind has sent its initial list (logging what it waits for now and then).
+fn wait_for_initial_lists(objects: &mut Objects, wake: &std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
+    let mut last_log = Instant::now();
+    loop {
+        objects.poll()?;
+        if objects.index.is_synced() {
+            return Ok(());
+        }
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            info!(waiting_for = ?objects.index.waiting_for(), "waiting for the initial lists");
+            last_log = Instant::now();
+        }
+        match wake.recv_timeout(Duration::from_millis(200)) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("stopped while waiting for the initial lists"),
         }
     }
 }
@@ -543,24 +571,55 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (Some(store_dir), Some(node)) = (args.store.clone(), args.node.clone()) else {
-        bail!("--store and --node are required");
+    let Some(node) = args.node.clone() else {
+        bail!("--node is required");
     };
-    let store = Store::open(&store_dir).with_context(|| format!("opening store {}", store_dir.display()))?;
+    let store = match &args.store {
+        Some(dir) => Some(Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?),
+        None if args.source == SourceKind::Store => bail!("--store is required with --source store"),
+        None => None,
+    };
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watch_tx: Sender<()> = tx.clone();
-    let _watch = egret_store::watch(store.dir(), move || {
-        let _ = watch_tx.send(());
-    })?;
+    let _watch = match &store {
+        Some(store) if args.source == SourceKind::Store => {
+            let watch_tx: Sender<()> = tx.clone();
+            Some(egret_store::watch(store.dir(), move || {
+                let _ = watch_tx.send(());
+            })?)
+        }
+        _ => None,
+    };
     let health = Arc::new(Mutex::new(Health::default()));
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let config = ClusterConfig {
+        service_cidrs: args.service_cidrs.clone(),
+        internal_cidrs: Vec::new(),
+        reserved: args.reserved_ips.clone(),
+    };
+    let mut objects = match (args.source, &store) {
+        (SourceKind::Store, Some(store)) => Objects::store(store.clone(), config),
+        _ => {
+            let wake = tx.clone();
+            // Every agent watches every pod (slim): a gateway needs the addresses of the pods it
+            // serves on other nodes. docs/architecture.md weighs this against endpoint groups.
+            rt.block_on(async {
+                let client = egret_kube::client(args.kube.kubeconfig.as_deref()).await?;
+                Objects::kubernetes(client, &args.kube, None, config, move || {
+                    let _ = wake.send(());
+                })
+                .await
+            })?
+        }
+    };
+    // Gossip seeds come from the Nodes: wait for the initial lists.
+    wait_for_initial_lists(&mut objects, &rx)?;
 
     let membership = match &args.gossip_key_file {
         Some(path) => {
             let key = GossipKeys::load(path).with_context(|| format!("gossip key {}", path.display()))?;
-            let cfg = gossip_config(&store, &node, key, args.gossip_port)?;
+            let cfg = gossip_config(&objects.index, &node, key, args.gossip_port)?;
             let addr = cfg.addr;
             let has_peers = !cfg.seeds.is_empty();
             let (handle, mut views) = {
@@ -589,13 +648,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => {
             warn!("no --gossip-key-file: no gossip, and this node will not host egress IPs");
-            Membership::Heartbeats
+            Membership::Heartbeats(store.clone())
         }
     };
-    info!(node = %node, store = %store_dir.display(), "agent started");
+    info!(node = %node, source = ?args.source, "agent started");
 
     let health_addr = args.health_addr;
-    let worker = Loop { store, node, args, health: health.clone(), metrics: metrics.clone(), membership };
+    let worker = Loop { store, objects, node, args, health: health.clone(), metrics: metrics.clone(), membership };
     // If the datapath loop ends on its own (an error or a panic), the whole agent must exit:
     // otherwise gossip would keep telling peers this node is alive while nothing hosts its IPs.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,26 +1,44 @@
-//! `egret controller --store DIR`: validates, allocates egress IPs and writes status back.
+//! `egret controller`: validates objects, allocates egress IPs and writes status back, from
+//! and to the local store (`--store DIR`) or the Kubernetes API (`--source kubernetes`).
+//!
+//! On Kubernetes, every replica keeps its index warm from the watchers and joins the agents'
+//! gossip as a member that never hosts (so it sees, like the agents do, which nodes are alive
+//! and which egress IPs each one holds); only the holder of the Lease writes status, by
+//! server-side apply. A new leader acts at once: its index and its gossip view are already
+//! current, and allocations are read back from status, never re-numbered.
 
-use crate::objects::StoreIndex;
-use anyhow::Context;
-use egret_core::planner::ClusterConfig;
+use crate::objects::{KubeArgs, Objects, SourceKind};
+use anyhow::{Context, bail};
+use egret_api::v1alpha1::{EgressStatus, ExternalIPPoolStatus};
+use egret_core::index::Index;
+use egret_core::planner::{ClusterConfig, Warning};
 use egret_core::status::{egress_statuses, pool_statuses};
+use egret_gossip::{Gossip, GossipConfig, GossipKeys, MemberStatus, View};
+use egret_kube::lease::{LeaderElector, LeaseConfig};
+use egret_kube::status::{Reporter, StatusWriter, antrea_vocabulary};
 use egret_store::{AgentReport, Store, now_ms};
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
 /// Arguments of `egret controller`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
-    /// The local store directory.
+    /// Where objects come from and status goes.
+    #[arg(long, value_enum, default_value = "store")]
+    pub source: SourceKind,
+    /// The local store directory (with `--source store`).
     #[arg(long)]
-    pub store: PathBuf,
-    /// An agent whose heartbeat is older than this is not alive.
+    pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// An agent whose heartbeat is older than this is not alive (store source).
     #[arg(long, default_value = "1500")]
     pub liveness_timeout_ms: u64,
-    /// Re-evaluate at least this often (liveness changes have no file event).
+    /// Re-evaluate at least this often (liveness changes have no object event).
     #[arg(long, default_value = "250", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_ms: u64,
     /// Service CIDRs (never steered).
@@ -29,24 +47,50 @@ pub struct ControllerArgs {
     /// Addresses no pool may cover that no object names, e.g. the node network's router.
     #[arg(long = "reserved-ip", value_delimiter = ',')]
     pub reserved_ips: Vec<std::net::IpAddr>,
+    /// The namespace of the leader Lease (on a cluster, the controller's own).
+    #[arg(long, env = "EGRET_NAMESPACE", default_value = "egret-system")]
+    pub namespace: String,
+    /// The name of the leader Lease.
+    #[arg(long, default_value = "egret-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease and in gossip (on a cluster, its pod name).
+    #[arg(long, env = "EGRET_POD_NAME")]
+    pub identity: Option<String>,
+    /// How long the other replicas wait after the leader's last renewal before taking over.
+    #[arg(long, default_value = "15000")]
+    pub lease_duration_ms: u64,
+    /// How long a leader keeps writing after its last successful renewal (shorter than the
+    /// lease duration: it stops before anyone else may start).
+    #[arg(long, default_value = "10000")]
+    pub renew_deadline_ms: u64,
+    /// Time between election rounds.
+    #[arg(long, default_value = "2000")]
+    pub retry_period_ms: u64,
+    /// The agents' gossip key file (required with `--source kubernetes`: the controller learns
+    /// which nodes are alive and which egress IPs they hold by gossip).
+    #[arg(long)]
+    pub gossip_key_file: Option<PathBuf>,
+    /// UDP port of gossip on the nodes (the agents' `--gossip-port`).
+    #[arg(long, default_value = "7947")]
+    pub gossip_port: u16,
+    /// This replica's own gossip address (default: `$EGRET_POD_IP` on the gossip port).
+    #[arg(long)]
+    pub gossip_addr: Option<SocketAddr>,
+    /// This replica's address, for the default `--gossip-addr` (on a cluster, from the downward
+    /// API: `status.podIP`).
+    #[arg(long, env = "EGRET_POD_IP", hide = true)]
+    pub pod_ip: Option<IpAddr>,
 }
 
 /// Nodes that may be given egress IPs: their agent's heartbeat is fresh, it reports it may host
 /// (settled and in sync), and the agents' gossip does not declare it dead; and the IPs each
 /// fresh, not dead node reports hosting. Gossip declares a dead node in well under a second, long
 /// before its last heartbeat goes stale, so the controller follows failovers that fast.
-pub fn liveness(
-    reports: &[(String, AgentReport)],
-    timeout_ms: u64,
-) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>) {
+pub fn liveness(reports: &[(String, AgentReport)], timeout_ms: u64) -> Liveness {
     live_at(reports, timeout_ms, now_ms())
 }
 
-fn live_at(
-    reports: &[(String, AgentReport)],
-    timeout_ms: u64,
-    now: u64,
-) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>) {
+fn live_at(reports: &[(String, AgentReport)], timeout_ms: u64, now: u64) -> Liveness {
     let fresh: Vec<&(String, AgentReport)> =
         reports.iter().filter(|(_, r)| now.saturating_sub(r.heartbeat_ms) <= timeout_ms).collect();
     // A node is dead by gossip when most fresh reports that carry a membership say so.
@@ -68,8 +112,21 @@ fn live_at(
     (live, hosted)
 }
 
+/// The same from a gossip view (the controller's own, on a cluster): the members that are not
+/// dead and announce they may host, and the IPs every member that is not dead announces.
+pub fn liveness_of_view(v: &View) -> Liveness {
+    let live = v.eligible().into_iter().map(str::to_string).collect();
+    let hosted = v
+        .members
+        .iter()
+        .filter(|m| m.status != MemberStatus::Dead && !m.hosted.is_empty())
+        .map(|m| (m.name.clone(), m.hosted.iter().copied().collect()))
+        .collect();
+    (live, hosted)
+}
+
 /// Logs the plan's warnings when they differ from the last ones logged (`logged`).
-pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<egret_core::planner::Warning>) {
+pub fn log_warnings(warnings: &[Warning], logged: &mut Vec<Warning>) {
     if warnings != logged.as_slice() {
         for w in warnings {
             warn!("plan: {w}");
@@ -81,57 +138,115 @@ pub fn log_warnings(warnings: &[egret_core::planner::Warning], logged: &mut Vec<
 /// The live nodes and the IPs each reports hosting, as the last reconciliation acted on them.
 pub type Liveness = (BTreeSet<String>, BTreeMap<String, BTreeSet<IpAddr>>);
 
-/// One reconciliation: feeds what changed in the store into the index, then writes statuses.
-/// Returns how many statuses were written.
+/// The statuses a reconciliation computes for every Egress and pool.
+pub struct Statuses {
+    /// Each Egress: its name, the status it carries now, the one it should carry.
+    pub egresses: Vec<(String, Option<EgressStatus>, EgressStatus)>,
+    /// Each pool: its name, the status it carries now, the one it should carry.
+    pub pools: Vec<(String, Option<ExternalIPPoolStatus>, ExternalIPPoolStatus)>,
+}
+
+impl Statuses {
+    /// Only the statuses that differ from what the objects carry.
+    pub fn changed(self) -> Statuses {
+        Statuses {
+            egresses: self.egresses.into_iter().filter(|(_, now, next)| now.as_ref() != Some(next)).collect(),
+            pools: self.pools.into_iter().filter(|(_, now, next)| now.as_ref() != Some(next)).collect(),
+        }
+    }
+}
+
+/// The statuses every Egress and pool should carry, given who is live and who hosts what;
+/// `vocabulary` maps an Egress status onto the condition reasons the destination uses. Pure.
+pub fn statuses(
+    ix: &mut Index,
+    (live, hosted): &Liveness,
+    now: &str,
+    vocabulary: fn(&EgressStatus) -> EgressStatus,
+    logged: &mut Vec<Warning>,
+) -> Statuses {
+    ix.set_live(live);
+    let plan = ix.control_plan();
+    let problems = ix.validation_problems().to_vec();
+    log_warnings(&ix.warnings(), logged);
+    let all: Vec<(String, Option<EgressStatus>)> =
+        ix.api_egresses().into_iter().filter_map(|e| Some((e.metadata.name?, e.status))).collect();
+    let current: HashMap<String, Option<EgressStatus>> = all.iter().cloned().collect();
+    let egresses = egress_statuses(&plan, &all, &problems, hosted, now)
+        .into_iter()
+        .map(|(name, next)| {
+            let now = current.get(&name).cloned().flatten();
+            (name, now, vocabulary(&next))
+        })
+        .collect();
+    let pools_now: HashMap<String, Option<ExternalIPPoolStatus>> =
+        ix.api_pools().into_iter().filter_map(|p| Some((p.metadata.name?, p.status))).collect();
+    let pools = pool_statuses(&plan)
+        .into_iter()
+        .map(|(name, next)| {
+            let now = pools_now.get(&name).cloned().flatten();
+            (name, now, next)
+        })
+        .collect();
+    Statuses { egresses, pools }
+}
+
+fn cluster_config(args: &ControllerArgs) -> ClusterConfig {
+    ClusterConfig {
+        service_cidrs: args.service_cidrs.clone(),
+        internal_cidrs: Vec::new(),
+        reserved: args.reserved_ips.clone(),
+    }
+}
+
+/// One reconciliation against the store: feeds what changed into the index, then writes
+/// statuses. Returns how many statuses were written.
 pub fn reconcile(
     store: &Store,
-    objects: &mut StoreIndex,
+    objects: &mut Objects,
     args: &ControllerArgs,
-    logged: &mut Vec<egret_core::planner::Warning>,
+    logged: &mut Vec<Warning>,
     last: &mut Option<Liveness>,
 ) -> anyhow::Result<usize> {
-    let changed = objects.poll();
+    let changed = objects.poll()?;
     if !objects.index.is_synced() || !objects.loaded_clean {
         return Ok(0);
     }
-    let reports: Vec<(String, AgentReport)> = store.read_reports();
-    let seen = liveness(&reports, args.liveness_timeout_ms);
+    let seen = liveness(&store.read_reports(), args.liveness_timeout_ms);
     // The periodic tick only re-reads the agents' reports: nothing else to do unless the
     // objects or what the agents report changed.
     if !changed && last.as_ref() == Some(&seen) {
         return Ok(0);
     }
-    let (live, hosted) = last.insert(seen).clone();
-    let ix = &mut objects.index;
-    ix.set_live(&live);
-    let plan = ix.control_plan();
-    let problems = ix.validation_problems().to_vec();
-    log_warnings(&ix.warnings(), logged);
-    let all: Vec<(String, Option<egret_api::v1alpha1::EgressStatus>)> =
-        ix.api_egresses().into_iter().filter_map(|e| Some((e.metadata.name?, e.status))).collect();
+    let seen = last.insert(seen).clone();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let egresses = egress_statuses(&plan, &all, &problems, &hosted, &now);
-    let written = store.write_statuses(&egresses, &pool_statuses(&plan))?;
+    let s = statuses(&mut objects.index, &seen, &now, Clone::clone, logged);
+    let egresses: Vec<(String, EgressStatus)> = s.egresses.into_iter().map(|(n, _, next)| (n, next)).collect();
+    let pools: Vec<(String, ExternalIPPoolStatus)> = s.pools.into_iter().map(|(n, _, next)| (n, next)).collect();
+    let written = store.write_statuses(&egresses, &pools)?;
     if written > 0 {
-        info!(written, live = live.len(), problems = problems.len(), "status updated");
+        info!(written, live = seen.0.len(), "status updated");
     }
     Ok(written)
 }
 
 /// Runs until interrupted.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.store).with_context(|| format!("opening store {}", args.store.display()))?;
+    match args.source {
+        SourceKind::Store => run_store(args).await,
+        SourceKind::Kubernetes => run_kubernetes(args).await,
+    }
+}
+
+async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
+    let Some(dir) = args.store.clone() else { bail!("--store is required with --source store") };
+    let store = Store::open(&dir).with_context(|| format!("opening store {}", dir.display()))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let _watch = egret_store::watch(store.dir(), move || {
         let _ = tx.send(());
     })?;
-    info!(store = %args.store.display(), "controller started");
-    let config = ClusterConfig {
-        service_cidrs: args.service_cidrs.clone(),
-        internal_cidrs: Vec::new(),
-        reserved: args.reserved_ips.clone(),
-    };
-    let mut objects = StoreIndex::new(store.clone(), config);
+    info!(store = %dir.display(), "controller started");
+    let mut objects = Objects::store(store.clone(), cluster_config(&args));
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged = Vec::new();
@@ -143,7 +258,117 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = rx.recv() => { while rx.try_recv().is_ok() {} }
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = crate::agent::wait_for_signal() => break,
+        }
+    }
+    info!("controller stopped");
+    Ok(())
+}
+
+/// This replica's identity: `--identity`, else the host name.
+fn identity(args: &ControllerArgs) -> anyhow::Result<String> {
+    if let Some(id) = &args.identity {
+        return Ok(id.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name for --identity")?;
+    Ok(host.trim().to_string())
+}
+
+async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
+    let Some(key_file) = &args.gossip_key_file else {
+        bail!(
+            "--gossip-key-file is required with --source kubernetes: the controller learns by gossip which nodes are alive and which egress IPs they hold"
+        );
+    };
+    let keys = GossipKeys::load(key_file).with_context(|| format!("gossip key {}", key_file.display()))?;
+    let id = identity(&args)?;
+    let gossip_addr = match (args.gossip_addr, args.pod_ip) {
+        (Some(a), _) => a,
+        (None, Some(ip)) => SocketAddr::new(ip, args.gossip_port),
+        (None, None) => bail!("--gossip-addr (or $EGRET_POD_IP) is required with --source kubernetes"),
+    };
+    let lease = LeaseConfig {
+        lease_duration: Duration::from_millis(args.lease_duration_ms),
+        renew_deadline: Duration::from_millis(args.renew_deadline_ms),
+        retry_period: Duration::from_millis(args.retry_period_ms),
+        ..LeaseConfig::new(&args.namespace, &args.lease_name, &id)
+    };
+    let client = egret_kube::client(args.kube.kubeconfig.as_deref()).await?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    let mut objects =
+        Objects::kubernetes(client.clone(), &args.kube, None, cluster_config(&args), move || w.notify_one()).await?;
+    // Gossip seeds come from the Nodes: wait for the initial lists first.
+    while !objects.index.is_synced() {
+        objects.poll()?;
+        if !objects.index.is_synced() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
+            if !objects.index.is_synced() {
+                info!(waiting_for = ?objects.index.waiting_for(), "waiting for the initial lists");
+            }
+        }
+    }
+    let member = format!("controller/{id}");
+    let seeds = crate::agent::gossip_seeds(&objects.index, &member, args.gossip_port);
+    let (gossip, mut views) = Gossip::start(GossipConfig::new(&member, gossip_addr, seeds, keys))
+        .with_context(|| format!("starting gossip on {gossip_addr}"))?;
+    // A member that never hosts: placement never gives it an egress IP.
+    gossip.announce(Vec::new(), false).await.context("announcing by gossip")?;
+    let reporter = Reporter::new(client.clone(), Some(id.clone()));
+    let (elector, leadership) = LeaderElector::new(client.clone(), lease)?;
+    let mut election = tokio::spawn(elector.with_reporter(reporter.clone()).run());
+    let writer = StatusWriter::new(client, leadership.clone(), Some(reporter));
+    let mut leader_changes = leadership.changes();
+    info!(identity = %id, %gossip_addr, "controller started");
+    let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged = Vec::new();
+    // What this replica wrote while leading, so a write whose watch event is still on its way is
+    // not repeated (nor its Events published twice).
+    let mut written: HashMap<String, EgressStatus> = HashMap::new();
+    let mut was_leader = false;
+    loop {
+        objects.poll()?;
+        let leading = leadership.is_leader();
+        if leading != was_leader {
+            info!(leading, "leadership changed");
+            written.clear();
+            was_leader = leading;
+        }
+        if leading {
+            let seen = liveness_of_view(&views.borrow());
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            let s = statuses(&mut objects.index, &seen, &now, antrea_vocabulary, &mut logged).changed();
+            let mut n = 0;
+            for (name, prev, next) in &s.egresses {
+                if written.get(name) == Some(next) {
+                    continue;
+                }
+                match writer.egress(name, prev.as_ref(), next).await {
+                    Ok(()) => {
+                        written.insert(name.clone(), next.clone());
+                        n += 1;
+                    }
+                    Err(e) => warn!("{e}"),
+                }
+            }
+            for (name, _, next) in &s.pools {
+                match writer.pool(name, next).await {
+                    Ok(()) => n += 1,
+                    Err(e) => warn!("{e}"),
+                }
+            }
+            if n > 0 {
+                info!(written = n, live = seen.0.len(), "status updated");
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = views.changed() => {}
+            _ = leader_changes.changed() => {}
+            _ = tick.tick() => {}
+            r = &mut election => bail!("leader election stopped: {r:?}"),
+            _ = crate::agent::wait_for_signal() => break,
         }
     }
     info!("controller stopped");
@@ -190,6 +415,53 @@ mod tests {
         // A stale heartbeat is dead without gossip.
         let reports = vec![(String::from("node-1"), AgentReport { heartbeat_ms: 0, ..AgentReport::default() })];
         assert!(live_at(&reports, 1500, 5000).0.is_empty());
+    }
+
+    #[test]
+    fn from_a_gossip_view_only_eligible_members_are_live_and_dead_ones_hold_nothing() {
+        use egret_gossip::MemberView;
+        let m = |name: &str, status, eligible, hosted: &[&str]| MemberView {
+            name: name.into(),
+            addr: "10.10.0.1:7947".parse().unwrap(),
+            status,
+            bump: 1,
+            incarnation: 0,
+            hosted: hosted.iter().map(|h| h.parse().unwrap()).collect(),
+            eligible,
+            local: false,
+        };
+        let v = View {
+            local: "controller/c-0".into(),
+            joined: true,
+            members: vec![
+                // The controller itself: a member that never hosts.
+                m("controller/c-0", MemberStatus::Alive, false, &[]),
+                m("node-1", MemberStatus::Alive, true, &["10.10.0.11"]),
+                m("node-2", MemberStatus::Suspect, true, &[]),
+                // Settling: alive, not eligible, still holding what it held.
+                m("node-3", MemberStatus::Alive, false, &["10.10.0.12"]),
+                m("node-4", MemberStatus::Dead, true, &["10.10.0.13"]),
+            ],
+        };
+        let (live, hosted) = liveness_of_view(&v);
+        assert_eq!(live.into_iter().collect::<Vec<_>>(), vec!["node-1", "node-2"]);
+        assert_eq!(hosted.keys().collect::<Vec<_>>(), vec!["node-1", "node-3"]);
+    }
+
+    #[test]
+    fn only_statuses_that_differ_are_written() {
+        let st = |ip: &str| EgressStatus { egress_ip: Some(ip.into()), ..EgressStatus::default() };
+        let s = Statuses {
+            egresses: vec![
+                ("same".into(), Some(st("10.10.0.11")), st("10.10.0.11")),
+                ("moved".into(), Some(st("10.10.0.11")), st("10.10.0.12")),
+                ("new".into(), None, st("10.10.0.13")),
+            ],
+            pools: vec![("p".into(), Some(ExternalIPPoolStatus::default()), ExternalIPPoolStatus::default())],
+        }
+        .changed();
+        assert_eq!(s.egresses.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), vec!["moved", "new"]);
+        assert!(s.pools.is_empty());
     }
 
     #[test]

@@ -1,54 +1,140 @@
-//! The objects the agent and the controller act on: the local store as an event source feeding
-//! the index (`egret_core::index`).
+//! The objects the agent and the controller act on: an event source feeding the index
+//! (`egret_core::index`). The source is the local store (its changed files) or the Kubernetes
+//! API (one watcher per kind, `egret_kube::Source`).
 
+use anyhow::Context;
 use egret_core::index::Index;
 use egret_core::planner::ClusterConfig;
+use egret_kube::source::Versioned;
 use egret_store::{Store, StoreSource};
-use tracing::warn;
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use tracing::{info, warn};
 
-/// The store source and the index it feeds.
-pub struct StoreIndex {
-    source: StoreSource,
+/// Where objects come from (`--source`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// The local store directory (`--store`): the lab, the demo and single-machine tests.
+    #[default]
+    Store,
+    /// The Kubernetes API (`--kubeconfig`, or the in-cluster service account).
+    Kubernetes,
+}
+
+/// The options of a Kubernetes source, shared by the agent and the controller.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Kubeconfig file for `--source kubernetes` (default: in-cluster, then `$KUBECONFIG` or
+    /// `~/.kube/config`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Also act on Antrea's `crd.antrea.io` Egress and ExternalIPPool objects (only once Antrea
+    /// no longer acts on them itself: two systems would steer the same pods).
+    #[arg(long)]
+    pub antrea: bool,
+    /// Also act on Cilium's `CiliumEgressGatewayPolicy` objects (same caution).
+    #[arg(long)]
+    pub cilium: bool,
+}
+
+enum Feed {
+    Store {
+        source: StoreSource,
+        /// The errors of the last poll, so each is logged once.
+        errors: Vec<String>,
+    },
+    Kube(Receiver<Versioned>),
+}
+
+/// The source and the index it feeds.
+pub struct Objects {
+    feed: Feed,
     /// The index.
     pub index: Index,
-    /// The store stamp of the last state fed into the index.
+    /// How far the source has come: the store's stamp, or the highest resourceVersion applied.
     pub stamp: u64,
-    /// The errors of the last poll, so each is logged once.
-    errors: Vec<String>,
-    /// Whether the store has ever loaded without errors: until then a bad file's object is
-    /// simply missing (acting on that would, for instance, mark its Egresses invalid).
+    /// Whether the objects are complete enough to act on: with the store, once it has loaded
+    /// without errors (until then a bad file's object is simply missing, and acting on that
+    /// would, for instance, mark its Egresses invalid). The API server only serves objects its
+    /// schema admitted, so a Kubernetes source is complete once listed.
     pub loaded_clean: bool,
 }
 
-impl StoreIndex {
-    /// An index over `store`, filled by the first [`StoreIndex::poll`].
-    pub fn new(store: Store, config: ClusterConfig) -> StoreIndex {
-        StoreIndex {
-            source: StoreSource::new(store),
+impl Objects {
+    /// An index over `store`, filled by the first [`Objects::poll`].
+    pub fn store(store: Store, config: ClusterConfig) -> Objects {
+        Objects {
+            feed: Feed::Store { source: StoreSource::new(store), errors: Vec::new() },
             index: Index::new(config, Index::core_kinds()),
             stamp: 0,
-            errors: Vec::new(),
             loaded_clean: false,
         }
     }
 
-    /// Feeds what changed in the store into the index, and tells whether anything did. A file
-    /// that fails to load keeps its last good content there; its error is logged once.
-    pub fn poll(&mut self) -> bool {
-        let p = self.source.poll();
-        let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
-        if errors != self.errors {
-            for e in &errors {
-                warn!("store: {e}; keeping that file's last good content");
+    /// An index over the Kubernetes API: discovers the kinds to watch, then runs the watchers
+    /// as a task of the current runtime, calling `wake` after each change so the caller polls.
+    pub async fn kubernetes(
+        client: kube::Client,
+        args: &KubeArgs,
+        pods_on_node: Option<String>,
+        config: ClusterConfig,
+        wake: impl Fn() + Send + 'static,
+    ) -> anyhow::Result<Objects> {
+        let sc = egret_kube::SourceConfig { antrea: args.antrea, cilium: args.cilium, pods_on_node };
+        let source = egret_kube::Source::discover(client, sc).await?;
+        let index = Index::new(config, source.kinds());
+        let (tx, rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            let mut changes = source.versioned_changes();
+            while let Some(v) = changes.next().await {
+                if tx.send(v).is_err() {
+                    return;
+                }
+                wake();
             }
-            self.errors = errors;
+        });
+        info!("watching the Kubernetes API");
+        Ok(Objects { feed: Feed::Kube(rx), index, stamp: 0, loaded_clean: true })
+    }
+
+    /// Feeds what changed into the index, and tells whether anything did. With the store, a
+    /// file that fails to load keeps its last good content there; its error is logged once.
+    pub fn poll(&mut self) -> anyhow::Result<bool> {
+        match &mut self.feed {
+            Feed::Store { source, errors } => {
+                let p = source.poll();
+                let now: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
+                if now != *errors {
+                    for e in &now {
+                        warn!("store: {e}; keeping that file's last good content");
+                    }
+                    *errors = now;
+                }
+                self.loaded_clean |= errors.is_empty();
+                let changed = !p.changes.is_empty();
+                for c in p.changes {
+                    self.index.apply(c);
+                }
+                self.stamp = p.stamp;
+                Ok(changed)
+            }
+            Feed::Kube(rx) => {
+                let mut changed = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(v) => {
+                            self.index.apply(v.change);
+                            self.stamp = self.stamp.max(v.version);
+                            changed = true;
+                        }
+                        Err(TryRecvError::Empty) => return Ok(changed),
+                        Err(TryRecvError::Disconnected) => {
+                            return Err(anyhow::anyhow!("the Kubernetes source stopped")).context("watching objects");
+                        }
+                    }
+                }
+            }
         }
-        self.loaded_clean |= self.errors.is_empty();
-        let changed = !p.changes.is_empty();
-        for c in p.changes {
-            self.index.apply(c);
-        }
-        self.stamp = p.stamp;
-        changed
     }
 }
