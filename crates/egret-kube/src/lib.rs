@@ -40,5 +40,9 @@ pub mod status;
 #[cfg(any(test, feature = "test-double"))]
 pub mod testserver;
 
+/// The install manifests' RBAC (`deploy/`) covers exactly the calls above.
+#[cfg(test)]
+mod rbac_tests;
+
 pub use client::{ClientError, client};
 pub use source::{Source, SourceConfig, SourceError};
