@@ -45,8 +45,19 @@ const CLUSTER_WIDE: &[(&str, &str)] = &[("events.k8s.io", "events")];
 
 /// The `nonResourceURLs` of Kubernetes' default `system:discovery` ClusterRole (verb `get`),
 /// bound to every authenticated user.
-const SYSTEM_DISCOVERY: &[&str] =
-    &["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"];
+const SYSTEM_DISCOVERY: &[&str] = &[
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/livez",
+    "/openapi",
+    "/openapi/*",
+    "/readyz",
+    "/version",
+    "/version/",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Request info: what the API server authorizes for one HTTP request.
@@ -221,7 +232,8 @@ fn load(files: &[PathBuf]) -> Vec<Doc> {
     let mut docs = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).unwrap();
-        let file = f.strip_prefix(&base).map_or_else(|_| f.display().to_string(), |p| format!("deploy/{}", p.display()));
+        let file =
+            f.strip_prefix(&base).map_or_else(|_| f.display().to_string(), |p| format!("deploy/{}", p.display()));
         for d in serde_yaml_ng::Deserializer::from_str(&text) {
             let value = Value::deserialize(d).unwrap();
             if !value.is_null() {
@@ -371,10 +383,15 @@ fn audit(who: &str, grants: &[Grant], requests: &[Request]) -> Vec<String> {
             }
         }
     }
+    // One line per tuple (calls on several objects differ only by name).
+    let mut missing: BTreeMap<String, &str> = BTreeMap::new();
     for (c, shown) in &calls {
         if !grants.iter().any(|g| g.allows(c)) {
-            problems.insert(format!("{who}: MISSING: the code calls {c} ({shown}), RBAC does not allow it"));
+            missing.entry(c.to_string()).or_insert(shown);
         }
+    }
+    for (c, shown) in missing {
+        problems.insert(format!("{who}: MISSING: the code calls {c} ({shown}), RBAC does not allow it"));
     }
     for g in grants {
         let used: Vec<&Call> = calls.keys().filter(|c| g.allows(c)).collect();
@@ -468,8 +485,11 @@ async fn sync_source(server: &TestServer, config: SourceConfig, kinds: &[Kind]) 
         // Every list is followed by a watch on the same collection.
         loop {
             let reqs = server.requests();
-            let lists: BTreeSet<&str> =
-                reqs.iter().filter(|r| r.method == "GET" && r.query.contains_key("limit")).map(|r| r.path.as_str()).collect();
+            let lists: BTreeSet<&str> = reqs
+                .iter()
+                .filter(|r| r.method == "GET" && r.query.contains_key("limit"))
+                .map(|r| r.path.as_str())
+                .collect();
             let watched = |p: &str| reqs.iter().any(|r| r.path == p && r.is_watch());
             if lists.len() == kinds.len() && lists.iter().all(|p| watched(p)) {
                 break;
