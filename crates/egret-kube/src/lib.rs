@@ -30,6 +30,11 @@
 //! | `egret.dev` `egresses/status`, `externalippools/status` | patch (server-side apply, field manager `egret-controller`) | [`status::StatusWriter`] |
 //! | `coordination.k8s.io` `leases` (one, in the controller's namespace) | get, create, update | [`lease::LeaderElector`] |
 //! | `events.k8s.io` `events` (namespace `default` for the cluster-scoped Egret kinds, the Lease's namespace for `LeaderElected`) | create, patch | [`status::Reporter`] (kube-rs' `Recorder` patches a repeated event) |
+//!
+//! The install's RBAC (`deploy/rbac/`, `deploy/components/*`) grants exactly these: a test
+//! (`rbac_tests.rs`) runs the agent's and the controller's code against the test double, maps
+//! each request to its (API group, resource, verb, namespace) as the API server does, and
+//! fails on a call not allowed or a grant not used.
 
 pub mod client;
 pub mod foreign;
@@ -39,6 +44,10 @@ pub mod source;
 pub mod status;
 #[cfg(any(test, feature = "test-double"))]
 pub mod testserver;
+
+/// The install manifests' RBAC (`deploy/`) covers exactly the calls above.
+#[cfg(test)]
+mod rbac_tests;
 
 pub use client::{ClientError, client};
 pub use source::{Source, SourceConfig, SourceError};
