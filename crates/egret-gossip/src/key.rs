@@ -55,7 +55,7 @@ pub enum KeyError {
     Random(String),
     /// The key file can be read or written by others than its owner.
     #[error(
-        "gossip key file {path} has permissions {mode:04o}: it must be accessible by its owner only (chmod 600 {path})"
+        "gossip key file {path} has permissions {mode:04o}: it must be accessible by its owner only (chmod 600 {path}), or readable by the process's own group (a Secret with fsGroup and mode 0440)"
     )]
     Permissions {
         /// The file.
@@ -73,14 +73,23 @@ pub enum KeyError {
     },
 }
 
-/// Refuses a file that its group or others may access.
+/// Whether a key file with permission bits `mode` and group `file_gid` is private enough for a
+/// process whose effective group is `egid`: accessible by its owner only, or also readable (never
+/// writable) by a group that is this process's own and not root's. The second is how Kubernetes
+/// hands a Secret to a container that does not run as root: the files belong to root, with the
+/// pod's `fsGroup` as group and `defaultMode: 0440`.
+const fn private_enough(mode: u32, file_gid: u32, egid: u32) -> bool {
+    mode & 0o077 == 0 || (mode & 0o037 == 0 && file_gid == egid && egid != 0)
+}
+
+/// Refuses a file that others may access (see [`private_enough`]).
 fn check_private(path: &Path) -> Result<(), KeyError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
         let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
+        if !private_enough(mode, meta.gid(), nix::unistd::getegid().as_raw()) {
             return Err(KeyError::Permissions { path: path.to_path_buf(), mode });
         }
     }
@@ -279,6 +288,17 @@ mod tests {
         assert!(err.contains("gossip.key"), "{err}");
         assert!(matches!(GossipKey::load(&dir.join("missing")), Err(KeyError::Read { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn group_read_is_private_enough_only_for_the_processes_own_non_root_group() {
+        assert!(private_enough(0o600, 0, 0) && private_enough(0o400, 5, 65532));
+        // A Secret mounted with fsGroup 65532 and defaultMode 0440, read by uid/gid 65532.
+        assert!(private_enough(0o440, 65532, 65532));
+        assert!(!private_enough(0o440, 65532, 1000), "another group");
+        assert!(!private_enough(0o440, 0, 0), "root's group is everybody's who runs as root");
+        assert!(!private_enough(0o460, 65532, 65532), "group write");
+        assert!(!private_enough(0o444, 65532, 65532), "others");
     }
 
     fn private_file(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {

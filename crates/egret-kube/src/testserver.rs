@@ -201,7 +201,12 @@ pub enum TestServerError {
 impl TestServer {
     /// Starts the double on a random port of 127.0.0.1.
     pub async fn start() -> Result<TestServer, TestServerError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        TestServer::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the double on `addr`.
+    pub async fn start_on(addr: std::net::SocketAddr) -> Result<TestServer, TestServerError> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tick, _) = watch::channel(Tick::default());
         let shared =
@@ -246,6 +251,30 @@ impl TestServer {
             if let Some(o) = obj.as_object_mut() {
                 o.insert("apiVersion".into(), json!(def.api_version()));
                 o.insert("kind".into(), json!(def.kind));
+            }
+            write(&mut inner, &def, &ns, &name, obj)
+        };
+        self.shared.bump(|t| t.rv = rv);
+        Ok(rv)
+    }
+
+    /// [`TestServer::put`] that keeps the stored object's `status`, as an update of the main
+    /// resource does on a real API server (status is written through its subresource only).
+    pub fn put_spec(&self, mut obj: Value) -> Result<u64, TestServerError> {
+        let rv = {
+            let mut inner = self.shared.lock();
+            let (def, ns, name) = locate(&inner, &obj)?;
+            let status = inner
+                .objects
+                .get(&def.key())
+                .and_then(|m| m.get(&(ns.clone(), name.clone())))
+                .and_then(|o| o.get("status"))
+                .cloned();
+            if let Some(o) = obj.as_object_mut() {
+                match status {
+                    Some(st) => o.insert("status".into(), st),
+                    None => o.remove("status"),
+                };
             }
             write(&mut inner, &def, &ns, &name, obj)
         };

@@ -301,11 +301,8 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     // Gossip seeds come from the Nodes: wait for the initial lists first.
     while !objects.index.is_synced() {
         objects.poll()?;
-        if !objects.index.is_synced() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), wake.notified()).await;
-            if !objects.index.is_synced() {
-                info!(waiting_for = ?objects.index.waiting_for(), "waiting for the initial lists");
-            }
+        if !objects.index.is_synced() && tokio::time::timeout(Duration::from_secs(10), wake.notified()).await.is_err() {
+            info!(waiting_for = ?objects.index.waiting_for(), "waiting for the initial lists");
         }
     }
     let member = format!("controller/{id}");

@@ -154,3 +154,49 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The arguments of every container of the install manifests, with `$(VAR)` references
+    /// replaced by a plausible value.
+    fn manifest_args(file: &str) -> Vec<Vec<String>> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut out = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = serde_yaml_ng::Value::deserialize(doc).unwrap();
+            let containers = &v["spec"]["template"]["spec"]["containers"];
+            for c in containers.as_sequence().into_iter().flatten() {
+                let args: Vec<String> = c["args"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        let a = a.as_str().unwrap();
+                        a.replace("$(EGRET_NODE)", "node-1").replace("$(EGRET_HOST_IP)", "10.0.0.1")
+                    })
+                    .collect();
+                out.push(args);
+            }
+        }
+        out
+    }
+    use serde::Deserialize;
+
+    #[test]
+    fn the_install_manifests_run_commands_this_binary_accepts() {
+        for file in ["agent.yaml", "controller.yaml"] {
+            let all = manifest_args(file);
+            assert!(!all.is_empty(), "{file}: no container");
+            for args in all {
+                let argv = std::iter::once("egret".to_string()).chain(args.clone());
+                if let Err(e) = Cli::try_parse_from(argv) {
+                    panic!("{file}: `egret {}` is refused:\n{e}", args.join(" "));
+                }
+            }
+        }
+    }
+}

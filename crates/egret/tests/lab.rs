@@ -26,10 +26,17 @@ struct Lab {
 
 impl Lab {
     fn up() -> Lab {
+        Lab::up_with(&[])
+    }
+
+    /// A lab brought up with extra `lab up` arguments.
+    fn up_with(extra: &[&str]) -> Lab {
         egret_netns::require_privileged();
         let name = format!("t{}x{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed));
         let lab = Lab { name };
-        let o = lab.run(&["lab", "up"]);
+        let mut args = vec!["lab", "up"];
+        args.extend(extra);
+        let o = lab.run(&args);
         assert!(
             o.status.success(),
             "lab up: {}{}",
@@ -461,4 +468,71 @@ fn a_gateway_whose_datapath_sync_fails_hands_its_ip_over_and_takes_it_back_once_
     }
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
     assert_eq!(holders(&lab, "10.10.0.12").len(), 1);
+}
+
+/// The lab with its objects served by the test double of the API server: agents and two
+/// controller replicas use the Kubernetes source, status comes back by server-side apply in
+/// Antrea's vocabulary, and the seeds, a gateway failover and a leader handover behave as with
+/// the store.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn through_the_api_server_double_seeds_failover_and_leader_handover() {
+    let lab = Lab::up_with(&["--api-server"]);
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.101", "before any Egress: the node IP");
+
+    // Seed 002 (HA): same addresses as with the store.
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("prod/web-2", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.12");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    for name in ["egress-prod-web", "egress-staging-web"] {
+        let e = lab.wait_egress(name, |e| condition(e, "IPAssigned")["reason"] == "Assigned");
+        assert_eq!(condition(&e, "IPAllocated")["reason"], "Allocated");
+        assert!(e["status"]["egressNode"].is_string(), "{e:#}");
+    }
+
+    // Seed 004 (Cilium) and seed 000.
+    lab.apply("examples/seed-004-cilium/policy.yaml");
+    assert_eq!(lab.whoami("default/mediabot-1", "db-a"), "10.168.60.100");
+    lab.ok(&["lab", "delete", "-f", "examples/seed-004-cilium/policy.yaml"]);
+    assert_eq!(lab.whoami("default/mediabot-1", "db-a"), "10.10.0.101");
+    lab.apply("examples/seed-000-web-to-db/egress.yaml");
+    assert_eq!(lab.whoami("default/malicious-1", "db-a"), "10.10.0.103");
+    lab.ok(&["lab", "delete", "-f", "examples/seed-000-web-to-db/egress.yaml"]);
+
+    // A gateway loses power: the IP moves and traffic keeps its source address.
+    let (gw, probe) = gateway_and_probe(&lab);
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "10.10.0.11" {
+        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
+    }
+    let moved = lab.wait_egress("egress-prod-web", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    assert_eq!(moved["status"]["egressIP"], "10.10.0.11");
+    lab.ok(&["lab", "restore-node", &gw]);
+
+    // Kill the leading controller: the other replica takes over and no allocation changes.
+    let ips = |lab: &Lab| -> Vec<(String, String)> {
+        lab.get_egress()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["metadata"]["name"].to_string(), e["status"]["egressIP"].to_string()))
+            .collect()
+    };
+    let before = ips(&lab);
+    let out = lab.ok(&["lab", "restart", "leader"]);
+    assert!(out.contains("took over"), "{out}");
+    // The new leader acts: a new Egress gets its IP from it.
+    let extra = "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: after-handover}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: client}}}\n  externalIPPool: external-ip-pool\n";
+    let dir = tempfile::tempdir().unwrap();
+    lab.apply(&write(dir.path(), "extra.yaml", extra));
+    let e = lab.wait_egress("after-handover", |e| condition(e, "IPAssigned")["reason"] == "Assigned");
+    assert_eq!(e["status"]["egressIP"], "10.10.0.13", "the next free address: nothing was re-numbered");
+    let after: Vec<(String, String)> = ips(&lab).into_iter().filter(|(n, _)| !n.contains("after-handover")).collect();
+    assert_eq!(after, before, "allocations survive the leader change");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
 }

@@ -6,6 +6,7 @@
 //! host's own network namespace. `down` removes every namespace, process and file `up` made,
 //! also after a crash (it finds the namespaces by their prefix).
 
+mod api;
 mod bench;
 mod state;
 
@@ -46,6 +47,11 @@ pub enum LabCmd {
         /// Number of nodes (the default topology has six).
         #[arg(long, default_value = "6")]
         nodes: usize,
+        /// Serve the objects from a test double of the API server (in the router's namespace)
+        /// instead of the store: agents and two leader-elected controller replicas then run
+        /// with `--source kubernetes`. `apply`/`delete` still go through the store, mirrored.
+        #[arg(long)]
+        api_server: bool,
     },
     /// Stop every process and remove every namespace and file of the lab.
     Down,
@@ -97,7 +103,8 @@ pub enum LabCmd {
     },
     /// Restart the controller or a node's agent (the datapath stays as it is meanwhile).
     Restart {
-        /// `controller` or a node name.
+        /// `controller`, a node name, or (with `--api-server`) `leader`: kill the controller
+        /// replica holding the Lease, wait until the other one takes over, start it again.
         target: String,
         /// Start the agent without the gossip key (it then refuses to host egress IPs).
         #[arg(long)]
@@ -107,6 +114,19 @@ pub enum LabCmd {
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
+    },
+    /// Serve the test double of the API server, mirroring a store (used by `up --api-server`).
+    #[command(hide = true)]
+    ServeApi {
+        /// The store to mirror.
+        #[arg(long)]
+        store: PathBuf,
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where to write what the mirror did (`api.json`).
+        #[arg(long)]
+        state: PathBuf,
     },
     /// Serve whoami on this namespace (used by `up` inside the outside namespace).
     #[command(hide = true)]
@@ -147,7 +167,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         bail!("lab name {name:?} must be 1-20 letters and digits");
     }
     match args.cmd {
-        LabCmd::Up { nodes } => up(name, nodes),
+        LabCmd::Up { nodes, api_server } => up(name, nodes, api_server),
         LabCmd::Down => down(name),
         LabCmd::Status => status(name),
         LabCmd::Apply { files } => apply(name, &files),
@@ -160,6 +180,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench::latency(name, trials),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
+        LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
 }
 
@@ -289,11 +310,50 @@ fn lab_config() -> egret_core::planner::ClusterConfig {
     }
 }
 
-/// Starts the controller with the lab's settings.
+/// Starts the controller with the lab's settings (with the API server double: replica 0).
 fn spawn_controller(st: &LabState) -> anyhow::Result<u32> {
+    if st.api {
+        return spawn_replica(st, 0);
+    }
     let store = st.store().to_string_lossy().into_owned();
     let reserved = egret_netns::ROUTER_IP.to_string();
     spawn_egret(None, &["controller", "--store", &store, "--reserved-ip", &reserved], &st.log("controller"))
+}
+
+/// Starts controller replica `controller-I` against the API server double, in the router's
+/// namespace (beside the double, reaching every node), leader-elected with short lab timings.
+fn spawn_replica(st: &LabState, i: u16) -> anyhow::Result<u32> {
+    let kubeconfig = api::kubeconfig_path(&st.dir()).to_string_lossy().into_owned();
+    let key = st.dir().join("gossip.key").to_string_lossy().into_owned();
+    let reserved = egret_netns::ROUTER_IP.to_string();
+    let id = format!("controller-{i}");
+    let gossip = SocketAddr::new(IpAddr::V4(egret_netns::ROUTER_IP), 7950 + i).to_string();
+    let args = [
+        "controller",
+        "--source",
+        "kubernetes",
+        "--kubeconfig",
+        &kubeconfig,
+        "--identity",
+        &id,
+        "--namespace",
+        api::LEASE_NAMESPACE,
+        "--lease-name",
+        api::LEASE_NAME,
+        "--lease-duration-ms",
+        "3000",
+        "--renew-deadline-ms",
+        "2000",
+        "--retry-period-ms",
+        "500",
+        "--gossip-key-file",
+        &key,
+        "--gossip-addr",
+        &gossip,
+        "--reserved-ip",
+        &reserved,
+    ];
+    spawn_egret(Some(&st.router.clone()), &args, &st.log(&id))
 }
 
 fn start_agent(st: &LabState, node: &LabNode) -> anyhow::Result<u32> {
@@ -304,7 +364,12 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
     let store = st.store().to_string_lossy().into_owned();
     let key = st.dir().join("gossip.key").to_string_lossy().into_owned();
     let reserved = egret_netns::ROUTER_IP.to_string();
+    let kubeconfig = api::kubeconfig_path(&st.dir()).to_string_lossy().into_owned();
     let mut args = vec!["agent", "--store", &store, "--node", &node.name, "--underlay", "eth0"];
+    if st.api {
+        // The store only receives the agent's reports.
+        args.extend(["--source", "kubernetes", "--kubeconfig", &kubeconfig]);
+    }
     args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved]);
     if with_key {
         args.extend(["--gossip-key-file", &key]);
@@ -312,7 +377,7 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
     spawn_egret(Some(&node.netns), &args, &st.log(&format!("agent-{}", node.name)))
 }
 
-fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
+fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
     need_root()?;
     if !(1..=150).contains(&n) {
         bail!("--nodes must be between 1 and 150");
@@ -359,6 +424,9 @@ fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
         pods: BTreeMap::new(),
         next_veth: objs.pods.len() as u32,
         controller_pid: None,
+        api: api_server,
+        api_pid: None,
+        standby_pid: None,
         agents: BTreeMap::new(),
         whoami_pid: None,
         killed: BTreeSet::new(),
@@ -402,6 +470,30 @@ fn up(name: &str, n: usize) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Starts the test double of the API server in the router's namespace and waits until it has
+/// mirrored the store.
+fn start_api(st: &mut LabState, store: &Store) -> anyhow::Result<()> {
+    let listen = SocketAddr::new(IpAddr::V4(egret_netns::ROUTER_IP), api::API_PORT);
+    std::fs::write(api::kubeconfig_path(&st.dir()), api::kubeconfig(listen))?;
+    let state = api::state_path(&st.dir());
+    let args = [
+        "lab".to_string(),
+        "serve-api".into(),
+        "--store".into(),
+        st.store().to_string_lossy().into_owned(),
+        "--listen".into(),
+        listen.to_string(),
+        "--state".into(),
+        state.to_string_lossy().into_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    st.api_pid = Some(spawn_egret(Some(&st.router.clone()), &args, &st.log("api-server"))?);
+    st.save()?;
+    let stamp = store.stamp();
+    wait_until(Duration::from_secs(30), || Ok(api::ApiState::load(&state).is_some_and(|a| a.stamp >= stamp)))
+        .context("the test double of the API server did not mirror the store within 30 s")
+}
+
 /// Starts the processes of a freshly built lab and waits until every agent is ready.
 fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     std::fs::create_dir_all(st.dir().join("logs"))?;
@@ -411,7 +503,13 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     st.save()?;
     let store = Store::open(st.store())?;
     store.apply_with(objs, &lab_config())?;
+    if st.api {
+        start_api(st, &store)?;
+    }
     st.controller_pid = Some(spawn_controller(st)?);
+    if st.api {
+        st.standby_pid = Some(spawn_replica(st, 1)?);
+    }
     st.save()?;
     for node in st.nodes.values().cloned().collect::<Vec<_>>() {
         let pid = start_agent(st, &node)?;
@@ -566,6 +664,14 @@ fn status(name: &str) -> anyhow::Result<ExitCode> {
         _ => "not running".into(),
     };
     outln!("\ncontroller: {ctl}");
+    if st.api {
+        let standby = match st.standby_pid {
+            Some(pid) if alive(pid) => format!("running ({pid})"),
+            _ => "not running".into(),
+        };
+        let leader = api::ApiState::load(&api::state_path(&st.dir())).and_then(|a| a.leader);
+        outln!("controller-1: {standby}; leader: {}", leader.as_deref().unwrap_or("none"));
+    }
     let pods: Vec<Vec<String>> =
         st.pods.iter().map(|(k, p)| vec![k.clone(), p.ip.to_string(), p.node.clone()]).collect();
     out!("\n{}", table::render(&["POD", "IP", "NODE"], &pods, "   "));
@@ -673,9 +779,16 @@ fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
 fn wait_programmed(st: &LabState, stamp: u64, limit: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
     let want: BTreeSet<&String> = st.nodes.keys().filter(|n| !st.killed.contains(*n)).collect();
     let mut lat = BTreeMap::new();
+    // With the API server double, agents count in resourceVersions: the change is the mirror's
+    // write that carried the store stamp over.
+    let mut target = (!st.api).then_some(stamp);
     wait_until(limit, || {
+        if target.is_none() {
+            target = api::ApiState::load(&api::state_path(&st.dir())).filter(|a| a.stamp >= stamp).map(|a| a.rv);
+        }
+        let Some(target) = target else { return Ok(false) };
         for (node, r) in reports(st) {
-            if want.contains(&node) && r.programmed_stamp_ms >= stamp && !lat.contains_key(&node) {
+            if want.contains(&node) && r.programmed_stamp_ms >= target && !lat.contains_key(&node) {
                 lat.insert(node, r.programmed_at_ms.saturating_sub(stamp));
             }
         }
@@ -879,6 +992,9 @@ fn restart(name: &str, target: &str, without_key: bool) -> anyhow::Result<ExitCo
     need_root()?;
     let _lock = lock(name)?;
     let mut st = LabState::load(name)?;
+    if target == "leader" {
+        return restart_leader(&mut st);
+    }
     if target == "controller" {
         if let Some(pid) = st.controller_pid {
             stop(pid, Duration::from_secs(5));
@@ -903,6 +1019,43 @@ fn restart(name: &str, target: &str, without_key: bool) -> anyhow::Result<ExitCo
     })
     .with_context(|| format!("agent of {target} did not become ready"))?;
     outln!("{target}: agent restarted");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Kills the controller replica that holds the Lease, waits until the other one holds it, and
+/// starts the killed one again as the standby.
+fn restart_leader(st: &mut LabState) -> anyhow::Result<ExitCode> {
+    if !st.api {
+        bail!("`restart leader` needs a lab started with --api-server (the store lab has one controller)");
+    }
+    let state = api::state_path(&st.dir());
+    let leader = api::ApiState::load(&state).and_then(|a| a.leader).context("no controller holds the Lease")?;
+    let (killed, other) = match leader.as_str() {
+        "controller-0" => (0, "controller-1"),
+        "controller-1" => (1, "controller-0"),
+        other => bail!("the Lease is held by {other:?}, not by a lab replica"),
+    };
+    let pid = if killed == 0 { st.controller_pid } else { st.standby_pid };
+    let t0 = Instant::now();
+    if let Some(pid) = pid {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+        while running(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    wait_until(Duration::from_secs(30), || {
+        Ok(api::ApiState::load(&state).and_then(|a| a.leader).as_deref() == Some(other))
+    })
+    .with_context(|| format!("{other} did not take the Lease over within 30 s"))?;
+    let took = t0.elapsed();
+    let pid = spawn_replica(st, killed)?;
+    if killed == 0 {
+        st.controller_pid = Some(pid);
+    } else {
+        st.standby_pid = Some(pid);
+    }
+    st.save()?;
+    outln!("{leader} killed; {other} took over in {} ms; {leader} restarted as the standby", took.as_millis());
     Ok(ExitCode::SUCCESS)
 }
 

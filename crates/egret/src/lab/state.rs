@@ -65,8 +65,17 @@ pub struct LabState {
     pub pods: BTreeMap<String, LabPod>,
     /// Counter for node-side veth names.
     pub next_veth: u32,
-    /// Process id of the controller.
+    /// Process id of the controller (with the API server double: replica `controller-0`).
     pub controller_pid: Option<u32>,
+    /// Whether objects are served by the test double of the API server (`up --api-server`).
+    #[serde(default)]
+    pub api: bool,
+    /// Process id of the test double of the API server.
+    #[serde(default)]
+    pub api_pid: Option<u32>,
+    /// Process id of the second controller replica (`controller-1`, with the double only).
+    #[serde(default)]
+    pub standby_pid: Option<u32>,
     /// Process id of each node's agent.
     pub agents: BTreeMap<String, u32>,
     /// Process id of the whoami server.
