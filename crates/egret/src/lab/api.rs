@@ -141,9 +141,12 @@ impl Mirror {
     }
 }
 
+/// Named statuses of one kind.
+type Named<S> = Vec<(String, S)>;
+
 /// The statuses the controllers wrote, as the store keeps them.
-fn statuses(server: &TestServer) -> (Vec<(String, EgressStatus)>, Vec<(String, ExternalIPPoolStatus)>) {
-    fn of<S: serde::de::DeserializeOwned>(objs: Vec<Value>) -> Vec<(String, S)> {
+fn statuses(server: &TestServer) -> (Named<EgressStatus>, Named<ExternalIPPoolStatus>) {
+    fn of<S: serde::de::DeserializeOwned>(objs: Vec<Value>) -> Named<S> {
         objs.into_iter()
             .filter_map(|o| {
                 let name = o.pointer("/metadata/name")?.as_str()?.to_string();
