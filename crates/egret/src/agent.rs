@@ -99,10 +99,13 @@ impl AgentArgs {
     }
 }
 
+/// What `/readyz` answers.
 #[derive(Default)]
-struct Health {
-    ready: bool,
-    error: Option<String>,
+pub(crate) struct Health {
+    /// Ready or not.
+    pub ready: bool,
+    /// Why not (or, when ready, what it is doing).
+    pub error: Option<String>,
 }
 
 /// How often an agent re-verifies its datapath even when nothing changed (drift repair).
@@ -466,7 +469,12 @@ impl Loop {
     }
 }
 
-async fn serve_http(addr: SocketAddr, health: Arc<Mutex<Health>>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serves `/healthz`, `/readyz` (from `health`) and `/metrics` (from `metrics`) on `addr`.
+pub(crate) async fn serve_http(
+    addr: SocketAddr,
+    health: Arc<Mutex<Health>>,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+) -> anyhow::Result<()> {
     use axum::http::StatusCode;
     let ready = move || {
         let health = health.clone();
@@ -482,7 +490,7 @@ async fn serve_http(addr: SocketAddr, health: Arc<Mutex<Health>>, metrics: Arc<M
     };
     let scrape = move || {
         let metrics = metrics.clone();
-        async move { metrics.encode() }
+        async move { metrics() }
     };
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
@@ -667,7 +675,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let served = rt.block_on(async {
         tokio::select! {
-            r = serve_http(health_addr, health, metrics) => r,
+            r = serve_http(health_addr, health, Arc::new(move || metrics.encode())) => r,
             _ = wait_for_signal() => Ok(()),
             _ = done_rx => Err(anyhow::anyhow!("the datapath loop stopped")),
         }

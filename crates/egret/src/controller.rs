@@ -7,6 +7,7 @@
 //! server-side apply. A new leader acts at once: its index and its gossip view are already
 //! current, and allocations are read back from status, never re-numbered.
 
+use crate::metrics::ControllerMetrics;
 use crate::objects::{KubeArgs, Objects, SourceKind};
 use anyhow::{Context, bail};
 use egret_api::v1alpha1::{EgressStatus, ExternalIPPoolStatus};
@@ -76,6 +77,10 @@ pub struct ControllerArgs {
     /// This replica's own gossip address (default: `$EGRET_POD_IP` on the gossip port).
     #[arg(long)]
     pub gossip_addr: Option<SocketAddr>,
+    /// Where to serve /healthz, /readyz and /metrics (with `--source kubernetes`; none when
+    /// not given).
+    #[arg(long)]
+    pub health_addr: Option<SocketAddr>,
     /// This replica's address, for the default `--gossip-addr` (on a cluster, from the downward
     /// API: `status.podIP`).
     #[arg(long, env = "EGRET_POD_IP", hide = true)]
@@ -293,6 +298,25 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
         retry_period: Duration::from_millis(args.retry_period_ms),
         ..LeaseConfig::new(&args.namespace, &args.lease_name, &id)
     };
+    let health = Arc::new(std::sync::Mutex::new(crate::agent::Health {
+        ready: false,
+        error: Some("waiting for the initial lists".into()),
+    }));
+    let metrics = Arc::new(ControllerMetrics::new());
+    if let Some(addr) = args.health_addr {
+        let (h, m) = (health.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::agent::serve_http(addr, h, Arc::new(move || m.encode())).await {
+                warn!("serving health and metrics on {addr}: {e:#}");
+            }
+        });
+    }
+    let set_health = |ready: bool, note: &str| {
+        if let Ok(mut h) = health.lock() {
+            h.ready = ready;
+            h.error = Some(note.to_string());
+        }
+    };
     let client = egret_kube::client(args.kube.kubeconfig.as_deref()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = wake.clone();
@@ -317,6 +341,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     let writer = StatusWriter::new(client, leadership.clone(), Some(reporter));
     let mut leader_changes = leadership.changes();
     info!(identity = %id, %gossip_addr, "controller started");
+    set_health(true, "standby");
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged = Vec::new();
@@ -331,6 +356,16 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             info!(leading, "leadership changed");
             written.clear();
             was_leader = leading;
+            metrics.leader.set(i64::from(leading));
+            // Both replicas are ready: the standby's index and view are warm.
+            set_health(true, if leading { "leader" } else { "standby" });
+        }
+        {
+            let v = views.borrow();
+            for status in [MemberStatus::Alive, MemberStatus::Suspect, MemberStatus::Dead] {
+                let n = v.members.iter().filter(|m| m.status == status).count();
+                metrics.members.get_or_create(&vec![("status".into(), format!("{status:?}"))]).set(n as i64);
+            }
         }
         if leading {
             let seen = liveness_of_view(&views.borrow());
@@ -341,7 +376,9 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
                 if written.get(name) == Some(next) {
                     continue;
                 }
-                match writer.egress(name, prev.as_ref(), next).await {
+                let r = writer.egress(name, prev.as_ref(), next).await;
+                metrics.wrote("Egress", r.is_ok());
+                match r {
                     Ok(()) => {
                         written.insert(name.clone(), next.clone());
                         n += 1;
@@ -350,7 +387,9 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
                 }
             }
             for (name, _, next) in &s.pools {
-                match writer.pool(name, next).await {
+                let r = writer.pool(name, next).await;
+                metrics.wrote("ExternalIPPool", r.is_ok());
+                match r {
                     Ok(()) => n += 1,
                     Err(e) => warn!("{e}"),
                 }

@@ -54,6 +54,49 @@ impl Metrics {
     }
 }
 
+/// Every metric of the controller.
+#[derive(Debug, Default)]
+pub struct ControllerMetrics {
+    /// The registry they are in.
+    pub registry: Registry,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+    /// Status writes by kind and result (`ok`, `error`).
+    pub status_writes: Family<Vec<(String, String)>, Counter>,
+    /// Gossip members by status as this replica sees them.
+    pub members: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl ControllerMetrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> ControllerMetrics {
+        let mut m = ControllerMetrics::default();
+        m.registry.register("egret_controller_leader", "1 while this replica holds the leader Lease", m.leader.clone());
+        m.registry.register(
+            "egret_controller_status_writes",
+            "Status writes by kind and result",
+            m.status_writes.clone(),
+        );
+        m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
+        m
+    }
+
+    /// Counts one status write.
+    pub fn wrote(&self, kind: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.status_writes.get_or_create(&vec![("kind".into(), kind.into()), ("result".into(), result.into())]).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -535,4 +535,20 @@ fn through_the_api_server_double_seeds_failover_and_leader_handover() {
     let after: Vec<(String, String)> = ips(&lab).into_iter().filter(|(n, _)| !n.contains("after-handover")).collect();
     assert_eq!(after, before, "allocations survive the leader change");
     assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+
+    // Lose the API server: the datapath stays, and gossip still fails a gateway over on the
+    // last known objects.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("/run/egret/labs/{}/lab.json", lab.name)).unwrap()).unwrap();
+    let api = state["api_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(api), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11", "untouched without the API server");
+    let gw = holders(&lab, "10.10.0.11").pop().unwrap();
+    let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "10.10.0.11" {
+        assert!(Instant::now() < deadline, "no failover from {gw} without the API server");
+    }
+    assert!(!holders(&lab, "10.10.0.11").contains(&gw));
 }
