@@ -1,4 +1,5 @@
-//! `egret get`, `egret apply`, `egret delete` against a local store.
+//! `egret get` against a local store or a cluster (`--kubeconfig`); `egret apply`, `egret
+//! delete` against a local store.
 
 use crate::table;
 use anyhow::{Context, bail};
@@ -122,19 +123,54 @@ pub fn members(store: &Path, node: Option<&str>, out: GetOutput) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// `egret get egress|externalippools`.
+/// `egret get egress|externalippools` from a store.
 pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitCode> {
     if let Resource::Members = what {
         return members(store, None, out);
     }
     let objs = load(store)?;
+    let egresses = objs.egresses.into_iter().map(|d| d.object).collect();
+    let pools = objs.pools.into_iter().map(|d| d.object).collect();
+    show(what, egresses, pools, out)
+}
+
+/// `egret get egress|externalippools` from the cluster of `kubeconfig`.
+pub fn get_from_cluster(what: Resource, kubeconfig: &Path, out: GetOutput) -> anyhow::Result<ExitCode> {
+    use egret_api::v1alpha1::{Egress, ExternalIPPool};
+    if let Resource::Members = what {
+        bail!(
+            "members are what the agents see by gossip: on a cluster, read egret_gossip_members on an agent's /metrics"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (egresses, pools) = rt.block_on(async {
+        let client = egret_kube::client(Some(kubeconfig)).await?;
+        let lp = kube::api::ListParams::default();
+        let (egresses, pools) = match what {
+            Resource::Egress => {
+                (kube::Api::<Egress>::all(client).list(&lp).await.context("listing Egresses")?.items, vec![])
+            }
+            _ => (
+                vec![],
+                kube::Api::<ExternalIPPool>::all(client).list(&lp).await.context("listing ExternalIPPools")?.items,
+            ),
+        };
+        anyhow::Ok((egresses, pools))
+    })?;
+    show(what, egresses, pools, out)
+}
+
+fn show(
+    what: Resource,
+    egresses: Vec<egret_api::v1alpha1::Egress>,
+    pools: Vec<egret_api::v1alpha1::ExternalIPPool>,
+    out: GetOutput,
+) -> anyhow::Result<ExitCode> {
     match (what, out) {
         (Resource::Egress, GetOutput::Table) => {
-            let rows: Vec<Vec<String>> = objs
-                .egresses
+            let rows: Vec<Vec<String>> = egresses
                 .iter()
-                .map(|d| {
-                    let e = &d.object;
+                .map(|e| {
                     let st = e.status.as_ref();
                     vec![
                         e.metadata.name.clone().unwrap_or_default(),
@@ -151,11 +187,9 @@ pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitC
             }
         }
         (Resource::Externalippools, GetOutput::Table) => {
-            let rows: Vec<Vec<String>> = objs
-                .pools
+            let rows: Vec<Vec<String>> = pools
                 .iter()
-                .map(|d| {
-                    let p = &d.object;
+                .map(|p| {
                     let u = p.status.as_ref().map(|s| s.usage).unwrap_or_default();
                     vec![
                         p.metadata.name.clone().unwrap_or_default(),
@@ -171,8 +205,8 @@ pub fn get(what: Resource, store: &Path, out: GetOutput) -> anyhow::Result<ExitC
                 crate::emit(&table::render(&["NAME", "TOTAL", "USED", "AGE"], &rows, "   "));
             }
         }
-        (Resource::Egress, o) => print_list(objs.egresses.into_iter().map(|d| d.object).collect(), o)?,
-        (Resource::Externalippools, o) => print_list(objs.pools.into_iter().map(|d| d.object).collect(), o)?,
+        (Resource::Egress, o) => print_list(egresses, o)?,
+        (Resource::Externalippools, o) => print_list(pools, o)?,
         (Resource::Members, _) => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -55,8 +55,11 @@ enum Cmd {
         #[arg(long = "node")]
         node: Option<String>,
         /// The local store (default: the running lab's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "kubeconfig")]
         store: Option<PathBuf>,
+        /// Read from the cluster of this kubeconfig instead of a store.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// The lab whose store to read when --store is not given.
         #[arg(long, default_value = "egret")]
         name: String,
@@ -137,7 +140,8 @@ fn main() -> ExitCode {
         Cmd::Controller(args) => block_on(controller::run(args)),
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
-        Cmd::Get { what: get::Resource::Members, node, store, name, output } => {
+        Cmd::Get { what, kubeconfig: Some(kc), output, .. } => get::get_from_cluster(what, &kc, output),
+        Cmd::Get { what: get::Resource::Members, node, store, name, output, .. } => {
             get::members(&store.unwrap_or_else(|| lab_store(&name)), node.as_deref(), output)
         }
         Cmd::Get { what, store, name, output, .. } => {

@@ -352,3 +352,42 @@ fn controller_allocates_and_writes_status() {
     let pools = stdout(&egret(&["get", "eip", "--store", s]));
     assert!(pools.contains("external-ip-pool   10      2"), "{pools}");
 }
+
+/// `egret get --kubeconfig` lists from a cluster: here the test double of the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_reads_a_cluster_through_a_kubeconfig() {
+    let server = egret_kube::testserver::TestServer::start().await.unwrap();
+    server
+        .put_yaml(
+            "apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: eg-web}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: web}}}\n  externalIPPool: pool-a\nstatus: {egressIP: 10.10.0.11, egressNode: node-1}\n",
+        )
+        .unwrap();
+    server
+        .put_yaml("apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: pool-a}\nspec:\n  ipRanges: [{cidr: 10.10.0.8/29}]\n  nodeSelector: {}\nstatus: {usage: {total: 8, used: 1}}\n")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{token: t}}\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let kc = kc.to_string_lossy().into_owned();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || egret(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let o = run(vec!["get".into(), "egress".into(), "--kubeconfig".into(), kc.clone()]).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("eg-web   10.10.0.11   node-1"), "{}", stdout(&o));
+    let o = run(vec!["get".into(), "eip".into(), "--kubeconfig".into(), kc.clone(), "-o".into(), "json".into()])
+        .await
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list["items"][0]["status"]["usage"]["total"], 8, "{list:#}");
+    let o = run(vec!["get".into(), "members".into(), "--kubeconfig".into(), kc]).await.unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/metrics"));
+}
