@@ -39,6 +39,7 @@
 pub mod client;
 pub mod foreign;
 pub mod lease;
+pub mod lenient;
 pub mod slim;
 pub mod source;
 pub mod status;

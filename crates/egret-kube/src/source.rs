@@ -7,6 +7,7 @@
 //! complete list, so whatever a relist no longer contains is removed downstream.
 
 use crate::foreign::{ANTREA_GROUP, ANTREA_VERSIONS, CILIUM_GROUP, CILIUM_VERSIONS, Foreign};
+use crate::lenient::Lenient;
 use crate::slim::{SlimNamespace, SlimNode, SlimPod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
 use egret_api::v1alpha1::{Egress, ExternalIPPool};
@@ -17,6 +18,7 @@ use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -126,13 +128,21 @@ impl Source {
         k
     }
 
-    /// The watch streams of every kind, merged.
+    /// The watch streams of every kind, merged (changes only).
     pub fn changes(&self) -> BoxStream<'static, Change> {
-        self.versioned_changes().map(|v| v.change).boxed()
+        self.updates()
+            .filter_map(|u| {
+                futures::future::ready(match u {
+                    Update::Change(v) => Some(v.change),
+                    Update::Unreadable { .. } => None,
+                })
+            })
+            .boxed()
     }
 
-    /// The watch streams of every kind, merged, each change with its resourceVersion.
-    pub fn versioned_changes(&self) -> BoxStream<'static, Versioned> {
+    /// The watch streams of every kind, merged: each change with its resourceVersion, and the
+    /// objects that start or stop failing to parse.
+    pub fn updates(&self) -> BoxStream<'static, Update> {
         let c = &self.client;
         let wc = watcher::Config::default();
         let pods_wc = match &self.config.pods_on_node {
@@ -140,36 +150,41 @@ impl Source {
             None => wc.clone(),
         };
         let mut streams = vec![
-            relay(Api::<ExternalIPPool>::all(c.clone()), wc.clone(), trim_pool, Change::Pools),
-            relay(Api::<Egress>::all(c.clone()), wc.clone(), trim_egress, Change::Egresses),
-            relay(Api::<SlimNode>::all(c.clone()), wc.clone(), Into::into, Change::Nodes),
-            relay(Api::<SlimNamespace>::all(c.clone()), wc.clone(), Into::into, Change::Namespaces),
-            relay(Api::<SlimPod>::all(c.clone()), pods_wc, Into::into, Change::Pods),
+            relay(
+                Api::<Lenient<ExternalIPPool>>::all(c.clone()),
+                wc.clone(),
+                |l| l.object.map(trim_pool),
+                Change::Pools,
+            ),
+            relay(Api::<Lenient<Egress>>::all(c.clone()), wc.clone(), |l| l.object.map(trim_egress), Change::Egresses),
+            relay(Api::<SlimNode>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Nodes),
+            relay(Api::<SlimNamespace>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Namespaces),
+            relay(Api::<SlimPod>::all(c.clone()), pods_wc, |p| Ok(p.into()), Change::Pods),
         ];
         if let Some(ar) = &self.antrea_pool {
-            let api = Api::<Foreign<AntreaPool>>::all_with(c.clone(), ar);
+            let api = Api::<Lenient<Foreign<AntreaPool>>>::all_with(c.clone(), ar);
             streams.push(relay(
                 api,
                 wc.clone(),
-                |f| trim_foreign(f, |o: &mut AntreaPool| &mut o.metadata),
+                |l| l.object.map(|f| trim_foreign(f, |o: &mut AntreaPool| &mut o.metadata)),
                 Change::AntreaPools,
             ));
         }
         if let Some(ar) = &self.antrea_egress {
-            let api = Api::<Foreign<AntreaEgress>>::all_with(c.clone(), ar);
+            let api = Api::<Lenient<Foreign<AntreaEgress>>>::all_with(c.clone(), ar);
             streams.push(relay(
                 api,
                 wc.clone(),
-                |f| trim_foreign(f, |o: &mut AntreaEgress| &mut o.metadata),
+                |l| l.object.map(|f| trim_foreign(f, |o: &mut AntreaEgress| &mut o.metadata)),
                 Change::AntreaEgresses,
             ));
         }
         if let Some(ar) = &self.cilium_policy {
-            let api = Api::<Foreign<CiliumPolicy>>::all_with(c.clone(), ar);
+            let api = Api::<Lenient<Foreign<CiliumPolicy>>>::all_with(c.clone(), ar);
             streams.push(relay(
                 api,
                 wc,
-                |f| trim_foreign(f, |o: &mut CiliumPolicy| &mut o.metadata),
+                |l| l.object.map(|f| trim_foreign(f, |o: &mut CiliumPolicy| &mut o.metadata)),
                 Change::CiliumPolicies,
             ));
         }
@@ -217,18 +232,54 @@ fn trim_foreign<K>(f: Foreign<K>, meta: impl Fn(&mut K) -> &mut ObjectMeta) -> K
 }
 
 /// Turns one kind's watcher events into [`Event`]s: `InitApply`s are gathered and emitted as
-/// one `Reset` at `InitDone`. Pure, so it is tested without a server.
+/// one `Reset` at `InitDone`. An object that does not convert (does not parse) is reported and
+/// not passed on: the index keeps the version it has, and a relist keeps the last version that
+/// converted, so the agent keeps its last good state for that object. Pure, so it is tested
+/// without a server.
 #[derive(Debug)]
 pub struct Relay<T> {
-    listing: Option<Vec<T>>,
+    listing: Option<Vec<(ObjectRef, T)>>,
+    /// Objects of the listing in progress that did not convert.
+    listing_bad: Vec<(ObjectRef, String)>,
     /// The highest resourceVersion of the objects of the listing in progress.
     listed: u64,
+    /// The last version of each object that converted (for kinds whose objects may fail to).
+    last_good: HashMap<ObjectRef, T>,
+    /// Objects that fail to convert now, and why.
+    bad: HashMap<ObjectRef, String>,
 }
 
 impl<T> Default for Relay<T> {
     fn default() -> Self {
-        Relay { listing: None, listed: 0 }
+        Relay { listing: None, listing_bad: Vec::new(), listed: 0, last_good: HashMap::new(), bad: HashMap::new() }
     }
+}
+
+/// What one watcher event gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step<T> {
+    /// An event for the index.
+    Event(Event<T>),
+    /// An object started failing to convert (`Some(why)`) or stopped (`None`).
+    Unreadable(ObjectRef, Option<String>),
+}
+
+/// What the source emits.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A change for the index (boxed: changes are large, reports small).
+    Change(Box<Versioned>),
+    /// An object of `kind` started failing to parse (`reason` is `Some`), with the field and
+    /// why, or stopped (`None`: it parses again, or is gone). Until it parses again, the index
+    /// keeps its last good version.
+    Unreadable {
+        /// Its kind.
+        kind: Kind,
+        /// The object.
+        object: ObjectRef,
+        /// Why, or `None` once readable again.
+        reason: Option<String>,
+    },
 }
 
 /// A change and the resourceVersion it brings the source to: that of the object for an apply or
@@ -248,7 +299,7 @@ pub fn version_of(m: &ObjectMeta) -> u64 {
     m.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-impl<T> Relay<T> {
+impl<T: Clone> Relay<T> {
     /// The resourceVersion the next [`Relay::step`] with `ev` brings the source to (call it
     /// first: it also gathers the versions of a listing).
     pub fn version<K: Resource>(&mut self, ev: &watcher::Event<K>) -> u64 {
@@ -266,20 +317,81 @@ impl<T> Relay<T> {
         }
     }
 
-    /// The event for one watcher event, if any.
-    pub fn step<K: Resource>(&mut self, ev: watcher::Event<K>, convert: impl Fn(K) -> T) -> Option<Event<T>> {
+    /// What one watcher event gives. `convert` fails for an object that does not parse; only
+    /// kinds whose conversion can fail pay for remembering last good versions.
+    pub fn step<K: Resource>(
+        &mut self,
+        ev: watcher::Event<K>,
+        convert: impl Fn(K) -> Result<T, String>,
+        may_fail: bool,
+    ) -> Vec<Step<T>> {
         match ev {
             watcher::Event::Init => {
                 self.listing = Some(Vec::new());
-                None
+                self.listing_bad.clear();
+                Vec::new()
             }
             watcher::Event::InitApply(k) => {
-                self.listing.get_or_insert_with(Vec::new).push(convert(k));
-                None
+                let r = object_ref(k.meta());
+                let listing = self.listing.get_or_insert_with(Vec::new);
+                match convert(k) {
+                    Ok(t) => listing.push((r, t)),
+                    Err(why) => {
+                        if let Some(good) = self.last_good.get(&r) {
+                            listing.push((r.clone(), good.clone()));
+                        }
+                        self.listing_bad.push((r, why));
+                    }
+                }
+                Vec::new()
             }
-            watcher::Event::InitDone => Some(Event::Reset(self.listing.take().unwrap_or_default())),
-            watcher::Event::Apply(k) => Some(Event::Apply(convert(k))),
-            watcher::Event::Delete(k) => Some(Event::Delete(object_ref(k.meta()))),
+            watcher::Event::InitDone => {
+                let list = self.listing.take().unwrap_or_default();
+                if may_fail {
+                    self.last_good = list.iter().cloned().collect();
+                }
+                let mut out = vec![Step::Event(Event::Reset(list.into_iter().map(|(_, t)| t).collect()))];
+                let now: HashMap<ObjectRef, String> = std::mem::take(&mut self.listing_bad).into_iter().collect();
+                for (r, why) in &now {
+                    if self.bad.get(r) != Some(why) {
+                        out.push(Step::Unreadable(r.clone(), Some(why.clone())));
+                    }
+                }
+                for r in self.bad.keys().filter(|r| !now.contains_key(*r)) {
+                    out.push(Step::Unreadable(r.clone(), None));
+                }
+                self.bad = now;
+                out
+            }
+            watcher::Event::Apply(k) => {
+                let r = object_ref(k.meta());
+                match convert(k) {
+                    Ok(t) => {
+                        if may_fail {
+                            self.last_good.insert(r.clone(), t.clone());
+                        }
+                        let mut out = vec![Step::Event(Event::Apply(t))];
+                        if self.bad.remove(&r).is_some() {
+                            out.push(Step::Unreadable(r, None));
+                        }
+                        out
+                    }
+                    Err(why) if self.bad.get(&r) == Some(&why) => Vec::new(),
+                    Err(why) => {
+                        self.bad.insert(r.clone(), why.clone());
+                        vec![Step::Unreadable(r, Some(why))]
+                    }
+                }
+            }
+            watcher::Event::Delete(k) => {
+                let r = object_ref(k.meta());
+                self.last_good.remove(&r);
+                let mut out = vec![Step::Event(Event::Delete(r.clone()))];
+                if self.bad.remove(&r).is_some() {
+                    out.push(Step::Unreadable(r, None));
+                }
+                out
+            }
         }
     }
 }
@@ -293,40 +405,59 @@ pub fn object_ref(m: &ObjectMeta) -> ObjectRef {
 fn relay<K, T>(
     api: Api<K>,
     wc: watcher::Config,
-    convert: fn(K) -> T,
+    convert: fn(K) -> Result<T, String>,
     tag: fn(Event<T>) -> Change,
-) -> BoxStream<'static, Versioned>
+) -> BoxStream<'static, Update>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    T: Send + 'static,
+    T: Clone + Send + 'static,
 {
     relay_with(watcher(api, wc), convert, tag)
 }
 
 fn relay_with<K, T>(
     w: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    convert: fn(K) -> T,
+    convert: fn(K) -> Result<T, String>,
     tag: fn(Event<T>) -> Change,
-) -> BoxStream<'static, Versioned>
+) -> BoxStream<'static, Update>
 where
     K: Resource + Send + 'static,
-    T: Send + 'static,
+    T: Clone + Send + 'static,
 {
     let kind = tag(Event::Reset(Vec::new())).kind();
+    // Pods, Nodes and Namespaces parse into slim types that accept whatever the API serves.
+    let may_fail = !matches!(kind, Kind::Pod | Kind::Node | Kind::Namespace);
     let mut state = Relay::<T>::default();
     w.default_backoff()
-        .filter_map(move |r| {
-            let out = match r {
+        .flat_map(move |r| {
+            let out: Vec<Update> = match r {
                 Ok(ev) => {
                     let version = state.version(&ev);
-                    state.step(ev, convert).map(|e| Versioned { change: tag(e), version })
+                    state
+                        .step(ev, convert, may_fail)
+                        .into_iter()
+                        .map(|s| match s {
+                            Step::Event(e) => Update::Change(Box::new(Versioned { change: tag(e), version })),
+                            Step::Unreadable(object, reason) => {
+                                match &reason {
+                                    Some(why) => warn!(
+                                        ?kind,
+                                        object = %object,
+                                        "does not parse: {why}; keeping its last good version"
+                                    ),
+                                    None => info!(?kind, object = %object, "parses again (or is gone)"),
+                                }
+                                Update::Unreadable { kind, object, reason }
+                            }
+                        })
+                        .collect()
                 }
                 Err(e) => {
                     warn!(?kind, "watch: {e}");
-                    None
+                    Vec::new()
                 }
             };
-            futures::future::ready(out)
+            futures::stream::iter(out)
         })
         .boxed()
 }

@@ -153,17 +153,71 @@ const CORE: [Kind; 5] = [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, 
 #[test]
 fn relay_gathers_the_list_into_one_reset() {
     let mut r = Relay::<String>::default();
-    let name = |p: SlimNamespace| p.metadata.name.unwrap_or_default();
+    let name = |p: SlimNamespace| Ok(p.metadata.name.unwrap_or_default());
     let ns = |n: &str| SlimNamespace { metadata: ObjectMeta { name: Some(n.into()), ..ObjectMeta::default() } };
-    assert_eq!(r.step(watcher::Event::Init, name), None);
-    assert_eq!(r.step(watcher::Event::InitApply(ns("a")), name), None);
-    assert_eq!(r.step(watcher::Event::InitApply(ns("b")), name), None);
-    assert_eq!(r.step(watcher::Event::InitDone, name), Some(Event::Reset(vec!["a".into(), "b".into()])));
-    assert_eq!(r.step(watcher::Event::Apply(ns("c")), name), Some(Event::Apply("c".into())));
-    assert_eq!(r.step(watcher::Event::Delete(ns("a")), name), Some(Event::Delete(ObjectRef::cluster("a"))));
+    let ev = |e: Event<String>| vec![Step::Event(e)];
+    assert_eq!(r.step(watcher::Event::Init, name, false), vec![]);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("a")), name, false), vec![]);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("b")), name, false), vec![]);
+    assert_eq!(r.step(watcher::Event::InitDone, name, false), ev(Event::Reset(vec!["a".into(), "b".into()])));
+    assert_eq!(r.step(watcher::Event::Apply(ns("c")), name, false), ev(Event::Apply("c".into())));
+    assert_eq!(r.step(watcher::Event::Delete(ns("a")), name, false), ev(Event::Delete(ObjectRef::cluster("a"))));
     // A relist starts from an empty list again.
-    assert_eq!(r.step(watcher::Event::Init, name), None);
-    assert_eq!(r.step(watcher::Event::InitDone, name), Some(Event::Reset(vec![])));
+    assert_eq!(r.step(watcher::Event::Init, name, false), vec![]);
+    assert_eq!(r.step(watcher::Event::InitDone, name, false), ev(Event::Reset(vec![])));
+}
+
+/// An object that does not parse is reported once, never passed on; its last good version
+/// stays (also across a relist) until it parses again or is deleted.
+#[test]
+fn relay_keeps_the_last_good_version_of_an_object_that_stops_parsing() {
+    let mut r = Relay::<String>::default();
+    // The "object" is a namespace whose name carries its content; "bad:…" does not convert.
+    let conv = |p: SlimNamespace| {
+        let n = p.metadata.labels.and_then(|l| l.get("v").cloned()).unwrap_or_default();
+        if n.starts_with("bad") { Err(format!("spec.x: {n}")) } else { Ok(n) }
+    };
+    let obj = |name: &str, v: &str| SlimNamespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("v".to_string(), v.to_string())].into()),
+            ..ObjectMeta::default()
+        },
+    };
+    let a = ObjectRef::cluster("a");
+    r.step(watcher::Event::Init, conv, true);
+    r.step(watcher::Event::InitApply(obj("a", "a1")), conv, true);
+    assert_eq!(r.step(watcher::Event::InitDone, conv, true), vec![Step::Event(Event::Reset(vec!["a1".into()]))]);
+    // It stops parsing: reported, no event (the index keeps a1); the same failure is not repeated.
+    let bad = Step::Unreadable(a.clone(), Some("spec.x: bad1".into()));
+    assert_eq!(r.step(watcher::Event::Apply(obj("a", "bad1")), conv, true), vec![bad.clone()]);
+    assert_eq!(r.step(watcher::Event::Apply(obj("a", "bad1")), conv, true), vec![]);
+    // A relist while it is bad keeps a1 and does not report it again.
+    r.step(watcher::Event::Init, conv, true);
+    r.step(watcher::Event::InitApply(obj("a", "bad1")), conv, true);
+    r.step(watcher::Event::InitApply(obj("b", "b1")), conv, true);
+    assert_eq!(
+        r.step(watcher::Event::InitDone, conv, true),
+        vec![Step::Event(Event::Reset(vec!["a1".into(), "b1".into()]))]
+    );
+    // It parses again: applied, and the report is cleared.
+    assert_eq!(
+        r.step(watcher::Event::Apply(obj("a", "a2")), conv, true),
+        vec![Step::Event(Event::Apply("a2".into())), Step::Unreadable(a.clone(), None)]
+    );
+    // Bad, then deleted: the delete goes through and clears the report.
+    r.step(watcher::Event::Apply(obj("a", "bad2")), conv, true);
+    assert_eq!(
+        r.step(watcher::Event::Delete(obj("a", "bad2")), conv, true),
+        vec![Step::Event(Event::Delete(a.clone())), Step::Unreadable(a.clone(), None)]
+    );
+    // A relist in which a bad object is gone clears it too.
+    r.step(watcher::Event::Apply(obj("b", "bad3")), conv, true);
+    r.step(watcher::Event::Init, conv, true);
+    assert_eq!(
+        r.step(watcher::Event::InitDone, conv, true),
+        vec![Step::Event(Event::Reset(vec![])), Step::Unreadable(ObjectRef::cluster("b"), None)]
+    );
 }
 
 #[test]
@@ -459,4 +513,70 @@ async fn foreign_kinds_when_enabled_and_installed_and_the_calls_made() {
         want.insert(get(p, true));
     }
     assert_eq!(calls, want);
+}
+
+async fn next_update(s: &mut BoxStream<'static, Update>) -> Update {
+    tokio::time::timeout(PATIENCE, s.next()).await.expect("an update in time").expect("source running")
+}
+
+/// An Egress that does not parse (here a number where a pool name belongs) neither stops the
+/// initial list nor the watch: the other objects arrive, the bad one is reported with its field,
+/// and its last good version stays in place until it parses again.
+#[tokio::test]
+async fn a_bad_object_is_reported_and_does_not_stop_the_watch() {
+    let server = world().await;
+    let mut bad = egress("e2");
+    bad["spec"]["externalIPPool"] = json!(5);
+    server.put(bad).unwrap();
+    let src = source(&server, SourceConfig::default()).await;
+    let mut updates = src.updates();
+    let (mut resets, mut unreadable) = (Vec::new(), Vec::new());
+    while resets.len() < CORE.len() || unreadable.is_empty() {
+        match next_update(&mut updates).await {
+            Update::Change(v) => resets.push(v.change),
+            Update::Unreadable { kind, object, reason } => unreadable.push((kind, object, reason)),
+        }
+    }
+    let egresses = resets.iter().find(|c| c.kind() == Kind::Egress).unwrap();
+    let Change::Egresses(Event::Reset(list)) = egresses else { panic!("{egresses:?}") };
+    let names: Vec<_> = list.iter().filter_map(|e| e.metadata.name.clone()).collect();
+    assert_eq!(names, ["e1"], "the good Egress arrives; the bad one has no good version yet");
+    assert_eq!(unreadable.len(), 1);
+    let (kind, object, reason) = &unreadable[0];
+    assert_eq!((*kind, object.name.as_str()), (Kind::Egress, "e2"));
+    assert!(reason.as_deref().is_some_and(|r| r.starts_with("spec.externalIPPool")), "{reason:?}");
+    // The watch goes on: fixing it applies it and clears the report; breaking e1 keeps e1.
+    server.put(egress("e2")).unwrap();
+    let mut bad1 = egress("e1");
+    bad1["spec"]["appliedTo"] = json!("everything");
+    server.put(bad1).unwrap();
+    // One watch keeps its order: once e1's report is in, anything about e2 and e1 before it is.
+    let mut seen = Vec::new();
+    loop {
+        let u = next_update(&mut updates).await;
+        let done = matches!(&u, Update::Unreadable { object, reason: Some(_), .. } if object.name == "e1");
+        seen.push(u);
+        if done {
+            break;
+        }
+    }
+    let applied: Vec<String> = seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Change(v) => match &v.change {
+                Change::Egresses(Event::Apply(e)) => e.metadata.name.clone(),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["e2"], "e1's broken version is not applied");
+    let reports: Vec<(String, bool)> = seen
+        .iter()
+        .filter_map(|u| match u {
+            Update::Unreadable { object, reason, .. } => Some((object.name.clone(), reason.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports, [("e2".to_string(), false), ("e1".to_string(), true)]);
 }

@@ -11,12 +11,13 @@ use crate::metrics::ControllerMetrics;
 use crate::objects::{KubeArgs, Objects, SourceKind};
 use anyhow::{Context, bail};
 use egret_api::v1alpha1::{EgressStatus, ExternalIPPoolStatus};
+use egret_core::event::{Kind, ObjectRef};
 use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, Warning};
 use egret_core::status::{egress_statuses, pool_statuses};
 use egret_gossip::{Gossip, GossipConfig, GossipKeys, MemberStatus, View};
 use egret_kube::lease::{LeaderElector, LeaseConfig};
-use egret_kube::status::{Reporter, StatusWriter, antrea_vocabulary};
+use egret_kube::status::{Notice, Reporter, StatusWriter, antrea_vocabulary};
 use egret_store::{AgentReport, Store, now_ms};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -196,6 +197,37 @@ pub fn statuses(
     Statuses { egresses, pools }
 }
 
+/// The condition an Egress that does not parse carries, beside those of its last good version.
+pub const VALID: &str = "Valid";
+
+/// Marks the Egresses in `unreadable` (name -> field and reason) with a `Valid` condition
+/// (`False`, reason `Unparsable`), keeping what their last good version gives (the index acts on
+/// it); an Egress that never parsed gets that condition alone. The condition keeps its
+/// `lastTransitionTime` while it stays. Pure.
+pub fn mark_unreadable(s: &mut Statuses, unreadable: &BTreeMap<String, String>, now: &str) {
+    for (name, why) in unreadable {
+        let prev_time = |prev: Option<&EgressStatus>| {
+            prev.and_then(|p| p.conditions.iter().find(|c| c.type_ == VALID && c.status == "False"))
+                .and_then(|c| c.last_transition_time.clone())
+        };
+        let known = s.egresses.iter().any(|(n, _, _)| n == name);
+        if !known {
+            s.egresses.push((name.clone(), None, EgressStatus::default()));
+        }
+        for (n, prev, next) in s.egresses.iter_mut().filter(|(n, _, _)| n == name) {
+            let acting = if known { "acting on its last version that parsed" } else { "no version of it parsed yet" };
+            next.conditions.retain(|c| c.type_ != VALID);
+            next.conditions.push(egret_api::v1alpha1::EgressCondition {
+                type_: VALID.into(),
+                status: "False".into(),
+                reason: "Unparsable".into(),
+                message: format!("Egress {n} does not parse: {why}; {acting}"),
+                last_transition_time: Some(prev_time(prev.as_ref()).unwrap_or_else(|| now.to_string())),
+            });
+        }
+    }
+}
+
 fn cluster_config(args: &ControllerArgs) -> ClusterConfig {
     ClusterConfig {
         service_cidrs: args.service_cidrs.clone(),
@@ -270,6 +302,28 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The apiVersion Events name for an object of `kind`.
+fn api_version_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pool | Kind::Egress => "egret.dev/v1alpha1",
+        Kind::AntreaPool | Kind::AntreaEgress => "crd.antrea.io/v1beta1",
+        Kind::CiliumPolicy => "cilium.io/v2",
+        Kind::Node | Kind::Namespace | Kind::Pod => "v1",
+    }
+}
+
+/// The kind name of `kind`.
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Pool | Kind::AntreaPool => "ExternalIPPool",
+        Kind::Egress | Kind::AntreaEgress => "Egress",
+        Kind::CiliumPolicy => "CiliumEgressGatewayPolicy",
+        Kind::Node => "Node",
+        Kind::Namespace => "Namespace",
+        Kind::Pod => "Pod",
+    }
+}
+
 /// This replica's identity: `--identity`, else the host name.
 fn identity(args: &ControllerArgs) -> anyhow::Result<String> {
     if let Some(id) = &args.identity {
@@ -338,7 +392,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     let reporter = Reporter::new(client.clone(), Some(id.clone()));
     let (elector, leadership) = LeaderElector::new(client.clone(), lease)?;
     let mut election = tokio::spawn(elector.with_reporter(reporter.clone()).run());
-    let writer = StatusWriter::new(client, leadership.clone(), Some(reporter));
+    let writer = StatusWriter::new(client, leadership.clone(), Some(reporter.clone()));
     let mut leader_changes = leadership.changes();
     info!(identity = %id, %gossip_addr, "controller started");
     set_health(true, "standby");
@@ -348,6 +402,8 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     // What this replica wrote while leading, so a write whose watch event is still on its way is
     // not repeated (nor its Events published twice).
     let mut written: HashMap<String, EgressStatus> = HashMap::new();
+    // The unparsable objects an Event was published for, with the reason.
+    let mut reported: BTreeMap<(Kind, ObjectRef), String> = BTreeMap::new();
     let mut was_leader = false;
     loop {
         objects.poll()?;
@@ -370,7 +426,30 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
         if leading {
             let seen = liveness_of_view(&views.borrow());
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let s = statuses(&mut objects.index, &seen, &now, antrea_vocabulary, &mut logged).changed();
+            let mut s = statuses(&mut objects.index, &seen, &now, antrea_vocabulary, &mut logged);
+            let unreadable: BTreeMap<String, String> = objects
+                .unreadable
+                .iter()
+                .filter(|((kind, _), _)| *kind == Kind::Egress)
+                .map(|((_, o), why)| (o.name.clone(), why.clone()))
+                .collect();
+            mark_unreadable(&mut s, &unreadable, &now);
+            for ((kind, object), why) in &objects.unreadable {
+                if reported.get(&(*kind, object.clone())) != Some(why) {
+                    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+                        api_version: Some(api_version_of(*kind).into()),
+                        kind: Some(kind_name(*kind).into()),
+                        name: Some(object.name.clone()),
+                        namespace: object.namespace.clone(),
+                        ..Default::default()
+                    };
+                    let note = format!("does not parse: {why}; Egret acts on its last version that parsed, if any");
+                    reporter.publish(&regarding, &Notice { warning: true, reason: "Unparsable", note }).await;
+                    reported.insert((*kind, object.clone()), why.clone());
+                }
+            }
+            reported.retain(|k, _| objects.unreadable.contains_key(k));
+            let s = s.changed();
             let mut n = 0;
             for (name, prev, next) in &s.egresses {
                 if written.get(name) == Some(next) {
@@ -498,6 +577,34 @@ mod tests {
         .changed();
         assert_eq!(s.egresses.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), vec!["moved", "new"]);
         assert!(s.pools.is_empty());
+    }
+
+    #[test]
+    fn an_unparsable_egress_keeps_its_last_good_status_and_says_why() {
+        let good = EgressStatus { egress_ip: Some("10.10.0.11".into()), ..EgressStatus::default() };
+        let mut s = Statuses {
+            egresses: vec![("eg".into(), Some(good.clone()), good.clone()), ("ok".into(), None, good.clone())],
+            pools: vec![],
+        };
+        let why: BTreeMap<String, String> = [
+            ("eg".to_string(), "spec.externalIPPool: invalid type".to_string()),
+            ("never".to_string(), "spec: missing field `appliedTo`".to_string()),
+        ]
+        .into();
+        mark_unreadable(&mut s, &why, "t1");
+        let find = |s: &Statuses, n: &str| s.egresses.iter().find(|e| e.0 == n).unwrap().2.clone();
+        let eg = find(&s, "eg");
+        assert_eq!(eg.egress_ip.as_deref(), Some("10.10.0.11"), "the allocation stays");
+        let c = eg.conditions.iter().find(|c| c.type_ == VALID).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Unparsable"));
+        assert!(c.message.contains("spec.externalIPPool") && c.message.contains("last version that parsed"));
+        assert!(find(&s, "ok").conditions.is_empty());
+        let never = find(&s, "never");
+        assert!(never.egress_ip.is_none() && never.conditions[0].message.contains("no version of it parsed"));
+        // Still unparsable on the next pass: same transition time, so nothing to write.
+        let mut again = Statuses { egresses: vec![("eg".into(), Some(eg.clone()), good)], pools: vec![] };
+        mark_unreadable(&mut again, &why, "t2");
+        assert!(again.changed().egresses.iter().all(|e| e.0 != "eg"));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! API (one watcher per kind, `egret_kube::Source`).
 
 use anyhow::Context;
+use egret_core::event::{Kind, ObjectRef};
 use egret_core::index::Index;
 use egret_core::planner::ClusterConfig;
-use egret_kube::source::Versioned;
+use egret_kube::source::Update;
 use egret_store::{Store, StoreSource};
 use futures_util::StreamExt;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use tracing::{info, warn};
@@ -44,7 +46,7 @@ enum Feed {
         /// The errors of the last poll, so each is logged once.
         errors: Vec<String>,
     },
-    Kube(Receiver<Versioned>),
+    Kube(Receiver<Update>),
 }
 
 /// The source and the index it feeds.
@@ -59,6 +61,9 @@ pub struct Objects {
     /// would, for instance, mark its Egresses invalid). The API server only serves objects its
     /// schema admitted, so a Kubernetes source is complete once listed.
     pub loaded_clean: bool,
+    /// Objects of the Kubernetes source that do not parse, and why (the index keeps their last
+    /// good version, if any).
+    pub unreadable: BTreeMap<(Kind, ObjectRef), String>,
 }
 
 impl Objects {
@@ -69,6 +74,7 @@ impl Objects {
             index: Index::new(config, Index::core_kinds()),
             stamp: 0,
             loaded_clean: false,
+            unreadable: BTreeMap::new(),
         }
     }
 
@@ -86,7 +92,7 @@ impl Objects {
         let index = Index::new(config, source.kinds());
         let (tx, rx) = std::sync::mpsc::channel();
         tokio::spawn(async move {
-            let mut changes = source.versioned_changes();
+            let mut changes = source.updates();
             while let Some(v) = changes.next().await {
                 if tx.send(v).is_err() {
                     return;
@@ -95,7 +101,7 @@ impl Objects {
             }
         });
         info!("watching the Kubernetes API");
-        Ok(Objects { feed: Feed::Kube(rx), index, stamp: 0, loaded_clean: true })
+        Ok(Objects { feed: Feed::Kube(rx), index, stamp: 0, loaded_clean: true, unreadable: BTreeMap::new() })
     }
 
     /// Feeds what changed into the index, and tells whether anything did. With the store, a
@@ -123,9 +129,16 @@ impl Objects {
                 let mut changed = false;
                 loop {
                     match rx.try_recv() {
-                        Ok(v) => {
+                        Ok(Update::Change(v)) => {
                             self.index.apply(v.change);
                             self.stamp = self.stamp.max(v.version);
+                            changed = true;
+                        }
+                        Ok(Update::Unreadable { kind, object, reason }) => {
+                            match reason {
+                                Some(why) => self.unreadable.insert((kind, object), why),
+                                None => self.unreadable.remove(&(kind, object)),
+                            };
                             changed = true;
                         }
                         Err(TryRecvError::Empty) => return Ok(changed),
