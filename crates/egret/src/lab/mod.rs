@@ -8,6 +8,7 @@
 
 mod api;
 mod bench;
+mod scale;
 mod state;
 
 use crate::table;
@@ -156,6 +157,14 @@ pub enum BenchCmd {
         #[arg(long, default_value = "50")]
         trials: usize,
     },
+    /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
+    /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
+    /// its own (no lab needed).
+    Scale {
+        /// Divide the world by this (a quick look).
+        #[arg(long, default_value = "1")]
+        div: usize,
+    },
 }
 
 /// Runs a lab command.
@@ -179,6 +188,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Restart { target, without_key } => restart(name, &target, without_key),
         LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench::latency(name, trials),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
+        LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
         LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
