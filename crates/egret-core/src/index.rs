@@ -242,6 +242,12 @@ impl Index {
         self.expected.is_subset(&self.synced)
     }
 
+    /// Marks `kind`'s initial list as delivered when a source streams it as applies and deletes
+    /// instead of one [`Event::Reset`] (to never hold a second copy of a large list).
+    pub fn mark_synced(&mut self, kind: Kind) {
+        self.synced.insert(kind);
+    }
+
     /// Kinds still waiting for their initial list.
     pub fn waiting_for(&self) -> Vec<Kind> {
         self.expected.difference(&self.synced).copied().collect()

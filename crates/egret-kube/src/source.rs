@@ -18,7 +18,7 @@ use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -37,6 +37,10 @@ pub struct SourceConfig {
     pub cilium: bool,
     /// Watch only the pods of this node (field selector `spec.nodeName=NODE`).
     pub pods_on_node: Option<String>,
+    /// Stream the Pods' listings: each listed pod as an `Apply` at once, the end of a listing as
+    /// the `Delete`s of what it lacked and an [`Update::Synced`], instead of one `Reset` holding
+    /// every pod (only [`Source::updates`] carries `Synced`).
+    pub stream_pods: bool,
 }
 
 /// Errors of the source.
@@ -134,7 +138,7 @@ impl Source {
             .filter_map(|u| {
                 futures::future::ready(match u {
                     Update::Change(v) => Some(v.change),
-                    Update::Unreadable { .. } => None,
+                    Update::Unreadable { .. } | Update::Synced(_) => None,
                 })
             })
             .boxed()
@@ -155,11 +159,18 @@ impl Source {
                 wc.clone(),
                 |l| l.object.map(trim_pool),
                 Change::Pools,
+                false,
             ),
-            relay(Api::<Lenient<Egress>>::all(c.clone()), wc.clone(), |l| l.object.map(trim_egress), Change::Egresses),
-            relay(Api::<SlimNode>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Nodes),
-            relay(Api::<SlimNamespace>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Namespaces),
-            relay(Api::<SlimPod>::all(c.clone()), pods_wc, |p| Ok(p.into()), Change::Pods),
+            relay(
+                Api::<Lenient<Egress>>::all(c.clone()),
+                wc.clone(),
+                |l| l.object.map(trim_egress),
+                Change::Egresses,
+                false,
+            ),
+            relay(Api::<SlimNode>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Nodes, false),
+            relay(Api::<SlimNamespace>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Namespaces, false),
+            relay(Api::<SlimPod>::all(c.clone()), pods_wc, |p| Ok(p.into()), Change::Pods, self.config.stream_pods),
         ];
         if let Some(ar) = &self.antrea_pool {
             let api = Api::<Lenient<Foreign<AntreaPool>>>::all_with(c.clone(), ar);
@@ -168,6 +179,7 @@ impl Source {
                 wc.clone(),
                 |l| l.object.map(|f| trim_foreign(f, |o: &mut AntreaPool| &mut o.metadata)),
                 Change::AntreaPools,
+                false,
             ));
         }
         if let Some(ar) = &self.antrea_egress {
@@ -177,6 +189,7 @@ impl Source {
                 wc.clone(),
                 |l| l.object.map(|f| trim_foreign(f, |o: &mut AntreaEgress| &mut o.metadata)),
                 Change::AntreaEgresses,
+                false,
             ));
         }
         if let Some(ar) = &self.cilium_policy {
@@ -186,6 +199,7 @@ impl Source {
                 wc,
                 |l| l.object.map(|f| trim_foreign(f, |o: &mut CiliumPolicy| &mut o.metadata)),
                 Change::CiliumPolicies,
+                false,
             ));
         }
         futures::stream::select_all(streams).boxed()
@@ -247,11 +261,48 @@ pub struct Relay<T> {
     last_good: HashMap<ObjectRef, T>,
     /// Objects that fail to convert now, and why.
     bad: HashMap<ObjectRef, String>,
+    /// Streaming: each listed object goes out as an `Apply` at once, and the end of a listing
+    /// deletes what it lacked, so no list is ever held whole (for Pods, the large kind).
+    stream: Option<Streamed>,
+}
+
+/// What a streaming relay remembers: the identities of the objects that exist, and of those
+/// the listing in progress has sent so far (a few dozen bytes an object, not a copy of it).
+#[derive(Debug, Default)]
+struct Streamed {
+    known: HashSet<Key>,
+    listing: HashSet<Key>,
+}
+
+/// An object's identity, compactly: `namespace NUL name`.
+type Key = Box<str>;
+
+fn key(r: &ObjectRef) -> Key {
+    format!("{}\0{}", r.namespace.as_deref().unwrap_or(""), r.name).into_boxed_str()
+}
+
+fn unkey(k: &str) -> ObjectRef {
+    let (ns, name) = k.split_once('\0').unwrap_or(("", k));
+    ObjectRef { namespace: (!ns.is_empty()).then(|| ns.to_string()), name: name.to_string() }
 }
 
 impl<T> Default for Relay<T> {
     fn default() -> Self {
-        Relay { listing: None, listing_bad: Vec::new(), listed: 0, last_good: HashMap::new(), bad: HashMap::new() }
+        Relay {
+            listing: None,
+            listing_bad: Vec::new(),
+            listed: 0,
+            last_good: HashMap::new(),
+            bad: HashMap::new(),
+            stream: None,
+        }
+    }
+}
+
+impl<T> Relay<T> {
+    /// A relay that streams listings (see [`Relay::step`]).
+    pub fn streaming() -> Relay<T> {
+        Relay { stream: Some(Streamed::default()), ..Relay::default() }
     }
 }
 
@@ -262,6 +313,8 @@ pub enum Step<T> {
     Event(Event<T>),
     /// An object started failing to convert (`Some(why)`) or stopped (`None`).
     Unreadable(ObjectRef, Option<String>),
+    /// A streamed listing is complete (its applies and deletes are out).
+    Synced,
 }
 
 /// What the source emits.
@@ -280,6 +333,9 @@ pub enum Update {
         /// Why, or `None` once readable again.
         reason: Option<String>,
     },
+    /// A kind that streams its listings (Pods) has sent a complete listing as applies and
+    /// deletes: its initial sync is over (see `egret_core::index::Index::mark_synced`).
+    Synced(Kind),
 }
 
 /// A change and the resourceVersion it brings the source to: that of the object for an apply or
@@ -329,7 +385,35 @@ impl<T: Clone> Relay<T> {
             watcher::Event::Init => {
                 self.listing = Some(Vec::new());
                 self.listing_bad.clear();
+                if let Some(st) = &mut self.stream {
+                    st.listing.clear();
+                }
                 Vec::new()
+            }
+            watcher::Event::InitApply(k) if self.stream.is_some() => {
+                let r = object_ref(k.meta());
+                if let Some(st) = &mut self.stream {
+                    st.listing.insert(key(&r));
+                }
+                match convert(k) {
+                    Ok(t) => vec![Step::Event(Event::Apply(t))],
+                    Err(why) => {
+                        self.listing_bad.push((r, why));
+                        Vec::new()
+                    }
+                }
+            }
+            watcher::Event::InitDone if self.stream.is_some() => {
+                let mut out = Vec::new();
+                if let Some(st) = &mut self.stream {
+                    let listed = std::mem::take(&mut st.listing);
+                    out.extend(st.known.difference(&listed).map(|k| Step::Event(Event::Delete(unkey(k)))));
+                    st.known = listed;
+                }
+                self.listing = None;
+                out.push(Step::Synced);
+                out.extend(self.settle_bad());
+                out
             }
             watcher::Event::InitApply(k) => {
                 let r = object_ref(k.meta());
@@ -351,20 +435,14 @@ impl<T: Clone> Relay<T> {
                     self.last_good = list.iter().cloned().collect();
                 }
                 let mut out = vec![Step::Event(Event::Reset(list.into_iter().map(|(_, t)| t).collect()))];
-                let now: HashMap<ObjectRef, String> = std::mem::take(&mut self.listing_bad).into_iter().collect();
-                for (r, why) in &now {
-                    if self.bad.get(r) != Some(why) {
-                        out.push(Step::Unreadable(r.clone(), Some(why.clone())));
-                    }
-                }
-                for r in self.bad.keys().filter(|r| !now.contains_key(*r)) {
-                    out.push(Step::Unreadable(r.clone(), None));
-                }
-                self.bad = now;
+                out.extend(self.settle_bad());
                 out
             }
             watcher::Event::Apply(k) => {
                 let r = object_ref(k.meta());
+                if let Some(st) = &mut self.stream {
+                    st.known.insert(key(&r));
+                }
                 match convert(k) {
                     Ok(t) => {
                         if may_fail {
@@ -386,6 +464,9 @@ impl<T: Clone> Relay<T> {
             watcher::Event::Delete(k) => {
                 let r = object_ref(k.meta());
                 self.last_good.remove(&r);
+                if let Some(st) = &mut self.stream {
+                    st.known.remove(&key(&r));
+                }
                 let mut out = vec![Step::Event(Event::Delete(r.clone()))];
                 if self.bad.remove(&r).is_some() {
                     out.push(Step::Unreadable(r, None));
@@ -393,6 +474,24 @@ impl<T: Clone> Relay<T> {
                 out
             }
         }
+    }
+}
+
+impl<T> Relay<T> {
+    /// At the end of a listing: the reports of objects that started or stopped failing.
+    fn settle_bad(&mut self) -> Vec<Step<T>> {
+        let mut out = Vec::new();
+        let now: HashMap<ObjectRef, String> = std::mem::take(&mut self.listing_bad).into_iter().collect();
+        for (r, why) in &now {
+            if self.bad.get(r) != Some(why) {
+                out.push(Step::Unreadable(r.clone(), Some(why.clone())));
+            }
+        }
+        for r in self.bad.keys().filter(|r| !now.contains_key(*r)) {
+            out.push(Step::Unreadable(r.clone(), None));
+        }
+        self.bad = now;
+        out
     }
 }
 
@@ -407,18 +506,20 @@ fn relay<K, T>(
     wc: watcher::Config,
     convert: fn(K) -> Result<T, String>,
     tag: fn(Event<T>) -> Change,
+    stream: bool,
 ) -> BoxStream<'static, Update>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T: Clone + Send + 'static,
 {
-    relay_with(watcher(api, wc), convert, tag)
+    relay_with(watcher(api, wc), convert, tag, stream)
 }
 
 fn relay_with<K, T>(
     w: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     convert: fn(K) -> Result<T, String>,
     tag: fn(Event<T>) -> Change,
+    stream: bool,
 ) -> BoxStream<'static, Update>
 where
     K: Resource + Send + 'static,
@@ -427,7 +528,7 @@ where
     let kind = tag(Event::Reset(Vec::new())).kind();
     // Pods, Nodes and Namespaces parse into slim types that accept whatever the API serves.
     let may_fail = !matches!(kind, Kind::Pod | Kind::Node | Kind::Namespace);
-    let mut state = Relay::<T>::default();
+    let mut state = if stream { Relay::<T>::streaming() } else { Relay::<T>::default() };
     w.default_backoff()
         .flat_map(move |r| {
             let out: Vec<Update> = match r {
@@ -438,6 +539,7 @@ where
                         .into_iter()
                         .map(|s| match s {
                             Step::Event(e) => Update::Change(Box::new(Versioned { change: tag(e), version })),
+                            Step::Synced => Update::Synced(kind),
                             Step::Unreadable(object, reason) => {
                                 match &reason {
                                     Some(why) => warn!(

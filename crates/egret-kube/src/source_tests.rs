@@ -167,6 +167,37 @@ fn relay_gathers_the_list_into_one_reset() {
     assert_eq!(r.step(watcher::Event::InitDone, name, false), ev(Event::Reset(vec![])));
 }
 
+/// A streaming relay sends each listed object at once and ends a listing with the deletes of
+/// what it lacked and `Synced`: a relist removes what is gone without a whole list in memory.
+#[test]
+fn a_streaming_relay_applies_as_it_lists_and_deletes_what_a_relist_lacks() {
+    let mut r = Relay::<String>::streaming();
+    let name = |p: SlimNamespace| Ok(p.metadata.name.unwrap_or_default());
+    let ns = |n: &str| SlimNamespace { metadata: ObjectMeta { name: Some(n.into()), ..ObjectMeta::default() } };
+    let apply = |n: &str| Step::Event(Event::Apply(n.to_string()));
+    let delete = |n: &str| Step::Event(Event::Delete(ObjectRef::cluster(n)));
+    assert_eq!(r.step(watcher::Event::Init, name, false), vec![]);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("a")), name, false), vec![apply("a")]);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("b")), name, false), vec![apply("b")]);
+    assert_eq!(r.step(watcher::Event::InitDone, name, false), vec![Step::Synced]);
+    assert_eq!(r.step(watcher::Event::Apply(ns("c")), name, false), vec![apply("c")]);
+    assert_eq!(r.step(watcher::Event::Delete(ns("b")), name, false), vec![delete("b")]);
+    // A relist that lacks "a" (deleted while the watch was down) and brings "d".
+    r.step(watcher::Event::Init, name, false);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("c")), name, false), vec![apply("c")]);
+    assert_eq!(r.step(watcher::Event::InitApply(ns("d")), name, false), vec![apply("d")]);
+    assert_eq!(r.step(watcher::Event::InitDone, name, false), vec![delete("a"), Step::Synced]);
+    // A namespaced object's identity survives the round trip.
+    r.step(watcher::Event::Init, name, false);
+    let mut pod = ns("p");
+    pod.metadata.namespace = Some("prod".into());
+    r.step(watcher::Event::InitApply(pod), name, false);
+    r.step(watcher::Event::InitDone, name, false);
+    r.step(watcher::Event::Init, name, false);
+    let out = r.step(watcher::Event::InitDone, name, false);
+    assert!(out.contains(&Step::Event(Event::Delete(ObjectRef::namespaced("prod", "p")))), "{out:?}");
+}
+
 /// An object that does not parse is reported once, never passed on; its last good version
 /// stays (also across a relist) until it parses again or is deleted.
 #[test]
@@ -535,6 +566,7 @@ async fn a_bad_object_is_reported_and_does_not_stop_the_watch() {
         match next_update(&mut updates).await {
             Update::Change(v) => resets.push(v.change),
             Update::Unreadable { kind, object, reason } => unreadable.push((kind, object, reason)),
+            Update::Synced(_) => {}
         }
     }
     let egresses = resets.iter().find(|c| c.kind() == Kind::Egress).unwrap();
@@ -579,4 +611,54 @@ async fn a_bad_object_is_reported_and_does_not_stop_the_watch() {
         })
         .collect();
     assert_eq!(reports, [("e2".to_string(), false), ("e1".to_string(), true)]);
+}
+
+/// With `stream_pods`, pods arrive as applies then `Synced`; after a 410 the relist streams
+/// again and deletes the pod that vanished while the watch was down.
+#[tokio::test]
+async fn streamed_pods_are_applied_then_synced_and_a_relist_deletes_what_vanished() {
+    let server = world().await;
+    let src = source(&server, SourceConfig { stream_pods: true, ..SourceConfig::default() }).await;
+    // A task drives the watchers while the test waits on the server.
+    let (tx, mut rx) = mpsc::channel(64);
+    let mut stream = src.updates();
+    tokio::spawn(async move {
+        while let Some(u) = stream.next().await {
+            if tx.send(u).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut pods = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, rx.recv()).await.expect("an update in time").expect("source running") {
+            Update::Change(v) => match &v.change {
+                Change::Pods(Event::Apply(p)) => pods.push(format!("{}/{}", p.namespace, p.name)),
+                Change::Pods(other) => panic!("a streamed listing sends applies only: {other:?}"),
+                _ => {}
+            },
+            Update::Synced(Kind::Pod) => break,
+            _ => {}
+        }
+    }
+    pods.sort();
+    assert_eq!(pods, ["default/c", "prod/a", "prod/b"]);
+    watching(&server).await;
+    server.partition();
+    server.remove("v1", "Pod", Some("prod"), "a");
+    server.compact();
+    server.heal();
+    let mut deleted = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, rx.recv()).await.expect("an update in time").expect("source running") {
+            Update::Change(v) => {
+                if let Change::Pods(Event::Delete(r)) = &v.change {
+                    deleted.push(r.to_string());
+                }
+            }
+            Update::Synced(Kind::Pod) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(deleted, ["prod/a"]);
 }

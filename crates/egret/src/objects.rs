@@ -87,7 +87,9 @@ impl Objects {
         config: ClusterConfig,
         wake: impl Fn() + Send + 'static,
     ) -> anyhow::Result<Objects> {
-        let sc = egret_kube::SourceConfig { antrea: args.antrea, cilium: args.cilium, pods_on_node };
+        // Pods stream their listings: the index never receives (nor the source holds) a list of
+        // every pod at once.
+        let sc = egret_kube::SourceConfig { antrea: args.antrea, cilium: args.cilium, pods_on_node, stream_pods: true };
         let source = egret_kube::Source::discover(client, sc).await?;
         let index = Index::new(config, source.kinds());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -132,6 +134,10 @@ impl Objects {
                         Ok(Update::Change(v)) => {
                             self.index.apply(v.change);
                             self.stamp = self.stamp.max(v.version);
+                            changed = true;
+                        }
+                        Ok(Update::Synced(kind)) => {
+                            self.index.mark_synced(kind);
                             changed = true;
                         }
                         Ok(Update::Unreadable { kind, object, reason }) => {
