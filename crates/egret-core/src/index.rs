@@ -6,7 +6,9 @@
 //!
 //! - **Pods** are grouped by `(namespace, labels)`; a group knows the Egresses that select it.
 //!   A pod add, delete or move touches its group only; a new group is matched against the
-//!   Egresses whose namespace selector admits its namespace (kept per namespace).
+//!   Egresses whose namespace selector admits its namespace (kept per namespace). A pod's
+//!   labels live in its group only and its namespace and node names are shared: agents hold
+//!   every pod of the cluster, so per-pod memory is the agent's memory (`examples/index_memory.rs`).
 //! - **Namespaces**: a label change re-matches that namespace's groups.
 //! - **Egresses and pools** are few (thousands at most): a change re-validates and re-allocates
 //!   them all (the cross-object rules need that) and re-matches every group against each Egress
@@ -19,7 +21,7 @@
 //! The result is the same as [`crate::planner::plan`] over the same objects: a property test
 //! feeds random event sequences and compares every node's plan.
 
-use crate::event::{Change, Event, Kind, ObjectRef};
+use crate::event::{Change, Event, Kind};
 use crate::ipam::{self, Allocations};
 use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
 use crate::net::Family;
@@ -30,11 +32,25 @@ use crate::validate::{self, Problem, Validated};
 use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
 use egret_api::v1alpha1 as api;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-type GroupId = u64;
+type GroupId = u32;
+/// A pod's slot in [`Index::pods`].
+type PodId = u32;
+
+/// What the index keeps of a pod. Its labels live in its group only, and the namespace and
+/// node names are shared (interned) with every other pod's: at 100,000 pods (agents watch every
+/// pod of the cluster) per-pod copies would dominate the agent's memory.
+#[derive(Debug)]
+struct PodEntry {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    node: Option<Arc<str>>,
+    ips: Box<[IpAddr]>,
+    group: GroupId,
+}
 
 /// Disjoint destination blocks and the rank of the Egress deciding each.
 type Partition = Arc<Vec<(IpNet, usize)>>;
@@ -42,9 +58,9 @@ type Partition = Arc<Vec<(IpNet, usize)>>;
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
 struct Group {
-    namespace: String,
-    labels: Labels,
-    pods: BTreeSet<ObjectRef>,
+    namespace: Arc<str>,
+    labels: Arc<Labels>,
+    pods: BTreeSet<PodId>,
     /// Egresses whose namespace and pod selectors select this group (node selectors are
     /// applied per pod, since they depend on the pod's node).
     matched: BTreeSet<Arc<str>>,
@@ -98,13 +114,18 @@ pub struct Index {
 
     nodes: BTreeMap<String, Node>,
     namespaces: HashMap<String, Namespace>,
-    pods: HashMap<ObjectRef, (Pod, GroupId)>,
-    node_pods: HashMap<String, BTreeSet<ObjectRef>>,
+    /// Pod slots (`None`: free, listed in `free_pods`).
+    pods: Vec<Option<PodEntry>>,
+    free_pods: Vec<PodId>,
+    /// Pods by namespace and name (the keys are the interned namespace names).
+    pod_ids: HashMap<Arc<str>, HashMap<Arc<str>, PodId>>,
+    /// Pods per node (the keys are the interned node names).
+    node_pods: HashMap<Arc<str>, BTreeSet<PodId>>,
     /// The pods claiming each pod address (more than one: a stale pod object).
-    addr_claims: HashMap<IpAddr, BTreeSet<ObjectRef>>,
+    addr_claims: HashMap<IpAddr, Vec<PodId>>,
 
     groups: HashMap<GroupId, Group>,
-    group_ids: HashMap<(String, Labels), GroupId>,
+    group_ids: HashMap<Arc<str>, HashMap<Arc<Labels>, GroupId>>,
     next_group: GroupId,
     ns_groups: HashMap<String, BTreeSet<GroupId>>,
     egress_groups: HashMap<Arc<str>, BTreeSet<GroupId>>,
@@ -190,6 +211,11 @@ fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
 }
 
+/// [`planner::owner_rank`] of a pod the index holds.
+fn owner_rank<'a>(e: &'a PodEntry, nodes: &BTreeMap<String, Node>) -> (bool, &'a str, &'a str) {
+    (!e.node.as_deref().is_some_and(|n| nodes.contains_key(n)), &e.namespace, &e.name)
+}
+
 fn admits_namespace(e: &Egress, ns_labels: &Labels) -> bool {
     !e.applied_to.selects_nothing() && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
 }
@@ -209,7 +235,9 @@ impl Index {
             translation_problems: BTreeMap::new(),
             nodes: BTreeMap::new(),
             namespaces: HashMap::new(),
-            pods: HashMap::new(),
+            pods: Vec::new(),
+            free_pods: Vec::new(),
+            pod_ids: HashMap::new(),
             node_pods: HashMap::new(),
             addr_claims: HashMap::new(),
             groups: HashMap::new(),
@@ -593,7 +621,7 @@ impl Index {
             }
             let mut selected = BTreeSet::new();
             for (&gid, g) in self.groups.iter_mut() {
-                let hit = match (new, self.namespaces.get(&g.namespace)) {
+                let hit = match (new, self.namespaces.get(&*g.namespace)) {
                     (Some(e), Some(ns)) => selects(e, &ns.labels, &g.labels),
                     _ => false,
                 };
@@ -702,7 +730,7 @@ impl Index {
     fn match_group(&mut self, gid: GroupId) {
         let Some(g) = self.groups.get(&gid) else { return };
         let mut matched = BTreeSet::new();
-        if let (Some(ns), Some(cands)) = (self.namespaces.get(&g.namespace), self.ns_candidates.get(&g.namespace)) {
+        if let (Some(ns), Some(cands)) = (self.namespaces.get(&*g.namespace), self.ns_candidates.get(&*g.namespace)) {
             for name in cands {
                 if let Some(e) = self.matched_against.get(&**name)
                     && selects(e, &ns.labels, &g.labels)
@@ -725,13 +753,23 @@ impl Index {
     fn pod_event(&mut self, ev: Event<Pod>) {
         match ev {
             Event::Apply(p) => self.put_pod(p),
-            Event::Delete(r) => self.remove_pod(&r),
+            Event::Delete(r) => {
+                if let Some(ns) = &r.namespace {
+                    self.remove_pod(ns, &r.name);
+                }
+            }
             Event::Reset(list) => {
-                let keep: BTreeSet<ObjectRef> =
-                    list.iter().map(|p| ObjectRef::namespaced(&p.namespace, &p.name)).collect();
-                let gone: Vec<ObjectRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
-                for k in gone {
-                    self.remove_pod(&k);
+                let keep: HashSet<(&str, &str)> =
+                    list.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
+                let gone: Vec<(Arc<str>, Arc<str>)> = self
+                    .pod_ids
+                    .iter()
+                    .flat_map(|(ns, names)| names.keys().map(move |n| (ns.clone(), n.clone())))
+                    .filter(|(ns, n)| !keep.contains(&(&**ns, &**n)))
+                    .collect();
+                drop(keep);
+                for (ns, n) in gone {
+                    self.remove_pod(&ns, &n);
                 }
                 for p in list {
                     self.put_pod(p);
@@ -740,43 +778,107 @@ impl Index {
         }
     }
 
-    fn put_pod(&mut self, pod: Pod) {
-        let key = ObjectRef::namespaced(&pod.namespace, &pod.name);
-        if self.pods.get(&key).is_some_and(|(p, _)| *p == pod) {
-            return;
-        }
-        self.remove_pod(&key);
-        let gid = self.group_for(&pod.namespace, &pod.labels);
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.pods.insert(key.clone());
-        }
-        if let Some(n) = &pod.node {
-            self.node_pods.entry(n.clone()).or_default().insert(key.clone());
-        }
-        for ip in &pod.ips {
-            self.addr_claims.entry(*ip).or_default().insert(key.clone());
-        }
-        self.pods.insert(key, (pod, gid));
+    fn pod_id(&self, namespace: &str, name: &str) -> Option<PodId> {
+        self.pod_ids.get(namespace)?.get(name).copied()
     }
 
-    fn remove_pod(&mut self, key: &ObjectRef) {
-        let Some((pod, gid)) = self.pods.remove(key) else { return };
-        for ip in &pod.ips {
-            unlink(&mut self.addr_claims, ip, key);
+    fn pod(&self, id: PodId) -> Option<&PodEntry> {
+        self.pods.get(id as usize)?.as_ref()
+    }
+
+    /// Whether the index holds `pod` exactly as given.
+    fn holds(&self, pod: &Pod) -> bool {
+        let Some(e) = self.pod_id(&pod.namespace, &pod.name).and_then(|id| self.pod(id)) else { return false };
+        e.node.as_deref() == pod.node.as_deref()
+            && *e.ips == *pod.ips
+            && self.groups.get(&e.group).is_some_and(|g| *g.labels == pod.labels)
+    }
+
+    /// The model of a pod the index holds.
+    fn pod_model(&self, e: &PodEntry) -> Pod {
+        Pod {
+            namespace: e.namespace.to_string(),
+            name: e.name.to_string(),
+            labels: self.groups.get(&e.group).map(|g| (*g.labels).clone()).unwrap_or_default(),
+            node: e.node.as_deref().map(str::to_string),
+            ips: e.ips.to_vec(),
+        }
+    }
+
+    fn put_pod(&mut self, pod: Pod) {
+        if self.holds(&pod) {
+            return;
+        }
+        self.remove_pod(&pod.namespace, &pod.name);
+        let Pod { namespace, name, labels, node, ips } = pod;
+        let namespace: Arc<str> = match self.pod_ids.get_key_value(namespace.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(namespace),
+        };
+        let gid = self.group_for(&namespace, labels);
+        let node: Option<Arc<str>> = node.map(|n| match self.node_pods.get_key_value(n.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(n),
+        });
+        let id = match self.free_pods.pop() {
+            Some(id) => id,
+            None => {
+                self.pods.push(None);
+                (self.pods.len() - 1) as PodId
+            }
+        };
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.pods.insert(id);
+        }
+        if let Some(n) = &node {
+            self.node_pods.entry(n.clone()).or_default().insert(id);
+        }
+        for ip in &ips {
+            let claims = self.addr_claims.entry(*ip).or_default();
+            if !claims.contains(&id) {
+                claims.push(id);
+            }
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.pod_ids.entry(namespace.clone()).or_default().insert(name.clone(), id);
+        self.pods[id as usize] = Some(PodEntry { namespace, name, node, ips: ips.into_boxed_slice(), group: gid });
+    }
+
+    fn remove_pod(&mut self, namespace: &str, name: &str) {
+        let Some(names) = self.pod_ids.get_mut(namespace) else { return };
+        let Some(id) = names.remove(name) else { return };
+        if names.is_empty() {
+            self.pod_ids.remove(namespace);
+        }
+        let Some(pod) = self.pods.get_mut(id as usize).and_then(Option::take) else { return };
+        self.free_pods.push(id);
+        for ip in pod.ips.iter() {
+            if let Some(claims) = self.addr_claims.get_mut(ip) {
+                claims.retain(|&c| c != id);
+                if claims.is_empty() {
+                    self.addr_claims.remove(ip);
+                }
+            }
         }
         if let Some(n) = &pod.node {
-            unlink(&mut self.node_pods, n, key);
+            unlink(&mut self.node_pods, &**n, &id);
         }
+        let gid = pod.group;
         let empty = match self.groups.get_mut(&gid) {
             Some(g) => {
-                g.pods.remove(key);
+                g.pods.remove(&id);
                 g.pods.is_empty()
             }
             None => false,
         };
         if empty && let Some(g) = self.groups.remove(&gid) {
-            self.group_ids.remove(&(g.namespace.clone(), g.labels));
-            unlink(&mut self.ns_groups, &g.namespace, &gid);
+            if let Some(ids) = self.group_ids.get_mut(&*g.namespace) {
+                ids.remove(&*g.labels);
+                if ids.is_empty() {
+                    self.group_ids.remove(&*g.namespace);
+                }
+            }
+            unlink(&mut self.ns_groups, &*g.namespace, &gid);
             for name in &g.matched {
                 unlink(&mut self.egress_groups, name, &gid);
             }
@@ -784,47 +886,49 @@ impl Index {
     }
 
     /// The group of pods with these labels in this namespace, created (and matched) if new.
-    fn group_for(&mut self, namespace: &str, labels: &Labels) -> GroupId {
-        let key = (namespace.to_string(), labels.clone());
-        if let Some(&gid) = self.group_ids.get(&key) {
+    fn group_for(&mut self, namespace: &Arc<str>, labels: Labels) -> GroupId {
+        if let Some(&gid) = self.group_ids.get(&**namespace).and_then(|ids| ids.get(&labels)) {
             return gid;
         }
         let gid = self.next_group;
         self.next_group += 1;
+        let labels = Arc::new(labels);
         self.groups.insert(
             gid,
-            Group { namespace: key.0.clone(), labels: key.1.clone(), pods: BTreeSet::new(), matched: BTreeSet::new() },
+            Group {
+                namespace: namespace.clone(),
+                labels: labels.clone(),
+                pods: BTreeSet::new(),
+                matched: BTreeSet::new(),
+            },
         );
-        self.ns_groups.entry(key.0.clone()).or_default().insert(gid);
-        self.group_ids.insert(key, gid);
+        self.ns_groups.entry(namespace.to_string()).or_default().insert(gid);
+        self.group_ids.entry(namespace.clone()).or_default().insert(labels, gid);
         self.match_group(gid);
         gid
     }
 
     /// The pod that owns `ip` when several claim it (the planner's rule), `None` when one does.
-    fn contested_owner(&self, ip: &IpAddr) -> Option<&ObjectRef> {
+    fn contested_owner(&self, ip: &IpAddr) -> Option<PodId> {
         let claims = self.addr_claims.get(ip).filter(|c| c.len() > 1)?;
         claims
             .iter()
-            .filter_map(|k| Some((k, &self.pods.get(k)?.0)))
-            .min_by(|a, b| {
-                let rank = |p| planner::owner_rank(p, |n| self.nodes.contains_key(n));
-                rank(a.1).cmp(&rank(b.1))
-            })
-            .map(|(k, _)| k)
+            .filter_map(|&id| Some((id, self.pod(id)?)))
+            .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
+            .map(|(id, _)| id)
     }
 
     /// Pods not steered for an address because another pod owns it, by object.
     pub fn warnings(&self) -> Vec<planner::Warning> {
         let mut out = Vec::new();
         for (ip, claims) in self.addr_claims.iter().filter(|(_, c)| c.len() > 1) {
-            let Some(owner) = self.contested_owner(ip).and_then(|k| self.pods.get(k)) else { continue };
-            for k in claims {
-                if let Some((pod, _)) = self.pods.get(k)
-                    && (pod.namespace.as_str(), pod.name.as_str())
-                        != (owner.0.namespace.as_str(), owner.0.name.as_str())
+            let Some(owner) = self.contested_owner(ip).and_then(|id| self.pod(id)) else { continue };
+            let owner = self.pod_model(owner);
+            for &id in claims {
+                if let Some(e) = self.pod(id)
+                    && (&*e.namespace, &*e.name) != (owner.namespace.as_str(), owner.name.as_str())
                 {
-                    out.push(planner::lost_address(pod, ip, &owner.0));
+                    out.push(planner::lost_address(&self.pod_model(e), ip, &owner));
                 }
             }
         }
@@ -839,10 +943,10 @@ impl Index {
     /// partition unless an Egress restricts source nodes.
     fn rules_for(&mut self, node: &str) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let mut local: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
-        for key in self.node_pods.get(node).into_iter().flatten() {
-            if let Some((_, gid)) = self.pods.get(key) {
-                local.entry(*gid).or_default().push(key.clone());
+        let mut local: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
+        for &id in self.node_pods.get(node).into_iter().flatten() {
+            if let Some(e) = self.pod(id) {
+                local.entry(e.group).or_default().push(id);
             }
         }
         for (gid, keys) in &local {
@@ -857,16 +961,16 @@ impl Index {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut remote: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
+        let mut remote: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         let gids: BTreeSet<GroupId> =
             served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
         for gid in gids {
             if let Some(g) = self.groups.get(&gid) {
-                let keys: Vec<ObjectRef> = g
+                let keys: Vec<PodId> = g
                     .pods
                     .iter()
-                    .filter(|k| self.pods.get(*k).is_some_and(|(p, _)| p.node.as_deref() != Some(node)))
-                    .cloned()
+                    .copied()
+                    .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
                     .collect();
                 if !keys.is_empty() {
                     remote.insert(gid, keys);
@@ -885,7 +989,7 @@ impl Index {
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
     /// given).
-    fn group_rules(&mut self, gid: GroupId, keys: &[ObjectRef], only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
+    fn group_rules(&mut self, gid: GroupId, keys: &[PodId], only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
         let (Some(g), Some(o), Some(outcomes)) = (self.groups.get(&gid), &self.objects, &self.outcomes) else {
             return;
         };
@@ -927,8 +1031,8 @@ impl Index {
         };
         let empty = Labels::new();
         let mut local_parts: HashMap<(Family, Vec<usize>), Partition> = HashMap::new();
-        for key in keys {
-            let Some((pod, _)) = self.pods.get(key) else { continue };
+        for &key in keys {
+            let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
             if pod.ips.is_empty() {
                 continue;
             }
@@ -941,8 +1045,8 @@ impl Index {
             if ranks.is_empty() {
                 continue;
             }
-            let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
-            for ip in &pod.ips {
+            let source_node: Option<Arc<str>> = pod.node.clone();
+            for ip in pod.ips.iter() {
                 if self.contested_owner(ip).is_some_and(|owner| owner != key) {
                     continue;
                 }
@@ -990,6 +1094,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ObjectRef;
     use crate::testutil::*;
     use proptest::prelude::*;
 
@@ -1015,7 +1120,7 @@ mod tests {
         let (pools, egresses) = ix.all_objects();
         let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
         let namespaces: Vec<Namespace> = ix.namespaces.values().cloned().collect();
-        let pods: Vec<Pod> = ix.pods.values().map(|(p, _)| p.clone()).collect();
+        let pods: Vec<Pod> = ix.pods.iter().flatten().map(|e| ix.pod_model(e)).collect();
         let (_, plan) = planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
         plan.node_plans()
     }
@@ -1077,6 +1182,37 @@ mod tests {
         // Deleting what is not there is not an error.
         ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "nobody"))));
         ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("nothing"))));
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn pods_share_names_and_reuse_slots() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let slots = ix.pods.len();
+        // Two pods of one namespace and node hold one copy of each name.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-3", &[("app", "web")], "node-1", "10.244.1.12"))));
+        let entry = |ix: &Index, name: &str| {
+            let id = ix.pod_id("prod", name).unwrap();
+            (ix.pod(id).unwrap().namespace.clone(), ix.pod(id).unwrap().node.clone().unwrap())
+        };
+        let (a, b) = (entry(&ix, "web-1"), entry(&ix, "web-3"));
+        assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1));
+        // A pod's labels live in its group: the same labels, the same group.
+        let group = |ix: &Index, name: &str| ix.pod(ix.pod_id("prod", name).unwrap()).unwrap().group;
+        assert_eq!(group(&ix, "web-3"), group(&ix, "web-2"));
+        assert_same_as_planner(&mut ix);
+        // A deleted pod's slot is taken by the next pod; the plan follows both.
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-3"))));
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "web")], "node-2", "10.244.2.12"))));
+        assert_eq!(ix.pods.len(), slots + 1);
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.1.12"));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.2.12"));
+        // Re-applying a pod unchanged keeps it; changing only its labels moves it to a group.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "web")], "node-2", "10.244.2.12"))));
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "db")], "node-2", "10.244.2.12"))));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.2.12"));
         assert_same_as_planner(&mut ix);
     }
 
