@@ -10,9 +10,13 @@
 //!   labels live in its group only and its namespace and node names are shared: agents hold
 //!   every pod of the cluster, so per-pod memory is the agent's memory (`examples/index_memory.rs`).
 //! - **Namespaces**: a label change re-matches that namespace's groups.
-//! - **Egresses and pools** are few (thousands at most): a change re-validates and re-allocates
-//!   them all (the cross-object rules need that) and re-matches every group against each Egress
-//!   whose selection changed, but only against that Egress.
+//! - **Egresses and pools** are few (thousands at most). A pool change (or many Egress changes
+//!   at once) re-validates and re-allocates them all (the cross-object rules need that). A
+//!   change of a few native Egresses re-validates only those against the pools' models; when it
+//!   keeps what allocation reads (pool, static and status IP, age, family), allocations, the
+//!   overlap order and placements are kept too, and only the destination partitions holding a
+//!   changed Egress are dropped. Either way an Egress whose selection changed is re-matched
+//!   against the groups it selected and those of the namespaces it now admits only.
 //! - **Nodes and the live set** re-place egress IPs (a function of Egresses, pools and nodes,
 //!   not of pods).
 //! - **A node's plan** ([`Index::node_plan`]) is built from the rules of the pods on that node
@@ -216,6 +220,11 @@ fn owner_rank<'a>(e: &'a PodEntry, nodes: &BTreeMap<String, Node>) -> (bool, &'a
     (!e.node.as_deref().is_some_and(|n| nodes.contains_key(n)), &e.namespace, &e.name)
 }
 
+/// What allocation and placement read of an Egress (besides its name).
+fn allocation_inputs(e: &Egress) -> impl PartialEq + '_ {
+    (&e.pool, e.static_ip, e.status_ip, &e.created, e.family)
+}
+
 fn admits_namespace(e: &Egress, ns_labels: &Labels) -> bool {
     !e.applied_to.selects_nothing() && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
 }
@@ -319,9 +328,11 @@ impl Index {
                 self.dirty_egresses = None;
                 // A pool's node selector decides its eligible nodes.
                 self.placed.clear();
+                self.outcomes = None;
             }
+            // Native Egress changes: `objects` drops the outcomes unless the change keeps every
+            // allocation (it re-validates before anything reads them).
             self.objects_stale = true;
-            self.outcomes = None;
         }
     }
 
@@ -465,8 +476,8 @@ impl Index {
             if self.node_facts.is_none() {
                 self.node_facts = Some(self.compute_node_facts());
             }
-            let (validated, before, candidates) = match self.revalidate_some() {
-                Some(r) => r,
+            let (validated, before, candidates, partial) = match self.revalidate_some() {
+                Some((v, b, c)) => (v, b, c, true),
                 None => {
                     self.translate_problems();
                     let (pools, egresses) = self.all_objects();
@@ -476,10 +487,42 @@ impl Index {
                     let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
                     let candidates: BTreeSet<String> =
                         before.keys().chain(validated.egresses.keys()).cloned().collect();
-                    (validated, before, candidates)
+                    (validated, before, candidates, false)
                 }
             };
             self.rematch(&candidates, &before);
+            // An edit that keeps every changed Egress's allocation inputs (the usual selector or
+            // destination edit) keeps every allocation, the overlap order and every placement.
+            let neutral = partial
+                && self.outcomes.is_some()
+                && candidates.iter().all(|n| match (before.get(n), validated.egresses.get(n)) {
+                    (Some(a), Some(b)) => {
+                        allocation_inputs(a) == allocation_inputs(b)
+                            && a.applied_to.selects_nothing() == b.applied_to.selects_nothing()
+                    }
+                    (None, None) => true,
+                    _ => false,
+                });
+            if neutral && let Some(old) = self.objects.take() {
+                let rank = &old.rank;
+                let stale: BTreeSet<usize> = candidates
+                    .iter()
+                    .filter(|n| {
+                        let (a, b) = (before.get(*n), validated.egresses.get(*n));
+                        a.map(|e| (&e.destinations, &e.excluded, e.family))
+                            != b.map(|e| (&e.destinations, &e.excluded, e.family))
+                    })
+                    .filter_map(|n| rank.get(n.as_str()).copied())
+                    .collect();
+                if !stale.is_empty() {
+                    self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
+                }
+                self.objects = Some(Objects { validated, ..old });
+                self.objects_stale = false;
+                self.dirty_egresses = Some(BTreeSet::new());
+                return self.objects.get_or_insert_with(Objects::default);
+            }
+            self.outcomes = None;
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
@@ -524,8 +567,14 @@ impl Index {
             return None;
         }
         let dirty = self.dirty_egresses.take().unwrap_or_default();
-        let mut validated = self.objects.take().map(|o| o.validated).unwrap_or_default();
-        let pools: Vec<api::ExternalIPPool> = self.pools.values().cloned().collect();
+        let mut validated = self.objects.as_mut().map(|o| std::mem::take(&mut o.validated)).unwrap_or_default();
+        // The pools are unchanged: the changed Egresses are checked against their models.
+        let invalid_pools: BTreeSet<String> = self
+            .pools
+            .keys()
+            .filter(|n| !validated.pools.contains_key(*n) && validate::dns1123_subdomain(n).is_ok())
+            .cloned()
+            .collect();
         let mut before = BTreeMap::new();
         for name in &dirty {
             validated.egresses.remove(name);
@@ -536,11 +585,9 @@ impl Index {
         }
         // The changed Egresses that still exist, validated together against the pools once.
         let objs: Vec<api::Egress> = dirty.iter().filter_map(|n| self.egresses.get(n).cloned()).collect();
-        let default = validate::Reserved::default();
-        let reserved = self.node_facts.as_ref().map_or(&default, |f| &f.reserved);
-        let v = validate::validate(&pools, &objs, reserved);
-        validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
-        for (name, m) in v.egresses {
+        let (egresses, problems) = validate::validate_egresses(&objs, &validated.pools, &invalid_pools);
+        validated.problems.extend(problems);
+        for (name, m) in egresses {
             self.matched_against.insert(name.clone(), m.clone());
             validated.egresses.insert(name, m);
         }
@@ -619,8 +666,16 @@ impl Index {
                     cands.remove(&key);
                 }
             }
+            // Only the groups it selected and those of the namespaces it now admits can change.
+            let mut gids: BTreeSet<GroupId> = self.egress_groups.get(&key).cloned().unwrap_or_default();
+            for (ns, cands) in &self.ns_candidates {
+                if cands.contains(&key) {
+                    gids.extend(self.ns_groups.get(ns).into_iter().flatten().copied());
+                }
+            }
             let mut selected = BTreeSet::new();
-            for (&gid, g) in self.groups.iter_mut() {
+            for gid in gids {
+                let Some(g) = self.groups.get_mut(&gid) else { continue };
                 let hit = match (new, self.namespaces.get(&*g.namespace)) {
                     (Some(e), Some(ns)) => selects(e, &ns.labels, &g.labels),
                     _ => false,
@@ -1214,6 +1269,98 @@ mod tests {
         ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "db")], "node-2", "10.244.2.12"))));
         assert!(ix.node_plan("node-2").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.2.12"));
         assert_same_as_planner(&mut ix);
+    }
+
+    /// The control plan and every node's plan equal the planner's.
+    fn assert_all_same(ix: &mut Index) {
+        assert_same_as_planner(ix);
+        let (pools, egresses) = ix.all_objects();
+        let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+        let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);
+        assert_eq!(ix.control_plan().egresses, whole.egresses);
+        assert_eq!(ix.control_plan().pools, whole.pools);
+    }
+
+    #[test]
+    fn egress_edits_follow_whether_or_not_they_keep_allocations() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut old = web_egress("old");
+        old.metadata.creation_timestamp = Some(ts(1));
+        old.spec.destination_cidrs = vec!["203.0.113.0/24".into()];
+        let mut new = web_egress("new");
+        new.metadata.creation_timestamp = Some(ts(2));
+        ix.apply(Change::Egresses(Event::Apply(old.clone())));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        let steer = |ix: &mut Index, node: &str| -> Vec<(String, String)> {
+            let np = ix.node_plan(node).unwrap();
+            np.steer.iter().map(|s| (s.destination.to_string(), s.egress.clone())).collect()
+        };
+        assert!(steer(&mut ix, "node-1").contains(&("203.0.113.0/24".into(), "old".into())));
+        // Keeps allocations, changes the overlap: the cached partitions must follow.
+        old.spec.destination_cidrs = vec!["198.51.100.0/24".into()];
+        ix.apply(Change::Egresses(Event::Apply(old.clone())));
+        let now = steer(&mut ix, "node-1");
+        assert!(now.contains(&("198.51.100.0/24".into(), "old".into())), "{now:?}");
+        assert!(!now.iter().any(|(d, e)| d == "203.0.113.0/24" && e == "old"), "{now:?}");
+        assert_all_same(&mut ix);
+        // Keeps allocations, changes the selection.
+        new.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(steer(&mut ix, "node-3").iter().any(|(_, e)| e == "new"));
+        assert_all_same(&mut ix);
+        // Moves to another namespace: the groups it selected there are let go.
+        new.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "staging")]));
+        new.spec.applied_to.pod_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(!steer(&mut ix, "node-3").iter().any(|(_, e)| e == "new"));
+        assert_all_same(&mut ix);
+        new.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "prod")]));
+        new.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        // Keeps allocations, fails open: the rules read the new failure policy.
+        new.spec.failure_policy = Some("FallbackToNodeIP".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        // Changes the allocation: a static IP, then a restored status IP, then an older age
+        // (the overlap order), then invalid, then valid again.
+        new.spec.egress_ip = Some("10.10.0.15".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_eq!(
+            ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip,
+            Some("10.10.0.15".parse().unwrap())
+        );
+        assert_all_same(&mut ix);
+        new.spec.egress_ip = None;
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        new.status = Some(api::EgressStatus { egress_ip: Some("10.10.0.17".into()), ..Default::default() });
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        let ip = |ix: &mut Index| ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip;
+        assert_eq!(ip(&mut ix), Some("10.10.0.17".parse().unwrap()));
+        assert_all_same(&mut ix);
+        new.metadata.creation_timestamp = Some(ts(0));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        new.spec.external_ip_pool = Some("missing".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_eq!(ix.validation_problems().len(), 1);
+        assert_all_same(&mut ix);
+        new.spec.external_ip_pool = Some("p".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(ix.validation_problems().is_empty());
+        assert_all_same(&mut ix);
+        // An invalid pool: the Egress's problem says so, as a full validation would.
+        let mut bad = mk_pool("bad", &[("10.10.0.30", "10.10.0.20")], &[]);
+        bad.metadata.creation_timestamp = Some(ts(0));
+        ix.apply(Change::Pools(Event::Apply(bad)));
+        ix.settle();
+        new.spec.external_ip_pool = Some("bad".into());
+        ix.apply(Change::Egresses(Event::Apply(new)));
+        let whole = validate::validate(&ix.all_objects().0, &ix.all_objects().1, &validate::Reserved::default());
+        assert_eq!(ix.validation_problems(), whole.problems.as_slice());
+        assert_all_same(&mut ix);
     }
 
     #[test]
