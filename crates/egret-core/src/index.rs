@@ -57,7 +57,31 @@ struct PodEntry {
 }
 
 /// Disjoint destination blocks and the rank of the Egress deciding each.
-type Partition = Arc<Vec<(IpNet, usize)>>;
+type Partition = Arc<Part>;
+
+/// One partition of the destinations between a set of Egresses.
+#[derive(Debug)]
+struct Part {
+    /// The blocks and the rank of the Egress deciding each.
+    blocks: Vec<(IpNet, usize)>,
+    /// The blocks each rank decides: a gateway reads only those of the Egresses it serves,
+    /// often a few blocks out of thousands.
+    by_rank: HashMap<usize, Vec<IpNet>>,
+}
+
+impl Part {
+    fn new(blocks: Vec<(IpNet, usize)>) -> Part {
+        let mut by_rank: HashMap<usize, Vec<IpNet>> = HashMap::new();
+        for &(net, r) in &blocks {
+            by_rank.entry(r).or_default().push(net);
+        }
+        Part { blocks, by_rank }
+    }
+}
+
+/// What rules of one rank carry: the Egress, its IP, its gateway, and whether it is skipped
+/// (no gateway and fallback to the node IP). Resolved once per node plan.
+type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
 
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
@@ -68,6 +92,8 @@ struct Group {
     /// Egresses whose namespace and pod selectors select this group (node selectors are
     /// applied per pod, since they depend on the pod's node).
     matched: BTreeSet<Arc<str>>,
+    /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
+    ranks: Option<(u64, Arc<[usize]>)>,
 }
 
 /// Egresses and pools and what follows from them alone: validation, allocation, order.
@@ -78,6 +104,8 @@ struct Objects {
     /// Egresses with a selection, oldest first then by name (the overlap rule's order).
     order: Vec<Arc<str>>,
     rank: HashMap<Arc<str>, usize>,
+    /// Egresses with a node selector (pods of a group then differ by their node).
+    node_selective: HashSet<Arc<str>>,
 }
 
 /// What follows from the Nodes alone.
@@ -154,6 +182,8 @@ pub struct Index {
     /// Placement per egress IP, valid while the eligible nodes of every pool are unchanged
     /// (emptied when the live set, the Nodes or the pools change).
     placed: HashMap<IpAddr, Option<String>>,
+    /// Bumped whenever the order (so the ranks) changes: groups' cached ranks are then stale.
+    order_gen: u64,
     /// The Egress order the partitions' ranks refer to.
     objects_order: Option<Vec<Arc<str>>>,
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
@@ -263,6 +293,7 @@ impl Index {
             outcomes: None,
             node_facts: None,
             placed: HashMap::new(),
+            order_gen: 0,
             objects_order: None,
             partitions: HashMap::new(),
         }
@@ -408,7 +439,7 @@ impl Index {
         let rules = self.rules_for(node);
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
         // A node's plan reads the addresses of itself and of the nodes its rules name only.
-        let mut names: BTreeSet<&str> = BTreeSet::from([node]);
+        let mut names: HashSet<&str> = HashSet::from([node]);
         for r in &rules {
             names.extend(r.gateway.as_deref());
             names.extend(r.source_node.as_deref());
@@ -517,7 +548,14 @@ impl Index {
                 if !stale.is_empty() {
                     self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
                 }
-                self.objects = Some(Objects { validated, ..old });
+                let mut node_selective = old.node_selective;
+                for n in &candidates {
+                    match validated.egresses.get(n) {
+                        Some(e) if e.applied_to.nodes.is_some() => node_selective.insert(Arc::from(n.as_str())),
+                        _ => node_selective.remove(n.as_str()),
+                    };
+                }
+                self.objects = Some(Objects { validated, node_selective, ..old });
                 self.objects_stale = false;
                 self.dirty_egresses = Some(BTreeSet::new());
                 return self.objects.get_or_insert_with(Objects::default);
@@ -547,9 +585,16 @@ impl Index {
                 }
             } else {
                 self.partitions.clear();
+                self.order_gen += 1;
             }
             self.objects_order = Some(order.clone());
-            self.objects = Some(Objects { validated, allocations, order, rank });
+            let node_selective = validated
+                .egresses
+                .values()
+                .filter(|e| e.applied_to.nodes.is_some())
+                .map(|e| Arc::from(e.name.as_str()))
+                .collect();
+            self.objects = Some(Objects { validated, allocations, order, rank, node_selective });
             self.objects_stale = false;
             self.dirty_egresses = Some(BTreeSet::new());
         }
@@ -682,9 +727,12 @@ impl Index {
                 };
                 if hit {
                     g.matched.insert(key.clone());
+                    g.ranks = None;
                     selected.insert(gid);
                 } else {
-                    g.matched.remove(&key);
+                    if g.matched.remove(&key) {
+                        g.ranks = None;
+                    }
                 }
             }
             if selected.is_empty() {
@@ -794,7 +842,10 @@ impl Index {
                 }
             }
         }
-        let old = self.groups.get_mut(&gid).map(|g| std::mem::replace(&mut g.matched, matched.clone()));
+        let old = self.groups.get_mut(&gid).map(|g| {
+            g.ranks = None;
+            std::mem::replace(&mut g.matched, matched.clone())
+        });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
             unlink(&mut self.egress_groups, name, &gid);
         }
@@ -955,6 +1006,7 @@ impl Index {
                 labels: labels.clone(),
                 pods: BTreeSet::new(),
                 matched: BTreeSet::new(),
+                ranks: None,
             },
         );
         self.ns_groups.entry(namespace.to_string()).or_default().insert(gid);
@@ -1004,8 +1056,9 @@ impl Index {
                 local.entry(e.group).or_default().push(id);
             }
         }
+        let mut resolved: Vec<Option<Resolved>> = vec![None; self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
-            self.group_rules(*gid, keys, None, &mut rules);
+            self.group_rules(*gid, keys, None, &mut resolved, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -1035,7 +1088,7 @@ impl Index {
         if !remote.is_empty() {
             let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
             for (gid, keys) in &remote {
-                self.group_rules(*gid, keys, Some(&ranks), &mut rules);
+                self.group_rules(*gid, keys, Some(&ranks), &mut resolved, &mut rules);
             }
         }
         rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
@@ -1044,101 +1097,140 @@ impl Index {
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
     /// given).
-    fn group_rules(&mut self, gid: GroupId, keys: &[PodId], only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
-        let (Some(g), Some(o), Some(outcomes)) = (self.groups.get(&gid), &self.objects, &self.outcomes) else {
-            return;
+    fn group_rules(
+        &mut self,
+        gid: GroupId,
+        keys: &[PodId],
+        only: Option<&BTreeSet<usize>>,
+        resolved: &mut [Option<Resolved>],
+        out: &mut Vec<Rule>,
+    ) {
+        // The ranks of the Egresses selecting the group, kept with the group until its
+        // matches or the order change (a gateway reads hundreds of groups per plan).
+        let order_gen = self.order_gen;
+        let cached = self.groups.get(&gid).and_then(|g| g.ranks.as_ref()).filter(|(g, _)| *g == order_gen);
+        let all_ranks: Arc<[usize]> = match cached {
+            Some((_, r)) => r.clone(),
+            None => {
+                let (Some(g), Some(o)) = (self.groups.get(&gid), &self.objects) else { return };
+                let mut r: Vec<usize> = g.matched.iter().filter_map(|name| o.rank.get(name).copied()).collect();
+                r.sort_unstable();
+                let r: Arc<[usize]> = r.into();
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.ranks = Some((order_gen, r.clone()));
+                }
+                r
+            }
         };
-        // (rank, node selector) of every Egress selecting the group.
-        let mut matched: Vec<(usize, Option<&crate::selector::Selector>)> = g
-            .matched
-            .iter()
-            .filter_map(|name| {
-                let e = o.validated.egresses.get(&**name)?;
-                Some((*o.rank.get(name)?, e.applied_to.nodes.as_ref()))
-            })
-            .collect();
-        if matched.is_empty() {
+        if all_ranks.is_empty() {
             return;
         }
-        matched.sort_unstable_by_key(|(r, _)| *r);
-        let per_node = matched.iter().any(|(_, n)| n.is_some());
-        let all_ranks: Vec<usize> = matched.iter().map(|(r, _)| *r).collect();
-        // What one rank's entries carry, resolved once per group.
-        type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
-        let mut resolved: HashMap<usize, Resolved> = HashMap::new();
-        let mut resolve = |i: usize| -> Resolved {
-            resolved
-                .entry(i)
-                .or_insert_with(|| {
-                    let name = o.order[i].clone();
-                    let outcome = outcomes.get(&*name);
-                    let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
-                    let fallback = o
-                        .validated
-                        .egresses
-                        .get(&*name)
-                        .is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
-                    // No gateway and fallback to the node IP: not steered at all.
-                    let skip = gateway.is_none() && fallback;
-                    (name, outcome.and_then(|x| x.egress_ip), gateway, skip)
+        let (Some(o), Some(outcomes)) = (&self.objects, &self.outcomes) else { return };
+        // (rank, node selector) of every Egress selecting the group; node selectors are rare.
+        let matched: Vec<(usize, Option<&crate::selector::Selector>)> = if o.node_selective.is_empty() {
+            Vec::new()
+        } else {
+            all_ranks
+                .iter()
+                .map(|&r| {
+                    let name = &o.order[r];
+                    let sel = o.node_selective.get(name).and_then(|_| o.validated.egresses.get(&**name));
+                    (r, sel.and_then(|e| e.applied_to.nodes.as_ref()))
                 })
-                .clone()
+                .collect()
+        };
+        let per_node = matched.iter().any(|(_, n)| n.is_some());
+        let mut resolve = |i: usize| -> Resolved {
+            if let Some(Some(r)) = resolved.get(i) {
+                return r.clone();
+            }
+            let name = o.order[i].clone();
+            let outcome = outcomes.get(&*name);
+            let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
+            let fallback =
+                o.validated.egresses.get(&*name).is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
+            // No gateway and fallback to the node IP: not steered at all.
+            let skip = gateway.is_none() && fallback;
+            let r = (name, outcome.and_then(|x| x.egress_ip), gateway, skip);
+            if let Some(slot) = resolved.get_mut(i) {
+                *slot = Some(r.clone());
+            }
+            r
+        };
+        let partitions = &mut self.partitions;
+        // The blocks emitted for one family and set of ranks, each with what its rule carries
+        // (only those of the ranks in `only`, when given).
+        let mut entries_for = |family: Family, ranks: &[usize]| -> Arc<Vec<(IpNet, Resolved)>> {
+            let k = (family, ranks.to_vec());
+            let part = match partitions.get(&k) {
+                Some(p) => p.clone(),
+                None => {
+                    let order: Vec<&Egress> = o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
+                    let p = Arc::new(Part::new(planner::partition(ranks, &order, family)));
+                    partitions.insert(k, p.clone());
+                    p
+                }
+            };
+            let mut out = Vec::new();
+            match only {
+                Some(only) => {
+                    for &i in only {
+                        let blocks = part.by_rank.get(&i).map(Vec::as_slice).unwrap_or_default();
+                        if !blocks.is_empty() {
+                            let r = resolve(i);
+                            out.extend(blocks.iter().map(|&d| (d, r.clone())));
+                        }
+                    }
+                }
+                None => out.extend(part.blocks.iter().map(|&(d, i)| (d, resolve(i)))),
+            }
+            out.retain(|(_, r)| !r.3);
+            Arc::new(out)
         };
         let empty = Labels::new();
-        let mut local_parts: HashMap<(Family, Vec<usize>), Partition> = HashMap::new();
+        // Without node selectors every pod of the group shares its entries: computed once per
+        // family for the group; with them, once per distinct set of ranks.
+        let mut group_entries: [Option<Arc<Vec<(IpNet, Resolved)>>>; 2] = [None, None];
+        let mut per_ranks: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, Resolved)>>> = HashMap::new();
         for &key in keys {
             let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
             if pod.ips.is_empty() {
                 continue;
             }
-            let ranks: Vec<usize> = if per_node {
+            let pod_ranks: Option<Vec<usize>> = per_node.then(|| {
                 let nl = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
                 matched.iter().filter(|(_, s)| s.is_none_or(|s| s.matches(nl))).map(|(r, _)| *r).collect()
-            } else {
-                all_ranks.clone()
-            };
+            });
+            let ranks: &[usize] = pod_ranks.as_deref().unwrap_or(&all_ranks);
             if ranks.is_empty() {
                 continue;
             }
-            let source_node: Option<Arc<str>> = pod.node.clone();
             for ip in pod.ips.iter() {
-                if self.contested_owner(ip).is_some_and(|owner| owner != key) {
+                if let Some(claims) = self.addr_claims.get(ip).filter(|c| c.len() > 1)
+                    && claims
+                        .iter()
+                        .filter_map(|&id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
+                        .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
+                        .is_some_and(|(owner, _)| owner != key)
+                {
                     continue;
                 }
                 let family = Family::of(ip);
-                let k = (family, ranks.clone());
-                let part = match local_parts.get(&k) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = match self.partitions.get(&k) {
-                            Some(p) => p.clone(),
-                            None => {
-                                let order: Vec<&Egress> =
-                                    o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
-                                let p = Arc::new(planner::partition(&ranks, &order, family));
-                                self.partitions.insert(k.clone(), p.clone());
-                                p
-                            }
-                        };
-                        local_parts.insert(k, p.clone());
-                        p
-                    }
+                let entries = if per_node {
+                    per_ranks.entry((family, ranks.to_vec())).or_insert_with(|| entries_for(family, ranks)).clone()
+                } else {
+                    group_entries[usize::from(family == Family::V6)]
+                        .get_or_insert_with(|| entries_for(family, ranks))
+                        .clone()
                 };
-                for &(dest, i) in part.iter() {
-                    if only.is_some_and(|only| !only.contains(&i)) {
-                        continue;
-                    }
-                    let (egress, egress_ip, gateway, skip) = resolve(i);
-                    if skip {
-                        continue;
-                    }
+                for (dest, (egress, egress_ip, gateway, _)) in entries.iter() {
                     out.push(Rule {
                         source_ip: *ip,
-                        destination: dest,
-                        egress,
-                        egress_ip,
-                        gateway,
-                        source_node: source_node.clone(),
+                        destination: *dest,
+                        egress: egress.clone(),
+                        egress_ip: *egress_ip,
+                        gateway: gateway.clone(),
+                        source_node: pod.node.clone(),
                     });
                 }
             }
@@ -1360,6 +1452,49 @@ mod tests {
         ix.apply(Change::Egresses(Event::Apply(new)));
         let whole = validate::validate(&ix.all_objects().0, &ix.all_objects().1, &validate::Reserved::default());
         assert_eq!(ix.validation_problems(), whole.problems.as_slice());
+        assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn cached_ranks_and_partitions_follow_order_and_node_selectors() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut a = web_egress("a");
+        a.metadata.creation_timestamp = Some(ts(5));
+        a.spec.destination_cidrs = vec!["203.0.113.0/24".into()];
+        ix.apply(Change::Egresses(Event::Apply(a.clone())));
+        // Every node's plan computed: the groups' ranks and partitions are cached.
+        assert_all_same(&mut ix);
+        // An older Egress selecting no pod shifts `a`'s rank, not the web group's matches.
+        let mut c = web_egress("c");
+        c.metadata.creation_timestamp = Some(ts(0));
+        c.spec.applied_to.pod_selector = Some(mk_match(&[("app", "none")]));
+        ix.apply(Change::Egresses(Event::Apply(c)));
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().all(|s| s.egress == "a"));
+        assert_all_same(&mut ix);
+        // An older Egress overlapping `a` shifts every rank: the caches must not be reused.
+        let mut b = web_egress("b");
+        b.metadata.creation_timestamp = Some(ts(1));
+        b.spec.destination_cidrs = vec!["203.0.113.0/25".into()];
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        let np = ix.node_plan("node-1").unwrap();
+        assert!(np.steer.iter().any(|s| s.egress == "b" && s.destination.to_string() == "203.0.113.0/25"));
+        assert_all_same(&mut ix);
+        // A node selector added by an edit that keeps allocations: pods now differ by node.
+        b.spec.applied_to.node_selector = Some(mk_match(&[("kubernetes.io/hostname", "node-2")]));
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        assert!(!ix.node_plan("node-1").unwrap().steer.iter().any(|s| s.egress == "b"));
+        assert_all_same(&mut ix);
+        b.spec.applied_to.node_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().any(|s| s.egress == "b"));
+        assert_all_same(&mut ix);
+        // `b` deleted: ranks shift back.
+        ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("b"))));
+        assert_all_same(&mut ix);
+        // A group's matches change (a pod relabelled into it) after its ranks were cached.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "payment-1", &[("app", "web")], "node-3", "10.244.3.10"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.egress == "a"));
         assert_all_same(&mut ix);
     }
 
