@@ -164,6 +164,8 @@ pub struct Index {
     /// Per namespace, the Egresses whose namespace selector admits it (only namespaces that
     /// exist: pods of a namespace the index does not know are selected by nothing).
     ns_candidates: HashMap<String, BTreeSet<Arc<str>>>,
+    /// The reverse: per Egress, the namespaces admitting it.
+    admitted: HashMap<Arc<str>, BTreeSet<String>>,
 
     live: BTreeSet<String>,
     /// Validation and allocation, as of the last time they were computed.
@@ -285,6 +287,7 @@ impl Index {
             ns_groups: HashMap::new(),
             egress_groups: HashMap::new(),
             ns_candidates: HashMap::new(),
+            admitted: HashMap::new(),
             live: BTreeSet::new(),
             objects: None,
             objects_stale: true,
@@ -703,20 +706,31 @@ impl Index {
         for name in changed {
             let key: Arc<str> = Arc::from(name.as_str());
             let new = self.matched_against.get(&name);
-            for (ns, cands) in self.ns_candidates.iter_mut() {
-                let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
-                if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
-                    cands.insert(key.clone());
+            // The namespaces admitting it change only with its namespace selector (or whether
+            // it selects anything): a pod selector edit skips the pass over every namespace.
+            let ns_part = |e: &Egress| (e.applied_to.namespaces.clone(), e.applied_to.selects_nothing());
+            let same_namespaces = matches!((before.get(&name), new), (Some(a), Some(b)) if ns_part(a) == ns_part(b));
+            if !same_namespaces {
+                let mut admitted = BTreeSet::new();
+                for (ns, cands) in self.ns_candidates.iter_mut() {
+                    let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
+                    if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
+                        cands.insert(key.clone());
+                        admitted.insert(ns.clone());
+                    } else {
+                        cands.remove(&key);
+                    }
+                }
+                if admitted.is_empty() {
+                    self.admitted.remove(&key);
                 } else {
-                    cands.remove(&key);
+                    self.admitted.insert(key.clone(), admitted);
                 }
             }
             // Only the groups it selected and those of the namespaces it now admits can change.
             let mut gids: BTreeSet<GroupId> = self.egress_groups.get(&key).cloned().unwrap_or_default();
-            for (ns, cands) in &self.ns_candidates {
-                if cands.contains(&key) {
-                    gids.extend(self.ns_groups.get(ns).into_iter().flatten().copied());
-                }
+            for ns in self.admitted.get(&key).into_iter().flatten() {
+                gids.extend(self.ns_groups.get(ns).into_iter().flatten().copied());
             }
             let mut selected = BTreeSet::new();
             for gid in gids {
@@ -753,7 +767,14 @@ impl Index {
                 names.iter().filter(|(_, e)| admits_namespace(e, &ns.labels)).map(|(n, _)| n.clone()).collect();
             candidates.insert(ns_name.clone(), cands);
         }
+        let mut admitted: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        for (ns, cands) in &candidates {
+            for e in cands {
+                admitted.entry(e.clone()).or_default().insert(ns.clone());
+            }
+        }
         self.ns_candidates = candidates;
+        self.admitted = admitted;
         self.egress_groups.clear();
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {
@@ -815,13 +836,17 @@ impl Index {
         let cands: Option<BTreeSet<Arc<str>>> = self.namespaces.get(name).map(|ns| {
             egresses.values().filter(|e| admits_namespace(e, &ns.labels)).map(|e| Arc::from(e.name.as_str())).collect()
         });
-        match cands {
-            Some(c) => {
-                self.ns_candidates.insert(name.to_string(), c);
-            }
-            None => {
-                self.ns_candidates.remove(name);
-            }
+        let new = cands.clone().unwrap_or_default();
+        let old = match cands {
+            Some(c) => self.ns_candidates.insert(name.to_string(), c),
+            None => self.ns_candidates.remove(name),
+        }
+        .unwrap_or_default();
+        for e in old.difference(&new) {
+            unlink(&mut self.admitted, e, &name.to_string());
+        }
+        for e in new.difference(&old) {
+            self.admitted.entry(e.clone()).or_default().insert(name.to_string());
         }
         let gids: Vec<GroupId> = self.ns_groups.get(name).map(|g| g.iter().copied().collect()).unwrap_or_default();
         for gid in gids {
@@ -1495,6 +1520,35 @@ mod tests {
         // A group's matches change (a pod relabelled into it) after its ranks were cached.
         ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "payment-1", &[("app", "web")], "node-3", "10.244.3.10"))));
         assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.egress == "a"));
+        assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn pod_selector_edits_reach_namespaces_admitted_since() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut eg = web_egress("eg");
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "db")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert_all_same(&mut ix);
+        // staging now admitted, then the pod selector (alone) widens to its web pod.
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("staging", &[("env", "prod")]))));
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "web")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.2.11"));
+        assert_all_same(&mut ix);
+        // prod no longer admitted, then the pod selector moves to payment (in prod): nothing.
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("prod", &[("env", "dev")]))));
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert!(ix.node_plan("node-3").unwrap().steer.is_empty());
+        assert_all_same(&mut ix);
+        // A namespace deleted and created again.
+        ix.apply(Change::Namespaces(Event::Delete(ObjectRef::cluster("prod"))));
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("prod", &[("env", "prod")]))));
+        eg.spec.applied_to.pod_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(eg)));
+        assert!(!ix.node_plan("node-3").unwrap().steer.is_empty());
         assert_all_same(&mut ix);
     }
 
