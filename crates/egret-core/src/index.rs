@@ -54,6 +54,8 @@ struct PodEntry {
     node: Option<Arc<str>>,
     ips: Box<[IpAddr]>,
     group: GroupId,
+    /// Whether another pod claims one of its addresses (then the owner rule applies).
+    shared: bool,
 }
 
 /// Disjoint destination blocks and the rank of the Egress deciding each.
@@ -245,6 +247,31 @@ fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
     !e.applied_to.selects_nothing()
         && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
+}
+
+/// Sorts rules by source, then destination. They come in runs of one source each (one pod
+/// address's rules, already in destination order): sorting the runs is enough.
+fn sort_rules(rules: Vec<Rule>) -> Vec<Rule> {
+    let key = |r: &Rule| (r.source_ip, r.destination.network(), r.destination.prefix_len());
+    let mut runs: Vec<(IpAddr, usize, usize)> = Vec::new();
+    let mut start = 0;
+    for i in 1..=rules.len() {
+        if i == rules.len() || rules[i].source_ip != rules[start].source_ip {
+            runs.push((rules[start].source_ip, start, i));
+            start = i;
+        }
+    }
+    runs.sort_unstable_by_key(|r| r.0);
+    let mut slots: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
+    let mut out: Vec<Rule> = Vec::with_capacity(slots.len());
+    for (_, a, b) in runs {
+        out.extend(slots[a..b].iter_mut().filter_map(Option::take));
+    }
+    // Two runs of one source (not produced today) would need the full sort.
+    if !out.is_sorted_by_key(key) {
+        out.sort_unstable_by_key(key);
+    }
+    out
 }
 
 /// [`planner::owner_rank`] of a pod the index holds.
@@ -972,7 +999,24 @@ impl Index {
         }
         let name: Arc<str> = Arc::from(name);
         self.pod_ids.entry(namespace.clone()).or_default().insert(name.clone(), id);
-        self.pods[id as usize] = Some(PodEntry { namespace, name, node, ips: ips.into_boxed_slice(), group: gid });
+        self.pods[id as usize] =
+            Some(PodEntry { namespace, name, node, ips: ips.clone().into_boxed_slice(), group: gid, shared: false });
+        self.recheck_shared(&ips);
+    }
+
+    /// Recomputes whether each pod claiming one of `ips` shares an address.
+    fn recheck_shared(&mut self, ips: &[IpAddr]) {
+        for ip in ips {
+            let claimants = self.addr_claims.get(ip).cloned().unwrap_or_default();
+            for c in claimants {
+                let shared = self.pod(c).is_some_and(|e| {
+                    e.ips.iter().any(|x| self.addr_claims.get(x).is_some_and(|claims| claims.len() > 1))
+                });
+                if let Some(Some(e)) = self.pods.get_mut(c as usize) {
+                    e.shared = shared;
+                }
+            }
+        }
     }
 
     fn remove_pod(&mut self, namespace: &str, name: &str) {
@@ -991,6 +1035,7 @@ impl Index {
                 }
             }
         }
+        self.recheck_shared(&pod.ips);
         if let Some(n) = &pod.node {
             unlink(&mut self.node_pods, &**n, &id);
         }
@@ -1116,8 +1161,7 @@ impl Index {
                 self.group_rules(*gid, keys, Some(&ranks), &mut resolved, &mut rules);
             }
         }
-        rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
-        rules
+        sort_rules(rules)
     }
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
@@ -1210,6 +1254,9 @@ impl Index {
                 None => out.extend(part.blocks.iter().map(|&(d, i)| (d, resolve(i)))),
             }
             out.retain(|(_, r)| !r.3);
+            if only.is_some_and(|o| o.len() > 1) {
+                out.sort_unstable_by_key(|(d, _)| (d.network(), d.prefix_len()));
+            }
             Arc::new(out)
         };
         let empty = Labels::new();
@@ -1231,7 +1278,8 @@ impl Index {
                 continue;
             }
             for ip in pod.ips.iter() {
-                if let Some(claims) = self.addr_claims.get(ip).filter(|c| c.len() > 1)
+                if pod.shared
+                    && let Some(claims) = self.addr_claims.get(ip).filter(|c| c.len() > 1)
                     && claims
                         .iter()
                         .filter_map(|&id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
@@ -1550,6 +1598,24 @@ mod tests {
         ix.apply(Change::Egresses(Event::Apply(eg)));
         assert!(!ix.node_plan("node-3").unwrap().steer.is_empty());
         assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn a_shared_address_is_steered_for_its_owner_only() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        ix.node_plan("node-3").unwrap();
+        // A stale web pod on node-3 claims web-1's address: prod/web-1 sorts first and keeps it.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-9", &[("app", "web")], "node-3", "10.244.1.10"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.is_empty());
+        assert_eq!(ix.warnings().len(), 1);
+        assert_same_as_planner(&mut ix);
+        // The owner goes: the other pod is steered for the address now.
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-1"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.1.10"));
+        assert!(ix.warnings().is_empty());
+        assert_same_as_planner(&mut ix);
     }
 
     #[test]
