@@ -13,14 +13,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a bad fixture should stop it
 
-use egret_api::v1alpha1 as api;
 use egret_core::event::{Change, Event, ObjectRef};
 use egret_core::index::Index;
 use egret_core::model::{Namespace, Node, Pod};
 use egret_core::planner::ClusterConfig;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 // `EGRET_INDEX_BENCH_DIV=N` divides the world by N (a quick look in a debug build).
@@ -42,57 +39,15 @@ scaled!(NODES, 5_000);
 const SAMPLES: usize = 200;
 
 mod common;
-use common::{labels, node};
+use common::index_world::{World, egress, pool};
+use common::node;
+
+fn world() -> World {
+    World::divided(*DIV)
+}
 
 fn pod(j: usize, app: usize) -> Pod {
-    let node = j % NODES();
-    Pod {
-        namespace: format!("ns-{}", j % NAMESPACES()),
-        name: format!("pod-{j}"),
-        labels: labels(&[("app", format!("a{app}"))]),
-        node: Some(format!("node-{node}")),
-        ips: vec![IpAddr::V4(Ipv4Addr::new(10, (128 + node / 256) as u8, (node % 256) as u8, (2 + j / NODES()) as u8))],
-    }
-}
-
-fn sel(kv: &[(&str, String)]) -> LabelSelector {
-    LabelSelector { match_labels: Some(labels(kv)), match_expressions: None }
-}
-
-fn apps_in(values: &[&str]) -> LabelSelector {
-    LabelSelector {
-        match_labels: None,
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: "app".into(),
-            operator: "In".into(),
-            values: Some(values.iter().map(|s| s.to_string()).collect()),
-        }]),
-    }
-}
-
-/// Egress `k`: three in four select app a0..a2 in their own namespace; one in four selects one
-/// app in the 200 namespaces of a tier, towards two /24s, overlapping the per-namespace ones.
-fn egress(k: usize, apps: &[&str]) -> api::Egress {
-    let mut spec = api::EgressSpec { external_ip_pool: Some("pool".into()), ..Default::default() };
-    if k.is_multiple_of(4) {
-        spec.applied_to.namespace_selector = Some(sel(&[("tier", format!("{}", k % 10))]));
-        spec.applied_to.pod_selector = Some(sel(&[("app", format!("a{}", k % 5))]));
-        spec.destination_cidrs = vec![format!("203.0.{}.0/24", k % 256), "198.51.100.0/24".into()];
-    } else {
-        spec.applied_to.namespace_selector = Some(sel(&[("team", format!("t{k}"))]));
-        spec.applied_to.pod_selector = Some(apps_in(apps));
-    }
-    api::Egress::new(&format!("eg-{k}"), spec)
-}
-
-fn pool() -> api::ExternalIPPool {
-    api::ExternalIPPool::new(
-        "pool",
-        api::ExternalIPPoolSpec {
-            ip_ranges: vec![api::IPRange { cidr: Some("172.16.0.0/16".into()), ..Default::default() }],
-            node_selector: sel(&[("network-role", "egress-gateway".into())]),
-        },
-    )
+    world().pod(j, app)
 }
 
 fn rss_kib() -> u64 {
@@ -174,15 +129,10 @@ fn main() {
     }
     let rss0 = rss_kib();
     let nodes: Vec<Node> = (0..NODES()).map(node).collect();
-    let namespaces: Vec<Namespace> = (0..NAMESPACES())
-        .map(|i| Namespace {
-            name: format!("ns-{i}"),
-            labels: labels(&[("team", format!("t{i}")), ("tier", format!("{}", i % 10))]),
-        })
-        .collect();
+    let namespaces: Vec<Namespace> = (0..NAMESPACES()).map(|i| world().namespace(i)).collect();
     // Every namespace holds pods of all five apps: 10,000 distinct (namespace, labels) groups.
-    let pods: Vec<Pod> = (0..PODS()).map(|j| pod(j, j / NAMESPACES() % 5)).collect();
-    let egresses: Vec<api::Egress> = (0..EGRESSES()).map(|k| egress(k, &["a0", "a1", "a2"])).collect();
+    let pods: Vec<Pod> = (0..PODS()).map(|j| world().initial_pod(j)).collect();
+    let egresses: Vec<_> = (0..EGRESSES()).map(|k| egress(k, &["a0", "a1", "a2"])).collect();
     let live: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
 
     let t = Instant::now();

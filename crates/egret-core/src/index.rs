@@ -6,11 +6,17 @@
 //!
 //! - **Pods** are grouped by `(namespace, labels)`; a group knows the Egresses that select it.
 //!   A pod add, delete or move touches its group only; a new group is matched against the
-//!   Egresses whose namespace selector admits its namespace (kept per namespace).
+//!   Egresses whose namespace selector admits its namespace (kept per namespace). A pod's
+//!   labels live in its group only and its namespace and node names are shared: agents hold
+//!   every pod of the cluster, so per-pod memory is the agent's memory (`examples/index_memory.rs`).
 //! - **Namespaces**: a label change re-matches that namespace's groups.
-//! - **Egresses and pools** are few (thousands at most): a change re-validates and re-allocates
-//!   them all (the cross-object rules need that) and re-matches every group against each Egress
-//!   whose selection changed, but only against that Egress.
+//! - **Egresses and pools** are few (thousands at most). A pool change (or many Egress changes
+//!   at once) re-validates and re-allocates them all (the cross-object rules need that). A
+//!   change of a few native Egresses re-validates only those against the pools' models; when it
+//!   keeps what allocation reads (pool, static and status IP, age, family), allocations, the
+//!   overlap order and placements are kept too, and only the destination partitions holding a
+//!   changed Egress are dropped. Either way an Egress whose selection changed is re-matched
+//!   against the groups it selected and those of the namespaces it now admits only.
 //! - **Nodes and the live set** re-place egress IPs (a function of Egresses, pools and nodes,
 //!   not of pods).
 //! - **A node's plan** ([`Index::node_plan`]) is built from the rules of the pods on that node
@@ -19,7 +25,7 @@
 //! The result is the same as [`crate::planner::plan`] over the same objects: a property test
 //! feeds random event sequences and compares every node's plan.
 
-use crate::event::{Change, Event, Kind, ObjectRef};
+use crate::event::{Change, Event, Kind};
 use crate::ipam::{self, Allocations};
 use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
 use crate::net::Family;
@@ -30,24 +36,66 @@ use crate::validate::{self, Problem, Validated};
 use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
 use egret_api::v1alpha1 as api;
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-type GroupId = u64;
+type GroupId = u32;
+/// A pod's slot in [`Index::pods`].
+type PodId = u32;
+
+/// What the index keeps of a pod. Its labels live in its group only, and the namespace and
+/// node names are shared (interned) with every other pod's: at 100,000 pods (agents watch every
+/// pod of the cluster) per-pod copies would dominate the agent's memory.
+#[derive(Debug)]
+struct PodEntry {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    node: Option<Arc<str>>,
+    ips: Box<[IpAddr]>,
+    group: GroupId,
+    /// Whether another pod claims one of its addresses (then the owner rule applies).
+    shared: bool,
+}
 
 /// Disjoint destination blocks and the rank of the Egress deciding each.
-type Partition = Arc<Vec<(IpNet, usize)>>;
+type Partition = Arc<Part>;
+
+/// One partition of the destinations between a set of Egresses.
+#[derive(Debug)]
+struct Part {
+    /// The blocks and the rank of the Egress deciding each.
+    blocks: Vec<(IpNet, usize)>,
+    /// The blocks each rank decides: a gateway reads only those of the Egresses it serves,
+    /// often a few blocks out of thousands.
+    by_rank: HashMap<usize, Vec<IpNet>>,
+}
+
+impl Part {
+    fn new(blocks: Vec<(IpNet, usize)>) -> Part {
+        let mut by_rank: HashMap<usize, Vec<IpNet>> = HashMap::new();
+        for &(net, r) in &blocks {
+            by_rank.entry(r).or_default().push(net);
+        }
+        Part { blocks, by_rank }
+    }
+}
+
+/// What rules of one rank carry: the Egress, its IP, its gateway, and whether it is skipped
+/// (no gateway and fallback to the node IP). Resolved once per node plan.
+type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
 
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
 struct Group {
-    namespace: String,
-    labels: Labels,
-    pods: BTreeSet<ObjectRef>,
+    namespace: Arc<str>,
+    labels: Arc<Labels>,
+    pods: BTreeSet<PodId>,
     /// Egresses whose namespace and pod selectors select this group (node selectors are
     /// applied per pod, since they depend on the pod's node).
     matched: BTreeSet<Arc<str>>,
+    /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
+    ranks: Option<(u64, Arc<[usize]>)>,
 }
 
 /// Egresses and pools and what follows from them alone: validation, allocation, order.
@@ -58,6 +106,8 @@ struct Objects {
     /// Egresses with a selection, oldest first then by name (the overlap rule's order).
     order: Vec<Arc<str>>,
     rank: HashMap<Arc<str>, usize>,
+    /// Egresses with a node selector (pods of a group then differ by their node).
+    node_selective: HashSet<Arc<str>>,
 }
 
 /// What follows from the Nodes alone.
@@ -98,19 +148,26 @@ pub struct Index {
 
     nodes: BTreeMap<String, Node>,
     namespaces: HashMap<String, Namespace>,
-    pods: HashMap<ObjectRef, (Pod, GroupId)>,
-    node_pods: HashMap<String, BTreeSet<ObjectRef>>,
+    /// Pod slots (`None`: free, listed in `free_pods`).
+    pods: Vec<Option<PodEntry>>,
+    free_pods: Vec<PodId>,
+    /// Pods by namespace and name (the keys are the interned namespace names).
+    pod_ids: HashMap<Arc<str>, HashMap<Arc<str>, PodId>>,
+    /// Pods per node (the keys are the interned node names).
+    node_pods: HashMap<Arc<str>, BTreeSet<PodId>>,
     /// The pods claiming each pod address (more than one: a stale pod object).
-    addr_claims: HashMap<IpAddr, BTreeSet<ObjectRef>>,
+    addr_claims: HashMap<IpAddr, Vec<PodId>>,
 
     groups: HashMap<GroupId, Group>,
-    group_ids: HashMap<(String, Labels), GroupId>,
+    group_ids: HashMap<Arc<str>, HashMap<Arc<Labels>, GroupId>>,
     next_group: GroupId,
     ns_groups: HashMap<String, BTreeSet<GroupId>>,
     egress_groups: HashMap<Arc<str>, BTreeSet<GroupId>>,
     /// Per namespace, the Egresses whose namespace selector admits it (only namespaces that
     /// exist: pods of a namespace the index does not know are selected by nothing).
     ns_candidates: HashMap<String, BTreeSet<Arc<str>>>,
+    /// The reverse: per Egress, the namespaces admitting it.
+    admitted: HashMap<Arc<str>, BTreeSet<String>>,
 
     live: BTreeSet<String>,
     /// Validation and allocation, as of the last time they were computed.
@@ -129,6 +186,8 @@ pub struct Index {
     /// Placement per egress IP, valid while the eligible nodes of every pool are unchanged
     /// (emptied when the live set, the Nodes or the pools change).
     placed: HashMap<IpAddr, Option<String>>,
+    /// Bumped whenever the order (so the ranks) changes: groups' cached ranks are then stale.
+    order_gen: u64,
     /// The Egress order the partitions' ranks refer to.
     objects_order: Option<Vec<Arc<str>>>,
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
@@ -190,6 +249,41 @@ fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
 }
 
+/// Sorts rules by source, then destination. They come in runs of one source each (one pod
+/// address's rules, already in destination order): sorting the runs is enough.
+fn sort_rules(rules: Vec<Rule>) -> Vec<Rule> {
+    let key = |r: &Rule| (r.source_ip, r.destination.network(), r.destination.prefix_len());
+    let mut runs: Vec<(IpAddr, usize, usize)> = Vec::new();
+    let mut start = 0;
+    for i in 1..=rules.len() {
+        if i == rules.len() || rules[i].source_ip != rules[start].source_ip {
+            runs.push((rules[start].source_ip, start, i));
+            start = i;
+        }
+    }
+    runs.sort_unstable_by_key(|r| r.0);
+    let mut slots: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
+    let mut out: Vec<Rule> = Vec::with_capacity(slots.len());
+    for (_, a, b) in runs {
+        out.extend(slots[a..b].iter_mut().filter_map(Option::take));
+    }
+    // Two runs of one source (not produced today) would need the full sort.
+    if !out.is_sorted_by_key(key) {
+        out.sort_unstable_by_key(key);
+    }
+    out
+}
+
+/// [`planner::owner_rank`] of a pod the index holds.
+fn owner_rank<'a>(e: &'a PodEntry, nodes: &BTreeMap<String, Node>) -> (bool, &'a str, &'a str) {
+    (!e.node.as_deref().is_some_and(|n| nodes.contains_key(n)), &e.namespace, &e.name)
+}
+
+/// What allocation and placement read of an Egress (besides its name).
+fn allocation_inputs(e: &Egress) -> impl PartialEq + '_ {
+    (&e.pool, e.static_ip, e.status_ip, &e.created, e.family)
+}
+
 fn admits_namespace(e: &Egress, ns_labels: &Labels) -> bool {
     !e.applied_to.selects_nothing() && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
 }
@@ -209,7 +303,9 @@ impl Index {
             translation_problems: BTreeMap::new(),
             nodes: BTreeMap::new(),
             namespaces: HashMap::new(),
-            pods: HashMap::new(),
+            pods: Vec::new(),
+            free_pods: Vec::new(),
+            pod_ids: HashMap::new(),
             node_pods: HashMap::new(),
             addr_claims: HashMap::new(),
             groups: HashMap::new(),
@@ -218,6 +314,7 @@ impl Index {
             ns_groups: HashMap::new(),
             egress_groups: HashMap::new(),
             ns_candidates: HashMap::new(),
+            admitted: HashMap::new(),
             live: BTreeSet::new(),
             objects: None,
             objects_stale: true,
@@ -226,6 +323,7 @@ impl Index {
             outcomes: None,
             node_facts: None,
             placed: HashMap::new(),
+            order_gen: 0,
             objects_order: None,
             partitions: HashMap::new(),
         }
@@ -297,9 +395,11 @@ impl Index {
                 self.dirty_egresses = None;
                 // A pool's node selector decides its eligible nodes.
                 self.placed.clear();
+                self.outcomes = None;
             }
+            // Native Egress changes: `objects` drops the outcomes unless the change keeps every
+            // allocation (it re-validates before anything reads them).
             self.objects_stale = true;
-            self.outcomes = None;
         }
     }
 
@@ -375,7 +475,7 @@ impl Index {
         let rules = self.rules_for(node);
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
         // A node's plan reads the addresses of itself and of the nodes its rules name only.
-        let mut names: BTreeSet<&str> = BTreeSet::from([node]);
+        let mut names: HashSet<&str> = HashSet::from([node]);
         for r in &rules {
             names.extend(r.gateway.as_deref());
             names.extend(r.source_node.as_deref());
@@ -443,8 +543,8 @@ impl Index {
             if self.node_facts.is_none() {
                 self.node_facts = Some(self.compute_node_facts());
             }
-            let (validated, before, candidates) = match self.revalidate_some() {
-                Some(r) => r,
+            let (validated, before, candidates, partial) = match self.revalidate_some() {
+                Some((v, b, c)) => (v, b, c, true),
                 None => {
                     self.translate_problems();
                     let (pools, egresses) = self.all_objects();
@@ -454,10 +554,49 @@ impl Index {
                     let before = std::mem::replace(&mut self.matched_against, validated.egresses.clone());
                     let candidates: BTreeSet<String> =
                         before.keys().chain(validated.egresses.keys()).cloned().collect();
-                    (validated, before, candidates)
+                    (validated, before, candidates, false)
                 }
             };
             self.rematch(&candidates, &before);
+            // An edit that keeps every changed Egress's allocation inputs (the usual selector or
+            // destination edit) keeps every allocation, the overlap order and every placement.
+            let neutral = partial
+                && self.outcomes.is_some()
+                && candidates.iter().all(|n| match (before.get(n), validated.egresses.get(n)) {
+                    (Some(a), Some(b)) => {
+                        allocation_inputs(a) == allocation_inputs(b)
+                            && a.applied_to.selects_nothing() == b.applied_to.selects_nothing()
+                    }
+                    (None, None) => true,
+                    _ => false,
+                });
+            if neutral && let Some(old) = self.objects.take() {
+                let rank = &old.rank;
+                let stale: BTreeSet<usize> = candidates
+                    .iter()
+                    .filter(|n| {
+                        let (a, b) = (before.get(*n), validated.egresses.get(*n));
+                        a.map(|e| (&e.destinations, &e.excluded, e.family))
+                            != b.map(|e| (&e.destinations, &e.excluded, e.family))
+                    })
+                    .filter_map(|n| rank.get(n.as_str()).copied())
+                    .collect();
+                if !stale.is_empty() {
+                    self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
+                }
+                let mut node_selective = old.node_selective;
+                for n in &candidates {
+                    match validated.egresses.get(n) {
+                        Some(e) if e.applied_to.nodes.is_some() => node_selective.insert(Arc::from(n.as_str())),
+                        _ => node_selective.remove(n.as_str()),
+                    };
+                }
+                self.objects = Some(Objects { validated, node_selective, ..old });
+                self.objects_stale = false;
+                self.dirty_egresses = Some(BTreeSet::new());
+                return self.objects.get_or_insert_with(Objects::default);
+            }
+            self.outcomes = None;
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
@@ -482,9 +621,16 @@ impl Index {
                 }
             } else {
                 self.partitions.clear();
+                self.order_gen += 1;
             }
             self.objects_order = Some(order.clone());
-            self.objects = Some(Objects { validated, allocations, order, rank });
+            let node_selective = validated
+                .egresses
+                .values()
+                .filter(|e| e.applied_to.nodes.is_some())
+                .map(|e| Arc::from(e.name.as_str()))
+                .collect();
+            self.objects = Some(Objects { validated, allocations, order, rank, node_selective });
             self.objects_stale = false;
             self.dirty_egresses = Some(BTreeSet::new());
         }
@@ -502,8 +648,14 @@ impl Index {
             return None;
         }
         let dirty = self.dirty_egresses.take().unwrap_or_default();
-        let mut validated = self.objects.take().map(|o| o.validated).unwrap_or_default();
-        let pools: Vec<api::ExternalIPPool> = self.pools.values().cloned().collect();
+        let mut validated = self.objects.as_mut().map(|o| std::mem::take(&mut o.validated)).unwrap_or_default();
+        // The pools are unchanged: the changed Egresses are checked against their models.
+        let invalid_pools: BTreeSet<String> = self
+            .pools
+            .keys()
+            .filter(|n| !validated.pools.contains_key(*n) && validate::dns1123_subdomain(n).is_ok())
+            .cloned()
+            .collect();
         let mut before = BTreeMap::new();
         for name in &dirty {
             validated.egresses.remove(name);
@@ -514,11 +666,9 @@ impl Index {
         }
         // The changed Egresses that still exist, validated together against the pools once.
         let objs: Vec<api::Egress> = dirty.iter().filter_map(|n| self.egresses.get(n).cloned()).collect();
-        let default = validate::Reserved::default();
-        let reserved = self.node_facts.as_ref().map_or(&default, |f| &f.reserved);
-        let v = validate::validate(&pools, &objs, reserved);
-        validated.problems.extend(v.problems.into_iter().filter(|p| p.kind == "Egress"));
-        for (name, m) in v.egresses {
+        let (egresses, problems) = validate::validate_egresses(&objs, &validated.pools, &invalid_pools);
+        validated.problems.extend(problems);
+        for (name, m) in egresses {
             self.matched_against.insert(name.clone(), m.clone());
             validated.egresses.insert(name, m);
         }
@@ -589,25 +739,47 @@ impl Index {
         for name in changed {
             let key: Arc<str> = Arc::from(name.as_str());
             let new = self.matched_against.get(&name);
-            for (ns, cands) in self.ns_candidates.iter_mut() {
-                let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
-                if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
-                    cands.insert(key.clone());
+            // The namespaces admitting it change only with its namespace selector (or whether
+            // it selects anything): a pod selector edit skips the pass over every namespace.
+            let ns_part = |e: &Egress| (e.applied_to.namespaces.clone(), e.applied_to.selects_nothing());
+            let same_namespaces = matches!((before.get(&name), new), (Some(a), Some(b)) if ns_part(a) == ns_part(b));
+            if !same_namespaces {
+                let mut admitted = BTreeSet::new();
+                for (ns, cands) in self.ns_candidates.iter_mut() {
+                    let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
+                    if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
+                        cands.insert(key.clone());
+                        admitted.insert(ns.clone());
+                    } else {
+                        cands.remove(&key);
+                    }
+                }
+                if admitted.is_empty() {
+                    self.admitted.remove(&key);
                 } else {
-                    cands.remove(&key);
+                    self.admitted.insert(key.clone(), admitted);
                 }
             }
+            // Only the groups it selected and those of the namespaces it now admits can change.
+            let mut gids: BTreeSet<GroupId> = self.egress_groups.get(&key).cloned().unwrap_or_default();
+            for ns in self.admitted.get(&key).into_iter().flatten() {
+                gids.extend(self.ns_groups.get(ns).into_iter().flatten().copied());
+            }
             let mut selected = BTreeSet::new();
-            for (&gid, g) in self.groups.iter_mut() {
-                let hit = match (new, self.namespaces.get(&g.namespace)) {
+            for gid in gids {
+                let Some(g) = self.groups.get_mut(&gid) else { continue };
+                let hit = match (new, self.namespaces.get(&*g.namespace)) {
                     (Some(e), Some(ns)) => selects(e, &ns.labels, &g.labels),
                     _ => false,
                 };
                 if hit {
                     g.matched.insert(key.clone());
+                    g.ranks = None;
                     selected.insert(gid);
                 } else {
-                    g.matched.remove(&key);
+                    if g.matched.remove(&key) {
+                        g.ranks = None;
+                    }
                 }
             }
             if selected.is_empty() {
@@ -628,7 +800,14 @@ impl Index {
                 names.iter().filter(|(_, e)| admits_namespace(e, &ns.labels)).map(|(n, _)| n.clone()).collect();
             candidates.insert(ns_name.clone(), cands);
         }
+        let mut admitted: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        for (ns, cands) in &candidates {
+            for e in cands {
+                admitted.entry(e.clone()).or_default().insert(ns.clone());
+            }
+        }
         self.ns_candidates = candidates;
+        self.admitted = admitted;
         self.egress_groups.clear();
         let gids: Vec<GroupId> = self.groups.keys().copied().collect();
         for gid in gids {
@@ -690,13 +869,17 @@ impl Index {
         let cands: Option<BTreeSet<Arc<str>>> = self.namespaces.get(name).map(|ns| {
             egresses.values().filter(|e| admits_namespace(e, &ns.labels)).map(|e| Arc::from(e.name.as_str())).collect()
         });
-        match cands {
-            Some(c) => {
-                self.ns_candidates.insert(name.to_string(), c);
-            }
-            None => {
-                self.ns_candidates.remove(name);
-            }
+        let new = cands.clone().unwrap_or_default();
+        let old = match cands {
+            Some(c) => self.ns_candidates.insert(name.to_string(), c),
+            None => self.ns_candidates.remove(name),
+        }
+        .unwrap_or_default();
+        for e in old.difference(&new) {
+            unlink(&mut self.admitted, e, &name.to_string());
+        }
+        for e in new.difference(&old) {
+            self.admitted.entry(e.clone()).or_default().insert(name.to_string());
         }
         let gids: Vec<GroupId> = self.ns_groups.get(name).map(|g| g.iter().copied().collect()).unwrap_or_default();
         for gid in gids {
@@ -708,7 +891,7 @@ impl Index {
     fn match_group(&mut self, gid: GroupId) {
         let Some(g) = self.groups.get(&gid) else { return };
         let mut matched = BTreeSet::new();
-        if let (Some(ns), Some(cands)) = (self.namespaces.get(&g.namespace), self.ns_candidates.get(&g.namespace)) {
+        if let (Some(ns), Some(cands)) = (self.namespaces.get(&*g.namespace), self.ns_candidates.get(&*g.namespace)) {
             for name in cands {
                 if let Some(e) = self.matched_against.get(&**name)
                     && selects(e, &ns.labels, &g.labels)
@@ -717,7 +900,10 @@ impl Index {
                 }
             }
         }
-        let old = self.groups.get_mut(&gid).map(|g| std::mem::replace(&mut g.matched, matched.clone()));
+        let old = self.groups.get_mut(&gid).map(|g| {
+            g.ranks = None;
+            std::mem::replace(&mut g.matched, matched.clone())
+        });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
             unlink(&mut self.egress_groups, name, &gid);
         }
@@ -731,13 +917,23 @@ impl Index {
     fn pod_event(&mut self, ev: Event<Pod>) {
         match ev {
             Event::Apply(p) => self.put_pod(p),
-            Event::Delete(r) => self.remove_pod(&r),
+            Event::Delete(r) => {
+                if let Some(ns) = &r.namespace {
+                    self.remove_pod(ns, &r.name);
+                }
+            }
             Event::Reset(list) => {
-                let keep: BTreeSet<ObjectRef> =
-                    list.iter().map(|p| ObjectRef::namespaced(&p.namespace, &p.name)).collect();
-                let gone: Vec<ObjectRef> = self.pods.keys().filter(|k| !keep.contains(*k)).cloned().collect();
-                for k in gone {
-                    self.remove_pod(&k);
+                let keep: HashSet<(&str, &str)> =
+                    list.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
+                let gone: Vec<(Arc<str>, Arc<str>)> = self
+                    .pod_ids
+                    .iter()
+                    .flat_map(|(ns, names)| names.keys().map(move |n| (ns.clone(), n.clone())))
+                    .filter(|(ns, n)| !keep.contains(&(&**ns, &**n)))
+                    .collect();
+                drop(keep);
+                for (ns, n) in gone {
+                    self.remove_pod(&ns, &n);
                 }
                 for p in list {
                     self.put_pod(p);
@@ -746,43 +942,125 @@ impl Index {
         }
     }
 
-    fn put_pod(&mut self, pod: Pod) {
-        let key = ObjectRef::namespaced(&pod.namespace, &pod.name);
-        if self.pods.get(&key).is_some_and(|(p, _)| *p == pod) {
-            return;
-        }
-        self.remove_pod(&key);
-        let gid = self.group_for(&pod.namespace, &pod.labels);
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.pods.insert(key.clone());
-        }
-        if let Some(n) = &pod.node {
-            self.node_pods.entry(n.clone()).or_default().insert(key.clone());
-        }
-        for ip in &pod.ips {
-            self.addr_claims.entry(*ip).or_default().insert(key.clone());
-        }
-        self.pods.insert(key, (pod, gid));
+    fn pod_id(&self, namespace: &str, name: &str) -> Option<PodId> {
+        self.pod_ids.get(namespace)?.get(name).copied()
     }
 
-    fn remove_pod(&mut self, key: &ObjectRef) {
-        let Some((pod, gid)) = self.pods.remove(key) else { return };
-        for ip in &pod.ips {
-            unlink(&mut self.addr_claims, ip, key);
+    fn pod(&self, id: PodId) -> Option<&PodEntry> {
+        self.pods.get(id as usize)?.as_ref()
+    }
+
+    /// Whether the index holds `pod` exactly as given.
+    fn holds(&self, pod: &Pod) -> bool {
+        let Some(e) = self.pod_id(&pod.namespace, &pod.name).and_then(|id| self.pod(id)) else { return false };
+        e.node.as_deref() == pod.node.as_deref()
+            && *e.ips == *pod.ips
+            && self.groups.get(&e.group).is_some_and(|g| *g.labels == pod.labels)
+    }
+
+    /// The model of a pod the index holds.
+    fn pod_model(&self, e: &PodEntry) -> Pod {
+        Pod {
+            namespace: e.namespace.to_string(),
+            name: e.name.to_string(),
+            labels: self.groups.get(&e.group).map(|g| (*g.labels).clone()).unwrap_or_default(),
+            node: e.node.as_deref().map(str::to_string),
+            ips: e.ips.to_vec(),
         }
+    }
+
+    fn put_pod(&mut self, pod: Pod) {
+        if self.holds(&pod) {
+            return;
+        }
+        self.remove_pod(&pod.namespace, &pod.name);
+        let Pod { namespace, name, labels, node, ips } = pod;
+        let namespace: Arc<str> = match self.pod_ids.get_key_value(namespace.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(namespace),
+        };
+        let gid = self.group_for(&namespace, labels);
+        let node: Option<Arc<str>> = node.map(|n| match self.node_pods.get_key_value(n.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(n),
+        });
+        let id = match self.free_pods.pop() {
+            Some(id) => id,
+            None => {
+                self.pods.push(None);
+                (self.pods.len() - 1) as PodId
+            }
+        };
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.pods.insert(id);
+        }
+        if let Some(n) = &node {
+            self.node_pods.entry(n.clone()).or_default().insert(id);
+        }
+        for ip in &ips {
+            let claims = self.addr_claims.entry(*ip).or_default();
+            if !claims.contains(&id) {
+                claims.push(id);
+            }
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.pod_ids.entry(namespace.clone()).or_default().insert(name.clone(), id);
+        self.pods[id as usize] =
+            Some(PodEntry { namespace, name, node, ips: ips.clone().into_boxed_slice(), group: gid, shared: false });
+        self.recheck_shared(&ips);
+    }
+
+    /// Recomputes whether each pod claiming one of `ips` shares an address.
+    fn recheck_shared(&mut self, ips: &[IpAddr]) {
+        for ip in ips {
+            let claimants = self.addr_claims.get(ip).cloned().unwrap_or_default();
+            for c in claimants {
+                let shared = self.pod(c).is_some_and(|e| {
+                    e.ips.iter().any(|x| self.addr_claims.get(x).is_some_and(|claims| claims.len() > 1))
+                });
+                if let Some(Some(e)) = self.pods.get_mut(c as usize) {
+                    e.shared = shared;
+                }
+            }
+        }
+    }
+
+    fn remove_pod(&mut self, namespace: &str, name: &str) {
+        let Some(names) = self.pod_ids.get_mut(namespace) else { return };
+        let Some(id) = names.remove(name) else { return };
+        if names.is_empty() {
+            self.pod_ids.remove(namespace);
+        }
+        let Some(pod) = self.pods.get_mut(id as usize).and_then(Option::take) else { return };
+        self.free_pods.push(id);
+        for ip in pod.ips.iter() {
+            if let Some(claims) = self.addr_claims.get_mut(ip) {
+                claims.retain(|&c| c != id);
+                if claims.is_empty() {
+                    self.addr_claims.remove(ip);
+                }
+            }
+        }
+        self.recheck_shared(&pod.ips);
         if let Some(n) = &pod.node {
-            unlink(&mut self.node_pods, n, key);
+            unlink(&mut self.node_pods, &**n, &id);
         }
+        let gid = pod.group;
         let empty = match self.groups.get_mut(&gid) {
             Some(g) => {
-                g.pods.remove(key);
+                g.pods.remove(&id);
                 g.pods.is_empty()
             }
             None => false,
         };
         if empty && let Some(g) = self.groups.remove(&gid) {
-            self.group_ids.remove(&(g.namespace.clone(), g.labels));
-            unlink(&mut self.ns_groups, &g.namespace, &gid);
+            if let Some(ids) = self.group_ids.get_mut(&*g.namespace) {
+                ids.remove(&*g.labels);
+                if ids.is_empty() {
+                    self.group_ids.remove(&*g.namespace);
+                }
+            }
+            unlink(&mut self.ns_groups, &*g.namespace, &gid);
             for name in &g.matched {
                 unlink(&mut self.egress_groups, name, &gid);
             }
@@ -790,47 +1068,50 @@ impl Index {
     }
 
     /// The group of pods with these labels in this namespace, created (and matched) if new.
-    fn group_for(&mut self, namespace: &str, labels: &Labels) -> GroupId {
-        let key = (namespace.to_string(), labels.clone());
-        if let Some(&gid) = self.group_ids.get(&key) {
+    fn group_for(&mut self, namespace: &Arc<str>, labels: Labels) -> GroupId {
+        if let Some(&gid) = self.group_ids.get(&**namespace).and_then(|ids| ids.get(&labels)) {
             return gid;
         }
         let gid = self.next_group;
         self.next_group += 1;
+        let labels = Arc::new(labels);
         self.groups.insert(
             gid,
-            Group { namespace: key.0.clone(), labels: key.1.clone(), pods: BTreeSet::new(), matched: BTreeSet::new() },
+            Group {
+                namespace: namespace.clone(),
+                labels: labels.clone(),
+                pods: BTreeSet::new(),
+                matched: BTreeSet::new(),
+                ranks: None,
+            },
         );
-        self.ns_groups.entry(key.0.clone()).or_default().insert(gid);
-        self.group_ids.insert(key, gid);
+        self.ns_groups.entry(namespace.to_string()).or_default().insert(gid);
+        self.group_ids.entry(namespace.clone()).or_default().insert(labels, gid);
         self.match_group(gid);
         gid
     }
 
     /// The pod that owns `ip` when several claim it (the planner's rule), `None` when one does.
-    fn contested_owner(&self, ip: &IpAddr) -> Option<&ObjectRef> {
+    fn contested_owner(&self, ip: &IpAddr) -> Option<PodId> {
         let claims = self.addr_claims.get(ip).filter(|c| c.len() > 1)?;
         claims
             .iter()
-            .filter_map(|k| Some((k, &self.pods.get(k)?.0)))
-            .min_by(|a, b| {
-                let rank = |p| planner::owner_rank(p, |n| self.nodes.contains_key(n));
-                rank(a.1).cmp(&rank(b.1))
-            })
-            .map(|(k, _)| k)
+            .filter_map(|&id| Some((id, self.pod(id)?)))
+            .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
+            .map(|(id, _)| id)
     }
 
     /// Pods not steered for an address because another pod owns it, by object.
     pub fn warnings(&self) -> Vec<planner::Warning> {
         let mut out = Vec::new();
         for (ip, claims) in self.addr_claims.iter().filter(|(_, c)| c.len() > 1) {
-            let Some(owner) = self.contested_owner(ip).and_then(|k| self.pods.get(k)) else { continue };
-            for k in claims {
-                if let Some((pod, _)) = self.pods.get(k)
-                    && (pod.namespace.as_str(), pod.name.as_str())
-                        != (owner.0.namespace.as_str(), owner.0.name.as_str())
+            let Some(owner) = self.contested_owner(ip).and_then(|id| self.pod(id)) else { continue };
+            let owner = self.pod_model(owner);
+            for &id in claims {
+                if let Some(e) = self.pod(id)
+                    && (&*e.namespace, &*e.name) != (owner.namespace.as_str(), owner.name.as_str())
                 {
-                    out.push(planner::lost_address(pod, ip, &owner.0));
+                    out.push(planner::lost_address(&self.pod_model(e), ip, &owner));
                 }
             }
         }
@@ -845,14 +1126,15 @@ impl Index {
     /// partition unless an Egress restricts source nodes.
     fn rules_for(&mut self, node: &str) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let mut local: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
-        for key in self.node_pods.get(node).into_iter().flatten() {
-            if let Some((_, gid)) = self.pods.get(key) {
-                local.entry(*gid).or_default().push(key.clone());
+        let mut local: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
+        for &id in self.node_pods.get(node).into_iter().flatten() {
+            if let Some(e) = self.pod(id) {
+                local.entry(e.group).or_default().push(id);
             }
         }
+        let mut resolved: Vec<Option<Resolved>> = vec![None; self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
-            self.group_rules(*gid, keys, None, &mut rules);
+            self.group_rules(*gid, keys, None, &mut resolved, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -863,16 +1145,16 @@ impl Index {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut remote: BTreeMap<GroupId, Vec<ObjectRef>> = BTreeMap::new();
+        let mut remote: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         let gids: BTreeSet<GroupId> =
             served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
         for gid in gids {
             if let Some(g) = self.groups.get(&gid) {
-                let keys: Vec<ObjectRef> = g
+                let keys: Vec<PodId> = g
                     .pods
                     .iter()
-                    .filter(|k| self.pods.get(*k).is_some_and(|(p, _)| p.node.as_deref() != Some(node)))
-                    .cloned()
+                    .copied()
+                    .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
                     .collect();
                 if !keys.is_empty() {
                     remote.insert(gid, keys);
@@ -882,110 +1164,152 @@ impl Index {
         if !remote.is_empty() {
             let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
             for (gid, keys) in &remote {
-                self.group_rules(*gid, keys, Some(&ranks), &mut rules);
+                self.group_rules(*gid, keys, Some(&ranks), &mut resolved, &mut rules);
             }
         }
-        rules.sort_unstable_by_key(|r| (r.source_ip, r.destination.network(), r.destination.prefix_len()));
-        rules
+        sort_rules(rules)
     }
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
     /// given).
-    fn group_rules(&mut self, gid: GroupId, keys: &[ObjectRef], only: Option<&BTreeSet<usize>>, out: &mut Vec<Rule>) {
-        let (Some(g), Some(o), Some(outcomes)) = (self.groups.get(&gid), &self.objects, &self.outcomes) else {
-            return;
+    fn group_rules(
+        &mut self,
+        gid: GroupId,
+        keys: &[PodId],
+        only: Option<&BTreeSet<usize>>,
+        resolved: &mut [Option<Resolved>],
+        out: &mut Vec<Rule>,
+    ) {
+        // The ranks of the Egresses selecting the group, kept with the group until its
+        // matches or the order change (a gateway reads hundreds of groups per plan).
+        let order_gen = self.order_gen;
+        let cached = self.groups.get(&gid).and_then(|g| g.ranks.as_ref()).filter(|(g, _)| *g == order_gen);
+        let all_ranks: Arc<[usize]> = match cached {
+            Some((_, r)) => r.clone(),
+            None => {
+                let (Some(g), Some(o)) = (self.groups.get(&gid), &self.objects) else { return };
+                let mut r: Vec<usize> = g.matched.iter().filter_map(|name| o.rank.get(name).copied()).collect();
+                r.sort_unstable();
+                let r: Arc<[usize]> = r.into();
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.ranks = Some((order_gen, r.clone()));
+                }
+                r
+            }
         };
-        // (rank, node selector) of every Egress selecting the group.
-        let mut matched: Vec<(usize, Option<&crate::selector::Selector>)> = g
-            .matched
-            .iter()
-            .filter_map(|name| {
-                let e = o.validated.egresses.get(&**name)?;
-                Some((*o.rank.get(name)?, e.applied_to.nodes.as_ref()))
-            })
-            .collect();
-        if matched.is_empty() {
+        if all_ranks.is_empty() {
             return;
         }
-        matched.sort_unstable_by_key(|(r, _)| *r);
-        let per_node = matched.iter().any(|(_, n)| n.is_some());
-        let all_ranks: Vec<usize> = matched.iter().map(|(r, _)| *r).collect();
-        // What one rank's entries carry, resolved once per group.
-        type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
-        let mut resolved: HashMap<usize, Resolved> = HashMap::new();
-        let mut resolve = |i: usize| -> Resolved {
-            resolved
-                .entry(i)
-                .or_insert_with(|| {
-                    let name = o.order[i].clone();
-                    let outcome = outcomes.get(&*name);
-                    let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
-                    let fallback = o
-                        .validated
-                        .egresses
-                        .get(&*name)
-                        .is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
-                    // No gateway and fallback to the node IP: not steered at all.
-                    let skip = gateway.is_none() && fallback;
-                    (name, outcome.and_then(|x| x.egress_ip), gateway, skip)
+        let (Some(o), Some(outcomes)) = (&self.objects, &self.outcomes) else { return };
+        // (rank, node selector) of every Egress selecting the group; node selectors are rare.
+        let matched: Vec<(usize, Option<&crate::selector::Selector>)> = if o.node_selective.is_empty() {
+            Vec::new()
+        } else {
+            all_ranks
+                .iter()
+                .map(|&r| {
+                    let name = &o.order[r];
+                    let sel = o.node_selective.get(name).and_then(|_| o.validated.egresses.get(&**name));
+                    (r, sel.and_then(|e| e.applied_to.nodes.as_ref()))
                 })
-                .clone()
+                .collect()
+        };
+        let per_node = matched.iter().any(|(_, n)| n.is_some());
+        let mut resolve = |i: usize| -> Resolved {
+            if let Some(Some(r)) = resolved.get(i) {
+                return r.clone();
+            }
+            let name = o.order[i].clone();
+            let outcome = outcomes.get(&*name);
+            let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
+            let fallback =
+                o.validated.egresses.get(&*name).is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
+            // No gateway and fallback to the node IP: not steered at all.
+            let skip = gateway.is_none() && fallback;
+            let r = (name, outcome.and_then(|x| x.egress_ip), gateway, skip);
+            if let Some(slot) = resolved.get_mut(i) {
+                *slot = Some(r.clone());
+            }
+            r
+        };
+        let partitions = &mut self.partitions;
+        // The blocks emitted for one family and set of ranks, each with what its rule carries
+        // (only those of the ranks in `only`, when given).
+        let mut entries_for = |family: Family, ranks: &[usize]| -> Arc<Vec<(IpNet, Resolved)>> {
+            let k = (family, ranks.to_vec());
+            let part = match partitions.get(&k) {
+                Some(p) => p.clone(),
+                None => {
+                    let order: Vec<&Egress> = o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
+                    let p = Arc::new(Part::new(planner::partition(ranks, &order, family)));
+                    partitions.insert(k, p.clone());
+                    p
+                }
+            };
+            let mut out = Vec::new();
+            match only {
+                Some(only) => {
+                    for &i in only {
+                        let blocks = part.by_rank.get(&i).map(Vec::as_slice).unwrap_or_default();
+                        if !blocks.is_empty() {
+                            let r = resolve(i);
+                            out.extend(blocks.iter().map(|&d| (d, r.clone())));
+                        }
+                    }
+                }
+                None => out.extend(part.blocks.iter().map(|&(d, i)| (d, resolve(i)))),
+            }
+            out.retain(|(_, r)| !r.3);
+            if only.is_some_and(|o| o.len() > 1) {
+                out.sort_unstable_by_key(|(d, _)| (d.network(), d.prefix_len()));
+            }
+            Arc::new(out)
         };
         let empty = Labels::new();
-        let mut local_parts: HashMap<(Family, Vec<usize>), Partition> = HashMap::new();
-        for key in keys {
-            let Some((pod, _)) = self.pods.get(key) else { continue };
+        // Without node selectors every pod of the group shares its entries: computed once per
+        // family for the group; with them, once per distinct set of ranks.
+        let mut group_entries: [Option<Arc<Vec<(IpNet, Resolved)>>>; 2] = [None, None];
+        let mut per_ranks: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, Resolved)>>> = HashMap::new();
+        for &key in keys {
+            let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
             if pod.ips.is_empty() {
                 continue;
             }
-            let ranks: Vec<usize> = if per_node {
+            let pod_ranks: Option<Vec<usize>> = per_node.then(|| {
                 let nl = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
                 matched.iter().filter(|(_, s)| s.is_none_or(|s| s.matches(nl))).map(|(r, _)| *r).collect()
-            } else {
-                all_ranks.clone()
-            };
+            });
+            let ranks: &[usize] = pod_ranks.as_deref().unwrap_or(&all_ranks);
             if ranks.is_empty() {
                 continue;
             }
-            let source_node: Option<Arc<str>> = pod.node.as_deref().map(Arc::from);
-            for ip in &pod.ips {
-                if self.contested_owner(ip).is_some_and(|owner| owner != key) {
+            for ip in pod.ips.iter() {
+                if pod.shared
+                    && let Some(claims) = self.addr_claims.get(ip).filter(|c| c.len() > 1)
+                    && claims
+                        .iter()
+                        .filter_map(|&id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
+                        .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
+                        .is_some_and(|(owner, _)| owner != key)
+                {
                     continue;
                 }
                 let family = Family::of(ip);
-                let k = (family, ranks.clone());
-                let part = match local_parts.get(&k) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = match self.partitions.get(&k) {
-                            Some(p) => p.clone(),
-                            None => {
-                                let order: Vec<&Egress> =
-                                    o.order.iter().filter_map(|n| o.validated.egresses.get(&**n)).collect();
-                                let p = Arc::new(planner::partition(&ranks, &order, family));
-                                self.partitions.insert(k.clone(), p.clone());
-                                p
-                            }
-                        };
-                        local_parts.insert(k, p.clone());
-                        p
-                    }
+                let entries = if per_node {
+                    per_ranks.entry((family, ranks.to_vec())).or_insert_with(|| entries_for(family, ranks)).clone()
+                } else {
+                    group_entries[usize::from(family == Family::V6)]
+                        .get_or_insert_with(|| entries_for(family, ranks))
+                        .clone()
                 };
-                for &(dest, i) in part.iter() {
-                    if only.is_some_and(|only| !only.contains(&i)) {
-                        continue;
-                    }
-                    let (egress, egress_ip, gateway, skip) = resolve(i);
-                    if skip {
-                        continue;
-                    }
+                for (dest, (egress, egress_ip, gateway, _)) in entries.iter() {
                     out.push(Rule {
                         source_ip: *ip,
-                        destination: dest,
-                        egress,
-                        egress_ip,
-                        gateway,
-                        source_node: source_node.clone(),
+                        destination: *dest,
+                        egress: egress.clone(),
+                        egress_ip: *egress_ip,
+                        gateway: gateway.clone(),
+                        source_node: pod.node.clone(),
                     });
                 }
             }
@@ -996,6 +1320,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::ObjectRef;
     use crate::testutil::*;
     use proptest::prelude::*;
 
@@ -1021,7 +1346,7 @@ mod tests {
         let (pools, egresses) = ix.all_objects();
         let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
         let namespaces: Vec<Namespace> = ix.namespaces.values().cloned().collect();
-        let pods: Vec<Pod> = ix.pods.values().map(|(p, _)| p.clone()).collect();
+        let pods: Vec<Pod> = ix.pods.iter().flatten().map(|e| ix.pod_model(e)).collect();
         let (_, plan) = planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
         plan.node_plans()
     }
@@ -1083,6 +1408,219 @@ mod tests {
         // Deleting what is not there is not an error.
         ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "nobody"))));
         ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("nothing"))));
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn pods_share_names_and_reuse_slots() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let slots = ix.pods.len();
+        // Two pods of one namespace and node hold one copy of each name.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-3", &[("app", "web")], "node-1", "10.244.1.12"))));
+        let entry = |ix: &Index, name: &str| {
+            let id = ix.pod_id("prod", name).unwrap();
+            (ix.pod(id).unwrap().namespace.clone(), ix.pod(id).unwrap().node.clone().unwrap())
+        };
+        let (a, b) = (entry(&ix, "web-1"), entry(&ix, "web-3"));
+        assert!(Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1));
+        // A pod's labels live in its group: the same labels, the same group.
+        let group = |ix: &Index, name: &str| ix.pod(ix.pod_id("prod", name).unwrap()).unwrap().group;
+        assert_eq!(group(&ix, "web-3"), group(&ix, "web-2"));
+        assert_same_as_planner(&mut ix);
+        // A deleted pod's slot is taken by the next pod; the plan follows both.
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-3"))));
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "web")], "node-2", "10.244.2.12"))));
+        assert_eq!(ix.pods.len(), slots + 1);
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.1.12"));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.2.12"));
+        // Re-applying a pod unchanged keeps it; changing only its labels moves it to a group.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "web")], "node-2", "10.244.2.12"))));
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-4", &[("app", "db")], "node-2", "10.244.2.12"))));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().all(|s| s.source.to_string() != "10.244.2.12"));
+        assert_same_as_planner(&mut ix);
+    }
+
+    /// The control plan and every node's plan equal the planner's.
+    fn assert_all_same(ix: &mut Index) {
+        assert_same_as_planner(ix);
+        let (pools, egresses) = ix.all_objects();
+        let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+        let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);
+        assert_eq!(ix.control_plan().egresses, whole.egresses);
+        assert_eq!(ix.control_plan().pools, whole.pools);
+    }
+
+    #[test]
+    fn egress_edits_follow_whether_or_not_they_keep_allocations() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut old = web_egress("old");
+        old.metadata.creation_timestamp = Some(ts(1));
+        old.spec.destination_cidrs = vec!["203.0.113.0/24".into()];
+        let mut new = web_egress("new");
+        new.metadata.creation_timestamp = Some(ts(2));
+        ix.apply(Change::Egresses(Event::Apply(old.clone())));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        let steer = |ix: &mut Index, node: &str| -> Vec<(String, String)> {
+            let np = ix.node_plan(node).unwrap();
+            np.steer.iter().map(|s| (s.destination.to_string(), s.egress.clone())).collect()
+        };
+        assert!(steer(&mut ix, "node-1").contains(&("203.0.113.0/24".into(), "old".into())));
+        // Keeps allocations, changes the overlap: the cached partitions must follow.
+        old.spec.destination_cidrs = vec!["198.51.100.0/24".into()];
+        ix.apply(Change::Egresses(Event::Apply(old.clone())));
+        let now = steer(&mut ix, "node-1");
+        assert!(now.contains(&("198.51.100.0/24".into(), "old".into())), "{now:?}");
+        assert!(!now.iter().any(|(d, e)| d == "203.0.113.0/24" && e == "old"), "{now:?}");
+        assert_all_same(&mut ix);
+        // Keeps allocations, changes the selection.
+        new.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(steer(&mut ix, "node-3").iter().any(|(_, e)| e == "new"));
+        assert_all_same(&mut ix);
+        // Moves to another namespace: the groups it selected there are let go.
+        new.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "staging")]));
+        new.spec.applied_to.pod_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(!steer(&mut ix, "node-3").iter().any(|(_, e)| e == "new"));
+        assert_all_same(&mut ix);
+        new.spec.applied_to.namespace_selector = Some(mk_match(&[("env", "prod")]));
+        new.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        // Keeps allocations, fails open: the rules read the new failure policy.
+        new.spec.failure_policy = Some("FallbackToNodeIP".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        // Changes the allocation: a static IP, then a restored status IP, then an older age
+        // (the overlap order), then invalid, then valid again.
+        new.spec.egress_ip = Some("10.10.0.15".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_eq!(
+            ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip,
+            Some("10.10.0.15".parse().unwrap())
+        );
+        assert_all_same(&mut ix);
+        new.spec.egress_ip = None;
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        new.status = Some(api::EgressStatus { egress_ip: Some("10.10.0.17".into()), ..Default::default() });
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        let ip = |ix: &mut Index| ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip;
+        assert_eq!(ip(&mut ix), Some("10.10.0.17".parse().unwrap()));
+        assert_all_same(&mut ix);
+        new.metadata.creation_timestamp = Some(ts(0));
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_all_same(&mut ix);
+        new.spec.external_ip_pool = Some("missing".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert_eq!(ix.validation_problems().len(), 1);
+        assert_all_same(&mut ix);
+        new.spec.external_ip_pool = Some("p".into());
+        ix.apply(Change::Egresses(Event::Apply(new.clone())));
+        assert!(ix.validation_problems().is_empty());
+        assert_all_same(&mut ix);
+        // An invalid pool: the Egress's problem says so, as a full validation would.
+        let mut bad = mk_pool("bad", &[("10.10.0.30", "10.10.0.20")], &[]);
+        bad.metadata.creation_timestamp = Some(ts(0));
+        ix.apply(Change::Pools(Event::Apply(bad)));
+        ix.settle();
+        new.spec.external_ip_pool = Some("bad".into());
+        ix.apply(Change::Egresses(Event::Apply(new)));
+        let whole = validate::validate(&ix.all_objects().0, &ix.all_objects().1, &validate::Reserved::default());
+        assert_eq!(ix.validation_problems(), whole.problems.as_slice());
+        assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn cached_ranks_and_partitions_follow_order_and_node_selectors() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut a = web_egress("a");
+        a.metadata.creation_timestamp = Some(ts(5));
+        a.spec.destination_cidrs = vec!["203.0.113.0/24".into()];
+        ix.apply(Change::Egresses(Event::Apply(a.clone())));
+        // Every node's plan computed: the groups' ranks and partitions are cached.
+        assert_all_same(&mut ix);
+        // An older Egress selecting no pod shifts `a`'s rank, not the web group's matches.
+        let mut c = web_egress("c");
+        c.metadata.creation_timestamp = Some(ts(0));
+        c.spec.applied_to.pod_selector = Some(mk_match(&[("app", "none")]));
+        ix.apply(Change::Egresses(Event::Apply(c)));
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().all(|s| s.egress == "a"));
+        assert_all_same(&mut ix);
+        // An older Egress overlapping `a` shifts every rank: the caches must not be reused.
+        let mut b = web_egress("b");
+        b.metadata.creation_timestamp = Some(ts(1));
+        b.spec.destination_cidrs = vec!["203.0.113.0/25".into()];
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        let np = ix.node_plan("node-1").unwrap();
+        assert!(np.steer.iter().any(|s| s.egress == "b" && s.destination.to_string() == "203.0.113.0/25"));
+        assert_all_same(&mut ix);
+        // A node selector added by an edit that keeps allocations: pods now differ by node.
+        b.spec.applied_to.node_selector = Some(mk_match(&[("kubernetes.io/hostname", "node-2")]));
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        assert!(!ix.node_plan("node-1").unwrap().steer.iter().any(|s| s.egress == "b"));
+        assert_all_same(&mut ix);
+        b.spec.applied_to.node_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(b.clone())));
+        assert!(ix.node_plan("node-1").unwrap().steer.iter().any(|s| s.egress == "b"));
+        assert_all_same(&mut ix);
+        // `b` deleted: ranks shift back.
+        ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("b"))));
+        assert_all_same(&mut ix);
+        // A group's matches change (a pod relabelled into it) after its ranks were cached.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "payment-1", &[("app", "web")], "node-3", "10.244.3.10"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.egress == "a"));
+        assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn pod_selector_edits_reach_namespaces_admitted_since() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        let mut eg = web_egress("eg");
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "db")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert_all_same(&mut ix);
+        // staging now admitted, then the pod selector (alone) widens to its web pod.
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("staging", &[("env", "prod")]))));
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "web")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert!(ix.node_plan("node-2").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.2.11"));
+        assert_all_same(&mut ix);
+        // prod no longer admitted, then the pod selector moves to payment (in prod): nothing.
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("prod", &[("env", "dev")]))));
+        eg.spec.applied_to.pod_selector = Some(mk_match(&[("app", "payment")]));
+        ix.apply(Change::Egresses(Event::Apply(eg.clone())));
+        assert!(ix.node_plan("node-3").unwrap().steer.is_empty());
+        assert_all_same(&mut ix);
+        // A namespace deleted and created again.
+        ix.apply(Change::Namespaces(Event::Delete(ObjectRef::cluster("prod"))));
+        ix.apply(Change::Namespaces(Event::Apply(mk_ns("prod", &[("env", "prod")]))));
+        eg.spec.applied_to.pod_selector = None;
+        ix.apply(Change::Egresses(Event::Apply(eg)));
+        assert!(!ix.node_plan("node-3").unwrap().steer.is_empty());
+        assert_all_same(&mut ix);
+    }
+
+    #[test]
+    fn a_shared_address_is_steered_for_its_owner_only() {
+        let mut ix = lab_index();
+        ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        ix.node_plan("node-3").unwrap();
+        // A stale web pod on node-3 claims web-1's address: prod/web-1 sorts first and keeps it.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-9", &[("app", "web")], "node-3", "10.244.1.10"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.is_empty());
+        assert_eq!(ix.warnings().len(), 1);
+        assert_same_as_planner(&mut ix);
+        // The owner goes: the other pod is steered for the address now.
+        ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-1"))));
+        assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.1.10"));
+        assert!(ix.warnings().is_empty());
         assert_same_as_planner(&mut ix);
     }
 

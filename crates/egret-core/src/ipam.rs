@@ -57,6 +57,10 @@ impl Allocations {
 struct PoolState {
     /// Address -> whether it is held statically, and by whom.
     used: BTreeMap<u128, (bool, Vec<String>)>,
+    /// Where the search for the lowest free address starts (range index, address): during
+    /// dynamic allocation addresses are only taken, so everything before the last address
+    /// handed out is taken and each search resumes there (linear, not quadratic, in Egresses).
+    from: (usize, u128),
 }
 
 /// Allocates egress IPs for every Egress from the pools.
@@ -132,7 +136,8 @@ pub fn allocate(pools: &BTreeMap<String, Pool>, egresses: &BTreeMap<String, Egre
             continue;
         };
         match lowest_free(pool, st) {
-            Some(v) => {
+            Some((ri, v)) => {
+                st.from = (ri, v);
                 st.used.insert(v, (false, vec![e.name.clone()]));
                 out.egresses.insert(e.name.clone(), Ok(Allocated { ip: from_u128(pool.family, v), from_pool: true }));
             }
@@ -160,10 +165,13 @@ fn pool_missing(pname: &str) -> AllocFailure {
     AllocFailure { reason: "PoolNotFound", message: format!("ExternalIPPool {pname:?} does not exist or is invalid") }
 }
 
-fn lowest_free(pool: &Pool, st: &PoolState) -> Option<u128> {
-    for r in &pool.ranges {
-        let mut cur = r.start;
-        for (&k, _) in st.used.range(r.start..=r.end) {
+fn lowest_free(pool: &Pool, st: &PoolState) -> Option<(usize, u128)> {
+    for (ri, r) in pool.ranges.iter().enumerate().skip(st.from.0) {
+        let mut cur = if ri == st.from.0 { r.start.max(st.from.1) } else { r.start };
+        if cur > r.end {
+            continue;
+        }
+        for (&k, _) in st.used.range(cur..=r.end) {
             if k != cur {
                 break;
             }
@@ -173,7 +181,7 @@ fn lowest_free(pool: &Pool, st: &PoolState) -> Option<u128> {
             cur += 1;
         }
         if !st.used.contains_key(&cur) && cur <= r.end {
-            return Some(cur);
+            return Some((ri, cur));
         }
     }
     None
@@ -259,6 +267,22 @@ mod tests {
     fn ranges_are_used_in_spec_order() {
         let r = run(vec![mk_pool("p", &[("10.0.0.20", "10.0.0.20")], &["10.0.0.0/29"])], n_egresses(3));
         assert_eq!(ips(&r).into_iter().map(|x| x.1).collect::<Vec<_>>(), vec!["10.0.0.20", "10.0.0.1", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn gaps_left_by_restores_and_statics_are_filled_lowest_first_across_ranges() {
+        // Ranges .1-.3 and .10-.12; .2 restored, .11 static: the others fill .1, .3, .10, .12.
+        let mut eg = n_egresses(6);
+        eg[5].status = Some(api::EgressStatus { egress_ip: Some("10.0.0.2".into()), ..Default::default() });
+        eg[4].spec.egress_ip = Some("10.0.0.11".into());
+        let r = run(vec![mk_pool("p", &[("10.0.0.1", "10.0.0.3"), ("10.0.0.10", "10.0.0.12")], &[])], eg.clone());
+        let got: Vec<String> = ips(&r).into_iter().map(|x| x.1).collect();
+        assert_eq!(got, vec!["10.0.0.1", "10.0.0.3", "10.0.0.10", "10.0.0.12", "10.0.0.11", "10.0.0.2"]);
+        // One more Egress than addresses: the last is refused, the others keep theirs.
+        eg.push(mk_egress("e06", Some("p"), None));
+        let r = run(vec![mk_pool("p", &[("10.0.0.1", "10.0.0.3"), ("10.0.0.10", "10.0.0.12")], &[])], eg);
+        assert_eq!(r.egresses["e06"].as_ref().unwrap_err().reason, "PoolExhausted");
+        assert_eq!(r.ip("e03"), Some("10.0.0.12".parse().unwrap()));
     }
 
     #[test]

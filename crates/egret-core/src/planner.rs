@@ -649,7 +649,7 @@ impl Plan {
         self.build(None)
     }
 
-    fn build(&self, only: Option<&str>) -> BTreeMap<String, NodePlan> {
+    fn build<'a>(&'a self, only: Option<&str>) -> BTreeMap<String, NodePlan> {
         let mut out: BTreeMap<String, NodePlan> = self
             .node_ips
             .iter()
@@ -664,9 +664,16 @@ impl Plan {
                 (name.clone(), np)
             })
             .collect();
-        let mut counters: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        // Names per node, sorted and deduplicated at the end; neighbouring rules mostly repeat
+        // a name, so only changes are pushed (a node's plan holds thousands of rules).
+        let push = |v: &mut Vec<&'a str>, name: &'a str| {
+            if v.last() != Some(&name) {
+                v.push(name);
+            }
+        };
+        let mut counters: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         // Tunnel peers a node needs: the gateways of its pods, and the origins of what it SNATs.
-        let mut peers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut peers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for r in &self.rules {
             if let Some(src) = r.source_node.as_deref()
                 && let Some(np) = out.get_mut(src)
@@ -675,7 +682,7 @@ impl Plan {
                     None => SteerAction::Drop,
                     Some(gw) if gw == src => SteerAction::Local,
                     Some(gw) => {
-                        peers.entry(src).or_default().insert(gw);
+                        push(peers.entry(src).or_default(), gw);
                         SteerAction::Tunnel { gateway: gw.to_string() }
                     }
                 };
@@ -686,7 +693,7 @@ impl Plan {
                     action,
                     egress_ip: r.egress_ip,
                 });
-                counters.entry(src).or_default().insert(&r.egress);
+                push(counters.entry(src).or_default(), &r.egress);
             }
             if let (Some(gw), Some(ip)) = (r.gateway.as_deref(), r.egress_ip)
                 && let Some(np) = out.get_mut(gw)
@@ -697,11 +704,11 @@ impl Plan {
                     egress: r.egress.to_string(),
                     egress_ip: ip,
                 });
-                counters.entry(gw).or_default().insert(&r.egress);
+                push(counters.entry(gw).or_default(), &r.egress);
                 if let Some(src) = r.source_node.as_deref()
                     && src != gw
                 {
-                    peers.entry(gw).or_default().insert(src);
+                    push(peers.entry(gw).or_default(), src);
                 }
             }
         }
@@ -717,12 +724,16 @@ impl Plan {
                 }
             }
         }
-        for (node, names) in counters {
+        for (node, mut names) in counters {
+            names.sort_unstable();
+            names.dedup();
             if let Some(np) = out.get_mut(node) {
                 np.egresses = names.into_iter().map(str::to_string).collect();
             }
         }
-        for (node, names) in peers {
+        for (node, mut names) in peers {
+            names.sort_unstable();
+            names.dedup();
             if let Some(np) = out.get_mut(node) {
                 np.peers = names
                     .into_iter()

@@ -488,18 +488,34 @@ pub fn validate(pools: &[api::ExternalIPPool], egresses: &[api::Egress], reserve
     pool_problems.sort_by_key(|(i, _)| *i);
     out.problems.extend(pool_problems.into_iter().map(|(_, p)| p));
 
+    let (egresses, problems) = validate_egresses(egresses, &out.pools, &invalid_pools);
+    out.egresses = egresses;
+    out.problems.extend(problems);
+    out
+}
+
+/// The Egress half of [`validate`]: Egresses against pools validated already (`invalid_pools`
+/// names the pools that exist, with a valid name, but failed validation). Returns the valid
+/// Egresses and the problems found, in input order.
+pub fn validate_egresses(
+    egresses: &[api::Egress],
+    pools: &BTreeMap<String, Pool>,
+    invalid_pools: &BTreeSet<String>,
+) -> (BTreeMap<String, Egress>, Vec<Problem>) {
     let mut seen = BTreeSet::new();
+    let mut valid = BTreeMap::new();
+    let mut problems = Vec::new();
     for (idx, e) in egresses.iter().enumerate() {
         let name = e.metadata.name.clone().unwrap_or_default();
         let mut sink = Sink { kind: "Egress", name: &name, index: idx, problems: Vec::new() };
         if check_name(e.metadata.name.as_ref(), &mut seen, &mut sink)
-            && let Some(model) = validate_egress(e, &out.pools, &invalid_pools, &mut sink)
+            && let Some(model) = validate_egress(e, pools, invalid_pools, &mut sink)
         {
-            out.egresses.insert(model.name.clone(), model);
+            valid.insert(model.name.clone(), model);
         }
-        out.problems.extend(sink.problems);
+        problems.extend(sink.problems);
     }
-    out
+    (valid, problems)
 }
 
 /// Checks an update of a pool against its allocations: a range may not be changed or removed

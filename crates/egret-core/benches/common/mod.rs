@@ -27,3 +27,5 @@ pub fn node(i: usize) -> Node {
         pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
     }
 }
+
+pub mod index_world;
