@@ -174,15 +174,6 @@ fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
     }
 }
 
-fn set_sysctl(path: &str, value: &str, changes: &mut Vec<String>) -> Result<(), DatapathError> {
-    let cur = std::fs::read_to_string(path).map_err(|e| DatapathError::Io(path.into(), e))?;
-    if cur.trim() != value {
-        std::fs::write(path, value).map_err(|e| DatapathError::Io(path.into(), e))?;
-        changes.push(format!("sysctl {path} = {value}"));
-    }
-    Ok(())
-}
-
 impl Datapath {
     /// A datapath with these settings. Touches nothing yet.
     pub fn new(cfg: Config) -> Result<Datapath, DatapathError> {
@@ -247,11 +238,9 @@ impl Datapath {
         let (links, added_hosted) = rt.block_on(async {
             let net = Net::connect()?;
             let links = net.ensure_links(&cfg, plan, &mut report.changes).await?;
-            for (key, value) in [("forwarding", "1"), ("rp_filter", "2")] {
-                // Loose reverse-path filtering on the tunnel only: pod sources arrive through
-                // it although the main table routes them elsewhere.
-                set_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/{key}", cfg.vxlan_name), value, &mut report.changes)?;
-            }
+            // Forwarding, and loose reverse-path filtering on the tunnel only: pod sources
+            // arrive through it although the main table routes them elsewhere.
+            net.ensure_inet_conf(&cfg.vxlan_name, 1, 2, &mut report.changes).await?;
             let have = net.read(&cfg, &links).await?;
             if let Some(last) = &self.last_items {
                 let now: BTreeSet<Item> = have.keys().cloned().collect();

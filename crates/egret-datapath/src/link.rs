@@ -10,7 +10,9 @@ use egret_core::planner::NodePlan;
 use futures_util::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -179,6 +181,20 @@ pub struct Net {
     pub handle: Handle,
 }
 
+/// A device's IPv4 `forwarding` and `rp_filter`, as the kernel reports them in a link dump.
+fn inet_conf(link: &LinkMessage) -> Option<(i32, i32)> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+            AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                AfSpecInet::DevConf(c) => Some((c.forwarding, c.rp_filter)),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
 impl Net {
     /// Opens the connection; its driver runs on the current (single-threaded) runtime.
     pub fn connect() -> Result<Net, DatapathError> {
@@ -196,6 +212,35 @@ impl Net {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(nl(format!("get link {name}"))(e)),
         }
+    }
+
+    /// Sets the IPv4 `forwarding` and `rp_filter` of device `name` over netlink (`RTM_SETLINK`
+    /// with `IFLA_AF_SPEC`), when they differ: that needs `CAP_NET_ADMIN` only, where writing
+    /// `/proc/sys` needs it mounted writable, which container runtimes do not do for an
+    /// unprivileged container.
+    pub async fn ensure_inet_conf(
+        &self,
+        name: &str,
+        forwarding: i32,
+        rp_filter: i32,
+        changes: &mut Vec<String>,
+    ) -> Result<(), DatapathError> {
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| DatapathError::Io(name.into(), std::io::ErrorKind::NotFound.into()))?;
+        if inet_conf(&link) == Some((forwarding, rp_filter)) {
+            return Ok(());
+        }
+        let mut conf = InetDevConf::default();
+        conf.forwarding = forwarding;
+        conf.rp_filter = rp_filter;
+        let mut msg = LinkUnspec::new_with_index(link.header.index).build();
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)])]));
+        self.handle.link().set(msg).execute().await.map_err(nl(format!("set ipv4 settings of {name}")))?;
+        changes.push(format!("{name}: ipv4 forwarding={forwarding} rp_filter={rp_filter}"));
+        Ok(())
     }
 
     async fn set_up_alias(&self, index: u32, name: &str) -> Result<(), DatapathError> {

@@ -63,6 +63,17 @@ fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
     conn.echo("after repair").unwrap();
     let c1 = counter(&topo, &fresh[0], 1, "eg-web");
     assert!(c1.packets > 0, "counters survived the repair: {c1:?}");
+
+    // The tunnel's IPv4 settings are set over netlink (no writable /proc/sys needed) and
+    // repaired the same way.
+    let conf = |key: &str| n1.exec("cat", &[&format!("/proc/sys/net/ipv4/conf/egret-vxlan/{key}")]).unwrap();
+    assert_eq!((conf("forwarding").trim(), conf("rp_filter").trim()), ("1", "2"));
+    n1.sysctl("net.ipv4.conf.egret-vxlan.rp_filter", "1").unwrap();
+    let r = sync(&topo, &mut fresh[0], 1, &plan);
+    assert!(r.changes.iter().any(|c| c.contains("rp_filter=2")), "{:?}", r.changes);
+    assert_eq!(conf("rp_filter").trim(), "2");
+    let r = sync(&topo, &mut fresh[0], 1, &plan);
+    assert!(r.changes.is_empty(), "{:?}", r.changes);
 }
 
 #[test]
