@@ -314,14 +314,38 @@ impl LeaderElector {
     pub async fn run(mut self) {
         let _guard = StepDownOnDrop(self.fence.clone());
         loop {
-            if let Err(e) = self.try_acquire_or_renew().await {
-                warn!(identity = %self.config.identity, "leader election: {e}");
-            }
-            if !self.fence.leads() {
-                self.fence.step_down();
-            }
-            tokio::time::sleep(self.config.retry_period).await;
+            self.round().await;
         }
+    }
+
+    /// Runs rounds like [`LeaderElector::run`] until `shutdown` completes, then gives the lease
+    /// up, so that on a clean shutdown (a rolling update) another replica takes over at its
+    /// next round instead of waiting out the lease.
+    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let _guard = StepDownOnDrop(self.fence.clone());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.round() => {}
+            }
+        }
+        if let Err(e) = self.release().await {
+            warn!(identity = %self.config.identity, "releasing the lease: {e}");
+        } else {
+            info!(identity = %self.config.identity, "released the lease");
+        }
+    }
+
+    /// One election round and the wait before the next.
+    async fn round(&mut self) {
+        if let Err(e) = self.try_acquire_or_renew().await {
+            warn!(identity = %self.config.identity, "leader election: {e}");
+        }
+        if !self.fence.leads() {
+            self.fence.step_down();
+        }
+        tokio::time::sleep(self.config.retry_period).await;
     }
 }
 
@@ -449,6 +473,25 @@ mod tests {
         assert!(task.await.unwrap_err().is_cancelled());
         assert!(!leadership.is_leader());
         assert!(!*changes.borrow_and_update());
+    }
+
+    #[tokio::test]
+    async fn a_clean_shutdown_releases_the_lease() {
+        let server = TestServer::start().await.unwrap();
+        let (elector, leadership) = LeaderElector::new(server.client().unwrap(), config("a")).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(elector.run_until(async {
+            let _ = stopped.await;
+        }));
+        let mut changes = leadership.changes();
+        tokio::time::timeout(Duration::from_secs(60), changes.wait_for(|l| *l)).await.unwrap().unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert!(!leadership.is_leader());
+        let lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
+        assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+        let (mut b, _) = LeaderElector::new(server.client().unwrap(), config("b")).unwrap();
+        assert!(b.try_acquire_or_renew().await.unwrap(), "taken at once, without waiting out the lease");
     }
 
     #[tokio::test]

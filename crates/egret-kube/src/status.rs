@@ -13,6 +13,7 @@
 //! error rather than overwritten.
 
 use crate::lease::Leadership;
+use crate::lenient::Lenient;
 use egret_api::v1alpha1::{
     Egress, EgressCondition, EgressStatus, ExternalIPPool, ExternalIPPoolStatus, IP_ALLOCATED, IP_ASSIGNED,
 };
@@ -61,14 +62,19 @@ pub enum StatusError {
 }
 
 /// Rewrites condition reasons into Antrea's vocabulary, one condition per type (the last one
-/// of a type wins), `IPAllocated` before `IPAssigned`.
+/// of a type wins), `IPAllocated` before `IPAssigned`; conditions of other types (Egret's own)
+/// follow unchanged.
 pub fn antrea_vocabulary(status: &EgressStatus) -> EgressStatus {
     let mut out: Vec<EgressCondition> = Vec::new();
     for c in &status.conditions {
         let (ok, err) = match c.type_.as_str() {
             IP_ALLOCATED => ("Allocated", "AllocationError"),
             IP_ASSIGNED => ("Assigned", "AssignmentError"),
-            _ => continue,
+            _ => {
+                out.retain(|o| o.type_ != c.type_);
+                out.push(c.clone());
+                continue;
+            }
         };
         let mut c = c.clone();
         match c.status.as_str() {
@@ -86,7 +92,11 @@ pub fn antrea_vocabulary(status: &EgressStatus) -> EgressStatus {
         out.retain(|o| o.type_ != c.type_);
         out.push(c);
     }
-    out.sort_by_key(|c| c.type_ != IP_ALLOCATED);
+    out.sort_by_key(|c| match c.type_.as_str() {
+        IP_ALLOCATED => 0,
+        IP_ASSIGNED => 1,
+        _ => 2,
+    });
     EgressStatus { conditions: out, ..status.clone() }
 }
 
@@ -167,8 +177,10 @@ fn reference<K: Resource<DynamicType = ()>>(name: &str) -> ObjectReference {
 /// Writes statuses while this replica leads.
 #[derive(Clone)]
 pub struct StatusWriter {
-    egresses: Api<Egress>,
-    pools: Api<ExternalIPPool>,
+    // Lenient: the API server answers a status write with the whole object, which must not
+    // fail to parse when its spec does (an Egress that does not parse is marked by a status).
+    egresses: Api<Lenient<Egress>>,
+    pools: Api<Lenient<ExternalIPPool>>,
     leadership: Leadership,
     reporter: Option<Reporter>,
 }
@@ -276,6 +288,17 @@ mod tests {
         let ok = EgressStatus { conditions: vec![cond(IP_ASSIGNED, "True", "", "hosted")], ..s };
         assert_eq!(antrea_vocabulary(&ok).conditions, vec![cond(IP_ASSIGNED, "True", "Assigned", "hosted")]);
         assert_eq!(antrea_vocabulary(&antrea_vocabulary(&out)), antrea_vocabulary(&out), "idempotent");
+        // Egret's own condition types pass through, after Antrea's.
+        let valid = cond("Valid", "False", "Unparsable", "spec.x: bad");
+        let mixed = EgressStatus {
+            conditions: vec![valid.clone(), cond(IP_ASSIGNED, "True", "", "hosted")],
+            ..EgressStatus::default()
+        };
+        assert_eq!(
+            antrea_vocabulary(&mixed).conditions,
+            vec![cond(IP_ASSIGNED, "True", "Assigned", "hosted"), valid],
+            "other types are kept"
+        );
     }
 
     #[test]

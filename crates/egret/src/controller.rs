@@ -391,7 +391,10 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     gossip.announce(Vec::new(), false).await.context("announcing by gossip")?;
     let reporter = Reporter::new(client.clone(), Some(id.clone()));
     let (elector, leadership) = LeaderElector::new(client.clone(), lease)?;
-    let mut election = tokio::spawn(elector.with_reporter(reporter.clone()).run());
+    let (stop_election, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut election = tokio::spawn(elector.with_reporter(reporter.clone()).run_until(async {
+        let _ = stopped.await;
+    }));
     let writer = StatusWriter::new(client, leadership.clone(), Some(reporter.clone()));
     let mut leader_changes = leadership.changes();
     info!(identity = %id, %gossip_addr, "controller started");
@@ -485,6 +488,11 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             r = &mut election => bail!("leader election stopped: {r:?}"),
             _ = crate::agent::wait_for_signal() => break,
         }
+    }
+    // Hand the Lease over at once rather than after it expires.
+    let _ = stop_election.send(());
+    if tokio::time::timeout(Duration::from_secs(5), election).await.is_err() {
+        warn!("the Lease was not released within 5 s");
     }
     info!("controller stopped");
     Ok(())

@@ -391,3 +391,110 @@ async fn get_reads_a_cluster_through_a_kubeconfig() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/metrics"));
 }
+
+/// A free port on the loopback (`udp` or TCP).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// `egret controller --source kubernetes` against the test double of the API server: it takes
+/// the Lease, allocates and writes status by server-side apply, marks an Egress that does not
+/// parse and publishes an Event for it, serves its health and metrics, and gives the Lease up
+/// when stopped. (Its gossip stays on the loopback: the Nodes' addresses are loopback ones.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_on_the_api_server_double() {
+    use egret_kube::testserver::TestServer;
+    let server = TestServer::start().await.unwrap();
+    for (i, ip) in [(1, "127.0.0.2"), (2, "127.0.0.3")] {
+        server
+            .put(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}")}},
+                "spec": {"podCIDR": format!("10.244.{i}.0/24")},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))
+            .unwrap();
+    }
+    server.put(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})).unwrap();
+    server
+        .put_yaml("apiVersion: egret.dev/v1alpha1\nkind: ExternalIPPool\nmetadata: {name: pool-a}\nspec:\n  ipRanges: [{start: 10.10.0.11, end: 10.10.0.20}]\n  nodeSelector: {}\n")
+        .unwrap();
+    server
+        .put_yaml("apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: eg-good}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: web}}}\n  externalIPPool: pool-a\n")
+        .unwrap();
+    server
+        .put_yaml("apiVersion: egret.dev/v1alpha1\nkind: Egress\nmetadata: {name: eg-bad}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: web}}}\n  externalIPPool: 5\n")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{token: t}}\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let key = dir.path().join("gossip.key");
+    egret_gossip::generate_key_file(&key).unwrap();
+    let (gossip, health) = (free_port(true), free_port(false));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args(["controller", "--source", "kubernetes", "--kubeconfig"])
+        .arg(&kc)
+        .args(["--identity", "t-0", "--gossip-key-file"])
+        .arg(&key)
+        .args(["--gossip-addr", &format!("127.0.0.1:{gossip}"), "--health-addr", &format!("127.0.0.1:{health}")])
+        .args(["--lease-duration-ms", "3000", "--renew-deadline-ms", "2000", "--retry-period-ms", "500"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default();
+    let egress = |name: &str| server.get("egret.dev/v1alpha1", "Egress", None, name).unwrap_or_default();
+    let cond = |e: &serde_json::Value, t: &str| {
+        e["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == t).cloned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let good = egress("eg-good");
+        let bad = egress("eg-bad");
+        let events = server.list("events.k8s.io/v1", "Event");
+        if cond(&good, "IPAllocated")["reason"] == "Allocated"
+            && cond(&bad, "Valid")["reason"] == "Unparsable"
+            && events.iter().any(|e| e["reason"] == "Unparsable")
+        {
+            assert_eq!(good["status"]["egressIP"], "10.10.0.11");
+            assert!(cond(&bad, "Valid")["message"].as_str().unwrap().contains("spec.externalIPPool"), "{bad:#}");
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the controller exited: {status}\n{}", log());
+        }
+        assert!(std::time::Instant::now() < deadline, "no status in time: {good:#} {bad:#} {events:#?}\n{}", log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "t-0");
+    let metrics = tokio::task::spawn_blocking(move || http_get(health, "/metrics")).await.unwrap();
+    assert!(metrics.contains("egret_controller_leader 1"), "{metrics}");
+    // Stopped cleanly, it hands the Lease over at once.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    let lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+}
