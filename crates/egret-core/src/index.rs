@@ -85,6 +85,9 @@ impl Part {
 /// (no gateway and fallback to the node IP). Resolved once per node plan.
 type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
 
+/// The destination blocks a group's pods get rules for, each with what its rule carries.
+type Entries = Arc<Vec<(IpNet, Resolved)>>;
+
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
 struct Group {
@@ -1229,7 +1232,7 @@ impl Index {
         let partitions = &mut self.partitions;
         // The blocks emitted for one family and set of ranks, each with what its rule carries
         // (only those of the ranks in `only`, when given).
-        let mut entries_for = |family: Family, ranks: &[usize]| -> Arc<Vec<(IpNet, Resolved)>> {
+        let mut entries_for = |family: Family, ranks: &[usize]| -> Entries {
             let k = (family, ranks.to_vec());
             let part = match partitions.get(&k) {
                 Some(p) => p.clone(),
@@ -1262,8 +1265,8 @@ impl Index {
         let empty = Labels::new();
         // Without node selectors every pod of the group shares its entries: computed once per
         // family for the group; with them, once per distinct set of ranks.
-        let mut group_entries: [Option<Arc<Vec<(IpNet, Resolved)>>>; 2] = [None, None];
-        let mut per_ranks: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, Resolved)>>> = HashMap::new();
+        let mut group_entries: [Option<Entries>; 2] = [None, None];
+        let mut per_ranks: HashMap<(Family, Vec<usize>), Entries> = HashMap::new();
         for &key in keys {
             let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
             if pod.ips.is_empty() {
