@@ -99,7 +99,24 @@ struct Group {
     matched: BTreeSet<Arc<str>>,
     /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
     ranks: Option<(u64, Arc<[usize]>)>,
+    /// Bumped whenever its pods, their addresses' owners or its matches change: node plans
+    /// keep each group's rules while it (and [`Index::plan_epoch`]) stays the same.
+    version: u64,
 }
+
+/// The rules one group contributes to one node's plan.
+type GroupRules = Arc<Vec<Rule>>;
+
+/// The rules of one node's plan per group, as of a plan epoch and each group's version.
+#[derive(Debug, Default)]
+struct NodeCache {
+    epoch: u64,
+    /// `(group, served as a gateway)` -> (group version, rules).
+    groups: HashMap<(GroupId, bool), (u64, GroupRules)>,
+}
+
+/// How many nodes' plans keep their per-group rules (an agent asks for its own only).
+const CACHED_NODES: usize = 8;
 
 /// Egresses and pools and what follows from them alone: validation, allocation, order.
 #[derive(Debug, Default)]
@@ -191,6 +208,11 @@ pub struct Index {
     placed: HashMap<IpAddr, Option<String>>,
     /// Bumped whenever the order (so the ranks) changes: groups' cached ranks are then stale.
     order_gen: u64,
+    /// Bumped whenever anything a rule reads besides its group changes (validation,
+    /// allocation, order, partitions, placement, Nodes): every cached plan piece is then stale.
+    plan_epoch: u64,
+    /// Per-group rules of the last few nodes' plans, most recent last.
+    plan_cache: Vec<(String, NodeCache)>,
     /// The Egress order the partitions' ranks refer to.
     objects_order: Option<Vec<Arc<str>>>,
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
@@ -327,6 +349,8 @@ impl Index {
             node_facts: None,
             placed: HashMap::new(),
             order_gen: 0,
+            plan_epoch: 0,
+            plan_cache: Vec::new(),
             objects_order: None,
             partitions: HashMap::new(),
         }
@@ -537,6 +561,7 @@ impl Index {
     /// whose selection changed.
     fn objects(&mut self) -> &Objects {
         if self.objects.is_none() || self.objects_stale {
+            self.plan_epoch += 1;
             if self.node_facts.is_none() {
                 self.node_facts = Some(self.compute_node_facts());
             }
@@ -675,6 +700,9 @@ impl Index {
     /// Brings every derived part up to date.
     fn refresh(&mut self) {
         self.objects();
+        if self.node_facts.is_none() || self.outcomes.is_none() {
+            self.plan_epoch += 1;
+        }
         if self.node_facts.is_none() {
             self.node_facts = Some(self.compute_node_facts());
         }
@@ -772,10 +800,12 @@ impl Index {
                 if hit {
                     g.matched.insert(key.clone());
                     g.ranks = None;
+                    g.version += 1;
                     selected.insert(gid);
                 } else {
                     if g.matched.remove(&key) {
                         g.ranks = None;
+                        g.version += 1;
                     }
                 }
             }
@@ -899,6 +929,7 @@ impl Index {
         }
         let old = self.groups.get_mut(&gid).map(|g| {
             g.ranks = None;
+            g.version += 1;
             std::mem::replace(&mut g.matched, matched.clone())
         });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
@@ -990,6 +1021,7 @@ impl Index {
         };
         if let Some(g) = self.groups.get_mut(&gid) {
             g.pods.insert(id);
+            g.version += 1;
         }
         if let Some(n) = &node {
             self.node_pods.entry(n.clone()).or_default().insert(id);
@@ -1017,6 +1049,11 @@ impl Index {
                 });
                 if let Some(Some(e)) = self.pods.get_mut(c as usize) {
                     e.shared = shared;
+                    // Who owns the address may have changed: the claimant's rules with it.
+                    let gid = e.group;
+                    if let Some(g) = self.groups.get_mut(&gid) {
+                        g.version += 1;
+                    }
                 }
             }
         }
@@ -1046,6 +1083,7 @@ impl Index {
         let empty = match self.groups.get_mut(&gid) {
             Some(g) => {
                 g.pods.remove(&id);
+                g.version += 1;
                 g.pods.is_empty()
             }
             None => false,
@@ -1080,6 +1118,7 @@ impl Index {
                 pods: BTreeSet::new(),
                 matched: BTreeSet::new(),
                 ranks: None,
+                version: 0,
             },
         );
         self.ns_groups.entry(namespace.to_string()).or_default().insert(gid);
@@ -1122,6 +1161,15 @@ impl Index {
     /// nodes' pods whose gateway it is. Work is per group: pods of a group share their
     /// partition unless an Egress restricts source nodes.
     fn rules_for(&mut self, node: &str) -> Vec<Rule> {
+        // This node's cached pieces (valid for the current epoch), or a fresh cache.
+        let mut old = match self.plan_cache.iter().position(|(n, _)| n == node) {
+            Some(i) => self.plan_cache.remove(i).1,
+            None => NodeCache::default(),
+        };
+        if old.epoch != self.plan_epoch {
+            old.groups.clear();
+        }
+        let mut cache = NodeCache { epoch: self.plan_epoch, groups: HashMap::new() };
         let mut rules = Vec::new();
         let mut local: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         for &id in self.node_pods.get(node).into_iter().flatten() {
@@ -1131,7 +1179,7 @@ impl Index {
         }
         let mut resolved: Vec<Option<Resolved>> = vec![None; self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
-            self.group_rules(*gid, keys, None, &mut resolved, &mut rules);
+            self.cached_group_rules(*gid, None, keys, None, &mut old, &mut cache, &mut resolved, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -1142,29 +1190,70 @@ impl Index {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut remote: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         let gids: BTreeSet<GroupId> =
             served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
+        let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
         for gid in gids {
-            if let Some(g) = self.groups.get(&gid) {
-                let keys: Vec<PodId> = g
-                    .pods
-                    .iter()
-                    .copied()
-                    .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
-                    .collect();
-                if !keys.is_empty() {
-                    remote.insert(gid, keys);
-                }
-            }
+            self.cached_group_rules(
+                gid,
+                Some(node),
+                &[],
+                Some(&ranks),
+                &mut old,
+                &mut cache,
+                &mut resolved,
+                &mut rules,
+            );
         }
-        if !remote.is_empty() {
-            let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
-            for (gid, keys) in &remote {
-                self.group_rules(*gid, keys, Some(&ranks), &mut resolved, &mut rules);
-            }
+        self.plan_cache.push((node.to_string(), cache));
+        if self.plan_cache.len() > CACHED_NODES {
+            self.plan_cache.remove(0);
         }
         sort_rules(rules)
+    }
+
+    /// [`Index::group_rules`] through the node's cache: a group unchanged since the node's
+    /// last plan (same version, same epoch) gives its rules again without recomputing them.
+    /// `served_by` is the node when it serves the group as a gateway: the group's pods on other
+    /// nodes then count (gathered only when recomputing); otherwise `keys` are the pods.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_group_rules(
+        &mut self,
+        gid: GroupId,
+        served_by: Option<&str>,
+        keys: &[PodId],
+        only: Option<&BTreeSet<usize>>,
+        old: &mut NodeCache,
+        cache: &mut NodeCache,
+        resolved: &mut [Option<Resolved>],
+        out: &mut Vec<Rule>,
+    ) {
+        let Some(version) = self.groups.get(&gid).map(|g| g.version) else { return };
+        let key = (gid, served_by.is_some());
+        let group = match old.groups.remove(&key) {
+            Some((v, r)) if v == version => r,
+            _ => {
+                let remote: Vec<PodId>;
+                let keys = match served_by {
+                    Some(node) => {
+                        remote = self
+                            .groups
+                            .get(&gid)
+                            .into_iter()
+                            .flat_map(|g| g.pods.iter().copied())
+                            .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
+                            .collect();
+                        &remote
+                    }
+                    None => keys,
+                };
+                let mut fresh = Vec::new();
+                self.group_rules(gid, keys, only, resolved, &mut fresh);
+                Arc::new(fresh)
+            }
+        };
+        out.extend(group.iter().cloned());
+        cache.groups.insert(key, (version, group));
     }
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
@@ -1618,6 +1707,48 @@ mod tests {
         ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-1"))));
         assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.1.10"));
         assert!(ix.warnings().is_empty());
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn cached_plan_pieces_follow_every_kind_of_change() {
+        let mut ix = lab_index();
+        let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]);
+        pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
+        ix.apply(Change::Pools(Event::Apply(pool)));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let gw = ix.control_plan().egresses[0].egress_node.clone().unwrap();
+        let snat = |ix: &mut Index| -> BTreeSet<String> {
+            ix.node_plan(&gw).unwrap().snat.iter().map(|s| s.source.to_string()).collect()
+        };
+        let before = snat(&mut ix);
+        // A pod joins a served group on another node; then leaves it; then moves node.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "web")], "node-3", "10.244.3.20"))));
+        assert!(snat(&mut ix).contains("10.244.3.20"));
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "db")], "node-3", "10.244.3.20"))));
+        assert_eq!(snat(&mut ix), before);
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "web")], "node-2", "10.244.2.20"))));
+        assert!(snat(&mut ix).contains("10.244.2.20"));
+        assert_same_as_planner(&mut ix);
+        // The gateway's node is relabelled out of the pool: another node serves.
+        let n = ix.nodes.get(&gw).cloned().unwrap();
+        let mut moved = n.clone();
+        moved.labels.remove("network-role");
+        ix.apply(Change::Nodes(Event::Apply(moved)));
+        assert!(ix.node_plan(&gw).unwrap().snat.is_empty());
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::Nodes(Event::Apply(n)));
+        assert_same_as_planner(&mut ix);
+        // The gateway goes down and comes back.
+        let mut live: BTreeSet<String> = ix.live.clone();
+        live.remove(&gw);
+        ix.set_live(&live);
+        assert!(ix.node_plan(&gw).unwrap().snat.is_empty());
+        assert_same_as_planner(&mut ix);
+        live.insert(gw.clone());
+        ix.set_live(&live);
+        assert!(!snat(&mut ix).is_empty());
         assert_same_as_planner(&mut ix);
     }
 
