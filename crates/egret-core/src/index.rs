@@ -561,7 +561,6 @@ impl Index {
     /// whose selection changed.
     fn objects(&mut self) -> &Objects {
         if self.objects.is_none() || self.objects_stale {
-            self.plan_epoch += 1;
             if self.node_facts.is_none() {
                 self.node_facts = Some(self.compute_node_facts());
             }
@@ -614,11 +613,21 @@ impl Index {
                     };
                 }
                 self.objects = Some(Objects { validated, node_selective, ..old });
+                // Only the rules of the groups a changed Egress selects read its model (those
+                // it stopped selecting were bumped by the re-match).
+                for n in &candidates {
+                    for gid in self.egress_groups.get(n.as_str()).into_iter().flatten() {
+                        if let Some(g) = self.groups.get_mut(gid) {
+                            g.version += 1;
+                        }
+                    }
+                }
                 self.objects_stale = false;
                 self.dirty_egresses = Some(BTreeSet::new());
                 return self.objects.get_or_insert_with(Objects::default);
             }
             self.outcomes = None;
+            self.plan_epoch += 1;
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
