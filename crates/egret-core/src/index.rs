@@ -274,23 +274,25 @@ fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
 }
 
-/// Sorts rules by source, then destination. They come in runs of one source each (one pod
-/// address's rules, already in destination order): sorting the runs is enough.
-fn sort_rules(rules: Vec<Rule>) -> Vec<Rule> {
+/// The rules of some groups, sorted by source, then destination. Each group's rules come in
+/// runs of one source (one pod address's rules, already in destination order): sorting the
+/// runs is enough, and each rule is copied once.
+fn sort_rules(pieces: &[GroupRules]) -> Vec<Rule> {
     let key = |r: &Rule| (r.source_ip, r.destination.network(), r.destination.prefix_len());
-    let mut runs: Vec<(IpAddr, usize, usize)> = Vec::new();
-    let mut start = 0;
-    for i in 1..=rules.len() {
-        if i == rules.len() || rules[i].source_ip != rules[start].source_ip {
-            runs.push((rules[start].source_ip, start, i));
-            start = i;
+    let mut runs: Vec<&[Rule]> = Vec::new();
+    for piece in pieces {
+        let mut rest: &[Rule] = piece;
+        while let Some(first) = rest.first() {
+            let n = rest.iter().position(|r| r.source_ip != first.source_ip).unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(n);
+            runs.push(run);
+            rest = tail;
         }
     }
-    runs.sort_unstable_by_key(|r| r.0);
-    let mut slots: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
-    let mut out: Vec<Rule> = Vec::with_capacity(slots.len());
-    for (_, a, b) in runs {
-        out.extend(slots[a..b].iter_mut().filter_map(Option::take));
+    runs.sort_unstable_by_key(|run| run[0].source_ip);
+    let mut out: Vec<Rule> = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+    for run in runs {
+        out.extend_from_slice(run);
     }
     // Two runs of one source (not produced today) would need the full sort.
     if !out.is_sorted_by_key(key) {
@@ -1179,7 +1181,7 @@ impl Index {
             old.groups.clear();
         }
         let mut cache = NodeCache { epoch: self.plan_epoch, groups: HashMap::new() };
-        let mut rules = Vec::new();
+        let mut rules: Vec<GroupRules> = Vec::new();
         let mut local: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         for &id in self.node_pods.get(node).into_iter().flatten() {
             if let Some(e) = self.pod(id) {
@@ -1218,7 +1220,7 @@ impl Index {
         if self.plan_cache.len() > CACHED_NODES {
             self.plan_cache.remove(0);
         }
-        sort_rules(rules)
+        sort_rules(&rules)
     }
 
     /// [`Index::group_rules`] through the node's cache: a group unchanged since the node's
@@ -1235,7 +1237,7 @@ impl Index {
         old: &mut NodeCache,
         cache: &mut NodeCache,
         resolved: &mut [Option<Resolved>],
-        out: &mut Vec<Rule>,
+        out: &mut Vec<GroupRules>,
     ) {
         let Some(version) = self.groups.get(&gid).map(|g| g.version) else { return };
         let key = (gid, served_by.is_some());
@@ -1261,7 +1263,7 @@ impl Index {
                 Arc::new(fresh)
             }
         };
-        out.extend(group.iter().cloned());
+        out.push(group.clone());
         cache.groups.insert(key, (version, group));
     }
 
