@@ -499,9 +499,22 @@ impl Index {
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
         // A node's plan reads the addresses of itself and of the nodes its rules name only.
         let mut names: HashSet<&str> = HashSet::from([node]);
+        // Neighbouring rules mostly name the same nodes (one pod's, one gateway's): insert a
+        // name only when it differs from the previous rule's.
+        let (mut gateway, mut source): (Option<&Arc<str>>, Option<&Arc<str>>) = (None, None);
         for r in &rules {
-            names.extend(r.gateway.as_deref());
-            names.extend(r.source_node.as_deref());
+            if let Some(g) = &r.gateway
+                && !gateway.is_some_and(|x| Arc::ptr_eq(x, g))
+            {
+                names.insert(g);
+                gateway = Some(g);
+            }
+            if let Some(n) = &r.source_node
+                && !source.is_some_and(|x| Arc::ptr_eq(x, n))
+            {
+                names.insert(n);
+                source = Some(n);
+            }
         }
         let node_ips = names.into_iter().filter_map(|n| Some((n.to_string(), f.node_ips.get(n)?.clone()))).collect();
         let plan = Plan {
