@@ -20,7 +20,10 @@
 //! - **Nodes and the live set** re-place egress IPs (a function of Egresses, pools and nodes,
 //!   not of pods).
 //! - **A node's plan** ([`Index::node_plan`]) is built from the rules of the pods on that node
-//!   plus those of the pods it serves as a gateway, never from the whole cluster's rules.
+//!   plus those of the pods it serves as a gateway, never from the whole cluster's rules. The
+//!   last few nodes' plans keep each group's rules while the group's version and the plan
+//!   epoch (what rules read besides the group) stay the same, so a pod change recomputes the
+//!   groups it touched only.
 //!
 //! The result is the same as [`crate::planner::plan`] over the same objects: a property test
 //! feeds random event sequences and compares every node's plan.
