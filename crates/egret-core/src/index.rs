@@ -20,7 +20,10 @@
 //! - **Nodes and the live set** re-place egress IPs (a function of Egresses, pools and nodes,
 //!   not of pods).
 //! - **A node's plan** ([`Index::node_plan`]) is built from the rules of the pods on that node
-//!   plus those of the pods it serves as a gateway, never from the whole cluster's rules.
+//!   plus those of the pods it serves as a gateway, never from the whole cluster's rules. The
+//!   last few nodes' plans keep each group's rules while the group's version and the plan
+//!   epoch (what rules read besides the group) stay the same, so a pod change recomputes the
+//!   groups it touched only.
 //!
 //! The result is the same as [`crate::planner::plan`] over the same objects: a property test
 //! feeds random event sequences and compares every node's plan.
@@ -85,6 +88,9 @@ impl Part {
 /// (no gateway and fallback to the node IP). Resolved once per node plan.
 type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
 
+/// The destination blocks a group's pods get rules for, each with what its rule carries.
+type Entries = Arc<Vec<(IpNet, Resolved)>>;
+
 /// Pods of one namespace with identical labels: they are selected by the same Egresses.
 #[derive(Debug)]
 struct Group {
@@ -96,7 +102,24 @@ struct Group {
     matched: BTreeSet<Arc<str>>,
     /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
     ranks: Option<(u64, Arc<[usize]>)>,
+    /// Bumped whenever its pods, their addresses' owners or its matches change: node plans
+    /// keep each group's rules while it (and [`Index::plan_epoch`]) stays the same.
+    version: u64,
 }
+
+/// The rules one group contributes to one node's plan.
+type GroupRules = Arc<Vec<Rule>>;
+
+/// The rules of one node's plan per group, as of a plan epoch and each group's version.
+#[derive(Debug, Default)]
+struct NodeCache {
+    epoch: u64,
+    /// `(group, served as a gateway)` -> (group version, rules).
+    groups: HashMap<(GroupId, bool), (u64, GroupRules)>,
+}
+
+/// How many nodes' plans keep their per-group rules (an agent asks for its own only).
+const CACHED_NODES: usize = 8;
 
 /// Egresses and pools and what follows from them alone: validation, allocation, order.
 #[derive(Debug, Default)]
@@ -188,6 +211,11 @@ pub struct Index {
     placed: HashMap<IpAddr, Option<String>>,
     /// Bumped whenever the order (so the ranks) changes: groups' cached ranks are then stale.
     order_gen: u64,
+    /// Bumped whenever anything a rule reads besides its group changes (validation,
+    /// allocation, order, partitions, placement, Nodes): every cached plan piece is then stale.
+    plan_epoch: u64,
+    /// Per-group rules of the last few nodes' plans, most recent last.
+    plan_cache: Vec<(String, NodeCache)>,
     /// The Egress order the partitions' ranks refer to.
     objects_order: Option<Vec<Arc<str>>>,
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
@@ -249,23 +277,25 @@ fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
 }
 
-/// Sorts rules by source, then destination. They come in runs of one source each (one pod
-/// address's rules, already in destination order): sorting the runs is enough.
-fn sort_rules(rules: Vec<Rule>) -> Vec<Rule> {
+/// The rules of some groups, sorted by source, then destination. Each group's rules come in
+/// runs of one source (one pod address's rules, already in destination order): sorting the
+/// runs is enough, and each rule is copied once.
+fn sort_rules(pieces: &[GroupRules]) -> Vec<Rule> {
     let key = |r: &Rule| (r.source_ip, r.destination.network(), r.destination.prefix_len());
-    let mut runs: Vec<(IpAddr, usize, usize)> = Vec::new();
-    let mut start = 0;
-    for i in 1..=rules.len() {
-        if i == rules.len() || rules[i].source_ip != rules[start].source_ip {
-            runs.push((rules[start].source_ip, start, i));
-            start = i;
+    let mut runs: Vec<&[Rule]> = Vec::new();
+    for piece in pieces {
+        let mut rest: &[Rule] = piece;
+        while let Some(first) = rest.first() {
+            let n = rest.iter().position(|r| r.source_ip != first.source_ip).unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(n);
+            runs.push(run);
+            rest = tail;
         }
     }
-    runs.sort_unstable_by_key(|r| r.0);
-    let mut slots: Vec<Option<Rule>> = rules.into_iter().map(Some).collect();
-    let mut out: Vec<Rule> = Vec::with_capacity(slots.len());
-    for (_, a, b) in runs {
-        out.extend(slots[a..b].iter_mut().filter_map(Option::take));
+    runs.sort_unstable_by_key(|run| run[0].source_ip);
+    let mut out: Vec<Rule> = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+    for run in runs {
+        out.extend_from_slice(run);
     }
     // Two runs of one source (not produced today) would need the full sort.
     if !out.is_sorted_by_key(key) {
@@ -324,6 +354,8 @@ impl Index {
             node_facts: None,
             placed: HashMap::new(),
             order_gen: 0,
+            plan_epoch: 0,
+            plan_cache: Vec::new(),
             objects_order: None,
             partitions: HashMap::new(),
         }
@@ -476,9 +508,22 @@ impl Index {
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
         // A node's plan reads the addresses of itself and of the nodes its rules name only.
         let mut names: HashSet<&str> = HashSet::from([node]);
+        // Neighbouring rules mostly name the same nodes (one pod's, one gateway's): insert a
+        // name only when it differs from the previous rule's.
+        let (mut gateway, mut source): (Option<&Arc<str>>, Option<&Arc<str>>) = (None, None);
         for r in &rules {
-            names.extend(r.gateway.as_deref());
-            names.extend(r.source_node.as_deref());
+            if let Some(g) = &r.gateway
+                && !gateway.is_some_and(|x| Arc::ptr_eq(x, g))
+            {
+                names.insert(g);
+                gateway = Some(g);
+            }
+            if let Some(n) = &r.source_node
+                && !source.is_some_and(|x| Arc::ptr_eq(x, n))
+            {
+                names.insert(n);
+                source = Some(n);
+            }
         }
         let node_ips = names.into_iter().filter_map(|n| Some((n.to_string(), f.node_ips.get(n)?.clone()))).collect();
         let plan = Plan {
@@ -592,11 +637,21 @@ impl Index {
                     };
                 }
                 self.objects = Some(Objects { validated, node_selective, ..old });
+                // Only the rules of the groups a changed Egress selects read its model (those
+                // it stopped selecting were bumped by the re-match).
+                for n in &candidates {
+                    for gid in self.egress_groups.get(n.as_str()).into_iter().flatten() {
+                        if let Some(g) = self.groups.get_mut(gid) {
+                            g.version += 1;
+                        }
+                    }
+                }
                 self.objects_stale = false;
                 self.dirty_egresses = Some(BTreeSet::new());
                 return self.objects.get_or_insert_with(Objects::default);
             }
             self.outcomes = None;
+            self.plan_epoch += 1;
             let allocations = ipam::allocate(&validated.pools, &validated.egresses);
             let mut order: Vec<&Egress> =
                 validated.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
@@ -678,6 +733,9 @@ impl Index {
     /// Brings every derived part up to date.
     fn refresh(&mut self) {
         self.objects();
+        if self.node_facts.is_none() || self.outcomes.is_none() {
+            self.plan_epoch += 1;
+        }
         if self.node_facts.is_none() {
             self.node_facts = Some(self.compute_node_facts());
         }
@@ -775,10 +833,12 @@ impl Index {
                 if hit {
                     g.matched.insert(key.clone());
                     g.ranks = None;
+                    g.version += 1;
                     selected.insert(gid);
                 } else {
                     if g.matched.remove(&key) {
                         g.ranks = None;
+                        g.version += 1;
                     }
                 }
             }
@@ -902,6 +962,7 @@ impl Index {
         }
         let old = self.groups.get_mut(&gid).map(|g| {
             g.ranks = None;
+            g.version += 1;
             std::mem::replace(&mut g.matched, matched.clone())
         });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
@@ -993,6 +1054,7 @@ impl Index {
         };
         if let Some(g) = self.groups.get_mut(&gid) {
             g.pods.insert(id);
+            g.version += 1;
         }
         if let Some(n) = &node {
             self.node_pods.entry(n.clone()).or_default().insert(id);
@@ -1020,6 +1082,11 @@ impl Index {
                 });
                 if let Some(Some(e)) = self.pods.get_mut(c as usize) {
                     e.shared = shared;
+                    // Who owns the address may have changed: the claimant's rules with it.
+                    let gid = e.group;
+                    if let Some(g) = self.groups.get_mut(&gid) {
+                        g.version += 1;
+                    }
                 }
             }
         }
@@ -1049,6 +1116,7 @@ impl Index {
         let empty = match self.groups.get_mut(&gid) {
             Some(g) => {
                 g.pods.remove(&id);
+                g.version += 1;
                 g.pods.is_empty()
             }
             None => false,
@@ -1083,6 +1151,7 @@ impl Index {
                 pods: BTreeSet::new(),
                 matched: BTreeSet::new(),
                 ranks: None,
+                version: 0,
             },
         );
         self.ns_groups.entry(namespace.to_string()).or_default().insert(gid);
@@ -1125,7 +1194,16 @@ impl Index {
     /// nodes' pods whose gateway it is. Work is per group: pods of a group share their
     /// partition unless an Egress restricts source nodes.
     fn rules_for(&mut self, node: &str) -> Vec<Rule> {
-        let mut rules = Vec::new();
+        // This node's cached pieces (valid for the current epoch), or a fresh cache.
+        let mut old = match self.plan_cache.iter().position(|(n, _)| n == node) {
+            Some(i) => self.plan_cache.remove(i).1,
+            None => NodeCache::default(),
+        };
+        if old.epoch != self.plan_epoch {
+            old.groups.clear();
+        }
+        let mut cache = NodeCache { epoch: self.plan_epoch, groups: HashMap::new() };
+        let mut rules: Vec<GroupRules> = Vec::new();
         let mut local: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         for &id in self.node_pods.get(node).into_iter().flatten() {
             if let Some(e) = self.pod(id) {
@@ -1134,7 +1212,7 @@ impl Index {
         }
         let mut resolved: Vec<Option<Resolved>> = vec![None; self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
-            self.group_rules(*gid, keys, None, &mut resolved, &mut rules);
+            self.cached_group_rules(*gid, None, keys, None, &mut old, &mut cache, &mut resolved, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -1145,29 +1223,70 @@ impl Index {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut remote: BTreeMap<GroupId, Vec<PodId>> = BTreeMap::new();
         let gids: BTreeSet<GroupId> =
             served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
+        let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
         for gid in gids {
-            if let Some(g) = self.groups.get(&gid) {
-                let keys: Vec<PodId> = g
-                    .pods
-                    .iter()
-                    .copied()
-                    .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
-                    .collect();
-                if !keys.is_empty() {
-                    remote.insert(gid, keys);
-                }
-            }
+            self.cached_group_rules(
+                gid,
+                Some(node),
+                &[],
+                Some(&ranks),
+                &mut old,
+                &mut cache,
+                &mut resolved,
+                &mut rules,
+            );
         }
-        if !remote.is_empty() {
-            let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
-            for (gid, keys) in &remote {
-                self.group_rules(*gid, keys, Some(&ranks), &mut resolved, &mut rules);
-            }
+        self.plan_cache.push((node.to_string(), cache));
+        if self.plan_cache.len() > CACHED_NODES {
+            self.plan_cache.remove(0);
         }
-        sort_rules(rules)
+        sort_rules(&rules)
+    }
+
+    /// [`Index::group_rules`] through the node's cache: a group unchanged since the node's
+    /// last plan (same version, same epoch) gives its rules again without recomputing them.
+    /// `served_by` is the node when it serves the group as a gateway: the group's pods on other
+    /// nodes then count (gathered only when recomputing); otherwise `keys` are the pods.
+    #[allow(clippy::too_many_arguments)]
+    fn cached_group_rules(
+        &mut self,
+        gid: GroupId,
+        served_by: Option<&str>,
+        keys: &[PodId],
+        only: Option<&BTreeSet<usize>>,
+        old: &mut NodeCache,
+        cache: &mut NodeCache,
+        resolved: &mut [Option<Resolved>],
+        out: &mut Vec<GroupRules>,
+    ) {
+        let Some(version) = self.groups.get(&gid).map(|g| g.version) else { return };
+        let key = (gid, served_by.is_some());
+        let group = match old.groups.remove(&key) {
+            Some((v, r)) if v == version => r,
+            _ => {
+                let remote: Vec<PodId>;
+                let keys = match served_by {
+                    Some(node) => {
+                        remote = self
+                            .groups
+                            .get(&gid)
+                            .into_iter()
+                            .flat_map(|g| g.pods.iter().copied())
+                            .filter(|&id| self.pod(id).is_some_and(|e| e.node.as_deref() != Some(node)))
+                            .collect();
+                        &remote
+                    }
+                    None => keys,
+                };
+                let mut fresh = Vec::new();
+                self.group_rules(gid, keys, only, resolved, &mut fresh);
+                Arc::new(fresh)
+            }
+        };
+        out.push(group.clone());
+        cache.groups.insert(key, (version, group));
     }
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
@@ -1235,7 +1354,7 @@ impl Index {
         let partitions = &mut self.partitions;
         // The blocks emitted for one family and set of ranks, each with what its rule carries
         // (only those of the ranks in `only`, when given).
-        let mut entries_for = |family: Family, ranks: &[usize]| -> Arc<Vec<(IpNet, Resolved)>> {
+        let mut entries_for = |family: Family, ranks: &[usize]| -> Entries {
             let k = (family, ranks.to_vec());
             let part = match partitions.get(&k) {
                 Some(p) => p.clone(),
@@ -1268,8 +1387,8 @@ impl Index {
         let empty = Labels::new();
         // Without node selectors every pod of the group shares its entries: computed once per
         // family for the group; with them, once per distinct set of ranks.
-        let mut group_entries: [Option<Arc<Vec<(IpNet, Resolved)>>>; 2] = [None, None];
-        let mut per_ranks: HashMap<(Family, Vec<usize>), Arc<Vec<(IpNet, Resolved)>>> = HashMap::new();
+        let mut group_entries: [Option<Entries>; 2] = [None, None];
+        let mut per_ranks: HashMap<(Family, Vec<usize>), Entries> = HashMap::new();
         for &key in keys {
             let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
             if pod.ips.is_empty() {
@@ -1621,6 +1740,48 @@ mod tests {
         ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "web-1"))));
         assert!(ix.node_plan("node-3").unwrap().steer.iter().any(|s| s.source.to_string() == "10.244.1.10"));
         assert!(ix.warnings().is_empty());
+        assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn cached_plan_pieces_follow_every_kind_of_change() {
+        let mut ix = lab_index();
+        let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]);
+        pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
+        ix.apply(Change::Pools(Event::Apply(pool)));
+        ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
+        let gw = ix.control_plan().egresses[0].egress_node.clone().unwrap();
+        let snat = |ix: &mut Index| -> BTreeSet<String> {
+            ix.node_plan(&gw).unwrap().snat.iter().map(|s| s.source.to_string()).collect()
+        };
+        let before = snat(&mut ix);
+        // A pod joins a served group on another node; then leaves it; then moves node.
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "web")], "node-3", "10.244.3.20"))));
+        assert!(snat(&mut ix).contains("10.244.3.20"));
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "db")], "node-3", "10.244.3.20"))));
+        assert_eq!(snat(&mut ix), before);
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-5", &[("app", "web")], "node-2", "10.244.2.20"))));
+        assert!(snat(&mut ix).contains("10.244.2.20"));
+        assert_same_as_planner(&mut ix);
+        // The gateway's node is relabelled out of the pool: another node serves.
+        let n = ix.nodes.get(&gw).cloned().unwrap();
+        let mut moved = n.clone();
+        moved.labels.remove("network-role");
+        ix.apply(Change::Nodes(Event::Apply(moved)));
+        assert!(ix.node_plan(&gw).unwrap().snat.is_empty());
+        assert_same_as_planner(&mut ix);
+        ix.apply(Change::Nodes(Event::Apply(n)));
+        assert_same_as_planner(&mut ix);
+        // The gateway goes down and comes back.
+        let mut live: BTreeSet<String> = ix.live.clone();
+        live.remove(&gw);
+        ix.set_live(&live);
+        assert!(ix.node_plan(&gw).unwrap().snat.is_empty());
+        assert_same_as_planner(&mut ix);
+        live.insert(gw.clone());
+        ix.set_live(&live);
+        assert!(!snat(&mut ix).is_empty());
         assert_same_as_planner(&mut ix);
     }
 
