@@ -11,7 +11,8 @@ use egret_store::{Store, StoreSource};
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::{Receiver, channel};
 use tracing::{info, warn};
 
 /// Where objects come from (`--source`).
@@ -48,6 +49,9 @@ enum Feed {
     },
     Kube(Receiver<Update>),
 }
+
+/// How many changes may wait between the watchers and the index.
+const CHANGES_QUEUED: usize = 1024;
 
 /// The source and the index it feeds.
 pub struct Objects {
@@ -92,11 +96,13 @@ impl Objects {
         let sc = egret_kube::SourceConfig { antrea: args.antrea, cilium: args.cilium, pods_on_node, stream_pods: true };
         let source = egret_kube::Source::discover(client, sc).await?;
         let index = Index::new(config, source.kinds());
-        let (tx, rx) = std::sync::mpsc::channel();
+        // Bounded: while the index takes in a large listing, the watchers wait instead of
+        // queueing every object (a queue the allocator would keep as resident memory).
+        let (tx, rx) = channel(CHANGES_QUEUED);
         tokio::spawn(async move {
             let mut changes = source.updates();
             while let Some(v) = changes.next().await {
-                if tx.send(v).is_err() {
+                if tx.send(v).await.is_err() {
                     return;
                 }
                 wake();
