@@ -290,19 +290,18 @@ impl TestServer {
 
     /// Removes an object; watchers see DELETED. Returns whether it existed.
     pub fn remove(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        self.remove_versioned(api_version, kind, namespace, name).is_some()
+    }
+
+    /// [`TestServer::remove`] that returns the resourceVersion of the deletion.
+    pub fn remove_versioned(&self, api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> Option<u64> {
         let rv = {
             let mut inner = self.shared.lock();
-            let Some(def) = inner.resources.iter().find(|d| d.api_version() == api_version && d.kind == kind).cloned()
-            else {
-                return false;
-            };
-            match delete(&mut inner, &def, namespace.unwrap_or(""), name) {
-                Some(rv) => rv,
-                None => return false,
-            }
+            let def = inner.resources.iter().find(|d| d.api_version() == api_version && d.kind == kind).cloned()?;
+            delete(&mut inner, &def, namespace.unwrap_or(""), name)?
         };
         self.shared.bump(|t| t.rv = rv);
-        true
+        Some(rv)
     }
 
     /// An object as stored.

@@ -28,6 +28,11 @@ pub struct AgentReport {
     pub programmed_stamp_ms: u64,
     /// Unix milliseconds when that state was programmed.
     pub programmed_at_ms: u64,
+    /// With a Kubernetes source: per kind, the resourceVersion of the last change of that kind
+    /// in the state programmed (each kind's watch is ordered, the kinds are not with respect to
+    /// each other, so one number cannot say "everything up to here").
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub programmed_versions: std::collections::BTreeMap<String, u64>,
     /// The gossip membership as this agent sees it (empty without gossip).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberReport>,

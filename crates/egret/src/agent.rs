@@ -368,8 +368,15 @@ impl Loop {
                             programmed_eligible = may_host;
                         }
                         // Record when this store state was first fully programmed, and tell at once.
-                        if report.ready && stamp != report.programmed_stamp_ms {
+                        // Per kind, since a kind's change may carry a lower version than
+                        // another kind's seen before it.
+                        let versions: std::collections::BTreeMap<String, u64> =
+                            objects.versions.iter().map(|(k, v)| (format!("{k:?}"), *v)).collect();
+                        if report.ready
+                            && (stamp != report.programmed_stamp_ms || versions != report.programmed_versions)
+                        {
                             report.programmed_stamp_ms = stamp;
+                            report.programmed_versions = versions;
                             report.programmed_at_ms = now_ms();
                             last_heartbeat = 0;
                         }

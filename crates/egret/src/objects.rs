@@ -68,6 +68,8 @@ pub struct Objects {
     /// Objects of the Kubernetes source that do not parse, and why (the index keeps their last
     /// good version, if any).
     pub unreadable: BTreeMap<(Kind, ObjectRef), String>,
+    /// With the Kubernetes source: per kind, the resourceVersion of the last change applied.
+    pub versions: BTreeMap<Kind, u64>,
 }
 
 impl Objects {
@@ -79,6 +81,7 @@ impl Objects {
             stamp: 0,
             loaded_clean: false,
             unreadable: BTreeMap::new(),
+            versions: BTreeMap::new(),
         }
     }
 
@@ -109,7 +112,14 @@ impl Objects {
             }
         });
         info!("watching the Kubernetes API");
-        Ok(Objects { feed: Feed::Kube(rx), index, stamp: 0, loaded_clean: true, unreadable: BTreeMap::new() })
+        Ok(Objects {
+            feed: Feed::Kube(rx),
+            index,
+            stamp: 0,
+            loaded_clean: true,
+            unreadable: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        })
     }
 
     /// Feeds what changed into the index, and tells whether anything did. With the store, a
@@ -138,6 +148,8 @@ impl Objects {
                 loop {
                     match rx.try_recv() {
                         Ok(Update::Change(v)) => {
+                            let seen = self.versions.entry(v.change.kind()).or_default();
+                            *seen = (*seen).max(v.version);
                             self.index.apply(v.change);
                             self.stamp = self.stamp.max(v.version);
                             changed = true;

@@ -6,8 +6,9 @@
 //! The mirror copies objects (without status) from the store to the double, and the statuses
 //! the controllers write to the double back into the store, where `egret get` and the lab's
 //! checks read them. After each pass it writes what the lab needs to observe into `api.json`:
-//! the store stamp mirrored, the resourceVersion of its last write (an agent that has applied
-//! that version has seen the change), and the holder of the leader Lease.
+//! the store stamp mirrored, per kind the resourceVersion of its last write of that kind (an
+//! agent that has applied, for every kind, at least that version has seen the change: each
+//! kind's watch is ordered, different kinds' are not), and the holder of the leader Lease.
 
 use anyhow::Context;
 use egret_api::v1alpha1::{EgressStatus, ExternalIPPoolStatus};
@@ -34,8 +35,9 @@ pub const LEASE_NAME: &str = "egret-controller";
 pub struct ApiState {
     /// The store stamp mirrored last.
     pub stamp: u64,
-    /// The resourceVersion of the mirror's last write to the double.
-    pub rv: u64,
+    /// Per kind (as the agents name it in their reports), the resourceVersion of the mirror's
+    /// last write of that kind.
+    pub versions: BTreeMap<String, u64>,
     /// The holder of the leader Lease.
     pub leader: Option<String>,
 }
@@ -117,7 +119,15 @@ fn store_objects(store: &Store) -> anyhow::Result<(BTreeMap<Key, Value>, u64)> {
 #[derive(Default)]
 struct Mirror {
     put: BTreeMap<Key, Value>,
-    rv: u64,
+    versions: BTreeMap<String, u64>,
+}
+
+/// The name agents report a kind by (`egret_core::event::Kind`'s).
+fn kind_name(kind: &str) -> String {
+    match kind {
+        "ExternalIPPool" => "Pool".into(),
+        other => other.into(),
+    }
 }
 
 impl Mirror {
@@ -127,13 +137,14 @@ impl Mirror {
             if self.put.get(k) != Some(v) {
                 let put =
                     if k.0.starts_with("egret.dev/") { server.put_spec(v.clone()) } else { server.put(v.clone()) };
-                self.rv = put.with_context(|| format!("putting {} {}", k.1, k.3))?;
+                let rv = put.with_context(|| format!("putting {} {}", k.1, k.3))?;
+                self.versions.insert(kind_name(&k.1), rv);
             }
         }
         for k in self.put.keys().filter(|k| !want.contains_key(*k)) {
             let ns = (!k.2.is_empty()).then_some(k.2.as_str());
-            if server.remove(&k.0, &k.1, ns, &k.3) {
-                self.rv = server.resource_version();
+            if let Some(rv) = server.remove_versioned(&k.0, &k.1, ns, &k.3) {
+                self.versions.insert(kind_name(&k.1), rv);
             }
         }
         self.put = want;
@@ -190,7 +201,11 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
             if let Err(e) = store.write_statuses(&egresses, &pools) {
                 warn!("writing statuses into the store: {e}");
             }
-            let now = ApiState { stamp: mirrored_stamp.unwrap_or(0), rv: mirror.rv, leader: leader(&server) };
+            let now = ApiState {
+                stamp: mirrored_stamp.unwrap_or(0),
+                versions: mirror.versions.clone(),
+                leader: leader(&server),
+            };
             if now != seen && mirrored_stamp.is_some() {
                 if let Err(e) = now.save(state) {
                     warn!("writing {}: {e:#}", state.display());

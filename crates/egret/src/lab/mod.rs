@@ -789,16 +789,23 @@ fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
 fn wait_programmed(st: &LabState, stamp: u64, limit: Duration) -> anyhow::Result<BTreeMap<String, u64>> {
     let want: BTreeSet<&String> = st.nodes.keys().filter(|n| !st.killed.contains(*n)).collect();
     let mut lat = BTreeMap::new();
-    // With the API server double, agents count in resourceVersions: the change is the mirror's
-    // write that carried the store stamp over.
-    let mut target = (!st.api).then_some(stamp);
+    // With the API server double, agents count in resourceVersions per kind: the change is the
+    // mirror's writes that carried the store stamp over.
+    let mut versions = None;
     wait_until(limit, || {
-        if target.is_none() {
-            target = api::ApiState::load(&api::state_path(&st.dir())).filter(|a| a.stamp >= stamp).map(|a| a.rv);
+        if st.api && versions.is_none() {
+            versions =
+                api::ApiState::load(&api::state_path(&st.dir())).filter(|a| a.stamp >= stamp).map(|a| a.versions);
+            if versions.is_none() {
+                return Ok(false);
+            }
         }
-        let Some(target) = target else { return Ok(false) };
+        let programmed = |r: &AgentReport| match &versions {
+            None => r.programmed_stamp_ms >= stamp,
+            Some(want) => want.iter().all(|(k, v)| r.programmed_versions.get(k).is_some_and(|p| p >= v)),
+        };
         for (node, r) in reports(st) {
-            if want.contains(&node) && r.programmed_stamp_ms >= target && !lat.contains_key(&node) {
+            if want.contains(&node) && programmed(&r) && !lat.contains_key(&node) {
                 lat.insert(node, r.programmed_at_ms.saturating_sub(stamp));
             }
         }
