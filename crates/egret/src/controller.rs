@@ -408,12 +408,16 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     // The unparsable objects an Event was published for, with the reason.
     let mut reported: BTreeMap<(Kind, ObjectRef), String> = BTreeMap::new();
     let mut was_leader = false;
+    // What the last pass acted on, and whether a write of it failed (so the next tick retries).
+    let mut last_seen: Option<Liveness> = None;
+    let mut retry = false;
     loop {
-        objects.poll()?;
+        let changed = objects.poll()?;
         let leading = leadership.is_leader();
         if leading != was_leader {
             info!(leading, "leadership changed");
             written.clear();
+            last_seen = None;
             was_leader = leading;
             metrics.leader.set(i64::from(leading));
             // Both replicas are ready: the standby's index and view are warm.
@@ -426,10 +430,14 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
                 metrics.members.get_or_create(&vec![("status".into(), format!("{status:?}"))]).set(n as i64);
             }
         }
-        if leading {
-            let seen = liveness_of_view(&views.borrow());
+        let seen = liveness_of_view(&views.borrow());
+        // The periodic tick re-reads the view only: nothing to do unless the objects, the
+        // view or the leadership changed, or a write failed last time.
+        if leading && (changed || retry || last_seen.as_ref() != Some(&seen)) {
+            let seen = last_seen.insert(seen);
+            retry = false;
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let mut s = statuses(&mut objects.index, &seen, &now, antrea_vocabulary, &mut logged);
+            let mut s = statuses(&mut objects.index, seen, &now, antrea_vocabulary, &mut logged);
             let unreadable: BTreeMap<String, String> = objects
                 .unreadable
                 .iter()
@@ -465,7 +473,10 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
                         written.insert(name.clone(), next.clone());
                         n += 1;
                     }
-                    Err(e) => warn!("{e}"),
+                    Err(e) => {
+                        warn!("{e}");
+                        retry = true;
+                    }
                 }
             }
             for (name, _, next) in &s.pools {
@@ -473,7 +484,10 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
                 metrics.wrote("ExternalIPPool", r.is_ok());
                 match r {
                     Ok(()) => n += 1,
-                    Err(e) => warn!("{e}"),
+                    Err(e) => {
+                        warn!("{e}");
+                        retry = true;
+                    }
                 }
             }
             if n > 0 {

@@ -58,9 +58,7 @@ impl ApiState {
 
 /// A kubeconfig for the double at `addr`.
 pub fn kubeconfig(addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: lab\nclusters:\n- name: lab\n  cluster: {{server: \"http://{addr}\"}}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: lab}}\nusers:\n- name: lab\n  user: {{token: lab}}\n"
-    )
+    egret_kube::testserver::kubeconfig(&format!("http://{addr}"))
 }
 
 /// Identity of an object in the double: apiVersion, kind, namespace, name.
@@ -187,6 +185,7 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
         let mut mirror = Mirror::default();
         let mut seen = ApiState { stamp: u64::MAX, ..ApiState::default() };
         let mut mirrored_stamp = None;
+        let mut copied = None;
         loop {
             if mirrored_stamp != Some(store.stamp()) {
                 match store_objects(&store) {
@@ -197,9 +196,14 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
                     Err(e) => warn!("mirror: {e:#}"),
                 }
             }
-            let (egresses, pools) = statuses(&server);
-            if let Err(e) = store.write_statuses(&egresses, &pools) {
-                warn!("writing statuses into the store: {e}");
+            // Into the store only when the controllers wrote something new: the store compares
+            // file by file, which is not worth doing every pass.
+            let now_statuses = statuses(&server);
+            if Some(&now_statuses) != copied.as_ref() {
+                match store.write_statuses(&now_statuses.0, &now_statuses.1) {
+                    Ok(_) => copied = Some(now_statuses),
+                    Err(e) => warn!("writing statuses into the store: {e}"),
+                }
             }
             let now = ApiState {
                 stamp: mirrored_stamp.unwrap_or(0),
