@@ -61,11 +61,7 @@ mod tests {
         let server = TestServer::start().await.unwrap();
         server.put(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}})).unwrap();
         let path = std::env::temp_dir().join(format!("egret-kube-{}-{}.yaml", std::process::id(), server.url().len()));
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\nusers:\n- name: test\n  user: {{token: t}}\n",
-            server.url()
-        );
-        std::fs::write(&path, kubeconfig).unwrap();
+        std::fs::write(&path, server.kubeconfig()).unwrap();
         let c = client(Some(&path)).await;
         std::fs::remove_file(&path).unwrap();
         let names: Vec<String> = Api::<Namespace>::all(c.unwrap())

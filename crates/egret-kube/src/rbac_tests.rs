@@ -18,9 +18,9 @@
 use crate::lease::{LeaderElector, LeaseConfig};
 use crate::source::{Source, SourceConfig};
 use crate::status::{Reporter, StatusError, StatusWriter};
-use crate::testserver::{Request, ResourceDef, TestServer};
+use crate::testserver::{Request, TestServer};
 use egret_api::v1alpha1::{EgressCondition, EgressStatus, ExternalIPPoolStatus, IP_ALLOCATED, IPPoolUsage};
-use egret_core::event::{Change, Event, Kind};
+use egret_core::event::{Change, Kind};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 use serde::Deserialize;
 use serde_json::Value;
@@ -444,15 +444,7 @@ async fn world(foreign: bool) -> TestServer {
         server.put_yaml(yaml).unwrap();
     }
     if foreign {
-        server.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "egresses", "Egress", false));
-        server.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "externalippools", "ExternalIPPool", false));
-        server.serve(ResourceDef::new(
-            "cilium.io",
-            "v2",
-            "ciliumegressgatewaypolicies",
-            "CiliumEgressGatewayPolicy",
-            false,
-        ));
+        server.serve_foreign_crds();
     }
     server
 }
@@ -468,17 +460,7 @@ async fn sync_source(server: &TestServer, config: SourceConfig, kinds: &[Kind]) 
     tokio::time::timeout(PATIENCE, async {
         while !kinds.iter().all(|k| listed.contains(k)) {
             let c: Change = rx.recv().await.expect("source running");
-            if matches!(
-                c,
-                Change::Pools(Event::Reset(_))
-                    | Change::Egresses(Event::Reset(_))
-                    | Change::AntreaPools(Event::Reset(_))
-                    | Change::AntreaEgresses(Event::Reset(_))
-                    | Change::CiliumPolicies(Event::Reset(_))
-                    | Change::Nodes(Event::Reset(_))
-                    | Change::Namespaces(Event::Reset(_))
-                    | Change::Pods(Event::Reset(_))
-            ) {
+            if c.is_reset() {
                 listed.insert(c.kind());
             }
         }

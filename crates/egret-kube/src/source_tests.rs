@@ -1,5 +1,5 @@
 use super::*;
-use crate::testserver::{ResourceDef, TestServer};
+use crate::testserver::TestServer;
 use egret_core::model;
 use serde_json::json;
 use std::time::Duration;
@@ -36,7 +36,7 @@ async fn initial_sync(s: &mut Rx, kinds: &[Kind]) -> Vec<Change> {
     let mut resets: Vec<Change> = Vec::new();
     while !kinds.iter().all(|k| resets.iter().any(|c| c.kind() == *k)) {
         let c = next(s).await;
-        assert!(is_reset(&c), "only resets before the initial sync ends, got {c:?}");
+        assert!(c.is_reset(), "only resets before the initial sync ends, got {c:?}");
         resets.push(c);
     }
     resets.sort_by_key(Change::kind);
@@ -59,20 +59,6 @@ async fn watching(server: &TestServer) {
     })
     .await
     .expect("watches open");
-}
-
-fn is_reset(c: &Change) -> bool {
-    matches!(
-        c,
-        Change::Pools(Event::Reset(_))
-            | Change::Egresses(Event::Reset(_))
-            | Change::AntreaPools(Event::Reset(_))
-            | Change::AntreaEgresses(Event::Reset(_))
-            | Change::CiliumPolicies(Event::Reset(_))
-            | Change::Nodes(Event::Reset(_))
-            | Change::Namespaces(Event::Reset(_))
-            | Change::Pods(Event::Reset(_))
-    )
 }
 
 fn pod(ns: &str, name: &str, node: Option<&str>, ip: &str) -> serde_json::Value {
@@ -434,15 +420,7 @@ async fn pods_of_one_node_by_field_selector() {
 }
 
 fn serve_foreign(server: &TestServer) {
-    server.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "egresses", "Egress", false));
-    server.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "externalippools", "ExternalIPPool", false));
-    server.serve(ResourceDef::new(
-        "cilium.io",
-        "v2",
-        "ciliumegressgatewaypolicies",
-        "CiliumEgressGatewayPolicy",
-        false,
-    ));
+    server.serve_foreign_crds();
     server
         .put_yaml("apiVersion: crd.antrea.io/v1beta1\nkind: Egress\nmetadata: {name: ae}\nspec:\n  appliedTo: {podSelector: {}}\n  externalIPPool: ap\n")
         .unwrap();

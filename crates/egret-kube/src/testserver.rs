@@ -198,6 +198,14 @@ pub enum TestServerError {
     Parse(#[source] serde_yaml_ng::Error),
 }
 
+/// A kubeconfig whose current context points at the plain-HTTP server `url` (a test double
+/// of the API server) with a placeholder token.
+pub fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: double\nclusters:\n- name: double\n  cluster: {{server: \"{url}\"}}\ncontexts:\n- name: double\n  context: {{cluster: double, user: double}}\nusers:\n- name: double\n  user: {{token: double}}\n"
+    )
+}
+
 impl TestServer {
     /// Starts the double on a random port of 127.0.0.1.
     pub async fn start() -> Result<TestServer, TestServerError> {
@@ -225,10 +233,29 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig for this server (see [`kubeconfig`]).
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig(&self.url())
+    }
+
     /// A kube-rs client pointed at the double through a `kube::Config` with its URL.
     pub fn client(&self) -> Result<kube::Client, TestServerError> {
         let uri: axum::http::Uri = self.url().parse().map_err(|_| TestServerError::NotServed(self.url()))?;
         kube::Client::try_from(kube::Config::new(uri)).map_err(TestServerError::Client)
+    }
+
+    /// Serves the foreign kinds Egret reads, as if Antrea's (`crd.antrea.io/v1beta1` Egress and
+    /// ExternalIPPool) and Cilium's (`cilium.io/v2` CiliumEgressGatewayPolicy) CRDs were installed.
+    pub fn serve_foreign_crds(&self) {
+        self.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "egresses", "Egress", false));
+        self.serve(ResourceDef::new("crd.antrea.io", "v1beta1", "externalippools", "ExternalIPPool", false));
+        self.serve(ResourceDef::new(
+            "cilium.io",
+            "v2",
+            "ciliumegressgatewaypolicies",
+            "CiliumEgressGatewayPolicy",
+            false,
+        ));
     }
 
     /// Serves one more resource (e.g. a foreign CRD being installed).

@@ -367,14 +367,7 @@ async fn get_reads_a_cluster_through_a_kubeconfig() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{token: t}}\n",
-            server.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kc, server.kubeconfig()).unwrap();
     let kc = kc.to_string_lossy().into_owned();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || egret(&args.iter().map(String::as_str).collect::<Vec<_>>()))
@@ -438,14 +431,7 @@ async fn controller_on_the_api_server_double() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\nusers:\n- name: t\n  user: {{token: t}}\n",
-            server.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kc, server.kubeconfig()).unwrap();
     let key = dir.path().join("gossip.key");
     egret_gossip::generate_key_file(&key).unwrap();
     let (gossip, health) = (free_port(true), free_port(false));
