@@ -295,7 +295,7 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = rx.recv() => { while rx.try_recv().is_ok() {} }
             _ = tick.tick() => {}
-            _ = crate::agent::wait_for_signal() => break,
+            _ = crate::serve::wait_for_signal() => break,
         }
     }
     info!("controller stopped");
@@ -352,7 +352,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
         retry_period: Duration::from_millis(args.retry_period_ms),
         ..LeaseConfig::new(&args.namespace, &args.lease_name, &id)
     };
-    let health = Arc::new(std::sync::Mutex::new(crate::agent::Health {
+    let health = Arc::new(std::sync::Mutex::new(crate::serve::Health {
         ready: false,
         error: Some("waiting for the initial lists".into()),
     }));
@@ -360,7 +360,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.health_addr {
         let (h, m) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::agent::serve_http(addr, h, Arc::new(move || m.encode())).await {
+            if let Err(e) = crate::serve::serve_http(addr, h, Arc::new(move || m.encode())).await {
                 warn!("serving health and metrics on {addr}: {e:#}");
             }
         });
@@ -500,7 +500,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             _ = leader_changes.changed() => {}
             _ = tick.tick() => {}
             r = &mut election => bail!("leader election stopped: {r:?}"),
-            _ = crate::agent::wait_for_signal() => break,
+            _ = crate::serve::wait_for_signal() => break,
         }
     }
     // Hand the Lease over at once rather than after it expires.

@@ -16,6 +16,7 @@ mod lab;
 mod metrics;
 mod objects;
 mod offline;
+mod serve;
 mod table;
 
 use clap::{Parser, Subcommand};

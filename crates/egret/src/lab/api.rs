@@ -219,7 +219,7 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
             tokio::select! {
                 _ = rx.recv() => { while rx.try_recv().is_ok() {} }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = crate::agent::wait_for_signal() => break,
+                _ = crate::serve::wait_for_signal() => break,
             }
         }
         anyhow::Ok(())
