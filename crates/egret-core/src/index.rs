@@ -583,6 +583,13 @@ impl Index {
 
     /// Brings validation and allocation up to date, re-matching groups against the Egresses
     /// whose selection changed.
+    /// Drops the destination partitions that hold an Egress of these ranks.
+    fn drop_partitions_of(&mut self, stale: &BTreeSet<usize>) {
+        if !stale.is_empty() {
+            self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
+        }
+    }
+
     fn objects(&mut self) -> &Objects {
         if self.objects.is_none() || self.objects_stale {
             if self.node_facts.is_none() {
@@ -617,18 +624,7 @@ impl Index {
                 });
             if neutral && let Some(old) = self.objects.take() {
                 let rank = &old.rank;
-                let stale: BTreeSet<usize> = candidates
-                    .iter()
-                    .filter(|n| {
-                        let (a, b) = (before.get(*n), validated.egresses.get(*n));
-                        a.map(|e| (&e.destinations, &e.excluded, e.family))
-                            != b.map(|e| (&e.destinations, &e.excluded, e.family))
-                    })
-                    .filter_map(|n| rank.get(n.as_str()).copied())
-                    .collect();
-                if !stale.is_empty() {
-                    self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
-                }
+                self.drop_partitions_of(&destinations_changed(&candidates, &before, &validated.egresses, rank));
                 let mut node_selective = old.node_selective;
                 for n in &candidates {
                     match validated.egresses.get(n) {
@@ -662,18 +658,7 @@ impl Index {
             // Egress whose destinations changed are stale (a selector edit keeps them all).
             let same_order = self.objects_order.as_deref() == Some(order.as_slice());
             if same_order {
-                let stale: BTreeSet<usize> = candidates
-                    .iter()
-                    .filter(|n| {
-                        let (a, b) = (before.get(*n), validated.egresses.get(*n));
-                        a.map(|e| (&e.destinations, &e.excluded, e.family))
-                            != b.map(|e| (&e.destinations, &e.excluded, e.family))
-                    })
-                    .filter_map(|n| rank.get(n.as_str()).copied())
-                    .collect();
-                if !stale.is_empty() {
-                    self.partitions.retain(|(_, ranks), _| !ranks.iter().any(|r| stale.contains(r)));
-                }
+                self.drop_partitions_of(&destinations_changed(&candidates, &before, &validated.egresses, &rank));
             } else {
                 self.partitions.clear();
                 self.order_gen += 1;
@@ -1434,6 +1419,24 @@ impl Index {
             }
         }
     }
+}
+
+/// The ranks of the `candidates` whose destinations differ between `before` and `after`: the
+/// partitions holding them are stale.
+fn destinations_changed(
+    candidates: &BTreeSet<String>,
+    before: &BTreeMap<String, Egress>,
+    after: &BTreeMap<String, Egress>,
+    rank: &HashMap<Arc<str>, usize>,
+) -> BTreeSet<usize> {
+    candidates
+        .iter()
+        .filter(|n| {
+            let (a, b) = (before.get(*n), after.get(*n));
+            a.map(|e| (&e.destinations, &e.excluded, e.family)) != b.map(|e| (&e.destinations, &e.excluded, e.family))
+        })
+        .filter_map(|n| rank.get(n.as_str()).copied())
+        .collect()
 }
 
 #[cfg(test)]
