@@ -9,8 +9,8 @@
 
 use crate::controller::liveness;
 use crate::metrics::Metrics;
-use crate::serve::{Health, serve_http, wait_for_signal};
 use crate::objects::{KubeArgs, Objects, SourceKind};
+use crate::serve::{Health, serve_http, wait_for_signal};
 use anyhow::{Context, bail};
 use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};

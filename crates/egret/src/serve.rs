@@ -60,4 +60,3 @@ pub(crate) async fn wait_for_signal() {
         _ = term => {}
     }
 }
-

@@ -133,16 +133,22 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// What seed 002 (HA) promises once applied: prod's web pods leave with 10.10.0.11, staging's
+/// with 10.10.0.12, other pods with their node's address.
+fn seed_002_ha_sources(lab: &Lab) {
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("prod/web-2", "db-a"), "10.10.0.11");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.12");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+}
+
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn seed_002_ha_example() {
     let lab = Lab::up();
     assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.101", "before any Egress: the node IP");
     lab.apply("examples/seed-002-ha/egress.yaml");
-    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
-    assert_eq!(lab.whoami("prod/web-2", "db-a"), "10.10.0.11");
-    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.12");
-    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    seed_002_ha_sources(&lab);
     for name in ["egress-prod-web", "egress-staging-web"] {
         let e = lab.wait_egress(name, |e| e["status"]["egressNode"].is_string());
         assert_eq!(condition(&e, "IPAssigned")["status"], "True");
@@ -482,10 +488,7 @@ fn through_the_api_server_double_seeds_failover_and_leader_handover() {
 
     // Seed 002 (HA): same addresses as with the store.
     lab.apply("examples/seed-002-ha/egress.yaml");
-    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
-    assert_eq!(lab.whoami("prod/web-2", "db-a"), "10.10.0.11");
-    assert_eq!(lab.whoami("staging/web-1", "db-a"), "10.10.0.12");
-    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    seed_002_ha_sources(&lab);
     for name in ["egress-prod-web", "egress-staging-web"] {
         let e = lab.wait_egress(name, |e| condition(e, "IPAssigned")["reason"] == "Assigned");
         assert_eq!(condition(&e, "IPAllocated")["reason"], "Allocated");
