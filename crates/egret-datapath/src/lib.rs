@@ -59,6 +59,15 @@ pub enum DatapathError {
     /// `nft` printed something that is not the expected JSON.
     #[error("unexpected nft output: {0}")]
     NftOutput(String),
+    /// nft's JSON (a listing read back, or a transaction to write) could not be parsed or built.
+    #[error("nft JSON ({what}): {source}")]
+    NftJson {
+        /// Which document.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The underlay interface does not exist.
     #[error("underlay interface {0:?} not found")]
     NoUnderlay(String),
@@ -164,11 +173,7 @@ fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, D
 /// Reads table `inet egret` (`None`: it does not exist).
 fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
     match run_nft(cfg, &["-j", "list", "table", "inet", TABLE], None) {
-        Ok(out) => {
-            let doc: serde_json::Value =
-                serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
-            Ok(nft::parse_table(&doc))
-        }
+        Ok(out) => nft::parse_table(&out).map_err(|source| DatapathError::NftJson { what: "table listing", source }),
         Err(DatapathError::Nft { detail, .. }) if detail.contains("No such file or directory") => Ok(None),
         Err(e) => Err(e),
     }
@@ -295,7 +300,7 @@ impl Datapath {
         if !cmds.is_empty() {
             report.changes.extend(nft::describe(&want_nft, have.as_ref()));
             report.nft_commands = cmds.len();
-            let doc = nft::document(cmds).to_string();
+            let doc = nft::document(cmds).map_err(|source| DatapathError::NftJson { what: "transaction", source })?;
             let t = Instant::now();
             run_nft(&cfg, &["-j", "-f", "-"], Some(&doc))?;
             report.nft_apply = Some(t.elapsed());
@@ -491,10 +496,11 @@ pub fn cleanup(cfg: &Config) -> Result<CleanupReport, DatapathError> {
     cfg.check()?;
     let mut report = CleanupReport::default();
     if read_table(cfg)?.is_some() {
-        let doc = nft::document(vec![serde_json::json!(
+        let doc = nft::document(vec![nft::Cmd::Json(serde_json::json!(
             {"delete": {"table": {"family": "inet", "name": TABLE}}}
-        )]);
-        run_nft(cfg, &["-j", "-f", "-"], Some(&doc.to_string()))?;
+        ))])
+        .map_err(|source| DatapathError::NftJson { what: "cleanup", source })?;
+        run_nft(cfg, &["-j", "-f", "-"], Some(&doc))?;
         report.removed.push(format!("nft table inet {TABLE}"));
     }
     let rt = runtime()?;

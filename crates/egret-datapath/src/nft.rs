@@ -11,6 +11,8 @@ use crate::config::{Config, TABLE, mac_string, tunnel_mac};
 use crate::link::{PeerIds, tunnel_peers};
 use egret_core::planner::{NodePlan, SteerAction};
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -57,8 +59,22 @@ pub struct Chain {
     pub rules: Vec<(String, Value)>,
 }
 
+/// One element as nft's JSON text. Kept as text, not as a parsed [`Value`]: a parsed element
+/// costs kilobytes (a map per object), its text about a hundred bytes, and a gateway's maps
+/// hold thousands of elements, twice (desired and read back).
+pub type Elem = Box<RawValue>;
+
+fn raw(v: &Value) -> Elem {
+    // Serialising a `Value` cannot fail (its keys are strings); `null` keeps this total.
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+fn parsed(e: &RawValue) -> Value {
+    serde_json::from_str(e.get()).unwrap_or(Value::Null)
+}
+
 /// A set or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Set {
     /// `map` data type, `None` for a set.
     pub map: Option<Value>,
@@ -66,9 +82,20 @@ pub struct Set {
     pub key: Value,
     /// Flags (e.g. `interval`).
     pub flags: Vec<String>,
-    /// Canonical element text (key, and `: value` for maps) -> JSON element.
-    pub elems: BTreeMap<String, Value>,
+    /// Canonical element text (key, and `: value` for maps) -> JSON element (for a one-field
+    /// interval set, the JSON array of the elements one canonical range stands for).
+    pub elems: BTreeMap<String, Elem>,
 }
+
+impl PartialEq for Set {
+    fn eq(&self, o: &Set) -> bool {
+        self.same_definition(o)
+            && self.elems.len() == o.elems.len()
+            && self.elems.iter().zip(&o.elems).all(|((ka, a), (kb, b))| ka == kb && a.get() == b.get())
+    }
+}
+
+impl Eq for Set {}
 
 impl Set {
     fn same_definition(&self, o: &Set) -> bool {
@@ -179,9 +206,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             },
         );
         let mac = mac_string(&tunnel_mac(*ip));
-        peers_elems.insert(format!("{mac} : jump {}", origin_chain(id)), json!([mac, verdict_jump(&origin_chain(id))]));
+        peers_elems
+            .insert(format!("{mac} : jump {}", origin_chain(id)), raw(&json!([mac, verdict_jump(&origin_chain(id))])));
         // goto: a restored reply needs nothing else from Egret's chain.
-        restore_elems.insert(format!("{m} : goto {}", tunnel_chain(id)), json!([m, verdict_goto(&tunnel_chain(id))]));
+        restore_elems
+            .insert(format!("{m} : goto {}", tunnel_chain(id)), raw(&json!([m, verdict_goto(&tunnel_chain(id))])));
     }
 
     let mut cluster = Vec::new();
@@ -200,11 +229,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut steer = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
-    let mut add_counter = |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Value>| {
+    let mut add_counter = |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Elem>| {
         if counters.contains_key(&format!("{key_text} : {egress}")) {
             return;
         }
-        counters.insert(format!("{key_text} : {egress}"), json!([key.clone(), egress]));
+        counters.insert(format!("{key_text} : {egress}"), raw(&json!([key, egress])));
         counter_names.insert(egress.to_string());
     };
     for s in &plan.steer {
@@ -230,7 +259,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             }
             SteerAction::Drop => ("drop".to_string(), json!({"drop": null})),
         };
-        steer.insert(format!("{key_text} : {vtext}"), json!([key.clone(), v]));
+        steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
         add_counter(key_text, &key, &s.egress, &mut counters);
     }
     let mut snat = BTreeMap::new();
@@ -244,7 +273,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         };
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
-        snat.insert(format!("{key_text} : {eip}"), json!([key.clone(), eip.to_string()]));
+        snat.insert(format!("{key_text} : {eip}"), raw(&json!([key, eip.to_string()])));
         add_counter(key_text, &key, &s.egress, &mut counters);
     }
     // Named counters for every Egress with traffic here, even before its first packet.
@@ -396,7 +425,7 @@ fn concat_text(src: Ipv4Addr, dst: &ipnet::Ipv4Net) -> String {
 
 /// Canonical elements of a one-field interval set: adjacent or overlapping ranges merged, so
 /// that however nft splits or joins intervals, equal sets compare equal.
-fn canonical_interval_set(ranges: impl Iterator<Item = (u128, u128, Value)>) -> BTreeMap<String, Value> {
+fn canonical_interval_set(ranges: impl Iterator<Item = (u128, u128, Value)>) -> BTreeMap<String, Elem> {
     let mut v: Vec<(u128, u128, Value)> = ranges.collect();
     v.sort_by_key(|r| (r.0, r.1));
     let mut merged: Vec<(u128, u128, Vec<Value>)> = Vec::new();
@@ -412,7 +441,7 @@ fn canonical_interval_set(ranges: impl Iterator<Item = (u128, u128, Value)>) -> 
     let mut out = BTreeMap::new();
     for (s, e, js) in merged {
         // One canonical range may stand for several JSON elements; keep them all for adds.
-        out.insert(format!("{s}-{e}"), Value::Array(js));
+        out.insert(format!("{s}-{e}"), raw(&Value::Array(js)));
     }
     out
 }
@@ -482,15 +511,67 @@ fn elem_text(v: &Value, is_map: bool) -> String {
     }
 }
 
-/// Parses `nft -j list table inet egret` output into the model (`None`: no such table).
-pub fn parse_table(doc: &Value) -> Option<Table> {
-    let items = doc.get("nftables")?.as_array()?;
+/// One item of nft's JSON listing: its kind (`table`, `chain`, `set`, ...) and body, left as
+/// text until the kind is known, so that a large set is never parsed into one `Value` tree.
+#[derive(Deserialize)]
+struct Listing<'a> {
+    #[serde(borrow)]
+    nftables: Vec<BTreeMap<String, &'a RawValue>>,
+}
+
+/// The parts of a set or map the model reads; its elements stay text until each is read.
+#[derive(Deserialize)]
+struct SetBody<'a> {
+    family: Option<String>,
+    table: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    key: Option<Value>,
+    map: Option<Value>,
+    flags: Option<Value>,
+    #[serde(borrow)]
+    elem: Option<Vec<&'a RawValue>>,
+}
+
+/// Parses `nft -j list table inet egret` output into the model (`Ok(None)`: no such table).
+pub fn parse_table(text: &str) -> Result<Option<Table>, serde_json::Error> {
+    let listing: Listing = serde_json::from_str(text)?;
     let mut t = Table::default();
     let mut found = false;
-    for item in items {
-        let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+    for item in listing.nftables {
+        let Some((kind, body)) = item.into_iter().next() else {
             continue;
         };
+        if kind == "set" || kind == "map" {
+            let body: SetBody = serde_json::from_str(body.get())?;
+            if body.family.as_deref() != Some("inet") || body.table.as_deref() != Some(TABLE) {
+                continue;
+            }
+            let is_map = kind == "map";
+            let key = body.key.unwrap_or(Value::Null);
+            let flags: Vec<String> = body
+                .flags
+                .as_ref()
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .unwrap_or_default();
+            let raw_elems = body.elem.unwrap_or_default();
+            let single_interval = !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
+            let elems = if single_interval {
+                canonical_interval_set(raw_elems.into_iter().filter_map(|e| {
+                    let e = parsed(e);
+                    let text = component_text(&e);
+                    let (s, e2) = text.split_once('-')?;
+                    Some((s.parse().ok()?, e2.parse().ok()?, e))
+                }))
+            } else {
+                raw_elems.into_iter().map(|e| (elem_text(&parsed(e), is_map), e.to_owned())).collect()
+            };
+            let map = if is_map { body.map } else { None };
+            t.sets.insert(body.name.unwrap_or_default(), Set { map, key, flags, elems });
+            continue;
+        }
+        let body = parsed(body);
         let mine = body.get("table").and_then(Value::as_str) == Some(TABLE)
             || (kind == "table" && body.get("name").and_then(Value::as_str) == Some(TABLE));
         if body.get("family").and_then(Value::as_str) != Some("inet") || !mine {
@@ -506,41 +587,13 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
                     prio: body.get("prio").and_then(Value::as_i64).unwrap_or_default(),
                     policy: body.get("policy").and_then(Value::as_str).unwrap_or_default().into(),
                 });
-                t.chains.entry(name).or_insert(Chain { hook: None, rules: vec![] });
-                if let Some(c) = t.chains.get_mut(body.get("name").and_then(Value::as_str).unwrap_or_default()) {
-                    c.hook = hook;
-                }
+                t.chains.entry(name).or_insert(Chain { hook: None, rules: vec![] }).hook = hook;
             }
             "rule" => {
                 let chain = body.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
                 let comment = body.get("comment").and_then(Value::as_str).unwrap_or("(no comment)").to_string();
-                let expr = body.get("expr").cloned().unwrap_or(Value::Null);
-                t.chains.entry(chain).or_insert(Chain { hook: None, rules: vec![] }).rules.push((comment, expr));
-            }
-            "set" | "map" => {
-                let is_map = kind == "map";
-                let key = body.get("type").cloned().unwrap_or(Value::Null);
-                let flags: Vec<String> = body
-                    .get("flags")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                    .unwrap_or_default();
-                let raw: Vec<Value> = match body.get("elem") {
-                    Some(Value::Array(a)) => a.clone(),
-                    _ => vec![],
-                };
-                let single_interval = !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
-                let elems = if single_interval {
-                    canonical_interval_set(raw.into_iter().filter_map(|e| {
-                        let text = component_text(&e);
-                        let (s, e2) = text.split_once('-')?;
-                        Some((s.parse().ok()?, e2.parse().ok()?, e))
-                    }))
-                } else {
-                    raw.into_iter().map(|e| (elem_text(&e, is_map), e)).collect()
-                };
-                t.sets
-                    .insert(name, Set { map: if is_map { body.get("map").cloned() } else { None }, key, flags, elems });
+                // Only comments are compared; nft's re-rendering of the expression is not kept.
+                t.chains.entry(chain).or_insert(Chain { hook: None, rules: vec![] }).rules.push((comment, Value::Null));
             }
             "counter" => {
                 t.counters.insert(name);
@@ -548,7 +601,7 @@ pub fn parse_table(doc: &Value) -> Option<Table> {
             _ => {}
         }
     }
-    found.then_some(t)
+    Ok(found.then_some(t))
 }
 
 /// The local ids a table read back records: `tunnel_peers` maps each peer's tunnel MAC (which
@@ -575,7 +628,7 @@ pub fn normalise(mut t: Table) -> Table {
         if !is_map && s.key.as_str().is_some() && s.flags.iter().any(|f| f == "interval") {
             continue; // already canonical ranges
         }
-        s.elems = std::mem::take(&mut s.elems).into_values().map(|e| (elem_text(&e, is_map), e)).collect();
+        s.elems = std::mem::take(&mut s.elems).into_values().map(|e| (elem_text(&parsed(&e), is_map), e)).collect();
     }
     t
 }
@@ -594,48 +647,96 @@ fn named(kind: &str, name: &str) -> Value {
     obj(kind, m)
 }
 
-fn elems_of(s: &Set, texts: &BTreeSet<&String>, keys_only: bool) -> Vec<Value> {
+fn elems_of(s: &Set, texts: &BTreeSet<&String>, keys_only: bool) -> Vec<Elem> {
     let mut out = Vec::new();
     for t in texts {
         let Some(e) = s.elems.get(*t) else { continue };
-        let list = match e {
-            // single-field interval sets keep a list of JSON elements per canonical range
-            Value::Array(a) if s.map.is_none() => a.clone(),
-            other => vec![other.clone()],
-        };
-        for e in list {
-            match (keys_only, &e) {
-                (true, Value::Array(kv)) if s.map.is_some() => out.push(kv[0].clone()),
-                _ => out.push(e),
+        if s.map.is_none() && e.get().starts_with('[') {
+            // A one-field interval set keeps the JSON elements one canonical range stands for.
+            if let Value::Array(list) = parsed(e) {
+                out.extend(list.iter().map(raw));
             }
+        } else if keys_only && s.map.is_some() {
+            match parsed(e) {
+                Value::Array(kv) if !kv.is_empty() => out.push(raw(&kv[0])),
+                _ => out.push(e.clone()),
+            }
+        } else {
+            out.push(e.clone());
         }
     }
     out
 }
 
-fn element_cmd(verb: &str, set: &str, elems: Vec<Value>) -> Value {
-    json!({ verb: {"element": {"family": "inet", "table": TABLE, "name": set, "elem": elems}}})
+/// One command of an nft JSON transaction. Element lists stay text (see [`Elem`]).
+#[derive(Debug, Clone)]
+pub enum Cmd {
+    /// Any command, as JSON.
+    Json(Value),
+    /// `add` or `delete` elements of a set or map of table `inet egret`.
+    Elements {
+        /// `add` or `delete`.
+        verb: &'static str,
+        /// The set or map.
+        set: String,
+        /// The elements (keys only for a map's `delete`).
+        elems: Vec<Elem>,
+    },
 }
 
-fn set_cmd(name: &str, s: &Set) -> Value {
+#[derive(Serialize)]
+struct ElementBody<'a> {
+    family: &'static str,
+    table: &'static str,
+    name: &'a str,
+    elem: &'a [Elem],
+}
+
+#[derive(Serialize)]
+struct ElementCmd<'a> {
+    element: ElementBody<'a>,
+}
+
+impl Serialize for Cmd {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cmd::Json(v) => v.serialize(ser),
+            Cmd::Elements { verb, set, elems } => {
+                let mut m = ser.serialize_map(Some(1))?;
+                let body = ElementBody { family: "inet", table: TABLE, name: set, elem: elems };
+                m.serialize_entry(verb, &ElementCmd { element: body })?;
+                m.end()
+            }
+        }
+    }
+}
+
+fn element_cmd(verb: &'static str, set: &str, elems: Vec<Elem>) -> Cmd {
+    Cmd::Elements { verb, set: set.to_string(), elems }
+}
+
+/// The commands creating a set or map: its definition, then its elements.
+fn set_cmds(name: &str, s: &Set) -> Vec<Cmd> {
     let mut m = serde_json::Map::new();
     m.insert("name".into(), json!(name));
     m.insert("type".into(), s.key.clone());
     if !s.flags.is_empty() {
         m.insert("flags".into(), json!(s.flags));
     }
-    let all: BTreeSet<&String> = s.elems.keys().collect();
-    let elems = elems_of(s, &all, false);
-    if !elems.is_empty() {
-        m.insert("elem".into(), Value::Array(elems));
-    }
-    match &s.map {
+    let def = match &s.map {
         Some(data) => {
             m.insert("map".into(), data.clone());
             json!({"add": obj("map", m)})
         }
         None => json!({"add": obj("set", m)}),
+    };
+    let mut out = vec![Cmd::Json(def)];
+    let all: BTreeSet<&String> = s.elems.keys().collect();
+    let elems = elems_of(s, &all, false);
+    if !elems.is_empty() {
+        out.push(element_cmd("add", name, elems));
     }
+    out
 }
 
 fn chain_cmd(name: &str, c: &Chain) -> Value {
@@ -713,14 +814,14 @@ pub fn describe(want: &Table, have: Option<&Table>) -> Vec<String> {
 
 /// The commands of the single transaction turning `have` into `want` (empty: nothing to do).
 /// Existing counters are never deleted while still wanted, so their values survive.
-pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
+pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Cmd> {
     let empty = Table::default();
     let fresh = have.is_none();
     let have = have.unwrap_or(&empty);
     if !fresh && describe(want, Some(have)).is_empty() {
         return Vec::new();
     }
-    let mut cmds = vec![json!({"add": {"table": {"family": "inet", "name": TABLE}}})];
+    let mut cmds = vec![Cmd::Json(json!({"add": {"table": {"family": "inet", "name": TABLE}}}))];
 
     let recreate_sets: BTreeSet<&String> = want
         .sets
@@ -752,23 +853,23 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
         if (rewrite_rules.contains(n) || drop_chains.contains(n))
             && have.chains.get(n).is_some_and(|c| !c.rules.is_empty())
         {
-            cmds.push(json!({"flush": named("chain", n)}));
+            cmds.push(Cmd::Json(json!({"flush": named("chain", n)})));
         }
     }
     // 2. Sets that go away or change shape.
     for n in drop_sets.iter().chain(recreate_sets.iter()) {
         let kind = if have.sets.get(*n).is_some_and(|s| s.map.is_some()) { "map" } else { "set" };
-        cmds.push(json!({"delete": named(kind, n)}));
+        cmds.push(Cmd::Json(json!({"delete": named(kind, n)})));
     }
     // 3. Elements that go away (before the chains and counters they reference).
     let mut adds = Vec::new();
     for (n, s) in &want.sets {
         if recreate_sets.contains(n) {
-            adds.push(set_cmd(n, s));
+            adds.extend(set_cmds(n, s));
             continue;
         }
         let Some(h) = have.sets.get(n) else {
-            adds.push(set_cmd(n, s));
+            adds.extend(set_cmds(n, s));
             continue;
         };
         let gone: BTreeSet<&String> = h.elems.keys().filter(|k| !s.elems.contains_key(*k)).collect();
@@ -782,34 +883,38 @@ pub fn transaction(want: &Table, have: Option<&Table>) -> Vec<Value> {
     }
     // 4. Chains and counters that go away.
     for n in drop_chains.iter().chain(recreate_chains.iter()) {
-        cmds.push(json!({"delete": named("chain", n)}));
+        cmds.push(Cmd::Json(json!({"delete": named("chain", n)})));
     }
     for n in have.counters.difference(&want.counters) {
-        cmds.push(json!({"delete": named("counter", n)}));
+        cmds.push(Cmd::Json(json!({"delete": named("counter", n)})));
     }
     // 5. New counters, chains, sets and elements, then rules.
     for n in want.counters.difference(&have.counters) {
-        cmds.push(json!({"add": named("counter", n)}));
+        cmds.push(Cmd::Json(json!({"add": named("counter", n)})));
     }
     for (n, c) in &want.chains {
         if !have.chains.contains_key(n) || recreate_chains.contains(n) {
-            cmds.push(chain_cmd(n, c));
+            cmds.push(Cmd::Json(chain_cmd(n, c)));
         }
     }
     cmds.extend(adds);
     for (n, c) in &want.chains {
         if rewrite_rules.contains(n) {
-            cmds.extend(rule_cmds(n, c));
+            cmds.extend(rule_cmds(n, c).into_iter().map(Cmd::Json));
         }
     }
     cmds
 }
 
-/// Wraps commands into an nft JSON document.
-pub fn document(cmds: Vec<Value>) -> Value {
-    let mut all = vec![json!({"metainfo": {"json_schema_version": 1}})];
+/// The nft JSON document (text) of a transaction.
+pub fn document(cmds: Vec<Cmd>) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    struct Doc {
+        nftables: Vec<Cmd>,
+    }
+    let mut all = vec![Cmd::Json(json!({"metainfo": {"json_schema_version": 1}}))];
     all.extend(cmds);
-    json!({ "nftables": all })
+    serde_json::to_string(&Doc { nftables: all })
 }
 
 /// Packets and bytes of one named counter.
@@ -889,6 +994,10 @@ mod tests {
         PeerIds::recovered([(Ipv4Addr::new(10, 10, 0, 102), 7)])
     }
 
+    fn json_of(cmds: &[Cmd]) -> Vec<Value> {
+        cmds.iter().map(|c| serde_json::to_value(c).unwrap()).collect()
+    }
+
     fn rule_count(t: &Table) -> usize {
         t.chains.values().map(|c| c.rules.len()).sum()
     }
@@ -952,7 +1061,7 @@ mod tests {
         // One pod fewer: one element deletion per map, no flush, no counter touched.
         let have = want.clone();
         let want2 = normalise(desired(&cfg, &plan(9), &ids()).0);
-        let cmds = transaction(&want2, Some(&have));
+        let cmds = json_of(&transaction(&want2, Some(&have)));
         let text = serde_json::to_string(&cmds).unwrap();
         assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
         assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 2, "steer4 and counters4: {text}");
@@ -960,7 +1069,7 @@ mod tests {
         let mut p = plan(10);
         p.egresses.retain(|e| e != "eg-0");
         p.steer.retain(|s| s.egress != "eg-0");
-        let cmds = transaction(&normalise(desired(&cfg, &p, &ids()).0), Some(&have));
+        let cmds = json_of(&transaction(&normalise(desired(&cfg, &p, &ids()).0), Some(&have)));
         let pos = |needle: &str| cmds.iter().position(|c| c.to_string().contains(needle)).unwrap_or(usize::MAX);
         assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
     }
@@ -985,14 +1094,15 @@ mod tests {
             {"counter": {"family": "inet", "table": "egret", "name": "eg-0", "packets": 5_000_000_000u64, "bytes": 1}},
             {"counter": {"family": "inet", "table": "other", "name": "x", "packets": 1, "bytes": 1}},
         ]});
-        let have = parse_table(&doc).unwrap();
+        let have = parse_table(&doc.to_string()).unwrap().unwrap();
         assert_eq!(
             have.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
             want.sets[SET_CLUSTER4].elems.keys().collect::<Vec<_>>(),
             "adjacent ranges merge"
         );
         assert!(have.sets[MAP_STEER4].elems.keys().all(|k| want.sets[MAP_STEER4].elems.contains_key(k)));
-        assert!(parse_table(&json!({"nftables": []})).is_none());
+        assert!(parse_table(r#"{"nftables": []}"#).unwrap().is_none());
+        assert!(parse_table("not json").is_err());
         let counters = parse_counters(&doc);
         assert_eq!(counters.len(), 1);
         assert_eq!(counters["eg-0"].packets, 5_000_000_000, "u64, not u32");
