@@ -21,5 +21,10 @@ pub const API_VERSION: &str = "egret.dev/v1alpha1";
 pub fn crds()
 -> Vec<(&'static str, k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition)> {
     use kube::CustomResourceExt;
-    vec![("externalippools.yaml", v1alpha1::ExternalIPPool::crd()), ("egresses.yaml", v1alpha1::Egress::crd())]
+    vec![
+        ("externalippools.yaml", v1alpha1::ExternalIPPool::crd()),
+        ("egresses.yaml", v1alpha1::Egress::crd()),
+        ("clusteregresspolicies.yaml", v1alpha1::ClusterEgressPolicy::crd()),
+        ("egresspolicies.yaml", v1alpha1::EgressPolicy::crd()),
+    ]
 }

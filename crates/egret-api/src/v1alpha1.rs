@@ -1,9 +1,13 @@
-//! `egret.dev/v1alpha1`: `ExternalIPPool` and `Egress`.
+//! `egret.dev/v1alpha1`: `ExternalIPPool` and `Egress`, and (in [`policy`]) the egress firewall's
+//! `ClusterEgressPolicy` and `EgressPolicy`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub mod policy;
+pub use policy::*;
 
 /// A set of external IP addresses that Egret hands out as egress IPs, and the nodes that may
 /// host them.

@@ -19,6 +19,7 @@ pub mod model;
 pub mod net;
 pub mod placement;
 pub mod planner;
+pub mod policy;
 pub mod selector;
 pub mod status;
 pub mod validate;

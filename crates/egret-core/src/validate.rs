@@ -45,15 +45,15 @@ pub struct Validated {
     pub problems: Vec<Problem>,
 }
 
-struct Sink<'a> {
-    kind: &'static str,
-    name: &'a str,
-    index: usize,
-    problems: Vec<Problem>,
+pub(crate) struct Sink<'a> {
+    pub(crate) kind: &'static str,
+    pub(crate) name: &'a str,
+    pub(crate) index: usize,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Sink<'_> {
-    fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(Problem {
             kind: self.kind.to_string(),
             name: self.name.to_string(),
@@ -64,7 +64,7 @@ impl Sink<'_> {
     }
 }
 
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
+pub(crate) fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address"))
 }
 
@@ -138,7 +138,7 @@ fn range_span(r: &IPRange, at: &str, sink: &mut Sink) -> Option<Span> {
     }
 }
 
-fn compile(sel: &LabelSelector, at: &str, sink: &mut Sink) -> Option<Selector> {
+pub(crate) fn compile(sel: &LabelSelector, at: &str, sink: &mut Sink) -> Option<Selector> {
     Selector::compile(sel).map_err(|e| sink.push(format!("{at}.{}", e.field), e.reason)).ok()
 }
 
@@ -380,7 +380,7 @@ fn validate_egress(
     })
 }
 
-fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sink) -> bool {
+pub(crate) fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sink) -> bool {
     match name {
         None => {
             sink.push("metadata.name", "is required");

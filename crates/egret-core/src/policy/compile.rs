@@ -1,0 +1,315 @@
+//! One pod's ordered policies compiled into disjoint cells of (destination range, protocol,
+//! port range) with their decision: what a datapath looks up per new connection, at a cost
+//! that does not depend on how many policies or rules produced it.
+//!
+//! The destination space of each family is cut at every CIDR boundary the rules name; within
+//! each piece only the rules whose destinations cover it can match, and their port ranges cut
+//! the port space of each protocol. Every resulting cell is decided by [`evaluate`] at one of
+//! its points, which is exact because no rule's match changes inside a cell. Cells that end
+//! like a connection no rule matches (the [`CompiledSet::fallback`]) are left out.
+
+use super::{DecidedBy, Decision, Flow, FlowProto, Policy, Protocol, Rule, Verdict, evaluate};
+use crate::net::{Family, from_u128, to_u128};
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// The protocol part of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProtoClass {
+    /// A protocol rules can name.
+    Named(Protocol),
+    /// Every other IP protocol.
+    Other,
+}
+
+/// The port part of a cell: an inclusive range (TCP, UDP, SCTP) or none.
+pub type Ports = Option<(u16, u16)>;
+
+/// A piece of the connection space with one decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cell {
+    /// First and last destination address (one family).
+    pub dst: (IpAddr, IpAddr),
+    /// Protocol.
+    pub proto: ProtoClass,
+    /// Destination ports, for TCP, UDP and SCTP.
+    pub ports: Ports,
+    /// The decision.
+    pub decision: Decision,
+}
+
+/// The compiled decisions for one ordered list of policies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CompiledSet {
+    /// The decision for a connection no rule matches; cells with this decision are left out.
+    pub fallback: Decision,
+    /// Disjoint cells, by family, protocol, ports and destination.
+    pub cells: Vec<Cell>,
+}
+
+const PORTED: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+/// Cut points (starts of pieces) of `[0, max]` from inclusive ranges.
+fn pieces(max: u128, ranges: impl Iterator<Item = (u128, u128)>) -> Vec<(u128, u128)> {
+    let mut cuts: BTreeSet<u128> = BTreeSet::from([0]);
+    for (a, b) in ranges {
+        cuts.insert(a);
+        if b < max {
+            cuts.insert(b + 1);
+        }
+    }
+    let starts: Vec<u128> = cuts.into_iter().collect();
+    starts.iter().enumerate().map(|(i, &s)| (s, starts.get(i + 1).map_or(max, |n| n - 1))).collect()
+}
+
+fn span(net: &IpNet) -> (u128, u128) {
+    (to_u128(&net.network()), to_u128(&net.broadcast()))
+}
+
+fn covers(r: &Rule, fam: Family, a: u128) -> bool {
+    let ip = from_u128(fam, a);
+    (r.to.is_empty() || r.to.iter().any(|n| n.contains(&ip))) && !r.except.iter().any(|n| n.contains(&ip))
+}
+
+/// Compiles `policies` (in evaluation order, as [`super::applicable`] returns them).
+pub fn compile(policies: &[&Policy]) -> CompiledSet {
+    // A connection no rule matches: the first default of all (no Pass skipped any).
+    let fallback = match policies.iter().find_map(|p| p.default_action.map(|d| (p, d))) {
+        Some((p, verdict)) => {
+            Decision { verdict, by: DecidedBy::Default { policy: p.id.clone() }, log: verdict == Verdict::Deny }
+        }
+        None => Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false },
+    };
+    let rules: Vec<&Rule> = policies.iter().flat_map(|p| p.rules.iter()).collect();
+    let mut cells = Vec::new();
+    for fam in [Family::V4, Family::V6] {
+        let of_fam = |n: &&IpNet| Family::of_net(n) == fam;
+        let addr_ranges = rules.iter().flat_map(|r| r.to.iter().chain(r.except.iter())).filter(of_fam).map(span);
+        for (a, b) in pieces(fam.max(), addr_ranges) {
+            let here: Vec<&&Rule> = rules.iter().filter(|r| covers(r, fam, a)).collect();
+            let dst = (from_u128(fam, a), from_u128(fam, b));
+            let mut push = |proto: ProtoClass, ports: Ports, flow: Flow| {
+                let decision = evaluate(policies, &flow);
+                if decision != fallback {
+                    cells.push(Cell { dst, proto, ports, decision });
+                }
+            };
+            for proto in PORTED {
+                let port_ranges = here
+                    .iter()
+                    .flat_map(|r| r.ports.iter())
+                    .filter(|p| p.protocol == proto)
+                    .filter_map(|p| p.ports.map(|(x, y)| (x as u128, y as u128)));
+                for (x, y) in pieces(u16::MAX as u128, port_ranges) {
+                    let flow = Flow { dst: dst.0, proto: FlowProto::Named(proto), port: x as u16 };
+                    push(ProtoClass::Named(proto), Some((x as u16, y as u16)), flow);
+                }
+            }
+            push(
+                ProtoClass::Named(Protocol::Icmp),
+                None,
+                Flow { dst: dst.0, proto: FlowProto::Named(Protocol::Icmp), port: 0 },
+            );
+            push(ProtoClass::Other, None, Flow { dst: dst.0, proto: FlowProto::Other(255), port: 0 });
+        }
+    }
+    CompiledSet { fallback, cells: merge(cells) }
+}
+
+/// Joins cells that differ only by adjacent destination ranges.
+fn merge(mut cells: Vec<Cell>) -> Vec<Cell> {
+    cells.sort_by(|x, y| {
+        (Family::of(&x.dst.0), x.proto, x.ports, to_u128(&x.dst.0)).cmp(&(
+            Family::of(&y.dst.0),
+            y.proto,
+            y.ports,
+            to_u128(&y.dst.0),
+        ))
+    });
+    let mut out: Vec<Cell> = Vec::with_capacity(cells.len());
+    for c in cells {
+        if let Some(last) = out.last_mut()
+            && last.proto == c.proto
+            && last.ports == c.ports
+            && last.decision == c.decision
+            && Family::of(&last.dst.1) == Family::of(&c.dst.0)
+            && to_u128(&last.dst.1).checked_add(1) == Some(to_u128(&c.dst.0))
+        {
+            last.dst.1 = c.dst.1;
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl CompiledSet {
+    /// The decision for `flow` read from the cells, as a datapath would find it.
+    pub fn lookup(&self, flow: &Flow) -> &Decision {
+        let x = to_u128(&flow.dst);
+        let fam = Family::of(&flow.dst);
+        let (proto, port) = match flow.proto {
+            FlowProto::Named(p) if p.has_ports() => (ProtoClass::Named(p), Some(flow.port)),
+            FlowProto::Named(p) => (ProtoClass::Named(p), None),
+            FlowProto::Other(_) => (ProtoClass::Other, None),
+        };
+        self.cells
+            .iter()
+            .find(|c| {
+                c.proto == proto
+                    && Family::of(&c.dst.0) == fam
+                    && (to_u128(&c.dst.0)..=to_u128(&c.dst.1)).contains(&x)
+                    && match (c.ports, port) {
+                        (Some((a, b)), Some(p)) => (a..=b).contains(&p),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            })
+            .map_or(&self.fallback, |c| &c.decision)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_web_allowlist_under_a_default_deny() {
+        let p = mk_cluster(
+            "web",
+            1,
+            vec![mk_rule(
+                "https",
+                Action::Allow,
+                &["203.0.113.0/24"],
+                &["203.0.113.128/25"],
+                &[(Protocol::Tcp, Some((443, 443)))],
+            )],
+            Some(Verdict::Deny),
+        );
+        let c = compile(&[&p]);
+        assert_eq!(c.fallback.verdict, Verdict::Deny);
+        // One allowed cell: TCP 443 to the lower half of the /24.
+        assert_eq!(c.cells.len(), 1, "{:#?}", c.cells);
+        let cell = &c.cells[0];
+        assert_eq!(cell.dst, ("203.0.113.0".parse().unwrap(), "203.0.113.127".parse().unwrap()));
+        assert_eq!((cell.proto, cell.ports), (ProtoClass::Named(Protocol::Tcp), Some((443, 443))));
+        assert_eq!(c.lookup(&tcp("203.0.113.7", 443)).verdict, Verdict::Allow);
+        assert_eq!(c.lookup(&tcp("203.0.113.200", 443)).verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn no_policies_compile_to_nothing() {
+        let c = compile(&[]);
+        assert!(c.cells.is_empty());
+        assert_eq!(c.fallback.verdict, Verdict::Allow);
+    }
+
+    fn arb_net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<u8>(), 0u8..4, 8u8..=32)
+                .prop_map(|(a, b, len)| { IpNet::new(IpAddr::from([10, a % 4, b, 0]), len).unwrap().trunc() }),
+            (0u16..4, 16u8..=128).prop_map(|(a, len)| {
+                IpNet::new(IpAddr::from([0x2001, 0xdb8, a, 0, 0, 0, 0, 0]), len).unwrap().trunc()
+            }),
+        ]
+    }
+
+    fn arb_rule() -> impl Strategy<Value = Rule> {
+        let port = prop_oneof![
+            Just((Protocol::Icmp, None)),
+            (prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp), Just(Protocol::Sctp)], 0u16..20, 0u16..10)
+                .prop_map(|(p, a, w)| (p, Some((a * 100, a * 100 + w * 50)))),
+            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)].prop_map(|p| (p, None)),
+        ];
+        (
+            0..3usize,
+            prop::collection::vec(arb_net(), 0..3),
+            prop::collection::vec(arb_net(), 0..2),
+            prop::collection::vec(port, 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(action, to, except, ports, log)| Rule {
+                name: "r".into(),
+                action: [Action::Allow, Action::Deny, Action::Pass][action],
+                to,
+                except,
+                ports: ports.into_iter().map(|(protocol, ports)| PortMatch { protocol, ports }).collect(),
+                log,
+            })
+    }
+
+    fn arb_policies() -> impl Strategy<Value = Vec<Policy>> {
+        prop::collection::vec((any::<bool>(), 0i64..3, prop::collection::vec(arb_rule(), 0..4), 0..3usize), 0..4)
+            .prop_map(|ps| {
+                ps.into_iter()
+                    .enumerate()
+                    .map(|(i, (cluster, prio, mut rules, d))| {
+                        for (j, r) in rules.iter_mut().enumerate() {
+                            r.name = format!("r{j}");
+                        }
+                        let d = [None, Some(Verdict::Allow), Some(Verdict::Deny)][d];
+                        if cluster {
+                            mk_cluster(&format!("c{i}"), prio, rules, d)
+                        } else {
+                            mk_namespaced("ns", &format!("n{i}"), rules, d)
+                        }
+                    })
+                    .collect()
+            })
+    }
+
+    fn arb_flow() -> impl Strategy<Value = Flow> {
+        let dst = prop_oneof![
+            (0u8..4, any::<u8>(), any::<u8>()).prop_map(|(a, b, c)| IpAddr::from([10, a, b, c])),
+            (0u16..4, any::<u16>()).prop_map(|(a, b)| IpAddr::from([0x2001, 0xdb8, a, 0, 0, 0, 0, b])),
+            Just(IpAddr::from([192, 0, 2, 1])),
+        ];
+        let proto = prop_oneof![
+            Just(FlowProto::Named(Protocol::Tcp)),
+            Just(FlowProto::Named(Protocol::Udp)),
+            Just(FlowProto::Named(Protocol::Sctp)),
+            Just(FlowProto::Named(Protocol::Icmp)),
+            Just(FlowProto::Other(47)),
+        ];
+        (dst, proto, 0u16..2100).prop_map(|(dst, proto, port)| {
+            let port = if matches!(proto, FlowProto::Named(p) if p.has_ports()) { port } else { 0 };
+            Flow { dst, proto, port }
+        })
+    }
+
+    proptest! {
+        /// The compiled cells give every connection the decision evaluation gives it.
+        #[test]
+        fn cells_agree_with_evaluation(ps in arb_policies(), flows in prop::collection::vec(arb_flow(), 1..40)) {
+            let ordered = applicable(&ps, "ns", &Labels::new(), &Labels::new(), &Labels::new());
+            let c = compile(&ordered);
+            for f in &flows {
+                prop_assert_eq!(c.lookup(f), &evaluate(&ordered, f), "{:?}", f);
+            }
+        }
+
+        /// Cells never overlap.
+        #[test]
+        fn cells_are_disjoint(ps in arb_policies()) {
+            let ordered = applicable(&ps, "ns", &Labels::new(), &Labels::new(), &Labels::new());
+            let c = compile(&ordered);
+            for (i, x) in c.cells.iter().enumerate() {
+                for y in &c.cells[i + 1..] {
+                    let same_space = x.proto == y.proto && Family::of(&x.dst.0) == Family::of(&y.dst.0);
+                    let addr = to_u128(&x.dst.0) <= to_u128(&y.dst.1) && to_u128(&y.dst.0) <= to_u128(&x.dst.1);
+                    let ports = match (x.ports, y.ports) {
+                        (Some((a, b)), Some((c2, d))) => a <= d && c2 <= b,
+                        _ => true,
+                    };
+                    prop_assert!(!(same_space && addr && ports), "{:?} overlaps {:?}", x, y);
+                }
+            }
+        }
+    }
+}

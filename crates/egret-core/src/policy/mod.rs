@@ -1,0 +1,467 @@
+//! The egress firewall: validated policies, which policies apply to a pod and in what order,
+//! the decision for one connection ([`evaluate`]), and the same decisions compiled into
+//! disjoint cells a datapath can look up ([`compile`]).
+//!
+//! Order of evaluation for a new connection from a pod to a destination outside the cluster:
+//! the ClusterEgressPolicies selecting the pod by priority (ties by name), each rule in order;
+//! the first matching `Allow` or `Deny` decides; a matching `Pass` skips the remaining
+//! ClusterEgressPolicies. Then the EgressPolicies of the pod's namespace selecting it (by name),
+//! the same way (a `Pass` there skips the remaining EgressPolicies). When no rule decided, the
+//! first `defaultAction` among the policies evaluated (those a `Pass` skipped are not) decides;
+//! without one the connection is allowed.
+
+mod compile;
+pub mod validate;
+
+pub use compile::{Cell, CompiledSet, Ports, ProtoClass, compile};
+
+use crate::model::AppliedTo;
+use crate::selector::Labels;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Allow the connection.
+    Allow,
+    /// Deny it.
+    Deny,
+    /// Stop evaluating this tier (cluster or namespace); go on to the next.
+    Pass,
+}
+
+/// The outcome for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    /// It may leave.
+    Allow,
+    /// It is refused.
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "Allow",
+            Verdict::Deny => "Deny",
+        })
+    }
+}
+
+/// A protocol a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+    /// ICMP for IPv4 destinations, ICMPv6 for IPv6 ones.
+    Icmp,
+}
+
+impl Protocol {
+    /// Whether the protocol has ports.
+    pub fn has_ports(self) -> bool {
+        !matches!(self, Protocol::Icmp)
+    }
+
+    /// The IP protocol number for a destination of this family.
+    pub fn number(self, v6: bool) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Icmp if v6 => 58,
+            Protocol::Icmp => 1,
+        }
+    }
+
+    /// The protocol of an IP protocol number, if a rule can name it.
+    pub fn of_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            1 | 58 => Some(Protocol::Icmp),
+            _ => None,
+        }
+    }
+}
+
+/// A protocol and, for protocols with ports, an inclusive port range (`None`: every port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortMatch {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// First and last port.
+    pub ports: Option<(u16, u16)>,
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Its name, unique in its policy.
+    pub name: String,
+    /// What it does.
+    pub action: Action,
+    /// Destinations (empty: every destination).
+    pub to: Vec<IpNet>,
+    /// Destinations inside `to` it does not match.
+    pub except: Vec<IpNet>,
+    /// Protocols and ports (empty: all of them).
+    pub ports: Vec<PortMatch>,
+    /// Audit every new connection it decides.
+    pub log: bool,
+}
+
+/// Which policy: its kind, name and (for ordering) priority.
+///
+/// The derived order is the evaluation order: cluster policies by priority then name, before
+/// namespaced ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyId {
+    /// A ClusterEgressPolicy.
+    Cluster {
+        /// `spec.priority`.
+        priority: i64,
+        /// Its name.
+        name: String,
+    },
+    /// An EgressPolicy.
+    Namespaced {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl PolicyId {
+    /// `ClusterEgressPolicy` or `EgressPolicy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyId::Cluster { .. } => "ClusterEgressPolicy",
+            PolicyId::Namespaced { .. } => "EgressPolicy",
+        }
+    }
+
+    /// `name` or `namespace/name`.
+    pub fn object(&self) -> String {
+        match self {
+            PolicyId::Cluster { name, .. } => name.clone(),
+            PolicyId::Namespaced { namespace, name } => format!("{namespace}/{name}"),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, PolicyId::Cluster { .. })
+    }
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.object())
+    }
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Which policy.
+    pub id: PolicyId,
+    /// The pods it applies to. For an EgressPolicy only `pods` is set, and only pods of its
+    /// namespace are considered.
+    pub applied_to: AppliedTo,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+    /// What decides when no rule did.
+    pub default_action: Option<Verdict>,
+}
+
+impl Policy {
+    /// Whether it applies to a pod with these namespace, pod and node labels.
+    pub fn selects(&self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels, node_labels: &Labels) -> bool {
+        let a = &self.applied_to;
+        match &self.id {
+            PolicyId::Cluster { .. } => {
+                !a.selects_nothing()
+                    && a.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
+                    && a.pods.as_ref().is_none_or(|s| s.matches(pod_labels))
+                    && a.nodes.as_ref().is_none_or(|s| s.matches(node_labels))
+            }
+            PolicyId::Namespaced { namespace: ns, .. } => {
+                ns == namespace && a.pods.as_ref().is_none_or(|s| s.matches(pod_labels))
+            }
+        }
+    }
+}
+
+/// The protocol of a connection as the firewall sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowProto {
+    /// A protocol a rule can name (with the destination port for TCP, UDP and SCTP).
+    Named(Protocol),
+    /// Any other IP protocol number.
+    Other(u8),
+}
+
+/// A new connection: destination, protocol and (TCP, UDP, SCTP) destination port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Protocol.
+    pub proto: FlowProto,
+    /// Destination port (0 for protocols without ports).
+    pub port: u16,
+}
+
+impl Rule {
+    /// Whether the rule matches the connection.
+    pub fn matches(&self, f: &Flow) -> bool {
+        let to = self.to.is_empty() || self.to.iter().any(|n| n.contains(&f.dst));
+        if !to || self.except.iter().any(|n| n.contains(&f.dst)) {
+            return false;
+        }
+        self.ports.is_empty()
+            || self.ports.iter().any(|p| match f.proto {
+                FlowProto::Named(proto) if proto == p.protocol => {
+                    p.ports.is_none_or(|(a, b)| proto.has_ports() && (a..=b).contains(&f.port))
+                }
+                _ => false,
+            })
+    }
+}
+
+/// What decided a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecidedBy {
+    /// A rule of a policy.
+    Rule {
+        /// The policy.
+        policy: PolicyId,
+        /// The rule's name.
+        rule: String,
+    },
+    /// A policy's `defaultAction`.
+    Default {
+        /// The policy.
+        policy: PolicyId,
+    },
+    /// No policy decided (the connection is allowed).
+    Nothing,
+}
+
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecidedBy::Rule { policy, rule } => write!(f, "{policy} rule {rule}"),
+            DecidedBy::Default { policy } => write!(f, "{policy} defaultAction"),
+            DecidedBy::Nothing => f.write_str("no policy (allowed)"),
+        }
+    }
+}
+
+/// The decision for one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Decision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// What decided.
+    pub by: DecidedBy,
+    /// Whether the connection is audited (`log: true` on the rule, or a default deny).
+    pub log: bool,
+}
+
+/// The decision for `flow` from a pod the `policies` apply to, given in evaluation order
+/// (see [`PolicyId`]'s order; [`applicable`] returns them so).
+pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
+    let mut first_default: Option<(&PolicyId, Verdict)> = None;
+    let mut skip_cluster = false;
+    let mut skip_namespaced = false;
+    for p in policies {
+        let cluster = p.id.is_cluster();
+        if (cluster && skip_cluster) || (!cluster && skip_namespaced) {
+            continue;
+        }
+        if first_default.is_none()
+            && let Some(d) = p.default_action
+        {
+            first_default = Some((&p.id, d));
+        }
+        for r in &p.rules {
+            if !r.matches(flow) {
+                continue;
+            }
+            let verdict = match r.action {
+                Action::Allow => Verdict::Allow,
+                Action::Deny => Verdict::Deny,
+                Action::Pass => {
+                    if cluster {
+                        skip_cluster = true;
+                    } else {
+                        skip_namespaced = true;
+                    }
+                    break;
+                }
+            };
+            return Decision {
+                verdict,
+                by: DecidedBy::Rule { policy: p.id.clone(), rule: r.name.clone() },
+                log: r.log,
+            };
+        }
+    }
+    match first_default {
+        Some((id, verdict)) => {
+            Decision { verdict, by: DecidedBy::Default { policy: id.clone() }, log: verdict == Verdict::Deny }
+        }
+        None => Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false },
+    }
+}
+
+/// The policies applying to a pod, in evaluation order.
+pub fn applicable<'a>(
+    policies: impl IntoIterator<Item = &'a Policy>,
+    namespace: &str,
+    ns_labels: &Labels,
+    pod_labels: &Labels,
+    node_labels: &Labels,
+) -> Vec<&'a Policy> {
+    let mut out: Vec<&Policy> =
+        policies.into_iter().filter(|p| p.selects(namespace, ns_labels, pod_labels, node_labels)).collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// `mk_rule("r", Action::Allow, &["203.0.113.0/24"], &[], &[(Protocol::Tcp, Some((443, 443)))])`.
+    pub fn mk_rule(
+        name: &str,
+        action: Action,
+        to: &[&str],
+        except: &[&str],
+        ports: &[(Protocol, Option<(u16, u16)>)],
+    ) -> Rule {
+        Rule {
+            name: name.into(),
+            action,
+            to: to.iter().map(|c| c.parse().unwrap_or_else(|_| panic!("bad CIDR {c}"))).collect(),
+            except: except.iter().map(|c| c.parse().unwrap_or_else(|_| panic!("bad CIDR {c}"))).collect(),
+            ports: ports.iter().map(|&(protocol, ports)| PortMatch { protocol, ports }).collect(),
+            log: false,
+        }
+    }
+
+    /// A cluster policy selecting every pod.
+    pub fn mk_cluster(name: &str, priority: i64, rules: Vec<Rule>, default_action: Option<Verdict>) -> Policy {
+        Policy {
+            id: PolicyId::Cluster { priority, name: name.into() },
+            applied_to: AppliedTo { namespaces: Some(Default::default()), pods: None, nodes: None },
+            rules,
+            default_action,
+        }
+    }
+
+    /// A namespaced policy selecting every pod of `namespace`.
+    pub fn mk_namespaced(namespace: &str, name: &str, rules: Vec<Rule>, default_action: Option<Verdict>) -> Policy {
+        Policy {
+            id: PolicyId::Namespaced { namespace: namespace.into(), name: name.into() },
+            applied_to: AppliedTo::default(),
+            rules,
+            default_action,
+        }
+    }
+
+    pub fn tcp(dst: &str, port: u16) -> Flow {
+        Flow {
+            dst: dst.parse().unwrap_or_else(|_| panic!("bad address {dst}")),
+            proto: FlowProto::Named(Protocol::Tcp),
+            port,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn first_matching_rule_decides_in_priority_order() {
+        let web = mk_rule(
+            "web",
+            Action::Allow,
+            &["203.0.113.0/24"],
+            &["203.0.113.128/25"],
+            &[(Protocol::Tcp, Some((443, 443)))],
+        );
+        let deny = mk_cluster("deny-all", 200, vec![mk_rule("all", Action::Deny, &[], &[], &[])], None);
+        let allow = mk_cluster("allow-web", 100, vec![web], None);
+        let ps = [&deny, &allow];
+        let ordered = applicable(ps, "a", &Labels::new(), &Labels::new(), &Labels::new());
+        assert_eq!(ordered[0].id, allow.id, "lower priority first");
+        let d = evaluate(&ordered, &tcp("203.0.113.5", 443));
+        assert_eq!((d.verdict, d.by.to_string()), (Verdict::Allow, "ClusterEgressPolicy allow-web rule web".into()));
+        // except, other port, other address: the deny-all rule.
+        for f in [tcp("203.0.113.200", 443), tcp("203.0.113.5", 80), tcp("198.51.100.1", 443)] {
+            assert_eq!(evaluate(&ordered, &f).verdict, Verdict::Deny, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn pass_hands_over_to_the_namespace_and_defaults_follow_evaluation() {
+        let cluster = mk_cluster(
+            "baseline",
+            10,
+            vec![mk_rule("to-tenant", Action::Pass, &["198.51.100.0/24"], &[], &[])],
+            Some(Verdict::Deny),
+        );
+        let later = mk_cluster("later", 20, vec![mk_rule("never", Action::Allow, &[], &[], &[])], None);
+        let tenant = mk_namespaced(
+            "team-a",
+            "tenant",
+            vec![mk_rule("api", Action::Allow, &["198.51.100.10/32"], &[], &[(Protocol::Tcp, None)])],
+            None,
+        );
+        let ordered = applicable([&tenant, &later, &cluster], "team-a", &Labels::new(), &Labels::new(), &Labels::new());
+        // Passed: the later cluster policy is skipped, the tenant's rule decides.
+        let d = evaluate(&ordered, &tcp("198.51.100.10", 8080));
+        assert_eq!(d.by.to_string(), "EgressPolicy team-a/tenant rule api");
+        // Passed, nothing matched in the namespace: the first default met (the cluster's).
+        let d = evaluate(&ordered, &tcp("198.51.100.11", 80));
+        assert_eq!((d.verdict, d.log), (Verdict::Deny, true));
+        assert_eq!(d.by.to_string(), "ClusterEgressPolicy baseline defaultAction");
+        // Not passed: the later cluster policy allows.
+        assert_eq!(evaluate(&ordered, &tcp("192.0.2.1", 80)).by.to_string(), "ClusterEgressPolicy later rule never");
+        // Another namespace: the tenant policy does not apply.
+        assert_eq!(applicable([&tenant], "team-b", &Labels::new(), &Labels::new(), &Labels::new()).len(), 0);
+    }
+
+    #[test]
+    fn no_policy_allows_and_icmp_has_no_ports() {
+        assert_eq!(evaluate(&[], &tcp("192.0.2.1", 1)).by, DecidedBy::Nothing);
+        let p = mk_cluster(
+            "icmp",
+            1,
+            vec![mk_rule("ping", Action::Allow, &[], &[], &[(Protocol::Icmp, None)])],
+            Some(Verdict::Deny),
+        );
+        let ping = Flow { dst: "192.0.2.1".parse().unwrap(), proto: FlowProto::Named(Protocol::Icmp), port: 0 };
+        assert_eq!(evaluate(&[&p], &ping).verdict, Verdict::Allow);
+        let gre = Flow { proto: FlowProto::Other(47), ..ping };
+        assert_eq!(evaluate(&[&p], &gre).verdict, Verdict::Deny);
+        // A v6 destination is not inside a v4 rule.
+        let r = mk_rule("v4", Action::Deny, &["0.0.0.0/0"], &[], &[]);
+        assert!(!r.matches(&tcp("2001:db8::1", 443)));
+        assert!(mk_rule("any", Action::Deny, &[], &[], &[]).matches(&tcp("2001:db8::1", 443)));
+    }
+}
