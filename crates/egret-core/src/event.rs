@@ -8,7 +8,7 @@
 
 use crate::model::{Namespace, Node, Pod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
-use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use std::fmt;
 
 /// The identity of an object: its namespace (`None` when cluster-scoped) and name.
@@ -72,6 +72,10 @@ pub enum Change {
     Namespaces(Event<Namespace>),
     /// Pods.
     Pods(Event<Pod>),
+    /// `egret.dev` ClusterEgressPolicies.
+    ClusterPolicies(Event<ClusterEgressPolicy>),
+    /// `egret.dev` EgressPolicies.
+    Policies(Event<EgressPolicy>),
 }
 
 /// The kinds a source can feed, for tracking which have finished their initial list.
@@ -93,6 +97,10 @@ pub enum Kind {
     Namespace,
     /// core/v1 Pod.
     Pod,
+    /// `egret.dev` ClusterEgressPolicy.
+    ClusterPolicy,
+    /// `egret.dev` EgressPolicy.
+    Policy,
 }
 
 impl Change {
@@ -108,6 +116,8 @@ impl Change {
                 | Change::Nodes(Event::Reset(_))
                 | Change::Namespaces(Event::Reset(_))
                 | Change::Pods(Event::Reset(_))
+                | Change::ClusterPolicies(Event::Reset(_))
+                | Change::Policies(Event::Reset(_))
         )
     }
 
@@ -122,6 +132,8 @@ impl Change {
             Change::Nodes(_) => Kind::Node,
             Change::Namespaces(_) => Kind::Namespace,
             Change::Pods(_) => Kind::Pod,
+            Change::ClusterPolicies(_) => Kind::ClusterPolicy,
+            Change::Policies(_) => Kind::Policy,
         }
     }
 }

@@ -42,6 +42,7 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use crate::policy::{self, CompiledSet, Firewall, FirewallPod, FirewallSet, PolicyId, ValidatedPolicies, validate_policies};
 
 type GroupId = u32;
 /// A pod's slot in [`Index::pods`].
@@ -221,6 +222,15 @@ pub struct Index {
     /// Destination partitions per family and set of matching Egresses (by rank); dropped when
     /// the order or a member's destinations change.
     partitions: HashMap<(Family, Vec<usize>), Partition>,
+
+    /// ClusterEgressPolicies by name.
+    cluster_policies: BTreeMap<String, api::ClusterEgressPolicy>,
+    /// EgressPolicies by `namespace/name`.
+    egress_policies: BTreeMap<String, api::EgressPolicy>,
+    /// Both validated; `None` when either changed since.
+    valid_policies: Option<Arc<ValidatedPolicies>>,
+    /// Compiled policy sets by their policies; emptied when any policy changes.
+    compiled: HashMap<Vec<PolicyId>, Arc<CompiledSet>>,
 }
 
 /// Applies an event to a map of objects keyed by name. Returns whether anything changed.
@@ -358,12 +368,16 @@ impl Index {
             plan_cache: Vec::new(),
             objects_order: None,
             partitions: HashMap::new(),
+            cluster_policies: BTreeMap::new(),
+            egress_policies: BTreeMap::new(),
+            valid_policies: None,
+            compiled: HashMap::new(),
         }
     }
 
     /// The kinds Egret's own sources always feed: Egret's kinds, Nodes, Namespaces and Pods.
-    pub fn core_kinds() -> [Kind; 5] {
-        [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod]
+    pub fn core_kinds() -> [Kind; 7] {
+        [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy]
     }
 
     /// Whether every expected kind has delivered its initial list: nothing may reconcile
@@ -421,6 +435,24 @@ impl Index {
                 self.pod_event(ev);
                 false
             }
+            Change::ClusterPolicies(ev) => {
+                if objects_event(&mut self.cluster_policies, ev, |p| p.metadata.name.clone()) {
+                    self.policies_changed();
+                }
+                false
+            }
+            Change::Policies(ev) => {
+                // Keyed by `namespace/name`: a delete names its object the same way.
+                let ev = match ev {
+                    Event::Delete(r) => Event::Delete(crate::event::ObjectRef::cluster(r.to_string())),
+                    other => other,
+                };
+                let key = |p: &api::EgressPolicy| Some(format!("{}/{}", p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?));
+                if objects_event(&mut self.egress_policies, ev, key) {
+                    self.policies_changed();
+                }
+                false
+            }
         };
         if objects_changed {
             if !matches!(kind, Kind::Egress) {
@@ -433,6 +465,81 @@ impl Index {
             // allocation (it re-validates before anything reads them).
             self.objects_stale = true;
         }
+    }
+
+    fn policies_changed(&mut self) {
+        self.valid_policies = None;
+        self.compiled.clear();
+    }
+
+    /// The valid policies and the problems of the others.
+    pub fn policies(&mut self) -> Arc<ValidatedPolicies> {
+        if let Some(v) = &self.valid_policies {
+            return v.clone();
+        }
+        let cluster: Vec<api::ClusterEgressPolicy> = self.cluster_policies.values().cloned().collect();
+        let namespaced: Vec<api::EgressPolicy> = self.egress_policies.values().cloned().collect();
+        let v = Arc::new(validate_policies(&cluster, &namespaced));
+        self.valid_policies = Some(v.clone());
+        v
+    }
+
+    /// The firewall of `node`'s pods: the policies applying to each, compiled once per distinct
+    /// list of policies.
+    pub fn firewall(&mut self, node: &str) -> Firewall {
+        let valid = self.policies();
+        let mut fw = Firewall::default();
+        if valid.policies.is_empty() {
+            return fw;
+        }
+        let empty = Labels::new();
+        let node_labels = self.nodes.get(node).map_or(&empty, |n| &n.labels);
+        let mut sets: HashMap<Vec<PolicyId>, usize> = HashMap::new();
+        let mut ids: Vec<PodId> = self.node_pods.get(node).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        ids.sort_by(|a, b| {
+            let key = |id: &PodId| self.pod(*id).map(|e| (e.namespace.clone(), e.name.clone()));
+            key(a).cmp(&key(b))
+        });
+        let mut seen_ips = HashSet::new();
+        let mut fresh: HashMap<Vec<PolicyId>, Arc<CompiledSet>> = HashMap::new();
+        for id in ids {
+            let Some(e) = self.pod(id) else { continue };
+            let Some(g) = self.groups.get(&e.group) else { continue };
+            let ns_labels = self.namespaces.get(&*e.namespace).map_or(&empty, |n| &n.labels);
+            let applying = policy::applicable(&valid.policies, &e.namespace, ns_labels, &g.labels, node_labels);
+            if applying.is_empty() {
+                continue;
+            }
+            let key: Vec<PolicyId> = applying.iter().map(|p| p.id.clone()).collect();
+            let set = match sets.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let compiled = match self.compiled.get(&key).or_else(|| fresh.get(&key)) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = Arc::new(policy::compile(&applying));
+                            fresh.insert(key.clone(), c.clone());
+                            c
+                        }
+                    };
+                    fw.sets.push(FirewallSet { policies: key.clone(), compiled });
+                    sets.insert(key, fw.sets.len() - 1);
+                    fw.sets.len() - 1
+                }
+            };
+            for ip in e.ips.iter() {
+                // An address two pod objects claim (a stale one) is governed as its owner's.
+                if e.shared && self.contested_owner(ip).is_some_and(|owner| owner != id) {
+                    continue;
+                }
+                if seen_ips.insert(*ip) {
+                    fw.pods.push(FirewallPod { ip: *ip, pod: format!("{}/{}", e.namespace, e.name), set });
+                }
+            }
+        }
+        self.compiled.extend(fresh);
+        fw.pods.sort_by_key(|p| p.ip);
+        fw
     }
 
     /// The nodes the index holds, by name.
@@ -535,7 +642,9 @@ impl Index {
             node_ips,
             warnings: Vec::new(),
         };
-        plan.node_plan(node)
+        let mut np = plan.node_plan(node)?;
+        np.firewall = self.firewall(node);
+        Some(np)
     }
 
     // ---- Egresses and pools ----
@@ -1460,7 +1569,55 @@ mod tests {
         ix.apply(Change::Pods(Event::Reset(pods)));
         ix.apply(Change::Pools(Event::Reset(vec![])));
         ix.apply(Change::Egresses(Event::Reset(vec![])));
+        ix.apply(Change::ClusterPolicies(Event::Reset(vec![])));
+        ix.apply(Change::Policies(Event::Reset(vec![])));
         ix
+    }
+
+    fn mk_cluster_policy(yaml: &str) -> api::ClusterEgressPolicy {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn firewall_follows_policy_and_pod_events() {
+        use crate::policy::{Flow, FlowProto, Protocol, Verdict};
+        let mut ix = lab_index();
+        assert!(ix.is_synced());
+        assert!(ix.node_plan("node-1").unwrap().firewall.is_empty(), "no policy, nothing governed");
+        let deny_prod = mk_cluster_policy(
+            "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: prod}\nspec:\n  priority: 10\n  appliedTo: {namespaceSelector: {matchLabels: {env: prod}}}\n  rules:\n  - {name: https, action: Allow, to: {cidrs: [203.0.113.0/24]}, ports: [{port: 443}]}\n  defaultAction: Deny\n",
+        );
+        ix.apply(Change::ClusterPolicies(Event::Apply(deny_prod.clone())));
+        let fw = ix.node_plan("node-1").unwrap().firewall;
+        // prod/web-1 is governed; default/client-1 on the same node is not.
+        assert_eq!(fw.pods.iter().map(|p| p.pod.as_str()).collect::<Vec<_>>(), vec!["prod/web-1"]);
+        let flow = |dst: &str, port| Flow { dst: dst.parse().unwrap(), proto: FlowProto::Named(Protocol::Tcp), port };
+        let web1 = "10.244.1.10".parse().unwrap();
+        assert_eq!(fw.decide(web1, &flow("203.0.113.9", 443)).unwrap().verdict, Verdict::Allow);
+        assert_eq!(fw.decide(web1, &flow("203.0.113.9", 80)).unwrap().verdict, Verdict::Deny);
+        // A namespaced policy of another namespace changes nothing here; one of prod adds a set.
+        let mut ns_policy: api::EgressPolicy = serde_yaml_ng::from_str(
+            "apiVersion: egret.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: web, namespace: prod}\nspec:\n  appliedTo: {podSelector: {matchLabels: {role: web}}}\n  rules: [{name: dns, action: Allow, to: {cidrs: [198.51.100.53/32]}, ports: [{protocol: UDP, port: 53}]}]\n",
+        )
+        .unwrap();
+        ix.apply(Change::Policies(Event::Apply(ns_policy.clone())));
+        let fw = ix.node_plan("node-1").unwrap().firewall;
+        assert_eq!(fw.sets[0].policies.len(), 2);
+        // A label change moves web-2 (node-2) under the same policies as web-1.
+        let plan2 = ix.node_plan("node-2").unwrap().firewall;
+        assert_eq!(plan2.sets[0].policies.len(), 1);
+        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-2", &[("app", "web"), ("role", "web")], "node-2", "10.244.2.10"))));
+        assert_eq!(ix.node_plan("node-2").unwrap().firewall.sets[0].policies.len(), 2);
+        // Deletes, including the namespaced one by namespace/name.
+        ns_policy.metadata.namespace = Some("prod".into());
+        ix.apply(Change::Policies(Event::Delete(ObjectRef::namespaced("prod", "web"))));
+        ix.apply(Change::ClusterPolicies(Event::Delete(ObjectRef::cluster("prod"))));
+        assert!(ix.node_plan("node-1").unwrap().firewall.is_empty());
+        // An invalid policy is left out whole and reported.
+        let bad = mk_cluster_policy(&serde_yaml_ng::to_string(&deny_prod).unwrap().replace("443", "70000"));
+        ix.apply(Change::ClusterPolicies(Event::Reset(vec![bad])));
+        assert!(ix.node_plan("node-1").unwrap().firewall.is_empty());
+        assert_eq!(ix.policies().problems[0].field, "spec.rules[0].ports[0].port");
     }
 
     /// Every node's plan from the whole-cluster planner over the same objects.
@@ -1493,11 +1650,17 @@ mod tests {
         assert!(!ix.is_synced());
         ix.apply(Change::Nodes(Event::Reset(vec![])));
         ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "a", &[], "node-1", "10.244.1.9"))));
-        assert_eq!(ix.waiting_for(), vec![Kind::Pool, Kind::Egress, Kind::Namespace, Kind::Pod]);
+        assert_eq!(
+            ix.waiting_for(),
+            vec![Kind::Pool, Kind::Egress, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy]
+        );
         ix.apply(Change::Pools(Event::Reset(vec![])));
         ix.apply(Change::Egresses(Event::Reset(vec![])));
         ix.apply(Change::Namespaces(Event::Reset(vec![])));
         ix.apply(Change::Pods(Event::Reset(vec![])));
+        ix.apply(Change::ClusterPolicies(Event::Reset(vec![])));
+        assert!(!ix.is_synced(), "EgressPolicies not listed yet");
+        ix.apply(Change::Policies(Event::Reset(vec![])));
         assert!(ix.is_synced());
     }
 

@@ -250,6 +250,9 @@ pub struct NodePlan {
     pub snat: Vec<Snat>,
     /// Egress IPs hosted here.
     pub hosted: Vec<Hosted>,
+    /// The egress firewall for this node's pods.
+    #[serde(skip_serializing_if = "crate::policy::Firewall::is_empty")]
+    pub firewall: crate::policy::Firewall,
 }
 
 fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {

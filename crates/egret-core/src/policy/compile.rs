@@ -11,11 +11,12 @@
 use super::{DecidedBy, Decision, Flow, FlowProto, Policy, Protocol, Rule, Verdict, evaluate};
 use crate::net::{Family, from_u128, to_u128};
 use ipnet::IpNet;
+use serde::Serialize;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// The protocol part of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum ProtoClass {
     /// A protocol rules can name.
     Named(Protocol),
@@ -27,7 +28,7 @@ pub enum ProtoClass {
 pub type Ports = Option<(u16, u16)>;
 
 /// A piece of the connection space with one decision.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Cell {
     /// First and last destination address (one family).
     pub dst: (IpAddr, IpAddr),
@@ -40,7 +41,7 @@ pub struct Cell {
 }
 
 /// The compiled decisions for one ordered list of policies.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct CompiledSet {
     /// The decision for a connection no rule matches; cells with this decision are left out.
     pub fallback: Decision,

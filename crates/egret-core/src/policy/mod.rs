@@ -14,15 +14,17 @@ mod compile;
 pub mod validate;
 
 pub use compile::{Cell, CompiledSet, Ports, ProtoClass, compile};
+pub use validate::{ValidatedPolicies, validate_policies};
 
 use crate::model::AppliedTo;
 use crate::selector::Labels;
 use ipnet::IpNet;
+use serde::Serialize;
 use std::fmt;
 use std::net::IpAddr;
 
 /// What a rule does when it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Action {
     /// Allow the connection.
     Allow,
@@ -33,7 +35,7 @@ pub enum Action {
 }
 
 /// The outcome for a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Verdict {
     /// It may leave.
     Allow,
@@ -51,7 +53,7 @@ impl fmt::Display for Verdict {
 }
 
 /// A protocol a rule names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Protocol {
     /// TCP.
     Tcp,
@@ -93,7 +95,7 @@ impl Protocol {
 }
 
 /// A protocol and, for protocols with ports, an inclusive port range (`None`: every port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct PortMatch {
     /// The protocol.
     pub protocol: Protocol,
@@ -122,7 +124,7 @@ pub struct Rule {
 ///
 /// The derived order is the evaluation order: cluster policies by priority then name, before
 /// namespaced ones.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum PolicyId {
     /// A ClusterEgressPolicy.
     Cluster {
@@ -201,7 +203,7 @@ impl Policy {
 }
 
 /// The protocol of a connection as the firewall sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum FlowProto {
     /// A protocol a rule can name (with the destination port for TCP, UDP and SCTP).
     Named(Protocol),
@@ -238,7 +240,7 @@ impl Rule {
 }
 
 /// What decided a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum DecidedBy {
     /// A rule of a policy.
     Rule {
@@ -267,7 +269,7 @@ impl fmt::Display for DecidedBy {
 }
 
 /// The decision for one connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Decision {
     /// Allow or deny.
     pub verdict: Verdict,
@@ -321,6 +323,50 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
             Decision { verdict, by: DecidedBy::Default { policy: id.clone() }, log: verdict == Verdict::Deny }
         }
         None => Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false },
+    }
+}
+
+/// One local pod address the firewall governs, and its policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FirewallPod {
+    /// The pod's address.
+    pub ip: IpAddr,
+    /// `namespace/name`.
+    pub pod: String,
+    /// Its set: an index into [`Firewall::sets`].
+    pub set: usize,
+}
+
+/// One distinct ordered list of policies, compiled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FirewallSet {
+    /// The policies, in evaluation order.
+    pub policies: Vec<PolicyId>,
+    /// Their decisions.
+    pub compiled: std::sync::Arc<CompiledSet>,
+}
+
+/// What a node enforces: each local pod that some policy applies to, and the distinct policy
+/// sets of those pods (pods with the same policies share one).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Firewall {
+    /// Governed pod addresses, by address.
+    pub pods: Vec<FirewallPod>,
+    /// The sets.
+    pub sets: Vec<FirewallSet>,
+}
+
+impl Firewall {
+    /// Whether no pod here is governed.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// The decision for a connection from `src`, as the node enforces it (`None`: no policy
+    /// applies to that address).
+    pub fn decide(&self, src: IpAddr, flow: &Flow) -> Option<&Decision> {
+        let p = self.pods.iter().find(|p| p.ip == src)?;
+        Some(self.sets.get(p.set)?.compiled.lookup(flow))
     }
 }
 
