@@ -152,6 +152,8 @@ fn main() {
     lap("pods", &mut since);
     ix.apply(Change::Pools(Event::Reset(vec![pool()])));
     ix.apply(Change::Egresses(Event::Reset(egresses)));
+    ix.apply(Change::ClusterPolicies(Event::Reset(Vec::new())));
+    ix.apply(Change::Policies(Event::Reset(Vec::new())));
     lap("pools and Egresses", &mut since);
     let control = ix.control_plan();
     lap("control plan", &mut since);

@@ -68,6 +68,8 @@ fn main() {
     ix.apply(Change::Namespaces(Event::Reset((0..w.namespaces).map(|i| w.namespace(i)).collect())));
     ix.apply(Change::Pools(Event::Reset(vec![pool()])));
     ix.apply(Change::Egresses(Event::Reset((0..w.egresses).map(|k| egress(k, &["a0", "a1", "a2"])).collect())));
+    ix.apply(Change::ClusterPolicies(Event::Reset(Vec::new())));
+    ix.apply(Change::Policies(Event::Reset(Vec::new())));
     ix.apply(Change::Pods(Event::Reset(Vec::new())));
     let (heap1, rss1) = (LIVE.load(Ordering::Relaxed), rss_kib());
     for j in 0..w.pods {

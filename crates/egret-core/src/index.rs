@@ -34,6 +34,9 @@ use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
 use crate::net::Family;
 use crate::placement;
 use crate::planner::{self, ClusterConfig, EgressOutcome, Inputs, NodePlan, Plan, PoolOutcome, Rule};
+use crate::policy::{
+    self, CompiledSet, Firewall, FirewallPod, FirewallSet, PolicyId, ValidatedPolicies, validate_policies,
+};
 use crate::selector::Labels;
 use crate::validate::{self, Problem, Validated};
 use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
@@ -42,7 +45,6 @@ use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use crate::policy::{self, CompiledSet, Firewall, FirewallPod, FirewallSet, PolicyId, ValidatedPolicies, validate_policies};
 
 type GroupId = u32;
 /// A pod's slot in [`Index::pods`].
@@ -447,7 +449,9 @@ impl Index {
                     Event::Delete(r) => Event::Delete(crate::event::ObjectRef::cluster(r.to_string())),
                     other => other,
                 };
-                let key = |p: &api::EgressPolicy| Some(format!("{}/{}", p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?));
+                let key = |p: &api::EgressPolicy| {
+                    Some(format!("{}/{}", p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?))
+                };
                 if objects_event(&mut self.egress_policies, ev, key) {
                     self.policies_changed();
                 }
@@ -1606,7 +1610,13 @@ mod tests {
         // A label change moves web-2 (node-2) under the same policies as web-1.
         let plan2 = ix.node_plan("node-2").unwrap().firewall;
         assert_eq!(plan2.sets[0].policies.len(), 1);
-        ix.apply(Change::Pods(Event::Apply(mk_pod("prod", "web-2", &[("app", "web"), ("role", "web")], "node-2", "10.244.2.10"))));
+        ix.apply(Change::Pods(Event::Apply(mk_pod(
+            "prod",
+            "web-2",
+            &[("app", "web"), ("role", "web")],
+            "node-2",
+            "10.244.2.10",
+        ))));
         assert_eq!(ix.node_plan("node-2").unwrap().firewall.sets[0].policies.len(), 2);
         // Deletes, including the namespaced one by namespace/name.
         ns_policy.metadata.namespace = Some("prod".into());

@@ -986,6 +986,7 @@ mod tests {
                 egress_ip: "10.10.0.11".parse().unwrap(),
             }],
             hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["eg-9".into()] }],
+            firewall: Default::default(),
         }
     }
 

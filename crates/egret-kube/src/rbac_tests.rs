@@ -419,8 +419,9 @@ fn assert_exact(who: &str, sa: &str, components: &[&str], requests: &[Request]) 
 // ---------------------------------------------------------------------------------------------
 // The workloads' calls, made by the real code against the test double.
 
-const CORE: [Kind; 5] = [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod];
-const ALL: [Kind; 8] = [
+const CORE: [Kind; 7] =
+    [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy];
+const ALL: [Kind; 10] = [
     Kind::Pool,
     Kind::Egress,
     Kind::AntreaPool,
@@ -429,6 +430,8 @@ const ALL: [Kind; 8] = [
     Kind::Node,
     Kind::Namespace,
     Kind::Pod,
+    Kind::ClusterPolicy,
+    Kind::Policy,
 ];
 
 async fn world(foreign: bool) -> TestServer {

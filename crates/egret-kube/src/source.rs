@@ -10,7 +10,7 @@ use crate::foreign::{ANTREA_GROUP, ANTREA_VERSIONS, CILIUM_GROUP, CILIUM_VERSION
 use crate::lenient::Lenient;
 use crate::slim::{SlimNamespace, SlimNode, SlimPod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
-use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use egret_core::event::{Change, Event, Kind, ObjectRef};
 use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -118,7 +118,8 @@ impl Source {
 
     /// The kinds this source feeds; each sends a [`Event::Reset`] once listed.
     pub fn kinds(&self) -> Vec<Kind> {
-        let mut k = vec![Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod];
+        let mut k =
+            vec![Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy];
         if self.antrea_pool.is_some() {
             k.push(Kind::AntreaPool);
         }
@@ -166,6 +167,30 @@ impl Source {
                 wc.clone(),
                 |l| l.object.map(trim_egress),
                 Change::Egresses,
+                false,
+            ),
+            relay(
+                Api::<Lenient<ClusterEgressPolicy>>::all(c.clone()),
+                wc.clone(),
+                |l| {
+                    l.object.map(|mut p: ClusterEgressPolicy| {
+                        trim_meta(&mut p.metadata);
+                        p
+                    })
+                },
+                Change::ClusterPolicies,
+                false,
+            ),
+            relay(
+                Api::<Lenient<EgressPolicy>>::all(c.clone()),
+                wc.clone(),
+                |l| {
+                    l.object.map(|mut p: EgressPolicy| {
+                        trim_meta(&mut p.metadata);
+                        p
+                    })
+                },
+                Change::Policies,
                 false,
             ),
             relay(Api::<SlimNode>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Nodes, false),

@@ -134,7 +134,8 @@ fn pod_names(c: &Change) -> Vec<String> {
     }
 }
 
-const CORE: [Kind; 5] = [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod];
+const CORE: [Kind; 7] =
+    [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy];
 
 #[test]
 fn relay_gathers_the_list_into_one_reset() {
@@ -474,6 +475,8 @@ async fn foreign_kinds_when_enabled_and_installed_and_the_calls_made() {
         Kind::Node,
         Kind::Namespace,
         Kind::Pod,
+        Kind::ClusterPolicy,
+        Kind::Policy,
     ];
     assert_eq!(src.kinds(), all.to_vec());
     let mut s = spawn(src);
@@ -511,6 +514,8 @@ async fn foreign_kinds_when_enabled_and_installed_and_the_calls_made() {
     for p in [
         "/apis/egret.dev/v1alpha1/egresses",
         "/apis/egret.dev/v1alpha1/externalippools",
+        "/apis/egret.dev/v1alpha1/clusteregresspolicies",
+        "/apis/egret.dev/v1alpha1/egresspolicies",
         "/apis/crd.antrea.io/v1beta1/egresses",
         "/apis/crd.antrea.io/v1beta1/externalippools",
         "/apis/cilium.io/v2/ciliumegressgatewaypolicies",

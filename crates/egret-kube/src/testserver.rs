@@ -89,6 +89,8 @@ fn default_resources() -> Vec<ResourceDef> {
         ResourceDef::new("", "v1", "namespaces", "Namespace", false),
         ResourceDef::new("egret.dev", "v1alpha1", "egresses", "Egress", false),
         ResourceDef::new("egret.dev", "v1alpha1", "externalippools", "ExternalIPPool", false),
+        ResourceDef::new("egret.dev", "v1alpha1", "clusteregresspolicies", "ClusterEgressPolicy", false),
+        ResourceDef::new("egret.dev", "v1alpha1", "egresspolicies", "EgressPolicy", true),
         ResourceDef::new("coordination.k8s.io", "v1", "leases", "Lease", true),
         ResourceDef::new("events.k8s.io", "v1", "events", "Event", true),
     ]

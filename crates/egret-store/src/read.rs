@@ -1,7 +1,7 @@
 //! Reading YAML into typed objects.
 
 use egret_api::compat::{self, Translated};
-use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use egret_core::model;
 use egret_core::validate::{Reserved, Validated, validate};
 use k8s_openapi::api::core::v1 as corev1;
@@ -74,6 +74,10 @@ pub struct Objects {
     pub namespaces: Vec<Document<corev1::Namespace>>,
     /// Pods.
     pub pods: Vec<Document<corev1::Pod>>,
+    /// ClusterEgressPolicies.
+    pub cluster_policies: Vec<Document<ClusterEgressPolicy>>,
+    /// EgressPolicies (a document without a namespace gets `default`, as `kubectl apply` does).
+    pub policies: Vec<Document<EgressPolicy>>,
 }
 
 impl Objects {
@@ -84,6 +88,15 @@ impl Objects {
         self.nodes.extend(other.nodes);
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
+        self.cluster_policies.extend(other.cluster_policies);
+        self.policies.extend(other.policies);
+    }
+
+    /// Validates the policies.
+    pub fn validate_policies(&self) -> egret_core::policy::ValidatedPolicies {
+        let cluster: Vec<ClusterEgressPolicy> = self.cluster_policies.iter().map(|d| d.object.clone()).collect();
+        let namespaced: Vec<EgressPolicy> = self.policies.iter().map(|d| d.object.clone()).collect();
+        egret_core::policy::validate_policies(&cluster, &namespaced)
     }
 
     /// Validates the Egret objects; pools must not cover the addresses of the Nodes here nor
@@ -118,6 +131,8 @@ impl Objects {
         match kind {
             "Egress" => self.egresses.get(index).map(|d| &d.origin),
             "ExternalIPPool" => self.pools.get(index).map(|d| &d.origin),
+            "ClusterEgressPolicy" => self.cluster_policies.get(index).map(|d| &d.origin),
+            "EgressPolicy" => self.policies.get(index).map(|d| &d.origin),
             _ => None,
         }
     }
@@ -309,6 +324,13 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         ("egret.dev/v1alpha1", "ExternalIPPool") => {
             parse_strict(json, true).map(|p| objs.pools.push(Document { origin: origin.clone(), object: p }))
         }
+        ("egret.dev/v1alpha1", "ClusterEgressPolicy") => {
+            parse_strict(json, true).map(|p| objs.cluster_policies.push(Document { origin: origin.clone(), object: p }))
+        }
+        ("egret.dev/v1alpha1", "EgressPolicy") => parse_strict::<EgressPolicy>(json, true).map(|mut p| {
+            p.metadata.namespace.get_or_insert_with(|| "default".to_string());
+            objs.policies.push(Document { origin: origin.clone(), object: p })
+        }),
         ("crd.antrea.io/v1alpha2" | "crd.antrea.io/v1beta1", "Egress") => {
             parse_strict::<compat::AntreaEgress>(json, true)
                 .and_then(|a| compat::antrea_egress(&a).map_err(|e| e.to_string()))
@@ -332,7 +354,7 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
             parse_strict(json, false).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p }))
         }
         (av, k) => Err(format!(
-            "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress and ExternalIPPool, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, v1 Node, Namespace and Pod"
+            "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress, ExternalIPPool, ClusterEgressPolicy and EgressPolicy, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, v1 Node, Namespace and Pod"
         )),
     };
     if let Err(reason) = res {

@@ -7,7 +7,7 @@
 
 use crate::read::{LoadError, Objects, read_str};
 use crate::store::Store;
-use egret_api::v1alpha1::{Egress, ExternalIPPool};
+use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use egret_core::event::{Change, Event, ObjectRef};
 use egret_core::model;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +39,8 @@ struct FileObjects {
     nodes: BTreeMap<String, model::Node>,
     namespaces: BTreeMap<String, model::Namespace>,
     pods: BTreeMap<(String, String), model::Pod>,
+    cluster_policies: BTreeMap<String, ClusterEgressPolicy>,
+    policies: BTreeMap<(String, String), EgressPolicy>,
 }
 
 impl FileObjects {
@@ -59,6 +61,19 @@ impl FileObjects {
                 .iter()
                 .map(|d| model::Pod::from_k8s(&d.object))
                 .map(|p| ((p.namespace.clone(), p.name.clone()), p))
+                .collect(),
+            cluster_policies: o
+                .cluster_policies
+                .into_iter()
+                .filter_map(|d| Some((named(&d.object.metadata)?, d.object)))
+                .collect(),
+            policies: o
+                .policies
+                .into_iter()
+                .filter_map(|d| {
+                    let m = &d.object.metadata;
+                    Some(((m.namespace.clone()?, m.name.clone()?), d.object))
+                })
                 .collect(),
         }
     }
@@ -162,6 +177,8 @@ impl StoreSource {
             Change::Pods(Event::Reset(all.pods.into_values().collect())),
             Change::Pools(Event::Reset(all.pools.into_values().collect())),
             Change::Egresses(Event::Reset(all.egresses.into_values().collect())),
+            Change::ClusterPolicies(Event::Reset(all.cluster_policies.into_values().collect())),
+            Change::Policies(Event::Reset(all.policies.into_values().collect())),
         ]
     }
 }
@@ -172,6 +189,8 @@ fn merge(into: &mut FileObjects, from: FileObjects) {
     into.nodes.extend(from.nodes);
     into.namespaces.extend(from.namespaces);
     into.pods.extend(from.pods);
+    into.cluster_policies.extend(from.cluster_policies);
+    into.policies.extend(from.policies);
 }
 
 /// Deletes for what disappeared, then applies for what is new or different.
@@ -214,6 +233,22 @@ fn diff(old: FileObjects, new: FileObjects) -> Vec<Change> {
         &mut applies,
     );
     one(old.pods, new.pods, |(ns, name)| ObjectRef::namespaced(ns, name), Change::Pods, &mut deletes, &mut applies);
+    one(
+        old.cluster_policies,
+        new.cluster_policies,
+        |n: &String| ObjectRef::cluster(n.clone()),
+        Change::ClusterPolicies,
+        &mut deletes,
+        &mut applies,
+    );
+    one(
+        old.policies,
+        new.policies,
+        |(ns, name)| ObjectRef::namespaced(ns, name),
+        Change::Policies,
+        &mut deletes,
+        &mut applies,
+    );
     deletes.extend(applies);
     deletes
 }
@@ -264,6 +299,16 @@ mod tests {
                 Change::Namespaces(Event::Reset(l)) => format!("reset namespaces {}", l.len()),
                 Change::Pools(Event::Reset(l)) => format!("reset pools {}", l.len()),
                 Change::Egresses(Event::Reset(l)) => format!("reset egresses {}", l.len()),
+                Change::ClusterPolicies(Event::Reset(l)) => format!("reset cluster policies {}", l.len()),
+                Change::Policies(Event::Reset(l)) => format!("reset policies {}", l.len()),
+                Change::Policies(Event::Apply(p)) => {
+                    format!(
+                        "apply policy {}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or(""),
+                        p.metadata.name.as_deref().unwrap_or("")
+                    )
+                }
+                Change::Policies(Event::Delete(r)) => format!("delete policy {r}"),
                 other => format!("{other:?}"),
             })
             .collect()
@@ -279,7 +324,15 @@ mod tests {
         let first = src.poll();
         assert_eq!(
             kinds(&first.changes),
-            vec!["reset nodes 1", "reset namespaces 0", "reset pods 1", "reset pools 0", "reset egresses 0"]
+            vec![
+                "reset nodes 1",
+                "reset namespaces 0",
+                "reset pods 1",
+                "reset pools 0",
+                "reset egresses 0",
+                "reset cluster policies 0",
+                "reset policies 0"
+            ]
         );
         // Nothing changed: nothing to say.
         assert!(src.poll().changes.is_empty());
@@ -291,6 +344,13 @@ mod tests {
         // Rewriting identical content emits nothing.
         crate::write_atomic(&dir.path().join("node_node-1.yaml"), NODE.as_bytes()).unwrap();
         assert!(src.poll().changes.is_empty());
+        // A namespaced policy without a namespace lands in `default`, and goes by namespace/name.
+        let policy =
+            "apiVersion: egret.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: p}\nspec: {defaultAction: Deny}\n";
+        crate::write_atomic(&dir.path().join("policy.yaml"), policy.as_bytes()).unwrap();
+        assert_eq!(kinds(&src.poll().changes), vec!["apply policy default/p"]);
+        std::fs::remove_file(dir.path().join("policy.yaml")).unwrap();
+        assert_eq!(kinds(&src.poll().changes), vec!["delete policy default/p"]);
     }
 
     #[test]

@@ -305,7 +305,7 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
 /// The apiVersion Events name for an object of `kind`.
 fn api_version_of(kind: Kind) -> &'static str {
     match kind {
-        Kind::Pool | Kind::Egress => "egret.dev/v1alpha1",
+        Kind::Pool | Kind::Egress | Kind::ClusterPolicy | Kind::Policy => "egret.dev/v1alpha1",
         Kind::AntreaPool | Kind::AntreaEgress => "crd.antrea.io/v1beta1",
         Kind::CiliumPolicy => "cilium.io/v2",
         Kind::Node | Kind::Namespace | Kind::Pod => "v1",
@@ -321,6 +321,8 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Node => "Node",
         Kind::Namespace => "Namespace",
         Kind::Pod => "Pod",
+        Kind::ClusterPolicy => "ClusterEgressPolicy",
+        Kind::Policy => "EgressPolicy",
     }
 }
 

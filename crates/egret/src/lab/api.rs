@@ -95,6 +95,12 @@ fn store_objects(store: &Store) -> anyhow::Result<(BTreeMap<Key, Value>, u64)> {
     for d in objs.egresses {
         add(serde_json::to_value(&d.object)?);
     }
+    for d in objs.cluster_policies {
+        add(serde_json::to_value(&d.object)?);
+    }
+    for d in objs.policies {
+        add(serde_json::to_value(&d.object)?);
+    }
     for d in objs.nodes {
         add(serde_json::to_value(&d.object)?);
     }
@@ -124,6 +130,8 @@ struct Mirror {
 fn kind_name(kind: &str) -> String {
     match kind {
         "ExternalIPPool" => "Pool".into(),
+        "ClusterEgressPolicy" => "ClusterPolicy".into(),
+        "EgressPolicy" => "Policy".into(),
         other => other.into(),
     }
 }
