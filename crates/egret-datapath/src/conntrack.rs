@@ -115,6 +115,10 @@ pub struct Flow {
     pub dst: Ipv4Addr,
     /// Reply destination: `src` unless the flow is SNATed.
     pub reply_dst: Ipv4Addr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Original source and destination ports (TCP, UDP, SCTP; 0 otherwise).
+    pub ports: (u16, u16),
 }
 
 /// Every IPv4 flow in `conntrack -L -f ipv4` output.
@@ -126,7 +130,10 @@ pub fn parse_flows(text: &str) -> Vec<Flow> {
             let (src, dst) = (srcs.next()?, dsts.next()?);
             let _reply_src: Option<Ipv4Addr> = srcs.next();
             let reply_dst = dsts.next().unwrap_or(src);
-            Some(Flow { src, dst, reply_dst })
+            // `tcp      6 431999 ESTABLISHED src=...`: the protocol's number is the second word.
+            let proto = line.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+            let port = |key: &str| line.split_whitespace().find_map(|t| t.strip_prefix(key)?.parse().ok()).unwrap_or(0);
+            Some(Flow { src, dst, reply_dst, proto, ports: (port("sport="), port("dport=")) })
         })
         .collect()
 }
@@ -164,6 +171,51 @@ pub fn affected(
         })
         .map(|f| (f.src, f.dst))
         .collect()
+}
+
+/// The flows from pods the new firewall denies (decided as a new connection would be), when
+/// the firewall changed: a policy change that denies a flow ends it.
+pub fn denied(flows: &[Flow], old: &NodePlan, new: &NodePlan) -> Vec<Flow> {
+    use egret_core::policy::{FlowProto, Protocol, Verdict};
+    if old.firewall == new.firewall {
+        return Vec::new();
+    }
+    let cluster: Vec<Ipv4Net> = cluster(new, new);
+    flows
+        .iter()
+        .filter(|f| !cluster.iter().any(|c| c.contains(&f.dst)))
+        .filter(|f| {
+            let proto = match Protocol::of_number(f.proto) {
+                Some(p) => FlowProto::Named(p),
+                None => FlowProto::Other(f.proto),
+            };
+            let flow = egret_core::policy::Flow { dst: IpAddr::V4(f.dst), proto, port: f.ports.1 };
+            new.firewall.decide(IpAddr::V4(f.src), &flow).is_some_and(|d| d.verdict == Verdict::Deny)
+        })
+        .copied()
+        .collect()
+}
+
+/// The input of `conntrack -R -` deleting exactly these flows.
+pub fn delete_flows_script(flows: &[Flow]) -> String {
+    let mut out = String::new();
+    for f in flows {
+        let named = match f.proto {
+            6 => Some("tcp"),
+            17 => Some("udp"),
+            132 => Some("sctp"),
+            _ => None,
+        };
+        let _ = match named {
+            Some(p) => writeln!(
+                out,
+                "-D -s {} -d {} -p {p} --orig-port-src {} --orig-port-dst {}",
+                f.src, f.dst, f.ports.0, f.ports.1
+            ),
+            None => writeln!(out, "-D -s {} -d {} -p {}", f.src, f.dst, f.proto),
+        };
+    }
+    out
 }
 
 /// The input of `conntrack -R -` deleting every flow between each pair.

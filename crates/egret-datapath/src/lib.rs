@@ -415,7 +415,7 @@ fn end_changed_flows(
     report: &mut SyncReport,
 ) -> Result<(), DatapathError> {
     let changed = conntrack::changed(old, new);
-    if changed.is_empty() && old.snat == new.snat {
+    if changed.is_empty() && old.snat == new.snat && old.firewall == new.firewall {
         return Ok(());
     }
     let missing = || {
@@ -432,6 +432,15 @@ fn end_changed_flows(
         return Ok(());
     };
     let flows = conntrack::parse_flows(&list);
+    let denied = conntrack::denied(&flows, old, new);
+    if !denied.is_empty() {
+        if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_flows_script(&denied)))?.is_none() {
+            report.skipped.push(missing());
+            return Ok(());
+        }
+        report.changes.push(format!("conntrack: ended {} flow(s) that a policy now denies", denied.len()));
+        report.flows_ended.extend(denied.iter().map(|f| (f.src, f.dst)));
+    }
     let mut hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));
     hit.extend(conntrack::misbound(&flows, new));
     if hit.is_empty() {
@@ -442,7 +451,7 @@ fn end_changed_flows(
         return Ok(());
     }
     report.changes.push(format!("conntrack: ended {} flow(s) that the plan now steers differently", hit.len()));
-    report.flows_ended = hit.into_iter().collect();
+    report.flows_ended.extend(hit);
     Ok(())
 }
 

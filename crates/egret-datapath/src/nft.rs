@@ -7,6 +7,8 @@
 //! is compared by what Egret wrote, not by nft's re-rendering of it), set and map definitions,
 //! elements in a canonical text form, and named counters (by name only: their values are state).
 
+pub mod firewall;
+
 use crate::config::{Config, TABLE, mac_string, tunnel_mac};
 use crate::link::{PeerIds, tunnel_peers};
 use egret_core::planner::{NodePlan, SteerAction};
@@ -416,6 +418,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             ],
         },
     );
+    firewall::add(&mut t, plan, &mut skipped);
     (t, skipped)
 }
 
@@ -462,7 +465,8 @@ fn component_text(v: &Value) -> String {
             Some(n) => format!("{n}-{n}"),
             None => s.clone(),
         },
-        Value::Number(n) => n.to_string(),
+        // A number alone is the one-value range, as nft prints `443` for `443-443`.
+        Value::Number(n) => format!("{n}-{n}"),
         Value::Object(o) => {
             if let Some(p) = o.get("prefix") {
                 let addr = p.get("addr").and_then(Value::as_str).unwrap_or("");
@@ -474,13 +478,15 @@ fn component_text(v: &Value) -> String {
                     }
                 }
             }
-            if let Some(Value::Array(r)) = o.get("range")
-                && let (Some(a), Some(b)) = (
-                    r.first().and_then(Value::as_str).and_then(ip_u128),
-                    r.get(1).and_then(Value::as_str).and_then(ip_u128),
-                )
-            {
-                return format!("{a}-{b}");
+            if let Some(Value::Array(r)) = o.get("range") {
+                let bound = |v: Option<&Value>| match v {
+                    Some(Value::String(s)) => ip_u128(s),
+                    Some(Value::Number(n)) => n.as_u64().map(u128::from),
+                    _ => None,
+                };
+                if let (Some(a), Some(b)) = (bound(r.first()), bound(r.get(1))) {
+                    return format!("{a}-{b}");
+                }
             }
             if let Some(Value::Array(c)) = o.get("concat") {
                 return c.iter().map(component_text).collect::<Vec<_>>().join(" . ");

@@ -1,0 +1,234 @@
+//! The egress firewall's part of table `inet egret`, built from a plan's [`Firewall`].
+//!
+//! Per packet the cost is fixed, whatever the number of policies, rules or pods: a new
+//! connection from a pod address listed in `fw_pods4` jumps to the chain of its policy set,
+//! which looks the destination (and port) up in one interval map per protocol and ends with
+//! the set's fallback verdict. Established connections skip all of it (conntrack), and
+//! cluster-internal destinations are never governed.
+//!
+//! Denied TCP is answered with a reset, everything else with ICMP administratively prohibited,
+//! so applications fail at once rather than time out.
+
+use super::{Chain, Elem, Hook, Set, Skipped, Table, ct, matches, meta, payload, raw, rule, verdict_goto};
+use egret_core::planner::NodePlan;
+use egret_core::policy::{CompiledSet, FirewallSet, ProtoClass, Protocol, Verdict};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The base chain: before steering (`mangle`, -150), after conntrack (-200).
+pub const CHAIN_FIREWALL: &str = "firewall";
+/// The chain refusing a denied connection.
+pub const CHAIN_DENY: &str = "fw_deny";
+/// Map pod address -> the chain of its policy set.
+pub const MAP_PODS4: &str = "fw_pods4";
+const PRIO_FIREWALL: i64 = -160;
+
+/// The protocols of a set's maps, with the nft name of the protocol.
+const PROTOS: [(ProtoClass, &str); 5] = [
+    (ProtoClass::Named(Protocol::Tcp), "tcp"),
+    (ProtoClass::Named(Protocol::Udp), "udp"),
+    (ProtoClass::Named(Protocol::Sctp), "sctp"),
+    (ProtoClass::Named(Protocol::Icmp), "icmp"),
+    (ProtoClass::Other, "other"),
+];
+
+/// The chain of a policy set: named by a hash of its policies, so a set keeps its name (and
+/// its maps stay in place) while other sets come and go.
+pub fn set_chain(set: &FirewallSet) -> String {
+    let key: Vec<String> = set.policies.iter().map(|p| p.to_string()).collect();
+    format!("fw_{:012x}", xxhash_rust::xxh3::xxh3_64(key.join("\n").as_bytes()) & 0xffff_ffff_ffff)
+}
+
+fn verdict(v: Verdict) -> Value {
+    match v {
+        Verdict::Allow => json!({"accept": null}),
+        Verdict::Deny => verdict_goto(CHAIN_DENY),
+    }
+}
+
+fn range(a: IpAddr, b: IpAddr) -> Value {
+    json!({"range": [a.to_string(), b.to_string()]})
+}
+
+/// The maps of one compiled set, by protocol name (IPv4 cells only), and whether it has IPv6
+/// cells left out.
+fn maps(c: &CompiledSet) -> (BTreeMap<&'static str, BTreeMap<String, Elem>>, bool) {
+    let mut out: BTreeMap<&'static str, BTreeMap<String, Elem>> =
+        PROTOS.iter().map(|(_, n)| (*n, BTreeMap::new())).collect();
+    let mut v6 = false;
+    for cell in &c.cells {
+        let (IpAddr::V4(_), IpAddr::V4(_)) = cell.dst else {
+            v6 = true;
+            continue;
+        };
+        let Some((_, name)) = PROTOS.iter().find(|(p, _)| *p == cell.proto) else { continue };
+        let dst = range(cell.dst.0, cell.dst.1);
+        let key = match cell.ports {
+            Some((a, b)) => json!({"concat": [dst, {"range": [a, b]}]}),
+            None => dst,
+        };
+        let e = json!([key, verdict(cell.decision.verdict)]);
+        // Keyed by the JSON for now; `normalise` re-keys by the canonical text.
+        out.entry(name).or_default().insert(e.to_string(), raw(&e));
+    }
+    (out, v6)
+}
+
+/// Adds the firewall's chains and maps for `plan` to `t`.
+pub(super) fn add(t: &mut Table, plan: &NodePlan, skipped: &mut Skipped) {
+    let set_ref = |n: &str| json!(format!("@{n}"));
+    let mut pods = BTreeMap::new();
+    let chains: Vec<String> = plan.firewall.sets.iter().map(set_chain).collect();
+    for p in &plan.firewall.pods {
+        let Some(chain) = chains.get(p.set) else { continue };
+        match p.ip {
+            IpAddr::V4(ip) => {
+                let e = json!([ip.to_string(), verdict_goto(chain)]);
+                pods.insert(e.to_string(), raw(&e));
+            }
+            IpAddr::V6(ip) => skipped.push(format!("firewall for {} ({ip}): IPv6 not programmed yet", p.pod)),
+        }
+    }
+    t.sets.insert(
+        MAP_PODS4.into(),
+        Set { map: Some(json!("verdict")), key: json!("ipv4_addr"), flags: vec![], elems: pods },
+    );
+    let interval = vec!["interval".to_string()];
+    for (set, chain) in plan.firewall.sets.iter().zip(&chains) {
+        let (by_proto, v6) = maps(&set.compiled);
+        if v6 {
+            let names: Vec<String> = set.policies.iter().map(|p| p.to_string()).collect();
+            skipped.push(format!("IPv6 destinations of {}: IPv6 not programmed yet", names.join(", ")));
+        }
+        let mut rules = Vec::new();
+        for (proto, name) in PROTOS {
+            let map = format!("{chain}_{name}4");
+            let (key_type, key, guard) = match proto {
+                ProtoClass::Named(p) if p.has_ports() => (
+                    json!(["ipv4_addr", "inet_service"]),
+                    json!({"concat": [payload("ip", "daddr"), payload(name, "dport")]}),
+                    matches("==", meta("l4proto"), json!(name)),
+                ),
+                ProtoClass::Named(_) => {
+                    (json!("ipv4_addr"), payload("ip", "daddr"), matches("==", meta("l4proto"), json!(name)))
+                }
+                ProtoClass::Other => (
+                    json!("ipv4_addr"),
+                    payload("ip", "daddr"),
+                    matches("!=", meta("l4proto"), json!({"set": ["tcp", "udp", "sctp", "icmp"]})),
+                ),
+            };
+            let elems = by_proto.get(name).cloned().unwrap_or_default();
+            t.sets.insert(
+                map.clone(),
+                Set { map: Some(json!("verdict")), key: key_type, flags: interval.clone(), elems },
+            );
+            rules.push(rule(vec![
+                matches("==", meta("nfproto"), json!("ipv4")),
+                guard,
+                json!({"vmap": {"key": key, "data": set_ref(&map)}}),
+            ]));
+        }
+        rules.push(rule(vec![verdict(set.compiled.fallback.verdict)]));
+        t.chains.insert(chain.clone(), Chain { hook: None, rules });
+    }
+    t.chains.insert(
+        CHAIN_DENY.into(),
+        Chain {
+            hook: None,
+            rules: vec![
+                rule(vec![matches("==", meta("l4proto"), json!("tcp")), json!({"reject": {"type": "tcp reset"}})]),
+                rule(vec![json!({"reject": {"type": "icmpx", "expr": "admin-prohibited"}})]),
+            ],
+        },
+    );
+    t.chains.insert(
+        CHAIN_FIREWALL.into(),
+        Chain {
+            hook: Some(Hook {
+                kind: "filter".into(),
+                hook: "prerouting".into(),
+                prio: PRIO_FIREWALL,
+                policy: "accept".into(),
+            }),
+            rules: vec![
+                // Rules decide new connections; established ones follow conntrack (a policy
+                // change that denies one ends its entry).
+                rule(vec![matches("!=", ct("state"), json!("new")), json!({"return": null})]),
+                // Pod, service and node networks are the CNI's NetworkPolicy domain.
+                rule(vec![
+                    matches("==", payload("ip", "daddr"), set_ref(super::SET_CLUSTER4)),
+                    json!({"return": null}),
+                ]),
+                rule(vec![json!({"vmap": {"key": payload("ip", "saddr"), "data": set_ref(MAP_PODS4)}})]),
+            ],
+        },
+    );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::link::PeerIds;
+    use egret_core::policy::{self, Firewall, FirewallPod};
+    use std::sync::Arc;
+
+    fn policy(name: &str, cidr: &str, port: u16) -> egret_api::v1alpha1::ClusterEgressPolicy {
+        let y = format!(
+            "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  appliedTo: {{namespaceSelector: {{}}}}\n  rules: [{{name: r, action: Allow, to: {{cidrs: [{cidr}]}}, ports: [{{port: {port}}}]}}]\n  defaultAction: Deny\n"
+        );
+        serde_yaml_ng::from_str(&y).unwrap()
+    }
+
+    /// A plan whose `pods` pods are spread over the sets of `policies` policies.
+    fn plan(pods: u32, policies: usize) -> NodePlan {
+        let api: Vec<_> = (0..policies).map(|i| policy(&format!("p{i}"), &format!("203.0.{i}.0/24"), 443)).collect();
+        let v = policy::validate_policies(&api, &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let sets: Vec<FirewallSet> = v
+            .policies
+            .iter()
+            .map(|p| FirewallSet { policies: vec![p.id.clone()], compiled: Arc::new(policy::compile(&[p])) })
+            .collect();
+        let pods = (0..pods)
+            .map(|i| FirewallPod {
+                ip: IpAddr::V4(std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 244, 1, 0)) + i)),
+                pod: format!("ns/p{i}"),
+                set: i as usize % sets.len(),
+            })
+            .collect();
+        NodePlan { node: "node-1".into(), firewall: Firewall { pods, sets }, ..NodePlan::default() }
+    }
+
+    fn rules(t: &Table) -> usize {
+        t.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    #[test]
+    fn rules_grow_with_policy_sets_only_never_with_pods_or_rules() {
+        let cfg = Config::default();
+        let ids = PeerIds::recovered([]);
+        let (small, _) = crate::nft::desired(&cfg, &plan(1, 2), &ids);
+        let (big, skipped) = crate::nft::desired(&cfg, &plan(5000, 2), &ids);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(rules(&small), rules(&big));
+        assert_eq!(big.sets[MAP_PODS4].elems.len(), 5000);
+        // Each set: one allowed cell (TCP 443 to its /24) under a default deny.
+        let t = crate::nft::normalise(big);
+        let chain = set_chain(&plan(1, 2).firewall.sets[0]);
+        let tcp: Vec<&String> = t.sets[&format!("{chain}_tcp4")].elems.keys().collect();
+        assert_eq!(tcp, vec!["3405774848-3405775103 . 443-443 : accept"]);
+        assert_eq!(t.chains[&chain].rules.len(), PROTOS.len() + 1);
+    }
+
+    #[test]
+    fn ipv6_is_reported_not_silently_dropped() {
+        let mut p = plan(1, 1);
+        p.firewall.pods[0].ip = "fd00::5".parse().unwrap();
+        let (_, skipped) = crate::nft::desired(&Config::default(), &p, &PeerIds::recovered([]));
+        assert!(skipped.iter().any(|s| s.contains("fd00::5") && s.contains("IPv6")), "{skipped:?}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Privileged: the egress firewall with real TCP connections, in network namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use egret_core::planner::NodePlan;
+use egret_core::policy::{self, Firewall, FirewallPod, FirewallSet};
+use egret_netns::*;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CLIENT1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+
+/// Node-1's plan with `policies` (ClusterEgressPolicy YAML documents) applied to web-1.
+fn with_policies(mut np: NodePlan, policies: &str) -> NodePlan {
+    let cluster: Vec<egret_api::v1alpha1::ClusterEgressPolicy> =
+        policies.split("\n---\n").map(|d| serde_yaml_ng::from_str(d).unwrap()).collect();
+    let v = policy::validate_policies(&cluster, &[]);
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let ordered: Vec<&policy::Policy> = v.policies.iter().collect();
+    np.firewall = Firewall {
+        pods: vec![FirewallPod { ip: IpAddr::V4(WEB1), pod: "default/web-1".into(), set: 0 }],
+        sets: vec![FirewallSet {
+            policies: ordered.iter().map(|p| p.id.clone()).collect(),
+            compiled: Arc::new(policy::compile(&ordered)),
+        }],
+    };
+    np
+}
+
+fn sync_np(topo: &Topology, dp: &mut egret_datapath::Datapath, np: &NodePlan) -> egret_datapath::SyncReport {
+    topo.node(1).ns.run(|| dp.sync(np)).unwrap().unwrap_or_else(|e| panic!("sync node-1: {e}"))
+}
+
+/// Refused at once (a TCP reset), not left to time out.
+fn refused(ns: &Netns, to: std::net::SocketAddr) -> bool {
+    let t = Instant::now();
+    match whoami(ns, to, T) {
+        Err(Error::Io(_, e)) => e.kind() == ErrorKind::ConnectionRefused && t.elapsed() < Duration::from_secs(2),
+        _ => false,
+    }
+}
+
+const POLICY: &str = r#"
+apiVersion: egret.dev/v1alpha1
+kind: ClusterEgressPolicy
+metadata: {name: web}
+spec:
+  priority: 10
+  appliedTo: {namespaceSelector: {}}
+  rules:
+  - name: not-this-one
+    action: Deny
+    to: {cidrs: [203.0.113.0/24], except: [203.0.113.0/29]}
+    ports: [{port: 8080}]
+  - name: db
+    action: Allow
+    to: {cidrs: [203.0.113.0/24]}
+    ports: [{port: 8080, endPort: 8081}]
+  defaultAction: Deny
+"#;
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn rules_in_order_except_and_port_ranges_decide_new_connections() {
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("fw-rules", 1).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1);
+    let topo = Topology::build(&spec).unwrap();
+    let extra = Whoami::start(&topo.outside, 8081).unwrap();
+    let other = Whoami::start(&topo.outside, 9090).unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.pod("default", "web-1", "web", 1, WEB1).pod("default", "client-1", "client", 1, CLIENT1);
+    let np = with_policies(c.plan().node_plans().remove("node-1").unwrap(), POLICY);
+    let mut dp = datapaths(1).remove(0);
+    let r = sync_np(&topo, &mut dp, &np);
+    assert!(r.drift.is_empty() && r.skipped.is_empty(), "{r:?}");
+
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    let client = &topo.pod("client-1").unwrap().ns;
+    // 203.0.113.5 is inside the except: the first rule does not match, the second allows.
+    assert_eq!(whoami(web1, to(DB_A, 8080), T).unwrap(), v4(node_ip(1)));
+    assert_eq!(whoami(web1, to(DB_A, 8081), T).unwrap(), v4(node_ip(1)), "endPort is inclusive");
+    // Outside the port range: the default deny, answered with a reset.
+    assert!(refused(web1, to(DB_A, 9090)));
+    // Another destination: default deny.
+    assert!(refused(web1, to(BAD_HOST, 8080)));
+    // A pod no policy selects is not governed.
+    assert_eq!(whoami(client, to(BAD_HOST, 8080), T).unwrap(), v4(node_ip(1)));
+    // A re-sync changes nothing.
+    let again = sync_np(&topo, &mut dp, &np);
+    assert!(again.changes.is_empty() && again.drift.is_empty(), "{again:?}");
+    drop((extra, other));
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_policy_change_that_denies_an_established_flow_ends_it() {
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("fw-end", 1).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.pod("default", "web-1", "web", 1, WEB1);
+    let base = c.plan().node_plans().remove("node-1").unwrap();
+    let mut dp = datapaths(1).remove(0);
+    sync_np(&topo, &mut dp, &with_policies(base.clone(), POLICY));
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    let mut conn = WhoamiConn::open(web1, to(DB_A, 8080), T).unwrap();
+    conn.echo("before").unwrap();
+    // The same policy without its allow rule: DB_A:8080 is now denied.
+    let deny = POLICY.replace("  - name: db\n    action: Allow\n", "  - name: db\n    action: Deny\n");
+    let r = sync_np(&topo, &mut dp, &with_policies(base, &deny));
+    assert!(r.changes.iter().any(|c| c.contains("a policy now denies")), "{r:?}");
+    assert!(conn.echo("after").is_err(), "the denied flow must end");
+    assert!(refused(web1, to(DB_A, 8080)));
+}
