@@ -573,6 +573,7 @@ status: {podIP: 10.244.1.10}
             let (o, e) = read_paths(&[d.unwrap().path()]);
             assert!(e.is_empty(), "{e:?}");
             assert!(!o.nodes.is_empty());
+            assert!(o.validate_policies().problems.is_empty(), "{:?}", o.validate_policies().problems);
             dirs += 1;
         }
         assert!(dirs >= 6);

@@ -260,10 +260,29 @@ impl Store {
             &mut changes,
             keep_created,
         );
+        merge(
+            &mut cur.cluster_policies,
+            new.cluster_policies,
+            |d| key_of("ClusterEgressPolicy", None, &d.metadata.name),
+            &mut changes,
+            keep_created,
+        );
+        merge(
+            &mut cur.policies,
+            new.policies,
+            |d| key_of("EgressPolicy", d.metadata.namespace.clone(), &d.metadata.name),
+            &mut changes,
+            keep_created,
+        );
 
         let v = cur.validate(config);
-        let mut fresh: Vec<Problem> =
-            v.problems.iter().filter(|p| !before.contains(&problem_key(p))).cloned().collect();
+        let mut fresh: Vec<Problem> = v
+            .problems
+            .iter()
+            .chain(cur.validate_policies().problems.iter())
+            .filter(|p| !before.contains(&problem_key(p)))
+            .cloned()
+            .collect();
         for (name, pool) in &v.pools {
             let idx = cur.pools.iter().position(|d| d.object.metadata.name.as_deref() == Some(name)).unwrap_or(0);
             let held: Vec<_> =
@@ -279,6 +298,8 @@ impl Store {
                 "Egress" => put_doc(self, &lock, key, &cur.egresses)?,
                 "Node" => put_doc(self, &lock, key, &cur.nodes)?,
                 "Namespace" => put_doc(self, &lock, key, &cur.namespaces)?,
+                "ClusterEgressPolicy" => put_doc(self, &lock, key, &cur.cluster_policies)?,
+                "EgressPolicy" => put_doc(self, &lock, key, &cur.policies)?,
                 _ => put_doc(self, &lock, key, &cur.pods)?,
             }
         }
@@ -310,6 +331,12 @@ impl Store {
         keys.extend(objs.namespaces.iter().map(|d| key_of("Namespace", None, &d.object.metadata.name)));
         keys.extend(
             objs.pods.iter().map(|d| key_of("Pod", d.object.metadata.namespace.clone(), &d.object.metadata.name)),
+        );
+        keys.extend(objs.cluster_policies.iter().map(|d| key_of("ClusterEgressPolicy", None, &d.object.metadata.name)));
+        keys.extend(
+            objs.policies
+                .iter()
+                .map(|d| key_of("EgressPolicy", d.object.metadata.namespace.clone(), &d.object.metadata.name)),
         );
         let mut gone = Vec::new();
         for k in keys {
@@ -456,7 +483,15 @@ macro_rules! has_meta {
         }
     )*};
 }
-has_meta!(Egress, ExternalIPPool, corev1::Node, corev1::Namespace, corev1::Pod);
+has_meta!(
+    Egress,
+    ExternalIPPool,
+    corev1::Node,
+    corev1::Namespace,
+    corev1::Pod,
+    egret_api::v1alpha1::ClusterEgressPolicy,
+    egret_api::v1alpha1::EgressPolicy
+);
 
 fn put_doc<T: Serialize + HasMeta>(
     store: &Store,
@@ -466,8 +501,7 @@ fn put_doc<T: Serialize + HasMeta>(
 ) -> Result<(), StoreError> {
     for d in docs {
         let m = d.object.meta();
-        let ns_ok = key.kind != "Pod"
-            || m.namespace.as_deref().unwrap_or("default") == key.namespace.as_deref().unwrap_or("default");
+        let ns_ok = key.namespace.as_deref().is_none_or(|ns| m.namespace.as_deref().unwrap_or("default") == ns);
         if m.name.as_deref() == Some(key.name.as_str()) && ns_ok {
             return store.put(lock, key, &d.object);
         }
@@ -480,7 +514,7 @@ fn problem_key(p: &Problem) -> String {
 }
 
 fn problem_keys(o: &Objects, config: &ClusterConfig) -> BTreeSet<String> {
-    o.validate(config).problems.iter().map(problem_key).collect()
+    o.validate(config).problems.iter().chain(o.validate_policies().problems.iter()).map(problem_key).collect()
 }
 
 /// `(ip, egress, pool)` for every allocation recorded in Egress status.

@@ -10,7 +10,7 @@
 use crate::controller::liveness;
 use crate::metrics::Metrics;
 use crate::objects::{KubeArgs, Objects, SourceKind};
-use crate::serve::{Health, serve_http, wait_for_signal};
+use crate::serve::{Health, Signals, serve_http};
 use anyhow::{Context, bail};
 use egret_core::index::Index;
 use egret_core::planner::{ClusterConfig, NodePlan};
@@ -626,9 +626,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })?
     };
     let served = rt.block_on(async {
+        let mut signals = Signals::new();
         tokio::select! {
             r = serve_http(health_addr, health, Arc::new(move || metrics.encode())) => r,
-            _ = wait_for_signal() => Ok(()),
+            _ = signals.recv() => Ok(()),
             _ = done_rx => Err(anyhow::anyhow!("the datapath loop stopped")),
         }
     });

@@ -288,6 +288,7 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged = Vec::new();
     let mut last = None;
+    let mut signals = crate::serve::Signals::new();
     loop {
         if let Err(e) = reconcile(&store, &mut objects, &args, &mut logged, &mut last) {
             warn!("reconcile: {e:#}");
@@ -295,7 +296,7 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = rx.recv() => { while rx.try_recv().is_ok() {} }
             _ = tick.tick() => {}
-            _ = crate::serve::wait_for_signal() => break,
+            _ = signals.recv() => break,
         }
     }
     info!("controller stopped");
@@ -413,6 +414,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
     // What the last pass acted on, and whether a write of it failed (so the next tick retries).
     let mut last_seen: Option<Liveness> = None;
     let mut retry = false;
+    let mut signals = crate::serve::Signals::new();
     loop {
         let changed = objects.poll()?;
         let leading = leadership.is_leader();
@@ -502,7 +504,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             _ = leader_changes.changed() => {}
             _ = tick.tick() => {}
             r = &mut election => bail!("leader election stopped: {r:?}"),
-            _ = crate::serve::wait_for_signal() => break,
+            _ = signals.recv() => break,
         }
     }
     // Hand the Lease over at once rather than after it expires.

@@ -18,6 +18,7 @@ mod objects;
 mod offline;
 mod serve;
 mod table;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ enum Cmd {
     },
     /// Show what manifests would do: allocations, gateway nodes and steering rules.
     Plan(offline::PlanArgs),
+    /// Show what happens to one new connection from a pod: its Egress, gateway and egress IP,
+    /// and the policy rule that allows or denies it.
+    Trace(trace::TraceArgs),
     /// Show objects with their status, like `kubectl get`.
     Get {
         /// egress (eg), externalippools (eip) or members.
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         Cmd::Crds { dir } => offline::crds(dir.as_deref()),
         Cmd::Validate { files, cluster } => offline::validate(&files, &cluster),
         Cmd::Plan(args) => offline::plan(&args),
+        Cmd::Trace(args) => trace::trace(&args),
         Cmd::Convert { files } => offline::convert(&files),
         Cmd::Controller(args) => block_on(controller::run(args)),
         Cmd::Lab(args) => lab::run(args),

@@ -41,7 +41,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn config(&self) -> ClusterConfig {
+    pub fn config(&self) -> ClusterConfig {
         ClusterConfig {
             service_cidrs: self.service_cidrs.clone(),
             internal_cidrs: self.cluster_cidrs.clone(),
@@ -55,7 +55,7 @@ fn load(files: &[PathBuf], config: &ClusterConfig) -> (Objects, egret_core::vali
     let (objs, errs) = read_paths(files);
     let mut lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let v = objs.validate(config);
-    for p in &v.problems {
+    for p in v.problems.iter().chain(objs.validate_policies().problems.iter()) {
         let file = objs.origin_of(&p.kind, p.index).map(|o| o.file.display().to_string()).unwrap_or_default();
         lines.push(format!("{file}: {p}"));
     }
@@ -72,9 +72,11 @@ pub fn validate(files: &[PathBuf], cluster: &ClusterArgs) -> anyhow::Result<Exit
         return Ok(ExitCode::from(1));
     }
     outln!(
-        "valid: {} ExternalIPPools, {} Egresses, {} Nodes, {} Namespaces, {} Pods",
+        "valid: {} ExternalIPPools, {} Egresses, {} ClusterEgressPolicies, {} EgressPolicies, {} Nodes, {} Namespaces, {} Pods",
         v.pools.len(),
         v.egresses.len(),
+        objs.cluster_policies.len(),
+        objs.policies.len(),
         objs.nodes.len(),
         objs.namespaces.len(),
         objs.pods.len()
@@ -140,9 +142,42 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     }
     match args.output {
         PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
-        PlanOutput::Table => out!("{}", plan_tables(&p)),
+        PlanOutput::Table => {
+            out!("{}", plan_tables(&p));
+            out!("{}", policy_table(&objs));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per pod, the policies that apply, in evaluation order.
+fn policy_table(objs: &Objects) -> String {
+    let v = objs.validate_policies();
+    if v.policies.is_empty() {
+        return String::new();
+    }
+    let namespaces = objs.model_namespaces();
+    let nodes = objs.model_nodes();
+    let empty = egret_core::selector::Labels::new();
+    let mut rows = Vec::new();
+    for pod in objs.model_pods() {
+        let ns_labels = namespaces.iter().find(|n| n.name == pod.namespace).map_or(&empty, |n| &n.labels);
+        let node_labels =
+            pod.node.as_ref().and_then(|name| nodes.iter().find(|n| &n.name == name)).map_or(&empty, |n| &n.labels);
+        let applying = egret_core::policy::applicable(&v.policies, &pod.namespace, ns_labels, &pod.labels, node_labels);
+        if applying.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = applying.iter().map(|p| p.id.to_string()).collect();
+        rows.push(vec![format!("{}/{}", pod.namespace, pod.name), opt(pod.node.as_deref()), names.join(", ")]);
+    }
+    let mut out = String::from("\n");
+    if rows.is_empty() {
+        out.push_str("no pod is governed by an egress policy\n");
+    } else {
+        out.push_str(&table::render(&["Pod", "Node", "Egress policies (in order)"], &rows, " | "));
+    }
+    out
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {

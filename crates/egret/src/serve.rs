@@ -46,17 +46,42 @@ pub(crate) async fn serve_http(
     Ok(())
 }
 
-pub(crate) async fn wait_for_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// SIGTERM and SIGINT, registered once before the loop that waits for them: a signal that
+/// arrives while the loop is busy stays pending until the loop next waits (a signal stream
+/// created for each wait misses it, and the process would then ignore its stop signal).
+pub(crate) struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers the handlers (inside a Tokio runtime). A signal that cannot be registered is
+    /// logged and never fires.
+    pub(crate) fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let reg = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot handle {name}: {e}");
+                None
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        Signals { term: reg(SignalKind::terminate(), "SIGTERM"), int: reg(SignalKind::interrupt(), "SIGINT") }
+    }
+
+    /// Waits for the next SIGTERM or SIGINT (including one that arrived since the last wait).
+    pub(crate) async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
+        }
     }
 }

@@ -33,7 +33,7 @@ fn egress<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
 fn every_example_validates() {
     for dir in std::fs::read_dir(root().join("examples")).unwrap() {
         let dir = dir.unwrap().path();
-        if !dir.file_name().unwrap().to_str().unwrap().starts_with("seed-") {
+        if dir.file_name().unwrap().to_str().unwrap() == "cluster" {
             continue;
         }
         let o = egret(&["validate", "-f", dir.to_str().unwrap()]);
@@ -397,6 +397,8 @@ fn free_port(udp: bool) -> u16 {
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    // Never wait forever: a failure must say so rather than hang the run.
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -479,8 +481,65 @@ async fn controller_on_the_api_server_double() {
     assert!(metrics.contains("egret_controller_leader 1"), "{metrics}");
     // Stopped cleanly, it hands the Lease over at once.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let stop_deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > stop_deadline {
+            let _ = child.kill();
+            panic!("the controller did not stop on SIGTERM\n{}", log());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(status.success(), "{status}");
     let lease = server.get("coordination.k8s.io/v1", "Lease", Some("egret-system"), "egret-controller").unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease:#}");
+}
+
+#[test]
+fn trace_names_the_egress_and_the_deciding_rule() {
+    let o = egret(&["trace", "prod/web-1", "203.0.113.5:8080", "-f", "examples/seed-000-web-to-db"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("egress:      web-to-db-a leaves as 198.51.100.100 through node-"), "{out}");
+    assert!(out.contains("verdict:     Allow by ClusterEgressPolicy web-to-db-a-only rule db-a"), "{out}");
+    let o = egret(&["trace", "staging/web-1", "198.51.100.8:8080", "-f", "examples/firewall-tenant-pass"]);
+    assert!(
+        stdout(&o).contains("verdict:     Allow by EgressPolicy staging/web-to-partner rule partner-api"),
+        "{}",
+        stdout(&o)
+    );
+    let o = egret(&["trace", "prod/web-1", "198.51.100.8:8080", "-f", "examples/firewall-tenant-pass"]);
+    assert!(stdout(&o).contains("verdict:     Deny by ClusterEgressPolicy baseline defaultAction"), "{}", stdout(&o));
+    let o = egret(&["trace", "prod/nobody", "198.51.100.8:8080", "-f", "examples/firewall-tenant-pass"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no pod prod/nobody"));
+}
+
+#[test]
+fn a_bad_policy_is_rejected_with_its_field_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: bad}\nspec:\n  appliedTo: {namespaceSelector: {}}\n  rules:\n  - {name: a, action: Allow, ports: [{protocol: ICMP, port: 8}]}\n  - {name: a, action: Maybe, to: {cidrs: [10.0.0.1/8]}, ports: [{port: 90, endPort: 80}]}\n",
+    )
+    .unwrap();
+    let o = egret(&["validate", "-f", "examples/cluster", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = stdout(&o);
+    for want in [
+        "ClusterEgressPolicy/bad: spec.rules[0].ports[0].port: ICMP has no ports",
+        "ClusterEgressPolicy/bad: spec.rules[1].name: duplicate rule name",
+        "ClusterEgressPolicy/bad: spec.rules[1].action: \"Maybe\" is not an action",
+        "ClusterEgressPolicy/bad: spec.rules[1].to.cidrs[0]: \"10.0.0.1/8\" has host bits set",
+        "ClusterEgressPolicy/bad: spec.rules[1].ports[0].endPort: 80 is below port 90",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in {out}");
+    }
+    // A field the API does not have, named by its path.
+    std::fs::write(&file, "apiVersion: egret.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  rules: [{name: a, action: Allow, to: {cidr: [10.0.0.0/8]}}]\n").unwrap();
+    let o = egret(&["validate", "-f", file.to_str().unwrap()]);
+    assert!(stdout(&o).contains("spec.rules[0].to.cidr: unknown field"), "{}", stdout(&o));
 }

@@ -190,6 +190,36 @@ fn seed_004_cilium_and_seed_000_unchanged() {
     assert_eq!(lab.whoami("default/malicious-1", "db-a"), "10.10.0.103");
 }
 
+/// The seed 000 figure's access control and a Pass hand-over to a namespace, through the
+/// real agents: allowed connections work, denied ones are refused, deleting the policies
+/// restores everything.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn egress_policies_allow_deny_and_pass() {
+    let lab = Lab::up();
+    lab.apply("examples/seed-000-web-to-db/egress.yaml");
+    lab.apply("examples/seed-000-web-to-db/policy.yaml");
+    // app=web reaches database A, with the Egress's IP, and nothing else.
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "198.51.100.100");
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "198.51.100.100");
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "no answer");
+    // Every other pod reaches nothing outside the cluster.
+    assert_eq!(lab.whoami("default/malicious-1", "db-a"), "no answer");
+    assert_eq!(lab.whoami("default/client-1", "bad-host"), "no answer");
+    lab.ok(&["lab", "delete", "-f", "examples/seed-000-web-to-db/policy.yaml"]);
+    assert_eq!(lab.whoami("default/malicious-1", "db-a"), "10.10.0.103");
+
+    lab.apply("examples/firewall-tenant-pass/policy.yaml");
+    // Passed to staging's own policy, which allows its web pods to reach bad-host.
+    assert_eq!(lab.whoami("staging/web-1", "bad-host"), "10.10.0.102");
+    // prod has no policy of its own: the cluster's default deny.
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "no answer");
+    // Not passed: the cluster's default deny, also for staging.
+    assert_eq!(lab.whoami("staging/web-1", "db-a"), "no answer");
+    lab.ok(&["lab", "delete", "-f", "examples/firewall-tenant-pass/policy.yaml"]);
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "10.10.0.101");
+}
+
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn live_changes() {

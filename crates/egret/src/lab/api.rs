@@ -194,6 +194,7 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
         let mut seen = ApiState { stamp: u64::MAX, ..ApiState::default() };
         let mut mirrored_stamp = None;
         let mut copied = None;
+        let mut signals = crate::serve::Signals::new();
         loop {
             if mirrored_stamp != Some(store.stamp()) {
                 match store_objects(&store) {
@@ -227,7 +228,7 @@ pub fn serve(store: &Path, listen: SocketAddr, state: &Path) -> anyhow::Result<E
             tokio::select! {
                 _ = rx.recv() => { while rx.try_recv().is_ok() {} }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = crate::serve::wait_for_signal() => break,
+                _ = signals.recv() => break,
             }
         }
         anyhow::Ok(())
