@@ -34,7 +34,7 @@ use crate::model::{Egress, FailurePolicy, Namespace, Node, Pod};
 use crate::net::Family;
 use crate::placement;
 use crate::planner::{self, ClusterConfig, EgressOutcome, Inputs, NodePlan, Plan, PoolOutcome, Rule};
-use crate::selector::Labels;
+use crate::selector::{Labels, PackedLabels};
 use crate::validate::{self, Problem, Validated};
 use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
 use egret_api::v1alpha1 as api;
@@ -189,7 +189,8 @@ type Entries = Arc<Vec<(IpNet, Resolved)>>;
 #[derive(Debug)]
 struct Group {
     namespace: Arc<str>,
-    labels: Arc<Labels>,
+    /// Packed (one allocation, shared with [`Index::group_ids`]): there are many groups.
+    labels: PackedLabels,
     pods: BTreeSet<PodId>,
     /// Egresses whose namespace and pod selectors select this group (node selectors are
     /// applied per pod, since they depend on the pod's node).
@@ -278,7 +279,7 @@ pub struct Index {
     addr_claims: AddrClaims,
 
     groups: HashMap<GroupId, Group>,
-    group_ids: HashMap<Arc<str>, HashMap<Arc<Labels>, GroupId>>,
+    group_ids: HashMap<Arc<str>, HashMap<PackedLabels, GroupId>>,
     next_group: GroupId,
     ns_groups: HashMap<String, BTreeSet<GroupId>>,
     egress_groups: HashMap<Arc<str>, BTreeSet<GroupId>>,
@@ -369,7 +370,7 @@ fn pool_outcomes(a: &Allocations) -> Vec<PoolOutcome> {
 
 /// Whether an Egress's namespace and pod selectors select pods with `labels` in a namespace
 /// with `ns_labels`.
-fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
+fn selects(e: &Egress, ns_labels: &Labels, labels: &PackedLabels) -> bool {
     !e.applied_to.selects_nothing()
         && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
@@ -1153,7 +1154,7 @@ impl Index {
         let Some(e) = self.pod_id(&pod.namespace, &pod.name).and_then(|id| self.pod(id)) else { return false };
         e.node.as_deref() == pod.node.as_deref()
             && e.ips.as_slice() == pod.ips.as_slice()
-            && self.groups.get(&e.group).is_some_and(|g| *g.labels == pod.labels)
+            && self.groups.get(&e.group).is_some_and(|g| g.labels.same_as(&pod.labels))
     }
 
     /// The model of a pod the index holds.
@@ -1161,7 +1162,7 @@ impl Index {
         Pod {
             namespace: e.namespace.to_string(),
             name: e.name.to_string(),
-            labels: self.groups.get(&e.group).map(|g| (*g.labels).clone()).unwrap_or_default(),
+            labels: self.groups.get(&e.group).map(|g| g.labels.to_labels()).unwrap_or_default(),
             node: e.node.as_deref().map(str::to_string),
             ips: e.ips.as_slice().to_vec(),
         }
@@ -1177,7 +1178,7 @@ impl Index {
             Some((k, _)) => k.clone(),
             None => Arc::from(namespace),
         };
-        let gid = self.group_for(&namespace, labels);
+        let gid = self.group_for(&namespace, &labels);
         let node: Option<Arc<str>> = node.map(|n| match self.node_pods.get_key_value(n.as_str()) {
             Some((k, _)) => k.clone(),
             None => Arc::from(n),
@@ -1268,7 +1269,7 @@ impl Index {
         };
         if empty && let Some(g) = self.groups.remove(&gid) {
             if let Some(ids) = self.group_ids.get_mut(&*g.namespace) {
-                ids.remove(&*g.labels);
+                ids.remove(&g.labels);
                 if ids.is_empty() {
                     self.group_ids.remove(&*g.namespace);
                 }
@@ -1281,13 +1282,13 @@ impl Index {
     }
 
     /// The group of pods with these labels in this namespace, created (and matched) if new.
-    fn group_for(&mut self, namespace: &Arc<str>, labels: Labels) -> GroupId {
+    fn group_for(&mut self, namespace: &Arc<str>, labels: &Labels) -> GroupId {
+        let labels = PackedLabels::new(labels);
         if let Some(&gid) = self.group_ids.get(&**namespace).and_then(|ids| ids.get(&labels)) {
             return gid;
         }
         let gid = self.next_group;
         self.next_group += 1;
-        let labels = Arc::new(labels);
         self.groups.insert(
             gid,
             Group {

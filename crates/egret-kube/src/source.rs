@@ -7,6 +7,7 @@
 //! complete list, so whatever a relist no longer contains is removed downstream.
 
 use crate::foreign::{ANTREA_GROUP, ANTREA_VERSIONS, CILIUM_GROUP, CILIUM_VERSIONS, Foreign};
+use crate::keyset::KeySet;
 use crate::lenient::Lenient;
 use crate::slim::{SlimNamespace, SlimNode, SlimPod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
@@ -18,7 +19,7 @@ use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -270,19 +271,17 @@ pub struct Relay<T> {
 /// the listing in progress has sent so far (a few dozen bytes an object, not a copy of it).
 #[derive(Debug, Default)]
 struct Streamed {
-    known: HashSet<Key>,
-    listing: HashSet<Key>,
+    known: KeySet,
+    listing: KeySet,
 }
 
-/// An object's identity, compactly: `namespace NUL name`.
-type Key = Box<str>;
-
-fn key(r: &ObjectRef) -> Key {
-    format!("{}\0{}", r.namespace.as_deref().unwrap_or(""), r.name).into_boxed_str()
+/// An object's identity as one string: `namespace/name` (exact: a namespace holds no `/`).
+fn key(r: &ObjectRef) -> String {
+    format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name)
 }
 
 fn unkey(k: &str) -> ObjectRef {
-    let (ns, name) = k.split_once('\0').unwrap_or(("", k));
+    let (ns, name) = k.split_once('/').unwrap_or(("", k));
     ObjectRef { namespace: (!ns.is_empty()).then(|| ns.to_string()), name: name.to_string() }
 }
 
@@ -393,7 +392,7 @@ impl<T: Clone> Relay<T> {
             watcher::Event::InitApply(k) if self.stream.is_some() => {
                 let r = object_ref(k.meta());
                 if let Some(st) = &mut self.stream {
-                    st.listing.insert(key(&r));
+                    st.listing.insert(&key(&r));
                 }
                 match convert(k) {
                     Ok(t) => vec![Step::Event(Event::Apply(t))],
@@ -407,7 +406,9 @@ impl<T: Clone> Relay<T> {
                 let mut out = Vec::new();
                 if let Some(st) = &mut self.stream {
                     let listed = std::mem::take(&mut st.listing);
-                    out.extend(st.known.difference(&listed).map(|k| Step::Event(Event::Delete(unkey(k)))));
+                    out.extend(
+                        st.known.iter().filter(|k| !listed.contains(k)).map(|k| Step::Event(Event::Delete(unkey(k)))),
+                    );
                     st.known = listed;
                 }
                 self.listing = None;
@@ -441,7 +442,7 @@ impl<T: Clone> Relay<T> {
             watcher::Event::Apply(k) => {
                 let r = object_ref(k.meta());
                 if let Some(st) = &mut self.stream {
-                    st.known.insert(key(&r));
+                    st.known.insert(&key(&r));
                 }
                 match convert(k) {
                     Ok(t) => {
