@@ -42,7 +42,7 @@ use hashbrown::HashTable;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 type GroupId = u32;
@@ -64,31 +64,42 @@ struct PodEntry {
     shared: bool,
 }
 
-/// A pod's addresses. Pods have one or two (dual stack): those are kept inline, since a heap
-/// allocation per pod costs more than the addresses themselves at 100,000 pods.
+/// A pod's addresses. Pods have one, or two of different families (dual stack): those are
+/// kept inline in 24 bytes (an `IpAddr` takes 17, a boxed slice a heap allocation per pod, which
+/// at 100,000 pods costs more than the addresses themselves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PodIps {
-    One(IpAddr),
-    Two([IpAddr; 2]),
-    /// None, or more than two.
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+    V4V6(Ipv4Addr, Ipv6Addr),
+    V6V4(Ipv6Addr, Ipv4Addr),
+    /// None, two of one family, or more than two.
     Other(Box<[IpAddr]>),
 }
+
+const _: () = assert!(std::mem::size_of::<PodIps>() == 24);
 
 impl PodIps {
     fn new(ips: &[IpAddr]) -> PodIps {
         match *ips {
-            [a] => PodIps::One(a),
-            [a, b] => PodIps::Two([a, b]),
+            [IpAddr::V4(a)] => PodIps::V4(a),
+            [IpAddr::V6(a)] => PodIps::V6(a),
+            [IpAddr::V4(a), IpAddr::V6(b)] => PodIps::V4V6(a, b),
+            [IpAddr::V6(a), IpAddr::V4(b)] => PodIps::V6V4(a, b),
             _ => PodIps::Other(ips.into()),
         }
     }
 
-    fn as_slice(&self) -> &[IpAddr] {
-        match self {
-            PodIps::One(a) => std::slice::from_ref(a),
-            PodIps::Two(ab) => ab,
-            PodIps::Other(v) => v,
-        }
+    /// The addresses, in the pod's order.
+    fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let (inline, rest): ([Option<IpAddr>; 2], &[IpAddr]) = match self {
+            PodIps::V4(a) => ([Some((*a).into()), None], &[]),
+            PodIps::V6(a) => ([Some((*a).into()), None], &[]),
+            PodIps::V4V6(a, b) => ([Some((*a).into()), Some((*b).into())], &[]),
+            PodIps::V6V4(a, b) => ([Some((*a).into()), Some((*b).into())], &[]),
+            PodIps::Other(v) => ([None, None], v),
+        };
+        inline.into_iter().flatten().chain(rest.iter().copied())
     }
 }
 
@@ -193,8 +204,9 @@ struct Group {
     labels: PackedLabels,
     pods: BTreeSet<PodId>,
     /// Egresses whose namespace and pod selectors select this group (node selectors are
-    /// applied per pod, since they depend on the pod's node).
-    matched: BTreeSet<Arc<str>>,
+    /// applied per pod, since they depend on the pod's node). Sorted; a boxed slice, since a
+    /// group has a few and a set's B-tree node is sized for eleven (there are many groups).
+    matched: Box<[Arc<str>]>,
     /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
     ranks: Option<(u64, Arc<[usize]>)>,
     /// Bumped whenever its pods, their addresses' owners or its matches change: node plans
@@ -955,15 +967,20 @@ impl Index {
                     _ => false,
                 };
                 if hit {
-                    g.matched.insert(key.clone());
+                    if let Err(i) = g.matched.binary_search(&key) {
+                        let mut m = g.matched.to_vec();
+                        m.insert(i, key.clone());
+                        g.matched = m.into();
+                    }
                     g.ranks = None;
                     g.version += 1;
                     selected.insert(gid);
-                } else {
-                    if g.matched.remove(&key) {
-                        g.ranks = None;
-                        g.version += 1;
-                    }
+                } else if let Ok(i) = g.matched.binary_search(&key) {
+                    let mut m = g.matched.to_vec();
+                    m.remove(i);
+                    g.matched = m.into();
+                    g.ranks = None;
+                    g.version += 1;
                 }
             }
             if selected.is_empty() {
@@ -1097,7 +1114,7 @@ impl Index {
         let old = self.groups.get_mut(&gid).map(|g| {
             g.ranks = None;
             g.version += 1;
-            std::mem::replace(&mut g.matched, matched.clone())
+            std::mem::replace(&mut g.matched, matched.iter().cloned().collect())
         });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
             unlink(&mut self.egress_groups, name, &gid);
@@ -1153,7 +1170,7 @@ impl Index {
     fn holds(&self, pod: &Pod) -> bool {
         let Some(e) = self.pod_id(&pod.namespace, &pod.name).and_then(|id| self.pod(id)) else { return false };
         e.node.as_deref() == pod.node.as_deref()
-            && e.ips.as_slice() == pod.ips.as_slice()
+            && e.ips.iter().eq(pod.ips.iter().copied())
             && self.groups.get(&e.group).is_some_and(|g| g.labels.same_as(&pod.labels))
     }
 
@@ -1164,7 +1181,7 @@ impl Index {
             name: e.name.to_string(),
             labels: self.groups.get(&e.group).map(|g| g.labels.to_labels()).unwrap_or_default(),
             node: e.node.as_deref().map(str::to_string),
-            ips: e.ips.as_slice().to_vec(),
+            ips: e.ips.iter().collect(),
         }
     }
 
@@ -1206,16 +1223,15 @@ impl Index {
             Some(Some(e)) => hasher.hash_one((&*e.namespace, &*e.name)),
             _ => 0,
         });
-        let ips = PodIps::new(&ips);
         self.pods[id as usize] = Some(PodEntry {
             namespace,
             name: name.into_boxed_str(),
             node,
-            ips: ips.clone(),
+            ips: PodIps::new(&ips),
             group: gid,
             shared: false,
         });
-        self.recheck_shared(ips.as_slice());
+        self.recheck_shared(&ips);
     }
 
     /// Recomputes whether each pod claiming one of `ips` shares an address.
@@ -1223,9 +1239,8 @@ impl Index {
         for ip in ips {
             let claimants: Vec<PodId> = self.addr_claims.of(ip).collect();
             for c in claimants {
-                let shared = self
-                    .pod(c)
-                    .is_some_and(|e| e.ips.as_slice().iter().any(|x| self.addr_claims.contested(x).is_some()));
+                let shared =
+                    self.pod(c).is_some_and(|e| e.ips.iter().any(|x| self.addr_claims.contested(&x).is_some()));
                 if let Some(Some(e)) = self.pods.get_mut(c as usize) {
                     e.shared = shared;
                     // Who owns the address may have changed: the claimant's rules with it.
@@ -1251,10 +1266,11 @@ impl Index {
         let id = slot.remove().0;
         let Some(pod) = self.pods.get_mut(id as usize).and_then(Option::take) else { return };
         self.free_pods.push(id);
-        for ip in pod.ips.as_slice() {
+        let ips: Vec<IpAddr> = pod.ips.iter().collect();
+        for ip in &ips {
             self.addr_claims.remove(ip, id);
         }
-        self.recheck_shared(pod.ips.as_slice());
+        self.recheck_shared(&ips);
         if let Some(n) = &pod.node {
             unlink(&mut self.node_pods, &**n, &id);
         }
@@ -1275,7 +1291,7 @@ impl Index {
                 }
             }
             unlink(&mut self.ns_groups, &*g.namespace, &gid);
-            for name in &g.matched {
+            for name in g.matched.iter() {
                 unlink(&mut self.egress_groups, name, &gid);
             }
         }
@@ -1295,7 +1311,7 @@ impl Index {
                 namespace: namespace.clone(),
                 labels: labels.clone(),
                 pods: BTreeSet::new(),
-                matched: BTreeSet::new(),
+                matched: Box::default(),
                 ranks: None,
                 version: 0,
             },
@@ -1536,7 +1552,7 @@ impl Index {
         let mut per_ranks: HashMap<(Family, Vec<usize>), Entries> = HashMap::new();
         for &key in keys {
             let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
-            if pod.ips.as_slice().is_empty() {
+            if pod.ips.iter().next().is_none() {
                 continue;
             }
             let pod_ranks: Option<Vec<usize>> = per_node.then(|| {
@@ -1548,9 +1564,9 @@ impl Index {
             if ranks.is_empty() {
                 continue;
             }
-            for ip in pod.ips.as_slice() {
+            for ip in pod.ips.iter() {
                 if pod.shared
-                    && let Some(claims) = self.addr_claims.contested(ip)
+                    && let Some(claims) = self.addr_claims.contested(&ip)
                     && claims
                         .filter_map(|id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
                         .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
@@ -1558,7 +1574,7 @@ impl Index {
                 {
                     continue;
                 }
-                let family = Family::of(ip);
+                let family = Family::of(&ip);
                 let entries = if per_node {
                     per_ranks.entry((family, ranks.to_vec())).or_insert_with(|| entries_for(family, ranks)).clone()
                 } else {
@@ -1568,7 +1584,7 @@ impl Index {
                 };
                 for (dest, (egress, egress_ip, gateway, _)) in entries.iter() {
                     out.push(Rule {
-                        source_ip: *ip,
+                        source_ip: ip,
                         destination: *dest,
                         egress: egress.clone(),
                         egress_ip: *egress_ip,
@@ -1691,6 +1707,18 @@ mod tests {
         ix.apply(Change::Pods(Event::Delete(ObjectRef::namespaced("prod", "nobody"))));
         ix.apply(Change::Egresses(Event::Delete(ObjectRef::cluster("nothing"))));
         assert_same_as_planner(&mut ix);
+    }
+
+    #[test]
+    fn pod_addresses_keep_their_order_whatever_their_shape() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v4b: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        for ips in [vec![], vec![v4], vec![v6], vec![v4, v6], vec![v6, v4], vec![v4, v4b], vec![v4, v6, v4b]] {
+            let packed = PodIps::new(&ips);
+            assert_eq!(packed.iter().collect::<Vec<_>>(), ips);
+            assert_eq!(matches!(packed, PodIps::Other(_)), !(1..=2).contains(&ips.len()) || ips == [v4, v4b]);
+        }
     }
 
     #[test]

@@ -259,7 +259,8 @@ pub struct Relay<T> {
     /// The highest resourceVersion of the objects of the listing in progress.
     listed: u64,
     /// The last version of each object that converted (for kinds whose objects may fail to).
-    last_good: HashMap<ObjectRef, T>,
+    /// Boxed: a map's table keeps room for more entries than it holds, and an Egress is large.
+    last_good: HashMap<ObjectRef, Box<T>>,
     /// Objects that fail to convert now, and why.
     bad: HashMap<ObjectRef, String>,
     /// Streaming: each listed object goes out as an `Apply` at once, and the end of a listing
@@ -423,7 +424,7 @@ impl<T: Clone> Relay<T> {
                     Ok(t) => listing.push((r, t)),
                     Err(why) => {
                         if let Some(good) = self.last_good.get(&r) {
-                            listing.push((r.clone(), good.clone()));
+                            listing.push((r.clone(), T::clone(good)));
                         }
                         self.listing_bad.push((r, why));
                     }
@@ -433,7 +434,7 @@ impl<T: Clone> Relay<T> {
             watcher::Event::InitDone => {
                 let list = self.listing.take().unwrap_or_default();
                 if may_fail {
-                    self.last_good = list.iter().cloned().collect();
+                    self.last_good = list.iter().map(|(r, t)| (r.clone(), Box::new(t.clone()))).collect();
                 }
                 let mut out = vec![Step::Event(Event::Reset(list.into_iter().map(|(_, t)| t).collect()))];
                 out.extend(self.settle_bad());
@@ -447,7 +448,7 @@ impl<T: Clone> Relay<T> {
                 match convert(k) {
                     Ok(t) => {
                         if may_fail {
-                            self.last_good.insert(r.clone(), t.clone());
+                            self.last_good.insert(r.clone(), Box::new(t.clone()));
                         }
                         let mut out = vec![Step::Event(Event::Apply(t))];
                         if self.bad.remove(&r).is_some() {
