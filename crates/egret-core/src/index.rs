@@ -417,7 +417,7 @@ fn sort_rules(pieces: &[GroupRules]) -> Vec<Rule> {
 
 /// [`planner::owner_rank`] of a pod the index holds.
 fn owner_rank<'a>(e: &'a PodEntry, nodes: &[Node]) -> (bool, &'a str, &'a str) {
-    (!e.node.as_deref().is_some_and(|n| find_node(nodes, n).is_some()), &e.namespace, &e.name)
+    (e.node.as_deref().is_none_or(|n| find_node(nodes, n).is_none()), &e.namespace, &e.name)
 }
 
 /// The Node named `name` in a list sorted by name.
@@ -652,9 +652,8 @@ impl Index {
 
     /// What `node` must hold, or `None` when the node is unknown.
     pub fn node_plan(&mut self, node: &str) -> Option<NodePlan> {
-        if find_node(&self.nodes, node).is_none() {
-            return None;
-        }
+        // An unknown node has no plan.
+        find_node(&self.nodes, node)?;
         self.refresh();
         let rules = self.rules_for(node);
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
