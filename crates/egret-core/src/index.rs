@@ -37,13 +37,15 @@ use crate::planner::{self, ClusterConfig, EgressOutcome, Inputs, NodePlan, Plan,
 use crate::policy::{
     self, CompiledSet, Firewall, FirewallPod, FirewallSet, PolicyId, ValidatedPolicies, validate_policies,
 };
-use crate::selector::Labels;
+use crate::selector::{Labels, PackedLabels};
 use crate::validate::{self, Problem, Validated};
 use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated};
 use egret_api::v1alpha1 as api;
+use hashbrown::HashTable;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 type GroupId = u32;
@@ -56,12 +58,115 @@ type PodId = u32;
 #[derive(Debug)]
 struct PodEntry {
     namespace: Arc<str>,
-    name: Arc<str>,
+    /// Its own copy (the lookup table [`Index::pod_ids`] holds ids, not names).
+    name: Box<str>,
     node: Option<Arc<str>>,
-    ips: Box<[IpAddr]>,
+    ips: PodIps,
     group: GroupId,
     /// Whether another pod claims one of its addresses (then the owner rule applies).
     shared: bool,
+}
+
+/// A pod's addresses. Pods have one, or two of different families (dual stack): those are
+/// kept inline in 24 bytes (an `IpAddr` takes 17, a boxed slice a heap allocation per pod, which
+/// at 100,000 pods costs more than the addresses themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PodIps {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+    V4V6(Ipv4Addr, Ipv6Addr),
+    V6V4(Ipv6Addr, Ipv4Addr),
+    /// None, two of one family, or more than two.
+    Other(Box<[IpAddr]>),
+}
+
+const _: () = assert!(std::mem::size_of::<PodIps>() == 24);
+
+impl PodIps {
+    fn new(ips: &[IpAddr]) -> PodIps {
+        match *ips {
+            [IpAddr::V4(a)] => PodIps::V4(a),
+            [IpAddr::V6(a)] => PodIps::V6(a),
+            [IpAddr::V4(a), IpAddr::V6(b)] => PodIps::V4V6(a, b),
+            [IpAddr::V6(a), IpAddr::V4(b)] => PodIps::V6V4(a, b),
+            _ => PodIps::Other(ips.into()),
+        }
+    }
+
+    /// The addresses, in the pod's order.
+    fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let (inline, rest): ([Option<IpAddr>; 2], &[IpAddr]) = match self {
+            PodIps::V4(a) => ([Some((*a).into()), None], &[]),
+            PodIps::V6(a) => ([Some((*a).into()), None], &[]),
+            PodIps::V4V6(a, b) => ([Some((*a).into()), Some((*b).into())], &[]),
+            PodIps::V6V4(a, b) => ([Some((*a).into()), Some((*b).into())], &[]),
+            PodIps::Other(v) => ([None, None], v),
+        };
+        inline.into_iter().flatten().chain(rest.iter().copied())
+    }
+}
+
+/// The pods claiming each pod address. Almost every address has one claimant (more: a stale
+/// pod object beside its successor), so the first is kept without a `Vec` (which cost a heap
+/// allocation per pod) and the others, in claim order, apart.
+#[derive(Debug, Default)]
+struct AddrClaims {
+    first: HashMap<IpAddr, PodId>,
+    more: HashMap<IpAddr, Vec<PodId>>,
+}
+
+impl AddrClaims {
+    fn add(&mut self, ip: IpAddr, id: PodId) {
+        match self.first.entry(ip) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(o) if *o.get() != id => {
+                let more = self.more.entry(ip).or_default();
+                if !more.contains(&id) {
+                    more.push(id);
+                }
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
+
+    fn remove(&mut self, ip: &IpAddr, id: PodId) {
+        if self.first.get(ip) == Some(&id) {
+            // The next claimant, if any, becomes the first.
+            match self.more.get_mut(ip) {
+                Some(more) => {
+                    self.first.insert(*ip, more.remove(0));
+                    if more.is_empty() {
+                        self.more.remove(ip);
+                    }
+                }
+                None => {
+                    self.first.remove(ip);
+                }
+            }
+        } else if let Some(more) = self.more.get_mut(ip) {
+            more.retain(|&c| c != id);
+            if more.is_empty() {
+                self.more.remove(ip);
+            }
+        }
+    }
+
+    /// Every pod claiming `ip`.
+    fn of(&self, ip: &IpAddr) -> impl Iterator<Item = PodId> + '_ {
+        self.first.get(ip).into_iter().chain(self.more.get(ip).into_iter().flatten()).copied()
+    }
+
+    /// The pods claiming `ip` when there are several.
+    fn contested(&self, ip: &IpAddr) -> Option<impl Iterator<Item = PodId> + '_> {
+        self.more.contains_key(ip).then(|| self.of(ip))
+    }
+
+    /// The addresses claimed by several pods.
+    fn contested_ips(&self) -> impl Iterator<Item = &IpAddr> {
+        self.more.keys()
+    }
 }
 
 /// Disjoint destination blocks and the rank of the Egress deciding each.
@@ -98,11 +203,13 @@ type Entries = Arc<Vec<(IpNet, Resolved)>>;
 #[derive(Debug)]
 struct Group {
     namespace: Arc<str>,
-    labels: Arc<Labels>,
+    /// Packed (one allocation, shared with [`Index::group_ids`]): there are many groups.
+    labels: PackedLabels,
     pods: BTreeSet<PodId>,
     /// Egresses whose namespace and pod selectors select this group (node selectors are
-    /// applied per pod, since they depend on the pod's node).
-    matched: BTreeSet<Arc<str>>,
+    /// applied per pod, since they depend on the pod's node). Sorted; a boxed slice, since a
+    /// group has a few and a set's B-tree node is sized for eleven (there are many groups).
+    matched: Box<[Arc<str>]>,
     /// The ranks of `matched`, sorted, as of an order generation (`None`: `matched` changed).
     ranks: Option<(u64, Arc<[usize]>)>,
     /// Bumped whenever its pods, their addresses' owners or its matches change: node plans
@@ -136,15 +243,13 @@ struct Objects {
     node_selective: HashSet<Arc<str>>,
 }
 
-/// What follows from the Nodes alone.
+/// What follows from the Nodes alone (read from [`Index::nodes`], not copied: agents hold
+/// every Node of the cluster).
 #[derive(Debug, Default)]
 struct NodeFacts {
-    /// The Nodes in name order, as the planner's steps take them.
-    nodes: Vec<Node>,
     /// What no pool may cover (node addresses, pod and service CIDRs, configured addresses).
     reserved: validate::Reserved,
     cluster_cidrs: Vec<IpNet>,
-    node_ips: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// A translation of a foreign object that failed.
@@ -172,28 +277,34 @@ pub struct Index {
     cilium: BTreeMap<String, CiliumPolicy>,
     translation_problems: BTreeMap<(Kind, String), TranslationProblem>,
 
-    nodes: BTreeMap<String, Node>,
+    /// The Nodes in name order (the planner's steps take them as a slice: a map would need a
+    /// second copy).
+    nodes: Vec<Node>,
     namespaces: HashMap<String, Namespace>,
     /// Pod slots (`None`: free, listed in `free_pods`).
     pods: Vec<Option<PodEntry>>,
     free_pods: Vec<PodId>,
-    /// Pods by namespace and name (the keys are the interned namespace names).
-    pod_ids: HashMap<Arc<str>, HashMap<Arc<str>, PodId>>,
+    /// Pods by namespace and name: the table holds ids only, hashed and compared through the
+    /// pods' own names (a map keyed by names kept a second reference and a map per namespace).
+    pod_ids: HashTable<PodId>,
+    hasher: RandomState,
     /// Pods per node (the keys are the interned node names).
     node_pods: HashMap<Arc<str>, BTreeSet<PodId>>,
-    /// The pods claiming each pod address (more than one: a stale pod object).
-    addr_claims: HashMap<IpAddr, Vec<PodId>>,
+    /// The pods claiming each pod address.
+    addr_claims: AddrClaims,
 
     groups: HashMap<GroupId, Group>,
-    group_ids: HashMap<Arc<str>, HashMap<Arc<Labels>, GroupId>>,
+    group_ids: HashMap<Arc<str>, HashMap<PackedLabels, GroupId>>,
     next_group: GroupId,
     ns_groups: HashMap<String, BTreeSet<GroupId>>,
     egress_groups: HashMap<Arc<str>, BTreeSet<GroupId>>,
     /// Per namespace, the Egresses whose namespace selector admits it (only namespaces that
     /// exist: pods of a namespace the index does not know are selected by nothing).
-    ns_candidates: HashMap<String, BTreeSet<Arc<str>>>,
+    /// Namespace and Egress names here are shared (`Arc`): a quarter of the benchmark's
+    /// Egresses admit 200 namespaces each, so copies cost a string per pair.
+    ns_candidates: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// The reverse: per Egress, the namespaces admitting it.
-    admitted: HashMap<Arc<str>, BTreeSet<String>>,
+    admitted: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
 
     live: BTreeSet<String>,
     /// Validation and allocation, as of the last time they were computed.
@@ -283,7 +394,7 @@ fn pool_outcomes(a: &Allocations) -> Vec<PoolOutcome> {
 
 /// Whether an Egress's namespace and pod selectors select pods with `labels` in a namespace
 /// with `ns_labels`.
-fn selects(e: &Egress, ns_labels: &Labels, labels: &Labels) -> bool {
+fn selects(e: &Egress, ns_labels: &Labels, labels: &PackedLabels) -> bool {
     !e.applied_to.selects_nothing()
         && e.applied_to.namespaces.as_ref().is_none_or(|s| s.matches(ns_labels))
         && e.applied_to.pods.as_ref().is_none_or(|s| s.matches(labels))
@@ -317,8 +428,48 @@ fn sort_rules(pieces: &[GroupRules]) -> Vec<Rule> {
 }
 
 /// [`planner::owner_rank`] of a pod the index holds.
-fn owner_rank<'a>(e: &'a PodEntry, nodes: &BTreeMap<String, Node>) -> (bool, &'a str, &'a str) {
-    (!e.node.as_deref().is_some_and(|n| nodes.contains_key(n)), &e.namespace, &e.name)
+fn owner_rank<'a>(e: &'a PodEntry, nodes: &[Node]) -> (bool, &'a str, &'a str) {
+    (e.node.as_deref().is_none_or(|n| find_node(nodes, n).is_none()), &e.namespace, &e.name)
+}
+
+/// The Node named `name` in a list sorted by name.
+fn find_node<'a>(nodes: &'a [Node], name: &str) -> Option<&'a Node> {
+    nodes.binary_search_by(|n| n.name.as_str().cmp(name)).ok().map(|i| &nodes[i])
+}
+
+/// Applies an event to the Nodes, kept sorted by name. Returns whether anything changed.
+fn nodes_event(nodes: &mut Vec<Node>, ev: Event<Node>) -> bool {
+    match ev {
+        Event::Apply(node) => match nodes.binary_search_by(|n| n.name.cmp(&node.name)) {
+            Ok(i) if nodes[i] == node => false,
+            Ok(i) => {
+                nodes[i] = node;
+                true
+            }
+            Err(i) => {
+                nodes.insert(i, node);
+                true
+            }
+        },
+        Event::Delete(r) => match nodes.binary_search_by(|n| n.name.cmp(&r.name)) {
+            Ok(i) => {
+                nodes.remove(i);
+                true
+            }
+            Err(_) => false,
+        },
+        Event::Reset(mut list) => {
+            // The last of several Nodes of one name wins (as an apply of each in turn would).
+            list.reverse();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            list.dedup_by(|later, first| later.name == first.name);
+            if *nodes == list {
+                return false;
+            }
+            *nodes = list;
+            true
+        }
+    }
 }
 
 /// What allocation and placement read of an Egress (besides its name).
@@ -343,13 +494,14 @@ impl Index {
             antrea_egresses: BTreeMap::new(),
             cilium: BTreeMap::new(),
             translation_problems: BTreeMap::new(),
-            nodes: BTreeMap::new(),
+            nodes: Vec::new(),
             namespaces: HashMap::new(),
             pods: Vec::new(),
             free_pods: Vec::new(),
-            pod_ids: HashMap::new(),
+            pod_ids: HashTable::new(),
+            hasher: RandomState::new(),
             node_pods: HashMap::new(),
-            addr_claims: HashMap::new(),
+            addr_claims: AddrClaims::default(),
             groups: HashMap::new(),
             group_ids: HashMap::new(),
             next_group: 0,
@@ -497,7 +649,7 @@ impl Index {
             return fw;
         }
         let empty = Labels::new();
-        let node_labels = self.nodes.get(node).map_or(&empty, |n| &n.labels);
+        let node_labels = find_node(&self.nodes, node).map_or(&empty, |n| &n.labels);
         let mut sets: HashMap<Vec<PolicyId>, usize> = HashMap::new();
         let mut ids: Vec<PodId> = self.node_pods.get(node).map(|s| s.iter().copied().collect()).unwrap_or_default();
         ids.sort_by(|a, b| {
@@ -533,11 +685,11 @@ impl Index {
             };
             for ip in e.ips.iter() {
                 // An address two pod objects claim (a stale one) is governed as its owner's.
-                if e.shared && self.contested_owner(ip).is_some_and(|owner| owner != id) {
+                if e.shared && self.contested_owner(&ip).is_some_and(|owner| owner != id) {
                     continue;
                 }
-                if seen_ips.insert(*ip) {
-                    fw.pods.push(FirewallPod { ip: *ip, pod: format!("{}/{}", e.namespace, e.name), set });
+                if seen_ips.insert(ip) {
+                    fw.pods.push(FirewallPod { ip, pod: format!("{}/{}", e.namespace, e.name), set });
                 }
             }
         }
@@ -548,7 +700,7 @@ impl Index {
 
     /// The nodes the index holds, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+        self.nodes.iter()
     }
 
     /// Sets the nodes that may host egress IPs (alive and eligible). Placement follows it.
@@ -604,16 +756,15 @@ impl Index {
             pools: pool_outcomes(&o.allocations),
             rules: Vec::new(),
             cluster_cidrs: f.cluster_cidrs.clone(),
-            node_ips: f.node_ips.clone(),
+            node_ips: self.nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
             warnings: self.warnings(),
         }
     }
 
     /// What `node` must hold, or `None` when the node is unknown.
     pub fn node_plan(&mut self, node: &str) -> Option<NodePlan> {
-        if !self.nodes.contains_key(node) {
-            return None;
-        }
+        // An unknown node has no plan.
+        find_node(&self.nodes, node)?;
         self.refresh();
         let rules = self.rules_for(node);
         let (out, f) = (self.outcomes.as_ref()?, self.node_facts.as_ref()?);
@@ -636,7 +787,10 @@ impl Index {
                 source = Some(n);
             }
         }
-        let node_ips = names.into_iter().filter_map(|n| Some((n.to_string(), f.node_ips.get(n)?.clone()))).collect();
+        let node_ips = names
+            .into_iter()
+            .filter_map(|n| Some((n.to_string(), find_node(&self.nodes, n)?.internal_ips.clone())))
+            .collect();
         let plan = Plan {
             // A node's plan reads only the outcomes of the IPs it hosts.
             egresses: out.values().filter(|o| o.egress_node.as_deref() == Some(node)).cloned().collect(),
@@ -838,7 +992,7 @@ impl Index {
             self.node_facts = Some(self.compute_node_facts());
         }
         if self.outcomes.is_none() {
-            let (Some(o), Some(f)) = (self.objects.as_ref(), self.node_facts.as_ref()) else { return };
+            let (Some(o), Some(_)) = (self.objects.as_ref(), self.node_facts.as_ref()) else { return };
             let memo = &mut self.placed;
             let place = |requests: &[placement::Request]| {
                 let missing: Vec<placement::Request> =
@@ -850,7 +1004,7 @@ impl Index {
                 pools: &o.validated.pools,
                 egresses: &o.validated.egresses,
                 allocations: &o.allocations,
-                nodes: &f.nodes,
+                nodes: &self.nodes,
                 namespaces: &[],
                 pods: &[],
                 live: &self.live,
@@ -862,13 +1016,9 @@ impl Index {
     }
 
     fn compute_node_facts(&self) -> NodeFacts {
-        let nodes: Vec<&Node> = self.nodes.values().collect();
-        let owned: Vec<Node> = self.nodes.values().cloned().collect();
         NodeFacts {
-            reserved: validate::Reserved::of(&owned, &self.config),
-            nodes: owned.clone(),
-            cluster_cidrs: planner::cluster_cidrs(nodes.iter().copied(), &self.config),
-            node_ips: nodes.iter().map(|n| (n.name.clone(), n.internal_ips.clone())).collect(),
+            reserved: validate::Reserved::of(&self.nodes, &self.config),
+            cluster_cidrs: planner::cluster_cidrs(&self.nodes, &self.config),
         }
     }
 
@@ -902,7 +1052,7 @@ impl Index {
             if !same_namespaces {
                 let mut admitted = BTreeSet::new();
                 for (ns, cands) in self.ns_candidates.iter_mut() {
-                    let ns_labels = self.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&empty);
+                    let ns_labels = self.namespaces.get(&**ns).map(|n| &n.labels).unwrap_or(&empty);
                     if new.is_some_and(|e| admits_namespace(e, ns_labels)) {
                         cands.insert(key.clone());
                         admitted.insert(ns.clone());
@@ -919,7 +1069,7 @@ impl Index {
             // Only the groups it selected and those of the namespaces it now admits can change.
             let mut gids: BTreeSet<GroupId> = self.egress_groups.get(&key).cloned().unwrap_or_default();
             for ns in self.admitted.get(&key).into_iter().flatten() {
-                gids.extend(self.ns_groups.get(ns).into_iter().flatten().copied());
+                gids.extend(self.ns_groups.get(&**ns).into_iter().flatten().copied());
             }
             let mut selected = BTreeSet::new();
             for gid in gids {
@@ -929,15 +1079,20 @@ impl Index {
                     _ => false,
                 };
                 if hit {
-                    g.matched.insert(key.clone());
+                    if let Err(i) = g.matched.binary_search(&key) {
+                        let mut m = g.matched.to_vec();
+                        m.insert(i, key.clone());
+                        g.matched = m.into();
+                    }
                     g.ranks = None;
                     g.version += 1;
                     selected.insert(gid);
-                } else {
-                    if g.matched.remove(&key) {
-                        g.ranks = None;
-                        g.version += 1;
-                    }
+                } else if let Ok(i) = g.matched.binary_search(&key) {
+                    let mut m = g.matched.to_vec();
+                    m.remove(i);
+                    g.matched = m.into();
+                    g.ranks = None;
+                    g.version += 1;
                 }
             }
             if selected.is_empty() {
@@ -956,9 +1111,9 @@ impl Index {
         for (ns_name, ns) in &self.namespaces {
             let cands: BTreeSet<Arc<str>> =
                 names.iter().filter(|(_, e)| admits_namespace(e, &ns.labels)).map(|(n, _)| n.clone()).collect();
-            candidates.insert(ns_name.clone(), cands);
+            candidates.insert(Arc::<str>::from(ns_name.as_str()), cands);
         }
-        let mut admitted: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        let mut admitted: HashMap<Arc<str>, BTreeSet<Arc<str>>> = HashMap::new();
         for (ns, cands) in &candidates {
             for e in cands {
                 admitted.entry(e.clone()).or_default().insert(ns.clone());
@@ -976,7 +1131,7 @@ impl Index {
     // ---- Nodes ----
 
     fn node_event(&mut self, ev: Event<Node>) {
-        let changed = objects_event(&mut self.nodes, ev, |n| Some(n.name.clone()));
+        let changed = nodes_event(&mut self.nodes, ev);
         if changed {
             // Pools are checked against node addresses and pod CIDRs: validate everything again.
             self.node_facts = None;
@@ -1024,20 +1179,30 @@ impl Index {
     /// Recomputes a namespace's candidates and re-matches its groups.
     fn namespace_changed(&mut self, name: &str) {
         let egresses = &self.matched_against;
-        let cands: Option<BTreeSet<Arc<str>>> = self.namespaces.get(name).map(|ns| {
-            egresses.values().filter(|e| admits_namespace(e, &ns.labels)).map(|e| Arc::from(e.name.as_str())).collect()
-        });
+        // Shared names: the Egress's as the index already holds it, if it does.
+        let shared = |n: &str| match self.admitted.get_key_value(n) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(n),
+        };
+        let cands: Option<BTreeSet<Arc<str>>> = self
+            .namespaces
+            .get(name)
+            .map(|ns| egresses.values().filter(|e| admits_namespace(e, &ns.labels)).map(|e| shared(&e.name)).collect());
+        let ns_name: Arc<str> = match self.ns_candidates.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(name),
+        };
         let new = cands.clone().unwrap_or_default();
         let old = match cands {
-            Some(c) => self.ns_candidates.insert(name.to_string(), c),
+            Some(c) => self.ns_candidates.insert(ns_name.clone(), c),
             None => self.ns_candidates.remove(name),
         }
         .unwrap_or_default();
         for e in old.difference(&new) {
-            unlink(&mut self.admitted, e, &name.to_string());
+            unlink(&mut self.admitted, e, &ns_name);
         }
         for e in new.difference(&old) {
-            self.admitted.entry(e.clone()).or_default().insert(name.to_string());
+            self.admitted.entry(e.clone()).or_default().insert(ns_name.clone());
         }
         let gids: Vec<GroupId> = self.ns_groups.get(name).map(|g| g.iter().copied().collect()).unwrap_or_default();
         for gid in gids {
@@ -1061,7 +1226,7 @@ impl Index {
         let old = self.groups.get_mut(&gid).map(|g| {
             g.ranks = None;
             g.version += 1;
-            std::mem::replace(&mut g.matched, matched.clone())
+            std::mem::replace(&mut g.matched, matched.iter().cloned().collect())
         });
         for name in old.iter().flatten().filter(|n| !matched.contains(*n)) {
             unlink(&mut self.egress_groups, name, &gid);
@@ -1084,11 +1249,12 @@ impl Index {
             Event::Reset(list) => {
                 let keep: HashSet<(&str, &str)> =
                     list.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
-                let gone: Vec<(Arc<str>, Arc<str>)> = self
-                    .pod_ids
+                let gone: Vec<(Arc<str>, String)> = self
+                    .pods
                     .iter()
-                    .flat_map(|(ns, names)| names.keys().map(move |n| (ns.clone(), n.clone())))
-                    .filter(|(ns, n)| !keep.contains(&(&**ns, &**n)))
+                    .flatten()
+                    .filter(|e| !keep.contains(&(&*e.namespace, &*e.name)))
+                    .map(|e| (e.namespace.clone(), e.name.to_string()))
                     .collect();
                 drop(keep);
                 for (ns, n) in gone {
@@ -1102,7 +1268,10 @@ impl Index {
     }
 
     fn pod_id(&self, namespace: &str, name: &str) -> Option<PodId> {
-        self.pod_ids.get(namespace)?.get(name).copied()
+        let hash = self.hasher.hash_one((namespace, name));
+        self.pod_ids
+            .find(hash, |&id| self.pod(id).is_some_and(|e| (&*e.namespace, &*e.name) == (namespace, name)))
+            .copied()
     }
 
     fn pod(&self, id: PodId) -> Option<&PodEntry> {
@@ -1113,8 +1282,8 @@ impl Index {
     fn holds(&self, pod: &Pod) -> bool {
         let Some(e) = self.pod_id(&pod.namespace, &pod.name).and_then(|id| self.pod(id)) else { return false };
         e.node.as_deref() == pod.node.as_deref()
-            && *e.ips == *pod.ips
-            && self.groups.get(&e.group).is_some_and(|g| *g.labels == pod.labels)
+            && e.ips.iter().eq(pod.ips.iter().copied())
+            && self.groups.get(&e.group).is_some_and(|g| g.labels.same_as(&pod.labels))
     }
 
     /// The model of a pod the index holds.
@@ -1122,9 +1291,9 @@ impl Index {
         Pod {
             namespace: e.namespace.to_string(),
             name: e.name.to_string(),
-            labels: self.groups.get(&e.group).map(|g| (*g.labels).clone()).unwrap_or_default(),
+            labels: self.groups.get(&e.group).map(|g| g.labels.to_labels()).unwrap_or_default(),
             node: e.node.as_deref().map(str::to_string),
-            ips: e.ips.to_vec(),
+            ips: e.ips.iter().collect(),
         }
     }
 
@@ -1134,11 +1303,11 @@ impl Index {
         }
         self.remove_pod(&pod.namespace, &pod.name);
         let Pod { namespace, name, labels, node, ips } = pod;
-        let namespace: Arc<str> = match self.pod_ids.get_key_value(namespace.as_str()) {
+        let namespace: Arc<str> = match self.group_ids.get_key_value(namespace.as_str()) {
             Some((k, _)) => k.clone(),
             None => Arc::from(namespace),
         };
-        let gid = self.group_for(&namespace, labels);
+        let gid = self.group_for(&namespace, &labels);
         let node: Option<Arc<str>> = node.map(|n| match self.node_pods.get_key_value(n.as_str()) {
             Some((k, _)) => k.clone(),
             None => Arc::from(n),
@@ -1158,26 +1327,32 @@ impl Index {
             self.node_pods.entry(n.clone()).or_default().insert(id);
         }
         for ip in &ips {
-            let claims = self.addr_claims.entry(*ip).or_default();
-            if !claims.contains(&id) {
-                claims.push(id);
-            }
+            self.addr_claims.add(*ip, id);
         }
-        let name: Arc<str> = Arc::from(name);
-        self.pod_ids.entry(namespace.clone()).or_default().insert(name.clone(), id);
-        self.pods[id as usize] =
-            Some(PodEntry { namespace, name, node, ips: ips.clone().into_boxed_slice(), group: gid, shared: false });
+        let hash = self.hasher.hash_one((&*namespace, name.as_str()));
+        let (pods, hasher) = (&self.pods, &self.hasher);
+        self.pod_ids.insert_unique(hash, id, |&other| match pods.get(other as usize) {
+            Some(Some(e)) => hasher.hash_one((&*e.namespace, &*e.name)),
+            _ => 0,
+        });
+        self.pods[id as usize] = Some(PodEntry {
+            namespace,
+            name: name.into_boxed_str(),
+            node,
+            ips: PodIps::new(&ips),
+            group: gid,
+            shared: false,
+        });
         self.recheck_shared(&ips);
     }
 
     /// Recomputes whether each pod claiming one of `ips` shares an address.
     fn recheck_shared(&mut self, ips: &[IpAddr]) {
         for ip in ips {
-            let claimants = self.addr_claims.get(ip).cloned().unwrap_or_default();
+            let claimants: Vec<PodId> = self.addr_claims.of(ip).collect();
             for c in claimants {
-                let shared = self.pod(c).is_some_and(|e| {
-                    e.ips.iter().any(|x| self.addr_claims.get(x).is_some_and(|claims| claims.len() > 1))
-                });
+                let shared =
+                    self.pod(c).is_some_and(|e| e.ips.iter().any(|x| self.addr_claims.contested(&x).is_some()));
                 if let Some(Some(e)) = self.pods.get_mut(c as usize) {
                     e.shared = shared;
                     // Who owns the address may have changed: the claimant's rules with it.
@@ -1191,22 +1366,23 @@ impl Index {
     }
 
     fn remove_pod(&mut self, namespace: &str, name: &str) {
-        let Some(names) = self.pod_ids.get_mut(namespace) else { return };
-        let Some(id) = names.remove(name) else { return };
-        if names.is_empty() {
-            self.pod_ids.remove(namespace);
-        }
+        let hash = self.hasher.hash_one((namespace, name));
+        let pods = &self.pods;
+        let Ok(slot) = self.pod_ids.find_entry(hash, |&id| {
+            pods.get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|e| (&*e.namespace, &*e.name) == (namespace, name))
+        }) else {
+            return;
+        };
+        let id = slot.remove().0;
         let Some(pod) = self.pods.get_mut(id as usize).and_then(Option::take) else { return };
         self.free_pods.push(id);
-        for ip in pod.ips.iter() {
-            if let Some(claims) = self.addr_claims.get_mut(ip) {
-                claims.retain(|&c| c != id);
-                if claims.is_empty() {
-                    self.addr_claims.remove(ip);
-                }
-            }
+        let ips: Vec<IpAddr> = pod.ips.iter().collect();
+        for ip in &ips {
+            self.addr_claims.remove(ip, id);
         }
-        self.recheck_shared(&pod.ips);
+        self.recheck_shared(&ips);
         if let Some(n) = &pod.node {
             unlink(&mut self.node_pods, &**n, &id);
         }
@@ -1221,33 +1397,33 @@ impl Index {
         };
         if empty && let Some(g) = self.groups.remove(&gid) {
             if let Some(ids) = self.group_ids.get_mut(&*g.namespace) {
-                ids.remove(&*g.labels);
+                ids.remove(&g.labels);
                 if ids.is_empty() {
                     self.group_ids.remove(&*g.namespace);
                 }
             }
             unlink(&mut self.ns_groups, &*g.namespace, &gid);
-            for name in &g.matched {
+            for name in g.matched.iter() {
                 unlink(&mut self.egress_groups, name, &gid);
             }
         }
     }
 
     /// The group of pods with these labels in this namespace, created (and matched) if new.
-    fn group_for(&mut self, namespace: &Arc<str>, labels: Labels) -> GroupId {
+    fn group_for(&mut self, namespace: &Arc<str>, labels: &Labels) -> GroupId {
+        let labels = PackedLabels::new(labels);
         if let Some(&gid) = self.group_ids.get(&**namespace).and_then(|ids| ids.get(&labels)) {
             return gid;
         }
         let gid = self.next_group;
         self.next_group += 1;
-        let labels = Arc::new(labels);
         self.groups.insert(
             gid,
             Group {
                 namespace: namespace.clone(),
                 labels: labels.clone(),
                 pods: BTreeSet::new(),
-                matched: BTreeSet::new(),
+                matched: Box::default(),
                 ranks: None,
                 version: 0,
             },
@@ -1260,10 +1436,9 @@ impl Index {
 
     /// The pod that owns `ip` when several claim it (the planner's rule), `None` when one does.
     fn contested_owner(&self, ip: &IpAddr) -> Option<PodId> {
-        let claims = self.addr_claims.get(ip).filter(|c| c.len() > 1)?;
-        claims
-            .iter()
-            .filter_map(|&id| Some((id, self.pod(id)?)))
+        self.addr_claims
+            .contested(ip)?
+            .filter_map(|id| Some((id, self.pod(id)?)))
             .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
             .map(|(id, _)| id)
     }
@@ -1271,10 +1446,10 @@ impl Index {
     /// Pods not steered for an address because another pod owns it, by object.
     pub fn warnings(&self) -> Vec<planner::Warning> {
         let mut out = Vec::new();
-        for (ip, claims) in self.addr_claims.iter().filter(|(_, c)| c.len() > 1) {
+        for ip in self.addr_claims.contested_ips() {
             let Some(owner) = self.contested_owner(ip).and_then(|id| self.pod(id)) else { continue };
             let owner = self.pod_model(owner);
-            for &id in claims {
+            for id in self.addr_claims.of(ip) {
                 if let Some(e) = self.pod(id)
                     && (&*e.namespace, &*e.name) != (owner.namespace.as_str(), owner.name.as_str())
                 {
@@ -1489,11 +1664,12 @@ impl Index {
         let mut per_ranks: HashMap<(Family, Vec<usize>), Entries> = HashMap::new();
         for &key in keys {
             let Some(pod) = self.pods.get(key as usize).and_then(Option::as_ref) else { continue };
-            if pod.ips.is_empty() {
+            if pod.ips.iter().next().is_none() {
                 continue;
             }
             let pod_ranks: Option<Vec<usize>> = per_node.then(|| {
-                let nl = pod.node.as_deref().and_then(|n| self.nodes.get(n)).map(|n| &n.labels).unwrap_or(&empty);
+                let nl =
+                    pod.node.as_deref().and_then(|n| find_node(&self.nodes, n)).map(|n| &n.labels).unwrap_or(&empty);
                 matched.iter().filter(|(_, s)| s.is_none_or(|s| s.matches(nl))).map(|(r, _)| *r).collect()
             });
             let ranks: &[usize] = pod_ranks.as_deref().unwrap_or(&all_ranks);
@@ -1502,16 +1678,15 @@ impl Index {
             }
             for ip in pod.ips.iter() {
                 if pod.shared
-                    && let Some(claims) = self.addr_claims.get(ip).filter(|c| c.len() > 1)
+                    && let Some(claims) = self.addr_claims.contested(&ip)
                     && claims
-                        .iter()
-                        .filter_map(|&id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
+                        .filter_map(|id| Some((id, self.pods.get(id as usize)?.as_ref()?)))
                         .min_by_key(|(_, e)| owner_rank(e, &self.nodes))
                         .is_some_and(|(owner, _)| owner != key)
                 {
                     continue;
                 }
-                let family = Family::of(ip);
+                let family = Family::of(&ip);
                 let entries = if per_node {
                     per_ranks.entry((family, ranks.to_vec())).or_insert_with(|| entries_for(family, ranks)).clone()
                 } else {
@@ -1521,7 +1696,7 @@ impl Index {
                 };
                 for (dest, (egress, egress_ip, gateway, _)) in entries.iter() {
                     out.push(Rule {
-                        source_ip: *ip,
+                        source_ip: ip,
                         destination: *dest,
                         egress: egress.clone(),
                         egress_ip: *egress_ip,
@@ -1633,7 +1808,7 @@ mod tests {
     /// Every node's plan from the whole-cluster planner over the same objects.
     fn reference(ix: &Index) -> BTreeMap<String, NodePlan> {
         let (pools, egresses) = ix.all_objects();
-        let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+        let nodes: Vec<Node> = ix.nodes.clone();
         let namespaces: Vec<Namespace> = ix.namespaces.values().cloned().collect();
         let pods: Vec<Pod> = ix.pods.iter().flatten().map(|e| ix.pod_model(e)).collect();
         let (_, plan) = planner::plan_objects(&pools, &egresses, &nodes, &namespaces, &pods, &ix.live, &ix.config);
@@ -1642,7 +1817,7 @@ mod tests {
 
     fn assert_same_as_planner(ix: &mut Index) {
         let want = reference(ix);
-        let names: Vec<String> = ix.nodes.keys().cloned().collect();
+        let names: Vec<String> = ix.nodes.iter().map(|n| n.name.clone()).collect();
         for n in names {
             assert_eq!(ix.node_plan(&n).as_ref(), want.get(&n), "node {n}");
         }
@@ -1707,6 +1882,18 @@ mod tests {
     }
 
     #[test]
+    fn pod_addresses_keep_their_order_whatever_their_shape() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v4b: IpAddr = "10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        for ips in [vec![], vec![v4], vec![v6], vec![v4, v6], vec![v6, v4], vec![v4, v4b], vec![v4, v6, v4b]] {
+            let packed = PodIps::new(&ips);
+            assert_eq!(packed.iter().collect::<Vec<_>>(), ips);
+            assert_eq!(matches!(packed, PodIps::Other(_)), !(1..=2).contains(&ips.len()) || ips == [v4, v4b]);
+        }
+    }
+
+    #[test]
     fn pods_share_names_and_reuse_slots() {
         let mut ix = lab_index();
         ix.apply(Change::Pools(Event::Apply(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]))));
@@ -1741,7 +1928,7 @@ mod tests {
     fn assert_all_same(ix: &mut Index) {
         assert_same_as_planner(ix);
         let (pools, egresses) = ix.all_objects();
-        let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+        let nodes: Vec<Node> = ix.nodes.clone();
         let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);
         assert_eq!(ix.control_plan().egresses, whole.egresses);
         assert_eq!(ix.control_plan().pools, whole.pools);
@@ -1941,7 +2128,7 @@ mod tests {
         assert!(snat(&mut ix).contains("10.244.2.20"));
         assert_same_as_planner(&mut ix);
         // The gateway's node is relabelled out of the pool: another node serves.
-        let n = ix.nodes.get(&gw).cloned().unwrap();
+        let n = find_node(&ix.nodes, &gw).cloned().unwrap();
         let mut moved = n.clone();
         moved.labels.remove("network-role");
         ix.apply(Change::Nodes(Event::Apply(moved)));
@@ -2175,7 +2362,7 @@ mod tests {
             }
             assert_same_as_planner(&mut ix);
             let (pools, egresses) = ix.all_objects();
-            let nodes: Vec<Node> = ix.nodes.values().cloned().collect();
+            let nodes: Vec<Node> = ix.nodes.clone();
             let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);
             prop_assert_eq!(ix.control_plan().egresses, whole.egresses);
         }

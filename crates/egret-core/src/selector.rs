@@ -2,9 +2,80 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;
+
+/// What a selector reads of an object's labels.
+pub trait LabelLookup {
+    /// The value of the label `key`, if set.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// A set of labels packed into one shared string, for holding many sets: a [`Labels`] map
+/// allocates a whole B-tree node (about 540 bytes) even for two labels, plus a string per key
+/// and value; this is one allocation of the text itself. Each key and value is written as its
+/// length, `:`, then itself (so any text is exact), in key order (so equal sets are equal
+/// strings, and hash alike).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct PackedLabels(Arc<str>);
+
+impl PackedLabels {
+    /// Packs `labels`.
+    pub fn new(labels: &Labels) -> PackedLabels {
+        let mut s = String::new();
+        for (k, v) in labels {
+            for field in [k, v] {
+                s.push_str(&field.len().to_string());
+                s.push(':');
+                s.push_str(field);
+            }
+        }
+        PackedLabels(Arc::from(s))
+    }
+
+    /// The labels, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest: &str = &self.0;
+        std::iter::from_fn(move || {
+            let k = next_field(&mut rest)?;
+            let v = next_field(&mut rest)?;
+            Some((k, v))
+        })
+    }
+
+    /// The labels as a map.
+    pub fn to_labels(&self) -> Labels {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Whether these are exactly `labels`.
+    pub fn same_as(&self, labels: &Labels) -> bool {
+        self.iter().eq(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+/// Takes one `length:text` field off the front of `rest`.
+fn next_field<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (len, tail) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let field = tail.get(..len)?;
+    *rest = tail.get(len..)?;
+    Some(field)
+}
+
+impl LabelLookup for PackedLabels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
 
 /// One requirement of a selector.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,12 +91,12 @@ pub enum Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &Labels) -> bool {
+    fn matches(&self, labels: &(impl LabelLookup + ?Sized)) -> bool {
         match self {
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
+            Requirement::In(k, vs) => labels.label(k).is_some_and(|v| vs.iter().any(|x| x == v)),
+            Requirement::NotIn(k, vs) => labels.label(k).is_none_or(|v| !vs.iter().any(|x| x == v)),
+            Requirement::Exists(k) => labels.label(k).is_some(),
+            Requirement::DoesNotExist(k) => labels.label(k).is_none(),
         }
     }
 }
@@ -147,7 +218,7 @@ impl Selector {
     }
 
     /// Whether `labels` satisfy every requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches(&self, labels: &(impl LabelLookup + ?Sized)) -> bool {
         self.reqs.iter().all(|r| r.matches(labels))
     }
 
@@ -164,6 +235,20 @@ mod tests {
 
     fn labels(kv: &[(&str, &str)]) -> Labels {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    proptest::proptest! {
+        /// Packed labels give back exactly the map, whatever the text (digits, `:`, empty).
+        #[test]
+        fn packed_labels_round_trip(map in proptest::collection::btree_map(".{0,12}", ".{0,12}", 0..6), probe in ".{0,12}") {
+            let packed = PackedLabels::new(&map);
+            proptest::prop_assert_eq!(packed.to_labels(), map.clone());
+            proptest::prop_assert!(packed.same_as(&map));
+            proptest::prop_assert_eq!(packed.label(&probe), map.label(&probe));
+            for (k, v) in &map {
+                proptest::prop_assert_eq!(packed.label(k), Some(v.as_str()));
+            }
+        }
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {

@@ -38,6 +38,7 @@
 
 pub mod client;
 pub mod foreign;
+mod keyset;
 pub mod lease;
 pub mod lenient;
 pub mod slim;

@@ -7,6 +7,7 @@
 //! complete list, so whatever a relist no longer contains is removed downstream.
 
 use crate::foreign::{ANTREA_GROUP, ANTREA_VERSIONS, CILIUM_GROUP, CILIUM_VERSIONS, Foreign};
+use crate::keyset::KeySet;
 use crate::lenient::Lenient;
 use crate::slim::{SlimNamespace, SlimNode, SlimPod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
@@ -18,7 +19,7 @@ use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -283,7 +284,8 @@ pub struct Relay<T> {
     /// The highest resourceVersion of the objects of the listing in progress.
     listed: u64,
     /// The last version of each object that converted (for kinds whose objects may fail to).
-    last_good: HashMap<ObjectRef, T>,
+    /// Boxed: a map's table keeps room for more entries than it holds, and an Egress is large.
+    last_good: HashMap<ObjectRef, Box<T>>,
     /// Objects that fail to convert now, and why.
     bad: HashMap<ObjectRef, String>,
     /// Streaming: each listed object goes out as an `Apply` at once, and the end of a listing
@@ -295,19 +297,17 @@ pub struct Relay<T> {
 /// the listing in progress has sent so far (a few dozen bytes an object, not a copy of it).
 #[derive(Debug, Default)]
 struct Streamed {
-    known: HashSet<Key>,
-    listing: HashSet<Key>,
+    known: KeySet,
+    listing: KeySet,
 }
 
-/// An object's identity, compactly: `namespace NUL name`.
-type Key = Box<str>;
-
-fn key(r: &ObjectRef) -> Key {
-    format!("{}\0{}", r.namespace.as_deref().unwrap_or(""), r.name).into_boxed_str()
+/// An object's identity as one string: `namespace/name` (exact: a namespace holds no `/`).
+fn key(r: &ObjectRef) -> String {
+    format!("{}/{}", r.namespace.as_deref().unwrap_or(""), r.name)
 }
 
 fn unkey(k: &str) -> ObjectRef {
-    let (ns, name) = k.split_once('\0').unwrap_or(("", k));
+    let (ns, name) = k.split_once('/').unwrap_or(("", k));
     ObjectRef { namespace: (!ns.is_empty()).then(|| ns.to_string()), name: name.to_string() }
 }
 
@@ -418,7 +418,7 @@ impl<T: Clone> Relay<T> {
             watcher::Event::InitApply(k) if self.stream.is_some() => {
                 let r = object_ref(k.meta());
                 if let Some(st) = &mut self.stream {
-                    st.listing.insert(key(&r));
+                    st.listing.insert(&key(&r));
                 }
                 match convert(k) {
                     Ok(t) => vec![Step::Event(Event::Apply(t))],
@@ -432,7 +432,9 @@ impl<T: Clone> Relay<T> {
                 let mut out = Vec::new();
                 if let Some(st) = &mut self.stream {
                     let listed = std::mem::take(&mut st.listing);
-                    out.extend(st.known.difference(&listed).map(|k| Step::Event(Event::Delete(unkey(k)))));
+                    out.extend(
+                        st.known.iter().filter(|k| !listed.contains(k)).map(|k| Step::Event(Event::Delete(unkey(k)))),
+                    );
                     st.known = listed;
                 }
                 self.listing = None;
@@ -447,7 +449,7 @@ impl<T: Clone> Relay<T> {
                     Ok(t) => listing.push((r, t)),
                     Err(why) => {
                         if let Some(good) = self.last_good.get(&r) {
-                            listing.push((r.clone(), good.clone()));
+                            listing.push((r.clone(), T::clone(good)));
                         }
                         self.listing_bad.push((r, why));
                     }
@@ -457,7 +459,7 @@ impl<T: Clone> Relay<T> {
             watcher::Event::InitDone => {
                 let list = self.listing.take().unwrap_or_default();
                 if may_fail {
-                    self.last_good = list.iter().cloned().collect();
+                    self.last_good = list.iter().map(|(r, t)| (r.clone(), Box::new(t.clone()))).collect();
                 }
                 let mut out = vec![Step::Event(Event::Reset(list.into_iter().map(|(_, t)| t).collect()))];
                 out.extend(self.settle_bad());
@@ -466,12 +468,12 @@ impl<T: Clone> Relay<T> {
             watcher::Event::Apply(k) => {
                 let r = object_ref(k.meta());
                 if let Some(st) = &mut self.stream {
-                    st.known.insert(key(&r));
+                    st.known.insert(&key(&r));
                 }
                 match convert(k) {
                     Ok(t) => {
                         if may_fail {
-                            self.last_good.insert(r.clone(), t.clone());
+                            self.last_good.insert(r.clone(), Box::new(t.clone()));
                         }
                         let mut out = vec![Step::Event(Event::Apply(t))];
                         if self.bad.remove(&r).is_some() {

@@ -17,7 +17,7 @@ pub use compile::{Cell, CompiledSet, Ports, ProtoClass, compile};
 pub use validate::{ValidatedPolicies, validate_policies};
 
 use crate::model::AppliedTo;
-use crate::selector::Labels;
+use crate::selector::{LabelLookup, Labels};
 use ipnet::IpNet;
 use serde::Serialize;
 use std::fmt;
@@ -186,7 +186,13 @@ pub struct Policy {
 
 impl Policy {
     /// Whether it applies to a pod with these namespace, pod and node labels.
-    pub fn selects(&self, namespace: &str, ns_labels: &Labels, pod_labels: &Labels, node_labels: &Labels) -> bool {
+    pub fn selects(
+        &self,
+        namespace: &str,
+        ns_labels: &Labels,
+        pod_labels: &(impl LabelLookup + ?Sized),
+        node_labels: &Labels,
+    ) -> bool {
         let a = &self.applied_to;
         match &self.id {
             PolicyId::Cluster { .. } => {
@@ -375,7 +381,7 @@ pub fn applicable<'a>(
     policies: impl IntoIterator<Item = &'a Policy>,
     namespace: &str,
     ns_labels: &Labels,
-    pod_labels: &Labels,
+    pod_labels: &(impl LabelLookup + ?Sized),
     node_labels: &Labels,
 ) -> Vec<&'a Policy> {
     let mut out: Vec<&Policy> =
