@@ -258,7 +258,7 @@ fn compute(
     }
     objects.index.set_live(&live);
     let np = objects.index.node_plan(node).ok_or(NotANode)?;
-    crate::controller::log_warnings(&objects.index.warnings(), logged);
+    crate::controller::log_warnings(&crate::controller::warnings_with_policies(&mut objects.index), logged);
     Ok((np, objects.stamp))
 }
 

@@ -131,6 +131,18 @@ pub fn liveness_of_view(v: &View) -> Liveness {
     (live, hosted)
 }
 
+/// The plan's warnings and the policies left out for their problems (a policy has no status to
+/// carry them: the log names the object and field).
+pub fn warnings_with_policies(ix: &mut Index) -> Vec<Warning> {
+    let mut w = ix.warnings();
+    w.extend(ix.policies().problems.iter().map(|p| Warning {
+        object: format!("{}/{}", p.kind, p.name),
+        field: p.field.clone(),
+        reason: format!("{} (the policy is left out until fixed)", p.reason),
+    }));
+    w
+}
+
 /// Logs the plan's warnings when they differ from the last ones logged (`logged`).
 pub fn log_warnings(warnings: &[Warning], logged: &mut Vec<Warning>) {
     if warnings != logged.as_slice() {
@@ -174,7 +186,7 @@ pub fn statuses(
     ix.set_live(live);
     let plan = ix.control_plan();
     let problems = ix.validation_problems().to_vec();
-    log_warnings(&ix.warnings(), logged);
+    log_warnings(&warnings_with_policies(ix), logged);
     let all: Vec<(String, Option<EgressStatus>)> =
         ix.api_egresses().into_iter().filter_map(|e| Some((e.metadata.name?, e.status))).collect();
     let current: HashMap<String, Option<EgressStatus>> = all.iter().cloned().collect();
@@ -519,6 +531,20 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_left_out_are_warned_about_by_object_and_field() {
+        use egret_core::event::{Change, Event};
+        let bad: egret_api::v1alpha1::ClusterEgressPolicy = serde_yaml_ng::from_str(
+            "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: bad}\nspec: {priority: 5000}\n",
+        )
+        .unwrap();
+        let mut ix = Index::new(egret_core::planner::ClusterConfig::default(), Index::core_kinds());
+        ix.apply(Change::ClusterPolicies(Event::Reset(vec![bad])));
+        let w = warnings_with_policies(&mut ix);
+        assert_eq!((w[0].object.as_str(), w[0].field.as_str()), ("ClusterEgressPolicy/bad", "spec.priority"));
+        assert!(w[0].reason.contains("left out"), "{}", w[0].reason);
+    }
     use egret_store::MemberReport;
 
     fn report(node: &str, heartbeat: u64, dead: &[&str]) -> (String, AgentReport) {
