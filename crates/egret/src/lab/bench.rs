@@ -27,7 +27,7 @@
 use super::state::LabState;
 use super::{percentile, power_off, power_on, reports};
 use anyhow::{Context, bail};
-use egret_core::planner::{ClusterConfig, NodePlan};
+use egret_core::planner::NodePlan;
 use egret_netns::{Netns, WhoamiConn};
 use egret_store::{Store, read_paths};
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,6 +285,24 @@ fn bench_pods_yaml(st: &LabState) -> String {
 
 /// The bench's Egress: the bench pods only, leaving through node-1's own address, to one of
 /// two destination sets.
+/// What the latency bench changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchObject {
+    /// An Egress selecting the bench pods; its destinations alternate.
+    Egress,
+    /// A ClusterEgressPolicy applying to the bench pods; its allowed port alternates.
+    Policy,
+}
+
+/// The bench's ClusterEgressPolicy: the bench pods may reach 192.0.2.0/24 on one TCP port,
+/// which alternates, and nothing else outside the cluster.
+fn bench_policy_yaml(variant: usize) -> String {
+    let port = if variant.is_multiple_of(2) { 443 } else { 8443 };
+    format!(
+        "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {{name: bench-latency}}\nspec:\n  appliedTo:\n    namespaceSelector: {{matchLabels: {{egret.dev/bench: latency}}}}\n    podSelector: {{matchLabels: {{app: bench-latency}}}}\n  rules:\n  - {{name: api, action: Allow, to: {{cidrs: [192.0.2.0/24]}}, ports: [{{port: {port}}}]}}\n  defaultAction: Deny\n"
+    )
+}
+
 fn bench_egress_yaml(variant: usize) -> String {
     let dest = if variant.is_multiple_of(2) { "192.0.2.0/24" } else { "192.0.2.0/25" };
     format!(
@@ -293,14 +311,19 @@ fn bench_egress_yaml(variant: usize) -> String {
     )
 }
 
-/// Every live node's plan as the store holds it now (what each agent computes).
+/// Every live node's plan as the store holds it now, computed the way each agent does (the
+/// store's events into an index), firewall included.
 fn node_plans(st: &LabState, live: &BTreeSet<String>) -> anyhow::Result<BTreeMap<String, NodePlan>> {
-    let (objs, errs) = Store::open(st.store())?.load();
-    if let Some(e) = errs.first() {
+    let poll = egret_store::StoreSource::new(Store::open(st.store())?).poll();
+    if let Some(e) = poll.errors.first() {
         bail!("the lab store has a bad document: {e}");
     }
-    let (_, plan) = objs.plan(live, &ClusterConfig::default());
-    Ok(live.iter().filter_map(|n| Some((n.clone(), plan.node_plan(n)?))).collect())
+    let mut ix = egret_core::index::Index::new(super::lab_config(), egret_core::index::Index::core_kinds());
+    for c in poll.changes {
+        ix.apply(c);
+    }
+    ix.set_live(live);
+    Ok(live.iter().filter_map(|n| Some((n.clone(), ix.node_plan(n)?))).collect())
 }
 
 /// p50, p99 and max of `v` (sorted here).
@@ -316,7 +339,7 @@ fn latency_summary(v: &mut [u64]) -> String {
 }
 
 /// Runs the latency benchmark: `trials` changes, each one a sample on every live node.
-pub fn latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
+pub fn latency(name: &str, trials: usize, object: BenchObject) -> anyhow::Result<ExitCode> {
     super::need_root()?;
     if trials == 0 {
         bail!("--trials must be at least 1");
@@ -328,7 +351,8 @@ pub fn latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
     std::fs::write(&pods, bench_pods_yaml(&st))?;
     outln!("adding a bench pod to every node (namespace {BENCH_NS})");
     // A rejected apply prints why; the trials then stop at the first node without a pod.
-    let result = super::apply(name, std::slice::from_ref(&pods)).and_then(|_| latency_trials(name, trials, &egress));
+    let result =
+        super::apply(name, std::slice::from_ref(&pods)).and_then(|_| latency_trials(name, trials, &egress, object));
     // Remove the Egress and the pods even when a trial failed.
     let mut cleanup = Vec::new();
     for f in [&egress, &pods] {
@@ -346,7 +370,7 @@ pub fn latency(name: &str, trials: usize) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn latency_trials(name: &str, trials: usize, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn latency_trials(name: &str, trials: usize, file: &std::path::Path, object: BenchObject) -> anyhow::Result<ExitCode> {
     let st = LabState::load(name)?;
     let live: BTreeSet<String> = st.nodes.keys().filter(|n| !st.killed.contains(*n)).cloned().collect();
     let missing: Vec<&String> = live.iter().filter(|n| !st.pods.values().any(|p| p.node == **n)).collect();
@@ -357,7 +381,11 @@ fn latency_trials(name: &str, trials: usize, file: &std::path::Path) -> anyhow::
     let mut per_node: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     // Trial 0 creates the Egress (or resets a leftover one): a change, but not a sample.
     for trial in 0..=trials {
-        std::fs::write(file, bench_egress_yaml(trial))?;
+        let yaml = match object {
+            BenchObject::Egress => bench_egress_yaml(trial),
+            BenchObject::Policy => bench_policy_yaml(trial),
+        };
+        std::fs::write(file, yaml)?;
         let (objs, errs) = read_paths(std::slice::from_ref(&file.to_path_buf()));
         if let Some(e) = errs.first() {
             bail!("{e}");
@@ -376,7 +404,13 @@ fn latency_trials(name: &str, trials: usize, file: &std::path::Path) -> anyhow::
         }
         before = after;
     }
-    outln!("store change -> datapath programmed, {trials} changes, each a real change of every node's plan:");
+    let what = match object {
+        BenchObject::Egress => "Egress",
+        BenchObject::Policy => "ClusterEgressPolicy",
+    };
+    outln!(
+        "{what} change in the store -> datapath programmed, {trials} changes, each a real change of every node's plan:"
+    );
     let mut all = Vec::new();
     for (node, v) in &mut per_node {
         all.extend(v.iter().copied());

@@ -156,6 +156,9 @@ pub enum BenchCmd {
         /// Number of changes (each one a sample on every node).
         #[arg(long, default_value = "50")]
         trials: usize,
+        /// What changes: an Egress (steering) or a ClusterEgressPolicy (the firewall).
+        #[arg(long, value_enum, default_value = "egress")]
+        object: bench::BenchObject,
     },
     /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
     /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
@@ -186,7 +189,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::KillNode { node, keep_agent } => kill_node(name, &node, keep_agent),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
         LabCmd::Restart { target, without_key } => restart(name, &target, without_key),
-        LabCmd::Bench { what: BenchCmd::Latency { trials } } => bench::latency(name, trials),
+        LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
