@@ -180,10 +180,9 @@ pub fn denied(flows: &[Flow], old: &NodePlan, new: &NodePlan) -> Vec<Flow> {
     if old.firewall == new.firewall {
         return Vec::new();
     }
-    let cluster: Vec<Ipv4Net> = cluster(new, new);
     flows
         .iter()
-        .filter(|f| !cluster.iter().any(|c| c.contains(&f.dst)))
+        .filter(|f| !new.cluster_cidrs.iter().any(|c| c.contains(&IpAddr::V4(f.dst))))
         .filter(|f| {
             let proto = match Protocol::of_number(f.proto) {
                 Some(p) => FlowProto::Named(p),

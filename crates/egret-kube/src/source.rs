@@ -159,38 +159,28 @@ impl Source {
             relay(
                 Api::<Lenient<ExternalIPPool>>::all(c.clone()),
                 wc.clone(),
-                |l| l.object.map(trim_pool),
+                |l| l.object.map(trimmed),
                 Change::Pools,
                 false,
             ),
             relay(
                 Api::<Lenient<Egress>>::all(c.clone()),
                 wc.clone(),
-                |l| l.object.map(trim_egress),
+                |l| l.object.map(trimmed),
                 Change::Egresses,
                 false,
             ),
             relay(
                 Api::<Lenient<ClusterEgressPolicy>>::all(c.clone()),
                 wc.clone(),
-                |l| {
-                    l.object.map(|mut p: ClusterEgressPolicy| {
-                        trim_meta(&mut p.metadata);
-                        p
-                    })
-                },
+                |l| l.object.map(trimmed),
                 Change::ClusterPolicies,
                 false,
             ),
             relay(
                 Api::<Lenient<EgressPolicy>>::all(c.clone()),
                 wc.clone(),
-                |l| {
-                    l.object.map(|mut p: EgressPolicy| {
-                        trim_meta(&mut p.metadata);
-                        p
-                    })
-                },
+                |l| l.object.map(trimmed),
                 Change::Policies,
                 false,
             ),
@@ -255,14 +245,10 @@ fn trim_meta(m: &mut ObjectMeta) {
     }
 }
 
-fn trim_egress(mut e: Egress) -> Egress {
-    trim_meta(&mut e.metadata);
-    e
-}
-
-fn trim_pool(mut p: ExternalIPPool) -> ExternalIPPool {
-    trim_meta(&mut p.metadata);
-    p
+/// One of Egret's kinds with its metadata trimmed.
+fn trimmed<K: Resource>(mut k: K) -> K {
+    trim_meta(k.meta_mut());
+    k
 }
 
 fn trim_foreign<K>(f: Foreign<K>, meta: impl Fn(&mut K) -> &mut ObjectMeta) -> K {

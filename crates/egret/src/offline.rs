@@ -150,21 +150,31 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The policies applying to `pod`, in evaluation order, with its namespace's and node's labels
+/// taken from the manifests' objects.
+pub(crate) fn pod_policies<'a>(
+    policies: &'a [egret_core::policy::Policy],
+    namespaces: &[egret_core::model::Namespace],
+    nodes: &[egret_core::model::Node],
+    pod: &egret_core::model::Pod,
+) -> Vec<&'a egret_core::policy::Policy> {
+    let empty = egret_core::selector::Labels::new();
+    let ns_labels = namespaces.iter().find(|n| n.name == pod.namespace).map_or(&empty, |n| &n.labels);
+    let node_labels =
+        pod.node.as_ref().and_then(|name| nodes.iter().find(|n| &n.name == name)).map_or(&empty, |n| &n.labels);
+    egret_core::policy::applicable(policies, &pod.namespace, ns_labels, &pod.labels, node_labels)
+}
+
 /// Per pod, the policies that apply, in evaluation order.
 fn policy_table(objs: &Objects) -> String {
     let v = objs.validate_policies();
     if v.policies.is_empty() {
         return String::new();
     }
-    let namespaces = objs.model_namespaces();
-    let nodes = objs.model_nodes();
-    let empty = egret_core::selector::Labels::new();
+    let (namespaces, nodes) = (objs.model_namespaces(), objs.model_nodes());
     let mut rows = Vec::new();
     for pod in objs.model_pods() {
-        let ns_labels = namespaces.iter().find(|n| n.name == pod.namespace).map_or(&empty, |n| &n.labels);
-        let node_labels =
-            pod.node.as_ref().and_then(|name| nodes.iter().find(|n| &n.name == name)).map_or(&empty, |n| &n.labels);
-        let applying = egret_core::policy::applicable(&v.policies, &pod.namespace, ns_labels, &pod.labels, node_labels);
+        let applying = pod_policies(&v.policies, &namespaces, &nodes, &pod);
         if applying.is_empty() {
             continue;
         }

@@ -86,7 +86,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         Some(l) => l.iter().cloned().collect(),
         None => nodes.iter().map(|n| n.name.clone()).collect(),
     };
-    let (v, plan) = objs.plan(&live, &config);
+    let (_, plan) = objs.plan(&live, &config);
     outln!("pod:         {ns}/{name} ({src}) on {}", pod.node.as_deref().unwrap_or("<unscheduled>"));
     let internal = plan.cluster_cidrs.iter().any(|c| c.contains(&flow.dst));
     if internal {
@@ -101,17 +101,8 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         },
         None => outln!("egress:      no Egress: leaves with its node's address (the CNI's path)"),
     }
-    for p in &v.problems {
-        if plan.rules.iter().any(|r| *r.egress == *p.name) {
-            outln!("warning:     {p}");
-        }
-    }
     let policies = objs.validate_policies();
-    let namespaces = objs.model_namespaces();
-    let empty = egret_core::selector::Labels::new();
-    let ns_labels = namespaces.iter().find(|n| n.name == ns).map_or(&empty, |n| &n.labels);
-    let node_labels = pod.node.as_ref().and_then(|n| nodes.iter().find(|x| &x.name == n)).map_or(&empty, |n| &n.labels);
-    let applying = policy::applicable(&policies.policies, ns, ns_labels, &pod.labels, node_labels);
+    let applying = crate::offline::pod_policies(&policies.policies, &objs.model_namespaces(), &nodes, pod);
     let decision = policy::evaluate(&applying, &flow);
     let names: Vec<String> = applying.iter().map(|p| p.id.to_string()).collect();
     outln!("policies:    {}", if names.is_empty() { "none apply".to_string() } else { names.join(", ") });

@@ -1,6 +1,6 @@
 //! The egress firewall's part of table `inet egret`, built from a plan's [`Firewall`].
 //!
-//! Per packet the cost is fixed, whatever the number of policies, rules or pods: a new
+//! The lookups per new connection are the same whatever the number of policies, rules or pods: a new
 //! connection from a pod address listed in `fw_pods4` jumps to the chain of its policy set,
 //! which looks the destination (and port) up in one interval map per protocol and ends with
 //! the set's fallback verdict. Established connections skip all of it (conntrack), and
