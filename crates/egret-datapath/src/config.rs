@@ -43,7 +43,13 @@ pub struct Config {
     /// The `conntrack` program (Debian package `conntrack`), to end established flows the plan
     /// steers elsewhere. Without it such flows keep their old path (logged, reported skipped).
     pub conntrack: String,
+    /// The NFLOG group audited connections are sent to (the agent's audit log reads it).
+    pub audit_group: u16,
 }
+
+/// The NFLOG group of the audit log unless configured: one no common tool defaults to (ulogd
+/// and the iptables examples use small numbers).
+pub const DEFAULT_AUDIT_GROUP: u16 = 7123;
 
 impl Default for Config {
     fn default() -> Self {
@@ -62,6 +68,7 @@ impl Default for Config {
             announce_retry: Duration::from_millis(10),
             nft: "nft".into(),
             conntrack: "conntrack".into(),
+            audit_group: DEFAULT_AUDIT_GROUP,
         }
     }
 }

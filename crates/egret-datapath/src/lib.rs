@@ -16,9 +16,11 @@
 //! call it from a plain thread (or `spawn_blocking`), never from inside an async task.
 
 pub mod announce;
+pub mod audit;
 pub mod config;
 pub mod conntrack;
 pub mod link;
+pub mod nflog;
 pub mod nft;
 
 pub use config::{Config, OWNER_ALIAS, TABLE};

@@ -418,7 +418,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             ],
         },
     );
-    firewall::add(&mut t, plan, &mut skipped);
+    firewall::add(&mut t, cfg, plan, &mut skipped);
     (t, skipped)
 }
 

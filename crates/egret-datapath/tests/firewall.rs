@@ -115,3 +115,75 @@ fn a_policy_change_that_denies_an_established_flow_ends_it() {
     assert!(conn.echo("after").is_err(), "the denied flow must end");
     assert!(refused(web1, to(DB_A, 8080)));
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn audited_connections_reach_the_nflog_reader_once_each_and_rules_count_them() {
+    use egret_datapath::audit::AuditIndex;
+    use egret_datapath::nflog::{NflogSocket, Received};
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("fw-audit", 1).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.pod("default", "web-1", "web", 1, WEB1);
+    let logged =
+        POLICY.replace("ports: [{port: 8080, endPort: 8081}]", "ports: [{port: 8080, endPort: 8081}]\n    log: true");
+    let np = with_policies(c.plan().node_plans().remove("node-1").unwrap(), &logged);
+    let mut dp = datapaths(1).remove(0);
+    sync_np(&topo, &mut dp, &np);
+    let node = &topo.node(1).ns;
+    let group = egret_datapath::Config::default().audit_group;
+    let mut sock = node.run(|| NflogSocket::bind(group, Duration::from_millis(300))).unwrap().unwrap();
+
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    assert!(refused(web1, to(BAD_HOST, 8080)));
+    assert_eq!(whoami(web1, to(DB_A, 8080), T).unwrap(), v4(node_ip(1)));
+    let idx = AuditIndex::from_plan(&np);
+    let mut records = Vec::new();
+    while let Received::Packets(p) = sock.recv().unwrap() {
+        records.extend(p.iter().map(|l| idx.record(l, "now".into()).unwrap()));
+    }
+    assert_eq!(records.len(), 2, "one record per audited connection: {records:#?}");
+    let deny = &records[0];
+    assert_eq!((deny.namespace.as_str(), deny.pod.as_str()), ("default", "web-1"));
+    assert_eq!(deny.destination, format!("{BAD_HOST}:8080"));
+    assert!(deny.source.starts_with(&format!("{WEB1}:")), "{deny:?}");
+    assert_eq!((deny.policy.as_str(), deny.rule.as_deref()), ("web", None), "the default decided");
+    assert_eq!(deny.verdict, policy::Verdict::Deny);
+    let allow = &records[1];
+    assert_eq!((allow.rule.as_deref(), allow.verdict), (Some("db"), policy::Verdict::Allow));
+
+    // The decision chains' counters: one connection each.
+    let counters = node.run(|| dp.counters()).unwrap().unwrap();
+    let by_rule: Vec<(String, u64)> = idx
+        .decisions()
+        .iter()
+        .filter_map(|(chain, d)| counters.get(chain).map(|c| (d.by.to_string(), c.packets)))
+        .collect();
+    assert!(by_rule.contains(&("ClusterEgressPolicy web rule db".into(), 1)), "{by_rule:?}");
+    assert!(by_rule.contains(&("ClusterEgressPolicy web defaultAction".into(), 1)), "{by_rule:?}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn deny_response_drop_leaves_the_client_without_an_answer() {
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("fw-drop", 1).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.pod("default", "web-1", "web", 1, WEB1);
+    let silent = format!("{POLICY}  denyResponse: Drop\n");
+    let np = with_policies(c.plan().node_plans().remove("node-1").unwrap(), &silent);
+    let mut dp = datapaths(1).remove(0);
+    sync_np(&topo, &mut dp, &np);
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    match whoami(web1, to(BAD_HOST, 8080), Duration::from_millis(500)) {
+        Err(Error::Io(_, e)) => assert!(
+            matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+            "a silent drop is never answered: {e}"
+        ),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // Allowed traffic is unaffected.
+    assert_eq!(whoami(web1, to(DB_A, 8080), T).unwrap(), v4(node_ip(1)));
+}

@@ -39,6 +39,11 @@ pub struct ClusterEgressPolicySpec {
     /// evaluation goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_action: Option<String>,
+    /// `Reject` (default: a TCP reset, or ICMP administratively prohibited, so applications fail
+    /// at once) or `Drop` (silently: the client sees a timeout) for connections this policy
+    /// denies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_response: Option<String>,
 }
 
 /// Egress rules for a namespace's own pods, evaluated after the ClusterEgressPolicies (and after
@@ -68,6 +73,11 @@ pub struct EgressPolicySpec {
     /// goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_action: Option<String>,
+    /// `Reject` (default: a TCP reset, or ICMP administratively prohibited, so applications fail
+    /// at once) or `Drop` (silently: the client sees a timeout) for connections this policy
+    /// denies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_response: Option<String>,
 }
 
 /// One rule: what it matches and what it decides.

@@ -8,7 +8,7 @@
 //! its points, which is exact because no rule's match changes inside a cell. Cells that end
 //! like a connection no rule matches (the [`CompiledSet::fallback`]) are left out.
 
-use super::{DecidedBy, Decision, Flow, FlowProto, Policy, Protocol, Rule, Verdict, evaluate};
+use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, evaluate};
 use crate::net::{Family, from_u128, to_u128};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -77,10 +77,8 @@ fn covers(r: &Rule, fam: Family, a: u128) -> bool {
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
     // A connection no rule matches: the first default of all (no Pass skipped any).
     let fallback = match policies.iter().find_map(|p| p.default_action.map(|d| (p, d))) {
-        Some((p, verdict)) => {
-            Decision { verdict, by: DecidedBy::Default { policy: p.id.clone() }, log: verdict == Verdict::Deny }
-        }
-        None => Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false },
+        Some((p, verdict)) => Decision::by_default(p, verdict),
+        None => Decision::nothing(),
     };
     let rules: Vec<&Rule> = policies.iter().flat_map(|p| p.rules.iter()).collect();
     let mut cells = Vec::new();

@@ -182,6 +182,9 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// What decides when no rule did.
     pub default_action: Option<Verdict>,
+    /// Denied connections are dropped without an answer (`denyResponse: Drop`) rather than
+    /// refused with a reset or ICMP.
+    pub silent: bool,
 }
 
 impl Policy {
@@ -283,12 +286,14 @@ pub struct Decision {
     pub by: DecidedBy,
     /// Whether the connection is audited (`log: true` on the rule, or a default deny).
     pub log: bool,
+    /// A denial is silent (the deciding policy's `denyResponse: Drop`); false for allowed ones.
+    pub silent: bool,
 }
 
 /// The decision for `flow` from a pod the `policies` apply to, given in evaluation order
 /// (see [`PolicyId`]'s order; [`applicable`] returns them so).
 pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
-    let mut first_default: Option<(&PolicyId, Verdict)> = None;
+    let mut first_default: Option<(&Policy, Verdict)> = None;
     let mut skip_cluster = false;
     let mut skip_namespaced = false;
     for p in policies {
@@ -299,7 +304,7 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
         if first_default.is_none()
             && let Some(d) = p.default_action
         {
-            first_default = Some((&p.id, d));
+            first_default = Some((p, d));
         }
         for r in &p.rules {
             if !r.matches(flow) {
@@ -317,18 +322,39 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
                     break;
                 }
             };
-            return Decision {
-                verdict,
-                by: DecidedBy::Rule { policy: p.id.clone(), rule: r.name.clone() },
-                log: r.log,
-            };
+            return Decision::by_rule(p, r, verdict);
         }
     }
     match first_default {
-        Some((id, verdict)) => {
-            Decision { verdict, by: DecidedBy::Default { policy: id.clone() }, log: verdict == Verdict::Deny }
+        Some((p, verdict)) => Decision::by_default(p, verdict),
+        None => Decision::nothing(),
+    }
+}
+
+impl Decision {
+    /// Decided by rule `r` of `p`.
+    fn by_rule(p: &Policy, r: &Rule, verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            by: DecidedBy::Rule { policy: p.id.clone(), rule: r.name.clone() },
+            log: r.log,
+            silent: verdict == Verdict::Deny && p.silent,
         }
-        None => Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false },
+    }
+
+    /// Decided by `p`'s `defaultAction` (a default deny is always audited).
+    pub(crate) fn by_default(p: &Policy, verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            by: DecidedBy::Default { policy: p.id.clone() },
+            log: verdict == Verdict::Deny,
+            silent: verdict == Verdict::Deny && p.silent,
+        }
+    }
+
+    /// No policy decided: allowed, not audited.
+    pub(crate) fn nothing() -> Decision {
+        Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false, silent: false }
     }
 }
 
@@ -419,6 +445,7 @@ pub(crate) mod testing {
             applied_to: AppliedTo { namespaces: Some(Default::default()), pods: None, nodes: None },
             rules,
             default_action,
+            silent: false,
         }
     }
 
@@ -429,6 +456,7 @@ pub(crate) mod testing {
             applied_to: AppliedTo::default(),
             rules,
             default_action,
+            silent: false,
         }
     }
 

@@ -37,12 +37,14 @@ pub fn validate_policies(cluster: &[api::ClusterEgressPolicy], namespaced: &[api
         let applied_to = applied_to(&p.spec.applied_to, false, &mut sink);
         let rules = rules(&p.spec.rules, &mut sink);
         let default_action = default_action(p.spec.default_action.as_deref(), &mut sink);
+        let silent = silent(p.spec.deny_response.as_deref(), &mut sink);
         if named && sink.problems.is_empty() {
             out.policies.push(Policy {
                 id: PolicyId::Cluster { priority: p.spec.priority, name: name.clone() },
                 applied_to,
                 rules,
                 default_action,
+                silent,
             });
         }
         out.problems.append(&mut sink.problems);
@@ -65,12 +67,14 @@ pub fn validate_policies(cluster: &[api::ClusterEgressPolicy], namespaced: &[api
         let applied_to = applied_to(&p.spec.applied_to, true, &mut sink);
         let rules = rules(&p.spec.rules, &mut sink);
         let default_action = default_action(p.spec.default_action.as_deref(), &mut sink);
+        let silent = silent(p.spec.deny_response.as_deref(), &mut sink);
         if named && sink.problems.is_empty() {
             out.policies.push(Policy {
                 id: PolicyId::Namespaced { namespace: namespace.clone(), name: name.clone() },
                 applied_to,
                 rules,
                 default_action,
+                silent,
             });
         }
         out.problems.append(&mut sink.problems);
@@ -109,6 +113,21 @@ fn default_action(v: Option<&str>, sink: &mut Sink) -> Option<Verdict> {
                 format!("{other:?} is not an action here; use Allow or Deny (or leave it out to go on)"),
             );
             None
+        }
+    }
+}
+
+/// Whether denied connections are dropped silently (`denyResponse: Drop`).
+fn silent(v: Option<&str>, sink: &mut Sink) -> bool {
+    match v {
+        None | Some("Reject") => false,
+        Some("Drop") => true,
+        Some(other) => {
+            sink.push(
+                "spec.denyResponse",
+                format!("{other:?} is not a deny response; use Reject (reset or ICMP, the default) or Drop (silent)"),
+            );
+            false
         }
     }
 }
@@ -285,6 +304,20 @@ spec:
         assert_eq!(r.to[1].to_string(), "192.0.2.7/32");
         assert_eq!(r.ports[1], PortMatch { protocol: Protocol::Tcp, ports: Some((8000, 8099)) });
         assert_eq!(r.ports[2], PortMatch { protocol: Protocol::Icmp, ports: None });
+        assert!(!p.silent, "denials are answered unless denyResponse says Drop");
+    }
+
+    #[test]
+    fn deny_response_drop_makes_denials_silent_and_a_bad_one_is_named() {
+        let drop = format!("{GOOD}  denyResponse: Drop\n");
+        let v = validate_policies(&[cluster(&drop)], &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let set = crate::policy::compile(&[&v.policies[0]]);
+        assert!(set.fallback.silent && set.fallback.verdict == Verdict::Deny);
+        // An allowing decision is never "silent".
+        assert!(set.cells.iter().all(|c| c.decision.verdict == Verdict::Allow && !c.decision.silent));
+        let got = problems(&[cluster(&format!("{GOOD}  denyResponse: Ignore\n"))], &[]);
+        assert!(got.iter().any(|g| g.starts_with("spec.denyResponse: \"Ignore\" is not a deny response")), "{got:?}");
     }
 
     #[test]

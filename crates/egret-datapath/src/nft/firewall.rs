@@ -7,11 +7,18 @@
 //! cluster-internal destinations are never governed.
 //!
 //! Denied TCP is answered with a reset, everything else with ICMP administratively prohibited,
-//! so applications fail at once rather than time out.
+//! so applications fail at once rather than time out (unless the policy asks for a silent drop).
+//!
+//! Every decision a policy makes here (a rule, or a policy's default) has its own small chain
+//! the maps jump to: a named counter (packets and bytes per rule, for the metrics), the NFLOG
+//! statement when the decision is audited (its prefix names the chain, which the agent maps
+//! back to the policy and rule), and the verdict. The per-packet cost stays one map lookup and
+//! one jump.
 
 use super::{Chain, Elem, Hook, Set, Skipped, Table, ct, matches, meta, payload, raw, rule, verdict_goto};
+use crate::config::Config;
 use egret_core::planner::NodePlan;
-use egret_core::policy::{CompiledSet, FirewallSet, ProtoClass, Protocol, Verdict};
+use egret_core::policy::{CompiledSet, DecidedBy, Decision, FirewallSet, ProtoClass, Protocol, Verdict};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,11 +47,55 @@ pub fn set_chain(set: &FirewallSet) -> String {
     format!("fw_{:012x}", xxhash_rust::xxh3::xxh3_64(key.join("\n").as_bytes()) & 0xffff_ffff_ffff)
 }
 
-fn verdict(v: Verdict) -> Value {
-    match v {
-        Verdict::Allow => json!({"accept": null}),
-        Verdict::Deny => verdict_goto(CHAIN_DENY),
+/// The chain (and named counter, and NFLOG prefix) of a decision; `None` for "no policy
+/// decided", which is a plain accept.
+pub fn decision_chain(d: &Decision) -> Option<String> {
+    if d.by == DecidedBy::Nothing {
+        return None;
     }
+    let key = format!("{}|{}|{}|{}", d.by, d.verdict, d.log, d.silent);
+    Some(format!("fwd_{:012x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()) & 0xffff_ffff_ffff))
+}
+
+/// Every decision the plan's firewall can make, by its chain: what the agent needs to name the
+/// policy and rule of a counter or an audit record.
+pub fn decisions(plan: &NodePlan) -> BTreeMap<String, Decision> {
+    let mut out = BTreeMap::new();
+    for set in &plan.firewall.sets {
+        let c = &set.compiled;
+        for d in c.cells.iter().map(|c| &c.decision).chain([&c.fallback]) {
+            if let Some(chain) = decision_chain(d) {
+                out.entry(chain).or_insert_with(|| d.clone());
+            }
+        }
+    }
+    out
+}
+
+/// What a map element or a set's last rule does with a connection `d` decides.
+fn verdict(d: &Decision) -> Value {
+    match decision_chain(d) {
+        Some(chain) => verdict_goto(&chain),
+        None => json!({"accept": null}),
+    }
+}
+
+/// How many bytes of a logged packet reach the agent: the IP header (with IPv6 extension
+/// headers) and the ports are all it reads.
+const AUDIT_SNAPLEN: u32 = 128;
+
+/// The chain of one decision: count, audit if asked, decide.
+fn decision_rules(cfg: &Config, chain: &str, d: &Decision) -> Chain {
+    let mut exprs = vec![json!({"counter": chain})];
+    if d.log {
+        exprs.push(json!({"log": {"prefix": chain, "group": cfg.audit_group, "snaplen": AUDIT_SNAPLEN}}));
+    }
+    exprs.push(match (d.verdict, d.silent) {
+        (Verdict::Allow, _) => json!({"accept": null}),
+        (Verdict::Deny, false) => verdict_goto(CHAIN_DENY),
+        (Verdict::Deny, true) => json!({"drop": null}),
+    });
+    Chain { hook: None, rules: vec![rule(exprs)] }
 }
 
 fn range(a: IpAddr, b: IpAddr) -> Value {
@@ -68,7 +119,7 @@ fn maps(c: &CompiledSet) -> (BTreeMap<&'static str, BTreeMap<String, Elem>>, boo
             Some((a, b)) => json!({"concat": [dst, {"range": [a, b]}]}),
             None => dst,
         };
-        let e = json!([key, verdict(cell.decision.verdict)]);
+        let e = json!([key, verdict(&cell.decision)]);
         // Keyed by the JSON for now; `normalise` re-keys by the canonical text.
         out.entry(name).or_default().insert(e.to_string(), raw(&e));
     }
@@ -76,7 +127,7 @@ fn maps(c: &CompiledSet) -> (BTreeMap<&'static str, BTreeMap<String, Elem>>, boo
 }
 
 /// Adds the firewall's chains and maps for `plan` to `t`.
-pub(super) fn add(t: &mut Table, plan: &NodePlan, skipped: &mut Skipped) {
+pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, skipped: &mut Skipped) {
     let set_ref = |n: &str| json!(format!("@{n}"));
     let mut pods = BTreeMap::new();
     let chains: Vec<String> = plan.firewall.sets.iter().map(set_chain).collect();
@@ -130,8 +181,12 @@ pub(super) fn add(t: &mut Table, plan: &NodePlan, skipped: &mut Skipped) {
                 json!({"vmap": {"key": key, "data": set_ref(&map)}}),
             ]));
         }
-        rules.push(rule(vec![verdict(set.compiled.fallback.verdict)]));
+        rules.push(rule(vec![verdict(&set.compiled.fallback)]));
         t.chains.insert(chain.clone(), Chain { hook: None, rules });
+    }
+    for (chain, d) in decisions(plan) {
+        t.chains.insert(chain.clone(), decision_rules(cfg, &chain, &d));
+        t.counters.insert(chain);
     }
     t.chains.insert(
         CHAIN_DENY.into(),
