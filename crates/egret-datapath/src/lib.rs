@@ -153,6 +153,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, DatapathError> {
         .map_err(|e| DatapathError::Io("tokio runtime".into(), e))
 }
 
+/// Egret's named counters in the current network namespace, by name (see
+/// [`Datapath::counters`]); usable beside a running datapath, since it only reads.
+pub fn read_counters(cfg: &Config) -> Result<BTreeMap<String, Counter>, DatapathError> {
+    let out = run_nft(cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
+    let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
+    Ok(nft::parse_counters(&doc))
+}
+
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
     let what = if input.is_some() { "transaction".to_string() } else { args.join(" ") };
     let mut child = Command::new(&cfg.nft)
@@ -361,11 +369,10 @@ impl Datapath {
         self.ids.as_ref()?.get(&peer)
     }
 
-    /// Per-Egress counters (packets and bytes as u64), by Egress name.
+    /// Egret's named counters (packets and bytes as u64), by name: per Egress, and per
+    /// firewall decision chain.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
-        let out = run_nft(&self.cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
-        let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
-        Ok(nft::parse_counters(&doc))
+        read_counters(&self.cfg)
     }
 
     /// Removes everything Egret created (see [`cleanup`]) and forgets what was programmed.

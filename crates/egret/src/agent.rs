@@ -7,8 +7,9 @@
 //! change wakes the datapath thread, which recomputes placement from the new live set at once:
 //! no round trip through the controller on failover.
 
+use crate::audit::{Audit, AuditArgs, SharedIndex};
 use crate::controller::liveness;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyRuleCollector};
 use crate::objects::{KubeArgs, Objects, SourceKind};
 use crate::serve::{Health, Signals, serve_http};
 use anyhow::{Context, bail};
@@ -86,6 +87,8 @@ pub struct AgentArgs {
     /// Addresses no pool may cover that no object names, e.g. the node network's router.
     #[arg(long = "reserved-ip", value_delimiter = ',')]
     pub reserved_ips: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    pub audit: AuditArgs,
 }
 
 impl AgentArgs {
@@ -95,6 +98,7 @@ impl AgentArgs {
             vxlan_name: self.vxlan_name.clone(),
             vni: self.vni,
             vxlan_port: self.vxlan_port,
+            audit_group: self.audit.audit_nflog_group,
             ..Config::default()
         }
     }
@@ -276,11 +280,13 @@ struct Loop {
     health: Arc<Mutex<Health>>,
     metrics: Arc<Metrics>,
     membership: Membership,
+    /// The names the audit log and the rule counters give to what the datapath holds.
+    audit_index: SharedIndex,
 }
 
 impl Loop {
     fn run(self, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let Loop { store, mut objects, node, args, health, metrics, membership } = self;
+        let Loop { store, mut objects, node, args, health, metrics, membership, audit_index } = self;
         let mut dp = Datapath::new(args.datapath_config())?;
         let mut last: Option<NodePlan> = None;
         let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
@@ -341,6 +347,11 @@ impl Loop {
                                     report.ready = true;
                                     report.error = None;
                                     report.hosted = hosted;
+                                    if last.as_ref().is_none_or(|l| l.firewall != np.firewall || l.steer != np.steer)
+                                        && let Ok(mut idx) = audit_index.write()
+                                    {
+                                        *idx = Arc::new(egret_datapath::audit::AuditIndex::from_plan(&np));
+                                    }
                                     last = Some(np.clone());
                                 }
                                 Err(e) => {
@@ -550,8 +561,29 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let health = Arc::new(Mutex::new(Health::default()));
-    let metrics = Arc::new(Metrics::new());
+    let audit_index = SharedIndex::default();
+    let metrics = {
+        let mut m = Metrics::new();
+        m.registry.register_collector(Box::new(PolicyRuleCollector {
+            cfg: args.datapath_config(),
+            index: audit_index.clone(),
+        }));
+        Arc::new(m)
+    };
     let stop = Arc::new(AtomicBool::new(false));
+    // The audit log reads what the firewall logs in this network namespace. Without it the
+    // firewall still decides; only the records are missing, which is said loudly.
+    match Audit::open(&args.audit, &node) {
+        Ok(audit) => {
+            let (idx, m, stop) = (audit_index.clone(), metrics.audit.clone(), stop.clone());
+            std::thread::Builder::new().name("audit".into()).spawn(move || {
+                if let Err(e) = audit.run(idx, m, stop) {
+                    warn!("audit log stopped: {e:#}");
+                }
+            })?;
+        }
+        Err(e) => warn!("audit log disabled: {e:#}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let config = ClusterConfig {
         service_cidrs: args.service_cidrs.clone(),
@@ -614,7 +646,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %node, source = ?args.source, "agent started");
 
     let health_addr = args.health_addr;
-    let worker = Loop { store, objects, node, args, health: health.clone(), metrics: metrics.clone(), membership };
+    let worker =
+        Loop { store, objects, node, args, health: health.clone(), metrics: metrics.clone(), membership, audit_index };
     // If the datapath loop ends on its own (an error or a panic), the whole agent must exit:
     // otherwise gossip would keep telling peers this node is alive while nothing hosts its IPs.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

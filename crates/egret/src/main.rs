@@ -10,6 +10,7 @@ macro_rules! outln {
 }
 
 mod agent;
+mod audit;
 mod controller;
 mod get;
 mod lab;

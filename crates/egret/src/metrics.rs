@@ -1,9 +1,14 @@
 //! The agent's Prometheus metrics (served on `/metrics`).
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// Every metric of the agent.
 #[derive(Debug, Default)]
@@ -21,12 +26,88 @@ pub struct Metrics {
     /// Gossip datagrams dropped (failed authentication, unencrypted, stale, replayed, malformed),
     /// since the agent started.
     pub gossip_rejected: Counter,
+    /// The audit log's counts.
+    pub audit: Arc<AuditMetrics>,
+}
+
+/// The audit log's metrics.
+#[derive(Debug, Default)]
+pub struct AuditMetrics {
+    /// Records written, by verdict.
+    pub records: Family<Vec<(String, String)>, Counter>,
+    /// Logged packets that gave no line, by reason (`rate_limit`, `overrun`: the kernel's
+    /// socket buffer was full, counted per overrun not per packet; `unknown_decision`,
+    /// `unknown_pod`, `unreadable`).
+    pub dropped: Family<Vec<(String, String)>, Counter>,
+    /// Failed writes to the audit log file.
+    pub write_errors: Counter,
+}
+
+/// Per policy rule: packets and bytes each rule (or policy default) decided, read from the
+/// decision chains' nft counters at each scrape. Only a connection's first packet is decided;
+/// later packets follow conntrack.
+#[derive(Debug)]
+pub struct PolicyRuleCollector {
+    /// The datapath settings (the `nft` program).
+    pub cfg: egret_datapath::Config,
+    /// The plan's decisions, by chain.
+    pub index: crate::audit::SharedIndex,
+}
+
+impl Collector for PolicyRuleCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(idx) = self.index.read().map(|i| i.clone()) else { return Ok(()) };
+        if idx.decisions().is_empty() {
+            return Ok(());
+        }
+        let counters = match egret_datapath::read_counters(&self.cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reading the policy rule counters: {e}");
+                return Ok(());
+            }
+        };
+        let rows: Vec<(Vec<(String, String)>, u64, u64)> = idx
+            .decisions()
+            .iter()
+            .filter_map(|(chain, d)| {
+                let c = counters.get(chain)?;
+                Some((crate::audit::rule_labels(&d.by, d.verdict)?, c.packets, c.bytes))
+            })
+            .collect();
+        for (name, help, bytes) in [
+            (
+                "egret_policy_rule_packets",
+                "Packets each policy rule (or default) decided: a connection's first packet",
+                false,
+            ),
+            ("egret_policy_rule_bytes", "Bytes of the packets each policy rule (or default) decided", true),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, packets, b) in &rows {
+                let v = if bytes { *b } else { *packets };
+                ConstCounter::new(v).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
     /// Creates and registers the metrics.
     pub fn new() -> Metrics {
         let mut m = Metrics::default();
+        m.registry.register("egret_audit_records", "Audit log records written, by verdict", m.audit.records.clone());
+        m.registry.register(
+            "egret_audit_dropped",
+            "Audited packets that gave no record, by reason",
+            m.audit.dropped.clone(),
+        );
+        m.registry.register(
+            "egret_audit_write_errors",
+            "Failed writes to the audit log file",
+            m.audit.write_errors.clone(),
+        );
         m.registry.register(
             "egret_egress_ip_conflicts",
             "Egress IPs seen held by more than one live node",

@@ -35,7 +35,9 @@ pub(crate) async fn serve_http(
     };
     let scrape = move || {
         let metrics = metrics.clone();
-        async move { metrics() }
+        // Off the runtime's thread: encoding may read kernel counters (an `nft` run), and gossip
+        // shares this runtime.
+        async move { tokio::task::spawn_blocking(move || metrics()).await.unwrap_or_default() }
     };
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))

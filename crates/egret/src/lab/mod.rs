@@ -8,6 +8,7 @@
 
 mod api;
 mod bench;
+mod logs;
 mod scale;
 mod state;
 
@@ -111,6 +112,16 @@ pub enum LabCmd {
         #[arg(long)]
         without_key: bool,
     },
+    /// The agents' audit logs (JSON lines, oldest first): audited connections of the egress
+    /// firewall.
+    Logs {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// Keep printing new records.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Measurements in the lab.
     Bench {
         #[command(subcommand)]
@@ -189,6 +200,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::KillNode { node, keep_agent } => kill_node(name, &node, keep_agent),
         LabCmd::RestoreNode { node } => restore_node(name, &node),
         LabCmd::Restart { target, without_key } => restart(name, &target, without_key),
+        LabCmd::Logs { node, follow } => logs::run(name, node.as_deref(), follow),
         LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
@@ -383,7 +395,8 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
         // The store only receives the agent's reports.
         args.extend(["--source", "kubernetes", "--kubeconfig", &kubeconfig]);
     }
-    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved]);
+    let audit = logs::audit_log(st, &node.name).to_string_lossy().into_owned();
+    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved, "--audit-log", &audit]);
     if with_key {
         args.extend(["--gossip-key-file", &key]);
     }
