@@ -43,6 +43,9 @@ pub struct AuditMetrics {
     pub write_errors: Counter,
 }
 
+/// A metric's label pairs.
+type Labels = Vec<(String, String)>;
+
 /// Per policy rule: packets and bytes each rule (or policy default) decided, read from the
 /// decision chains' nft counters at each scrape. Only a connection's first packet is decided;
 /// later packets follow conntrack.
@@ -67,7 +70,7 @@ impl Collector for PolicyRuleCollector {
                 return Ok(());
             }
         };
-        let rows: Vec<(Vec<(String, String)>, u64, u64)> = idx
+        let rows: Vec<(Labels, u64, u64)> = idx
             .decisions()
             .iter()
             .filter_map(|(chain, d)| {
