@@ -674,3 +674,37 @@ fn audit_log_records_each_connection_once_with_every_field() {
         assert!(m.contains(want), "missing {want} in\n{m}");
     }
 }
+
+/// A flood of denied packets is rate limited: the log says how much it left out, the metrics
+/// count it, and allowed connections keep working.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_flood_of_denied_packets_is_rate_limited_and_counted() {
+    let lab = Lab::up();
+    lab.apply("examples/seed-000-web-to-db/egress.yaml");
+    lab.apply("examples/firewall-audit/policy.yaml");
+    let pod = lab.pod_netns("prod/web-1");
+    // Every packet is a new, denied, audited connection; far more than the agent's default
+    // 1,000 records per second (and its burst of as many).
+    const SENT: usize = 5000;
+    pod.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..SENT {
+            let _ = s.send_to(b"x", "198.51.100.8:9");
+        }
+    })
+    .unwrap();
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "198.51.100.100", "allowed traffic is unaffected");
+    let summary = wait_records(&lab, "node-1", 1, |r| r.get("suppressed").is_some());
+    assert!(!summary.is_empty(), "a summary line says records were left out");
+    let suppressed: u64 = summary.iter().map(|r| r["suppressed"]["rateLimited"].as_u64().unwrap()).sum();
+    let written = audit_records(&lab, "node-1").iter().filter(|r| r["destination"] == "198.51.100.8:9").count();
+    assert!(suppressed > 0 && written < SENT, "written {written}, suppressed {suppressed}");
+    let m = scrape(&lab, 1);
+    let dropped = m
+        .lines()
+        .find(|l| l.starts_with(r#"egret_audit_dropped_total{reason="rate_limit"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(dropped >= suppressed, "the metric counts every record left out: {dropped} < {suppressed}\n{m}");
+}

@@ -8,6 +8,7 @@
 
 mod api;
 mod bench;
+mod flood;
 mod logs;
 mod scale;
 mod state;
@@ -171,6 +172,17 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value = "egress")]
         object: bench::BenchObject,
     },
+    /// A pod floods denied, audited packets while it keeps opening allowed connections:
+    /// lost connections, audit records written and dropped, the agent's memory. Applies
+    /// examples/seed-000-web-to-db/egress.yaml and examples/firewall-audit/policy.yaml.
+    AuditFlood {
+        /// Denied packets per second.
+        #[arg(long, default_value = "10000")]
+        pps: u32,
+        /// How long.
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+    },
     /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
     /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
     /// its own (no lab needed).
@@ -204,6 +216,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
+        LabCmd::Bench { what: BenchCmd::AuditFlood { pps, seconds } } => flood::run(name, pps, seconds),
         LabCmd::ServeWhoami { port } => serve_whoami(port),
         LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
