@@ -349,6 +349,15 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_are_real_datagrams() {
+        let one = parse_datagram(include_bytes!("../../../fuzz/seeds/nflog_datagram/tcp4-denied"));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].prefix, "fwd_44863532a153");
+        assert_eq!(one[0].packet.unwrap().ports, Some((40000, 22)));
+        assert_eq!(parse_datagram(include_bytes!("../../../fuzz/seeds/nflog_datagram/two-messages")).len(), 2);
+    }
+
+    #[test]
     fn garbage_never_panics() {
         for n in 0..64u8 {
             let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();

@@ -215,13 +215,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             .insert(format!("{m} : goto {}", tunnel_chain(id)), raw(&json!([m, verdict_goto(&tunnel_chain(id))])));
     }
 
-    let mut cluster = Vec::new();
-    for c in &plan.cluster_cidrs {
-        match c {
-            IpNet::V4(v4) => cluster.push(*v4),
-            IpNet::V6(_) => skipped.push(format!("IPv6 cluster CIDR {c}: IPv6 not programmed yet")),
-        }
-    }
+    // IPv6 cluster networks only matter to the firewall (which keeps its own set) until the
+    // datapath steers IPv6.
+    let cluster: Vec<ipnet::Ipv4Net> = plan
+        .cluster_cidrs
+        .iter()
+        .filter_map(|c| match c {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        })
+        .collect();
     let cluster_elems = canonical_interval_set(
         cluster
             .iter()
@@ -1024,7 +1027,7 @@ mod tests {
     fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
         let cfg = Config::default();
         let (t, skipped) = desired(&cfg, &plan(2), &ids());
-        assert_eq!(skipped.len(), 1, "the IPv6 cluster CIDR is skipped: {skipped:?}");
+        assert!(skipped.is_empty(), "the IPv6 cluster CIDR is the firewall's, not skipped: {skipped:?}");
         let t = normalise(t);
         let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
         assert_eq!(

@@ -102,17 +102,39 @@ fn range(a: IpAddr, b: IpAddr) -> Value {
     json!({"range": [a.to_string(), b.to_string()]})
 }
 
-/// The maps of one compiled set, by protocol name (IPv4 cells only), and whether it has IPv6
-/// cells left out.
-fn maps(c: &CompiledSet) -> (BTreeMap<&'static str, BTreeMap<String, Elem>>, bool) {
-    let mut out: BTreeMap<&'static str, BTreeMap<String, Elem>> =
-        PROTOS.iter().map(|(_, n)| (*n, BTreeMap::new())).collect();
-    let mut v6 = false;
+/// The two address families, with what the firewall needs to know of each.
+#[derive(Clone, Copy)]
+struct Fam {
+    /// Map name suffix and `meta nfproto` value.
+    suffix: &'static str,
+    nfproto: &'static str,
+    /// The payload protocol for addresses (`ip`, `ip6`) and its address type.
+    payload: &'static str,
+    addr_type: &'static str,
+    /// The ICMP of this family.
+    icmp: &'static str,
+}
+
+const FAMS: [Fam; 2] = [
+    Fam { suffix: "4", nfproto: "ipv4", payload: "ip", addr_type: "ipv4_addr", icmp: "icmp" },
+    Fam { suffix: "6", nfproto: "ipv6", payload: "ip6", addr_type: "ipv6_addr", icmp: "ipv6-icmp" },
+];
+
+impl Fam {
+    fn of(ip: IpAddr) -> Fam {
+        if ip.is_ipv4() { FAMS[0] } else { FAMS[1] }
+    }
+}
+
+/// Map pod address -> the chain of its policy set, for IPv6 pods.
+pub const MAP_PODS6: &str = "fw_pods6";
+/// The cluster's IPv6 networks (pod, service, node), never governed.
+pub const SET_CLUSTER6: &str = "fw_cluster6";
+
+/// The maps of one compiled set, by (protocol name, family suffix).
+fn maps(c: &CompiledSet) -> BTreeMap<(&'static str, &'static str), BTreeMap<String, Elem>> {
+    let mut out: BTreeMap<(&'static str, &'static str), BTreeMap<String, Elem>> = BTreeMap::new();
     for cell in &c.cells {
-        let (IpAddr::V4(_), IpAddr::V4(_)) = cell.dst else {
-            v6 = true;
-            continue;
-        };
         let Some((_, name)) = PROTOS.iter().find(|(p, _)| *p == cell.proto) else { continue };
         let dst = range(cell.dst.0, cell.dst.1);
         let key = match cell.ports {
@@ -121,65 +143,70 @@ fn maps(c: &CompiledSet) -> (BTreeMap<&'static str, BTreeMap<String, Elem>>, boo
         };
         let e = json!([key, verdict(&cell.decision)]);
         // Keyed by the JSON for now; `normalise` re-keys by the canonical text.
-        out.entry(name).or_default().insert(e.to_string(), raw(&e));
+        out.entry((name, Fam::of(cell.dst.0).suffix)).or_default().insert(e.to_string(), raw(&e));
     }
-    (out, v6)
+    out
 }
 
 /// Adds the firewall's chains and maps for `plan` to `t`.
-pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, skipped: &mut Skipped) {
+pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut Skipped) {
     let set_ref = |n: &str| json!(format!("@{n}"));
-    let mut pods = BTreeMap::new();
     let chains: Vec<String> = plan.firewall.sets.iter().map(set_chain).collect();
+    let mut pods: [BTreeMap<String, Elem>; 2] = Default::default();
     for p in &plan.firewall.pods {
         let Some(chain) = chains.get(p.set) else { continue };
-        match p.ip {
-            IpAddr::V4(ip) => {
-                let e = json!([ip.to_string(), verdict_goto(chain)]);
-                pods.insert(e.to_string(), raw(&e));
-            }
-            IpAddr::V6(ip) => skipped.push(format!("firewall for {} ({ip}): IPv6 not programmed yet", p.pod)),
-        }
+        let e = json!([p.ip.to_string(), verdict_goto(chain)]);
+        pods[usize::from(p.ip.is_ipv6())].insert(e.to_string(), raw(&e));
     }
-    t.sets.insert(
-        MAP_PODS4.into(),
-        Set { map: Some(json!("verdict")), key: json!("ipv4_addr"), flags: vec![], elems: pods },
-    );
+    for (fam, (name, elems)) in FAMS.iter().zip([MAP_PODS4, MAP_PODS6].into_iter().zip(pods)) {
+        t.sets
+            .insert(name.into(), Set { map: Some(json!("verdict")), key: json!(fam.addr_type), flags: vec![], elems });
+    }
     let interval = vec!["interval".to_string()];
+    // IPv4 cluster networks are the shared `cluster4` set; IPv6 ones are only the firewall's
+    // concern until the datapath steers IPv6.
+    let cluster6 = plan.cluster_cidrs.iter().filter(|n| matches!(n, ipnet::IpNet::V6(_)));
+    let cluster6 = super::canonical_interval_set(cluster6.map(|n| {
+        let (a, b) = egret_core::planner::block_span(n);
+        (u128::from(ipv6(a)), u128::from(ipv6(b)), super::prefix(n))
+    }));
+    t.sets.insert(
+        SET_CLUSTER6.into(),
+        Set { map: None, key: json!("ipv6_addr"), flags: interval.clone(), elems: cluster6 },
+    );
     for (set, chain) in plan.firewall.sets.iter().zip(&chains) {
-        let (by_proto, v6) = maps(&set.compiled);
-        if v6 {
-            let names: Vec<String> = set.policies.iter().map(|p| p.to_string()).collect();
-            skipped.push(format!("IPv6 destinations of {}: IPv6 not programmed yet", names.join(", ")));
-        }
+        let mut by_proto = maps(&set.compiled);
         let mut rules = Vec::new();
-        for (proto, name) in PROTOS {
-            let map = format!("{chain}_{name}4");
-            let (key_type, key, guard) = match proto {
-                ProtoClass::Named(p) if p.has_ports() => (
-                    json!(["ipv4_addr", "inet_service"]),
-                    json!({"concat": [payload("ip", "daddr"), payload(name, "dport")]}),
-                    matches("==", meta("l4proto"), json!(name)),
-                ),
-                ProtoClass::Named(_) => {
-                    (json!("ipv4_addr"), payload("ip", "daddr"), matches("==", meta("l4proto"), json!(name)))
-                }
-                ProtoClass::Other => (
-                    json!("ipv4_addr"),
-                    payload("ip", "daddr"),
-                    matches("!=", meta("l4proto"), json!({"set": ["tcp", "udp", "sctp", "icmp"]})),
-                ),
-            };
-            let elems = by_proto.get(name).cloned().unwrap_or_default();
-            t.sets.insert(
-                map.clone(),
-                Set { map: Some(json!("verdict")), key: key_type, flags: interval.clone(), elems },
-            );
-            rules.push(rule(vec![
-                matches("==", meta("nfproto"), json!("ipv4")),
-                guard,
-                json!({"vmap": {"key": key, "data": set_ref(&map)}}),
-            ]));
+        for fam in FAMS {
+            for (proto, name) in PROTOS {
+                let map = format!("{chain}_{name}{}", fam.suffix);
+                let daddr = payload(fam.payload, "daddr");
+                let (key_type, key, guard) = match proto {
+                    ProtoClass::Named(p) if p.has_ports() => (
+                        json!([fam.addr_type, "inet_service"]),
+                        json!({"concat": [daddr, payload(name, "dport")]}),
+                        matches("==", meta("l4proto"), json!(name)),
+                    ),
+                    ProtoClass::Named(_) => {
+                        (json!(fam.addr_type), daddr, matches("==", meta("l4proto"), json!(fam.icmp)))
+                    }
+                    ProtoClass::Other => (
+                        json!(fam.addr_type),
+                        daddr,
+                        matches("!=", meta("l4proto"), json!({"set": ["tcp", "udp", "sctp", fam.icmp]})),
+                    ),
+                };
+                let elems = by_proto.remove(&(name, fam.suffix)).unwrap_or_default();
+                t.sets.insert(
+                    map.clone(),
+                    Set { map: Some(json!("verdict")), key: key_type, flags: interval.clone(), elems },
+                );
+                rules.push(rule(vec![
+                    matches("==", meta("nfproto"), json!(fam.nfproto)),
+                    guard,
+                    json!({"vmap": {"key": key, "data": set_ref(&map)}}),
+                ]));
+            }
         }
         rules.push(rule(vec![verdict(&set.compiled.fallback)]));
         t.chains.insert(chain.clone(), Chain { hook: None, rules });
@@ -198,6 +225,7 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, skipped: &mut Sk
             ],
         },
     );
+    let ret = || json!({"return": null});
     t.chains.insert(
         CHAIN_FIREWALL.into(),
         Chain {
@@ -210,16 +238,36 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, skipped: &mut Sk
             rules: vec![
                 // Rules decide new connections; established ones follow conntrack (a policy
                 // change that denies one ends its entry).
-                rule(vec![matches("!=", ct("state"), json!("new")), json!({"return": null})]),
+                rule(vec![matches("!=", ct("state"), json!("new")), ret()]),
                 // Pod, service and node networks are the CNI's NetworkPolicy domain.
+                rule(vec![matches("==", payload("ip", "daddr"), set_ref(super::SET_CLUSTER4)), ret()]),
+                rule(vec![matches("==", payload("ip6", "daddr"), set_ref(SET_CLUSTER6)), ret()]),
+                // Link-local and multicast IPv6 (neighbour discovery, router solicitations) never
+                // leave the link.
                 rule(vec![
-                    matches("==", payload("ip", "daddr"), set_ref(super::SET_CLUSTER4)),
-                    json!({"return": null}),
+                    matches(
+                        "==",
+                        payload("ip6", "daddr"),
+                        json!({"set": [prefix6("fe80::", 10), prefix6("ff00::", 8)]}),
+                    ),
+                    ret(),
                 ]),
                 rule(vec![json!({"vmap": {"key": payload("ip", "saddr"), "data": set_ref(MAP_PODS4)}})]),
+                rule(vec![json!({"vmap": {"key": payload("ip6", "saddr"), "data": set_ref(MAP_PODS6)}})]),
             ],
         },
     );
+}
+
+fn prefix6(addr: &str, len: u8) -> Value {
+    json!({"prefix": {"addr": addr, "len": len}})
+}
+
+fn ipv6(ip: IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        IpAddr::V6(v) => v,
+        IpAddr::V4(v) => v.to_ipv6_mapped(),
+    }
 }
 
 #[cfg(test)]
@@ -275,15 +323,41 @@ mod tests {
         let t = crate::nft::normalise(big);
         let chain = set_chain(&plan(1, 2).firewall.sets[0]);
         let tcp: Vec<&String> = t.sets[&format!("{chain}_tcp4")].elems.keys().collect();
-        assert_eq!(tcp, vec!["3405774848-3405775103 . 443-443 : accept"]);
-        assert_eq!(t.chains[&chain].rules.len(), PROTOS.len() + 1);
+        assert_eq!(tcp.len(), 1);
+        assert!(tcp[0].starts_with("3405774848-3405775103 . 443-443 : goto fwd_"), "{tcp:?}");
+        assert_eq!(t.chains[&chain].rules.len(), 2 * PROTOS.len() + 1);
     }
 
     #[test]
-    fn ipv6_is_reported_not_silently_dropped() {
-        let mut p = plan(1, 1);
-        p.firewall.pods[0].ip = "fd00::5".parse().unwrap();
-        let (_, skipped) = crate::nft::desired(&Config::default(), &p, &PeerIds::recovered([]));
-        assert!(skipped.iter().any(|s| s.contains("fd00::5") && s.contains("IPv6")), "{skipped:?}");
+    fn ipv6_pods_and_destinations_get_their_own_maps() {
+        let api = policy("v6", "2001:db8:113::/64", 443);
+        let v = policy::validate_policies(&[api], &[]);
+        let ps: Vec<&policy::Policy> = v.policies.iter().collect();
+        let mut p = plan(0, 1);
+        p.firewall.sets =
+            vec![FirewallSet { policies: vec![ps[0].id.clone()], compiled: Arc::new(policy::compile(&ps)) }];
+        p.firewall.pods = vec![
+            FirewallPod { ip: "10.244.1.5".parse().unwrap(), pod: "ns/a".into(), set: 0 },
+            FirewallPod { ip: "fd00:10:244:1::5".parse().unwrap(), pod: "ns/a".into(), set: 0 },
+        ];
+        p.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/48".parse().unwrap()];
+        let (t, skipped) = crate::nft::desired(&Config::default(), &p, &PeerIds::recovered([]));
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let t = crate::nft::normalise(t);
+        let chain = set_chain(&p.firewall.sets[0]);
+        assert_eq!(t.sets[MAP_PODS4].elems.len(), 1);
+        assert_eq!(t.sets[MAP_PODS6].elems.len(), 1);
+        let v6: Vec<&String> = t.sets[&format!("{chain}_tcp6")].elems.keys().collect();
+        let (a, b) = (
+            u128::from(0x2001_0db8_0113_0000_u64) << 64,
+            (u128::from(0x2001_0db8_0113_0000_u64) << 64) | u128::from(u64::MAX),
+        );
+        assert_eq!(v6.len(), 1);
+        assert!(v6[0].starts_with(&format!("{a}-{b} . 443-443 : goto fwd_")), "{v6:?}");
+        assert!(t.sets[&format!("{chain}_tcp4")].elems.is_empty(), "no IPv4 destination is allowed");
+        assert_eq!(t.sets[SET_CLUSTER6].elems.len(), 1);
+        // The set chain looks IPv6 connections up in the IPv6 maps, ICMPv6 included.
+        let rules: Vec<String> = t.chains[&chain].rules.iter().map(|(_, r)| r.to_string()).collect();
+        assert!(rules.iter().any(|r| r.contains("ipv6-icmp") && r.contains(&format!("@{chain}_icmp6"))), "{rules:#?}");
     }
 }
