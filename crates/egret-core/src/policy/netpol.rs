@@ -399,6 +399,22 @@ spec:
         assert_eq!(d.by.to_string(), "NetworkPolicy default/allow-all-egress rule spec.egress[0]");
     }
 
+    /// Compiled, seed 001 is one allowed cell under the isolation: the fallback is the tier's.
+    #[test]
+    fn seed_001_compiles_to_one_cell_under_isolation() {
+        let v = validate_network_policies(&nps(SEED_001));
+        let c = compile(&[&v.policies[0]]);
+        assert!(matches!(c.fallback.by, DecidedBy::Isolation { .. }), "{:?}", c.fallback);
+        assert_eq!(c.cells.len(), 1, "{:#?}", c.cells);
+        let cell = &c.cells[0];
+        assert_eq!(cell.dst, ("203.0.113.0".parse().unwrap(), "203.0.113.255".parse().unwrap()));
+        assert_eq!((cell.proto, cell.ports), (ProtoClass::Named(Protocol::Tcp), Some((443, 443))));
+        // Beside a cluster default, isolation still comes first.
+        let baseline = mk_cluster("baseline", 10, vec![], Some(Verdict::Allow));
+        let c = compile(&[&baseline, &v.policies[0]]);
+        assert!(matches!(c.fallback.by, DecidedBy::Isolation { .. }), "{:?}", c.fallback);
+    }
+
     /// The tier sits after the rules of Egret's policies and before every defaultAction.
     #[test]
     fn egret_rules_decide_first_and_defaults_come_after_isolation() {
