@@ -105,8 +105,6 @@ fn egress_rules(list: &[NetworkPolicyEgressRule], sink: &mut Sink, warn: &mut Si
     let mut out = Vec::new();
     for (i, r) in list.iter().enumerate() {
         let at = format!("spec.egress[{i}]");
-        let given = r.ports.as_deref().unwrap_or_default();
-        let ports = ports(given, &at, sink, warn);
         let peers = r.to.as_deref().unwrap_or_default();
         let mut destinations: Vec<(String, Vec<IpNet>, Vec<IpNet>)> = Vec::new();
         if peers.is_empty() {
@@ -118,6 +116,8 @@ fn egress_rules(list: &[NetworkPolicyEgressRule], sink: &mut Sink, warn: &mut Si
                 destinations.push((pat, vec![to], except));
             }
         }
+        let given = r.ports.as_deref().unwrap_or_default();
+        let ports = ports(given, &at, sink, warn);
         // Ports were given and every one was left out (named): the rule allows nothing.
         if !given.is_empty() && ports.is_empty() {
             continue;
