@@ -140,6 +140,11 @@ pub fn warnings_with_policies(ix: &mut Index) -> Vec<Warning> {
         field: p.field.clone(),
         reason: format!("{} (the policy is left out until fixed)", p.reason),
     }));
+    w.extend(ix.policies().warnings.iter().map(|p| Warning {
+        object: format!("{}/{}", p.kind, p.name),
+        field: p.field.clone(),
+        reason: p.reason.clone(),
+    }));
     w
 }
 
@@ -322,6 +327,7 @@ fn api_version_of(kind: Kind) -> &'static str {
         Kind::AntreaPool | Kind::AntreaEgress => "crd.antrea.io/v1beta1",
         Kind::CiliumPolicy => "cilium.io/v2",
         Kind::Node | Kind::Namespace | Kind::Pod => "v1",
+        Kind::NetworkPolicy => "networking.k8s.io/v1",
     }
 }
 
@@ -336,6 +342,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Pod => "Pod",
         Kind::ClusterPolicy => "ClusterEgressPolicy",
         Kind::Policy => "EgressPolicy",
+        Kind::NetworkPolicy => "NetworkPolicy",
     }
 }
 

@@ -132,9 +132,9 @@ pub enum LabCmd {
     /// Serve whoami on this namespace (used by `up` inside the outside namespace).
     #[command(hide = true)]
     ServeWhoami {
-        /// Port.
-        #[arg(long, default_value_t = egret_netns::WHOAMI_PORT)]
-        port: u16,
+        /// Ports: the lab's service port, and 443 for seed 001's HTTPS-only NetworkPolicy.
+        #[arg(long = "port", value_delimiter = ',', default_values_t = [egret_netns::WHOAMI_PORT, 443])]
+        ports: Vec<u16>,
     },
 }
 
@@ -192,7 +192,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
-        LabCmd::ServeWhoami { port } => serve_whoami(port),
+        LabCmd::ServeWhoami { ports } => serve_whoami(&ports),
         LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
 }
@@ -383,7 +383,8 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
         // The store only receives the agent's reports.
         args.extend(["--source", "kubernetes", "--kubeconfig", &kubeconfig]);
     }
-    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved]);
+    // The lab's agents always enforce NetworkPolicies (seed 001): with none, that costs nothing.
+    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved, "--enforce-network-policy"]);
     if with_key {
         args.extend(["--gossip-key-file", &key]);
     }
@@ -1093,11 +1094,14 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-fn serve_whoami(port: u16) -> anyhow::Result<ExitCode> {
-    let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
-    l.set_nonblocking(true)?;
-    let _w = egret_netns::Whoami::from_listener(l);
-    tracing::info!(port, "whoami serving");
+fn serve_whoami(ports: &[u16]) -> anyhow::Result<ExitCode> {
+    let mut _servers = Vec::new();
+    for &port in ports {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
+        l.set_nonblocking(true)?;
+        _servers.push(egret_netns::Whoami::from_listener(l));
+    }
+    tracing::info!(?ports, "whoami serving");
     loop {
         std::thread::park();
     }
