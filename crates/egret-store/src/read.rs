@@ -159,7 +159,8 @@ impl Objects {
                 .iter()
                 .find(|d| {
                     let m = &d.object.metadata;
-                    name.split_once('/') == Some((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")))
+                    name.split_once('/')
+                        == Some((m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or("")))
                 })
                 .map(|d| &d.origin),
             _ => None,

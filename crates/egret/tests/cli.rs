@@ -558,10 +558,15 @@ fn trace_and_plan_answer_as_an_agent_enforcing_network_policies() {
     };
     let out = trace("203.0.113.5:443", true);
     assert!(out.contains("policies:    NetworkPolicy production/egress-control"), "{out}");
-    assert!(out.contains("verdict:     Allow by NetworkPolicy production/egress-control rule spec.egress[2].to[0]"), "{out}");
+    assert!(
+        out.contains("verdict:     Allow by NetworkPolicy production/egress-control rule spec.egress[2].to[0]"),
+        "{out}"
+    );
     let out = trace("203.0.113.5:8080", true);
     assert!(
-        out.contains("verdict:     Deny by NetworkPolicy isolation (NetworkPolicy production/egress-control selects the pod"),
+        out.contains(
+            "verdict:     Deny by NetworkPolicy isolation (NetworkPolicy production/egress-control selects the pod"
+        ),
         "{out}"
     );
     // Without the flag: as an agent that does not enforce them, with a note saying so.
@@ -589,10 +594,21 @@ fn network_policy_problems_and_named_ports() {
     assert!(stdout(&o).contains("1 NetworkPolicies"), "{}", stdout(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("warning: ") && err.contains("NetworkPolicy/prod/np: spec.egress[0].ports[0].port: named port \"https\" cannot be resolved"),
+        err.contains("warning: ")
+            && err.contains(
+                "NetworkPolicy/prod/np: spec.egress[0].ports[0].port: named port \"https\" cannot be resolved"
+            ),
         "{err}"
     );
-    let o = egret(&["trace", "prod/web-1", "203.0.113.5:443", "-f", "examples/cluster", file.to_str().unwrap(), "--enforce-network-policy"]);
+    let o = egret(&[
+        "trace",
+        "prod/web-1",
+        "203.0.113.5:443",
+        "-f",
+        "examples/cluster",
+        file.to_str().unwrap(),
+        "--enforce-network-policy",
+    ]);
     assert!(stdout(&o).contains("verdict:     Deny by NetworkPolicy isolation"), "{}", stdout(&o));
     // Bad content: rejected, naming the file and the field.
     std::fs::write(&file, np.replace("203.0.113.0/24", "203.0.113.0/24, except: [198.51.100.0/24]")).unwrap();

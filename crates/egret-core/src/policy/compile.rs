@@ -246,8 +246,8 @@ mod tests {
 
     fn arb_policies() -> impl Strategy<Value = Vec<Policy>> {
         // Cluster, namespaced and NetworkPolicy tiers (NetworkPolicies: Allow rules, no default).
-        prop::collection::vec((0..3usize, 0i64..3, prop::collection::vec(arb_rule(), 0..4), 0..3usize), 0..4)
-            .prop_map(|ps| {
+        prop::collection::vec((0..3usize, 0i64..3, prop::collection::vec(arb_rule(), 0..4), 0..3usize), 0..4).prop_map(
+            |ps| {
                 ps.into_iter()
                     .enumerate()
                     .map(|(i, (tier, prio, mut rules, d))| {
@@ -268,7 +268,8 @@ mod tests {
                         }
                     })
                     .collect()
-            })
+            },
+        )
     }
 
     fn arb_flow() -> impl Strategy<Value = Flow> {

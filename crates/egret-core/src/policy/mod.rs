@@ -377,7 +377,9 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
 /// `defaultAction`), then the first default met, else allowed.
 fn no_rule_matched(isolated_by: Option<&PolicyId>, first_default: Option<(&PolicyId, Verdict)>) -> Decision {
     match (isolated_by, first_default) {
-        (Some(id), _) => Decision { verdict: Verdict::Deny, by: DecidedBy::Isolation { policy: id.clone() }, log: true },
+        (Some(id), _) => {
+            Decision { verdict: Verdict::Deny, by: DecidedBy::Isolation { policy: id.clone() }, log: true }
+        }
         (None, Some((id, verdict))) => {
             Decision { verdict, by: DecidedBy::Default { policy: id.clone() }, log: verdict == Verdict::Deny }
         }

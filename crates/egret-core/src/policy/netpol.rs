@@ -78,7 +78,10 @@ fn applies_to_egress(types: Option<&[String]>, has_egress: bool, sink: &mut Sink
         match t.as_str() {
             "Egress" => egress = true,
             "Ingress" => {}
-            other => sink.push(format!("spec.policyTypes[{i}]"), format!("{other:?} is not a policy type; use Ingress or Egress")),
+            other => sink.push(
+                format!("spec.policyTypes[{i}]"),
+                format!("{other:?} is not a policy type; use Ingress or Egress"),
+            ),
         }
     }
     egress
@@ -313,7 +316,15 @@ spec:
     }
 
     /// The decision for a pod of `ns` with `labels`, under the policies of `yaml`.
-    fn decide(yaml: &str, extra: &[&Policy], ns: &str, labels: &[(&str, &str)], dst: &str, p: P, port: u16) -> Decision {
+    fn decide(
+        yaml: &str,
+        extra: &[&Policy],
+        ns: &str,
+        labels: &[(&str, &str)],
+        dst: &str,
+        p: P,
+        port: u16,
+    ) -> Decision {
         let v = validate_network_policies(&nps(yaml));
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         let labels: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -332,6 +343,9 @@ spec:
 
     use Verdict::{Allow as A, Deny as D};
 
+    /// Policies, pod namespace, pod labels, destination, protocol, port, verdict.
+    type Row<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, P, u16, Verdict);
+
     /// Each row: policies, pod (namespace and labels), destination, protocol, port, verdict.
     #[test]
     fn truth_table_of_the_kubernetes_documentation_examples() {
@@ -340,7 +354,7 @@ spec:
         let backend: &[(&str, &str)] = &[("app", "backend")];
         let union = format!("{DEFAULT_DENY_EGRESS}---\n{ALLOW_ALL_EGRESS}");
         #[rustfmt::skip]
-        let rows: &[(&str, &str, &[(&str, &str)], &str, P, u16, Verdict)] = &[
+        let rows: &[Row] = &[
             // No NetworkPolicy: nothing isolates.
             ("", "default", db, "192.0.2.1", P::Tcp, 80, A),
             // Default deny all egress: every pod of the namespace, every destination.
@@ -509,7 +523,9 @@ spec:
         let w: Vec<String> = v.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
-            w[0].starts_with("NetworkPolicy/a/named: spec.egress[0].ports[0].port: named port \"https\" cannot be resolved"),
+            w[0].starts_with(
+                "NetworkPolicy/a/named: spec.egress[0].ports[0].port: named port \"https\" cannot be resolved"
+            ),
             "{w:?}"
         );
         let p = [&v.policies[0]];
