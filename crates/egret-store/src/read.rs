@@ -544,6 +544,8 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
         );
         assert!(e.is_empty(), "{e:?}");
         assert_eq!(o.network_policies[0].object.metadata.namespace.as_deref(), Some("default"));
+        // Problems name it namespace/name; `lab apply` finds its file so.
+        assert_eq!(o.origin_by_name("NetworkPolicy", "default/n").map(|o| o.doc), Some(0));
         // A misspelt egress would leave the pods isolated with no rule at all.
         let (o, e) = load(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec: {policyTypes: [Egress], egres: [{}]}\n",
