@@ -238,6 +238,21 @@ fn seed_001_network_policy(lab: &Lab) {
     // Not selected: unaffected.
     assert_eq!(lab.whoami("production/frontend-1", "203.0.113.5:8080"), "10.10.0.101");
     assert_eq!(lab.whoami("prod/web-1", "bad-host"), "10.10.0.101");
+    // A bad edit is rejected whole, naming its field; the running policy stays.
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(root().join("examples/seed-001-network-policy/network-policy.yaml")).unwrap();
+    let bad = seed.replace("      port: 443", "      port: 443\n      endPort: 80");
+    let o = lab.run(&["lab", "apply", "-f", &write(dir.path(), "bad.yaml", &bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "bad.yaml: NetworkPolicy/production/egress-control: spec.egress[2].ports[0].endPort: 80 is below port 443"
+        ),
+        "{err}"
+    );
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:443"), "10.10.0.101");
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "no answer");
     lab.ok(&["lab", "delete", "-f", "examples/seed-001-network-policy/network-policy.yaml"]);
     assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "10.10.0.101");
 }
