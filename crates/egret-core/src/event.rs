@@ -9,6 +9,7 @@
 use crate::model::{Namespace, Node, Pod};
 use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
 use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::fmt;
 
 /// The identity of an object: its namespace (`None` when cluster-scoped) and name.
@@ -76,6 +77,8 @@ pub enum Change {
     ClusterPolicies(Event<ClusterEgressPolicy>),
     /// `egret.dev` EgressPolicies.
     Policies(Event<EgressPolicy>),
+    /// `networking.k8s.io/v1` NetworkPolicies (acted on only by an index that enforces them).
+    NetworkPolicies(Event<NetworkPolicy>),
 }
 
 /// The kinds a source can feed, for tracking which have finished their initial list.
@@ -101,6 +104,8 @@ pub enum Kind {
     ClusterPolicy,
     /// `egret.dev` EgressPolicy.
     Policy,
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
 }
 
 impl Change {
@@ -118,6 +123,7 @@ impl Change {
                 | Change::Pods(Event::Reset(_))
                 | Change::ClusterPolicies(Event::Reset(_))
                 | Change::Policies(Event::Reset(_))
+                | Change::NetworkPolicies(Event::Reset(_))
         )
     }
 
@@ -134,6 +140,7 @@ impl Change {
             Change::Pods(_) => Kind::Pod,
             Change::ClusterPolicies(_) => Kind::ClusterPolicy,
             Change::Policies(_) => Kind::Policy,
+            Change::NetworkPolicies(_) => Kind::NetworkPolicy,
         }
     }
 }

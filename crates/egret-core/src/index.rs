@@ -43,6 +43,7 @@ use egret_api::compat::{self, AntreaEgress, AntreaPool, CiliumPolicy, Translated
 use egret_api::v1alpha1 as api;
 use hashbrown::HashTable;
 use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -340,7 +341,11 @@ pub struct Index {
     cluster_policies: BTreeMap<String, api::ClusterEgressPolicy>,
     /// EgressPolicies by `namespace/name`.
     egress_policies: BTreeMap<String, api::EgressPolicy>,
-    /// Both validated; `None` when either changed since.
+    /// NetworkPolicies by `namespace/name` (kept only while enforcing them).
+    network_policies: BTreeMap<String, NetworkPolicy>,
+    /// Whether NetworkPolicies are enforced (see [`Index::enforce_network_policies`]).
+    enforce_network_policies: bool,
+    /// All validated; `None` when any changed since.
     valid_policies: Option<Arc<ValidatedPolicies>>,
     /// Compiled policy sets by their policies; emptied when any policy changes.
     compiled: HashMap<Vec<PolicyId>, Arc<CompiledSet>>,
@@ -524,6 +529,8 @@ impl Index {
             partitions: HashMap::new(),
             cluster_policies: BTreeMap::new(),
             egress_policies: BTreeMap::new(),
+            network_policies: BTreeMap::new(),
+            enforce_network_policies: false,
             valid_policies: None,
             compiled: HashMap::new(),
         }
@@ -532,6 +539,15 @@ impl Index {
     /// The kinds Egret's own sources always feed: Egret's kinds, Nodes, Namespaces and Pods.
     pub fn core_kinds() -> [Kind; 7] {
         [Kind::Pool, Kind::Egress, Kind::Node, Kind::Namespace, Kind::Pod, Kind::ClusterPolicy, Kind::Policy]
+    }
+
+    /// Enforces the egress part of Kubernetes NetworkPolicies (`egret agent
+    /// --enforce-network-policy`): waits for their initial list, and the firewall evaluates
+    /// them. Without it, NetworkPolicy changes are dropped on arrival.
+    pub fn enforce_network_policies(&mut self) {
+        self.enforce_network_policies = true;
+        self.expected.insert(Kind::NetworkPolicy);
+        self.policies_changed();
     }
 
     /// Whether every expected kind has delivered its initial list: nothing may reconcile
@@ -609,6 +625,22 @@ impl Index {
                 }
                 false
             }
+            Change::NetworkPolicies(ev) => {
+                if !self.enforce_network_policies {
+                    return;
+                }
+                let ev = match ev {
+                    Event::Delete(r) => Event::Delete(crate::event::ObjectRef::cluster(r.to_string())),
+                    other => other,
+                };
+                let key = |p: &NetworkPolicy| {
+                    Some(format!("{}/{}", p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?))
+                };
+                if objects_event(&mut self.network_policies, ev, key) {
+                    self.policies_changed();
+                }
+                false
+            }
         };
         if objects_changed {
             if !matches!(kind, Kind::Egress) {
@@ -635,7 +667,12 @@ impl Index {
         }
         let cluster: Vec<api::ClusterEgressPolicy> = self.cluster_policies.values().cloned().collect();
         let namespaced: Vec<api::EgressPolicy> = self.egress_policies.values().cloned().collect();
-        let v = Arc::new(validate_policies(&cluster, &namespaced));
+        let mut v = validate_policies(&cluster, &namespaced);
+        if self.enforce_network_policies {
+            let np: Vec<NetworkPolicy> = self.network_policies.values().cloned().collect();
+            v.extend(policy::validate_network_policies(&np));
+        }
+        let v = Arc::new(v);
         self.valid_policies = Some(v.clone());
         v
     }
@@ -1803,6 +1840,38 @@ mod tests {
         ix.apply(Change::ClusterPolicies(Event::Reset(vec![bad])));
         assert!(ix.node_plan("node-1").unwrap().firewall.is_empty());
         assert_eq!(ix.policies().problems[0].field, "spec.rules[0].ports[0].port");
+    }
+
+    #[test]
+    fn network_policies_are_acted_on_only_when_enforced() {
+        use crate::policy::{DecidedBy, Flow, FlowProto, Protocol, Verdict};
+        let np: NetworkPolicy = serde_yaml_ng::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: prod}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]\n",
+        )
+        .unwrap();
+        let mut ix = lab_index();
+        ix.apply(Change::NetworkPolicies(Event::Reset(vec![np.clone()])));
+        assert!(ix.node_plan("node-1").unwrap().firewall.is_empty(), "not enforced: ignored");
+        assert!(ix.policies().policies.is_empty());
+
+        let mut ix = lab_index();
+        ix.enforce_network_policies();
+        assert_eq!(ix.waiting_for(), vec![Kind::NetworkPolicy]);
+        ix.apply(Change::NetworkPolicies(Event::Reset(vec![np.clone()])));
+        assert!(ix.is_synced());
+        let fw = ix.node_plan("node-1").unwrap().firewall;
+        assert_eq!(fw.pods.iter().map(|p| p.pod.as_str()).collect::<Vec<_>>(), vec!["prod/web-1"]);
+        assert_eq!(fw.sets[0].policies[0].to_string(), "NetworkPolicy prod/web");
+        let flow = |port| Flow { dst: "203.0.113.9".parse().unwrap(), proto: FlowProto::Named(Protocol::Tcp), port };
+        let web1 = "10.244.1.10".parse().unwrap();
+        assert_eq!(fw.decide(web1, &flow(443)).unwrap().verdict, Verdict::Allow);
+        let denied = fw.decide(web1, &flow(80)).unwrap();
+        assert!(matches!(denied.by, DecidedBy::Isolation { .. }), "{:?}", denied.by);
+        // Deleted by namespace/name: nothing governed any more.
+        ix.apply(Change::NetworkPolicies(Event::Delete(ObjectRef::namespaced("prod", "web"))));
+        assert!(ix.node_plan("node-1").unwrap().firewall.is_empty());
+        ix.apply(Change::NetworkPolicies(Event::Apply(np)));
+        assert!(!ix.node_plan("node-1").unwrap().firewall.is_empty());
     }
 
     /// Every node's plan from the whole-cluster planner over the same objects.

@@ -55,8 +55,12 @@ fn connections(topo: &Topology, secs: u32) -> f64 {
             assert!(!line.is_empty(), "whoami answered");
             // Closed with a reset: no TIME_WAIT, so tens of thousands of connections never run
             // out of source ports.
-            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 })
-                .unwrap();
+            nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger { l_onoff: 1, l_linger: 0 },
+            )
+            .unwrap();
             n += 1;
         }
         n as f64 / start.elapsed().as_secs_f64()

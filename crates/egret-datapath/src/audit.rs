@@ -107,12 +107,13 @@ pub struct Record {
     pub destination: String,
     /// `TCP`, `UDP`, `SCTP`, `ICMP`, or the IP protocol number.
     pub protocol: String,
-    /// `ClusterEgressPolicy` or `EgressPolicy`.
+    /// `ClusterEgressPolicy`, `EgressPolicy` or `NetworkPolicy`.
     #[serde(rename = "policyKind")]
     pub policy_kind: String,
     /// The policy (`name`, or `namespace/name`).
     pub policy: String,
-    /// The rule's name; absent when the policy's `defaultAction` decided.
+    /// The rule's name (a NetworkPolicy's: its field path); absent when the policy's
+    /// `defaultAction` decided, or NetworkPolicy isolation denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// `Allow` or `Deny`.
@@ -197,7 +198,8 @@ impl AuditIndex {
         let (namespace, name) = pod.split_once('/').unwrap_or(("", pod));
         let (policy, rule) = match &d.by {
             DecidedBy::Rule { policy, rule } => (policy, Some(rule.clone())),
-            DecidedBy::Default { policy } => (policy, None),
+            // A NetworkPolicy has no default: its deny without a rule is isolation.
+            DecidedBy::Default { policy } | DecidedBy::Isolation { policy } => (policy, None),
             DecidedBy::Nothing => return Err(Unmatched::UnknownDecision),
         };
         let (egress, egress_ip) = match d.verdict {

@@ -572,6 +572,19 @@ async fn with_the_antrea_and_cilium_components_rbac_is_exactly_the_calls() {
     assert_exact("controller", "egret-controller", &components, &reqs);
 }
 
+#[tokio::test]
+async fn with_the_network_policy_component_rbac_is_exactly_the_agents_calls() {
+    let enforcing = SourceConfig { network_policies: true, ..SourceConfig::default() };
+    let mut kinds = CORE.to_vec();
+    kinds.push(Kind::NetworkPolicy);
+    let reqs = agent_requests(enforcing, &kinds).await;
+    assert!(reqs.iter().any(|r| r.path == "/apis/networking.k8s.io/v1/networkpolicies" && r.is_watch()));
+    assert_exact("agent", "egret-agent", &["network-policy"], &reqs);
+    // The controller never reads NetworkPolicies, and the component grants it nothing.
+    let reqs = controller_requests(SourceConfig::default(), &CORE).await;
+    assert_exact("controller", "egret-controller", &["network-policy"], &reqs);
+}
+
 #[test]
 fn every_component_is_covered_here() {
     let mut found: Vec<String> = std::fs::read_dir(deploy_dir().join("components"))
@@ -579,7 +592,7 @@ fn every_component_is_covered_here() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     found.sort();
-    assert_eq!(found, ["antrea", "cilium"], "a new component needs its kinds enabled in these tests");
+    assert_eq!(found, ["antrea", "cilium", "network-policy"], "a new component needs its kinds enabled in these tests");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ use egret_api::compat::{AntreaEgress, AntreaPool, CiliumPolicy};
 use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use egret_core::event::{Change, Event, Kind, ObjectRef};
 use futures::stream::{BoxStream, StreamExt};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::discovery::{ApiGroup, ApiResource};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -36,6 +37,8 @@ pub struct SourceConfig {
     /// Watch Cilium `CiliumEgressGatewayPolicy` (when its CRD is installed). Off by default, for
     /// the same reason.
     pub cilium: bool,
+    /// Watch `networking.k8s.io/v1` NetworkPolicies (an agent that enforces their egress part).
+    pub network_policies: bool,
     /// Watch only the pods of this node (field selector `spec.nodeName=NODE`).
     pub pods_on_node: Option<String>,
     /// Stream the Pods' listings: each listed pod as an `Apply` at once, the end of a listing as
@@ -130,6 +133,9 @@ impl Source {
         if self.cilium_policy.is_some() {
             k.push(Kind::CiliumPolicy);
         }
+        if self.config.network_policies {
+            k.push(Kind::NetworkPolicy);
+        }
         k.sort();
         k
     }
@@ -188,6 +194,15 @@ impl Source {
             relay(Api::<SlimNamespace>::all(c.clone()), wc.clone(), |n| Ok(n.into()), Change::Namespaces, false),
             relay(Api::<SlimPod>::all(c.clone()), pods_wc, |p| Ok(p.into()), Change::Pods, self.config.stream_pods),
         ];
+        if self.config.network_policies {
+            streams.push(relay(
+                Api::<Lenient<NetworkPolicy>>::all(c.clone()),
+                wc.clone(),
+                |l| l.object.map(trimmed),
+                Change::NetworkPolicies,
+                false,
+            ));
+        }
         if let Some(ar) = &self.antrea_pool {
             let api = Api::<Lenient<Foreign<AntreaPool>>>::all_with(c.clone(), ar);
             streams.push(relay(

@@ -645,3 +645,42 @@ async fn streamed_pods_are_applied_then_synced_and_a_relist_deletes_what_vanishe
     }
     assert_eq!(deleted, ["prod/a"]);
 }
+
+const NETWORK_POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: egress-control\n  namespace: prod\n  annotations: {kubectl.kubernetes.io/last-applied-configuration: '{}'}\nspec:\n  podSelector: {matchLabels: {app: backend}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{protocol: TCP, port: 443}]}]\n";
+
+#[tokio::test]
+async fn network_policies_are_watched_only_when_enforced() {
+    let server = world().await;
+    server.put_yaml(NETWORK_POLICY).unwrap();
+    // Not enforced: never listed nor watched.
+    let src = source(&server, SourceConfig::default()).await;
+    assert_eq!(src.kinds(), CORE.to_vec());
+    let mut s = spawn(src);
+    initial_sync(&mut s, &CORE).await;
+    watching(&server).await;
+    assert!(server.requests().iter().all(|r| !r.path.contains("networkpolicies")));
+    drop(s);
+
+    let src = source(&server, SourceConfig { network_policies: true, ..SourceConfig::default() }).await;
+    let mut kinds = CORE.to_vec();
+    kinds.push(Kind::NetworkPolicy);
+    assert_eq!(src.kinds(), kinds);
+    let mut s = spawn(src);
+    let resets = initial_sync(&mut s, &kinds).await;
+    match resets.last() {
+        Some(Change::NetworkPolicies(Event::Reset(l))) => {
+            assert_eq!(l.len(), 1);
+            assert_eq!(l[0].metadata.namespace.as_deref(), Some("prod"));
+            assert!(l[0].metadata.annotations.is_none(), "kubectl's copy is trimmed");
+            let v = egret_core::policy::validate_network_policies(l);
+            assert!(v.problems.is_empty(), "{:?}", v.problems);
+            assert_eq!(v.policies[0].rules[0].name, "spec.egress[0].to[0]");
+        }
+        other => panic!("{other:?}"),
+    }
+    server.remove("networking.k8s.io/v1", "NetworkPolicy", Some("prod"), "egress-control");
+    assert_eq!(
+        next_of(&mut s, Kind::NetworkPolicy).await,
+        Change::NetworkPolicies(Event::Delete(ObjectRef::namespaced("prod", "egress-control")))
+    );
+}

@@ -91,6 +91,7 @@ fn default_resources() -> Vec<ResourceDef> {
         ResourceDef::new("egret.dev", "v1alpha1", "externalippools", "ExternalIPPool", false),
         ResourceDef::new("egret.dev", "v1alpha1", "clusteregresspolicies", "ClusterEgressPolicy", false),
         ResourceDef::new("egret.dev", "v1alpha1", "egresspolicies", "EgressPolicy", true),
+        ResourceDef::new("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true),
         ResourceDef::new("coordination.k8s.io", "v1", "leases", "Lease", true),
         ResourceDef::new("events.k8s.io", "v1", "events", "Event", true),
     ]

@@ -10,6 +10,7 @@ use crate::store::Store;
 use egret_api::v1alpha1::{ClusterEgressPolicy, Egress, EgressPolicy, ExternalIPPool};
 use egret_core::event::{Change, Event, ObjectRef};
 use egret_core::model;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ struct FileObjects {
     pods: BTreeMap<(String, String), model::Pod>,
     cluster_policies: BTreeMap<String, ClusterEgressPolicy>,
     policies: BTreeMap<(String, String), EgressPolicy>,
+    network_policies: BTreeMap<(String, String), NetworkPolicy>,
 }
 
 impl FileObjects {
@@ -69,6 +71,14 @@ impl FileObjects {
                 .collect(),
             policies: o
                 .policies
+                .into_iter()
+                .filter_map(|d| {
+                    let m = &d.object.metadata;
+                    Some(((m.namespace.clone()?, m.name.clone()?), d.object))
+                })
+                .collect(),
+            network_policies: o
+                .network_policies
                 .into_iter()
                 .filter_map(|d| {
                     let m = &d.object.metadata;
@@ -179,6 +189,7 @@ impl StoreSource {
             Change::Egresses(Event::Reset(all.egresses.into_values().collect())),
             Change::ClusterPolicies(Event::Reset(all.cluster_policies.into_values().collect())),
             Change::Policies(Event::Reset(all.policies.into_values().collect())),
+            Change::NetworkPolicies(Event::Reset(all.network_policies.into_values().collect())),
         ]
     }
 }
@@ -191,6 +202,7 @@ fn merge(into: &mut FileObjects, from: FileObjects) {
     into.pods.extend(from.pods);
     into.cluster_policies.extend(from.cluster_policies);
     into.policies.extend(from.policies);
+    into.network_policies.extend(from.network_policies);
 }
 
 /// Deletes for what disappeared, then applies for what is new or different.
@@ -246,6 +258,14 @@ fn diff(old: FileObjects, new: FileObjects) -> Vec<Change> {
         new.policies,
         |(ns, name)| ObjectRef::namespaced(ns, name),
         Change::Policies,
+        &mut deletes,
+        &mut applies,
+    );
+    one(
+        old.network_policies,
+        new.network_policies,
+        |(ns, name)| ObjectRef::namespaced(ns, name),
+        Change::NetworkPolicies,
         &mut deletes,
         &mut applies,
     );
@@ -309,6 +329,15 @@ mod tests {
                     )
                 }
                 Change::Policies(Event::Delete(r)) => format!("delete policy {r}"),
+                Change::NetworkPolicies(Event::Reset(l)) => format!("reset network policies {}", l.len()),
+                Change::NetworkPolicies(Event::Apply(p)) => {
+                    format!(
+                        "apply network policy {}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or(""),
+                        p.metadata.name.as_deref().unwrap_or("")
+                    )
+                }
+                Change::NetworkPolicies(Event::Delete(r)) => format!("delete network policy {r}"),
                 other => format!("{other:?}"),
             })
             .collect()
@@ -331,7 +360,8 @@ mod tests {
                 "reset pools 0",
                 "reset egresses 0",
                 "reset cluster policies 0",
-                "reset policies 0"
+                "reset policies 0",
+                "reset network policies 0"
             ]
         );
         // Nothing changed: nothing to say.
@@ -351,6 +381,12 @@ mod tests {
         assert_eq!(kinds(&src.poll().changes), vec!["apply policy default/p"]);
         std::fs::remove_file(dir.path().join("policy.yaml")).unwrap();
         assert_eq!(kinds(&src.poll().changes), vec!["delete policy default/p"]);
+        // NetworkPolicies likewise.
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec: {policyTypes: [Egress]}\n";
+        crate::write_atomic(&dir.path().join("np.yaml"), np.as_bytes()).unwrap();
+        assert_eq!(kinds(&src.poll().changes), vec!["apply network policy default/n"]);
+        std::fs::remove_file(dir.path().join("np.yaml")).unwrap();
+        assert_eq!(kinds(&src.poll().changes), vec!["delete network policy default/n"]);
     }
 
     #[test]

@@ -274,6 +274,13 @@ impl Store {
             &mut changes,
             keep_created,
         );
+        merge(
+            &mut cur.network_policies,
+            new.network_policies,
+            |d| key_of("NetworkPolicy", d.metadata.namespace.clone(), &d.metadata.name),
+            &mut changes,
+            keep_created,
+        );
 
         let v = cur.validate(config);
         let mut fresh: Vec<Problem> = v
@@ -300,6 +307,7 @@ impl Store {
                 "Namespace" => put_doc(self, &lock, key, &cur.namespaces)?,
                 "ClusterEgressPolicy" => put_doc(self, &lock, key, &cur.cluster_policies)?,
                 "EgressPolicy" => put_doc(self, &lock, key, &cur.policies)?,
+                "NetworkPolicy" => put_doc(self, &lock, key, &cur.network_policies)?,
                 _ => put_doc(self, &lock, key, &cur.pods)?,
             }
         }
@@ -337,6 +345,11 @@ impl Store {
             objs.policies
                 .iter()
                 .map(|d| key_of("EgressPolicy", d.object.metadata.namespace.clone(), &d.object.metadata.name)),
+        );
+        keys.extend(
+            objs.network_policies
+                .iter()
+                .map(|d| key_of("NetworkPolicy", d.object.metadata.namespace.clone(), &d.object.metadata.name)),
         );
         let mut gone = Vec::new();
         for k in keys {
@@ -490,7 +503,8 @@ has_meta!(
     corev1::Namespace,
     corev1::Pod,
     egret_api::v1alpha1::ClusterEgressPolicy,
-    egret_api::v1alpha1::EgressPolicy
+    egret_api::v1alpha1::EgressPolicy,
+    k8s_openapi::api::networking::v1::NetworkPolicy
 );
 
 fn put_doc<T: Serialize + HasMeta>(
@@ -625,6 +639,28 @@ mod tests {
         let on_node = POOL.replace("{start: 10.10.0.11, end: 10.10.0.20}", "{cidr: 10.10.0.101/32}");
         assert!(matches!(store.apply(objs(&on_node)), Err(StoreError::Invalid(_))));
         store.apply_with(objs(POOL), &config).unwrap();
+    }
+
+    #[test]
+    fn network_policies_are_stored_validated_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: egress, namespace: prod}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 203.0.113.0/24}}], ports: [{port: 443}]}]\n";
+        let applied = store.apply(objs(np)).unwrap();
+        assert_eq!(applied.changes[0].0.to_string(), "NetworkPolicy/prod/egress");
+        assert!(dir.path().join("networkpolicy_prod_egress.yaml").is_file());
+        assert_eq!(store.load().0.network_policies.len(), 1);
+        // A bad edit (endPort below port, a bad CIDR) is rejected whole, naming the fields.
+        let bad = np.replace("{port: 443}", "{port: 443, endPort: 80}").replace("203.0.113.0/24", "203.0.113.0/33");
+        let Err(StoreError::Invalid(p)) = store.apply(objs(&bad)) else { panic!("must be rejected") };
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.egress[0].to[0].ipBlock.cidr", "spec.egress[0].ports[0].endPort"]);
+        assert_eq!(p[0].kind, "NetworkPolicy");
+        // The stored one is untouched.
+        assert_eq!(store.load().0.network_policies[0].object.spec, objs(np).network_policies[0].object.spec);
+        let gone = store.delete(&objs(np)).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(store.load().0.network_policies.is_empty());
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct AgentArgs {
     pub reserved_ips: Vec<std::net::IpAddr>,
     #[command(flatten)]
     pub audit: AuditArgs,
+    /// Also enforce the egress part of Kubernetes NetworkPolicies (`networking.k8s.io/v1`) for
+    /// destinations outside the cluster, for CNIs that do not (docs/api.md).
+    #[arg(long)]
+    pub enforce_network_policy: bool,
 }
 
 impl AgentArgs {
@@ -591,14 +595,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         reserved: args.reserved_ips.clone(),
     };
     let mut objects = match (args.source, &store) {
-        (SourceKind::Store, Some(store)) => Objects::store(store.clone(), config),
+        (SourceKind::Store, Some(store)) => {
+            let mut objects = Objects::store(store.clone(), config);
+            if args.enforce_network_policy {
+                objects.index.enforce_network_policies();
+            }
+            objects
+        }
         _ => {
+            let kube = crate::objects::KubeArgs { network_policies: args.enforce_network_policy, ..args.kube.clone() };
             let wake = tx.clone();
             // Every agent watches every pod (slim): a gateway needs the addresses of the pods it
             // serves on other nodes. docs/architecture.md weighs this against endpoint groups.
             rt.block_on(async {
                 let client = egret_kube::client(args.kube.kubeconfig.as_deref()).await?;
-                Objects::kubernetes(client, &args.kube, None, config, move || {
+                Objects::kubernetes(client, &kube, None, config, move || {
                     let _ = wake.send(());
                 })
                 .await
@@ -643,7 +654,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             Membership::Heartbeats(store.clone())
         }
     };
-    info!(node = %node, source = ?args.source, "agent started");
+    info!(node = %node, source = ?args.source, network_policies = args.enforce_network_policy, "agent started");
 
     let health_addr = args.health_addr;
     let worker =

@@ -297,11 +297,14 @@ impl Suppressed {
 }
 
 /// The labels of a decision's counter: `policy_kind`, `policy`, `rule` (`defaultAction` for a
-/// policy's default, which no rule name can be) and `verdict`.
+/// policy's default and `isolation` for a NetworkPolicy's deny without a rule, which no rule
+/// name can be: Egret's rule names are DNS labels, a NetworkPolicy's are field paths) and
+/// `verdict`.
 pub fn rule_labels(by: &DecidedBy, verdict: Verdict) -> Option<Vec<(String, String)>> {
     let (policy, rule) = match by {
         DecidedBy::Rule { policy, rule } => (policy, rule.clone()),
         DecidedBy::Default { policy } => (policy, "defaultAction".to_string()),
+        DecidedBy::Isolation { policy } => (policy, "isolation".to_string()),
         DecidedBy::Nothing => return None,
     };
     Some(vec![

@@ -140,6 +140,11 @@ pub fn warnings_with_policies(ix: &mut Index) -> Vec<Warning> {
         field: p.field.clone(),
         reason: format!("{} (the policy is left out until fixed)", p.reason),
     }));
+    w.extend(ix.policies().warnings.iter().map(|p| Warning {
+        object: format!("{}/{}", p.kind, p.name),
+        field: p.field.clone(),
+        reason: p.reason.clone(),
+    }));
     w
 }
 
@@ -322,6 +327,7 @@ fn api_version_of(kind: Kind) -> &'static str {
         Kind::AntreaPool | Kind::AntreaEgress => "crd.antrea.io/v1beta1",
         Kind::CiliumPolicy => "cilium.io/v2",
         Kind::Node | Kind::Namespace | Kind::Pod => "v1",
+        Kind::NetworkPolicy => "networking.k8s.io/v1",
     }
 }
 
@@ -336,6 +342,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Pod => "Pod",
         Kind::ClusterPolicy => "ClusterEgressPolicy",
         Kind::Policy => "EgressPolicy",
+        Kind::NetworkPolicy => "NetworkPolicy",
     }
 }
 
@@ -544,6 +551,17 @@ mod tests {
         let w = warnings_with_policies(&mut ix);
         assert_eq!((w[0].object.as_str(), w[0].field.as_str()), ("ClusterEgressPolicy/bad", "spec.priority"));
         assert!(w[0].reason.contains("left out"), "{}", w[0].reason);
+        // An enforcing agent's named NetworkPolicy port: a warning naming the field.
+        let named: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml_ng::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: a}\nspec:\n  egress: [{ports: [{port: https}]}]\n",
+        )
+        .unwrap();
+        ix.enforce_network_policies();
+        ix.apply(Change::NetworkPolicies(Event::Reset(vec![named])));
+        let w = warnings_with_policies(&mut ix);
+        let np = w.iter().find(|w| w.object == "NetworkPolicy/a/np").expect("the named port is warned about");
+        assert_eq!(np.field, "spec.egress[0].ports[0].port");
+        assert!(np.reason.contains("named port \"https\" cannot be resolved"), "{}", np.reason);
     }
     use egret_store::MemberReport;
 

@@ -39,6 +39,9 @@ pub struct KubeArgs {
     /// Also act on Cilium's `CiliumEgressGatewayPolicy` objects (same caution).
     #[arg(long)]
     pub cilium: bool,
+    /// Watch and enforce NetworkPolicies (set by `egret agent --enforce-network-policy`).
+    #[arg(skip)]
+    pub network_policies: bool,
 }
 
 enum Feed {
@@ -96,9 +99,18 @@ impl Objects {
     ) -> anyhow::Result<Objects> {
         // Pods stream their listings: the index never receives (nor the source holds) a list of
         // every pod at once.
-        let sc = egret_kube::SourceConfig { antrea: args.antrea, cilium: args.cilium, pods_on_node, stream_pods: true };
+        let sc = egret_kube::SourceConfig {
+            antrea: args.antrea,
+            cilium: args.cilium,
+            network_policies: args.network_policies,
+            pods_on_node,
+            stream_pods: true,
+        };
         let source = egret_kube::Source::discover(client, sc).await?;
-        let index = Index::new(config, source.kinds());
+        let mut index = Index::new(config, source.kinds());
+        if args.network_policies {
+            index.enforce_network_policies();
+        }
         // Bounded: while the index takes in a large listing, the watchers wait instead of
         // queueing every object (a queue the allocator would keep as resident memory).
         let (tx, rx) = channel(CHANGES_QUEUED);

@@ -50,21 +50,31 @@ impl ClusterArgs {
     }
 }
 
-/// Loads manifests; every load error and validation problem as one line each.
-fn load(files: &[PathBuf], config: &ClusterConfig) -> (Objects, egret_core::validate::Validated, Vec<String>) {
+/// Loads manifests; every load error and validation problem as one line each (and, apart,
+/// the warnings: parts of policies left out, such as NetworkPolicy ports given by name).
+fn load(
+    files: &[PathBuf],
+    config: &ClusterConfig,
+) -> (Objects, egret_core::validate::Validated, Vec<String>, Vec<String>) {
     let (objs, errs) = read_paths(files);
     let mut lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
     let v = objs.validate(config);
-    for p in v.problems.iter().chain(objs.validate_policies().problems.iter()) {
+    let policies = objs.validate_policies();
+    let at = |p: &egret_core::validate::Problem| {
         let file = objs.origin_of(&p.kind, p.index).map(|o| o.file.display().to_string()).unwrap_or_default();
-        lines.push(format!("{file}: {p}"));
-    }
-    (objs, v, lines)
+        format!("{file}: {p}")
+    };
+    lines.extend(v.problems.iter().chain(policies.problems.iter()).map(at));
+    let warnings = policies.warnings.iter().map(at).collect();
+    (objs, v, lines, warnings)
 }
 
 /// `egret validate`.
 pub fn validate(files: &[PathBuf], cluster: &ClusterArgs) -> anyhow::Result<ExitCode> {
-    let (objs, v, lines) = load(files, &cluster.config());
+    let (objs, v, lines, warnings) = load(files, &cluster.config());
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if !lines.is_empty() {
         for l in &lines {
             outln!("{l}");
@@ -72,11 +82,12 @@ pub fn validate(files: &[PathBuf], cluster: &ClusterArgs) -> anyhow::Result<Exit
         return Ok(ExitCode::from(1));
     }
     outln!(
-        "valid: {} ExternalIPPools, {} Egresses, {} ClusterEgressPolicies, {} EgressPolicies, {} Nodes, {} Namespaces, {} Pods",
+        "valid: {} ExternalIPPools, {} Egresses, {} ClusterEgressPolicies, {} EgressPolicies, {} NetworkPolicies, {} Nodes, {} Namespaces, {} Pods",
         v.pools.len(),
         v.egresses.len(),
         objs.cluster_policies.len(),
         objs.policies.len(),
+        objs.network_policies.len(),
         objs.nodes.len(),
         objs.namespaces.len(),
         objs.pods.len()
@@ -107,12 +118,18 @@ pub struct PlanArgs {
     output: PlanOutput,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Answer as agents run with `--enforce-network-policy` would: NetworkPolicies govern pods.
+    #[arg(long)]
+    enforce_network_policy: bool,
 }
 
 /// `egret plan`.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let config = args.cluster.config();
-    let (objs, _, lines) = load(&args.files, &config);
+    let (objs, _, lines, warnings) = load(&args.files, &config);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if !lines.is_empty() {
         for l in &lines {
             eprintln!("{l}");
@@ -144,7 +161,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         PlanOutput::Json => outln!("{}", serde_json::to_string_pretty(&p)?),
         PlanOutput::Table => {
             out!("{}", plan_tables(&p));
-            out!("{}", policy_table(&objs));
+            out!("{}", policy_table(&objs, args.enforce_network_policy));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -165,9 +182,15 @@ pub(crate) fn pod_policies<'a>(
     egret_core::policy::applicable(policies, &pod.namespace, ns_labels, &pod.labels, node_labels)
 }
 
-/// Per pod, the policies that apply, in evaluation order.
-fn policy_table(objs: &Objects) -> String {
+/// The valid policies an agent evaluates: NetworkPolicies only when it enforces them.
+pub(crate) fn enforced_policies(objs: &Objects, network_policies: bool) -> egret_core::policy::ValidatedPolicies {
     let v = objs.validate_policies();
+    if network_policies { v } else { v.without_network_policies() }
+}
+
+/// Per pod, the policies that apply, in evaluation order.
+fn policy_table(objs: &Objects, network_policies: bool) -> String {
+    let v = enforced_policies(objs, network_policies);
     if v.policies.is_empty() {
         return String::new();
     }

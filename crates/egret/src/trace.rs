@@ -27,6 +27,9 @@ pub struct TraceArgs {
     nodes: Option<Vec<String>>,
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Answer as an agent run with `--enforce-network-policy` would: NetworkPolicies govern pods.
+    #[arg(long)]
+    enforce_network_policy: bool,
 }
 
 /// Parses `DEST[:PORT[/PROTO]]` (TCP when no protocol is given).
@@ -102,13 +105,24 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
         None => outln!("egress:      no Egress: leaves with its node's address (the CNI's path)"),
     }
     let policies = objs.validate_policies();
-    let applying = crate::offline::pod_policies(&policies.policies, &objs.model_namespaces(), &nodes, pod);
+    let namespaces = objs.model_namespaces();
+    let selecting = crate::offline::pod_policies(&policies.policies, &namespaces, &nodes, pod);
+    let applying: Vec<&policy::Policy> =
+        selecting.iter().copied().filter(|p| args.enforce_network_policy || !p.id.is_network_policy()).collect();
     let decision = policy::evaluate(&applying, &flow);
     let names: Vec<String> = applying.iter().map(|p| p.id.to_string()).collect();
     outln!("policies:    {}", if names.is_empty() { "none apply".to_string() } else { names.join(", ") });
     outln!("verdict:     {} by {}", decision.verdict, decision.by);
+    if !args.enforce_network_policy {
+        for p in selecting.iter().filter(|p| p.id.is_network_policy()) {
+            outln!("note:        {} selects this pod; agents enforce it only with --enforce-network-policy", p.id);
+        }
+    }
     for p in &policies.problems {
         outln!("warning:     {p} (left out)");
+    }
+    for p in &policies.warnings {
+        outln!("warning:     {p}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -543,3 +543,77 @@ fn a_bad_policy_is_rejected_with_its_field_paths() {
     let o = egret(&["validate", "-f", file.to_str().unwrap()]);
     assert!(stdout(&o).contains("spec.rules[0].to.cidr: unknown field"), "{}", stdout(&o));
 }
+
+#[test]
+fn trace_and_plan_answer_as_an_agent_enforcing_network_policies() {
+    let dir = "examples/seed-001-network-policy";
+    let trace = |to: &str, enforce: bool| {
+        let mut args = vec!["trace", "production/backend-1", to, "-f", dir];
+        if enforce {
+            args.push("--enforce-network-policy");
+        }
+        let o = egret(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    let out = trace("203.0.113.5:443", true);
+    assert!(out.contains("policies:    NetworkPolicy production/egress-control"), "{out}");
+    assert!(
+        out.contains("verdict:     Allow by NetworkPolicy production/egress-control rule spec.egress[2].to[0]"),
+        "{out}"
+    );
+    let out = trace("203.0.113.5:8080", true);
+    assert!(
+        out.contains(
+            "verdict:     Deny by NetworkPolicy isolation (NetworkPolicy production/egress-control selects the pod"
+        ),
+        "{out}"
+    );
+    // Without the flag: as an agent that does not enforce them, with a note saying so.
+    let out = trace("203.0.113.5:8080", false);
+    assert!(out.contains("verdict:     Allow by no policy"), "{out}");
+    assert!(out.contains("note:        NetworkPolicy production/egress-control selects this pod"), "{out}");
+
+    let o = egret(&["plan", "-f", dir, "--enforce-network-policy"]);
+    let out = stdout(&o);
+    assert!(out.contains("production/backend-1 | node-1 | NetworkPolicy production/egress-control"), "{out}");
+    assert!(!out.contains("production/frontend-1"), "{out}");
+    let o = egret(&["plan", "-f", dir]);
+    assert!(!stdout(&o).contains("NetworkPolicy"), "{}", stdout(&o));
+}
+
+#[test]
+fn network_policy_problems_and_named_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("np.yaml");
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 203.0.113.0/24}}]\n    ports: [{port: https}, {port: 8080}]\n";
+    std::fs::write(&file, np).unwrap();
+    // A named port: a warning naming the field; the rest applies.
+    let o = egret(&["validate", "-f", "examples/cluster", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("1 NetworkPolicies"), "{}", stdout(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: ")
+            && err.contains(
+                "NetworkPolicy/prod/np: spec.egress[0].ports[0].port: named port \"https\" cannot be resolved"
+            ),
+        "{err}"
+    );
+    let o = egret(&[
+        "trace",
+        "prod/web-1",
+        "203.0.113.5:443",
+        "-f",
+        "examples/cluster",
+        file.to_str().unwrap(),
+        "--enforce-network-policy",
+    ]);
+    assert!(stdout(&o).contains("verdict:     Deny by NetworkPolicy isolation"), "{}", stdout(&o));
+    // Bad content: rejected, naming the file and the field.
+    std::fs::write(&file, np.replace("203.0.113.0/24", "203.0.113.0/24, except: [198.51.100.0/24]")).unwrap();
+    let o = egret(&["validate", "-f", "examples/cluster", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = stdout(&o);
+    assert!(out.contains("np.yaml: NetworkPolicy/prod/np: spec.egress[0].to[0].ipBlock.except[0]: 198.51.100.0/24 is not strictly inside"), "{out}");
+}

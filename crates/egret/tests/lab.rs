@@ -220,6 +220,56 @@ fn egress_policies_allow_deny_and_pass() {
     assert_eq!(lab.whoami("prod/web-1", "bad-host"), "10.10.0.101");
 }
 
+/// Seed 001's NetworkPolicy, verbatim, enforced by the lab's agents (they run with
+/// `--enforce-network-policy`): backend pods of production reach 203.0.113.0/24 on TCP 443 only
+/// (the outside hosts serve whoami on 443 and 8080), a pod it does not select is unaffected, and
+/// deleting it lifts the isolation.
+fn seed_001_network_policy(lab: &Lab) {
+    lab.apply("examples/seed-001-network-policy/production.yaml");
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "10.10.0.101", "before: not isolated");
+    // The whole example directory (the lab's cluster, production, the policy).
+    lab.apply("examples/seed-001-network-policy");
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:443"), "10.10.0.101");
+    assert_eq!(lab.whoami("production/backend-2", "203.0.113.5:443"), "10.10.0.103");
+    // Another port, another destination: refused.
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "no answer");
+    assert_eq!(lab.whoami("production/backend-2", "198.51.100.8:443"), "no answer");
+    assert_eq!(lab.whoami("production/backend-1", "bad-host"), "no answer");
+    // Not selected: unaffected.
+    assert_eq!(lab.whoami("production/frontend-1", "203.0.113.5:8080"), "10.10.0.101");
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "10.10.0.101");
+    // A bad edit is rejected whole, naming its field; the running policy stays.
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::fs::read_to_string(root().join("examples/seed-001-network-policy/network-policy.yaml")).unwrap();
+    let bad = seed.replace("      port: 443", "      port: 443\n      endPort: 80");
+    let o = lab.run(&["lab", "apply", "-f", &write(dir.path(), "bad.yaml", &bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "bad.yaml: NetworkPolicy/production/egress-control: spec.egress[2].ports[0].endPort: 80 is below port 443"
+        ),
+        "{err}"
+    );
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:443"), "10.10.0.101");
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "no answer");
+    lab.ok(&["lab", "delete", "-f", "examples/seed-001-network-policy/network-policy.yaml"]);
+    assert_eq!(lab.whoami("production/backend-1", "203.0.113.5:8080"), "10.10.0.101");
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn seed_001_network_policy_example() {
+    seed_001_network_policy(&Lab::up());
+}
+
+/// The same with the agents watching NetworkPolicies through the API server double.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn seed_001_network_policy_through_the_api_server_double() {
+    seed_001_network_policy(&Lab::up_with(&["--api-server"]));
+}
+
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn live_changes() {

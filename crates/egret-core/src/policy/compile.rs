@@ -8,7 +8,7 @@
 //! its points, which is exact because no rule's match changes inside a cell. Cells that end
 //! like a connection no rule matches (the [`CompiledSet::fallback`]) are left out.
 
-use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, evaluate};
+use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, evaluate, no_rule_matched};
 use crate::net::{Family, from_u128, to_u128};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -75,11 +75,12 @@ fn covers(r: &Rule, fam: Family, a: u128) -> bool {
 
 /// Compiles `policies` (in evaluation order, as [`super::applicable`] returns them).
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
-    // A connection no rule matches: the first default of all (no Pass skipped any).
-    let fallback = match policies.iter().find_map(|p| p.default_action.map(|d| (p, d))) {
-        Some((p, verdict)) => Decision::by_default(p, verdict),
-        None => Decision::nothing(),
-    };
+    // A connection no rule matches: NetworkPolicy isolation if any selects the pod, else the
+    // first default of all (no Pass skipped any).
+    let fallback = no_rule_matched(
+        policies.iter().map(|p| &p.id).find(|id| id.is_network_policy()),
+        policies.iter().find_map(|p| p.default_action.map(|d| (*p, d))),
+    );
     let rules: Vec<&Rule> = policies.iter().flat_map(|p| p.rules.iter()).collect();
     let mut cells = Vec::new();
     for fam in [Family::V4, Family::V6] {
@@ -244,23 +245,31 @@ mod tests {
     }
 
     fn arb_policies() -> impl Strategy<Value = Vec<Policy>> {
-        prop::collection::vec((any::<bool>(), 0i64..3, prop::collection::vec(arb_rule(), 0..4), 0..3usize), 0..4)
-            .prop_map(|ps| {
+        // Cluster, namespaced and NetworkPolicy tiers (NetworkPolicies: Allow rules, no default).
+        prop::collection::vec((0..3usize, 0i64..3, prop::collection::vec(arb_rule(), 0..4), 0..3usize), 0..4).prop_map(
+            |ps| {
                 ps.into_iter()
                     .enumerate()
-                    .map(|(i, (cluster, prio, mut rules, d))| {
+                    .map(|(i, (tier, prio, mut rules, d))| {
                         for (j, r) in rules.iter_mut().enumerate() {
                             r.name = format!("r{j}");
                         }
                         let d = [None, Some(Verdict::Allow), Some(Verdict::Deny)][d];
-                        if cluster {
-                            mk_cluster(&format!("c{i}"), prio, rules, d)
-                        } else {
-                            mk_namespaced("ns", &format!("n{i}"), rules, d)
+                        match tier {
+                            0 => mk_cluster(&format!("c{i}"), prio, rules, d),
+                            1 => mk_namespaced("ns", &format!("n{i}"), rules, d),
+                            _ => {
+                                for r in &mut rules {
+                                    r.action = Action::Allow;
+                                    r.log = false;
+                                }
+                                mk_network_policy("ns", &format!("k{i}"), rules)
+                            }
                         }
                     })
                     .collect()
-            })
+            },
+        )
     }
 
     fn arb_flow() -> impl Strategy<Value = Flow> {

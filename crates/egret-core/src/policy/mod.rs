@@ -6,14 +6,19 @@
 //! the ClusterEgressPolicies selecting the pod by priority (ties by name), each rule in order;
 //! the first matching `Allow` or `Deny` decides; a matching `Pass` skips the remaining
 //! ClusterEgressPolicies. Then the EgressPolicies of the pod's namespace selecting it (by name),
-//! the same way (a `Pass` there skips the remaining EgressPolicies). When no rule decided, the
-//! first `defaultAction` among the policies evaluated (those a `Pass` skipped are not) decides;
-//! without one the connection is allowed.
+//! the same way (a `Pass` there skips the remaining EgressPolicies). Then, when the agent
+//! enforces them, the egress rules of the Kubernetes NetworkPolicies selecting the pod (all
+//! `Allow`, unioned): a pod any of them selects is isolated, so a connection none of their
+//! rules allows is denied ([`DecidedBy::Isolation`]). When no rule decided and no
+//! NetworkPolicy selects the pod, the first `defaultAction` among the policies evaluated (those
+//! a `Pass` skipped are not) decides; without one the connection is allowed.
 
 mod compile;
+pub mod netpol;
 pub mod validate;
 
 pub use compile::{Cell, CompiledSet, Ports, ProtoClass, compile};
+pub use netpol::validate_network_policies;
 pub use validate::{ValidatedPolicies, validate_policies};
 
 use crate::model::AppliedTo;
@@ -122,8 +127,8 @@ pub struct Rule {
 
 /// Which policy: its kind, name and (for ordering) priority.
 ///
-/// The derived order is the evaluation order: cluster policies by priority then name, before
-/// namespaced ones.
+/// The derived order is the evaluation order: cluster policies by priority then name, then
+/// namespaced ones, then NetworkPolicies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum PolicyId {
     /// A ClusterEgressPolicy.
@@ -140,14 +145,30 @@ pub enum PolicyId {
         /// Its name.
         name: String,
     },
+    /// The egress part of a Kubernetes NetworkPolicy (`networking.k8s.io/v1`).
+    NetworkPolicy {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The tiers of evaluation, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Cluster,
+    Namespaced,
+    NetworkPolicy,
 }
 
 impl PolicyId {
-    /// `ClusterEgressPolicy` or `EgressPolicy`.
+    /// `ClusterEgressPolicy`, `EgressPolicy` or `NetworkPolicy`.
     pub fn kind(&self) -> &'static str {
         match self {
             PolicyId::Cluster { .. } => "ClusterEgressPolicy",
             PolicyId::Namespaced { .. } => "EgressPolicy",
+            PolicyId::NetworkPolicy { .. } => "NetworkPolicy",
         }
     }
 
@@ -155,12 +176,23 @@ impl PolicyId {
     pub fn object(&self) -> String {
         match self {
             PolicyId::Cluster { name, .. } => name.clone(),
-            PolicyId::Namespaced { namespace, name } => format!("{namespace}/{name}"),
+            PolicyId::Namespaced { namespace, name } | PolicyId::NetworkPolicy { namespace, name } => {
+                format!("{namespace}/{name}")
+            }
         }
     }
 
-    fn is_cluster(&self) -> bool {
-        matches!(self, PolicyId::Cluster { .. })
+    /// Whether this is a Kubernetes NetworkPolicy.
+    pub fn is_network_policy(&self) -> bool {
+        matches!(self, PolicyId::NetworkPolicy { .. })
+    }
+
+    fn tier(&self) -> Tier {
+        match self {
+            PolicyId::Cluster { .. } => Tier::Cluster,
+            PolicyId::Namespaced { .. } => Tier::Namespaced,
+            PolicyId::NetworkPolicy { .. } => Tier::NetworkPolicy,
+        }
     }
 }
 
@@ -175,8 +207,8 @@ impl fmt::Display for PolicyId {
 pub struct Policy {
     /// Which policy.
     pub id: PolicyId,
-    /// The pods it applies to. For an EgressPolicy only `pods` is set, and only pods of its
-    /// namespace are considered.
+    /// The pods it applies to. For an EgressPolicy or a NetworkPolicy only `pods` is set, and
+    /// only pods of its namespace are considered.
     pub applied_to: AppliedTo,
     /// Rules in order.
     pub rules: Vec<Rule>,
@@ -204,7 +236,7 @@ impl Policy {
                     && a.pods.as_ref().is_none_or(|s| s.matches(pod_labels))
                     && a.nodes.as_ref().is_none_or(|s| s.matches(node_labels))
             }
-            PolicyId::Namespaced { namespace: ns, .. } => {
+            PolicyId::Namespaced { namespace: ns, .. } | PolicyId::NetworkPolicy { namespace: ns, .. } => {
                 ns == namespace && a.pods.as_ref().is_none_or(|s| s.matches(pod_labels))
             }
         }
@@ -263,6 +295,12 @@ pub enum DecidedBy {
         /// The policy.
         policy: PolicyId,
     },
+    /// NetworkPolicy isolation: NetworkPolicies select the pod and none of their egress rules
+    /// allows the connection.
+    Isolation {
+        /// The first NetworkPolicy selecting the pod.
+        policy: PolicyId,
+    },
     /// No policy decided (the connection is allowed).
     Nothing,
 }
@@ -272,6 +310,9 @@ impl fmt::Display for DecidedBy {
         match self {
             DecidedBy::Rule { policy, rule } => write!(f, "{policy} rule {rule}"),
             DecidedBy::Default { policy } => write!(f, "{policy} defaultAction"),
+            DecidedBy::Isolation { policy } => {
+                write!(f, "NetworkPolicy isolation ({policy} selects the pod; no NetworkPolicy egress rule allows it)")
+            }
             DecidedBy::Nothing => f.write_str("no policy (allowed)"),
         }
     }
@@ -284,7 +325,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// What decided.
     pub by: DecidedBy,
-    /// Whether the connection is audited (`log: true` on the rule, or a default deny).
+    /// Whether the connection is audited (`log: true` on the rule, a default deny, or a deny by
+    /// NetworkPolicy isolation).
     pub log: bool,
     /// A denial is silent (the deciding policy's `denyResponse: Drop`); false for allowed ones.
     pub silent: bool,
@@ -296,10 +338,14 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
     let mut first_default: Option<(&Policy, Verdict)> = None;
     let mut skip_cluster = false;
     let mut skip_namespaced = false;
+    let mut isolated_by: Option<&PolicyId> = None;
     for p in policies {
-        let cluster = p.id.is_cluster();
-        if (cluster && skip_cluster) || (!cluster && skip_namespaced) {
+        let tier = p.id.tier();
+        if (tier == Tier::Cluster && skip_cluster) || (tier == Tier::Namespaced && skip_namespaced) {
             continue;
+        }
+        if tier == Tier::NetworkPolicy && isolated_by.is_none() {
+            isolated_by = Some(&p.id);
         }
         if first_default.is_none()
             && let Some(d) = p.default_action
@@ -314,10 +360,10 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
                 Action::Allow => Verdict::Allow,
                 Action::Deny => Verdict::Deny,
                 Action::Pass => {
-                    if cluster {
-                        skip_cluster = true;
-                    } else {
-                        skip_namespaced = true;
+                    match tier {
+                        Tier::Cluster => skip_cluster = true,
+                        Tier::Namespaced => skip_namespaced = true,
+                        Tier::NetworkPolicy => {}
                     }
                     break;
                 }
@@ -325,9 +371,21 @@ pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
             return Decision::by_rule(p, r, verdict);
         }
     }
-    match first_default {
-        Some((p, verdict)) => Decision::by_default(p, verdict),
-        None => Decision::nothing(),
+    no_rule_matched(isolated_by, first_default)
+}
+
+/// The decision when no rule decided: NetworkPolicy isolation first (it sits before every
+/// `defaultAction`), then the first default met, else allowed.
+fn no_rule_matched(isolated_by: Option<&PolicyId>, first_default: Option<(&Policy, Verdict)>) -> Decision {
+    match (isolated_by, first_default) {
+        (Some(id), _) => Decision {
+            verdict: Verdict::Deny,
+            by: DecidedBy::Isolation { policy: id.clone() },
+            log: true,
+            silent: false,
+        },
+        (None, Some((p, verdict))) => Decision::by_default(p, verdict),
+        (None, None) => Decision::nothing(),
     }
 }
 
@@ -343,7 +401,7 @@ impl Decision {
     }
 
     /// Decided by `p`'s `defaultAction` (a default deny is always audited).
-    pub(crate) fn by_default(p: &Policy, verdict: Verdict) -> Decision {
+    fn by_default(p: &Policy, verdict: Verdict) -> Decision {
         Decision {
             verdict,
             by: DecidedBy::Default { policy: p.id.clone() },
@@ -353,7 +411,7 @@ impl Decision {
     }
 
     /// No policy decided: allowed, not audited.
-    pub(crate) fn nothing() -> Decision {
+    fn nothing() -> Decision {
         Decision { verdict: Verdict::Allow, by: DecidedBy::Nothing, log: false, silent: false }
     }
 }
@@ -456,6 +514,17 @@ pub(crate) mod testing {
             applied_to: AppliedTo::default(),
             rules,
             default_action,
+            silent: false,
+        }
+    }
+
+    /// The egress part of a NetworkPolicy selecting every pod of `namespace`.
+    pub fn mk_network_policy(namespace: &str, name: &str, rules: Vec<Rule>) -> Policy {
+        Policy {
+            id: PolicyId::NetworkPolicy { namespace: namespace.into(), name: name.into() },
+            applied_to: AppliedTo::default(),
+            rules,
+            default_action: None,
             silent: false,
         }
     }

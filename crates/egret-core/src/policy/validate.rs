@@ -18,6 +18,26 @@ pub struct ValidatedPolicies {
     pub policies: Vec<Policy>,
     /// Problems, cluster policies first, in input order.
     pub problems: Vec<Problem>,
+    /// Parts left out of policies that apply otherwise (a NetworkPolicy port given by name),
+    /// each naming its field.
+    pub warnings: Vec<Problem>,
+}
+
+impl ValidatedPolicies {
+    /// Adds the policies, problems and warnings of `other`, keeping evaluation order.
+    pub fn extend(&mut self, other: ValidatedPolicies) {
+        self.policies.extend(other.policies);
+        self.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        self.problems.extend(other.problems);
+        self.warnings.extend(other.warnings);
+    }
+
+    /// Leaves out the NetworkPolicies (problems and warnings stay): what an agent that does not
+    /// enforce them evaluates.
+    pub fn without_network_policies(mut self) -> ValidatedPolicies {
+        self.policies.retain(|p| !p.id.is_network_policy());
+        self
+    }
 }
 
 /// Validates every policy; bad ones are reported and left out.

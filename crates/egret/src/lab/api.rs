@@ -101,6 +101,14 @@ fn store_objects(store: &Store) -> anyhow::Result<(BTreeMap<Key, Value>, u64)> {
     for d in objs.policies {
         add(serde_json::to_value(&d.object)?);
     }
+    for d in objs.network_policies {
+        let mut v = serde_json::to_value(&d.object)?;
+        if let Some(o) = v.as_object_mut() {
+            o.entry("apiVersion").or_insert_with(|| Value::from("networking.k8s.io/v1"));
+            o.entry("kind").or_insert_with(|| Value::from("NetworkPolicy"));
+        }
+        add(v);
+    }
     for d in objs.nodes {
         add(serde_json::to_value(&d.object)?);
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The pod that floods, and the objects that make its flood denied and audited.
 const POD: &str = "prod/web-1";
-const EGRESS: &str = include_str!("../../../../examples/seed-000-web-to-db/egress.yaml");
+const EGRESS: &str = include_str!("../../../../examples/firewall-audit/egress.yaml");
 const POLICY: &str = include_str!("../../../../examples/firewall-audit/policy.yaml");
 /// A UDP port bad-host does not serve: every packet is denied by the policy's default.
 const FLOOD_PORT: u16 = 9;

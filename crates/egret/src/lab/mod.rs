@@ -144,9 +144,9 @@ pub enum LabCmd {
     /// Serve whoami on this namespace (used by `up` inside the outside namespace).
     #[command(hide = true)]
     ServeWhoami {
-        /// Port.
-        #[arg(long, default_value_t = egret_netns::WHOAMI_PORT)]
-        port: u16,
+        /// Ports: the lab's service port, and 443 for seed 001's HTTPS-only NetworkPolicy.
+        #[arg(long = "port", value_delimiter = ',', default_values_t = [egret_netns::WHOAMI_PORT, 443])]
+        ports: Vec<u16>,
     },
 }
 
@@ -174,7 +174,7 @@ pub enum BenchCmd {
     },
     /// A pod floods denied, audited packets while it keeps opening allowed connections:
     /// lost connections, audit records written and dropped, the agent's memory. Applies
-    /// examples/seed-000-web-to-db/egress.yaml and examples/firewall-audit/policy.yaml.
+    /// examples/firewall-audit/ (its Egress and policy).
     AuditFlood {
         /// Denied packets per second.
         #[arg(long, default_value = "10000")]
@@ -217,7 +217,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
         LabCmd::Bench { what: BenchCmd::AuditFlood { pps, seconds } } => flood::run(name, pps, seconds),
-        LabCmd::ServeWhoami { port } => serve_whoami(port),
+        LabCmd::ServeWhoami { ports } => serve_whoami(&ports),
         LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
 }
@@ -409,7 +409,9 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
         args.extend(["--source", "kubernetes", "--kubeconfig", &kubeconfig]);
     }
     let audit = logs::audit_log(st, &node.name).to_string_lossy().into_owned();
+    // The lab's agents always enforce NetworkPolicies (seed 001): with none, that costs nothing.
     args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved, "--audit-log", &audit]);
+    args.push("--enforce-network-policy");
     if with_key {
         args.extend(["--gossip-key-file", &key]);
     }
@@ -1119,11 +1121,14 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-fn serve_whoami(port: u16) -> anyhow::Result<ExitCode> {
-    let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
-    l.set_nonblocking(true)?;
-    let _w = egret_netns::Whoami::from_listener(l);
-    tracing::info!(port, "whoami serving");
+fn serve_whoami(ports: &[u16]) -> anyhow::Result<ExitCode> {
+    let mut _servers = Vec::new();
+    for &port in ports {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
+        l.set_nonblocking(true)?;
+        _servers.push(egret_netns::Whoami::from_listener(l));
+    }
+    tracing::info!(?ports, "whoami serving");
     loop {
         std::thread::park();
     }
