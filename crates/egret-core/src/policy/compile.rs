@@ -8,11 +8,11 @@
 //! its points, which is exact because no rule's match changes inside a cell. Cells that end
 //! like a connection no rule matches (the [`CompiledSet::fallback`]) are left out.
 
-use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, evaluate, no_rule_matched};
+use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, decide};
 use crate::net::{Family, from_u128, to_u128};
 use ipnet::IpNet;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The protocol part of a cell.
@@ -68,29 +68,92 @@ fn span(net: &IpNet) -> (u128, u128) {
     (to_u128(&net.network()), to_u128(&net.broadcast()))
 }
 
-fn covers(r: &Rule, fam: Family, a: u128) -> bool {
-    let ip = from_u128(fam, a);
-    (r.to.is_empty() || r.to.iter().any(|n| n.contains(&ip))) && !r.except.iter().any(|n| n.contains(&ip))
+/// The parts of the family's address space a rule's destinations cover (`to` minus `except`;
+/// an empty `to` is everything), as sorted disjoint inclusive ranges.
+fn coverage(r: &Rule, fam: Family) -> Vec<(u128, u128)> {
+    let of_fam = |n: &&IpNet| Family::of_net(n) == fam;
+    let mut to: Vec<(u128, u128)> = if r.to.is_empty() {
+        vec![(0, fam.max())]
+    } else {
+        r.to.iter().filter(of_fam).map(span).collect()
+    };
+    to.sort_unstable();
+    let mut except: Vec<(u128, u128)> = r.except.iter().filter(of_fam).map(span).collect();
+    except.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::new();
+    for (a, b) in to {
+        let mut cur = a;
+        let mut done = false;
+        for &(x, y) in &except {
+            if y < cur || x > b {
+                continue;
+            }
+            if x > cur {
+                out.push((cur, x - 1));
+            }
+            if y >= b {
+                done = true;
+                break;
+            }
+            cur = y + 1;
+        }
+        if !done {
+            out.push((cur, b));
+        }
+    }
+    // Overlapping or adjacent ranges joined, so each rule starts and stops once per range.
+    let mut joined: Vec<(u128, u128)> = Vec::with_capacity(out.len());
+    for (a, b) in out {
+        match joined.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => joined.push((a, b)),
+        }
+    }
+    joined
 }
 
 /// Compiles `policies` (in evaluation order, as [`super::applicable`] returns them).
+///
+/// The address space is swept once per family: at each piece the rules covering it are known
+/// from start and end events, and only they are evaluated, so the cost follows the number of
+/// cells, not cells times rules.
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
-    // A connection no rule matches: NetworkPolicy isolation if any selects the pod, else the
-    // first default of all (no Pass skipped any).
-    let fallback = no_rule_matched(
-        policies.iter().map(|p| &p.id).find(|id| id.is_network_policy()),
-        policies.iter().find_map(|p| p.default_action.map(|d| (*p, d))),
-    );
-    let rules: Vec<&Rule> = policies.iter().flat_map(|p| p.rules.iter()).collect();
+    let fallback = decide(policies, std::iter::empty(), &Flow {
+        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        proto: FlowProto::Other(255),
+        port: 0,
+    });
+    // Every rule with the index of its policy, in evaluation order.
+    let rules: Vec<(usize, &Rule)> =
+        policies.iter().enumerate().flat_map(|(i, p)| p.rules.iter().map(move |r| (i, r))).collect();
     let mut cells = Vec::new();
     for fam in [Family::V4, Family::V6] {
-        let of_fam = |n: &&IpNet| Family::of_net(n) == fam;
-        let addr_ranges = rules.iter().flat_map(|r| r.to.iter().chain(r.except.iter())).filter(of_fam).map(span);
-        for (a, b) in pieces(fam.max(), addr_ranges) {
-            let here: Vec<&&Rule> = rules.iter().filter(|r| covers(r, fam, a)).collect();
+        // Rule g starts covering at `a` and stops after `b`.
+        let mut starts: BTreeMap<u128, Vec<usize>> = BTreeMap::new();
+        let mut ends: BTreeMap<u128, Vec<usize>> = BTreeMap::new();
+        let mut ranges = Vec::new();
+        for (g, (_, r)) in rules.iter().enumerate() {
+            for (a, b) in coverage(r, fam) {
+                starts.entry(a).or_default().push(g);
+                ends.entry(b).or_default().push(g);
+                ranges.push((a, b));
+            }
+        }
+        let mut active: BTreeSet<usize> = BTreeSet::new();
+        for (a, b) in pieces(fam.max(), ranges.into_iter()) {
+            // Ends before starts: one rule's adjacent ranges hand over at the same point.
+            if a > 0 {
+                for g in ends.get(&(a - 1)).into_iter().flatten() {
+                    active.remove(g);
+                }
+            }
+            for g in starts.get(&a).into_iter().flatten() {
+                active.insert(*g);
+            }
+            let here: Vec<(usize, &Rule)> = active.iter().filter_map(|g| rules.get(*g).copied()).collect();
             let dst = (from_u128(fam, a), from_u128(fam, b));
             let mut push = |proto: ProtoClass, ports: Ports, flow: Flow| {
-                let decision = evaluate(policies, &flow);
+                let decision = decide(policies, here.iter().copied(), &flow);
                 if decision != fallback {
                     cells.push(Cell { dst, proto, ports, decision });
                 }
@@ -98,7 +161,7 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
             for proto in PORTED {
                 let port_ranges = here
                     .iter()
-                    .flat_map(|r| r.ports.iter())
+                    .flat_map(|(_, r)| r.ports.iter())
                     .filter(|p| p.protocol == proto)
                     .filter_map(|p| p.ports.map(|(x, y)| (x as u128, y as u128)));
                 for (x, y) in pieces(u16::MAX as u128, port_ranges) {

@@ -335,48 +335,58 @@ pub struct Decision {
 /// The decision for `flow` from a pod the `policies` apply to, given in evaluation order
 /// (see [`PolicyId`]'s order; [`applicable`] returns them so).
 pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
-    let mut first_default: Option<(&Policy, Verdict)> = None;
-    let mut skip_cluster = false;
-    let mut skip_namespaced = false;
-    let mut isolated_by: Option<&PolicyId> = None;
-    for p in policies {
-        let tier = p.id.tier();
-        if (tier == Tier::Cluster && skip_cluster) || (tier == Tier::Namespaced && skip_namespaced) {
+    let all = policies.iter().enumerate().flat_map(|(i, p)| p.rules.iter().map(move |r| (i, r)));
+    decide(policies, all, flow)
+}
+
+/// [`evaluate`] given only the rules that may match `flow`, as `(index of its policy in
+/// policies, rule)` in evaluation order: every rule left out must not match. The compiler
+/// passes the few rules whose destinations cover a piece of the address space, so a pod under
+/// thousands of rules is compiled without walking all of them for every cell.
+pub(crate) fn decide<'a>(
+    policies: &[&Policy],
+    candidates: impl IntoIterator<Item = (usize, &'a Rule)>,
+    flow: &Flow,
+) -> Decision {
+    // Where a matching Pass stopped each tier: that policy's later rules and every later
+    // policy of the tier are skipped.
+    let mut pass_at: [Option<usize>; 2] = [None, None];
+    let tier_slot = |t: Tier| match t {
+        Tier::Cluster => Some(0),
+        Tier::Namespaced => Some(1),
+        Tier::NetworkPolicy => None,
+    };
+    for (i, r) in candidates {
+        let Some(p) = policies.get(i) else { continue };
+        let slot = tier_slot(p.id.tier());
+        if slot.and_then(|s| pass_at[s]).is_some_and(|k| i >= k) || !r.matches(flow) {
             continue;
         }
-        if tier == Tier::NetworkPolicy && isolated_by.is_none() {
-            isolated_by = Some(&p.id);
-        }
-        if first_default.is_none()
-            && let Some(d) = p.default_action
-        {
-            first_default = Some((p, d));
-        }
-        for r in &p.rules {
-            if !r.matches(flow) {
+        let verdict = match r.action {
+            Action::Allow => Verdict::Allow,
+            Action::Deny => Verdict::Deny,
+            Action::Pass => {
+                if let Some(s) = slot {
+                    pass_at[s] = Some(i);
+                }
                 continue;
             }
-            let verdict = match r.action {
-                Action::Allow => Verdict::Allow,
-                Action::Deny => Verdict::Deny,
-                Action::Pass => {
-                    match tier {
-                        Tier::Cluster => skip_cluster = true,
-                        Tier::Namespaced => skip_namespaced = true,
-                        Tier::NetworkPolicy => {}
-                    }
-                    break;
-                }
-            };
-            return Decision::by_rule(p, r, verdict);
-        }
+        };
+        return Decision::by_rule(p, r, verdict);
     }
+    let isolated_by = policies.iter().map(|p| &p.id).find(|id| id.tier() == Tier::NetworkPolicy);
+    // The first default among the policies evaluated: a Pass skips the later policies of its
+    // tier, not its own default.
+    let first_default = policies.iter().enumerate().find_map(|(i, p)| {
+        let skipped = tier_slot(p.id.tier()).and_then(|s| pass_at[s]).is_some_and(|k| i > k);
+        p.default_action.filter(|_| !skipped).map(|d| (*p, d))
+    });
     no_rule_matched(isolated_by, first_default)
 }
 
 /// The decision when no rule decided: NetworkPolicy isolation first (it sits before every
 /// `defaultAction`), then the first default met, else allowed.
-fn no_rule_matched(isolated_by: Option<&PolicyId>, first_default: Option<(&Policy, Verdict)>) -> Decision {
+pub(crate) fn no_rule_matched(isolated_by: Option<&PolicyId>, first_default: Option<(&Policy, Verdict)>) -> Decision {
     match (isolated_by, first_default) {
         (Some(id), _) => Decision {
             verdict: Verdict::Deny,
