@@ -32,8 +32,9 @@ pub struct AuditArgs {
     /// Rotated files kept besides the current one.
     #[arg(long, default_value_t = 5)]
     pub audit_max_files: u32,
-    /// At most this many records per second on this node (a burst of as many is allowed);
-    /// records over it are dropped and counted.
+    /// At most this many records per second on this node for each verdict (a burst of as many
+    /// is allowed), so a flood of denied packets never crowds out the allowed connections'
+    /// records; records over it are dropped and counted.
     #[arg(long, default_value_t = 1000)]
     pub audit_rate: u32,
     /// The NFLOG group the firewall logs audited connections to.
@@ -221,7 +222,9 @@ impl Audit {
 
     /// Reads and writes records until `stop`; returns on a socket error.
     pub fn run(mut self, index: SharedIndex, metrics: Arc<AuditMetrics>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let mut limit = RateLimit::new(self.rate, Instant::now());
+        // One bucket per verdict: a flood of denials must not silence the allowed records.
+        let mut limit_allow = RateLimit::new(self.rate, Instant::now());
+        let mut limit_deny = RateLimit::new(self.rate, Instant::now());
         let mut suppressed = Suppressed::default();
         let mut last_summary = Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -232,6 +235,10 @@ impl Audit {
                     for l in &packets {
                         match idx.record(l, time.clone()) {
                             Ok(r) => {
+                                let limit = match r.verdict {
+                                    Verdict::Allow => &mut limit_allow,
+                                    Verdict::Deny => &mut limit_deny,
+                                };
                                 if !limit.allow(Instant::now()) {
                                     suppressed.rate_limited += 1;
                                     metrics.dropped.get_or_create(&vec![("reason".into(), "rate_limit".into())]).inc();

@@ -733,23 +733,39 @@ fn a_flood_of_denied_packets_is_rate_limited_and_counted() {
     let lab = Lab::up();
     lab.apply("examples/seed-000-web-to-db/egress.yaml");
     lab.apply("examples/firewall-audit/policy.yaml");
-    let pod = lab.pod_netns("prod/web-1");
-    // Every packet is a new, denied, audited connection; far more than the agent's default
-    // 1,000 records per second (and its burst of as many).
-    const SENT: usize = 5000;
-    pod.run(|| {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        for _ in 0..SENT {
-            let _ = s.send_to(b"x", "198.51.100.8:9");
-        }
-    })
-    .unwrap();
+    // Every packet is a new, denied, audited connection: 20,000 per second for 2 s, far more
+    // than the agent's default 1,000 records per second (and its burst of as many).
+    let flooding = {
+        let pod = lab.pod_netns("prod/web-1");
+        std::thread::spawn(move || {
+            pod.run(|| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                let start = Instant::now();
+                let mut sent = 0usize;
+                while start.elapsed() < Duration::from_secs(2) {
+                    while sent < (start.elapsed().as_secs_f64() * 20_000.0) as usize {
+                        let _ = s.send_to(b"x", "198.51.100.8:9");
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                sent
+            })
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // During the flood.
     assert_eq!(lab.whoami("prod/web-1", "db-a"), "198.51.100.100", "allowed traffic is unaffected");
+    let sent = flooding.join().unwrap();
+    // Denials have a bucket of their own: the allowed connection's record is still written.
+    let allowed = wait_records(&lab, "node-1", 1, |r| r["verdict"] == "Allow");
+    assert_eq!(allowed.len(), 1, "the flood crowded out the allowed record");
     let summary = wait_records(&lab, "node-1", 1, |r| r.get("suppressed").is_some());
     assert!(!summary.is_empty(), "a summary line says records were left out");
     let suppressed: u64 = summary.iter().map(|r| r["suppressed"]["rateLimited"].as_u64().unwrap()).sum();
     let written = audit_records(&lab, "node-1").iter().filter(|r| r["destination"] == "198.51.100.8:9").count();
-    assert!(suppressed > 0 && written < SENT, "written {written}, suppressed {suppressed}");
+    assert!(suppressed > 0 && written < sent, "sent {sent}, written {written}, suppressed {suppressed}");
     let m = scrape(&lab, 1);
     let dropped = m
         .lines()

@@ -72,11 +72,8 @@ fn span(net: &IpNet) -> (u128, u128) {
 /// an empty `to` is everything), as sorted disjoint inclusive ranges.
 fn coverage(r: &Rule, fam: Family) -> Vec<(u128, u128)> {
     let of_fam = |n: &&IpNet| Family::of_net(n) == fam;
-    let mut to: Vec<(u128, u128)> = if r.to.is_empty() {
-        vec![(0, fam.max())]
-    } else {
-        r.to.iter().filter(of_fam).map(span).collect()
-    };
+    let mut to: Vec<(u128, u128)> =
+        if r.to.is_empty() { vec![(0, fam.max())] } else { r.to.iter().filter(of_fam).map(span).collect() };
     to.sort_unstable();
     let mut except: Vec<(u128, u128)> = r.except.iter().filter(of_fam).map(span).collect();
     except.sort_unstable();
@@ -118,11 +115,11 @@ fn coverage(r: &Rule, fam: Family) -> Vec<(u128, u128)> {
 /// from start and end events, and only they are evaluated, so the cost follows the number of
 /// cells, not cells times rules.
 pub fn compile(policies: &[&Policy]) -> CompiledSet {
-    let fallback = decide(policies, std::iter::empty(), &Flow {
-        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        proto: FlowProto::Other(255),
-        port: 0,
-    });
+    let fallback = decide(
+        policies,
+        std::iter::empty(),
+        &Flow { dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), proto: FlowProto::Other(255), port: 0 },
+    );
     // Every rule with the index of its policy, in evaluation order.
     let rules: Vec<(usize, &Rule)> =
         policies.iter().enumerate().flat_map(|(i, p)| p.rules.iter().map(move |r| (i, r))).collect();
