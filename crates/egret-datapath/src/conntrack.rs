@@ -173,32 +173,67 @@ pub fn affected(
         .collect()
 }
 
+/// A conntrack entry of either family, as the firewall sees it: the original direction's
+/// addresses, protocol and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Conn {
+    /// Source (a pod).
+    pub src: IpAddr,
+    /// Destination.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source and destination port (0 for protocols without ports).
+    pub ports: (u16, u16),
+}
+
+impl From<&Flow> for Conn {
+    fn from(f: &Flow) -> Conn {
+        Conn { src: IpAddr::V4(f.src), dst: IpAddr::V4(f.dst), proto: f.proto, ports: f.ports }
+    }
+}
+
+/// Parses `conntrack -L` output of either family (`-f ipv6` for IPv6 entries) into [`Conn`]s.
+pub fn parse_conns(text: &str) -> Vec<Conn> {
+    text.lines()
+        .filter_map(|line| {
+            let field = |key: &str| line.split_whitespace().find_map(|t| t.strip_prefix(key));
+            let src = field("src=")?.parse().ok()?;
+            let dst = field("dst=")?.parse().ok()?;
+            let proto = line.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
+            let port = |key: &str| field(key).and_then(|p| p.parse().ok()).unwrap_or(0);
+            Some(Conn { src, dst, proto, ports: (port("sport="), port("dport=")) })
+        })
+        .collect()
+}
+
 /// The flows from pods the new firewall denies (decided as a new connection would be), when
 /// the firewall changed: a policy change that denies a flow ends it.
-pub fn denied(flows: &[Flow], old: &NodePlan, new: &NodePlan) -> Vec<Flow> {
+pub fn denied(conns: &[Conn], old: &NodePlan, new: &NodePlan) -> Vec<Conn> {
     use egret_core::policy::{FlowProto, Protocol, Verdict};
     if old.firewall == new.firewall {
         return Vec::new();
     }
-    flows
+    conns
         .iter()
-        .filter(|f| !new.cluster_cidrs.iter().any(|c| c.contains(&IpAddr::V4(f.dst))))
+        .filter(|f| !new.cluster_cidrs.iter().any(|c| c.contains(&f.dst)))
         .filter(|f| {
             let proto = match Protocol::of_number(f.proto) {
                 Some(p) => FlowProto::Named(p),
                 None => FlowProto::Other(f.proto),
             };
-            let flow = egret_core::policy::Flow { dst: IpAddr::V4(f.dst), proto, port: f.ports.1 };
-            new.firewall.decide(IpAddr::V4(f.src), &flow).is_some_and(|d| d.verdict == Verdict::Deny)
+            let flow = egret_core::policy::Flow { dst: f.dst, proto, port: f.ports.1 };
+            new.firewall.decide(f.src, &flow).is_some_and(|d| d.verdict == Verdict::Deny)
         })
         .copied()
         .collect()
 }
 
-/// The input of `conntrack -R -` deleting exactly these flows.
-pub fn delete_flows_script(flows: &[Flow]) -> String {
+/// The input of `conntrack -R -` deleting exactly these flows (of either family).
+pub fn delete_flows_script(conns: &[Conn]) -> String {
     let mut out = String::new();
-    for f in flows {
+    for f in conns {
+        let family = if f.src.is_ipv6() { "-f ipv6 " } else { "" };
         let named = match f.proto {
             6 => Some("tcp"),
             17 => Some("udp"),
@@ -208,10 +243,10 @@ pub fn delete_flows_script(flows: &[Flow]) -> String {
         let _ = match named {
             Some(p) => writeln!(
                 out,
-                "-D -s {} -d {} -p {p} --orig-port-src {} --orig-port-dst {}",
+                "-D {family}-s {} -d {} -p {p} --orig-port-src {} --orig-port-dst {}",
                 f.src, f.dst, f.ports.0, f.ports.1
             ),
-            None => writeln!(out, "-D -s {} -d {} -p {}", f.src, f.dst, f.proto),
+            None => writeln!(out, "-D {family}-s {} -d {} -p {}", f.src, f.dst, f.proto),
         };
     }
     out
@@ -355,6 +390,47 @@ mod tests {
         assert_eq!(show(&changed(&origin_old, &gone)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
         // Newly steered traffic is re-classified too (it was masqueraded to the node IP).
         assert_eq!(show(&changed(&gone, &origin_old)), vec!["10.244.1.10 0.0.0.0-255.255.255.255"]);
+    }
+
+    #[test]
+    fn flows_a_policy_now_denies_are_found_in_both_families() {
+        use egret_core::policy::{self as pol, Firewall, FirewallPod, FirewallSet};
+        let y = "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: p}\nspec:\n  appliedTo: {namespaceSelector: {}}\n  rules: [{name: web, action: Allow, to: {cidrs: [203.0.113.0/24, '2001:db8:113::/64']}, ports: [{port: 443}]}]\n  defaultAction: Deny\n";
+        let api: egret_api::v1alpha1::ClusterEgressPolicy = serde_yaml_ng::from_str(y).unwrap();
+        let v = pol::validate_policies(&[api], &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let ps: Vec<&pol::Policy> = v.policies.iter().collect();
+        let pod = |ip: &str| FirewallPod { ip: ip.parse().unwrap(), pod: "ns/a".into(), set: 0 };
+        let new = NodePlan {
+            firewall: Firewall {
+                pods: vec![pod("10.244.1.10"), pod("fd00:10:244:1::10")],
+                sets: vec![FirewallSet {
+                    policies: vec![ps[0].id.clone()],
+                    compiled: std::sync::Arc::new(pol::compile(&ps)),
+                }],
+            },
+            cluster_cidrs: vec!["fd00:10:244::/48".parse().unwrap()],
+            ..NodePlan::default()
+        };
+        let v4 = parse_flows(
+            "tcp 6 1 ESTABLISHED src=10.244.1.10 dst=198.51.100.8 sport=1 dport=8080 src=198.51.100.8 dst=10.10.0.101 sport=8080 dport=1 mark=0 use=1\n",
+        );
+        let v6 = parse_conns(
+            "tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:200::1 sport=2 dport=22 src=2001:db8:200::1 dst=fd00:10:244:1::10 sport=22 dport=2 mark=0 use=1\n\
+             tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:113::5 sport=3 dport=443 src=2001:db8:113::5 dst=fd00:10:244:1::10 sport=443 dport=3 mark=0 use=1\n\
+             tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=fd00:10:244:2::7 sport=4 dport=22 src=fd00:10:244:2::7 dst=fd00:10:244:1::10 sport=22 dport=4 mark=0 use=1\n",
+        );
+        let mut all: Vec<Conn> = v4.iter().map(Conn::from).collect();
+        all.extend(v6);
+        let ended = denied(&all, &NodePlan::default(), &new);
+        let shown: Vec<String> = ended.iter().map(|c| format!("{} {}", c.dst, c.ports.1)).collect();
+        // Allowed (443) and cluster-internal flows stay.
+        assert_eq!(shown, vec!["198.51.100.8 8080", "2001:db8:200::1 22"]);
+        assert_eq!(
+            delete_flows_script(&ended),
+            "-D -s 10.244.1.10 -d 198.51.100.8 -p tcp --orig-port-src 1 --orig-port-dst 8080\n\
+             -D -f ipv6 -s fd00:10:244:1::10 -d 2001:db8:200::1 -p tcp --orig-port-src 2 --orig-port-dst 22\n"
+        );
     }
 
     #[test]

@@ -441,14 +441,26 @@ fn end_changed_flows(
         return Ok(());
     };
     let flows = conntrack::parse_flows(&list);
-    let denied = conntrack::denied(&flows, old, new);
-    if !denied.is_empty() {
-        if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_flows_script(&denied)))?.is_none() {
-            report.skipped.push(missing());
-            return Ok(());
+    if old.firewall != new.firewall {
+        let mut conns: Vec<conntrack::Conn> = flows.iter().map(conntrack::Conn::from).collect();
+        // IPv6 pods' flows too: the firewall decides both families.
+        if new.firewall.pods.iter().any(|p| p.ip.is_ipv6())
+            && let Some(list6) = run_conntrack(cfg, &["-L", "-f", "ipv6"], None)?
+        {
+            conns.extend(conntrack::parse_conns(&list6));
         }
-        report.changes.push(format!("conntrack: ended {} flow(s) that a policy now denies", denied.len()));
-        report.flows_ended.extend(denied.iter().map(|f| (f.src, f.dst)));
+        let denied = conntrack::denied(&conns, old, new);
+        if !denied.is_empty() {
+            if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_flows_script(&denied)))?.is_none() {
+                report.skipped.push(missing());
+                return Ok(());
+            }
+            report.changes.push(format!("conntrack: ended {} flow(s) that a policy now denies", denied.len()));
+            report.flows_ended.extend(denied.iter().filter_map(|f| match (f.src, f.dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => Some((s, d)),
+                _ => None,
+            }));
+        }
     }
     let mut hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));
     hit.extend(conntrack::misbound(&flows, new));
