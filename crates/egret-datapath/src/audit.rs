@@ -54,13 +54,27 @@ pub fn parse_packet(ip: &[u8]) -> Option<Packet> {
 }
 
 /// The logged packets in one datagram read from an NFLOG socket. Messages that are not logged
-/// packets (acknowledgements, errors) are skipped; a message that cannot be decoded ends the
-/// walk, keeping what came before it.
+/// packets (acknowledgements, errors) are skipped; a message that cannot be decoded but whose
+/// length is sound gives a [`Logged`] without prefix or packet (counted as unreadable) and the
+/// walk goes on; a broken length ends it.
 pub fn parse_datagram(buf: &[u8]) -> Vec<Logged> {
     let mut out = Vec::new();
     let mut rest = buf;
     while !rest.is_empty() {
-        let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(rest) else { break };
+        let msg = match NetlinkMessage::<NetfilterMessage>::deserialize(rest) {
+            Ok(m) => m,
+            Err(_) => {
+                // The netlink header's first field is the message length (host order).
+                let len = rest.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                let step = len.next_multiple_of(4);
+                if len < 16 || step > rest.len() {
+                    break;
+                }
+                out.push(Logged { prefix: String::new(), packet: None });
+                rest = &rest[step..];
+                continue;
+            }
+        };
         let len = msg.header.length as usize;
         if let NetlinkPayload::InnerMessage(NetfilterMessage {
             inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
@@ -357,6 +371,23 @@ mod tests {
         assert_eq!(one[0].prefix, "fwd_44863532a153");
         assert_eq!(one[0].packet.unwrap().ports, Some((40000, 22)));
         assert_eq!(parse_datagram(include_bytes!("../../../fuzz/seeds/nflog_datagram/two-messages")).len(), 2);
+    }
+
+    #[test]
+    fn an_undecodable_message_is_counted_and_the_next_one_still_read() {
+        let good = include_bytes!("../../../fuzz/seeds/nflog_datagram/tcp4-denied").to_vec();
+        // Same length, but an attribute whose own length runs past the message.
+        let mut bad = good.clone();
+        bad[20] = 0xff;
+        bad[21] = 0x0f;
+        let mut buf = bad;
+        buf.extend(&good);
+        let got = parse_datagram(&buf);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].prefix.as_str(), got[0].packet), ("", None));
+        assert_eq!(got[1].prefix, "fwd_44863532a153");
+        let idx = AuditIndex::default();
+        assert_eq!(idx.record(&got[0], String::new()), Err(Unmatched::Unreadable));
     }
 
     #[test]

@@ -216,7 +216,7 @@ pub fn denied(conns: &[Conn], old: &NodePlan, new: &NodePlan) -> Vec<Conn> {
     }
     conns
         .iter()
-        .filter(|f| !new.cluster_cidrs.iter().any(|c| c.contains(&f.dst)))
+        .filter(|f| !new.cluster_cidrs.iter().any(|c| c.contains(&f.dst)) && !link_scoped(f.dst))
         .filter(|f| {
             let proto = match Protocol::of_number(f.proto) {
                 Some(p) => FlowProto::Named(p),
@@ -227,6 +227,15 @@ pub fn denied(conns: &[Conn], old: &NodePlan, new: &NodePlan) -> Vec<Conn> {
         })
         .copied()
         .collect()
+}
+
+/// IPv6 link-local and multicast destinations: the firewall never governs them (they never
+/// leave the link), so no policy change ends their flows.
+pub fn link_scoped(dst: IpAddr) -> bool {
+    match dst {
+        IpAddr::V6(v6) => v6.is_unicast_link_local() || v6.is_multicast(),
+        IpAddr::V4(_) => false,
+    }
 }
 
 /// The input of `conntrack -R -` deleting exactly these flows (of either family).
@@ -418,13 +427,14 @@ mod tests {
         let v6 = parse_conns(
             "tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:200::1 sport=2 dport=22 src=2001:db8:200::1 dst=fd00:10:244:1::10 sport=22 dport=2 mark=0 use=1\n\
              tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:113::5 sport=3 dport=443 src=2001:db8:113::5 dst=fd00:10:244:1::10 sport=443 dport=3 mark=0 use=1\n\
-             tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=fd00:10:244:2::7 sport=4 dport=22 src=fd00:10:244:2::7 dst=fd00:10:244:1::10 sport=22 dport=4 mark=0 use=1\n",
+             tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=fd00:10:244:2::7 sport=4 dport=22 src=fd00:10:244:2::7 dst=fd00:10:244:1::10 sport=22 dport=4 mark=0 use=1\n\
+             udp 17 1 src=fd00:10:244:1::10 dst=ff02::fb sport=5353 dport=5353 src=ff02::fb dst=fd00:10:244:1::10 sport=5353 dport=5353 mark=0 use=1\n",
         );
         let mut all: Vec<Conn> = v4.iter().map(Conn::from).collect();
         all.extend(v6);
         let ended = denied(&all, &NodePlan::default(), &new);
         let shown: Vec<String> = ended.iter().map(|c| format!("{} {}", c.dst, c.ports.1)).collect();
-        // Allowed (443) and cluster-internal flows stay.
+        // Allowed (443), cluster-internal and link-scoped (mDNS) flows stay.
         assert_eq!(shown, vec!["198.51.100.8 8080", "2001:db8:200::1 22"]);
         assert_eq!(
             delete_flows_script(&ended),

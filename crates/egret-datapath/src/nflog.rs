@@ -71,7 +71,8 @@ const QTHRESH: u32 = 64;
 const BATCH_BYTES: u32 = 1 << 15;
 /// A batch is sent at the latest this many hundredths of a second after its first packet.
 const FLUSH_AFTER_HUNDREDTHS: u32 = 1;
-/// The socket's receive buffer: room for a burst of some thousands of logged packets.
+/// The socket's receive buffer: room for a burst of some thousands of logged packets (batches
+/// of up to 64, each packet's message about 250 bytes).
 const RECV_BUFFER: usize = 4 << 20;
 
 impl NflogSocket {
@@ -80,8 +81,11 @@ impl NflogSocket {
         let sock_err = |what| move |source| NflogError::Socket { what, source };
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(sock_err("creating"))?;
         socket.bind_auto().map_err(sock_err("binding an address"))?;
-        // Best effort: the kernel caps it at net.core.rmem_max.
-        let _ = socket.set_rx_buf_sz(RECV_BUFFER);
+        // Past net.core.rmem_max (208 KiB by default) with CAP_NET_ADMIN, which the agent has;
+        // without it, as much as the limit allows.
+        if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &RECV_BUFFER).is_err() {
+            let _ = socket.set_rx_buf_sz(RECV_BUFFER);
+        }
         nix::sys::socket::setsockopt(
             &socket,
             nix::sys::socket::sockopt::ReceiveTimeout,

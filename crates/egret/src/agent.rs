@@ -310,6 +310,7 @@ impl Loop {
         let mut programmed_eligible = false;
         let mut rejected_seen = 0u64;
         let mut logged = Vec::new();
+        let mut warned_v6_services = false;
         while !stop.load(Ordering::Relaxed) {
             let (others, settled) = membership.live(&node, &args);
             let may_host = eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
@@ -351,10 +352,21 @@ impl Loop {
                                     report.ready = true;
                                     report.error = None;
                                     report.hosted = hosted;
-                                    if last.as_ref().is_none_or(|l| l.firewall != np.firewall || l.steer != np.steer)
-                                        && let Ok(mut idx) = audit_index.write()
+                                    if !warned_v6_services
+                                        && np.firewall.pods.iter().any(|p| p.ip.is_ipv6())
+                                        && !args.service_cidrs.iter().any(|c| matches!(c, ipnet::IpNet::V6(_)))
                                     {
-                                        *idx = Arc::new(egret_datapath::audit::AuditIndex::from_plan(&np));
+                                        // The firewall sees Service addresses before kube-proxy
+                                        // translates them: unknown ones are governed as outside.
+                                        warn!(
+                                            "the egress firewall governs IPv6 pods but no IPv6 --service-cidr is set: their IPv6 Service traffic (DNS included) is decided like traffic leaving the cluster"
+                                        );
+                                        warned_v6_services = true;
+                                    }
+                                    if last.as_ref().is_none_or(|l| l.firewall != np.firewall || l.steer != np.steer) {
+                                        // Built before taking the lock: readers never wait for it.
+                                        let fresh = Arc::new(egret_datapath::audit::AuditIndex::from_plan(&np));
+                                        *audit_index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
                                     }
                                     last = Some(np.clone());
                                 }
@@ -580,11 +592,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     match Audit::open(&args.audit, &node) {
         Ok(audit) => {
             let (idx, m, stop) = (audit_index.clone(), metrics.audit.clone(), stop.clone());
-            std::thread::Builder::new().name("audit".into()).spawn(move || {
-                if let Err(e) = audit.run(idx, m, stop) {
-                    warn!("audit log stopped: {e:#}");
-                }
-            })?;
+            std::thread::Builder::new().name("audit".into()).spawn(move || audit.run(idx, m, stop))?;
         }
         Err(e) => warn!("audit log disabled: {e:#}"),
     }

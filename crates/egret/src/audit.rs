@@ -27,7 +27,7 @@ pub struct AuditArgs {
     #[arg(long)]
     pub audit_stdout: bool,
     /// Rotate the audit log when it would grow past this many MiB.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub audit_max_size_mib: u64,
     /// Rotated files kept besides the current one.
     #[arg(long, default_value_t = 5)]
@@ -35,7 +35,7 @@ pub struct AuditArgs {
     /// At most this many records per second on this node for each verdict (a burst of as many
     /// is allowed), so a flood of denied packets never crowds out the allowed connections'
     /// records; records over it are dropped and counted.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_rate: u32,
     /// The NFLOG group the firewall logs audited connections to.
     #[arg(long, default_value_t = egret_datapath::config::DEFAULT_AUDIT_GROUP)]
@@ -134,6 +134,9 @@ impl RotatingFile {
             }
             std::fs::rename(&self.path, rotated(&self.path, 1))?;
         }
+        // The old file is rotated whatever comes next: if reopening fails, later lines go to the
+        // old handle rather than rotating the kept files away one write after another.
+        self.size = 0;
         let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.out = BufWriter::new(file);
         self.size = 0;
@@ -154,8 +157,9 @@ struct Sinks {
 
 impl Sinks {
     fn line(&mut self, line: &str, metrics: &AuditMetrics) {
-        if self.stdout {
-            println!("{line}");
+        // Not `println!`: a closed stdout must not end the audit thread.
+        if self.stdout && writeln!(io::stdout().lock(), "{line}").is_err() {
+            metrics.write_errors.inc();
         }
         if let Some(f) = &mut self.file {
             match f.write_line(line) {
@@ -191,19 +195,26 @@ fn unmatched_reason(u: &Unmatched) -> &'static str {
     }
 }
 
-/// The audit log: the bound NFLOG socket, and where records go.
+/// The audit log: the NFLOG socket (bound again after a failure), and where records go.
 pub struct Audit {
-    sock: NflogSocket,
+    sock: Option<NflogSocket>,
+    group: u16,
     sinks: Sinks,
     node: String,
     rate: u32,
 }
 
+/// Waits between attempts to bind the NFLOG group again: from 1 s, doubling, at most 30 s.
+fn rebind_delay(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
+
 impl Audit {
-    /// Binds the NFLOG group (in this process's network namespace) and opens the file.
+    /// Opens the file and binds the NFLOG group (in this process's network namespace). A group
+    /// that cannot be bound yet (another process holds it, say an agent being replaced) is
+    /// retried by [`Audit::run`]; a file that cannot be opened is an error.
     pub fn open(args: &AuditArgs, node: &str) -> anyhow::Result<Audit> {
         use anyhow::Context;
-        let sock = NflogSocket::bind(args.audit_nflog_group, Duration::from_millis(200))?;
         let file = match args.file() {
             Some(p) => Some(
                 RotatingFile::open(p, args.audit_max_size_mib.saturating_mul(1 << 20), args.audit_max_files)
@@ -211,26 +222,67 @@ impl Audit {
             ),
             None => None,
         };
+        let sock = match NflogSocket::bind(args.audit_nflog_group, RECV_WAIT) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("audit log: {e}; retrying");
+                None
+            }
+        };
         info!(group = args.audit_nflog_group, file = ?args.file(), "audit log: reading audited connections by NFLOG");
         Ok(Audit {
             sock,
+            group: args.audit_nflog_group,
             sinks: Sinks { file, stdout: args.audit_stdout, failing: false },
             node: node.to_string(),
             rate: args.audit_rate,
         })
     }
 
-    /// Reads and writes records until `stop`; returns on a socket error.
-    pub fn run(mut self, index: SharedIndex, metrics: Arc<AuditMetrics>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    /// Reads and writes records until `stop`. A socket that fails is bound again, with backoff;
+    /// `egret_audit_up` says whether records are being received.
+    pub fn run(mut self, index: SharedIndex, metrics: Arc<AuditMetrics>, stop: Arc<AtomicBool>) {
         // One bucket per verdict: a flood of denials must not silence the allowed records.
         let mut limit_allow = RateLimit::new(self.rate, Instant::now());
         let mut limit_deny = RateLimit::new(self.rate, Instant::now());
         let mut suppressed = Suppressed::default();
         let mut last_summary = Instant::now();
+        let mut failures = 0u32;
+        let mut retry_at = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            match self.sock.recv()? {
+            metrics.up.set(i64::from(self.sock.is_some()));
+            let Some(sock) = self.sock.as_mut() else {
+                if Instant::now() >= retry_at {
+                    match NflogSocket::bind(self.group, RECV_WAIT) {
+                        Ok(s) => {
+                            info!(group = self.group, "audit log: NFLOG group bound");
+                            self.sock = Some(s);
+                            failures = 0;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            retry_at = Instant::now() + rebind_delay(failures);
+                            warn!("audit log: {e}; retrying in {} s", rebind_delay(failures).as_secs());
+                        }
+                    }
+                }
+                std::thread::sleep(RECV_WAIT);
+                continue;
+            };
+            let received = match sock.recv() {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("audit log: {e}; binding the group again");
+                    self.sock = None;
+                    failures += 1;
+                    retry_at = Instant::now() + rebind_delay(failures);
+                    continue;
+                }
+            };
+            match received {
                 Received::Packets(packets) => {
-                    let idx = index.read().map(|i| i.clone()).unwrap_or_default();
+                    // A poisoned lock still holds the last index the datapath loop wrote.
+                    let idx = index.read().map(|i| i.clone()).unwrap_or_else(|e| e.into_inner().clone());
                     let time = format!("{:.6}", jiff::Timestamp::now());
                     for l in &packets {
                         match idx.record(l, time.clone()) {
@@ -276,9 +328,12 @@ impl Audit {
                 last_summary = Instant::now();
             }
         }
-        Ok(())
+        metrics.up.set(0);
     }
 }
+
+/// How long one read waits, which is also how soon a stop is noticed.
+const RECV_WAIT: Duration = Duration::from_millis(200);
 
 /// Records left out since the last summary line.
 #[derive(Debug, Default)]
@@ -365,6 +420,12 @@ mod tests {
     fn record_times_have_a_fixed_precision_so_they_sort_as_text() {
         let t = format!("{:.6}", jiff::Timestamp::from_second(1_800_000_000).unwrap());
         assert_eq!(t, "2027-01-15T08:00:00.000000Z");
+    }
+
+    #[test]
+    fn binding_again_backs_off_to_thirty_seconds() {
+        let waits: Vec<u64> = (1..=7).map(|f| rebind_delay(f).as_secs()).collect();
+        assert_eq!(waits, vec![2, 4, 8, 16, 30, 30, 30]);
     }
 
     #[test]

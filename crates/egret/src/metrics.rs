@@ -39,8 +39,10 @@ pub struct AuditMetrics {
     /// socket buffer was full, counted per overrun not per packet; `unknown_decision`,
     /// `unknown_pod`, `unreadable`).
     pub dropped: Family<Vec<(String, String)>, Counter>,
-    /// Failed writes to the audit log file.
+    /// Failed writes to the audit log file (or standard output).
     pub write_errors: Counter,
+    /// 1 while the NFLOG group is bound and records are received.
+    pub up: Gauge,
 }
 
 /// A metric's label pairs.
@@ -59,7 +61,7 @@ pub struct PolicyRuleCollector {
 
 impl Collector for PolicyRuleCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(idx) = self.index.read().map(|i| i.clone()) else { return Ok(()) };
+        let idx = self.index.read().map(|i| i.clone()).unwrap_or_else(|e| e.into_inner().clone());
         if idx.decisions().is_empty() {
             return Ok(());
         }
@@ -105,6 +107,11 @@ impl Metrics {
             "egret_audit_dropped",
             "Audited packets that gave no record, by reason",
             m.audit.dropped.clone(),
+        );
+        m.registry.register(
+            "egret_audit_up",
+            "1 while the audit log receives audited connections from the kernel",
+            m.audit.up.clone(),
         );
         m.registry.register(
             "egret_audit_write_errors",

@@ -351,7 +351,70 @@ mod tests {
         })
     }
 
+    /// The semantics written as plainly as possible, for the property test of [`evaluate`]:
+    /// every policy in order, every rule in order; a matching Pass skips the rest of its tier;
+    /// then NetworkPolicy isolation; then the first default of the policies not skipped.
+    fn reference(policies: &[&Policy], flow: &Flow) -> (Verdict, String) {
+        let mut skip = [false, false];
+        let mut first_default: Option<(&Policy, Verdict)> = None;
+        let mut isolated: Option<&PolicyId> = None;
+        for p in policies {
+            let slot = match p.id {
+                PolicyId::Cluster { .. } => Some(0),
+                PolicyId::Namespaced { .. } => Some(1),
+                PolicyId::NetworkPolicy { .. } => None,
+            };
+            if slot.is_some_and(|s| skip[s]) {
+                continue;
+            }
+            if slot.is_none() && isolated.is_none() {
+                isolated = Some(&p.id);
+            }
+            if first_default.is_none() && p.default_action.is_some() {
+                first_default = p.default_action.map(|d| (*p, d));
+            }
+            for r in &p.rules {
+                if !r.matches(flow) {
+                    continue;
+                }
+                match r.action {
+                    Action::Allow => return (Verdict::Allow, format!("{} rule {}", p.id, r.name)),
+                    Action::Deny => return (Verdict::Deny, format!("{} rule {}", p.id, r.name)),
+                    Action::Pass => {
+                        if let Some(s) = slot {
+                            skip[s] = true;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        match (isolated, first_default) {
+            (Some(id), _) => (Verdict::Deny, format!("isolation {id}")),
+            (None, Some((p, d))) => (d, format!("{} defaultAction", p.id)),
+            (None, None) => (Verdict::Allow, "nothing".into()),
+        }
+    }
+
+    fn summary(d: &Decision) -> (Verdict, String) {
+        let by = match &d.by {
+            DecidedBy::Rule { .. } | DecidedBy::Default { .. } => d.by.to_string(),
+            DecidedBy::Isolation { policy } => format!("isolation {policy}"),
+            DecidedBy::Nothing => "nothing".into(),
+        };
+        (d.verdict, by)
+    }
+
     proptest! {
+        /// `evaluate` (the decision procedure the compiler shares) agrees with the plain loop.
+        #[test]
+        fn evaluation_agrees_with_the_reference_loop(ps in arb_policies(), flows in prop::collection::vec(arb_flow(), 1..40)) {
+            let ordered = applicable(&ps, "ns", &Labels::new(), &Labels::new(), &Labels::new());
+            for f in &flows {
+                prop_assert_eq!(summary(&evaluate(&ordered, f)), reference(&ordered, f), "{:?}", f);
+            }
+        }
+
         /// The compiled cells give every connection the decision evaluation gives it.
         #[test]
         fn cells_agree_with_evaluation(ps in arb_policies(), flows in prop::collection::vec(arb_flow(), 1..40)) {

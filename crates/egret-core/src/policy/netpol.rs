@@ -4,7 +4,7 @@
 //! evaluation and compilation see plain [`Policy`]s of the NetworkPolicy tier.
 //!
 //! Kubernetes semantics: a policy applies to egress iff `policyTypes` contains `Egress`, or
-//! `policyTypes` is absent and `egress` is present. It selects pods of its namespace by
+//! `policyTypes` is absent or empty and `egress` has at least one rule. It selects pods of its namespace by
 //! `podSelector` (absent or empty: all). Every egress rule allows (rules are unioned; isolation
 //! is the tier's, see [`super::evaluate`]). Of the peers only `ipBlock` names destinations
 //! outside the cluster; `podSelector`/`namespaceSelector` peers name pods, which Egret does
@@ -46,7 +46,8 @@ pub fn validate_network_policies(list: &[NetworkPolicy]) -> ValidatedPolicies {
             named = false;
         }
         let spec = np.spec.clone().unwrap_or_default();
-        let egress = applies_to_egress(spec.policy_types.as_deref(), spec.egress.is_some(), &mut sink);
+        let has_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let egress = applies_to_egress(spec.policy_types.as_deref(), has_rules, &mut sink);
         let pods = match &spec.pod_selector {
             Some(s) => compile_selector(s, "spec.podSelector", &mut sink),
             None => Some(crate::selector::Selector::default()),
@@ -73,9 +74,13 @@ pub fn validate_network_policies(list: &[NetworkPolicy]) -> ValidatedPolicies {
     out
 }
 
-/// Kubernetes' defaulting: `policyTypes` lists `Egress`, or is absent and `egress` is given.
-fn applies_to_egress(types: Option<&[String]>, has_egress: bool, sink: &mut Sink) -> bool {
-    let Some(types) = types else { return has_egress };
+/// Whether the policy governs egress, with Kubernetes' defaulting: `policyTypes` absent or empty
+/// means Ingress, plus Egress when there is at least one egress rule.
+fn applies_to_egress(types: Option<&[String]>, has_egress_rules: bool, sink: &mut Sink) -> bool {
+    let types = types.unwrap_or_default();
+    if types.is_empty() {
+        return has_egress_rules;
+    }
     let mut egress = false;
     for (i, t) in types.iter().enumerate() {
         match t.as_str() {
@@ -356,6 +361,12 @@ spec:
         let web: &[(&str, &str)] = &[("role", "web")];
         let backend: &[(&str, &str)] = &[("app", "backend")];
         let union = format!("{DEFAULT_DENY_EGRESS}---\n{ALLOW_ALL_EGRESS}");
+        // Kubernetes' defaulting: `policyTypes` empty is the same as absent (Ingress, and Egress
+        // only with at least one egress rule).
+        let types_empty =
+            TEST_NETWORK_POLICY.replace("  policyTypes:\n  - Ingress\n  - Egress\n", "  policyTypes: []\n");
+        assert!(types_empty.contains("policyTypes: []"));
+        let no_egress_rules = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: default}\nspec:\n  podSelector: {}\n  egress: []\n";
         #[rustfmt::skip]
         let rows: &[Row] = &[
             // No NetworkPolicy: nothing isolates.
@@ -370,6 +381,9 @@ spec:
             (ALLOW_ALL_EGRESS, "default", db, "192.0.2.1", P::Tcp, 80, A),
             (ALLOW_ALL_EGRESS, "default", db, "192.0.2.1", P::Icmp, 0, A),
             (&union, "default", db, "192.0.2.1", P::Tcp, 80, A),
+            (&types_empty, "default", db, "10.0.0.7", P::Tcp, 5979, D),
+            (&types_empty, "default", db, "10.0.0.7", P::Tcp, 5978, A),
+            (no_egress_rules, "default", db, "192.0.2.1", P::Tcp, 80, A),
             // Ingress only: egress is not isolated.
             (DEFAULT_DENY_INGRESS, "default", db, "192.0.2.1", P::Tcp, 80, A),
             // test-network-policy: role=db may reach 10.0.0.0/24 on TCP 5978 only.

@@ -54,7 +54,8 @@ pub fn decision_chain(d: &Decision) -> Option<String> {
         return None;
     }
     let key = format!("{}|{}|{}|{}", d.by, d.verdict, d.log, d.silent);
-    Some(format!("fwd_{:012x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()) & 0xffff_ffff_ffff))
+    // All 64 bits: two decisions sharing a chain would share a verdict, a counter and records.
+    Some(format!("fwd_{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
 }
 
 /// Every decision the plan's firewall can make, by its chain: what the agent needs to name the
