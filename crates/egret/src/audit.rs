@@ -204,7 +204,8 @@ pub struct Audit {
     rate: u32,
 }
 
-/// Waits between attempts to bind the NFLOG group again: from 1 s, doubling, at most 30 s.
+/// Waits between attempts to bind the NFLOG group again: 2 s after the first failure, doubling,
+/// at most 30 s.
 fn rebind_delay(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
 }
