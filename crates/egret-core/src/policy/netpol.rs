@@ -190,7 +190,6 @@ fn ports(list: &[NetworkPolicyPort], at: &str, sink: &mut Sink, warn: &mut Sink)
                 continue;
             }
         };
-        let in_range = |v: i32| (1..=65535).contains(&v);
         let range = match (&p.port, p.end_port) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -211,20 +210,10 @@ fn ports(list: &[NetworkPolicyPort], at: &str, sink: &mut Sink, warn: &mut Sink)
                 continue;
             }
             (Some(IntOrString::Int(a)), end) => {
-                let (a, b) = (*a, end.unwrap_or(*a));
-                if !in_range(a) {
-                    sink.push(format!("{pat}.port"), format!("{a} is not a port (1..65535)"));
-                    continue;
+                match super::validate::port_range(i64::from(*a), end.map(i64::from), &pat, sink) {
+                    Some(r) => Some(r),
+                    None => continue,
                 }
-                if !in_range(b) {
-                    sink.push(format!("{pat}.endPort"), format!("{b} is not a port (1..65535)"));
-                    continue;
-                }
-                if b < a {
-                    sink.push(format!("{pat}.endPort"), format!("{b} is below port {a}; endPort must be >= port"));
-                    continue;
-                }
-                Some((a as u16, b as u16))
             }
         };
         out.push(PortMatch { protocol, ports: range });

@@ -137,6 +137,26 @@ fn default_action(v: Option<&str>, sink: &mut Sink) -> Option<Verdict> {
     }
 }
 
+/// `port` .. `endPort` (absent: `port` alone) as a port range, or the problem named at
+/// `{at}.port` / `{at}.endPort`. Shared by Egret's policies and NetworkPolicies.
+pub(crate) fn port_range(a: i64, end: Option<i64>, at: &str, sink: &mut Sink) -> Option<(u16, u16)> {
+    let b = end.unwrap_or(a);
+    let in_range = |v: i64| (1..=65535).contains(&v);
+    if !in_range(a) {
+        sink.push(format!("{at}.port"), format!("{a} is not a port (1..65535)"));
+        return None;
+    }
+    if !in_range(b) {
+        sink.push(format!("{at}.endPort"), format!("{b} is not a port (1..65535)"));
+        return None;
+    }
+    if b < a {
+        sink.push(format!("{at}.endPort"), format!("{b} is below port {a}; endPort must be >= port"));
+        return None;
+    }
+    Some((a as u16, b as u16))
+}
+
 /// Whether denied connections are dropped silently (`denyResponse: Drop`).
 fn silent(v: Option<&str>, sink: &mut Sink) -> bool {
     match v {
@@ -258,23 +278,10 @@ fn rules(list: &[EgressRule], sink: &mut Sink) -> Vec<Rule> {
                     sink.push(format!("{pat}.port"), "ICMP has no ports; leave port and endPort out");
                     continue;
                 }
-                (Some(a), end) => {
-                    let b = end.unwrap_or(a);
-                    let in_range = |v: i64| (1..=65535).contains(&v);
-                    if !in_range(a) {
-                        sink.push(format!("{pat}.port"), format!("{a} is not a port (1..65535)"));
-                        continue;
-                    }
-                    if !in_range(b) {
-                        sink.push(format!("{pat}.endPort"), format!("{b} is not a port (1..65535)"));
-                        continue;
-                    }
-                    if b < a {
-                        sink.push(format!("{pat}.endPort"), format!("{b} is below port {a}; endPort must be >= port"));
-                        continue;
-                    }
-                    Some((a as u16, b as u16))
-                }
+                (Some(a), end) => match port_range(a, end, &pat, sink) {
+                    Some(r) => Some(r),
+                    None => continue,
+                },
             };
             ports.push(PortMatch { protocol, ports: range });
         }
