@@ -29,17 +29,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn iperf(topo: &Topology, secs: u32) -> f64 {
-    let out = topo
-        .pod("web-1")
-        .unwrap()
-        .ns
-        .exec("iperf3", &["-c", &DB_A.to_string(), "-t", &secs.to_string(), "-P", "4", "-J"])
-        .expect("iperf3 client");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second")
-}
-
 /// The port of the acceptor that counts connections (accepts and drops each at once).
 const ACCEPT_PORT: u16 = 9000;
 
@@ -67,11 +56,6 @@ fn connections(topo: &Topology, secs: u32) -> f64 {
         n as f64 / start.elapsed().as_secs_f64()
     })
     .unwrap()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn cluster_policy(name: &str, priority: i64, rules: &str, default: &str) -> egret_api::v1alpha1::ClusterEgressPolicy {
@@ -186,7 +170,7 @@ fn main() {
             assert!(r.drift.is_empty(), "{r:?}");
             let synced = t.elapsed();
             assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
-            let bulk = iperf(&topo, secs);
+            let bulk = iperf(&topo, secs, 4);
             let conns = connections(&topo, secs);
             println!(
                 "round {}: {name}: bulk {:.2} Gbit/s, {:.0} connections/s (synced in {} ms, nft transaction {} ms)",

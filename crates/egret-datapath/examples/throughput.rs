@@ -23,22 +23,6 @@ mod common;
 use common::*;
 use egret_netns::{DB_A, Topology, TopologySpec};
 
-fn iperf(topo: &Topology, secs: u32) -> f64 {
-    let out = topo
-        .pod("web-1")
-        .unwrap()
-        .ns
-        .exec("iperf3", &["-c", &DB_A.to_string(), "-t", &secs.to_string(), "-J"])
-        .expect("iperf3 client");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     if let Some(why) = egret_netns::skip_reason(&["ip", "nft", "iperf3"]) {
         eprintln!("cannot run: {why}");
@@ -67,7 +51,7 @@ fn main() {
         // Egret.
         sync_all(&topo, &mut dps, &plan);
         assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
-        let e = iperf(&topo, secs);
+        let e = iperf(&topo, secs, 1);
         let table = cfg.table(dps[0].peer_id(n2_ip).expect("node-1 has a local id for node-2")).to_string();
         // Baseline: same tunnel, no Egret table.
         for i in 1..=2 {
@@ -84,7 +68,7 @@ fn main() {
         topo.router.ip(&["route", "add", n1_tunnel, "via", &n2_ip.to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
         assert_eq!(seen.to_string(), n1_tunnel.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
-        let b = iperf(&topo, secs);
+        let b = iperf(&topo, secs, 1);
         n1.ip(&["rule", "del", "pref", "1600"]).unwrap();
         n1.ip(&["addr", "add", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
         n1.ip(&["addr", "del", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();

@@ -87,7 +87,8 @@ pub struct RotatingFile {
     size: u64,
 }
 
-fn rotated(path: &Path, n: u32) -> PathBuf {
+/// The `n`th rotated file of `path` (`PATH.n`; 1 is the newest).
+pub(crate) fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
     PathBuf::from(s)

@@ -218,3 +218,25 @@ pub fn quiesce() {
 pub fn counter(topo: &Topology, dp: &Datapath, i: usize, egress: &str) -> egret_datapath::Counter {
     topo.node(i).ns.run(|| dp.counters()).unwrap().unwrap().get(egress).copied().unwrap_or_default()
 }
+
+/// Bits per second iperf3 measured from pod web-1 to db-a over `secs`, with `streams` parallel
+/// TCP streams (the benchmark examples; needs `iperf3 -s` on db-a).
+pub fn iperf(topo: &Topology, secs: u32, streams: u32) -> f64 {
+    let out = topo
+        .pod("web-1")
+        .expect("pod web-1")
+        .ns
+        .exec(
+            "iperf3",
+            &["-c", &egret_netns::DB_A.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"],
+        )
+        .expect("iperf3 client");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second")
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}

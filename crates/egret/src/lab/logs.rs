@@ -14,14 +14,7 @@ pub fn audit_log(st: &LabState, node: &str) -> PathBuf {
 
 /// A file's lines, and its rotated predecessors' before them (`.N` oldest ... `.1`).
 fn history(path: &Path) -> Vec<String> {
-    let mut files: Vec<PathBuf> = (1..=64)
-        .map(|n| {
-            let mut s = path.as_os_str().to_owned();
-            s.push(format!(".{n}"));
-            PathBuf::from(s)
-        })
-        .take_while(|p| p.exists())
-        .collect();
+    let mut files: Vec<PathBuf> = (1..=64).map(|n| crate::audit::rotated(path, n)).take_while(|p| p.exists()).collect();
     files.reverse();
     files.push(path.to_path_buf());
     files
