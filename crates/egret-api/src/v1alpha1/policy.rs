@@ -112,6 +112,11 @@ pub struct EgressPeer {
     /// Parts of `cidrs` the rule does not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub except: Vec<String>,
+    /// Domain names (Allow rules only, instead of `cidrs`): the addresses the pod's DNS answers
+    /// for these names hold, while their TTL lasts. `*` matches within one label,
+    /// a leading `**.` one or more labels; international names in punycode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fqdns: Vec<String>,
 }
 
 /// A protocol, with a port or port range for TCP, UDP and SCTP.

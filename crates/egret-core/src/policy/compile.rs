@@ -8,7 +8,10 @@
 //! its points, which is exact because no rule's match changes inside a cell. Cells that end
 //! like a connection no rule matches (the [`CompiledSet::fallback`]) are left out.
 
-use super::{Decision, Flow, FlowProto, Policy, Protocol, Rule, decide};
+use super::{
+    DecidedBy, Decision, Flow, FlowProto, FqdnPattern, Learned, NothingLearned, Policy, PolicyId, Protocol, Rule,
+    decide,
+};
 use crate::net::{Family, from_u128, to_u128};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -36,8 +39,31 @@ pub struct Cell {
     pub proto: ProtoClass,
     /// Destination ports, for TCP, UDP and SCTP.
     pub ports: Ports,
-    /// The decision.
+    /// The decision when no name rule holds the destination.
     pub decision: Decision,
+    /// Name rules that decide here when they hold the destination, in evaluation order: the
+    /// first that holds it decides (index into [`CompiledSet::names`], and its decision).
+    pub named: Vec<(usize, Decision)>,
+}
+
+/// A name rule of a compiled set: its destinations are the addresses learned for its names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct NameRule {
+    /// Its policy.
+    pub policy: PolicyId,
+    /// Its name in the policy.
+    pub rule: String,
+    /// Its patterns.
+    pub fqdns: Vec<FqdnPattern>,
+}
+
+/// Only this rule holds the destination.
+struct Only<'a>(&'a Rule);
+
+impl Learned for Only<'_> {
+    fn holds(&self, _: usize, r: &Rule) -> bool {
+        std::ptr::eq(self.0, r)
+    }
 }
 
 /// The compiled decisions for one ordered list of policies.
@@ -47,6 +73,8 @@ pub struct CompiledSet {
     pub fallback: Decision,
     /// Disjoint cells, by family, protocol, ports and destination.
     pub cells: Vec<Cell>,
+    /// The name rules among the policies, in evaluation order.
+    pub names: Vec<NameRule>,
 }
 
 const PORTED: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
@@ -119,10 +147,21 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
         policies,
         std::iter::empty(),
         &Flow { dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), proto: FlowProto::Other(255), port: 0 },
+        &NothingLearned,
     );
     // Every rule with the index of its policy, in evaluation order.
     let rules: Vec<(usize, &Rule)> =
         policies.iter().enumerate().flat_map(|(i, p)| p.rules.iter().map(move |r| (i, r))).collect();
+    let names: Vec<NameRule> = rules
+        .iter()
+        .filter(|(_, r)| r.is_named())
+        .filter_map(|(i, r)| {
+            Some(NameRule { policy: policies.get(*i)?.id.clone(), rule: r.name.clone(), fqdns: r.fqdns.clone() })
+        })
+        .collect();
+    // Index into `names` of each named rule, by its place in `rules`.
+    let name_index: BTreeMap<usize, usize> =
+        rules.iter().enumerate().filter(|(_, (_, r))| r.is_named()).enumerate().map(|(k, (g, _))| (g, k)).collect();
     let mut cells = Vec::new();
     for fam in [Family::V4, Family::V6] {
         // Rule g starts covering at `a` and stops after `b`.
@@ -148,11 +187,30 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
                 active.insert(*g);
             }
             let here: Vec<(usize, &Rule)> = active.iter().filter_map(|g| rules.get(*g).copied()).collect();
+            // Name rules cover every address (which ones they hold is learned at run time).
+            let here_named: Vec<(usize, usize, &Rule)> = active
+                .iter()
+                .filter_map(|g| Some((*name_index.get(g)?, *rules.get(*g)?)))
+                .map(|(k, (i, r))| (k, i, r))
+                .collect();
             let dst = (from_u128(fam, a), from_u128(fam, b));
             let mut push = |proto: ProtoClass, ports: Ports, flow: Flow| {
-                let decision = decide(policies, here.iter().copied(), &flow);
-                if decision != fallback {
-                    cells.push(Cell { dst, proto, ports, decision });
+                let decision = decide(policies, here.iter().copied(), &flow, &NothingLearned);
+                // A name rule decides here if, holding the destination alone, it is the one that
+                // decides. Name rules only allow and never pass, so whether one decides does not
+                // depend on the others: the first holder that decides alone decides.
+                let named: Vec<(usize, Decision)> = here_named
+                    .iter()
+                    .filter(|(_, _, r)| r.matches_ports(&flow))
+                    .filter_map(|&(k, i, r)| {
+                        let d = decide(policies, here.iter().copied(), &flow, &Only(r));
+                        let by_it = matches!(&d.by, DecidedBy::Rule { policy, rule }
+                            if policies.get(i).is_some_and(|p| &p.id == policy) && rule == &r.name);
+                        by_it.then_some((k, d))
+                    })
+                    .collect();
+                if decision != fallback || !named.is_empty() {
+                    cells.push(Cell { dst, proto, ports, decision, named });
                 }
             };
             for proto in PORTED {
@@ -174,7 +232,7 @@ pub fn compile(policies: &[&Policy]) -> CompiledSet {
             push(ProtoClass::Other, None, Flow { dst: dst.0, proto: FlowProto::Other(255), port: 0 });
         }
     }
-    CompiledSet { fallback, cells: merge(cells) }
+    CompiledSet { fallback, cells: merge(cells), names }
 }
 
 /// Joins cells that differ only by adjacent destination ranges.
@@ -193,6 +251,7 @@ fn merge(mut cells: Vec<Cell>) -> Vec<Cell> {
             && last.proto == c.proto
             && last.ports == c.ports
             && last.decision == c.decision
+            && last.named == c.named
             && Family::of(&last.dst.1) == Family::of(&c.dst.0)
             && to_u128(&last.dst.1).checked_add(1) == Some(to_u128(&c.dst.0))
         {
@@ -205,8 +264,20 @@ fn merge(mut cells: Vec<Cell>) -> Vec<Cell> {
 }
 
 impl CompiledSet {
-    /// The decision for `flow` read from the cells, as a datapath would find it.
+    /// Whether a name rule can decide anything here (the pods of this set need their DNS
+    /// answers read).
+    pub fn has_names(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// The decision for `flow` when no name rule holds its destination.
     pub fn lookup(&self, flow: &Flow) -> &Decision {
+        self.lookup_learned(flow, |_| false)
+    }
+
+    /// The decision for `flow` read from the cells, as a datapath would find it, with
+    /// `holds(k)` saying whether name rule `k` (of [`CompiledSet::names`]) holds the destination.
+    pub fn lookup_learned(&self, flow: &Flow, holds: impl Fn(usize) -> bool) -> &Decision {
         let x = to_u128(&flow.dst);
         let fam = Family::of(&flow.dst);
         let (proto, port) = match flow.proto {
@@ -226,7 +297,7 @@ impl CompiledSet {
                         _ => false,
                     }
             })
-            .map_or(&self.fallback, |c| &c.decision)
+            .map_or(&self.fallback, |c| c.named.iter().find(|(k, _)| holds(*k)).map_or(&c.decision, |(_, d)| d))
     }
 }
 
@@ -264,6 +335,43 @@ mod tests {
     }
 
     #[test]
+    fn name_rules_decide_where_nothing_earlier_does() {
+        let p = mk_cluster(
+            "names",
+            1,
+            vec![
+                mk_rule("no-bad", Action::Deny, &["198.51.100.0/24"], &[], &[]),
+                mk_named("github", &["api.github.test"], &[(Protocol::Tcp, Some((443, 443)))]),
+                mk_named("google", &["**.googleapis.test"], &[(Protocol::Tcp, None)]),
+            ],
+            Some(Verdict::Deny),
+        );
+        let c = compile(&[&p]);
+        assert_eq!(c.names.len(), 2);
+        assert!(c.has_names());
+        // Unlearned: the default denies; learned by github: allowed on 443 only.
+        let f = tcp("203.0.113.5", 443);
+        assert_eq!(c.lookup(&f).by.to_string(), "ClusterEgressPolicy names defaultAction");
+        assert_eq!(c.lookup_learned(&f, |k| k == 0).by.to_string(), "ClusterEgressPolicy names rule github");
+        assert_eq!(c.lookup_learned(&tcp("203.0.113.5", 80), |k| k == 0).verdict, Verdict::Deny);
+        // Both hold it: the first in order decides; only google on other ports.
+        assert_eq!(c.lookup_learned(&f, |_| true).by.to_string(), "ClusterEgressPolicy names rule github");
+        assert_eq!(
+            c.lookup_learned(&tcp("203.0.113.5", 80), |_| true).by.to_string(),
+            "ClusterEgressPolicy names rule google"
+        );
+        // The deny before them wins even for a learned address.
+        assert_eq!(
+            c.lookup_learned(&tcp("198.51.100.8", 443), |_| true).by.to_string(),
+            "ClusterEgressPolicy names rule no-bad"
+        );
+        // Trace's view: a destination learned as a name.
+        let d = evaluate_learned(&[&p], &f, &LearnedAs("API.github.test."));
+        assert_eq!(d.by.to_string(), "ClusterEgressPolicy names rule github");
+        assert_eq!(evaluate_learned(&[&p], &f, &LearnedAs("evil.test")).verdict, Verdict::Deny);
+    }
+
+    #[test]
     fn no_policies_compile_to_nothing() {
         let c = compile(&[]);
         assert!(c.cells.is_empty());
@@ -293,15 +401,50 @@ mod tests {
             prop::collection::vec(arb_net(), 0..2),
             prop::collection::vec(port, 0..3),
             any::<bool>(),
+            0..5u8,
         )
-            .prop_map(|(action, to, except, ports, log)| Rule {
-                name: "r".into(),
-                action: [Action::Allow, Action::Deny, Action::Pass][action],
-                to,
-                except,
-                ports: ports.into_iter().map(|(protocol, ports)| PortMatch { protocol, ports }).collect(),
-                log,
+            .prop_map(|(action, to, except, ports, log, named)| {
+                let mut r = Rule {
+                    name: "r".into(),
+                    action: [Action::Allow, Action::Deny, Action::Pass][action],
+                    to,
+                    except,
+                    ports: ports.into_iter().map(|(protocol, ports)| PortMatch { protocol, ports }).collect(),
+                    log,
+                    fqdns: Vec::new(),
+                };
+                // One rule in five is a name rule (Allow, no CIDRs).
+                if named == 0 {
+                    r.action = Action::Allow;
+                    r.to.clear();
+                    r.except.clear();
+                    r.fqdns = vec![FqdnPattern::parse("*.test").unwrap()];
+                }
+                r
             })
+    }
+
+    /// A random choice of which name rules hold a destination, by the rule's place among all
+    /// rules of the ordered policies.
+    struct Mask<'a>(&'a [&'a Policy], u64);
+
+    impl Mask<'_> {
+        fn place(&self, policy: &PolicyId, rule: &str) -> Option<usize> {
+            self.0
+                .iter()
+                .flat_map(|p| p.rules.iter().map(move |r| (&p.id, r.name.as_str())))
+                .position(|(p, r)| p == policy && r == rule)
+        }
+
+        fn has(&self, policy: &PolicyId, rule: &str) -> bool {
+            self.place(policy, rule).is_some_and(|k| k < 64 && self.1 & (1 << k) != 0)
+        }
+    }
+
+    impl Learned for Mask<'_> {
+        fn holds(&self, policy: usize, r: &Rule) -> bool {
+            self.0.get(policy).is_some_and(|p| self.has(&p.id, &r.name))
+        }
     }
 
     fn arb_policies() -> impl Strategy<Value = Vec<Policy>> {
@@ -354,7 +497,7 @@ mod tests {
     /// The semantics written as plainly as possible, for the property test of [`evaluate`]:
     /// every policy in order, every rule in order; a matching Pass skips the rest of its tier;
     /// then NetworkPolicy isolation; then the first default of the policies not skipped.
-    fn reference(policies: &[&Policy], flow: &Flow) -> (Verdict, String) {
+    fn reference(policies: &[&Policy], flow: &Flow, learned: &Mask) -> (Verdict, String) {
         let mut skip = [false, false];
         let mut first_default: Option<(&Policy, Verdict)> = None;
         let mut isolated: Option<&PolicyId> = None;
@@ -374,7 +517,12 @@ mod tests {
                 first_default = p.default_action.map(|d| (*p, d));
             }
             for r in &p.rules {
-                if !r.matches(flow) {
+                let hit = if r.fqdns.is_empty() {
+                    r.matches(flow)
+                } else {
+                    r.matches_ports(flow) && learned.has(&p.id, &r.name)
+                };
+                if !hit {
                     continue;
                 }
                 match r.action {
@@ -408,20 +556,24 @@ mod tests {
     proptest! {
         /// `evaluate` (the decision procedure the compiler shares) agrees with the plain loop.
         #[test]
-        fn evaluation_agrees_with_the_reference_loop(ps in arb_policies(), flows in prop::collection::vec(arb_flow(), 1..40)) {
+        fn evaluation_agrees_with_the_reference_loop(ps in arb_policies(), flows in prop::collection::vec((arb_flow(), any::<u64>()), 1..40)) {
             let ordered = applicable(&ps, "ns", &Labels::new(), &Labels::new(), &Labels::new());
-            for f in &flows {
-                prop_assert_eq!(summary(&evaluate(&ordered, f)), reference(&ordered, f), "{:?}", f);
+            for (f, bits) in &flows {
+                let learned = Mask(&ordered, *bits);
+                prop_assert_eq!(summary(&evaluate_learned(&ordered, f, &learned)), reference(&ordered, f, &learned), "{:?}", f);
             }
         }
 
         /// The compiled cells give every connection the decision evaluation gives it.
         #[test]
-        fn cells_agree_with_evaluation(ps in arb_policies(), flows in prop::collection::vec(arb_flow(), 1..40)) {
+        fn cells_agree_with_evaluation(ps in arb_policies(), flows in prop::collection::vec((arb_flow(), any::<u64>()), 1..40)) {
             let ordered = applicable(&ps, "ns", &Labels::new(), &Labels::new(), &Labels::new());
             let c = compile(&ordered);
-            for f in &flows {
+            for (f, bits) in &flows {
+                let learned = Mask(&ordered, *bits);
                 prop_assert_eq!(c.lookup(f), &evaluate(&ordered, f), "{:?}", f);
+                let holds = |k: usize| c.names.get(k).is_some_and(|n| learned.has(&n.policy, &n.rule));
+                prop_assert_eq!(c.lookup_learned(f, holds), &evaluate_learned(&ordered, f, &learned), "{:?} {:b}", f, bits);
             }
         }
 

@@ -14,10 +14,12 @@
 //! a `Pass` skipped are not) decides; without one the connection is allowed.
 
 mod compile;
+pub mod fqdn;
 pub mod netpol;
 pub mod validate;
 
-pub use compile::{Cell, CompiledSet, Ports, ProtoClass, compile};
+pub use compile::{Cell, CompiledSet, NameRule, Ports, ProtoClass, compile};
+pub use fqdn::FqdnPattern;
 pub use netpol::validate_network_policies;
 pub use validate::{ValidatedPolicies, validate_policies};
 
@@ -123,6 +125,36 @@ pub struct Rule {
     pub ports: Vec<PortMatch>,
     /// Audit every new connection it decides.
     pub log: bool,
+    /// Name patterns (an Allow rule only, with `to` and `except` empty): the rule matches the
+    /// addresses DNS answers for these names gave the pod, which the datapath learns at run
+    /// time; see [`Learned`].
+    pub fqdns: Vec<FqdnPattern>,
+}
+
+/// Which name rules hold a connection's destination among their learned addresses: the run-time
+/// state a name rule's match depends on. The index is the rule's policy in the ordered list.
+pub trait Learned {
+    /// Whether rule `r` of policy number `policy` has learned the destination.
+    fn holds(&self, policy: usize, r: &Rule) -> bool;
+}
+
+/// No addresses learned: name rules match nothing.
+pub struct NothingLearned;
+
+impl Learned for NothingLearned {
+    fn holds(&self, _: usize, _: &Rule) -> bool {
+        false
+    }
+}
+
+/// The destination was learned as this name (`egret trace --name`): every name rule with a
+/// pattern matching it holds it.
+pub struct LearnedAs<'a>(pub &'a str);
+
+impl Learned for LearnedAs<'_> {
+    fn holds(&self, _: usize, r: &Rule) -> bool {
+        r.fqdns.iter().any(|p| p.matches(self.0))
+    }
 }
 
 /// Which policy: its kind, name and (for ordering) priority.
@@ -264,12 +296,23 @@ pub struct Flow {
 }
 
 impl Rule {
-    /// Whether the rule matches the connection.
+    /// Whether this is a name rule (its destinations are learned from DNS answers).
+    pub fn is_named(&self) -> bool {
+        !self.fqdns.is_empty()
+    }
+
+    /// Whether the rule matches the connection by its CIDRs and ports; a name rule never does
+    /// here (its destinations are learned: see [`Rule::matches_ports`] and [`Learned`]).
     pub fn matches(&self, f: &Flow) -> bool {
         let to = self.to.is_empty() || self.to.iter().any(|n| n.contains(&f.dst));
-        if !to || self.except.iter().any(|n| n.contains(&f.dst)) {
+        if self.is_named() || !to || self.except.iter().any(|n| n.contains(&f.dst)) {
             return false;
         }
+        self.matches_ports(f)
+    }
+
+    /// Whether the rule's protocols and ports match the connection.
+    pub fn matches_ports(&self, f: &Flow) -> bool {
         self.ports.is_empty()
             || self.ports.iter().any(|p| match f.proto {
                 FlowProto::Named(proto) if proto == p.protocol => {
@@ -335,8 +378,13 @@ pub struct Decision {
 /// The decision for `flow` from a pod the `policies` apply to, given in evaluation order
 /// (see [`PolicyId`]'s order; [`applicable`] returns them so).
 pub fn evaluate(policies: &[&Policy], flow: &Flow) -> Decision {
+    evaluate_learned(policies, flow, &NothingLearned)
+}
+
+/// [`evaluate`], with name rules matching what `learned` holds.
+pub fn evaluate_learned(policies: &[&Policy], flow: &Flow, learned: &dyn Learned) -> Decision {
     let all = policies.iter().enumerate().flat_map(|(i, p)| p.rules.iter().map(move |r| (i, r)));
-    decide(policies, all, flow)
+    decide(policies, all, flow, learned)
 }
 
 /// [`evaluate`] given only the rules that may match `flow`, as `(index of its policy in
@@ -347,6 +395,7 @@ pub(crate) fn decide<'a>(
     policies: &[&Policy],
     candidates: impl IntoIterator<Item = (usize, &'a Rule)>,
     flow: &Flow,
+    learned: &dyn Learned,
 ) -> Decision {
     // Where a matching Pass stopped each tier: that policy's later rules and every later
     // policy of the tier are skipped.
@@ -359,7 +408,8 @@ pub(crate) fn decide<'a>(
     for (i, r) in candidates {
         let Some(p) = policies.get(i) else { continue };
         let slot = tier_slot(p.id.tier());
-        if slot.and_then(|s| pass_at[s]).is_some_and(|k| i >= k) || !r.matches(flow) {
+        let hit = if r.is_named() { r.matches_ports(flow) && learned.holds(i, r) } else { r.matches(flow) };
+        if slot.and_then(|s| pass_at[s]).is_some_and(|k| i >= k) || !hit {
             continue;
         }
         let verdict = match r.action {
@@ -503,6 +553,17 @@ pub(crate) mod testing {
             except: except.iter().map(|c| c.parse().unwrap_or_else(|_| panic!("bad CIDR {c}"))).collect(),
             ports: ports.iter().map(|&(protocol, ports)| PortMatch { protocol, ports }).collect(),
             log: false,
+            fqdns: Vec::new(),
+        }
+    }
+
+    pub fn mk_named(name: &str, fqdns: &[&str], ports: &[(Protocol, Option<(u16, u16)>)]) -> Rule {
+        Rule {
+            fqdns: fqdns
+                .iter()
+                .map(|f| FqdnPattern::parse(f).unwrap_or_else(|e| panic!("bad pattern {f}: {e}")))
+                .collect(),
+            ..mk_rule(name, Action::Allow, &[], &[], ports)
         }
     }
 

@@ -140,6 +140,7 @@ fn egress_rules(list: &[NetworkPolicyEgressRule], sink: &mut Sink, warn: &mut Si
             except,
             ports: ports.clone(),
             log: false,
+            fqdns: Vec::new(),
         }));
     }
     out

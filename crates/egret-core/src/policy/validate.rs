@@ -2,7 +2,7 @@
 //! and problems out. A policy with any problem is left out whole (never half-applied) and each
 //! problem names its field, e.g. `spec.rules[1].ports[0].endPort`.
 
-use super::{Action, PolicyId, PortMatch, Protocol, Rule, Verdict};
+use super::{Action, FqdnPattern, PolicyId, PortMatch, Protocol, Rule, Verdict};
 use crate::model::AppliedTo;
 use crate::validate::{Problem, Sink, check_name, compile, parse_cidr, parse_ip};
 use egret_api::v1alpha1::{self as api, EgressRule};
@@ -236,6 +236,30 @@ fn rules(list: &[EgressRule], sink: &mut Sink) -> Vec<Rule> {
                 Action::Deny
             }
         };
+        let mut fqdns = Vec::new();
+        if let Some(peer) = &r.to {
+            for (j, f) in peer.fqdns.iter().enumerate() {
+                match FqdnPattern::parse(f) {
+                    Ok(p) if fqdns.contains(&p) => {
+                        sink.push(format!("{at}.to.fqdns[{j}]"), format!("{p} is listed twice"));
+                    }
+                    Ok(p) => fqdns.push(p),
+                    Err(why) => sink.push(format!("{at}.to.fqdns[{j}]"), why.to_string()),
+                }
+            }
+            if !peer.fqdns.is_empty() && !(peer.cidrs.is_empty() && peer.except.is_empty()) {
+                sink.push(
+                    format!("{at}.to"),
+                    "names fqdns and cidrs/except together; a rule matches either names or addresses: write two rules",
+                );
+            }
+            if !peer.fqdns.is_empty() && action != Action::Allow {
+                sink.push(
+                    format!("{at}.to.fqdns"),
+                    "is only allowed in Allow rules: one address can serve many names, so denying or passing by name cannot be exact; deny by CIDR, or allow the names you want under a default deny",
+                );
+            }
+        }
         let (to, except) = match &r.to {
             Some(peer) => {
                 let to = nets(&peer.cidrs, &format!("{at}.to.cidrs"), sink);
@@ -285,7 +309,7 @@ fn rules(list: &[EgressRule], sink: &mut Sink) -> Vec<Rule> {
             };
             ports.push(PortMatch { protocol, ports: range });
         }
-        out.push(Rule { name: r.name.clone(), action, to, except, ports, log: r.log });
+        out.push(Rule { name: r.name.clone(), action, to, except, ports, log: r.log, fqdns });
     }
     out
 }
@@ -396,5 +420,31 @@ spec:
         let v = validate_policies(&[], &[ok.clone(), ok]);
         assert_eq!(v.policies.len(), 1);
         assert!(v.problems[0].reason.starts_with("duplicate EgressPolicy \"team-a/p\""), "{:?}", v.problems);
+    }
+
+    #[test]
+    fn name_rules_validate_and_bad_ones_say_why() {
+        let named = GOOD.replace(
+            "  defaultAction: Deny",
+            "  - name: names\n    action: Allow\n    to: {fqdns: [api.github.com, \"*.googleapis.com\", \"**.corp.example.\"]}\n    ports: [{port: 443}]\n  defaultAction: Deny",
+        );
+        let v = validate_policies(&[cluster(&named)], &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let fq: Vec<&str> = v.policies[0].rules[1].fqdns.iter().map(|p| p.as_str()).collect();
+        assert_eq!(fq, ["api.github.com", "*.googleapis.com", "**.corp.example"]);
+        let bad = GOOD.replace(
+            "  defaultAction: Deny",
+            "  - name: deny-names\n    action: Deny\n    to: {fqdns: [\"*.example.com\"]}\n  - name: both\n    action: Allow\n    to: {cidrs: [192.0.2.0/24], fqdns: [a.test]}\n  - name: bad\n    action: Allow\n    to: {fqdns: [bücher.example, \"a.**.test\", a.test, A.test.]}\n  defaultAction: Deny",
+        );
+        let got = problems(&[cluster(&bad)], &[]);
+        for want in [
+            "spec.rules[1].to.fqdns: is only allowed in Allow rules: one address can serve many names",
+            "spec.rules[2].to: names fqdns and cidrs/except together",
+            "spec.rules[3].to.fqdns[0]: \"bücher.example\" is not ASCII; write international names in punycode: \"xn--bcher-kva.example\"",
+            "spec.rules[3].to.fqdns[1]: \"a.**.test\": '**' is only allowed as a whole leading label",
+            "spec.rules[3].to.fqdns[3]: a.test is listed twice",
+        ] {
+            assert!(got.iter().any(|g| g.starts_with(want)), "missing {want:?} in {got:#?}");
+        }
     }
 }
