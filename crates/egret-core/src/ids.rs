@@ -12,8 +12,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The largest id; 0 means "no peer" (Egret's mark bits clear).
-pub const MAX_ID: u16 = u16::MAX;
+/// The largest id; 0 means "no peer" (Egret's mark bits clear), and [`DNS_PROXY_ID`] is taken.
+pub const MAX_ID: u16 = u16::MAX - 1;
+
+/// The mark value (as an id) of DNS queries handed to the node's DNS proxy.
+pub const DNS_PROXY_ID: u16 = u16::MAX;
 
 /// More peers are needed than there are ids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

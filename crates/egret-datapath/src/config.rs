@@ -45,6 +45,9 @@ pub struct Config {
     pub conntrack: String,
     /// The NFLOG group audited connections are sent to (the agent's audit log reads it).
     pub audit_group: u16,
+    /// The port of the node's DNS proxy on loopback (`127.0.0.1` and `::1`, UDP and TCP), where
+    /// the DNS queries of pods under name rules are handed (TPROXY).
+    pub dns_proxy_port: u16,
 }
 
 /// The NFLOG group of the audit log unless configured: one no common tool defaults to (ulogd
@@ -69,9 +72,13 @@ impl Default for Config {
             nft: "nft".into(),
             conntrack: "conntrack".into(),
             audit_group: DEFAULT_AUDIT_GROUP,
+            dns_proxy_port: DEFAULT_DNS_PROXY_PORT,
         }
     }
 }
+
+/// The DNS proxy's port unless configured.
+pub const DEFAULT_DNS_PROXY_PORT: u16 = 15353;
 
 /// The nft table Egret owns.
 pub const TABLE: &str = "egret";
@@ -119,6 +126,17 @@ impl Config {
     /// The mark value meaning "route through the tunnel to the peer with local id `id`".
     pub fn mark(&self, id: u16) -> u32 {
         (id as u32) << self.mark_shift
+    }
+
+    /// The mark of DNS queries handed to the DNS proxy (policy routing delivers them locally).
+    pub fn dns_mark(&self) -> u32 {
+        self.mark(egret_core::ids::DNS_PROXY_ID)
+    }
+
+    /// The routing table delivering marked DNS queries to the proxy (`local` default routes):
+    /// the one below the peers' tables (ids start at 1).
+    pub fn dns_table(&self) -> u32 {
+        self.table_base
     }
 
     /// The routing table holding the route through the tunnel to the peer with local id `id`.

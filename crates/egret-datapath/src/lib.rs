@@ -19,6 +19,7 @@ pub mod announce;
 pub mod audit;
 pub mod config;
 pub mod conntrack;
+pub mod dnsroute;
 pub mod link;
 pub mod nflog;
 pub mod nft;
@@ -253,6 +254,7 @@ impl Datapath {
         let (links, added_hosted) = rt.block_on(async {
             let net = Net::connect()?;
             let links = net.ensure_links(&cfg, plan, &mut report.changes).await?;
+            report.changes.extend(dnsroute::ensure(&net.handle, &cfg).await?);
             // Forwarding, and loose reverse-path filtering on the tunnel only: pod sources
             // arrive through it although the main table routes them elsewhere.
             net.ensure_inet_conf(&cfg.vxlan_name, 1, 2, &mut report.changes).await?;
@@ -541,6 +543,7 @@ pub fn cleanup(cfg: &Config) -> Result<CleanupReport, DatapathError> {
             report.removed.push(item.to_string());
         }
         report.removed.extend(net.delete_links(cfg).await?);
+        report.removed.extend(dnsroute::remove(&net.handle, cfg).await?);
         Ok::<_, DatapathError>(())
     })?;
     Ok(report)

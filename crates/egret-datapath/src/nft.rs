@@ -319,6 +319,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         Chain {
             hook: hook("filter", "prerouting", PRIO_MANGLE),
             rules: vec![
+                // A DNS query handed to the DNS proxy (chain `dns`, just before): delivered
+                // locally, never steered.
+                rule(vec![
+                    matches("==", json!({"&": [meta("mark"), mask]}), json!(cfg.dns_mark())),
+                    json!({"return": null}),
+                ]),
                 // Gateway, reply direction of a flow that came through the tunnel: mark it so
                 // policy routing sends it back through the tunnel to the node it came from.
                 // (Replies arriving through the tunnel belong to flows this node steered out:
@@ -564,7 +570,10 @@ pub fn parse_table(text: &str) -> Result<Option<Table>, serde_json::Error> {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
                 .unwrap_or_default();
-            let raw_elems = body.elem.unwrap_or_default();
+            // A timeout set's elements are learned at run time (the DNS proxy's), never part of
+            // the plan: they are neither compared nor rewritten by a sync.
+            let dynamic = flags.iter().any(|f| f == "timeout");
+            let raw_elems = if dynamic { Vec::new() } else { body.elem.unwrap_or_default() };
             let single_interval = !is_map && key.as_str().is_some() && flags.iter().any(|f| f == "interval");
             let elems = if single_interval {
                 canonical_interval_set(raw_elems.into_iter().filter_map(|e| {

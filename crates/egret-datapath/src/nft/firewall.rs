@@ -18,7 +18,9 @@
 use super::{Chain, Elem, Hook, Set, Skipped, Table, ct, matches, meta, payload, raw, rule, verdict_goto};
 use crate::config::Config;
 use egret_core::planner::NodePlan;
-use egret_core::policy::{CompiledSet, DecidedBy, Decision, FirewallSet, ProtoClass, Protocol, Verdict};
+use egret_core::policy::{
+    Cell, CompiledSet, DecidedBy, Decision, FirewallSet, PolicyId, ProtoClass, Protocol, Verdict,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -58,13 +60,32 @@ pub fn decision_chain(d: &Decision) -> Option<String> {
     Some(format!("fwd_{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes())))
 }
 
+/// The set of addresses a name rule learned, for one family: named by a hash of the policy and
+/// rule, so every policy set holding the rule shares it, and it keeps its name (and its learned
+/// addresses) while other rules come and go.
+pub fn name_set(policy: &PolicyId, rule: &str, v6: bool) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{policy}|{rule}").as_bytes());
+    format!("fq{}_{h:016x}", if v6 { 6 } else { 4 })
+}
+
+/// The base chain handing DNS queries of pods under name rules to the DNS proxy.
+pub const CHAIN_DNS: &str = "dns";
+/// Pod addresses whose DNS queries go to the DNS proxy.
+pub const SET_DNS_PODS4: &str = "dns_pods4";
+/// The same for IPv6 pod addresses.
+pub const SET_DNS_PODS6: &str = "dns_pods6";
+/// After the firewall (-160), before steering (-150): a query handed to the proxy is never
+/// steered.
+const PRIO_DNS: i64 = -155;
+
 /// Every decision the plan's firewall can make, by its chain: what the agent needs to name the
 /// policy and rule of a counter or an audit record.
 pub fn decisions(plan: &NodePlan) -> BTreeMap<String, Decision> {
     let mut out = BTreeMap::new();
     for set in &plan.firewall.sets {
         let c = &set.compiled;
-        for d in c.cells.iter().map(|c| &c.decision).chain([&c.fallback]) {
+        let named = c.cells.iter().flat_map(|c| c.named.iter().map(|(_, d)| d));
+        for d in c.cells.iter().map(|c| &c.decision).chain(named).chain([&c.fallback]) {
             if let Some(chain) = decision_chain(d) {
                 out.entry(chain).or_insert_with(|| d.clone());
             }
@@ -132,9 +153,29 @@ pub const MAP_PODS6: &str = "fw_pods6";
 /// The cluster's IPv6 networks (pod, service, node), never governed.
 pub const SET_CLUSTER6: &str = "fw_cluster6";
 
-/// The maps of one compiled set, by (protocol name, family suffix).
-fn maps(c: &CompiledSet) -> BTreeMap<(&'static str, &'static str), BTreeMap<String, Elem>> {
-    let mut out: BTreeMap<(&'static str, &'static str), BTreeMap<String, Elem>> = BTreeMap::new();
+/// The chain of a cell where name rules may decide: each name rule's learned set in order, then
+/// the cell's own decision. Named by a hash of what it does, so cells alike share it.
+fn branch_chain(c: &CompiledSet, cell: &Cell) -> (String, Chain) {
+    let fam = Fam::of(cell.dst.0);
+    let mut rules = Vec::new();
+    for (k, d) in &cell.named {
+        let Some(n) = c.names.get(*k) else { continue };
+        let set = name_set(&n.policy, &n.rule, cell.dst.0.is_ipv6());
+        rules.push(rule(vec![matches("==", payload(fam.payload, "daddr"), json!(format!("@{set}"))), verdict(d)]));
+    }
+    rules.push(rule(vec![verdict(&cell.decision)]));
+    let key: Vec<&str> = rules.iter().map(|(c, _)| c.as_str()).collect();
+    let name = format!("fqb_{:016x}", xxhash_rust::xxh3::xxh3_64(key.join("|").as_bytes()));
+    (name, Chain { hook: None, rules })
+}
+
+/// The maps of one compiled set, by (protocol name, family suffix), and the branch chains its
+/// cells with name rules go to.
+type Maps = BTreeMap<(&'static str, &'static str), BTreeMap<String, Elem>>;
+
+fn maps(c: &CompiledSet) -> (Maps, BTreeMap<String, Chain>) {
+    let mut out: Maps = BTreeMap::new();
+    let mut branches = BTreeMap::new();
     for cell in &c.cells {
         let Some((_, name)) = PROTOS.iter().find(|(p, _)| *p == cell.proto) else { continue };
         let dst = range(cell.dst.0, cell.dst.1);
@@ -142,9 +183,29 @@ fn maps(c: &CompiledSet) -> BTreeMap<(&'static str, &'static str), BTreeMap<Stri
             Some((a, b)) => json!({"concat": [dst, {"range": [a, b]}]}),
             None => dst,
         };
-        let e = json!([key, verdict(&cell.decision)]);
+        let v = if cell.named.is_empty() {
+            verdict(&cell.decision)
+        } else {
+            let (chain, rules) = branch_chain(c, cell);
+            let v = verdict_goto(&chain);
+            branches.insert(chain, rules);
+            v
+        };
+        let e = json!([key, v]);
         // Keyed by the JSON for now; `normalise` re-keys by the canonical text.
         out.entry((name, Fam::of(cell.dst.0).suffix)).or_default().insert(e.to_string(), raw(&e));
+    }
+    (out, branches)
+}
+
+/// Every name rule of the plan's sets: its learned sets, `(IPv4 set, IPv6 set)`.
+pub fn name_sets(plan: &NodePlan) -> BTreeMap<(PolicyId, String), (String, String)> {
+    let mut out = BTreeMap::new();
+    for set in &plan.firewall.sets {
+        for n in &set.compiled.names {
+            out.entry((n.policy.clone(), n.rule.clone()))
+                .or_insert_with(|| (name_set(&n.policy, &n.rule, false), name_set(&n.policy, &n.rule, true)));
+        }
     }
     out
 }
@@ -154,11 +215,28 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
     let set_ref = |n: &str| json!(format!("@{n}"));
     let chains: Vec<String> = plan.firewall.sets.iter().map(set_chain).collect();
     let mut pods: [BTreeMap<String, Elem>; 2] = Default::default();
+    let mut dns_pods: [BTreeMap<String, Elem>; 2] = Default::default();
     for p in &plan.firewall.pods {
         let Some(chain) = chains.get(p.set) else { continue };
         let e = json!([p.ip.to_string(), verdict_goto(chain)]);
         pods[usize::from(p.ip.is_ipv6())].insert(e.to_string(), raw(&e));
+        if plan.firewall.sets.get(p.set).is_some_and(|s| s.compiled.has_names()) {
+            let e = json!(p.ip.to_string());
+            dns_pods[usize::from(p.ip.is_ipv6())].insert(e.to_string(), raw(&e));
+        }
     }
+    for (fam, (name, elems)) in FAMS.iter().zip([SET_DNS_PODS4, SET_DNS_PODS6].into_iter().zip(dns_pods)) {
+        t.sets.insert(name.into(), Set { map: None, key: json!(fam.addr_type), flags: vec![], elems });
+    }
+    for (v4, v6) in name_sets(plan).into_values() {
+        for (set, fam) in [(v4, FAMS[0]), (v6, FAMS[1])] {
+            t.sets.insert(
+                set,
+                Set { map: None, key: json!(fam.addr_type), flags: vec!["timeout".into()], elems: BTreeMap::new() },
+            );
+        }
+    }
+    t.chains.insert(CHAIN_DNS.into(), dns_chain(cfg));
     for (fam, (name, elems)) in FAMS.iter().zip([MAP_PODS4, MAP_PODS6].into_iter().zip(pods)) {
         t.sets
             .insert(name.into(), Set { map: Some(json!("verdict")), key: json!(fam.addr_type), flags: vec![], elems });
@@ -176,7 +254,8 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
         Set { map: None, key: json!("ipv6_addr"), flags: interval.clone(), elems: cluster6 },
     );
     for (set, chain) in plan.firewall.sets.iter().zip(&chains) {
-        let mut by_proto = maps(&set.compiled);
+        let (mut by_proto, branches) = maps(&set.compiled);
+        t.chains.extend(branches);
         let mut rules = Vec::new();
         for fam in FAMS {
             for (proto, name) in PROTOS {
@@ -258,6 +337,40 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
             ],
         },
     );
+}
+
+/// The chain handing DNS queries (UDP and TCP port 53, to whatever resolver) of pods under name
+/// rules to the DNS proxy on this node; when no proxy socket takes them (the proxy is down),
+/// they are dropped: DNS for those pods fails closed, others are never touched.
+fn dns_chain(cfg: &Config) -> Chain {
+    let mask = cfg.mark_mask();
+    let mark = json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, cfg.dns_mark()]}}});
+    let mut rules = Vec::new();
+    for (fam, set, local) in [(FAMS[0], SET_DNS_PODS4, "127.0.0.1"), (FAMS[1], SET_DNS_PODS6, "::1")] {
+        let from = || matches("==", payload(fam.payload, "saddr"), json!(format!("@{set}")));
+        for proto in ["udp", "tcp"] {
+            rules.push(rule(vec![
+                matches("==", meta("nfproto"), json!(fam.nfproto)),
+                from(),
+                matches("==", meta("l4proto"), json!(proto)),
+                matches("==", payload(proto, "dport"), json!(53)),
+                json!({"tproxy": {"family": fam.payload, "addr": local, "port": cfg.dns_proxy_port}}),
+                mark.clone(),
+                json!({"accept": null}),
+            ]));
+        }
+        rules.push(rule(vec![
+            matches("==", meta("nfproto"), json!(fam.nfproto)),
+            from(),
+            matches("==", meta("l4proto"), json!({"set": ["tcp", "udp"]})),
+            matches("==", payload("th", "dport"), json!(53)),
+            json!({"drop": null}),
+        ]));
+    }
+    Chain {
+        hook: Some(Hook { kind: "filter".into(), hook: "prerouting".into(), prio: PRIO_DNS, policy: "accept".into() }),
+        rules,
+    }
 }
 
 fn prefix6(addr: &str, len: u8) -> Value {
