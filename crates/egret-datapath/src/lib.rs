@@ -22,9 +22,12 @@ pub mod conntrack;
 pub mod link;
 pub mod nflog;
 pub mod nft;
+pub mod setwriter;
 
 pub use config::{Config, OWNER_ALIAS, TABLE};
 pub use nft::Counter;
+pub use nft::setelem::{Element, LiveElement, SetElemError};
+pub use setwriter::SetWriter;
 
 use egret_core::planner::NodePlan;
 use link::{Item, Links, Net, PeerIds};
