@@ -12,6 +12,9 @@
 //! restarted agent leaves established connections alone. [`cleanup`] removes everything Egret
 //! created and nothing else. The design is documented in `docs/datapath.md`.
 //!
+//! Beside it, [`SetWriter`] puts addresses into nftables timeout sets directly over netlink,
+//! without spawning `nft` (the DNS proxy's answered addresses; [`setwriter`], [`nft::setelem`]).
+//!
 //! The API is synchronous: each call runs a private single-threaded runtime for netlink, so
 //! call it from a plain thread (or `spawn_blocking`), never from inside an async task.
 
