@@ -90,7 +90,7 @@ fn main() {
     ns.exec_stdin(
         "nft",
         &["-f", "-"],
-        &format!("table inet {TABLE} {{ set {SET} {{ type ipv4_addr; flags timeout; }} }}"),
+        &format!("table inet {TABLE} {{\n set {SET} {{ type ipv4_addr; flags timeout; }}\n}}\n"),
     )
     .unwrap();
 
