@@ -11,9 +11,10 @@
 //! and the kernel's extended ack names the attribute it refused, which tells a missing table
 //! from a missing set or a missing element.
 //!
-//! The bytes equal what nft 1.0.6 (libnftnl) sends for the same command, except that each
-//! element message asks for an acknowledgement and names its set without a transaction set id
-//! (pinned in the tests).
+//! The bytes equal what nft 1.0.6 (libnftnl) sends for the same command (pinned in the tests),
+//! except that each element message asks for an acknowledgement, names its set without nft's
+//! transaction set id, and gives every item of the element list the type `NFTA_LIST_ELEM`
+//! where libnftnl numbers them (the kernel does not read that type).
 
 use netlink_packet_core::{
     Emitable, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer,
