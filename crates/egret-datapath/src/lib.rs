@@ -12,6 +12,9 @@
 //! restarted agent leaves established connections alone. [`cleanup`] removes everything Egret
 //! created and nothing else. The design is documented in `docs/datapath.md`.
 //!
+//! Beside it, [`SetWriter`] puts addresses into nftables timeout sets directly over netlink,
+//! without spawning `nft` (the DNS proxy's answered addresses; [`setwriter`], [`nft::setelem`]).
+//!
 //! The API is synchronous: each call runs a private single-threaded runtime for netlink, so
 //! call it from a plain thread (or `spawn_blocking`), never from inside an async task.
 
@@ -23,9 +26,12 @@ pub mod dnsroute;
 pub mod link;
 pub mod nflog;
 pub mod nft;
+pub mod setwriter;
 
 pub use config::{Config, OWNER_ALIAS, TABLE};
 pub use nft::Counter;
+pub use nft::setelem::{Element, LiveElement, SetElemError};
+pub use setwriter::SetWriter;
 
 use egret_core::planner::NodePlan;
 use link::{Item, Links, Net, PeerIds};
