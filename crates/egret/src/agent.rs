@@ -93,6 +93,8 @@ pub struct AgentArgs {
     /// destinations outside the cluster, for CNIs that do not (docs/api.md).
     #[arg(long)]
     pub enforce_network_policy: bool,
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
 }
 
 impl AgentArgs {
@@ -103,6 +105,7 @@ impl AgentArgs {
             vni: self.vni,
             vxlan_port: self.vxlan_port,
             audit_group: self.audit.audit_nflog_group,
+            dns_proxy_port: self.dns.dns_proxy_port,
             ..Config::default()
         }
     }
@@ -286,11 +289,15 @@ struct Loop {
     membership: Membership,
     /// The names the audit log and the rule counters give to what the datapath holds.
     audit_index: SharedIndex,
+    /// The DNS proxy's view of this node's pods and what it learned.
+    dns: Arc<egret_dns::Shared>,
+    dns_metrics: Arc<egret_dns::DnsMetrics>,
 }
 
 impl Loop {
     fn run(self, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let Loop { store, mut objects, node, args, health, metrics, membership, audit_index } = self;
+        let Loop { store, mut objects, node, args, health, metrics, membership, audit_index, dns, dns_metrics } = self;
+        let mut dns_restored = false;
         let mut dp = Datapath::new(args.datapath_config())?;
         let mut last: Option<NodePlan> = None;
         let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
@@ -367,6 +374,15 @@ impl Loop {
                                         // Built before taking the lock: readers never wait for it.
                                         let fresh = Arc::new(egret_datapath::audit::AuditIndex::from_plan(&np));
                                         *audit_index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                                        let rules = crate::dns::pod_rules(&np);
+                                        *dns.pods.write().unwrap_or_else(|e| e.into_inner()) = rules;
+                                    }
+                                    if !dns_restored {
+                                        let n = crate::dns::restore(dp.config(), &np, &dns);
+                                        if n > 0 {
+                                            info!(addresses = n, "re-read the addresses name rules learned before");
+                                        }
+                                        dns_restored = true;
                                     }
                                     last = Some(np.clone());
                                 }
@@ -470,6 +486,11 @@ impl Loop {
             if let Ok(mut h) = health.lock() {
                 h.ready = report.ready;
                 h.error = report.error.clone();
+                let names_here = dns.pods.read().map(|p| !p.is_empty()).unwrap_or(false);
+                if names_here && dns_metrics.up.get() == 0 {
+                    h.ready = false;
+                    h.error = Some("the DNS proxy is down: DNS of pods under name rules fails closed".into());
+                }
             }
             let now = now_ms();
             if now.saturating_sub(last_heartbeat) >= args.heartbeat_ms {
@@ -578,8 +599,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let health = Arc::new(Mutex::new(Health::default()));
     let audit_index = SharedIndex::default();
+    let dns = Arc::new(egret_dns::Shared::default());
+    let dns_metrics = Arc::new(egret_dns::DnsMetrics::default());
     let metrics = {
         let mut m = Metrics::new();
+        dns_metrics.register(&mut m.registry);
         m.registry.register_collector(Box::new(PolicyRuleCollector {
             cfg: args.datapath_config(),
             index: audit_index.clone(),
@@ -596,7 +620,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         Err(e) => warn!("audit log disabled: {e:#}"),
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The DNS proxy for pods under name rules. If it cannot run, their DNS fails closed (the
+    // nft table drops what no proxy takes) and /readyz says so; other pods are not affected.
+    {
+        let (cfg, shared, m) = (args.dns.proxy_config(), dns.clone(), dns_metrics.clone());
+        rt.spawn(async move {
+            if let Err(e) = egret_dns::run(cfg, shared, m, crate::dns::NetlinkProgrammer::default()).await {
+                warn!("DNS proxy down: DNS of pods under name rules fails closed: {e}");
+            }
+        });
+    }
     let config = ClusterConfig {
         service_cidrs: args.service_cidrs.clone(),
         internal_cidrs: Vec::new(),
@@ -665,8 +699,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %node, source = ?args.source, network_policies = args.enforce_network_policy, "agent started");
 
     let health_addr = args.health_addr;
-    let worker =
-        Loop { store, objects, node, args, health: health.clone(), metrics: metrics.clone(), membership, audit_index };
+    let worker = Loop {
+        store,
+        objects,
+        node,
+        args,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        membership,
+        audit_index,
+        dns,
+        dns_metrics,
+    };
     // If the datapath loop ends on its own (an error or a panic), the whole agent must exit:
     // otherwise gossip would keep telling peers this node is alive while nothing hosts its IPs.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

@@ -12,6 +12,7 @@ macro_rules! outln {
 mod agent;
 mod audit;
 mod controller;
+mod dns;
 mod get;
 mod lab;
 mod metrics;
