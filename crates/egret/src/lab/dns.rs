@@ -48,11 +48,13 @@ pub enum DnsCmd {
     /// of its name, an A or AAAA a CNAME.
     Set {
         /// The name (absolute, inside `test.`).
-        name: String,
+        #[arg(value_name = "NAME")]
+        domain: String,
         /// A, AAAA or CNAME.
+        #[arg(value_name = "TYPE")]
         rtype: String,
         /// The new values (addresses, or one name for a CNAME).
-        #[arg(required = true, num_args = 1..)]
+        #[arg(value_name = "VALUE", required = true, num_args = 1..)]
         values: Vec<String>,
         /// TTL in seconds (default: the replaced records', else 30).
         #[arg(long)]
@@ -61,7 +63,8 @@ pub enum DnsCmd {
     /// Print the lab's zone as served, or one name's records.
     Show {
         /// Only this name's records.
-        name: Option<String>,
+        #[arg(value_name = "NAME")]
+        domain: Option<String>,
     },
 }
 
@@ -82,8 +85,8 @@ pub struct ServeArgs {
 /// Runs `egret lab dns ...`.
 pub fn run(lab: &str, cmd: DnsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DnsCmd::Set { name, rtype, values, ttl } => set(lab, &name, &rtype, &values, ttl),
-        DnsCmd::Show { name } => show(lab, name.as_deref()),
+        DnsCmd::Set { domain, rtype, values, ttl } => set(lab, &domain, &rtype, &values, ttl),
+        DnsCmd::Show { domain } => show(lab, domain.as_deref()),
     }
 }
 
@@ -599,9 +602,12 @@ pub fn start(st: &LabState) -> anyhow::Result<u32> {
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = super::spawn_egret(Some(&st.outside), &args, &st.log("dns"))?;
-    super::wait_until(Duration::from_secs(15), || Ok(read_loaded(&loaded).is_some() || !super::alive(pid)))?;
+    super::wait_until(Duration::from_secs(15), || Ok(read_loaded(&loaded).is_some() || !super::running(pid)))?;
     if read_loaded(&loaded).is_none() {
-        bail!("the lab's DNS server did not start; see {}", st.log("dns").display());
+        // `up` removes the lab (and its logs) on failure: say why here.
+        let log = std::fs::read_to_string(st.log("dns")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("the lab's DNS server did not start:\n{}", tail.join("\n"));
     }
     for p in st.pods.values() {
         add_pod_resolver(&p.netns)?;
