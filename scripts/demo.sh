@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 # command:package pairs of what the lab and this script run.
 need=()
-for cmd in nft:nftables ip:iproute2 conntrack:conntrack sysctl:procps python3:python3; do
+for cmd in nft:nftables ip:iproute2 conntrack:conntrack sysctl:procps python3:python3 dig:dnsutils; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -42,6 +42,10 @@ get() { sleep 0.3; "$egret" get egress --name "$lab"; }
 
 say "Bring up the lab: 6 nodes (node-4..6 labelled network-role=egress-gateway), 7 pods"
 run lab up --name "$lab"
+
+say "Every pod resolves names through the lab's DNS server (203.0.113.53, zone test.)"
+run lab exec --name "$lab" prod/web-1 -- dig +short alias.github.test
+run lab exec --name "$lab" prod/web-1 -- getent hosts www.example.test
 
 say "Without Egret objects every pod leaves with its node's IP"
 seen prod/web-1; seen staging/web-1; seen default/client-1

@@ -15,7 +15,7 @@ root=false
 
 # command:package pairs of what the tests, the lab and the checks run.
 need=()
-for cmd in nft:nftables ip:iproute2 bridge:iproute2 sysctl:procps iperf3:iperf3 python3:python3 conntrack:conntrack; do
+for cmd in nft:nftables ip:iproute2 bridge:iproute2 sysctl:procps iperf3:iperf3 python3:python3 conntrack:conntrack dig:dnsutils; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)

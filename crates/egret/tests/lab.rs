@@ -774,3 +774,93 @@ fn a_flood_of_denied_packets_is_rate_limited_and_counted() {
         .unwrap_or(0);
     assert!(dropped >= suppressed, "the metric counts every record left out: {dropped} < {suppressed}\n{m}");
 }
+
+/// What `CMD` prints inside `pod` (`lab exec`); it must succeed.
+fn exec(lab: &Lab, pod: &str, cmd: &[&str]) -> String {
+    let mut a = vec!["lab", "exec", "--name", &lab.name, pod, "--"];
+    a.extend(cmd);
+    let o = egret(&a);
+    assert!(o.status.success(), "{a:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What `dig +short ARGS` prints inside `pod`, one line per record.
+fn dig(lab: &Lab, pod: &str, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["dig", "+short"];
+    a.extend(args);
+    exec(lab, pod, &a).lines().map(str::to_string).collect()
+}
+
+/// The lab's DNS server is every pod's resolver: exact names, the CNAME chain, 120 addresses
+/// (truncated over UDP, complete over TCP), rotation, changes by `lab dns set`, and the
+/// addresses it gives are answered by the outside whoami. Pods made by `lab apply` get the
+/// resolver too; `lab down` leaves no resolver file behind.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn the_labs_dns_server_answers_the_pods() {
+    egret_netns::require_privileged();
+    if Command::new("dig").arg("-v").output().is_err() {
+        panic!("`dig` is not installed (dnsutils; scripts/test.sh installs it)");
+    }
+    let lab = Lab::up_with(&["--nodes", "2"]);
+    let pod = "prod/web-1";
+    // getent goes through the C library's resolver, i.e. the pod's resolv.conf.
+    let hosts = exec(&lab, pod, &["getent", "hosts", "api.github.test"]);
+    assert_eq!(hosts.split_whitespace().collect::<Vec<_>>(), ["203.0.113.5", "api.github.test"]);
+    assert_eq!(dig(&lab, pod, &["storage.googleapis.test"]), ["203.0.113.5"]);
+    assert_eq!(dig(&lab, pod, &["www.example.test"]), ["198.51.100.8"]);
+    assert_eq!(dig(&lab, pod, &["alias.github.test"]), ["mid.github.test.", "api.github.test.", "203.0.113.5"]);
+    assert_eq!(dig(&lab, pod, &["v6only.test", "AAAA"]), ["2001:db8:113::5"]);
+    let ttl0 = exec(&lab, pod, &["dig", "+noall", "+answer", "ttl0.test"]);
+    assert_eq!(ttl0.split_whitespace().collect::<Vec<_>>(), ["ttl0.test.", "0", "IN", "A", "203.0.113.5"]);
+    let nx = exec(&lab, pod, &["dig", "nothere.test"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+
+    // many.test: over UDP the answer is truncated (TC); dig retries over TCP by itself.
+    let udp_only = exec(&lab, pod, &["dig", "+ignore", "many.test"]);
+    assert!(udp_only.contains("flags: qr aa tc"), "{udp_only}");
+    let full = exec(&lab, pod, &["dig", "many.test"]);
+    assert!(full.contains("Truncated, retrying in TCP mode"), "{full}");
+    let many = dig(&lab, pod, &["many.test"]);
+    let want: Vec<String> = (64..184).map(|i| format!("203.0.113.{i}")).collect();
+    let mut got = many.clone();
+    got.sort_by_key(|a| a.parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(got, want);
+    // One of its addresses is served by the outside whoami, which sees the node's address.
+    assert_eq!(lab.whoami(pod, &many[0]), "10.10.0.101");
+    assert_eq!(lab.whoami(pod, &dig(&lab, pod, &["n0999.fresh.test"])[0]), "10.10.0.101");
+
+    // rotate.test: one address per answer, the next one each time.
+    let first = dig(&lab, pod, &["rotate.test"]);
+    let second = dig(&lab, pod, &["rotate.test"]);
+    assert_eq!((first.len(), second.len()), (1, 1), "{first:?} {second:?}");
+    assert_ne!(first, second);
+    assert_eq!(lab.whoami(pod, &second[0]), "10.10.0.101");
+
+    // lab dns set: served when it returns.
+    let out = lab.ok(&["lab", "dns", "set", "api.github.test", "A", "198.51.100.8"]);
+    assert!(out.contains("api.github.test. A: 203.0.113.5 (ttl 30) -> 198.51.100.8 (ttl 30)"), "{out}");
+    assert_eq!(dig(&lab, pod, &["api.github.test"]), ["198.51.100.8"]);
+    assert_eq!(dig(&lab, pod, &["alias.github.test"]), ["mid.github.test.", "api.github.test.", "198.51.100.8"]);
+    assert_eq!(lab.ok(&["lab", "dns", "show", "api.github.test"]).trim(), "api.github.test. 30 IN A 198.51.100.8");
+    let refused = lab.run(&["lab", "dns", "set", "api.github.com", "A", "198.51.100.8"]);
+    assert!(!refused.status.success(), "a name outside the zone");
+
+    // A pod made later resolves through the server too; a deleted one leaves no resolver file.
+    let dir = tempfile::tempdir().unwrap();
+    let new_pod = "apiVersion: v1\nkind: Pod\nmetadata: {namespace: prod, name: dns-1, labels: {app: dns}}\nspec: {nodeName: node-2, containers: [{name: main, image: x}]}\n";
+    let file = write(dir.path(), "pod.yaml", new_pod);
+    lab.apply(&file);
+    assert_eq!(dig(&lab, "prod/dns-1", &["www.example.test"]), ["198.51.100.8"]);
+    let resolv = format!("/etc/netns/egret-lab-{}-p-prod-dns-1/resolv.conf", lab.name);
+    assert!(Path::new(&resolv).exists());
+    lab.ok(&["lab", "delete", "-f", &file]);
+    assert!(!Path::new(&resolv).exists(), "{resolv} left behind");
+
+    lab.ok(&["lab", "down"]);
+    let prefix = format!("egret-lab-{}-", lab.name);
+    let left: Vec<String> = std::fs::read_dir("/etc/netns")
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    assert!(!left.iter().any(|n| n.starts_with(&prefix)), "resolver files left behind: {left:?}");
+}

@@ -8,6 +8,8 @@
 
 mod api;
 mod bench;
+mod dns;
+mod dnsbench;
 mod flood;
 mod logs;
 mod scale;
@@ -123,6 +125,11 @@ pub enum LabCmd {
         #[arg(long, short)]
         follow: bool,
     },
+    /// The lab's DNS server (203.0.113.53, every pod's resolver): set and show records.
+    Dns {
+        #[command(subcommand)]
+        cmd: dns::DnsCmd,
+    },
     /// Measurements in the lab.
     Bench {
         #[command(subcommand)]
@@ -141,6 +148,9 @@ pub enum LabCmd {
         #[arg(long)]
         state: PathBuf,
     },
+    /// Serve the lab's DNS zone (used by `up` inside the outside namespace).
+    #[command(hide = true)]
+    ServeDns(dns::ServeArgs),
     /// Serve whoami on this namespace (used by `up` inside the outside namespace).
     #[command(hide = true)]
     ServeWhoami {
@@ -183,6 +193,9 @@ pub enum BenchCmd {
         #[arg(long, default_value = "10")]
         seconds: u64,
     },
+    /// DNS lookups from a pod at a steady rate (open loop): sent, answered, lost, latency
+    /// percentiles. Queries go to the pod's resolver (the lab's DNS server) unless --server.
+    Dns(dnsbench::Opts),
     /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
     /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
     /// its own (no lab needed).
@@ -217,6 +230,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
         LabCmd::Bench { what: BenchCmd::AuditFlood { pps, seconds } } => flood::run(name, pps, seconds),
+        LabCmd::Bench { what: BenchCmd::Dns(opts) } => dnsbench::run(name, &opts),
+        LabCmd::Dns { cmd } => dns::run(name, cmd),
+        LabCmd::ServeDns(args) => dns::serve(&args),
         LabCmd::ServeWhoami { ports } => serve_whoami(&ports),
         LabCmd::ServeApi { store, listen, state } => api::serve(&store, listen, &state),
     }
@@ -432,6 +448,8 @@ fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
     let mut spec = TopologySpec::new(name, n);
     spec.prefix = Some(prefix.clone());
     spec.whoami = false;
+    // The lab's DNS server, an outside host like db-a.
+    spec = spec.outside_host(ipnet::Ipv4Net::new(dns::DNS_IP, 24)?);
     for d in &objs.pods {
         let p = &d.object;
         let node = node_index(p.spec.as_ref().and_then(|s| s.node_name.as_deref())).context("pod without node")?;
@@ -440,6 +458,7 @@ fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
     }
     println!("building {n} nodes, {} pods, router and outside hosts in namespaces {prefix}-*", objs.pods.len());
     let topo = Topology::build(&spec)?;
+    dns::plumb(&topo.outside, &topo.router)?;
     let mut st = LabState {
         name: name.to_string(),
         prefix: prefix.clone(),
@@ -470,6 +489,7 @@ fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
         standby_pid: None,
         agents: BTreeMap::new(),
         whoami_pid: None,
+        dns_pid: None,
         killed: BTreeSet::new(),
         router_routes: BTreeSet::new(),
     };
@@ -541,6 +561,8 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
     // The agents' shared gossip key (mode 0600), made fresh for every lab.
     egret_gossip::generate_key_file(&st.dir().join("gossip.key")).context("creating the gossip key")?;
     st.whoami_pid = Some(spawn_egret(Some(&st.outside.clone()), &["lab", "serve-whoami"], &st.log("whoami"))?);
+    st.save()?;
+    st.dns_pid = Some(dns::start(st)?);
     st.save()?;
     let store = Store::open(st.store())?;
     store.apply_with(objs, &lab_config())?;
@@ -657,6 +679,7 @@ fn down(name: &str) -> anyhow::Result<ExitCode> {
             Err(e) => errors.push(format!("deleting {ns}: {e}")),
         }
     }
+    errors.extend(dns::remove_resolvers(&prefix));
     let dir = state::dir(name);
     drop(_lock);
     if dir.exists()
@@ -886,6 +909,7 @@ fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         let ns = Netns::create(&pod_netns(&st.prefix, key))?;
         plumb_pod(&Netns::attach(&node.netns)?, node.pod_cidr, &ns, ip, &format!("vp{}", st.next_veth))?;
         let _ = ns.persist();
+        dns::add_pod_resolver(&pod_netns(&st.prefix, key))?;
         st.next_veth += 1;
         st.pods.insert(key.clone(), LabPod { netns: pod_netns(&st.prefix, key), node: node.name.clone(), ip });
         st.save()?;
@@ -920,6 +944,7 @@ fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             let key = format!("{}/{}", k.namespace.as_deref().unwrap_or("default"), k.name);
             if let Some(p) = st.pods.remove(&key) {
                 Netns::attach(&p.netns)?.delete()?;
+                dns::remove_pod_resolver(&p.netns);
             }
         }
         outln!("{k} deleted");

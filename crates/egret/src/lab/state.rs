@@ -80,6 +80,9 @@ pub struct LabState {
     pub agents: BTreeMap<String, u32>,
     /// Process id of the whoami server.
     pub whoami_pid: Option<u32>,
+    /// Process id of the lab's DNS server.
+    #[serde(default)]
+    pub dns_pid: Option<u32>,
     /// Nodes taken down by `kill-node`.
     pub killed: BTreeSet<String>,
     /// On-link routes added to the router for egress IPs outside the node network.
