@@ -6,7 +6,7 @@
 use crate::DatapathError;
 use crate::config::Config;
 use futures_util::TryStreamExt;
-use netlink_packet_route::route::{RouteMessage, RouteType};
+use netlink_packet_route::route::{RouteMessage, RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -93,6 +93,7 @@ pub async fn ensure(h: &Handle, cfg: &Config) -> Result<Vec<String>, DatapathErr
                     .table_id(cfg.dns_table())
                     .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
                     .kind(RouteType::Local)
+                    .scope(RouteScope::Host)
                     .output_interface(lo)
                     .build()
             } else {
@@ -100,6 +101,7 @@ pub async fn ensure(h: &Handle, cfg: &Config) -> Result<Vec<String>, DatapathErr
                     .table_id(cfg.dns_table())
                     .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
                     .kind(RouteType::Local)
+                    .scope(RouteScope::Host)
                     .output_interface(lo)
                     .build()
             };

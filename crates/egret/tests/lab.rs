@@ -864,3 +864,55 @@ fn the_labs_dns_server_answers_the_pods() {
         .unwrap_or_default();
     assert!(!left.iter().any(|n| n.starts_with(&prefix)), "resolver files left behind: {left:?}");
 }
+
+/// Domain-name rules end to end (examples/fqdn-allowlist): nothing is reachable before a lookup;
+/// the first connection after a lookup succeeds, for a run of fresh names; a CNAME chain; 120
+/// addresses over TCP; a name resolved but not allowed stays refused; pods without name rules
+/// resolve as before; the audit log names the name that allowed a connection.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
+    let lab = Lab::up();
+    lab.apply("examples/fqdn-allowlist");
+    let pod = "prod/web-1";
+    // Not looked up yet: refused.
+    assert_eq!(lab.whoami(pod, "203.0.113.5"), "no answer");
+    // Through the CNAME chain: its final address is learned for the name asked.
+    let chain = dig(&lab, pod, &["alias.github.test"]);
+    assert_eq!(chain.last().map(String::as_str), Some("203.0.113.5"));
+    assert_eq!(lab.whoami(pod, "203.0.113.5"), "10.10.0.101");
+    // Fresh names, each connected to once, right after its lookup: the answer reached the pod
+    // only once the kernel held the address, so every first attempt succeeds.
+    let mut failed = Vec::new();
+    for i in 0..100 {
+        let name = format!("n{i:04}.fresh.test");
+        let Some(addr) = dig(&lab, pod, &[&name]).pop() else {
+            failed.push(format!("{name}: no answer"));
+            continue;
+        };
+        if lab.whoami(pod, &addr) != "10.10.0.101" {
+            failed.push(format!("{name} ({addr})"));
+        }
+    }
+    assert!(failed.is_empty(), "first connections refused: {failed:?}");
+    // 120 addresses: truncated over UDP, the retry over TCP goes through the proxy too.
+    let many = dig(&lab, pod, &["many.test"]);
+    assert_eq!(many.len(), 120);
+    assert_eq!(lab.whoami(pod, &many[119]), "10.10.0.101");
+    // Resolved, but no rule names it: still refused; never resolved: refused.
+    assert_eq!(dig(&lab, pod, &["www.example.test"]), ["198.51.100.8"]);
+    assert_eq!(lab.whoami(pod, "198.51.100.8"), "no answer");
+    // A pod under no name rule resolves and connects as before.
+    assert_eq!(dig(&lab, "default/client-1", &["www.example.test"]), ["198.51.100.8"]);
+    assert_eq!(lab.whoami("default/client-1", "198.51.100.8"), "10.10.0.103");
+    // The proxy's metrics count what it learned.
+    let m = scrape(&lab, 1);
+    let learned = m
+        .lines()
+        .find(|l| l.starts_with("egret_dns_queries_total{") && l.contains("result=\"learned\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(learned >= 100.0, "{m}");
+    assert!(m.contains("egret_dns_hold_timeouts_total 0"), "{m}");
+}
