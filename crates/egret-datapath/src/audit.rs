@@ -8,7 +8,7 @@
 
 use crate::nft::firewall::decisions;
 use egret_core::planner::NodePlan;
-use egret_core::policy::{DecidedBy, Decision, Protocol, Verdict};
+use egret_core::policy::{DecidedBy, Decision, PolicyId, Protocol, Verdict};
 use ipnet::IpNet;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{PacketNla, ULogMessage};
@@ -139,6 +139,9 @@ pub struct Record {
     /// Egress has none and its traffic is dropped).
     #[serde(rename = "egressIP", skip_serializing_if = "Option::is_none")]
     pub egress_ip: Option<IpAddr>,
+    /// For connections a domain-name rule allowed: the name the destination was learned for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<String>,
 }
 
 /// Why a logged packet gave no record.
@@ -205,7 +208,13 @@ impl AuditIndex {
     }
 
     /// The record for a logged packet received at `time`.
-    pub fn record(&self, logged: &Logged, time: String) -> Result<Record, Unmatched> {
+    /// With `fqdn` naming the destination a name rule learned (policy, rule, address), if any.
+    pub fn record(
+        &self,
+        logged: &Logged,
+        time: String,
+        fqdn: impl Fn(&PolicyId, &str, IpAddr) -> Option<String>,
+    ) -> Result<Record, Unmatched> {
         let p = logged.packet.ok_or(Unmatched::Unreadable)?;
         let d = self.decision(&logged.prefix).ok_or(Unmatched::UnknownDecision)?;
         let pod = self.pods.get(&p.src).ok_or(Unmatched::UnknownPod)?;
@@ -219,6 +228,10 @@ impl AuditIndex {
         let (egress, egress_ip) = match d.verdict {
             Verdict::Allow => self.leaves_with(p.src, p.dst),
             Verdict::Deny => (None, None),
+        };
+        let fqdn = match (&rule, d.verdict) {
+            (Some(r), Verdict::Allow) => fqdn(policy, r, p.dst),
+            _ => None,
         };
         Ok(Record {
             time,
@@ -234,6 +247,7 @@ impl AuditIndex {
             verdict: d.verdict,
             egress,
             egress_ip,
+            fqdn,
         })
     }
 
@@ -320,7 +334,7 @@ mod tests {
         buf.extend(datagram(&allow, tcp4([10, 244, 1, 11], [203, 0, 113, 7], 40001, 443)));
         let logged = parse_datagram(&buf);
         assert_eq!(logged.len(), 2);
-        let denied = idx.record(&logged[0], "t".into()).unwrap();
+        let denied = idx.record(&logged[0], "t".into(), |_, _, _| None).unwrap();
         let line = serde_json::to_value(&denied).unwrap();
         assert_eq!(
             line,
@@ -328,8 +342,9 @@ mod tests {
                 "source": "10.244.1.11:40000", "destination": "198.51.100.7:22", "protocol": "TCP",
                 "policyKind": "ClusterEgressPolicy", "policy": "web", "verdict": "Deny"})
         );
-        let allowed = idx.record(&logged[1], "t".into()).unwrap();
+        let allowed = idx.record(&logged[1], "t".into(), |_, _, _| Some("api.github.test".into())).unwrap();
         assert_eq!(allowed.rule.as_deref(), Some("https"));
+        assert_eq!(allowed.fqdn.as_deref(), Some("api.github.test"), "what a name rule learned is named");
         assert_eq!((allowed.egress.as_deref(), allowed.egress_ip), (Some("web"), Some("10.10.0.100".parse().unwrap())));
     }
 
@@ -337,8 +352,9 @@ mod tests {
     fn unknown_prefixes_pods_and_cut_headers_are_told_apart() {
         let idx = AuditIndex::from_plan(&plan());
         let deny = decision_chain(&plan().firewall.sets[0].compiled.fallback).unwrap();
-        let rec =
-            |prefix: &str, payload: Vec<u8>| idx.record(&parse_datagram(&datagram(prefix, payload))[0], "t".into());
+        let rec = |prefix: &str, payload: Vec<u8>| {
+            idx.record(&parse_datagram(&datagram(prefix, payload))[0], "t".into(), |_, _, _| None)
+        };
         assert_eq!(
             rec("fwd_000000000000", tcp4([10, 244, 1, 11], [1, 1, 1, 1], 1, 2)),
             Err(Unmatched::UnknownDecision)
@@ -387,7 +403,7 @@ mod tests {
         assert_eq!((got[0].prefix.as_str(), got[0].packet), ("", None));
         assert_eq!(got[1].prefix, "fwd_44863532a153");
         let idx = AuditIndex::default();
-        assert_eq!(idx.record(&got[0], String::new()), Err(Unmatched::Unreadable));
+        assert_eq!(idx.record(&got[0], String::new(), |_, _, _| None), Err(Unmatched::Unreadable));
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn audited_connections_reach_the_nflog_reader_once_each_and_rules_count_them() {
     let idx = AuditIndex::from_plan(&np);
     let mut records = Vec::new();
     while let Received::Packets(p) = sock.recv().unwrap() {
-        records.extend(p.iter().map(|l| idx.record(l, "now".into()).unwrap()));
+        records.extend(p.iter().map(|l| idx.record(l, "now".into(), |_, _, _| None).unwrap()));
     }
     assert_eq!(records.len(), 2, "one record per audited connection: {records:#?}");
     let deny = &records[0];

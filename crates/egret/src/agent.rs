@@ -615,8 +615,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // firewall still decides; only the records are missing, which is said loudly.
     match Audit::open(&args.audit, &node) {
         Ok(audit) => {
-            let (idx, m, stop) = (audit_index.clone(), metrics.audit.clone(), stop.clone());
-            std::thread::Builder::new().name("audit".into()).spawn(move || audit.run(idx, m, stop))?;
+            let (idx, m, stop, dns) = (audit_index.clone(), metrics.audit.clone(), stop.clone(), dns.clone());
+            std::thread::Builder::new().name("audit".into()).spawn(move || audit.run(idx, m, dns, stop))?;
         }
         Err(e) => warn!("audit log disabled: {e:#}"),
     }

@@ -243,7 +243,19 @@ impl Audit {
 
     /// Reads and writes records until `stop`. A socket that fails is bound again, with backoff;
     /// `egret_audit_up` says whether records are being received.
-    pub fn run(mut self, index: SharedIndex, metrics: Arc<AuditMetrics>, stop: Arc<AtomicBool>) {
+    pub fn run(
+        mut self,
+        index: SharedIndex,
+        metrics: Arc<AuditMetrics>,
+        dns: Arc<egret_dns::Shared>,
+        stop: Arc<AtomicBool>,
+    ) {
+        // The name a name rule learned the destination for (the DNS proxy's bookkeeping).
+        let fqdn = |policy: &egret_core::policy::PolicyId, rule: &str, ip: std::net::IpAddr| {
+            let set = egret_datapath::nft::firewall::name_set(policy, rule, ip.is_ipv6());
+            let learned = dns.learned.lock().ok()?;
+            learned.name_of(&set, ip, Instant::now()).map(str::to_string)
+        };
         // One bucket per verdict: a flood of denials must not silence the allowed records.
         let mut limit_allow = RateLimit::new(self.rate, Instant::now());
         let mut limit_deny = RateLimit::new(self.rate, Instant::now());
@@ -287,7 +299,7 @@ impl Audit {
                     let idx = index.read().map(|i| i.clone()).unwrap_or_else(|e| e.into_inner().clone());
                     let time = format!("{:.6}", jiff::Timestamp::now());
                     for l in &packets {
-                        match idx.record(l, time.clone()) {
+                        match idx.record(l, time.clone(), fqdn) {
                             Ok(r) => {
                                 let limit = match r.verdict {
                                     Verdict::Allow => &mut limit_allow,

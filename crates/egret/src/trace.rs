@@ -30,6 +30,10 @@ pub struct TraceArgs {
     /// Answer as an agent run with `--enforce-network-policy` would: NetworkPolicies govern pods.
     #[arg(long)]
     enforce_network_policy: bool,
+    /// The pod learned the destination as this DNS name (an answer to its lookup): domain-name
+    /// rules whose patterns match it hold the address. Without it, name rules hold nothing.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// Parses `DEST[:PORT[/PROTO]]` (TCP when no protocol is given).
@@ -109,10 +113,26 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<ExitCode> {
     let selecting = crate::offline::pod_policies(&policies.policies, &namespaces, &nodes, pod);
     let applying: Vec<&policy::Policy> =
         selecting.iter().copied().filter(|p| args.enforce_network_policy || !p.id.is_network_policy()).collect();
-    let decision = policy::evaluate(&applying, &flow);
+    let decision = match &args.name {
+        Some(n) => policy::evaluate_learned(&applying, &flow, &policy::LearnedAs(n)),
+        None => policy::evaluate(&applying, &flow),
+    };
     let names: Vec<String> = applying.iter().map(|p| p.id.to_string()).collect();
     outln!("policies:    {}", if names.is_empty() { "none apply".to_string() } else { names.join(", ") });
     outln!("verdict:     {} by {}", decision.verdict, decision.by);
+    if let policy::DecidedBy::Rule { policy: id, rule } = &decision.by
+        && let Some(p) = applying.iter().find(|p| &p.id == id).and_then(|p| p.rules.iter().find(|r| &r.name == rule))
+        && let Some(n) = &args.name
+        && let Some(pattern) = p.fqdns.iter().find(|pat| pat.matches(n))
+    {
+        outln!(
+            "name:        {} matches {pattern}: allowed while the answer's TTL lasts",
+            args.name.as_deref().unwrap_or("")
+        );
+    }
+    if args.name.is_none() && applying.iter().any(|p| p.rules.iter().any(|r| r.is_named())) {
+        outln!("note:        domain-name rules apply to this pod; --name NAME answers for an address learned as NAME");
+    }
     if !args.enforce_network_policy {
         for p in selecting.iter().filter(|p| p.id.is_network_policy()) {
             outln!("note:        {} selects this pod; agents enforce it only with --enforce-network-policy", p.id);

@@ -518,6 +518,26 @@ fn trace_names_the_egress_and_the_deciding_rule() {
 }
 
 #[test]
+fn trace_answers_for_an_address_learned_as_a_name() {
+    let ex = "examples/fqdn-allowlist";
+    let o = egret(&["trace", "prod/web-1", "203.0.113.5:8080", "-f", ex]);
+    let out = stdout(&o);
+    assert!(out.contains("verdict:     Deny by EgressPolicy prod/web-names defaultAction"), "{out}");
+    assert!(out.contains("note:        domain-name rules apply to this pod"), "{out}");
+    let o = egret(&["trace", "prod/web-1", "203.0.113.5:8080", "-f", ex, "--name", "Alias.GitHub.test."]);
+    let out = stdout(&o);
+    assert!(out.contains("verdict:     Allow by EgressPolicy prod/web-names rule github"), "{out}");
+    assert!(out.contains("name:        Alias.GitHub.test. matches alias.github.test"), "{out}");
+    let o = egret(&["trace", "prod/web-1", "203.0.113.5:8080", "-f", ex, "--name", "n0001.fresh.test"]);
+    assert!(stdout(&o).contains("rule lab-names"), "{}", stdout(&o));
+    // A name no rule names, or a port the rule does not allow: the default.
+    for (dest, name) in [("203.0.113.5:8080", "www.example.test"), ("203.0.113.5:22", "api.github.test")] {
+        let o = egret(&["trace", "prod/web-1", dest, "-f", ex, "--name", name]);
+        assert!(stdout(&o).contains("Deny by EgressPolicy prod/web-names defaultAction"), "{}", stdout(&o));
+    }
+}
+
+#[test]
 fn a_bad_policy_is_rejected_with_its_field_paths() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");

@@ -881,6 +881,9 @@ fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
     let chain = dig(&lab, pod, &["alias.github.test"]);
     assert_eq!(chain.last().map(String::as_str), Some("203.0.113.5"));
     assert_eq!(lab.whoami(pod, "203.0.113.5"), "10.10.0.101");
+    // The audit log (the rule has `log: true`) names the name the address was learned for.
+    let rec = wait_records(&lab, "node-1", 1, |r| r["rule"] == "github" && r["verdict"] == "Allow");
+    assert_eq!(rec.first().map(|r| r["fqdn"].clone()), Some(serde_json::json!("alias.github.test")), "{rec:?}");
     // Fresh names, each connected to once, right after its lookup: the answer reached the pod
     // only once the kernel held the address, so every first attempt succeeds.
     let mut failed = Vec::new();
@@ -904,7 +907,7 @@ fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
     assert_eq!(lab.whoami(pod, "198.51.100.8"), "no answer");
     // A pod under no name rule resolves and connects as before.
     assert_eq!(dig(&lab, "default/client-1", &["www.example.test"]), ["198.51.100.8"]);
-    assert_eq!(lab.whoami("default/client-1", "198.51.100.8"), "10.10.0.103");
+    assert_eq!(lab.whoami("default/client-1", "198.51.100.8"), "10.10.0.101");
     // The proxy's metrics count what it learned.
     let m = scrape(&lab, 1);
     let learned = m
