@@ -52,7 +52,7 @@ impl Default for DnsMetrics {
 impl DnsMetrics {
     /// Registers clones of every metric (they share their values) in `r`.
     pub fn register(&self, r: &mut Registry) {
-        let r = r.sub_registry_with_prefix("dns");
+        let r = r.sub_registry_with_prefix("egret_dns");
         r.register("queries", "DNS queries of pods under name rules, by protocol and result", self.queries.clone());
         r.register(
             "hold_timeouts",

@@ -902,6 +902,15 @@ fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
     let many = dig(&lab, pod, &["many.test"]);
     assert_eq!(many.len(), 120);
     assert_eq!(lab.whoami(pod, &many[119]), "10.10.0.101");
+    // TTL 0: kept for the floor (--fqdn-min-ttl) plus the grace, so the connection that follows
+    // the lookup gets in; a rotating name: every address handed out works while it lives.
+    assert_eq!(dig(&lab, pod, &["ttl0.test"]), ["203.0.113.5"]);
+    assert_eq!(lab.whoami(pod, "203.0.113.5"), "10.10.0.101");
+    for _ in 0..3 {
+        let r = dig(&lab, pod, &["rotate.test"]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(lab.whoami(pod, &r[0]), "10.10.0.101", "rotate.test -> {}", r[0]);
+    }
     // Resolved, but no rule names it: still refused; never resolved: refused.
     assert_eq!(dig(&lab, pod, &["www.example.test"]), ["198.51.100.8"]);
     assert_eq!(lab.whoami(pod, "198.51.100.8"), "no answer");
@@ -918,4 +927,45 @@ fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
         .unwrap_or_default();
     assert!(learned >= 100.0, "{m}");
     assert!(m.contains("egret_dns_hold_timeouts_total 0"), "{m}");
+
+    // A forged answer sent as a query (a response for www.example.test -> bad-host) opens
+    // nothing: the proxy only reads answers from the resolver to a query it forwarded.
+    let forged = "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);         q=b'\\x03www\\x07example\\x04test\\x00\\x00\\x01\\x00\\x01';         s.sendto(b'\\x12\\x34\\x81\\x80\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00' + q +         b'\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04\\xc6\\x33\\x64\\x08', ('203.0.113.53', 53))";
+    exec(&lab, pod, &["python3", "-c", forged]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(lab.whoami(pod, "198.51.100.8"), "no answer");
+
+    // The agent killed: DNS of pods under name rules fails closed, other pods resolve as
+    // before; started again, it keeps what was learned (api.github.test's TTL is 30 s).
+    assert_eq!(dig(&lab, pod, &["api.github.test"]), ["203.0.113.5"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("/run/egret/labs/{}/lab.json", lab.name)).unwrap()).unwrap();
+    let pid = state["agents"]["node-1"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let o = egret(&[
+        "lab",
+        "exec",
+        "--name",
+        &lab.name,
+        pod,
+        "--",
+        "dig",
+        "+short",
+        "+time=1",
+        "+tries=1",
+        "api.github.test",
+    ]);
+    assert!(
+        !o.status.success() || String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "answered with the proxy down: {o:?}"
+    );
+    assert_eq!(dig(&lab, "default/client-1", &["www.example.test"]), ["198.51.100.8"]);
+    // The kernel keeps what was learned meanwhile: the address still connects.
+    assert_eq!(lab.whoami(pod, "203.0.113.5"), "10.10.0.101");
+    lab.ok(&["lab", "restart", "node-1"]);
+    assert_eq!(lab.whoami(pod, "203.0.113.5"), "10.10.0.101", "learned addresses survive a restart");
+    assert_eq!(dig(&lab, pod, &["storage.googleapis.test"]), ["203.0.113.5"]);
+    let m = scrape(&lab, 1);
+    assert!(m.contains("egret_dns_proxy_up 1"), "{m}");
 }
