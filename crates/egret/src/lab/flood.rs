@@ -45,7 +45,7 @@ fn metric(text: &str, prefix: &str) -> u64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 
-fn scrape(node_ns: &Netns) -> anyhow::Result<String> {
+pub(crate) fn scrape(node_ns: &Netns) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     node_ns.run(|| -> anyhow::Result<String> {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9090")?;

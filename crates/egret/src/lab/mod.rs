@@ -11,6 +11,7 @@ mod bench;
 mod dns;
 mod dnsbench;
 mod flood;
+mod fqdnbench;
 mod logs;
 mod scale;
 mod state;
@@ -196,6 +197,18 @@ pub enum BenchCmd {
     /// DNS lookups from a pod at a steady rate (open loop): sent, answered, lost, latency
     /// percentiles. Queries go to the pod's resolver (the lab's DNS server) unless --server.
     Dns(dnsbench::Opts),
+    /// Domain-name rules: for each of N fresh names, a lookup from the pod through the node's
+    /// DNS proxy, then at once a TCP connection to the answer: how many first connections
+    /// succeed (first SYN answered), and how long answers were held for programming. The pod
+    /// must be under name rules allowing `**.fresh.test` (examples/fqdn-allowlist).
+    Fqdn {
+        /// The pod (`namespace/pod`).
+        #[arg(long, default_value = "prod/web-1")]
+        pod: String,
+        /// How many fresh names (n0000.fresh.test ...; at most 1,000).
+        #[arg(long, default_value = "1000")]
+        names: usize,
+    },
     /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
     /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
     /// its own (no lab needed).
@@ -231,6 +244,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
         LabCmd::Bench { what: BenchCmd::AuditFlood { pps, seconds } } => flood::run(name, pps, seconds),
         LabCmd::Bench { what: BenchCmd::Dns(opts) } => dnsbench::run(name, &opts),
+        LabCmd::Bench { what: BenchCmd::Fqdn { pod, names } } => fqdnbench::run(name, &pod, names),
         LabCmd::Dns { cmd } => dns::run(name, cmd),
         LabCmd::ServeDns(args) => dns::serve(&args),
         LabCmd::ServeWhoami { ports } => serve_whoami(&ports),
