@@ -601,7 +601,8 @@ pub fn start(st: &LabState) -> anyhow::Result<u32> {
         loaded.to_string_lossy().into_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pid = super::spawn_egret(Some(&st.outside), &args, &st.log("dns"))?;
+    // hickory logs every query at info: only its warnings.
+    let pid = super::spawn_egret_logging(Some(&st.outside), &args, &st.log("dns"), "info,hickory_server=warn")?;
     super::wait_until(Duration::from_secs(15), || Ok(read_loaded(&loaded).is_some() || !super::running(pid)))?;
     if read_loaded(&loaded).is_none() {
         // `up` removes the lab (and its logs) on failure: say why here.

@@ -306,6 +306,11 @@ fn pod_ip(p: &corev1::Pod) -> Option<Ipv4Addr> {
 
 /// Starts `egret ARGS...` detached (own process group, output to `log`), inside `netns` if given.
 fn spawn_egret(netns: Option<&str>, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+    spawn_egret_logging(netns, args, log, "info")
+}
+
+/// [`spawn_egret`] with `filter` as the log filter unless `EGRET_LOG` is set.
+fn spawn_egret_logging(netns: Option<&str>, args: &[&str], log: &Path, filter: &str) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("finding the egret binary")?;
     let out =
         File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
@@ -320,7 +325,7 @@ fn spawn_egret(netns: Option<&str>, args: &[&str], log: &Path) -> anyhow::Result
     };
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     if std::env::var_os("EGRET_LOG").is_none() {
-        cmd.env("EGRET_LOG", "info");
+        cmd.env("EGRET_LOG", filter);
     }
     let child = cmd.spawn().with_context(|| format!("starting egret {}", args.join(" ")))?;
     Ok(child.id())
@@ -728,6 +733,8 @@ fn status(name: &str) -> anyhow::Result<ExitCode> {
         _ => "not running".into(),
     };
     outln!("\ncontroller: {ctl}");
+    let dns = st.dns_pid.filter(|&pid| alive(pid)).map_or("not running".into(), |pid| format!("running ({pid})"));
+    outln!("dns server {}: {dns}", dns::DNS_IP);
     if st.api {
         let standby = match st.standby_pid {
             Some(pid) if alive(pid) => format!("running ({pid})"),
