@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use state::{LabNode, LabPod, LabState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -86,7 +86,7 @@ pub enum LabCmd {
     Whoami {
         /// `namespace/pod`.
         pod: String,
-        /// `db-a`, `bad-host`, or an address (port 8080 unless given).
+        /// `db-a`, `bad-host`, an address, or a name the pod resolves (port 8080 unless given).
         #[arg(long, default_value = "db-a")]
         to: String,
         /// Give up after this many milliseconds.
@@ -975,20 +975,31 @@ fn exec(name: &str, pod: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
+/// `db-a`, `bad-host`, an address or a name (port 8080 unless given); a name is looked up as
+/// the pod `netns` would, through its resolver (the lab's DNS server), never the host's.
+fn resolve(to: &str, netns: &str) -> anyhow::Result<SocketAddr> {
     let host = match to {
         "db-a" => egret_netns::DB_A.to_string(),
         "bad-host" => egret_netns::BAD_HOST.to_string(),
         other => other.to_string(),
     };
-    let with_port = if host.parse::<IpAddr>().is_ok() { format!("{host}:{}", egret_netns::WHOAMI_PORT) } else { host };
-    with_port.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {to:?}"))
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, egret_netns::WHOAMI_PORT));
+    }
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse().with_context(|| format!("{to:?}: bad port"))?),
+        None => (host.as_str(), egret_netns::WHOAMI_PORT),
+    };
+    Ok(SocketAddr::new(dns::lookup(netns, name).with_context(|| format!("cannot resolve {to:?}"))?, port))
 }
 
 fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let st = LabState::load(name)?;
     let p = st.pod(pod)?;
-    let addr = resolve(to)?;
+    let addr = resolve(to, &p.netns)?;
     match WhoamiConn::open(&Netns::attach(&p.netns)?, addr, timeout) {
         Ok(c) => {
             outln!("{}", c.seen);
