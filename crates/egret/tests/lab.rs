@@ -829,6 +829,10 @@ fn the_labs_dns_server_answers_the_pods() {
     // One of its addresses is served by the outside whoami, which sees the node's address.
     assert_eq!(lab.whoami(pod, &many[0]), "10.10.0.101");
     assert_eq!(lab.whoami(pod, &dig(&lab, pod, &["n0999.fresh.test"])[0]), "10.10.0.101");
+    // `lab whoami --to NAME` resolves the name as the pod does.
+    assert_eq!(lab.whoami(pod, "api.github.test"), "10.10.0.101");
+    assert_eq!(lab.whoami(pod, "many.test:443"), "10.10.0.101");
+    assert_eq!(lab.whoami(pod, "nothere.test"), "no answer");
 
     // rotate.test: one address per answer, the next one each time.
     let first = dig(&lab, pod, &["rotate.test"]);

@@ -546,7 +546,10 @@ fn resolv_dir(netns: &str) -> PathBuf {
 /// Makes the lab's DNS server pod namespace `netns`'s resolver.
 pub fn add_pod_resolver(netns: &str) -> anyhow::Result<()> {
     let d = resolv_dir(netns);
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    // Another lab's `down` may remove an empty /etc/netns between our mkdirs: try again.
+    if std::fs::create_dir_all(&d).is_err() {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
     std::fs::write(
         d.join("resolv.conf"),
         format!(
@@ -585,6 +588,55 @@ pub fn pod_resolver(netns: &str) -> Option<IpAddr> {
     text.lines().find_map(|l| l.strip_prefix("nameserver")?.trim().parse().ok())
 }
 
+/// Looks `name` up as pod namespace `netns` would: an A (then AAAA) query over UDP to its
+/// resolver, from inside the namespace. Returns the first address of the answer.
+pub fn lookup(netns: &str, name: &str) -> anyhow::Result<IpAddr> {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+    let server = SocketAddr::new(pod_resolver(netns).unwrap_or(IpAddr::V4(DNS_IP)), 53);
+    let mut qname = Name::from_ascii(name).with_context(|| format!("{name:?} is not a DNS name"))?;
+    qname.set_fqdn(true);
+    let ns = Netns::attach(netns)?;
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        let mut q = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(qname.clone(), rtype));
+        // Room for many.test's 120 addresses without falling back to TCP.
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        q.edns = Some(edns);
+        let bytes = q.to_vec()?;
+        let answer = ns.run(|| -> anyhow::Result<Message> {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            sock.connect(server)?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = vec![0u8; 65536];
+            for _ in 0..2 {
+                sock.send(&bytes)?;
+                if let Ok(n) = sock.recv(&mut buf)
+                    && let Ok(m) = Message::from_vec(&buf[..n])
+                    && m.metadata.id == q.metadata.id
+                {
+                    return Ok(m);
+                }
+            }
+            bail!("no answer from {server}")
+        })??;
+        if answer.metadata.response_code == ResponseCode::NXDomain {
+            bail!("{qname}: no such name ({server})");
+        }
+        if let Some(ip) = answer.answers.iter().find_map(|r| r.data.ip_addr()) {
+            return Ok(ip);
+        }
+    }
+    bail!("{qname}: no address ({server})")
+}
+
+/// A query ID that differs between calls.
+fn rand_id() -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id()) as u16
+}
+
 /// Writes the zone into the lab's directory, starts the server in the outside namespace, waits
 /// until it serves, and gives every pod its resolver file. Returns the server's pid.
 pub fn start(st: &LabState) -> anyhow::Result<u32> {
@@ -601,7 +653,8 @@ pub fn start(st: &LabState) -> anyhow::Result<u32> {
         loaded.to_string_lossy().into_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pid = super::spawn_egret(Some(&st.outside), &args, &st.log("dns"))?;
+    // hickory logs every query at info: only its warnings.
+    let pid = super::spawn_egret_logging(Some(&st.outside), &args, &st.log("dns"), "info,hickory_server=warn")?;
     super::wait_until(Duration::from_secs(15), || Ok(read_loaded(&loaded).is_some() || !super::running(pid)))?;
     if read_loaded(&loaded).is_none() {
         // `up` removes the lab (and its logs) on failure: say why here.

@@ -153,7 +153,8 @@ pub fn run(lab: &str, o: &Opts) -> anyhow::Result<ExitCode> {
         rt.block_on(bench(to, &names, o, total))
     })??;
     let s = summarize(&outcomes, Duration::from_millis(o.timeout_ms));
-    let achieved = s.sent as f64 / send_span.as_secs_f64().max(1e-9);
+    // `sent` queries span `sent - 1` periods of the schedule.
+    let achieved = s.sent.saturating_sub(1) as f64 / send_span.as_secs_f64().max(1e-9);
     println!("  sent {} ({achieved:.0}/s achieved), answered {}, lost {}", s.sent, s.answered, s.lost);
     if !s.errors.is_empty() {
         let e: Vec<String> = s.errors.iter().map(|(rc, n)| format!("{rc} {n}")).collect();

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use state::{LabNode, LabPod, LabState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -87,7 +87,7 @@ pub enum LabCmd {
     Whoami {
         /// `namespace/pod`.
         pod: String,
-        /// `db-a`, `bad-host`, or an address (port 8080 unless given).
+        /// `db-a`, `bad-host`, an address, or a name the pod resolves (port 8080 unless given).
         #[arg(long, default_value = "db-a")]
         to: String,
         /// Give up after this many milliseconds.
@@ -320,6 +320,11 @@ fn pod_ip(p: &corev1::Pod) -> Option<Ipv4Addr> {
 
 /// Starts `egret ARGS...` detached (own process group, output to `log`), inside `netns` if given.
 fn spawn_egret(netns: Option<&str>, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+    spawn_egret_logging(netns, args, log, "info")
+}
+
+/// [`spawn_egret`] with `filter` as the log filter unless `EGRET_LOG` is set.
+fn spawn_egret_logging(netns: Option<&str>, args: &[&str], log: &Path, filter: &str) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("finding the egret binary")?;
     let out =
         File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
@@ -334,7 +339,7 @@ fn spawn_egret(netns: Option<&str>, args: &[&str], log: &Path) -> anyhow::Result
     };
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     if std::env::var_os("EGRET_LOG").is_none() {
-        cmd.env("EGRET_LOG", "info");
+        cmd.env("EGRET_LOG", filter);
     }
     let child = cmd.spawn().with_context(|| format!("starting egret {}", args.join(" ")))?;
     Ok(child.id())
@@ -742,6 +747,8 @@ fn status(name: &str) -> anyhow::Result<ExitCode> {
         _ => "not running".into(),
     };
     outln!("\ncontroller: {ctl}");
+    let dns = st.dns_pid.filter(|&pid| alive(pid)).map_or("not running".into(), |pid| format!("running ({pid})"));
+    outln!("dns server {}: {dns}", dns::DNS_IP);
     if st.api {
         let standby = match st.standby_pid {
             Some(pid) if alive(pid) => format!("running ({pid})"),
@@ -982,20 +989,31 @@ fn exec(name: &str, pod: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-fn resolve(to: &str) -> anyhow::Result<SocketAddr> {
+/// `db-a`, `bad-host`, an address or a name (port 8080 unless given); a name is looked up as
+/// the pod `netns` would, through its resolver (the lab's DNS server), never the host's.
+fn resolve(to: &str, netns: &str) -> anyhow::Result<SocketAddr> {
     let host = match to {
         "db-a" => egret_netns::DB_A.to_string(),
         "bad-host" => egret_netns::BAD_HOST.to_string(),
         other => other.to_string(),
     };
-    let with_port = if host.parse::<IpAddr>().is_ok() { format!("{host}:{}", egret_netns::WHOAMI_PORT) } else { host };
-    with_port.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {to:?}"))
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, egret_netns::WHOAMI_PORT));
+    }
+    if let Ok(addr) = host.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse().with_context(|| format!("{to:?}: bad port"))?),
+        None => (host.as_str(), egret_netns::WHOAMI_PORT),
+    };
+    Ok(SocketAddr::new(dns::lookup(netns, name).with_context(|| format!("cannot resolve {to:?}"))?, port))
 }
 
 fn whoami(name: &str, pod: &str, to: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
     let st = LabState::load(name)?;
     let p = st.pod(pod)?;
-    let addr = resolve(to)?;
+    let addr = resolve(to, &p.netns)?;
     match WhoamiConn::open(&Netns::attach(&p.netns)?, addr, timeout) {
         Ok(c) => {
             outln!("{}", c.seen);
