@@ -103,12 +103,17 @@ impl Learned {
                 let set = r.set_for(ip).to_string();
                 let expires = now + timeout;
                 let list = self.by_name.entry((set.clone(), name.to_string())).or_default();
+                // Already held for at least half the new timeout: the kernel has it, nothing to
+                // write, and the answer need not wait.
+                let held = list.iter().any(|(a, e)| *a == ip && *e >= now + timeout / 2);
                 list.retain(|(a, e)| *a != ip && *e > now);
                 list.push_back((ip, expires));
                 let holders = self.holders.entry((set.clone(), ip)).or_default();
                 holders.retain(|(n, e)| n != name && *e > now);
                 holders.push((name.to_string(), expires));
-                out.add.push(Element { set: set.clone(), addr: ip, timeout, name: name.to_string() });
+                if !held {
+                    out.add.push(Element { set: set.clone(), addr: ip, timeout, name: name.to_string() });
+                }
                 while list.len() > limits.max_ips_per_name.max(1) {
                     let Some((old, _)) = list.pop_front() else { break };
                     let key = (set.clone(), old);
@@ -136,6 +141,13 @@ impl Learned {
     pub fn restore(&mut self, set: &str, ip: IpAddr, name: &str, expires: Instant) {
         self.by_name.entry((set.to_string(), name.to_string())).or_default().push_back((ip, expires));
         self.holders.entry((set.to_string(), ip)).or_default().push((name.to_string(), expires));
+    }
+
+    /// Forgets everything about sets other than `sets` (a rule removed takes its sets with it;
+    /// if it comes back, its sets start empty).
+    pub fn retain_sets(&mut self, sets: &std::collections::HashSet<String>) {
+        self.by_name.retain(|(s, _), _| sets.contains(s));
+        self.holders.retain(|(s, _), _| sets.contains(s));
     }
 
     /// Forgets what has expired (the kernel has dropped those elements by itself).
@@ -184,6 +196,13 @@ mod tests {
         assert_eq!((p.add[1].set.as_str(), p.add[1].timeout), ("fq6_x", Duration::from_secs(302)));
         assert_eq!(l.name_of("fq4_x", "203.0.113.5".parse().unwrap(), now), Some("api.github.test"));
         assert_eq!(l.name_of("fq4_x", "203.0.113.5".parse().unwrap(), now + Duration::from_secs(8)), None);
+        // Asked again at once: held long enough, nothing to write; later, refreshed.
+        let a = [("203.0.113.5".parse().unwrap(), 0)];
+        assert!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(1)).add.is_empty());
+        assert_eq!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(5)).add.len(), 1);
+        // A set gone from the plan is forgotten: the address is written again.
+        l.retain_sets(&Default::default());
+        assert_eq!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(5)).add.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 #[derive(Debug)]
 pub struct DnsMetrics {
     /// Queries by protocol and result: `learned` (addresses programmed before the answer was
-    /// released), `passed` (no rule of the pod names it, no address, or truncated),
+    /// released), `held` (every address already held long enough: released at once), `passed` (no rule of the pod names it, no address, or truncated),
     /// `no_rules`, `unusable`, `mismatched_answer`, `upstream_error`, `upstream_timeout`,
     /// `program_error`.
     pub queries: Family<Vec<(String, String)>, Counter>,
@@ -31,7 +31,11 @@ pub struct DnsMetrics {
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
-    [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25].into_iter()
+    [
+        0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05,
+        0.1, 0.25,
+    ]
+    .into_iter()
 }
 
 impl Default for DnsMetrics {

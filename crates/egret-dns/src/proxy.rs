@@ -323,6 +323,10 @@ async fn release(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], pr
         Ok(mut l) => l.learn(&matching, &query.name, &a.addresses, &ctx.cfg.limits, Instant::now()),
         Err(_) => return Some(()),
     };
+    if program.add.is_empty() && program.delete.is_empty() {
+        m.queries.get_or_create(&labels(proto, "held")).inc();
+        return Some(());
+    }
     let (done, wait) = oneshot::channel();
     let start = Instant::now();
     if ctx.jobs.send(Job { add: program.add, delete: program.delete, done }).is_err() {

@@ -376,6 +376,13 @@ impl Loop {
                                         *audit_index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
                                         let rules = crate::dns::pod_rules(&np);
                                         *dns.pods.write().unwrap_or_else(|e| e.into_inner()) = rules;
+                                        let sets = egret_datapath::nft::firewall::name_sets(&np)
+                                            .into_values()
+                                            .flat_map(|(a, b)| [a, b])
+                                            .collect();
+                                        if let Ok(mut l) = dns.learned.lock() {
+                                            l.retain_sets(&sets);
+                                        }
                                     }
                                     if !dns_restored {
                                         let n = crate::dns::restore(dp.config(), &np, &dns);

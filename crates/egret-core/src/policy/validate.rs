@@ -247,7 +247,7 @@ fn rules(list: &[EgressRule], sink: &mut Sink) -> Vec<Rule> {
                     Err(why) => sink.push(format!("{at}.to.fqdns[{j}]"), why.to_string()),
                 }
             }
-            if !peer.fqdns.is_empty() && !(peer.cidrs.is_empty() && peer.except.is_empty()) {
+            if !peer.fqdns.is_empty() && (!peer.cidrs.is_empty() || !peer.except.is_empty()) {
                 sink.push(
                     format!("{at}.to"),
                     "names fqdns and cidrs/except together; a rule matches either names or addresses: write two rules",

@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use egret_netns::Netns;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -63,16 +63,16 @@ fn lookup(server: SocketAddr, name: &str, id: u16) -> anyhow::Result<IpAddr> {
     }
 }
 
-/// Connects and reads the whoami's answer (the source address it saw).
+/// Connects and reads the whoami's first line (the source address it saw; it then echoes, so
+/// the connection is dropped after that line).
 fn connect(to: SocketAddr) -> Result<(Duration, String), String> {
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     let took = start.elapsed();
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    Ok((took, out))
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    Ok((took, line.trim().to_string()))
 }
 
 fn bucket_counts(text: &str) -> Vec<(f64, u64)> {
@@ -113,10 +113,7 @@ pub fn run(lab: &str, pod: &str, count: usize) -> anyhow::Result<ExitCode> {
     let node = st.nodes.get(&p.node).with_context(|| format!("no node {}", p.node))?;
     let node_ns = Netns::attach(&node.netns)?;
     let pod_ns = Netns::attach(&p.netns)?;
-    let server = SocketAddr::new(
-        super::dns::pod_resolver(&p.netns).unwrap_or(IpAddr::V4(super::dns::DNS_IP)),
-        53,
-    );
+    let server = SocketAddr::new(super::dns::pod_resolver(&p.netns).unwrap_or(IpAddr::V4(super::dns::DNS_IP)), 53);
     let names: Vec<String> = (0..count).map(|i| format!("n{i:04}.fresh.test")).collect();
     println!("fqdn bench: {pod} (on {}), {count} fresh names, lookup via {server} then TCP 8080 at once", p.node);
     let scrape = || super::flood::scrape(&node_ns);
@@ -144,11 +141,20 @@ pub fn run(lab: &str, pod: &str, count: usize) -> anyhow::Result<ExitCode> {
                     Ok(addr) => {
                         let dns = t.elapsed();
                         match connect(SocketAddr::new(addr, 8080)) {
-                            Ok((took, _)) if took < FIRST_ATTEMPT => Sample { dns, connect: Some(took), failure: None },
+                            Ok((took, seen)) if took < FIRST_ATTEMPT && !seen.is_empty() => {
+                                Sample { dns, connect: Some(took), failure: None }
+                            }
+                            Ok((took, seen)) if seen.is_empty() => Sample {
+                                dns,
+                                connect: Some(took),
+                                failure: Some(format!("{name} ({addr}): connected, but no whoami answer")),
+                            },
                             Ok((took, _)) => Sample {
                                 dns,
                                 connect: Some(took),
-                                failure: Some(format!("{name} ({addr}): established after {took:?} (SYN retransmitted)")),
+                                failure: Some(format!(
+                                    "{name} ({addr}): established after {took:?} (SYN retransmitted)"
+                                )),
                             },
                             Err(e) => Sample { dns, connect: None, failure: Some(format!("{name} ({addr}): {e}")) },
                         }
