@@ -256,7 +256,10 @@ pub(crate) mod tests {
         }
         for (name, bytes) in &seeds {
             let committed = std::fs::read(dir.join(name)).unwrap_or_default();
-            assert!(committed == *bytes, "fuzz/seeds/dns_message/{name} is stale: EGRET_WRITE_FUZZ_SEEDS=1 cargo test -p egret-dns fuzz_seeds");
+            assert!(
+                committed == *bytes,
+                "fuzz/seeds/dns_message/{name} is stale: EGRET_WRITE_FUZZ_SEEDS=1 cargo test -p egret-dns fuzz_seeds"
+            );
         }
         let q = query(&seeds[0].1).unwrap();
         assert_eq!((q.id, q.name.as_str(), q.qtype), (0x2a2a, "api.github.test", RecordType::A));

@@ -372,23 +372,22 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse_strict::<compat::CiliumPolicy>(json, true)
             .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
             .map(|t| push_translated(t, objs)),
-        (
-            "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3",
-            "ServiceEntry",
-        ) => parse_strict::<compat::IstioServiceEntry>(json, true)
-            .and_then(|se| compat::istio_service_entry(&se).map_err(|e| e.to_string()))
-            .and_then(|t| match t {
-                compat::ServiceEntryTranslation::Policy(p) => {
-                    check_service_entry_policy(&p)?;
-                    objs.policies.push(Document { origin: origin.clone(), object: *p });
-                    Ok(())
-                }
-                compat::ServiceEntryTranslation::LeftOut(why) => {
-                    let what = format!("{k}/{}: {why}", name.as_deref().unwrap_or(""));
-                    objs.left_out.push(Document { origin: origin.clone(), object: what });
-                    Ok(())
-                }
-            }),
+        ("networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3", "ServiceEntry") => {
+            parse_strict::<compat::IstioServiceEntry>(json, true)
+                .and_then(|se| compat::istio_service_entry(&se).map_err(|e| e.to_string()))
+                .and_then(|t| match t {
+                    compat::ServiceEntryTranslation::Policy(p) => {
+                        check_service_entry_policy(&p)?;
+                        objs.policies.push(Document { origin: origin.clone(), object: *p });
+                        Ok(())
+                    }
+                    compat::ServiceEntryTranslation::LeftOut(why) => {
+                        let what = format!("{k}/{}: {why}", name.as_deref().unwrap_or(""));
+                        objs.left_out.push(Document { origin: origin.clone(), object: what });
+                        Ok(())
+                    }
+                })
+        }
         ("v1", "Node") => {
             parse_strict(json, false).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n }))
         }
@@ -598,8 +597,7 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
         assert!(e.is_empty() && o.policies.is_empty(), "{e:?}");
         assert!(o.left_out[0].object.starts_with("ServiceEntry/ext: location MESH_INTERNAL"), "{:?}", o.left_out);
         // A host Egret cannot match is named by the entry's own field.
-        let (o, e) =
-            load(&se("v1", "  location: MESH_EXTERNAL\n").replace("api.github.com", "bücher.example"));
+        let (o, e) = load(&se("v1", "  location: MESH_EXTERNAL\n").replace("api.github.com", "bücher.example"));
         assert!(o.policies.is_empty());
         let msg = e[0].to_string();
         assert!(msg.contains("ServiceEntry/ext: document 0: spec.hosts[1]: \"bücher.example\" is not ASCII"), "{msg}");

@@ -355,12 +355,18 @@ fn convert_turns_istio_service_entries_into_allowlists_that_validate() {
     assert!(o.status.success());
     assert_eq!(stdout(&o), "");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("networking.istio.io/v1beta1 ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL"), "{err}");
+    assert!(
+        err.contains("networking.istio.io/v1beta1 ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL"),
+        "{err}"
+    );
     std::fs::write(&f, se("*", "MESH_EXTERNAL")).unwrap();
     let o = egret(&["convert", "-f", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("ServiceEntry/se: document 0: spec.hosts[1]: \"*\" (every host) cannot be translated"), "{err}");
+    assert!(
+        err.contains("ServiceEntry/se: document 0: spec.hosts[1]: \"*\" (every host) cannot be translated"),
+        "{err}"
+    );
     assert_eq!(stdout(&o), "");
 }
 
