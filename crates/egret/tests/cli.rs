@@ -359,6 +359,14 @@ fn convert_turns_istio_service_entries_into_allowlists_that_validate() {
         err.contains("networking.istio.io/v1beta1 ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL"),
         "{err}"
     );
+    // `apply` into a store says so too, and stores nothing.
+    let store = dir.path().join("store");
+    let o = egret(&["apply", "--store", store.to_str().unwrap(), "-f", f.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "unchanged\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL")
+    );
     std::fs::write(&f, se("*", "MESH_EXTERNAL")).unwrap();
     let o = egret(&["convert", "-f", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
