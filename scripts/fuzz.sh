@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target (fuzz/, cargo-fuzz with libFuzzer, nightly toolchain) for a bounded
+# Runs every fuzz target (fuzz/, cargo-fuzz with libFuzzer, nightly toolchain: manifest,
+# gossip_open, nflog_datagram, dns_message) for a bounded
 # time each, starting from the committed seeds in fuzz/seeds/. Fails on any crash, panic,
 # timeout or memory blow-up; the input that caused it is left in fuzz/artifacts/TARGET/.
 #   FUZZ_SECONDS=N   seconds per target (default 30)

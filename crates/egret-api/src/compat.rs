@@ -1,9 +1,13 @@
-//! Antrea and Cilium kinds that Egret accepts unchanged, and their translation to `egret.dev`.
+//! Antrea, Cilium and Istio kinds that Egret accepts unchanged, and their translation to
+//! `egret.dev`.
 //!
 //! The translation is pure: a foreign object in, Egret objects out, or an error that names the
 //! field Egret cannot honour (rather than silently dropping it).
 
-use crate::v1alpha1::{AppliedTo, Egress, EgressSpec, EgressStatus, ExternalIPPool, ExternalIPPoolSpec, IPRange};
+use crate::v1alpha1::{
+    AppliedTo, Egress, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec, EgressStatus,
+    ExternalIPPool, ExternalIPPoolSpec, IPRange,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -379,6 +383,258 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     Ok(out)
 }
 
+/// An Istio `ServiceEntry` document (`networking.istio.io/v1`, `v1beta1`, `v1alpha3`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct IstioServiceEntry {
+    /// Object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Spec.
+    #[serde(default)]
+    pub spec: IstioServiceEntrySpec,
+    /// Status as Istio writes it (conditions, validation messages); ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+/// Istio `ServiceEntry` spec: every field Istio defines, so a misspelt one is an error.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct IstioServiceEntrySpec {
+    /// Names of the service; a leading `*.` label matches subdomains at any depth, `*` alone
+    /// every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Virtual IPs or CIDRs of the service; not translated yet.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Ports of the service.
+    #[serde(default)]
+    pub ports: Vec<IstioPort>,
+    /// `MESH_EXTERNAL` or `MESH_INTERNAL` (Istio's default).
+    #[serde(default)]
+    pub location: Option<String>,
+    /// `NONE`, `STATIC`, `DNS` or `DNS_ROUND_ROBIN`: how the sidecar finds endpoints. Egret
+    /// allows what the pod's own DNS answers say, whatever this is.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// Endpoints the hosts are sent to instead of their DNS addresses; not translatable.
+    #[serde(default)]
+    pub endpoints: Vec<serde_json::Value>,
+    /// Workloads as endpoints (`MESH_INTERNAL` only in Istio); not translatable.
+    #[serde(default)]
+    pub workload_selector: Option<serde_json::Value>,
+    /// Namespaces the entry is visible to.
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// Identities the sidecar verifies in the server's certificate; nothing for a firewall.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+/// One Istio service port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct IstioPort {
+    /// The port the workload connects to.
+    #[serde(default)]
+    pub number: Option<i64>,
+    /// `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TLS`, `TCP`, `MONGO`, `UDP`, ...
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The port's label; not needed by a firewall.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the sidecar sends the traffic on the endpoint; only accepted equal to `number`.
+    #[serde(default)]
+    pub target_port: Option<i64>,
+}
+
+/// What an Istio ServiceEntry becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceEntryTranslation {
+    /// A `MESH_EXTERNAL` entry: an allowlist EgressPolicy in its namespace.
+    Policy(Box<EgressPolicy>),
+    /// Not egress (`MESH_INTERNAL`, or no location): nothing to translate, and why.
+    LeftOut(String),
+}
+
+/// An Istio host as an Egret name pattern. Istio's only wildcard is a leading label: `*.x`
+/// matches every name below `x` at any depth (never `x` itself), which is Egret's `**.x`; a
+/// plain name stays as it is. `*` alone (every host) cannot be an allowlist.
+pub fn istio_host(host: &str) -> Result<String, String> {
+    if host == "*" {
+        return Err("\"*\" (every host) cannot be translated into an allowlist: Egret allows names, \
+                    and a rule for every name would allow everything; list the hosts (\"*.example.com\")"
+            .into());
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{host:?} is an address, not a name: allow it with an EgressPolicy rule's to.cidrs"));
+    }
+    let (prefix, rest) = match host.strip_prefix("*.") {
+        Some(rest) => ("**.", rest),
+        None => ("", host),
+    };
+    if rest.contains('*') {
+        return Err(format!(
+            "{host:?}: only a whole leading \"*.\" label is translated (Istio's and Envoy's meanings of other \
+             wildcards differ)"
+        ));
+    }
+    Ok(format!("{prefix}{rest}"))
+}
+
+/// Egret's protocol for an Istio port protocol (case-insensitive, as Istio reads them).
+fn istio_protocol(p: &str) -> Option<&'static str> {
+    match p.to_ascii_uppercase().as_str() {
+        "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "GRPC-WEB" | "TLS" | "TCP" | "MONGO" | "MYSQL" | "REDIS" => Some("TCP"),
+        "UDP" => Some("UDP"),
+        _ => None,
+    }
+}
+
+/// Whether `s` is a DNS-1123 label (what names an Egret rule).
+fn dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Translates an Istio ServiceEntry. A `MESH_EXTERNAL` entry registers hosts the mesh may
+/// reach; under Istio's `REGISTRY_ONLY` outbound policy nothing else is reachable. Egret says
+/// the same with an EgressPolicy in the entry's namespace (`default` when it has none) for all
+/// of its pods: one Allow rule named after the entry, for the hosts (by name) on the entry's
+/// ports, and `defaultAction: Deny`. Host `i` becomes `to.fqdns[i]`. Fields that would change
+/// where traffic goes (`addresses`, `endpoints`, `workloadSelector`, a `targetPort` other than
+/// the port) or who may use it (`exportTo` to other namespaces) are errors, never dropped.
+pub fn istio_service_entry(se: &IstioServiceEntry) -> Result<ServiceEntryTranslation, CompatError> {
+    let s = &se.spec;
+    match s.location.as_deref() {
+        Some("MESH_EXTERNAL") => {}
+        Some("MESH_INTERNAL") => {
+            return Ok(ServiceEntryTranslation::LeftOut(
+                "location MESH_INTERNAL: a service inside the mesh, not egress".into(),
+            ));
+        }
+        None => {
+            return Ok(ServiceEntryTranslation::LeftOut(
+                "no location, which Istio reads as MESH_INTERNAL: a service inside the mesh, not egress".into(),
+            ));
+        }
+        Some(other) => {
+            return Err(unsupported("spec.location", &format!("{other:?} is not MESH_EXTERNAL or MESH_INTERNAL")));
+        }
+    }
+    let name = name_of(&se.metadata);
+    if !dns1123_label(&name) {
+        return Err(unsupported(
+            "metadata.name",
+            &format!(
+                "{name:?} also names the rule, which must be a DNS-1123 label (1 to 63 lowercase letters, digits \
+                 and '-')"
+            ),
+        ));
+    }
+    let namespace = se.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    if let Some(r) = s.resolution.as_deref()
+        && !matches!(r, "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN")
+    {
+        return Err(unsupported("spec.resolution", &format!("{r:?} is not NONE, STATIC, DNS or DNS_ROUND_ROBIN")));
+    }
+    if !s.addresses.is_empty() {
+        return Err(unsupported(
+            "spec.addresses",
+            "not translated yet: allow the addresses with an EgressPolicy rule's to.cidrs",
+        ));
+    }
+    if !s.endpoints.is_empty() {
+        return Err(unsupported(
+            "spec.endpoints",
+            "cannot be translated: the sidecar sends the hosts' traffic to these endpoints, while Egret allows \
+             the addresses the pods' own DNS answers give",
+        ));
+    }
+    if s.workload_selector.is_some() {
+        return Err(unsupported("spec.workloadSelector", "selects endpoints inside the mesh (MESH_INTERNAL only)"));
+    }
+    for (i, e) in s.export_to.iter().enumerate() {
+        if e != "." && *e != namespace {
+            return Err(unsupported(
+                &format!("spec.exportTo[{i}]"),
+                &format!(
+                    "{e:?}: the translation allows the hosts to the pods of the entry's own namespace \
+                     ({namespace}) only; write a ServiceEntry (or an EgressPolicy) per namespace"
+                ),
+            ));
+        }
+    }
+    if s.hosts.is_empty() {
+        return Err(unsupported("spec.hosts", "at least one host is required"));
+    }
+    let mut fqdns = Vec::with_capacity(s.hosts.len());
+    for (i, h) in s.hosts.iter().enumerate() {
+        fqdns.push(istio_host(h).map_err(|why| unsupported(&format!("spec.hosts[{i}]"), &why))?);
+    }
+    if s.ports.is_empty() {
+        return Err(unsupported("spec.ports", "at least one port is required"));
+    }
+    let mut ports: Vec<EgressPort> = Vec::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let Some(number) = p.number else {
+            return Err(unsupported(&format!("{at}.number"), "is required"));
+        };
+        if !(1..=65535).contains(&number) {
+            return Err(unsupported(&format!("{at}.number"), &format!("{number} is not a port (1..65535)")));
+        }
+        if let Some(t) = p.target_port
+            && t != number
+        {
+            return Err(unsupported(
+                &format!("{at}.targetPort"),
+                &format!("{t} differs from number {number}: Egret does not rewrite ports (pods connect to {number})"),
+            ));
+        }
+        let Some(proto) = p.protocol.as_deref() else {
+            return Err(unsupported(&format!("{at}.protocol"), "is required"));
+        };
+        let Some(protocol) = istio_protocol(proto) else {
+            return Err(unsupported(
+                &format!("{at}.protocol"),
+                &format!(
+                    "{proto:?} is not an Istio protocol Egret translates (HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TLS, \
+                     TCP, MONGO, MYSQL, REDIS: TCP; UDP: UDP)"
+                ),
+            ));
+        };
+        let port = EgressPort { protocol: Some(protocol.into()), port: Some(number), end_port: None };
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let rule = EgressRule {
+        name: name.clone(),
+        action: "Allow".into(),
+        to: Some(EgressPeer { fqdns, ..EgressPeer::default() }),
+        ports,
+        log: false,
+    };
+    let spec = EgressPolicySpec {
+        applied_to: AppliedTo { pod_selector: Some(LabelSelector::default()), ..AppliedTo::default() },
+        rules: vec![rule],
+        default_action: Some("Deny".into()),
+        deny_response: None,
+    };
+    let mut p = EgressPolicy::new(&name, spec);
+    p.metadata = carry_meta(&se.metadata, name);
+    p.metadata.namespace = Some(namespace);
+    Ok(ServiceEntryTranslation::Policy(Box::new(p)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +700,104 @@ spec:
         let mut b = a.clone();
         b.spec.bandwidth = Some(serde_json::json!({"rate": "100M"}));
         assert_eq!(antrea_egress(&b).unwrap_err().field, "spec.bandwidth");
+    }
+
+    const SEED_001: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: allowed-external
+spec:
+  hosts:
+  - "*.googleapis.com"
+  - "api.github.com"
+  ports:
+  - number: 443
+    name: https
+    protocol: HTTPS
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#;
+
+    fn se(yaml: &str) -> IstioServiceEntry {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn policy(t: ServiceEntryTranslation) -> EgressPolicy {
+        match t {
+            ServiceEntryTranslation::Policy(p) => *p,
+            ServiceEntryTranslation::LeftOut(why) => panic!("left out: {why}"),
+        }
+    }
+
+    #[test]
+    fn istio_hosts_map_onto_egret_patterns() {
+        assert_eq!(istio_host("api.github.com").unwrap(), "api.github.com");
+        // Istio's `*.x` is any depth below x: Egret's `**.x`, not its one-label `*.x`.
+        assert_eq!(istio_host("*.googleapis.com").unwrap(), "**.googleapis.com");
+        assert_eq!(istio_host("*.a.b.example").unwrap(), "**.a.b.example");
+        for bad in ["*", "*foo.com", "*-bar.foo.com", "api.*.com", "*.*.com", "10.1.2.3", "2001:db8::1"] {
+            assert!(istio_host(bad).is_err(), "{bad}");
+        }
+        assert!(istio_host("*").unwrap_err().contains("every host"));
+    }
+
+    #[test]
+    fn seed_001_service_entry_becomes_an_allowlist() {
+        let p = policy(istio_service_entry(&se(SEED_001)).unwrap());
+        assert_eq!(p.metadata.name.as_deref(), Some("allowed-external"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(p.spec.applied_to.pod_selector, Some(LabelSelector::default()));
+        assert_eq!(p.spec.default_action.as_deref(), Some("Deny"));
+        let [r] = p.spec.rules.as_slice() else { panic!("one rule") };
+        assert_eq!((r.name.as_str(), r.action.as_str()), ("allowed-external", "Allow"));
+        assert_eq!(r.to.as_ref().unwrap().fqdns, vec!["**.googleapis.com", "api.github.com"]);
+        assert_eq!(r.ports, vec![EgressPort { protocol: Some("TCP".into()), port: Some(443), end_port: None }]);
+        // The namespace is kept; UDP stays UDP, TLS and TCP on one port collapse into one entry.
+        let y = SEED_001.replace("name: allowed-external", "name: x\n  namespace: prod").replace(
+            "protocol: HTTPS",
+            "protocol: tls\n  - {number: 443, name: t, protocol: TCP, targetPort: 443}\n  - {number: 53, name: d, protocol: UDP}",
+        );
+        let p = policy(istio_service_entry(&se(&y)).unwrap());
+        assert_eq!(p.metadata.namespace.as_deref(), Some("prod"));
+        let ports: Vec<_> =
+            p.spec.rules[0].ports.iter().map(|p| (p.protocol.clone().unwrap(), p.port.unwrap())).collect();
+        assert_eq!(ports, vec![("TCP".to_string(), 443), ("UDP".to_string(), 53)]);
+    }
+
+    #[test]
+    fn mesh_internal_is_left_out() {
+        let internal = SEED_001.replace("MESH_EXTERNAL", "MESH_INTERNAL");
+        assert!(matches!(istio_service_entry(&se(&internal)), Ok(ServiceEntryTranslation::LeftOut(_))));
+        let absent = SEED_001.replace("  location: MESH_EXTERNAL\n", "");
+        let Ok(ServiceEntryTranslation::LeftOut(why)) = istio_service_entry(&se(&absent)) else { panic!() };
+        assert!(why.contains("MESH_INTERNAL"), "{why}");
+    }
+
+    #[test]
+    fn untranslatable_service_entries_name_the_field() {
+        let field = |from: &str, to: &str| {
+            let y = SEED_001.replace(from, to);
+            assert_ne!(y, SEED_001, "{from}");
+            istio_service_entry(&se(&y)).unwrap_err().field
+        };
+        assert_eq!(field("\"*.googleapis.com\"", "\"*\""), "spec.hosts[0]");
+        assert_eq!(field("\"api.github.com\"", "\"*foo.github.com\""), "spec.hosts[1]");
+        assert_eq!(field("protocol: HTTPS", "protocol: QUIC"), "spec.ports[0].protocol");
+        assert_eq!(field("    protocol: HTTPS\n", ""), "spec.ports[0].protocol");
+        assert_eq!(field("number: 443", "number: 70000"), "spec.ports[0].number");
+        assert_eq!(field("number: 443", "number: 443\n    targetPort: 8443"), "spec.ports[0].targetPort");
+        assert_eq!(field("location: MESH_EXTERNAL", "location: OUTSIDE"), "spec.location");
+        assert_eq!(field("resolution: DNS", "resolution: MAGIC"), "spec.resolution");
+        assert_eq!(field("resolution: DNS", "resolution: STATIC\n  endpoints: [{address: 1.2.3.4}]"), "spec.endpoints");
+        assert_eq!(field("resolution: DNS", "resolution: DNS\n  addresses: [192.0.2.0/24]"), "spec.addresses");
+        assert_eq!(field("resolution: DNS", "resolution: DNS\n  exportTo: [\".\", \"*\"]"), "spec.exportTo[1]");
+        assert_eq!(field("name: allowed-external", "name: allowed.external"), "metadata.name");
+        // Exported to its own namespace only: the translation is exact.
+        let own = SEED_001.replace("resolution: DNS", "resolution: DNS\n  exportTo: [\".\"]");
+        assert!(istio_service_entry(&se(&own)).is_ok());
+        // A misspelt field is an error when parsed strictly, like every foreign kind.
+        let e = serde_yaml_ng::from_str::<IstioServiceEntry>(&SEED_001.replace("hosts:", "host:")).unwrap_err();
+        assert!(e.to_string().contains("host"), "{e}");
     }
 }

@@ -106,7 +106,7 @@ pub fn answer(q: &Query, bytes: &[u8]) -> Result<Answer, Unusable> {
 pub(crate) mod tests {
     use super::*;
     use hickory_proto::op::{Message, MessageType, OpCode, Query as Q};
-    use hickory_proto::rr::rdata::{A, AAAA, CNAME};
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
     use hickory_proto::rr::{Name, Record};
     use proptest::prelude::*;
     use std::str::FromStr;
@@ -187,6 +187,87 @@ pub(crate) mod tests {
         assert_eq!(answer(&q, &mk_query(9, "api.github.test.", RecordType::A)), Err(Unusable::Kind("response")));
         assert_eq!(query(&other_id), Err(Unusable::Kind("query")));
         assert!(matches!(query(b"\x00\x01"), Err(Unusable::Decode(_))));
+    }
+
+    /// The query the fuzz target `dns_message` (fuzz/) answers with its seeds: ID 0x2a2a,
+    /// `api.github.test` A.
+    fn fuzz_query() -> Message {
+        let mut m = Message::new(0x2a2a, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.queries.push(Q::query(Name::from_str("api.github.test.").unwrap(), RecordType::A));
+        m
+    }
+
+    fn fuzz_response(records: &[(&str, RData, u32)]) -> Message {
+        let mut m = fuzz_query();
+        m.metadata.message_type = MessageType::Response;
+        m.metadata.recursion_available = true;
+        for (n, d, ttl) in records {
+            m.answers.push(Record::from_rdata(Name::from_str(n).unwrap(), *ttl, d.clone()));
+        }
+        m
+    }
+
+    /// The seeds of the fuzz target `dns_message`, as resolvers send them.
+    fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let chain = fuzz_response(&[
+            ("api.github.test.", cname("edge.github.test."), 60),
+            ("edge.github.test.", cname("cdn.example.test."), 300),
+            ("cdn.example.test.", a("203.0.113.5"), 30),
+            ("cdn.example.test.", a("203.0.113.6"), 30),
+            ("cdn.example.test.", RData::AAAA(AAAA("2001:db8:113::5".parse().unwrap())), 30),
+        ]);
+        let many: Vec<(String, RData, u32)> = (0..120u8)
+            .map(|i| ("api.github.test.".to_string(), a(&format!("198.51.{}.{}", 100 + i / 100, 1 + i % 100)), 60))
+            .collect();
+        let many: Vec<(&str, RData, u32)> = many.iter().map(|(n, d, t)| (n.as_str(), d.clone(), *t)).collect();
+        let mut nx = fuzz_response(&[]);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        nx.metadata.authoritative = true;
+        let soa = SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("hostmaster.test.").unwrap(),
+            2026112201,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        nx.authorities.push(Record::from_rdata(Name::from_str("test.").unwrap(), 60, RData::SOA(soa)));
+        vec![
+            ("query", fuzz_query().to_vec().unwrap()),
+            ("answer-cname-chain", chain.to_vec().unwrap()),
+            ("answer-120-a", fuzz_response(&many).to_vec().unwrap()),
+            ("answer-nxdomain", nx.to_vec().unwrap()),
+        ]
+    }
+
+    /// The committed seeds are these messages (`EGRET_WRITE_FUZZ_SEEDS=1 cargo test -p
+    /// egret-dns fuzz_seeds` rewrites them), and they read as the target expects.
+    #[test]
+    fn fuzz_seeds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/dns_message");
+        let seeds = fuzz_seeds();
+        if std::env::var_os("EGRET_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, bytes) in &seeds {
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
+        }
+        for (name, bytes) in &seeds {
+            let committed = std::fs::read(dir.join(name)).unwrap_or_default();
+            assert!(
+                committed == *bytes,
+                "fuzz/seeds/dns_message/{name} is stale: EGRET_WRITE_FUZZ_SEEDS=1 cargo test -p egret-dns fuzz_seeds"
+            );
+        }
+        let q = query(&seeds[0].1).unwrap();
+        assert_eq!((q.id, q.name.as_str(), q.qtype), (0x2a2a, "api.github.test", RecordType::A));
+        let chain = answer(&q, &seeds[1].1).unwrap();
+        assert_eq!(chain.addresses.len(), 3);
+        assert_eq!(answer(&q, &seeds[2].1).unwrap().addresses.len(), 120);
+        let nx = answer(&q, &seeds[3].1).unwrap();
+        assert_eq!((nx.rcode, nx.addresses.len()), (ResponseCode::NXDomain, 0));
     }
 
     proptest! {

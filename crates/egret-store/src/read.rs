@@ -81,6 +81,9 @@ pub struct Objects {
     pub policies: Vec<Document<EgressPolicy>>,
     /// Kubernetes NetworkPolicies (namespace `default` when absent, likewise).
     pub network_policies: Vec<Document<NetworkPolicy>>,
+    /// Foreign objects that were read and deliberately not translated (an Istio ServiceEntry
+    /// inside the mesh): `Kind/name` and why.
+    pub left_out: Vec<Document<String>>,
 }
 
 impl Objects {
@@ -94,6 +97,7 @@ impl Objects {
         self.cluster_policies.extend(other.cluster_policies);
         self.policies.extend(other.policies);
         self.network_policies.extend(other.network_policies);
+        self.left_out.extend(other.left_out);
     }
 
     /// Validates the policies, NetworkPolicies included (see
@@ -368,6 +372,22 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
         ("cilium.io/v2", "CiliumEgressGatewayPolicy") => parse_strict::<compat::CiliumPolicy>(json, true)
             .and_then(|c| compat::cilium_policy(&c).map_err(|e| e.to_string()))
             .map(|t| push_translated(t, objs)),
+        ("networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3", "ServiceEntry") => {
+            parse_strict::<compat::IstioServiceEntry>(json, true)
+                .and_then(|se| compat::istio_service_entry(&se).map_err(|e| e.to_string()))
+                .and_then(|t| match t {
+                    compat::ServiceEntryTranslation::Policy(p) => {
+                        check_service_entry_policy(&p)?;
+                        objs.policies.push(Document { origin: origin.clone(), object: *p });
+                        Ok(())
+                    }
+                    compat::ServiceEntryTranslation::LeftOut(why) => {
+                        let what = format!("{k}/{}: {why}", name.as_deref().unwrap_or(""));
+                        objs.left_out.push(Document { origin: origin.clone(), object: what });
+                        Ok(())
+                    }
+                })
+        }
         ("v1", "Node") => {
             parse_strict(json, false).map(|n| objs.nodes.push(Document { origin: origin.clone(), object: n }))
         }
@@ -378,12 +398,31 @@ fn load_one(file: &Path, doc: usize, value: serde_yaml_ng::Value, objs: &mut Obj
             parse_strict(json, false).map(|p| objs.pods.push(Document { origin: origin.clone(), object: p }))
         }
         (av, k) => Err(format!(
-            "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress, ExternalIPPool, ClusterEgressPolicy and EgressPolicy, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, networking.k8s.io/v1 NetworkPolicy, v1 Node, Namespace and Pod"
+            "unknown kind {av}/{k}; accepted: egret.dev/v1alpha1 Egress, ExternalIPPool, ClusterEgressPolicy and EgressPolicy, crd.antrea.io/v1alpha2 and v1beta1 Egress and ExternalIPPool, cilium.io/v2 CiliumEgressGatewayPolicy, networking.istio.io/v1, v1beta1 and v1alpha3 ServiceEntry, networking.k8s.io/v1 NetworkPolicy, v1 Node, Namespace and Pod"
         )),
     };
     if let Err(reason) = res {
         errs.push(err(reason));
     }
+}
+
+/// Validates the EgressPolicy a ServiceEntry became as Egret would, naming the entry's own
+/// fields: host `i` is the rule's `to.fqdns[i]` (a name Egret cannot match, one listed twice).
+fn check_service_entry_policy(p: &EgressPolicy) -> Result<(), String> {
+    let v = egret_core::policy::validate_policies(&[], std::slice::from_ref(p));
+    let lines: Vec<String> = v
+        .problems
+        .iter()
+        .map(|pr| {
+            let field = match pr.field.strip_prefix("spec.rules[0].to.fqdns[") {
+                Some(rest) => format!("spec.hosts[{rest}"),
+                None if pr.field == "spec.rules[0].name" => "metadata.name".to_string(),
+                None => format!("{} (of the EgressPolicy it becomes)", pr.field),
+            };
+            format!("{field}: {}", pr.reason)
+        })
+        .collect();
+    if lines.is_empty() { Ok(()) } else { Err(lines.join("; ")) }
 }
 
 /// A field path as written in manifests: `spec.selectors[0].podSelector`.
@@ -538,6 +577,38 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
     }
 
     #[test]
+    fn istio_service_entries_become_egress_policies_or_are_left_out() {
+        let se = |version: &str, extra: &str| {
+            format!(
+                "apiVersion: networking.istio.io/{version}\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: prod}}\nspec:\n  hosts: [\"*.googleapis.com\", api.github.com]\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n  resolution: DNS\n{extra}"
+            )
+        };
+        for v in ["v1", "v1beta1", "v1alpha3"] {
+            let (o, e) = load(&se(v, "  location: MESH_EXTERNAL\n"));
+            assert!(e.is_empty(), "{e:?}");
+            let p = &o.policies[0];
+            assert_eq!(p.origin.written_as, format!("networking.istio.io/{v} ServiceEntry"));
+            assert_eq!(p.object.metadata.namespace.as_deref(), Some("prod"));
+            assert_eq!(p.object.spec.rules[0].to.as_ref().unwrap().fqdns, vec!["**.googleapis.com", "api.github.com"]);
+            assert!(o.validate_policies().problems.is_empty(), "{:?}", o.validate_policies().problems);
+        }
+        // Inside the mesh: read, left out with the reason, not an error.
+        let (o, e) = load(&se("v1", "  location: MESH_INTERNAL\n"));
+        assert!(e.is_empty() && o.policies.is_empty(), "{e:?}");
+        assert!(o.left_out[0].object.starts_with("ServiceEntry/ext: location MESH_INTERNAL"), "{:?}", o.left_out);
+        // A host Egret cannot match is named by the entry's own field.
+        let (o, e) = load(&se("v1", "  location: MESH_EXTERNAL\n").replace("api.github.com", "bücher.example"));
+        assert!(o.policies.is_empty());
+        let msg = e[0].to_string();
+        assert!(msg.contains("ServiceEntry/ext: document 0: spec.hosts[1]: \"bücher.example\" is not ASCII"), "{msg}");
+        let (_, e) = load(&se("v1", "  location: MESH_EXTERNAL\n").replace("api.github.com", "\"*\""));
+        assert!(e[0].to_string().contains("spec.hosts[1]: \"*\" (every host) cannot be translated"), "{}", e[0]);
+        // Strict like the other foreign kinds.
+        let (_, e) = load(&se("v1", "  location: MESH_EXTERNAL\n  exportto: [\".\"]\n"));
+        assert!(e[0].to_string().contains("spec.exportto: unknown field"), "{}", e[0]);
+    }
+
+    #[test]
     fn network_policies_load_strictly_into_default() {
         let (o, e) = load(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
@@ -611,7 +682,12 @@ status: {podIP: 10.244.1.10}
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         let mut dirs = 0;
         for d in std::fs::read_dir(&root).unwrap() {
-            let (o, e) = read_paths(&[d.unwrap().path()]);
+            let d = d.unwrap().path();
+            // examples/dns holds zone files, no manifests.
+            if expand(&d, &mut Vec::new()).is_empty() {
+                continue;
+            }
+            let (o, e) = read_paths(&[d]);
             assert!(e.is_empty(), "{e:?}");
             assert!(!o.nodes.is_empty());
             assert!(o.validate_policies().problems.is_empty(), "{:?}", o.validate_policies().problems);

@@ -216,6 +216,9 @@ fn show(
 fn manifests(files: &[PathBuf]) -> anyhow::Result<Option<Objects>> {
     let (objs, errs) = read_paths(files);
     if errs.is_empty() {
+        for d in &objs.left_out {
+            eprintln!("note: {}: {} left out: {}", d.origin.file.display(), d.origin.written_as, d.object);
+        }
         return Ok(Some(objs));
     }
     for e in &errs {

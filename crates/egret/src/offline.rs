@@ -286,12 +286,53 @@ pub fn convert(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for d in &objs.egresses {
         let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
     }
+    for d in &objs.cluster_policies {
+        let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
+    }
+    for d in &objs.policies {
+        let _ = write!(out, "---\n{}", serde_yaml_ng::to_string(&d.object)?);
+    }
     out!("{out}");
+    for d in objs.policies.iter().filter(|d| d.origin.written_as.ends_with(" ServiceEntry")) {
+        eprintln!("note: {}", service_entry_note(d));
+    }
+    for d in &objs.left_out {
+        eprintln!("note: {}: {} left out: {}", d.origin.file.display(), d.origin.written_as, d.object);
+    }
     let skipped = objs.nodes.len() + objs.namespaces.len() + objs.pods.len();
     if skipped > 0 {
         eprintln!(
             "note: {skipped} core/v1 object(s) (Nodes, Namespaces, Pods) are not egret.dev objects and were left out"
         );
     }
+    if !objs.network_policies.is_empty() {
+        eprintln!(
+            "note: {} NetworkPolicy object(s) are not egret.dev objects and were left out (Egret's agents enforce them as they are with --enforce-network-policy)",
+            objs.network_policies.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a ServiceEntry became, and what it does not cover.
+fn service_entry_note(d: &egret_store::Document<egret_api::v1alpha1::EgressPolicy>) -> String {
+    let p = &d.object;
+    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    let (names, ports) = match p.spec.rules.first() {
+        Some(r) => (
+            r.to.as_ref().map(|t| t.fqdns.join(", ")).unwrap_or_default(),
+            r.ports
+                .iter()
+                .map(|x| format!("{} {}", x.protocol.as_deref().unwrap_or("TCP"), x.port.unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        "{}: {} {name} became EgressPolicy {ns}/{name}: every pod of namespace {ns} may reach {names} on {ports}; what no rule allows outside the cluster is denied (defaultAction Deny); DNS to a resolver outside the cluster must be allowed separately",
+        d.origin.file.display(),
+        d.origin.written_as
+    )
 }

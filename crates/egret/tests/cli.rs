@@ -280,6 +280,104 @@ fn convert_emits_egret_manifests_that_load_again() {
     assert!(stdout(&o).starts_with("valid: 2 ExternalIPPools, 3 Egresses"));
 }
 
+/// What seed 001's ServiceEntries become (docs/api.md, "Accepted foreign kinds").
+const SEED_001_CONVERTED: &str = "---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata:
+  name: external-api
+  namespace: default
+spec:
+  appliedTo:
+    podSelector: {}
+  rules:
+  - name: external-api
+    action: Allow
+    to:
+      fqdns:
+      - api.external.com
+    ports:
+    - protocol: TCP
+      port: 443
+  defaultAction: Deny
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata:
+  name: allowed-external
+  namespace: default
+spec:
+  appliedTo:
+    podSelector: {}
+  rules:
+  - name: allowed-external
+    action: Allow
+    to:
+      fqdns:
+      - '**.googleapis.com'
+      - api.github.com
+    ports:
+    - protocol: TCP
+      port: 443
+  defaultAction: Deny
+";
+
+#[test]
+fn convert_turns_istio_service_entries_into_allowlists_that_validate() {
+    let file = "examples/seed-001-service-entry/service-entries.yaml";
+    let o = egret(&["convert", "-f", file]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(stdout(&o), SEED_001_CONVERTED);
+    let notes: Vec<&str> = err.lines().collect();
+    assert_eq!(notes.len(), 2, "{err}");
+    assert!(notes[0].starts_with(&format!(
+        "note: {file}: networking.istio.io/v1 ServiceEntry external-api became EgressPolicy default/external-api: every pod of namespace default may reach api.external.com on TCP 443;"
+    )), "{err}");
+    assert!(notes[1].contains("ServiceEntry allowed-external became EgressPolicy default/allowed-external"), "{err}");
+    assert!(notes.iter().all(|n| n.ends_with("DNS to a resolver outside the cluster must be allowed separately")));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("converted.yaml"), stdout(&o)).unwrap();
+    std::fs::copy(root().join("examples/cluster/lab.yaml"), dir.path().join("cluster.yaml")).unwrap();
+    let o = egret(&["validate", "-f", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("valid: 0 ExternalIPPools, 0 Egresses, 0 ClusterEgressPolicies, 2 EgressPolicies"));
+
+    // Inside the mesh: left out with a note, not an error; `*` (everything): an error naming it.
+    let se = |host: &str, location: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {{name: se, namespace: prod}}\nspec:\n  hosts: [a.example, \"{host}\"]\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n  location: {location}\n"
+        )
+    };
+    let f = dir.path().join("se.yaml");
+    std::fs::write(&f, se("b.example", "MESH_INTERNAL")).unwrap();
+    let o = egret(&["convert", "-f", f.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("networking.istio.io/v1beta1 ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL"),
+        "{err}"
+    );
+    // `apply` into a store says so too, and stores nothing.
+    let store = dir.path().join("store");
+    let o = egret(&["apply", "--store", store.to_str().unwrap(), "-f", f.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "unchanged\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ServiceEntry left out: ServiceEntry/se: location MESH_INTERNAL")
+    );
+    std::fs::write(&f, se("*", "MESH_EXTERNAL")).unwrap();
+    let o = egret(&["convert", "-f", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("ServiceEntry/se: document 0: spec.hosts[1]: \"*\" (every host) cannot be translated"),
+        "{err}"
+    );
+    assert_eq!(stdout(&o), "");
+}
+
 #[test]
 fn committed_crds_are_fresh() {
     let dir = tempfile::tempdir().unwrap();
