@@ -223,7 +223,9 @@ pub fn denied(conns: &[Conn], old: &NodePlan, new: &NodePlan) -> Vec<Conn> {
                 None => FlowProto::Other(f.proto),
             };
             let flow = egret_core::policy::Flow { dst: f.dst, proto, port: f.ports.1 };
-            new.firewall.decide(f.src, &flow).is_some_and(|d| d.verdict == Verdict::Deny)
+            // Which addresses name rules learned is the DNS proxy's: a flow is ended only if it
+            // is denied even with every name rule holding its destination.
+            new.firewall.decide_learned(f.src, &flow, |_| true).is_some_and(|d| d.verdict == Verdict::Deny)
         })
         .copied()
         .collect()
@@ -436,6 +438,23 @@ mod tests {
         let shown: Vec<String> = ended.iter().map(|c| format!("{} {}", c.dst, c.ports.1)).collect();
         // Allowed (443), cluster-internal and link-scoped (mDNS) flows stay.
         assert_eq!(shown, vec!["198.51.100.8 8080", "2001:db8:200::1 22"]);
+        // A name rule on 8080 may have learned 198.51.100.8: that flow stays too.
+        let named = "  - {name: names, action: Allow, to: {fqdns: [\"*.example.test\"]}, ports: [{port: 8080}]}\n";
+        let y2 = y
+            .replace("  defaultAction", &format!("{named}  defaultAction"))
+            .replace("rules: [", "rules:\n  - ")
+            .replace("}]}]\n", "}]}\n");
+        let api: egret_api::v1alpha1::ClusterEgressPolicy = serde_yaml_ng::from_str(&y2).unwrap();
+        let v2 = pol::validate_policies(&[api], &[]);
+        assert!(v2.problems.is_empty(), "{:?}", v2.problems);
+        let ps2: Vec<&pol::Policy> = v2.policies.iter().collect();
+        let mut with_names = new.clone();
+        with_names.firewall.sets[0].compiled = std::sync::Arc::new(pol::compile(&ps2));
+        let kept: Vec<String> = denied(&all, &NodePlan::default(), &with_names)
+            .iter()
+            .map(|c| format!("{} {}", c.dst, c.ports.1))
+            .collect();
+        assert_eq!(kept, vec!["2001:db8:200::1 22"]);
         assert_eq!(
             delete_flows_script(&ended),
             "-D -s 10.244.1.10 -d 198.51.100.8 -p tcp --orig-port-src 1 --orig-port-dst 8080\n\

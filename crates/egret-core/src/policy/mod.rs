@@ -518,6 +518,13 @@ impl Firewall {
         let p = self.pods.iter().find(|p| p.ip == src)?;
         Some(self.sets.get(p.set)?.compiled.lookup(flow))
     }
+
+    /// [`Firewall::decide`] with `holds(rule)` saying whether a name rule holds the destination.
+    pub fn decide_learned(&self, src: IpAddr, flow: &Flow, holds: impl Fn(&NameRule) -> bool) -> Option<&Decision> {
+        let p = self.pods.iter().find(|p| p.ip == src)?;
+        let c = &self.sets.get(p.set)?.compiled;
+        Some(c.lookup_learned(flow, |k| c.names.get(k).is_some_and(&holds)))
+    }
 }
 
 /// The policies applying to a pod, in evaluation order.
