@@ -200,6 +200,10 @@ mod tests {
         let a = [("203.0.113.5".parse().unwrap(), 0)];
         assert!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(1)).add.is_empty());
         assert_eq!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(5)).add.len(), 1);
+        // Expired entries are forgotten.
+        l.prune(now + Duration::from_secs(400));
+        assert_eq!(l.name_of("fq4_x", "203.0.113.5".parse().unwrap(), now), None);
+        assert!(l.by_name.is_empty() && l.holders.is_empty());
         // A set gone from the plan is forgotten: the address is written again.
         l.retain_sets(&Default::default());
         assert_eq!(l.learn(&m, "api.github.test", &a, &Limits::default(), now + Duration::from_secs(5)).add.len(), 1);

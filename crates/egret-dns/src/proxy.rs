@@ -119,6 +119,19 @@ pub async fn run(
     let ctx = Arc::new(Ctx { cfg, shared, metrics: metrics.clone(), jobs: tx });
     metrics.up.set(1);
     tracing::info!(port = ctx.cfg.port, "DNS proxy listening (UDP and TCP, by TPROXY)");
+    // What expired is forgotten now and then, so names asked once do not accumulate.
+    let prune = {
+        let shared = ctx.shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                if let Ok(mut l) = shared.learned.lock() {
+                    l.prune(Instant::now());
+                }
+            }
+        })
+    };
     let c = ctx.clone();
     let tcp_task = tokio::spawn(async move {
         loop {
@@ -136,6 +149,7 @@ pub async fn run(
     });
     let res = serve_udp_listener(ctx, udp).await;
     tcp_task.abort();
+    prune.abort();
     metrics.up.set(0);
     res
 }
