@@ -15,6 +15,12 @@ fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> DatapathError + '_ {
     move |source| DatapathError::Netlink { what: what.to_string(), source }
 }
 
+/// Whether `plan` hands any pod's DNS to the proxy (a pod of this node under a name rule).
+pub fn needed(plan: &egret_core::planner::NodePlan) -> bool {
+    let f = &plan.firewall;
+    f.pods.iter().any(|p| f.sets.get(p.set).is_some_and(|s| s.compiled.has_names()))
+}
+
 /// The rule's priority: just before the tunnel's rules.
 fn priority(cfg: &Config) -> u32 {
     cfg.rule_priority.saturating_sub(1)

@@ -148,6 +148,8 @@ pub struct Datapath {
     ids: Option<PeerIds>,
     /// The plan of the last successful sync (to find the flows a new plan steers differently).
     last_plan: Option<NodePlan>,
+    /// Whether the DNS proxy's policy routing was last put in place (`Some(true)`) or removed.
+    dns_routing: Option<bool>,
     /// Addresses hosted now: background repeats of announcements stop for any that leaves,
     /// so a node never re-announces an address that has moved to another node.
     hosting: Arc<Mutex<BTreeSet<IpAddr>>>,
@@ -207,6 +209,7 @@ impl Datapath {
             announced: BTreeSet::new(),
             ids: None,
             last_plan: None,
+            dns_routing: None,
             hosting: Arc::new(Mutex::new(BTreeSet::new())),
         })
     }
@@ -260,7 +263,18 @@ impl Datapath {
         let (links, added_hosted) = rt.block_on(async {
             let net = Net::connect()?;
             let links = net.ensure_links(&cfg, plan, &mut report.changes).await?;
-            report.changes.extend(dnsroute::ensure(&net.handle, &cfg).await?);
+            // The DNS proxy's routing, only while pods here are under name rules (checked on
+            // every sync then, which repairs it; removed once when no longer needed).
+            let want_dns = dnsroute::needed(plan);
+            if want_dns || self.dns_routing != Some(false) {
+                let changed = if want_dns {
+                    dnsroute::ensure(&net.handle, &cfg).await?
+                } else {
+                    dnsroute::remove(&net.handle, &cfg).await?
+                };
+                report.changes.extend(changed);
+                self.dns_routing = Some(want_dns);
+            }
             // Forwarding, and loose reverse-path filtering on the tunnel only: pod sources
             // arrive through it although the main table routes them elsewhere.
             net.ensure_inet_conf(&cfg.vxlan_name, 1, 2, &mut report.changes).await?;
@@ -390,6 +404,7 @@ impl Datapath {
         self.announced.clear();
         self.ids = None;
         self.last_plan = None;
+        self.dns_routing = None;
         if let Ok(mut h) = self.hosting.lock() {
             h.clear();
         }
