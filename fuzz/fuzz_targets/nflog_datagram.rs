@@ -8,6 +8,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let idx = AuditIndex::default();
     for logged in parse_datagram(data) {
-        let _ = idx.record(&logged, String::new());
+        let _ = idx.record(&logged, String::new(), |_, _, _| None);
     }
 });
