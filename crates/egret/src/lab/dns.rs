@@ -604,23 +604,7 @@ pub fn lookup(netns: &str, name: &str) -> anyhow::Result<IpAddr> {
         let mut edns = Edns::new();
         edns.set_max_payload(4096);
         q.edns = Some(edns);
-        let bytes = q.to_vec()?;
-        let answer = ns.run(|| -> anyhow::Result<Message> {
-            let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
-            sock.connect(server)?;
-            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let mut buf = vec![0u8; 65536];
-            for _ in 0..2 {
-                sock.send(&bytes)?;
-                if let Ok(n) = sock.recv(&mut buf)
-                    && let Ok(m) = Message::from_vec(&buf[..n])
-                    && m.metadata.id == q.metadata.id
-                {
-                    return Ok(m);
-                }
-            }
-            bail!("no answer from {server}")
-        })??;
+        let answer = ns.run(|| ask(server, &q))??;
         if answer.metadata.response_code == ResponseCode::NXDomain {
             bail!("{qname}: no such name ({server})");
         }
@@ -629,6 +613,27 @@ pub fn lookup(netns: &str, name: &str) -> anyhow::Result<IpAddr> {
         }
     }
     bail!("{qname}: no address ({server})")
+}
+
+/// Sends `q` over UDP from the calling thread's network namespace and returns the answer with
+/// its ID (asked twice at most, 2 s each).
+pub fn ask(server: SocketAddr, q: &hickory_proto::op::Message) -> anyhow::Result<hickory_proto::op::Message> {
+    use hickory_proto::op::Message;
+    let bytes = q.to_vec()?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(server)?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..2 {
+        sock.send(&bytes)?;
+        if let Ok(n) = sock.recv(&mut buf)
+            && let Ok(m) = Message::from_vec(&buf[..n])
+            && m.metadata.id == q.metadata.id
+        {
+            return Ok(m);
+        }
+    }
+    bail!("no answer from {server}")
 }
 
 /// A query ID that differs between calls.

@@ -41,7 +41,7 @@ fn flood(pod: &Netns, pps: u32, span: Duration, sent: Arc<AtomicU64>) -> anyhow:
 }
 
 /// A counter's value in a Prometheus text scrape (the sum over matching label sets).
-fn metric(text: &str, prefix: &str) -> u64 {
+pub(crate) fn metric(text: &str, prefix: &str) -> u64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }
 

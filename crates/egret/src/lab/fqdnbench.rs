@@ -3,9 +3,10 @@
 //!
 //! From inside a pod under name rules (e.g. `examples/fqdn-allowlist`), for each of N fresh
 //! names of the lab's zone (`n0000.fresh.test` ..., each with its own address and a TTL of 0 to
-//! 5 s): one A query over UDP to the pod's resolver (through the node's DNS proxy), then at
-//! once one TCP connection to the answered address on port 8080. A first connection counts as
-//! successful when it is established within 900 ms: Linux retransmits an unanswered SYN after
+//! 5 s): one A query over UDP to the pod's resolver (through the node's DNS proxy; sent again
+//! once if unanswered after 2 s), then at once one TCP connection to the answered address on
+//! port 8080. A first connection counts as successful when it is established within 900 ms:
+//! Linux retransmits an unanswered SYN after
 //! 1 s, so a success is a first SYN answered; a refused or late one is a failure. Before the
 //! run, the first name's address is checked to be refused without a lookup (the pod really is
 //! under name rules and nothing of an earlier run is still learned). The agent's
@@ -20,7 +21,7 @@ use egret_netns::Netns;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -41,26 +42,14 @@ fn lookup(server: SocketAddr, name: &str, id: u16) -> anyhow::Result<IpAddr> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(n, RecordType::A));
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
-    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    sock.connect(server)?;
-    sock.send(&m.to_vec()?)?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).context("no answer")?;
-        let a = Message::from_vec(&buf[..n])?;
-        if a.metadata.id != id {
-            continue;
-        }
-        return a
-            .answers
-            .iter()
-            .find_map(|r| match &r.data {
-                RData::A(x) => Some(IpAddr::V4(x.0)),
-                _ => None,
-            })
-            .with_context(|| format!("{name}: no address in the answer"));
-    }
+    let a = super::dns::ask(server, &m)?;
+    a.answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::A(x) => Some(IpAddr::V4(x.0)),
+            _ => None,
+        })
+        .with_context(|| format!("{name}: no address in the answer"))
 }
 
 /// Connects and reads the whoami's first line (the source address it saw; it then echoes, so
@@ -84,10 +73,6 @@ fn bucket_counts(text: &str) -> Vec<(f64, u64)> {
             Some((le, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect()
-}
-
-fn counter(text: &str, name: &str) -> u64 {
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
 }
 
 /// The smallest bucket bound holding at least `p` percent of the observations between two scrapes.
@@ -193,7 +178,8 @@ pub fn run(lab: &str, pod: &str, count: usize) -> anyhow::Result<ExitCode> {
         fmt(bucket_percentile(&b, &a, 50.0)),
         fmt(bucket_percentile(&b, &a, 99.0))
     );
-    let timeouts = counter(&after, "egret_dns_hold_timeouts_total") - counter(&before, "egret_dns_hold_timeouts_total");
+    let held_out = "egret_dns_hold_timeouts_total";
+    let timeouts = super::flood::metric(&after, held_out).saturating_sub(super::flood::metric(&before, held_out));
     println!("  answers released before their addresses were programmed: {timeouts}");
     Ok(if ok == count && timeouts == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
