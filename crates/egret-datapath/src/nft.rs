@@ -319,13 +319,19 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         "prerouting".into(),
         Chain {
             hook: hook("filter", "prerouting", PRIO_MANGLE),
-            rules: vec![
-                // A DNS query handed to the DNS proxy (chain `dns`, just before): delivered
-                // locally, never steered.
-                rule(vec![
-                    matches("==", json!({"&": [meta("mark"), mask]}), json!(cfg.dns_mark())),
-                    json!({"return": null}),
-                ]),
+            rules: [
+                // A DNS query handed to the DNS proxy (chain `dns`, just before, on nodes with
+                // pods under name rules): delivered locally, never steered.
+                crate::dnsroute::needed(plan).then(|| {
+                    rule(vec![
+                        matches("==", json!({"&": [meta("mark"), mask]}), json!(cfg.dns_mark())),
+                        json!({"return": null}),
+                    ])
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .chain([
                 // Gateway, reply direction of a flow that came through the tunnel: mark it so
                 // policy routing sends it back through the tunnel to the node it came from.
                 // (Replies arriving through the tunnel belong to flows this node steered out:
@@ -365,7 +371,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                 rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
-            ],
+            ])
+            .collect(),
         },
     );
     t.chains.insert(

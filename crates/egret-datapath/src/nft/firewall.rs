@@ -236,7 +236,10 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
             );
         }
     }
-    t.chains.insert(CHAIN_DNS.into(), dns_chain(cfg));
+    // Only on nodes with pods under name rules: every packet passes a base chain.
+    if crate::dnsroute::needed(plan) {
+        t.chains.insert(CHAIN_DNS.into(), dns_chain(cfg));
+    }
     for (fam, (name, elems)) in FAMS.iter().zip([MAP_PODS4, MAP_PODS6].into_iter().zip(pods)) {
         t.sets
             .insert(name.into(), Set { map: Some(json!("verdict")), key: json!(fam.addr_type), flags: vec![], elems });
@@ -349,21 +352,22 @@ fn dns_chain(cfg: &Config) -> Chain {
     for (fam, set, local) in [(FAMS[0], SET_DNS_PODS4, "127.0.0.1"), (FAMS[1], SET_DNS_PODS6, "::1")] {
         let from = || matches("==", payload(fam.payload, "saddr"), json!(format!("@{set}")));
         for proto in ["udp", "tcp"] {
+            // Cheap comparisons first: most packets leave the rule at the port.
             rules.push(rule(vec![
-                matches("==", meta("nfproto"), json!(fam.nfproto)),
-                from(),
                 matches("==", meta("l4proto"), json!(proto)),
                 matches("==", payload(proto, "dport"), json!(53)),
+                matches("==", meta("nfproto"), json!(fam.nfproto)),
+                from(),
                 json!({"tproxy": {"family": fam.payload, "addr": local, "port": cfg.dns_proxy_port}}),
                 mark.clone(),
                 json!({"accept": null}),
             ]));
         }
         rules.push(rule(vec![
-            matches("==", meta("nfproto"), json!(fam.nfproto)),
-            from(),
             matches("==", meta("l4proto"), json!({"set": ["tcp", "udp"]})),
             matches("==", payload("th", "dport"), json!(53)),
+            matches("==", meta("nfproto"), json!(fam.nfproto)),
+            from(),
             json!({"drop": null}),
         ]));
     }
@@ -422,6 +426,25 @@ mod tests {
 
     fn rules(t: &Table) -> usize {
         t.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    #[test]
+    fn the_dns_chain_is_there_only_for_pods_under_name_rules() {
+        let ids = PeerIds::recovered([]);
+        let cfg = Config::default();
+        let plain = plan(2, 1);
+        let (t, _) = crate::nft::desired(&cfg, &plain, &ids);
+        assert!(!t.chains.contains_key(CHAIN_DNS));
+        let y = "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: n}\nspec:\n  appliedTo: {namespaceSelector: {}}\n  rules: [{name: r, action: Allow, to: {fqdns: [api.github.test]}, ports: [{port: 443}]}]\n  defaultAction: Deny\n";
+        let v = policy::validate_policies(&[serde_yaml_ng::from_str(y).unwrap()], &[]);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let mut named = plain.clone();
+        named.firewall.sets[0].compiled = Arc::new(policy::compile(&[&v.policies[0]]));
+        let (n, _) = crate::nft::desired(&cfg, &named, &ids);
+        assert_eq!(n.chains[CHAIN_DNS].rules.len(), 6, "UDP and TCP handed over, the rest dropped, per family");
+        // Steering skips the proxy's mark only where the chain exists.
+        assert_eq!(n.chains["prerouting"].rules.len(), t.chains["prerouting"].rules.len() + 1);
+        assert!(n.sets.keys().any(|k| k.starts_with("fq4_")) && n.sets.keys().any(|k| k.starts_with("fq6_")));
     }
 
     #[test]
