@@ -12,11 +12,13 @@ use crate::answer::{self, Unusable};
 use crate::learn::{Element, Learned, Limits, PodRules};
 use crate::metrics::DnsMetrics;
 use nix::sys::socket::{
-    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn, setsockopt, sockopt,
+    self, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage, setsockopt, sockopt,
 };
+use socket2::{Domain, Socket, Type};
+use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,10 +37,13 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    /// A serving task ended; they loop for ever, so it panicked.
+    #[error("DNS proxy task ended: {0}")]
+    Stopped(String),
 }
 
-fn sock_err(what: &'static str) -> impl FnOnce(nix::Error) -> ProxyError {
-    move |e| ProxyError::Socket { what, source: std::io::Error::from(e) }
+fn sock_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ProxyError {
+    move |source| ProxyError::Socket { what, source }
 }
 
 /// Settings.
@@ -52,7 +57,8 @@ pub struct ProxyConfig {
     pub hold_timeout: Duration,
     /// How long to wait for the resolver.
     pub upstream_timeout: Duration,
-    /// How long a UDP reply socket serves a pod's port after its last query.
+    /// How long a UDP session serves a pod's port after its last query (a stub resolver that
+    /// keeps its port saves the sockets' set-up; one that does not gets a new session).
     pub udp_idle: Duration,
 }
 
@@ -63,7 +69,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             hold_timeout: Duration::from_millis(100),
             upstream_timeout: Duration::from_secs(5),
-            udp_idle: Duration::from_secs(5),
+            udp_idle: Duration::from_secs(2),
         }
     }
 }
@@ -100,16 +106,25 @@ struct Ctx {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
-/// Binds the sockets and serves until the task is dropped. `programmer` gets a thread of its
-/// own, which takes every job queued so far in one go (one kernel batch per set).
+/// Binds the sockets (IPv4 and, where the node has it, IPv6) and serves until the task is
+/// dropped. `programmer` gets a thread of its own, which takes every job queued so far in one
+/// go (one kernel batch per set).
 pub async fn run(
     cfg: ProxyConfig,
     shared: Arc<Shared>,
     metrics: Arc<DnsMetrics>,
     programmer: impl Programmer,
 ) -> Result<(), ProxyError> {
-    let udp = Arc::new(transparent_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, cfg.port), None, true)?);
-    let tcp = transparent_tcp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, cfg.port))?;
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.port));
+    let mut listeners = vec![(udp_listener(v4)?, tcp_listener(v4)?)];
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, cfg.port));
+    match udp_listener(v6).and_then(|u| Ok((u, tcp_listener(v6)?))) {
+        Ok(l) => listeners.push(l),
+        // A node without IPv6 has no pods asking over it either.
+        Err(e) => {
+            tracing::warn!("DNS proxy: no IPv6 listener (DNS over IPv6 of pods under name rules fails closed): {e}")
+        }
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let m = metrics.clone();
     std::thread::Builder::new()
@@ -118,40 +133,44 @@ pub async fn run(
         .map_err(|source| ProxyError::Socket { what: "start the programming thread", source })?;
     let ctx = Arc::new(Ctx { cfg, shared, metrics: metrics.clone(), jobs: tx });
     metrics.up.set(1);
-    tracing::info!(port = ctx.cfg.port, "DNS proxy listening (UDP and TCP, by TPROXY)");
+    tracing::info!(port = ctx.cfg.port, ipv6 = listeners.len() > 1, "DNS proxy listening (UDP and TCP, by TPROXY)");
+    let mut tasks = tokio::task::JoinSet::new();
     // What expired is forgotten now and then, so names asked once do not accumulate.
-    let prune = {
-        let shared = ctx.shared.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            loop {
-                every.tick().await;
-                if let Ok(mut l) = shared.learned.lock() {
-                    l.prune(Instant::now());
-                }
-            }
-        })
-    };
-    let c = ctx.clone();
-    let tcp_task = tokio::spawn(async move {
+    let shared = ctx.shared.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
-            match tcp.accept().await {
-                Ok((stream, peer)) => {
-                    let c = c.clone();
-                    tokio::spawn(async move { serve_tcp(c, stream, peer).await });
-                }
-                Err(e) => {
-                    tracing::warn!("DNS proxy: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            every.tick().await;
+            if let Ok(mut l) = shared.learned.lock() {
+                l.prune(Instant::now());
             }
         }
     });
-    let res = serve_udp_listener(ctx, udp).await;
-    tcp_task.abort();
-    prune.abort();
+    for (udp, tcp) in listeners {
+        tasks.spawn(serve_udp_listener(ctx.clone(), udp));
+        let c = ctx.clone();
+        tasks.spawn(async move {
+            loop {
+                match tcp.accept().await {
+                    Ok((stream, peer)) => {
+                        let c = c.clone();
+                        tokio::spawn(async move { serve_tcp(c, stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!("DNS proxy: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    // The tasks loop for ever; one ending means it panicked.
+    let ended = tasks.join_next().await;
     metrics.up.set(0);
-    res
+    Err(ProxyError::Stopped(match ended {
+        Some(Err(e)) => e.to_string(),
+        _ => "no reason given".into(),
+    }))
 }
 
 fn program_loop(mut p: impl Programmer, mut rx: mpsc::UnboundedReceiver<Job>, m: &DnsMetrics) {
@@ -181,55 +200,87 @@ fn program_loop(mut p: impl Programmer, mut rx: mpsc::UnboundedReceiver<Job>, m:
     }
 }
 
-/// A non-blocking UDP socket with `IP_TRANSPARENT`, bound to `local` (and connected to `peer`).
-fn transparent_udp(local: SocketAddrV4, peer: Option<SocketAddrV4>, origdst: bool) -> Result<UdpSocket, ProxyError> {
-    let fd: OwnedFd =
-        socket::socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-            .map_err(sock_err("create UDP socket"))?;
-    setsockopt(&fd, sockopt::IpTransparent, &true).map_err(sock_err("IP_TRANSPARENT (needs CAP_NET_ADMIN)"))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(sock_err("SO_REUSEADDR"))?;
-    if origdst {
-        setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true).map_err(sock_err("IP_RECVORIGDSTADDR"))?;
+/// A non-blocking socket with `IP_TRANSPARENT` (or `IPV6_TRANSPARENT`), bound to `local`.
+fn transparent(local: SocketAddr, ty: Type) -> Result<Socket, ProxyError> {
+    let s = Socket::new(Domain::for_address(local), ty, None).map_err(sock_err("create socket"))?;
+    if local.is_ipv6() {
+        s.set_only_v6(true).map_err(sock_err("IPV6_V6ONLY"))?;
+        s.set_ip_transparent_v6(true).map_err(sock_err("IPV6_TRANSPARENT (needs CAP_NET_ADMIN)"))?;
+    } else {
+        s.set_ip_transparent_v4(true).map_err(sock_err("IP_TRANSPARENT (needs CAP_NET_ADMIN)"))?;
     }
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local)).map_err(sock_err("bind UDP"))?;
-    if let Some(p) = peer {
-        socket::connect(fd.as_raw_fd(), &SockaddrIn::from(p)).map_err(sock_err("connect UDP"))?;
-    }
-    UdpSocket::from_std(std::net::UdpSocket::from(fd))
-        .map_err(|source| ProxyError::Socket { what: "register UDP", source })
+    s.set_reuse_address(true).map_err(sock_err("SO_REUSEADDR"))?;
+    s.set_nonblocking(true).map_err(sock_err("O_NONBLOCK"))?;
+    s.bind(&local.into()).map_err(sock_err("bind"))?;
+    Ok(s)
 }
 
-fn transparent_tcp(local: SocketAddrV4) -> Result<TcpListener, ProxyError> {
-    let fd: OwnedFd =
-        socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-            .map_err(sock_err("create TCP socket"))?;
-    setsockopt(&fd, sockopt::IpTransparent, &true).map_err(sock_err("IP_TRANSPARENT (needs CAP_NET_ADMIN)"))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(sock_err("SO_REUSEADDR"))?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local)).map_err(sock_err("bind TCP"))?;
-    socket::listen(&fd, socket::Backlog::new(256).map_err(sock_err("backlog"))?).map_err(sock_err("listen"))?;
-    TcpListener::from_std(std::net::TcpListener::from(fd))
-        .map_err(|source| ProxyError::Socket { what: "register TCP", source })
+/// The listener taking the first query of each pod port: it learns the resolver the pod
+/// addressed from the original destination.
+fn udp_listener(local: SocketAddr) -> Result<UdpSocket, ProxyError> {
+    let s = transparent(local, Type::DGRAM)?;
+    let on = if local.is_ipv6() {
+        setsockopt(&s, sockopt::Ipv6OrigDstAddr, &true)
+    } else {
+        setsockopt(&s, sockopt::Ipv4OrigDstAddr, &true)
+    };
+    on.map_err(|e| ProxyError::Socket { what: "IP_RECVORIGDSTADDR", source: e.into() })?;
+    UdpSocket::from_std(s.into()).map_err(sock_err("register UDP"))
+}
+
+/// A reply socket bound (transparently) to the resolver's address and connected to the pod's.
+fn reply_socket(resolver: SocketAddr, pod: SocketAddr) -> Result<UdpSocket, ProxyError> {
+    let s = transparent(resolver, Type::DGRAM)?;
+    s.connect(&pod.into()).map_err(sock_err("connect UDP"))?;
+    UdpSocket::from_std(s.into()).map_err(sock_err("register UDP"))
+}
+
+/// The session's socket to the resolver, from this node's own address.
+fn upstream_socket(resolver: SocketAddr) -> Result<UdpSocket, ProxyError> {
+    let any: SocketAddr = match resolver {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = std::net::UdpSocket::bind(any).map_err(sock_err("bind upstream UDP"))?;
+    s.connect(resolver).map_err(sock_err("connect upstream UDP"))?;
+    s.set_nonblocking(true).map_err(sock_err("O_NONBLOCK"))?;
+    UdpSocket::from_std(s).map_err(sock_err("register UDP"))
+}
+
+fn tcp_listener(local: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let s = transparent(local, Type::STREAM)?;
+    s.listen(256).map_err(sock_err("listen"))?;
+    TcpListener::from_std(s.into()).map_err(sock_err("register TCP"))
 }
 
 /// One datagram from the listener: bytes, the pod, and the resolver it addressed.
-fn recv_origdst(fd: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, SocketAddrV4)> {
-    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in);
+fn recv_origdst(fd: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, SocketAddr)> {
+    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<SockaddrIn>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+    let msg = socket::recvmsg::<SockaddrStorage>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
         .map_err(std::io::Error::from)?;
-    let from = msg.address.map(SocketAddrV4::from).ok_or_else(|| std::io::Error::other("no source address"))?;
+    let from = msg.address.as_ref().and_then(std_addr).ok_or_else(|| std::io::Error::other("no source address"))?;
     let mut dst = None;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::Ipv4OrigDstAddr(a) = c {
-            dst = Some(SocketAddrV4::from(SockaddrIn::from(a)));
+        match c {
+            ControlMessageOwned::Ipv4OrigDstAddr(a) => dst = Some(SocketAddr::V4(SockaddrIn::from(a).into())),
+            ControlMessageOwned::Ipv6OrigDstAddr(a) => dst = Some(SocketAddr::V6(SockaddrIn6::from(a).into())),
+            _ => {}
         }
     }
     let dst = dst.ok_or_else(|| std::io::Error::other("no original destination"))?;
     Ok((msg.bytes, from, dst))
 }
 
-async fn serve_udp_listener(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) -> Result<(), ProxyError> {
-    let mut buf = vec![0u8; 65535];
+fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+async fn serve_udp_listener(ctx: Arc<Ctx>, sock: UdpSocket) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let got = sock.async_io(tokio::io::Interest::READABLE, || recv_origdst(&sock, &mut buf)).await;
         let (n, pod, resolver) = match got {
@@ -245,122 +296,185 @@ async fn serve_udp_listener(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) -> Result<(), P
     }
 }
 
-/// Answers `first` from `pod`, then serves the pod's further queries to the same resolver
-/// from the same port until idle.
-async fn udp_session(ctx: Arc<Ctx>, pod: SocketAddrV4, resolver: SocketAddrV4, first: Vec<u8>) {
-    let reply = match transparent_udp(resolver, Some(pod), false) {
-        Ok(s) => Arc::new(s),
+/// Largest DNS message over UDP.
+const MAX_MESSAGE: usize = 65535;
+
+/// A query forwarded and not answered yet.
+struct Pending {
+    query: answer::Query,
+    deadline: Instant,
+}
+
+/// Serves one pod port's queries to one resolver: `first`, then whatever the pod sends from the
+/// same port until it has been idle a while. Queries go out on one upstream socket of the
+/// session, answers are matched to them by ID and question (the pod keeps its IDs apart on one
+/// port, so the resolver sees the same on ours).
+async fn udp_session(ctx: Arc<Ctx>, pod: SocketAddr, resolver: SocketAddr, first: Vec<u8>) {
+    let sockets = reply_socket(resolver, pod).and_then(|r| Ok((r, upstream_socket(resolver)?)));
+    let (reply, up) = match sockets {
+        Ok((r, u)) => (Arc::new(r), u),
         Err(e) => {
-            tracing::warn!(%pod, %resolver, "DNS proxy: reply socket: {e}");
+            tracing::warn!(%pod, %resolver, "DNS proxy: session sockets: {e}");
             return;
         }
     };
-    let mut next = Some(first);
-    let mut buf = vec![0u8; 65535];
+    let mut pending: HashMap<u16, Pending> = HashMap::new();
+    forward(&ctx, &up, &mut pending, &first).await;
+    let mut last_query = Instant::now();
+    let (mut qbuf, mut abuf) = (vec![0u8; MAX_MESSAGE], vec![0u8; MAX_MESSAGE]);
     loop {
-        if let Some(q) = next.take() {
-            let (ctx, reply) = (ctx.clone(), reply.clone());
-            tokio::spawn(async move {
-                if let Some(a) = exchange_udp(&ctx, IpAddr::V4(*pod.ip()), resolver, &q).await {
-                    let _ = reply.send(&a).await;
+        let idle_end = last_query + ctx.cfg.udp_idle;
+        let wake = pending.values().map(|p| p.deadline).min().map_or(idle_end, |d| d.min(idle_end));
+        tokio::select! {
+            got = reply.recv(&mut qbuf) => match got {
+                Ok(n) => {
+                    last_query = Instant::now();
+                    forward(&ctx, &up, &mut pending, &qbuf[..n]).await;
                 }
-            });
-        }
-        match tokio::time::timeout(ctx.cfg.udp_idle, reply.recv(&mut buf)).await {
-            Ok(Ok(n)) => next = Some(buf[..n].to_vec()),
-            _ => return,
+                // The pod's port is gone (an ICMP error for an earlier answer).
+                Err(_) => return,
+            },
+            got = up.recv(&mut abuf) => {
+                if let Ok(n) = got {
+                    on_answer(&ctx, pod.ip(), &reply, &mut pending, &abuf[..n]).await;
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                let before = pending.len();
+                pending.retain(|_, p| p.deadline > now);
+                let expired = before - pending.len();
+                if expired > 0 {
+                    ctx.metrics.queries.get_or_create(&labels("udp", "upstream_timeout")).inc_by(expired as u64);
+                }
+                if pending.is_empty() && now >= idle_end {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Forwards one UDP query and returns the answer for the pod (`None`: nothing to send).
-async fn exchange_udp(ctx: &Ctx, pod: IpAddr, resolver: SocketAddrV4, q: &[u8]) -> Option<Vec<u8>> {
+/// Sends a pod's query on to the resolver and notes it as pending.
+async fn forward(ctx: &Ctx, up: &UdpSocket, pending: &mut HashMap<u16, Pending>, q: &[u8]) {
     let m = &ctx.metrics;
     let query = match answer::query(q) {
         Ok(x) => x,
         Err(e) => {
             m.queries.get_or_create(&labels("udp", "unusable")).inc();
-            tracing::debug!(%pod, "DNS proxy: dropped a query: {e}");
-            return None;
+            tracing::debug!("DNS proxy: dropped a query: {e}");
+            return;
         }
     };
-    let up = tokio::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await.ok()?;
-    if up.connect(resolver).await.is_err() || up.send(q).await.is_err() {
+    if up.send(q).await.is_err() {
         m.queries.get_or_create(&labels("udp", "upstream_error")).inc();
-        return None;
+        return;
     }
-    let mut buf = vec![0u8; 65535];
-    let deadline = tokio::time::Instant::now() + ctx.cfg.upstream_timeout;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, up.recv(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => {
-                m.queries.get_or_create(&labels("udp", "upstream_timeout")).inc();
-                return None;
-            }
-        };
-        match release(ctx, pod, &query, &buf[..n], "udp").await {
-            Some(()) => return Some(buf[..n].to_vec()),
-            // Not the answer to this query: keep waiting for it.
-            None => continue,
+    pending.insert(query.id, Pending { query, deadline: Instant::now() + ctx.cfg.upstream_timeout });
+}
+
+/// An answer from the resolver: released to the pod at once, after its addresses are
+/// programmed, or dropped (not the answer to a pending query; the query stays pending).
+async fn on_answer(ctx: &Arc<Ctx>, pod: IpAddr, reply: &Arc<UdpSocket>, pending: &mut HashMap<u16, Pending>, a: &[u8]) {
+    let Some(id) = a.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return };
+    let Some(p) = pending.get(&id) else {
+        ctx.metrics.queries.get_or_create(&labels("udp", "mismatched_answer")).inc();
+        return;
+    };
+    match verdict(ctx, pod, &p.query, a, "udp") {
+        Release::Drop => {}
+        Release::Now => {
+            pending.remove(&id);
+            let _ = reply.send(a).await;
+        }
+        Release::Hold(h) => {
+            pending.remove(&id);
+            let (ctx, reply, a) = (ctx.clone(), reply.clone(), a.to_vec());
+            tokio::spawn(async move {
+                h.wait(&ctx, pod).await;
+                let _ = reply.send(&a).await;
+            });
         }
     }
 }
 
-/// Checks an answer and, for a name one of the pod's rules allows, has its addresses
-/// programmed before it is released. `None`: not the answer to `query` (dropped).
-async fn release(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], proto: &str) -> Option<()> {
+/// What to do with an answer.
+enum Release {
+    /// Not the answer to the query: drop it, keep waiting.
+    Drop,
+    /// Send it to the pod now.
+    Now,
+    /// Send it once its addresses are programmed (or the hold times out).
+    Hold(Hold),
+}
+
+/// An answer waiting for its addresses to be programmed.
+struct Hold {
+    wait: oneshot::Receiver<Result<(), String>>,
+    start: Instant,
+    name: String,
+    proto: &'static str,
+}
+
+impl Hold {
+    async fn wait(self, ctx: &Ctx, pod: IpAddr) {
+        let m = &ctx.metrics;
+        match tokio::time::timeout(ctx.cfg.hold_timeout, self.wait).await {
+            Ok(Ok(Ok(()))) => {
+                m.hold_seconds.observe(self.start.elapsed().as_secs_f64());
+                m.queries.get_or_create(&labels(self.proto, "learned")).inc();
+            }
+            Ok(_) => {
+                m.queries.get_or_create(&labels(self.proto, "program_error")).inc();
+            }
+            Err(_) => {
+                m.hold_timeouts.inc();
+                tracing::warn!(%pod, name = %self.name, "DNS proxy: answer released before its addresses were programmed");
+            }
+        }
+    }
+}
+
+/// Checks an answer to `query` and, for a name one of the pod's rules allows, queues its
+/// addresses for programming (without waiting: the caller holds the answer).
+fn verdict(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], proto: &'static str) -> Release {
     let m = &ctx.metrics;
     let a = match answer::answer(query, bytes) {
         Ok(a) => a,
         Err(Unusable::Mismatch | Unusable::Kind(_)) => {
             m.queries.get_or_create(&labels(proto, "mismatched_answer")).inc();
-            return None;
+            return Release::Drop;
         }
         Err(e) => {
             m.queries.get_or_create(&labels(proto, "unusable")).inc();
             tracing::debug!(%pod, "DNS proxy: unusable answer: {e}");
-            return None;
+            return Release::Drop;
         }
     };
     let rules = ctx.shared.pods.read().ok().and_then(|p| p.get(&pod).cloned());
     let Some(rules) = rules else {
         m.queries.get_or_create(&labels(proto, "no_rules")).inc();
-        return Some(());
+        return Release::Now;
     };
     let matching = Learned::matching(&rules, &query.name);
     if matching.is_empty() || a.addresses.is_empty() || a.truncated {
         m.queries.get_or_create(&labels(proto, "passed")).inc();
-        return Some(());
+        return Release::Now;
     }
     let program = match ctx.shared.learned.lock() {
         Ok(mut l) => l.learn(&matching, &query.name, &a.addresses, &ctx.cfg.limits, Instant::now()),
-        Err(_) => return Some(()),
+        Err(_) => return Release::Now,
     };
     if program.add.is_empty() && program.delete.is_empty() {
         m.queries.get_or_create(&labels(proto, "held")).inc();
-        return Some(());
+        return Release::Now;
     }
     let (done, wait) = oneshot::channel();
-    let start = Instant::now();
     if ctx.jobs.send(Job { add: program.add, delete: program.delete, done }).is_err() {
         m.queries.get_or_create(&labels(proto, "program_error")).inc();
-        return Some(());
+        return Release::Now;
     }
-    match tokio::time::timeout(ctx.cfg.hold_timeout, wait).await {
-        Ok(Ok(Ok(()))) => {
-            m.hold_seconds.observe(start.elapsed().as_secs_f64());
-            m.queries.get_or_create(&labels(proto, "learned")).inc();
-        }
-        Ok(_) => {
-            m.queries.get_or_create(&labels(proto, "program_error")).inc();
-        }
-        Err(_) => {
-            m.hold_timeouts.inc();
-            tracing::warn!(%pod, name = %query.name, "DNS proxy: answer released before its addresses were programmed");
-        }
-    }
-    Some(())
+    Release::Hold(Hold { wait, start: Instant::now(), name: query.name.clone(), proto })
 }
 
 fn labels(proto: &str, result: &str) -> Vec<(String, String)> {
@@ -406,12 +520,15 @@ async fn serve_tcp(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
                 ctx.metrics.queries.get_or_create(&labels("tcp", "upstream_timeout")).inc();
                 return;
             };
-            if release(&ctx, peer.ip(), &query, &a, "tcp").await.is_some() {
-                if write_frame(&mut client, &a).await.is_err() {
-                    return;
-                }
-                break;
+            match verdict(&ctx, peer.ip(), &query, &a, "tcp") {
+                Release::Drop => continue,
+                Release::Now => {}
+                Release::Hold(h) => h.wait(&ctx, peer.ip()).await,
             }
+            if write_frame(&mut client, &a).await.is_err() {
+                return;
+            }
+            break;
         }
     }
 }

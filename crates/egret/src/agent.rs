@@ -630,13 +630,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // The DNS proxy for pods under name rules. If it cannot run, their DNS fails closed (the
     // nft table drops what no proxy takes) and /readyz says so; other pods are not affected.
+    // It runs on a thread and a single-threaded runtime of its own: a pod's query waits
+    // neither for the agent's other work nor for tasks moving between threads.
     {
         let (cfg, shared, m) = (args.dns.proxy_config(), dns.clone(), dns_metrics.clone());
-        rt.spawn(async move {
-            if let Err(e) = egret_dns::run(cfg, shared, m, crate::dns::NetlinkProgrammer::default()).await {
+        let proxy_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("dns-proxy".into()).spawn(move || {
+            let res =
+                proxy_rt.block_on(egret_dns::run(cfg, shared, m.clone(), crate::dns::NetlinkProgrammer::default()));
+            m.up.set(0);
+            if let Err(e) = res {
                 warn!("DNS proxy down: DNS of pods under name rules fails closed: {e}");
             }
-        });
+        })?;
     }
     let config = ClusterConfig {
         service_cidrs: args.service_cidrs.clone(),
