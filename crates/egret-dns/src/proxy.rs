@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,8 +58,9 @@ pub struct ProxyConfig {
     pub hold_timeout: Duration,
     /// How long to wait for the resolver.
     pub upstream_timeout: Duration,
-    /// How long a UDP session serves a pod's port after its last query (a stub resolver that
-    /// keeps its port saves the sockets' set-up; one that does not gets a new session).
+    /// How long a UDP session serves a pod's port after its last query once nothing is pending.
+    /// Short: most stub resolvers use a new port per lookup, and every live session is one more
+    /// socket bound to its resolver's address, which the kernel walks on each bind there.
     pub udp_idle: Duration,
 }
 
@@ -69,7 +71,7 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             hold_timeout: Duration::from_millis(100),
             upstream_timeout: Duration::from_secs(5),
-            udp_idle: Duration::from_secs(2),
+            udp_idle: Duration::from_millis(250),
         }
     }
 }
@@ -290,9 +292,7 @@ async fn serve_udp_listener(ctx: Arc<Ctx>, sock: UdpSocket) {
                 continue;
             }
         };
-        let query = buf[..n].to_vec();
-        let ctx = ctx.clone();
-        tokio::spawn(async move { udp_session(ctx, pod, resolver, query).await });
+        spawn_session(ctx.clone(), pod, resolver, buf[..n].to_vec());
     }
 }
 
@@ -303,6 +303,13 @@ const MAX_MESSAGE: usize = 65535;
 struct Pending {
     query: answer::Query,
     deadline: Instant,
+}
+
+fn spawn_session(ctx: Arc<Ctx>, pod: SocketAddr, resolver: SocketAddr, first: Vec<u8>) {
+    // Boxed and declared `Send`: a session may start another, and the recursion needs a
+    // named type.
+    let session: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(udp_session(ctx, pod, resolver, first));
+    tokio::spawn(session);
 }
 
 /// Serves one pod port's queries to one resolver: `first`, then whatever the pod sends from the
@@ -321,20 +328,30 @@ async fn udp_session(ctx: Arc<Ctx>, pod: SocketAddr, resolver: SocketAddr, first
     let mut pending: HashMap<u16, Pending> = HashMap::new();
     forward(&ctx, &up, &mut pending, &first).await;
     let mut last_query = Instant::now();
-    let (mut qbuf, mut abuf) = (vec![0u8; MAX_MESSAGE], vec![0u8; MAX_MESSAGE]);
+    // Capacity only: a new session (most stub resolvers use a new port per lookup) zeroes
+    // nothing.
+    let (mut qbuf, mut abuf) = (Vec::with_capacity(MAX_MESSAGE), Vec::with_capacity(MAX_MESSAGE));
     loop {
+        qbuf.clear();
+        abuf.clear();
         let idle_end = last_query + ctx.cfg.udp_idle;
         let wake = pending.values().map(|p| p.deadline).min().map_or(idle_end, |d| d.min(idle_end));
         tokio::select! {
-            got = reply.recv(&mut qbuf) => match got {
-                Ok(n) => {
+            got = reply.recv_buf_from(&mut qbuf) => match got {
+                Ok((n, from)) if from == pod => {
                     last_query = Instant::now();
                     forward(&ctx, &up, &mut pending, &qbuf[..n]).await;
+                }
+                // Another pod port's first query, queued here while this socket was bound and
+                // not yet connected (seen under load): it gets a session of its own, as from
+                // the listener; answering it from here would reach the wrong port.
+                Ok((n, from)) => {
+                    spawn_session(ctx.clone(), from, resolver, qbuf[..n].to_vec());
                 }
                 // The pod's port is gone (an ICMP error for an earlier answer).
                 Err(_) => return,
             },
-            got = up.recv(&mut abuf) => {
+            got = up.recv_buf(&mut abuf) => {
                 if let Ok(n) = got {
                     on_answer(&ctx, pod.ip(), &reply, &mut pending, &abuf[..n]).await;
                 }

@@ -335,3 +335,42 @@ fn tcp_queries_split_across_segments_are_answered_in_order_over_ipv4_and_ipv6() 
     }
     assert_eq!(learned(&metrics, "tcp"), 2);
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn every_answer_reaches_its_own_port_when_many_ports_ask_at_once() {
+    egret_netns::require_privileged();
+    let lab = lab("dnsp-many");
+    let rec = Recorder::default();
+    let (_stop, _metrics) = start_proxy(&lab.node, &rec);
+    let to = SocketAddr::new(RESOLVER4.parse().unwrap(), 53);
+    // Bursts of new ports, as stub resolvers that open a socket per lookup make: sessions are
+    // being set up while the next ports' first queries arrive.
+    let wrong = lab
+        .pod
+        .run(move || {
+            let mut wrong = Vec::new();
+            for burst in 0..40u16 {
+                let socks: Vec<(u16, UdpSocket)> = (0..50u16)
+                    .map(|i| {
+                        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let id = burst * 50 + i;
+                        s.send_to(&query(id, "other.test.", RecordType::A), to).unwrap();
+                        (id, s)
+                    })
+                    .collect();
+                let mut buf = [0u8; 4096];
+                for (id, s) in socks {
+                    match s.recv_from(&mut buf) {
+                        Ok((n, _)) if addresses(&buf[..n]).0 == id => {}
+                        Ok((n, _)) => wrong.push(format!("query {id} got the answer to {}", addresses(&buf[..n]).0)),
+                        Err(e) => wrong.push(format!("query {id}: no answer ({e})")),
+                    }
+                }
+            }
+            wrong
+        })
+        .unwrap();
+    assert!(wrong.is_empty(), "{} of 2000 answers went wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}

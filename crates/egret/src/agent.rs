@@ -636,11 +636,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let (cfg, shared, m) = (args.dns.proxy_config(), dns.clone(), dns_metrics.clone());
         let proxy_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("dns-proxy".into()).spawn(move || {
-            let res =
-                proxy_rt.block_on(egret_dns::run(cfg, shared, m.clone(), crate::dns::NetlinkProgrammer::default()));
-            m.up.set(0);
-            if let Err(e) = res {
-                warn!("DNS proxy down: DNS of pods under name rules fails closed: {e}");
+            // Binding fails while an agent that just stopped still holds the port: try again.
+            let mut wait = Duration::from_millis(200);
+            loop {
+                let programmer = crate::dns::NetlinkProgrammer::default();
+                let res = proxy_rt.block_on(egret_dns::run(cfg.clone(), shared.clone(), m.clone(), programmer));
+                m.up.set(0);
+                if let Err(e) = res {
+                    warn!("DNS proxy down: DNS of pods under name rules fails closed; retrying in {wait:?}: {e}");
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
         })?;
     }

@@ -3,7 +3,7 @@
 //! Runs inside the pod's network namespace (a thread of this process that entered it). Query
 //! `k` (k = 0, 1, ...) is an A query (recursion desired, no EDNS, as glibc sends them) for name
 //! `k mod N` of the list, sent on UDP socket `k mod S` (S connected sockets, fixed source
-//! ports for the run) at `start + k / rate`: an open loop, the schedule never waits for
+//! ports for the run; with `--fresh-ports`, a new socket for each query) at `start + k / rate`: an open loop, the schedule never waits for
 //! answers, so a slow answer delays no later query. A query's latency runs from just before
 //! its `send` to the receipt, in the pod, of the answer with its socket, ID and question;
 //! answers that arrive later than `--timeout-ms`, or never, count as lost. Answered queries
@@ -47,6 +47,10 @@ pub struct Opts {
     /// UDP sockets (source ports) the queries are spread over, round robin.
     #[arg(long, default_value = "8")]
     pub sockets: usize,
+    /// Send every query from a socket of its own (a new source port), as glibc's stub
+    /// resolver does for each lookup, instead of `--sockets` fixed ones.
+    #[arg(long)]
+    pub fresh_ports: bool,
 }
 
 /// What happened to one query.
@@ -136,21 +140,25 @@ pub fn run(lab: &str, o: &Opts) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<_>>()?;
     let total = (u64::from(o.rate) * o.seconds) as usize;
+    let ports = if o.fresh_ports { "a new socket per query".to_string() } else { format!("{} sockets", o.sockets) };
     println!(
-        "dns bench: {} -> {to} (UDP), A queries for {} names cycled ({} .. {}), {}/s for {} s ({total} queries) on {} sockets, timeout {} ms",
+        "dns bench: {} -> {to} (UDP), A queries for {} names cycled ({} .. {}), {}/s for {} s ({total} queries) on {ports}, timeout {} ms",
         o.pod,
         names.len(),
         names.first().map(ToString::to_string).unwrap_or_default(),
         names.last().map(ToString::to_string).unwrap_or_default(),
         o.rate,
         o.seconds,
-        o.sockets,
         o.timeout_ms
     );
     let ns = Netns::attach(&pod.netns)?;
     let (outcomes, send_span) = ns.run(|| -> anyhow::Result<(Vec<Outcome>, Duration)> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(bench(to, &names, o, total))
+        if o.fresh_ports {
+            rt.block_on(bench_fresh(to, &names, o, total))
+        } else {
+            rt.block_on(bench(to, &names, o, total))
+        }
     })??;
     let s = summarize(&outcomes, Duration::from_millis(o.timeout_ms));
     // `sent` queries span `sent - 1` periods of the schedule.
@@ -240,6 +248,62 @@ async fn bench(to: SocketAddr, names: &[Name], o: &Opts, total: usize) -> anyhow
         r.abort();
     }
     let out = outcomes.lock().map(|o| o.clone()).map_err(|_| anyhow::anyhow!("a receiver panicked"))?;
+    Ok((out, send_span))
+}
+
+/// The open loop with a new socket for each query, which waits for its one answer.
+async fn bench_fresh(
+    to: SocketAddr,
+    names: &[Name],
+    o: &Opts,
+    total: usize,
+) -> anyhow::Result<(Vec<Outcome>, Duration)> {
+    let any: SocketAddr = if to.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    let timeout = Duration::from_millis(o.timeout_ms);
+    let period = Duration::from_secs(1).as_secs_f64() / f64::from(o.rate);
+    let mut tasks = Vec::with_capacity(total);
+    let start = Instant::now();
+    for k in 0..total {
+        let due = start + Duration::from_secs_f64(period * k as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let name = names[k % names.len()].clone();
+        let id = (k % 65536) as u16;
+        let bytes = query(id, &name)?;
+        let sock = tokio::net::UdpSocket::bind(any).await?;
+        sock.connect(to).await?;
+        let sent = Instant::now();
+        // A failed send is a lost query.
+        if sock.send(&bytes).await.is_err() {
+            tasks.push(None);
+            continue;
+        }
+        tasks.push(Some(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            let deadline = tokio::time::Instant::from(sent + timeout);
+            loop {
+                let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await else {
+                    return Outcome::Lost;
+                };
+                let at = Instant::now();
+                let Ok(m) = Message::from_vec(&buf[..n]) else { continue };
+                if m.metadata.id == id && m.queries.first().map(|q| &q.name) == Some(&name) {
+                    return Outcome::Answered {
+                        latency: at - sent,
+                        rcode: m.metadata.response_code,
+                        answers: m.answers.len(),
+                    };
+                }
+            }
+        })));
+    }
+    let send_span = start.elapsed();
+    let mut out = Vec::with_capacity(total);
+    for t in tasks {
+        out.push(match t {
+            Some(t) => t.await.unwrap_or(Outcome::Lost),
+            None => Outcome::Lost,
+        });
+    }
     Ok((out, send_span))
 }
 
