@@ -6,12 +6,14 @@
 //! that rule's kernel sets (with a timeout from the TTL) *before* the pod sees the answer. So
 //! the pod's first connection to a name it just resolved is already allowed.
 //!
-//! [`answer`] and [`learn`] are pure (messages in, what to program out); [`proxy`] is the I/O.
+//! [`answer`] and [`learn`] are pure (messages in, what to program out); [`proxy`] (with its UDP
+//! side in `udp`) is the I/O.
 
 pub mod answer;
 pub mod learn;
 pub mod metrics;
 pub mod proxy;
+mod udp;
 
 pub use learn::{Element, Learned, Limits, NameRuleSets, PodRules};
 pub use metrics::DnsMetrics;

@@ -1,29 +1,19 @@
-//! The proxy's sockets: pods' DNS queries arrive by TPROXY (the `dns` chain of Egret's nft table
-//! hands UDP and TCP port 53 of pods under name rules to `127.0.0.1:port`), are forwarded
-//! unchanged to the resolver the pod addressed, and the answer goes back to the pod from that
-//! resolver's address, after the addresses it holds are in the kernel sets.
-//!
-//! UDP replies leave from a socket bound (transparently) to the resolver's address and port and
-//! connected to the pod's: the pod sees the resolver answering, and the pod's next queries from
-//! the same port reach that socket directly (TPROXY finds established sockets first), so it
-//! serves them too until it has been idle a while.
+//! The proxy: pods' DNS queries arrive by TPROXY (the `dns` chain of Egret's nft table hands
+//! UDP and TCP port 53 of pods under name rules to `127.0.0.1:port`, or `[::1]:port`), are
+//! forwarded unchanged to the resolver the pod addressed, and the answer goes back to the pod
+//! from that resolver's address, after the addresses it holds are in the kernel sets. UDP is
+//! [`crate::udp`]'s; TCP connections are relayed here, message by message.
 
 use crate::answer::{self, Unusable};
 use crate::learn::{Element, Learned, Limits, PodRules};
 use crate::metrics::DnsMetrics;
-use nix::sys::socket::{
-    self, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage, setsockopt, sockopt,
-};
+use crate::udp;
 use socket2::{Domain, Socket, Type};
-use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 /// Why the proxy cannot run.
@@ -43,7 +33,7 @@ pub enum ProxyError {
     Stopped(String),
 }
 
-fn sock_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ProxyError {
+pub(crate) fn sock_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ProxyError {
     move |source| ProxyError::Socket { what, source }
 }
 
@@ -84,7 +74,7 @@ pub trait Programmer: Send + 'static {
     fn delete(&mut self, elems: &[(String, IpAddr)]) -> Result<(), String>;
 }
 
-struct Job {
+pub(crate) struct Job {
     add: Vec<Element>,
     delete: Vec<(String, IpAddr)>,
     done: oneshot::Sender<Result<(), String>>,
@@ -101,11 +91,11 @@ pub struct Shared {
 }
 
 /// The running proxy's parts.
-struct Ctx {
-    cfg: ProxyConfig,
-    shared: Arc<Shared>,
-    metrics: Arc<DnsMetrics>,
-    jobs: mpsc::UnboundedSender<Job>,
+pub(crate) struct Ctx {
+    pub(crate) cfg: ProxyConfig,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) metrics: Arc<DnsMetrics>,
+    pub(crate) jobs: mpsc::UnboundedSender<Job>,
 }
 
 /// Binds the sockets (IPv4 and, where the node has it, IPv6) and serves until the task is
@@ -118,9 +108,9 @@ pub async fn run(
     programmer: impl Programmer,
 ) -> Result<(), ProxyError> {
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.port));
-    let mut listeners = vec![(udp_listener(v4)?, tcp_listener(v4)?)];
+    let mut listeners = vec![(udp::listener(v4)?, tcp_listener(v4)?)];
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, cfg.port));
-    match udp_listener(v6).and_then(|u| Ok((u, tcp_listener(v6)?))) {
+    match udp::listener(v6).and_then(|u| Ok((u, tcp_listener(v6)?))) {
         Ok(l) => listeners.push(l),
         // A node without IPv6 has no pods asking over it either.
         Err(e) => {
@@ -149,7 +139,7 @@ pub async fn run(
         }
     });
     for (udp, tcp) in listeners {
-        tasks.spawn(serve_udp_listener(ctx.clone(), udp));
+        tasks.spawn(udp::serve(ctx.clone(), udp));
         let c = ctx.clone();
         tasks.spawn(async move {
             loop {
@@ -203,7 +193,7 @@ fn program_loop(mut p: impl Programmer, mut rx: mpsc::UnboundedReceiver<Job>, m:
 }
 
 /// A non-blocking socket with `IP_TRANSPARENT` (or `IPV6_TRANSPARENT`), bound to `local`.
-fn transparent(local: SocketAddr, ty: Type) -> Result<Socket, ProxyError> {
+pub(crate) fn transparent(local: SocketAddr, ty: Type) -> Result<Socket, ProxyError> {
     let s = Socket::new(Domain::for_address(local), ty, None).map_err(sock_err("create socket"))?;
     if local.is_ipv6() {
         s.set_only_v6(true).map_err(sock_err("IPV6_V6ONLY"))?;
@@ -217,206 +207,14 @@ fn transparent(local: SocketAddr, ty: Type) -> Result<Socket, ProxyError> {
     Ok(s)
 }
 
-/// The listener taking the first query of each pod port: it learns the resolver the pod
-/// addressed from the original destination.
-fn udp_listener(local: SocketAddr) -> Result<UdpSocket, ProxyError> {
-    let s = transparent(local, Type::DGRAM)?;
-    let on = if local.is_ipv6() {
-        setsockopt(&s, sockopt::Ipv6OrigDstAddr, &true)
-    } else {
-        setsockopt(&s, sockopt::Ipv4OrigDstAddr, &true)
-    };
-    on.map_err(|e| ProxyError::Socket { what: "IP_RECVORIGDSTADDR", source: e.into() })?;
-    UdpSocket::from_std(s.into()).map_err(sock_err("register UDP"))
-}
-
-/// A reply socket bound (transparently) to the resolver's address and connected to the pod's.
-fn reply_socket(resolver: SocketAddr, pod: SocketAddr) -> Result<UdpSocket, ProxyError> {
-    let s = transparent(resolver, Type::DGRAM)?;
-    s.connect(&pod.into()).map_err(sock_err("connect UDP"))?;
-    UdpSocket::from_std(s.into()).map_err(sock_err("register UDP"))
-}
-
-/// The session's socket to the resolver, from this node's own address.
-fn upstream_socket(resolver: SocketAddr) -> Result<UdpSocket, ProxyError> {
-    let any: SocketAddr = match resolver {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let s = std::net::UdpSocket::bind(any).map_err(sock_err("bind upstream UDP"))?;
-    s.connect(resolver).map_err(sock_err("connect upstream UDP"))?;
-    s.set_nonblocking(true).map_err(sock_err("O_NONBLOCK"))?;
-    UdpSocket::from_std(s).map_err(sock_err("register UDP"))
-}
-
 fn tcp_listener(local: SocketAddr) -> Result<TcpListener, ProxyError> {
     let s = transparent(local, Type::STREAM)?;
     s.listen(256).map_err(sock_err("listen"))?;
     TcpListener::from_std(s.into()).map_err(sock_err("register TCP"))
 }
 
-/// One datagram from the listener: bytes, the pod, and the resolver it addressed.
-fn recv_origdst(fd: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, SocketAddr)> {
-    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = socket::recvmsg::<SockaddrStorage>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
-        .map_err(std::io::Error::from)?;
-    let from = msg.address.as_ref().and_then(std_addr).ok_or_else(|| std::io::Error::other("no source address"))?;
-    let mut dst = None;
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        match c {
-            ControlMessageOwned::Ipv4OrigDstAddr(a) => dst = Some(SocketAddr::V4(SockaddrIn::from(a).into())),
-            ControlMessageOwned::Ipv6OrigDstAddr(a) => dst = Some(SocketAddr::V6(SockaddrIn6::from(a).into())),
-            _ => {}
-        }
-    }
-    let dst = dst.ok_or_else(|| std::io::Error::other("no original destination"))?;
-    Ok((msg.bytes, from, dst))
-}
-
-fn std_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
-}
-
-async fn serve_udp_listener(ctx: Arc<Ctx>, sock: UdpSocket) {
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let got = sock.async_io(tokio::io::Interest::READABLE, || recv_origdst(&sock, &mut buf)).await;
-        let (n, pod, resolver) = match got {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!("DNS proxy: UDP receive: {e}");
-                continue;
-            }
-        };
-        spawn_session(ctx.clone(), pod, resolver, buf[..n].to_vec());
-    }
-}
-
-/// Largest DNS message over UDP.
-const MAX_MESSAGE: usize = 65535;
-
-/// A query forwarded and not answered yet.
-struct Pending {
-    query: answer::Query,
-    deadline: Instant,
-}
-
-fn spawn_session(ctx: Arc<Ctx>, pod: SocketAddr, resolver: SocketAddr, first: Vec<u8>) {
-    // Boxed and declared `Send`: a session may start another, and the recursion needs a
-    // named type.
-    let session: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(udp_session(ctx, pod, resolver, first));
-    tokio::spawn(session);
-}
-
-/// Serves one pod port's queries to one resolver: `first`, then whatever the pod sends from the
-/// same port until it has been idle a while. Queries go out on one upstream socket of the
-/// session, answers are matched to them by ID and question (the pod keeps its IDs apart on one
-/// port, so the resolver sees the same on ours).
-async fn udp_session(ctx: Arc<Ctx>, pod: SocketAddr, resolver: SocketAddr, first: Vec<u8>) {
-    let sockets = reply_socket(resolver, pod).and_then(|r| Ok((r, upstream_socket(resolver)?)));
-    let (reply, up) = match sockets {
-        Ok((r, u)) => (Arc::new(r), u),
-        Err(e) => {
-            tracing::warn!(%pod, %resolver, "DNS proxy: session sockets: {e}");
-            return;
-        }
-    };
-    let mut pending: HashMap<u16, Pending> = HashMap::new();
-    forward(&ctx, &up, &mut pending, &first).await;
-    let mut last_query = Instant::now();
-    // Capacity only: a new session (most stub resolvers use a new port per lookup) zeroes
-    // nothing.
-    let (mut qbuf, mut abuf) = (Vec::with_capacity(MAX_MESSAGE), Vec::with_capacity(MAX_MESSAGE));
-    loop {
-        qbuf.clear();
-        abuf.clear();
-        let idle_end = last_query + ctx.cfg.udp_idle;
-        let wake = pending.values().map(|p| p.deadline).min().map_or(idle_end, |d| d.min(idle_end));
-        tokio::select! {
-            got = reply.recv_buf_from(&mut qbuf) => match got {
-                Ok((n, from)) if from == pod => {
-                    last_query = Instant::now();
-                    forward(&ctx, &up, &mut pending, &qbuf[..n]).await;
-                }
-                // Another pod port's first query, queued here while this socket was bound and
-                // not yet connected (seen under load): it gets a session of its own, as from
-                // the listener; answering it from here would reach the wrong port.
-                Ok((n, from)) => {
-                    spawn_session(ctx.clone(), from, resolver, qbuf[..n].to_vec());
-                }
-                // The pod's port is gone (an ICMP error for an earlier answer).
-                Err(_) => return,
-            },
-            got = up.recv_buf(&mut abuf) => {
-                if let Ok(n) = got {
-                    on_answer(&ctx, pod.ip(), &reply, &mut pending, &abuf[..n]).await;
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                let before = pending.len();
-                pending.retain(|_, p| p.deadline > now);
-                let expired = before - pending.len();
-                if expired > 0 {
-                    ctx.metrics.queries.get_or_create(&labels("udp", "upstream_timeout")).inc_by(expired as u64);
-                }
-                if pending.is_empty() && now >= idle_end {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Sends a pod's query on to the resolver and notes it as pending.
-async fn forward(ctx: &Ctx, up: &UdpSocket, pending: &mut HashMap<u16, Pending>, q: &[u8]) {
-    let m = &ctx.metrics;
-    let query = match answer::query(q) {
-        Ok(x) => x,
-        Err(e) => {
-            m.queries.get_or_create(&labels("udp", "unusable")).inc();
-            tracing::debug!("DNS proxy: dropped a query: {e}");
-            return;
-        }
-    };
-    if up.send(q).await.is_err() {
-        m.queries.get_or_create(&labels("udp", "upstream_error")).inc();
-        return;
-    }
-    pending.insert(query.id, Pending { query, deadline: Instant::now() + ctx.cfg.upstream_timeout });
-}
-
-/// An answer from the resolver: released to the pod at once, after its addresses are
-/// programmed, or dropped (not the answer to a pending query; the query stays pending).
-async fn on_answer(ctx: &Arc<Ctx>, pod: IpAddr, reply: &Arc<UdpSocket>, pending: &mut HashMap<u16, Pending>, a: &[u8]) {
-    let Some(id) = a.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else { return };
-    let Some(p) = pending.get(&id) else {
-        ctx.metrics.queries.get_or_create(&labels("udp", "mismatched_answer")).inc();
-        return;
-    };
-    match verdict(ctx, pod, &p.query, a, "udp") {
-        Release::Drop => {}
-        Release::Now => {
-            pending.remove(&id);
-            let _ = reply.send(a).await;
-        }
-        Release::Hold(h) => {
-            pending.remove(&id);
-            let (ctx, reply, a) = (ctx.clone(), reply.clone(), a.to_vec());
-            tokio::spawn(async move {
-                h.wait(&ctx, pod).await;
-                let _ = reply.send(&a).await;
-            });
-        }
-    }
-}
-
 /// What to do with an answer.
-enum Release {
+pub(crate) enum Release {
     /// Not the answer to the query: drop it, keep waiting.
     Drop,
     /// Send it to the pod now.
@@ -426,7 +224,7 @@ enum Release {
 }
 
 /// An answer waiting for its addresses to be programmed.
-struct Hold {
+pub(crate) struct Hold {
     wait: oneshot::Receiver<Result<(), String>>,
     start: Instant,
     name: String,
@@ -434,7 +232,7 @@ struct Hold {
 }
 
 impl Hold {
-    async fn wait(self, ctx: &Ctx, pod: IpAddr) {
+    pub(crate) async fn wait(self, ctx: &Ctx, pod: IpAddr) {
         let m = &ctx.metrics;
         match tokio::time::timeout(ctx.cfg.hold_timeout, self.wait).await {
             Ok(Ok(Ok(()))) => {
@@ -454,7 +252,7 @@ impl Hold {
 
 /// Checks an answer to `query` and, for a name one of the pod's rules allows, queues its
 /// addresses for programming (without waiting: the caller holds the answer).
-fn verdict(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], proto: &'static str) -> Release {
+pub(crate) fn verdict(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], proto: &'static str) -> Release {
     let m = &ctx.metrics;
     let a = match answer::answer(query, bytes) {
         Ok(a) => a,
@@ -494,7 +292,7 @@ fn verdict(ctx: &Ctx, pod: IpAddr, query: &answer::Query, bytes: &[u8], proto: &
     Release::Hold(Hold { wait, start: Instant::now(), name: query.name.clone(), proto })
 }
 
-fn labels(proto: &str, result: &str) -> Vec<(String, String)> {
+pub(crate) fn labels(proto: &str, result: &str) -> Vec<(String, String)> {
     vec![("protocol".into(), proto.into()), ("result".into(), result.into())]
 }
 

@@ -247,9 +247,13 @@ fn start_proxy(node: &Netns, rec: &Recorder) -> (tokio::sync::oneshot::Sender<()
     (stop, metrics)
 }
 
-fn learned(m: &DnsMetrics, proto: &str) -> u64 {
-    let labels = vec![("protocol".to_string(), proto.to_string()), ("result".to_string(), "learned".to_string())];
+fn count(m: &DnsMetrics, proto: &str, result: &str) -> u64 {
+    let labels = vec![("protocol".to_string(), proto.to_string()), ("result".to_string(), result.to_string())];
     m.queries.get_or_create(&labels).get()
+}
+
+fn learned(m: &DnsMetrics, proto: &str) -> u64 {
+    count(m, proto, "learned")
 }
 
 #[test]
@@ -342,7 +346,7 @@ fn every_answer_reaches_its_own_port_when_many_ports_ask_at_once() {
     egret_netns::require_privileged();
     let lab = lab("dnsp-many");
     let rec = Recorder::default();
-    let (_stop, _metrics) = start_proxy(&lab.node, &rec);
+    let (_stop, metrics) = start_proxy(&lab.node, &rec);
     let to = SocketAddr::new(RESOLVER4.parse().unwrap(), 53);
     // Bursts of new ports, as stub resolvers that open a socket per lookup make: sessions are
     // being set up while the next ports' first queries arrive.
@@ -372,5 +376,15 @@ fn every_answer_reaches_its_own_port_when_many_ports_ask_at_once() {
             wrong
         })
         .unwrap();
-    assert!(wrong.is_empty(), "{} of 2000 answers went wrong: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+    let results: Vec<(&str, u64)> =
+        ["passed", "mismatched_answer", "unusable", "upstream_error", "upstream_timeout", "no_rules"]
+            .into_iter()
+            .map(|r| (r, count(&metrics, "udp", r)))
+            .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of 2000 answers went wrong: {:?}; the proxy's counts: {results:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
 }
