@@ -105,6 +105,26 @@ pub enum DatapathError {
     Io(String, #[source] std::io::Error),
 }
 
+impl DatapathError {
+    /// A short name of the kind of failure, for metrics (`reason` label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DatapathError::Config(_) => "config",
+            DatapathError::Netlink { .. } => "netlink",
+            DatapathError::Nft { .. } => "nft",
+            DatapathError::NftOutput(_) => "nft_output",
+            DatapathError::NftJson { .. } => "nft_json",
+            DatapathError::NoUnderlay(_) => "no_underlay",
+            DatapathError::NoNodeAddress(_) => "no_node_address",
+            DatapathError::NotOurs(_) => "not_ours",
+            DatapathError::TooManyPeers(_) => "too_many_peers",
+            DatapathError::Conntrack { .. } => "conntrack",
+            DatapathError::Verify(_) => "verify",
+            DatapathError::Io(..) => "io",
+        }
+    }
+}
+
 /// What one sync did.
 #[derive(Debug, Clone, Default)]
 pub struct SyncReport {
@@ -128,6 +148,9 @@ pub struct SyncReport {
     pub nft_commands: usize,
     /// Whole sync.
     pub elapsed: Duration,
+    /// Elements of each map and set of Egret's nft table that a sync writes (the timeout sets
+    /// of name rules, written by the DNS proxy, are left out).
+    pub map_elements: BTreeMap<String, usize>,
 }
 
 /// What cleanup removed.
@@ -254,6 +277,12 @@ impl Datapath {
         let (want_nft, skipped) = nft::desired(&cfg, plan, &ids);
         let want_nft = nft::normalise(want_nft);
         report.skipped = skipped;
+        report.map_elements = want_nft
+            .sets
+            .iter()
+            .filter(|(name, _)| !nft::firewall::is_name_set(name))
+            .map(|(name, set)| (name.clone(), set.elems.len()))
+            .collect();
         for s in &report.skipped {
             tracing::warn!(node = %plan.node, "{s}");
         }

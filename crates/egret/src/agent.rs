@@ -9,7 +9,7 @@
 
 use crate::audit::{Audit, AuditArgs, SharedIndex};
 use crate::controller::liveness;
-use crate::metrics::{Metrics, PolicyRuleCollector};
+use crate::metrics::{CounterCollector, Metrics};
 use crate::objects::{KubeArgs, Objects, SourceKind};
 use crate::serve::{Health, Signals, serve_http};
 use anyhow::{Context, bail};
@@ -273,6 +273,11 @@ fn compute(
     Ok((np, objects.stamp))
 }
 
+/// Now as Unix time in seconds.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 /// This node's Node object is not (or no longer) in the store.
 #[derive(Debug, thiserror::Error)]
 #[error("this node is not among the Nodes")]
@@ -318,7 +323,12 @@ impl Loop {
         let mut rejected_seen = 0u64;
         let mut logged = Vec::new();
         let mut warned_v6_services = false;
+        let mut deaths = crate::takeover::Deaths::default();
         while !stop.load(Ordering::Relaxed) {
+            if let Membership::Gossip { view, .. } = &membership {
+                let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
+                deaths.observe(&members, Instant::now());
+            }
             let (others, settled) = membership.live(&node, &args);
             let may_host = eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
             let verify = last_verify.elapsed() >= VERIFY_EVERY;
@@ -342,11 +352,29 @@ impl Loop {
                         in_store = true;
                         if last.as_ref() != Some(&np) || !report.ready || verify {
                             last_verify = Instant::now();
+                            let started = Instant::now();
                             let result = dp.sync(&np);
+                            metrics.timings.sync_seconds.observe(started.elapsed().as_secs_f64());
                             health_of_sync.record(result.is_ok(), Instant::now());
                             match result {
                                 Ok(r) => {
                                     metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
+                                    metrics.last_sync.set(unix_seconds());
+                                    for (map, n) in &r.map_elements {
+                                        metrics
+                                            .map_elements
+                                            .get_or_create(&vec![("map".into(), map.clone())])
+                                            .set(*n as i64);
+                                    }
+                                    if last.as_ref().is_none_or(|l| {
+                                        l.egresses != np.egresses
+                                            || l.steer != np.steer
+                                            || l.snat != np.snat
+                                            || l.hosted != np.hosted
+                                    }) {
+                                        let labels = crate::metrics::egress_labels(&np);
+                                        *metrics.egresses.write().unwrap_or_else(|e| e.into_inner()) = labels;
+                                    }
                                     if !r.drift.is_empty() {
                                         warn!(drift = ?r.drift, "datapath drifted from what was programmed; repaired");
                                     }
@@ -395,6 +423,10 @@ impl Loop {
                                 }
                                 Err(e) => {
                                     metrics.syncs.get_or_create(&vec![("result".into(), "error".into())]).inc();
+                                    metrics
+                                        .sync_failures
+                                        .get_or_create(&vec![("reason".into(), e.reason().into())])
+                                        .inc();
                                     warn!(
                                         retry_in_ms = retry_delay(health_of_sync.failures).as_millis() as u64,
                                         "datapath sync failed; not eligible to host until it succeeds: {e}"
@@ -454,7 +486,15 @@ impl Loop {
                 let state = (report.hosted.clone(), announce_eligible);
                 if announced.as_ref() != Some(&state) {
                     match rt.block_on(handle.announce(state.0.clone(), state.1)) {
-                        Ok(()) => announced = Some(state),
+                        Ok(()) => {
+                            let before = announced.as_ref().map(|a| a.0.as_slice()).unwrap_or_default();
+                            for (ip, took) in deaths.takeovers(before, &state.0, Instant::now()) {
+                                info!(%ip, took_ms = took.as_millis() as u64, "took over an egress IP of a dead node");
+                                metrics.failovers.get_or_create(&vec![("egress_ip".into(), ip.to_string())]).inc();
+                                metrics.timings.takeover_seconds.observe(took.as_secs_f64());
+                            }
+                            announced = Some(state);
+                        }
                         Err(e) => warn!("announcing hosted IPs by gossip: {e}"),
                     }
                 }
@@ -589,6 +629,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let Some(node) = args.node.clone() else {
         bail!("--node is required");
     };
+    // Every line of this agent names its node (a field of the JSON log lines); threads started
+    // here enter the span too.
+    let span = tracing::info_span!("agent", node = %node);
+    let _entered = span.enter();
     let store = match &args.store {
         Some(dir) => Some(Store::open(dir).with_context(|| format!("opening store {}", dir.display()))?),
         None if args.source == SourceKind::Store => bail!("--store is required with --source store"),
@@ -611,9 +655,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let metrics = {
         let mut m = Metrics::new();
         dns_metrics.register(&mut m.registry);
-        m.registry.register_collector(Box::new(PolicyRuleCollector {
+        let egresses = m.egresses.clone();
+        m.registry.register_collector(Box::new(CounterCollector {
             cfg: args.datapath_config(),
             index: audit_index.clone(),
+            egresses,
         }));
         Arc::new(m)
     };
@@ -623,7 +669,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     match Audit::open(&args.audit, &node) {
         Ok(audit) => {
             let (idx, m, stop, dns) = (audit_index.clone(), metrics.audit.clone(), stop.clone(), dns.clone());
-            std::thread::Builder::new().name("audit".into()).spawn(move || audit.run(idx, m, dns, stop))?;
+            let span = span.clone();
+            std::thread::Builder::new().name("audit".into()).spawn(move || {
+                let _entered = span.enter();
+                audit.run(idx, m, dns, stop)
+            })?;
         }
         Err(e) => warn!("audit log disabled: {e:#}"),
     }
@@ -635,7 +685,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     {
         let (cfg, shared, m) = (args.dns.proxy_config(), dns.clone(), dns_metrics.clone());
         let proxy_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let span = span.clone();
         std::thread::Builder::new().name("dns-proxy".into()).spawn(move || {
+            let _entered = span.enter();
             // Binding fails while an agent that just stopped still holds the port: try again.
             let mut wait = Duration::from_millis(200);
             loop {
@@ -735,7 +787,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let loop_handle = {
         let stop = stop.clone();
+        let span = span.clone();
         std::thread::Builder::new().name("datapath".into()).spawn(move || {
+            let _entered = span.enter();
             let _done = DoneOnDrop(Some(done_tx));
             worker.run(rx, stop)
         })?

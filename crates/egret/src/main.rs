@@ -20,6 +20,7 @@ mod objects;
 mod offline;
 mod serve;
 mod table;
+mod takeover;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,28 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on standard error: `text`, or `json` (one object per line, with the fields of
+    /// the spans it is in, such as the agent's node).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG").unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => fmt.json().with_current_span(false).with_span_list(true).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,19 +156,17 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyho
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EGRET_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let res = match cli.cmd {
         Cmd::Crds { dir } => offline::crds(dir.as_deref()),
         Cmd::Validate { files, cluster } => offline::validate(&files, &cluster),
         Cmd::Plan(args) => offline::plan(&args),
         Cmd::Trace(args) => trace::trace(&args),
         Cmd::Convert { files } => offline::convert(&files),
-        Cmd::Controller(args) => block_on(controller::run(args)),
+        Cmd::Controller(args) => {
+            block_on(tracing::Instrument::instrument(controller::run(args), tracing::info_span!("controller")))
+        }
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Get { what, kubeconfig: Some(kc), output, .. } => get::get_from_cluster(what, &kc, output),

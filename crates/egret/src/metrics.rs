@@ -7,8 +7,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
 /// Every metric of the agent.
 #[derive(Debug, Default)]
@@ -28,6 +31,39 @@ pub struct Metrics {
     pub gossip_rejected: Counter,
     /// The audit log's counts.
     pub audit: Arc<AuditMetrics>,
+    /// Failed datapath syncs by reason (the kind of error).
+    pub sync_failures: Family<Vec<(String, String)>, Counter>,
+    /// When the datapath last synced successfully (Unix time, seconds).
+    pub last_sync: Gauge<f64, AtomicU64>,
+    /// Elements of each map and set of Egret's nft table, as last programmed.
+    pub map_elements: Family<Vec<(String, String)>, Gauge>,
+    /// Egress IPs this node took over from a member it saw die, by egress IP.
+    pub failovers: Family<Vec<(String, String)>, Counter>,
+    /// The histograms.
+    pub timings: Timings,
+    /// The labels of the per-Egress traffic series (the Egresses with traffic here).
+    pub egresses: SharedEgressLabels,
+}
+
+/// The agent's histograms.
+#[derive(Debug)]
+pub struct Timings {
+    /// Duration of each datapath sync that ran (seconds).
+    pub sync_seconds: Histogram,
+    /// From this node seeing a member's death verdict to its announcement of an egress IP that
+    /// member held (seconds).
+    pub takeover_seconds: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            // 1 ms .. about 16 s.
+            sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 10 ms .. about 20 s.
+            takeover_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+        }
+    }
 }
 
 /// The audit log's metrics.
@@ -48,31 +84,72 @@ pub struct AuditMetrics {
 /// A metric's label pairs.
 type Labels = Vec<(String, String)>;
 
-/// Per policy rule: packets and bytes each rule (or policy default) decided, read from the
-/// decision chains' nft counters at each scrape. Only a connection's first packet is decided;
-/// later packets follow conntrack.
+/// What the per-Egress traffic series of one Egress are labelled with on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressLabel {
+    /// Its egress IPs here, sorted, comma-separated (one for now).
+    pub egress_ip: String,
+    /// Whether this node is a gateway of the Egress (hosts one of its IPs): then its counter
+    /// holds everything of the Egress that leaves through this node, its own pods' and what
+    /// other nodes steered here; on other nodes only what their pods send.
+    pub gateway: bool,
+}
+
+/// The Egresses with traffic on this node, by name, as last programmed.
+pub type SharedEgressLabels = Arc<RwLock<BTreeMap<String, EgressLabel>>>;
+
+/// The labels of every Egress of `plan` (pure).
+pub fn egress_labels(plan: &egret_core::planner::NodePlan) -> BTreeMap<String, EgressLabel> {
+    let mut ips: BTreeMap<&str, std::collections::BTreeSet<std::net::IpAddr>> = BTreeMap::new();
+    for s in &plan.steer {
+        if let Some(ip) = s.egress_ip {
+            ips.entry(&s.egress).or_default().insert(ip);
+        }
+    }
+    for s in &plan.snat {
+        ips.entry(&s.egress).or_default().insert(s.egress_ip);
+    }
+    plan.egresses
+        .iter()
+        .map(|e| {
+            let egress_ip =
+                ips.get(e.as_str()).map(|s| s.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            let gateway = plan.hosted.iter().any(|h| h.egresses.contains(e));
+            (e.clone(), EgressLabel { egress_ip: egress_ip.unwrap_or_default(), gateway })
+        })
+        .collect()
+}
+
+/// The series read from the nft counters at each scrape (one `nft` listing for all):
+/// - per policy rule: packets and bytes each rule (or policy default) decided. Only a
+///   connection's first packet is decided; later packets follow conntrack.
+/// - per Egress: packets and bytes of the traffic leaving through it that passed this node
+///   (original direction).
 #[derive(Debug)]
-pub struct PolicyRuleCollector {
+pub struct CounterCollector {
     /// The datapath settings (the `nft` program).
     pub cfg: egret_datapath::Config,
     /// The plan's decisions, by chain.
     pub index: crate::audit::SharedIndex,
+    /// The Egresses with traffic here.
+    pub egresses: SharedEgressLabels,
 }
 
-impl Collector for PolicyRuleCollector {
+impl Collector for CounterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let idx = self.index.read().map(|i| i.clone()).unwrap_or_else(|e| e.into_inner().clone());
-        if idx.decisions().is_empty() {
+        let egresses = self.egresses.read().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        if idx.decisions().is_empty() && egresses.is_empty() {
             return Ok(());
         }
         let counters = match egret_datapath::read_counters(&self.cfg) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("reading the policy rule counters: {e}");
+                tracing::warn!("reading the nft counters: {e}");
                 return Ok(());
             }
         };
-        let rows: Vec<(Labels, u64, u64)> = idx
+        let rules: Vec<(Labels, u64, u64)> = idx
             .decisions()
             .iter()
             .filter_map(|(chain, d)| {
@@ -80,16 +157,39 @@ impl Collector for PolicyRuleCollector {
                 Some((crate::audit::rule_labels(&d.by, d.verdict)?, c.packets, c.bytes))
             })
             .collect();
-        for (name, help, bytes) in [
+        let traffic: Vec<(Labels, u64, u64)> = egresses
+            .iter()
+            .filter_map(|(name, l)| {
+                let c = counters.get(name)?;
+                let labels = vec![
+                    ("egress".to_string(), name.clone()),
+                    ("egress_ip".to_string(), l.egress_ip.clone()),
+                    ("gateway".to_string(), l.gateway.to_string()),
+                ];
+                Some((labels, c.packets, c.bytes))
+            })
+            .collect();
+        for (rows, name, help, bytes) in [
             (
+                &rules,
                 "egret_policy_rule_packets",
                 "Packets each policy rule (or default) decided: a connection's first packet",
                 false,
             ),
-            ("egret_policy_rule_bytes", "Bytes of the packets each policy rule (or default) decided", true),
+            (&rules, "egret_policy_rule_bytes", "Bytes of the packets each policy rule (or default) decided", true),
+            (
+                &traffic,
+                "egret_egress_packets",
+                "Packets leaving through each Egress that passed this node (original direction)",
+                false,
+            ),
+            (&traffic, "egret_egress_bytes", "Bytes leaving through each Egress that passed this node", true),
         ] {
+            if rows.is_empty() {
+                continue;
+            }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, packets, b) in &rows {
+            for (labels, packets, b) in rows {
                 let v = if bytes { *b } else { *packets };
                 ConstCounter::new(v).encode(family.encode_family(labels)?)?;
             }
@@ -124,6 +224,32 @@ impl Metrics {
             m.conflicts.clone(),
         );
         m.registry.register("egret_datapath_syncs", "Datapath syncs by result", m.syncs.clone());
+        m.registry.register("egret_datapath_sync_failures", "Failed datapath syncs by reason", m.sync_failures.clone());
+        m.registry.register(
+            "egret_datapath_sync_duration_seconds",
+            "Duration of each datapath sync that ran",
+            m.timings.sync_seconds.clone(),
+        );
+        m.registry.register(
+            "egret_datapath_last_sync_timestamp_seconds",
+            "When the datapath last synced successfully (Unix time)",
+            m.last_sync.clone(),
+        );
+        m.registry.register(
+            "egret_datapath_map_elements",
+            "Elements of each map and set of Egret's nft table, as last programmed",
+            m.map_elements.clone(),
+        );
+        m.registry.register(
+            "egret_failovers",
+            "Egress IPs this node took over from a member it saw die, by egress IP",
+            m.failovers.clone(),
+        );
+        m.registry.register(
+            "egret_failover_takeover_seconds",
+            "From this node seeing a member's death verdict to its announcement of an egress IP that member held",
+            m.timings.takeover_seconds.clone(),
+        );
         m.registry.register("egret_hosted_egress_ips", "Egress IPs this node hosts", m.hosted.clone());
         m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
         // A counter: the text encoding adds the `_total` suffix.
@@ -189,8 +315,43 @@ impl ControllerMetrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use egret_core::planner::{Hosted, NodePlan, Snat, Steer, SteerAction};
+
+    #[test]
+    fn egress_series_are_labelled_with_their_ip_and_whether_this_node_is_a_gateway() {
+        let steer = |egress: &str, ip: Option<&str>, action| Steer {
+            source: "10.244.1.10".parse().unwrap(),
+            destination: "0.0.0.0/0".parse().unwrap(),
+            egress: egress.into(),
+            action,
+            egress_ip: ip.map(|i| i.parse().unwrap()),
+        };
+        let plan = NodePlan {
+            node: "node-1".into(),
+            egresses: vec!["web".into(), "db".into(), "closed".into()],
+            steer: vec![
+                steer("web", Some("10.10.0.200"), SteerAction::Local),
+                steer("db", Some("10.10.0.201"), SteerAction::Tunnel { gateway: "node-2".into() }),
+                steer("closed", None, SteerAction::Drop),
+            ],
+            snat: vec![Snat {
+                source: "10.244.2.10".parse().unwrap(),
+                destination: "0.0.0.0/0".parse().unwrap(),
+                egress: "web".into(),
+                egress_ip: "10.10.0.200".parse().unwrap(),
+            }],
+            hosted: vec![Hosted { ip: "10.10.0.200".parse().unwrap(), egresses: vec!["web".into()] }],
+            ..NodePlan::default()
+        };
+        let l = egress_labels(&plan);
+        assert_eq!(l["web"], EgressLabel { egress_ip: "10.10.0.200".into(), gateway: true });
+        assert_eq!(l["db"], EgressLabel { egress_ip: "10.10.0.201".into(), gateway: false });
+        // Fail closed: no IP to name.
+        assert_eq!(l["closed"], EgressLabel { egress_ip: String::new(), gateway: false });
+    }
 
     #[test]
     fn rejected_gossip_datagrams_are_a_counter_named_by_the_convention() {

@@ -735,3 +735,29 @@ fn network_policy_problems_and_named_ports() {
     let out = stdout(&o);
     assert!(out.contains("np.yaml: NetworkPolicy/prod/np: spec.egress[0].to[0].ipBlock.except[0]: 198.51.100.0/24 is not strictly inside"), "{out}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_span_fields() {
+    let dir = std::env::temp_dir().join(format!("egret-cli-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args(["--log-format", "json", "controller", "--store", dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run egret controller");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SIGTERM: the controller stops cleanly and says so.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}"))).collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    assert!(messages.contains(&"controller started"), "{text}");
+    assert!(messages.contains(&"controller stopped"), "{text}");
+    for l in &lines {
+        assert_eq!(l["spans"][0]["name"], "controller", "{l}");
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+    }
+}

@@ -68,6 +68,11 @@ pub fn name_set(policy: &PolicyId, rule: &str, v6: bool) -> String {
     format!("fq{}_{h:016x}", if v6 { 6 } else { 4 })
 }
 
+/// Whether `set` is a name rule's set (its elements are the DNS proxy's).
+pub fn is_name_set(set: &str) -> bool {
+    set.starts_with("fq4_") || set.starts_with("fq6_")
+}
+
 /// The base chain handing DNS queries of pods under name rules to the DNS proxy.
 pub const CHAIN_DNS: &str = "dns";
 /// Pod addresses whose DNS queries go to the DNS proxy.
