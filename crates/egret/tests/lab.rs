@@ -109,6 +109,26 @@ impl Lab {
     fn pod_netns(&self, pod: &str) -> egret_netns::Netns {
         egret_netns::Netns::attach(&format!("egret-lab-{}-p-{}", self.name, pod.replace('/', "-"))).unwrap()
     }
+
+    /// The Prometheus text of a node's agent.
+    fn scrape(&self, node: &str) -> String {
+        use std::io::{Read, Write};
+        let ns = egret_netns::Netns::attach(&format!("egret-lab-{}-n{}", self.name, node.trim_start_matches("node-")))
+            .unwrap();
+        ns.run(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9090").unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
+    }
+}
+
+/// The value of the one series of `text` whose line starts with `series` (name and labels).
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series))?.rsplit(' ').next()?.parse().ok()
 }
 
 impl Drop for Lab {
@@ -449,6 +469,14 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     assert_eq!(router_neighbour(&lab, "10.10.0.11").as_deref(), Some(new_mac.as_str()));
     let members = lab.ok(&["get", "members", "--store", &lab.store(), "--node", &new_gw]);
     assert!(members.lines().any(|l| l.starts_with(&gw) && l.ends_with("Dead")), "{members}");
+    // The new holder counted the failover, timed it, and counts the traffic it now carries.
+    let m = lab.scrape(&new_gw);
+    assert_eq!(series(&m, r#"egret_failovers_total{egress_ip="10.10.0.11"}"#), Some(1.0), "{m}");
+    let count = series(&m, "egret_failover_takeover_seconds_count").unwrap_or(0.0);
+    let sum = series(&m, "egret_failover_takeover_seconds_sum").unwrap_or(f64::MAX);
+    assert!(count >= 1.0 && sum / count < 1.0, "take-over: {count} samples, {sum} s in all");
+    let bytes = r#"egret_egress_bytes_total{egress="egress-prod-web",egress_ip="10.10.0.11",gateway="true"}"#;
+    assert!(series(&m, bytes).unwrap_or(0.0) > 0.0, "{m}");
 
     // Restore it: in the end exactly one node holds each IP.
     lab.ok(&["lab", "restore-node", &gw]);
