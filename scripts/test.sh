@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, clippy, `cargo test` for the whole
-# workspace and the offline validation of the Kubernetes manifests (scripts/check-manifests.sh).
+# workspace, the offline validation of the Kubernetes manifests (scripts/check-manifests.sh) and
+# of the alerting rules (scripts/check-monitoring.sh).
 #
 # Run as root (a bare root shell is enough, no sudo): it installs what the tests use with
 # apt-get and runs the privileged tests too (network namespaces, nftables, the lab), with
@@ -41,6 +42,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 ./scripts/check-manifests.sh
+./scripts/check-monitoring.sh
 
 egret_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^egret' | sort || true; }
 if $root; then

@@ -443,6 +443,9 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             last_seen = None;
             was_leader = leading;
             metrics.leader.set(i64::from(leading));
+            if !leading {
+                metrics.standby();
+            }
             // Both replicas are ready: the standby's index and view are warm.
             set_health(true, if leading { "leader" } else { "standby" });
         }
@@ -461,6 +464,7 @@ async fn run_kubernetes(args: ControllerArgs) -> anyhow::Result<()> {
             retry = false;
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
             let mut s = statuses(&mut objects.index, seen, &now, antrea_vocabulary, &mut logged);
+            metrics.statuses(&s);
             let unreadable: BTreeMap<String, String> = objects
                 .unreadable
                 .iter()

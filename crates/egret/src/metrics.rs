@@ -120,6 +120,10 @@ pub fn egress_labels(plan: &egret_core::planner::NodePlan) -> BTreeMap<String, E
         .collect()
 }
 
+/// The counters [`CounterCollector`] makes at scrape time (only those with data appear).
+pub const COLLECTED: [&str; 4] =
+    ["egret_policy_rule_packets", "egret_policy_rule_bytes", "egret_egress_packets", "egret_egress_bytes"];
+
 /// The series read from the nft counters at each scrape (one `nft` listing for all):
 /// - per policy rule: packets and bytes each rule (or policy default) decided. Only a
 ///   connection's first packet is decided; later packets follow conntrack.
@@ -169,21 +173,17 @@ impl Collector for CounterCollector {
                 Some((labels, c.packets, c.bytes))
             })
             .collect();
+        let [rule_packets, rule_bytes, egress_packets, egress_bytes] = COLLECTED;
         for (rows, name, help, bytes) in [
-            (
-                &rules,
-                "egret_policy_rule_packets",
-                "Packets each policy rule (or default) decided: a connection's first packet",
-                false,
-            ),
-            (&rules, "egret_policy_rule_bytes", "Bytes of the packets each policy rule (or default) decided", true),
+            (&rules, rule_packets, "Packets each policy rule (or default) decided: a connection's first packet", false),
+            (&rules, rule_bytes, "Bytes of the packets each policy rule (or default) decided", true),
             (
                 &traffic,
-                "egret_egress_packets",
+                egress_packets,
                 "Packets leaving through each Egress that passed this node (original direction)",
                 false,
             ),
-            (&traffic, "egret_egress_bytes", "Bytes leaving through each Egress that passed this node", true),
+            (&traffic, egress_bytes, "Bytes leaving through each Egress that passed this node", true),
         ] {
             if rows.is_empty() {
                 continue;
@@ -282,6 +282,13 @@ pub struct ControllerMetrics {
     pub status_writes: Family<Vec<(String, String)>, Counter>,
     /// Gossip members by status as this replica sees them.
     pub members: Family<Vec<(String, String)>, Gauge>,
+    /// Addresses of each pool (leader only).
+    pub pool_addresses: Family<Vec<(String, String)>, Gauge>,
+    /// Addresses of each pool allocated to Egresses (leader only).
+    pub pool_allocated: Family<Vec<(String, String)>, Gauge>,
+    /// Egresses with an egress IP that no live node hosts: their traffic is dropped (leader
+    /// only).
+    pub unplaced: Gauge,
 }
 
 impl ControllerMetrics {
@@ -295,7 +302,36 @@ impl ControllerMetrics {
             m.status_writes.clone(),
         );
         m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
+        m.registry.register("egret_pool_addresses", "Addresses of each pool", m.pool_addresses.clone());
+        m.registry.register(
+            "egret_pool_allocated_addresses",
+            "Addresses of each pool allocated to Egresses",
+            m.pool_allocated.clone(),
+        );
+        m.registry.register(
+            "egret_egresses_unplaced",
+            "Egresses with an egress IP that no live node hosts (their traffic is dropped)",
+            m.unplaced.clone(),
+        );
         m
+    }
+
+    /// Sets the pool and placement gauges from the statuses the leader computed.
+    pub fn statuses(&self, s: &crate::controller::Statuses) {
+        for (pool, _, next) in &s.pools {
+            let l = vec![("pool".to_string(), pool.clone())];
+            self.pool_addresses.get_or_create(&l).set(next.usage.total);
+            self.pool_allocated.get_or_create(&l).set(next.usage.used);
+        }
+        let unplaced = s.egresses.iter().filter(|(_, _, e)| e.egress_ip.is_some() && e.egress_node.is_none()).count();
+        self.unplaced.set(unplaced as i64);
+    }
+
+    /// A standby says nothing about pools and placement: only the leader computes them.
+    pub fn standby(&self) {
+        self.pool_addresses.clear();
+        self.pool_allocated.clear();
+        self.unplaced.set(0);
     }
 
     /// Counts one status write.
@@ -319,6 +355,84 @@ impl ControllerMetrics {
 mod tests {
     use super::*;
     use egret_core::planner::{Hosted, NodePlan, Snat, Steer, SteerAction};
+
+    /// Every metric the agent and the controller export, as docs/metrics.md names them
+    /// (counters with `_total`), with its type.
+    fn exported() -> BTreeMap<String, String> {
+        let mut agent = Metrics::new();
+        let dns = egret_dns::DnsMetrics::default();
+        dns.register(&mut agent.registry);
+        // A family appears in the exposition once it has a child.
+        let l = vec![("x".to_string(), "y".to_string())];
+        agent.syncs.get_or_create(&l);
+        agent.sync_failures.get_or_create(&l);
+        agent.members.get_or_create(&l);
+        agent.map_elements.get_or_create(&l);
+        agent.failovers.get_or_create(&l);
+        agent.audit.records.get_or_create(&l);
+        agent.audit.dropped.get_or_create(&l);
+        dns.queries.get_or_create(&l);
+        let controller = ControllerMetrics::new();
+        controller.status_writes.get_or_create(&l);
+        controller.members.get_or_create(&l);
+        controller.pool_addresses.get_or_create(&l);
+        controller.pool_allocated.get_or_create(&l);
+        let text = format!("{}{}", agent.encode(), controller.encode());
+        let mut out = BTreeMap::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let name = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+                out.insert(name, kind.to_string());
+            }
+        }
+        for name in COLLECTED {
+            out.insert(format!("{name}_total"), "counter".into());
+        }
+        out
+    }
+
+    fn repo_file(path: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn docs_list_exactly_the_metrics_exported() {
+        let exported = exported();
+        let documented: BTreeMap<String, String> = repo_file("docs/metrics.md")
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                name.starts_with("egret_").then(|| (name.to_string(), cells.get(2).unwrap_or(&"").to_string()))
+            })
+            .collect();
+        let names = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&documented), names(&exported), "docs/metrics.md vs what is registered");
+        for (name, kind) in &exported {
+            assert_eq!(&documented[name], kind, "{name}: documented type");
+        }
+    }
+
+    #[test]
+    fn alerting_rules_use_only_exported_metrics() {
+        let exported = exported();
+        let rules = repo_file("deploy/monitoring/alerts.yaml");
+        let mut used = 0;
+        for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !token.starts_with("egret_") {
+                continue;
+            }
+            used += 1;
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| token.strip_suffix(s).filter(|b| exported.get(*b).is_some_and(|k| k == "histogram")))
+                .unwrap_or(token);
+            assert!(exported.contains_key(base), "deploy/monitoring/alerts.yaml uses {token}, which nothing exports");
+        }
+        assert!(used >= 7, "only {used} metric names found in the rules");
+    }
 
     #[test]
     fn egress_series_are_labelled_with_their_ip_and_whether_this_node_is_a_gateway() {
