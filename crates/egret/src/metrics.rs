@@ -364,19 +364,19 @@ mod tests {
         dns.register(&mut agent.registry);
         // A family appears in the exposition once it has a child.
         let l = vec![("x".to_string(), "y".to_string())];
-        agent.syncs.get_or_create(&l);
-        agent.sync_failures.get_or_create(&l);
-        agent.members.get_or_create(&l);
-        agent.map_elements.get_or_create(&l);
-        agent.failovers.get_or_create(&l);
-        agent.audit.records.get_or_create(&l);
-        agent.audit.dropped.get_or_create(&l);
-        dns.queries.get_or_create(&l);
+        let _ = agent.syncs.get_or_create(&l);
+        let _ = agent.sync_failures.get_or_create(&l);
+        let _ = agent.members.get_or_create(&l);
+        let _ = agent.map_elements.get_or_create(&l);
+        let _ = agent.failovers.get_or_create(&l);
+        let _ = agent.audit.records.get_or_create(&l);
+        let _ = agent.audit.dropped.get_or_create(&l);
+        let _ = dns.queries.get_or_create(&l);
         let controller = ControllerMetrics::new();
-        controller.status_writes.get_or_create(&l);
-        controller.members.get_or_create(&l);
-        controller.pool_addresses.get_or_create(&l);
-        controller.pool_allocated.get_or_create(&l);
+        let _ = controller.status_writes.get_or_create(&l);
+        let _ = controller.members.get_or_create(&l);
+        let _ = controller.pool_addresses.get_or_create(&l);
+        let _ = controller.pool_allocated.get_or_create(&l);
         let text = format!("{}{}", agent.encode(), controller.encode());
         let mut out = BTreeMap::new();
         for l in text.lines() {
