@@ -60,8 +60,10 @@ impl Default for Timings {
         Timings {
             // 1 ms .. about 16 s.
             sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            // 10 ms .. about 20 s.
-            takeover_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            // Around the target (1 s), which is a bucket bound.
+            takeover_seconds: Histogram::new([
+                0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+            ]),
         }
     }
 }

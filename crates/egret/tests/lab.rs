@@ -475,6 +475,7 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     let count = series(&m, "egret_failover_takeover_seconds_count").unwrap_or(0.0);
     let sum = series(&m, "egret_failover_takeover_seconds_sum").unwrap_or(f64::MAX);
     assert!(count >= 1.0 && sum / count < 1.0, "take-over: {count} samples, {sum} s in all");
+    assert!(series(&m, r#"egret_failover_takeover_seconds_bucket{le="1.0"}"#).unwrap_or(0.0) >= 1.0, "{m}");
     let bytes = r#"egret_egress_bytes_total{egress="egress-prod-web",egress_ip="10.10.0.11",gateway="true"}"#;
     assert!(series(&m, bytes).unwrap_or(0.0) > 0.0, "{m}");
 
@@ -1007,4 +1008,67 @@ fn name_rules_allow_what_the_pod_looked_up_from_its_first_connection() {
     assert_eq!(dig(&lab, pod, &["storage.googleapis.test"]), ["203.0.113.5"]);
     let m = scrape(&lab, 1);
     assert!(m.contains("egret_dns_proxy_up 1"), "{m}");
+}
+
+/// An instant query against the lab's Prometheus: (labels, value) per series.
+fn promql(lab: &Lab, q: &str) -> Vec<(String, f64)> {
+    let out = lab.ok(&["lab", "metrics", q]);
+    out.lines()
+        .filter_map(|l| {
+            let (labels, v) = l.rsplit_once(' ')?;
+            Some((labels.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The first value of `q` once `ok` holds for it, within `limit`.
+fn wait_promql(lab: &Lab, q: &str, limit: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = promql(lab, q).first().map(|s| s.1);
+        if let Some(v) = v.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{q}: {v:?} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `lab up --monitoring`: the lab's own Prometheus scrapes every agent; through PromQL, the
+/// bytes per egress IP grow with traffic, and after the gateway is killed the new holder has
+/// counted the failover, with a take-over under 1 s.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn prometheus_in_the_lab_sees_traffic_per_egress_ip_and_the_failover() {
+    let lab = Lab::up_with(&["--monitoring"]);
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let (gw, probe) = gateway_and_probe(&lab);
+    let up = wait_promql(&lab, r#"count(up{job="egret-agent"} == 1)"#, Duration::from_secs(15), |v| v >= 6.0);
+    assert_eq!(up, 6.0);
+    let bytes = r#"sum(egret_egress_bytes_total{egress_ip="10.10.0.11",gateway="true"})"#;
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    let before = wait_promql(&lab, bytes, Duration::from_secs(15), |v| v > 0.0);
+    for _ in 0..5 {
+        assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    }
+    wait_promql(&lab, bytes, Duration::from_secs(15), |v| v > before);
+
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "10.10.0.11" {
+        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
+    }
+    let failovers = promql(&lab, r#"egret_failovers_total{egress_ip="10.10.0.11"}"#);
+    let failovers = if failovers.is_empty() {
+        wait_promql(&lab, r#"sum(egret_failovers_total{egress_ip="10.10.0.11"})"#, Duration::from_secs(15), |v| {
+            v >= 1.0
+        });
+        promql(&lab, r#"egret_failovers_total{egress_ip="10.10.0.11"}"#)
+    } else {
+        failovers
+    };
+    assert_eq!(failovers.len(), 1, "one new holder: {failovers:?}");
+    assert!(!failovers[0].0.contains(&format!("node=\"{gw}\"")), "counted by the new holder: {failovers:?}");
+    let fast = r#"sum(egret_failover_takeover_seconds_bucket{le="1.0"})"#;
+    wait_promql(&lab, fast, Duration::from_secs(15), |v| v >= 1.0);
 }

@@ -13,6 +13,7 @@ mod dnsbench;
 mod flood;
 mod fqdnbench;
 mod logs;
+mod monitoring;
 mod scale;
 mod state;
 
@@ -58,6 +59,17 @@ pub enum LabCmd {
         /// with `--source kubernetes`. `apply`/`delete` still go through the store, mirrored.
         #[arg(long)]
         api_server: bool,
+        /// Also run Prometheus (Debian's `prometheus`) in the router's namespace, scraping every
+        /// agent (and controller replica) each second and evaluating
+        /// deploy/monitoring/alerts.yaml; ask it with `egret lab metrics`.
+        #[arg(long)]
+        monitoring: bool,
+    },
+    /// An instant PromQL query against the lab's Prometheus (`up --monitoring`): one line per
+    /// series, its labels and value.
+    Metrics {
+        /// The query, e.g. `sum by (egress_ip) (rate(egret_egress_bytes_total{gateway="true"}[1m]))`.
+        query: String,
     },
     /// Stop every process and remove every namespace and file of the lab.
     Down,
@@ -228,7 +240,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         bail!("lab name {name:?} must be 1-20 letters and digits");
     }
     match args.cmd {
-        LabCmd::Up { nodes, api_server } => up(name, nodes, api_server),
+        LabCmd::Up { nodes, api_server, monitoring } => up(name, nodes, api_server, monitoring),
+        LabCmd::Metrics { query } => {
+            for m in monitoring::query(name, &query)? {
+                println!("{} {}", m.labels, m.value);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LabCmd::Down => down(name),
         LabCmd::Status => status(name),
         LabCmd::Apply { files } => apply(name, &files),
@@ -401,6 +419,7 @@ fn spawn_replica(st: &LabState, i: u16) -> anyhow::Result<u32> {
     let reserved = egret_netns::ROUTER_IP.to_string();
     let id = format!("controller-{i}");
     let gossip = SocketAddr::new(IpAddr::V4(egret_netns::ROUTER_IP), 7950 + i).to_string();
+    let health = format!("127.0.0.1:{}", monitoring::CONTROLLER_PORT + i);
     let args = [
         "controller",
         "--source",
@@ -425,6 +444,8 @@ fn spawn_replica(st: &LabState, i: u16) -> anyhow::Result<u32> {
         &gossip,
         "--reserved-ip",
         &reserved,
+        "--health-addr",
+        &health,
     ];
     spawn_egret(Some(&st.router.clone()), &args, &st.log(&id))
 }
@@ -445,7 +466,9 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
     }
     let audit = logs::audit_log(st, &node.name).to_string_lossy().into_owned();
     // The lab's agents always enforce NetworkPolicies (seed 001): with none, that costs nothing.
-    args.extend(["--health-addr", "127.0.0.1:9090", "--reserved-ip", &reserved, "--audit-log", &audit]);
+    // On every address of the node: the lab's Prometheus scrapes it from the router.
+    let health = format!("0.0.0.0:{}", monitoring::AGENT_PORT);
+    args.extend(["--health-addr", &health, "--reserved-ip", &reserved, "--audit-log", &audit]);
     args.push("--enforce-network-policy");
     if with_key {
         args.extend(["--gossip-key-file", &key]);
@@ -453,7 +476,7 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
     spawn_egret(Some(&node.netns), &args, &st.log(&format!("agent-{}", node.name)))
 }
 
-fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
+fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Result<ExitCode> {
     need_root()?;
     if !(1..=150).contains(&n) {
         bail!("--nodes must be between 1 and 150");
@@ -509,6 +532,7 @@ fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
         agents: BTreeMap::new(),
         whoami_pid: None,
         dns_pid: None,
+        prometheus_pid: None,
         killed: BTreeSet::new(),
         router_routes: BTreeSet::new(),
     };
@@ -527,7 +551,7 @@ fn up(name: &str, n: usize, api_server: bool) -> anyhow::Result<ExitCode> {
         let _ = ns.persist();
     }
     st.save()?;
-    match start(&mut st, objs) {
+    match start(&mut st, objs, monitoring) {
         Ok(()) => {
             println!(
                 "lab {name:?} is up: {} nodes, {} pods; store {}, logs {}",
@@ -575,7 +599,7 @@ fn start_api(st: &mut LabState, store: &Store) -> anyhow::Result<()> {
 }
 
 /// Starts the processes of a freshly built lab and waits until every agent is ready.
-fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
+fn start(st: &mut LabState, objs: Objects, monitoring: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(st.dir().join("logs"))?;
     // The agents' shared gossip key (mode 0600), made fresh for every lab.
     egret_gossip::generate_key_file(&st.dir().join("gossip.key")).context("creating the gossip key")?;
@@ -605,6 +629,10 @@ fn start(st: &mut LabState, objs: Objects) -> anyhow::Result<()> {
         Ok(ready == want)
     })
     .with_context(|| format!("agents did not all become ready within 60 s; see {}", st.dir().join("logs").display()))?;
+    if monitoring {
+        st.prometheus_pid = Some(monitoring::start(st)?);
+        st.save()?;
+    }
     Ok(())
 }
 

@@ -83,6 +83,9 @@ pub struct LabState {
     /// Process id of the lab's DNS server.
     #[serde(default)]
     pub dns_pid: Option<u32>,
+    /// The lab's Prometheus (`up --monitoring`).
+    #[serde(default)]
+    pub prometheus_pid: Option<u32>,
     /// Nodes taken down by `kill-node`.
     pub killed: BTreeSet<String>,
     /// On-link routes added to the router for egress IPs outside the node network.
