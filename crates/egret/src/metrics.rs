@@ -417,12 +417,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn alerting_rules_use_only_exported_metrics() {
-        let exported = exported();
-        let rules = repo_file("deploy/monitoring/alerts.yaml");
+    /// How many metric names `text` uses; panics on one nothing exports.
+    fn uses_only_exported(what: &str, text: &str, exported: &BTreeMap<String, String>) -> usize {
         let mut used = 0;
-        for token in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if !token.starts_with("egret_") {
                 continue;
             }
@@ -431,9 +429,34 @@ mod tests {
                 .iter()
                 .find_map(|s| token.strip_suffix(s).filter(|b| exported.get(*b).is_some_and(|k| k == "histogram")))
                 .unwrap_or(token);
-            assert!(exported.contains_key(base), "deploy/monitoring/alerts.yaml uses {token}, which nothing exports");
+            assert!(exported.contains_key(base), "{what} uses {token}, which nothing exports");
         }
+        used
+    }
+
+    #[test]
+    fn alerting_rules_use_only_exported_metrics() {
+        let rules = repo_file("deploy/monitoring/alerts.yaml");
+        let used = uses_only_exported("deploy/monitoring/alerts.yaml", &rules, &exported());
         assert!(used >= 7, "only {used} metric names found in the rules");
+    }
+
+    #[test]
+    fn the_dashboard_queries_only_exported_metrics() {
+        let exported = exported();
+        let dash: serde_json::Value =
+            serde_json::from_str(&repo_file("deploy/monitoring/grafana-dashboard.json")).unwrap();
+        let panels = dash["panels"].as_array().unwrap();
+        assert!(!panels.is_empty());
+        for p in panels {
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                let used = uses_only_exported(&format!("dashboard panel {}", p["title"]), expr, &exported);
+                assert!(used >= 1, "panel {}: {expr} uses no Egret metric", p["title"]);
+            }
+        }
     }
 
     #[test]

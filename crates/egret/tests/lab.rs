@@ -1071,4 +1071,16 @@ fn prometheus_in_the_lab_sees_traffic_per_egress_ip_and_the_failover() {
     assert!(!failovers[0].0.contains(&format!("node=\"{gw}\"")), "counted by the new holder: {failovers:?}");
     let fast = r#"sum(egret_failover_takeover_seconds_bucket{le="1.0"})"#;
     wait_promql(&lab, fast, Duration::from_secs(15), |v| v >= 1.0);
+    // Every query of the Grafana dashboard is one this Prometheus accepts.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "10s").replace("$__range", "5m");
+            let o = lab.run(&["lab", "metrics", &expr]);
+            assert!(o.status.success(), "{expr}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
 }
