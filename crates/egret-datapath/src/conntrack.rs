@@ -138,6 +138,41 @@ pub fn parse_flows(text: &str) -> Vec<Flow> {
         .collect()
 }
 
+/// Source ports SNAT can give one egress IP toward one destination address, port and protocol:
+/// Linux maps a source port of 1024 or above into 1024-65535.
+pub const SNAT_PORTS: usize = 64512;
+
+/// How much of its source-port space an egress IP uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnatUse {
+    /// Flows SNATed to it.
+    pub entries: usize,
+    /// Those toward its busiest destination (address, protocol, port), each holding a port.
+    pub busiest: usize,
+    /// That destination: address, protocol number, port.
+    pub busiest_dst: Option<(Ipv4Addr, u8, u16)>,
+}
+
+impl SnatUse {
+    /// The busiest destination's share of [`SNAT_PORTS`].
+    pub fn utilization(&self) -> f64 {
+        self.busiest as f64 / SNAT_PORTS as f64
+    }
+}
+
+/// The source-port use of egress IP `ip` among `flows` (those SNATed to it: their reply goes
+/// to `ip`, not to their source).
+pub fn snat_usage(flows: &[Flow], ip: Ipv4Addr) -> SnatUse {
+    let mut per_dst: BTreeMap<(Ipv4Addr, u8, u16), usize> = BTreeMap::new();
+    let mut entries = 0;
+    for f in flows.iter().filter(|f| f.reply_dst == ip && f.src != ip) {
+        entries += 1;
+        *per_dst.entry((f.dst, f.proto, f.ports.1)).or_default() += 1;
+    }
+    let busiest = per_dst.iter().max_by_key(|(_, n)| **n).map(|(d, n)| (*d, *n));
+    SnatUse { entries, busiest: busiest.map_or(0, |b| b.1), busiest_dst: busiest.map(|b| b.0) }
+}
+
 /// The flows SNATed to another address than the one `plan` gives their source and
 /// destination now (flows the plan does not SNAT here are left alone).
 pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
@@ -282,6 +317,38 @@ pub fn cluster(old: &NodePlan, new: &NodePlan) -> Vec<Ipv4Net> {
             IpNet::V6(_) => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod snat_tests {
+    use super::*;
+
+    fn flow(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8, reply_dst: [u8; 4]) -> Flow {
+        Flow { src: src.into(), dst: dst.into(), reply_dst: reply_dst.into(), proto, ports: (sport, dport) }
+    }
+
+    #[test]
+    fn snat_use_counts_the_busiest_destination_of_each_egress_ip() {
+        let eip = [10, 10, 0, 11];
+        let mut flows = Vec::new();
+        for p in 0..300u16 {
+            flows.push(flow([10, 244, 1, 10], 40000 + p, [203, 0, 113, 5], 443, 6, eip));
+        }
+        for p in 0..100u16 {
+            // Same address, other port; and UDP to the same port: other destinations.
+            flows.push(flow([10, 244, 1, 10], 40000 + p, [203, 0, 113, 5], 8080, 6, eip));
+            flows.push(flow([10, 244, 2, 10], 40000 + p, [203, 0, 113, 5], 443, 17, eip));
+        }
+        // Another egress IP's flows, and a flow not SNATed.
+        flows.push(flow([10, 244, 1, 11], 40000, [203, 0, 113, 5], 443, 6, [10, 10, 0, 12]));
+        flows.push(flow([10, 244, 1, 12], 40000, [203, 0, 113, 5], 443, 6, [10, 244, 1, 12]));
+        let u = snat_usage(&flows, eip.into());
+        assert_eq!(u.entries, 500);
+        assert_eq!(u.busiest, 300);
+        assert_eq!(u.busiest_dst, Some(([203, 0, 113, 5].into(), 6, 443)));
+        assert!((u.utilization() - 300.0 / 64512.0).abs() < 1e-12);
+        assert_eq!(snat_usage(&flows, [10, 10, 0, 99].into()), SnatUse::default());
+    }
 }
 
 #[cfg(test)]

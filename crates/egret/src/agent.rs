@@ -93,6 +93,10 @@ pub struct AgentArgs {
     /// destinations outside the cluster, for CNIs that do not (docs/api.md).
     #[arg(long)]
     pub enforce_network_policy: bool,
+    /// Warn (once per crossing) when an egress IP hosted here uses more than this share of its
+    /// source ports toward one destination (`egret_snat_port_utilization`).
+    #[arg(long, default_value_t = 0.5)]
+    pub snat_warn_utilization: f64,
     #[command(flatten)]
     pub dns: crate::dns::DnsArgs,
 }
@@ -384,6 +388,7 @@ impl Loop {
                                         last_heartbeat = 0;
                                     }
                                     metrics.hosted.set(hosted.len() as i64);
+                                    *metrics.hosted_ips.write().unwrap_or_else(|e| e.into_inner()) = hosted.clone();
                                     report.ready = true;
                                     report.error = None;
                                     report.hosted = hosted;
@@ -700,6 +705,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+        })?;
+    }
+    // SNAT source-port use of the egress IPs hosted here, off the datapath loop (a busy
+    // gateway's conntrack table takes a while to list).
+    {
+        let (cfg, m, stop, warn_at) =
+            (args.datapath_config(), metrics.clone(), stop.clone(), args.snat_warn_utilization);
+        let span = span.clone();
+        std::thread::Builder::new().name("snat".into()).spawn(move || {
+            let _entered = span.enter();
+            crate::snat::watch(&cfg, &m, &stop, warn_at);
         })?;
     }
     let config = ClusterConfig {

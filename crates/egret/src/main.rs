@@ -19,6 +19,7 @@ mod metrics;
 mod objects;
 mod offline;
 mod serve;
+mod snat;
 mod table;
 mod takeover;
 mod trace;

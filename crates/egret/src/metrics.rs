@@ -43,6 +43,12 @@ pub struct Metrics {
     pub timings: Timings,
     /// The labels of the per-Egress traffic series (the Egresses with traffic here).
     pub egresses: SharedEgressLabels,
+    /// The egress IPs this node hosts, as last programmed.
+    pub hosted_ips: RwLock<Vec<std::net::IpAddr>>,
+    /// Flows SNATed to each egress IP hosted here.
+    pub snat_entries: Family<Vec<(String, String)>, Gauge>,
+    /// Per egress IP hosted here, its busiest destination's share of the source ports.
+    pub snat_utilization: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
 }
 
 /// The agent's histograms.
@@ -253,6 +259,16 @@ impl Metrics {
             m.timings.takeover_seconds.clone(),
         );
         m.registry.register("egret_hosted_egress_ips", "Egress IPs this node hosts", m.hosted.clone());
+        m.registry.register(
+            "egret_snat_conntrack_entries",
+            "Flows SNATed to each egress IP this node hosts",
+            m.snat_entries.clone(),
+        );
+        m.registry.register(
+            "egret_snat_port_utilization",
+            "Per egress IP hosted here, the share of its source ports used toward its busiest destination",
+            m.snat_utilization.clone(),
+        );
         m.registry.register("egret_gossip_members", "Gossip members by status", m.members.clone());
         // A counter: the text encoding adds the `_total` suffix.
         m.registry.register(
@@ -371,6 +387,8 @@ mod tests {
         let _ = agent.members.get_or_create(&l);
         let _ = agent.map_elements.get_or_create(&l);
         let _ = agent.failovers.get_or_create(&l);
+        let _ = agent.snat_entries.get_or_create(&l);
+        let _ = agent.snat_utilization.get_or_create(&l);
         let _ = agent.audit.records.get_or_create(&l);
         let _ = agent.audit.dropped.get_or_create(&l);
         let _ = dns.queries.get_or_create(&l);

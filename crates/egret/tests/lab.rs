@@ -1084,3 +1084,49 @@ fn prometheus_in_the_lab_sees_traffic_per_egress_ip_and_the_failover() {
         }
     }
 }
+
+/// SNAT port pressure: one pod opens UDP flows from over half of the source ports toward one
+/// destination; the gateway's agent exports the egress IP's utilization over 50% and warns,
+/// naming the destination.
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn snat_port_pressure_is_exported_and_warned_about() {
+    let lab = Lab::up();
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    let (gw, probe) = gateway_and_probe(&lab);
+    assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    // 33,000 flows, one per source port, to db-a's UDP port 9: each is a conntrack entry on the
+    // gateway, SNATed to the egress IP (unreplied UDP entries live 30 s).
+    let sent = lab
+        .pod_netns(probe)
+        .run(|| {
+            let mut sent = 0u32;
+            for port in 1024..34024u16 {
+                if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", port))
+                    && s.send_to(b"x", "203.0.113.5:9").is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+        .unwrap();
+    assert!(sent >= 32_800, "only {sent} flows opened");
+    let util = r#"egret_snat_port_utilization{egress_ip="10.10.0.11"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let value = loop {
+        let v = series(&lab.scrape(&gw), util).unwrap_or(0.0);
+        if v >= 0.5 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{util} stayed at {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(value < 0.6, "{value}: more flows than were opened");
+    let log = std::fs::read_to_string(Path::new(&lab.store()).with_file_name("logs").join(format!("agent-{gw}.log")))
+        .unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("SNAT source ports") && l.contains("203.0.113.5:9") && l.contains("10.10.0.11")),
+        "no warning in the gateway's log"
+    );
+}
