@@ -324,7 +324,7 @@ impl Loop {
         // Whether the plan last programmed had this node eligible: only then does it tell the
         // others it is, so they move IPs to it only once it holds them (make before break).
         let mut programmed_eligible = false;
-        let mut rejected_seen = 0u64;
+        let mut gossip_seen = egret_gossip::Counters::default();
         let mut logged = Vec::new();
         let mut warned_v6_services = false;
         let mut deaths = crate::takeover::Deaths::default();
@@ -385,6 +385,14 @@ impl Loop {
                                     let hosted: Vec<IpAddr> = np.hosted.iter().map(|h| h.ip).collect();
                                     if report.hosted != hosted {
                                         info!(hosted = ?hosted, "egress IPs hosted here changed");
+                                        let added = hosted.iter().filter(|ip| !report.hosted.contains(ip)).count();
+                                        let removed = report.hosted.iter().filter(|ip| !hosted.contains(ip)).count();
+                                        for (change, n) in [("added", added), ("removed", removed)] {
+                                            metrics
+                                                .placement_changes
+                                                .get_or_create(&vec![("change".into(), change.into())])
+                                                .inc_by(n as u64);
+                                        }
                                         last_heartbeat = 0;
                                     }
                                     metrics.hosted.set(hosted.len() as i64);
@@ -526,9 +534,9 @@ impl Loop {
                     let n = v.members.iter().filter(|m| m.status == status).count();
                     metrics.members.get_or_create(&vec![("status".into(), format!("{status:?}"))]).set(n as i64);
                 }
-                let rejected = handle.counters().rejected();
-                metrics.gossip_rejected.inc_by(rejected.saturating_sub(rejected_seen));
-                rejected_seen = rejected;
+                let counters = handle.counters();
+                metrics.gossip_counters(&counters, &gossip_seen);
+                gossip_seen = counters;
                 report.members = v
                     .members
                     .iter()

@@ -28,7 +28,7 @@ pub struct Metrics {
     pub members: Family<Vec<(String, String)>, Gauge>,
     /// Gossip datagrams dropped (failed authentication, unencrypted, stale, replayed, malformed),
     /// since the agent started.
-    pub gossip_rejected: Counter,
+    pub gossip_rejected: Family<Vec<(String, String)>, Counter>,
     /// The audit log's counts.
     pub audit: Arc<AuditMetrics>,
     /// Failed datapath syncs by reason (the kind of error).
@@ -37,6 +37,8 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     /// Elements of each map and set of Egret's nft table, as last programmed.
     pub map_elements: Family<Vec<(String, String)>, Gauge>,
+    /// Egress IPs this node started (`added`) or stopped (`removed`) hosting.
+    pub placement_changes: Family<Vec<(String, String)>, Counter>,
     /// Egress IPs this node took over from a member it saw die, by egress IP.
     pub failovers: Family<Vec<(String, String)>, Counter>,
     /// The histograms.
@@ -249,6 +251,11 @@ impl Metrics {
             m.map_elements.clone(),
         );
         m.registry.register(
+            "egret_placement_changes",
+            "Egress IPs this node started (added) or stopped (removed) hosting",
+            m.placement_changes.clone(),
+        );
+        m.registry.register(
             "egret_failovers",
             "Egress IPs this node took over from a member it saw die, by egress IP",
             m.failovers.clone(),
@@ -273,10 +280,26 @@ impl Metrics {
         // A counter: the text encoding adds the `_total` suffix.
         m.registry.register(
             "egret_gossip_rejected_datagrams",
-            "Gossip datagrams dropped before membership processing",
+            "Gossip datagrams dropped, by reason",
             m.gossip_rejected.clone(),
         );
         m
+    }
+
+    /// Counts what the gossip layer rejected since `before`, by reason.
+    pub fn gossip_counters(&self, now: &egret_gossip::Counters, before: &egret_gossip::Counters) {
+        for (reason, n, b) in [
+            ("malformed", now.rejected_malformed, before.rejected_malformed),
+            ("unencrypted", now.rejected_unencrypted, before.rejected_unencrypted),
+            ("auth", now.rejected_auth, before.rejected_auth),
+            ("stale", now.rejected_stale, before.rejected_stale),
+            ("replay", now.rejected_replay, before.rejected_replay),
+            ("invalid_content", now.invalid_content, before.invalid_content),
+        ] {
+            if n > b {
+                self.gossip_rejected.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n - b);
+            }
+        }
     }
 
     /// The text exposition.
@@ -387,6 +410,8 @@ mod tests {
         let _ = agent.members.get_or_create(&l);
         let _ = agent.map_elements.get_or_create(&l);
         let _ = agent.failovers.get_or_create(&l);
+        let _ = agent.placement_changes.get_or_create(&l);
+        let _ = agent.gossip_rejected.get_or_create(&l);
         let _ = agent.snat_entries.get_or_create(&l);
         let _ = agent.snat_utilization.get_or_create(&l);
         let _ = agent.audit.records.get_or_create(&l);
@@ -513,9 +538,17 @@ mod tests {
     #[test]
     fn rejected_gossip_datagrams_are_a_counter_named_by_the_convention() {
         let m = Metrics::new();
-        m.gossip_rejected.inc_by(3);
+        let mut before = egret_gossip::Counters::default();
+        let mut now = before;
+        now.rejected_auth = 3;
+        m.gossip_counters(&now, &before);
+        before = now;
+        now.rejected_auth = 4;
+        now.rejected_replay = 2;
+        m.gossip_counters(&now, &before);
         let text = m.encode();
         assert!(text.contains("# TYPE egret_gossip_rejected_datagrams counter"), "{text}");
-        assert!(text.contains("egret_gossip_rejected_datagrams_total 3"), "{text}");
+        assert!(text.contains(r#"egret_gossip_rejected_datagrams_total{reason="auth"} 4"#), "{text}");
+        assert!(text.contains(r#"egret_gossip_rejected_datagrams_total{reason="replay"} 2"#), "{text}");
     }
 }
