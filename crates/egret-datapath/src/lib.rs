@@ -185,12 +185,40 @@ fn runtime() -> Result<tokio::runtime::Runtime, DatapathError> {
         .map_err(|e| DatapathError::Io("tokio runtime".into(), e))
 }
 
-/// Egret's named counters in the current network namespace, by name (see
-/// [`Datapath::counters`]); usable beside a running datapath, since it only reads.
-pub fn read_counters(cfg: &Config) -> Result<BTreeMap<String, Counter>, DatapathError> {
-    let out = run_nft(cfg, &["-j", "list", "counters", "table", "inet", TABLE], None)?;
-    let doc: serde_json::Value = serde_json::from_str(&out).map_err(|e| DatapathError::NftOutput(e.to_string()))?;
-    Ok(nft::parse_counters(&doc))
+/// Egret's named counters in the calling thread's network namespace, by name (see
+/// [`Datapath::counters`]), dumped over netlink (no `nft` process: metrics scrapes read them
+/// all); usable beside a running datapath, since it only reads. No table: no counters.
+pub fn read_counters() -> Result<BTreeMap<String, Counter>, DatapathError> {
+    use netlink_sys::{Socket, constants::NETLINK_NETFILTER};
+    let io = |what: &str| {
+        let what = format!("reading the nft counters: {what}");
+        move |e: std::io::Error| DatapathError::Io(what, e)
+    };
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("netlink socket"))?;
+    socket.bind_auto().map_err(io("binding the netlink socket"))?;
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(2, 0),
+    )
+    .map_err(|e| DatapathError::Io("reading the nft counters: read timeout".into(), e.into()))?;
+    let seq = 1;
+    socket.send(&nft::objects::counters_request(TABLE, seq), 0).map_err(io("sending the dump request"))?;
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0).map_err(io("reading the dump"))?;
+        match nft::objects::absorb_counters(&buf[..n], seq, &mut out).map_err(DatapathError::NftOutput)? {
+            nft::objects::Dump::More => {}
+            nft::objects::Dump::Done => return Ok(out),
+            nft::objects::Dump::Refused(errno) => {
+                return Err(DatapathError::Io(
+                    format!("reading the nft counters of table inet {TABLE}"),
+                    std::io::Error::from_raw_os_error(-errno),
+                ));
+            }
+        }
+    }
 }
 
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
@@ -423,7 +451,7 @@ impl Datapath {
     /// Egret's named counters (packets and bytes as u64), by name: per Egress, and per
     /// firewall decision chain.
     pub fn counters(&self) -> Result<BTreeMap<String, Counter>, DatapathError> {
-        read_counters(&self.cfg)
+        read_counters()
     }
 
     /// Removes everything Egret created (see [`cleanup`]) and forgets what was programmed.

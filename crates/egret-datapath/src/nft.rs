@@ -8,6 +8,7 @@
 //! elements in a canonical text form, and named counters (by name only: their values are state).
 
 pub mod firewall;
+pub mod objects;
 pub mod setelem;
 
 use crate::config::{Config, TABLE, mac_string, tunnel_mac};

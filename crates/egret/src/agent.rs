@@ -669,11 +669,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let mut m = Metrics::new();
         dns_metrics.register(&mut m.registry);
         let egresses = m.egresses.clone();
-        m.registry.register_collector(Box::new(CounterCollector {
-            cfg: args.datapath_config(),
-            index: audit_index.clone(),
-            egresses,
-        }));
+        m.registry.register_collector(Box::new(CounterCollector { index: audit_index.clone(), egresses }));
         Arc::new(m)
     };
     let stop = Arc::new(AtomicBool::new(false));

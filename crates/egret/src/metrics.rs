@@ -141,8 +141,6 @@ pub const COLLECTED: [&str; 4] =
 ///   (original direction).
 #[derive(Debug)]
 pub struct CounterCollector {
-    /// The datapath settings (the `nft` program).
-    pub cfg: egret_datapath::Config,
     /// The plan's decisions, by chain.
     pub index: crate::audit::SharedIndex,
     /// The Egresses with traffic here.
@@ -156,7 +154,7 @@ impl Collector for CounterCollector {
         if idx.decisions().is_empty() && egresses.is_empty() {
             return Ok(());
         }
-        let counters = match egret_datapath::read_counters(&self.cfg) {
+        let counters = match egret_datapath::read_counters() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("reading the nft counters: {e}");
