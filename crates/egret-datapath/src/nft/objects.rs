@@ -170,7 +170,7 @@ mod tests {
         out.extend(seq.to_ne_bytes());
         out.extend(0u32.to_ne_bytes());
         out.extend(body);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
         out
