@@ -27,6 +27,7 @@ pub mod link;
 pub mod nflog;
 pub mod nft;
 pub mod setwriter;
+pub mod view;
 
 pub use config::{Config, OWNER_ALIAS, TABLE};
 pub use nft::Counter;
@@ -202,23 +203,27 @@ pub fn read_counters() -> Result<BTreeMap<String, Counter>, DatapathError> {
         &nix::sys::time::TimeVal::new(2, 0),
     )
     .map_err(|e| DatapathError::Io("reading the nft counters: read timeout".into(), e.into()))?;
-    let seq = 1;
-    socket.send(&nft::objects::counters_request(TABLE, seq), 0).map_err(io("sending the dump request"))?;
-    let mut out = BTreeMap::new();
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0).map_err(io("reading the dump"))?;
-        match nft::objects::absorb_counters(&buf[..n], seq, &mut out).map_err(DatapathError::NftOutput)? {
-            nft::objects::Dump::More => {}
-            nft::objects::Dump::Done => return Ok(out),
-            nft::objects::Dump::Refused(errno) => {
-                return Err(DatapathError::Io(
-                    format!("reading the nft counters of table inet {TABLE}"),
-                    std::io::Error::from_raw_os_error(-errno),
-                ));
+    // A dump the ruleset changed under (a sync meanwhile) is read again, up to three times.
+    for seq in 1..=3 {
+        socket.send(&nft::objects::counters_request(TABLE, seq), 0).map_err(io("sending the dump request"))?;
+        let mut dump = nft::objects::CounterDump::default();
+        loop {
+            let n = socket.recv(&mut &mut buf[..], 0).map_err(io("reading the dump"))?;
+            match nft::objects::absorb_counters(&buf[..n], seq, &mut dump).map_err(DatapathError::NftOutput)? {
+                nft::objects::Dump::More => {}
+                nft::objects::Dump::Done if dump.interrupted => break,
+                nft::objects::Dump::Done => return Ok(dump.counters),
+                nft::objects::Dump::Refused(errno) => {
+                    return Err(DatapathError::Io(
+                        format!("reading the nft counters of table inet {TABLE}"),
+                        std::io::Error::from_raw_os_error(-errno),
+                    ));
+                }
             }
         }
     }
+    Err(DatapathError::NftOutput("the nft counters changed under every dump; try again".into()))
 }
 
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
@@ -241,7 +246,9 @@ fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, D
 }
 
 /// Reads table `inet egret` (`None`: it does not exist).
-fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
+/// Egret's nft table as the kernel holds it, read back (`None`: there is none), for
+/// [`view::read`] and [`view::drift`].
+pub fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
     match run_nft(cfg, &["-j", "list", "table", "inet", TABLE], None) {
         Ok(out) => nft::parse_table(&out).map_err(|source| DatapathError::NftJson { what: "table listing", source }),
         Err(DatapathError::Nft { detail, .. }) if detail.contains("No such file or directory") => Ok(None),

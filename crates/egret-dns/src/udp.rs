@@ -29,8 +29,13 @@ use tokio::sync::mpsc;
 
 /// Largest DNS message over UDP.
 const MAX_MESSAGE: usize = 65535;
-/// Reply sockets of resolver addresses no session used for this long are closed.
+/// Reply sockets of resolver addresses no query used for this long are closed.
 const REPLY_IDLE: Duration = Duration::from_secs(60);
+/// Most sessions at once (each holds an upstream socket until its queries are answered or
+/// time out): past it, new pod ports' queries are dropped and counted (`refused`).
+const MAX_SESSIONS: usize = 8192;
+/// Most resolver addresses answered from at once (each a bound socket and a task).
+const MAX_RESOLVERS: usize = 64;
 
 /// The listener for one family: it takes the first query of each pod port and learns the
 /// resolver the pod addressed from the original destination.
@@ -129,6 +134,14 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: UdpSocket) {
                 continue;
             }
         };
+        // Sent straight to the listener (not handed over by TPROXY): forwarding it would loop.
+        if resolver.ip().is_loopback() {
+            ctx.metrics.queries.get_or_create(&labels("udp", "refused")).inc();
+            continue;
+        }
+        if let Some(r) = replies.get_mut(&resolver) {
+            r.used = Instant::now();
+        }
         let query = match sessions.get(&(pod, resolver)) {
             Some(s) => match s.send(query) {
                 Ok(()) => continue,
@@ -137,6 +150,14 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: UdpSocket) {
             },
             None => query,
         };
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, s| !s.is_closed());
+        }
+        if sessions.len() >= MAX_SESSIONS || (!replies.contains_key(&resolver) && replies.len() >= MAX_RESOLVERS) {
+            ctx.metrics.queries.get_or_create(&labels("udp", "refused")).inc();
+            tracing::debug!(%pod, %resolver, "DNS proxy: at its limit of sessions or resolvers; query dropped");
+            continue;
+        }
         let reply = match replies.get_mut(&resolver) {
             Some(r) => {
                 r.used = Instant::now();
@@ -216,7 +237,13 @@ async fn session(
     loop {
         abuf.clear();
         let idle_end = last_query + ctx.cfg.udp_idle;
-        let wake = pending.values().map(|p| p.deadline).min().map_or(idle_end, |d| d.min(idle_end));
+        let next_deadline = pending.values().map(|p| p.deadline).min();
+        // Once closing (idle_end passed), only the pending queries' deadlines wake it.
+        let wake = match (closing, next_deadline) {
+            (true, Some(d)) => d,
+            (true, None) => Instant::now(),
+            (false, d) => d.map_or(idle_end, |d| d.min(idle_end)),
+        };
         let event = tokio::select! {
             biased;
             q = queries.recv(), if !closing => Event::Query(q),

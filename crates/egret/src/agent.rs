@@ -328,6 +328,7 @@ impl Loop {
         let mut logged = Vec::new();
         let mut warned_v6_services = false;
         let mut deaths = crate::takeover::Deaths::default();
+        let mut maps_seen: BTreeSet<String> = BTreeSet::new();
         while !stop.load(Ordering::Relaxed) {
             if let Membership::Gossip { view, .. } = &membership {
                 let members = view.lock().map(|v| v.members.clone()).unwrap_or_default();
@@ -370,6 +371,11 @@ impl Loop {
                                             .get_or_create(&vec![("map".into(), map.clone())])
                                             .set(*n as i64);
                                     }
+                                    // Maps of policy sets come and go with the policies.
+                                    for gone in maps_seen.iter().filter(|m| !r.map_elements.contains_key(*m)) {
+                                        metrics.map_elements.remove(&vec![("map".into(), gone.clone())]);
+                                    }
+                                    maps_seen = r.map_elements.keys().cloned().collect();
                                     if last.as_ref().is_none_or(|l| {
                                         l.egresses != np.egresses
                                             || l.steer != np.steer

@@ -32,6 +32,8 @@ pub enum Resource {
     /// Gossip members as one agent sees them.
     #[value(alias = "member")]
     Members,
+    /// What a lab node's kernel holds, read back, with its drift from the plan (`--node`).
+    Datapath,
 }
 
 /// kubectl's age format: `45s`, `12m`, `5h`, `3d`.
@@ -208,6 +210,7 @@ fn show(
         (Resource::Egress, o) => print_list(egresses, o)?,
         (Resource::Externalippools, o) => print_list(pools, o)?,
         (Resource::Members, _) => {}
+        (Resource::Datapath, _) => bail!("`get datapath` reads a lab node's kernel: run it without --kubeconfig"),
     }
     Ok(ExitCode::SUCCESS)
 }

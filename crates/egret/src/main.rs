@@ -80,9 +80,10 @@ enum Cmd {
     Trace(trace::TraceArgs),
     /// Show objects with their status, like `kubectl get`.
     Get {
-        /// egress (eg), externalippools (eip) or members.
+        /// egress (eg), externalippools (eip), members, or datapath (a lab node's kernel).
         what: get::Resource,
-        /// For members: the node whose view to show (default: the first that reported).
+        /// For members: the node whose view to show (default: the first that reported); for
+        /// datapath: the node whose kernel to read.
         #[arg(long = "node")]
         node: Option<String>,
         /// The local store (default: the running lab's).
@@ -171,6 +172,7 @@ fn main() -> ExitCode {
         Cmd::Lab(args) => lab::run(args),
         Cmd::Agent(args) => agent::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Get { what, kubeconfig: Some(kc), output, .. } => get::get_from_cluster(what, &kc, output),
+        Cmd::Get { what: get::Resource::Datapath, node, name, .. } => lab::datapath::get(&name, node.as_deref()),
         Cmd::Get { what: get::Resource::Members, node, store, name, output, .. } => {
             get::members(&store.unwrap_or_else(|| lab_store(&name)), node.as_deref(), output)
         }

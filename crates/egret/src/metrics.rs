@@ -328,6 +328,8 @@ pub struct ControllerMetrics {
     /// Egresses with an egress IP that no live node hosts: their traffic is dropped (leader
     /// only).
     pub unplaced: Gauge,
+    /// The pools the gauges were last set for.
+    pub pools_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ControllerMetrics {
@@ -357,11 +359,20 @@ impl ControllerMetrics {
 
     /// Sets the pool and placement gauges from the statuses the leader computed.
     pub fn statuses(&self, s: &crate::controller::Statuses) {
+        let mut seen = self.pools_seen.lock().unwrap_or_else(|e| e.into_inner());
         for (pool, _, next) in &s.pools {
             let l = vec![("pool".to_string(), pool.clone())];
             self.pool_addresses.get_or_create(&l).set(next.usage.total);
             self.pool_allocated.get_or_create(&l).set(next.usage.used);
         }
+        // A deleted pool's series go with it (a full pool deleted must not alert on).
+        let now: std::collections::BTreeSet<String> = s.pools.iter().map(|(p, _, _)| p.clone()).collect();
+        for gone in seen.difference(&now) {
+            let l = vec![("pool".to_string(), gone.clone())];
+            self.pool_addresses.remove(&l);
+            self.pool_allocated.remove(&l);
+        }
+        *seen = now;
         let unplaced = s.egresses.iter().filter(|(_, _, e)| e.egress_ip.is_some() && e.egress_node.is_none()).count();
         self.unplaced.set(unplaced as i64);
     }
@@ -370,6 +381,7 @@ impl ControllerMetrics {
     pub fn standby(&self) {
         self.pool_addresses.clear();
         self.pool_allocated.clear();
+        self.pools_seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.unplaced.set(0);
     }
 

@@ -30,6 +30,7 @@ pub fn crossings(
 /// Reads, exports and warns until `stop`.
 pub fn watch(cfg: &egret_datapath::Config, m: &Metrics, stop: &AtomicBool, warn_at: f64) {
     let mut warned = BTreeSet::new();
+    let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut said_missing = false;
     while !stop.load(Ordering::Relaxed) {
         let ips: Vec<Ipv4Addr> = m
@@ -40,8 +41,13 @@ pub fn watch(cfg: &egret_datapath::Config, m: &Metrics, stop: &AtomicBool, warn_
         match egret_datapath::snat_usage(cfg, &ips) {
             Ok(Some(usage)) => {
                 let usage: Vec<(Ipv4Addr, SnatUse)> = usage.into_iter().collect();
-                m.snat_entries.clear();
-                m.snat_utilization.clear();
+                // Only what is no longer hosted goes: a scrape never sees a hosted IP missing.
+                for gone in seen.iter().filter(|ip| !usage.iter().any(|(i, _)| i == *ip)) {
+                    let l = vec![("egress_ip".to_string(), gone.to_string())];
+                    m.snat_entries.remove(&l);
+                    m.snat_utilization.remove(&l);
+                }
+                seen = usage.iter().map(|(ip, _)| *ip).collect();
                 for (ip, u) in &usage {
                     let l = vec![("egress_ip".to_string(), ip.to_string())];
                     m.snat_entries.get_or_create(&l).set(u.entries as i64);

@@ -32,6 +32,12 @@ impl Deaths {
                 self.dead.remove(&m.name);
             }
         }
+        // An IP a live member announces has moved on: taking it later is a move, not a failover.
+        for m in members.iter().filter(|m| m.status != MemberStatus::Dead) {
+            for (_, held) in self.dead.values_mut() {
+                held.retain(|ip| !m.hosted.contains(ip));
+            }
+        }
         self.dead.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER);
     }
 
@@ -41,10 +47,13 @@ impl Deaths {
     pub fn takeovers(&mut self, before: &[IpAddr], announced: &[IpAddr], now: Instant) -> Vec<(IpAddr, Duration)> {
         let mut out = Vec::new();
         for ip in announced.iter().filter(|ip| !before.contains(ip)) {
-            let from = self.dead.values_mut().filter(|(_, held)| held.contains(ip)).min_by_key(|(at, _)| *at);
-            if let Some((at, held)) = from {
-                out.push((*ip, now.duration_since(*at)));
-                held.retain(|h| h != ip);
+            // The latest death of a member that held it (in a cascade, the last holder's).
+            let from = self.dead.values().filter(|(_, held)| held.contains(ip)).map(|(at, _)| *at).max();
+            if let Some(at) = from {
+                out.push((*ip, now.duration_since(at)));
+                for (_, held) in self.dead.values_mut() {
+                    held.retain(|h| h != ip);
+                }
             }
         }
         out
@@ -98,6 +107,44 @@ mod tests {
         // Held before: not taken over now.
         d.observe(&[mk_member("node-3", MemberStatus::Dead, &["10.10.0.201"])], t0);
         assert!(d.takeovers(&[ip("10.10.0.201")], &[ip("10.10.0.201")], t0).is_empty());
+    }
+
+    #[test]
+    fn a_cascade_is_timed_from_the_last_holders_death_and_a_live_handover_is_no_failover() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Deaths::default();
+        d.observe(
+            &[mk_member("a", MemberStatus::Alive, &["10.10.0.11"]), mk_member("b", MemberStatus::Alive, &[])],
+            t0,
+        );
+        d.observe(&[mk_member("a", MemberStatus::Dead, &["10.10.0.11"]), mk_member("b", MemberStatus::Alive, &[])], t0);
+        d.observe(
+            &[
+                mk_member("a", MemberStatus::Dead, &["10.10.0.11"]),
+                mk_member("b", MemberStatus::Alive, &["10.10.0.11"]),
+            ],
+            t0 + ms(300),
+        );
+        d.observe(
+            &[mk_member("a", MemberStatus::Dead, &["10.10.0.11"]), mk_member("b", MemberStatus::Dead, &["10.10.0.11"])],
+            t0 + ms(1000),
+        );
+        assert_eq!(d.takeovers(&[], &[ip("10.10.0.11")], t0 + ms(1200)), vec![(ip("10.10.0.11"), ms(200))]);
+        assert!(d.takeovers(&[], &[ip("10.10.0.11")], t0 + ms(1300)).is_empty(), "counted once");
+
+        // c dies holding .12, which d (alive) takes over and then hands to this node: a move.
+        let mut d2 = Deaths::default();
+        d2.observe(&[mk_member("c", MemberStatus::Alive, &["10.10.0.12"])], t0);
+        d2.observe(&[mk_member("c", MemberStatus::Dead, &["10.10.0.12"])], t0);
+        d2.observe(
+            &[
+                mk_member("c", MemberStatus::Dead, &["10.10.0.12"]),
+                mk_member("d", MemberStatus::Alive, &["10.10.0.12"]),
+            ],
+            t0,
+        );
+        assert!(d2.takeovers(&[], &[ip("10.10.0.12")], t0 + ms(500)).is_empty());
     }
 
     #[test]

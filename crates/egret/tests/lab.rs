@@ -444,6 +444,16 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
             .to_string();
     let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
+    // Read from the kernels of the probe's node and of the gateway: the probe's traffic goes
+    // through the tunnel to the gateway, which SNATs it to the egress IP; no drift.
+    let probe_node = if probe == "prod/web-1" { "node-1" } else { "node-2" };
+    let view = lab.ok(&["get", "datapath", "--node", probe_node]);
+    assert!(view.contains(probe) && view.contains("egress-prod-web"), "{view}");
+    assert!(view.contains(&format!("tunnel to {gw} (")), "{view}");
+    assert!(view.contains("Drift against the plan: none"), "{view}");
+    let view = lab.ok(&["get", "datapath", "--node", &gw]);
+    assert!(view.contains("Egress IPs it SNATs to: ") && view.contains("10.10.0.11"), "{view}");
+    assert!(view.contains("Drift against the plan: none"), "{view}");
 
     // Kill a node that is neither gateway nor hosts the probe: no egress IP moves.
     let bystander = ["node-3", "node-4", "node-5"].into_iter().find(|n| *n != gw && *n != staging_gw).unwrap();

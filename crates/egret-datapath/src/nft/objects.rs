@@ -56,20 +56,43 @@ pub enum Dump {
     More,
     /// `NLMSG_DONE`: every counter was read.
     Done,
-    /// The kernel refused the request (negative errno: e.g. `-ENOENT`, no such table).
+    /// The kernel refused the request, or failed the dump part-way (negative errno).
     Refused(i32),
 }
 
+/// A dump under way: the counters read so far, and whether the table changed while it was
+/// dumped (`NLM_F_DUMP_INTR` on any part: what was read may be incomplete; dump again).
+#[derive(Debug, Default)]
+pub struct CounterDump {
+    /// Counters by name.
+    pub counters: BTreeMap<String, Counter>,
+    /// The dump saw the ruleset change.
+    pub interrupted: bool,
+}
+
+/// `NLM_F_DUMP_INTR`: the dump saw the ruleset change under it.
+const NLM_F_DUMP_INTR: u16 = 16;
+
 /// Reads one datagram of the answer to [`counters_request`] with sequence number `seq` into
-/// `into` (counters by name); messages of other sequence numbers are skipped.
-pub fn absorb_counters(datagram: &[u8], seq: u32, into: &mut BTreeMap<String, Counter>) -> Result<Dump, String> {
+/// `into`; messages of other sequence numbers are skipped.
+pub fn absorb_counters(datagram: &[u8], seq: u32, into: &mut CounterDump) -> Result<Dump, String> {
     let mut rest = datagram;
     let mut state = Dump::More;
     while let Ok(buf) = NetlinkBuffer::new_checked(rest) {
         let len = buf.length() as usize;
         if buf.sequence_number() == seq {
+            if buf.flags() & NLM_F_DUMP_INTR != 0 {
+                into.interrupted = true;
+            }
             match buf.message_type() {
-                NLMSG_DONE => state = Dump::Done,
+                NLMSG_DONE => {
+                    // Its payload is the dump's result: 0, or the error that ended it early.
+                    let errno = buf.payload().get(0..4).and_then(|b| b.try_into().ok()).map_or(0, i32::from_ne_bytes);
+                    if errno < 0 {
+                        return Ok(Dump::Refused(errno));
+                    }
+                    state = Dump::Done;
+                }
                 NLMSG_ERROR => {
                     let errno = buf
                         .payload()
@@ -86,7 +109,7 @@ pub fn absorb_counters(datagram: &[u8], seq: u32, into: &mut BTreeMap<String, Co
                     // struct nfgenmsg (4 bytes), then the object's attributes.
                     let attrs = buf.payload().get(4..).ok_or("a short nf_tables message")?;
                     if let Some((name, c)) = counter(attrs)? {
-                        into.insert(name, c);
+                        into.counters.insert(name, c);
                     }
                 }
             }
@@ -193,7 +216,7 @@ mod tests {
 
     #[test]
     fn counters_are_read_across_datagrams_until_done() {
-        let mut got = BTreeMap::new();
+        let mut got = CounterDump::default();
         let mut first = newobj(7, "egress-prod-web", NFT_OBJECT_COUNTER, 12, 3400);
         first.extend(newobj(7, "quota-x", 2, 0, 0)); // another kind of object: skipped
         first.extend(newobj(6, "stale", NFT_OBJECT_COUNTER, 1, 1)); // another request's
@@ -201,9 +224,22 @@ mod tests {
         let mut second = newobj(7, "d_0001", NFT_OBJECT_COUNTER, u64::MAX, 0);
         second.extend(message(7, NLMSG_DONE, &0i32.to_ne_bytes()));
         assert_eq!(absorb_counters(&second, 7, &mut got).unwrap(), Dump::Done);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got["egress-prod-web"], Counter { packets: 12, bytes: 3400 });
-        assert_eq!(got["d_0001"], Counter { packets: u64::MAX, bytes: 0 });
+        assert!(!got.interrupted);
+        assert_eq!(got.counters.len(), 2);
+        assert_eq!(got.counters["egress-prod-web"], Counter { packets: 12, bytes: 3400 });
+        assert_eq!(got.counters["d_0001"], Counter { packets: u64::MAX, bytes: 0 });
+    }
+
+    #[test]
+    fn a_dump_ended_by_an_error_or_interrupted_is_not_complete() {
+        let mut got = CounterDump::default();
+        let done_err = message(7, NLMSG_DONE, &(-16i32).to_ne_bytes()); // EBUSY
+        assert_eq!(absorb_counters(&done_err, 7, &mut got).unwrap(), Dump::Refused(-16));
+        let mut intr = newobj(7, "x", NFT_OBJECT_COUNTER, 1, 1);
+        intr[6] |= NLM_F_DUMP_INTR as u8; // flags, low byte (little-endian host)
+        intr.extend(message(7, NLMSG_DONE, &0i32.to_ne_bytes()));
+        assert_eq!(absorb_counters(&intr, 7, &mut got).unwrap(), Dump::Done);
+        assert!(got.interrupted);
     }
 
     #[test]
@@ -211,6 +247,6 @@ mod tests {
         let mut body = (-2i32).to_ne_bytes().to_vec(); // ENOENT
         body.extend([0; 16]);
         let e = message(7, NLMSG_ERROR, &body);
-        assert_eq!(absorb_counters(&e, 7, &mut BTreeMap::new()).unwrap(), Dump::Refused(-2));
+        assert_eq!(absorb_counters(&e, 7, &mut CounterDump::default()).unwrap(), Dump::Refused(-2));
     }
 }

@@ -8,6 +8,7 @@
 
 mod api;
 mod bench;
+pub(crate) mod datapath;
 mod dns;
 mod dnsbench;
 mod flood;
@@ -394,7 +395,7 @@ fn stop(pid: u32, grace: Duration) {
 }
 
 /// The lab's cluster settings: its router's address is no object's, so no pool may take it.
-fn lab_config() -> egret_core::planner::ClusterConfig {
+pub(crate) fn lab_config() -> egret_core::planner::ClusterConfig {
     egret_core::planner::ClusterConfig {
         reserved: vec![IpAddr::V4(egret_netns::ROUTER_IP)],
         ..egret_core::planner::ClusterConfig::default()

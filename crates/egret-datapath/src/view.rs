@@ -1,0 +1,224 @@
+//! What a node's kernel holds, read back from Egret's nft table and put in the API's terms
+//! (pure): per pod and destination block, the Egress counting its traffic and the path it takes
+//! (out through this node, through the tunnel to a peer, or dropped), the SNAT bindings a
+//! gateway applies, and the tunnel peers; and the drift of that table from a plan.
+
+use crate::Config;
+use crate::link::PeerIds;
+use crate::nft::{self, MAP_COUNTERS4, MAP_SNAT4, MAP_STEER4, Table};
+use egret_core::planner::NodePlan;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// One pod's steering toward one destination block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steering {
+    /// The pod's address.
+    pub source: Ipv4Addr,
+    /// The destination block (a CIDR, or `first-last` when not one).
+    pub destination: String,
+    /// The Egress whose counter counts it (`None`: no counter for it).
+    pub egress: Option<String>,
+    /// Where it goes.
+    pub path: Path,
+}
+
+/// Where steered traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Path {
+    /// Out through this node (it is the gateway).
+    Local,
+    /// Through the tunnel to the peer with this underlay address (`None`: an unknown id).
+    Tunnel(Option<Ipv4Addr>, u16),
+    /// Dropped (the Egress fails closed).
+    Drop,
+    /// A verdict this reader does not know.
+    Other(String),
+}
+
+/// One SNAT binding of a gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snat {
+    /// The pod's address.
+    pub source: Ipv4Addr,
+    /// The destination block.
+    pub destination: String,
+    /// The address its traffic leaves with.
+    pub egress_ip: Ipv4Addr,
+}
+
+/// A node's kernel state in the API's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// Steering of local pods, by source then destination.
+    pub steering: Vec<Steering>,
+    /// SNAT bindings (on a gateway).
+    pub snat: Vec<Snat>,
+    /// Tunnel peers: underlay address and local id.
+    pub peers: Vec<(Ipv4Addr, u16)>,
+}
+
+/// `a-b` (numbers) as addresses.
+fn range(text: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let (a, b) = text.trim().split_once('-')?;
+    Some((Ipv4Addr::from(a.parse::<u32>().ok()?), Ipv4Addr::from(b.parse::<u32>().ok()?)))
+}
+
+/// A range as a CIDR when it is one.
+fn block(first: Ipv4Addr, last: Ipv4Addr) -> String {
+    let (a, b) = (u32::from(first), u32::from(last));
+    let size = u64::from(b.wrapping_sub(a)) + 1;
+    if b >= a && size.is_power_of_two() && u64::from(a) % size == 0 {
+        format!("{first}/{}", 32 - size.trailing_zeros())
+    } else {
+        format!("{first}-{last}")
+    }
+}
+
+/// The `(source, destination) : value` elements of an interval map keyed by pod and block.
+fn pairs(t: &Table, map: &str) -> Vec<(Ipv4Addr, String, String)> {
+    let Some(set) = t.sets.get(map) else { return Vec::new() };
+    set.elems
+        .keys()
+        .filter_map(|k| {
+            let (key, value) = k.split_once(" : ")?;
+            let (src, dst) = key.split_once(" . ")?;
+            let (src, _) = range(src)?;
+            let (first, last) = range(dst)?;
+            Some((src, block(first, last), value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Reads Egret's table (as listed back from the kernel) in the API's terms.
+pub fn read(t: &Table) -> KernelView {
+    let peers = nft::ids_in(t);
+    let by_id: BTreeMap<u16, Ipv4Addr> = peers.iter().map(|(ip, id)| (*id, *ip)).collect();
+    let counters: BTreeMap<(Ipv4Addr, String), String> =
+        pairs(t, MAP_COUNTERS4).into_iter().map(|(s, d, v)| ((s, d), v.trim_matches('"').to_string())).collect();
+    let steering = pairs(t, MAP_STEER4)
+        .into_iter()
+        .map(|(source, destination, v)| {
+            let path = match v.as_str() {
+                "accept" => Path::Local,
+                "drop" => Path::Drop,
+                other => match other.strip_prefix("goto to_node_").and_then(|id| id.parse::<u16>().ok()) {
+                    Some(id) => Path::Tunnel(by_id.get(&id).copied(), id),
+                    None => Path::Other(other.to_string()),
+                },
+            };
+            let egress = counters.get(&(source, destination.clone())).cloned();
+            Steering { source, destination, egress, path }
+        })
+        .collect();
+    let snat = pairs(t, MAP_SNAT4)
+        .into_iter()
+        // The value in the canonical text is a one-address range of numbers.
+        .filter_map(|(source, destination, v)| {
+            let egress_ip = v.parse().ok().or_else(|| range(&v).map(|r| r.0))?;
+            Some(Snat { source, destination, egress_ip })
+        })
+        .collect();
+    KernelView { steering, snat, peers }
+}
+
+/// How Egret's table `have` differs from what `plan` asks for, one line per difference (empty:
+/// none). The tunnel ids are those the table holds, with new ones for peers it lacks.
+pub fn drift(cfg: &Config, plan: &NodePlan, have: &Table) -> Result<Vec<String>, egret_core::ids::Exhausted> {
+    let needed: BTreeSet<Ipv4Addr> = crate::link::tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
+    let ids = PeerIds::recovered(nft::ids_in(have)).allocate(&needed)?;
+    let (want, _) = nft::desired(cfg, plan, &ids);
+    Ok(nft::describe(&nft::normalise(want), Some(have)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use egret_core::planner::{Peer, Snat as PlanSnat, Steer, SteerAction};
+
+    fn plan() -> NodePlan {
+        let steer = |src: &str, dst: &str, egress: &str, action, ip: Option<&str>| Steer {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            egress: egress.into(),
+            action,
+            egress_ip: ip.map(|i| i.parse().unwrap()),
+        };
+        NodePlan {
+            node: "node-1".into(),
+            node_ips: vec!["10.10.0.101".parse().unwrap()],
+            peers: vec![Peer { name: "node-2".into(), ips: vec!["10.10.0.102".parse().unwrap()] }],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            egresses: vec!["web".into(), "db".into(), "closed".into()],
+            steer: vec![
+                steer("10.244.1.10", "0.0.0.0/0", "web", SteerAction::Local, Some("10.10.0.11")),
+                steer(
+                    "10.244.1.11",
+                    "203.0.113.0/24",
+                    "db",
+                    SteerAction::Tunnel { gateway: "node-2".into() },
+                    Some("10.10.0.12"),
+                ),
+                steer("10.244.1.12", "0.0.0.0/0", "closed", SteerAction::Drop, None),
+            ],
+            snat: vec![PlanSnat {
+                source: "10.244.1.10".parse().unwrap(),
+                destination: "0.0.0.0/0".parse().unwrap(),
+                egress: "web".into(),
+                egress_ip: "10.10.0.11".parse().unwrap(),
+            }],
+            ..NodePlan::default()
+        }
+    }
+
+    fn table(plan: &NodePlan) -> Table {
+        let cfg = Config::default();
+        let needed = BTreeSet::from(["10.10.0.102".parse().unwrap()]);
+        let ids = PeerIds::default().allocate(&needed).unwrap();
+        nft::normalise(nft::desired(&cfg, plan, &ids).0)
+    }
+
+    #[test]
+    fn the_table_reads_as_pods_egresses_paths_and_bindings() {
+        let v = read(&table(&plan()));
+        let id = v.peers.iter().find(|(ip, _)| *ip == Ipv4Addr::new(10, 10, 0, 102)).unwrap().1;
+        let row = |src: &str| v.steering.iter().find(|s| s.source == src.parse::<Ipv4Addr>().unwrap()).unwrap();
+        assert_eq!(row("10.244.1.10").path, Path::Local);
+        assert_eq!(row("10.244.1.10").egress.as_deref(), Some("web"));
+        assert_eq!(row("10.244.1.10").destination, "0.0.0.0/0");
+        assert_eq!(row("10.244.1.11").path, Path::Tunnel(Some(Ipv4Addr::new(10, 10, 0, 102)), id));
+        assert_eq!(row("10.244.1.11").destination, "203.0.113.0/24");
+        assert_eq!(row("10.244.1.11").egress.as_deref(), Some("db"));
+        assert_eq!(row("10.244.1.12").path, Path::Drop);
+        assert_eq!(
+            v.snat,
+            vec![Snat {
+                source: "10.244.1.10".parse().unwrap(),
+                destination: "0.0.0.0/0".into(),
+                egress_ip: "10.10.0.11".parse().unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn drift_is_what_the_table_lacks_or_holds_beyond_the_plan() {
+        let p = plan();
+        let t = table(&p);
+        assert_eq!(drift(&Config::default(), &p, &t).unwrap(), Vec::<String>::new());
+        let mut edited = t.clone();
+        let steer = edited.sets.get_mut(MAP_STEER4).unwrap();
+        let first = steer.elems.keys().next().unwrap().clone();
+        steer.elems.remove(&first);
+        let d = drift(&Config::default(), &p, &edited).unwrap();
+        assert!(!d.is_empty() && d.iter().any(|l| l.contains(MAP_STEER4)), "{d:?}");
+    }
+
+    #[test]
+    fn blocks_that_are_not_cidrs_are_ranges() {
+        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 255)), "10.0.0.0/24");
+        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 5)), "10.0.0.5/32");
+        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 6)), "10.0.0.1-10.0.0.6");
+        assert_eq!(block(Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 255)), "0.0.0.0/0");
+    }
+}
