@@ -29,6 +29,14 @@ pub const MAP_STEER4: &str = "steer4";
 pub const MAP_SNAT4: &str = "snat4";
 /// Map (pod, destination) -> the Egress's named counter.
 pub const MAP_COUNTERS4: &str = "counters4";
+/// Gateway: (pod . destination) -> the named counter of new connections SNATed for its Egress.
+pub const MAP_CONNS4: &str = "conns4";
+
+/// The name of the counter of new connections leaving through `egress` on its gateway (Egress
+/// names never hold `_`, so these never meet an Egress's own counter).
+pub fn conns_counter(egress: &str) -> String {
+    format!("conns_{egress}")
+}
 /// Map inner source MAC of tunnelled packets -> chain recording the origin node in ct mark.
 pub const MAP_PEERS: &str = "tunnel_peers";
 /// Map Egret's ct mark bits -> chain setting the packet mark that routes back to that node.
@@ -270,6 +278,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         add_counter(key_text, &key, &s.egress, &mut counters);
     }
     let mut snat = BTreeMap::new();
+    let mut conns = BTreeMap::new();
+    let mut conn_names = BTreeSet::new();
     for s in &plan.snat {
         let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) = (s.source, s.destination, s.egress_ip) else {
             skipped.push(format!(
@@ -281,10 +291,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
         snat.insert(format!("{key_text} : {eip}"), raw(&json!([key, eip.to_string()])));
+        let conn = conns_counter(&s.egress);
+        conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
+        conn_names.insert(conn);
         add_counter(key_text, &key, &s.egress, &mut counters);
     }
     // Named counters for every Egress with traffic here, even before its first packet.
     counter_names.extend(plan.egresses.iter().cloned());
+    counter_names.extend(conn_names);
     t.counters = counter_names;
 
     let interval = vec!["interval".to_string()];
@@ -301,8 +315,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         MAP_SNAT4.into(),
         Set { map: Some(json!("ipv4_addr")), key: pair.clone(), flags: interval.clone(), elems: snat },
     );
-    t.sets
-        .insert(MAP_COUNTERS4.into(), Set { map: Some(json!("counter")), key: pair, flags: interval, elems: counters });
+    t.sets.insert(
+        MAP_COUNTERS4.into(),
+        Set { map: Some(json!("counter")), key: pair.clone(), flags: interval.clone(), elems: counters },
+    );
+    t.sets.insert(MAP_CONNS4.into(), Set { map: Some(json!("counter")), key: pair, flags: interval, elems: conns });
     t.sets.insert(
         MAP_PEERS.into(),
         Set { map: Some(json!("verdict")), key: json!("ether_addr"), flags: vec![], elems: peers_elems },
@@ -406,6 +423,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                     matches("==", meta("oifname"), json!(vx)),
                     matches("!=", json!({"&": [meta("mark"), mask]}), json!(0)),
                     json!({"snat": {"family": "ip", "addr": payload("ip", "saddr")}}),
+                ]),
+                // A new connection leaving through an Egress here (this hook sees only a
+                // connection's first packet): count it for its Egress.
+                rule(vec![
+                    matches("!=", meta("oifname"), json!(vx)),
+                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_CONNS4)}}}),
                 ]),
                 rule(vec![
                     matches("!=", meta("oifname"), json!(vx)),

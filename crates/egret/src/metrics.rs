@@ -131,8 +131,13 @@ pub fn egress_labels(plan: &egret_core::planner::NodePlan) -> BTreeMap<String, E
 }
 
 /// The counters [`CounterCollector`] makes at scrape time (only those with data appear).
-pub const COLLECTED: [&str; 4] =
-    ["egret_policy_rule_packets", "egret_policy_rule_bytes", "egret_egress_packets", "egret_egress_bytes"];
+pub const COLLECTED: [&str; 5] = [
+    "egret_policy_rule_packets",
+    "egret_policy_rule_bytes",
+    "egret_egress_packets",
+    "egret_egress_bytes",
+    "egret_egress_connections",
+];
 
 /// The series read from the nft counters at each scrape (one `nft` listing for all):
 /// - per policy rule: packets and bytes each rule (or policy default) decided. Only a
@@ -181,7 +186,27 @@ impl Collector for CounterCollector {
                 Some((labels, c.packets, c.bytes))
             })
             .collect();
-        let [rule_packets, rule_bytes, egress_packets, egress_bytes] = COLLECTED;
+        // New connections per Egress: counted on its gateway, where they are SNATed.
+        let conns: Vec<(Labels, u64)> = egresses
+            .iter()
+            .filter_map(|(name, l)| {
+                let c = counters.get(&egret_datapath::nft::conns_counter(name))?;
+                let labels = vec![("egress".to_string(), name.clone()), ("egress_ip".to_string(), l.egress_ip.clone())];
+                Some((labels, c.packets))
+            })
+            .collect();
+        let [rule_packets, rule_bytes, egress_packets, egress_bytes, egress_connections] = COLLECTED;
+        if !conns.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                egress_connections,
+                "New connections leaving through each Egress, counted on its gateway",
+                None,
+                MetricType::Counter,
+            )?;
+            for (labels, n) in &conns {
+                ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
+            }
+        }
         for (rows, name, help, bytes) in [
             (&rules, rule_packets, "Packets each policy rule (or default) decided: a connection's first packet", false),
             (&rules, rule_bytes, "Bytes of the packets each policy rule (or default) decided", true),

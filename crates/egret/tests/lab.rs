@@ -488,6 +488,8 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     assert!(series(&m, r#"egret_failover_takeover_seconds_bucket{le="1.0"}"#).unwrap_or(0.0) >= 1.0, "{m}");
     let bytes = r#"egret_egress_bytes_total{egress="egress-prod-web",egress_ip="10.10.0.11",gateway="true"}"#;
     assert!(series(&m, bytes).unwrap_or(0.0) > 0.0, "{m}");
+    let conns = r#"egret_egress_connections_total{egress="egress-prod-web",egress_ip="10.10.0.11"}"#;
+    assert!(series(&m, conns).unwrap_or(0.0) >= 1.0, "{m}");
 
     // Restore it: in the end exactly one node holds each IP.
     lab.ok(&["lab", "restore-node", &gw]);
