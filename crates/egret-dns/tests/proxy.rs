@@ -28,6 +28,9 @@ const RESOLVER6: &str = "fd78::2";
 const ALLOWED4: &str = "192.0.2.10";
 const ALLOWED6: &str = "2001:db8::10";
 const OTHER4: &str = "192.0.2.20";
+/// Per family: the resolver, the record type asked, the rule's set and the address it learns.
+const FAMILIES: [(&str, RecordType, &str, &str); 2] =
+    [(RESOLVER4, RecordType::A, "fq4_test", ALLOWED4), (RESOLVER6, RecordType::AAAA, "fq6_test", ALLOWED6)];
 
 /// Records what it is asked to program, after a delay (so a released answer that did not
 /// wait would be caught).
@@ -263,9 +266,7 @@ fn udp_answers_reach_the_pod_from_its_resolver_after_programming_over_ipv4_and_i
     let lab = lab("dnsp-udp");
     let rec = Recorder::default();
     let (_stop, metrics) = start_proxy(&lab.node, &rec);
-    for (resolver, qtype, set, allowed) in
-        [(RESOLVER4, RecordType::A, "fq4_test", ALLOWED4), (RESOLVER6, RecordType::AAAA, "fq6_test", ALLOWED6)]
-    {
+    for (resolver, qtype, set, allowed) in FAMILIES {
         let to = SocketAddr::new(resolver.parse().unwrap(), 53);
         let rec = rec.clone();
         lab.pod
@@ -309,9 +310,7 @@ fn tcp_queries_split_across_segments_are_answered_in_order_over_ipv4_and_ipv6() 
     let lab = lab("dnsp-tcp");
     let rec = Recorder::default();
     let (_stop, metrics) = start_proxy(&lab.node, &rec);
-    for (resolver, qtype, set, allowed) in
-        [(RESOLVER4, RecordType::A, "fq4_test", ALLOWED4), (RESOLVER6, RecordType::AAAA, "fq6_test", ALLOWED6)]
-    {
+    for (resolver, qtype, set, allowed) in FAMILIES {
         let to = SocketAddr::new(resolver.parse().unwrap(), 53);
         let rec = rec.clone();
         lab.pod
