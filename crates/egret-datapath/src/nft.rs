@@ -37,6 +37,74 @@ pub const MAP_CONNS4: &str = "conns4";
 pub fn conns_counter(egress: &str) -> String {
     format!("conns_{egress}")
 }
+
+/// Why a node drops traffic of an Egress instead of letting it leave (fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The Egress has no gateway: its IP is not placed (no eligible node, none alive).
+    NoGateway,
+    /// The gateway is known but this node has no tunnel to it.
+    NoTunnel,
+    /// Gateway side: traffic arrived through the tunnel for which this node holds no SNAT (its
+    /// view of the gateway differs for a moment, e.g. during a failover). Its Egress is unknown.
+    NoSnat,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 3] = [DropReason::NoGateway, DropReason::NoTunnel, DropReason::NoSnat];
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::NoGateway => "no_gateway",
+            DropReason::NoTunnel => "no_tunnel",
+            DropReason::NoSnat => "no_snat",
+        }
+    }
+
+    /// Short tag inside counter names (no `_`, so names stay unambiguous).
+    fn tag(self) -> &'static str {
+        match self {
+            DropReason::NoGateway => "nogateway",
+            DropReason::NoTunnel => "notunnel",
+            DropReason::NoSnat => "nosnat",
+        }
+    }
+}
+
+/// What a named counter of Egret's table counts (firewall rule counters are not among these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterKind<'a> {
+    /// Traffic leaving through this Egress that passed the node.
+    Egress(&'a str),
+    /// New connections SNATed for this Egress ([`conns_counter`]).
+    Connections(&'a str),
+    /// Packets of this Egress (empty: unknown) dropped for a reason ([`dropped_counter`]).
+    Dropped(&'a str, DropReason),
+}
+
+/// Reads a counter name back (Kubernetes names never hold `_`; Egret's own counters do).
+pub fn counter_kind(name: &str) -> Option<CounterKind<'_>> {
+    let Some((prefix, rest)) = name.split_once('_') else {
+        return Some(CounterKind::Egress(name));
+    };
+    match prefix {
+        "conns" => Some(CounterKind::Connections(rest)),
+        "dropped" => {
+            let (tag, egress) = rest.split_once('_').unwrap_or((rest, ""));
+            let reason = DropReason::ALL.into_iter().find(|r| r.tag() == tag)?;
+            Some(CounterKind::Dropped(egress, reason))
+        }
+        _ => None,
+    }
+}
+
+/// The name of the counter of packets of `egress` dropped for `reason` on this node; `egress`
+/// is empty where the node cannot tell it ([`DropReason::NoSnat`]).
+pub fn dropped_counter(egress: &str, reason: DropReason) -> String {
+    if egress.is_empty() { format!("dropped_{}", reason.tag()) } else { format!("dropped_{}_{egress}", reason.tag()) }
+}
 /// Map inner source MAC of tunnelled packets -> chain recording the origin node in ct mark.
 pub const MAP_PEERS: &str = "tunnel_peers";
 /// Map Egret's ct mark bits -> chain setting the packet mark that routes back to that node.
@@ -244,12 +312,13 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut steer = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
-    let mut add_counter = |key_text: String, key: &Value, egress: &str, counters: &mut BTreeMap<String, Elem>| {
-        if counters.contains_key(&format!("{key_text} : {egress}")) {
+    // `counter` is the Egress's own (traffic leaving) or one of its drop counters.
+    let mut add_counter = |key_text: String, key: &Value, counter: &str, counters: &mut BTreeMap<String, Elem>| {
+        if counters.contains_key(&format!("{key_text} : {counter}")) {
             return;
         }
-        counters.insert(format!("{key_text} : {egress}"), raw(&json!([key, egress])));
-        counter_names.insert(egress.to_string());
+        counters.insert(format!("{key_text} : {counter}"), raw(&json!([key, counter])));
+        counter_names.insert(counter.to_string());
     };
     for s in &plan.steer {
         let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
@@ -261,21 +330,22 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         };
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
-        let (vtext, v) = match &s.action {
-            SteerAction::Local => ("accept".to_string(), json!({"accept": null})),
+        let drop = ("drop".to_string(), json!({"drop": null}));
+        let ((vtext, v), counter) = match &s.action {
+            SteerAction::Local => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
             SteerAction::Tunnel { gateway } if peer_ids.contains_key(gateway.as_str()) => {
                 let c = tunnel_chain(peer_ids[gateway.as_str()]);
-                (format!("goto {c}"), verdict_goto(&c))
+                ((format!("goto {c}"), verdict_goto(&c)), s.egress.clone())
             }
             SteerAction::Tunnel { gateway } => {
                 // Fail closed: without a tunnel to the gateway the traffic must not leak.
                 skipped.push(format!("gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped", s.egress));
-                ("drop".to_string(), json!({"drop": null}))
+                (drop, dropped_counter(&s.egress, DropReason::NoTunnel))
             }
-            SteerAction::Drop => ("drop".to_string(), json!({"drop": null})),
+            SteerAction::Drop => (drop, dropped_counter(&s.egress, DropReason::NoGateway)),
         };
         steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
-        add_counter(key_text, &key, &s.egress, &mut counters);
+        add_counter(key_text, &key, &counter, &mut counters);
     }
     let mut snat = BTreeMap::new();
     let mut conns = BTreeMap::new();
@@ -299,6 +369,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // Named counters for every Egress with traffic here, even before its first packet.
     counter_names.extend(plan.egresses.iter().cloned());
     counter_names.extend(conn_names);
+    counter_names.insert(dropped_counter("", DropReason::NoSnat));
     t.counters = counter_names;
 
     let interval = vec!["interval".to_string()];
@@ -440,6 +511,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                 rule(vec![
                     matches("==", meta("iifname"), json!(vx)),
                     matches("!=", meta("oifname"), json!(vx)),
+                    json!({"counter": dropped_counter("", DropReason::NoSnat)}),
                     json!({"drop": null}),
                 ]),
             ],
@@ -1087,6 +1159,41 @@ mod tests {
         // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
         assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
+    }
+
+    #[test]
+    fn dropped_traffic_counts_on_its_own_counter_per_reason() {
+        let cfg = Config::default();
+        let (t, _) = desired(&cfg, &plan(2), &ids());
+        let t = normalise(t);
+        // Pod .0 is steered (its Egress's counter), pod .1 has no gateway (a drop counter).
+        let counters: Vec<&String> = t.sets[MAP_COUNTERS4].elems.keys().collect();
+        assert!(counters.contains(&&"183763200-183763200 . 0-4294967295 : eg-0".to_string()), "{counters:?}");
+        assert!(counters.contains(&&"183763201-183763201 . 0-4294967295 : dropped_nogateway_eg-1".to_string()));
+        assert!(t.counters.contains("dropped_nogateway_eg-1") && t.counters.contains("dropped_nosnat"));
+        // The gateway's fail-closed drop counts before it drops.
+        let nat = t.chains["postrouting_nat"].rules.last().unwrap().1.to_string();
+        assert!(nat.contains("{\"counter\":\"dropped_nosnat\"},{\"drop\":null}"), "{nat}");
+        // Without the tunnel: the reason says so.
+        let mut p = plan(1);
+        p.peers.clear();
+        let (t, _) = desired(&cfg, &p, &ids());
+        assert!(t.counters.contains(&dropped_counter("eg-0", DropReason::NoTunnel)), "{:?}", t.counters);
+        assert!(!t.counters.iter().any(|c| c.starts_with("dropped_nogateway")));
+    }
+
+    #[test]
+    fn counter_names_read_back_to_what_they_count() {
+        for reason in DropReason::ALL {
+            for egress in ["", "eg-1", "a.b-c"] {
+                let name = dropped_counter(egress, reason);
+                assert_eq!(counter_kind(&name), Some(CounterKind::Dropped(egress, reason)), "{name}");
+            }
+        }
+        assert_eq!(counter_kind(&conns_counter("eg-1")), Some(CounterKind::Connections("eg-1")));
+        assert_eq!(counter_kind("eg-1"), Some(CounterKind::Egress("eg-1")));
+        assert_eq!(counter_kind("fw_0123456789ab"), None);
+        assert_eq!(counter_kind("dropped_other_eg-1"), None);
     }
 
     #[test]

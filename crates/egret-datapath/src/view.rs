@@ -107,7 +107,11 @@ pub fn read(t: &Table) -> KernelView {
                     None => Path::Other(other.to_string()),
                 },
             };
-            let egress = counters.get(&(source, destination.clone())).cloned();
+            let egress = counters.get(&(source, destination.clone())).and_then(|c| match nft::counter_kind(c)? {
+                nft::CounterKind::Egress(e) | nft::CounterKind::Dropped(e, _) | nft::CounterKind::Connections(e) => {
+                    Some(e.to_string())
+                }
+            });
             Steering { source, destination, egress, path }
         })
         .collect();
@@ -191,6 +195,7 @@ mod tests {
         assert_eq!(row("10.244.1.11").destination, "203.0.113.0/24");
         assert_eq!(row("10.244.1.11").egress.as_deref(), Some("db"));
         assert_eq!(row("10.244.1.12").path, Path::Drop);
+        assert_eq!(row("10.244.1.12").egress.as_deref(), Some("closed"), "its drop counter names it");
         assert_eq!(
             v.snat,
             vec![Snat {

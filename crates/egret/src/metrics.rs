@@ -131,12 +131,13 @@ pub fn egress_labels(plan: &egret_core::planner::NodePlan) -> BTreeMap<String, E
 }
 
 /// The counters [`CounterCollector`] makes at scrape time (only those with data appear).
-pub const COLLECTED: [&str; 5] = [
+pub const COLLECTED: [&str; 6] = [
     "egret_policy_rule_packets",
     "egret_policy_rule_bytes",
     "egret_egress_packets",
     "egret_egress_bytes",
     "egret_egress_connections",
+    "egret_egress_dropped_packets",
 ];
 
 /// The series read from the nft counters at each scrape (one `nft` listing for all):
@@ -195,15 +196,35 @@ impl Collector for CounterCollector {
                 Some((labels, c.packets))
             })
             .collect();
-        let [rule_packets, rule_bytes, egress_packets, egress_bytes, egress_connections] = COLLECTED;
-        if !conns.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                egress_connections,
-                "New connections leaving through each Egress, counted on its gateway",
-                None,
-                MetricType::Counter,
-            )?;
-            for (labels, n) in &conns {
+        // Fail-closed drops, by Egress and reason: their counters exist only while some traffic
+        // of the Egress is set to be dropped here (and `no_snat` on every node with Egret's table).
+        let dropped: Vec<(Labels, u64)> = counters
+            .iter()
+            .filter_map(|(name, c)| match egret_datapath::nft::counter_kind(name)? {
+                egret_datapath::nft::CounterKind::Dropped(egress, reason) => Some((
+                    vec![
+                        ("egress".to_string(), egress.to_string()),
+                        ("reason".to_string(), reason.label().to_string()),
+                    ],
+                    c.packets,
+                )),
+                _ => None,
+            })
+            .collect();
+        let [rule_packets, rule_bytes, egress_packets, egress_bytes, egress_connections, egress_dropped] = COLLECTED;
+        for (rows, name, help) in [
+            (&conns, egress_connections, "New connections leaving through each Egress, counted on its gateway"),
+            (
+                &dropped,
+                egress_dropped,
+                "Packets of each Egress dropped to fail closed, by reason (egress is empty where the node cannot tell)",
+            ),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, n) in rows {
                 ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
             }
         }

@@ -335,6 +335,11 @@ fn live_changes() {
     assert_eq!(condition(&e, "IPAssigned")["status"], "False");
     assert_eq!(e["status"]["egressIP"], "10.10.0.30");
     assert_eq!(lab.whoami("default/client-1", "db-a"), "no answer", "fail closed: no node-IP leak");
+    // The drops are counted on client-1's node, for the Egress and why, not as traffic leaving.
+    let m = scrape(&lab, 1);
+    let dropped = series(&m, r#"egret_egress_dropped_packets_total{egress="stranded",reason="no_gateway"}"#);
+    assert!(dropped.is_some_and(|n| n > 0.0), "{dropped:?} in\n{m}");
+    assert!(series(&m, r#"egret_egress_packets_total{egress="stranded""#).is_none_or(|n| n == 0.0), "{m}");
 }
 
 #[test]
