@@ -255,6 +255,18 @@ pub struct NodePlan {
     pub firewall: crate::policy::Firewall,
 }
 
+impl NodePlan {
+    /// The Egresses this node knows to use `ip` (hosted here, steered to it or SNATed to it),
+    /// sorted, comma-separated; empty when none (log fields).
+    pub fn egresses_of_ip(&self, ip: IpAddr) -> String {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        names.extend(self.hosted.iter().filter(|h| h.ip == ip).flat_map(|h| h.egresses.iter().map(String::as_str)));
+        names.extend(self.steer.iter().filter(|s| s.egress_ip == Some(ip)).map(|s| s.egress.as_str()));
+        names.extend(self.snat.iter().filter(|s| s.egress_ip == ip).map(|s| s.egress.as_str()));
+        names.into_iter().collect::<Vec<_>>().join(",")
+    }
+}
+
 fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) -> Condition {
     Condition { type_, status: if ok { "True" } else { "False" }, reason, message }
 }
@@ -902,6 +914,17 @@ mod tests {
         assert!(rows(&p).iter().all(|r| r.ends_with("DROP")));
         let nps = p.node_plans();
         assert_eq!(nps["node-1"].steer[0].action, SteerAction::Drop);
+    }
+
+    #[test]
+    fn the_egresses_of_an_ip_are_known_on_its_gateway_and_on_the_pods_nodes() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("10.10.0.104"))];
+        let nps = f.plan().node_plans();
+        let ip: IpAddr = "10.10.0.104".parse().unwrap();
+        assert_eq!(nps["node-4"].egresses_of_ip(ip), "e");
+        assert_eq!(nps["node-1"].egresses_of_ip(ip), "e");
+        assert_eq!(nps["node-1"].egresses_of_ip("10.10.0.99".parse().unwrap()), "");
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub struct SyncReport {
     /// someone else changed Egret's state in between. They were repaired.
     pub drift: Vec<String>,
     /// Plan entries left out, with the reason (e.g. IPv6, not programmed yet).
-    pub skipped: Vec<String>,
+    pub skipped: Vec<nft::Skip>,
     /// Addresses announced (gratuitous ARP / unsolicited NA; repeats follow in the background).
     pub announced: Vec<IpAddr>,
     /// Addresses whose first announcement failed on every try (the repeats still follow).
@@ -319,7 +319,10 @@ impl Datapath {
             .map(|(name, set)| (name.clone(), set.elems.len()))
             .collect();
         for s in &report.skipped {
-            tracing::warn!(node = %plan.node, "{s}");
+            match &s.egress {
+                Some(egress) => tracing::warn!(node = %plan.node, %egress, "{}", s.why),
+                None => tracing::warn!(node = %plan.node, "{}", s.why),
+            }
         }
         let want_items = link::desired(&cfg, plan, &ids);
 
@@ -541,7 +544,7 @@ fn end_changed_flows(
         why
     };
     let Some(list) = run_conntrack(cfg, &["-L", "-f", "ipv4"], None)? else {
-        report.skipped.push(missing());
+        report.skipped.push(nft::Skip::new(missing()));
         return Ok(());
     };
     let flows = conntrack::parse_flows(&list);
@@ -556,7 +559,7 @@ fn end_changed_flows(
         let denied = conntrack::denied(&conns, old, new);
         if !denied.is_empty() {
             if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_flows_script(&denied)))?.is_none() {
-                report.skipped.push(missing());
+                report.skipped.push(nft::Skip::new(missing()));
                 return Ok(());
             }
             report.changes.push(format!("conntrack: ended {} flow(s) that a policy now denies", denied.len()));
@@ -572,7 +575,7 @@ fn end_changed_flows(
         return Ok(());
     }
     if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_script(&hit)))?.is_none() {
-        report.skipped.push(missing());
+        report.skipped.push(nft::Skip::new(missing()));
         return Ok(());
     }
     report.changes.push(format!("conntrack: ended {} flow(s) that the plan now steers differently", hit.len()));

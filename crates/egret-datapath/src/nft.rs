@@ -194,8 +194,35 @@ pub struct Table {
     pub counters: BTreeSet<String>,
 }
 
+/// A plan entry left out of the datapath (or programmed to drop), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The Egress it belongs to, when it belongs to one (a log field of its own).
+    pub egress: Option<String>,
+    /// What was left out and why.
+    pub why: String,
+}
+
+impl Skip {
+    /// An entry of no particular Egress.
+    pub fn new(why: impl Into<String>) -> Skip {
+        Skip { egress: None, why: why.into() }
+    }
+
+    /// An entry of `egress`.
+    pub fn of(egress: &str, why: impl Into<String>) -> Skip {
+        Skip { egress: Some(egress.to_string()), why: why.into() }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
 /// Things left out of the table, with the reason (logged and reported).
-pub type Skipped = Vec<String>;
+pub type Skipped = Vec<Skip>;
 
 fn payload(proto: &str, field: &str) -> Value {
     json!({"payload": {"protocol": proto, "field": field}})
@@ -248,7 +275,8 @@ pub fn origin_chain(id: u16) -> String {
 
 /// Builds the desired table for `plan`, with `ids` the local ids of its peers (pure).
 pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped) {
-    let (peers, mut skipped) = tunnel_peers(plan);
+    let (peers, skipped_peers) = tunnel_peers(plan);
+    let mut skipped: Skipped = skipped_peers.into_iter().map(Skip::new).collect();
     let mask = cfg.mark_mask();
     let vx = cfg.vxlan_name.as_str();
     let mut t = Table::default();
@@ -260,7 +288,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut restore_elems = BTreeMap::new();
     for (name, ip) in &peers {
         let Some(id) = ids.get(ip) else {
-            skipped.push(format!("peer {name} has no local id: no tunnel to it"));
+            skipped.push(Skip::new(format!("peer {name} has no local id: no tunnel to it")));
             continue;
         };
         peer_ids.insert(name, id);
@@ -322,9 +350,9 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     };
     for s in &plan.steer {
         let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
-            skipped.push(format!(
-                "IPv6 steering {} -> {} ({}): IPv6 not programmed yet",
-                s.source, s.destination, s.egress
+            skipped.push(Skip::of(
+                &s.egress,
+                format!("IPv6 steering {} -> {} ({}): IPv6 not programmed yet", s.source, s.destination, s.egress),
             ));
             continue;
         };
@@ -339,7 +367,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             }
             SteerAction::Tunnel { gateway } => {
                 // Fail closed: without a tunnel to the gateway the traffic must not leak.
-                skipped.push(format!("gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped", s.egress));
+                skipped.push(Skip::of(
+                    &s.egress,
+                    format!("gateway {gateway} of {} has no usable tunnel: {src} -> {dst} dropped", s.egress),
+                ));
                 (drop, dropped_counter(&s.egress, DropReason::NoTunnel))
             }
             SteerAction::Drop => (drop, dropped_counter(&s.egress, DropReason::NoGateway)),
@@ -352,9 +383,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut conn_names = BTreeSet::new();
     for s in &plan.snat {
         let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) = (s.source, s.destination, s.egress_ip) else {
-            skipped.push(format!(
-                "IPv6 SNAT {} -> {} as {} ({}): IPv6 not programmed yet",
-                s.source, s.destination, s.egress_ip, s.egress
+            skipped.push(Skip::of(
+                &s.egress,
+                format!(
+                    "IPv6 SNAT {} -> {} as {} ({}): IPv6 not programmed yet",
+                    s.source, s.destination, s.egress_ip, s.egress
+                ),
             ));
             continue;
         };
@@ -1204,7 +1238,7 @@ mod tests {
         let (t, skipped) = desired(&cfg, &p, &ids());
         let t = normalise(t);
         assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
-        assert!(skipped.iter().any(|s| s.contains("dropped")));
+        assert!(skipped.iter().any(|s| s.why.contains("dropped") && s.egress.as_deref() == Some("eg-0")));
     }
 
     #[test]

@@ -160,7 +160,11 @@ impl Reporter {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, regarding).await {
-            warn!("publishing event {}: {e}", n.reason);
+            let object = regarding.name.as_deref().unwrap_or("");
+            match regarding.kind.as_deref() {
+                Some("Egress") => warn!(egress = %object, reason = n.reason, "publishing event {}: {e}", n.reason),
+                kind => warn!(kind = ?kind, %object, reason = n.reason, "publishing event {}: {e}", n.reason),
+            }
         }
     }
 }

@@ -287,6 +287,10 @@ fn unix_seconds() -> f64 {
 #[error("this node is not among the Nodes")]
 struct NotANode;
 
+/// A loop that has not turned for this long is wedged: its heartbeats stop (store source), so
+/// the node looks dead. A sync may take seconds at scale; this is far beyond any.
+const LOOP_STALL: Duration = Duration::from_secs(30);
+
 struct Loop {
     /// Where reports go, when there is a store.
     store: Option<Store>,
@@ -310,7 +314,12 @@ impl Loop {
         let mut dp = Datapath::new(args.datapath_config())?;
         let mut last: Option<NodePlan> = None;
         let mut report = AgentReport { node: node.clone(), pid: std::process::id(), ..AgentReport::default() };
-        let mut last_heartbeat = 0u64;
+        // The report changed since it was last written (it is written at once then).
+        let mut report_changed = true;
+        let heartbeat = store
+            .map(|s| crate::heartbeat::Heartbeat::start(s, &node, Duration::from_millis(args.heartbeat_ms), LOOP_STALL))
+            .transpose()
+            .context("starting the heartbeat thread")?;
         let mut conflicts_seen: HashSet<(IpAddr, Vec<String>)> = HashSet::new();
         let mut announced: Option<(Vec<IpAddr>, bool)> = None;
         // Work only when something may have changed: a store or membership event (wake), a
@@ -390,7 +399,12 @@ impl Loop {
                                     }
                                     let hosted: Vec<IpAddr> = np.hosted.iter().map(|h| h.ip).collect();
                                     if report.hosted != hosted {
-                                        info!(hosted = ?hosted, "egress IPs hosted here changed");
+                                        let egresses: BTreeSet<&str> = np
+                                            .hosted
+                                            .iter()
+                                            .flat_map(|h| h.egresses.iter().map(String::as_str))
+                                            .collect();
+                                        info!(hosted = ?hosted, ?egresses, "egress IPs hosted here changed");
                                         let added = hosted.iter().filter(|ip| !report.hosted.contains(ip)).count();
                                         let removed = report.hosted.iter().filter(|ip| !hosted.contains(ip)).count();
                                         for (change, n) in [("added", added), ("removed", removed)] {
@@ -399,7 +413,7 @@ impl Loop {
                                                 .get_or_create(&vec![("change".into(), change.into())])
                                                 .inc_by(n as u64);
                                         }
-                                        last_heartbeat = 0;
+                                        report_changed = true;
                                     }
                                     metrics.hosted.set(hosted.len() as i64);
                                     *metrics.hosted_ips.write().unwrap_or_else(|e| e.into_inner()) = hosted.clone();
@@ -471,7 +485,7 @@ impl Loop {
                             report.programmed_stamp_ms = stamp;
                             report.programmed_versions = versions;
                             report.programmed_at_ms = now_ms();
-                            last_heartbeat = 0;
+                            report_changed = true;
                         }
                     }
                     Err(e) if e.is::<NotANode>() => {
@@ -484,7 +498,7 @@ impl Loop {
                                 warn!("cleanup: {e}");
                             }
                             report.hosted.clear();
-                            last_heartbeat = 0;
+                            report_changed = true;
                         }
                         report.error = Some(format!("node {node} is not among the Nodes"));
                     }
@@ -499,7 +513,7 @@ impl Loop {
                 programmed_eligible && eligible(settled, health_of_sync.in_sync(Instant::now()), in_store);
             if report.may_host != announce_eligible {
                 report.may_host = announce_eligible;
-                last_heartbeat = 0;
+                report_changed = true;
             }
             if let Membership::Gossip { view, handle, rt, .. } = &membership {
                 let state = (report.hosted.clone(), announce_eligible);
@@ -508,7 +522,8 @@ impl Loop {
                         Ok(()) => {
                             let before = announced.as_ref().map(|a| a.0.as_slice()).unwrap_or_default();
                             for (ip, took) in deaths.takeovers(before, &state.0, Instant::now()) {
-                                info!(%ip, took_ms = took.as_millis() as u64, "took over an egress IP of a dead node");
+                                let egresses = last.as_ref().map(|p| p.egresses_of_ip(ip)).unwrap_or_default();
+                                info!(%ip, %egresses, took_ms = took.as_millis() as u64, "took over an egress IP of a dead node");
                                 metrics.failovers.get_or_create(&vec![("egress_ip".into(), ip.to_string())]).inc();
                                 metrics.timings.takeover_seconds.observe(took.as_secs_f64());
                             }
@@ -521,7 +536,8 @@ impl Loop {
                 let now: HashSet<(IpAddr, Vec<String>)> = v.conflicts().into_iter().collect();
                 for c in now.difference(&conflicts_seen) {
                     metrics.conflicts.inc();
-                    warn!(ip = %c.0, holders = ?c.1, "egress IP conflict: held by more than one live node");
+                    let egresses = last.as_ref().map(|p| p.egresses_of_ip(c.0)).unwrap_or_default();
+                    warn!(ip = %c.0, %egresses, holders = ?c.1, "egress IP conflict: held by more than one live node");
                 }
                 // A conflict over an IP this node still holds has cleared: the other node may
                 // have moved the router's entry for it, so announce it again.
@@ -558,16 +574,12 @@ impl Loop {
                     h.error = Some("the DNS proxy is down: DNS of pods under name rules fails closed".into());
                 }
             }
-            let now = now_ms();
-            if now.saturating_sub(last_heartbeat) >= args.heartbeat_ms {
-                report.heartbeat_ms = now;
-                if let Some(store) = &store
-                    && let Err(e) = store.write_report(&node, &report)
-                {
-                    warn!("writing report: {e}");
-                }
-                last_heartbeat = now;
+            // Written at once when it changed, else by the heartbeat thread, which goes on
+            // through a long sync.
+            if let Some(hb) = &heartbeat {
+                hb.publish(&report, report_changed);
             }
+            report_changed = false;
             let wait = Duration::from_millis(args.resync_ms.min(args.heartbeat_ms));
             match wake.recv_timeout(wait) {
                 Ok(()) => {

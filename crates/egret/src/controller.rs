@@ -78,8 +78,7 @@ pub struct ControllerArgs {
     /// This replica's own gossip address (default: `$EGRET_POD_IP` on the gossip port).
     #[arg(long)]
     pub gossip_addr: Option<SocketAddr>,
-    /// Where to serve /healthz, /readyz and /metrics (with `--source kubernetes`; none when
-    /// not given).
+    /// Where to serve /healthz, /readyz and /metrics (none when not given).
     #[arg(long)]
     pub health_addr: Option<SocketAddr>,
     /// This replica's address, for the default `--gossip-addr` (on a cluster, from the downward
@@ -152,7 +151,11 @@ pub fn warnings_with_policies(ix: &mut Index) -> Vec<Warning> {
 pub fn log_warnings(warnings: &[Warning], logged: &mut Vec<Warning>) {
     if warnings != logged.as_slice() {
         for w in warnings {
-            warn!("plan: {w}");
+            // The object as fields, and an Egress's name as `egress` like every other line.
+            match w.object.strip_prefix("Egress/") {
+                Some(egress) => warn!(object = %w.object, field = %w.field, %egress, "plan: {w}"),
+                None => warn!(object = %w.object, field = %w.field, "plan: {w}"),
+            }
         }
         *logged = warnings.to_vec();
     }
@@ -261,6 +264,7 @@ pub fn reconcile(
     args: &ControllerArgs,
     logged: &mut Vec<Warning>,
     last: &mut Option<Liveness>,
+    metrics: &ControllerMetrics,
 ) -> anyhow::Result<usize> {
     let changed = objects.poll()?;
     if !objects.index.is_synced() || !objects.loaded_clean {
@@ -275,9 +279,25 @@ pub fn reconcile(
     let seen = last.insert(seen).clone();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let s = statuses(&mut objects.index, &seen, &now, Clone::clone, logged);
+    metrics.statuses(&s);
     let egresses: Vec<(String, EgressStatus)> = s.egresses.into_iter().map(|(n, _, next)| (n, next)).collect();
     let pools: Vec<(String, ExternalIPPoolStatus)> = s.pools.into_iter().map(|(n, _, next)| (n, next)).collect();
-    let written = store.write_statuses(&egresses, &pools)?;
+    // One kind at a time, so the writes are counted per kind.
+    let mut written = 0;
+    for (kind, result) in
+        [("Egress", store.write_statuses(&egresses, &[])), ("ExternalIPPool", store.write_statuses(&[], &pools))]
+    {
+        match result {
+            Ok(n) => {
+                metrics.wrote_n(kind, true, n as u64);
+                written += n;
+            }
+            Err(e) => {
+                metrics.wrote_n(kind, false, 1);
+                return Err(e.into());
+            }
+        }
+    }
     if written > 0 {
         info!(written, live = seen.0.len(), "status updated");
     }
@@ -300,6 +320,19 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = tx.send(());
     })?;
     info!(store = %dir.display(), "controller started");
+    // The only controller of a store leads it.
+    let metrics = Arc::new(ControllerMetrics::new());
+    metrics.leader.set(1);
+    let health =
+        Arc::new(std::sync::Mutex::new(crate::serve::Health { ready: false, error: Some("reading the store".into()) }));
+    if let Some(addr) = args.health_addr {
+        let (h, m) = (health.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::serve::serve_http(addr, h, Arc::new(move || m.encode())).await {
+                warn!("serving health and metrics on {addr}: {e:#}");
+            }
+        });
+    }
     let mut objects = Objects::store(store.clone(), cluster_config(&args));
     let mut tick = tokio::time::interval(Duration::from_millis(args.resync_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -307,7 +340,15 @@ async fn run_store(args: ControllerArgs) -> anyhow::Result<()> {
     let mut last = None;
     let mut signals = crate::serve::Signals::new();
     loop {
-        if let Err(e) = reconcile(&store, &mut objects, &args, &mut logged, &mut last) {
+        let result = reconcile(&store, &mut objects, &args, &mut logged, &mut last, &metrics);
+        if let Ok(mut h) = health.lock() {
+            (h.ready, h.error) = match &result {
+                Ok(_) if objects.index.is_synced() && objects.loaded_clean => (true, None),
+                Ok(_) => (false, Some("the store holds objects that do not load".into())),
+                Err(e) => (false, Some(format!("{e:#}"))),
+            };
+        }
+        if let Err(e) = result {
             warn!("reconcile: {e:#}");
         }
         tokio::select! {

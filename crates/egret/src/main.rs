@@ -14,6 +14,7 @@ mod audit;
 mod controller;
 mod dns;
 mod get;
+mod heartbeat;
 mod lab;
 mod metrics;
 mod objects;

@@ -94,6 +94,9 @@ pub struct AuditMetrics {
 /// A metric's label pairs.
 type Labels = Vec<(String, String)>;
 
+/// `N` label pairs borrowed from what the collector reads.
+type Borrowed<'a, const N: usize> = [(&'static str, &'a str); N];
+
 /// What the per-Egress traffic series of one Egress are labelled with on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressLabel {
@@ -155,8 +158,10 @@ pub struct CounterCollector {
 
 impl Collector for CounterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let idx = self.index.read().map(|i| i.clone()).unwrap_or_else(|e| e.into_inner().clone());
-        let egresses = self.egresses.read().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        // Read guards, not copies: the agent loop replaces these rarely, and a scrape with
+        // 1,000 Egresses should not allocate for what it only reads.
+        let idx = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let egresses = self.egresses.read().unwrap_or_else(|e| e.into_inner());
         if idx.decisions().is_empty() && egresses.is_empty() {
             return Ok(());
         }
@@ -175,42 +180,36 @@ impl Collector for CounterCollector {
                 Some((crate::audit::rule_labels(&d.by, d.verdict)?, c.packets, c.bytes))
             })
             .collect();
-        let traffic: Vec<(Labels, u64, u64)> = egresses
-            .iter()
-            .filter_map(|(name, l)| {
-                let c = counters.get(name)?;
-                let labels = vec![
-                    ("egress".to_string(), name.clone()),
-                    ("egress_ip".to_string(), l.egress_ip.clone()),
-                    ("gateway".to_string(), l.gateway.to_string()),
-                ];
-                Some((labels, c.packets, c.bytes))
-            })
-            .collect();
-        // New connections per Egress: counted on its gateway, where they are SNATed.
-        let conns: Vec<(Labels, u64)> = egresses
-            .iter()
-            .filter_map(|(name, l)| {
-                let c = counters.get(&egret_datapath::nft::conns_counter(name))?;
-                let labels = vec![("egress".to_string(), name.clone()), ("egress_ip".to_string(), l.egress_ip.clone())];
-                Some((labels, c.packets))
-            })
-            .collect();
-        // Fail-closed drops, by Egress and reason: their counters exist only while some traffic
-        // of the Egress is set to be dropped here (and `no_snat` on every node with Egret's table).
-        let dropped: Vec<(Labels, u64)> = counters
-            .iter()
-            .filter_map(|(name, c)| match egret_datapath::nft::counter_kind(name)? {
-                egret_datapath::nft::CounterKind::Dropped(egress, reason) => Some((
-                    vec![
-                        ("egress".to_string(), egress.to_string()),
-                        ("reason".to_string(), reason.label().to_string()),
-                    ],
-                    c.packets,
-                )),
-                _ => None,
-            })
-            .collect();
+        // One pass over the counters, each told by its name what it counts:
+        // - an Egress's traffic that passed this node;
+        // - new connections of an Egress, counted on its gateway where they are SNATed;
+        // - fail-closed drops by Egress and reason (their counters exist only while some traffic
+        //   of the Egress is set to be dropped here, and `no_snat` on every node with Egresses).
+        let mut traffic: Vec<(Borrowed<3>, u64, u64)> = Vec::with_capacity(egresses.len());
+        let mut conns: Vec<(Borrowed<2>, u64)> = Vec::new();
+        let mut dropped: Vec<(Borrowed<2>, u64)> = Vec::new();
+        for (name, c) in &counters {
+            use egret_datapath::nft::CounterKind;
+            match egret_datapath::nft::counter_kind(name) {
+                Some(CounterKind::Egress(e)) => {
+                    if let Some((e, l)) = egresses.get_key_value(e) {
+                        let gateway = if l.gateway { "true" } else { "false" };
+                        let labels =
+                            [("egress", e.as_str()), ("egress_ip", l.egress_ip.as_str()), ("gateway", gateway)];
+                        traffic.push((labels, c.packets, c.bytes));
+                    }
+                }
+                Some(CounterKind::Connections(e)) => {
+                    if let Some((e, l)) = egresses.get_key_value(e) {
+                        conns.push(([("egress", e.as_str()), ("egress_ip", l.egress_ip.as_str())], c.packets));
+                    }
+                }
+                Some(CounterKind::Dropped(e, reason)) => {
+                    dropped.push(([("egress", e), ("reason", reason.label())], c.packets));
+                }
+                None => {}
+            }
+        }
         let [rule_packets, rule_bytes, egress_packets, egress_bytes, egress_connections, egress_dropped] = COLLECTED;
         for (rows, name, help) in [
             (&conns, egress_connections, "New connections leaving through each Egress, counted on its gateway"),
@@ -228,16 +227,24 @@ impl Collector for CounterCollector {
                 ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
             }
         }
+        if !traffic.is_empty() {
+            for (name, help, bytes) in [
+                (
+                    egress_packets,
+                    "Packets leaving through each Egress that passed this node (original direction)",
+                    false,
+                ),
+                (egress_bytes, "Bytes leaving through each Egress that passed this node", true),
+            ] {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (labels, packets, b) in &traffic {
+                    ConstCounter::new(if bytes { *b } else { *packets }).encode(family.encode_family(labels)?)?;
+                }
+            }
+        }
         for (rows, name, help, bytes) in [
             (&rules, rule_packets, "Packets each policy rule (or default) decided: a connection's first packet", false),
             (&rules, rule_bytes, "Bytes of the packets each policy rule (or default) decided", true),
-            (
-                &traffic,
-                egress_packets,
-                "Packets leaving through each Egress that passed this node (original direction)",
-                false,
-            ),
-            (&traffic, egress_bytes, "Bytes leaving through each Egress that passed this node", true),
         ] {
             if rows.is_empty() {
                 continue;
@@ -433,8 +440,15 @@ impl ControllerMetrics {
 
     /// Counts one status write.
     pub fn wrote(&self, kind: &str, ok: bool) {
+        self.wrote_n(kind, ok, 1);
+    }
+
+    /// Counts `n` status writes.
+    pub fn wrote_n(&self, kind: &str, ok: bool, n: u64) {
         let result = if ok { "ok" } else { "error" };
-        self.status_writes.get_or_create(&vec![("kind".into(), kind.into()), ("result".into(), result.into())]).inc();
+        self.status_writes
+            .get_or_create(&vec![("kind".into(), kind.into()), ("result".into(), result.into())])
+            .inc_by(n);
     }
 
     /// The text exposition.

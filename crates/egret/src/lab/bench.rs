@@ -271,7 +271,7 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
 const BENCH_NS: &str = "egret-bench";
 
 /// The bench's Namespace and one pod per live node.
-fn bench_pods_yaml(st: &LabState) -> String {
+pub(super) fn bench_pods_yaml(st: &LabState) -> String {
     let mut y = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {BENCH_NS}\n  labels: {{kubernetes.io/metadata.name: {BENCH_NS}, egret.dev/bench: latency}}\n"
     );
@@ -313,7 +313,7 @@ fn bench_egress_yaml(variant: usize) -> String {
 
 /// Every live node's plan as the store holds it now, computed the way each agent does (the
 /// store's events into an index), firewall included.
-fn node_plans(st: &LabState, live: &BTreeSet<String>) -> anyhow::Result<BTreeMap<String, NodePlan>> {
+pub(super) fn node_plans(st: &LabState, live: &BTreeSet<String>) -> anyhow::Result<BTreeMap<String, NodePlan>> {
     let poll = egret_store::StoreSource::new(Store::open(st.store())?).poll();
     if let Some(e) = poll.errors.first() {
         bail!("the lab store has a bad document: {e}");

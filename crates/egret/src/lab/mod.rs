@@ -16,6 +16,7 @@ mod fqdnbench;
 mod logs;
 mod monitoring;
 mod scale;
+mod scrapebench;
 mod state;
 
 use crate::table;
@@ -222,6 +223,23 @@ pub enum BenchCmd {
         #[arg(long, default_value = "1000")]
         names: usize,
     },
+    /// What a scrape of each agent's /metrics costs with many Egresses on every node, and
+    /// whether scraping back to back slows the programming of a change (quiet and scraped
+    /// changes alternate).
+    Scrape {
+        /// Egresses selecting a bench pod on every node (at most 1,024).
+        #[arg(long, default_value = "1000")]
+        egresses: usize,
+        /// Scrapes per agent.
+        #[arg(long, default_value = "200")]
+        samples: usize,
+        /// Changes, alternately quiet and scraped (half of them each).
+        #[arg(long, default_value = "120")]
+        trials: usize,
+        /// During scraped changes, scrape every agent this often (0: back to back).
+        #[arg(long, default_value = "100")]
+        scrape_interval_ms: u64,
+    },
     /// Resident memory of a real agent and a real controller fed the brief's cluster (100,000
     /// pods, 2,000 Egresses, 5,000 nodes) by a test double of the API server, in a namespace of
     /// its own (no lab needed).
@@ -261,6 +279,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
+        LabCmd::Bench { what: BenchCmd::Scrape { egresses, samples, trials, scrape_interval_ms } } => {
+            scrapebench::run(name, egresses, samples, trials, Duration::from_millis(scrape_interval_ms))
+        }
         LabCmd::Bench { what: BenchCmd::AuditFlood { pps, seconds } } => flood::run(name, pps, seconds),
         LabCmd::Bench { what: BenchCmd::Dns(opts) } => dnsbench::run(name, &opts),
         LabCmd::Bench { what: BenchCmd::Fqdn { pod, names } } => fqdnbench::run(name, &pod, names),
@@ -409,7 +430,13 @@ fn spawn_controller(st: &LabState) -> anyhow::Result<u32> {
     }
     let store = st.store().to_string_lossy().into_owned();
     let reserved = egret_netns::ROUTER_IP.to_string();
-    spawn_egret(None, &["controller", "--store", &store, "--reserved-ip", &reserved], &st.log("controller"))
+    // In the router's namespace, where the lab's Prometheus scrapes it.
+    let health = format!("127.0.0.1:{}", monitoring::CONTROLLER_PORT);
+    spawn_egret(
+        Some(&st.router.clone()),
+        &["controller", "--store", &store, "--reserved-ip", &reserved, "--health-addr", &health],
+        &st.log("controller"),
+    )
 }
 
 /// Starts controller replica `controller-I` against the API server double, in the router's

@@ -30,12 +30,13 @@ pub fn config(st: &LabState, rules: &str) -> String {
     let mut out = format!(
         "# Written by `egret lab up --monitoring`.\nglobal:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - '{rules}'\nscrape_configs:\n  - job_name: egret-agent\n    static_configs:\n{agents}"
     );
-    if st.api {
-        out.push_str(&format!(
-            "  - job_name: egret-controller\n    static_configs:\n      - targets: ['127.0.0.1:{CONTROLLER_PORT}', '127.0.0.1:{}']\n",
-            CONTROLLER_PORT + 1
-        ));
-    }
+    // Two replicas with the API server double, the one controller of the store otherwise.
+    let controllers = if st.api {
+        format!("'127.0.0.1:{CONTROLLER_PORT}', '127.0.0.1:{}'", CONTROLLER_PORT + 1)
+    } else {
+        format!("'127.0.0.1:{CONTROLLER_PORT}'")
+    };
+    out.push_str(&format!("  - job_name: egret-controller\n    static_configs:\n      - targets: [{controllers}]\n"));
     out
 }
 
