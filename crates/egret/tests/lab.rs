@@ -1062,9 +1062,10 @@ fn prometheus_in_the_lab_sees_traffic_per_egress_ip_and_the_failover() {
     let (gw, probe) = gateway_and_probe(&lab);
     let up = wait_promql(&lab, r#"count(up{job="egret-agent"} == 1)"#, Duration::from_secs(15), |v| v >= 6.0);
     assert_eq!(up, 6.0);
-    // The store's controller is scraped too: the seed's pool of 10 addresses, one allocated.
+    // The store's controller is scraped too: the seed's pool of 10 addresses, one for each of
+    // its two Egresses.
     let pool = r#"egret_pool_allocated_addresses{job="egret-controller",pool="external-ip-pool"}"#;
-    assert_eq!(wait_promql(&lab, pool, Duration::from_secs(15), |v| v >= 1.0), 1.0);
+    assert_eq!(wait_promql(&lab, pool, Duration::from_secs(15), |v| v >= 2.0), 2.0);
     assert_eq!(promql(&lab, r#"egret_pool_addresses{pool="external-ip-pool"}"#)[0].1, 10.0);
     assert_eq!(promql(&lab, r#"egret_controller_leader{job="egret-controller"}"#)[0].1, 1.0);
     let bytes = r#"sum(egret_egress_bytes_total{egress_ip="10.10.0.11",gateway="true"})"#;
