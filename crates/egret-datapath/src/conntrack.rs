@@ -160,17 +160,29 @@ impl SnatUse {
     }
 }
 
-/// The source-port use of egress IP `ip` among `flows` (those SNATed to it: their reply goes
-/// to `ip`, not to their source).
-pub fn snat_usage(flows: &[Flow], ip: Ipv4Addr) -> SnatUse {
-    let mut per_dst: BTreeMap<(Ipv4Addr, u8, u16), usize> = BTreeMap::new();
-    let mut entries = 0;
-    for f in flows.iter().filter(|f| f.reply_dst == ip && f.src != ip) {
-        entries += 1;
-        *per_dst.entry((f.dst, f.proto, f.ports.1)).or_default() += 1;
+/// The source-port use of each of `ips` (egress IPs) among `flows`, in one pass over them (a
+/// gateway may host hundreds of IPs): a flow SNATed to an IP is one whose reply goes to that IP,
+/// not to its source. Every IP of `ips` is in the answer, with no use when no flow has it.
+pub fn snat_usages(flows: &[Flow], ips: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, SnatUse> {
+    let mut entries: BTreeMap<Ipv4Addr, usize> = ips.iter().map(|ip| (*ip, 0)).collect();
+    let mut per_dst: BTreeMap<(Ipv4Addr, Ipv4Addr, u8, u16), usize> = BTreeMap::new();
+    for f in flows.iter().filter(|f| f.src != f.reply_dst) {
+        if let Some(n) = entries.get_mut(&f.reply_dst) {
+            *n += 1;
+            *per_dst.entry((f.reply_dst, f.dst, f.proto, f.ports.1)).or_default() += 1;
+        }
     }
-    let busiest = per_dst.iter().max_by_key(|(_, n)| **n).map(|(d, n)| (*d, *n));
-    SnatUse { entries, busiest: busiest.map_or(0, |b| b.1), busiest_dst: busiest.map(|b| b.0) }
+    let mut out: BTreeMap<Ipv4Addr, SnatUse> =
+        entries.into_iter().map(|(ip, n)| (ip, SnatUse { entries: n, ..SnatUse::default() })).collect();
+    for ((ip, dst, proto, port), n) in per_dst {
+        if let Some(u) = out.get_mut(&ip)
+            && n > u.busiest
+        {
+            u.busiest = n;
+            u.busiest_dst = Some((dst, proto, port));
+        }
+    }
+    out
 }
 
 /// The flows SNATed to another address than the one `plan` gives their source and
@@ -342,12 +354,15 @@ mod snat_tests {
         // Another egress IP's flows, and a flow not SNATed.
         flows.push(flow([10, 244, 1, 11], 40000, [203, 0, 113, 5], 443, 6, [10, 10, 0, 12]));
         flows.push(flow([10, 244, 1, 12], 40000, [203, 0, 113, 5], 443, 6, [10, 244, 1, 12]));
-        let u = snat_usage(&flows, eip.into());
+        let all = snat_usages(&flows, &[eip.into(), [10, 10, 0, 12].into(), [10, 10, 0, 99].into()]);
+        let u = &all[&eip.into()];
         assert_eq!(u.entries, 500);
         assert_eq!(u.busiest, 300);
         assert_eq!(u.busiest_dst, Some(([203, 0, 113, 5].into(), 6, 443)));
         assert!((u.utilization() - 300.0 / 64512.0).abs() < 1e-12);
-        assert_eq!(snat_usage(&flows, [10, 10, 0, 99].into()), SnatUse::default());
+        assert_eq!(all[&[10, 10, 0, 12].into()].entries, 1, "each IP its own flows");
+        assert_eq!(all[&[10, 10, 0, 99].into()], SnatUse::default(), "an IP with no flow is there, unused");
+        assert_eq!(all.len(), 3);
     }
 }
 

@@ -505,21 +505,21 @@ fn run_conntrack(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<Opt
     Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-/// The source-port use of each of `ips` (egress IPs this node hosts), from the conntrack
-/// table (one `conntrack -L --reply-dst IP` each). `None`: the `conntrack` tool is missing.
+/// The source-port use of each of `ips` (egress IPs this node hosts), from one listing of the
+/// conntrack table whatever their number (a listing per IP, filtered by the kernel, cost a full
+/// table walk and a process each: with hundreds of IPs, most of a gateway's CPU). `None`: the
+/// `conntrack` tool is missing.
 pub fn snat_usage(
     cfg: &Config,
     ips: &[std::net::Ipv4Addr],
 ) -> Result<Option<BTreeMap<std::net::Ipv4Addr, conntrack::SnatUse>>, DatapathError> {
-    let mut out = BTreeMap::new();
-    for ip in ips {
-        let ip_text = ip.to_string();
-        let Some(list) = run_conntrack(cfg, &["-L", "-f", "ipv4", "--reply-dst", &ip_text], None)? else {
-            return Ok(None);
-        };
-        out.insert(*ip, conntrack::snat_usage(&conntrack::parse_flows(&list), *ip));
+    if ips.is_empty() {
+        return Ok(Some(BTreeMap::new()));
     }
-    Ok(Some(out))
+    let Some(list) = run_conntrack(cfg, &["-L", "-f", "ipv4"], None)? else {
+        return Ok(None);
+    };
+    Ok(Some(conntrack::snat_usages(&conntrack::parse_flows(&list), ips)))
 }
 
 /// Deletes the conntrack entries of the flows whose treatment on this node differs between
