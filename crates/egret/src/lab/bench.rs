@@ -362,7 +362,17 @@ pub fn latency(name: &str, trials: usize, object: BenchObject) -> anyhow::Result
             cleanup.push(format!("{e:#}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(&dir, result, &cleanup)
+}
+
+/// The end of a bench that set objects up in the lab: removes its scratch `dir`, then reports
+/// the bench's own failure first, else any failure `cleanup` met removing its objects.
+pub(super) fn finish(
+    dir: &std::path::Path,
+    result: anyhow::Result<ExitCode>,
+    cleanup: &[String],
+) -> anyhow::Result<ExitCode> {
+    let _ = std::fs::remove_dir_all(dir);
     let code = result?;
     if !cleanup.is_empty() {
         bail!("removing the bench objects: {}", cleanup.join("; "));

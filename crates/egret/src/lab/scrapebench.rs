@@ -173,12 +173,7 @@ pub fn run(name: &str, egresses: usize, samples: usize, trials: usize, every: Du
             cleanup.push(format!("{e:#}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let code = result?;
-    if !cleanup.is_empty() {
-        bail!("removing the bench objects: {}", cleanup.join("; "));
-    }
-    Ok(code)
+    super::bench::finish(&dir, result, &cleanup)
 }
 
 /// `(egresses, samples, trials, scrape interval)`.
