@@ -84,6 +84,15 @@ pub enum CounterKind<'a> {
     Dropped(&'a str, DropReason),
 }
 
+impl CounterKind<'_> {
+    /// The Egress the counter belongs to (empty: unknown).
+    pub fn egress(&self) -> &str {
+        match self {
+            CounterKind::Egress(e) | CounterKind::Connections(e) | CounterKind::Dropped(e, _) => e,
+        }
+    }
+}
+
 /// Reads a counter name back (Kubernetes names never hold `_`; Egret's own counters do).
 pub fn counter_kind(name: &str) -> Option<CounterKind<'_>> {
     let Some((prefix, rest)) = name.split_once('_') else {

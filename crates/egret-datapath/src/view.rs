@@ -107,11 +107,9 @@ pub fn read(t: &Table) -> KernelView {
                     None => Path::Other(other.to_string()),
                 },
             };
-            let egress = counters.get(&(source, destination.clone())).and_then(|c| match nft::counter_kind(c)? {
-                nft::CounterKind::Egress(e) | nft::CounterKind::Dropped(e, _) | nft::CounterKind::Connections(e) => {
-                    Some(e.to_string())
-                }
-            });
+            let egress = counters
+                .get(&(source, destination.clone()))
+                .and_then(|c| Some(nft::counter_kind(c)?.egress().to_string()));
             Steering { source, destination, egress, path }
         })
         .collect();

@@ -143,7 +143,7 @@ pub const COLLECTED: [&str; 6] = [
     "egret_egress_dropped_packets",
 ];
 
-/// The series read from the nft counters at each scrape (one `nft` listing for all):
+/// The series read from the nft counters at each scrape (one netlink dump for all):
 /// - per policy rule: packets and bytes each rule (or policy default) decided. Only a
 ///   connection's first packet is decided; later packets follow conntrack.
 /// - per Egress: packets and bytes of the traffic leaving through it that passed this node
