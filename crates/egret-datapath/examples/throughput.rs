@@ -1,59 +1,121 @@
-//! Throughput through the gateway with Egret's rules vs. the same tunnel path without them.
+//! Per-packet cost of Egret's datapath: the same tunnel path with and without Egret's rules.
 //!
-//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS]`
+//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS [--scale] [--only VARIANT]]`
 //! (root, `nft` and `iperf3` needed). Topology: pod web-1 on node-1, gateway node-2, iperf3
-//! server on db-a (203.0.113.5) behind the router; every address lives in network namespaces
-//! this program creates and removes.
+//! server and a TCP acceptor on db-a (203.0.113.5) behind the router; every address lives in
+//! network namespaces this program creates and removes.
 //!
-//! - **egret**: both nodes synced by `Datapath::sync` (nft table `inet egret`, marks, fwmark
-//!   rules, VXLAN, SNAT to the egress IP on node-2).
-//! - **baseline**: the same VXLAN device, FDB, neighbours and routing tables, but table
+//! Variants, each measured once per round in an order that rotates from round to round:
+//! - **baseline**: the VXLAN device, FDB, neighbours and routing tables Egret set up, but table
 //!   `inet egret` deleted; pod traffic enters the tunnel by a plain source rule
 //!   (`ip rule from 10.244.1.10 lookup TABLE`). Without Egret's SNAT binding, node-1's CNI
-//!   masquerade rewrites the pod to an address on node-1's tunnel device (198.19.0.1 for the
-//!   baseline, in place of node-1's own address there); plain routes (router -> node-2,
-//!   node-2 -> tunnel) carry the replies back the same way.
+//!   masquerade rewrites the pod to an address on node-1's tunnel device (198.19.0.1, in place
+//!   of node-1's own address there); plain routes (router -> node-2, node-2 -> tunnel) carry the
+//!   replies back the same way. Conntrack and a masquerade are on the path, as on any node.
+//! - **egret**: both nodes synced by `Datapath::sync` for one Egress (nft table `inet egret`,
+//!   marks, fwmark rules, VXLAN, SNAT to the egress IP on node-2).
+//! - **firewall**: as egret, plus an egress firewall on node-1 (one ClusterEgressPolicy allowing
+//!   the outside network, default deny) applied to web-1.
+//! - **scale** (with `--scale`): as egret, but both nodes programmed with 1,000 Egresses and
+//!   10,000 pods besides web-1's: every Egress selects 10 pods of node-1 and sends them to
+//!   203.0.113.0/24 (web-1's destination too) and to a /25 of its own, so the steering, counter
+//!   and SNAT maps web-1's packets are looked up in hold 20,000 entries overlapping its own.
 //!
-//! Rounds alternate between the two; the medians are compared.
+//! Each variant, each round: bulk TCP (iperf3, 4 streams), UDP datagrams per second delivered
+//! with 64- and 512-byte payloads (iperf3 `-b 0`: sent as fast as the sender can, counted at
+//! the receiver), and new TCP connections per second (handshake, then reset: every connection
+//! a new flow, classified and SNATed). Printed: every round, then per measure the medians, the
+//! ratio of medians and the median and spread of the per-round ratios to the baseline (and of
+//! scale to egret).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/mod.rs"]
+mod shared;
 
 use common::*;
-use egret_netns::{DB_A, Topology, TopologySpec};
+use egret_core::planner::{NodePlan, Plan};
+use egret_datapath::Datapath;
+use egret_netns::{DB_A, Topology, TopologySpec, node_name};
+use shared::*;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
-fn main() {
-    if let Some(why) = egret_netns::skip_reason(&["ip", "nft", "iperf3"]) {
-        eprintln!("cannot run: {why}");
-        std::process::exit(2);
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Variant {
+    Baseline,
+    Egret,
+    Firewall,
+    Scale,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Baseline => "baseline",
+            Variant::Egret => "egret",
+            Variant::Firewall => "firewall",
+            Variant::Scale => "scale",
+        }
     }
-    let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let secs = args.first().copied().unwrap_or(5);
-    let rounds = args.get(1).copied().unwrap_or(3);
+}
 
-    let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
-    let c = Cluster::web_egress(2, &[2]);
-    let plan = c.plan();
-    let eip = egress_ip(&plan, "eg-web");
-    let cfg = egret_datapath::Config::default();
-    // The CNI masquerade on node-1 rewrites the pod to the address of node-1's tunnel device
-    // when no Egret rule binds the SNAT first; node-2 routes that address back into the tunnel.
-    let n1_tunnel = "198.19.0.1/32";
-    let (n1_ip, n2_ip) = (egret_netns::node_ip(1).to_string(), egret_netns::node_ip(2));
-    let _server = topo.outside.spawn("iperf3", &["-s"]).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+const MEASURES: [&str; 4] =
+    ["bulk TCP, 4 streams (Gbit/s)", "UDP 64 B (datagrams/s)", "UDP 512 B (datagrams/s)", "TCP connections/s"];
 
-    let mut dps = datapaths(2);
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for round in 0..rounds {
-        // Egret.
-        sync_all(&topo, &mut dps, &plan);
-        assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
-        let e = iperf(&topo, secs, 1);
+/// The four figures of one variant in one round, in the order of [`MEASURES`].
+fn measure(topo: &Topology, secs: u32) -> [f64; 4] {
+    [iperf(topo, secs, 4) / 1e9, udp_pps(topo, secs, 64), udp_pps(topo, secs, 512), connections(topo, secs)]
+}
+
+/// The one-Egress cluster plus 1,000 Egresses x 10 pods of node-1, all through node-2.
+fn scale_plan() -> Plan {
+    let mut c = Cluster::web_egress(2, &[2]);
+    c.pool("scale", "100.64.0.1", "100.64.7.254");
+    let base = u32::from(Ipv4Addr::new(10, 245, 0, 0));
+    for k in 0..1000u32 {
+        let app = format!("sc-{k:04}");
+        for j in 0..10 {
+            c.pod("default", &format!("sc-{k:04}-{j}"), &app, 1, Ipv4Addr::from(base + k * 10 + j));
+        }
+        let own = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + k * 128);
+        c.egress(&app, &app, "scale", &[&format!("{own}/25"), "203.0.113.0/24"], &[]);
+    }
+    c.plan()
+}
+
+/// The per-node plans of a variant (index 0 = node-1).
+fn plans_of(plan: &Plan) -> Vec<NodePlan> {
+    let mut all = plan.node_plans();
+    (1..=2).map(|i| all.remove(&node_name(i)).expect("node plan")).collect()
+}
+
+/// Programs both nodes; returns how long the slower sync took.
+fn program(topo: &Topology, dps: &mut [Datapath], plans: &[NodePlan]) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for (k, (dp, np)) in dps.iter_mut().zip(plans).enumerate() {
+        let t = Instant::now();
+        topo.node(k + 1).ns.run(|| dp.sync(np)).unwrap().unwrap_or_else(|e| panic!("sync node-{}: {e}", k + 1));
+        slowest = slowest.max(t.elapsed());
+    }
+    slowest
+}
+
+/// The baseline's changes on top of Egret's links and tables (see the module doc); undone by
+/// [`Baseline::undo`].
+struct Baseline {
+    table: String,
+}
+
+const N1_TUNNEL: &str = "198.19.0.1/32";
+
+impl Baseline {
+    fn apply(topo: &Topology, dps: &[Datapath]) -> Baseline {
+        let cfg = egret_datapath::Config::default();
+        let (n1_ip, n2_ip) = (egret_netns::node_ip(1).to_string(), egret_netns::node_ip(2));
         let table = cfg.table(dps[0].peer_id(n2_ip).expect("node-1 has a local id for node-2")).to_string();
-        // Baseline: same tunnel, no Egret table.
         for i in 1..=2 {
             topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
         }
@@ -61,28 +123,138 @@ fn main() {
         n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
         // Add before deleting: removing a device's last IPv4 address flushes its routes and
         // neighbours.
-        n1.ip(&["addr", "add", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
+        n1.ip(&["addr", "add", N1_TUNNEL, "dev", &cfg.vxlan_name]).unwrap();
         n1.ip(&["addr", "del", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
         let n2 = &topo.node(2).ns;
-        n2.ip(&["route", "add", n1_tunnel, "via", &n1_ip, "dev", &cfg.vxlan_name, "onlink"]).unwrap();
-        topo.router.ip(&["route", "add", n1_tunnel, "via", &n2_ip.to_string()]).unwrap();
+        n2.ip(&["route", "add", N1_TUNNEL, "via", &n1_ip, "dev", &cfg.vxlan_name, "onlink"]).unwrap();
+        topo.router.ip(&["route", "add", N1_TUNNEL, "via", &n2_ip.to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
-        assert_eq!(seen.to_string(), n1_tunnel.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
-        let b = iperf(&topo, secs, 1);
-        n1.ip(&["rule", "del", "pref", "1600"]).unwrap();
+        assert_eq!(seen.to_string(), N1_TUNNEL.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
+        Baseline { table }
+    }
+
+    fn undo(self, topo: &Topology) {
+        let cfg = egret_datapath::Config::default();
+        let n1_ip = egret_netns::node_ip(1).to_string();
+        let n1 = &topo.node(1).ns;
+        n1.ip(&["rule", "del", "pref", "1600", "lookup", &self.table]).unwrap();
         n1.ip(&["addr", "add", &format!("{n1_ip}/32"), "dev", &cfg.vxlan_name]).unwrap();
-        n1.ip(&["addr", "del", n1_tunnel, "dev", &cfg.vxlan_name]).unwrap();
-        n2.ip(&["route", "del", n1_tunnel]).unwrap();
-        topo.router.ip(&["route", "del", n1_tunnel]).unwrap();
-        println!("round {}: egret {:.2} Gbit/s, baseline {:.2} Gbit/s", round + 1, e / 1e9, b / 1e9);
-        with.push(e);
-        without.push(b);
+        n1.ip(&["addr", "del", N1_TUNNEL, "dev", &cfg.vxlan_name]).unwrap();
+        topo.node(2).ns.ip(&["route", "del", N1_TUNNEL]).unwrap();
+        topo.router.ip(&["route", "del", N1_TUNNEL]).unwrap();
+    }
+}
+
+fn main() {
+    if let Some(why) = egret_netns::skip_reason(&["ip", "nft", "iperf3"]) {
+        eprintln!("cannot run: {why}");
+        std::process::exit(2);
+    }
+    let scale = std::env::args().any(|a| a == "--scale");
+    let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let secs = args.first().copied().unwrap_or(4);
+    let rounds = args.get(1).copied().unwrap_or(9);
+
+    let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
+    let one = Cluster::web_egress(2, &[2]).plan();
+    let eip = egress_ip(&one, "eg-web");
+    let _server = topo.outside.spawn("iperf3", &["-s"]).unwrap();
+    start_acceptor(&topo);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut plans: BTreeMap<Variant, Vec<NodePlan>> = BTreeMap::new();
+    plans.insert(Variant::Egret, plans_of(&one));
+    let mut fw = plans_of(&one);
+    fw[0] = with_firewall(fw[0].clone(), &small_policies(), 0);
+    plans.insert(Variant::Firewall, fw);
+    if scale {
+        let t = Instant::now();
+        let p = scale_plan();
+        assert_eq!(egress_ip(&p, "eg-web"), eip, "web-1 keeps its egress IP at scale");
+        let np = plans_of(&p);
+        eprintln!(
+            "scale plan: {} Egresses, node-1 {} steering entries, node-2 {} SNAT entries (planned in {:.1} s)",
+            p.egresses.len(),
+            np[0].steer.len(),
+            np[1].snat.len(),
+            t.elapsed().as_secs_f64()
+        );
+        plans.insert(Variant::Scale, np);
+    }
+    let mut variants = vec![Variant::Baseline, Variant::Egret, Variant::Firewall];
+    if scale {
+        variants.push(Variant::Scale);
+    }
+    // `--only NAME`: one variant alone, e.g. to profile it.
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(only) = argv.iter().position(|a| a == "--only").and_then(|i| argv.get(i + 1)) {
+        variants.retain(|v| v.name() == only);
+    }
+
+    let mut dps = datapaths(2);
+    let mut results: BTreeMap<Variant, Vec<[f64; 4]>> = BTreeMap::new();
+    for round in 0..rounds as usize {
+        let mut order = variants.clone();
+        order.rotate_left(round % variants.len());
+        for v in order {
+            let plan = plans.get(&v).unwrap_or(&plans[&Variant::Egret]);
+            let synced = program(&topo, &mut dps, plan);
+            let baseline = (v == Variant::Baseline).then(|| Baseline::apply(&topo, &dps));
+            if baseline.is_none() {
+                assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
+            }
+            let m = measure(&topo, secs);
+            if let Some(b) = baseline {
+                b.undo(&topo);
+            }
+            println!(
+                "round {} {:>8}: bulk {:.2} Gbit/s, UDP64 {:.0}/s, UDP512 {:.0}/s, {:.0} conn/s (synced in {} ms)",
+                round + 1,
+                v.name(),
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                synced.as_millis()
+            );
+            results.entry(v).or_default().push(m);
+        }
     }
     for (i, dp) in dps.iter_mut().enumerate() {
         topo.node(i + 1).ns.run(|| dp.cleanup()).unwrap().unwrap();
     }
-    let (e, b) = (median(with), median(without));
-    println!("through the gateway with Egret's rules:    {:.2} Gbit/s (median of {rounds} x {secs} s)", e / 1e9);
-    println!("same tunnel path without Egret's rules:    {:.2} Gbit/s", b / 1e9);
-    println!("ratio: {:.1}%", 100.0 * e / b);
+
+    let col = |v: Variant, k: usize| results[&v].iter().map(|m| m[k]).collect::<Vec<f64>>();
+    println!("\n{rounds} rounds x {secs} s per measure and variant");
+    for (k, what) in MEASURES.iter().enumerate() {
+        println!("{what}:");
+        if !results.contains_key(&Variant::Baseline) {
+            for &v in &variants {
+                println!("  {:>8}: median {:.2}, spread {}", v.name(), median(col(v, k)), spread(&col(v, k)));
+            }
+            continue;
+        }
+        let base = col(Variant::Baseline, k);
+        for &v in &variants {
+            let c = col(v, k);
+            if v == Variant::Baseline {
+                println!("  {:>8}: median {:.2}, spread {}", v.name(), median(c.clone()), spread(&c));
+                continue;
+            }
+            let r = ratios(&c, &base);
+            println!(
+                "  {:>8}: median {:.2}, spread {}; vs baseline: ratio of medians {:.1}%, per round median {:.1}% ({}%)",
+                v.name(),
+                median(c.clone()),
+                spread(&c),
+                100.0 * median(c.clone()) / median(base.clone()),
+                median(r.clone()),
+                spread(&r)
+            );
+        }
+        if variants.contains(&Variant::Scale) && variants.contains(&Variant::Egret) {
+            let r = ratios(&col(Variant::Scale, k), &col(Variant::Egret, k));
+            println!("     scale/egret: per round median {:.1}% ({}%)", median(r.clone()), spread(&r));
+        }
+    }
 }

@@ -123,8 +123,6 @@ pub const MAP_RESTORE: &str = "tunnel_restore";
 const PRIO_MANGLE: i64 = -150;
 /// Egret's SNAT runs before any CNI masquerade at `srcnat` (100): the first NAT binding wins.
 const PRIO_SNAT: i64 = 90;
-/// Clearing the tunnel mark after every NAT chain, just before the packet enters the device.
-const PRIO_CLEAR: i64 = 110;
 
 /// A base chain's hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +274,17 @@ pub fn tunnel_chain(id: u16) -> String {
     format!("to_node_{id}")
 }
 
+/// Name of the chain that sets only the packet mark for the peer with local id `id`: later
+/// packets of a flow whose conntrack mark already names the peer.
+pub fn mark_chain(id: u16) -> String {
+    format!("mark_{id}")
+}
+
+/// Regular chain for what arrives through the tunnel (prerouting jumps there first).
+const CHAIN_FROM_TUNNEL: &str = "from_tunnel";
+/// Regular chain for what leaves through the tunnel (forward jumps there).
+const CHAIN_INTO_TUNNEL: &str = "into_tunnel";
+
 /// Name of the chain that records "arrived from the peer with local id `id`" in the
 /// conntrack mark.
 pub fn origin_chain(id: u16) -> String {
@@ -302,14 +311,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         };
         peer_ids.insert(name, id);
         let m = cfg.mark(id);
+        let set_mark = json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}});
         // The conntrack mark remembers the decision, so the flow's later packets skip the
-        // steering lookups (see the prerouting chain).
+        // steering lookups (see the prerouting chain), and then need only the packet mark.
+        t.chains.insert(mark_chain(id), Chain { hook: None, rules: vec![rule(vec![set_mark.clone()])] });
         t.chains.insert(
             tunnel_chain(id),
             Chain {
                 hook: None,
                 rules: vec![rule(vec![
-                    json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}}),
+                    set_mark,
                     json!({"mangle": {"key": ct("mark"), "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}}),
                 ])],
             },
@@ -325,9 +336,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         let mac = mac_string(&tunnel_mac(*ip));
         peers_elems
             .insert(format!("{mac} : jump {}", origin_chain(id)), raw(&json!([mac, verdict_jump(&origin_chain(id))])));
-        // goto: a restored reply needs nothing else from Egret's chain.
-        restore_elems
-            .insert(format!("{m} : goto {}", tunnel_chain(id)), raw(&json!([m, verdict_goto(&tunnel_chain(id))])));
+        // goto: a restored packet needs nothing else from Egret's chain.
+        restore_elems.insert(format!("{m} : goto {}", mark_chain(id)), raw(&json!([m, verdict_goto(&mark_chain(id))])));
     }
 
     // IPv6 cluster networks only matter to the firewall (which keeps its own set) until the
@@ -464,42 +474,26 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             .into_iter()
             .flatten()
             .chain([
+                // Interfaces are compared by index (`iif`, `oif`: nft resolves the name when
+                // it loads the rule), not by name: a name is copied and compared as a string
+                // for every packet. `parse_table` notices a rule left with the index of a
+                // device that is gone, so a re-created tunnel device gets its rules again.
+                rule(vec![matches("==", meta("iif"), json!(vx)), verdict_goto(CHAIN_FROM_TUNNEL)]),
                 // Gateway, reply direction of a flow that came through the tunnel: mark it so
                 // policy routing sends it back through the tunnel to the node it came from.
-                // (Replies arriving through the tunnel belong to flows this node steered out:
-                // they go to the local pod.)
                 rule(vec![
-                    matches("!=", meta("iifname"), json!(vx)),
                     matches("==", ct("direction"), json!("reply")),
                     matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
                 ]),
-                // Gateway, new flow from the tunnel: remember the origin node (inner source
-                // MAC is the origin's VXLAN device, derived from its underlay address).
+                // Pod's node, later packets of a flow already steered into the tunnel (original
+                // direction: replies with Egret's bits left the rule above): the conntrack mark
+                // holds the gateway; count and go, skipping the cluster and steering lookups.
                 rule(vec![
-                    matches("==", meta("iifname"), json!(vx)),
-                    matches("in", ct("state"), json!("new")),
-                    json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
-                ]),
-                // Pod's node, later packets of a flow already steered into the tunnel: the
-                // conntrack mark holds the gateway; count and go, skipping the cluster and
-                // steering lookups (the per-packet cost that matters for throughput).
-                rule(vec![
-                    matches("!=", meta("iifname"), json!(vx)),
-                    matches("==", ct("direction"), json!("original")),
                     matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
                     json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
                 ]),
-                // From the tunnel: steered traffic to count here at the gateway, or replies to
-                // a local pod; either way nothing to steer, and no cluster lookup needed.
-                rule(vec![
-                    matches("==", meta("iifname"), json!(vx)),
-                    matches("==", ct("direction"), json!("original")),
-                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
-                    json!({"return": null}),
-                ]),
-                rule(vec![matches("==", meta("iifname"), json!(vx)), json!({"return": null})]),
                 rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
@@ -508,17 +502,50 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         },
     );
     t.chains.insert(
+        CHAIN_FROM_TUNNEL.into(),
+        Chain {
+            hook: None,
+            rules: vec![
+                // Gateway, new flow from the tunnel: remember the origin node (inner source
+                // MAC is the origin's VXLAN device, derived from its underlay address).
+                rule(vec![
+                    matches("in", ct("state"), json!("new")),
+                    json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
+                ]),
+                // Steered traffic to count here at the gateway; replies to a local pod are not
+                // counted. Either way nothing to steer and no cluster lookup (the end of a
+                // chain entered by goto ends the base chain).
+                rule(vec![
+                    matches("==", ct("direction"), json!("original")),
+                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
+                ]),
+            ],
+        },
+    );
+    t.chains.insert(
         "forward".into(),
         Chain {
             hook: hook("filter", "forward", PRIO_MANGLE),
+            rules: vec![rule(vec![matches("==", meta("oif"), json!(vx)), verdict_goto(CHAIN_INTO_TUNNEL)])],
+        },
+    );
+    t.chains.insert(
+        CHAIN_INTO_TUNNEL.into(),
+        Chain {
+            hook: None,
             rules: vec![
                 // The tunnel costs 50 bytes: clamp the MSS of SYNs (both directions) entering it.
                 rule(vec![
-                    matches("==", meta("oifname"), json!(vx)),
                     matches("==", json!({"&": [payload("tcp", "flags"), ["syn", "rst"]]}), json!("syn")),
                     json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
                         "value": {"rt": {"key": "mtu"}}}}),
                 ]),
+                // The packet is routed (forward comes after routing): Egret's bits have done
+                // their work. The VXLAN device routes the encapsulated packet with the inner
+                // packet's mark, so they must go, or the outer packet would be routed into
+                // the tunnel again. Cleared here rather than in a postrouting chain of its own:
+                // one hook fewer for every packet.
+                rule(vec![json!({"mangle": {"key": meta("mark"), "value": {"&": [meta("mark"), !mask]}}})]),
             ],
         },
     );
@@ -531,45 +558,32 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                     matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)),
                     json!({"return": null}),
                 ]),
-                // Steered into the tunnel: bind an identity SNAT so that no CNI masquerade
-                // later in this hook rewrites the pod address the gateway must see.
+                // Steered into the tunnel (the conntrack mark names the gateway; the packet's
+                // bits were cleared in forward): bind an identity SNAT so that no CNI
+                // masquerade later in this hook rewrites the pod address the gateway must see.
                 rule(vec![
-                    matches("==", meta("oifname"), json!(vx)),
-                    matches("!=", json!({"&": [meta("mark"), mask]}), json!(0)),
+                    matches("==", meta("oif"), json!(vx)),
+                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"snat": {"family": "ip", "addr": payload("ip", "saddr")}}),
                 ]),
                 // A new connection leaving through an Egress here (this hook sees only a
                 // connection's first packet): count it for its Egress.
                 rule(vec![
-                    matches("!=", meta("oifname"), json!(vx)),
+                    matches("!=", meta("oif"), json!(vx)),
                     json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_CONNS4)}}}),
                 ]),
                 rule(vec![
-                    matches("!=", meta("oifname"), json!(vx)),
+                    matches("!=", meta("oif"), json!(vx)),
                     json!({"snat": {"family": "ip", "addr": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_SNAT4)}}}}),
                 ]),
                 // Arrived through the tunnel but this node has no SNAT for it (its view of the
                 // gateway differs for a moment, e.g. during a failover): fail closed rather than
                 // let a CNI masquerade send it out with this node's IP.
                 rule(vec![
-                    matches("==", meta("iifname"), json!(vx)),
-                    matches("!=", meta("oifname"), json!(vx)),
+                    matches("==", meta("iif"), json!(vx)),
+                    matches("!=", meta("oif"), json!(vx)),
                     json!({"counter": dropped_counter("", DropReason::NoSnat)}),
                     json!({"drop": null}),
-                ]),
-            ],
-        },
-    );
-    t.chains.insert(
-        "postrouting".into(),
-        Chain {
-            hook: hook("filter", "postrouting", PRIO_CLEAR),
-            rules: vec![
-                // The VXLAN device routes the encapsulated packet with the inner packet's mark:
-                // clear Egret's bits or the outer packet would be routed into the tunnel again.
-                rule(vec![
-                    matches("==", meta("oifname"), json!(vx)),
-                    json!({"mangle": {"key": meta("mark"), "value": {"&": [meta("mark"), !mask]}}}),
                 ]),
             ],
         },
@@ -756,7 +770,12 @@ pub fn parse_table(text: &str) -> Result<Option<Table>, serde_json::Error> {
             }
             "rule" => {
                 let chain = body.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
-                let comment = body.get("comment").and_then(Value::as_str).unwrap_or("(no comment)").to_string();
+                let mut comment = body.get("comment").and_then(Value::as_str).unwrap_or("(no comment)").to_string();
+                // The rule holds the index of a device that is gone (nft then prints the
+                // number, not a name): not what Egret wrote any more, so it is replaced.
+                if refers_to_gone_interface(&body) {
+                    comment.push_str(" (interface gone)");
+                }
                 // Only comments are compared; nft's re-rendering of the expression is not kept.
                 t.chains.entry(chain).or_insert(Chain { hook: None, rules: vec![] }).rules.push((comment, Value::Null));
             }
@@ -767,6 +786,21 @@ pub fn parse_table(text: &str) -> Result<Option<Table>, serde_json::Error> {
         }
     }
     Ok(found.then_some(t))
+}
+
+/// Whether a rule read back compares `iif`/`oif` with an interface index no device has: nft
+/// prints a device's name, or the bare number once the device is gone.
+fn refers_to_gone_interface(rule: &Value) -> bool {
+    let Some(exprs) = rule.get("expr").and_then(Value::as_array) else { return false };
+    exprs.iter().filter_map(|e| e.get("match")).any(|m| {
+        let key = m.get("left").and_then(|l| l.get("meta")).and_then(|x| x.get("key")).and_then(Value::as_str);
+        let numeric = match m.get("right") {
+            Some(Value::Number(_)) => true,
+            Some(Value::String(s)) => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+            _ => false,
+        };
+        matches!(key, Some("iif" | "oif")) && numeric
+    })
 }
 
 /// The local ids a table read back records: `tunnel_peers` maps each peer's tunnel MAC (which
@@ -1199,9 +1233,14 @@ mod tests {
         assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
         assert_eq!(ids_in(&t), vec![(Ipv4Addr::new(10, 10, 0, 102), 7)], "ids are recoverable");
         assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:0a:0a:00:66 : jump from_node_7");
-        // SNAT runs before a CNI masquerade at srcnat (100); mark clearing after it.
+        // SNAT runs before a CNI masquerade at srcnat (100).
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
-        assert!(t.chains["postrouting"].hook.as_ref().unwrap().prio > 100);
+        // Restored packets only get the packet mark: their conntrack mark already names the peer.
+        assert_eq!(t.sets[MAP_RESTORE].elems.keys().next().unwrap(), &format!("{m}-{m} : goto mark_7"));
+        // Egret's bits are cleared after routing, in forward: no postrouting filter hook.
+        assert!(
+            !t.chains.values().any(|c| c.hook.as_ref().is_some_and(|h| h.hook == "postrouting" && h.kind == "filter"))
+        );
     }
 
     #[test]
@@ -1307,5 +1346,22 @@ mod tests {
         let counters = parse_counters(&doc);
         assert_eq!(counters.len(), 1);
         assert_eq!(counters["eg-0"].packets, 5_000_000_000, "u64, not u32");
+    }
+
+    #[test]
+    fn a_rule_left_with_the_index_of_a_gone_device_reads_as_changed() {
+        let rule = |right: Value| {
+            json!({"nftables": [
+                {"table": {"family": "inet", "name": "egret"}},
+                {"rule": {"family": "inet", "table": "egret", "chain": "forward", "comment": "egret:1",
+                    "expr": [{"match": {"op": "==", "left": {"meta": {"key": "oif"}}, "right": right}},
+                             {"goto": {"target": "into_tunnel"}}]}},
+            ]})
+            .to_string()
+        };
+        let comment = |doc: String| parse_table(&doc).unwrap().unwrap().chains["forward"].rules[0].0.clone();
+        assert_eq!(comment(rule(json!("egret-vxlan"))), "egret:1", "a live device: as written");
+        assert_eq!(comment(rule(json!("17"))), "egret:1 (interface gone)");
+        assert_eq!(comment(rule(json!(17))), "egret:1 (interface gone)");
     }
 }

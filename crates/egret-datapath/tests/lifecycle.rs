@@ -74,6 +74,16 @@ fn resync_and_restart_change_nothing_and_keep_a_connection_alive() {
     assert_eq!(conf("rp_filter").trim(), "2");
     let r = sync(&topo, &mut fresh[0], 1, &plan);
     assert!(r.changes.is_empty(), "{:?}", r.changes);
+
+    // Someone deletes the tunnel device: it is created again, and the rules comparing
+    // interface indexes (`iif`/`oif`, resolved when a rule is loaded) are loaded again for
+    // the new device, so steered traffic flows as before.
+    n1.ip(&["link", "del", "egret-vxlan"]).unwrap();
+    let r = sync(&topo, &mut fresh[0], 1, &plan);
+    assert!(r.drift.iter().any(|d| d.contains("rules of chain forward differ")), "{:?}", r.drift);
+    assert_eq!(whoami(web1, to(DB_A, WHOAMI_PORT), T).unwrap(), eip);
+    let r = sync(&topo, &mut fresh[0], 1, &plan);
+    assert!(r.changes.is_empty() && r.drift.is_empty(), "{r:?}");
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! Pieces the benchmark examples share: the connection-rate measure, iperf3 UDP, and the
+//! firewall plans. (Not an example itself: cargo builds only `examples/*.rs`.)
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common::*;
+use egret_core::planner::NodePlan;
+use egret_core::policy::{self, Firewall, FirewallPod, FirewallSet};
+use egret_netns::{DB_A, Topology};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The port of the acceptor that counts connections (accepts and drops each at once).
+pub const ACCEPT_PORT: u16 = 9000;
+
+/// Starts the acceptor on db-a: a thread accepting and dropping every connection.
+pub fn start_acceptor(topo: &Topology) {
+    let acceptor = topo.outside.run(|| std::net::TcpListener::bind((DB_A, ACCEPT_PORT))).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for s in acceptor.incoming() {
+            drop(s);
+        }
+    });
+}
+
+/// New connections per second from web-1 to the acceptor on db-a over `secs`: each one a TCP
+/// handshake through the node's rules, the tunnel and SNAT, then closed with a reset.
+pub fn connections(topo: &Topology, secs: u32) -> f64 {
+    let ns = &topo.pod("web-1").unwrap().ns;
+    ns.run(|| {
+        let end = Instant::now() + Duration::from_secs(u64::from(secs));
+        let start = Instant::now();
+        let mut n = 0u64;
+        while Instant::now() < end {
+            let stream =
+                std::net::TcpStream::connect_timeout(&to(DB_A, ACCEPT_PORT), T).expect("an allowed connection");
+            // Closed with a reset: no TIME_WAIT, so tens of thousands of connections never run
+            // out of source ports.
+            nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger { l_onoff: 1, l_linger: 0 },
+            )
+            .unwrap();
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .unwrap()
+}
+
+/// UDP datagrams per second that reached db-a from web-1 over `secs`, iperf3 sending `len`-byte
+/// payloads as fast as it can (`-b 0`): what the path delivers, sent minus lost.
+pub fn udp_pps(topo: &Topology, secs: u32, len: u32) -> f64 {
+    let out = topo
+        .pod("web-1")
+        .expect("pod web-1")
+        .ns
+        .exec(
+            "iperf3",
+            &["-c", &DB_A.to_string(), "-u", "-b", "0", "-l", &len.to_string(), "-t", &secs.to_string(), "-J"],
+        )
+        .expect("iperf3 UDP client");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    let sum = &v["end"]["sum"];
+    let packets = sum["packets"].as_f64().expect("packets");
+    let lost = sum["lost_packets"].as_f64().expect("lost_packets");
+    let seconds = sum["seconds"].as_f64().expect("seconds");
+    (packets - lost) / seconds
+}
+
+pub fn cluster_policy(
+    name: &str,
+    priority: i64,
+    rules: &str,
+    default: &str,
+) -> egret_api::v1alpha1::ClusterEgressPolicy {
+    let y = format!(
+        "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  priority: {priority}\n  appliedTo: {{namespaceSelector: {{}}}}\n  rules:\n{rules}{default}"
+    );
+    serde_yaml_ng::from_str(&y).expect("policy YAML")
+}
+
+/// 1,000 policies x 10 rules; the last rule of the last policy allows db-a.
+pub fn large_policies() -> Vec<egret_api::v1alpha1::ClusterEgressPolicy> {
+    (0..1000u32)
+        .map(|i| {
+            let mut rules = String::new();
+            for j in 0..10u32 {
+                let block = i * 10 + j; // a /24 of 100.64.0.0/10 each
+                let (b2, b3) = (64 + block / 256, block % 256);
+                let rule = if i == 999 && j == 9 {
+                    "  - {name: r9, action: Allow, to: {cidrs: [203.0.113.0/24]}, ports: [{port: 8080}, {port: 5201}, {port: 9000}]}\n".to_string()
+                } else {
+                    let action = if j % 2 == 0 { "Allow" } else { "Deny" };
+                    format!(
+                        "  - {{name: r{j}, action: {action}, to: {{cidrs: [100.{b2}.{b3}.0/24], except: [100.{b2}.{b3}.128/26]}}, ports: [{{port: {p}, endPort: {e}}}, {{protocol: UDP, port: 53}}]}}\n",
+                        p = 1000 + j * 10,
+                        e = 1005 + j * 10
+                    )
+                };
+                rules.push_str(&rule);
+            }
+            cluster_policy(&format!("p{i:04}"), i64::from(i), &rules, "")
+        })
+        .collect()
+}
+
+/// One policy: allow the outside network, deny everything else.
+pub fn small_policies() -> Vec<egret_api::v1alpha1::ClusterEgressPolicy> {
+    vec![cluster_policy(
+        "only",
+        0,
+        "  - {name: outside, action: Allow, to: {cidrs: [203.0.113.0/24]}}\n",
+        "  defaultAction: Deny\n",
+    )]
+}
+
+/// `np` with the firewall of `policies`: web-1 selected by all of them and, when `other_pods`
+/// > 0, that many more pods spread over single-policy sets.
+pub fn with_firewall(
+    mut np: NodePlan,
+    policies: &[egret_api::v1alpha1::ClusterEgressPolicy],
+    other_pods: u32,
+) -> NodePlan {
+    let v = policy::validate_policies(policies, &[]);
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let all: Vec<&policy::Policy> = v.policies.iter().collect();
+    let t = Instant::now();
+    let mut sets = vec![FirewallSet {
+        policies: all.iter().map(|p| p.id.clone()).collect(),
+        compiled: Arc::new(policy::compile(&all)),
+    }];
+    eprintln!(
+        "  web-1's set: {} policies compiled into {} cells in {:.1} s",
+        all.len(),
+        sets[0].compiled.cells.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut pods = vec![FirewallPod { ip: IpAddr::V4(WEB1), pod: "default/web-1".into(), set: 0 }];
+    if other_pods > 0 {
+        for p in &all {
+            sets.push(FirewallSet { policies: vec![p.id.clone()], compiled: Arc::new(policy::compile(&[p])) });
+        }
+        let base = u32::from(Ipv4Addr::new(10, 245, 0, 0));
+        for k in 0..other_pods {
+            pods.push(FirewallPod {
+                ip: IpAddr::V4(Ipv4Addr::from(base + k)),
+                pod: format!("bench/pod-{k}"),
+                set: 1 + (k as usize % all.len()),
+            });
+        }
+    }
+    np.firewall = Firewall { pods, sets };
+    np
+}
+
+/// "lo..hi" of `v`, no decimals.
+pub fn spread(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+    format!("{lo:.0}..{hi:.0}")
+}
+
+/// Per-round ratios `a[i] / b[i]` in percent.
+pub fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| 100.0 * x / y).collect()
+}
