@@ -23,6 +23,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// Set holding cluster-internal IPv4 destinations (never steered).
 pub const SET_CLUSTER4: &str = "cluster4";
+/// Set of the local sources `steer4` has entries for (what the steering lookups can match).
+pub const SET_SOURCES4: &str = "sources4";
 /// Map (pod, destination) -> verdict on the pod's node.
 pub const MAP_STEER4: &str = "steer4";
 /// Map (pod, destination) -> egress IP on the gateway.
@@ -357,6 +359,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     );
 
     let mut steer = BTreeMap::new();
+    let mut sources = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
     // `counter` is the Egress's own (traffic leaving) or one of its drop counters.
@@ -395,6 +398,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             SteerAction::Drop => (drop, dropped_counter(&s.egress, DropReason::NoGateway)),
         };
         steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
+        let src_elem = json!(src.to_string());
+        sources.insert(src_elem.to_string(), raw(&src_elem));
         add_counter(key_text, &key, &counter, &mut counters);
     }
     let mut snat = BTreeMap::new();
@@ -431,6 +436,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         SET_CLUSTER4.into(),
         Set { map: None, key: json!("ipv4_addr"), flags: interval.clone(), elems: cluster_elems },
     );
+    t.sets.insert(SET_SOURCES4.into(), Set { map: None, key: json!("ipv4_addr"), flags: vec![], elems: sources });
     t.sets.insert(
         MAP_STEER4.into(),
         Set { map: Some(json!("verdict")), key: pair.clone(), flags: interval.clone(), elems: steer },
@@ -494,6 +500,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                     json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
                     json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
                 ]),
+                // Not a source Egret steers (the node's own traffic, the tunnel's outer packets,
+                // pods without an Egress): one hash lookup, instead of the cluster and the two
+                // steering lookups below, is all Egret costs it.
+                rule(vec![matches("!=", payload("ip", "saddr"), set_ref(SET_SOURCES4)), json!({"return": null})]),
                 rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
                 rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
                 rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
@@ -1209,6 +1219,7 @@ mod tests {
         let (big, _) = desired(&cfg, &plan(5000), &ids());
         assert_eq!(rule_count(&small), rule_count(&big));
         assert_eq!(big.sets[MAP_STEER4].elems.len(), 5000);
+        assert_eq!(big.sets[SET_SOURCES4].elems.len(), 5000, "every steered source, once");
         assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
         assert!(big.counters.contains("eg-2") && big.counters.contains("eg-9"));
     }
@@ -1304,7 +1315,7 @@ mod tests {
         let cmds = json_of(&transaction(&want2, Some(&have)));
         let text = serde_json::to_string(&cmds).unwrap();
         assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
-        assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 2, "steer4 and counters4: {text}");
+        assert_eq!(cmds.iter().filter(|c| c.get("delete").is_some()).count(), 3, "steer4, counters4, sources4: {text}");
         // An Egress gone: its counter is deleted after the elements that use it.
         let mut p = plan(10);
         p.egresses.retain(|e| e != "eg-0");

@@ -49,6 +49,51 @@ pub fn connections(topo: &Topology, secs: u32) -> f64 {
     .unwrap()
 }
 
+/// The port db-a counts and drops UDP datagrams on ([`start_udp_sink`]).
+pub const SINK_PORT: u16 = 9999;
+
+/// Makes db-a count UDP datagrams to [`SINK_PORT`] in an nft counter and drop them in its
+/// prerouting hook, before any socket: no receiving process that must be woken per datagram,
+/// so what is measured is the path, not a receiver.
+pub fn start_udp_sink(topo: &Topology) {
+    let rules = format!(
+        "table ip bench {{\n counter got {{}}\n chain pre {{\n  type filter hook prerouting priority -300; policy accept;\n  udp dport {SINK_PORT} counter name got drop\n }}\n}}\n"
+    );
+    topo.outside.exec_stdin("nft", &["-f", "-"], &rules).expect("the UDP sink on db-a");
+}
+
+/// Datagrams per second that reached db-a from web-1 over `secs`: one thread in the pod sends
+/// `len`-byte UDP payloads as fast as it can, db-a's sink counts what arrives.
+pub fn udp_flood(topo: &Topology, secs: u32, len: usize) -> f64 {
+    topo.outside.exec("nft", &["reset", "counter", "ip", "bench", "got"]).expect("reset the sink counter");
+    let elapsed = topo
+        .pod("web-1")
+        .expect("pod web-1")
+        .ns
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+            s.connect((DB_A, SINK_PORT)).expect("connect");
+            let buf = vec![0u8; len];
+            let start = Instant::now();
+            let end = start + Duration::from_secs(u64::from(secs));
+            while Instant::now() < end {
+                for _ in 0..64 {
+                    // A full queue (ENOBUFS) is a datagram lost on the way, as on a wire.
+                    let _ = s.send(&buf);
+                }
+            }
+            start.elapsed()
+        })
+        .expect("the sender");
+    let out = topo.outside.exec("nft", &["-j", "list", "counter", "ip", "bench", "got"]).expect("the sink counter");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nft JSON");
+    let got = v["nftables"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|x| x["counter"]["packets"].as_f64()))
+        .expect("the counter's packets");
+    got / elapsed.as_secs_f64()
+}
+
 /// UDP datagrams per second that reached db-a from web-1 over `secs`, iperf3 sending `len`-byte
 /// payloads as fast as it can (`-b 0`): what the path delivers, sent minus lost.
 pub fn udp_pps(topo: &Topology, secs: u32, len: u32) -> f64 {
@@ -155,10 +200,23 @@ pub fn with_firewall(
     np
 }
 
-/// "lo..hi" of `v`, no decimals.
+/// CPU time the whole machine spent busy so far, in seconds: user, nice, system, irq and
+/// softirq of `/proc/stat` (not namespaced). Idle, I/O wait and steal (time the hypervisor gave
+/// another guest) are left out, so the figure measures work done, not a busy neighbour.
+pub fn cpu_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().next().expect("the cpu line");
+    let v: Vec<f64> = line.split_whitespace().skip(1).map(|x| x.parse().expect("a number")).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let ticks = v[0] + v[1] + v[2] + v[5] + v[6];
+    // USER_HZ is 100 on every Linux architecture's /proc interface.
+    ticks / 100.0
+}
+
+/// "lo..hi" of `v` (two decimals below 100, none above).
 pub fn spread(v: &[f64]) -> String {
     let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    format!("{lo:.0}..{hi:.0}")
+    if hi < 100.0 { format!("{lo:.2}..{hi:.2}") } else { format!("{lo:.0}..{hi:.0}") }
 }
 
 /// Per-round ratios `a[i] / b[i]` in percent.
