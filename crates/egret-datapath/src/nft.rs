@@ -517,9 +517,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             hook: None,
             rules: vec![
                 // Gateway, new flow from the tunnel: remember the origin node (inner source
-                // MAC is the origin's VXLAN device, derived from its underlay address).
+                // MAC is the origin's VXLAN device, derived from its underlay address). Tested
+                // on the conntrack mark, not on `ct state new`: a flow that never sees a reply
+                // (one-way UDP) stays "new" for every packet, and would pay the lookup each time.
                 rule(vec![
-                    matches("in", ct("state"), json!("new")),
+                    matches("==", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
                 ]),
                 // Steered traffic to count here at the gateway; replies to a local pod are not
