@@ -29,6 +29,9 @@ pub const SET_SOURCES4: &str = "sources4";
 pub const MAP_STEER4: &str = "steer4";
 /// Map (pod, destination) -> egress IP on the gateway.
 pub const MAP_SNAT4: &str = "snat4";
+/// Map pod -> the Egress's named counter, for sources whose every `counters4` entry on this
+/// node names that one Egress: their established flows are counted by a hash lookup.
+pub const MAP_COUNTERS_SRC4: &str = "counters_src4";
 /// Map (pod, destination) -> the Egress's named counter.
 pub const MAP_COUNTERS4: &str = "counters4";
 /// Gateway: (pod . destination) -> the named counter of new connections SNATed for its Egress.
@@ -362,14 +365,18 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut sources = BTreeMap::new();
     let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
+    // The counters each source's entries name (see MAP_COUNTERS_SRC4).
+    let mut by_source: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
     // `counter` is the Egress's own (traffic leaving) or one of its drop counters.
-    let mut add_counter = |key_text: String, key: &Value, counter: &str, counters: &mut BTreeMap<String, Elem>| {
-        if counters.contains_key(&format!("{key_text} : {counter}")) {
-            return;
-        }
-        counters.insert(format!("{key_text} : {counter}"), raw(&json!([key, counter])));
-        counter_names.insert(counter.to_string());
-    };
+    let mut add_counter =
+        |src: Ipv4Addr, key_text: String, key: &Value, counter: &str, counters: &mut BTreeMap<String, Elem>| {
+            by_source.entry(src).or_default().insert(counter.to_string());
+            if counters.contains_key(&format!("{key_text} : {counter}")) {
+                return;
+            }
+            counters.insert(format!("{key_text} : {counter}"), raw(&json!([key, counter])));
+            counter_names.insert(counter.to_string());
+        };
     for s in &plan.steer {
         let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
             skipped.push(Skip::of(
@@ -400,7 +407,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
         let src_elem = json!(src.to_string());
         sources.insert(src_elem.to_string(), raw(&src_elem));
-        add_counter(key_text, &key, &counter, &mut counters);
+        add_counter(src, key_text, &key, &counter, &mut counters);
     }
     let mut snat = BTreeMap::new();
     let mut conns = BTreeMap::new();
@@ -422,8 +429,22 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         let conn = conns_counter(&s.egress);
         conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
         conn_names.insert(conn);
-        add_counter(key_text, &key, &s.egress, &mut counters);
+        add_counter(src, key_text, &key, &s.egress, &mut counters);
     }
+    // Established flows of a source with one Egress here are counted by source alone: a hash
+    // lookup whatever the number of entries, where the concatenated-interval lookup of
+    // `counters4` grows with them. (Only on paths where the packet is known to be steered:
+    // the source alone does not tell whether a destination is.)
+    let counters_src: BTreeMap<String, Elem> = by_source
+        .iter()
+        .filter_map(|(src, names)| match names.iter().collect::<Vec<_>>()[..] {
+            [one] if matches!(counter_kind(one), Some(CounterKind::Egress(_))) => {
+                let e = json!([src.to_string(), one]);
+                Some((e.to_string(), raw(&e)))
+            }
+            _ => None,
+        })
+        .collect();
     // Named counters for every Egress with traffic here, even before its first packet.
     counter_names.extend(plan.egresses.iter().cloned());
     counter_names.extend(conn_names);
@@ -448,6 +469,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     t.sets.insert(
         MAP_COUNTERS4.into(),
         Set { map: Some(json!("counter")), key: pair.clone(), flags: interval.clone(), elems: counters },
+    );
+    t.sets.insert(
+        MAP_COUNTERS_SRC4.into(),
+        Set { map: Some(json!("counter")), key: json!("ipv4_addr"), flags: vec![], elems: counters_src },
     );
     t.sets.insert(MAP_CONNS4.into(), Set { map: Some(json!("counter")), key: pair, flags: interval, elems: conns });
     t.sets.insert(
@@ -495,6 +520,13 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                 // Pod's node, later packets of a flow already steered into the tunnel (original
                 // direction: replies with Egret's bits left the rule above): the conntrack mark
                 // holds the gateway; count and go, skipping the cluster and steering lookups.
+                // Counted by source when the source has one Egress here (a miss leaves the
+                // rule), else by source and destination.
+                rule(vec![
+                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
+                    json!({"counter": {"map": {"key": payload("ip", "saddr"), "data": set_ref(MAP_COUNTERS_SRC4)}}}),
+                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
+                ]),
                 rule(vec![
                     matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
                     json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
@@ -526,7 +558,15 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
                 ]),
                 // Steered traffic to count here at the gateway; replies to a local pod are not
                 // counted. Either way nothing to steer and no cluster lookup (the end of a
-                // chain entered by goto ends the base chain).
+                // chain entered by goto ends the base chain). A flow this node SNATed (`ct
+                // status snat`: what came through the tunnel is SNATed by Egret or dropped)
+                // of a source with one Egress here is counted by source alone.
+                rule(vec![
+                    matches("==", ct("direction"), json!("original")),
+                    matches("in", ct("status"), json!("snat")),
+                    json!({"counter": {"map": {"key": payload("ip", "saddr"), "data": set_ref(MAP_COUNTERS_SRC4)}}}),
+                    json!({"return": null}),
+                ]),
                 rule(vec![
                     matches("==", ct("direction"), json!("original")),
                     json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
@@ -1266,6 +1306,11 @@ mod tests {
         assert!(counters.contains(&&"183763200-183763200 . 0-4294967295 : eg-0".to_string()), "{counters:?}");
         assert!(counters.contains(&&"183763201-183763201 . 0-4294967295 : dropped_nogateway_eg-1".to_string()));
         assert!(t.counters.contains("dropped_nogateway_eg-1") && t.counters.contains("dropped_nosnat"));
+        // Established flows are counted by source only where the source has one Egress counter
+        // here; a source with a drop counter is never (it has no established steered flows).
+        let by_source: Vec<&String> = t.sets[MAP_COUNTERS_SRC4].elems.keys().collect();
+        assert!(by_source.iter().any(|k| k.contains("eg-0")), "{by_source:?}");
+        assert!(!by_source.iter().any(|k| k.contains("eg-1")), "{by_source:?}");
         // The gateway's fail-closed drop counts before it drops.
         let nat = t.chains["postrouting_nat"].rules.last().unwrap().1.to_string();
         assert!(nat.contains("{\"counter\":\"dropped_nosnat\"},{\"drop\":null}"), "{nat}");
