@@ -182,6 +182,21 @@ fn main() {
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let secs = args.first().copied().unwrap_or(4);
     let rounds = args.get(1).copied().unwrap_or(9);
+    // `--only NAME` / `--measure M`: one variant / one measure alone, e.g. to profile it.
+    // Checked before anything is built: `exit` would skip the namespaces' drop guards.
+    let argv: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
+    let (only_variant, only_measure) = (flag("--only"), flag("--measure"));
+    let known =
+        if scale { &["baseline", "egret", "firewall", "scale"][..] } else { &["baseline", "egret", "firewall"][..] };
+    if only_variant.as_deref().is_some_and(|v| !known.contains(&v)) {
+        eprintln!("--only: one of {}", known.join(", "));
+        std::process::exit(2);
+    }
+    if only_measure.as_deref().is_some_and(|m| !["bulk", "udp64", "udp512", "conns"].contains(&m)) {
+        eprintln!("--measure: one of bulk, udp64, udp512, conns");
+        std::process::exit(2);
+    }
 
     let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
     let one = Cluster::web_egress(2, &[2]).plan();
@@ -214,10 +229,7 @@ fn main() {
     if scale {
         variants.push(Variant::Scale);
     }
-    // `--only NAME`: one variant alone, e.g. to profile it.
-    let argv: Vec<String> = std::env::args().collect();
-    let only_measure = argv.iter().position(|a| a == "--measure").and_then(|i| argv.get(i + 1)).cloned();
-    if let Some(only) = argv.iter().position(|a| a == "--only").and_then(|i| argv.get(i + 1)) {
+    if let Some(only) = &only_variant {
         variants.retain(|v| v.name() == only);
     }
 
