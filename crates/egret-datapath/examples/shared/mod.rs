@@ -1,4 +1,5 @@
-//! Pieces the benchmark examples share: the connection-rate measure, iperf3 UDP, and the
+//! Pieces the benchmark examples share: the connection-rate measure, the UDP flood into a
+//! counting sink, CPU accounting and the
 //! firewall plans. (Not an example itself: cargo builds only `examples/*.rs`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -92,26 +93,6 @@ pub fn udp_flood(topo: &Topology, secs: u32, len: usize) -> f64 {
         .and_then(|a| a.iter().find_map(|x| x["counter"]["packets"].as_f64()))
         .expect("the counter's packets");
     got / elapsed.as_secs_f64()
-}
-
-/// UDP datagrams per second that reached db-a from web-1 over `secs`, iperf3 sending `len`-byte
-/// payloads as fast as it can (`-b 0`): what the path delivers, sent minus lost.
-pub fn udp_pps(topo: &Topology, secs: u32, len: u32) -> f64 {
-    let out = topo
-        .pod("web-1")
-        .expect("pod web-1")
-        .ns
-        .exec(
-            "iperf3",
-            &["-c", &DB_A.to_string(), "-u", "-b", "0", "-l", &len.to_string(), "-t", &secs.to_string(), "-J"],
-        )
-        .expect("iperf3 UDP client");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    let sum = &v["end"]["sum"];
-    let packets = sum["packets"].as_f64().expect("packets");
-    let lost = sum["lost_packets"].as_f64().expect("lost_packets");
-    let seconds = sum["seconds"].as_f64().expect("seconds");
-    (packets - lost) / seconds
 }
 
 pub fn cluster_policy(
