@@ -437,12 +437,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // the source alone does not tell whether a destination is.)
     let counters_src: BTreeMap<String, Elem> = by_source
         .iter()
-        .filter_map(|(src, names)| match names.iter().collect::<Vec<_>>()[..] {
-            [one] if matches!(counter_kind(one), Some(CounterKind::Egress(_))) => {
-                let e = json!([src.to_string(), one]);
-                Some((e.to_string(), raw(&e)))
-            }
-            _ => None,
+        .filter(|(_, names)| names.len() == 1)
+        .filter_map(|(src, names)| {
+            let one = names.first().filter(|n| matches!(counter_kind(n), Some(CounterKind::Egress(_))))?;
+            let e = json!([src.to_string(), one]);
+            Some((e.to_string(), raw(&e)))
         })
         .collect();
     // Named counters for every Egress with traffic here, even before its first packet.

@@ -1,6 +1,6 @@
 //! Pieces the benchmark examples share: the connection-rate measure, the UDP flood into a
-//! counting sink, CPU accounting and the
-//! firewall plans. (Not an example itself: cargo builds only `examples/*.rs`.)
+//! counting sink, CPU accounting and the firewall plans. (Not an example itself: cargo builds
+//! only `examples/*.rs`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common::*;
