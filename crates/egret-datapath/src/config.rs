@@ -4,11 +4,15 @@
 //! each other.
 
 use crate::DatapathError;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// The alias set on every link Egret creates: cleanup and sync only touch links carrying it.
 pub const OWNER_ALIAS: &str = "egret";
+
+/// The address protocol (`IFA_PROTO`) marking addresses Egret put on a device it does not own
+/// (IPv6 egress IPs on the underlay): how they are told apart from the node's own.
+pub const ADDR_PROTO: u8 = 0xe6;
 
 /// Settings of one node's datapath.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +167,14 @@ impl Config {
 pub fn tunnel_mac(ip: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = ip.octets();
     [0x0e, 0x67, a, b, c, d]
+}
+
+/// The IPv6 next hop that stands for the peer with tunnel MAC `mac` in Egret's IPv6 routes:
+/// the link-local address derived from the MAC (modified EUI-64). Only a label: a permanent
+/// neighbour entry maps it to the MAC, so the peer need not hold the address itself.
+pub fn tunnel_ll6(mac: [u8; 6]) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, a ^ 2, b, c, 0xff, 0xfe, d, e, f])
 }
 
 /// The underlay address a tunnel MAC was derived from (`None`: not one of Egret's).

@@ -81,6 +81,9 @@ pub enum DatapathError {
     /// The underlay interface does not exist.
     #[error("underlay interface {0:?} not found")]
     NoUnderlay(String),
+    /// IPv6 forwarding is off and cannot be turned on (IPv6 egress traffic would not pass).
+    #[error("IPv6 forwarding (net.ipv6.conf.all.forwarding) is off and cannot be enabled: {0}")]
+    Ipv6Forwarding(#[source] std::io::Error),
     /// The plan gives this node no IPv4 address for the tunnel endpoint.
     #[error("node {0} has no IPv4 address to terminate the tunnel on")]
     NoNodeAddress(String),
@@ -117,6 +120,7 @@ impl DatapathError {
             DatapathError::NftJson { .. } => "nft_json",
             DatapathError::NoUnderlay(_) => "no_underlay",
             DatapathError::NoNodeAddress(_) => "no_node_address",
+            DatapathError::Ipv6Forwarding(_) => "ipv6_forwarding",
             DatapathError::NotOurs(_) => "not_ours",
             DatapathError::TooManyPeers(_) => "too_many_peers",
             DatapathError::Conntrack { .. } => "conntrack",
@@ -226,6 +230,19 @@ pub fn read_counters() -> Result<BTreeMap<String, Counter>, DatapathError> {
     Err(DatapathError::NftOutput("the nft counters changed under every dump; try again".into()))
 }
 
+/// Turns IPv6 forwarding on where this node steers or SNATs IPv6 traffic. (Unlike IPv4's, the
+/// kernel offers no netlink request for it: the namespace's `/proc/sys` must be writable.)
+fn ensure_ipv6_forwarding(changes: &mut Vec<String>) -> Result<(), DatapathError> {
+    const ALL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+    let now = std::fs::read_to_string(ALL).map_err(DatapathError::Ipv6Forwarding)?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(ALL, "1").map_err(DatapathError::Ipv6Forwarding)?;
+    changes.push("IPv6 forwarding enabled".into());
+    Ok(())
+}
+
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
     let what = if input.is_some() { "transaction".to_string() } else { args.join(" ") };
     let mut child = Command::new(&cfg.nft)
@@ -325,6 +342,9 @@ impl Datapath {
             }
         }
         let want_items = link::desired(&cfg, plan, &ids);
+        if link::needs_ipv6(plan) {
+            ensure_ipv6_forwarding(&mut report.changes)?;
+        }
 
         // 1. Links, addresses, tunnel and routing (rtnetlink).
         let (links, added_hosted) = rt.block_on(async {

@@ -4,12 +4,12 @@
 //! only what differs.
 
 use crate::DatapathError;
-use crate::config::{Config, OWNER_ALIAS, mac_string, tunnel_mac};
+use crate::config::{ADDR_PROTO, Config, OWNER_ALIAS, mac_string, tunnel_ll6, tunnel_mac};
 use egret_core::ids::LocalIds;
 use egret_core::planner::NodePlan;
 use futures_util::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -21,7 +21,7 @@ use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkDummy, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One piece of kernel state Egret owns.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,7 +37,15 @@ pub enum Item {
     Route(u32, Ipv4Addr, u8, Option<Ipv4Addr>),
     /// Rule: (priority, fwmark, fwmask, table).
     Rule(u32, u32, u32, u32),
-    /// Egress IP held on the holder device (address, prefix length).
+    /// Permanent IPv6 neighbour on the VXLAN device: the next-hop label of a peer
+    /// ([`tunnel_ll6`]) -> peer tunnel MAC.
+    Neigh6(Ipv6Addr, [u8; 6]),
+    /// IPv6 route in one of Egret's tables: (table, destination, prefix, gateway).
+    Route6(u32, Ipv6Addr, u8, Option<Ipv6Addr>),
+    /// IPv6 rule: (priority, fwmark, fwmask, table).
+    Rule6(u32, u32, u32, u32),
+    /// Egress IP hosted here (address, prefix length): IPv4 on the holder device, IPv6 on the
+    /// underlay (see [`Net::add`]).
     Hosted(IpAddr, u8),
 }
 
@@ -52,6 +60,12 @@ impl fmt::Display for Item {
                 None => write!(f, "route {d}/{l} table {t}"),
             },
             Item::Rule(p, m, k, t) => write!(f, "rule pref {p} fwmark {m:#x}/{k:#x} table {t}"),
+            Item::Neigh6(a, m) => write!(f, "neighbour {a} lladdr {}", mac_string(m)),
+            Item::Route6(t, d, l, g) => match g {
+                Some(g) => write!(f, "route {d}/{l} via {g} table {t}"),
+                None => write!(f, "route {d}/{l} table {t}"),
+            },
+            Item::Rule6(p, m, k, t) => write!(f, "rule (IPv6) pref {p} fwmark {m:#x}/{k:#x} table {t}"),
             Item::Hosted(a, l) => write!(f, "hosted address {a}/{l}"),
         }
     }
@@ -130,8 +144,15 @@ pub fn tunnel_peers(plan: &NodePlan) -> (Vec<(String, Ipv4Addr)>, Vec<String>) {
     (out, skipped)
 }
 
+/// Whether this node steers or SNATs IPv6 traffic: only then does it need IPv6 routing for its
+/// peers (a node whose kernel has IPv6 disabled keeps working for IPv4).
+pub fn needs_ipv6(plan: &NodePlan) -> bool {
+    plan.steer.iter().any(|s| s.source.is_ipv6()) || plan.snat.iter().any(|s| s.source.is_ipv6())
+}
+
 /// What the kernel must hold for `plan`, with `ids` the local ids of its peers (pure).
 pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
+    let v6 = needs_ipv6(plan);
     let mut out = BTreeSet::new();
     if let Some(me) = local_address(plan) {
         out.insert(Item::TunnelAddr(me, 32));
@@ -143,6 +164,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
         out.insert(Item::Neigh(ip, mac));
         out.insert(Item::Route(cfg.table(id), Ipv4Addr::UNSPECIFIED, 0, Some(ip)));
         out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
+        if v6 {
+            // The same table and mark for IPv6: the tunnel is IPv4 underneath, the peer is
+            // reached by MAC, and a link-local label stands for it as the route's next hop.
+            let ll = tunnel_ll6(mac);
+            out.insert(Item::Neigh6(ll, mac));
+            out.insert(Item::Route6(cfg.table(id), Ipv6Addr::UNSPECIFIED, 0, Some(ll)));
+            out.insert(Item::Rule6(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
+        }
     }
     for h in &plan.hosted {
         let len = if h.ip.is_ipv4() { 32 } else { 128 };
@@ -379,11 +408,13 @@ impl Net {
                 continue;
             }
             let len = a.header.prefix_len;
+            let marked = a.attributes.iter().any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
             if a.header.index == links.vxlan {
                 if let IpAddr::V4(v4) = ip {
                     out.insert(Item::TunnelAddr(v4, len), Raw::Addr(a));
                 }
-            } else if a.header.index == links.holder {
+            } else if a.header.index == links.holder || marked {
+                // Marked: an IPv6 egress IP Egret put on a device it does not own.
                 out.insert(Item::Hosted(ip, len), Raw::Addr(a));
             }
         }
@@ -408,16 +439,54 @@ impl Net {
             }
         }
 
+        let mut neigh6 = self.handle.neighbours().get().set_address_family(AddressFamily::Inet6).execute();
+        while let Some(n) = neigh6.try_next().await.map_err(nl("dump IPv6 neighbours"))? {
+            if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+                _ => None,
+            });
+            let dst = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(*d),
+                _ => None,
+            });
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                out.insert(Item::Neigh6(dst, mac), Raw::Neigh(n));
+            }
+        }
+
+        let mut routes6 = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
+        while let Some(r) = routes6.try_next().await.map_err(nl("dump IPv6 routes"))? {
+            let table = route_table(&r);
+            if !cfg.is_our_table(table) {
+                continue;
+            }
+            let mut dst = Ipv6Addr::UNSPECIFIED;
+            let mut gw = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
+                    _ => {}
+                }
+            }
+            let len = r.header.destination_prefix_length;
+            out.insert(Item::Route6(table, dst, len, gw), Raw::Route(r));
+        }
+
+        let mut rules6 = self.handle.rule().get(IpVersion::V6).execute();
+        while let Some(r) = rules6.try_next().await.map_err(nl("dump IPv6 rules"))? {
+            let (prio, mark, mask, table) = rule_fields(&r);
+            if cfg.is_our_table(table) {
+                out.insert(Item::Rule6(prio, mark, mask, table), Raw::Rule(r));
+            }
+        }
+
         let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(r) = routes.try_next().await.map_err(nl("dump routes"))? {
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(r.header.table as u32);
+            let table = route_table(&r);
             if !cfg.is_our_table(table) {
                 continue;
             }
@@ -436,19 +505,7 @@ impl Net {
 
         let mut rules = self.handle.rule().get(IpVersion::V4).execute();
         while let Some(r) = rules.try_next().await.map_err(nl("dump rules"))? {
-            let mut prio = 0;
-            let mut mark = 0;
-            let mut mask = 0;
-            let mut table = r.header.table as u32;
-            for a in &r.attributes {
-                match a {
-                    RuleAttribute::Priority(p) => prio = *p,
-                    RuleAttribute::FwMark(m) => mark = *m,
-                    RuleAttribute::FwMask(m) => mask = *m,
-                    RuleAttribute::Table(t) => table = *t,
-                    _ => {}
-                }
-            }
+            let (prio, mark, mask, table) = rule_fields(&r);
             // Ours: pointing into Egret's tables (a rule at the same priority elsewhere is not).
             if cfg.is_our_table(table) {
                 out.insert(Item::Rule(prio, mark, mask, table), Raw::Rule(r));
@@ -474,12 +531,21 @@ impl Net {
         let what = format!("add {item}");
         match item {
             Item::TunnelAddr(a, l) => self.handle.address().add(links.vxlan, IpAddr::V4(*a), *l).execute().await,
-            Item::Hosted(a, l) => {
-                let mut req = self.handle.address().add(links.holder, *a, *l);
-                if a.is_ipv6() {
-                    // The address moved here on purpose: no duplicate detection delay.
-                    req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-                }
+            Item::Hosted(a @ IpAddr::V4(_), l) => self.handle.address().add(links.holder, *a, *l).execute().await,
+            Item::Hosted(a @ IpAddr::V6(_), l) => {
+                // On the underlay: the kernel answers neighbour solicitations only for addresses
+                // of the interface they arrive on (for IPv4 it answers ARP for any local one).
+                let mut req = self.handle.address().add(links.underlay, *a, *l);
+                let attrs = &mut req.message_mut().attributes;
+                // The address moved here on purpose: no duplicate detection delay.
+                attrs.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                // Deprecated (preferred lifetime 0, valid forever): never chosen as the source
+                // of the node's own connections, yet owned, answered for and SNATed to.
+                let mut life = CacheInfo::default();
+                life.ifa_preferred = 0;
+                life.ifa_valid = u32::MAX;
+                attrs.push(AddressAttribute::CacheInfo(life));
+                attrs.push(AddressAttribute::Protocol(AddressProtocol::Other(ADDR_PROTO)));
                 req.execute().await
             }
             Item::Fdb(mac, dst) => {
@@ -512,6 +578,38 @@ impl Net {
                     b = b.gateway(*g).onlink();
                 }
                 self.handle.route().add(b.build()).execute().await
+            }
+            Item::Neigh6(ip, mac) => {
+                self.handle
+                    .neighbours()
+                    .add(links.vxlan, IpAddr::V6(*ip))
+                    .link_layer_address(mac)
+                    .state(NeighbourState::Permanent)
+                    .execute()
+                    .await
+            }
+            Item::Route6(table, dst, len, gw) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .table_id(*table)
+                    .destination_prefix(*dst, *len)
+                    .output_interface(links.vxlan);
+                if let Some(g) = gw {
+                    b = b.gateway(*g);
+                }
+                self.handle.route().add(b.build()).execute().await
+            }
+            Item::Rule6(prio, mark, mask, table) => {
+                let mut req = self
+                    .handle
+                    .rule()
+                    .add()
+                    .v6()
+                    .priority(*prio)
+                    .fw_mark(*mark)
+                    .table_id(*table)
+                    .action(RuleAction::ToTable);
+                req.message_mut().attributes.push(RuleAttribute::FwMask(*mask));
+                req.execute().await
             }
             Item::Rule(prio, mark, mask, table) => {
                 let mut req = self
@@ -562,7 +660,8 @@ impl Net {
             .collect())
     }
 
-    /// Rules and routes Egret owns (for cleanup, without needing its links).
+    /// Rules, routes and underlay addresses Egret owns (for cleanup, without needing its links;
+    /// what lives on its own devices goes with them).
     pub async fn read_routing(&self, cfg: &Config) -> Result<BTreeMap<Item, Raw>, DatapathError> {
         // Device indexes that match nothing: only routes and rules are collected.
         let none = Links { underlay: u32::MAX, underlay_mac: [0; 6], vxlan: u32::MAX, holder: u32::MAX };
@@ -570,9 +669,40 @@ impl Net {
             .read(cfg, &none)
             .await?
             .into_iter()
-            .filter(|(i, _)| matches!(i, Item::Route(..) | Item::Rule(..)))
+            .filter(|(i, _)| {
+                matches!(i, Item::Route(..) | Item::Rule(..) | Item::Route6(..) | Item::Rule6(..) | Item::Hosted(..))
+            })
             .collect())
     }
+}
+
+/// The table a route lives in (`RTA_TABLE` when the number needs more than the header's byte).
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(r.header.table as u32)
+}
+
+/// A rule's (priority, fwmark, fwmask, table).
+fn rule_fields(r: &RuleMessage) -> (u32, u32, u32, u32) {
+    let mut prio = 0;
+    let mut mark = 0;
+    let mut mask = 0;
+    let mut table = r.header.table as u32;
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Priority(p) => prio = *p,
+            RuleAttribute::FwMark(m) => mark = *m,
+            RuleAttribute::FwMask(m) => mask = *m,
+            RuleAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    (prio, mark, mask, table)
 }
 
 /// The link-layer address and IPv4 destination of a neighbour or FDB entry.

@@ -21,6 +21,15 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
+// Every steering set and map exists once per family: the name with `4` or `6` appended.
+const SET_CLUSTER: &str = "cluster";
+const SET_SOURCES: &str = "sources";
+const MAP_STEER: &str = "steer";
+const MAP_SNAT: &str = "snat";
+const MAP_COUNTERS_SRC: &str = "counters_src";
+const MAP_COUNTERS: &str = "counters";
+const MAP_CONNS: &str = "conns";
+
 /// Set holding cluster-internal IPv4 destinations (never steered).
 pub const SET_CLUSTER4: &str = "cluster4";
 /// Set of the local sources `steer4` has entries for (what the steering lookups can match).
@@ -36,6 +45,20 @@ pub const MAP_COUNTERS_SRC4: &str = "counters_src4";
 pub const MAP_COUNTERS4: &str = "counters4";
 /// Gateway: (pod . destination) -> the named counter of new connections SNATed for its Egress.
 pub const MAP_CONNS4: &str = "conns4";
+/// The IPv6 twin of [`SET_CLUSTER4`].
+pub const SET_CLUSTER6: &str = "cluster6";
+/// The IPv6 twin of [`SET_SOURCES4`].
+pub const SET_SOURCES6: &str = "sources6";
+/// The IPv6 twin of [`MAP_STEER4`].
+pub const MAP_STEER6: &str = "steer6";
+/// The IPv6 twin of [`MAP_SNAT4`].
+pub const MAP_SNAT6: &str = "snat6";
+/// The IPv6 twin of [`MAP_COUNTERS_SRC4`].
+pub const MAP_COUNTERS_SRC6: &str = "counters_src6";
+/// The IPv6 twin of [`MAP_COUNTERS4`].
+pub const MAP_COUNTERS6: &str = "counters6";
+/// The IPv6 twin of [`MAP_CONNS4`].
+pub const MAP_CONNS6: &str = "conns6";
 
 /// The name of the counter of new connections leaving through `egress` on its gateway (Egress
 /// names never hold `_`, so these never meet an Egress's own counter).
@@ -252,10 +275,6 @@ fn matches(op: &str, left: Value, right: Value) -> Value {
     json!({"match": {"op": op, "left": left, "right": right}})
 }
 
-fn saddr_daddr() -> Value {
-    json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr")]})
-}
-
 fn rule(expr: Vec<Value>) -> (String, Value) {
     let expr = Value::Array(expr);
     let hash = xxhash_rust::xxh3::xxh3_64(expr.to_string().as_bytes());
@@ -345,48 +364,41 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         restore_elems.insert(format!("{m} : goto {}", mark_chain(id)), raw(&json!([m, verdict_goto(&mark_chain(id))])));
     }
 
-    // IPv6 cluster networks only matter to the firewall (which keeps its own set) until the
-    // datapath steers IPv6.
-    let cluster: Vec<ipnet::Ipv4Net> = plan
-        .cluster_cidrs
-        .iter()
-        .filter_map(|c| match c {
-            IpNet::V4(v4) => Some(*v4),
-            IpNet::V6(_) => None,
-        })
-        .collect();
-    let cluster_elems = canonical_interval_set(
-        cluster
-            .iter()
-            .map(|n| (u32::from(n.network()) as u128, u32::from(n.broadcast()) as u128, prefix(&IpNet::V4(*n)))),
-    );
+    // Both families: the same sets and maps, one of each per family (`4`/`6` suffix), and for
+    // each rule that reads addresses one copy per family. A rule reading `ip` fields does not
+    // match an IPv6 packet (nor `ip6` fields an IPv4 one), so each packet meets its own.
+    let mut fam = [Fam::new(Family::V4), Fam::new(Family::V6)];
+    for c in &plan.cluster_cidrs {
+        let (s, e) = egret_core::planner::block_span(c);
+        if let (Some(s), Some(e)) = (ip_u128(&s.to_string()), ip_u128(&e.to_string())) {
+            fam[Family::of(c.addr()) as usize].cluster.push((s, e, prefix(c)));
+        }
+    }
 
-    let mut steer = BTreeMap::new();
-    let mut sources = BTreeMap::new();
-    let mut counters = BTreeMap::new();
     let mut counter_names = BTreeSet::new();
     // The counters each source's entries name (see MAP_COUNTERS_SRC4).
-    let mut by_source: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    let mut by_source: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
     // `counter` is the Egress's own (traffic leaving) or one of its drop counters.
-    let mut add_counter =
-        |src: Ipv4Addr, key_text: String, key: &Value, counter: &str, counters: &mut BTreeMap<String, Elem>| {
-            by_source.entry(src).or_default().insert(counter.to_string());
-            if counters.contains_key(&format!("{key_text} : {counter}")) {
-                return;
-            }
-            counters.insert(format!("{key_text} : {counter}"), raw(&json!([key, counter])));
-            counter_names.insert(counter.to_string());
-        };
+    let mut add_counter = |src: IpAddr, key_text: String, key: &Value, counter: &str, f: &mut Fam| {
+        by_source.entry(src).or_default().insert(counter.to_string());
+        if f.counters.contains_key(&format!("{key_text} : {counter}")) {
+            return;
+        }
+        f.counters.insert(format!("{key_text} : {counter}"), raw(&json!([key, counter])));
+        counter_names.insert(counter.to_string());
+    };
     for s in &plan.steer {
-        let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) else {
+        if s.source.is_ipv6() != matches!(s.destination, IpNet::V6(_)) {
             skipped.push(Skip::of(
                 &s.egress,
-                format!("IPv6 steering {} -> {} ({}): IPv6 not programmed yet", s.source, s.destination, s.egress),
+                format!("steering {} -> {} ({}) mixes address families", s.source, s.destination, s.egress),
             ));
             continue;
-        };
+        }
+        let (src, dst) = (s.source, s.destination);
+        let f = &mut fam[Family::of(src) as usize];
         let key_text = concat_text(src, &dst);
-        let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
+        let key = json!({"concat": [src.to_string(), prefix(&dst)]});
         let drop = ("drop".to_string(), json!({"drop": null}));
         let ((vtext, v), counter) = match &s.action {
             SteerAction::Local => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
@@ -404,76 +416,51 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             }
             SteerAction::Drop => (drop, dropped_counter(&s.egress, DropReason::NoGateway)),
         };
-        steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
+        f.steer.insert(format!("{key_text} : {vtext}"), raw(&json!([key, v])));
         let src_elem = json!(src.to_string());
-        sources.insert(src_elem.to_string(), raw(&src_elem));
-        add_counter(src, key_text, &key, &counter, &mut counters);
+        f.sources.insert(src_elem.to_string(), raw(&src_elem));
+        add_counter(src, key_text, &key, &counter, f);
     }
-    let mut snat = BTreeMap::new();
-    let mut conns = BTreeMap::new();
     let mut conn_names = BTreeSet::new();
     for s in &plan.snat {
-        let (IpAddr::V4(src), IpNet::V4(dst), IpAddr::V4(eip)) = (s.source, s.destination, s.egress_ip) else {
+        let (src, dst, eip) = (s.source, s.destination, s.egress_ip);
+        if src.is_ipv6() != matches!(dst, IpNet::V6(_)) || src.is_ipv6() != eip.is_ipv6() {
             skipped.push(Skip::of(
                 &s.egress,
-                format!(
-                    "IPv6 SNAT {} -> {} as {} ({}): IPv6 not programmed yet",
-                    s.source, s.destination, s.egress_ip, s.egress
-                ),
+                format!("SNAT {src} -> {dst} as {eip} ({}) mixes address families", s.egress),
             ));
             continue;
-        };
+        }
+        let f = &mut fam[Family::of(src) as usize];
         let key_text = concat_text(src, &dst);
-        let key = json!({"concat": [src.to_string(), prefix(&IpNet::V4(dst))]});
-        snat.insert(format!("{key_text} : {eip}"), raw(&json!([key, eip.to_string()])));
+        let key = json!({"concat": [src.to_string(), prefix(&dst)]});
+        f.snat.insert(format!("{key_text} : {}", ip_text(eip)), raw(&json!([key, eip.to_string()])));
         let conn = conns_counter(&s.egress);
-        conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
+        f.conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
         conn_names.insert(conn);
-        add_counter(src, key_text, &key, &s.egress, &mut counters);
+        add_counter(src, key_text, &key, &s.egress, f);
     }
     // Established flows of a source with one Egress here are counted by source alone: a hash
     // lookup whatever the number of entries, where the concatenated-interval lookup of
     // `counters4` grows with them. (Only on paths where the packet is known to be steered:
     // the source alone does not tell whether a destination is.)
-    let counters_src: BTreeMap<String, Elem> = by_source
-        .iter()
-        .filter(|(_, names)| names.len() == 1)
-        .filter_map(|(src, names)| {
-            let one = names.first().filter(|n| matches!(counter_kind(n), Some(CounterKind::Egress(_))))?;
-            let e = json!([src.to_string(), one]);
-            Some((e.to_string(), raw(&e)))
-        })
-        .collect();
+    for (src, names) in &by_source {
+        let Some(one) = names.first().filter(|n| names.len() == 1 && matches!(counter_kind(n), Some(CounterKind::Egress(_))))
+        else {
+            continue;
+        };
+        let e = json!([src.to_string(), one]);
+        fam[Family::of(*src) as usize].counters_src.insert(e.to_string(), raw(&e));
+    }
     // Named counters for every Egress with traffic here, even before its first packet.
     counter_names.extend(plan.egresses.iter().cloned());
     counter_names.extend(conn_names);
     counter_names.insert(dropped_counter("", DropReason::NoSnat));
     t.counters = counter_names;
 
-    let interval = vec!["interval".to_string()];
-    let pair = json!(["ipv4_addr", "ipv4_addr"]);
-    t.sets.insert(
-        SET_CLUSTER4.into(),
-        Set { map: None, key: json!("ipv4_addr"), flags: interval.clone(), elems: cluster_elems },
-    );
-    t.sets.insert(SET_SOURCES4.into(), Set { map: None, key: json!("ipv4_addr"), flags: vec![], elems: sources });
-    t.sets.insert(
-        MAP_STEER4.into(),
-        Set { map: Some(json!("verdict")), key: pair.clone(), flags: interval.clone(), elems: steer },
-    );
-    t.sets.insert(
-        MAP_SNAT4.into(),
-        Set { map: Some(json!("ipv4_addr")), key: pair.clone(), flags: interval.clone(), elems: snat },
-    );
-    t.sets.insert(
-        MAP_COUNTERS4.into(),
-        Set { map: Some(json!("counter")), key: pair.clone(), flags: interval.clone(), elems: counters },
-    );
-    t.sets.insert(
-        MAP_COUNTERS_SRC4.into(),
-        Set { map: Some(json!("counter")), key: json!("ipv4_addr"), flags: vec![], elems: counters_src },
-    );
-    t.sets.insert(MAP_CONNS4.into(), Set { map: Some(json!("counter")), key: pair, flags: interval, elems: conns });
+    for f in fam {
+        f.into_sets(&mut t);
+    }
     t.sets.insert(
         MAP_PEERS.into(),
         Set { map: Some(json!("verdict")), key: json!("ether_addr"), flags: vec![], elems: peers_elems },
@@ -487,92 +474,81 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         Some(Hook { kind: kind.into(), hook: hook.into(), prio, policy: "accept".into() })
     };
     let set_ref = |n: &str| json!(format!("@{n}"));
-    t.chains.insert(
-        "prerouting".into(),
-        Chain {
-            hook: hook("filter", "prerouting", PRIO_MANGLE),
-            rules: [
-                // A DNS query handed to the DNS proxy (chain `dns`, just before, on nodes with
-                // pods under name rules): delivered locally, never steered.
-                crate::dnsroute::needed(plan).then(|| {
-                    rule(vec![
-                        matches("==", json!({"&": [meta("mark"), mask]}), json!(cfg.dns_mark())),
-                        json!({"return": null}),
-                    ])
-                }),
-            ]
-            .into_iter()
-            .flatten()
-            .chain([
-                // Interfaces are compared by index (`iif`, `oif`: nft resolves the name when
-                // it loads the rule), not by name: a name is copied and compared as a string
-                // for every packet. `parse_table` notices a rule left with the index of a
-                // device that is gone, so a re-created tunnel device gets its rules again.
-                rule(vec![matches("==", meta("iif"), json!(vx)), verdict_goto(CHAIN_FROM_TUNNEL)]),
-                // Gateway, reply direction of a flow that came through the tunnel: mark it so
-                // policy routing sends it back through the tunnel to the node it came from.
-                rule(vec![
-                    matches("==", ct("direction"), json!("reply")),
-                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
-                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
-                ]),
-                // Pod's node, later packets of a flow already steered into the tunnel (original
-                // direction: replies with Egret's bits left the rule above): the conntrack mark
-                // holds the gateway; count and go, skipping the cluster and steering lookups.
-                // Counted by source when the source has one Egress here (a miss leaves the
-                // rule), else by source and destination.
-                rule(vec![
-                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
-                    json!({"counter": {"map": {"key": payload("ip", "saddr"), "data": set_ref(MAP_COUNTERS_SRC4)}}}),
-                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
-                ]),
-                rule(vec![
-                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
-                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
-                    json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}}),
-                ]),
-                // Not a source Egret steers (the node's own traffic, the tunnel's outer packets,
-                // pods without an Egress): one hash lookup, instead of the cluster and the two
-                // steering lookups below, is all Egret costs it.
-                rule(vec![matches("!=", payload("ip", "saddr"), set_ref(SET_SOURCES4)), json!({"return": null})]),
-                rule(vec![matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)), json!({"return": null})]),
-                rule(vec![json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}})]),
-                rule(vec![json!({"vmap": {"key": saddr_daddr(), "data": set_ref(MAP_STEER4)}})]),
+    let both = [Family::V4, Family::V6];
+    let ct_marked = || matches("!=", json!({"&": [ct("mark"), mask]}), json!(0));
+    let restore = || json!({"vmap": {"key": {"&": [ct("mark"), mask]}, "data": set_ref(MAP_RESTORE)}});
+    let count_by = |key: Value, map: String| json!({"counter": {"map": {"key": key, "data": set_ref(&map)}}});
+    let mut pre: Vec<(String, Value)> = crate::dnsroute::needed(plan)
+        .then(|| {
+            // A DNS query handed to the DNS proxy (chain `dns`, just before, on nodes with
+            // pods under name rules): delivered locally, never steered.
+            rule(vec![
+                matches("==", json!({"&": [meta("mark"), mask]}), json!(cfg.dns_mark())),
+                json!({"return": null}),
             ])
-            .collect(),
-        },
-    );
-    t.chains.insert(
-        CHAIN_FROM_TUNNEL.into(),
-        Chain {
-            hook: None,
-            rules: vec![
-                // Gateway, new flow from the tunnel: remember the origin node (inner source
-                // MAC is the origin's VXLAN device, derived from its underlay address). Tested
-                // on the conntrack mark, not on `ct state new`: a flow that never sees a reply
-                // (one-way UDP) stays "new" for every packet, and would pay the lookup each time.
-                rule(vec![
-                    matches("==", json!({"&": [ct("mark"), mask]}), json!(0)),
-                    json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
-                ]),
-                // Steered traffic to count here at the gateway; replies to a local pod are not
-                // counted. Either way nothing to steer and no cluster lookup (the end of a
-                // chain entered by goto ends the base chain). A flow this node SNATed (`ct
-                // status snat`: what came through the tunnel is SNATed by Egret or dropped)
-                // of a source with one Egress here is counted by source alone.
-                rule(vec![
-                    matches("==", ct("direction"), json!("original")),
-                    matches("in", ct("status"), json!("snat")),
-                    json!({"counter": {"map": {"key": payload("ip", "saddr"), "data": set_ref(MAP_COUNTERS_SRC4)}}}),
-                    json!({"return": null}),
-                ]),
-                rule(vec![
-                    matches("==", ct("direction"), json!("original")),
-                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_COUNTERS4)}}}),
-                ]),
-            ],
-        },
-    );
+        })
+        .into_iter()
+        .collect();
+    // Interfaces are compared by index (`iif`, `oif`: nft resolves the name when it loads
+    // the rule), not by name: a name is copied and compared as a string for every packet.
+    // `parse_table` notices a rule left with the index of a device that is gone, so a
+    // re-created tunnel device gets its rules again.
+    pre.push(rule(vec![matches("==", meta("iif"), json!(vx)), verdict_goto(CHAIN_FROM_TUNNEL)]));
+    // Gateway, reply direction of a flow that came through the tunnel: mark it so policy
+    // routing sends it back through the tunnel to the node it came from.
+    pre.push(rule(vec![matches("==", ct("direction"), json!("reply")), ct_marked(), restore()]));
+    // Pod's node, later packets of a flow already steered into the tunnel (original direction:
+    // replies with Egret's bits left the rule above): the conntrack mark holds the gateway;
+    // count and go, skipping the cluster and steering lookups. Counted by source when the
+    // source has one Egress here (a miss leaves the rule), else by source and destination.
+    for f in both {
+        pre.push(rule(vec![ct_marked(), count_by(payload(f.proto(), "saddr"), f.name(MAP_COUNTERS_SRC)), restore()]));
+        pre.push(rule(vec![ct_marked(), count_by(f.saddr_daddr(), f.name(MAP_COUNTERS)), restore()]));
+    }
+    for f in both {
+        // Not a source Egret steers (the node's own traffic, the tunnel's outer packets, pods
+        // without an Egress): one hash lookup, instead of the cluster and the two steering
+        // lookups below, is all Egret costs it.
+        pre.push(rule(vec![
+            matches("!=", payload(f.proto(), "saddr"), set_ref(&f.name(SET_SOURCES))),
+            json!({"return": null}),
+        ]));
+        pre.push(rule(vec![
+            matches("==", payload(f.proto(), "daddr"), set_ref(&f.name(SET_CLUSTER))),
+            json!({"return": null}),
+        ]));
+        pre.push(rule(vec![count_by(f.saddr_daddr(), f.name(MAP_COUNTERS))]));
+        pre.push(rule(vec![json!({"vmap": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_STEER))}})]));
+    }
+    t.chains.insert("prerouting".into(), Chain { hook: hook("filter", "prerouting", PRIO_MANGLE), rules: pre });
+
+    // Gateway, new flow from the tunnel: remember the origin node (inner source MAC is the
+    // origin's VXLAN device, derived from its underlay address). Tested on the conntrack mark,
+    // not on `ct state new`: a flow that never sees a reply (one-way UDP) stays "new" for every
+    // packet, and would pay the lookup each time.
+    let mut from = vec![rule(vec![
+        matches("==", json!({"&": [ct("mark"), mask]}), json!(0)),
+        json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
+    ])];
+    // Steered traffic to count here at the gateway; replies to a local pod are not counted.
+    // Either way nothing to steer and no cluster lookup (the end of a chain entered by goto
+    // ends the base chain). A flow this node SNATed (`ct status snat`: what came through the
+    // tunnel is SNATed by Egret or dropped) of a source with one Egress here is counted by
+    // source alone.
+    for f in both {
+        from.push(rule(vec![
+            matches("==", ct("direction"), json!("original")),
+            matches("in", ct("status"), json!("snat")),
+            count_by(payload(f.proto(), "saddr"), f.name(MAP_COUNTERS_SRC)),
+            json!({"return": null}),
+        ]));
+        from.push(rule(vec![
+            matches("==", ct("direction"), json!("original")),
+            count_by(f.saddr_daddr(), f.name(MAP_COUNTERS)),
+            json!({"return": null}),
+        ]));
+    }
+    t.chains.insert(CHAIN_FROM_TUNNEL.into(), Chain { hook: None, rules: from });
     t.chains.insert(
         "forward".into(),
         Chain {
@@ -585,7 +561,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         Chain {
             hook: None,
             rules: vec![
-                // The tunnel costs 50 bytes: clamp the MSS of SYNs (both directions) entering it.
+                // The tunnel costs 50 bytes: clamp the MSS of SYNs (both directions, both
+                // families: `rt mtu` is the route's MTU less the family's headers) entering it.
                 rule(vec![
                     matches("==", json!({"&": [payload("tcp", "flags"), ["syn", "rst"]]}), json!("syn")),
                     json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
@@ -600,51 +577,140 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             ],
         },
     );
-    t.chains.insert(
-        "postrouting_nat".into(),
-        Chain {
-            hook: hook("nat", "postrouting", PRIO_SNAT),
-            rules: vec![
-                rule(vec![
-                    matches("==", payload("ip", "daddr"), set_ref(SET_CLUSTER4)),
-                    json!({"return": null}),
-                ]),
-                // Steered into the tunnel (the conntrack mark names the gateway; the packet's
-                // bits were cleared in forward): bind an identity SNAT so that no CNI
-                // masquerade later in this hook rewrites the pod address the gateway must see.
-                rule(vec![
-                    matches("==", meta("oif"), json!(vx)),
-                    matches("!=", json!({"&": [ct("mark"), mask]}), json!(0)),
-                    json!({"snat": {"family": "ip", "addr": payload("ip", "saddr")}}),
-                ]),
-                // A new connection leaving through an Egress here (this hook sees only a
-                // connection's first packet): count it for its Egress.
-                rule(vec![
-                    matches("!=", meta("oif"), json!(vx)),
-                    json!({"counter": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_CONNS4)}}}),
-                ]),
-                rule(vec![
-                    matches("!=", meta("oif"), json!(vx)),
-                    json!({"snat": {"family": "ip", "addr": {"map": {"key": saddr_daddr(), "data": set_ref(MAP_SNAT4)}}}}),
-                ]),
-                // Arrived through the tunnel but this node has no SNAT for it (its view of the
-                // gateway differs for a moment, e.g. during a failover): fail closed rather than
-                // let a CNI masquerade send it out with this node's IP.
-                rule(vec![
-                    matches("==", meta("iif"), json!(vx)),
-                    matches("!=", meta("oif"), json!(vx)),
-                    json!({"counter": dropped_counter("", DropReason::NoSnat)}),
-                    json!({"drop": null}),
-                ]),
-            ],
-        },
-    );
+    let mut post = Vec::new();
+    for f in both {
+        post.push(rule(vec![
+            matches("==", payload(f.proto(), "daddr"), set_ref(&f.name(SET_CLUSTER))),
+            json!({"return": null}),
+        ]));
+    }
+    for f in both {
+        // Steered into the tunnel (the conntrack mark names the gateway; the packet's bits
+        // were cleared in forward): bind an identity SNAT so that no CNI masquerade later in
+        // this hook rewrites the pod address the gateway must see.
+        post.push(rule(vec![
+            matches("==", meta("oif"), json!(vx)),
+            ct_marked(),
+            json!({"snat": {"family": f.proto(), "addr": payload(f.proto(), "saddr")}}),
+        ]));
+        // A new connection leaving through an Egress here (this hook sees only a connection's
+        // first packet): count it for its Egress.
+        post.push(rule(vec![matches("!=", meta("oif"), json!(vx)), count_by(f.saddr_daddr(), f.name(MAP_CONNS))]));
+        post.push(rule(vec![
+            matches("!=", meta("oif"), json!(vx)),
+            json!({"snat": {"family": f.proto(), "addr": {"map": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_SNAT))}}}}),
+        ]));
+    }
+    // Arrived through the tunnel but this node has no SNAT for it (its view of the gateway
+    // differs for a moment, e.g. during a failover): fail closed rather than let a CNI
+    // masquerade send it out with this node's IP.
+    post.push(rule(vec![
+        matches("==", meta("iif"), json!(vx)),
+        matches("!=", meta("oif"), json!(vx)),
+        json!({"counter": dropped_counter("", DropReason::NoSnat)}),
+        json!({"drop": null}),
+    ]));
+    t.chains.insert("postrouting_nat".into(), Chain { hook: hook("nat", "postrouting", PRIO_SNAT), rules: post });
     firewall::add(&mut t, cfg, plan, &mut skipped);
     (t, skipped)
 }
 
-fn concat_text(src: Ipv4Addr, dst: &ipnet::Ipv4Net) -> String {
-    format!("{}-{} . {}-{}", u32::from(src), u32::from(src), u32::from(dst.network()), u32::from(dst.broadcast()))
+/// The key text of a (source . destination block) element (only for telling entries apart
+/// while building: [`normalise`] rewrites every key in the canonical form).
+fn concat_text(src: IpAddr, dst: &IpNet) -> String {
+    format!("{src} . {dst}")
+}
+
+fn ip_text(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// An address family of the steering sets and rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4 = 0,
+    V6 = 1,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv6() { Family::V6 } else { Family::V4 }
+    }
+
+    /// nft's payload protocol (and NAT family) name.
+    fn proto(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    /// The family's set or map of the kind `base` (a name without its digit).
+    fn name(self, base: &str) -> String {
+        match self {
+            Family::V4 => format!("{base}4"),
+            Family::V6 => format!("{base}6"),
+        }
+    }
+
+    fn saddr_daddr(self) -> Value {
+        json!({"concat": [payload(self.proto(), "saddr"), payload(self.proto(), "daddr")]})
+    }
+}
+
+/// One family's share of the steering sets and maps, as they are built.
+struct Fam {
+    family: Family,
+    cluster: Vec<(u128, u128, Value)>,
+    sources: BTreeMap<String, Elem>,
+    steer: BTreeMap<String, Elem>,
+    snat: BTreeMap<String, Elem>,
+    counters: BTreeMap<String, Elem>,
+    counters_src: BTreeMap<String, Elem>,
+    conns: BTreeMap<String, Elem>,
+}
+
+impl Fam {
+    fn new(family: Family) -> Fam {
+        Fam {
+            family,
+            cluster: Vec::new(),
+            sources: BTreeMap::new(),
+            steer: BTreeMap::new(),
+            snat: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            counters_src: BTreeMap::new(),
+            conns: BTreeMap::new(),
+        }
+    }
+
+    fn into_sets(self, t: &mut Table) {
+        let f = self.family;
+        let addr = json!(f.addr_type());
+        let interval = vec!["interval".to_string()];
+        let pair = json!([f.addr_type(), f.addr_type()]);
+        let set = |map: Option<Value>, key: &Value, flags: &Vec<String>, elems| Set {
+            map,
+            key: key.clone(),
+            flags: flags.clone(),
+            elems,
+        };
+        let cluster = canonical_interval_set(self.cluster.into_iter());
+        t.sets.insert(f.name(SET_CLUSTER), set(None, &addr, &interval, cluster));
+        t.sets.insert(f.name(SET_SOURCES), set(None, &addr, &vec![], self.sources));
+        t.sets.insert(f.name(MAP_STEER), set(Some(json!("verdict")), &pair, &interval, self.steer));
+        t.sets.insert(f.name(MAP_SNAT), set(Some(addr.clone()), &pair, &interval, self.snat));
+        t.sets.insert(f.name(MAP_COUNTERS), set(Some(json!("counter")), &pair, &interval, self.counters));
+        t.sets.insert(f.name(MAP_COUNTERS_SRC), set(Some(json!("counter")), &addr, &vec![], self.counters_src));
+        t.sets.insert(f.name(MAP_CONNS), set(Some(json!("counter")), &pair, &interval, self.conns));
+    }
 }
 
 /// Canonical elements of a one-field interval set: adjacent or overlapping ranges merged, so

@@ -2,40 +2,79 @@
 //! N nodes with routed pod CIDRs (the stand-in CNI), pods, and outside hosts behind the router.
 //!
 //! ```text
-//!  pod ns (eth0 10.244.N.x/32) ──veth── node-N ns (vpK)      outside ns (eth0: 203.0.113.5/24,
-//!                                        │ eth0 10.10.0.10N/24      198.51.100.8/24, …)
+//!  pod ns (eth0 10.244.N.x/32,  ──veth── node-N ns (vpK)    outside ns (eth0: 203.0.113.5/24,
+//!          fd00:10:244:N::x/128)         │ eth0 10.10.0.10N/24,   198.51.100.8/24, …,
+//!                                        │  fd00:10:10::10N/64    2001:db8:113::5/64, ::8/64)
 //!                                        │                          │
-//!                           router ns: br0 10.10.0.1/24 ─────────── out0 (203.0.113.1/24, …)
+//!              router ns: br0 10.10.0.1/24, fd00:10:10::1/64 ────── out0 (203.0.113.1/24, …,
+//!                                                                        2001:db8:113::1/64)
 //! ```
 //!
-//! The stand-in CNI: every node routes its pods' /32s to their veths, routes the other nodes'
-//! pod CIDRs to those nodes (host-gw style), and masquerades pod traffic leaving the pod network
-//! to the node's IP with its own nft table `ip labcni` (never Egret's table).
+//! Dual-stack throughout: every node, pod and outside host has an IPv4 and an IPv6 address.
+//! The stand-in CNI: every node routes its pods' /32s and /128s to their veths, routes the other
+//! nodes' pod CIDRs to those nodes (host-gw style), and masquerades pod traffic leaving the pod
+//! network to the node's address of the family with its own nft table `inet labcni` (never
+//! Egret's table).
 
 use crate::whoami::{WHOAMI_PORT, Whoami};
 use crate::{Error, Netns, unique_prefix};
-use ipnet::Ipv4Net;
-use std::net::Ipv4Addr;
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The router's address on the node network.
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+/// The router's IPv6 address on the node network.
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x10, 0, 0, 0, 0, 1);
 /// `db-a`, an outside whoami server.
 pub const DB_A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+/// `db-a`'s IPv6 address.
+pub const DB_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 5);
 /// `bad-host`, another outside whoami server.
 pub const BAD_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+/// `bad-host`'s IPv6 address.
+pub const BAD_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 8);
+/// The outside IPv6 network (db-a and bad-host).
+pub const OUTSIDE_NET6: &str = "2001:db8:113::/64";
 /// The node network.
 pub const NODE_NET: &str = "10.10.0.0/24";
+/// The IPv6 node network.
+pub const NODE_NET6: &str = "fd00:10:10::/64";
 /// The whole pod network (what the stand-in CNI does not masquerade).
 pub const POD_NET: &str = "10.244.0.0/16";
+/// The whole IPv6 pod network.
+pub const POD_NET6: &str = "fd00:10:244::/48";
 
 /// The underlay address of node `i` (1-based): `10.10.0.(100+i)`.
 pub fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 100 + i as u8)
 }
 
+/// The IPv6 underlay address of node `i` (1-based): `fd00:10:10::1XX` (hex digits reading
+/// like the decimal of its IPv4 address: node 1 is `::101`).
+pub fn node_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x10, 0, 0, 0, 0, decimal_as_hex(100 + i as u16))
+}
+
 /// The pod CIDR of node `i` (1-based): `10.244.i.0/24`.
 pub fn pod_cidr(i: usize) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24).unwrap_or_default()
+}
+
+/// The IPv6 pod CIDR of node `i` (1-based): `fd00:10:244:i::/64`.
+pub fn pod_cidr6(i: usize) -> Ipv6Net {
+    Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x10, 0x244, decimal_as_hex(i as u16), 0, 0, 0, 0), 64).unwrap_or_default()
+}
+
+/// The IPv6 address of the pod with IPv4 address `10.244.N.X`: `fd00:10:244:N::X` (N and X
+/// written in the same digits, so the two read alike).
+pub fn pod_ip6(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, n, x] = ip.octets();
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, decimal_as_hex(n as u16), 0, 0, 0, decimal_as_hex(x as u16))
+}
+
+/// `123` -> `0x123`: an IPv6 group that reads like the decimal number.
+fn decimal_as_hex(n: u16) -> u16 {
+    u16::from_str_radix(&n.to_string(), 16).unwrap_or(n)
 }
 
 /// The name of node `i` (1-based): `node-i`.
@@ -54,6 +93,8 @@ pub struct TopologySpec {
     pub pods: Vec<PodSpec>,
     /// Outside hosts behind the router, each `address/prefix`; every one runs the whoami.
     pub outside: Vec<Ipv4Net>,
+    /// Outside IPv6 hosts behind the router, each `address/prefix`.
+    pub outside6: Vec<Ipv6Net>,
     /// Use exactly this namespace prefix (it must start with `egret-`) instead of a unique one:
     /// a lab's namespaces must be findable by name after the building process is gone.
     pub prefix: Option<String>,
@@ -81,6 +122,7 @@ impl TopologySpec {
             nodes,
             pods: Vec::new(),
             outside: vec![Ipv4Net::new(DB_A, 24).unwrap_or_default(), Ipv4Net::new(BAD_HOST, 24).unwrap_or_default()],
+            outside6: vec![Ipv6Net::new(DB_A6, 64).unwrap_or_default(), Ipv6Net::new(BAD_HOST6, 64).unwrap_or_default()],
             whoami: true,
             prefix: None,
         }
@@ -108,6 +150,8 @@ pub struct Node {
     pub index: usize,
     /// Its underlay address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 underlay address.
+    pub ip6: Ipv6Addr,
     /// Its pod CIDR.
     pub pod_cidr: Ipv4Net,
     /// The underlay interface inside the namespace.
@@ -125,22 +169,37 @@ pub struct Pod {
     pub node: usize,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address ([`pod_ip6`]).
+    pub ip6: Ipv6Addr,
     /// The namespace.
     pub ns: Netns,
 }
 
+/// The pods' IPv6 default gateway: a link-local address on every pod veth of a node (IPv6
+/// neighbour discovery answers only for addresses of the asking interface).
+const POD_GW6: &str = "fe80::1";
+
 /// Connects pod namespace `pod` to node namespace `node` the way the stand-in CNI does: a veth
-/// (`veth` on the node side, `eth0` in the pod), the pod's /32, a host route on the node, and the
-/// node-local gateway (first address of the pod CIDR) as the pod's default route.
+/// (`veth` on the node side, `eth0` in the pod), the pod's /32 and its IPv6 /128
+/// ([`pod_ip6`]), host routes on the node, and the node-local gateways (the first address of
+/// the pod CIDR; `fe80::1` for IPv6) as the pod's default routes.
 pub fn plumb_pod(node: &Netns, pod_cidr: Ipv4Net, pod: &Netns, ip: Ipv4Addr, veth: &str) -> Result<(), Error> {
+    // No duplicate address detection in the pod: its addresses are usable at once.
+    pod.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    pod.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     node.ip(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
+    node.ip(&["addr", "add", &format!("{POD_GW6}/64"), "dev", veth, "nodad"])?;
     node.ip(&["link", "set", veth, "up"])?;
     node.ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
+    let ip6 = pod_ip6(ip);
+    node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
     let gw = Ipv4Addr::from(u32::from(pod_cidr.network()) + 1).to_string();
     pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    pod.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
     pod.ip(&["link", "set", "eth0", "up"])?;
     pod.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
     pod.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
+    pod.ip(&["-6", "route", "add", "default", "via", POD_GW6, "dev", "eth0"])?;
     Ok(())
 }
 
@@ -173,11 +232,17 @@ impl Topology {
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
         router.sysctl("net.ipv4.conf.default.send_redirects", "0")?;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        router.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        router.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         router.ip(&["link", "add", "br0", "type", "bridge"])?;
         router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])?;
+        router.ip(&["addr", "add", &format!("{ROUTER_IP6}/64"), "dev", "br0", "nodad"])?;
         router.ip(&["link", "set", "br0", "up"])?;
 
         let outside = Netns::create(&format!("{prefix}-x"))?;
+        outside.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        outside.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         router.ip(&["link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", outside.name()])?;
         router.ip(&["link", "set", "out0", "up"])?;
         // An egress IP may lie inside an outside subnet (seed 000's 198.51.100.100): outside
@@ -203,6 +268,19 @@ impl Topology {
         if let Some(gw) = default_gw {
             outside.ip(&["route", "add", "default", "via", &gw.to_string()])?;
         }
+        let mut default_gw6 = None;
+        for host in &spec.outside6 {
+            outside.ip(&["addr", "add", &host.to_string(), "dev", "eth0", "nodad"])?;
+            let gw = Ipv6Addr::from(u128::from(host.network()) + 1);
+            let gw_net = format!("{gw}/{}", host.prefix_len());
+            if !router.ip(&["-6", "addr", "show", "dev", "out0"])?.contains(&gw_net) {
+                router.ip(&["addr", "add", &gw_net, "dev", "out0", "nodad"])?;
+            }
+            default_gw6.get_or_insert(gw);
+        }
+        if let Some(gw) = default_gw6 {
+            outside.ip(&["-6", "route", "add", "default", "via", &gw.to_string()])?;
+        }
 
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
@@ -214,14 +292,18 @@ impl Topology {
             router.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
             router.ip(&["link", "set", &port, "master", "br0", "up"])?;
             let ip = node_ip(i);
+            let ip6 = node_ip6(i);
             let cidr = pod_cidr(i);
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &ROUTER_IP6.to_string()])?;
             // The pods' default gateway: a node-local address answered by ARP on every veth.
             let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
             ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", "lo"])?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             // Strict reverse-path filtering, as many distributions ship it.
             ns.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
             ns.sysctl("net.ipv4.conf.default.rp_filter", "1")?;
@@ -229,16 +311,18 @@ impl Topology {
                 "nft",
                 &["-f", "-"],
                 &format!(
-                    "table ip labcni {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {POD_NET} ip daddr != {POD_NET} masquerade\n }}\n}}\n"
+                    "table inet labcni {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {POD_NET} ip daddr != {POD_NET} masquerade\n  ip6 saddr {POD_NET6} ip6 daddr != {POD_NET6} masquerade\n }}\n}}\n"
                 ),
             )?;
             router.ip(&["route", "add", &cidr.to_string(), "via", &ip.to_string()])?;
-            nodes.push(Node { name: node_name(i), index: i, ip, pod_cidr: cidr, underlay: "eth0".into(), ns });
+            router.ip(&["-6", "route", "add", &pod_cidr6(i).to_string(), "via", &ip6.to_string()])?;
+            nodes.push(Node { name: node_name(i), index: i, ip, ip6, pod_cidr: cidr, underlay: "eth0".into(), ns });
         }
         for n in &nodes {
             for m in &nodes {
                 if n.index != m.index {
                     n.ns.ip(&["route", "add", &m.pod_cidr.to_string(), "via", &m.ip.to_string()])?;
+                    n.ns.ip(&["-6", "route", "add", &pod_cidr6(m.index).to_string(), "via", &m.ip6.to_string()])?;
                 }
             }
         }
@@ -253,7 +337,7 @@ impl Topology {
             }
             let ns = Netns::create(&format!("{prefix}-p-{}", p.name))?;
             plumb_pod(&node.ns, node.pod_cidr, &ns, p.ip, &format!("vp{k}"))?;
-            pods.push(Pod { name: p.name.clone(), node: p.node, ip: p.ip, ns });
+            pods.push(Pod { name: p.name.clone(), node: p.node, ip: p.ip, ip6: pod_ip6(p.ip), ns });
         }
         let whoami = if spec.whoami { vec![Whoami::start(&outside, WHOAMI_PORT)?] } else { Vec::new() };
         Ok(Topology { whoami, pods, nodes, outside, router, prefix })
@@ -276,7 +360,8 @@ impl Topology {
     }
 
     /// The MAC address the router's neighbour table holds for `ip` on the node network, if any.
-    pub fn router_neighbour(&self, ip: Ipv4Addr) -> Result<Option<String>, Error> {
+    pub fn router_neighbour(&self, ip: impl Into<std::net::IpAddr>) -> Result<Option<String>, Error> {
+        let ip: std::net::IpAddr = ip.into();
         let out = self.router.ip(&["neigh", "show", "to", &ip.to_string(), "dev", "br0"])?;
         let words: Vec<&str> = out.split_whitespace().collect();
         Ok(words.iter().position(|w| *w == "lladdr").and_then(|i| words.get(i + 1)).map(|s| s.to_string()))

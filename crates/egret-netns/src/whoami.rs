@@ -3,7 +3,7 @@
 
 use crate::{Error, Netns};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,10 +21,11 @@ pub struct Whoami {
 }
 
 impl Whoami {
-    /// Listens on `0.0.0.0:port` inside `ns`.
+    /// Listens on `[::]:port` inside `ns`: both families (IPv4 clients are seen as themselves,
+    /// not as IPv4-mapped IPv6 addresses).
     pub fn start(ns: &Netns, port: u16) -> Result<Whoami, Error> {
         let listener = ns.run(|| {
-            let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+            let l = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
             l.set_nonblocking(true)?;
             Ok::<_, std::io::Error>(l)
         })?;
@@ -55,7 +56,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<IpAdd
         match listener.accept() {
             Ok((stream, peer)) => {
                 if let Ok(mut v) = seen.lock() {
-                    v.push(peer.ip());
+                    v.push(peer.ip().to_canonical());
                 }
                 let stop = stop.clone();
                 handlers.push(std::thread::spawn(move || handle(stream, peer, stop)));
@@ -78,7 +79,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>, seen: Arc<Mutex<Vec<IpAdd
 fn handle(mut stream: TcpStream, peer: SocketAddr, stop: Arc<AtomicBool>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    if writeln!(stream, "{}", peer.ip()).is_err() {
+    if writeln!(stream, "{}", peer.ip().to_canonical()).is_err() {
         return;
     }
     let mut buf = [0u8; 16 * 1024];

@@ -1237,7 +1237,8 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 fn serve_whoami(ports: &[u16]) -> anyhow::Result<ExitCode> {
     let mut _servers = Vec::new();
     for &port in ports {
-        let l = std::net::TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding 0.0.0.0:{port}"))?;
+        // Both families: the outside hosts answer on IPv4 and IPv6.
+        let l = std::net::TcpListener::bind(("::", port)).with_context(|| format!("binding [::]:{port}"))?;
         l.set_nonblocking(true)?;
         _servers.push(egret_netns::Whoami::from_listener(l));
     }
