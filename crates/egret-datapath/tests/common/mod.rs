@@ -7,10 +7,10 @@ use egret_api::v1alpha1 as api;
 use egret_core::model::{Namespace, Node, Pod};
 use egret_core::planner::{ClusterConfig, NodePlan, Plan, plan_objects};
 use egret_datapath::{Config, Datapath, SyncReport};
-use egret_netns::{Topology, node_ip, node_name, pod_cidr};
+use egret_netns::{Topology, node_ip, node_ip6, node_name, pod_cidr, pod_cidr6, pod_ip6};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 pub const T: Duration = Duration::from_secs(3);
@@ -48,9 +48,9 @@ impl Cluster {
                 Node {
                     name: node_name(i),
                     labels: l,
-                    internal_ips: vec![IpAddr::V4(node_ip(i))],
-                    addresses: vec![IpAddr::V4(node_ip(i))],
-                    pod_cidrs: vec![pod_cidr(i).into()],
+                    internal_ips: vec![IpAddr::V4(node_ip(i)), IpAddr::V6(node_ip6(i))],
+                    addresses: vec![IpAddr::V4(node_ip(i)), IpAddr::V6(node_ip6(i))],
+                    pod_cidrs: vec![pod_cidr(i).into(), pod_cidr6(i).into()],
                 }
             })
             .collect();
@@ -81,6 +81,15 @@ impl Cluster {
             node: Some(node_name(node)),
             ips: vec![IpAddr::V4(ip)],
         });
+        self
+    }
+
+    /// A dual-stack pod: `ip` and its IPv6 twin ([`pod_ip6`]), as the topology plumbs it.
+    pub fn pod_dual(&mut self, ns: &str, name: &str, app: &str, node: usize, ip: Ipv4Addr) -> &mut Self {
+        self.pod(ns, name, app, node, ip);
+        if let Some(p) = self.pods.last_mut() {
+            p.ips.push(IpAddr::V6(pod_ip6(ip)));
+        }
         self
     }
 
@@ -177,6 +186,14 @@ pub fn to(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 pub fn v4(ip: Ipv4Addr) -> IpAddr {
     IpAddr::V4(ip)
+}
+
+pub fn to6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+pub fn v6(ip: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(ip)
 }
 
 /// Everything a node's state is compared by: nft ruleset, links, addresses, routes of every
