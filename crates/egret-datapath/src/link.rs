@@ -408,7 +408,10 @@ impl Net {
                 continue;
             }
             let len = a.header.prefix_len;
-            let marked = a.attributes.iter().any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
+            let marked = a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
             if a.header.index == links.vxlan {
                 if let IpAddr::V4(v4) = ip {
                     out.insert(Item::TunnelAddr(v4, len), Raw::Addr(a));

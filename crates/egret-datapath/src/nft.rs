@@ -445,7 +445,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // `counters4` grows with them. (Only on paths where the packet is known to be steered:
     // the source alone does not tell whether a destination is.)
     for (src, names) in &by_source {
-        let Some(one) = names.first().filter(|n| names.len() == 1 && matches!(counter_kind(n), Some(CounterKind::Egress(_))))
+        let Some(one) =
+            names.first().filter(|n| names.len() == 1 && matches!(counter_kind(n), Some(CounterKind::Egress(_))))
         else {
             continue;
         };

@@ -5,16 +5,16 @@
 
 use crate::Config;
 use crate::link::PeerIds;
-use crate::nft::{self, MAP_COUNTERS4, MAP_SNAT4, MAP_STEER4, Table};
+use crate::nft::{self, MAP_COUNTERS4, MAP_COUNTERS6, MAP_SNAT4, MAP_SNAT6, MAP_STEER4, MAP_STEER6, Table};
 use egret_core::planner::NodePlan;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// One pod's steering toward one destination block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steering {
     /// The pod's address.
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     /// The destination block (a CIDR, or `first-last` when not one).
     pub destination: String,
     /// The Egress whose counter counts it (`None`: no counter for it).
@@ -40,11 +40,11 @@ pub enum Path {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snat {
     /// The pod's address.
-    pub source: Ipv4Addr,
+    pub source: IpAddr,
     /// The destination block.
     pub destination: String,
     /// The address its traffic leaves with.
-    pub egress_ip: Ipv4Addr,
+    pub egress_ip: IpAddr,
 }
 
 /// A node's kernel state in the API's terms.
@@ -58,33 +58,48 @@ pub struct KernelView {
     pub peers: Vec<(Ipv4Addr, u16)>,
 }
 
-/// `a-b` (numbers) as addresses.
-fn range(text: &str) -> Option<(Ipv4Addr, Ipv4Addr)> {
+/// `a-b` (numbers) as addresses of the family (`v6`).
+fn range(text: &str, v6: bool) -> Option<(IpAddr, IpAddr)> {
     let (a, b) = text.trim().split_once('-')?;
-    Some((Ipv4Addr::from(a.parse::<u32>().ok()?), Ipv4Addr::from(b.parse::<u32>().ok()?)))
+    let (a, b) = (a.parse::<u128>().ok()?, b.parse::<u128>().ok()?);
+    if v6 {
+        Some((Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into()))
+    } else {
+        Some((Ipv4Addr::from(u32::try_from(a).ok()?).into(), Ipv4Addr::from(u32::try_from(b).ok()?).into()))
+    }
+}
+
+fn number(ip: IpAddr) -> (u128, u32) {
+    match ip {
+        IpAddr::V4(v4) => (u32::from(v4).into(), 32),
+        IpAddr::V6(v6) => (u128::from(v6), 128),
+    }
 }
 
 /// A range as a CIDR when it is one.
-fn block(first: Ipv4Addr, last: Ipv4Addr) -> String {
-    let (a, b) = (u32::from(first), u32::from(last));
-    let size = u64::from(b.wrapping_sub(a)) + 1;
-    if b >= a && size.is_power_of_two() && u64::from(a) % size == 0 {
-        format!("{first}/{}", 32 - size.trailing_zeros())
+fn block(first: IpAddr, last: IpAddr) -> String {
+    let ((a, bits), (b, _)) = (number(first), number(last));
+    // The size as `last - first`, so that a whole family's range does not overflow.
+    let span = b.wrapping_sub(a);
+    let is_block = b >= a && span.checked_add(1).is_none_or(|n| n.is_power_of_two() && a % n == 0);
+    if is_block {
+        let host_bits = 128 - span.leading_zeros();
+        format!("{first}/{}", bits - host_bits)
     } else {
         format!("{first}-{last}")
     }
 }
 
 /// The `(source, destination) : value` elements of an interval map keyed by pod and block.
-fn pairs(t: &Table, map: &str) -> Vec<(Ipv4Addr, String, String)> {
+fn pairs(t: &Table, map: &str, v6: bool) -> Vec<(IpAddr, String, String)> {
     let Some(set) = t.sets.get(map) else { return Vec::new() };
     set.elems
         .keys()
         .filter_map(|k| {
             let (key, value) = k.split_once(" : ")?;
             let (src, dst) = key.split_once(" . ")?;
-            let (src, _) = range(src)?;
-            let (first, last) = range(dst)?;
+            let (src, _) = range(src, v6)?;
+            let (first, last) = range(dst, v6)?;
             Some((src, block(first, last), value.trim().to_string()))
         })
         .collect()
@@ -94,9 +109,16 @@ fn pairs(t: &Table, map: &str) -> Vec<(Ipv4Addr, String, String)> {
 pub fn read(t: &Table) -> KernelView {
     let peers = nft::ids_in(t);
     let by_id: BTreeMap<u16, Ipv4Addr> = peers.iter().map(|(ip, id)| (*id, *ip)).collect();
-    let counters: BTreeMap<(Ipv4Addr, String), String> =
-        pairs(t, MAP_COUNTERS4).into_iter().map(|(s, d, v)| ((s, d), v.trim_matches('"').to_string())).collect();
-    let steering = pairs(t, MAP_STEER4)
+    let both = |v4: &str, v6: &str| {
+        let mut out = pairs(t, v4, false);
+        out.extend(pairs(t, v6, true));
+        out
+    };
+    let counters: BTreeMap<(IpAddr, String), String> = both(MAP_COUNTERS4, MAP_COUNTERS6)
+        .into_iter()
+        .map(|(s, d, v)| ((s, d), v.trim_matches('"').to_string()))
+        .collect();
+    let steering = both(MAP_STEER4, MAP_STEER6)
         .into_iter()
         .map(|(source, destination, v)| {
             let path = match v.as_str() {
@@ -113,11 +135,11 @@ pub fn read(t: &Table) -> KernelView {
             Steering { source, destination, egress, path }
         })
         .collect();
-    let snat = pairs(t, MAP_SNAT4)
+    let snat = both(MAP_SNAT4, MAP_SNAT6)
         .into_iter()
         // The value in the canonical text is a one-address range of numbers.
         .filter_map(|(source, destination, v)| {
-            let egress_ip = v.parse().ok().or_else(|| range(&v).map(|r| r.0))?;
+            let egress_ip = v.parse().ok().or_else(|| range(&v, source.is_ipv6()).map(|r| r.0))?;
             Some(Snat { source, destination, egress_ip })
         })
         .collect();

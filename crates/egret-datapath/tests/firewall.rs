@@ -202,11 +202,7 @@ fn ipv6_connections_are_decided_by_the_ipv6_maps() {
         .replace("203.0.113.0/24], except: [203.0.113.0/29]", "2001:db8:113::/64], except: [2001:db8:113::/125]")
         .replace("cidrs: [203.0.113.0/24]}", "cidrs: [2001:db8:113::/64]}");
     let mut np = with_policies(c.plan().node_plans().remove("node-1").unwrap(), &v6_policy);
-    np.firewall.pods.push(FirewallPod {
-        ip: pod_ip6(WEB1).into(),
-        pod: "default/web-1".into(),
-        set: 0,
-    });
+    np.firewall.pods.push(FirewallPod { ip: pod_ip6(WEB1).into(), pod: "default/web-1".into(), set: 0 });
     let mut dp = datapaths(1).remove(0);
     let r = sync_np(&topo, &mut dp, &np);
     assert!(r.drift.is_empty() && r.skipped.is_empty(), "{r:?}");

@@ -122,7 +122,10 @@ impl TopologySpec {
             nodes,
             pods: Vec::new(),
             outside: vec![Ipv4Net::new(DB_A, 24).unwrap_or_default(), Ipv4Net::new(BAD_HOST, 24).unwrap_or_default()],
-            outside6: vec![Ipv6Net::new(DB_A6, 64).unwrap_or_default(), Ipv6Net::new(BAD_HOST6, 64).unwrap_or_default()],
+            outside6: vec![
+                Ipv6Net::new(DB_A6, 64).unwrap_or_default(),
+                Ipv6Net::new(BAD_HOST6, 64).unwrap_or_default(),
+            ],
             whoami: true,
             prefix: None,
         }

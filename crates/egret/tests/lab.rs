@@ -508,6 +508,50 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
 }
 
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn dual_stack_pods_leave_with_each_familys_egress_ip_and_ipv6_fails_over_and_fails_closed() {
+    let lab = Lab::up();
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    lab.apply("examples/dual-stack/egress.yaml");
+    let e = lab.wait_egress("egress-prod-web-v6", |e| e["status"]["egressNode"].is_string());
+    assert_eq!(e["status"]["egressIP"], "fd00:10:10::e1", "the /124's first usable address: {e:#}");
+    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
+    // Each family its own Egress: IPv4 and IPv6 from the same dual-stack pods.
+    for pod in ["prod/web-1", "prod/web-2"] {
+        assert_eq!(lab.whoami(pod, "db-a"), "10.10.0.11", "{pod}");
+        assert_eq!(lab.whoami(pod, "db-a6"), "fd00:10:10::e1", "{pod}");
+    }
+    // Unselected over IPv6: the node's IPv6 address (the stand-in CNI's masquerade).
+    assert_eq!(lab.whoami("default/client-1", "db-a6"), "fd00:10:10::101");
+    let view = lab.ok(&["get", "datapath", "--node", "node-1"]);
+    assert!(view.contains("fd00:10:244:1::10") && view.contains("egress-prod-web-v6"), "{view}");
+    assert!(view.contains("Drift against the plan: none"), "{view}");
+
+    // Kill the IPv6 gateway: the address moves, the router follows the unsolicited NA.
+    let probe = if gw == "node-1" { "prod/web-2" } else { "prod/web-1" };
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a6") != "fd00:10:10::e1" {
+        assert!(Instant::now() < deadline, "IPv6 traffic never came back after killing {gw}");
+    }
+    let moved = lab.wait_egress("egress-prod-web-v6", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    let new_gw = moved["status"]["egressNode"].as_str().unwrap().to_string();
+    let new_mac = mac_of(&format!("egret-lab-{}-n{}", lab.name, new_gw.trim_start_matches("node-")), "eth0");
+    assert_eq!(router_neighbour(&lab, "fd00:10:10::e1").as_deref(), Some(new_mac.as_str()));
+    lab.ok(&["lab", "restore-node", &gw]);
+
+    // An IPv6 Egress whose pool no node may host: its pods' IPv6 traffic is dropped, never
+    // sent with a node address; their IPv4 traffic is not its business.
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = "apiVersion: crd.antrea.io/v1beta1\nkind: ExternalIPPool\nmetadata: {name: v6-nowhere}\nspec:\n  ipRanges: [{cidr: 'fd00:10:10::f0/124'}]\n  nodeSelector: {matchLabels: {network-role: nowhere}}\n---\napiVersion: crd.antrea.io/v1beta1\nkind: Egress\nmetadata: {name: client-v6}\nspec:\n  appliedTo: {podSelector: {matchLabels: {app: client}}}\n  externalIPPool: v6-nowhere\n";
+    lab.apply(&write(dir.path(), "nowhere.yaml", nowhere));
+    assert_eq!(lab.whoami("default/client-1", "db-a6"), "no answer");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+}
+
 /// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
 fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
     let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());

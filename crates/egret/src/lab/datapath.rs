@@ -9,20 +9,20 @@ use anyhow::Context;
 use egret_datapath::view::{self, KernelView, Path};
 use egret_netns::Netns;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 /// The names the lab gives addresses: pods and nodes (pure).
 pub struct Names {
-    /// Pods by address.
-    pub pods: BTreeMap<Ipv4Addr, String>,
+    /// Pods by address (both families).
+    pub pods: BTreeMap<IpAddr, String>,
     /// Nodes by underlay address.
     pub nodes: BTreeMap<Ipv4Addr, String>,
 }
 
 /// The text `get datapath` prints for `view` (pure).
 pub fn render(node: &str, view: &KernelView, names: &Names, drift: Option<&[String]>) -> String {
-    let pod = |ip: &Ipv4Addr| names.pods.get(ip).cloned().unwrap_or_else(|| "-".into());
+    let pod = |ip: &IpAddr| names.pods.get(ip).cloned().unwrap_or_else(|| "-".into());
     let peer = |ip: &Option<Ipv4Addr>, id: u16| match ip {
         Some(ip) => format!("tunnel to {} ({ip}, id {id})", names.nodes.get(ip).map_or("?", String::as_str)),
         None => format!("tunnel id {id} (no peer with that id!)"),
@@ -59,7 +59,7 @@ pub fn render(node: &str, view: &KernelView, names: &Names, drift: Option<&[Stri
             .map(|s| vec![pod(&s.source), s.source.to_string(), s.destination.clone(), s.egress_ip.to_string()])
             .collect();
         out.push_str(&crate::table::render(&["POD", "ADDRESS", "DESTINATION", "EGRESS IP"], &rows, "   "));
-        let hosted: BTreeSet<Ipv4Addr> = view.snat.iter().map(|s| s.egress_ip).collect();
+        let hosted: BTreeSet<IpAddr> = view.snat.iter().map(|s| s.egress_ip).collect();
         let hosted: Vec<String> = hosted.iter().map(ToString::to_string).collect();
         out.push_str(&format!("Egress IPs it SNATs to: {}\n", hosted.join(", ")));
     }
@@ -97,7 +97,11 @@ pub fn get(lab: &str, node: Option<&str>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let names = Names {
-        pods: st.pods.iter().map(|(k, p)| (p.ip, k.clone())).collect(),
+        pods: st
+            .pods
+            .iter()
+            .flat_map(|(k, p)| [(p.ip.into(), k.clone()), (egret_netns::pod_ip6(p.ip).into(), k.clone())])
+            .collect(),
         nodes: st.nodes.values().map(|n| (n.ip, n.name.clone())).collect(),
     };
     // The plan as the node's agent computes it: the store's objects, with the nodes the agents
@@ -149,7 +153,7 @@ mod tests {
             peers: vec![(Ipv4Addr::new(10, 10, 0, 102), 1)],
         };
         let names = Names {
-            pods: BTreeMap::from([(Ipv4Addr::new(10, 244, 1, 10), "prod/web-1".to_string())]),
+            pods: BTreeMap::from([(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 10)), "prod/web-1".to_string())]),
             nodes: BTreeMap::from([(Ipv4Addr::new(10, 10, 0, 102), "node-2".to_string())]),
         };
         let text = render("node-1", &v, &names, Some(&["nft: map steer4 element x missing".to_string()]));

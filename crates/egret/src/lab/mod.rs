@@ -326,11 +326,16 @@ fn cluster_objects(n: usize) -> anyhow::Result<Objects> {
         labels.insert("kubernetes.io/hostname".into(), name.clone());
         labels.insert("node.kubernetes.io/name".into(), format!("node{i}"));
         let cidr = egret_netns::pod_cidr(i).to_string();
-        o.spec =
-            Some(corev1::NodeSpec { pod_cidr: Some(cidr.clone()), pod_cidrs: Some(vec![cidr]), ..Default::default() });
+        let cidr6 = egret_netns::pod_cidr6(i).to_string();
+        o.spec = Some(corev1::NodeSpec {
+            pod_cidr: Some(cidr.clone()),
+            pod_cidrs: Some(vec![cidr, cidr6]),
+            ..Default::default()
+        });
         o.status = Some(corev1::NodeStatus {
             addresses: Some(vec![
                 corev1::NodeAddress { type_: "InternalIP".into(), address: egret_netns::node_ip(i).to_string() },
+                corev1::NodeAddress { type_: "InternalIP".into(), address: egret_netns::node_ip6(i).to_string() },
                 corev1::NodeAddress { type_: "Hostname".into(), address: name },
             ]),
             ..Default::default()
@@ -514,7 +519,7 @@ fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Resul
     if state::dir(name).join("lab.json").exists() || !lab_namespaces(&prefix)?.is_empty() {
         bail!("lab {name:?} is already up (or left over from a crash): run `egret lab down --name {name}` first");
     }
-    let objs = cluster_objects(n)?;
+    let mut objs = cluster_objects(n)?;
     let mut spec = TopologySpec::new(name, n);
     spec.prefix = Some(prefix.clone());
     spec.whoami = false;
@@ -564,6 +569,11 @@ fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Resul
         killed: BTreeSet::new(),
         router_routes: BTreeSet::new(),
     };
+    for d in &mut objs.pods {
+        if let Some(ip) = pod_ip(&d.object) {
+            set_pod_ips(&mut d.object, ip);
+        }
+    }
     for d in &objs.pods {
         let p = &d.object;
         let key = pod_key(p);
@@ -840,9 +850,7 @@ fn prepare_pods(st: &LabState, objs: &mut Objects) -> anyhow::Result<Vec<String>
                     existing.node
                 );
             }
-            let status = p.status.get_or_insert_with(Default::default);
-            status.pod_ip = Some(existing.ip.to_string());
-            status.pod_ips = Some(vec![corev1::PodIP { ip: existing.ip.to_string() }]);
+            set_pod_ips(p, existing.ip);
             continue;
         }
         let ip = match pod_ip(p) {
@@ -863,9 +871,7 @@ fn prepare_pods(st: &LabState, objs: &mut Objects) -> anyhow::Result<Vec<String>
                 .with_context(|| format!("pod {key}: no free address left in {}", node.pod_cidr))?,
         };
         taken.insert(ip);
-        let status = p.status.get_or_insert_with(Default::default);
-        status.pod_ip = Some(ip.to_string());
-        status.pod_ips = Some(vec![corev1::PodIP { ip: ip.to_string() }]);
+        set_pod_ips(p, ip);
         new.push(key);
     }
     for d in &objs.nodes {
@@ -879,29 +885,44 @@ fn prepare_pods(st: &LabState, objs: &mut Objects) -> anyhow::Result<Vec<String>
     Ok(new)
 }
 
+/// The lab's pods are dual-stack: `ip` and its IPv6 twin, as `plumb_pod` gives them.
+fn set_pod_ips(p: &mut corev1::Pod, ip: Ipv4Addr) {
+    let status = p.status.get_or_insert_with(Default::default);
+    status.pod_ip = Some(ip.to_string());
+    status.pod_ips =
+        Some(vec![corev1::PodIP { ip: ip.to_string() }, corev1::PodIP { ip: egret_netns::pod_ip6(ip).to_string() }]);
+}
+
 /// Routes on the router for egress IPs outside the node network, so that it reaches them by
 /// ARP on the node network like an upstream router with those addresses on-link.
 fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
     let (objs, _) = Store::open(st.store())?.load();
     let node_net: ipnet::Ipv4Net = egret_netns::NODE_NET.parse()?;
+    let node_net6: ipnet::Ipv6Net = egret_netns::NODE_NET6.parse()?;
     let v = objs.validate(&lab_config());
     let mut want = BTreeSet::new();
     for pool in v.pools.values() {
         for r in &pool.ranges {
             for c in r.to_cidrs() {
-                if let ipnet::IpNet::V4(c4) = c
-                    && !node_net.contains(&c4)
-                {
+                let outside = match c {
+                    ipnet::IpNet::V4(c4) => !node_net.contains(&c4),
+                    ipnet::IpNet::V6(c6) => !node_net6.contains(&c6),
+                };
+                if outside {
                     want.insert(c.to_string());
                 }
             }
         }
     }
     for e in v.egresses.values() {
-        if let Some(IpAddr::V4(ip)) = e.static_ip
-            && !node_net.contains(&ip)
-        {
-            want.insert(format!("{ip}/32"));
+        match e.static_ip {
+            Some(IpAddr::V4(ip)) if !node_net.contains(&ip) => {
+                want.insert(format!("{ip}/32"));
+            }
+            Some(IpAddr::V6(ip)) if !node_net6.contains(&ip) => {
+                want.insert(format!("{ip}/128"));
+            }
+            _ => {}
         }
     }
     let router = Netns::attach(&st.router)?;
@@ -1045,12 +1066,14 @@ fn exec(name: &str, pod: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-/// `db-a`, `bad-host`, an address or a name (port 8080 unless given); a name is looked up as
+/// `db-a`, `bad-host` (`db-a6`, `bad-host6`: their IPv6 addresses), an address or a name (port 8080 unless given); a name is looked up as
 /// the pod `netns` would, through its resolver (the lab's DNS server), never the host's.
 fn resolve(to: &str, netns: &str) -> anyhow::Result<SocketAddr> {
     let host = match to {
         "db-a" => egret_netns::DB_A.to_string(),
         "bad-host" => egret_netns::BAD_HOST.to_string(),
+        "db-a6" => egret_netns::DB_A6.to_string(),
+        "bad-host6" => egret_netns::BAD_HOST6.to_string(),
         other => other.to_string(),
     };
     if let Ok(ip) = host.parse::<IpAddr>() {
