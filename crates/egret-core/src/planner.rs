@@ -276,6 +276,13 @@ pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
     gateways_with(inp, |requests| placement::place(requests, None))
 }
 
+/// Whether `n` has an address of `ip`'s family (a node listing no address at all is taken at
+/// its word: nothing to check against).
+fn has_family(n: &Node, ip: IpAddr) -> bool {
+    let mut all = n.internal_ips.iter().chain(&n.addresses).peekable();
+    all.peek().is_none() || all.any(|a| a.is_ipv6() == ip.is_ipv6())
+}
+
 /// [`gateways`] with the placement step supplied (the index memoises it: without a capacity
 /// bound each IP's place depends on that IP and its eligible nodes only).
 pub(crate) fn gateways_with(
@@ -283,22 +290,28 @@ pub(crate) fn gateways_with(
     place: impl FnOnce(&[Request]) -> BTreeMap<IpAddr, Option<String>>,
 ) -> BTreeMap<String, EgressOutcome> {
     let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
-    // Eligible nodes per pool, computed once per pool rather than once per Egress.
-    let mut eligible_by_pool: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    // Eligible nodes per pool and family, computed once each rather than once per Egress: a
+    // node hosts an IP only if it has an address of the IP's family (an IPv6 egress IP on a
+    // node without IPv6 would have no way out, or leak through the node's IPv4).
+    let mut eligible_by_pool: BTreeMap<(&str, bool), BTreeSet<String>> = BTreeMap::new();
     let mut wanted = Vec::new();
     for e in inp.egresses.values() {
         let (Some(ip), Some(pool)) = (inp.allocations.ip(&e.name), e.pool.as_ref().and_then(|p| inp.pools.get(p)))
         else {
             continue;
         };
-        eligible_by_pool.entry(pool.name.as_str()).or_insert_with(|| {
-            live_nodes.iter().filter(|n| pool.node_selector.matches(&n.labels)).map(|n| n.name.clone()).collect()
+        eligible_by_pool.entry((pool.name.as_str(), ip.is_ipv6())).or_insert_with(|| {
+            live_nodes
+                .iter()
+                .filter(|n| pool.node_selector.matches(&n.labels) && has_family(n, ip))
+                .map(|n| n.name.clone())
+                .collect()
         });
         wanted.push((ip, pool.name.as_str()));
     }
     let requests: Vec<Request> = wanted
         .into_iter()
-        .filter_map(|(ip, pool)| eligible_by_pool.get(pool).map(|eligible| Request { ip, eligible }))
+        .filter_map(|(ip, pool)| eligible_by_pool.get(&(pool, ip.is_ipv6())).map(|eligible| Request { ip, eligible }))
         .collect();
     let placed = place(&requests);
     let mut out = BTreeMap::new();
@@ -322,15 +335,24 @@ pub(crate) fn gateways_with(
                         "Assigned",
                         format!("{} is hosted on node {n}", a.ip),
                     )),
-                    None => conditions.push(cond(
-                        egret_api::v1alpha1::IP_ASSIGNED,
-                        false,
-                        "NoEligibleNode",
-                        format!(
-                            "no live node matches the nodeSelector of ExternalIPPool {:?}",
-                            e.pool.as_deref().unwrap_or("")
-                        ),
-                    )),
+                    None => {
+                        let pool = e.pool.as_deref().unwrap_or("");
+                        let selected = live_nodes
+                            .iter()
+                            .any(|n| inp.pools.get(pool).is_some_and(|p| p.node_selector.matches(&n.labels)));
+                        let why = if selected && a.ip.is_ipv6() {
+                            format!(
+                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an IPv6 address"
+                            )
+                        } else if selected {
+                            format!(
+                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an IPv4 address"
+                            )
+                        } else {
+                            format!("no live node matches the nodeSelector of ExternalIPPool {pool:?}")
+                        };
+                        conditions.push(cond(egret_api::v1alpha1::IP_ASSIGNED, false, "NoEligibleNode", why))
+                    }
                 }
                 (Some(a.ip), node)
             }
@@ -950,6 +972,25 @@ mod tests {
         assert_eq!(rows(&p), vec!["10.244.1.10 0.0.0.0/0 10.10.0.11 DROP", "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"]);
         f.egresses[0].spec.failure_policy = Some("FallbackToNodeIP".into());
         assert!(f.plan().rules.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_pool_is_hosted_only_by_nodes_with_an_ipv6_address() {
+        let mut f = Fixture::lab();
+        f.pools.push(mk_pool("p6", &[], &["fd00:10:10::e0/124"]));
+        f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p6"), None)];
+        // The lab fixture's nodes are IPv4-only: nothing may host the IPv6 address.
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        assert_eq!(o.egress_ip, Some("fd00:10:10::e1".parse().unwrap()));
+        assert_eq!(o.egress_node, None);
+        let assigned = o.conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap();
+        assert_eq!((assigned.status, assigned.reason), ("False", "NoEligibleNode"));
+        assert!(assigned.message.contains("has an IPv6 address"), "{}", assigned.message);
+        // One node gains an IPv6 address: it, and only it, hosts the IP.
+        let n5 = f.nodes.iter_mut().find(|n| n.name == "node-5").unwrap();
+        n5.addresses.push("fd00:10:10::105".parse().unwrap());
+        assert_eq!(outcome(&f.plan(), "e").egress_node.as_deref(), Some("node-5"));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! `egret lab bench failover`: the gap in a pod's traffic when its gateway node dies.
 //! A probe inside a selected pod opens a new short TCP connection to the outside whoami server
-//! every 15 ms (each attempt on its own thread, so a hanging attempt never delays the next)
+//! (db-a, over the egress IP's family) every 15 ms (each attempt on its own thread, so a hanging attempt never delays the next)
 //! and records when it started and which source address the server saw. Each trial:
 //!
 //! - **failover**: kills the gateway with the same power loss as `lab kill-node` (agent killed,
@@ -164,7 +164,6 @@ fn summary(what: &str, sorted: &[u64]) -> String {
 pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitCode> {
     super::need_root()?;
     let mut st = LabState::load(name)?;
-    let to = SocketAddr::from((egret_netns::DB_A, egret_netns::WHOAMI_PORT));
     let mut gaps = Vec::new();
     let mut failback_gaps = Vec::new();
     let mut moved_back = 0usize;
@@ -184,6 +183,11 @@ pub fn failover(name: &str, trials: usize, egress: &str) -> anyhow::Result<ExitC
                 return egress_status(&st, egress).map(|_| ExitCode::FAILURE);
             }
             std::thread::sleep(Duration::from_millis(50));
+        };
+        // db-a, over the family of the egress IP.
+        let to = match ip {
+            IpAddr::V4(_) => SocketAddr::from((egret_netns::DB_A, egret_netns::WHOAMI_PORT)),
+            IpAddr::V6(_) => SocketAddr::from((egret_netns::DB_A6, egret_netns::WHOAMI_PORT)),
         };
         // A probe pod steered by this Egress on another node than the gateway (retried: on a
         // busy machine one attempt may time out).
