@@ -174,7 +174,7 @@ mod tests {
             node_ips: vec!["10.10.0.101".parse().unwrap()],
             peers: vec![Peer { name: "node-2".into(), ips: vec!["10.10.0.102".parse().unwrap()] }],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            egresses: vec!["web".into(), "db".into(), "closed".into()],
+            egresses: vec!["web".into(), "db".into(), "closed".into(), "web6".into()],
             steer: vec![
                 steer("10.244.1.10", "0.0.0.0/0", "web", SteerAction::Local, Some("10.10.0.11")),
                 steer(
@@ -185,13 +185,22 @@ mod tests {
                     Some("10.10.0.12"),
                 ),
                 steer("10.244.1.12", "0.0.0.0/0", "closed", SteerAction::Drop, None),
+                steer("fd00:10:244:1::10", "2001:db8::/32", "web6", SteerAction::Local, Some("fd00:10:10::e1")),
             ],
-            snat: vec![PlanSnat {
-                source: "10.244.1.10".parse().unwrap(),
-                destination: "0.0.0.0/0".parse().unwrap(),
-                egress: "web".into(),
-                egress_ip: "10.10.0.11".parse().unwrap(),
-            }],
+            snat: vec![
+                PlanSnat {
+                    source: "10.244.1.10".parse().unwrap(),
+                    destination: "0.0.0.0/0".parse().unwrap(),
+                    egress: "web".into(),
+                    egress_ip: "10.10.0.11".parse().unwrap(),
+                },
+                PlanSnat {
+                    source: "fd00:10:244:1::10".parse().unwrap(),
+                    destination: "2001:db8::/32".parse().unwrap(),
+                    egress: "web6".into(),
+                    egress_ip: "fd00:10:10::e1".parse().unwrap(),
+                },
+            ],
             ..NodePlan::default()
         }
     }
@@ -207,7 +216,7 @@ mod tests {
     fn the_table_reads_as_pods_egresses_paths_and_bindings() {
         let v = read(&table(&plan()));
         let id = v.peers.iter().find(|(ip, _)| *ip == Ipv4Addr::new(10, 10, 0, 102)).unwrap().1;
-        let row = |src: &str| v.steering.iter().find(|s| s.source == src.parse::<Ipv4Addr>().unwrap()).unwrap();
+        let row = |src: &str| v.steering.iter().find(|s| s.source == src.parse::<IpAddr>().unwrap()).unwrap();
         assert_eq!(row("10.244.1.10").path, Path::Local);
         assert_eq!(row("10.244.1.10").egress.as_deref(), Some("web"));
         assert_eq!(row("10.244.1.10").destination, "0.0.0.0/0");
@@ -216,13 +225,23 @@ mod tests {
         assert_eq!(row("10.244.1.11").egress.as_deref(), Some("db"));
         assert_eq!(row("10.244.1.12").path, Path::Drop);
         assert_eq!(row("10.244.1.12").egress.as_deref(), Some("closed"), "its drop counter names it");
+        assert_eq!(row("fd00:10:244:1::10").path, Path::Local);
+        assert_eq!(row("fd00:10:244:1::10").destination, "2001:db8::/32");
+        assert_eq!(row("fd00:10:244:1::10").egress.as_deref(), Some("web6"));
         assert_eq!(
             v.snat,
-            vec![Snat {
-                source: "10.244.1.10".parse().unwrap(),
-                destination: "0.0.0.0/0".into(),
-                egress_ip: "10.10.0.11".parse().unwrap()
-            }]
+            vec![
+                Snat {
+                    source: "10.244.1.10".parse().unwrap(),
+                    destination: "0.0.0.0/0".into(),
+                    egress_ip: "10.10.0.11".parse().unwrap()
+                },
+                Snat {
+                    source: "fd00:10:244:1::10".parse().unwrap(),
+                    destination: "2001:db8::/32".into(),
+                    egress_ip: "fd00:10:10::e1".parse().unwrap()
+                }
+            ]
         );
     }
 
@@ -241,9 +260,14 @@ mod tests {
 
     #[test]
     fn blocks_that_are_not_cidrs_are_ranges() {
-        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 255)), "10.0.0.0/24");
-        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 5)), "10.0.0.5/32");
-        assert_eq!(block(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 6)), "10.0.0.1-10.0.0.6");
-        assert_eq!(block(Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(255, 255, 255, 255)), "0.0.0.0/0");
+        let b = |a: &str, z: &str| block(a.parse().unwrap(), z.parse().unwrap());
+        assert_eq!(b("10.0.0.0", "10.0.0.255"), "10.0.0.0/24");
+        assert_eq!(b("10.0.0.5", "10.0.0.5"), "10.0.0.5/32");
+        assert_eq!(b("10.0.0.1", "10.0.0.6"), "10.0.0.1-10.0.0.6");
+        assert_eq!(b("0.0.0.0", "255.255.255.255"), "0.0.0.0/0");
+        assert_eq!(b("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "::/0");
+        assert_eq!(b("2001:db8::", "2001:db8:0:0:ffff:ffff:ffff:ffff"), "2001:db8::/64");
+        assert_eq!(b("fd00::1", "fd00::1"), "fd00::1/128");
+        assert_eq!(b("fd00::1", "fd00::6"), "fd00::1-fd00::6");
     }
 }

@@ -133,22 +133,22 @@ mod tests {
         let v = KernelView {
             steering: vec![
                 Steering {
-                    source: Ipv4Addr::new(10, 244, 1, 10),
+                    source: Ipv4Addr::new(10, 244, 1, 10).into(),
                     destination: "203.0.113.0/24".into(),
                     egress: Some("egress-prod-web".into()),
                     path: Path::Tunnel(Some(Ipv4Addr::new(10, 10, 0, 102)), 1),
                 },
                 Steering {
-                    source: Ipv4Addr::new(10, 244, 1, 11),
+                    source: Ipv4Addr::new(10, 244, 1, 11).into(),
                     destination: "0.0.0.0/0".into(),
                     egress: Some("closed".into()),
                     path: Path::Drop,
                 },
             ],
             snat: vec![Snat {
-                source: Ipv4Addr::new(10, 244, 2, 10),
+                source: Ipv4Addr::new(10, 244, 2, 10).into(),
                 destination: "0.0.0.0/0".into(),
-                egress_ip: Ipv4Addr::new(10, 10, 0, 11),
+                egress_ip: Ipv4Addr::new(10, 10, 0, 11).into(),
             }],
             peers: vec![(Ipv4Addr::new(10, 10, 0, 102), 1)],
         };
