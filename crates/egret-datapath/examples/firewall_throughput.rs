@@ -60,7 +60,7 @@ fn main() {
             let synced = t.elapsed();
             assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
             let bulk = iperf(&topo, secs, 4);
-            let conns = connections(&topo, secs);
+            let conns = connections(&topo, secs, DB_A.into());
             println!(
                 "round {}: {name}: bulk {:.2} Gbit/s, {:.0} connections/s (synced in {} ms, nft transaction {} ms)",
                 round + 1,

@@ -1,6 +1,6 @@
 //! Per-packet cost of Egret's datapath: the same tunnel path with and without Egret's rules.
 //!
-//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS [--scale] [--only VARIANT] [--measure M]]`
+//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS [--scale | --ipv6] [--only VARIANT] [--measure M]]`
 //! (root, `nft` and `iperf3` needed). Topology: pod web-1 on node-1, gateway node-2, iperf3
 //! server and a TCP acceptor on db-a (203.0.113.5) behind the router; every address lives in
 //! network namespaces this program creates and removes.
@@ -20,6 +20,13 @@
 //!   10,000 pods besides web-1's: every Egress selects 10 pods of node-1 and sends them to
 //!   203.0.113.0/24 (web-1's destination too) and to a /25 of its own, so the steering, counter
 //!   and SNAT maps web-1's packets are looked up in hold 20,000 entries overlapping its own.
+//!
+//! With `--ipv6` the same over IPv6 (variants baseline and egret): web-1's IPv6 address
+//! (fd00:10:244:1::10) selected by an IPv6 Egress (pool fd00:10:10::11-1f, gateway node-2),
+//! traffic to db-a's IPv6 address (2001:db8:113::5), still through the IPv4 tunnel. Its baseline
+//! sends the pod's IPv6 traffic into the tunnel by `ip -6 rule from fd00:10:244:1::10`, the CNI
+//! masquerade rewrites it to fd00:198:19::1 on node-1's tunnel device, and plain routes carry
+//! the replies back through node-2.
 //!
 //! Each variant, each round: bulk TCP (iperf3, 4 streams), UDP datagrams per second delivered
 //! with 64- and 512-byte payloads (one thread in the pod sends as fast as it can; db-a counts
@@ -41,10 +48,10 @@ mod shared;
 use common::*;
 use egret_core::planner::{NodePlan, Plan};
 use egret_datapath::Datapath;
-use egret_netns::{DB_A, Topology, TopologySpec, node_name};
+use egret_netns::{DB_A, DB_A6, Topology, TopologySpec, node_name};
 use shared::*;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -81,7 +88,7 @@ const MEASURES: [&str; 8] = [
 /// machine's busy CPU time per unit of each (MB, datagram, connection), which a host shared
 /// with other guests disturbs far less than the rates.
 /// `only` (`--measure bulk|udp64|udp512|conns`) skips the others (NaN), e.g. to profile one.
-fn measure(topo: &Topology, secs: u32, only: Option<&str>) -> [f64; 8] {
+fn measure(topo: &Topology, secs: u32, only: Option<&str>, dst: IpAddr) -> [f64; 8] {
     let s = f64::from(secs);
     let timed = |name: &str, f: &dyn Fn() -> f64, units_per_rate: f64| {
         if only.is_some_and(|o| o != name) {
@@ -91,10 +98,10 @@ fn measure(topo: &Topology, secs: u32, only: Option<&str>) -> [f64; 8] {
         let rate = f();
         (rate, (cpu_busy() - c) * 1e6 / (rate * units_per_rate * s))
     };
-    let bulk = timed("bulk", &|| iperf(topo, secs, 4), 1.0 / 8e6);
-    let u64b = timed("udp64", &|| udp_flood(topo, secs, 64), 1.0);
-    let u512 = timed("udp512", &|| udp_flood(topo, secs, 512), 1.0);
-    let conns = timed("conns", &|| connections(topo, secs), 1.0);
+    let bulk = timed("bulk", &|| iperf_to(topo, secs, 4, dst), 1.0 / 8e6);
+    let u64b = timed("udp64", &|| udp_flood(topo, secs, 64, dst), 1.0);
+    let u512 = timed("udp512", &|| udp_flood(topo, secs, 512, dst), 1.0);
+    let conns = timed("conns", &|| connections(topo, secs, dst), 1.0);
     [bulk.0 / 1e9, u64b.0, u512.0, conns.0, bulk.1, u64b.1, u512.1, conns.1]
 }
 
@@ -111,6 +118,19 @@ fn scale_plan() -> Plan {
         let own = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + k * 128);
         c.egress(&app, &app, "scale", &[&format!("{own}/25"), "203.0.113.0/24"], &[]);
     }
+    c.plan()
+}
+
+/// web-1 dual-stack, selected by one IPv6 Egress whose gateway is node-2.
+fn ipv6_plan() -> Plan {
+    let mut c = Cluster::new(2, &[2]);
+    c.pod_dual("default", "web-1", "web", 1, WEB1).pool("pool6", "fd00:10:10::11", "fd00:10:10::1f").egress(
+        "eg-web6",
+        "web",
+        "pool6",
+        &[],
+        &[],
+    );
     c.plan()
 }
 
@@ -135,12 +155,14 @@ fn program(topo: &Topology, dps: &mut [Datapath], plans: &[NodePlan]) -> Duratio
 /// [`Baseline::undo`].
 struct Baseline {
     table: String,
+    ipv6: bool,
 }
 
 const N1_TUNNEL: &str = "198.19.0.1/32";
+const N1_TUNNEL6: &str = "fd00:198:19::1/128";
 
 impl Baseline {
-    fn apply(topo: &Topology, dps: &[Datapath]) -> Baseline {
+    fn apply(topo: &Topology, dps: &[Datapath], ipv6: bool) -> Baseline {
         let cfg = egret_datapath::Config::default();
         let (n1_ip, n2_ip) = (egret_netns::node_ip(1).to_string(), egret_netns::node_ip(2));
         let table = cfg.table(dps[0].peer_id(n2_ip).expect("node-1 has a local id for node-2")).to_string();
@@ -148,6 +170,24 @@ impl Baseline {
             topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
         }
         let n1 = &topo.node(1).ns;
+        if ipv6 {
+            let pod6 = egret_netns::pod_ip6(WEB1).to_string();
+            n1.ip(&["-6", "rule", "add", "from", &pod6, "lookup", &table, "pref", "1600"]).unwrap();
+            n1.ip(&["-6", "addr", "add", N1_TUNNEL6, "dev", &cfg.vxlan_name, "nodad"]).unwrap();
+            // node-2 reaches node-1 through the tunnel by the label Egret's own routes use.
+            let label = egret_datapath::config::tunnel_ll6(egret_datapath::config::tunnel_mac(egret_netns::node_ip(1)));
+            let n2 = &topo.node(2).ns;
+            n2.ip(&["-6", "route", "add", N1_TUNNEL6, "via", &label.to_string(), "dev", &cfg.vxlan_name]).unwrap();
+            let n2_ip6 = egret_netns::node_ip6(2).to_string();
+            topo.router.ip(&["-6", "route", "add", N1_TUNNEL6, "via", &n2_ip6]).unwrap();
+            let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to6(DB_A6, 8080), T).unwrap();
+            assert_eq!(
+                seen.to_string(),
+                N1_TUNNEL6.trim_end_matches("/128"),
+                "baseline goes through the tunnel and node-2"
+            );
+            return Baseline { table, ipv6 };
+        }
         n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
         // Add before deleting: removing a device's last IPv4 address flushes its routes and
         // neighbours.
@@ -158,11 +198,19 @@ impl Baseline {
         topo.router.ip(&["route", "add", N1_TUNNEL, "via", &n2_ip.to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
         assert_eq!(seen.to_string(), N1_TUNNEL.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
-        Baseline { table }
+        Baseline { table, ipv6 }
     }
 
     fn undo(self, topo: &Topology) {
         let cfg = egret_datapath::Config::default();
+        if self.ipv6 {
+            let n1 = &topo.node(1).ns;
+            n1.ip(&["-6", "rule", "del", "pref", "1600", "lookup", &self.table]).unwrap();
+            n1.ip(&["-6", "addr", "del", N1_TUNNEL6, "dev", &cfg.vxlan_name]).unwrap();
+            topo.node(2).ns.ip(&["-6", "route", "del", N1_TUNNEL6]).unwrap();
+            topo.router.ip(&["-6", "route", "del", N1_TUNNEL6]).unwrap();
+            return;
+        }
         let n1_ip = egret_netns::node_ip(1).to_string();
         let n1 = &topo.node(1).ns;
         n1.ip(&["rule", "del", "pref", "1600", "lookup", &self.table]).unwrap();
@@ -179,6 +227,11 @@ fn main() {
         std::process::exit(2);
     }
     let scale = std::env::args().any(|a| a == "--scale");
+    let ipv6 = std::env::args().any(|a| a == "--ipv6");
+    if scale && ipv6 {
+        eprintln!("--scale and --ipv6: one or the other");
+        std::process::exit(2);
+    }
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let secs = args.first().copied().unwrap_or(4);
     let rounds = args.get(1).copied().unwrap_or(9);
@@ -187,8 +240,13 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
     let (only_variant, only_measure) = (flag("--only"), flag("--measure"));
-    let known =
-        if scale { &["baseline", "egret", "firewall", "scale"][..] } else { &["baseline", "egret", "firewall"][..] };
+    let known = if scale {
+        &["baseline", "egret", "firewall", "scale"][..]
+    } else if ipv6 {
+        &["baseline", "egret"][..]
+    } else {
+        &["baseline", "egret", "firewall"][..]
+    };
     if only_variant.as_deref().is_some_and(|v| !known.contains(&v)) {
         eprintln!("--only: one of {}", known.join(", "));
         std::process::exit(2);
@@ -199,8 +257,9 @@ fn main() {
     }
 
     let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
-    let one = Cluster::web_egress(2, &[2]).plan();
-    let eip = egress_ip(&one, "eg-web");
+    let one = if ipv6 { ipv6_plan() } else { Cluster::web_egress(2, &[2]).plan() };
+    let eip = egress_ip(&one, if ipv6 { "eg-web6" } else { "eg-web" });
+    let dst: IpAddr = if ipv6 { DB_A6.into() } else { DB_A.into() };
     let _server = topo.outside.spawn("iperf3", &["-s"]).unwrap();
     start_acceptor(&topo);
     start_udp_sink(&topo);
@@ -226,6 +285,10 @@ fn main() {
         plans.insert(Variant::Scale, np);
     }
     let mut variants = vec![Variant::Baseline, Variant::Egret, Variant::Firewall];
+    if ipv6 {
+        // The firewall variant's policies are IPv4's.
+        variants.retain(|v| *v != Variant::Firewall);
+    }
     if scale {
         variants.push(Variant::Scale);
     }
@@ -241,11 +304,12 @@ fn main() {
         for v in order {
             let plan = plans.get(&v).unwrap_or(&plans[&Variant::Egret]);
             let synced = program(&topo, &mut dps, plan);
-            let baseline = (v == Variant::Baseline).then(|| Baseline::apply(&topo, &dps));
+            let baseline = (v == Variant::Baseline).then(|| Baseline::apply(&topo, &dps, ipv6));
             if baseline.is_none() {
-                assert_eq!(egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap(), eip);
+                let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, (dst, 8080).into(), T).unwrap();
+                assert_eq!(seen, eip);
             }
-            let m = measure(&topo, secs, only_measure.as_deref());
+            let m = measure(&topo, secs, only_measure.as_deref(), dst);
             if let Some(b) = baseline {
                 b.undo(&topo);
             }

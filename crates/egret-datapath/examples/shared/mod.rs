@@ -6,7 +6,7 @@
 use crate::common::*;
 use egret_core::planner::NodePlan;
 use egret_core::policy::{self, Firewall, FirewallPod, FirewallSet};
-use egret_netns::{DB_A, Topology};
+use egret_netns::Topology;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +14,14 @@ use std::time::{Duration, Instant};
 /// The port of the acceptor that counts connections (accepts and drops each at once).
 pub const ACCEPT_PORT: u16 = 9000;
 
-/// Starts the acceptor on db-a: a thread accepting and dropping every connection.
+/// Starts the acceptor on db-a (both families): a thread accepting and dropping every
+/// connection.
 pub fn start_acceptor(topo: &Topology) {
-    let acceptor = topo.outside.run(|| std::net::TcpListener::bind((DB_A, ACCEPT_PORT))).unwrap().unwrap();
+    let acceptor = topo
+        .outside
+        .run(|| std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, ACCEPT_PORT)))
+        .unwrap()
+        .unwrap();
     std::thread::spawn(move || {
         for s in acceptor.incoming() {
             drop(s);
@@ -24,9 +29,10 @@ pub fn start_acceptor(topo: &Topology) {
     });
 }
 
-/// New connections per second from web-1 to the acceptor on db-a over `secs`: each one a TCP
-/// handshake through the node's rules, the tunnel and SNAT, then closed with a reset.
-pub fn connections(topo: &Topology, secs: u32) -> f64 {
+/// New connections per second from web-1 to the acceptor on db-a (`dst`, either family) over
+/// `secs`: each one a TCP handshake through the node's rules, the tunnel and SNAT, then closed
+/// with a reset.
+pub fn connections(topo: &Topology, secs: u32, dst: IpAddr) -> f64 {
     let ns = &topo.pod("web-1").unwrap().ns;
     ns.run(|| {
         let end = Instant::now() + Duration::from_secs(u64::from(secs));
@@ -34,7 +40,7 @@ pub fn connections(topo: &Topology, secs: u32) -> f64 {
         let mut n = 0u64;
         while Instant::now() < end {
             let stream =
-                std::net::TcpStream::connect_timeout(&to(DB_A, ACCEPT_PORT), T).expect("an allowed connection");
+                std::net::TcpStream::connect_timeout(&(dst, ACCEPT_PORT).into(), T).expect("an allowed connection");
             // Closed with a reset: no TIME_WAIT, so tens of thousands of connections never run
             // out of source ports.
             nix::sys::socket::setsockopt(
@@ -58,22 +64,25 @@ pub const SINK_PORT: u16 = 9999;
 /// so what is measured is the path, not a receiver.
 pub fn start_udp_sink(topo: &Topology) {
     let rules = format!(
-        "table ip bench {{\n counter got {{}}\n chain pre {{\n  type filter hook prerouting priority -300; policy accept;\n  udp dport {SINK_PORT} counter name got drop\n }}\n}}\n"
+        "table inet bench {{\n counter got {{}}\n chain pre {{\n  type filter hook prerouting priority -300; policy accept;\n  udp dport {SINK_PORT} counter name got drop\n }}\n}}\n"
     );
     topo.outside.exec_stdin("nft", &["-f", "-"], &rules).expect("the UDP sink on db-a");
 }
 
-/// Datagrams per second that reached db-a from web-1 over `secs`: one thread in the pod sends
-/// `len`-byte UDP payloads as fast as it can, db-a's sink counts what arrives.
-pub fn udp_flood(topo: &Topology, secs: u32, len: usize) -> f64 {
-    topo.outside.exec("nft", &["reset", "counter", "ip", "bench", "got"]).expect("reset the sink counter");
+/// Datagrams per second that reached db-a (`dst`, either family) from web-1 over `secs`: one
+/// thread in the pod sends `len`-byte UDP payloads as fast as it can, db-a's sink counts what
+/// arrives.
+pub fn udp_flood(topo: &Topology, secs: u32, len: usize, dst: IpAddr) -> f64 {
+    topo.outside.exec("nft", &["reset", "counter", "inet", "bench", "got"]).expect("reset the sink counter");
     let elapsed = topo
         .pod("web-1")
         .expect("pod web-1")
         .ns
         .run(|| {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
-            s.connect((DB_A, SINK_PORT)).expect("connect");
+            let any: IpAddr =
+                if dst.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+            let s = std::net::UdpSocket::bind((any, 0)).expect("a UDP socket");
+            s.connect((dst, SINK_PORT)).expect("connect");
             let buf = vec![0u8; len];
             let start = Instant::now();
             let end = start + Duration::from_secs(u64::from(secs));
@@ -86,7 +95,7 @@ pub fn udp_flood(topo: &Topology, secs: u32, len: usize) -> f64 {
             start.elapsed()
         })
         .expect("the sender");
-    let out = topo.outside.exec("nft", &["-j", "list", "counter", "ip", "bench", "got"]).expect("the sink counter");
+    let out = topo.outside.exec("nft", &["-j", "list", "counter", "inet", "bench", "got"]).expect("the sink counter");
     let v: serde_json::Value = serde_json::from_str(&out).expect("nft JSON");
     let got = v["nftables"]
         .as_array()

@@ -239,14 +239,16 @@ pub fn counter(topo: &Topology, dp: &Datapath, i: usize, egress: &str) -> egret_
 /// Bits per second iperf3 measured from pod web-1 to db-a over `secs`, with `streams` parallel
 /// TCP streams (the benchmark examples; needs `iperf3 -s` on db-a).
 pub fn iperf(topo: &Topology, secs: u32, streams: u32) -> f64 {
+    iperf_to(topo, secs, streams, IpAddr::V4(egret_netns::DB_A))
+}
+
+/// [`iperf`] to `dst` (db-a's address of either family).
+pub fn iperf_to(topo: &Topology, secs: u32, streams: u32, dst: IpAddr) -> f64 {
     let out = topo
         .pod("web-1")
         .expect("pod web-1")
         .ns
-        .exec(
-            "iperf3",
-            &["-c", &egret_netns::DB_A.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"],
-        )
+        .exec("iperf3", &["-c", &dst.to_string(), "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
         .expect("iperf3 client");
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     v["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second")
