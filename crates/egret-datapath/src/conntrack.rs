@@ -18,23 +18,37 @@
 //! lists the table and deletes the chosen flows.
 
 use egret_core::planner::{NodePlan, SteerAction};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-/// Inclusive destination interval, as numbers.
-pub type Interval = (u32, u32);
+/// Inclusive destination interval, as numbers (an IPv4 address as its 32-bit value; a source's
+/// destinations are of its own family).
+pub type Interval = (u128, u128);
 
 /// `(start, end, what this node does)` for one source, one layer (steering or SNAT).
-type Entries = Vec<(u32, u32, String)>;
+type Entries = Vec<(u128, u128, String)>;
+
+/// An address as a number of its family.
+pub fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).into(),
+        IpAddr::V6(v6) => v6.into(),
+    }
+}
+
+fn span(d: &IpNet) -> (u128, u128) {
+    (number(d.network()), number(d.broadcast()))
+}
 
 /// Per source: steering entries and SNAT entries, each sorted and disjoint.
-fn entries(plan: &NodePlan) -> BTreeMap<Ipv4Addr, [Entries; 2]> {
-    let mut out: BTreeMap<Ipv4Addr, [Entries; 2]> = BTreeMap::new();
-    let span = |d: &Ipv4Net| (u32::from(d.network()), u32::from(d.broadcast()));
+fn entries(plan: &NodePlan) -> BTreeMap<IpAddr, [Entries; 2]> {
+    let mut out: BTreeMap<IpAddr, [Entries; 2]> = BTreeMap::new();
+    let same_family = |src: IpAddr, dst: &IpNet| src.is_ipv6() == matches!(dst, IpNet::V6(_));
     for s in &plan.steer {
-        if let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) {
+        if same_family(s.source, &s.destination) {
+            let (src, dst) = (s.source, s.destination);
             // The address the traffic leaves with decides, not the gateway carrying it.
             let what = match (&s.action, s.egress_ip) {
                 (SteerAction::Drop, _) | (_, None) => "drop".to_string(),
@@ -45,7 +59,8 @@ fn entries(plan: &NodePlan) -> BTreeMap<Ipv4Addr, [Entries; 2]> {
         }
     }
     for s in &plan.snat {
-        if let (IpAddr::V4(src), IpNet::V4(dst)) = (s.source, s.destination) {
+        if same_family(s.source, &s.destination) {
+            let (src, dst) = (s.source, s.destination);
             let (a, b) = span(&dst);
             out.entry(src).or_default()[1].push((a, b, format!("snat {}", s.egress_ip)));
         }
@@ -59,42 +74,42 @@ fn entries(plan: &NodePlan) -> BTreeMap<Ipv4Addr, [Entries; 2]> {
 }
 
 /// What `entries` (sorted, disjoint) says for address `x`.
-fn lookup(entries: &Entries, x: u32) -> Option<&str> {
+fn lookup(entries: &Entries, x: u128) -> Option<&str> {
     let i = entries.partition_point(|e| e.1 < x);
     entries.get(i).filter(|e| e.0 <= x).map(|e| e.2.as_str())
 }
 
 /// Per source address, the destination intervals (merged, sorted) where the address this
-/// node's pods' traffic leaves with differs between `old` and `new` (IPv4: what the datapath
-/// programs).
-pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interval>> {
+/// node's pods' traffic leaves with differs between `old` and `new`.
+pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<IpAddr, Vec<Interval>> {
     let (o, n) = (entries(old), entries(new));
     let empty: [Entries; 2] = Default::default();
     let mut out = BTreeMap::new();
-    let sources: BTreeSet<&Ipv4Addr> = o.keys().chain(n.keys()).collect();
+    let sources: BTreeSet<&IpAddr> = o.keys().chain(n.keys()).collect();
     for src in sources {
         let (a, b) = (o.get(src).unwrap_or(&empty), n.get(src).unwrap_or(&empty));
         if a == b {
             continue;
         }
-        // Elementary intervals between every boundary of either plan.
-        let mut cuts: BTreeSet<u64> = BTreeSet::new();
+        // Elementary intervals between every boundary of either plan (an interval ending at
+        // the family's last address has no boundary after it: the last one runs to the end).
+        let mut cuts: BTreeSet<u128> = BTreeSet::new();
         for l in a.iter().chain(b.iter()) {
             for e in l {
-                cuts.insert(e.0 as u64);
-                cuts.insert(e.1 as u64 + 1);
+                cuts.insert(e.0);
+                cuts.extend(e.1.checked_add(1));
             }
         }
-        let cuts: Vec<u64> = cuts.into_iter().collect();
+        let cuts: Vec<u128> = cuts.into_iter().collect();
         let mut diff: Vec<Interval> = Vec::new();
-        for w in cuts.windows(2) {
-            let (start, end) = (w[0] as u32, (w[1] - 1) as u32);
+        for (i, &start) in cuts.iter().enumerate() {
+            let end = cuts.get(i + 1).map_or(u128::MAX, |next| next - 1);
             let differs = lookup(&a[0], start) != lookup(&b[0], start);
             if !differs {
                 continue;
             }
             match diff.last_mut() {
-                Some(last) if last.1 as u64 + 1 == start as u64 => last.1 = end,
+                Some(last) if last.1.checked_add(1) == Some(start) => last.1 = end,
                 _ => diff.push((start, end)),
             }
         }
@@ -105,30 +120,30 @@ pub fn changed(old: &NodePlan, new: &NodePlan) -> BTreeMap<Ipv4Addr, Vec<Interva
     out
 }
 
-/// One IPv4 flow of `conntrack -L -f ipv4`: its original source and destination, and the
+/// One flow of `conntrack -L` (either family): its original source and destination, and the
 /// destination of its reply direction (the source address the flow leaves with after SNAT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Flow {
     /// Original source.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Original destination.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// Reply destination: `src` unless the flow is SNATed.
-    pub reply_dst: Ipv4Addr,
+    pub reply_dst: IpAddr,
     /// IP protocol number.
     pub proto: u8,
     /// Original source and destination ports (TCP, UDP, SCTP; 0 otherwise).
     pub ports: (u16, u16),
 }
 
-/// Every IPv4 flow in `conntrack -L -f ipv4` output.
+/// Every flow in `conntrack -L` output (`-f ipv4` or `-f ipv6`).
 pub fn parse_flows(text: &str) -> Vec<Flow> {
     text.lines()
         .filter_map(|line| {
             let mut srcs = line.split_whitespace().filter_map(|t| t.strip_prefix("src=")?.parse().ok());
             let mut dsts = line.split_whitespace().filter_map(|t| t.strip_prefix("dst=")?.parse().ok());
             let (src, dst) = (srcs.next()?, dsts.next()?);
-            let _reply_src: Option<Ipv4Addr> = srcs.next();
+            let _reply_src: Option<IpAddr> = srcs.next();
             let reply_dst = dsts.next().unwrap_or(src);
             // `tcp      6 431999 ESTABLISHED src=...`: the protocol's number is the second word.
             let proto = line.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
@@ -150,7 +165,7 @@ pub struct SnatUse {
     /// Those toward its busiest destination (address, protocol, port), each holding a port.
     pub busiest: usize,
     /// That destination: address, protocol number, port.
-    pub busiest_dst: Option<(Ipv4Addr, u8, u16)>,
+    pub busiest_dst: Option<(IpAddr, u8, u16)>,
 }
 
 impl SnatUse {
@@ -163,16 +178,16 @@ impl SnatUse {
 /// The source-port use of each of `ips` (egress IPs) among `flows`, in one pass over them (a
 /// gateway may host hundreds of IPs): a flow SNATed to an IP is one whose reply goes to that IP,
 /// not to its source. Every IP of `ips` is in the answer, with no use when no flow has it.
-pub fn snat_usages(flows: &[Flow], ips: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, SnatUse> {
-    let mut entries: BTreeMap<Ipv4Addr, usize> = ips.iter().map(|ip| (*ip, 0)).collect();
-    let mut per_dst: BTreeMap<(Ipv4Addr, Ipv4Addr, u8, u16), usize> = BTreeMap::new();
+pub fn snat_usages(flows: &[Flow], ips: &[IpAddr]) -> BTreeMap<IpAddr, SnatUse> {
+    let mut entries: BTreeMap<IpAddr, usize> = ips.iter().map(|ip| (*ip, 0)).collect();
+    let mut per_dst: BTreeMap<(IpAddr, IpAddr, u8, u16), usize> = BTreeMap::new();
     for f in flows.iter().filter(|f| f.src != f.reply_dst) {
         if let Some(n) = entries.get_mut(&f.reply_dst) {
             *n += 1;
             *per_dst.entry((f.reply_dst, f.dst, f.proto, f.ports.1)).or_default() += 1;
         }
     }
-    let mut out: BTreeMap<Ipv4Addr, SnatUse> =
+    let mut out: BTreeMap<IpAddr, SnatUse> =
         entries.into_iter().map(|(ip, n)| (ip, SnatUse { entries: n, ..SnatUse::default() })).collect();
     for ((ip, dst, proto, port), n) in per_dst {
         if let Some(u) = out.get_mut(&ip)
@@ -187,14 +202,14 @@ pub fn snat_usages(flows: &[Flow], ips: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, SnatU
 
 /// The flows SNATed to another address than the one `plan` gives their source and
 /// destination now (flows the plan does not SNAT here are left alone).
-pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
-    let snat: BTreeMap<Ipv4Addr, Entries> = entries(plan).into_iter().map(|(src, [_, snat])| (src, snat)).collect();
+pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(IpAddr, IpAddr)> {
+    let snat: BTreeMap<IpAddr, Entries> = entries(plan).into_iter().map(|(src, [_, snat])| (src, snat)).collect();
     flows
         .iter()
         .filter(|f| f.reply_dst != f.src)
         .filter(|f| {
             snat.get(&f.src)
-                .and_then(|e| lookup(e, u32::from(f.dst)))
+                .and_then(|e| lookup(e, number(f.dst)))
                 .is_some_and(|want| want != format!("snat {}", f.reply_dst))
         })
         .map(|f| (f.src, f.dst))
@@ -205,14 +220,17 @@ pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(Ipv4Addr, Ipv4Addr
 /// cluster-internal destinations (never steered, so never Egret's to end).
 pub fn affected(
     flows: &[Flow],
-    changed: &BTreeMap<Ipv4Addr, Vec<Interval>>,
-    cluster: &[Ipv4Net],
-) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
+    changed: &BTreeMap<IpAddr, Vec<Interval>>,
+    cluster: &[IpNet],
+) -> BTreeSet<(IpAddr, IpAddr)> {
     flows
         .iter()
         .filter(|f| {
             let Some(iv) = changed.get(&f.src) else { return false };
-            let x = u32::from(f.dst);
+            if f.src.is_ipv6() != f.dst.is_ipv6() {
+                return false;
+            }
+            let x = number(f.dst);
             let i = iv.partition_point(|e| e.1 < x);
             iv.get(i).is_some_and(|e| e.0 <= x) && !cluster.iter().any(|c| c.contains(&f.dst))
         })
@@ -236,7 +254,7 @@ pub struct Conn {
 
 impl From<&Flow> for Conn {
     fn from(f: &Flow) -> Conn {
-        Conn { src: IpAddr::V4(f.src), dst: IpAddr::V4(f.dst), proto: f.proto, ports: f.ports }
+        Conn { src: f.src, dst: f.dst, proto: f.proto, ports: f.ports }
     }
 }
 
@@ -310,25 +328,24 @@ pub fn delete_flows_script(conns: &[Conn]) -> String {
     out
 }
 
-/// The input of `conntrack -R -` deleting every flow between each pair.
-pub fn delete_script(pairs: &BTreeSet<(Ipv4Addr, Ipv4Addr)>) -> String {
+/// The input of `conntrack -R -` deleting every flow between each pair (of either family).
+pub fn delete_script(pairs: &BTreeSet<(IpAddr, IpAddr)>) -> String {
     let mut out = String::new();
     for (s, d) in pairs {
-        let _ = writeln!(out, "-D -s {s} -d {d}");
+        let family = if s.is_ipv6() { "-f ipv6 " } else { "" };
+        let _ = writeln!(out, "-D {family}-s {s} -d {d}");
     }
     out
 }
 
-/// IPv4 cluster-internal CIDRs of both plans.
-pub fn cluster(old: &NodePlan, new: &NodePlan) -> Vec<Ipv4Net> {
-    old.cluster_cidrs
-        .iter()
-        .chain(new.cluster_cidrs.iter())
-        .filter_map(|c| match c {
-            IpNet::V4(v4) => Some(*v4),
-            IpNet::V6(_) => None,
-        })
-        .collect()
+/// Cluster-internal CIDRs of both plans.
+pub fn cluster(old: &NodePlan, new: &NodePlan) -> Vec<IpNet> {
+    old.cluster_cidrs.iter().chain(new.cluster_cidrs.iter()).copied().collect()
+}
+
+/// Whether either plan steers or SNATs IPv6 traffic here (then IPv6 flows are read too).
+pub fn has_ipv6(old: &NodePlan, new: &NodePlan) -> bool {
+    crate::link::needs_ipv6(old) || crate::link::needs_ipv6(new)
 }
 
 #[cfg(test)]
@@ -391,14 +408,17 @@ mod tests {
         SteerAction::Tunnel { gateway: gw.into() }
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    fn show(c: &BTreeMap<Ipv4Addr, Vec<Interval>>) -> Vec<String> {
+    fn show(c: &BTreeMap<IpAddr, Vec<Interval>>) -> Vec<String> {
+        let addr = |v6: bool, n: u128| -> IpAddr {
+            if v6 { std::net::Ipv6Addr::from(n).into() } else { std::net::Ipv4Addr::from(n as u32).into() }
+        };
         c.iter()
             .flat_map(|(s, iv)| {
-                iv.iter().map(move |(a, b)| format!("{s} {}-{}", Ipv4Addr::from(*a), Ipv4Addr::from(*b)))
+                iv.iter().map(move |(a, b)| format!("{s} {}-{}", addr(s.is_ipv6(), *a), addr(s.is_ipv6(), *b)))
             })
             .collect()
     }
@@ -455,7 +475,7 @@ mod tests {
         assert_eq!(flows.len(), 6);
         assert_eq!(flows[0].reply_dst, ip("10.10.0.11"));
         assert_eq!(flows[3].reply_dst, ip("10.244.1.12"), "not SNATed");
-        let cluster: Vec<Ipv4Net> = vec!["10.96.0.0/12".parse().unwrap()];
+        let cluster: Vec<IpNet> = vec!["10.96.0.0/12".parse().unwrap()];
         let hit = affected(&flows, &c, &cluster);
         assert_eq!(
             hit.into_iter().collect::<Vec<_>>(),
@@ -471,6 +491,37 @@ mod tests {
         assert!(misbound(&flows, &old).is_empty(), "every binding agrees with the old plan");
         let script = delete_script(&[(ip("10.244.1.11"), ip("203.0.113.5"))].into());
         assert_eq!(script, "-D -s 10.244.1.11 -d 203.0.113.5\n");
+    }
+
+    #[test]
+    fn ipv6_flows_whose_egress_ip_changed_are_ended_whole_family_ranges_included() {
+        let old = NodePlan {
+            steer: vec![
+                steer("fd00:10:244:1::10", "::/0", tunnel("node-2"), "fd00:10:10::e1"),
+                steer("fd00:10:244:1::11", "2001:db8::/32", tunnel("node-2"), "fd00:10:10::e1"),
+                steer("10.244.1.10", "0.0.0.0/0", tunnel("node-2"), "10.10.0.11"),
+            ],
+            ..NodePlan::default()
+        };
+        let mut new = old.clone();
+        // ::10 now leaves with another address; ::11 and the IPv4 source are unchanged.
+        new.steer[0].egress_ip = Some("fd00:10:10::e2".parse().unwrap());
+        let c = changed(&old, &new);
+        assert_eq!(show(&c), vec!["fd00:10:244:1::10 ::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]);
+        let flows = parse_flows(
+            "tcp      6 431999 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:113::5 sport=40000 dport=8080 src=2001:db8:113::5 dst=fd00:10:10::e1 sport=8080 dport=40000 [ASSURED] mark=65536 use=1\n\
+             tcp      6 431999 ESTABLISHED src=fd00:10:244:1::11 dst=2001:db8:113::5 sport=40001 dport=8080 src=2001:db8:113::5 dst=fd00:10:10::e1 sport=8080 dport=40001 [ASSURED] mark=65536 use=1\n\
+             tcp      6 431999 ESTABLISHED src=fd00:10:244:1::10 dst=fd00:10:244:2::10 sport=40002 dport=8080 src=fd00:10:244:2::10 dst=fd00:10:244:1::10 sport=8080 dport=40002 [ASSURED] mark=0 use=1\n",
+        );
+        assert_eq!(flows.len(), 3);
+        let cluster: Vec<IpNet> = vec!["fd00:10:244::/48".parse().unwrap()];
+        let hit = affected(&flows, &c, &cluster);
+        assert_eq!(hit.iter().copied().collect::<Vec<_>>(), vec![(ip("fd00:10:244:1::10"), ip("2001:db8:113::5"))]);
+        assert_eq!(delete_script(&hit), "-D -f ipv6 -s fd00:10:244:1::10 -d 2001:db8:113::5\n");
+        // A gateway: the flow bound to the old IPv6 address is misbound under the new SNAT.
+        let gw = |eip: &str| NodePlan { snat: vec![snat("fd00:10:244:1::10", "::/0", eip)], ..NodePlan::default() };
+        assert!(misbound(&flows, &gw("fd00:10:10::e1")).is_empty());
+        assert_eq!(misbound(&flows, &gw("fd00:10:10::e2")).len(), 1);
     }
 
     #[test]

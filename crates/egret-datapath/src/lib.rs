@@ -146,7 +146,7 @@ pub struct SyncReport {
     pub announce_failed: Vec<IpAddr>,
     /// Established flows whose conntrack entries were deleted because the plan now steers
     /// them differently, as `(source, destination)`.
-    pub flows_ended: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    pub flows_ended: Vec<(IpAddr, IpAddr)>,
     /// Time of the nft transaction, when one was applied.
     pub nft_apply: Option<Duration>,
     /// Number of commands in the nft transaction (0: none was needed).
@@ -529,17 +529,18 @@ fn run_conntrack(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<Opt
 /// conntrack table whatever their number (a listing per IP, filtered by the kernel, cost a full
 /// table walk and a process each: with hundreds of IPs, most of a gateway's CPU). `None`: the
 /// `conntrack` tool is missing.
-pub fn snat_usage(
-    cfg: &Config,
-    ips: &[std::net::Ipv4Addr],
-) -> Result<Option<BTreeMap<std::net::Ipv4Addr, conntrack::SnatUse>>, DatapathError> {
-    if ips.is_empty() {
-        return Ok(Some(BTreeMap::new()));
+pub fn snat_usage(cfg: &Config, ips: &[IpAddr]) -> Result<Option<BTreeMap<IpAddr, conntrack::SnatUse>>, DatapathError> {
+    let mut flows = Vec::new();
+    for (family, v6) in [("ipv4", false), ("ipv6", true)] {
+        if !ips.iter().any(|ip| ip.is_ipv6() == v6) {
+            continue;
+        }
+        let Some(list) = run_conntrack(cfg, &["-L", "-f", family], None)? else {
+            return Ok(None);
+        };
+        flows.extend(conntrack::parse_flows(&list));
     }
-    let Some(list) = run_conntrack(cfg, &["-L", "-f", "ipv4"], None)? else {
-        return Ok(None);
-    };
-    Ok(Some(conntrack::snat_usages(&conntrack::parse_flows(&list), ips)))
+    Ok(Some(conntrack::snat_usages(&flows, ips)))
 }
 
 /// Deletes the conntrack entries of the flows whose treatment on this node differs between
@@ -567,15 +568,19 @@ fn end_changed_flows(
         report.skipped.push(nft::Skip::new(missing()));
         return Ok(());
     };
-    let flows = conntrack::parse_flows(&list);
+    let mut flows = conntrack::parse_flows(&list);
+    // IPv6 flows where either plan steers or SNATs IPv6 here, or the firewall decides IPv6
+    // pods' flows.
+    let v6_fw = old.firewall != new.firewall && new.firewall.pods.iter().any(|p| p.ip.is_ipv6());
+    if conntrack::has_ipv6(old, new) || v6_fw {
+        let Some(list6) = run_conntrack(cfg, &["-L", "-f", "ipv6"], None)? else {
+            report.skipped.push(nft::Skip::new(missing()));
+            return Ok(());
+        };
+        flows.extend(conntrack::parse_flows(&list6));
+    }
     if old.firewall != new.firewall {
-        let mut conns: Vec<conntrack::Conn> = flows.iter().map(conntrack::Conn::from).collect();
-        // IPv6 pods' flows too: the firewall decides both families.
-        if new.firewall.pods.iter().any(|p| p.ip.is_ipv6())
-            && let Some(list6) = run_conntrack(cfg, &["-L", "-f", "ipv6"], None)?
-        {
-            conns.extend(conntrack::parse_conns(&list6));
-        }
+        let conns: Vec<conntrack::Conn> = flows.iter().map(conntrack::Conn::from).collect();
         let denied = conntrack::denied(&conns, old, new);
         if !denied.is_empty() {
             if run_conntrack(cfg, &["-R", "-"], Some(&conntrack::delete_flows_script(&denied)))?.is_none() {
@@ -583,10 +588,7 @@ fn end_changed_flows(
                 return Ok(());
             }
             report.changes.push(format!("conntrack: ended {} flow(s) that a policy now denies", denied.len()));
-            report.flows_ended.extend(denied.iter().filter_map(|f| match (f.src, f.dst) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => Some((s, d)),
-                _ => None,
-            }));
+            report.flows_ended.extend(denied.iter().map(|f| (f.src, f.dst)));
         }
     }
     let mut hit = conntrack::affected(&flows, &changed, &conntrack::cluster(old, new));

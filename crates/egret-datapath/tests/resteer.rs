@@ -18,18 +18,22 @@ struct UdpWhoami(Arc<AtomicBool>);
 
 impl UdpWhoami {
     fn start(topo: &Topology) -> UdpWhoami {
-        let sock = topo.outside.run(|| UdpSocket::bind(("0.0.0.0", UDP_PORT))).unwrap().unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+        // One socket per address: an unbound reply could leave from another address of the
+        // same IPv6 subnet (bad-host's), which no conntrack entry expects.
+        for addr in [IpAddr::V4(DB_A), IpAddr::V6(DB_A6)] {
+            let sock = topo.outside.run(|| UdpSocket::bind((addr, UDP_PORT))).unwrap().unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let s = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !s.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+                    }
                 }
-            }
-        });
+            });
+        }
         UdpWhoami(stop)
     }
 }
@@ -45,8 +49,13 @@ struct Flow(UdpSocket);
 
 impl Flow {
     fn open(ns: &Netns) -> Flow {
-        let sock = ns.run(|| UdpSocket::bind(("0.0.0.0", 40053))).unwrap().unwrap();
-        sock.connect(SocketAddr::from((DB_A, UDP_PORT))).unwrap();
+        Flow::open_to(ns, IpAddr::V4(DB_A))
+    }
+
+    fn open_to(ns: &Netns, dst: IpAddr) -> Flow {
+        let any = if dst.is_ipv6() { "::" } else { "0.0.0.0" };
+        let sock = ns.run(|| UdpSocket::bind((any, 40053))).unwrap().unwrap();
+        sock.connect(SocketAddr::from((dst, UDP_PORT))).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         Flow(sock)
     }
@@ -98,7 +107,7 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     assert_eq!(gateway(&plan, "eg-web"), Some(3));
     assert_ne!(new_ip, old_ip);
     let reports = sync_all(&topo, &mut dps, &plan);
-    let flow_key = (WEB1, DB_A);
+    let flow_key = (std::net::IpAddr::V4(WEB1), std::net::IpAddr::V4(DB_A));
     assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
     // The old gateway leaves its stale binding alone: no packet of the flow reaches it now.
     assert!(!reports[1].flows_ended.contains(&flow_key), "old gateway: {:?}", reports[1].flows_ended);
@@ -112,4 +121,34 @@ fn an_established_flow_leaves_the_old_egress_ip_when_its_egress_moves_or_is_dele
     assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
     assert_eq!(flow.seen(), IpAddr::V4(node_ip(1)));
     assert_eq!(local.seen(), IpAddr::V4(node_ip(2)));
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn an_established_ipv6_flow_leaves_the_old_egress_ip_when_its_egress_moves() {
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("resteer6", 3).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let _server = UdpWhoami::start(&topo);
+    let mut c = Cluster::new(3, &[2, 3]);
+    let on = |i: usize| sel(&[("kubernetes.io/hostname", &node_name(i))]);
+    c.pod_dual("default", "web-1", "web", 1, WEB1)
+        .pool_on("pool-2", "fd00:10:10::11", "fd00:10:10::1f", on(2))
+        .pool_on("pool-3", "fd00:10:10::21", "fd00:10:10::2f", on(3))
+        .egress("eg-web6", "web", "pool-2", &[], &[]);
+    let plan = c.plan();
+    let old_ip = egress_ip(&plan, "eg-web6");
+    let mut dps = datapaths(3);
+    sync_all(&topo, &mut dps, &plan);
+    let flow = Flow::open_to(&topo.pod("web-1").unwrap().ns, IpAddr::V6(DB_A6));
+    assert_eq!(flow.seen(), old_ip);
+
+    c.egresses[0].spec.external_ip_pool = Some("pool-3".into());
+    let plan = c.plan();
+    let new_ip = egress_ip(&plan, "eg-web6");
+    assert_ne!(new_ip, old_ip);
+    let reports = sync_all(&topo, &mut dps, &plan);
+    let flow_key = (IpAddr::V6(pod_ip6(WEB1)), IpAddr::V6(DB_A6));
+    assert!(reports[0].flows_ended.contains(&flow_key), "origin: {:?}", reports[0].flows_ended);
+    assert_eq!(flow.seen(), new_ip, "the established IPv6 flow still left with the old egress IP");
 }

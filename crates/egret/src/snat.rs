@@ -7,7 +7,7 @@
 use crate::metrics::Metrics;
 use egret_datapath::conntrack::{SNAT_PORTS, SnatUse};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -16,11 +16,11 @@ const EVERY: Duration = Duration::from_secs(5);
 
 /// The IPs whose use crossed `warn_at` since the last look, and those back under it (pure).
 pub fn crossings(
-    usage: &[(Ipv4Addr, SnatUse)],
-    warned: &BTreeSet<Ipv4Addr>,
+    usage: &[(IpAddr, SnatUse)],
+    warned: &BTreeSet<IpAddr>,
     warn_at: f64,
-) -> (Vec<(Ipv4Addr, SnatUse)>, Vec<Ipv4Addr>) {
-    let over: Vec<(Ipv4Addr, SnatUse)> =
+) -> (Vec<(IpAddr, SnatUse)>, Vec<IpAddr>) {
+    let over: Vec<(IpAddr, SnatUse)> =
         usage.iter().filter(|(ip, u)| u.utilization() >= warn_at && !warned.contains(ip)).copied().collect();
     let under =
         warned.iter().filter(|ip| usage.iter().all(|(i, u)| i != *ip || u.utilization() < warn_at)).copied().collect();
@@ -30,17 +30,13 @@ pub fn crossings(
 /// Reads, exports and warns until `stop`.
 pub fn watch(cfg: &egret_datapath::Config, m: &Metrics, stop: &AtomicBool, warn_at: f64) {
     let mut warned = BTreeSet::new();
-    let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
     let mut said_missing = false;
     while !stop.load(Ordering::Relaxed) {
-        let ips: Vec<Ipv4Addr> = m
-            .hosted_ips
-            .read()
-            .map(|h| h.iter().filter_map(|ip| if let IpAddr::V4(v4) = ip { Some(*v4) } else { None }).collect())
-            .unwrap_or_default();
+        let ips: Vec<IpAddr> = m.hosted_ips.read().map(|h| h.iter().copied().collect()).unwrap_or_default();
         match egret_datapath::snat_usage(cfg, &ips) {
             Ok(Some(usage)) => {
-                let usage: Vec<(Ipv4Addr, SnatUse)> = usage.into_iter().collect();
+                let usage: Vec<(IpAddr, SnatUse)> = usage.into_iter().collect();
                 // Only what is no longer hosted goes: a scrape never sees a hosted IP missing.
                 for gone in seen.iter().filter(|ip| !usage.iter().any(|(i, _)| i == *ip)) {
                     let l = vec![("egress_ip".to_string(), gone.to_string())];
@@ -94,8 +90,8 @@ mod tests {
 
     #[test]
     fn a_crossing_is_said_once_and_again_after_falling_back() {
-        let a = Ipv4Addr::new(10, 10, 0, 11);
-        let b = Ipv4Addr::new(10, 10, 0, 12);
+        let a = IpAddr::from([10, 10, 0, 11]);
+        let b: IpAddr = "fd00:10:10::e1".parse().unwrap();
         let half = SNAT_PORTS / 2;
         let mut warned = BTreeSet::new();
         let (over, under) = crossings(&[(a, use_of(half)), (b, use_of(10))], &warned, 0.5);
