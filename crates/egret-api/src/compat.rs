@@ -60,7 +60,7 @@ pub struct AntreaEgressSpec {
     /// Several pools (v1beta1); not supported yet.
     #[serde(default, rename = "externalIPPools")]
     pub external_ip_pools: Vec<String>,
-    /// Bandwidth limit (v1beta1); not supported yet.
+    /// Bandwidth limit (v1beta1): `{rate, burst}`.
     #[serde(default)]
     pub bandwidth: Option<serde_json::Value>,
 }
@@ -230,8 +230,8 @@ fn name_of(m: &ObjectMeta) -> String {
     m.name.clone().unwrap_or_default()
 }
 
-/// Translates an Antrea Egress. Several egress IPs, several pools and bandwidth limits are
-/// errors until Egret supports them, so nothing is silently dropped.
+/// Translates an Antrea Egress. Several egress IPs and several pools are errors until Egret
+/// supports them, so nothing is silently dropped.
 pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
     if !a.spec.egress_ips.is_empty() {
         return Err(unsupported("spec.egressIPs", "several egress IPs are not supported yet; use egressIP"));
@@ -239,9 +239,15 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
     if !a.spec.external_ip_pools.is_empty() {
         return Err(unsupported("spec.externalIPPools", "several pools are not supported yet; use externalIPPool"));
     }
-    if a.spec.bandwidth.is_some() {
-        return Err(unsupported("spec.bandwidth", "bandwidth limits are not supported yet"));
-    }
+    // The values are checked where native Egresses' are (with the field named); here only
+    // the shape.
+    let bandwidth = match &a.spec.bandwidth {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<crate::v1alpha1::Bandwidth>(v.clone())
+                .map_err(|e| unsupported("spec.bandwidth", &format!("expected {{rate, burst}} strings: {e}")))?,
+        ),
+    };
     let spec = EgressSpec {
         applied_to: AppliedTo {
             namespace_selector: a.spec.applied_to.namespace_selector.clone(),
@@ -250,6 +256,7 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
         },
         egress_ip: a.spec.egress_ip.clone(),
         external_ip_pool: a.spec.external_ip_pool.clone(),
+        bandwidth,
         ..EgressSpec::default()
     };
     let mut e = Egress::new(&name_of(&a.metadata), spec);
@@ -375,6 +382,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
             destination_cidrs: c.spec.destination_cidrs.clone(),
             excluded_cidrs: c.spec.excluded_cidrs.clone(),
             failure_policy: None,
+            bandwidth: None,
         };
         let mut e = Egress::new(&eg_name, spec);
         e.metadata = carry_meta(&c.metadata, eg_name);
@@ -692,11 +700,14 @@ spec:
     }
 
     #[test]
-    fn antrea_egress_keeps_status_and_rejects_bandwidth() {
-        let y = "metadata: {name: e}\nspec:\n  appliedTo: {podSelector: {}}\n  egressIP: 10.10.0.8\n  externalIPPool: p\nstatus:\n  egressNode: node01\n";
+    fn antrea_egress_keeps_status_and_bandwidth() {
+        let y = "metadata: {name: e}\nspec:\n  appliedTo: {podSelector: {}}\n  egressIP: 10.10.0.8\n  externalIPPool: p\n  bandwidth: {rate: 100Mbps, burst: 200Mb}\nstatus:\n  egressNode: node01\n";
         let a: AntreaEgress = serde_yaml_ng::from_str(y).unwrap();
         let e = antrea_egress(&a).unwrap();
         assert_eq!(e.status.unwrap().egress_node.as_deref(), Some("node01"));
+        let bw = e.spec.bandwidth.unwrap();
+        assert_eq!((bw.rate.as_str(), bw.burst.as_str()), ("100Mbps", "200Mb"));
+        // A shape that is not {rate, burst} is named; bad values are the validator's.
         let mut b = a.clone();
         b.spec.bandwidth = Some(serde_json::json!({"rate": "100M"}));
         assert_eq!(antrea_egress(&b).unwrap_err().field, "spec.bandwidth");

@@ -107,6 +107,23 @@ pub struct EgressSpec {
     /// `FallbackToNodeIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<String>,
+    /// A limit on the total rate of the Egress's traffic through its gateway (Antrea's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// A rate limit: traffic beyond `rate` (after a `burst`) is dropped at the gateway, as Antrea's
+/// meters do.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    /// Bits per second: a number with an optional SI (`k`, `M`, `G`, `T`) or binary (`Ki`, `Mi`,
+    /// `Gi`, `Ti`) suffix and an optional `bps`, e.g. `100Mbps`, `1G`.
+    pub rate: String,
+    /// Bits that may pass above the rate at once: the same form with an optional `b`, e.g.
+    /// `200Mb`.
+    pub burst: String,
 }
 
 /// Pod selection of an Egress.

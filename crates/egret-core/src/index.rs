@@ -2287,7 +2287,7 @@ mod tests {
         assert!(ix.api_pools().is_empty() && ix.api_egresses().is_empty());
         assert!(ix.node_plan("node-1").unwrap().steer.is_empty());
         let bad: AntreaEgress = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "a"}, "spec": {"bandwidth": {"rate": "10M", "burst": "20M"}}
+            "metadata": {"name": "a"}, "spec": {"egressIPs": ["10.10.0.8", "10.10.0.9"]}
         }))
         .unwrap();
         ix.apply(Change::AntreaEgresses(Event::Apply(bad)));

@@ -197,6 +197,17 @@ pub struct Egress {
     pub failure_policy: FailurePolicy,
     /// `status.egressIP` as found (an earlier allocation to restore).
     pub status_ip: Option<IpAddr>,
+    /// `spec.bandwidth`: a limit on the Egress's traffic through its gateway.
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// A rate limit, parsed: traffic beyond `rate_bps` after a burst of `burst_bits` is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Bandwidth {
+    /// Bits per second.
+    pub rate_bps: u64,
+    /// Bits allowed above the rate at once.
+    pub burst_bits: u64,
 }
 
 impl Egress {

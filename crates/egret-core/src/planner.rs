@@ -92,6 +92,9 @@ pub struct EgressOutcome {
     /// Whether the IP came from a pool (and so must be hosted on the gateway's dummy device).
     #[serde(skip)]
     pub from_pool: bool,
+    /// Its bandwidth limit, enforced on the gateway.
+    #[serde(skip)]
+    pub bandwidth: Option<crate::model::Bandwidth>,
 }
 
 /// Use of one pool.
@@ -250,6 +253,9 @@ pub struct NodePlan {
     pub snat: Vec<Snat>,
     /// Egress IPs hosted here.
     pub hosted: Vec<Hosted>,
+    /// Bandwidth limits of the Egresses whose traffic this node SNATs (it is their gateway).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bandwidth: BTreeMap<String, crate::model::Bandwidth>,
     /// The egress firewall for this node's pods.
     #[serde(skip_serializing_if = "crate::policy::Firewall::is_empty")]
     pub firewall: crate::policy::Firewall,
@@ -412,7 +418,14 @@ pub(crate) fn gateways_with(
         };
         out.insert(
             e.name.clone(),
-            EgressOutcome { name: e.name.clone(), egress_ip: ip, egress_node: node, conditions, from_pool },
+            EgressOutcome {
+                name: e.name.clone(),
+                egress_ip: ip,
+                egress_node: node,
+                conditions,
+                from_pool,
+                bandwidth: e.bandwidth,
+            },
         );
     }
     out
@@ -750,6 +763,12 @@ impl Plan {
             }
         }
         for e in &self.egresses {
+            if let (Some(bw), Some(node)) = (e.bandwidth, &e.egress_node)
+                && let Some(np) = out.get_mut(node.as_str())
+                && np.snat.iter().any(|s| s.egress == e.name)
+            {
+                np.bandwidth.insert(e.name.clone(), bw);
+            }
             // Static IPs outside pools are already configured on their node.
             let (Some(ip), Some(node), true) = (e.egress_ip, &e.egress_node, e.from_pool) else {
                 continue;
@@ -972,6 +991,26 @@ mod tests {
         assert_eq!(rows(&p), vec!["10.244.1.10 0.0.0.0/0 10.10.0.11 DROP", "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"]);
         f.egresses[0].spec.failure_policy = Some("FallbackToNodeIP".into());
         assert!(f.plan().rules.is_empty());
+    }
+
+    #[test]
+    fn a_bandwidth_limit_goes_to_the_gateway_only() {
+        let mut f = Fixture::lab();
+        f.pools.push(mk_pool("p", &[("10.10.0.11", "10.10.0.20")], &[]));
+        let mut e = ns_egress("e", "prod", Some("web"), Some("p"), None);
+        e.spec.bandwidth = Some(api::Bandwidth { rate: "100Mbps".into(), burst: "200Mb".into() });
+        f.egresses = vec![e];
+        let p = f.plan();
+        let gw = outcome(&p, "e").egress_node.clone().unwrap();
+        let plans = p.node_plans();
+        let want = crate::model::Bandwidth { rate_bps: 100_000_000, burst_bits: 200_000_000 };
+        for (node, np) in &plans {
+            if *node == gw {
+                assert_eq!(np.bandwidth.get("e"), Some(&want));
+            } else {
+                assert!(np.bandwidth.is_empty(), "{node}: {:?}", np.bandwidth);
+            }
+        }
     }
 
     #[test]

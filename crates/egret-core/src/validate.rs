@@ -3,7 +3,7 @@
 //! Every problem names the object and the field path and says what is wrong and what is
 //! allowed. A bad object is reported and left out; it never stops the others from being checked.
 
-use crate::model::{AppliedTo, Egress, FailurePolicy, Pool};
+use crate::model::{AppliedTo, Bandwidth, Egress, FailurePolicy, Pool};
 use crate::net::{Family, Span};
 use crate::selector::Selector;
 use egret_api::v1alpha1::{self as api, IPRange};
@@ -361,6 +361,11 @@ fn validate_egress(
             FailurePolicy::Drop
         }
     };
+    let bandwidth = spec.bandwidth.as_ref().and_then(|b| {
+        let rate = bits(&b.rate, "bps").map_err(|m| sink.push("spec.bandwidth.rate", m)).ok();
+        let burst = bits(&b.burst, "b").map_err(|m| sink.push("spec.bandwidth.burst", m)).ok();
+        Some(Bandwidth { rate_bps: rate?, burst_bits: burst? })
+    });
     if sink.problems.len() > before {
         return None;
     }
@@ -377,7 +382,41 @@ fn validate_egress(
         family,
         failure_policy,
         status_ip,
+        bandwidth,
     })
+}
+
+/// A number of bits (per second) as Antrea writes them: digits, an optional SI (`k`, `M`, `G`,
+/// `T`) or binary (`Ki`, `Mi`, `Gi`, `Ti`) multiplier, an optional `unit` (`bps`, `b`).
+pub(crate) fn bits(text: &str, unit: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not a quantity of bits: digits with an optional k, M, G, T, Ki, Mi, Gi or Ti and an optional {unit:?}, e.g. \"100M{unit}\""
+        )
+    };
+    let t = text.trim();
+    let t = t.strip_suffix(unit).unwrap_or(t);
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err(format!("{text:?} is zero: a limit must let something through")),
+        // nft counts in bytes per second; beyond this the limit would not be one.
+        Some(v) if v <= u64::MAX / 8 => Ok(v),
+        _ => Err(format!("{text:?} is too large")),
+    }
 }
 
 pub(crate) fn check_name(name: Option<&String>, seen: &mut BTreeSet<String>, sink: &mut Sink) -> bool {
@@ -535,6 +574,25 @@ pub fn check_pool_update(new: &Pool, index: usize, allocated: &[(IpAddr, String)
 }
 
 #[cfg(test)]
+mod bits_tests {
+    use super::bits;
+
+    #[test]
+    fn antrea_bandwidth_quantities_parse_as_bits() {
+        assert_eq!(bits("100Mbps", "bps"), Ok(100_000_000));
+        assert_eq!(bits("100M", "bps"), Ok(100_000_000));
+        assert_eq!(bits("1Gbps", "bps"), Ok(1_000_000_000));
+        assert_eq!(bits("512Kibps", "bps"), Ok(512 * 1024));
+        assert_eq!(bits("200Mb", "b"), Ok(200_000_000));
+        assert_eq!(bits("8000", "b"), Ok(8000));
+        for bad in ["", "Mbps", "1.5M", "-1M", "10Q", "100 Mbps x", "99999999999999999999T"] {
+            assert!(bits(bad, "bps").is_err(), "{bad:?}");
+        }
+        assert!(bits("0M", "bps").unwrap_err().contains("zero"));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::*;
@@ -654,6 +712,10 @@ mod tests {
         );
         check(&|e| e.spec.excluded_cidrs = vec!["x".into()], "spec.excludedCIDRs[0]");
         check(&|e| e.spec.failure_policy = Some("Leak".into()), "spec.failurePolicy");
+        let bw = |rate: &str, burst: &str| Some(api::Bandwidth { rate: rate.into(), burst: burst.into() });
+        assert!(check(&|e| e.spec.bandwidth = bw("fast", "200Mb"), "spec.bandwidth.rate").contains("not a quantity"));
+        check(&|e| e.spec.bandwidth = bw("100Mbps", "200Xb"), "spec.bandwidth.burst");
+        assert!(check(&|e| e.spec.bandwidth = bw("0", "1M"), "spec.bandwidth.rate").contains("zero"));
         check(
             &|e| e.spec.applied_to.pod_selector = Some(mk_expr("app", "Equals", &["web"])),
             "spec.appliedTo.podSelector.matchExpressions[0].operator",
