@@ -29,6 +29,18 @@ const MAP_SNAT: &str = "snat";
 const MAP_COUNTERS_SRC: &str = "counters_src";
 const MAP_COUNTERS: &str = "counters";
 const MAP_CONNS: &str = "conns";
+const MAP_BANDWIDTH: &str = "bandwidth";
+
+/// Gateway: (pod . destination) -> `jump bw_<egress>` for Egresses with a bandwidth limit.
+pub const MAP_BANDWIDTH4: &str = "bandwidth4";
+/// The IPv6 twin of [`MAP_BANDWIDTH4`].
+pub const MAP_BANDWIDTH6: &str = "bandwidth6";
+
+/// The chain limiting the rate of `egress`'s traffic on its gateway (Egress names never hold
+/// `_`).
+pub fn bandwidth_chain(egress: &str) -> String {
+    format!("bw_{egress}")
+}
 
 /// Set holding cluster-internal IPv4 destinations (never steered).
 pub const SET_CLUSTER4: &str = "cluster4";
@@ -437,6 +449,10 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         f.snat.insert(format!("{key_text} : {}", ip_text(eip)), raw(&json!([key, eip.to_string()])));
         let conn = conns_counter(&s.egress);
         f.conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
+        if plan.bandwidth.contains_key(&s.egress) {
+            let c = bandwidth_chain(&s.egress);
+            f.bandwidth.insert(format!("{key_text} : jump {c}"), raw(&json!([key, verdict_jump(&c)])));
+        }
         conn_names.insert(conn);
         add_counter(src, key_text, &key, &s.egress, f);
     }
@@ -550,13 +566,28 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         ]));
     }
     t.chains.insert(CHAIN_FROM_TUNNEL.into(), Chain { hook: None, rules: from });
-    t.chains.insert(
-        "forward".into(),
-        Chain {
-            hook: hook("filter", "forward", PRIO_MANGLE),
-            rules: vec![rule(vec![matches("==", meta("oif"), json!(vx)), verdict_goto(CHAIN_INTO_TUNNEL)])],
-        },
-    );
+    let mut forward = vec![rule(vec![matches("==", meta("oif"), json!(vx)), verdict_goto(CHAIN_INTO_TUNNEL)])];
+    if !plan.bandwidth.is_empty() {
+        // Gateway of Egresses with a bandwidth limit: what their pods send out (before SNAT,
+        // so still with the pod's address) passes the Egress's limit; over it, dropped, as
+        // Antrea's meters do. Only where some Egress has a limit: no lookup otherwise.
+        for f in both {
+            forward.push(rule(vec![
+                matches("==", ct("direction"), json!("original")),
+                json!({"vmap": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_BANDWIDTH))}}),
+            ]));
+        }
+        for (egress, bw) in &plan.bandwidth {
+            // Bytes, as nft counts; one token bucket per rule, shared by all the Egress's flows.
+            let limit = json!({"limit": {"rate": (bw.rate_bps / 8).max(1), "per": "second", "rate_unit": "bytes",
+                "burst": (bw.burst_bits / 8).max(1), "burst_unit": "bytes", "inv": true}});
+            t.chains.insert(
+                bandwidth_chain(egress),
+                Chain { hook: None, rules: vec![rule(vec![limit, json!({"drop": null})])] },
+            );
+        }
+    }
+    t.chains.insert("forward".into(), Chain { hook: hook("filter", "forward", PRIO_MANGLE), rules: forward });
     t.chains.insert(
         CHAIN_INTO_TUNNEL.into(),
         Chain {
@@ -676,6 +707,7 @@ struct Fam {
     counters: BTreeMap<String, Elem>,
     counters_src: BTreeMap<String, Elem>,
     conns: BTreeMap<String, Elem>,
+    bandwidth: BTreeMap<String, Elem>,
 }
 
 impl Fam {
@@ -689,6 +721,7 @@ impl Fam {
             counters: BTreeMap::new(),
             counters_src: BTreeMap::new(),
             conns: BTreeMap::new(),
+            bandwidth: BTreeMap::new(),
         }
     }
 
@@ -711,6 +744,7 @@ impl Fam {
         t.sets.insert(f.name(MAP_COUNTERS), set(Some(json!("counter")), &pair, &interval, self.counters));
         t.sets.insert(f.name(MAP_COUNTERS_SRC), set(Some(json!("counter")), &addr, &vec![], self.counters_src));
         t.sets.insert(f.name(MAP_CONNS), set(Some(json!("counter")), &pair, &interval, self.conns));
+        t.sets.insert(f.name(MAP_BANDWIDTH), set(Some(json!("verdict")), &pair, &interval, self.bandwidth));
     }
 }
 
@@ -1303,7 +1337,7 @@ mod tests {
                 egress_ip: "10.10.0.11".parse().unwrap(),
             }],
             hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["eg-9".into()] }],
-            firewall: Default::default(),
+            ..NodePlan::default()
         }
     }
 
@@ -1360,6 +1394,59 @@ mod tests {
         assert!(
             !t.chains.values().any(|c| c.hook.as_ref().is_some_and(|h| h.hook == "postrouting" && h.kind == "filter"))
         );
+    }
+
+    #[test]
+    fn ipv6_entries_go_to_the_ipv6_maps_and_rules_read_their_family() {
+        let cfg = Config::default();
+        let mut p = plan(1);
+        p.steer.push(Steer {
+            source: "fd00:10:244:1::10".parse().unwrap(),
+            destination: "2001:db8::/32".parse().unwrap(),
+            egress: "eg-6".into(),
+            action: SteerAction::Tunnel { gateway: "node-2".into() },
+            egress_ip: Some("fd00:10:10::e1".parse().unwrap()),
+        });
+        p.snat.push(Snat {
+            source: "fd00:10:244:2::10".parse().unwrap(),
+            destination: "::/0".parse().unwrap(),
+            egress: "eg-6".into(),
+            egress_ip: "fd00:10:10::e1".parse().unwrap(),
+        });
+        let (t, skipped) = desired(&cfg, &p, &ids());
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let t = normalise(t);
+        assert_eq!(t.sets[MAP_STEER4].elems.len(), 1);
+        let steer6: Vec<&String> = t.sets[MAP_STEER6].elems.keys().collect();
+        assert_eq!(steer6.len(), 1);
+        assert!(steer6[0].ends_with(": goto to_node_7"), "{steer6:?}");
+        assert_eq!(t.sets[MAP_SNAT6].elems.len(), 1);
+        assert_eq!(t.sets[SET_SOURCES6].elems.len(), 1);
+        assert_eq!(t.sets[SET_CLUSTER6].elems.len(), 1, "fd00::/64");
+        assert_eq!(t.sets[SET_CLUSTER6].key, json!("ipv6_addr"));
+        // Each family's SNAT rule reads its own fields.
+        let nat: Vec<String> = t.chains["postrouting_nat"].rules.iter().map(|(_, e)| e.to_string()).collect();
+        assert!(nat.iter().any(|r| r.contains("@snat6") && r.contains(r#""family":"ip6""#)), "{nat:?}");
+        assert!(nat.iter().any(|r| r.contains("@snat4") && r.contains(r#""family":"ip""#)), "{nat:?}");
+    }
+
+    #[test]
+    fn a_bandwidth_limit_is_one_chain_per_egress_and_rules_only_where_needed() {
+        let cfg = Config::default();
+        let (without, _) = desired(&cfg, &plan(2), &ids());
+        let mut p = plan(2);
+        p.bandwidth
+            .insert("eg-9".into(), egret_core::model::Bandwidth { rate_bps: 100_000_000, burst_bits: 200_000_000 });
+        let (with, _) = desired(&cfg, &p, &ids());
+        assert_eq!(without.chains["forward"].rules.len(), 1, "no lookup without a limit");
+        assert_eq!(with.chains["forward"].rules.len(), 3, "one lookup per family");
+        let (_, expr) = &with.chains[&bandwidth_chain("eg-9")].rules[0];
+        assert_eq!(expr[0]["limit"]["rate"], json!(12_500_000));
+        assert_eq!(expr[0]["limit"]["burst"], json!(25_000_000));
+        assert_eq!(expr[0]["limit"]["inv"], json!(true));
+        let with = normalise(with);
+        let bw: Vec<&String> = with.sets[MAP_BANDWIDTH4].elems.keys().collect();
+        assert_eq!(bw, vec!["183763466-183763466 . 3405803776-3405804031 : jump bw_eg-9"]);
     }
 
     #[test]
