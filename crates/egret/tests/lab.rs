@@ -552,6 +552,41 @@ fn dual_stack_pods_leave_with_each_familys_egress_ip_and_ipv6_fails_over_and_fai
     assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
 }
 
+/// Bits per second iperf3 received from `pod` to db-a (the first two seconds left out).
+fn iperf(lab: &Lab, pod: &str, secs: u32) -> f64 {
+    let out = exec(lab, pod, &["iperf3", "-c", "203.0.113.5", "-t", &secs.to_string(), "-O", "2", "-J"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn antreas_bandwidth_holds_an_egress_to_its_rate_and_leaves_others_on_the_gateway_alone() {
+    let lab = Lab::up();
+    let _server =
+        egret_netns::Netns::attach(&format!("egret-lab-{}-x", lab.name)).unwrap().spawn("iperf3", &["-s"]).unwrap();
+    lab.apply("examples/bandwidth/egress.yaml");
+    let limited = lab.wait_egress("egress-prod-web-limited", |e| e["status"]["egressNode"].is_string());
+    let free = lab.wait_egress("egress-client", |e| e["status"]["egressNode"].is_string());
+    assert_eq!(limited["status"]["egressNode"], "node-3");
+    assert_eq!(free["status"]["egressNode"], "node-3", "both through the same gateway");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), limited["status"]["egressIP"].as_str().unwrap());
+    let got = iperf(&lab, "prod/web-1", 8);
+    assert!((90e6..=110e6).contains(&got), "100Mbps Egress: {:.1} Mbit/s, not within 10%", got / 1e6);
+    let other = iperf(&lab, "default/client-1", 4);
+    assert!(other > 500e6, "the unlimited Egress on the same gateway: {:.1} Mbit/s", other / 1e6);
+
+    // A rate that does not parse is refused with its field, and nothing changes.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = std::fs::read_to_string(root().join("examples/bandwidth/egress.yaml"))
+        .unwrap()
+        .replace("rate: 100Mbps", "rate: fast");
+    let o = lab.run(&["lab", "apply", "-f", &write(dir.path(), "bad.yaml", &bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("spec.bandwidth.rate"), "{err}");
+}
+
 /// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
 fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
     let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
