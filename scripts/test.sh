@@ -16,9 +16,11 @@ root=false
 
 # command:package pairs of what the tests, the lab and the checks run.
 need=()
-for cmd in nft:nftables ip:iproute2 bridge:iproute2 sysctl:procps iperf3:iperf3 python3:python3 conntrack:conntrack dig:dnsutils; do
+for cmd in nft:nftables ip:iproute2 bridge:iproute2 sysctl:procps iperf3:iperf3 python3:python3 conntrack:conntrack dig:dnsutils iptables:iptables; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd##*:}")
 done
+# The lab tests under real CNI plugins (`lab up --cni`).
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if $root && command -v apt-get >/dev/null; then

@@ -11,6 +11,7 @@
 //! veth pairs are created from inside one lab namespace with their peer placed straight into
 //! another.
 
+pub mod cni;
 mod ns;
 mod topology;
 mod whoami;

@@ -101,6 +101,9 @@ pub struct TopologySpec {
     /// Run the whoami server on a thread of this process (tests). A lab that outlives the
     /// building process starts its own whoami process instead.
     pub whoami: bool,
+    /// Plumb pods with this real CNI plugin (and `host-local` keeping its allocations in the
+    /// directory) instead of the stand-in; the plugin's own masquerade replaces the stand-in's.
+    pub cni: Option<(crate::cni::Plugin, std::path::PathBuf)>,
 }
 
 /// One pod.
@@ -128,6 +131,7 @@ impl TopologySpec {
             ],
             whoami: true,
             prefix: None,
+            cni: None,
         }
     }
 
@@ -302,21 +306,27 @@ impl Topology {
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &ROUTER_IP6.to_string()])?;
-            // The pods' default gateway: a node-local address answered by ARP on every veth.
-            let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
-            ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", "lo"])?;
+            // The pods' default gateway: a node-local address answered by ARP on every veth
+            // (a CNI plugin puts its own on its bridge or veths).
+            if spec.cni.is_none() {
+                let gw = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+                ns.ip(&["addr", "add", &format!("{gw}/32"), "dev", "lo"])?;
+            }
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             // Strict reverse-path filtering, as many distributions ship it.
             ns.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
             ns.sysctl("net.ipv4.conf.default.rp_filter", "1")?;
-            ns.exec_stdin(
-                "nft",
-                &["-f", "-"],
-                &format!(
-                    "table inet labcni {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {POD_NET} ip daddr != {POD_NET} masquerade\n  ip6 saddr {POD_NET6} ip6 daddr != {POD_NET6} masquerade\n }}\n}}\n"
-                ),
-            )?;
+            // With a CNI plugin, its ipMasq masquerades instead.
+            if spec.cni.is_none() {
+                ns.exec_stdin(
+                    "nft",
+                    &["-f", "-"],
+                    &format!(
+                        "table inet labcni {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  ip saddr {POD_NET} ip daddr != {POD_NET} masquerade\n  ip6 saddr {POD_NET6} ip6 daddr != {POD_NET6} masquerade\n }}\n}}\n"
+                    ),
+                )?;
+            }
             router.ip(&["route", "add", &cidr.to_string(), "via", &ip.to_string()])?;
             router.ip(&["-6", "route", "add", &pod_cidr6(i).to_string(), "via", &ip6.to_string()])?;
             nodes.push(Node { name: node_name(i), index: i, ip, ip6, pod_cidr: cidr, underlay: "eth0".into(), ns });
@@ -339,7 +349,11 @@ impl Topology {
                 return Err(Error::Spec(format!("pod {} address {} is outside {}", p.name, p.ip, node.pod_cidr)));
             }
             let ns = Netns::create(&format!("{prefix}-p-{}", p.name))?;
-            plumb_pod(&node.ns, node.pod_cidr, &ns, p.ip, &format!("vp{k}"))?;
+            match &spec.cni {
+                None => plumb_pod(&node.ns, node.pod_cidr, &ns, p.ip, &format!("vp{k}"))?,
+                Some((plugin, dir)) => crate::cni::CniNet { plugin: *plugin, node: node.index, data_dir: dir.clone() }
+                    .add(&node.ns, &ns, ns.name(), p.ip)?,
+            }
             pods.push(Pod { name: p.name.clone(), node: p.node, ip: p.ip, ip6: pod_ip6(p.ip), ns });
         }
         let whoami = if spec.whoami { vec![Whoami::start(&outside, WHOAMI_PORT)?] } else { Vec::new() };

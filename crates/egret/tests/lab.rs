@@ -587,6 +587,59 @@ fn antreas_bandwidth_holds_an_egress_to_its_rate_and_leaves_others_on_the_gatewa
     assert!(err.contains("spec.bandwidth.rate"), "{err}");
 }
 
+/// The seeds, failover and egress policies with pods plumbed by a real CNI plugin (`--cni`),
+/// whose own `ipMasq` masquerade (iptables) is in place: it never catches steered traffic.
+fn beside_a_real_cni(plugin: &str) {
+    let lab = Lab::up_with(&["--cni", plugin]);
+    let n1 = egret_netns::Netns::attach(&format!("egret-lab-{}-n1", lab.name)).unwrap();
+    let nat = n1.exec("nft", &["list", "table", "ip", "nat"]).unwrap();
+    assert!(nat.contains("CNI-"), "the plugin's masquerade is in place: {nat}");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.101", "before any Egress: the plugin's masquerade");
+    lab.apply("examples/seed-002-ha/egress.yaml");
+    seed_002_ha_sources(&lab);
+    lab.apply("examples/dual-stack/egress.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a6"), "fd00:10:10::e1");
+    assert_eq!(lab.whoami("default/client-1", "db-a6"), "fd00:10:10::101");
+
+    // Failover of the IPv4 egress IP.
+    let (gw, probe) = gateway_and_probe(&lab);
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "10.10.0.11" {
+        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
+    }
+    lab.ok(&["lab", "restore-node", &gw]);
+
+    // Egress policies: seed 000's access control.
+    lab.ok(&["lab", "delete", "-f", "examples/seed-002-ha/egress.yaml", "-f", "examples/dual-stack/egress.yaml"]);
+    lab.apply("examples/seed-000-web-to-db/egress.yaml");
+    lab.apply("examples/seed-000-web-to-db/policy.yaml");
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "198.51.100.100");
+    assert_eq!(lab.whoami("prod/web-1", "bad-host"), "no answer");
+    assert_eq!(lab.whoami("default/malicious-1", "db-a"), "no answer");
+    // A pod added after the lab came up is plumbed by the plugin too, and removed through it.
+    let dir = tempfile::tempdir().unwrap();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {namespace: prod, name: web-9, labels: {app: web}}\nspec: {nodeName: node-5, containers: [{name: main, image: x}]}\n";
+    let f = write(dir.path(), "pod.yaml", pod);
+    lab.apply(&f);
+    assert_eq!(lab.whoami("prod/web-9", "db-a"), "198.51.100.100");
+    lab.ok(&["lab", "delete", "-f", &f]);
+    lab.apply(&f);
+    assert_eq!(lab.whoami("prod/web-9", "db-a"), "198.51.100.100", "its address was released and given again");
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn beside_the_bridge_cni_plugin() {
+    beside_a_real_cni("bridge");
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn beside_the_ptp_cni_plugin() {
+    beside_a_real_cni("ptp");
+}
+
 /// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
 fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
     let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());

@@ -66,6 +66,11 @@ pub enum LabCmd {
         /// deploy/monitoring/alerts.yaml; ask it with `egret lab metrics`.
         #[arg(long)]
         monitoring: bool,
+        /// Plumb the pods with a real CNI plugin from Debian's `containernetworking-plugins`
+        /// (`bridge` or `ptp`, `host-local` IPAM, `ipMasq: true`), invoked through the CNI
+        /// protocol like a kubelet's runtime, instead of the lab's stand-in.
+        #[arg(long, value_name = "PLUGIN")]
+        cni: Option<egret_netns::cni::Plugin>,
     },
     /// An instant PromQL query against the lab's Prometheus (`up --monitoring`): one line per
     /// series, its labels and value.
@@ -259,7 +264,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         bail!("lab name {name:?} must be 1-20 letters and digits");
     }
     match args.cmd {
-        LabCmd::Up { nodes, api_server, monitoring } => up(name, nodes, api_server, monitoring),
+        LabCmd::Up { nodes, api_server, monitoring, cni } => up(name, nodes, api_server, monitoring, cni),
         LabCmd::Metrics { query } => {
             for m in monitoring::query(name, &query)? {
                 println!("{} {}", m.labels, m.value);
@@ -509,7 +514,13 @@ fn start_agent_with(st: &LabState, node: &LabNode, with_key: bool) -> anyhow::Re
     spawn_egret(Some(&node.netns), &args, &st.log(&format!("agent-{}", node.name)))
 }
 
-fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Result<ExitCode> {
+fn up(
+    name: &str,
+    n: usize,
+    api_server: bool,
+    monitoring: bool,
+    cni: Option<egret_netns::cni::Plugin>,
+) -> anyhow::Result<ExitCode> {
     need_root()?;
     if !(1..=150).contains(&n) {
         bail!("--nodes must be between 1 and 150");
@@ -523,6 +534,19 @@ fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Resul
     let mut spec = TopologySpec::new(name, n);
     spec.prefix = Some(prefix.clone());
     spec.whoami = false;
+    if let Some(plugin) = cni {
+        let plugin_path = Path::new(egret_netns::cni::CNI_PATH).join(plugin.name());
+        if !plugin_path.exists() {
+            bail!(
+                "--cni {}: {} not found: apt-get install containernetworking-plugins iptables",
+                plugin.name(),
+                plugin_path.display()
+            );
+        }
+        let dir = state::dir(name).join("cni");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        spec.cni = Some((plugin, dir));
+    }
     // The lab's DNS server, an outside host like db-a.
     spec = spec.outside_host(ipnet::Ipv4Net::new(dns::DNS_IP, 24)?);
     for d in &objs.pods {
@@ -568,6 +592,7 @@ fn up(name: &str, n: usize, api_server: bool, monitoring: bool) -> anyhow::Resul
         prometheus_pid: None,
         killed: BTreeSet::new(),
         router_routes: BTreeSet::new(),
+        cni,
     };
     for d in &mut objs.pods {
         if let Some(ip) = pod_ip(&d.object) {
@@ -1005,7 +1030,11 @@ fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         let ip = pod_ip(&d.object).context("pod address")?;
         let node = st.node(d.object.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or(""))?.clone();
         let ns = Netns::create(&pod_netns(&st.prefix, key))?;
-        plumb_pod(&Netns::attach(&node.netns)?, node.pod_cidr, &ns, ip, &format!("vp{}", st.next_veth))?;
+        let node_ns = Netns::attach(&node.netns)?;
+        match st.cni_net(&node) {
+            Some(net) => net.add(&node_ns, &ns, ns.name(), ip)?,
+            None => plumb_pod(&node_ns, node.pod_cidr, &ns, ip, &format!("vp{}", st.next_veth))?,
+        }
         let _ = ns.persist();
         dns::add_pod_resolver(&pod_netns(&st.prefix, key))?;
         st.next_veth += 1;
@@ -1041,6 +1070,11 @@ fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         if k.kind == "Pod" {
             let key = format!("{}/{}", k.namespace.as_deref().unwrap_or("default"), k.name);
             if let Some(p) = st.pods.remove(&key) {
+                // The plugin releases the pod's addresses (host-local would refuse them again).
+                if let Some(net) = st.node(&p.node).ok().and_then(|n| st.cni_net(n)) {
+                    let node_ns = Netns::attach(&st.node(&p.node)?.netns)?;
+                    net.del(&node_ns, &Netns::attach(&p.netns)?, &p.netns, p.ip)?;
+                }
                 Netns::attach(&p.netns)?.delete()?;
                 dns::remove_pod_resolver(&p.netns);
             }

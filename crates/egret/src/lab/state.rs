@@ -90,10 +90,23 @@ pub struct LabState {
     pub killed: BTreeSet<String>,
     /// On-link routes added to the router for egress IPs outside the node network.
     pub router_routes: BTreeSet<String>,
+    /// The CNI plugin plumbing pods (`up --cni`); `None`: the stand-in.
+    #[serde(default)]
+    pub cni: Option<egret_netns::cni::Plugin>,
 }
 
 impl LabState {
     /// The lab's directory.
+    /// The CNI network of node `node` (with `up --cni`).
+    pub fn cni_net(&self, node: &LabNode) -> Option<egret_netns::cni::CniNet> {
+        Some(egret_netns::cni::CniNet { plugin: self.cni?, node: node.index, data_dir: self.cni_dir() })
+    }
+
+    /// Where `host-local` keeps the lab's pod address allocations.
+    pub fn cni_dir(&self) -> PathBuf {
+        self.dir().join("cni")
+    }
+
     pub fn dir(&self) -> PathBuf {
         dir(&self.name)
     }
