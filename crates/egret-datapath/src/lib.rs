@@ -81,9 +81,6 @@ pub enum DatapathError {
     /// The underlay interface does not exist.
     #[error("underlay interface {0:?} not found")]
     NoUnderlay(String),
-    /// IPv6 forwarding is off and cannot be turned on (IPv6 egress traffic would not pass).
-    #[error("IPv6 forwarding (net.ipv6.conf.all.forwarding) is off and cannot be enabled: {0}")]
-    Ipv6Forwarding(#[source] std::io::Error),
     /// The plan gives this node no IPv4 address for the tunnel endpoint.
     #[error("node {0} has no IPv4 address to terminate the tunnel on")]
     NoNodeAddress(String),
@@ -120,7 +117,6 @@ impl DatapathError {
             DatapathError::NftJson { .. } => "nft_json",
             DatapathError::NoUnderlay(_) => "no_underlay",
             DatapathError::NoNodeAddress(_) => "no_node_address",
-            DatapathError::Ipv6Forwarding(_) => "ipv6_forwarding",
             DatapathError::NotOurs(_) => "not_ours",
             DatapathError::TooManyPeers(_) => "too_many_peers",
             DatapathError::Conntrack { .. } => "conntrack",
@@ -230,17 +226,17 @@ pub fn read_counters() -> Result<BTreeMap<String, Counter>, DatapathError> {
     Err(DatapathError::NftOutput("the nft counters changed under every dump; try again".into()))
 }
 
-/// Turns IPv6 forwarding on where this node steers or SNATs IPv6 traffic. (Unlike IPv4's, the
-/// kernel offers no netlink request for it: the namespace's `/proc/sys` must be writable.)
-fn ensure_ipv6_forwarding(changes: &mut Vec<String>) -> Result<(), DatapathError> {
+/// Why this node cannot forward its pods' IPv6 traffic, if it cannot: IPv6 forwarding is off
+/// (or IPv6 absent). Egret does not turn it on: that would also stop the node accepting router
+/// advertisements on every interface. A node with IPv6 pods has it on for them anyway; without
+/// it their steered IPv6 packets are not forwarded at all, so nothing leaks.
+fn ipv6_forwarding_off() -> Option<String> {
     const ALL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-    let now = std::fs::read_to_string(ALL).map_err(DatapathError::Ipv6Forwarding)?;
-    if now.trim() == "1" {
-        return Ok(());
+    match std::fs::read_to_string(ALL) {
+        Ok(v) if v.trim() == "1" => None,
+        Ok(_) => Some("IPv6 forwarding (net.ipv6.conf.all.forwarding) is off: this node's pods' IPv6 traffic is not forwarded (Egret leaves it off)".into()),
+        Err(e) => Some(format!("IPv6 forwarding cannot be read ({ALL}: {e}): this node's pods' IPv6 traffic is not forwarded")),
     }
-    std::fs::write(ALL, "1").map_err(DatapathError::Ipv6Forwarding)?;
-    changes.push("IPv6 forwarding enabled".into());
-    Ok(())
 }
 
 fn run_nft(cfg: &Config, args: &[&str], input: Option<&str>) -> Result<String, DatapathError> {
@@ -329,6 +325,11 @@ impl Datapath {
         let (want_nft, skipped) = nft::desired(&cfg, plan, &ids);
         let want_nft = nft::normalise(want_nft);
         report.skipped = skipped;
+        if link::needs_ipv6(plan)
+            && let Some(why) = ipv6_forwarding_off()
+        {
+            report.skipped.push(nft::Skip::new(why));
+        }
         report.map_elements = want_nft
             .sets
             .iter()
@@ -342,9 +343,6 @@ impl Datapath {
             }
         }
         let want_items = link::desired(&cfg, plan, &ids);
-        if link::needs_ipv6(plan) {
-            ensure_ipv6_forwarding(&mut report.changes)?;
-        }
 
         // 1. Links, addresses, tunnel and routing (rtnetlink).
         let (links, added_hosted) = rt.block_on(async {

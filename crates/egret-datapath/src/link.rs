@@ -443,7 +443,7 @@ impl Net {
         }
 
         let mut neigh6 = self.handle.neighbours().get().set_address_family(AddressFamily::Inet6).execute();
-        while let Some(n) = neigh6.try_next().await.map_err(nl("dump IPv6 neighbours"))? {
+        while let Some(n) = v6_next(neigh6.try_next().await, "dump IPv6 neighbours")? {
             if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
                 continue;
             }
@@ -461,7 +461,7 @@ impl Net {
         }
 
         let mut routes6 = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
-        while let Some(r) = routes6.try_next().await.map_err(nl("dump IPv6 routes"))? {
+        while let Some(r) = v6_next(routes6.try_next().await, "dump IPv6 routes")? {
             let table = route_table(&r);
             if !cfg.is_our_table(table) {
                 continue;
@@ -480,7 +480,7 @@ impl Net {
         }
 
         let mut rules6 = self.handle.rule().get(IpVersion::V6).execute();
-        while let Some(r) = rules6.try_next().await.map_err(nl("dump IPv6 rules"))? {
+        while let Some(r) = v6_next(rules6.try_next().await, "dump IPv6 rules")? {
             let (prio, mark, mask, table) = rule_fields(&r);
             if cfg.is_our_table(table) {
                 out.insert(Item::Rule6(prio, mark, mask, table), Raw::Rule(r));
@@ -676,6 +676,15 @@ impl Net {
                 matches!(i, Item::Route(..) | Item::Rule(..) | Item::Route6(..) | Item::Rule6(..) | Item::Hosted(..))
             })
             .collect())
+    }
+}
+
+/// The next item of an IPv6 dump; none when the kernel has no IPv6 at all (the dump fails with
+/// `EAFNOSUPPORT`: then Egret has nothing of IPv6 to read either).
+fn v6_next<T>(r: Result<Option<T>, rtnetlink::Error>, what: &str) -> Result<Option<T>, DatapathError> {
+    match r {
+        Err(e) if errno(&e) == Some(libc::EAFNOSUPPORT) => Ok(None),
+        r => r.map_err(nl(what)),
     }
 }
 

@@ -145,3 +145,25 @@ fn ipv6_fails_closed_without_a_gateway_and_fails_over_to_another() {
     let dropped = egret_datapath::nft::dropped_counter("eg-web6", egret_datapath::nft::DropReason::NoGateway);
     assert!(counter(&topo, &dps[0], 1, &dropped).packets > 0, "drops are counted");
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn with_ipv6_forwarding_off_the_node_says_so_and_nothing_leaks() {
+    egret_netns::require_privileged();
+    let topo = dual_topology("steer6-nofwd");
+    let plan = dual_cluster().plan();
+    let g6 = gateway(&plan, "eg-web6").unwrap();
+    let origin = if g6 == 1 { 2 } else { 1 };
+    let pod = if origin == 1 { "web-1" } else { "web-2" };
+    topo.node(origin).ns.sysctl("net.ipv6.conf.all.forwarding", "0").unwrap();
+    let mut dps = datapaths(3);
+    let reports = sync_all(&topo, &mut dps, &plan);
+    let skipped: Vec<String> = reports[origin - 1].skipped.iter().map(|s| s.why.clone()).collect();
+    assert!(skipped.iter().any(|s| s.contains("IPv6 forwarding")), "{skipped:?}");
+    assert!(reports[g6 - 1].skipped.is_empty(), "{:?}", reports[g6 - 1].skipped);
+    let ns = &topo.pod(pod).unwrap().ns;
+    let r = whoami(ns, to6(DB_A6, WHOAMI_PORT), Duration::from_millis(1000));
+    assert!(r.is_err(), "IPv6 left a node that does not forward it: {r:?}");
+    // IPv4 is not affected.
+    assert_eq!(whoami(ns, to(DB_A, WHOAMI_PORT), T).unwrap(), egress_ip(&plan, "eg-web4"));
+}
