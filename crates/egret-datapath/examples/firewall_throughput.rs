@@ -33,6 +33,7 @@ fn main() {
         eprintln!("cannot run: {why}");
         std::process::exit(2);
     }
+    let stop = stop_on_signal();
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let secs = args.first().copied().unwrap_or(5);
     let rounds = args.get(1).copied().unwrap_or(5);
@@ -52,7 +53,8 @@ fn main() {
     let large = with_firewall(base, &large_policies(), 10_000);
 
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
-    for round in 0..rounds {
+    let mut done_rounds = 0;
+    'rounds: for round in 0..rounds {
         for (k, (name, np)) in [("small", &small), ("large", &large)].into_iter().enumerate() {
             let t = Instant::now();
             let r = topo.node(1).ns.run(|| dps[0].sync(np)).unwrap().expect("sync node-1");
@@ -71,10 +73,23 @@ fn main() {
             );
             results[k].0.push(bulk);
             results[k].1.push(conns);
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break 'rounds;
+            }
         }
+        done_rounds += 1;
     }
     for (i, dp) in dps.iter_mut().enumerate() {
         topo.node(i + 1).ns.run(|| dp.cleanup()).unwrap().unwrap();
+    }
+    if done_rounds == 0 {
+        println!("stopped before a whole round: no summary");
+        return;
+    }
+    let rounds = done_rounds;
+    for r in &mut results {
+        r.0.truncate(rounds);
+        r.1.truncate(rounds);
     }
     let (s, l) = (&results[0], &results[1]);
     let bulk_ratio = ratios(&l.0, &s.0);

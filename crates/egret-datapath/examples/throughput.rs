@@ -37,7 +37,9 @@
 //! host shared with other guests the rates move with the neighbours' load, the cost per unit
 //! much less. Printed: every round, then per measure the medians, the ratio of medians and the
 //! median and spread of the per-round ratios to the baseline (and of scale to egret); for the
-//! CPU figures a ratio above 100% means Egret costs more.
+//! CPU figures a ratio above 100% means Egret costs more. SIGINT, SIGTERM or SIGHUP stop it
+//! after the measure under way; the whole rounds so far are summarised and every namespace is
+//! removed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -226,6 +228,7 @@ fn main() {
         eprintln!("cannot run: {why}");
         std::process::exit(2);
     }
+    let stop = stop_on_signal();
     let scale = std::env::args().any(|a| a == "--scale");
     let ipv6 = std::env::args().any(|a| a == "--ipv6");
     if scale && ipv6 {
@@ -298,7 +301,8 @@ fn main() {
 
     let mut dps = datapaths(2);
     let mut results: BTreeMap<Variant, Vec<[f64; 8]>> = BTreeMap::new();
-    for round in 0..rounds as usize {
+    let mut done_rounds = 0;
+    'rounds: for round in 0..rounds as usize {
         let mut order = variants.clone();
         order.rotate_left(round % variants.len());
         for v in order {
@@ -328,12 +332,25 @@ fn main() {
                 synced.as_millis()
             );
             results.entry(v).or_default().push(m);
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break 'rounds;
+            }
         }
+        done_rounds += 1;
+    }
+    // A round cut short leaves variants with one more sample than others: keep whole rounds.
+    for r in results.values_mut() {
+        r.truncate(done_rounds);
     }
     for (i, dp) in dps.iter_mut().enumerate() {
         topo.node(i + 1).ns.run(|| dp.cleanup()).unwrap().unwrap();
     }
 
+    if done_rounds == 0 {
+        println!("\nstopped before a whole round: no summary");
+        return;
+    }
+    let rounds = done_rounds;
     let col = |v: Variant, k: usize| results[&v].iter().map(|m| m[k]).collect::<Vec<f64>>();
     println!("\n{rounds} rounds x {secs} s per measure and variant");
     for (k, what) in MEASURES.iter().enumerate() {

@@ -11,6 +11,29 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A flag raised by SIGINT, SIGTERM or SIGHUP, so that a benchmark stops after the measure
+/// under way and its namespaces are removed by their drop guards (a signal's default action
+/// would kill the process and leave them behind). The signals are blocked in every thread
+/// (call this first, before any thread or child exists: both inherit the mask) and taken by
+/// one thread with `sigwait`: no handler, no unsafe code.
+pub fn stop_on_signal() -> Arc<std::sync::atomic::AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().expect("block the stop signals");
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            eprintln!("{sig}: stopping after the measure under way, then removing the namespaces");
+            f.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    flag
+}
+
 /// The port of the acceptor that counts connections (accepts and drops each at once).
 pub const ACCEPT_PORT: u16 = 9000;
 
