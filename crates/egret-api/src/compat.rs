@@ -119,7 +119,7 @@ pub struct AntreaPoolSpec {
     /// Node selector.
     #[serde(default)]
     pub node_selector: LabelSelector,
-    /// Subnet information for secondary networks (v1beta1); not supported yet.
+    /// The pool's own subnet (v1beta1): `{gateway, prefixLength, vlan}`.
     #[serde(default)]
     pub subnet_info: Option<serde_json::Value>,
 }
@@ -272,12 +272,21 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
 
 /// Translates an Antrea ExternalIPPool.
 pub fn antrea_pool(a: &AntreaPool) -> Result<ExternalIPPool, CompatError> {
-    if a.spec.subnet_info.is_some() {
-        return Err(unsupported("spec.subnetInfo", "secondary-network pools are not supported yet"));
-    }
+    // The values are checked where native pools' are (with the field named); here the shape.
+    let subnet_info =
+        match &a.spec.subnet_info {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<crate::v1alpha1::SubnetInfo>(v.clone()).map_err(|e| {
+                unsupported("spec.subnetInfo", &format!("expected {{gateway, prefixLength, vlan}}: {e}"))
+            })?),
+        };
     let mut p = ExternalIPPool::new(
         &name_of(&a.metadata),
-        ExternalIPPoolSpec { ip_ranges: a.spec.ip_ranges.clone(), node_selector: a.spec.node_selector.clone() },
+        ExternalIPPoolSpec {
+            ip_ranges: a.spec.ip_ranges.clone(),
+            node_selector: a.spec.node_selector.clone(),
+            subnet_info,
+        },
     );
     p.metadata = carry_meta(&a.metadata, name_of(&a.metadata));
     Ok(p)
@@ -366,6 +375,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
         ExternalIPPoolSpec {
             ip_ranges: vec![IPRange { cidr: Some(format!("{ip}/{host}")), ..IPRange::default() }],
             node_selector: gw.node_selector.clone().unwrap_or_default(),
+            subnet_info: None,
         },
     );
     pool.metadata = carry_meta(&c.metadata, pool_name.clone());

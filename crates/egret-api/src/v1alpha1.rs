@@ -32,6 +32,24 @@ pub struct ExternalIPPoolSpec {
     /// Nodes that may host this pool's addresses; `{}` selects every node.
     #[serde(default)]
     pub node_selector: LabelSelector,
+    /// The pool's addresses are on a subnet of their own (Antrea's field): they leave through its
+    /// gateway, optionally on a VLAN of the node's uplink, not through the node network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_info: Option<SubnetInfo>,
+}
+
+/// An egress subnet: its gateway and prefix length, and the VLAN it is on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct SubnetInfo {
+    /// The subnet's router, inside the subnet.
+    pub gateway: String,
+    /// The subnet's prefix length; every range of the pool lies inside it.
+    pub prefix_length: i32,
+    /// VLAN id (1..4094) on the node's uplink; absent or 0: untagged, on the uplink itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<i32>,
 }
 
 /// One range of a pool: either `cidr`, or `start` and `end` (inclusive).

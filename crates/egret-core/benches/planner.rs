@@ -131,6 +131,7 @@ fn world() -> World {
                 match_labels: Some(labels(&[("network-role", "egress-gateway".into())])),
                 match_expressions: None,
             },
+            subnet_info: None,
         },
     );
     let egresses = (0..EGRESSES).map(egress).collect();

@@ -132,6 +132,20 @@ pub struct Pool {
     pub family: Family,
     /// Nodes that may host the pool's addresses.
     pub node_selector: Selector,
+    /// `spec.subnetInfo`: the subnet its addresses leave on.
+    pub subnet: Option<Subnet>,
+}
+
+/// An egress subnet, validated: egress IPs of its pool leave through `gateway`, on VLAN `vlan`
+/// of the node's uplink (0: untagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Subnet {
+    /// The subnet's router.
+    pub gateway: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// VLAN id, 0 for none.
+    pub vlan: u16,
 }
 
 impl Pool {

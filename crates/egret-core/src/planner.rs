@@ -95,6 +95,9 @@ pub struct EgressOutcome {
     /// Its bandwidth limit, enforced on the gateway.
     #[serde(skip)]
     pub bandwidth: Option<crate::model::Bandwidth>,
+    /// The egress subnet of its IP's pool.
+    #[serde(skip)]
+    pub subnet: Option<crate::model::Subnet>,
 }
 
 /// Use of one pool.
@@ -231,6 +234,9 @@ pub struct Hosted {
     pub ip: IpAddr,
     /// The Egresses using it.
     pub egresses: Vec<String>,
+    /// The egress subnet it leaves on (its pool's `subnetInfo`); `None`: the node network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<crate::model::Subnet>,
 }
 
 /// What one node's datapath must hold.
@@ -425,6 +431,7 @@ pub(crate) fn gateways_with(
                 conditions,
                 from_pool,
                 bandwidth: e.bandwidth,
+                subnet: e.pool.as_ref().and_then(|p| inp.pools.get(p)).and_then(|p| p.subnet),
             },
         );
     }
@@ -776,7 +783,7 @@ impl Plan {
             if let Some(np) = out.get_mut(node) {
                 match np.hosted.iter_mut().find(|h| h.ip == ip) {
                     Some(h) => h.egresses.push(e.name.clone()),
-                    None => np.hosted.push(Hosted { ip, egresses: vec![e.name.clone()] }),
+                    None => np.hosted.push(Hosted { ip, egresses: vec![e.name.clone()], subnet: e.subnet }),
                 }
             }
         }

@@ -34,7 +34,10 @@ pub fn mk_expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
 pub fn mk_pool(name: &str, ranges: &[(&str, &str)], cidrs: &[&str]) -> api::ExternalIPPool {
     let mut ip_ranges: Vec<api::IPRange> = ranges.iter().map(|(s, e)| range(Some(s), Some(e), None)).collect();
     ip_ranges.extend(cidrs.iter().map(|c| range(None, None, Some(c))));
-    api::ExternalIPPool::new(name, api::ExternalIPPoolSpec { ip_ranges, node_selector: LabelSelector::default() })
+    api::ExternalIPPool::new(
+        name,
+        api::ExternalIPPoolSpec { ip_ranges, node_selector: LabelSelector::default(), subnet_info: None },
+    )
 }
 
 /// An Egress selecting `app=web` pods in every namespace.

@@ -3,7 +3,7 @@
 //! Every problem names the object and the field path and says what is wrong and what is
 //! allowed. A bad object is reported and left out; it never stops the others from being checked.
 
-use crate::model::{AppliedTo, Bandwidth, Egress, FailurePolicy, Pool};
+use crate::model::{AppliedTo, Bandwidth, Egress, FailurePolicy, Pool, Subnet};
 use crate::net::{Family, Span};
 use crate::selector::Selector;
 use egret_api::v1alpha1::{self as api, IPRange};
@@ -265,6 +265,7 @@ fn validate_pool(p: &api::ExternalIPPool, reserved: &[(Span, String)], sink: &mu
         spans.push((i, span));
     }
     let node_selector = compile(&p.spec.node_selector, "spec.nodeSelector", sink);
+    let subnet = p.spec.subnet_info.as_ref().and_then(|si| subnet(si, &spans, sink));
     if sink.problems.len() > before {
         return None;
     }
@@ -274,7 +275,73 @@ fn validate_pool(p: &api::ExternalIPPool, reserved: &[(Span, String)], sink: &mu
         ranges: spans.into_iter().map(|(_, s)| s).collect(),
         family,
         node_selector: node_selector?,
+        subnet,
     })
+}
+
+/// `spec.subnetInfo`, checked against the pool's ranges: every range inside the subnet, the
+/// gateway inside it but not one of the addresses handed out, a VLAN id a switch accepts.
+fn subnet(si: &api::SubnetInfo, spans: &[(usize, Span)], sink: &mut Sink) -> Option<Subnet> {
+    let before = sink.problems.len();
+    let gateway = match si.gateway.parse::<IpAddr>() {
+        Ok(IpAddr::V4(g)) => Some(g),
+        Ok(IpAddr::V6(_)) => {
+            sink.push("spec.subnetInfo.gateway", "IPv6 egress subnets are not supported yet");
+            None
+        }
+        Err(_) => {
+            sink.push("spec.subnetInfo.gateway", format!("{:?} is not an IP address", si.gateway));
+            None
+        }
+    };
+    let prefix_len = match u8::try_from(si.prefix_length) {
+        Ok(l @ 1..=32) => Some(l),
+        _ => {
+            sink.push(
+                "spec.subnetInfo.prefixLength",
+                format!("{} is not an IPv4 prefix length (1..32)", si.prefix_length),
+            );
+            None
+        }
+    };
+    let vlan = match si.vlan.unwrap_or(0) {
+        0 => 0,
+        v @ 1..=4094 => {
+            sink.push(
+                "spec.subnetInfo.vlan",
+                format!(
+                    "VLAN {v}: egress subnets on a VLAN are not supported yet (absent or 0: untagged, on the uplink)"
+                ),
+            );
+            v as u16
+        }
+        v => {
+            sink.push("spec.subnetInfo.vlan", format!("VLAN id {v} is outside 1..4094 (0 or absent: untagged)"));
+            0
+        }
+    };
+    let (Some(gateway), Some(prefix_len)) = (gateway, prefix_len) else { return None };
+    let net = ipnet::Ipv4Net::new(gateway, prefix_len).ok()?.trunc();
+    for (i, span) in spans {
+        if span.family != crate::net::Family::V4 {
+            sink.push("spec.subnetInfo.gateway", "an IPv4 subnet for a pool of IPv6 ranges");
+            break;
+        }
+        let (first, last) = (std::net::Ipv4Addr::from(span.start as u32), std::net::Ipv4Addr::from(span.end as u32));
+        if !net.contains(&first) || !net.contains(&last) {
+            sink.push(
+                "spec.subnetInfo.gateway",
+                format!("{gateway}/{prefix_len} does not contain spec.ipRanges[{i}] ({}): the pool's addresses must be on the gateway's subnet", describe(span)),
+            );
+        }
+        if span.contains(&IpAddr::V4(gateway)) {
+            sink.push(
+                "spec.subnetInfo.gateway",
+                format!("{gateway} is inside spec.ipRanges[{i}]: the pool would hand out its router's address"),
+            );
+        }
+    }
+    (sink.problems.len() == before).then_some(Subnet { gateway, prefix_len, vlan })
 }
 
 fn validate_egress(
@@ -571,6 +638,41 @@ pub fn check_pool_update(new: &Pool, index: usize, allocated: &[(IpAddr, String)
             reason: format!("{ip} is allocated to Egress {eg:?} but the new ranges no longer hold it; release it (delete or change that Egress) before changing or removing its range"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod subnet_tests {
+    use super::*;
+    use crate::testutil::mk_pool;
+
+    fn check(gateway: &str, prefix: i32, vlan: Option<i32>) -> Result<Subnet, Vec<(String, String)>> {
+        let mut p = mk_pool("p", &[("192.0.2.10", "192.0.2.20")], &[]);
+        p.spec.subnet_info = Some(api::SubnetInfo { gateway: gateway.into(), prefix_length: prefix, vlan });
+        let v = validate(&[p], &[], &Reserved::default());
+        match v.pools.get("p").and_then(|p| p.subnet) {
+            Some(s) => Ok(s),
+            None => Err(v.problems.iter().map(|p| (p.field.clone(), p.reason.clone())).collect()),
+        }
+    }
+
+    fn field_of(r: Result<Subnet, Vec<(String, String)>>) -> String {
+        r.err().and_then(|e| e.first().map(|f| f.0.clone())).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_subnet_holds_its_ranges_and_its_gateway_is_not_handed_out() {
+        let s = check("192.0.2.1", 24, None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((s.gateway, s.prefix_len, s.vlan), ("192.0.2.1".parse().unwrap(), 24, 0));
+        assert!(check("192.0.2.1", 24, Some(0)).is_ok(), "VLAN 0: untagged");
+        assert_eq!(field_of(check("192.0.3.1", 24, None)), "spec.subnetInfo.gateway", "ranges outside the subnet");
+        assert_eq!(field_of(check("192.0.2.15", 24, None)), "spec.subnetInfo.gateway", "gateway handed out");
+        assert_eq!(field_of(check("192.0.2.1", 33, None)), "spec.subnetInfo.prefixLength");
+        assert_eq!(field_of(check("router", 24, None)), "spec.subnetInfo.gateway");
+        assert_eq!(field_of(check("192.0.2.1", 24, Some(5000))), "spec.subnetInfo.vlan");
+        assert_eq!(field_of(check("192.0.2.1", 24, Some(-1))), "spec.subnetInfo.vlan");
+        let r = check("192.0.2.1", 24, Some(100));
+        assert!(r.as_ref().err().is_some_and(|e| e[0].1.contains("not supported yet")), "{r:?}");
+    }
 }
 
 #[cfg(test)]

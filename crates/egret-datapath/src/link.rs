@@ -47,6 +47,9 @@ pub enum Item {
     /// Egress IP hosted here (address, prefix length): IPv4 on the holder device, IPv6 on the
     /// underlay (see [`Net::add`]).
     Hosted(IpAddr, u8),
+    /// The exit of an egress subnet: in one of Egret's tables, `default via GATEWAY` on the
+    /// subnet's VLAN device (VLAN 0: the underlay itself), on-link: (table, gateway, vlan).
+    ExitRoute(u32, Ipv4Addr, u16),
 }
 
 impl fmt::Display for Item {
@@ -67,6 +70,8 @@ impl fmt::Display for Item {
             },
             Item::Rule6(p, m, k, t) => write!(f, "rule (IPv6) pref {p} fwmark {m:#x}/{k:#x} table {t}"),
             Item::Hosted(a, l) => write!(f, "hosted address {a}/{l}"),
+            Item::ExitRoute(t, g, 0) => write!(f, "route 0.0.0.0/0 via {g} onlink (underlay) table {t}"),
+            Item::ExitRoute(t, g, v) => write!(f, "route 0.0.0.0/0 via {g} onlink (VLAN {v}, not supported) table {t}"),
         }
     }
 }
@@ -95,6 +100,31 @@ pub struct Links {
     pub vxlan: u32,
     /// Egret's address-holder device.
     pub holder: u32,
+}
+
+impl Links {
+    /// The device egress subnet traffic on `vlan` leaves by: the underlay (untagged; VLANs
+    /// are refused by validation until they are supported).
+    pub fn exit_device(&self, vlan: u16) -> Option<u32> {
+        (vlan == 0).then_some(self.underlay)
+    }
+
+    fn vlan_of(&self, index: u32) -> Option<u16> {
+        (index == self.underlay).then_some(0)
+    }
+}
+
+/// The egress subnets of the IPs this node hosts.
+pub fn subnets(plan: &NodePlan) -> BTreeSet<egret_core::model::Subnet> {
+    plan.hosted.iter().filter_map(|h| h.subnet).collect()
+}
+
+/// Everything a local id is needed for, by its key: tunnel peers (their underlay address) and
+/// egress subnets (their gateway), one id space (the mark and table per id).
+pub fn needed_ids(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
+    let mut out: BTreeSet<Ipv4Addr> = tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
+    out.extend(subnets(plan).into_iter().map(|s| s.gateway));
+    out
 }
 
 fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
@@ -176,6 +206,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
     for h in &plan.hosted {
         let len = if h.ip.is_ipv4() { 32 } else { 128 };
         out.insert(Item::Hosted(h.ip, len));
+    }
+    // Egress subnets: their traffic, marked on the way in (nft), leaves through their gateway.
+    for s in subnets(plan) {
+        let Some(id) = ids.get(&s.gateway) else { continue };
+        out.insert(Item::ExitRoute(cfg.table(id), s.gateway, s.vlan));
+        out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
     }
     out
 }
@@ -495,15 +531,21 @@ impl Net {
             }
             let mut dst = Ipv4Addr::UNSPECIFIED;
             let mut gw = None;
+            let mut oif = None;
             for a in &r.attributes {
                 match a {
                     RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
                     RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
                     _ => {}
                 }
             }
             let len = r.header.destination_prefix_length;
-            out.insert(Item::Route(table, dst, len, gw), Raw::Route(r));
+            let exit = oif.and_then(|i| links.vlan_of(i));
+            match (exit, gw, len) {
+                (Some(vlan), Some(g), 0) => out.insert(Item::ExitRoute(table, g, vlan), Raw::Route(r)),
+                _ => out.insert(Item::Route(table, dst, len, gw), Raw::Route(r)),
+            };
         }
 
         let mut rules = self.handle.rule().get(IpVersion::V4).execute();
@@ -601,6 +643,19 @@ impl Net {
                 }
                 self.handle.route().add(b.build()).execute().await
             }
+            Item::ExitRoute(table, gw, vlan) => {
+                let dev = links
+                    .exit_device(*vlan)
+                    .ok_or_else(|| DatapathError::Verify(vec![format!("no device for VLAN {vlan}")]))?;
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(*table)
+                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                    .output_interface(dev)
+                    .gateway(*gw)
+                    .onlink()
+                    .build();
+                self.handle.route().add(msg).execute().await
+            }
             Item::Rule6(prio, mark, mask, table) => {
                 let mut req = self
                     .handle
@@ -657,7 +712,7 @@ impl Net {
             .await?
             .into_keys()
             .filter_map(|i| match i {
-                Item::Route(table, _, 0, Some(gw)) => Some((gw, cfg.table_id(table)?)),
+                Item::Route(table, _, 0, Some(gw)) | Item::ExitRoute(table, gw, _) => Some((gw, cfg.table_id(table)?)),
                 _ => None,
             })
             .collect())
@@ -752,7 +807,7 @@ mod tests {
                 Peer { name: "v6-only".into(), ips: vec!["fd00::2".parse().unwrap()] },
                 Peer { name: "twin".into(), ips: vec!["10.10.0.102".parse().unwrap()] },
             ],
-            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["e".into()] }],
+            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["e".into()], subnet: None }],
             ..NodePlan::default()
         };
         let (peers, skipped) = tunnel_peers(&plan);

@@ -316,6 +316,17 @@ pub fn mark_chain(id: u16) -> String {
     format!("mark_{id}")
 }
 
+/// Name of the chain that marks packets for the exit of the egress subnet whose gateway is
+/// `gateway` (local id `id`): its table routes them out through that gateway. The gateway in the
+/// name lets a restarted agent recover the id ([`ids_in`]).
+pub fn exit_chain(id: u16, gateway: Ipv4Addr) -> String {
+    format!("exit_{id}_{gateway}")
+}
+
+/// Gateway: (pod . destination) -> `jump exit_<id>_<gw>` for traffic SNATed to an egress IP
+/// of an egress subnet.
+pub const MAP_EXIT4: &str = "exit4";
+
 /// Regular chain for what arrives through the tunnel (prerouting jumps there first).
 const CHAIN_FROM_TUNNEL: &str = "from_tunnel";
 /// Regular chain for what leaves through the tunnel (forward jumps there).
@@ -376,6 +387,28 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         restore_elems.insert(format!("{m} : goto {}", mark_chain(id)), raw(&json!([m, verdict_goto(&mark_chain(id))])));
     }
 
+    // Egress subnets: a chain per subnet setting the packet mark its policy routing follows.
+    let mut exits: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for h in &plan.hosted {
+        let Some(sn) = h.subnet else { continue };
+        let Some(id) = ids.get(&sn.gateway) else {
+            skipped.push(Skip::new(format!("egress subnet via {} has no local id", sn.gateway)));
+            continue;
+        };
+        let m = cfg.mark(id);
+        let c = exit_chain(id, sn.gateway);
+        t.chains.insert(
+            c.clone(),
+            Chain {
+                hook: None,
+                rules: vec![rule(vec![
+                    json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}}),
+                ])],
+            },
+        );
+        exits.insert(h.ip, c);
+    }
+
     // Both families: the same sets and maps, one of each per family (`4`/`6` suffix), and for
     // each rule that reads addresses one copy per family. A rule reading `ip` fields does not
     // match an IPv6 packet (nor `ip6` fields an IPv4 one), so each packet meets its own.
@@ -412,7 +445,13 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&dst)]});
         let drop = ("drop".to_string(), json!({"drop": null}));
+        let exit = s.egress_ip.and_then(|ip| exits.get(&ip));
         let ((vtext, v), counter) = match &s.action {
+            // Leaving by an egress subnet from here: marked for its exit route.
+            SteerAction::Local if exit.is_some() => {
+                let c = exit.cloned().unwrap_or_default();
+                ((format!("goto {c}"), verdict_goto(&c)), s.egress.clone())
+            }
             SteerAction::Local => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
             SteerAction::Tunnel { gateway } if peer_ids.contains_key(gateway.as_str()) => {
                 let c = tunnel_chain(peer_ids[gateway.as_str()]);
@@ -434,6 +473,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         add_counter(src, key_text, &key, &counter, f);
     }
     let mut conn_names = BTreeSet::new();
+    let mut exit_elems = BTreeMap::new();
     for s in &plan.snat {
         let (src, dst, eip) = (s.source, s.destination, s.egress_ip);
         if src.is_ipv6() != matches!(dst, IpNet::V6(_)) || src.is_ipv6() != eip.is_ipv6() {
@@ -449,6 +489,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         f.snat.insert(format!("{key_text} : {}", ip_text(eip)), raw(&json!([key, eip.to_string()])));
         let conn = conns_counter(&s.egress);
         f.conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
+        if let Some(c) = exits.get(&eip)
+            && !src.is_ipv6()
+        {
+            exit_elems.insert(format!("{key_text} : jump {c}"), raw(&json!([key, verdict_jump(c)])));
+        }
         if plan.bandwidth.contains_key(&s.egress) {
             let c = bandwidth_chain(&s.egress);
             f.bandwidth.insert(format!("{key_text} : jump {c}"), raw(&json!([key, verdict_jump(&c)])));
@@ -481,6 +526,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     t.sets.insert(
         MAP_PEERS.into(),
         Set { map: Some(json!("verdict")), key: json!("ether_addr"), flags: vec![], elems: peers_elems },
+    );
+    let has_exits = !exit_elems.is_empty();
+    t.sets.insert(
+        MAP_EXIT4.into(),
+        Set {
+            map: Some(json!("verdict")),
+            key: json!(["ipv4_addr", "ipv4_addr"]),
+            flags: vec!["interval".into()],
+            elems: exit_elems,
+        },
     );
     t.sets.insert(
         MAP_RESTORE.into(),
@@ -547,6 +602,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         matches("==", json!({"&": [ct("mark"), mask]}), json!(0)),
         json!({"vmap": {"key": payload("ether", "saddr"), "data": set_ref(MAP_PEERS)}}),
     ])];
+    if has_exits {
+        // Gateway of an egress subnet: what leaves by it is marked for its exit route, every
+        // packet (the conntrack mark holds the origin node). Only where a subnet exists.
+        from.push(rule(vec![
+            matches("==", ct("direction"), json!("original")),
+            json!({"vmap": {"key": Family::V4.saddr_daddr(), "data": set_ref(MAP_EXIT4)}}),
+        ]));
+    }
     // Steered traffic to count here at the gateway; replies to a local pod are not counted.
     // Either way nothing to steer and no cluster lookup (the end of a chain entered by goto
     // ends the base chain). A flow this node SNATed (`ct status snat`: what came through the
@@ -959,16 +1022,24 @@ fn refers_to_gone_interface(rule: &Value) -> bool {
 /// is derived from its underlay address) to `from_node_<id>`. Used to recover ids after a
 /// restart.
 pub fn ids_in(t: &Table) -> Vec<(Ipv4Addr, u16)> {
-    let Some(s) = t.sets.get(MAP_PEERS) else { return Vec::new() };
-    s.elems
-        .keys()
+    let mut out: Vec<(Ipv4Addr, u16)> = t
+        .sets
+        .get(MAP_PEERS)
+        .into_iter()
+        .flat_map(|s| s.elems.keys())
         .filter_map(|k| {
             let (mac, verdict) = k.split_once(" : ")?;
             let id = verdict.strip_prefix("jump from_node_")?.parse().ok()?;
             let bytes: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
             Some((crate::config::mac_ipv4(bytes.try_into().ok()?)?, id))
         })
-        .collect()
+        .collect();
+    // Egress subnets: `exit_<id>_<gateway>`.
+    out.extend(t.chains.keys().filter_map(|c| {
+        let (id, gw) = c.strip_prefix("exit_")?.split_once('_')?;
+        Some((gw.parse().ok()?, id.parse().ok()?))
+    }));
+    out
 }
 
 /// Canonical texts of the desired elements must match the read-back ones: re-key desired
@@ -1336,7 +1407,7 @@ mod tests {
                 egress: "eg-9".into(),
                 egress_ip: "10.10.0.11".parse().unwrap(),
             }],
-            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["eg-9".into()] }],
+            hosted: vec![Hosted { ip: "10.10.0.11".parse().unwrap(), egresses: vec!["eg-9".into()], subnet: None }],
             ..NodePlan::default()
         }
     }

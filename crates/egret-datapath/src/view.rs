@@ -149,7 +149,7 @@ pub fn read(t: &Table) -> KernelView {
 /// How Egret's table `have` differs from what `plan` asks for, one line per difference (empty:
 /// none). The tunnel ids are those the table holds, with new ones for peers it lacks.
 pub fn drift(cfg: &Config, plan: &NodePlan, have: &Table) -> Result<Vec<String>, egret_core::ids::Exhausted> {
-    let needed: BTreeSet<Ipv4Addr> = crate::link::tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
+    let needed: BTreeSet<Ipv4Addr> = crate::link::needed_ids(plan);
     let ids = PeerIds::recovered(nft::ids_in(have)).allocate(&needed)?;
     let (want, _) = nft::desired(cfg, plan, &ids);
     Ok(nft::describe(&nft::normalise(want), Some(have)))

@@ -35,6 +35,12 @@ pub const BAD_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 pub const BAD_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 8);
 /// The outside IPv6 network (db-a and bad-host).
 pub const OUTSIDE_NET6: &str = "2001:db8:113::/64";
+/// The router's address on the egress subnet 192.0.2.0/24, a second subnet on the node
+/// network's segment (untagged: this kernel has no 802.1Q VLANs), on a port of its own
+/// ([`EGRESS_SUBNET_PORT`], its own MAC), so that what leaves by it can be told apart.
+pub const EGRESS_SUBNET_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The router's port on the egress subnet (in the router's namespace).
+pub const EGRESS_SUBNET_PORT: &str = "egw0";
 /// The node network.
 pub const NODE_NET: &str = "10.10.0.0/24";
 /// The IPv6 node network.
@@ -245,6 +251,22 @@ impl Topology {
         router.ip(&["link", "add", "br0", "type", "bridge"])?;
         router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "br0"])?;
         router.ip(&["addr", "add", &format!("{ROUTER_IP6}/64"), "dev", "br0", "nodad"])?;
+        // The egress subnet's router port, on the same segment as the node network.
+        router.ip(&["link", "add", EGRESS_SUBNET_PORT, "type", "veth", "peer", "name", "egw0p"])?;
+        router.ip(&["link", "set", "egw0p", "master", "br0", "up"])?;
+        router.ip(&["addr", "add", &format!("{EGRESS_SUBNET_GW}/24"), "dev", EGRESS_SUBNET_PORT])?;
+        router.ip(&["link", "set", EGRESS_SUBNET_PORT, "up"])?;
+        // br0 answers ARP only for its own addresses, as separate routers would: else it also
+        // answers for the subnet's gateway, and traffic would not reach the subnet's port.
+        router.sysctl("net.ipv4.conf.br0.arp_ignore", "1")?;
+        // Packets the router forwards that came in by the subnet's port (not its ARP or ND).
+        router.exec_stdin(
+            "nft",
+            &["-f", "-"],
+            &format!(
+                "table inet lab {{\n counter egress_subnet {{}}\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  iifname {EGRESS_SUBNET_PORT} counter name egress_subnet\n }}\n}}\n"
+            ),
+        )?;
         router.ip(&["link", "set", "br0", "up"])?;
 
         let outside = Netns::create(&format!("{prefix}-x"))?;
@@ -374,6 +396,18 @@ impl Topology {
     pub fn node_mac(&self, i: usize) -> Result<String, Error> {
         let out = self.node(i).ns.ip(&["-br", "link", "show", "dev", "eth0"])?;
         out.split_whitespace().nth(2).map(str::to_string).ok_or_else(|| Error::Protocol(format!("no MAC in {out:?}")))
+    }
+
+    /// Packets the router forwarded that came in by its egress subnet port.
+    pub fn egress_subnet_forwarded(&self) -> Result<u64, Error> {
+        let out = self.router.exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .iter()
+            .position(|w| *w == "packets")
+            .and_then(|i| words.get(i + 1))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
     }
 
     /// The MAC address the router's neighbour table holds for `ip` on the node network, if any.

@@ -595,7 +595,7 @@ mod tests {
                 egress: "web".into(),
                 egress_ip: "10.10.0.200".parse().unwrap(),
             }],
-            hosted: vec![Hosted { ip: "10.10.0.200".parse().unwrap(), egresses: vec!["web".into()] }],
+            hosted: vec![Hosted { ip: "10.10.0.200".parse().unwrap(), egresses: vec!["web".into()], subnet: None }],
             ..NodePlan::default()
         };
         let l = egress_labels(&plan);

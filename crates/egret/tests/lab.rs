@@ -640,6 +640,56 @@ fn beside_the_ptp_cni_plugin() {
     beside_a_real_cni("ptp");
 }
 
+/// Packets the lab router forwarded that came in by its egress subnet port.
+fn subnet_forwarded(lab: &Lab) -> u64 {
+    let out = egret_netns::Netns::attach(&format!("egret-lab-{}-r", lab.name))
+        .unwrap()
+        .exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])
+        .unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words[words.iter().position(|w| *w == "packets").unwrap() + 1].parse().unwrap()
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn antreas_egress_subnet_leaves_through_its_own_router_and_fails_over() {
+    let lab = Lab::up();
+    lab.apply("examples/egress-subnet/egress.yaml");
+    let e = lab.wait_egress("egress-prod-web-subnet", |e| e["status"]["egressNode"].is_string());
+    assert_eq!(e["status"]["egressIP"], "192.0.2.10");
+    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
+    let before = subnet_forwarded(&lab);
+    assert_eq!(lab.whoami("prod/web-1", "db-a"), "192.0.2.10");
+    assert_eq!(lab.whoami("prod/web-2", "db-a"), "192.0.2.10");
+    assert!(subnet_forwarded(&lab) >= before + 6, "the subnet's router port carried the traffic");
+    // Unselected pods: the node network, not the subnet.
+    let before = subnet_forwarded(&lab);
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+    assert_eq!(subnet_forwarded(&lab), before);
+
+    // The gateway dies: the address moves with its subnet routing.
+    let probe = if gw == "node-1" { "prod/web-2" } else { "prod/web-1" };
+    lab.ok(&["lab", "kill-node", &gw]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.whoami(probe, "db-a") != "192.0.2.10" {
+        assert!(Instant::now() < deadline, "subnet traffic never came back after killing {gw}");
+    }
+    lab.ok(&["lab", "restore-node", &gw]);
+
+    // Bad subnets are refused with their field, nothing applied.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("examples/egress-subnet/egress.yaml")).unwrap();
+    for (bad, field) in [
+        (text.replace("prefixLength: 24", "prefixLength: 24\n    vlan: 5000"), "spec.subnetInfo.vlan"),
+        (text.replace("gateway: 192.0.2.1", "gateway: 192.0.3.1"), "spec.subnetInfo.gateway"),
+    ] {
+        let o = lab.run(&["lab", "apply", "-f", &write(dir.path(), "bad.yaml", &bad)]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
+
 /// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
 fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
     let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());

@@ -94,6 +94,7 @@ pub fn pool() -> api::ExternalIPPool {
         api::ExternalIPPoolSpec {
             ip_ranges: vec![api::IPRange { cidr: Some("172.16.0.0/16".into()), ..Default::default() }],
             node_selector: sel(&[("network-role", "egress-gateway".into())]),
+            subnet_info: None,
         },
     )
 }

@@ -93,6 +93,27 @@ impl Cluster {
         self
     }
 
+    /// A pool like [`Cluster::pool`] on an egress subnet (`subnetInfo`).
+    pub fn pool_subnet(
+        &mut self,
+        name: &str,
+        start: &str,
+        end: &str,
+        gateway: &str,
+        prefix: i32,
+        vlan: i32,
+    ) -> &mut Self {
+        self.pool(name, start, end);
+        if let Some(p) = self.pools.last_mut() {
+            p.spec.subnet_info = Some(api::SubnetInfo {
+                gateway: gateway.into(),
+                prefix_length: prefix,
+                vlan: (vlan != 0).then_some(vlan),
+            });
+        }
+        self
+    }
+
     /// A pool whose IPs may live on nodes labelled `network-role=egress-gateway`.
     pub fn pool(&mut self, name: &str, start: &str, end: &str) -> &mut Self {
         self.pool_on(name, start, end, sel(&[("network-role", "egress-gateway")]))
@@ -104,6 +125,7 @@ impl Cluster {
             api::ExternalIPPoolSpec {
                 ip_ranges: vec![api::IPRange { cidr: None, start: Some(start.into()), end: Some(end.into()) }],
                 node_selector: nodes,
+                subnet_info: None,
             },
         ));
         self

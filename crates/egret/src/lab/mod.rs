@@ -927,6 +927,10 @@ fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
     let v = objs.validate(&lab_config());
     let mut want = BTreeSet::new();
     for pool in v.pools.values() {
+        // An egress subnet is the router's own subnet (its egress subnet port): no route.
+        if pool.subnet.is_some() {
+            continue;
+        }
         for r in &pool.ranges {
             for c in r.to_cidrs() {
                 let outside = match c {
