@@ -48,7 +48,7 @@ pub enum Item {
     /// underlay (see [`Net::add`]).
     Hosted(IpAddr, u8),
     /// The exit of an egress subnet: in one of Egret's tables, `default via GATEWAY` on the
-    /// subnet's VLAN device (VLAN 0: the underlay itself), on-link: (table, gateway, vlan).
+    /// underlay, on-link: (table, gateway, vlan; always 0 while VLANs are refused).
     ExitRoute(u32, Ipv4Addr, u16),
 }
 
