@@ -136,16 +136,14 @@ pub struct Pool {
     pub subnet: Option<Subnet>,
 }
 
-/// An egress subnet, validated: egress IPs of its pool leave through `gateway`, on VLAN `vlan`
-/// of the node's uplink (0: untagged).
+/// An egress subnet, validated: egress IPs of its pool leave through `gateway`, on the node's
+/// uplink (untagged: a VLAN is refused by validation until it is supported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Subnet {
     /// The subnet's router.
     pub gateway: std::net::Ipv4Addr,
     /// Its prefix length.
     pub prefix_len: u8,
-    /// VLAN id, 0 for none.
-    pub vlan: u16,
 }
 
 impl Pool {

@@ -292,7 +292,7 @@ pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
 /// its word: nothing to check against).
 fn has_family(n: &Node, ip: IpAddr) -> bool {
     let mut all = n.internal_ips.iter().chain(&n.addresses).peekable();
-    all.peek().is_none() || all.any(|a| a.is_ipv6() == ip.is_ipv6())
+    all.peek().is_none() || all.any(|a| Family::of(a) == Family::of(&ip))
 }
 
 /// [`gateways`] with the placement step supplied (the index memoises it: without a capacity
@@ -305,14 +305,14 @@ pub(crate) fn gateways_with(
     // Eligible nodes per pool and family, computed once each rather than once per Egress: a
     // node hosts an IP only if it has an address of the IP's family (an IPv6 egress IP on a
     // node without IPv6 would have no way out, or leak through the node's IPv4).
-    let mut eligible_by_pool: BTreeMap<(&str, bool), BTreeSet<String>> = BTreeMap::new();
+    let mut eligible_by_pool: BTreeMap<(&str, Family), BTreeSet<String>> = BTreeMap::new();
     let mut wanted = Vec::new();
     for e in inp.egresses.values() {
         let (Some(ip), Some(pool)) = (inp.allocations.ip(&e.name), e.pool.as_ref().and_then(|p| inp.pools.get(p)))
         else {
             continue;
         };
-        eligible_by_pool.entry((pool.name.as_str(), ip.is_ipv6())).or_insert_with(|| {
+        eligible_by_pool.entry((pool.name.as_str(), Family::of(&ip))).or_insert_with(|| {
             live_nodes
                 .iter()
                 .filter(|n| pool.node_selector.matches(&n.labels) && has_family(n, ip))
@@ -323,7 +323,9 @@ pub(crate) fn gateways_with(
     }
     let requests: Vec<Request> = wanted
         .into_iter()
-        .filter_map(|(ip, pool)| eligible_by_pool.get(&(pool, ip.is_ipv6())).map(|eligible| Request { ip, eligible }))
+        .filter_map(|(ip, pool)| {
+            eligible_by_pool.get(&(pool, Family::of(&ip))).map(|eligible| Request { ip, eligible })
+        })
         .collect();
     let placed = place(&requests);
     let mut out = BTreeMap::new();
@@ -352,13 +354,10 @@ pub(crate) fn gateways_with(
                         let selected = live_nodes
                             .iter()
                             .any(|n| inp.pools.get(pool).is_some_and(|p| p.node_selector.matches(&n.labels)));
-                        let why = if selected && a.ip.is_ipv6() {
+                        let why = if selected {
                             format!(
-                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an IPv6 address"
-                            )
-                        } else if selected {
-                            format!(
-                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an IPv4 address"
+                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an {} address",
+                                Family::of(&a.ip)
                             )
                         } else {
                             format!("no live node matches the nodeSelector of ExternalIPPool {pool:?}")
@@ -731,6 +730,9 @@ impl Plan {
         let mut counters: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         // Tunnel peers a node needs: the gateways of its pods, and the origins of what it SNATs.
         let mut peers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        // Bandwidth limits by Egress name, given to the gateway that SNATs the Egress's traffic.
+        let limits: BTreeMap<&str, crate::model::Bandwidth> =
+            self.egresses.iter().filter_map(|e| Some((e.name.as_str(), e.bandwidth?))).collect();
         for r in &self.rules {
             if let Some(src) = r.source_node.as_deref()
                 && let Some(np) = out.get_mut(src)
@@ -761,6 +763,11 @@ impl Plan {
                     egress: r.egress.to_string(),
                     egress_ip: ip,
                 });
+                if let Some(bw) = limits.get(&*r.egress)
+                    && !np.bandwidth.contains_key(&*r.egress)
+                {
+                    np.bandwidth.insert(r.egress.to_string(), *bw);
+                }
                 push(counters.entry(gw).or_default(), &r.egress);
                 if let Some(src) = r.source_node.as_deref()
                     && src != gw
@@ -770,12 +777,6 @@ impl Plan {
             }
         }
         for e in &self.egresses {
-            if let (Some(bw), Some(node)) = (e.bandwidth, &e.egress_node)
-                && let Some(np) = out.get_mut(node.as_str())
-                && np.snat.iter().any(|s| s.egress == e.name)
-            {
-                np.bandwidth.insert(e.name.clone(), bw);
-            }
             // Static IPs outside pools are already configured on their node.
             let (Some(ip), Some(node), true) = (e.egress_ip, &e.egress_node, e.from_pool) else {
                 continue;

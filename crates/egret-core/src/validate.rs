@@ -304,22 +304,14 @@ fn subnet(si: &api::SubnetInfo, spans: &[(usize, Span)], sink: &mut Sink) -> Opt
             None
         }
     };
-    let vlan = match si.vlan.unwrap_or(0) {
-        0 => 0,
-        v @ 1..=4094 => {
-            sink.push(
-                "spec.subnetInfo.vlan",
-                format!(
-                    "VLAN {v}: egress subnets on a VLAN are not supported yet (absent or 0: untagged, on the uplink)"
-                ),
-            );
-            v as u16
-        }
-        v => {
-            sink.push("spec.subnetInfo.vlan", format!("VLAN id {v} is outside 1..4094 (0 or absent: untagged)"));
-            0
-        }
-    };
+    match si.vlan.unwrap_or(0) {
+        0 => {}
+        v @ 1..=4094 => sink.push(
+            "spec.subnetInfo.vlan",
+            format!("VLAN {v}: egress subnets on a VLAN are not supported yet (absent or 0: untagged, on the uplink)"),
+        ),
+        v => sink.push("spec.subnetInfo.vlan", format!("VLAN id {v} is outside 1..4094 (0 or absent: untagged)")),
+    }
     let (Some(gateway), Some(prefix_len)) = (gateway, prefix_len) else { return None };
     let net = ipnet::Ipv4Net::new(gateway, prefix_len).ok()?.trunc();
     for (i, span) in spans {
@@ -327,7 +319,7 @@ fn subnet(si: &api::SubnetInfo, spans: &[(usize, Span)], sink: &mut Sink) -> Opt
             sink.push("spec.subnetInfo.gateway", "an IPv4 subnet for a pool of IPv6 ranges");
             break;
         }
-        let (first, last) = (std::net::Ipv4Addr::from(span.start as u32), std::net::Ipv4Addr::from(span.end as u32));
+        let (IpAddr::V4(first), IpAddr::V4(last)) = (span.first(), span.last()) else { continue };
         if !net.contains(&first) || !net.contains(&last) {
             sink.push(
                 "spec.subnetInfo.gateway",
@@ -341,7 +333,7 @@ fn subnet(si: &api::SubnetInfo, spans: &[(usize, Span)], sink: &mut Sink) -> Opt
             );
         }
     }
-    (sink.problems.len() == before).then_some(Subnet { gateway, prefix_len, vlan })
+    (sink.problems.len() == before).then_some(Subnet { gateway, prefix_len })
 }
 
 fn validate_egress(
@@ -662,7 +654,7 @@ mod subnet_tests {
     #[test]
     fn a_subnet_holds_its_ranges_and_its_gateway_is_not_handed_out() {
         let s = check("192.0.2.1", 24, None).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!((s.gateway, s.prefix_len, s.vlan), ("192.0.2.1".parse().unwrap(), 24, 0));
+        assert_eq!((s.gateway, s.prefix_len), ("192.0.2.1".parse().unwrap(), 24));
         assert!(check("192.0.2.1", 24, Some(0)).is_ok(), "VLAN 0: untagged");
         assert_eq!(field_of(check("192.0.3.1", 24, None)), "spec.subnetInfo.gateway", "ranges outside the subnet");
         assert_eq!(field_of(check("192.0.2.15", 24, None)), "spec.subnetInfo.gateway", "gateway handed out");

@@ -17,6 +17,7 @@
 //! What to delete is decided here, purely; the `conntrack` tool (Debian package `conntrack`)
 //! lists the table and deletes the chosen flows.
 
+use egret_core::net::{Span, to_u128};
 use egret_core::planner::{NodePlan, SteerAction};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,40 +31,22 @@ pub type Interval = (u128, u128);
 /// `(start, end, what this node does)` for one source, one layer (steering or SNAT).
 type Entries = Vec<(u128, u128, String)>;
 
-/// An address as a number of its family.
-pub fn number(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4).into(),
-        IpAddr::V6(v6) => v6.into(),
-    }
-}
-
-fn span(d: &IpNet) -> (u128, u128) {
-    (number(d.network()), number(d.broadcast()))
-}
-
 /// Per source: steering entries and SNAT entries, each sorted and disjoint.
 fn entries(plan: &NodePlan) -> BTreeMap<IpAddr, [Entries; 2]> {
     let mut out: BTreeMap<IpAddr, [Entries; 2]> = BTreeMap::new();
     let same_family = |src: IpAddr, dst: &IpNet| src.is_ipv6() == matches!(dst, IpNet::V6(_));
-    for s in &plan.steer {
-        if same_family(s.source, &s.destination) {
-            let (src, dst) = (s.source, s.destination);
-            // The address the traffic leaves with decides, not the gateway carrying it.
-            let what = match (&s.action, s.egress_ip) {
-                (SteerAction::Drop, _) | (_, None) => "drop".to_string(),
-                (_, Some(ip)) => format!("{} as {ip}", s.egress),
-            };
-            let (a, b) = span(&dst);
-            out.entry(src).or_default()[0].push((a, b, what));
-        }
+    for s in plan.steer.iter().filter(|s| same_family(s.source, &s.destination)) {
+        // The address the traffic leaves with decides, not the gateway carrying it.
+        let what = match (&s.action, s.egress_ip) {
+            (SteerAction::Drop, _) | (_, None) => "drop".to_string(),
+            (_, Some(ip)) => format!("{} as {ip}", s.egress),
+        };
+        let d = Span::of_net(&s.destination);
+        out.entry(s.source).or_default()[0].push((d.start, d.end, what));
     }
-    for s in &plan.snat {
-        if same_family(s.source, &s.destination) {
-            let (src, dst) = (s.source, s.destination);
-            let (a, b) = span(&dst);
-            out.entry(src).or_default()[1].push((a, b, format!("snat {}", s.egress_ip)));
-        }
+    for s in plan.snat.iter().filter(|s| same_family(s.source, &s.destination)) {
+        let d = Span::of_net(&s.destination);
+        out.entry(s.source).or_default()[1].push((d.start, d.end, format!("snat {}", s.egress_ip)));
     }
     for layers in out.values_mut() {
         for l in layers.iter_mut() {
@@ -209,7 +192,7 @@ pub fn misbound(flows: &[Flow], plan: &NodePlan) -> BTreeSet<(IpAddr, IpAddr)> {
         .filter(|f| f.reply_dst != f.src)
         .filter(|f| {
             snat.get(&f.src)
-                .and_then(|e| lookup(e, number(f.dst)))
+                .and_then(|e| lookup(e, to_u128(&f.dst)))
                 .is_some_and(|want| want != format!("snat {}", f.reply_dst))
         })
         .map(|f| (f.src, f.dst))
@@ -230,7 +213,7 @@ pub fn affected(
             if f.src.is_ipv6() != f.dst.is_ipv6() {
                 return false;
             }
-            let x = number(f.dst);
+            let x = to_u128(&f.dst);
             let i = iv.partition_point(|e| e.1 < x);
             iv.get(i).is_some_and(|e| e.0 <= x) && !cluster.iter().any(|c| c.contains(&f.dst))
         })
@@ -256,20 +239,6 @@ impl From<&Flow> for Conn {
     fn from(f: &Flow) -> Conn {
         Conn { src: f.src, dst: f.dst, proto: f.proto, ports: f.ports }
     }
-}
-
-/// Parses `conntrack -L` output of either family (`-f ipv6` for IPv6 entries) into [`Conn`]s.
-pub fn parse_conns(text: &str) -> Vec<Conn> {
-    text.lines()
-        .filter_map(|line| {
-            let field = |key: &str| line.split_whitespace().find_map(|t| t.strip_prefix(key));
-            let src = field("src=")?.parse().ok()?;
-            let dst = field("dst=")?.parse().ok()?;
-            let proto = line.split_whitespace().nth(1).and_then(|w| w.parse().ok()).unwrap_or(0);
-            let port = |key: &str| field(key).and_then(|p| p.parse().ok()).unwrap_or(0);
-            Some(Conn { src, dst, proto, ports: (port("sport="), port("dport=")) })
-        })
-        .collect()
 }
 
 /// The flows from pods the new firewall denies (decided as a new connection would be), when
@@ -343,11 +312,6 @@ pub fn cluster(old: &NodePlan, new: &NodePlan) -> Vec<IpNet> {
     old.cluster_cidrs.iter().chain(new.cluster_cidrs.iter()).copied().collect()
 }
 
-/// Whether either plan steers or SNATs IPv6 traffic here (then IPv6 flows are read too).
-pub fn has_ipv6(old: &NodePlan, new: &NodePlan) -> bool {
-    crate::link::needs_ipv6(old) || crate::link::needs_ipv6(new)
-}
-
 #[cfg(test)]
 mod snat_tests {
     use super::*;
@@ -413,12 +377,11 @@ mod tests {
     }
 
     fn show(c: &BTreeMap<IpAddr, Vec<Interval>>) -> Vec<String> {
-        let addr = |v6: bool, n: u128| -> IpAddr {
-            if v6 { std::net::Ipv6Addr::from(n).into() } else { std::net::Ipv4Addr::from(n as u32).into() }
-        };
+        use egret_core::net::{Family, from_u128};
         c.iter()
             .flat_map(|(s, iv)| {
-                iv.iter().map(move |(a, b)| format!("{s} {}-{}", addr(s.is_ipv6(), *a), addr(s.is_ipv6(), *b)))
+                let f = Family::of(s);
+                iv.iter().map(move |(a, b)| format!("{s} {}-{}", from_u128(f, *a), from_u128(f, *b)))
             })
             .collect()
     }
@@ -559,14 +522,13 @@ mod tests {
         let v4 = parse_flows(
             "tcp 6 1 ESTABLISHED src=10.244.1.10 dst=198.51.100.8 sport=1 dport=8080 src=198.51.100.8 dst=10.10.0.101 sport=8080 dport=1 mark=0 use=1\n",
         );
-        let v6 = parse_conns(
+        let v6 = parse_flows(
             "tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:200::1 sport=2 dport=22 src=2001:db8:200::1 dst=fd00:10:244:1::10 sport=22 dport=2 mark=0 use=1\n\
              tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=2001:db8:113::5 sport=3 dport=443 src=2001:db8:113::5 dst=fd00:10:244:1::10 sport=443 dport=3 mark=0 use=1\n\
              tcp 6 1 ESTABLISHED src=fd00:10:244:1::10 dst=fd00:10:244:2::7 sport=4 dport=22 src=fd00:10:244:2::7 dst=fd00:10:244:1::10 sport=22 dport=4 mark=0 use=1\n\
              udp 17 1 src=fd00:10:244:1::10 dst=ff02::fb sport=5353 dport=5353 src=ff02::fb dst=fd00:10:244:1::10 sport=5353 dport=5353 mark=0 use=1\n",
         );
-        let mut all: Vec<Conn> = v4.iter().map(Conn::from).collect();
-        all.extend(v6);
+        let all: Vec<Conn> = v4.iter().chain(&v6).map(Conn::from).collect();
         let ended = denied(&all, &NodePlan::default(), &new);
         let shown: Vec<String> = ended.iter().map(|c| format!("{} {}", c.dst, c.ports.1)).collect();
         // Allowed (443), cluster-internal and link-scoped (mDNS) flows stay.

@@ -447,15 +447,7 @@ impl Datapath {
         self.announced = hosted;
         if !to_announce.is_empty() {
             let ips: Vec<IpAddr> = to_announce.into_iter().collect();
-            // Each from the device it lives behind: an egress subnet's VLAN, else the underlay.
-            let devs: Vec<(IpAddr, u32)> = ips
-                .iter()
-                .map(|ip| {
-                    let vlan = plan.hosted.iter().find(|h| h.ip == *ip).and_then(|h| h.subnet).map_or(0, |s| s.vlan);
-                    (*ip, links.exit_device(vlan).unwrap_or(links.underlay))
-                })
-                .collect();
-            report.announce_failed = announce_all(&cfg, &links, &devs, self.hosting.clone())?;
+            report.announce_failed = announce_all(&cfg, &links, &ips, self.hosting.clone())?;
             report.announced = ips;
         }
         report.elapsed = start.elapsed();
@@ -578,7 +570,7 @@ fn end_changed_flows(
     // IPv6 flows where either plan steers or SNATs IPv6 here, or the firewall decides IPv6
     // pods' flows.
     let v6_fw = old.firewall != new.firewall && new.firewall.pods.iter().any(|p| p.ip.is_ipv6());
-    if conntrack::has_ipv6(old, new) || v6_fw {
+    if link::needs_ipv6(old) || link::needs_ipv6(new) || v6_fw {
         let Some(list6) = run_conntrack(cfg, &["-L", "-f", "ipv6"], None)? else {
             report.skipped.push(nft::Skip::new(missing()));
             return Ok(());
@@ -618,30 +610,19 @@ fn end_changed_flows(
 fn announce_all(
     cfg: &Config,
     links: &Links,
-    ips: &[(IpAddr, u32)],
+    ips: &[IpAddr],
     hosting: Arc<Mutex<BTreeSet<IpAddr>>>,
 ) -> Result<Vec<IpAddr>, DatapathError> {
-    // One packet socket per device: the underlay, or an egress subnet's VLAN device (which
-    // carries the underlay's MAC).
-    let mut socks = BTreeMap::new();
-    for (_, dev) in ips {
-        if let std::collections::btree_map::Entry::Vacant(v) = socks.entry(*dev) {
-            let sock = announce::sys::PacketSocket::open(*dev)
-                .map_err(|e| DatapathError::Io(format!("packet socket on device {dev} ({})", cfg.underlay), e))?;
-            v.insert(sock);
-        }
-    }
-    let frames: Vec<(IpAddr, u32, Vec<u8>)> =
-        ips.iter().map(|(ip, dev)| (*ip, *dev, announce::frame(links.underlay_mac, *ip))).collect();
+    let sock = announce::sys::PacketSocket::open(links.underlay)
+        .map_err(|e| DatapathError::Io(format!("packet socket on {}", cfg.underlay), e))?;
+    let frames: Vec<(IpAddr, Vec<u8>)> = ips.iter().map(|ip| (*ip, announce::frame(links.underlay_mac, *ip))).collect();
     let delays = announce::retry_delays(cfg.announce_tries, cfg.announce_retry);
-    let send = move |socks: &BTreeMap<u32, announce::sys::PacketSocket>, ip: &IpAddr, dev: u32, f: &[u8]| {
-        let Some(sock) = socks.get(&dev) else { return Err(()) };
+    let send = move |sock: &announce::sys::PacketSocket, ip: &IpAddr, f: &[u8]| {
         announce::send_with_retry(&delays, || sock.send(f), std::thread::sleep).map_err(|e| {
             tracing::warn!(%ip, error = %e, "announcement failed on every try");
         })
     };
-    let failed: Vec<IpAddr> =
-        frames.iter().filter(|(ip, dev, f)| send(&socks, ip, *dev, f).is_err()).map(|(ip, _, _)| *ip).collect();
+    let failed: Vec<IpAddr> = frames.iter().filter(|(ip, f)| send(&sock, ip, f).is_err()).map(|(ip, _)| *ip).collect();
     let schedule = announce::schedule(cfg.announce_count, cfg.announce_interval);
     if schedule.len() > 1 {
         std::thread::spawn(move || {
@@ -651,12 +632,12 @@ fn announce_all(
                     Ok(h) => h.clone(),
                     Err(_) => return,
                 };
-                let still: Vec<&(IpAddr, u32, Vec<u8>)> = frames.iter().filter(|(ip, _, _)| now.contains(ip)).collect();
+                let still: Vec<&(IpAddr, Vec<u8>)> = frames.iter().filter(|(ip, _)| now.contains(ip)).collect();
                 if still.is_empty() {
                     return;
                 }
-                for (ip, dev, f) in still {
-                    let _ = send(&socks, ip, *dev, f);
+                for (ip, f) in still {
+                    let _ = send(&sock, ip, f);
                 }
             }
         });

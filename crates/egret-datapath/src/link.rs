@@ -48,8 +48,8 @@ pub enum Item {
     /// underlay (see [`Net::add`]).
     Hosted(IpAddr, u8),
     /// The exit of an egress subnet: in one of Egret's tables, `default via GATEWAY` on the
-    /// underlay, on-link: (table, gateway, vlan; always 0 while VLANs are refused).
-    ExitRoute(u32, Ipv4Addr, u16),
+    /// underlay, on-link: (table, gateway).
+    ExitRoute(u32, Ipv4Addr),
 }
 
 impl fmt::Display for Item {
@@ -70,8 +70,7 @@ impl fmt::Display for Item {
             },
             Item::Rule6(p, m, k, t) => write!(f, "rule (IPv6) pref {p} fwmark {m:#x}/{k:#x} table {t}"),
             Item::Hosted(a, l) => write!(f, "hosted address {a}/{l}"),
-            Item::ExitRoute(t, g, 0) => write!(f, "route 0.0.0.0/0 via {g} onlink (underlay) table {t}"),
-            Item::ExitRoute(t, g, v) => write!(f, "route 0.0.0.0/0 via {g} onlink (VLAN {v}, not supported) table {t}"),
+            Item::ExitRoute(t, g) => write!(f, "route 0.0.0.0/0 via {g} onlink (underlay) table {t}"),
         }
     }
 }
@@ -100,18 +99,6 @@ pub struct Links {
     pub vxlan: u32,
     /// Egret's address-holder device.
     pub holder: u32,
-}
-
-impl Links {
-    /// The device egress subnet traffic on `vlan` leaves by: the underlay (untagged; VLANs
-    /// are refused by validation until they are supported).
-    pub fn exit_device(&self, vlan: u16) -> Option<u32> {
-        (vlan == 0).then_some(self.underlay)
-    }
-
-    fn vlan_of(&self, index: u32) -> Option<u16> {
-        (index == self.underlay).then_some(0)
-    }
 }
 
 /// The egress subnets of the IPs this node hosts.
@@ -210,7 +197,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
     // Egress subnets: their traffic, marked on the way in (nft), leaves through their gateway.
     for s in subnets(plan) {
         let Some(id) = ids.get(&s.gateway) else { continue };
-        out.insert(Item::ExitRoute(cfg.table(id), s.gateway, s.vlan));
+        out.insert(Item::ExitRoute(cfg.table(id), s.gateway));
         out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
     }
     out
@@ -463,97 +450,68 @@ impl Net {
             if n.header.ifindex != links.vxlan {
                 continue;
             }
-            if let (Some(mac), Some(dst)) = mac_and_ipv4(&n.attributes) {
+            if let (Some(mac), Some(IpAddr::V4(dst))) = mac_and_ip(&n.attributes) {
                 out.insert(Item::Fdb(mac, dst), Raw::Neigh(n));
             }
         }
 
-        let mut neigh = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
-        while let Some(n) = neigh.try_next().await.map_err(nl("dump neighbours"))? {
-            if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            if let (Some(mac), Some(dst)) = mac_and_ipv4(&n.attributes) {
-                out.insert(Item::Neigh(dst, mac), Raw::Neigh(n));
-            }
-        }
-
-        let mut neigh6 = self.handle.neighbours().get().set_address_family(AddressFamily::Inet6).execute();
-        while let Some(n) = v6_next(neigh6.try_next().await, "dump IPv6 neighbours")? {
-            if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            let mac = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
-                _ => None,
-            });
-            let dst = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(*d),
-                _ => None,
-            });
-            if let (Some(mac), Some(dst)) = (mac, dst) {
-                out.insert(Item::Neigh6(dst, mac), Raw::Neigh(n));
-            }
-        }
-
-        let mut routes6 = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
-        while let Some(r) = v6_next(routes6.try_next().await, "dump IPv6 routes")? {
-            let table = route_table(&r);
-            if !cfg.is_our_table(table) {
-                continue;
-            }
-            let mut dst = Ipv6Addr::UNSPECIFIED;
-            let mut gw = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(*g),
-                    _ => {}
+        // Both families: IPv4 first, then IPv6 (whose dumps a kernel without IPv6 refuses).
+        for v6 in [false, true] {
+            let family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+            let mut neigh = self.handle.neighbours().get().set_address_family(family).execute();
+            while let Some(n) = dump_next(neigh.try_next().await, v6, "dump neighbours")? {
+                if n.header.ifindex != links.vxlan || n.header.state != NeighbourState::Permanent {
+                    continue;
                 }
+                match mac_and_ip(&n.attributes) {
+                    (Some(mac), Some(IpAddr::V4(dst))) => out.insert(Item::Neigh(dst, mac), Raw::Neigh(n)),
+                    (Some(mac), Some(IpAddr::V6(dst))) => out.insert(Item::Neigh6(dst, mac), Raw::Neigh(n)),
+                    _ => None,
+                };
             }
-            let len = r.header.destination_prefix_length;
-            out.insert(Item::Route6(table, dst, len, gw), Raw::Route(r));
-        }
 
-        let mut rules6 = self.handle.rule().get(IpVersion::V6).execute();
-        while let Some(r) = v6_next(rules6.try_next().await, "dump IPv6 rules")? {
-            let (prio, mark, mask, table) = rule_fields(&r);
-            if cfg.is_our_table(table) {
-                out.insert(Item::Rule6(prio, mark, mask, table), Raw::Rule(r));
-            }
-        }
-
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
-        while let Some(r) = routes.try_next().await.map_err(nl("dump routes"))? {
-            let table = route_table(&r);
-            if !cfg.is_our_table(table) {
-                continue;
-            }
-            let mut dst = Ipv4Addr::UNSPECIFIED;
-            let mut gw = None;
-            let mut oif = None;
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    _ => {}
-                }
-            }
-            let len = r.header.destination_prefix_length;
-            let exit = oif.and_then(|i| links.vlan_of(i));
-            match (exit, gw, len) {
-                (Some(vlan), Some(g), 0) => out.insert(Item::ExitRoute(table, g, vlan), Raw::Route(r)),
-                _ => out.insert(Item::Route(table, dst, len, gw), Raw::Route(r)),
+            let filter = if v6 {
+                RouteMessageBuilder::<Ipv6Addr>::new().build()
+            } else {
+                RouteMessageBuilder::<Ipv4Addr>::new().build()
             };
-        }
+            let mut routes = self.handle.route().get(filter).execute();
+            while let Some(r) = dump_next(routes.try_next().await, v6, "dump routes")? {
+                let table = route_table(&r);
+                if !cfg.is_our_table(table) {
+                    continue;
+                }
+                let len = r.header.destination_prefix_length;
+                let item = match route_fields(&r) {
+                    // Leaving by the underlay: an egress subnet's exit.
+                    (_, Some(IpAddr::V4(g)), Some(oif)) if oif == links.underlay && len == 0 => {
+                        Item::ExitRoute(table, g)
+                    }
+                    (dst, gw, _) if v6 => Item::Route6(
+                        table,
+                        dst.and_then(v6_of).unwrap_or(Ipv6Addr::UNSPECIFIED),
+                        len,
+                        gw.and_then(v6_of),
+                    ),
+                    (dst, gw, _) => Item::Route(
+                        table,
+                        dst.and_then(v4_of).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        len,
+                        gw.and_then(v4_of),
+                    ),
+                };
+                out.insert(item, Raw::Route(r));
+            }
 
-        let mut rules = self.handle.rule().get(IpVersion::V4).execute();
-        while let Some(r) = rules.try_next().await.map_err(nl("dump rules"))? {
-            let (prio, mark, mask, table) = rule_fields(&r);
-            // Ours: pointing into Egret's tables (a rule at the same priority elsewhere is not).
-            if cfg.is_our_table(table) {
-                out.insert(Item::Rule(prio, mark, mask, table), Raw::Rule(r));
+            let mut rules = self.handle.rule().get(if v6 { IpVersion::V6 } else { IpVersion::V4 }).execute();
+            while let Some(r) = dump_next(rules.try_next().await, v6, "dump rules")? {
+                let (prio, mark, mask, table) = rule_fields(&r);
+                // Ours: pointing into Egret's tables (a rule at the same priority elsewhere is not).
+                if cfg.is_our_table(table) {
+                    let item =
+                        if v6 { Item::Rule6(prio, mark, mask, table) } else { Item::Rule(prio, mark, mask, table) };
+                    out.insert(item, Raw::Rule(r));
+                }
             }
         }
         Ok(out)
@@ -603,15 +561,8 @@ impl Net {
                     .execute()
                     .await
             }
-            Item::Neigh(ip, mac) => {
-                self.handle
-                    .neighbours()
-                    .add(links.vxlan, IpAddr::V4(*ip))
-                    .link_layer_address(mac)
-                    .state(NeighbourState::Permanent)
-                    .execute()
-                    .await
-            }
+            Item::Neigh(ip, mac) => self.add_neighbour(links.vxlan, IpAddr::V4(*ip), mac).await,
+            Item::Neigh6(ip, mac) => self.add_neighbour(links.vxlan, IpAddr::V6(*ip), mac).await,
             Item::Route(table, dst, len, gw) => {
                 let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                     .table_id(*table)
@@ -624,15 +575,6 @@ impl Net {
                 }
                 self.handle.route().add(b.build()).execute().await
             }
-            Item::Neigh6(ip, mac) => {
-                self.handle
-                    .neighbours()
-                    .add(links.vxlan, IpAddr::V6(*ip))
-                    .link_layer_address(mac)
-                    .state(NeighbourState::Permanent)
-                    .execute()
-                    .await
-            }
             Item::Route6(table, dst, len, gw) => {
                 let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
                     .table_id(*table)
@@ -643,47 +585,44 @@ impl Net {
                 }
                 self.handle.route().add(b.build()).execute().await
             }
-            Item::ExitRoute(table, gw, vlan) => {
-                let dev = links
-                    .exit_device(*vlan)
-                    .ok_or_else(|| DatapathError::Verify(vec![format!("no device for VLAN {vlan}")]))?;
+            Item::ExitRoute(table, gw) => {
                 let msg = RouteMessageBuilder::<Ipv4Addr>::new()
                     .table_id(*table)
                     .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-                    .output_interface(dev)
+                    .output_interface(links.underlay)
                     .gateway(*gw)
                     .onlink()
                     .build();
                 self.handle.route().add(msg).execute().await
             }
-            Item::Rule6(prio, mark, mask, table) => {
-                let mut req = self
-                    .handle
-                    .rule()
-                    .add()
-                    .v6()
-                    .priority(*prio)
-                    .fw_mark(*mark)
-                    .table_id(*table)
-                    .action(RuleAction::ToTable);
-                req.message_mut().attributes.push(RuleAttribute::FwMask(*mask));
-                req.execute().await
-            }
             Item::Rule(prio, mark, mask, table) => {
-                let mut req = self
-                    .handle
-                    .rule()
-                    .add()
-                    .v4()
-                    .priority(*prio)
-                    .fw_mark(*mark)
-                    .table_id(*table)
-                    .action(RuleAction::ToTable);
-                req.message_mut().attributes.push(RuleAttribute::FwMask(*mask));
-                req.execute().await
+                self.add_rule(AddressFamily::Inet, *prio, *mark, *mask, *table).await
+            }
+            Item::Rule6(prio, mark, mask, table) => {
+                self.add_rule(AddressFamily::Inet6, *prio, *mark, *mask, *table).await
             }
         }
         .map_err(nl(what))
+    }
+
+    async fn add_neighbour(&self, dev: u32, ip: IpAddr, mac: &[u8; 6]) -> Result<(), rtnetlink::Error> {
+        self.handle.neighbours().add(dev, ip).link_layer_address(mac).state(NeighbourState::Permanent).execute().await
+    }
+
+    /// A rule `fwmark MARK/MASK lookup TABLE` at `prio` of `family`.
+    async fn add_rule(
+        &self,
+        family: AddressFamily,
+        prio: u32,
+        mark: u32,
+        mask: u32,
+        table: u32,
+    ) -> Result<(), rtnetlink::Error> {
+        let mut req = self.handle.rule().add().priority(prio).fw_mark(mark).table_id(table).action(RuleAction::ToTable);
+        let msg = req.message_mut();
+        msg.header.family = family;
+        msg.attributes.push(RuleAttribute::FwMask(mask));
+        req.execute().await
     }
 
     /// Deletes Egret's devices (only those carrying its alias); returns what was removed.
@@ -712,7 +651,7 @@ impl Net {
             .await?
             .into_keys()
             .filter_map(|i| match i {
-                Item::Route(table, _, 0, Some(gw)) | Item::ExitRoute(table, gw, _) => Some((gw, cfg.table_id(table)?)),
+                Item::Route(table, _, 0, Some(gw)) | Item::ExitRoute(table, gw) => Some((gw, cfg.table_id(table)?)),
                 _ => None,
             })
             .collect())
@@ -734,12 +673,12 @@ impl Net {
     }
 }
 
-/// The next item of an IPv6 dump; none when the kernel has no IPv6 at all (the dump fails with
-/// `EAFNOSUPPORT`: then Egret has nothing of IPv6 to read either).
-fn v6_next<T>(r: Result<Option<T>, rtnetlink::Error>, what: &str) -> Result<Option<T>, DatapathError> {
+/// The next item of a dump; of an IPv6 dump, none when the kernel has no IPv6 at all (the dump
+/// fails with `EAFNOSUPPORT`: then Egret has nothing of IPv6 to read either).
+fn dump_next<T>(r: Result<Option<T>, rtnetlink::Error>, v6: bool, what: &str) -> Result<Option<T>, DatapathError> {
     match r {
-        Err(e) if errno(&e) == Some(libc::EAFNOSUPPORT) => Ok(None),
-        r => r.map_err(nl(what)),
+        Err(e) if v6 && errno(&e) == Some(libc::EAFNOSUPPORT) => Ok(None),
+        r => r.map_err(nl(if v6 { format!("{what} (IPv6)") } else { what.to_string() })),
     }
 }
 
@@ -772,22 +711,56 @@ fn rule_fields(r: &RuleMessage) -> (u32, u32, u32, u32) {
     (prio, mark, mask, table)
 }
 
-/// The link-layer address and IPv4 destination of a neighbour or FDB entry.
-fn mac_and_ipv4(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<Ipv4Addr>) {
+/// The link-layer address and destination of a neighbour or FDB entry.
+fn mac_and_ip(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<IpAddr>) {
     let mut mac = None;
     let mut dst = None;
     for a in attrs {
         match a {
             NeighbourAttribute::LinkLayerAddress(b) => mac = <[u8; 6]>::try_from(b.as_slice()).ok(),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
             // Bridge-family (FDB) dumps carry the remote as raw bytes.
             NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(|o| IpAddr::V4(o.into()))
             }
             _ => {}
         }
     }
     (mac, dst)
+}
+
+/// A route's destination, gateway and output device.
+fn route_fields(r: &RouteMessage) -> (Option<IpAddr>, Option<IpAddr>, Option<u32>) {
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    };
+    let (mut dst, mut gw, mut oif) = (None, None, None);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip(d),
+            RouteAttribute::Gateway(g) => gw = ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    (dst, gw, oif)
+}
+
+fn v4_of(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6_of(ip: IpAddr) -> Option<Ipv6Addr> {
+    match ip {
+        IpAddr::V6(v) => Some(v),
+        IpAddr::V4(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod setelem;
 
 use crate::config::{Config, TABLE, mac_string, tunnel_mac};
 use crate::link::{PeerIds, tunnel_peers};
+use egret_core::net::{Family, Span};
 use egret_core::planner::{NodePlan, SteerAction};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
@@ -297,6 +298,12 @@ fn prefix(net: &IpNet) -> Value {
     json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix_len()}})
 }
 
+/// `KEY = (KEY & ~mask) | value`: sets Egret's bits of a packet or conntrack mark, keeping
+/// everyone else's.
+fn set_bits(key: Value, mask: u32, value: u32) -> Value {
+    json!({"mangle": {"key": key.clone(), "value": {"|": [{"&": [key, !mask]}, value]}}})
+}
+
 fn verdict_goto(chain: &str) -> Value {
     json!({"goto": {"target": chain}})
 }
@@ -358,28 +365,15 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         };
         peer_ids.insert(name, id);
         let m = cfg.mark(id);
-        let set_mark = json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}});
+        let set_mark = set_bits(meta("mark"), mask, m);
         // The conntrack mark remembers the decision, so the flow's later packets skip the
         // steering lookups (see the prerouting chain), and then need only the packet mark.
         t.chains.insert(mark_chain(id), Chain { hook: None, rules: vec![rule(vec![set_mark.clone()])] });
         t.chains.insert(
             tunnel_chain(id),
-            Chain {
-                hook: None,
-                rules: vec![rule(vec![
-                    set_mark,
-                    json!({"mangle": {"key": ct("mark"), "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}}),
-                ])],
-            },
+            Chain { hook: None, rules: vec![rule(vec![set_mark, set_bits(ct("mark"), mask, m)])] },
         );
-        t.chains.insert(
-            origin_chain(id),
-            Chain {
-                hook: None,
-                rules: vec![rule(vec![json!({"mangle": {"key": ct("mark"),
-                    "value": {"|": [{"&": [ct("mark"), !mask]}, m]}}})])],
-            },
-        );
+        t.chains.insert(origin_chain(id), Chain { hook: None, rules: vec![rule(vec![set_bits(ct("mark"), mask, m)])] });
         let mac = mac_string(&tunnel_mac(*ip));
         peers_elems
             .insert(format!("{mac} : jump {}", origin_chain(id)), raw(&json!([mac, verdict_jump(&origin_chain(id))])));
@@ -395,16 +389,11 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             skipped.push(Skip::new(format!("egress subnet via {} has no local id", sn.gateway)));
             continue;
         };
-        let m = cfg.mark(id);
+        // The same rule as a peer's `mark_N` chain; named apart so that the id is recoverable.
         let c = exit_chain(id, sn.gateway);
         t.chains.insert(
             c.clone(),
-            Chain {
-                hook: None,
-                rules: vec![rule(vec![
-                    json!({"mangle": {"key": meta("mark"), "value": {"|": [{"&": [meta("mark"), !mask]}, m]}}}),
-                ])],
-            },
+            Chain { hook: None, rules: vec![rule(vec![set_bits(meta("mark"), mask, cfg.mark(id))])] },
         );
         exits.insert(h.ip, c);
     }
@@ -414,10 +403,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // match an IPv6 packet (nor `ip6` fields an IPv4 one), so each packet meets its own.
     let mut fam = [Fam::new(Family::V4), Fam::new(Family::V6)];
     for c in &plan.cluster_cidrs {
-        let (s, e) = egret_core::planner::block_span(c);
-        if let (Some(s), Some(e)) = (ip_u128(&s.to_string()), ip_u128(&e.to_string())) {
-            fam[Family::of(c.addr()) as usize].cluster.push((s, e, prefix(c)));
-        }
+        let span = Span::of_net(c);
+        fam[at(span.family)].cluster.push((span.start, span.end, prefix(c)));
     }
 
     let mut counter_names = BTreeSet::new();
@@ -441,18 +428,17 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             continue;
         }
         let (src, dst) = (s.source, s.destination);
-        let f = &mut fam[Family::of(src) as usize];
+        let f = &mut fam[at(Family::of(&src))];
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&dst)]});
         let drop = ("drop".to_string(), json!({"drop": null}));
         let exit = s.egress_ip.and_then(|ip| exits.get(&ip));
         let ((vtext, v), counter) = match &s.action {
             // Leaving by an egress subnet from here: marked for its exit route.
-            SteerAction::Local if exit.is_some() => {
-                let c = exit.cloned().unwrap_or_default();
-                ((format!("goto {c}"), verdict_goto(&c)), s.egress.clone())
-            }
-            SteerAction::Local => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
+            SteerAction::Local => match exit {
+                Some(c) => ((format!("goto {c}"), verdict_goto(c)), s.egress.clone()),
+                None => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
+            },
             SteerAction::Tunnel { gateway } if peer_ids.contains_key(gateway.as_str()) => {
                 let c = tunnel_chain(peer_ids[gateway.as_str()]);
                 ((format!("goto {c}"), verdict_goto(&c)), s.egress.clone())
@@ -483,15 +469,13 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             ));
             continue;
         }
-        let f = &mut fam[Family::of(src) as usize];
+        let f = &mut fam[at(Family::of(&src))];
         let key_text = concat_text(src, &dst);
         let key = json!({"concat": [src.to_string(), prefix(&dst)]});
-        f.snat.insert(format!("{key_text} : {}", ip_text(eip)), raw(&json!([key, eip.to_string()])));
+        f.snat.insert(format!("{key_text} : {eip}"), raw(&json!([key, eip.to_string()])));
         let conn = conns_counter(&s.egress);
         f.conns.insert(format!("{key_text} : {conn}"), raw(&json!([key, conn])));
-        if let Some(c) = exits.get(&eip)
-            && !src.is_ipv6()
-        {
+        if let Some(c) = exits.get(&eip) {
             exit_elems.insert(format!("{key_text} : jump {c}"), raw(&json!([key, verdict_jump(c)])));
         }
         if plan.bandwidth.contains_key(&s.egress) {
@@ -512,7 +496,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             continue;
         };
         let e = json!([src.to_string(), one]);
-        fam[Family::of(*src) as usize].counters_src.insert(e.to_string(), raw(&e));
+        fam[at(Family::of(src))].counters_src.insert(e.to_string(), raw(&e));
     }
     // Named counters for every Egress with traffic here, even before its first packet.
     counter_names.extend(plan.egresses.iter().cloned());
@@ -574,23 +558,27 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // count and go, skipping the cluster and steering lookups. Counted by source when the
     // source has one Egress here (a miss leaves the rule), else by source and destination.
     for f in both {
-        pre.push(rule(vec![ct_marked(), count_by(payload(f.proto(), "saddr"), f.name(MAP_COUNTERS_SRC)), restore()]));
-        pre.push(rule(vec![ct_marked(), count_by(f.saddr_daddr(), f.name(MAP_COUNTERS)), restore()]));
+        pre.push(rule(vec![
+            ct_marked(),
+            count_by(payload(proto(f), "saddr"), fam_name(f, MAP_COUNTERS_SRC)),
+            restore(),
+        ]));
+        pre.push(rule(vec![ct_marked(), count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)), restore()]));
     }
     for f in both {
         // Not a source Egret steers (the node's own traffic, the tunnel's outer packets, pods
         // without an Egress): one hash lookup, instead of the cluster and the two steering
         // lookups below, is all Egret costs it.
         pre.push(rule(vec![
-            matches("!=", payload(f.proto(), "saddr"), set_ref(&f.name(SET_SOURCES))),
+            matches("!=", payload(proto(f), "saddr"), set_ref(&fam_name(f, SET_SOURCES))),
             json!({"return": null}),
         ]));
         pre.push(rule(vec![
-            matches("==", payload(f.proto(), "daddr"), set_ref(&f.name(SET_CLUSTER))),
+            matches("==", payload(proto(f), "daddr"), set_ref(&fam_name(f, SET_CLUSTER))),
             json!({"return": null}),
         ]));
-        pre.push(rule(vec![count_by(f.saddr_daddr(), f.name(MAP_COUNTERS))]));
-        pre.push(rule(vec![json!({"vmap": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_STEER))}})]));
+        pre.push(rule(vec![count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS))]));
+        pre.push(rule(vec![json!({"vmap": {"key": saddr_daddr(f), "data": set_ref(&fam_name(f, MAP_STEER))}})]));
     }
     t.chains.insert("prerouting".into(), Chain { hook: hook("filter", "prerouting", PRIO_MANGLE), rules: pre });
 
@@ -607,7 +595,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         // packet (the conntrack mark holds the origin node). Only where a subnet exists.
         from.push(rule(vec![
             matches("==", ct("direction"), json!("original")),
-            json!({"vmap": {"key": Family::V4.saddr_daddr(), "data": set_ref(MAP_EXIT4)}}),
+            json!({"vmap": {"key": saddr_daddr(Family::V4), "data": set_ref(MAP_EXIT4)}}),
         ]));
     }
     // Steered traffic to count here at the gateway; replies to a local pod are not counted.
@@ -619,12 +607,12 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         from.push(rule(vec![
             matches("==", ct("direction"), json!("original")),
             matches("in", ct("status"), json!("snat")),
-            count_by(payload(f.proto(), "saddr"), f.name(MAP_COUNTERS_SRC)),
+            count_by(payload(proto(f), "saddr"), fam_name(f, MAP_COUNTERS_SRC)),
             json!({"return": null}),
         ]));
         from.push(rule(vec![
             matches("==", ct("direction"), json!("original")),
-            count_by(f.saddr_daddr(), f.name(MAP_COUNTERS)),
+            count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)),
             json!({"return": null}),
         ]));
     }
@@ -637,7 +625,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         for f in both {
             forward.push(rule(vec![
                 matches("==", ct("direction"), json!("original")),
-                json!({"vmap": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_BANDWIDTH))}}),
+                json!({"vmap": {"key": saddr_daddr(f), "data": set_ref(&fam_name(f, MAP_BANDWIDTH))}}),
             ]));
         }
         for (egress, bw) in &plan.bandwidth {
@@ -675,7 +663,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     let mut post = Vec::new();
     for f in both {
         post.push(rule(vec![
-            matches("==", payload(f.proto(), "daddr"), set_ref(&f.name(SET_CLUSTER))),
+            matches("==", payload(proto(f), "daddr"), set_ref(&fam_name(f, SET_CLUSTER))),
             json!({"return": null}),
         ]));
     }
@@ -686,14 +674,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         post.push(rule(vec![
             matches("==", meta("oif"), json!(vx)),
             ct_marked(),
-            json!({"snat": {"family": f.proto(), "addr": payload(f.proto(), "saddr")}}),
+            json!({"snat": {"family": proto(f), "addr": payload(proto(f), "saddr")}}),
         ]));
         // A new connection leaving through an Egress here (this hook sees only a connection's
         // first packet): count it for its Egress.
-        post.push(rule(vec![matches("!=", meta("oif"), json!(vx)), count_by(f.saddr_daddr(), f.name(MAP_CONNS))]));
+        post.push(rule(vec![matches("!=", meta("oif"), json!(vx)), count_by(saddr_daddr(f), fam_name(f, MAP_CONNS))]));
         post.push(rule(vec![
             matches("!=", meta("oif"), json!(vx)),
-            json!({"snat": {"family": f.proto(), "addr": {"map": {"key": f.saddr_daddr(), "data": set_ref(&f.name(MAP_SNAT))}}}}),
+            json!({"snat": {"family": proto(f), "addr": {"map": {"key": saddr_daddr(f), "data": set_ref(&fam_name(f, MAP_SNAT))}}}}),
         ]));
     }
     // Arrived through the tunnel but this node has no SNAT for it (its view of the gateway
@@ -716,48 +704,39 @@ fn concat_text(src: IpAddr, dst: &IpNet) -> String {
     format!("{src} . {dst}")
 }
 
-fn ip_text(ip: IpAddr) -> String {
-    ip.to_string()
+/// Index of a family's share in the per-family arrays: IPv4 first.
+fn at(f: Family) -> usize {
+    match f {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
 }
 
-/// An address family of the steering sets and rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    V4 = 0,
-    V6 = 1,
+/// nft's payload protocol (and NAT family) name.
+fn proto(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
-impl Family {
-    fn of(ip: IpAddr) -> Family {
-        if ip.is_ipv6() { Family::V6 } else { Family::V4 }
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     }
+}
 
-    /// nft's payload protocol (and NAT family) name.
-    fn proto(self) -> &'static str {
-        match self {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        }
+/// The family's set or map of the kind `base` (a name without its digit).
+fn fam_name(f: Family, base: &str) -> String {
+    match f {
+        Family::V4 => format!("{base}4"),
+        Family::V6 => format!("{base}6"),
     }
+}
 
-    fn addr_type(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4_addr",
-            Family::V6 => "ipv6_addr",
-        }
-    }
-
-    /// The family's set or map of the kind `base` (a name without its digit).
-    fn name(self, base: &str) -> String {
-        match self {
-            Family::V4 => format!("{base}4"),
-            Family::V6 => format!("{base}6"),
-        }
-    }
-
-    fn saddr_daddr(self) -> Value {
-        json!({"concat": [payload(self.proto(), "saddr"), payload(self.proto(), "daddr")]})
-    }
+fn saddr_daddr(f: Family) -> Value {
+    json!({"concat": [payload(proto(f), "saddr"), payload(proto(f), "daddr")]})
 }
 
 /// One family's share of the steering sets and maps, as they are built.
@@ -790,9 +769,9 @@ impl Fam {
 
     fn into_sets(self, t: &mut Table) {
         let f = self.family;
-        let addr = json!(f.addr_type());
+        let addr = json!(addr_type(f));
         let interval = vec!["interval".to_string()];
-        let pair = json!([f.addr_type(), f.addr_type()]);
+        let pair = json!([addr_type(f), addr_type(f)]);
         let set = |map: Option<Value>, key: &Value, flags: &Vec<String>, elems| Set {
             map,
             key: key.clone(),
@@ -800,14 +779,14 @@ impl Fam {
             elems,
         };
         let cluster = canonical_interval_set(self.cluster.into_iter());
-        t.sets.insert(f.name(SET_CLUSTER), set(None, &addr, &interval, cluster));
-        t.sets.insert(f.name(SET_SOURCES), set(None, &addr, &vec![], self.sources));
-        t.sets.insert(f.name(MAP_STEER), set(Some(json!("verdict")), &pair, &interval, self.steer));
-        t.sets.insert(f.name(MAP_SNAT), set(Some(addr.clone()), &pair, &interval, self.snat));
-        t.sets.insert(f.name(MAP_COUNTERS), set(Some(json!("counter")), &pair, &interval, self.counters));
-        t.sets.insert(f.name(MAP_COUNTERS_SRC), set(Some(json!("counter")), &addr, &vec![], self.counters_src));
-        t.sets.insert(f.name(MAP_CONNS), set(Some(json!("counter")), &pair, &interval, self.conns));
-        t.sets.insert(f.name(MAP_BANDWIDTH), set(Some(json!("verdict")), &pair, &interval, self.bandwidth));
+        t.sets.insert(fam_name(f, SET_CLUSTER), set(None, &addr, &interval, cluster));
+        t.sets.insert(fam_name(f, SET_SOURCES), set(None, &addr, &vec![], self.sources));
+        t.sets.insert(fam_name(f, MAP_STEER), set(Some(json!("verdict")), &pair, &interval, self.steer));
+        t.sets.insert(fam_name(f, MAP_SNAT), set(Some(addr.clone()), &pair, &interval, self.snat));
+        t.sets.insert(fam_name(f, MAP_COUNTERS), set(Some(json!("counter")), &pair, &interval, self.counters));
+        t.sets.insert(fam_name(f, MAP_COUNTERS_SRC), set(Some(json!("counter")), &addr, &vec![], self.counters_src));
+        t.sets.insert(fam_name(f, MAP_CONNS), set(Some(json!("counter")), &pair, &interval, self.conns));
+        t.sets.insert(fam_name(f, MAP_BANDWIDTH), set(Some(json!("verdict")), &pair, &interval, self.bandwidth));
     }
 }
 

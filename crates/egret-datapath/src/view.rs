@@ -6,9 +6,10 @@
 use crate::Config;
 use crate::link::PeerIds;
 use crate::nft::{self, MAP_COUNTERS4, MAP_COUNTERS6, MAP_SNAT4, MAP_SNAT6, MAP_STEER4, MAP_STEER6, Table};
+use egret_core::net::{Family, Span};
 use egret_core::planner::NodePlan;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// One pod's steering toward one destination block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,49 +59,31 @@ pub struct KernelView {
     pub peers: Vec<(Ipv4Addr, u16)>,
 }
 
-/// `a-b` (numbers) as addresses of the family (`v6`).
-fn range(text: &str, v6: bool) -> Option<(IpAddr, IpAddr)> {
+/// `a-b` (numbers) as a span of `family`.
+fn range(text: &str, family: Family) -> Option<Span> {
     let (a, b) = text.trim().split_once('-')?;
-    let (a, b) = (a.parse::<u128>().ok()?, b.parse::<u128>().ok()?);
-    if v6 {
-        Some((Ipv6Addr::from(a).into(), Ipv6Addr::from(b).into()))
-    } else {
-        Some((Ipv4Addr::from(u32::try_from(a).ok()?).into(), Ipv4Addr::from(u32::try_from(b).ok()?).into()))
-    }
+    let (start, end) = (a.parse::<u128>().ok()?, b.parse::<u128>().ok()?);
+    (start <= end && end <= family.max()).then_some(Span { family, start, end })
 }
 
-fn number(ip: IpAddr) -> (u128, u32) {
-    match ip {
-        IpAddr::V4(v4) => (u32::from(v4).into(), 32),
-        IpAddr::V6(v6) => (u128::from(v6), 128),
-    }
-}
-
-/// A range as a CIDR when it is one.
-fn block(first: IpAddr, last: IpAddr) -> String {
-    let ((a, bits), (b, _)) = (number(first), number(last));
-    // The size as `last - first`, so that a whole family's range does not overflow.
-    let span = b.wrapping_sub(a);
-    let is_block = b >= a && span.checked_add(1).is_none_or(|n| n.is_power_of_two() && a % n == 0);
-    if is_block {
-        let host_bits = 128 - span.leading_zeros();
-        format!("{first}/{}", bits - host_bits)
-    } else {
-        format!("{first}-{last}")
+/// A span as a CIDR when it is one.
+fn block(span: Span) -> String {
+    match span.to_cidrs()[..] {
+        [one] => one.to_string(),
+        _ => format!("{}-{}", span.first(), span.last()),
     }
 }
 
 /// The `(source, destination) : value` elements of an interval map keyed by pod and block.
-fn pairs(t: &Table, map: &str, v6: bool) -> Vec<(IpAddr, String, String)> {
+fn pairs(t: &Table, map: &str, family: Family) -> Vec<(IpAddr, String, String)> {
     let Some(set) = t.sets.get(map) else { return Vec::new() };
     set.elems
         .keys()
         .filter_map(|k| {
             let (key, value) = k.split_once(" : ")?;
             let (src, dst) = key.split_once(" . ")?;
-            let (src, _) = range(src, v6)?;
-            let (first, last) = range(dst, v6)?;
-            Some((src, block(first, last), value.trim().to_string()))
+            let src = range(src, family)?.first();
+            Some((src, block(range(dst, family)?), value.trim().to_string()))
         })
         .collect()
 }
@@ -110,8 +93,8 @@ pub fn read(t: &Table) -> KernelView {
     let peers = nft::ids_in(t);
     let by_id: BTreeMap<u16, Ipv4Addr> = peers.iter().map(|(ip, id)| (*id, *ip)).collect();
     let both = |v4: &str, v6: &str| {
-        let mut out = pairs(t, v4, false);
-        out.extend(pairs(t, v6, true));
+        let mut out = pairs(t, v4, Family::V4);
+        out.extend(pairs(t, v6, Family::V6));
         out
     };
     let counters: BTreeMap<(IpAddr, String), String> = both(MAP_COUNTERS4, MAP_COUNTERS6)
@@ -141,7 +124,7 @@ pub fn read(t: &Table) -> KernelView {
         .into_iter()
         // The value in the canonical text is a one-address range of numbers.
         .filter_map(|(source, destination, v)| {
-            let egress_ip = v.parse().ok().or_else(|| range(&v, source.is_ipv6()).map(|r| r.0))?;
+            let egress_ip = v.parse().ok().or_else(|| range(&v, Family::of(&source)).map(|r| r.first()))?;
             Some(Snat { source, destination, egress_ip })
         })
         .collect();
@@ -262,7 +245,7 @@ mod tests {
 
     #[test]
     fn blocks_that_are_not_cidrs_are_ranges() {
-        let b = |a: &str, z: &str| block(a.parse().unwrap(), z.parse().unwrap());
+        let b = |a: &str, z: &str| block(Span::new(a.parse().unwrap(), z.parse().unwrap()).unwrap());
         assert_eq!(b("10.0.0.0", "10.0.0.255"), "10.0.0.0/24");
         assert_eq!(b("10.0.0.5", "10.0.0.5"), "10.0.0.5/32");
         assert_eq!(b("10.0.0.1", "10.0.0.6"), "10.0.0.1-10.0.0.6");

@@ -172,11 +172,7 @@ fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
 
     // The gratuitous ARP moved the router's entry.
     let want = Some(topo.node_mac(second).unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while topo.router_neighbour(eip4).unwrap() != want && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(topo.router_neighbour(eip4).unwrap(), want);
+    assert_eq!(router_neighbour_after_move(&topo, eip, &want), want);
     let before_count = counter(&topo, &dps[second - 1], second, "eg-web").packets;
     assert_eq!(whoami(web1, to(DB_A, WHOAMI_PORT), T).unwrap(), eip);
     assert!(

@@ -216,6 +216,19 @@ pub fn plumb_pod(node: &Netns, pod_cidr: Ipv4Net, pod: &Netns, ip: Ipv4Addr, vet
     Ok(())
 }
 
+/// Packets the router namespace `router` forwarded that came in by its egress subnet port
+/// (also for a lab's router, attached by name).
+pub fn egress_subnet_forwarded(router: &Netns) -> Result<u64, Error> {
+    let out = router.exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == "packets")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
+}
+
 /// A built topology. Dropping it stops the servers and deletes every namespace (and so every
 /// link) it created, pods first, router last.
 #[derive(Debug)]
@@ -400,14 +413,7 @@ impl Topology {
 
     /// Packets the router forwarded that came in by its egress subnet port.
     pub fn egress_subnet_forwarded(&self) -> Result<u64, Error> {
-        let out = self.router.exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])?;
-        let words: Vec<&str> = out.split_whitespace().collect();
-        words
-            .iter()
-            .position(|w| *w == "packets")
-            .and_then(|i| words.get(i + 1))
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
+        egress_subnet_forwarded(&self.router)
     }
 
     /// The MAC address the router's neighbour table holds for `ip` on the node network, if any.

@@ -73,6 +73,14 @@ impl Lab {
         if o.status.success() { String::from_utf8_lossy(&o.stdout).trim().to_string() } else { "no answer".into() }
     }
 
+    /// Waits up to 5 s until `pod` reaches `to` with the source `want`; fails with `what`.
+    fn wait_source(&self, pod: &str, to: &str, want: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.whoami(pod, to) != want {
+            assert!(Instant::now() < deadline, "{what}");
+        }
+    }
+
     fn store(&self) -> String {
         format!("/run/egret/labs/{}/store", self.name)
     }
@@ -472,10 +480,9 @@ fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     // Kill the gateway: the IP moves, traffic comes back with the same source, and the
     // router's neighbour entry follows the gratuitous ARP.
     lab.ok(&["lab", "kill-node", &gw]);
+    // Also bounds the settling of the other IP below.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "10.10.0.11" {
-        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a", "10.10.0.11", &format!("traffic never came back after killing {gw}"));
     let moved = lab.wait_egress("egress-prod-web", |e| {
         e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
     });
@@ -531,10 +538,7 @@ fn dual_stack_pods_leave_with_each_familys_egress_ip_and_ipv6_fails_over_and_fai
     // Kill the IPv6 gateway: the address moves, the router follows the unsolicited NA.
     let probe = if gw == "node-1" { "prod/web-2" } else { "prod/web-1" };
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a6") != "fd00:10:10::e1" {
-        assert!(Instant::now() < deadline, "IPv6 traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a6", "fd00:10:10::e1", &format!("IPv6 traffic never came back after killing {gw}"));
     let moved = lab.wait_egress("egress-prod-web-v6", |e| {
         e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
     });
@@ -604,10 +608,7 @@ fn beside_a_real_cni(plugin: &str) {
     // Failover of the IPv4 egress IP.
     let (gw, probe) = gateway_and_probe(&lab);
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "10.10.0.11" {
-        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a", "10.10.0.11", &format!("traffic never came back after killing {gw}"));
     lab.ok(&["lab", "restore-node", &gw]);
 
     // Egress policies: seed 000's access control.
@@ -642,12 +643,8 @@ fn beside_the_ptp_cni_plugin() {
 
 /// Packets the lab router forwarded that came in by its egress subnet port.
 fn subnet_forwarded(lab: &Lab) -> u64 {
-    let out = egret_netns::Netns::attach(&format!("egret-lab-{}-r", lab.name))
-        .unwrap()
-        .exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])
-        .unwrap();
-    let words: Vec<&str> = out.split_whitespace().collect();
-    words[words.iter().position(|w| *w == "packets").unwrap() + 1].parse().unwrap()
+    let router = egret_netns::Netns::attach(&format!("egret-lab-{}-r", lab.name)).unwrap();
+    egret_netns::egress_subnet_forwarded(&router).unwrap()
 }
 
 #[test]
@@ -670,10 +667,7 @@ fn antreas_egress_subnet_leaves_through_its_own_router_and_fails_over() {
     // The gateway dies: the address moves with its subnet routing.
     let probe = if gw == "node-1" { "prod/web-2" } else { "prod/web-1" };
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "192.0.2.10" {
-        assert!(Instant::now() < deadline, "subnet traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a", "192.0.2.10", &format!("subnet traffic never came back after killing {gw}"));
     lab.ok(&["lab", "restore-node", &gw]);
 
     // Bad subnets are refused with their field, nothing applied.
@@ -823,10 +817,7 @@ fn through_the_api_server_double_seeds_failover_and_leader_handover() {
     // A gateway loses power: the IP moves and traffic keeps its source address.
     let (gw, probe) = gateway_and_probe(&lab);
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "10.10.0.11" {
-        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a", "10.10.0.11", &format!("traffic never came back after killing {gw}"));
     let moved = lab.wait_egress("egress-prod-web", |e| {
         e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
     });
@@ -865,10 +856,7 @@ fn through_the_api_server_double_seeds_failover_and_leader_handover() {
     let gw = holders(&lab, "10.10.0.11").pop().unwrap();
     let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "10.10.0.11" {
-        assert!(Instant::now() < deadline, "no failover from {gw} without the API server");
-    }
+    lab.wait_source(probe, "db-a", "10.10.0.11", &format!("no failover from {gw} without the API server"));
     // Another node reports holding it (the dead node's last report stays in the store).
     let deadline = Instant::now() + Duration::from_secs(5);
     while !holders(&lab, "10.10.0.11").iter().any(|h| *h != gw) {
@@ -1259,10 +1247,7 @@ fn prometheus_in_the_lab_sees_traffic_per_egress_ip_and_the_failover() {
     wait_promql(&lab, bytes, Duration::from_secs(15), |v| v > before);
 
     lab.ok(&["lab", "kill-node", &gw]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.whoami(probe, "db-a") != "10.10.0.11" {
-        assert!(Instant::now() < deadline, "traffic never came back after killing {gw}");
-    }
+    lab.wait_source(probe, "db-a", "10.10.0.11", &format!("traffic never came back after killing {gw}"));
     let failovers = promql(&lab, r#"egret_failovers_total{egress_ip="10.10.0.11"}"#);
     let failovers = if failovers.is_empty() {
         wait_promql(&lab, r#"sum(egret_failovers_total{egress_ip="10.10.0.11"})"#, Duration::from_secs(15), |v| {

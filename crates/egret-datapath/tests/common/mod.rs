@@ -248,6 +248,19 @@ pub fn assert_same(what: &str, a: &str, b: &str) {
     panic!("{what} changed:\n- {gone:#?}\n+ {new:#?}");
 }
 
+/// The router's neighbour entry for `ip` once it names `want` (an announcement moved it), or
+/// as it is after 3 s.
+pub fn router_neighbour_after_move(topo: &Topology, ip: IpAddr, want: &Option<String>) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = topo.router_neighbour(ip).unwrap();
+        if now == *want || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until a connection is idle (delayed ACKs sent) so that counters stop moving.
 pub fn quiesce() {
     std::thread::sleep(Duration::from_millis(400));

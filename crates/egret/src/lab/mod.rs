@@ -1075,9 +1075,9 @@ fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             let key = format!("{}/{}", k.namespace.as_deref().unwrap_or("default"), k.name);
             if let Some(p) = st.pods.remove(&key) {
                 // The plugin releases the pod's addresses (host-local would refuse them again).
-                if let Some(net) = st.node(&p.node).ok().and_then(|n| st.cni_net(n)) {
-                    let node_ns = Netns::attach(&st.node(&p.node)?.netns)?;
-                    net.del(&node_ns, &Netns::attach(&p.netns)?, &p.netns, p.ip)?;
+                let node = st.node(&p.node)?;
+                if let Some(net) = st.cni_net(node) {
+                    net.del(&Netns::attach(&node.netns)?, &Netns::attach(&p.netns)?, &p.netns, p.ip)?;
                 }
                 Netns::attach(&p.netns)?.delete()?;
                 dns::remove_pod_resolver(&p.netns);
