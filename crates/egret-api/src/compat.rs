@@ -5,7 +5,7 @@
 //! field Egret cannot honour (rather than silently dropping it).
 
 use crate::v1alpha1::{
-    AppliedTo, Egress, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec, EgressStatus,
+    AppliedTo, Egress, EgressGateway, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec, EgressStatus,
     ExternalIPPool, ExternalIPPoolSpec, IPRange,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -51,13 +51,13 @@ pub struct AntreaEgressSpec {
     /// Static or pool-allocated egress IP.
     #[serde(default, rename = "egressIP")]
     pub egress_ip: Option<String>,
-    /// Several egress IPs (v1beta1); not supported yet.
+    /// Several egress IPs (v1beta1).
     #[serde(default, rename = "egressIPs")]
     pub egress_ips: Vec<String>,
     /// Pool to allocate from.
     #[serde(default, rename = "externalIPPool")]
     pub external_ip_pool: Option<String>,
-    /// Several pools (v1beta1); not supported yet.
+    /// Several pools (v1beta1).
     #[serde(default, rename = "externalIPPools")]
     pub external_ip_pools: Vec<String>,
     /// Bandwidth limit (v1beta1): `{rate, burst}`.
@@ -89,6 +89,9 @@ pub struct AntreaEgressStatus {
     /// The IP in effect.
     #[serde(default, rename = "egressIP")]
     pub egress_ip: Option<String>,
+    /// The IPs in effect (later versions).
+    #[serde(default, rename = "egressIPs", skip_serializing_if = "Vec::is_empty")]
+    pub egress_ips: Vec<String>,
     /// Antrea's conditions (v1beta1); not carried over: Egret sets its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<serde_json::Value>,
@@ -164,7 +167,7 @@ pub struct CiliumPolicySpec {
     /// The gateway.
     #[serde(default)]
     pub egress_gateway: Option<CiliumGateway>,
-    /// Several gateways (Cilium Enterprise); not supported yet.
+    /// Several gateways (Cilium Enterprise): pods spread over them by a stable hash.
     #[serde(default)]
     pub egress_gateways: Vec<CiliumGateway>,
 }
@@ -230,15 +233,8 @@ fn name_of(m: &ObjectMeta) -> String {
     m.name.clone().unwrap_or_default()
 }
 
-/// Translates an Antrea Egress. Several egress IPs and several pools are errors until Egret
-/// supports them, so nothing is silently dropped.
+/// Translates an Antrea Egress: its fields are Egret's.
 pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
-    if !a.spec.egress_ips.is_empty() {
-        return Err(unsupported("spec.egressIPs", "several egress IPs are not supported yet; use egressIP"));
-    }
-    if !a.spec.external_ip_pools.is_empty() {
-        return Err(unsupported("spec.externalIPPools", "several pools are not supported yet; use externalIPPool"));
-    }
     // The values are checked where native Egresses' are (with the field named); here only
     // the shape.
     let bandwidth = match &a.spec.bandwidth {
@@ -256,6 +252,8 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
         },
         egress_ip: a.spec.egress_ip.clone(),
         external_ip_pool: a.spec.external_ip_pool.clone(),
+        egress_ips: a.spec.egress_ips.clone(),
+        external_ip_pools: a.spec.external_ip_pools.clone(),
         bandwidth,
         ..EgressSpec::default()
     };
@@ -263,8 +261,13 @@ pub fn antrea_egress(a: &AntreaEgress) -> Result<Egress, CompatError> {
     e.metadata = carry_meta(&a.metadata, name_of(&a.metadata));
     // Status is carried so that an allocation made by Antrea is kept, not re-made.
     e.status = a.status.as_ref().map(|s| EgressStatus {
-        egress_ip: s.egress_ip.clone(),
+        egress_ip: s.egress_ip.clone().or_else(|| s.egress_ips.first().cloned()),
         egress_node: s.egress_node.clone(),
+        gateways: s
+            .egress_ips
+            .iter()
+            .map(|ip| EgressGateway { egress_ip: Some(ip.clone()), egress_node: s.egress_node.clone() })
+            .collect(),
         conditions: Vec::new(),
     });
     Ok(e)
@@ -341,59 +344,77 @@ fn split_namespace_label(
 /// Cilium pins the egress IP to a gateway chosen by node selector. Egret expresses that as a
 /// one-address `ExternalIPPool` named after the policy, whose `nodeSelector` is the gateway's, and
 /// one Egress per source selector using that IP, so the IP also fails over between the selected
-/// gateways (which Cilium OSS does not do).
+/// gateways (which Cilium OSS does not do). With `egressGateways` (several gateways), gateway
+/// `i` becomes pool `cilium-<policy>-<i>`, and each Egress lists them all in
+/// `externalIPPools`: pods spread over the gateways by a stable hash, as in Cilium.
 pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     let name = name_of(&c.metadata);
-    if !c.spec.egress_gateways.is_empty() {
-        return Err(unsupported("spec.egressGateways", "several gateways are not supported yet; use egressGateway"));
-    }
-    let Some(gw) = c.spec.egress_gateway.as_ref() else {
-        return Err(unsupported("spec.egressGateway", "is required"));
-    };
-    if gw.interface.is_some() && gw.egress_ip.is_some() {
-        return Err(unsupported("spec.egressGateway", "egressIP and interface are mutually exclusive"));
-    }
-    if gw.interface.is_some() {
-        return Err(unsupported(
-            "spec.egressGateway.interface",
-            "choosing the IP by interface is not supported yet; set egressIP",
-        ));
-    }
-    let Some(ip) = gw.egress_ip.clone() else {
-        return Err(unsupported(
-            "spec.egressGateway.egressIP",
-            "is required (Egret does not yet pick the gateway's default-route address)",
-        ));
+    let gateways: Vec<(&CiliumGateway, String)> = match (&c.spec.egress_gateway, c.spec.egress_gateways.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(unsupported("spec.egressGateways", "cannot be set with egressGateway; list every gateway here"));
+        }
+        (Some(gw), []) => vec![(gw, "spec.egressGateway".to_string())],
+        (None, []) => return Err(unsupported("spec.egressGateway", "is required")),
+        (None, many) => many.iter().enumerate().map(|(i, g)| (g, format!("spec.egressGateways[{i}]"))).collect(),
     };
     if c.spec.selectors.is_empty() {
         return Err(unsupported("spec.selectors", "at least one selector is required"));
     }
-    let pool_name = format!("cilium-{name}");
-    let host = if ip.contains(':') { 128 } else { 32 };
-    let mut pool = ExternalIPPool::new(
-        &pool_name,
-        ExternalIPPoolSpec {
-            ip_ranges: vec![IPRange { cidr: Some(format!("{ip}/{host}")), ..IPRange::default() }],
-            node_selector: gw.node_selector.clone().unwrap_or_default(),
-            subnet_info: None,
-        },
-    );
-    pool.metadata = carry_meta(&c.metadata, pool_name.clone());
-    let mut out = vec![Translated::Pool(Box::new(pool))];
+    let several = c.spec.egress_gateways.len() > 0;
+    let mut out = Vec::new();
+    let (mut pools, mut ips) = (Vec::new(), Vec::new());
+    for (i, (gw, at)) in gateways.iter().enumerate() {
+        if gw.interface.is_some() && gw.egress_ip.is_some() {
+            return Err(unsupported(at, "egressIP and interface are mutually exclusive"));
+        }
+        if gw.interface.is_some() {
+            return Err(unsupported(
+                &format!("{at}.interface"),
+                "choosing the IP by interface is not supported yet; set egressIP",
+            ));
+        }
+        let Some(ip) = gw.egress_ip.clone() else {
+            return Err(unsupported(
+                &format!("{at}.egressIP"),
+                "is required (Egret does not yet pick the gateway's default-route address)",
+            ));
+        };
+        if ips.contains(&ip) {
+            return Err(unsupported(&format!("{at}.egressIP"), &format!("{ip} is already another gateway's")));
+        }
+        let pool_name = if several { format!("cilium-{name}-{i}") } else { format!("cilium-{name}") };
+        let host = if ip.contains(':') { 128 } else { 32 };
+        let mut pool = ExternalIPPool::new(
+            &pool_name,
+            ExternalIPPoolSpec {
+                ip_ranges: vec![IPRange { cidr: Some(format!("{ip}/{host}")), ..IPRange::default() }],
+                node_selector: gw.node_selector.clone().unwrap_or_default(),
+                subnet_info: None,
+            },
+        );
+        pool.metadata = carry_meta(&c.metadata, pool_name.clone());
+        out.push(Translated::Pool(Box::new(pool)));
+        pools.push(pool_name);
+        ips.push(ip);
+    }
     let many = c.spec.selectors.len() > 1;
     for (i, s) in c.spec.selectors.iter().enumerate() {
         let (namespace_selector, pod_selector) =
             split_namespace_label(s.pod_selector.as_ref(), s.namespace_selector.as_ref());
         let eg_name = if many { format!("{name}-{i}") } else { name.clone() };
-        let spec = EgressSpec {
+        let mut spec = EgressSpec {
             applied_to: AppliedTo { namespace_selector, pod_selector, node_selector: s.node_selector.clone() },
-            egress_ip: Some(ip.clone()),
-            external_ip_pool: Some(pool_name.clone()),
             destination_cidrs: c.spec.destination_cidrs.clone(),
             excluded_cidrs: c.spec.excluded_cidrs.clone(),
-            failure_policy: None,
-            bandwidth: None,
+            ..EgressSpec::default()
         };
+        if several {
+            spec.egress_ips = ips.clone();
+            spec.external_ip_pools = pools.clone();
+        } else {
+            spec.egress_ip = ips.first().cloned();
+            spec.external_ip_pool = pools.first().cloned();
+        }
         let mut e = Egress::new(&eg_name, spec);
         e.metadata = carry_meta(&c.metadata, eg_name);
         out.push(Translated::Egress(Box::new(e)));
@@ -698,6 +719,35 @@ spec:
         assert!(e.spec.applied_to.node_selector.is_some());
         assert_eq!(e.spec.egress_ip.as_deref(), Some("10.168.60.100"));
         assert_eq!(e.spec.destination_cidrs, vec!["0.0.0.0/0"]);
+    }
+
+    #[test]
+    fn several_cilium_gateways_become_a_pool_each() {
+        let y = SEED_004.replace(
+            "  egressGateway:\n    nodeSelector:\n      matchLabels:\n        node.kubernetes.io/name: node2\n    egressIP: 10.168.60.100\n",
+            "  egressGateways:\n  - nodeSelector: {matchLabels: {node.kubernetes.io/name: node2}}\n    egressIP: 10.168.60.100\n  - nodeSelector: {matchLabels: {node.kubernetes.io/name: node3}}\n    egressIP: 10.168.60.101\n",
+        );
+        let c: CiliumPolicy = serde_yaml_ng::from_str(&y).unwrap();
+        let out = cilium_policy(&c).unwrap();
+        let pools: Vec<&str> = out
+            .iter()
+            .filter_map(|t| match t {
+                Translated::Pool(p) => p.metadata.name.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pools, ["cilium-egress-sample-0", "cilium-egress-sample-1"]);
+        let Some(Translated::Egress(e)) = out.last() else { panic!("egress last") };
+        assert_eq!(e.spec.external_ip_pools, ["cilium-egress-sample-0", "cilium-egress-sample-1"]);
+        assert_eq!(e.spec.egress_ips, ["10.168.60.100", "10.168.60.101"]);
+        assert!(e.spec.egress_ip.is_none() && e.spec.external_ip_pool.is_none());
+        // Both forms at once, or one IP twice, name their field.
+        let mut both = c.clone();
+        both.spec.egress_gateway = Some(c.spec.egress_gateways[0].clone());
+        assert_eq!(cilium_policy(&both).unwrap_err().field, "spec.egressGateways");
+        let mut twice = c.clone();
+        twice.spec.egress_gateways[1].egress_ip = Some("10.168.60.100".into());
+        assert_eq!(cilium_policy(&twice).unwrap_err().field, "spec.egressGateways[1].egressIP");
     }
 
     #[test]

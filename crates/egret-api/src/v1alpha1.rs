@@ -115,6 +115,15 @@ pub struct EgressSpec {
     /// The pool to allocate the egress IP from; its `nodeSelector` chooses the gateway nodes.
     #[serde(default, rename = "externalIPPool", skip_serializing_if = "Option::is_none")]
     pub external_ip_pool: Option<String>,
+    /// Several egress IPs (not with `egressIP`): static ones, ones inside `externalIPPool`, or,
+    /// entry by entry, inside `externalIPPools`. Each is hosted on a different gateway when
+    /// there are enough; each selected pod uses one of them per family, chosen by a stable hash.
+    #[serde(default, rename = "egressIPs", skip_serializing_if = "Vec::is_empty")]
+    pub egress_ips: Vec<String>,
+    /// Several pools (not with `externalIPPool`), all different: one egress IP from each
+    /// (`egressIPs[i]` when given, allocated otherwise).
+    #[serde(default, rename = "externalIPPools", skip_serializing_if = "Vec::is_empty")]
+    pub external_ip_pools: Vec<String>,
     /// Destinations steered through the gateway (default: everything outside the cluster).
     #[serde(default, rename = "destinationCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub destination_cidrs: Vec<String>,
@@ -171,9 +180,26 @@ pub struct EgressStatus {
     /// The node hosting the egress IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_node: Option<String>,
+    /// With several egress IPs: each, in spec order, and the node hosting it (`egressIP` and
+    /// `egressNode` are then the first's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<EgressGateway>,
     /// `IPAllocated` and `IPAssigned`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<EgressCondition>,
+}
+
+/// One egress IP of an Egress and the node hosting it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct EgressGateway {
+    /// The egress IP (absent while it cannot be allocated).
+    #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
+    pub egress_ip: Option<String>,
+    /// The node hosting it (absent while none does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_node: Option<String>,
 }
 
 /// One condition of an Egress.

@@ -161,7 +161,7 @@ fn main() {
     lap("node-1's plan", &mut since);
     let sync = t.elapsed();
     assert!(ix.is_synced() && !first.steer.is_empty());
-    assert!(control.egresses.iter().all(|e| e.egress_node.is_some()));
+    assert!(control.egresses.iter().all(|e| e.egress_node().is_some()));
     let rss1 = rss_kib();
     println!(
         "world: {} pods ({} groups), {} Egresses, {} namespaces, {} nodes",
@@ -234,7 +234,7 @@ fn main() {
             .egresses
             .iter()
             .find(|e| e.name == format!("eg-{k}"))
-            .and_then(|e| e.egress_node.clone())
+            .and_then(|e| e.egress_node().map(String::from))
             .unwrap();
         edit.take(&mut ix, Change::Egresses(Event::Apply(egress(k, apps))), &origin, &gw);
     }

@@ -194,8 +194,8 @@ impl Part {
 }
 
 /// What rules of one rank carry: the Egress, its IP, its gateway, and whether it is skipped
-/// (no gateway and fallback to the node IP). Resolved once per node plan.
-type Resolved = (Arc<str>, Option<IpAddr>, Option<Arc<str>>, bool);
+/// (no gateway and fallback to the node IP), for one family. Resolved once per node plan.
+type Resolved = (Arc<str>, Arc<planner::Choices>, bool);
 
 /// The destination blocks a group's pods get rules for, each with what its rule carries.
 type Entries = Arc<Vec<(IpNet, Resolved)>>;
@@ -321,9 +321,9 @@ pub struct Index {
     outcomes: Option<BTreeMap<String, EgressOutcome>>,
     /// `None` when Nodes changed since.
     node_facts: Option<NodeFacts>,
-    /// Placement per egress IP, valid while the eligible nodes of every pool are unchanged
-    /// (emptied when the live set, the Nodes or the pools change).
-    placed: HashMap<IpAddr, Option<String>>,
+    /// Placement per group of egress IPs (an Egress's), valid while the eligible nodes of
+    /// every pool are unchanged (emptied when the live set, the Nodes or the pools change).
+    placed: HashMap<Vec<IpAddr>, Vec<Option<String>>>,
     /// Bumped whenever the order (so the ranks) changes: groups' cached ranks are then stale.
     order_gen: u64,
     /// Bumped whenever anything a rule reads besides its group changes (validation,
@@ -479,7 +479,7 @@ fn nodes_event(nodes: &mut Vec<Node>, ev: Event<Node>) -> bool {
 
 /// What allocation and placement read of an Egress (besides its name).
 fn allocation_inputs(e: &Egress) -> impl PartialEq + '_ {
-    (&e.pool, e.static_ip, e.status_ip, &e.created, e.family)
+    (&e.ips, &e.created, &e.families)
 }
 
 fn admits_namespace(e: &Egress, ns_labels: &Labels) -> bool {
@@ -830,7 +830,7 @@ impl Index {
             .collect();
         let plan = Plan {
             // A node's plan reads only the outcomes of the IPs it hosts.
-            egresses: out.values().filter(|o| o.egress_node.as_deref() == Some(node)).cloned().collect(),
+            egresses: out.values().filter(|o| o.served_by(node)).cloned().collect(),
             pools: Vec::new(),
             rules,
             cluster_cidrs: f.cluster_cidrs.clone(),
@@ -1031,11 +1031,11 @@ impl Index {
         if self.outcomes.is_none() {
             let (Some(o), Some(_)) = (self.objects.as_ref(), self.node_facts.as_ref()) else { return };
             let memo = &mut self.placed;
-            let place = |requests: &[placement::Request]| {
-                let missing: Vec<placement::Request> =
-                    requests.iter().filter(|r| !memo.contains_key(&r.ip)).copied().collect();
-                memo.extend(placement::place(&missing, None));
-                requests.iter().map(|r| (r.ip, memo.get(&r.ip).cloned().flatten())).collect()
+            let place = |groups: &[Vec<placement::Request>]| {
+                placement::place_with(groups, |g| {
+                    let key: Vec<IpAddr> = g.iter().map(|r| r.ip).collect();
+                    memo.entry(key).or_insert_with(|| placement::place_group(g)).clone()
+                })
             };
             let inputs = Inputs {
                 pools: &o.validated.pools,
@@ -1520,7 +1520,8 @@ impl Index {
                 local.entry(e.group).or_default().push(id);
             }
         }
-        let mut resolved: Vec<Option<Resolved>> = vec![None; self.objects.as_ref().map_or(0, |o| o.order.len())];
+        // Per rank and family.
+        let mut resolved: Vec<Option<Resolved>> = vec![None; 2 * self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
             self.cached_group_rules(*gid, None, keys, None, &mut old, &mut cache, &mut resolved, &mut rules);
         }
@@ -1528,7 +1529,7 @@ impl Index {
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
             (Some(out), Some(o)) => out
                 .values()
-                .filter(|e| e.egress_node.as_deref() == Some(node))
+                .filter(|e| e.served_by(node))
                 .filter_map(|e| o.rank.get_key_value(e.name.as_str()).map(|(k, &r)| (k.clone(), r)))
                 .collect(),
             _ => Vec::new(),
@@ -1591,7 +1592,7 @@ impl Index {
                     None => keys,
                 };
                 let mut fresh = Vec::new();
-                self.group_rules(gid, keys, only, resolved, &mut fresh);
+                self.group_rules(gid, keys, only.map(|o| (served_by.unwrap_or_default(), o)), resolved, &mut fresh);
                 Arc::new(fresh)
             }
         };
@@ -1600,12 +1601,12 @@ impl Index {
     }
 
     /// The rules of some pods of one group (only those decided by an Egress in `only`, when
-    /// given).
+    /// given with the gateway asking, and whose pods use an IP on that gateway).
     fn group_rules(
         &mut self,
         gid: GroupId,
         keys: &[PodId],
-        only: Option<&BTreeSet<usize>>,
+        only: Option<(&str, &BTreeSet<usize>)>,
         resolved: &mut [Option<Resolved>],
         out: &mut Vec<Rule>,
     ) {
@@ -1644,19 +1645,21 @@ impl Index {
                 .collect()
         };
         let per_node = matched.iter().any(|(_, n)| n.is_some());
-        let mut resolve = |i: usize| -> Resolved {
-            if let Some(Some(r)) = resolved.get(i) {
+        let gateway_asking = only.map(|(node, _)| node);
+        let only = only.map(|(_, o)| o);
+        let mut resolve = |i: usize, family: Family| -> Resolved {
+            let at = 2 * i + usize::from(family == Family::V6);
+            if let Some(Some(r)) = resolved.get(at) {
                 return r.clone();
             }
             let name = o.order[i].clone();
-            let outcome = outcomes.get(&*name);
-            let gateway: Option<Arc<str>> = outcome.and_then(|x| x.egress_node.as_deref()).map(Arc::from);
+            let choices = planner::Choices::of(outcomes.get(&*name), family);
             let fallback =
                 o.validated.egresses.get(&*name).is_some_and(|e| e.failure_policy == FailurePolicy::FallbackToNodeIP);
             // No gateway and fallback to the node IP: not steered at all.
-            let skip = gateway.is_none() && fallback;
-            let r = (name, outcome.and_then(|x| x.egress_ip), gateway, skip);
-            if let Some(slot) = resolved.get_mut(i) {
+            let skip = choices.live.is_empty() && fallback;
+            let r = (name, Arc::new(choices), skip);
+            if let Some(slot) = resolved.get_mut(at) {
                 *slot = Some(r.clone());
             }
             r
@@ -1681,14 +1684,14 @@ impl Index {
                     for &i in only {
                         let blocks = part.by_rank.get(&i).map(Vec::as_slice).unwrap_or_default();
                         if !blocks.is_empty() {
-                            let r = resolve(i);
+                            let r = resolve(i, family);
                             out.extend(blocks.iter().map(|&d| (d, r.clone())));
                         }
                     }
                 }
-                None => out.extend(part.blocks.iter().map(|&(d, i)| (d, resolve(i)))),
+                None => out.extend(part.blocks.iter().map(|&(d, i)| (d, resolve(i, family)))),
             }
-            out.retain(|(_, r)| !r.3);
+            out.retain(|(_, r)| !r.2);
             if only.is_some_and(|o| o.len() > 1) {
                 out.sort_unstable_by_key(|(d, _)| (d.network(), d.prefix_len()));
             }
@@ -1731,13 +1734,29 @@ impl Index {
                         .get_or_insert_with(|| entries_for(family, ranks))
                         .clone()
                 };
-                for (dest, (egress, egress_ip, gateway, _)) in entries.iter() {
+                // One choice per Egress for this address (its blocks are mostly adjacent).
+                let mut chosen: Option<(&Arc<planner::Choices>, (Option<IpAddr>, Option<Arc<str>>))> = None;
+                for (dest, (egress, choices, _)) in entries.iter() {
+                    let (egress_ip, gateway) = match &chosen {
+                        Some((c, x)) if Arc::ptr_eq(c, choices) => x.clone(),
+                        _ => {
+                            let x = choices.choose(&ip);
+                            chosen = Some((choices, x.clone()));
+                            x
+                        }
+                    };
+                    // A gateway reads only the rules of the pods whose IP it hosts.
+                    if let Some(g) = gateway_asking
+                        && gateway.as_deref() != Some(g)
+                    {
+                        continue;
+                    }
                     out.push(Rule {
                         source_ip: ip,
                         destination: *dest,
                         egress: egress.clone(),
-                        egress_ip: *egress_ip,
-                        gateway: gateway.clone(),
+                        egress_ip,
+                        gateway,
                         source_node: pod.node.clone(),
                     });
                 }
@@ -1758,7 +1777,8 @@ fn destinations_changed(
         .iter()
         .filter(|n| {
             let (a, b) = (before.get(*n), after.get(*n));
-            a.map(|e| (&e.destinations, &e.excluded, e.family)) != b.map(|e| (&e.destinations, &e.excluded, e.family))
+            a.map(|e| (&e.destinations, &e.excluded, &e.families))
+                != b.map(|e| (&e.destinations, &e.excluded, &e.families))
         })
         .filter_map(|n| rank.get(n.as_str()).copied())
         .collect()
@@ -1927,7 +1947,7 @@ mod tests {
         let sources: Vec<String> = np.steer.iter().map(|s| s.source.to_string()).collect();
         assert_eq!(sources, vec!["10.244.1.10"]);
         assert_same_as_planner(&mut ix);
-        let gw = ix.control_plan().egresses[0].egress_node.clone().unwrap();
+        let gw = ix.control_plan().egresses[0].egress_node().map(String::from).unwrap();
         let gw_plan = ix.node_plan(&gw).unwrap();
         let snat: BTreeSet<String> = gw_plan.snat.iter().map(|s| s.source.to_string()).collect();
         assert_eq!(snat, ["10.244.1.10", "10.244.2.10"].map(String::from).into());
@@ -2050,7 +2070,7 @@ mod tests {
         new.spec.egress_ip = Some("10.10.0.15".into());
         ix.apply(Change::Egresses(Event::Apply(new.clone())));
         assert_eq!(
-            ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip,
+            ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip(),
             Some("10.10.0.15".parse().unwrap())
         );
         assert_all_same(&mut ix);
@@ -2059,7 +2079,7 @@ mod tests {
         assert_all_same(&mut ix);
         new.status = Some(api::EgressStatus { egress_ip: Some("10.10.0.17".into()), ..Default::default() });
         ix.apply(Change::Egresses(Event::Apply(new.clone())));
-        let ip = |ix: &mut Index| ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip;
+        let ip = |ix: &mut Index| ix.control_plan().egresses.iter().find(|e| e.name == "new").unwrap().egress_ip();
         assert_eq!(ip(&mut ix), Some("10.10.0.17".parse().unwrap()));
         assert_all_same(&mut ix);
         new.metadata.creation_timestamp = Some(ts(0));
@@ -2182,7 +2202,7 @@ mod tests {
         pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
         ix.apply(Change::Pools(Event::Apply(pool)));
         ix.apply(Change::Egresses(Event::Apply(web_egress("eg"))));
-        let gw = ix.control_plan().egresses[0].egress_node.clone().unwrap();
+        let gw = ix.control_plan().egresses[0].egress_node().map(String::from).unwrap();
         let snat = |ix: &mut Index| -> BTreeSet<String> {
             ix.node_plan(&gw).unwrap().snat.iter().map(|s| s.source.to_string()).collect()
         };
@@ -2267,6 +2287,88 @@ mod tests {
         }
     }
 
+    /// The gateway and egress IP of every steered pod address of `node`'s plan.
+    fn choices_of(ix: &mut Index, nodes: &[String]) -> BTreeMap<IpAddr, (Option<IpAddr>, String)> {
+        let mut out = BTreeMap::new();
+        for n in nodes {
+            for s in ix.node_plan(n).unwrap().steer {
+                let gw = match &s.action {
+                    planner::SteerAction::Local => n.clone(),
+                    planner::SteerAction::Tunnel { gateway } => gateway.clone(),
+                    planner::SteerAction::Drop => "drop".into(),
+                };
+                out.insert(s.source, (s.egress_ip, gw));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn several_ips_spread_pods_over_gateways_and_only_a_dead_ones_share_moves() {
+        let mut ix = lab_index();
+        // Sixty more web pods on the three worker nodes.
+        let (_, _, mut pods) = lab();
+        for i in 0..60u32 {
+            let node = format!("node-{}", 1 + i % 3);
+            let ip = format!("10.244.{}.{}", 1 + i % 3, 100 + i);
+            pods.push(mk_pod("prod", &format!("w-{i}"), &[("app", "web")], &node, &ip));
+        }
+        ix.apply(Change::Pods(Event::Reset(pods)));
+        let pool = |name: &str, cidr: &str| {
+            let mut p = mk_pool(name, &[], &[cidr]);
+            p.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
+            p
+        };
+        ix.apply(Change::Pools(Event::Reset(vec![
+            pool("a", "10.10.0.40/32"),
+            pool("b", "10.10.0.41/32"),
+            pool("c", "10.10.0.42/32"),
+        ])));
+        let mut e = web_egress("spread");
+        e.spec.external_ip_pool = None;
+        e.spec.external_ip_pools = vec!["a".into(), "b".into(), "c".into()];
+        ix.apply(Change::Egresses(Event::Apply(e)));
+        assert!(ix.validation_problems().is_empty(), "{:?}", ix.validation_problems());
+        assert_same_as_planner(&mut ix);
+        let out = ix.control_plan().egresses.remove(0);
+        let ips: Vec<String> = out.ips.iter().map(|i| i.ip.to_string()).collect();
+        assert_eq!(ips, ["10.10.0.40", "10.10.0.41", "10.10.0.42"]);
+        let gws: BTreeSet<&str> = out.ips.iter().filter_map(|i| i.node.as_deref()).collect();
+        assert_eq!(gws.len(), 3, "one IP per gateway: {out:?}");
+        let workers: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();
+        let before = choices_of(&mut ix, &workers);
+        let used: BTreeSet<Option<IpAddr>> = before.values().map(|c| c.0).collect();
+        assert_eq!(used.len(), 3, "pods use every IP");
+        // A gateway dies: its IP moves to another gateway with its pods; no other pod moves.
+        let dead = out.ips[1].node.clone().unwrap();
+        let mut live: BTreeSet<String> = ix.nodes.iter().map(|n| n.name.clone()).collect();
+        live.remove(&dead);
+        ix.set_live(&live);
+        assert_same_as_planner(&mut ix);
+        let after = choices_of(&mut ix, &workers);
+        let mut moved = 0;
+        for (src, (ip, gw)) in &before {
+            let (ip2, gw2) = &after[src];
+            assert_eq!(ip, ip2, "{src} keeps its egress IP");
+            if gw == &dead {
+                assert_ne!(gw2, &dead);
+                moved += 1;
+            } else {
+                assert_eq!(gw, gw2, "{src} stays on its gateway");
+            }
+        }
+        assert!(moved > 0);
+        // Two IPs now share a gateway, which the object says.
+        let out = ix.control_plan().egresses.remove(0);
+        let assigned = out.conditions.iter().find(|c| c.type_ == api::IP_ASSIGNED).unwrap();
+        assert!(assigned.message.contains("spec.externalIPPools: 3 egress IPs share 2 gateways"), "{assigned:?}");
+        // It comes back and takes its IP back.
+        live.insert(dead);
+        ix.set_live(&live);
+        assert_eq!(choices_of(&mut ix, &workers), before);
+        assert_same_as_planner(&mut ix);
+    }
+
     #[test]
     fn foreign_kinds_are_translated_and_deleted_with_their_object() {
         let mut ix = lab_index();
@@ -2287,7 +2389,7 @@ mod tests {
         assert!(ix.api_pools().is_empty() && ix.api_egresses().is_empty());
         assert!(ix.node_plan("node-1").unwrap().steer.is_empty());
         let bad: AntreaEgress = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "a"}, "spec": {"egressIPs": ["10.10.0.8", "10.10.0.9"]}
+            "metadata": {"name": "a"}, "spec": {"egressIP": "10.10.0.8", "bandwidth": {"rate": "1M"}}
         }))
         .unwrap();
         ix.apply(Change::AntreaEgresses(Event::Apply(bad)));

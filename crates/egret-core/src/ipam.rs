@@ -1,11 +1,14 @@
 //! Egress IP allocation: pure and deterministic.
 //!
 //! Order of work, so that a restart never moves an IP that is in use:
-//! 1. restore every allocation recorded in `status.egressIP` that is still valid;
+//! 1. restore every allocation recorded in status (`egressIP`, `gateways`) that is still valid;
 //! 2. claim static `spec.egressIP`s that lie in a pool (several Egresses may share one static IP);
 //! 3. hand out the lowest free address, ranges in spec order, to the rest (oldest Egress first).
+//!
+//! Each step covers every egress IP an Egress asks for (one per entry of `egressIPs` or
+//! `externalIPPools`).
 
-use crate::model::{Egress, Pool};
+use crate::model::{Egress, IpSpec, Pool};
 use crate::net::{from_u128, to_u128};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,16 +43,16 @@ pub struct Usage {
 /// The outcome of an allocation round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocations {
-    /// Per Egress: its IP or why it has none.
-    pub egresses: BTreeMap<String, Result<Allocated, AllocFailure>>,
+    /// Per Egress, per egress IP of its spec (in order): the IP or why it has none.
+    pub egresses: BTreeMap<String, Vec<Result<Allocated, AllocFailure>>>,
     /// Per pool: its usage.
     pub usage: BTreeMap<String, Usage>,
 }
 
 impl Allocations {
-    /// The IP of an Egress, if it has one.
-    pub fn ip(&self, egress: &str) -> Option<IpAddr> {
-        self.egresses.get(egress).and_then(|r| r.as_ref().ok()).map(|a| a.ip)
+    /// The IPs of an Egress that it has, in spec order.
+    pub fn ips(&self, egress: &str) -> impl Iterator<Item = IpAddr> + '_ {
+        self.egresses.get(egress).into_iter().flatten().filter_map(|r| r.as_ref().ok()).map(|a| a.ip)
     }
 }
 
@@ -66,94 +69,99 @@ struct PoolState {
 /// Allocates egress IPs for every Egress from the pools.
 pub fn allocate(pools: &BTreeMap<String, Pool>, egresses: &BTreeMap<String, Egress>) -> Allocations {
     let mut state: BTreeMap<&str, PoolState> = pools.keys().map(|k| (k.as_str(), PoolState::default())).collect();
-    let mut out = Allocations::default();
     let mut order: Vec<&Egress> = egresses.values().collect();
     order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    // Per Egress, per IP spec: the outcome once decided.
+    let mut slots: BTreeMap<&str, Vec<Option<Result<Allocated, AllocFailure>>>> =
+        order.iter().map(|e| (e.name.as_str(), vec![None; e.ips.len()])).collect();
+    let mut each = |f: &mut dyn FnMut(&Egress, &IpSpec, &mut Option<Result<Allocated, AllocFailure>>)| {
+        for e in &order {
+            let Some(out) = slots.get_mut(e.name.as_str()) else { continue };
+            for (spec, slot) in e.ips.iter().zip(out.iter_mut()) {
+                if slot.is_none() {
+                    f(e, spec, slot);
+                }
+            }
+        }
+    };
 
     // Static IPs without a pool need no allocation: the node that owns the address is the gateway.
-    for e in &order {
-        if let (Some(ip), None) = (e.static_ip, &e.pool) {
-            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: false }));
+    each(&mut |_, s, slot| {
+        if let (Some(ip), None) = (s.ip, &s.pool) {
+            *slot = Some(Ok(Allocated { ip, from_pool: false }));
         }
-    }
+    });
 
     // 1. Restore.
-    for e in &order {
-        let (Some(pname), Some(ip)) = (&e.pool, e.status_ip) else {
-            continue;
+    each(&mut |e, s, slot| {
+        let (Some(pname), Some(ip)) = (&s.pool, s.status_ip) else {
+            return;
         };
         let (Some(pool), Some(st)) = (pools.get(pname), state.get_mut(pname.as_str())) else {
-            continue;
+            return;
         };
-        if !pool.contains(&ip) || e.static_ip.is_some_and(|s| s != ip) {
-            continue;
+        if !pool.contains(&ip) || s.ip.is_some_and(|s| s != ip) {
+            return;
         }
-        let is_static = e.static_ip.is_some();
-        let slot = st.used.entry(to_u128(&ip)).or_insert((is_static, Vec::new()));
-        if slot.1.is_empty() || (slot.0 && is_static) {
-            slot.1.push(e.name.clone());
-            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: true }));
+        let is_static = s.ip.is_some();
+        let used = st.used.entry(to_u128(&ip)).or_insert((is_static, Vec::new()));
+        if used.1.is_empty() || (used.0 && is_static) {
+            used.1.push(e.name.clone());
+            *slot = Some(Ok(Allocated { ip, from_pool: true }));
         }
-    }
+    });
 
     // 2. Static IPs inside a pool.
-    for e in &order {
-        if out.egresses.contains_key(&e.name) {
-            continue;
-        }
-        let (Some(pname), Some(ip)) = (&e.pool, e.static_ip) else {
-            continue;
+    each(&mut |e, s, slot| {
+        let (Some(pname), Some(ip)) = (&s.pool, s.ip) else {
+            return;
         };
         let Some(st) = state.get_mut(pname.as_str()) else {
-            out.egresses.insert(e.name.clone(), Err(pool_missing(pname)));
-            continue;
+            *slot = Some(Err(pool_missing(pname)));
+            return;
         };
-        let slot = st.used.entry(to_u128(&ip)).or_insert((true, Vec::new()));
-        if slot.1.is_empty() || slot.0 {
-            slot.0 = true;
-            slot.1.push(e.name.clone());
-            out.egresses.insert(e.name.clone(), Ok(Allocated { ip, from_pool: true }));
+        let used = st.used.entry(to_u128(&ip)).or_insert((true, Vec::new()));
+        if used.1.is_empty() || used.0 {
+            used.0 = true;
+            used.1.push(e.name.clone());
+            *slot = Some(Ok(Allocated { ip, from_pool: true }));
         } else {
-            let holder = slot.1.first().cloned().unwrap_or_default();
-            out.egresses.insert(
-                e.name.clone(),
-                Err(AllocFailure {
-                    reason: "IPConflict",
-                    message: format!("{ip} is already allocated to Egress {holder:?} from ExternalIPPool {pname:?}"),
-                }),
-            );
+            let holder = used.1.first().cloned().unwrap_or_default();
+            *slot = Some(Err(AllocFailure {
+                reason: "IPConflict",
+                message: format!("{ip} is already allocated to Egress {holder:?} from ExternalIPPool {pname:?}"),
+            }));
         }
-    }
+    });
 
     // 3. Dynamic allocation.
-    for e in &order {
-        if out.egresses.contains_key(&e.name) {
-            continue;
-        }
-        let Some(pname) = &e.pool else { continue };
+    each(&mut |e, s, slot| {
+        let Some(pname) = &s.pool else { return };
         let (Some(pool), Some(st)) = (pools.get(pname), state.get_mut(pname.as_str())) else {
-            out.egresses.insert(e.name.clone(), Err(pool_missing(pname)));
-            continue;
+            *slot = Some(Err(pool_missing(pname)));
+            return;
         };
-        match lowest_free(pool, st) {
+        *slot = Some(match lowest_free(pool, st) {
             Some((ri, v)) => {
                 st.from = (ri, v);
                 st.used.insert(v, (false, vec![e.name.clone()]));
-                out.egresses.insert(e.name.clone(), Ok(Allocated { ip: from_u128(pool.family, v), from_pool: true }));
+                Ok(Allocated { ip: from_u128(pool.family, v), from_pool: true })
             }
             None => {
                 let total = pool.total();
-                out.egresses.insert(
-                    e.name.clone(),
-                    Err(AllocFailure {
-                        reason: "PoolExhausted",
-                        message: format!("ExternalIPPool {pname:?} has no free address ({total} of {total} in use)"),
-                    }),
-                );
+                Err(AllocFailure {
+                    reason: "PoolExhausted",
+                    message: format!("ExternalIPPool {pname:?} has no free address ({total} of {total} in use)"),
+                })
             }
-        }
-    }
+        });
+    });
 
+    let mut out = Allocations::default();
+    for (name, s) in slots {
+        // Every spec has a pool or a static IP (validation), so every slot is decided.
+        out.egresses.insert(name.to_string(), s.into_iter().flatten().collect());
+    }
     for (name, pool) in pools {
         let used = state.get(name.as_str()).map_or(0, |s| s.used.len() as u128);
         out.usage.insert(name.clone(), Usage { total: pool.total(), used });
@@ -203,6 +211,7 @@ mod tests {
     fn ips(a: &Allocations) -> Vec<(String, String)> {
         a.egresses
             .iter()
+            .flat_map(|(k, v)| v.iter().map(move |v| (k, v)))
             .map(|(k, v)| (k.clone(), v.as_ref().map(|a| a.ip.to_string()).unwrap_or_else(|e| e.reason.to_string())))
             .collect()
     }
@@ -222,8 +231,8 @@ mod tests {
         let mut b = mk_egress("egress-staging-web", Some("external-ip-pool"), None);
         b.metadata.creation_timestamp = Some(ts(2));
         let r = run(vec![mk_pool("external-ip-pool", &[("10.10.0.11", "10.10.0.20")], &[])], vec![b, a]);
-        assert_eq!(r.ip("egress-prod-web"), Some("10.10.0.11".parse().unwrap()));
-        assert_eq!(r.ip("egress-staging-web"), Some("10.10.0.12".parse().unwrap()));
+        assert_eq!(r.ips("egress-prod-web").next(), Some("10.10.0.11".parse().unwrap()));
+        assert_eq!(r.ips("egress-staging-web").next(), Some("10.10.0.12".parse().unwrap()));
         assert_eq!(r.usage["external-ip-pool"], Usage { total: 10, used: 2 });
     }
 
@@ -244,9 +253,9 @@ mod tests {
     #[test]
     fn v6_slash_124_has_fifteen_usable_addresses() {
         let r = run(vec![cidr_pool("fd00::/124")], n_egresses(16));
-        assert_eq!(r.ip("e00"), Some("fd00::1".parse().unwrap()));
-        assert_eq!(r.ip("e14"), Some("fd00::f".parse().unwrap()));
-        assert_eq!(r.egresses["e15"].as_ref().unwrap_err().reason, "PoolExhausted");
+        assert_eq!(r.ips("e00").next(), Some("fd00::1".parse().unwrap()));
+        assert_eq!(r.ips("e14").next(), Some("fd00::f".parse().unwrap()));
+        assert_eq!(r.egresses["e15"][0].as_ref().unwrap_err().reason, "PoolExhausted");
         assert_eq!(r.usage["p"].total, 15);
     }
 
@@ -255,12 +264,12 @@ mod tests {
         let r = run(vec![mk_pool("p", &[("10.0.0.7", "10.0.0.7")], &[])], n_egresses(2));
         assert_eq!(ips(&r), vec![("e00".into(), "10.0.0.7".into()), ("e01".into(), "PoolExhausted".into())]);
         let r = run(vec![cidr_pool("10.0.0.9/32")], n_egresses(2));
-        assert_eq!(r.ip("e00"), Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(r.ips("e00").next(), Some("10.0.0.9".parse().unwrap()));
         assert_eq!(r.usage["p"].total, 1);
         let r = run(vec![cidr_pool("10.0.0.8/31")], n_egresses(2));
         assert_eq!(ips(&r), vec![("e00".into(), "10.0.0.8".into()), ("e01".into(), "10.0.0.9".into())]);
         let r = run(vec![cidr_pool("fd00::5/128")], n_egresses(1));
-        assert_eq!(r.ip("e00"), Some("fd00::5".parse().unwrap()));
+        assert_eq!(r.ips("e00").next(), Some("fd00::5".parse().unwrap()));
     }
 
     #[test]
@@ -281,8 +290,8 @@ mod tests {
         // One more Egress than addresses: the last is refused, the others keep theirs.
         eg.push(mk_egress("e06", Some("p"), None));
         let r = run(vec![mk_pool("p", &[("10.0.0.1", "10.0.0.3"), ("10.0.0.10", "10.0.0.12")], &[])], eg);
-        assert_eq!(r.egresses["e06"].as_ref().unwrap_err().reason, "PoolExhausted");
-        assert_eq!(r.ip("e03"), Some("10.0.0.12".parse().unwrap()));
+        assert_eq!(r.egresses["e06"][0].as_ref().unwrap_err().reason, "PoolExhausted");
+        assert_eq!(r.ips("e03").next(), Some("10.0.0.12".parse().unwrap()));
     }
 
     #[test]
@@ -297,7 +306,7 @@ mod tests {
     fn stale_status_outside_the_pool_is_reallocated() {
         let mut eg = n_egresses(1);
         eg[0].status = Some(api::EgressStatus { egress_ip: Some("192.0.2.1".into()), ..Default::default() });
-        assert_eq!(run(vec![cidr_pool("10.0.0.0/29")], eg).ip("e00"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(run(vec![cidr_pool("10.0.0.0/29")], eg).ips("e00").next(), Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -307,8 +316,8 @@ mod tests {
             e.status = Some(api::EgressStatus { egress_ip: Some("10.0.0.3".into()), ..Default::default() });
         }
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
-        assert_eq!(r.ip("e00"), Some("10.0.0.3".parse().unwrap()));
-        assert_eq!(r.ip("e01"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.ips("e00").next(), Some("10.0.0.3".parse().unwrap()));
+        assert_eq!(r.ips("e01").next(), Some("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -317,7 +326,7 @@ mod tests {
         eg[0].status = Some(api::EgressStatus { egress_ip: Some("10.0.0.1".into()), ..Default::default() });
         eg[1].spec.egress_ip = Some("10.0.0.1".into());
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
-        let f = r.egresses["e01"].as_ref().unwrap_err();
+        let f = r.egresses["e01"][0].as_ref().unwrap_err();
         assert_eq!(f.reason, "IPConflict");
         assert!(f.message.contains("e00"));
     }
@@ -336,7 +345,7 @@ mod tests {
     fn static_without_pool_needs_no_allocation() {
         let e = mk_egress("s", None, Some("10.10.0.104"));
         let r = run(vec![], vec![e]);
-        assert_eq!(r.egresses["s"], Ok(Allocated { ip: "10.10.0.104".parse().unwrap(), from_pool: false }));
+        assert_eq!(r.egresses["s"][0], Ok(Allocated { ip: "10.10.0.104".parse().unwrap(), from_pool: false }));
     }
 
     #[test]

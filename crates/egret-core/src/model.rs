@@ -195,20 +195,18 @@ pub struct Egress {
     pub created: Option<Time>,
     /// Pod selection.
     pub applied_to: AppliedTo,
-    /// `spec.egressIP`.
-    pub static_ip: Option<IpAddr>,
-    /// `spec.externalIPPool`.
-    pub pool: Option<String>,
-    /// Destinations (the family's whole space when the spec lists none).
+    /// Its egress IPs, in spec order: `egressIP`/`externalIPPool`, or one per entry of
+    /// `egressIPs`/`externalIPPools`. Never empty.
+    pub ips: Vec<IpSpec>,
+    /// Destinations (each served family's whole space when the spec lists none).
     pub destinations: Vec<IpNet>,
     /// Exclusions.
     pub excluded: Vec<IpNet>,
-    /// The family of the egress IP (from the static IP or the pool).
-    pub family: Family,
+    /// The families of its egress IPs, sorted: its pods' traffic of other families is left
+    /// alone.
+    pub families: Vec<Family>,
     /// Fail closed or fall back to the node IP.
     pub failure_policy: FailurePolicy,
-    /// `status.egressIP` as found (an earlier allocation to restore).
-    pub status_ip: Option<IpAddr>,
     /// `spec.bandwidth`: a limit on the Egress's traffic through its gateway.
     pub bandwidth: Option<Bandwidth>,
 }
@@ -222,7 +220,26 @@ pub struct Bandwidth {
     pub burst_bits: u64,
 }
 
+/// One egress IP of an Egress as its spec asks for it: a static address, an allocation from a
+/// pool, or a static address inside a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpSpec {
+    /// The static address (`egressIP`, `egressIPs[i]`).
+    pub ip: Option<IpAddr>,
+    /// The pool (`externalIPPool`, `externalIPPools[i]`).
+    pub pool: Option<String>,
+    /// Its family.
+    pub family: Family,
+    /// The address the Egress's status records for it (an earlier allocation to restore).
+    pub status_ip: Option<IpAddr>,
+}
+
 impl Egress {
+    /// Whether it steers traffic of `family` (it has an egress IP of that family).
+    pub fn serves(&self, family: Family) -> bool {
+        self.families.contains(&family)
+    }
+
     /// The overlap tie-break order: older first, then by name.
     pub fn age_key(&self) -> (Option<&Time>, &str) {
         (self.created.as_ref(), &self.name)

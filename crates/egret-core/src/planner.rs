@@ -76,28 +76,111 @@ pub struct Condition {
     pub message: String,
 }
 
-/// What happens to one Egress.
+/// One egress IP of an Egress and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IpOutcome {
+    /// The address.
+    #[serde(rename = "egressIP")]
+    pub ip: IpAddr,
+    /// The gateway node hosting it.
+    #[serde(rename = "egressNode")]
+    pub node: Option<String>,
+    /// Whether it came from a pool (and so must be hosted on the gateway's dummy device).
+    #[serde(skip)]
+    pub from_pool: bool,
+    /// The egress subnet of its pool.
+    #[serde(skip)]
+    pub subnet: Option<crate::model::Subnet>,
+}
+
+/// What happens to one Egress.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressOutcome {
     /// Egress name.
     pub name: String,
-    /// Its egress IP.
-    #[serde(rename = "egressIP")]
-    pub egress_ip: Option<IpAddr>,
-    /// The gateway node.
-    #[serde(rename = "egressNode")]
-    pub egress_node: Option<String>,
+    /// The egress IPs it has, in spec order, each with its gateway.
+    pub ips: Vec<IpOutcome>,
     /// `IPAllocated` and `IPAssigned`.
     pub conditions: Vec<Condition>,
-    /// Whether the IP came from a pool (and so must be hosted on the gateway's dummy device).
-    #[serde(skip)]
-    pub from_pool: bool,
-    /// Its bandwidth limit, enforced on the gateway.
-    #[serde(skip)]
+    /// Its bandwidth limit, enforced on each gateway.
     pub bandwidth: Option<crate::model::Bandwidth>,
-    /// The egress subnet of its IP's pool.
-    #[serde(skip)]
-    pub subnet: Option<crate::model::Subnet>,
+}
+
+/// Shown as its status is: `egressIP` and `egressNode` of the first IP, and every IP under
+/// `egressIPs` when there are several.
+impl Serialize for EgressOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            name: &'a str,
+            #[serde(rename = "egressIP")]
+            egress_ip: Option<IpAddr>,
+            #[serde(rename = "egressNode")]
+            egress_node: Option<&'a str>,
+            #[serde(rename = "egressIPs", skip_serializing_if = "Option::is_none")]
+            ips: Option<&'a [IpOutcome]>,
+            conditions: &'a [Condition],
+        }
+        Shown {
+            name: &self.name,
+            egress_ip: self.egress_ip(),
+            egress_node: self.egress_node(),
+            ips: (self.ips.len() > 1).then_some(self.ips.as_slice()),
+            conditions: &self.conditions,
+        }
+        .serialize(s)
+    }
+}
+
+impl EgressOutcome {
+    /// Its first egress IP (what `status.egressIP` shows).
+    pub fn egress_ip(&self) -> Option<IpAddr> {
+        self.ips.first().map(|i| i.ip)
+    }
+
+    /// The gateway of its first egress IP (what `status.egressNode` shows).
+    pub fn egress_node(&self) -> Option<&str> {
+        self.ips.first().and_then(|i| i.node.as_deref())
+    }
+
+    /// Whether `node` hosts any of its IPs.
+    pub fn served_by(&self, node: &str) -> bool {
+        self.ips.iter().any(|i| i.node.as_deref() == Some(node))
+    }
+}
+
+/// The egress IPs of one Egress and one family that its pods choose from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Choices {
+    /// Those with a gateway, in spec order.
+    pub live: Vec<(IpAddr, Arc<str>)>,
+    /// All of them, in spec order.
+    pub all: Vec<IpAddr>,
+}
+
+impl Choices {
+    /// The IPs of `outcome` of `family`.
+    pub fn of(outcome: Option<&EgressOutcome>, family: Family) -> Choices {
+        let mut c = Choices::default();
+        for i in outcome.into_iter().flat_map(|o| &o.ips).filter(|i| Family::of(&i.ip) == family) {
+            c.all.push(i.ip);
+            if let Some(n) = &i.node {
+                c.live.push((i.ip, Arc::from(n.as_str())));
+            }
+        }
+        c
+    }
+
+    /// What traffic from the pod address `source` uses: one of the IPs with a gateway, by a
+    /// stable hash of the address, so a pod keeps its IP while that IP has a gateway; with
+    /// none, the IP it would use, and no gateway (dropped, or not steered); `None` without IPs.
+    pub fn choose(&self, source: &IpAddr) -> (Option<IpAddr>, Option<Arc<str>>) {
+        if let Some(i) = placement::pick(source, &self.live, |c| c.0) {
+            let (ip, node) = &self.live[i];
+            return (Some(*ip), Some(node.clone()));
+        }
+        (placement::pick(source, &self.all, |ip| *ip).map(|i| self.all[i]), None)
+    }
 }
 
 /// Use of one pool.
@@ -283,9 +366,9 @@ fn cond(type_: &'static str, ok: bool, reason: &'static str, message: String) ->
     Condition { type_, status: if ok { "True" } else { "False" }, reason, message }
 }
 
-/// Where each Egress's IP lives: `(egress ip, gateway, conditions)`.
+/// Where each Egress's IPs live, and its conditions.
 pub(crate) fn gateways(inp: &Inputs) -> BTreeMap<String, EgressOutcome> {
-    gateways_with(inp, |requests| placement::place(requests, None))
+    gateways_with(inp, placement::place)
 }
 
 /// Whether `n` has an address of `ip`'s family (a node listing no address at all is taken at
@@ -295,142 +378,170 @@ fn has_family(n: &Node, ip: IpAddr) -> bool {
     all.peek().is_none() || all.any(|a| Family::of(a) == Family::of(&ip))
 }
 
-/// [`gateways`] with the placement step supplied (the index memoises it: without a capacity
-/// bound each IP's place depends on that IP and its eligible nodes only).
+/// The conditions of one egress IP: `(IPAllocated, IPAssigned)`.
+fn ip_conditions(
+    inp: &Inputs,
+    live_nodes: &[&Node],
+    spec: &crate::model::IpSpec,
+    alloc: &Result<crate::ipam::Allocated, crate::ipam::AllocFailure>,
+    placed: &BTreeMap<IpAddr, Option<String>>,
+) -> (Condition, Condition, Option<String>) {
+    use egret_api::v1alpha1::{IP_ALLOCATED, IP_ASSIGNED};
+    let a = match alloc {
+        Ok(a) => a,
+        Err(f) => {
+            return (
+                cond(IP_ALLOCATED, false, f.reason, f.message.clone()),
+                cond(IP_ASSIGNED, false, "NotAllocated", "no egress IP to assign".into()),
+                None,
+            );
+        }
+    };
+    if a.from_pool {
+        let pool = spec.pool.as_deref().unwrap_or("");
+        let allocated = cond(IP_ALLOCATED, true, "Allocated", format!("{} allocated from ExternalIPPool {pool:?}", a.ip));
+        let node = placed.get(&a.ip).cloned().flatten();
+        let assigned = match &node {
+            Some(n) => cond(IP_ASSIGNED, true, "Assigned", format!("{} is hosted on node {n}", a.ip)),
+            None => {
+                let selected =
+                    live_nodes.iter().any(|n| inp.pools.get(pool).is_some_and(|p| p.node_selector.matches(&n.labels)));
+                let why = if selected {
+                    format!(
+                        "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an {} address",
+                        Family::of(&a.ip)
+                    )
+                } else {
+                    format!("no live node matches the nodeSelector of ExternalIPPool {pool:?}")
+                };
+                cond(IP_ASSIGNED, false, "NoEligibleNode", why)
+            }
+        };
+        return (allocated, assigned, node);
+    }
+    let allocated = cond(IP_ALLOCATED, true, "Static", format!("static egress IP {}", a.ip));
+    let mut owners = inp.nodes.iter().filter(|n| n.addresses.contains(&a.ip));
+    let (assigned, node) = match owners.next() {
+        Some(n) if inp.live.contains(&n.name) => (
+            cond(IP_ASSIGNED, true, "Assigned", format!("{} is configured on node {}", a.ip, n.name)),
+            Some(n.name.clone()),
+        ),
+        Some(n) => (
+            cond(IP_ASSIGNED, false, "NodeNotLive", format!("{} is configured on node {}, which is not alive", a.ip, n.name)),
+            None,
+        ),
+        None => (
+            cond(
+                IP_ASSIGNED,
+                false,
+                "NoNodeHasIP",
+                format!("no node has {} in status.addresses; configure it on a node or use externalIPPool", a.ip),
+            ),
+            None,
+        ),
+    };
+    (allocated, assigned, node)
+}
+
+/// One condition from those of an Egress's several IPs: true when all are, with the first
+/// false one's reason, and every message.
+fn combine(mut each: Vec<Condition>) -> Option<Condition> {
+    if each.len() <= 1 {
+        return each.pop();
+    }
+    let first = each.iter().find(|c| c.status == "False").unwrap_or(&each[0]);
+    let (type_, status, reason) = (first.type_, first.status, first.reason);
+    let message = each.iter().map(|c| c.message.as_str()).collect::<Vec<_>>().join("; ");
+    Some(Condition { type_, status, reason, message })
+}
+
+/// [`gateways`] with the placement step supplied (the index memoises it: each group's
+/// placement depends on its IPs and their eligible nodes only).
 pub(crate) fn gateways_with(
     inp: &Inputs,
-    place: impl FnOnce(&[Request]) -> BTreeMap<IpAddr, Option<String>>,
+    place: impl FnOnce(&[Vec<Request>]) -> BTreeMap<IpAddr, Option<String>>,
 ) -> BTreeMap<String, EgressOutcome> {
     let live_nodes: Vec<&Node> = inp.nodes.iter().filter(|n| inp.live.contains(&n.name)).collect();
-    // Eligible nodes per pool and family, computed once each rather than once per Egress: a
-    // node hosts an IP only if it has an address of the IP's family (an IPv6 egress IP on a
-    // node without IPv6 would have no way out, or leak through the node's IPv4).
-    let mut eligible_by_pool: BTreeMap<(&str, Family), BTreeSet<String>> = BTreeMap::new();
-    let mut wanted = Vec::new();
+    // Eligible nodes per pool and family, live and all, computed once each rather than once
+    // per Egress: a node hosts an IP only if it has an address of the IP's family (an IPv6
+    // egress IP on a node without IPv6 would have no way out, or leak through the node's IPv4).
+    type Eligible = (BTreeSet<String>, BTreeSet<String>);
+    let mut eligible_by_pool: BTreeMap<(&str, Family), Eligible> = BTreeMap::new();
+    // Per Egress, its pool IPs: placed together, on different nodes when possible.
+    let mut wanted: Vec<Vec<(IpAddr, &str)>> = Vec::new();
     for e in inp.egresses.values() {
-        let (Some(ip), Some(pool)) = (inp.allocations.ip(&e.name), e.pool.as_ref().and_then(|p| inp.pools.get(p)))
-        else {
-            continue;
-        };
-        eligible_by_pool.entry((pool.name.as_str(), Family::of(&ip))).or_insert_with(|| {
-            live_nodes
-                .iter()
-                .filter(|n| pool.node_selector.matches(&n.labels) && has_family(n, ip))
-                .map(|n| n.name.clone())
-                .collect()
-        });
-        wanted.push((ip, pool.name.as_str()));
+        let allocs = inp.allocations.egresses.get(&e.name).map(Vec::as_slice).unwrap_or_default();
+        let mut group = Vec::new();
+        for (spec, alloc) in e.ips.iter().zip(allocs) {
+            let (Ok(a), Some(pool)) = (alloc, spec.pool.as_ref().and_then(|p| inp.pools.get(p))) else {
+                continue;
+            };
+            let ip = a.ip;
+            eligible_by_pool.entry((pool.name.as_str(), Family::of(&ip))).or_insert_with(|| {
+                let all: BTreeSet<String> = inp
+                    .nodes
+                    .iter()
+                    .filter(|n| pool.node_selector.matches(&n.labels) && has_family(n, ip))
+                    .map(|n| n.name.clone())
+                    .collect();
+                let live = all.iter().filter(|n| inp.live.contains(*n)).cloned().collect();
+                (live, all)
+            });
+            group.push((ip, pool.name.as_str()));
+        }
+        if !group.is_empty() {
+            wanted.push(group);
+        }
     }
-    let requests: Vec<Request> = wanted
+    let requests: Vec<Vec<Request>> = wanted
         .into_iter()
-        .filter_map(|(ip, pool)| {
-            eligible_by_pool.get(&(pool, Family::of(&ip))).map(|eligible| Request { ip, eligible })
+        .map(|g| {
+            g.into_iter()
+                .filter_map(|(ip, pool)| {
+                    eligible_by_pool
+                        .get(&(pool, Family::of(&ip)))
+                        .map(|(eligible, universe)| Request { ip, eligible, universe })
+                })
+                .collect()
         })
         .collect();
     let placed = place(&requests);
     let mut out = BTreeMap::new();
     for e in inp.egresses.values() {
-        let mut conditions = Vec::new();
-        let alloc = inp.allocations.egresses.get(&e.name);
-        let from_pool = matches!(alloc, Some(Ok(a)) if a.from_pool);
-        let (ip, node) = match alloc {
-            Some(Ok(a)) if a.from_pool => {
-                conditions.push(cond(
-                    egret_api::v1alpha1::IP_ALLOCATED,
-                    true,
-                    "Allocated",
-                    format!("{} allocated from ExternalIPPool {:?}", a.ip, e.pool.as_deref().unwrap_or("")),
-                ));
-                let node = placed.get(&a.ip).cloned().flatten();
-                match &node {
-                    Some(n) => conditions.push(cond(
-                        egret_api::v1alpha1::IP_ASSIGNED,
-                        true,
-                        "Assigned",
-                        format!("{} is hosted on node {n}", a.ip),
-                    )),
-                    None => {
-                        let pool = e.pool.as_deref().unwrap_or("");
-                        let selected = live_nodes
-                            .iter()
-                            .any(|n| inp.pools.get(pool).is_some_and(|p| p.node_selector.matches(&n.labels)));
-                        let why = if selected {
-                            format!(
-                                "no live node that matches the nodeSelector of ExternalIPPool {pool:?} has an {} address",
-                                Family::of(&a.ip)
-                            )
-                        } else {
-                            format!("no live node matches the nodeSelector of ExternalIPPool {pool:?}")
-                        };
-                        conditions.push(cond(egret_api::v1alpha1::IP_ASSIGNED, false, "NoEligibleNode", why))
-                    }
-                }
-                (Some(a.ip), node)
+        let allocs = inp.allocations.egresses.get(&e.name).map(Vec::as_slice).unwrap_or_default();
+        let (mut allocated, mut assigned, mut ips) = (Vec::new(), Vec::new(), Vec::new());
+        for (spec, alloc) in e.ips.iter().zip(allocs) {
+            let (a, b, node) = ip_conditions(inp, &live_nodes, spec, alloc, &placed);
+            allocated.push(a);
+            assigned.push(b);
+            if let Ok(a) = alloc {
+                let subnet = spec.pool.as_ref().and_then(|p| inp.pools.get(p)).and_then(|p| p.subnet);
+                ips.push(IpOutcome { ip: a.ip, node, from_pool: a.from_pool, subnet });
             }
-            Some(Ok(a)) => {
-                conditions.push(cond(
-                    egret_api::v1alpha1::IP_ALLOCATED,
-                    true,
-                    "Static",
-                    format!("static egress IP {}", a.ip),
-                ));
-                let mut owners = inp.nodes.iter().filter(|n| n.addresses.contains(&a.ip));
-                let node = match owners.next() {
-                    Some(n) if inp.live.contains(&n.name) => {
-                        conditions.push(cond(
-                            egret_api::v1alpha1::IP_ASSIGNED,
-                            true,
-                            "Assigned",
-                            format!("{} is configured on node {}", a.ip, n.name),
-                        ));
-                        Some(n.name.clone())
-                    }
-                    Some(n) => {
-                        conditions.push(cond(
-                            egret_api::v1alpha1::IP_ASSIGNED,
-                            false,
-                            "NodeNotLive",
-                            format!("{} is configured on node {}, which is not alive", a.ip, n.name),
-                        ));
-                        None
-                    }
-                    None => {
-                        conditions.push(cond(
-                            egret_api::v1alpha1::IP_ASSIGNED,
-                            false,
-                            "NoNodeHasIP",
-                            format!(
-                                "no node has {} in status.addresses; configure it on a node or use externalIPPool",
-                                a.ip
-                            ),
-                        ));
-                        None
-                    }
-                };
-                (Some(a.ip), node)
-            }
-            Some(Err(f)) => {
-                conditions.push(cond(egret_api::v1alpha1::IP_ALLOCATED, false, f.reason, f.message.clone()));
-                conditions.push(cond(
-                    egret_api::v1alpha1::IP_ASSIGNED,
-                    false,
-                    "NotAllocated",
-                    "no egress IP to assign".into(),
-                ));
-                (None, None)
-            }
-            None => (None, None),
-        };
+        }
+        let mut assigned = combine(assigned);
+        // Fewer live eligible nodes than IPs: some share a gateway (said on the object).
+        let hosts: Vec<&str> = ips.iter().filter(|i| i.from_pool).filter_map(|i| i.node.as_deref()).collect();
+        let distinct: BTreeSet<&str> = hosts.iter().copied().collect();
+        if let Some(c) = assigned.as_mut()
+            && distinct.len() < hosts.len()
+        {
+            // Several pools are listed only in externalIPPools; several IPs of one pool in egressIPs.
+            let pools: BTreeSet<Option<&String>> = e.ips.iter().map(|s| s.pool.as_ref()).collect();
+            let field = if pools.len() > 1 { "spec.externalIPPools" } else { "spec.egressIPs" };
+            c.message.push_str(&format!(
+                "; {field}: {} egress IPs share {} gateways: fewer live eligible nodes than egress IPs",
+                hosts.len(),
+                distinct.len()
+            ));
+        }
         out.insert(
             e.name.clone(),
             EgressOutcome {
                 name: e.name.clone(),
-                egress_ip: ip,
-                egress_node: node,
-                conditions,
-                from_pool,
+                ips,
+                conditions: combine(allocated).into_iter().chain(assigned).collect(),
                 bandwidth: e.bandwidth,
-                subnet: e.pool.as_ref().and_then(|p| inp.pools.get(p)).and_then(|p| p.subnet),
             },
         );
     }
@@ -447,7 +558,7 @@ pub(crate) fn partition(matched: &[usize], egresses: &[&Egress], family: Family)
     let mut entries: Vec<(u8, usize, bool, Span)> = Vec::new();
     for &i in matched {
         let e = egresses[i];
-        if e.family != family {
+        if !e.serves(family) {
             continue;
         }
         entries.extend(e.excluded.iter().map(|x| (x.prefix_len(), i, false, Span::of_net(x))));
@@ -570,9 +681,14 @@ pub fn plan(inp: &Inputs) -> Plan {
     let mut order: Vec<&Egress> = inp.egresses.values().filter(|e| !e.applied_to.selects_nothing()).collect();
     order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
     let names: Vec<Arc<str>> = order.iter().map(|e| Arc::from(e.name.as_str())).collect();
-    let ips: Vec<Option<IpAddr>> = order.iter().map(|e| outcomes.get(&e.name).and_then(|o| o.egress_ip)).collect();
-    let gws: Vec<Option<Arc<str>>> =
-        order.iter().map(|e| outcomes.get(&e.name).and_then(|o| o.egress_node.as_deref()).map(Arc::from)).collect();
+    // What pods of each family choose from, per Egress.
+    let choices: Vec<[Choices; 2]> = order
+        .iter()
+        .map(|e| {
+            let o = outcomes.get(&e.name);
+            [Choices::of(o, Family::V4), Choices::of(o, Family::V6)]
+        })
+        .collect();
     let node_labels: HashMap<&str, &Labels> = inp.nodes.iter().map(|n| (n.name.as_str(), &n.labels)).collect();
     let node_names: HashMap<&str, Arc<str>> =
         inp.nodes.iter().map(|n| (n.name.as_str(), Arc::from(n.name.as_str()))).collect();
@@ -633,16 +749,26 @@ pub fn plan(inp: &Inputs) -> Plan {
                     p
                 }
             };
+            // One choice per Egress for this address, whatever the number of its blocks.
+            let mut chosen: Option<(usize, (Option<IpAddr>, Option<Arc<str>>))> = None;
             for &(dest, i) in part.iter() {
-                if gws[i].is_none() && order[i].failure_policy == FailurePolicy::FallbackToNodeIP {
+                let (egress_ip, gateway) = match &chosen {
+                    Some((j, c)) if *j == i => c.clone(),
+                    _ => {
+                        let c = choices[i][usize::from(family == Family::V6)].choose(ip);
+                        chosen = Some((i, c.clone()));
+                        c
+                    }
+                };
+                if gateway.is_none() && order[i].failure_policy == FailurePolicy::FallbackToNodeIP {
                     continue;
                 }
                 rules.push(Rule {
                     source_ip: *ip,
                     destination: dest,
                     egress: names[i].clone(),
-                    egress_ip: ips[i],
-                    gateway: gws[i].clone(),
+                    egress_ip,
+                    gateway,
                     source_node: source_node.clone(),
                 });
             }
@@ -777,14 +903,16 @@ impl Plan {
             }
         }
         for e in &self.egresses {
-            // Static IPs outside pools are already configured on their node.
-            let (Some(ip), Some(node), true) = (e.egress_ip, &e.egress_node, e.from_pool) else {
-                continue;
-            };
-            if let Some(np) = out.get_mut(node) {
-                match np.hosted.iter_mut().find(|h| h.ip == ip) {
-                    Some(h) => h.egresses.push(e.name.clone()),
-                    None => np.hosted.push(Hosted { ip, egresses: vec![e.name.clone()], subnet: e.subnet }),
+            for i in &e.ips {
+                // Static IPs outside pools are already configured on their node.
+                let (Some(node), true) = (&i.node, i.from_pool) else {
+                    continue;
+                };
+                if let Some(np) = out.get_mut(node) {
+                    match np.hosted.iter_mut().find(|h| h.ip == i.ip) {
+                        Some(h) => h.egresses.push(e.name.clone()),
+                        None => np.hosted.push(Hosted { ip: i.ip, egresses: vec![e.name.clone()], subnet: i.subnet }),
+                    }
                 }
             }
         }
@@ -890,11 +1018,11 @@ mod tests {
         let p = f.plan();
         let prod = outcome(&p, "egress-prod-web");
         let staging = outcome(&p, "egress-staging-web");
-        assert_eq!(prod.egress_ip, Some("10.10.0.11".parse().unwrap()));
-        assert_eq!(staging.egress_ip, Some("10.10.0.12".parse().unwrap()));
+        assert_eq!(prod.egress_ip(), Some("10.10.0.11".parse().unwrap()));
+        assert_eq!(staging.egress_ip(), Some("10.10.0.12".parse().unwrap()));
         assert!(prod.conditions.iter().all(|c| c.status == "True"), "{:?}", prod.conditions);
-        let gw_prod = prod.egress_node.clone().unwrap();
-        let gw_staging = staging.egress_node.clone().unwrap();
+        let gw_prod = prod.egress_node().map(String::from).unwrap();
+        let gw_staging = staging.egress_node().map(String::from).unwrap();
         assert_eq!(
             rows(&p),
             vec![
@@ -936,8 +1064,8 @@ mod tests {
             ns_egress("egress-staging", "staging", None, None, Some("10.10.0.105")),
         ];
         let p = f.plan();
-        assert_eq!(outcome(&p, "egress-prod").egress_node.as_deref(), Some("node-4"));
-        assert_eq!(outcome(&p, "egress-staging").egress_node.as_deref(), Some("node-5"));
+        assert_eq!(outcome(&p, "egress-prod").egress_node().as_deref(), Some("node-4"));
+        assert_eq!(outcome(&p, "egress-staging").egress_node().as_deref(), Some("node-5"));
         assert_eq!(
             rows(&p),
             vec![
@@ -958,7 +1086,7 @@ mod tests {
         f.live.remove("node-4");
         let p = f.plan();
         let o = outcome(&p, "e");
-        assert_eq!(o.egress_node, None);
+        assert_eq!(o.egress_node(), None);
         assert!(o.conditions.iter().any(|c| c.reason == "NodeNotLive"));
         assert!(rows(&p).iter().all(|r| r.ends_with("DROP")));
         let nps = p.node_plans();
@@ -993,7 +1121,7 @@ mod tests {
         f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p"), None)];
         let p = f.plan();
         let o = outcome(&p, "e");
-        assert_eq!(o.egress_ip, Some("10.10.0.11".parse().unwrap()));
+        assert_eq!(o.egress_ip(), Some("10.10.0.11".parse().unwrap()));
         let assigned = o.conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap();
         assert_eq!((assigned.status, assigned.reason), ("False", "NoEligibleNode"));
         assert_eq!(rows(&p), vec!["10.244.1.10 0.0.0.0/0 10.10.0.11 DROP", "10.244.2.10 0.0.0.0/0 10.10.0.11 DROP"]);
@@ -1009,7 +1137,7 @@ mod tests {
         e.spec.bandwidth = Some(api::Bandwidth { rate: "100Mbps".into(), burst: "200Mb".into() });
         f.egresses = vec![e];
         let p = f.plan();
-        let gw = outcome(&p, "e").egress_node.clone().unwrap();
+        let gw = outcome(&p, "e").egress_node().map(String::from).unwrap();
         let plans = p.node_plans();
         let want = crate::model::Bandwidth { rate_bps: 100_000_000, burst_bits: 200_000_000 };
         for (node, np) in &plans {
@@ -1029,15 +1157,15 @@ mod tests {
         // The lab fixture's nodes are IPv4-only: nothing may host the IPv6 address.
         let p = f.plan();
         let o = outcome(&p, "e");
-        assert_eq!(o.egress_ip, Some("fd00:10:10::e1".parse().unwrap()));
-        assert_eq!(o.egress_node, None);
+        assert_eq!(o.egress_ip(), Some("fd00:10:10::e1".parse().unwrap()));
+        assert_eq!(o.egress_node(), None);
         let assigned = o.conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap();
         assert_eq!((assigned.status, assigned.reason), ("False", "NoEligibleNode"));
         assert!(assigned.message.contains("has an IPv6 address"), "{}", assigned.message);
         // One node gains an IPv6 address: it, and only it, hosts the IP.
         let n5 = f.nodes.iter_mut().find(|n| n.name == "node-5").unwrap();
         n5.addresses.push("fd00:10:10::105".parse().unwrap());
-        assert_eq!(outcome(&f.plan(), "e").egress_node.as_deref(), Some("node-5"));
+        assert_eq!(outcome(&f.plan(), "e").egress_node().as_deref(), Some("node-5"));
     }
 
     #[test]
@@ -1047,10 +1175,10 @@ mod tests {
         pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
         f.pools.push(pool);
         f.egresses = vec![ns_egress("e", "prod", Some("web"), Some("p"), None)];
-        let first = outcome(&f.plan(), "e").egress_node.clone().unwrap();
+        let first = outcome(&f.plan(), "e").egress_node().map(String::from).unwrap();
         assert!(["node-4", "node-5", "node-6"].contains(&first.as_str()));
         f.live.remove(&first);
-        let second = outcome(&f.plan(), "e").egress_node.clone().unwrap();
+        let second = outcome(&f.plan(), "e").egress_node().map(String::from).unwrap();
         assert_ne!(first, second);
         assert!(["node-4", "node-5", "node-6"].contains(&second.as_str()));
     }

@@ -4,7 +4,7 @@
 use crate::planner::{Condition, Plan};
 use crate::validate::Problem;
 use egret_api::v1alpha1::{
-    EgressCondition, EgressStatus, ExternalIPPoolStatus, IP_ALLOCATED, IP_ASSIGNED, IPPoolUsage,
+    EgressCondition, EgressGateway, EgressStatus, ExternalIPPoolStatus, IP_ALLOCATED, IP_ASSIGNED, IPPoolUsage,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -47,36 +47,62 @@ pub fn egress_statuses(
             Some(o) => {
                 let mut conditions: Vec<EgressCondition> = o.conditions.iter().map(api_cond).collect();
                 // Agents place IPs from their own (gossip) view, which may be ahead of this
-                // one: the node is whichever live node reports holding the IP, preferring the
-                // planned one.
-                let holder = o.egress_ip.and_then(|ip| {
-                    let holds = |n: &String| hosted.get(n).is_some_and(|s| s.contains(&ip));
-                    o.egress_node.iter().find(|n| holds(n)).or_else(|| hosted.keys().find(|n| holds(n))).cloned()
-                });
-                let (confirmed, node) = match (&o.egress_node, o.egress_ip) {
-                    // Static IPs outside pools are the node's own: nothing for an agent to add.
-                    (Some(n), Some(_)) if !o.from_pool => (true, Some(n.clone())),
-                    (_, Some(_)) if holder.is_some() => (true, holder),
-                    (Some(n), Some(_)) => (false, Some(n.clone())),
-                    _ => (true, None),
-                };
+                // one: an IP's node is whichever live node reports holding it, preferring the
+                // planned one. Per IP: (ip, node, confirmed).
+                let per: Vec<(IpAddr, Option<String>, bool)> = o
+                    .ips
+                    .iter()
+                    .map(|i| {
+                        let holds = |n: &&String| hosted.get(*n).is_some_and(|s| s.contains(&i.ip));
+                        let holder = i.node.iter().find(holds).or_else(|| hosted.keys().find(holds)).cloned();
+                        let (confirmed, node) = match &i.node {
+                            // Static IPs outside pools are the node's own: nothing for an agent to add.
+                            Some(n) if !i.from_pool => (true, Some(n.clone())),
+                            _ if holder.is_some() => (true, holder),
+                            Some(n) => (false, Some(n.clone())),
+                            None => (true, None),
+                        };
+                        (i.ip, node, confirmed)
+                    })
+                    .collect();
+                let several = per.len() > 1;
                 if let Some(c) = conditions.iter_mut().find(|c| c.type_ == IP_ASSIGNED) {
-                    if !confirmed {
+                    let all_hosted = !per.is_empty() && per.iter().all(|p| p.1.is_some());
+                    if let Some((ip, node, _)) = per.iter().find(|p| !p.2) {
+                        let what = if several { ip.to_string() } else { "the IP".into() };
                         c.status = "False".into();
                         c.reason = "Pending".into();
-                        c.message = format!("waiting for node {} to host the IP", node.as_deref().unwrap_or(""));
-                    } else if c.status == "False" && node.is_some() {
+                        c.message = format!("waiting for node {} to host {what}", node.as_deref().unwrap_or(""));
+                    } else if c.status == "False" && all_hosted && !several {
                         // The controller's view lags the agents': trust what the agents hold.
                         c.status = "True".into();
                         c.reason = "Assigned".into();
-                        c.message = format!("hosted on node {}", node.as_deref().unwrap_or(""));
-                    } else if let (Some(n), Some(ip)) = (&node, o.egress_ip) {
-                        c.message = format!("{ip} is hosted on node {n}");
+                        c.message = format!("hosted on node {}", per[0].1.as_deref().unwrap_or(""));
+                    } else if (c.status == "True" || several) && all_hosted {
+                        c.status = "True".into();
+                        c.reason = "Assigned".into();
+                        let each: Vec<String> = per
+                            .iter()
+                            .map(|(ip, n, _)| format!("{ip} is hosted on node {}", n.as_deref().unwrap_or("")))
+                            .collect();
+                        c.message = each.join("; ");
+                        let nodes: BTreeSet<&Option<String>> = per.iter().map(|p| &p.1).collect();
+                        if nodes.len() < per.len() {
+                            c.message.push_str("; fewer live eligible nodes than egress IPs: some share a gateway");
+                        }
                     }
                 }
+                let shown = |p: &(IpAddr, Option<String>, bool)| if p.2 { p.1.clone() } else { None };
                 EgressStatus {
-                    egress_ip: o.egress_ip.map(|i| i.to_string()),
-                    egress_node: if confirmed { node } else { None },
+                    egress_ip: per.first().map(|p| p.0.to_string()),
+                    egress_node: per.first().and_then(shown),
+                    gateways: if several {
+                        per.iter()
+                            .map(|p| EgressGateway { egress_ip: Some(p.0.to_string()), egress_node: shown(p) })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                     conditions: conditions.into_iter().map(|c| carry(prev, c, now)).collect(),
                 }
             }
@@ -97,6 +123,11 @@ pub fn egress_statuses(
                     // An allocation is kept while the object is invalid, so fixing it does not move the IP.
                     egress_ip: prev.and_then(|p| p.egress_ip.clone()),
                     egress_node: None,
+                    gateways: prev
+                        .map(|p| {
+                            p.gateways.iter().map(|g| EgressGateway { egress_node: None, ..g.clone() }).collect()
+                        })
+                        .unwrap_or_default(),
                     conditions: vec![carry(prev, invalid(IP_ALLOCATED), now), carry(prev, invalid(IP_ASSIGNED), now)],
                 }
             }
@@ -154,7 +185,7 @@ mod tests {
         assert_eq!(bad.conditions[0].reason, "Invalid");
         assert!(bad.conditions[0].message.contains("spec.failurePolicy"));
 
-        let gw = p.egresses.iter().find(|o| o.name == "e").unwrap().egress_node.clone().unwrap();
+        let gw = p.egresses.iter().find(|o| o.name == "e").unwrap().egress_node().map(String::from).unwrap();
         let hosted = BTreeMap::from([(gw.clone(), BTreeSet::from(["10.10.0.11".parse().unwrap()]))]);
         let st2 = egress_statuses(&p, &[("e".to_string(), Some(e.clone()))], &problems, &hosted, "t2");
         let e2 = &st2[0].1;
@@ -168,7 +199,7 @@ mod tests {
     #[test]
     fn the_node_is_whichever_live_node_holds_the_ip() {
         let (p, problems) = setup();
-        let planned = p.egresses.iter().find(|o| o.name == "e").unwrap().egress_node.clone().unwrap();
+        let planned = p.egresses.iter().find(|o| o.name == "e").unwrap().egress_node().map(String::from).unwrap();
         let other = if planned == "node-5" { "node-6" } else { "node-5" };
         let hosted = BTreeMap::from([(other.to_string(), BTreeSet::from(["10.10.0.11".parse().unwrap()]))]);
         let st = egress_statuses(&p, &[("e".to_string(), None)], &problems, &hosted, "t");

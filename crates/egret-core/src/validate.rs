@@ -3,7 +3,7 @@
 //! Every problem names the object and the field path and says what is wrong and what is
 //! allowed. A bad object is reported and left out; it never stops the others from being checked.
 
-use crate::model::{AppliedTo, Bandwidth, Egress, FailurePolicy, Pool, Subnet};
+use crate::model::{AppliedTo, Bandwidth, Egress, FailurePolicy, IpSpec, Pool, Subnet};
 use crate::net::{Family, Span};
 use crate::selector::Selector;
 use egret_api::v1alpha1::{self as api, IPRange};
@@ -336,6 +336,120 @@ fn subnet(si: &api::SubnetInfo, spans: &[(usize, Span)], sink: &mut Sink) -> Opt
     (sink.problems.len() == before).then_some(Subnet { gateway, prefix_len })
 }
 
+/// The egress IPs an Egress asks for, checked field by field (a problem for each bad entry;
+/// the good ones are returned either way).
+fn egress_ips(
+    e: &api::Egress,
+    pools: &BTreeMap<String, Pool>,
+    invalid_pools: &BTreeSet<String>,
+    sink: &mut Sink,
+) -> Vec<IpSpec> {
+    let spec = &e.spec;
+    if spec.egress_ip.is_some() && !spec.egress_ips.is_empty() {
+        sink.push("spec.egressIPs", "cannot be set with egressIP; list every egress IP in egressIPs");
+        return Vec::new();
+    }
+    if spec.external_ip_pool.is_some() && !spec.external_ip_pools.is_empty() {
+        sink.push("spec.externalIPPools", "cannot be set with externalIPPool; list every pool in externalIPPools");
+        return Vec::new();
+    }
+    if !spec.egress_ips.is_empty()
+        && !spec.external_ip_pools.is_empty()
+        && spec.egress_ips.len() != spec.external_ip_pools.len()
+    {
+        sink.push(
+            "spec.egressIPs",
+            format!(
+                "lists {} addresses but externalIPPools lists {} pools; entries with the same index go together",
+                spec.egress_ips.len(),
+                spec.external_ip_pools.len()
+            ),
+        );
+        return Vec::new();
+    }
+    // (static IP, its field, pool, its field), in spec order.
+    let mut wanted: Vec<(Option<&String>, String, Option<&String>, String)> = Vec::new();
+    if !spec.external_ip_pools.is_empty() {
+        for (i, p) in spec.external_ip_pools.iter().enumerate() {
+            if spec.external_ip_pools[..i].contains(p) {
+                sink.push(format!("spec.externalIPPools[{i}]"), format!("ExternalIPPool {p:?} is listed twice"));
+                continue;
+            }
+            wanted.push((
+                spec.egress_ips.get(i),
+                format!("spec.egressIPs[{i}]"),
+                Some(p),
+                format!("spec.externalIPPools[{i}]"),
+            ));
+        }
+    } else if !spec.egress_ips.is_empty() {
+        for (i, ip) in spec.egress_ips.iter().enumerate() {
+            if spec.egress_ips[..i].contains(ip) {
+                sink.push(format!("spec.egressIPs[{i}]"), format!("{ip} is listed twice"));
+                continue;
+            }
+            wanted.push((
+                Some(ip),
+                format!("spec.egressIPs[{i}]"),
+                spec.external_ip_pool.as_ref(),
+                "spec.externalIPPool".into(),
+            ));
+        }
+    } else if spec.egress_ip.is_some() || spec.external_ip_pool.is_some() {
+        wanted.push((spec.egress_ip.as_ref(), "spec.egressIP".into(), spec.external_ip_pool.as_ref(), "spec.externalIPPool".into()));
+    } else {
+        sink.push(
+            "spec",
+            "none of egressIP, egressIPs, externalIPPool and externalIPPools is set; set egressIP (static), externalIPPool (allocated), or both",
+        );
+    }
+    // Addresses recorded in status, to restore allocations from.
+    let recorded: Vec<IpAddr> = e
+        .status
+        .iter()
+        .flat_map(|s| s.gateways.iter().filter_map(|g| g.egress_ip.as_deref()).chain(s.egress_ip.as_deref()))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let mut out: Vec<IpSpec> = Vec::new();
+    for (ip_text, ip_field, pname, pool_field) in wanted {
+        let ip = ip_text.and_then(|s| parse_ip(s).map_err(|m| sink.push(ip_field.clone(), m)).ok());
+        if ip_text.is_some() && ip.is_none() {
+            continue;
+        }
+        let mut family = ip.as_ref().map(Family::of);
+        let mut status_ip = None;
+        if let Some(pname) = pname {
+            match pools.get(pname) {
+                Some(pool) => {
+                    if let Some(ip) = &ip
+                        && !pool.contains(ip)
+                    {
+                        let ranges: Vec<String> = pool.ranges.iter().map(describe).collect();
+                        sink.push(ip_field.clone(), format!("{ip} is not in ExternalIPPool {pname:?} (usable: {}); an egress IP given with its pool must lie in the pool", ranges.join(", ")));
+                        continue;
+                    }
+                    family.get_or_insert(pool.family);
+                    status_ip = recorded
+                        .iter()
+                        .find(|r| pool.contains(r) && !out.iter().any(|o| o.status_ip == Some(**r) || o.ip == Some(**r)))
+                        .copied();
+                }
+                None if invalid_pools.contains(pname) => {
+                    sink.push(pool_field, format!("ExternalIPPool {pname:?} is invalid (see its own errors)"));
+                    continue;
+                }
+                None => {
+                    sink.push(pool_field, format!("ExternalIPPool {pname:?} does not exist"));
+                    continue;
+                }
+            }
+        }
+        let Some(family) = family else { continue };
+        out.push(IpSpec { ip, pool: pname.cloned(), family, status_ip });
+    }
+    out
+}
+
 fn validate_egress(
     e: &api::Egress,
     pools: &BTreeMap<String, Pool>,
@@ -349,46 +463,24 @@ fn validate_egress(
     let pods = at.pod_selector.as_ref().map(|s| compile(s, "spec.appliedTo.podSelector", sink));
     let nodes = at.node_selector.as_ref().map(|s| compile(s, "spec.appliedTo.nodeSelector", sink));
 
-    let static_ip = spec.egress_ip.as_deref().and_then(|s| parse_ip(s).map_err(|m| sink.push("spec.egressIP", m)).ok());
-    let mut family = static_ip.as_ref().map(Family::of);
-    if spec.egress_ip.is_none() && spec.external_ip_pool.is_none() {
-        sink.push(
-            "spec",
-            "neither egressIP nor externalIPPool is set; set egressIP (static), externalIPPool (allocated), or both",
-        );
-    }
-    if let Some(pname) = &spec.external_ip_pool {
-        match pools.get(pname) {
-            Some(pool) => {
-                if let Some(ip) = &static_ip
-                    && !pool.contains(ip)
-                {
-                    let ranges: Vec<String> = pool.ranges.iter().map(describe).collect();
-                    sink.push("spec.egressIP", format!("{ip} is not in ExternalIPPool {pname:?} (usable: {}); with externalIPPool set, egressIP must lie in the pool", ranges.join(", ")));
-                }
-                family.get_or_insert(pool.family);
-            }
-            None if invalid_pools.contains(pname) => {
-                sink.push("spec.externalIPPool", format!("ExternalIPPool {pname:?} is invalid (see its own errors)"));
-            }
-            None => sink.push("spec.externalIPPool", format!("ExternalIPPool {pname:?} does not exist")),
-        }
-    }
-
+    let ips = egress_ips(e, pools, invalid_pools, sink);
+    let mut families: Vec<Family> = ips.iter().map(|s| s.family).collect();
+    families.sort();
+    families.dedup();
     let mut cidrs = |list: &[String], field: &str| -> Vec<IpNet> {
         let mut out = Vec::new();
         for (i, c) in list.iter().enumerate() {
             let at = format!("{field}[{i}]");
             match parse_cidr(c) {
                 Ok(net) => {
-                    if let Some(f) = family
-                        && Family::of_net(&net) != f
-                    {
+                    let f = Family::of_net(&net);
+                    if !families.is_empty() && !families.contains(&f) {
+                        let have: Vec<String> = families.iter().map(|f| f.to_string()).collect();
                         sink.push(
                             at,
                             format!(
-                                "{net} is {} but the egress IP is {f}; a destination must be of the egress IP's family",
-                                Family::of_net(&net)
+                                "{net} is {f} but the Egress has no {f} egress IP (only {}); a destination must be of an egress IP's family",
+                                have.join(" and ")
                             ),
                         );
                         continue;
@@ -425,22 +517,22 @@ fn validate_egress(
         let burst = bits(&b.burst, "b").map_err(|m| sink.push("spec.bandwidth.burst", m)).ok();
         Some(Bandwidth { rate_bps: rate?, burst_bits: burst? })
     });
-    if sink.problems.len() > before {
+    if sink.problems.len() > before || ips.is_empty() {
         return None;
     }
-    let family = family?;
-    let status_ip = e.status.as_ref().and_then(|s| s.egress_ip.as_deref()).and_then(|s| s.parse().ok());
     Some(Egress {
         name: e.metadata.name.clone().unwrap_or_default(),
         created: e.metadata.creation_timestamp.clone(),
         applied_to: AppliedTo { namespaces: namespaces.flatten(), pods: pods.flatten(), nodes: nodes.flatten() },
-        static_ip,
-        pool: spec.external_ip_pool.clone(),
-        destinations: if destinations.is_empty() { vec![family.everything()] } else { destinations },
+        destinations: if destinations.is_empty() {
+            families.iter().map(|f| f.everything()).collect()
+        } else {
+            destinations
+        },
+        ips,
         excluded,
-        family,
+        families,
         failure_policy,
-        status_ip,
         bandwidth,
     })
 }
@@ -818,6 +910,89 @@ mod tests {
             &|e| e.spec.applied_to.namespace_selector = Some(mk_expr("env", "In", &[])),
             "spec.appliedTo.namespaceSelector.matchExpressions[0].values",
         );
+    }
+
+    #[test]
+    fn several_egress_ips_name_their_entry() {
+        let pools = [
+            mk_pool("p", &[("10.0.0.1", "10.0.0.10")], &[]),
+            mk_pool("q", &[("10.0.1.1", "10.0.1.10")], &[]),
+            mk_pool("six", &[], &["fd00:1::/124"]),
+        ];
+        let check = |f: &dyn Fn(&mut api::EgressSpec), want: &str| {
+            let mut e = mk_egress("e", None, None);
+            f(&mut e.spec);
+            let v = validate(&pools, &[e]);
+            assert_eq!(fields(&v), vec![format!("Egress/e: {want}")], "{:?}", v.problems);
+            v.problems[0].reason.clone()
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        check(
+            &|e| {
+                e.egress_ip = Some("10.0.0.1".into());
+                e.egress_ips = s(&["10.0.0.2"]);
+            },
+            "spec.egressIPs",
+        );
+        check(
+            &|e| {
+                e.external_ip_pool = Some("p".into());
+                e.external_ip_pools = s(&["q"]);
+            },
+            "spec.externalIPPools",
+        );
+        assert!(
+            check(
+                &|e| {
+                    e.external_ip_pools = s(&["p", "q"]);
+                    e.egress_ips = s(&["10.0.0.2"]);
+                },
+                "spec.egressIPs"
+            )
+            .contains("same index")
+        );
+        assert!(check(&|e| e.external_ip_pools = s(&["p", "q", "p"]), "spec.externalIPPools[2]").contains("twice"));
+        check(&|e| e.external_ip_pools = s(&["p", "missing"]), "spec.externalIPPools[1]");
+        assert!(
+            check(
+                &|e| {
+                    e.external_ip_pools = s(&["p", "q"]);
+                    e.egress_ips = s(&["10.0.0.2", "10.0.0.3"]);
+                },
+                "spec.egressIPs[1]"
+            )
+            .contains("not in ExternalIPPool \"q\"")
+        );
+        check(
+            &|e| {
+                e.external_ip_pool = Some("p".into());
+                e.egress_ips = s(&["10.0.0.2", "10.0.0.2"]);
+            },
+            "spec.egressIPs[1]",
+        );
+        check(&|e| e.egress_ips = s(&["10.0.0.2", "nope"]), "spec.egressIPs[1]");
+        // One IPv4 and one IPv6 pool: a dual-stack Egress, steering both families by default,
+        // and a destination of either family is accepted.
+        let mut e = mk_egress("e", None, None);
+        e.spec.external_ip_pools = s(&["p", "six"]);
+        let v = validate(&pools, std::slice::from_ref(&e));
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let m = &v.egresses["e"];
+        assert_eq!(m.families, [Family::V4, Family::V6]);
+        assert_eq!(m.destinations, ["0.0.0.0/0".parse::<IpNet>().unwrap(), "::/0".parse().unwrap()]);
+        assert_eq!(m.ips.len(), 2);
+        // Status records restore each entry's allocation from its own pool.
+        e.status = Some(api::EgressStatus {
+            egress_ip: Some("10.0.0.7".into()),
+            gateways: vec![
+                api::EgressGateway { egress_ip: Some("10.0.0.7".into()), egress_node: None },
+                api::EgressGateway { egress_ip: Some("fd00:1::9".into()), egress_node: None },
+            ],
+            ..Default::default()
+        });
+        let v = validate(&pools, &[e]);
+        let restored: Vec<Option<IpAddr>> = v.egresses["e"].ips.iter().map(|i| i.status_ip).collect();
+        assert_eq!(restored, [Some("10.0.0.7".parse().unwrap()), Some("fd00:1::9".parse().unwrap())]);
     }
 
     #[test]

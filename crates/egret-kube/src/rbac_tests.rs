@@ -498,6 +498,7 @@ fn allocated(status: &str, message: &str) -> EgressStatus {
     EgressStatus {
         egress_ip: Some("10.10.0.11".into()),
         egress_node: Some("node-1".into()),
+        gateways: Vec::new(),
         conditions: vec![EgressCondition {
             type_: IP_ALLOCATED.into(),
             status: status.into(),

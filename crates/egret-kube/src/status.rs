@@ -275,6 +275,7 @@ mod tests {
         let s = EgressStatus {
             egress_ip: Some("10.10.0.11".into()),
             egress_node: None,
+            gateways: Vec::new(),
             conditions: vec![
                 cond(IP_ASSIGNED, "False", "Pending", "waiting for node node-5 to host the IP"),
                 cond(IP_ALLOCATED, "True", "", "allocated from p"),
@@ -316,6 +317,7 @@ mod tests {
         let on = |n: &str| EgressStatus {
             egress_ip: Some("10.10.0.11".into()),
             egress_node: Some(n.into()),
+            gateways: Vec::new(),
             conditions: vec![cond(IP_ALLOCATED, "True", "Allocated", "")],
         };
         let n = notices(Some(&on("node-5")), &on("node-6"));
@@ -347,6 +349,7 @@ mod tests {
         let first = EgressStatus {
             egress_ip: Some("10.10.0.11".into()),
             egress_node: Some("node-5".into()),
+            gateways: Vec::new(),
             conditions: vec![cond(IP_ALLOCATED, "True", "", "ok"), cond(IP_ASSIGNED, "True", "", "hosted")],
         };
         w.egress("e1", None, &first).await.unwrap();

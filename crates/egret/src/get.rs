@@ -174,10 +174,21 @@ fn show(
                 .iter()
                 .map(|e| {
                     let st = e.status.as_ref();
+                    // Several IPs: every one, comma-separated, nodes in the same order.
+                    let (ips, nodes) = match st.map(|s| s.gateways.as_slice()) {
+                        Some(g) if !g.is_empty() => (
+                            g.iter().map(|g| g.egress_ip.as_deref().unwrap_or("-")).collect::<Vec<_>>().join(","),
+                            g.iter().map(|g| g.egress_node.as_deref().unwrap_or("-")).collect::<Vec<_>>().join(","),
+                        ),
+                        _ => (
+                            st.and_then(|s| s.egress_ip.clone()).unwrap_or_default(),
+                            st.and_then(|s| s.egress_node.clone()).unwrap_or_default(),
+                        ),
+                    };
                     vec![
                         e.metadata.name.clone().unwrap_or_default(),
-                        st.and_then(|s| s.egress_ip.clone()).unwrap_or_default(),
-                        st.and_then(|s| s.egress_node.clone()).unwrap_or_default(),
+                        ips,
+                        nodes,
                         age(e.metadata.creation_timestamp.as_ref()),
                     ]
                 })

@@ -235,7 +235,10 @@ pub fn plan_tables(p: &Plan) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            vec![e.name.clone(), opt(e.egress_ip), opt(e.egress_node.as_deref()), conds]
+            let ips: Vec<String> = e.ips.iter().map(|i| i.ip.to_string()).collect();
+            let nodes: Vec<&str> = e.ips.iter().map(|i| i.node.as_deref().unwrap_or("-")).collect();
+            let (ips, nodes) = if ips.is_empty() { ("-".into(), "-".into()) } else { (ips.join(","), nodes.join(",")) };
+            vec![e.name.clone(), ips, nodes, conds]
         })
         .collect();
     let pools: Vec<Vec<String>> =

@@ -177,12 +177,12 @@ impl Cluster {
 }
 
 pub fn egress_ip(p: &Plan, egress: &str) -> IpAddr {
-    p.egresses.iter().find(|e| e.name == egress).and_then(|e| e.egress_ip).expect("egress IP allocated")
+    p.egresses.iter().find(|e| e.name == egress).and_then(|e| e.egress_ip()).expect("egress IP allocated")
 }
 
 /// 1-based index of the gateway node of `egress`.
 pub fn gateway(p: &Plan, egress: &str) -> Option<usize> {
-    let node = p.egresses.iter().find(|e| e.name == egress)?.egress_node.clone()?;
+    let node = p.egresses.iter().find(|e| e.name == egress)?.egress_node()?.to_string();
     node.strip_prefix("node-")?.parse().ok()
 }
 

@@ -943,8 +943,8 @@ fn sync_router_routes(st: &mut LabState) -> anyhow::Result<()> {
             }
         }
     }
-    for e in v.egresses.values() {
-        match e.static_ip {
+    for ip in v.egresses.values().flat_map(|e| &e.ips).filter_map(|s| s.ip) {
+        match Some(ip) {
             Some(IpAddr::V4(ip)) if !node_net.contains(&ip) => {
                 want.insert(format!("{ip}/32"));
             }
