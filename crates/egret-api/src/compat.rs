@@ -5,8 +5,8 @@
 //! field Egret cannot honour (rather than silently dropping it).
 
 use crate::v1alpha1::{
-    AppliedTo, Egress, EgressGateway, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec, EgressStatus,
-    ExternalIPPool, ExternalIPPoolSpec, IPRange,
+    AppliedTo, Egress, EgressGateway, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec,
+    EgressStatus, ExternalIPPool, ExternalIPPoolSpec, IPRange,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -351,7 +351,10 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     let name = name_of(&c.metadata);
     let gateways: Vec<(&CiliumGateway, String)> = match (&c.spec.egress_gateway, c.spec.egress_gateways.as_slice()) {
         (Some(_), [_, ..]) => {
-            return Err(unsupported("spec.egressGateways", "cannot be set with egressGateway; list every gateway here"));
+            return Err(unsupported(
+                "spec.egressGateways",
+                "cannot be set with egressGateway; list every gateway here",
+            ));
         }
         (Some(gw), []) => vec![(gw, "spec.egressGateway".to_string())],
         (None, []) => return Err(unsupported("spec.egressGateway", "is required")),

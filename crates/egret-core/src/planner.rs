@@ -399,7 +399,8 @@ fn ip_conditions(
     };
     if a.from_pool {
         let pool = spec.pool.as_deref().unwrap_or("");
-        let allocated = cond(IP_ALLOCATED, true, "Allocated", format!("{} allocated from ExternalIPPool {pool:?}", a.ip));
+        let allocated =
+            cond(IP_ALLOCATED, true, "Allocated", format!("{} allocated from ExternalIPPool {pool:?}", a.ip));
         let node = placed.get(&a.ip).cloned().flatten();
         let assigned = match &node {
             Some(n) => cond(IP_ASSIGNED, true, "Assigned", format!("{} is hosted on node {n}", a.ip)),
@@ -427,7 +428,12 @@ fn ip_conditions(
             Some(n.name.clone()),
         ),
         Some(n) => (
-            cond(IP_ASSIGNED, false, "NodeNotLive", format!("{} is configured on node {}, which is not alive", a.ip, n.name)),
+            cond(
+                IP_ASSIGNED,
+                false,
+                "NodeNotLive",
+                format!("{} is configured on node {}, which is not alive", a.ip, n.name),
+            ),
             None,
         ),
         None => (
@@ -498,9 +504,11 @@ pub(crate) fn gateways_with(
         .map(|g| {
             g.into_iter()
                 .filter_map(|(ip, pool)| {
-                    eligible_by_pool
-                        .get(&(pool, Family::of(&ip)))
-                        .map(|(eligible, universe)| Request { ip, eligible, universe })
+                    eligible_by_pool.get(&(pool, Family::of(&ip))).map(|(eligible, universe)| Request {
+                        ip,
+                        eligible,
+                        universe,
+                    })
                 })
                 .collect()
         })

@@ -124,9 +124,7 @@ pub fn egress_statuses(
                     egress_ip: prev.and_then(|p| p.egress_ip.clone()),
                     egress_node: None,
                     gateways: prev
-                        .map(|p| {
-                            p.gateways.iter().map(|g| EgressGateway { egress_node: None, ..g.clone() }).collect()
-                        })
+                        .map(|p| p.gateways.iter().map(|g| EgressGateway { egress_node: None, ..g.clone() }).collect())
                         .unwrap_or_default(),
                     conditions: vec![carry(prev, invalid(IP_ALLOCATED), now), carry(prev, invalid(IP_ASSIGNED), now)],
                 }

@@ -396,7 +396,12 @@ fn egress_ips(
             ));
         }
     } else if spec.egress_ip.is_some() || spec.external_ip_pool.is_some() {
-        wanted.push((spec.egress_ip.as_ref(), "spec.egressIP".into(), spec.external_ip_pool.as_ref(), "spec.externalIPPool".into()));
+        wanted.push((
+            spec.egress_ip.as_ref(),
+            "spec.egressIP".into(),
+            spec.external_ip_pool.as_ref(),
+            "spec.externalIPPool".into(),
+        ));
     } else {
         sink.push(
             "spec",
@@ -431,7 +436,9 @@ fn egress_ips(
                     family.get_or_insert(pool.family);
                     status_ip = recorded
                         .iter()
-                        .find(|r| pool.contains(r) && !out.iter().any(|o| o.status_ip == Some(**r) || o.ip == Some(**r)))
+                        .find(|r| {
+                            pool.contains(r) && !out.iter().any(|o| o.status_ip == Some(**r) || o.ip == Some(**r))
+                        })
                         .copied();
                 }
                 None if invalid_pools.contains(pname) => {

@@ -4,6 +4,7 @@
 //! saying why, when run that way without root, the variable, `ip` or `nft`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -554,6 +555,79 @@ fn dual_stack_pods_leave_with_each_familys_egress_ip_and_ipv6_fails_over_and_fai
     lab.apply(&write(dir.path(), "nowhere.yaml", nowhere));
     assert_eq!(lab.whoami("default/client-1", "db-a6"), "no answer");
     assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101");
+}
+
+/// `(egress IP, node)` of each of an Egress's several IPs, from its status.
+fn gateways_of(e: &serde_json::Value) -> Vec<(String, Option<String>)> {
+    e["status"]["gateways"]
+        .as_array()
+        .map(|g| {
+            g.iter()
+                .map(|g| (g["egressIP"].as_str().unwrap_or("").to_string(), g["egressNode"].as_str().map(String::from)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn several_egress_ips_spread_pods_over_gateways_and_a_dead_gateway_moves_only_its_pods() {
+    let lab = Lab::up();
+    lab.apply("examples/several-ips/pods.yaml");
+    lab.apply("examples/several-ips/egress.yaml");
+    let all_placed = |e: &serde_json::Value| {
+        let g = gateways_of(e);
+        let nodes: BTreeSet<_> = g.iter().filter_map(|(_, n)| n.clone()).collect();
+        g.len() == 4 && nodes.len() == 4
+    };
+    let e = lab.wait_egress("spread", all_placed);
+    let before = gateways_of(&e);
+    let ips: Vec<&str> = before.iter().map(|(ip, _)| ip.as_str()).collect();
+    assert_eq!(ips, ["10.10.0.40", "10.10.0.41", "10.10.0.42", "10.10.0.43"], "{e:#}");
+    assert_eq!(e["status"]["egressIP"], "10.10.0.40");
+    // Each pod leaves with one of the four; together they use several.
+    let pods: Vec<String> = (0..8).map(|i| format!("spread/app-{i}")).collect();
+    let seen: BTreeMap<&str, String> = pods.iter().map(|p| (p.as_str(), lab.whoami(p, "db-a"))).collect();
+    for (p, ip) in &seen {
+        assert!(ips.contains(&ip.as_str()), "{p} left as {ip}");
+    }
+    let used: BTreeSet<&String> = seen.values().collect();
+    assert!(used.len() >= 2, "{seen:?}");
+    // The datapath says the same as the plan on a worker.
+    let view = lab.ok(&["get", "datapath", "--node", "node-1"]);
+    assert!(view.contains("Drift against the plan: none"), "{view}");
+
+    // Kill the gateway of an IP that pods use: it moves to another gateway; its pods come back
+    // with the same address; the other pods never change address or gateway.
+    let (victim_ip, victim) = before.iter().find(|(ip, _)| used.contains(ip)).cloned().unwrap();
+    let victim = victim.unwrap();
+    lab.ok(&["lab", "kill-node", &victim]);
+    for (p, ip) in &seen {
+        lab.wait_source(p, "db-a", ip, &format!("{p} did not come back as {ip} after killing {victim}"));
+    }
+    let moved =
+        lab.wait_egress("spread", |e| gateways_of(e).iter().all(|(_, n)| n.as_ref().is_some_and(|n| *n != victim)));
+    let after = gateways_of(&moved);
+    for ((ip, n0), (ip2, n1)) in before.iter().zip(&after) {
+        assert_eq!(ip, ip2);
+        if *ip == victim_ip {
+            assert_ne!(n1, n0, "{ip} moved off {victim}");
+        } else {
+            assert_eq!(n1, n0, "{ip} stayed where it was");
+        }
+    }
+    let assigned = condition(&moved, "IPAssigned");
+    assert!(assigned["message"].as_str().unwrap().contains("share a gateway"), "{assigned:#}");
+    // One live holder (the dead node's last report still lists it).
+    let h = holders(&lab, &victim_ip);
+    assert_eq!(h.iter().filter(|n| **n != victim).count(), 1, "{h:?}");
+
+    // Back: it takes its IP back; the status is as at first.
+    lab.ok(&["lab", "restore-node", &victim]);
+    lab.wait_egress("spread", |e| gateways_of(e) == before);
+    for (p, ip) in &seen {
+        lab.wait_source(p, "db-a", ip, &format!("{p} did not stay {ip} after {victim} came back"));
+    }
 }
 
 /// Bits per second iperf3 received from `pod` to db-a (the first two seconds left out).
