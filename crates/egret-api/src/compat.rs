@@ -363,7 +363,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     if c.spec.selectors.is_empty() {
         return Err(unsupported("spec.selectors", "at least one selector is required"));
     }
-    let several = c.spec.egress_gateways.len() > 0;
+    let several = !c.spec.egress_gateways.is_empty();
     let mut out = Vec::new();
     let (mut pools, mut ips) = (Vec::new(), Vec::new());
     for (i, (gw, at)) in gateways.iter().enumerate() {
