@@ -1735,7 +1735,7 @@ impl Index {
                         .clone()
                 };
                 // One choice per Egress for this address (its blocks are mostly adjacent).
-                let mut chosen: Option<(&Arc<planner::Choices>, (Option<IpAddr>, Option<Arc<str>>))> = None;
+                let mut chosen: Option<(&Arc<planner::Choices>, planner::Chosen)> = None;
                 for (dest, (egress, choices, _)) in entries.iter() {
                     let (egress_ip, gateway) = match &chosen {
                         Some((c, x)) if Arc::ptr_eq(c, choices) => x.clone(),

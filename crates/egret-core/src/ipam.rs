@@ -72,9 +72,10 @@ pub fn allocate(pools: &BTreeMap<String, Pool>, egresses: &BTreeMap<String, Egre
     let mut order: Vec<&Egress> = egresses.values().collect();
     order.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
     // Per Egress, per IP spec: the outcome once decided.
-    let mut slots: BTreeMap<&str, Vec<Option<Result<Allocated, AllocFailure>>>> =
+    type Slot = Option<Result<Allocated, AllocFailure>>;
+    let mut slots: BTreeMap<&str, Vec<Slot>> =
         order.iter().map(|e| (e.name.as_str(), vec![None; e.ips.len()])).collect();
-    let mut each = |f: &mut dyn FnMut(&Egress, &IpSpec, &mut Option<Result<Allocated, AllocFailure>>)| {
+    let mut each = |f: &mut dyn FnMut(&Egress, &IpSpec, &mut Slot)| {
         for e in &order {
             let Some(out) = slots.get_mut(e.name.as_str()) else { continue };
             for (spec, slot) in e.ips.iter().zip(out.iter_mut()) {

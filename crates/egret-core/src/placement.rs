@@ -92,7 +92,7 @@ pub fn place_group(group: &[Request]) -> Vec<Option<String>> {
 /// Places every group ([`place_group`]). An IP in several groups (a static IP two Egresses
 /// share) is where the first group by address order puts it.
 pub fn place(groups: &[Vec<Request>]) -> BTreeMap<IpAddr, Option<String>> {
-    place_with(groups, |g| place_group(g))
+    place_with(groups, place_group)
 }
 
 /// [`place`] with the placement of one group supplied (the index memoises it).

@@ -149,6 +149,9 @@ impl EgressOutcome {
     }
 }
 
+/// What a pod address uses: its egress IP and gateway (`None`: dropped or not steered).
+pub type Chosen = (Option<IpAddr>, Option<Arc<str>>);
+
 /// The egress IPs of one Egress and one family that its pods choose from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Choices {
@@ -174,7 +177,7 @@ impl Choices {
     /// What traffic from the pod address `source` uses: one of the IPs with a gateway, by a
     /// stable hash of the address, so a pod keeps its IP while that IP has a gateway; with
     /// none, the IP it would use, and no gateway (dropped, or not steered); `None` without IPs.
-    pub fn choose(&self, source: &IpAddr) -> (Option<IpAddr>, Option<Arc<str>>) {
+    pub fn choose(&self, source: &IpAddr) -> Chosen {
         if let Some(i) = placement::pick(source, &self.live, |c| c.0) {
             let (ip, node) = &self.live[i];
             return (Some(*ip), Some(node.clone()));
@@ -758,7 +761,7 @@ pub fn plan(inp: &Inputs) -> Plan {
                 }
             };
             // One choice per Egress for this address, whatever the number of its blocks.
-            let mut chosen: Option<(usize, (Option<IpAddr>, Option<Arc<str>>))> = None;
+            let mut chosen: Option<(usize, Chosen)> = None;
             for &(dest, i) in part.iter() {
                 let (egress_ip, gateway) = match &chosen {
                     Some((j, c)) if *j == i => c.clone(),
