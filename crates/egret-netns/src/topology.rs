@@ -203,9 +203,11 @@ pub fn plumb_pod(node: &Netns, pod_cidr: Ipv4Net, pod: &Netns, ip: Ipv4Addr, vet
     node.ip(&["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod.name()])?;
     node.ip(&["addr", "add", &format!("{POD_GW6}/64"), "dev", veth, "nodad"])?;
     node.ip(&["link", "set", veth, "up"])?;
-    node.ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
+    // Replace, not add: a deleted pod's namespace (and so its veth and host routes) is torn
+    // down by the kernel a moment later; a new pod given its address must not wait for that.
+    node.ip(&["route", "replace", &format!("{ip}/32"), "dev", veth])?;
     let ip6 = pod_ip6(ip);
-    node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
+    node.ip(&["-6", "route", "replace", &format!("{ip6}/128"), "dev", veth])?;
     let gw = Ipv4Addr::from(u32::from(pod_cidr.network()) + 1).to_string();
     pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
     pod.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;

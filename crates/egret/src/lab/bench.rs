@@ -38,19 +38,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PERIOD: Duration = Duration::from_millis(15);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One probe attempt: when it started, and what the server saw (None: failed).
 type Sample = (Instant, Option<IpAddr>);
 
-struct Probe {
+pub(super) struct Probe {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Probe {
-    fn start(pod: &Netns, to: SocketAddr) -> anyhow::Result<Probe> {
+    pub(super) fn start(pod: &Netns, to: SocketAddr) -> anyhow::Result<Probe> {
+        Probe::every(pod, to, PERIOD)
+    }
+
+    /// A probe opening a connection every `period`.
+    pub(super) fn every(pod: &Netns, to: SocketAddr, period: Duration) -> anyhow::Result<Probe> {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, v) = (stop.clone(), samples.clone());
@@ -72,7 +77,7 @@ impl Probe {
                         g.push((started, seen));
                     }
                 });
-                next += PERIOD;
+                next += period;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         })?;
@@ -80,7 +85,7 @@ impl Probe {
     }
 
     /// Attempts started at or after `since`, by start time.
-    fn since(&self, since: Instant) -> Vec<Sample> {
+    pub(super) fn since(&self, since: Instant) -> Vec<Sample> {
         let mut v: Vec<Sample> =
             self.samples.lock().map(|g| g.iter().filter(|(t, _)| *t >= since).copied().collect()).unwrap_or_default();
         v.sort_by_key(|(t, _)| *t);
@@ -131,7 +136,7 @@ fn egress_status(st: &LabState, egress: &str) -> anyhow::Result<(IpAddr, String)
 /// The longest outage among `samples` (sorted by start time): from the start of the first bad
 /// attempt of a run to the start of the next attempt that saw `ip`. A run still open at the end
 /// counts up to the last attempt. Zero if every attempt saw `ip`.
-fn longest_outage(samples: &[Sample], ip: IpAddr) -> Duration {
+pub(super) fn longest_outage(samples: &[Sample], ip: IpAddr) -> Duration {
     let mut worst = Duration::ZERO;
     let mut bad_since: Option<Instant> = None;
     for (t, seen) in samples {

@@ -17,6 +17,7 @@ mod logs;
 mod monitoring;
 mod scale;
 mod scrapebench;
+mod spreadbench;
 mod state;
 
 use crate::table;
@@ -192,6 +193,17 @@ pub enum BenchCmd {
         #[arg(long, default_value = "egress-prod-web")]
         egress: String,
     },
+    /// One Egress with four egress IPs on four gateways and many pods: kill one gateway per
+    /// trial, count the pods that moved and the gaps of those and of the others (adds its
+    /// pods, pool and Egress; removes them afterwards).
+    Spread {
+        /// Number of trials (each kills one gateway, in turn).
+        #[arg(long, default_value = "20")]
+        trials: usize,
+        /// Pods, alternating between node-1 and node-2.
+        #[arg(long, default_value = "24")]
+        pods: usize,
+    },
     /// Store change -> datapath programmed on every node (adds a bench pod to every node so
     /// that every change changes every node's datapath; removes them afterwards).
     Latency {
@@ -284,6 +296,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCmd::Bench { what: BenchCmd::Latency { trials, object } } => bench::latency(name, trials, object),
         LabCmd::Bench { what: BenchCmd::Failover { trials, egress } } => bench::failover(name, trials, &egress),
         LabCmd::Bench { what: BenchCmd::Scale { div } } => scale::run(div),
+        LabCmd::Bench { what: BenchCmd::Spread { trials, pods } } => spreadbench::run(name, trials, pods),
         LabCmd::Bench { what: BenchCmd::Scrape { egresses, samples, trials, scrape_interval_ms } } => {
             scrapebench::run(name, egresses, samples, trials, Duration::from_millis(scrape_interval_ms))
         }
