@@ -5,7 +5,7 @@
 //!   rtnetlink ([`link`]),
 //! - one nftables table `inet egret` in one atomic `nft -j -f -` transaction ([`nft`]),
 //! - gratuitous ARP / unsolicited NA for egress IPs this node starts hosting ([`announce`]),
-//! - deletion of the conntrack entries of established flows the new plan steers differently
+//! - then deletion of the conntrack entries of established flows the new plan steers differently
 //!   ([`conntrack`]),
 //!
 //! then reads everything back and verifies it. Only what differs is changed, so a resync or a
@@ -429,15 +429,10 @@ impl Datapath {
         }
         self.last_nft = Some(want_nft);
 
-        // 3. Established flows the new plan steers differently lose their conntrack entries
-        // (after the new state is in place, so their next packet follows the new plan).
-        if let Some(old) = &self.last_plan {
-            end_changed_flows(&cfg, old, plan, &mut report)?;
-        }
-        self.last_plan = Some(plan.clone());
-
-        // 4. Announce addresses this node starts hosting (and, after a restart, all of them:
-        // the previous instance may have died before announcing).
+        // 3. Announce addresses this node starts hosting (and, after a restart, all of them:
+        // the previous instance may have died before announcing). Before the conntrack step,
+        // which lists the whole table: on a busy gateway taking over an IP that took hundreds
+        // of milliseconds, during which the router still sent the IP's traffic to the dead node.
         let hosted: BTreeSet<IpAddr> = plan.hosted.iter().map(|h| h.ip).collect();
         if let Ok(mut h) = self.hosting.lock() {
             h.clone_from(&hosted);
@@ -450,6 +445,13 @@ impl Datapath {
             report.announce_failed = announce_all(&cfg, &links, &ips, self.hosting.clone())?;
             report.announced = ips;
         }
+
+        // 4. Established flows the new plan steers differently lose their conntrack entries
+        // (after the new state is in place, so their next packet follows the new plan).
+        if let Some(old) = &self.last_plan {
+            end_changed_flows(&cfg, old, plan, &mut report)?;
+        }
+        self.last_plan = Some(plan.clone());
         report.elapsed = start.elapsed();
         if !report.changes.is_empty() || !report.drift.is_empty() {
             tracing::info!(
