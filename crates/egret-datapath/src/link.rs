@@ -605,8 +605,18 @@ impl Net {
         .map_err(nl(what))
     }
 
+    /// Create or replace: the kernel may hold a resolved or failed (not permanent, so not
+    /// Egret's) entry for the address, left by traffic to a peer while it was not needed; a
+    /// plain add then fails with "File exists" on every sync.
     async fn add_neighbour(&self, dev: u32, ip: IpAddr, mac: &[u8; 6]) -> Result<(), rtnetlink::Error> {
-        self.handle.neighbours().add(dev, ip).link_layer_address(mac).state(NeighbourState::Permanent).execute().await
+        self.handle
+            .neighbours()
+            .add(dev, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
     }
 
     /// A rule `fwmark MARK/MASK lookup TABLE` at `prio` of `family`.

@@ -180,3 +180,40 @@ fn moving_the_gateway_moves_new_connections_and_the_routers_neighbour_entry() {
         "the new connection went through the new gateway"
     );
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_kernel_made_neighbour_entry_for_a_peer_is_replaced_not_a_sync_failure() {
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("steer-neigh", 2).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(2, &[2]);
+    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
+        "eg-web",
+        "web",
+        "pool",
+        &[],
+        &[],
+    );
+    let plan = c.plan();
+    let eip = egress_ip(&plan, "eg-web");
+    let mut dps = datapaths(2);
+    sync_all(&topo, &mut dps, &plan);
+    // Node 1's permanent entry for its peer becomes one the kernel could have made by
+    // resolving the address itself (stale, another MAC), as after the peer was dropped while
+    // traffic still went to it: not Egret's, so the next sync adds its own over it.
+    let ns = &topo.node(1).ns;
+    let permanent = |ns: &Netns| ns.ip(&["neigh", "show", "dev", "egret-vxlan", "nud", "permanent"]).unwrap();
+    let entry = permanent(ns);
+    let (peer, mac) = {
+        let w: Vec<&str> = entry.split_whitespace().collect();
+        (w[0].to_string(), w[w.iter().position(|x| *x == "lladdr").unwrap() + 1].to_string())
+    };
+    ns.ip(&["neigh", "replace", &peer, "lladdr", "02:00:00:00:00:01", "dev", "egret-vxlan", "nud", "stale"]).unwrap();
+    assert!(permanent(ns).trim().is_empty());
+    let r = sync(&topo, &mut dps[0], 1, &plan);
+    assert!(r.drift.iter().any(|d| d.contains("neighbour")), "{:?}", r.drift);
+    assert!(permanent(ns).contains(&format!("{peer} lladdr {mac}")), "{}", permanent(ns));
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    assert_eq!(whoami(web1, to(DB_A, WHOAMI_PORT), T).unwrap(), eip);
+}

@@ -200,17 +200,33 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
         let after = settled_gateways(&st, Duration::from_secs(10))?;
         let moved: BTreeSet<usize> = (0..pods).filter(|&i| after.get(&own[i]) != gateways.get(&own[i])).collect();
         let mut worst = Duration::ZERO;
+        // Where the worst outage of another pod was: the pod, and when its first failed attempt
+        // started, after the kill.
+        let mut worst_at: Option<(usize, Duration)> = None;
         let mut changed = 0usize;
         for i in (0..pods).filter(|i| !users.contains(i)) {
             let during: Vec<_> = probes[i].1.since(cut.killed_at).into_iter().filter(|(t, _)| *t <= until).collect();
-            worst = worst.max(longest_outage(&during, own[i]));
+            let o = longest_outage(&during, own[i]);
+            if o > worst {
+                worst = o;
+                let first_bad = during.iter().find(|(_, s)| *s != Some(own[i])).map(|(t, _)| *t - cut.killed_at);
+                worst_at = first_bad.map(|t| (i, t));
+            }
             if during.iter().any(|(_, s)| s.is_some() && *s != Some(own[i])) {
                 changed += 1;
             }
         }
         let gaps: Vec<u64> = recovered.values().map(|d| d.as_millis() as u64).collect();
+        let where_ = worst_at.map_or(String::new(), |(i, t)| {
+            format!(
+                " ({} from +{} ms, via {})",
+                keys[i],
+                t.as_millis(),
+                gateways.get(&own[i]).map_or("?", String::as_str)
+            )
+        });
         outln!(
-            "trial {trial:>3}: killed {victim} ({victim_ip}, now on {}): moved {} of {pods} pods ({} used {victim_ip}), gaps {} ms; the other {}: longest gap {} ms, {changed} changed address",
+            "trial {trial:>3}: killed {victim} ({victim_ip}, now on {}): moved {} of {pods} pods ({} used {victim_ip}), gaps {} ms; the other {}: longest gap {} ms{where_}, {changed} changed address",
             after.get(&victim_ip).map_or("?", String::as_str),
             moved.len(),
             users.len(),
