@@ -17,7 +17,9 @@
 //! - per other pod, its longest outage (a run of attempts that failed or left with another
 //!   address) from the kill until 2 s after the last moved pod recovered: zero when none
 //!   failed (the probe cannot see a gap shorter than its 40 ms period), and whether its
-//!   address ever changed.
+//!   address ever changed;
+//! - as a control, how many attempts of all pods failed in a quiet 2 s window just before the
+//!   kill, with every gateway up (the lab's own noise).
 //!
 //! Then the node is brought back, takes its IP back, and the probes stop.
 
@@ -34,6 +36,8 @@ use std::time::{Duration, Instant};
 const NS: &str = "egret-spread";
 const EGRESS: &str = "egret-spread";
 const PERIOD: Duration = Duration::from_millis(40);
+/// The control window before each kill.
+const QUIET: Duration = Duration::from_secs(2);
 const GATEWAYS: [&str; 4] = ["node-3", "node-4", "node-5", "node-6"];
 const IPS: [&str; 4] = ["10.10.0.40", "10.10.0.41", "10.10.0.42", "10.10.0.43"];
 
@@ -156,6 +160,7 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
     let mut moved_gaps: Vec<u64> = Vec::new();
     let mut others_worst: Vec<u64> = Vec::new();
     let (mut moved_total, mut expected_total, mut changed_total) = (0usize, 0usize, 0usize);
+    let (mut quiet_failed_total, mut quiet_total) = (0usize, 0usize);
     for trial in 1..=trials {
         let gateways = settled_gateways(&st, Duration::from_secs(30))?;
         let probes: Vec<(String, Probe)> = keys
@@ -168,6 +173,16 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
         let own = steady(&probes, Duration::from_millis(400), Duration::from_secs(15))?;
         if let Some((k, ip)) = keys.iter().zip(&own).find(|(_, ip)| !gateways.contains_key(ip)) {
             bail!("{k} leaves as {ip}, not one of the Egress's IPs");
+        }
+        // A quiet window first, as a control: attempts that fail with no gateway dying (the
+        // lab's own noise: a busy machine, the whoami server's backlog).
+        let quiet_from = Instant::now();
+        std::thread::sleep(QUIET + ATTEMPT_TIMEOUT);
+        let (mut quiet_failed, mut quiet_all) = (0usize, 0usize);
+        for (i, (_, p)) in probes.iter().enumerate() {
+            let window: Vec<_> = p.since(quiet_from).into_iter().filter(|(t, _)| *t <= quiet_from + QUIET).collect();
+            quiet_all += window.len();
+            quiet_failed += window.iter().filter(|(_, s)| *s != Some(own[i])).count();
         }
         let victim_ip: IpAddr = IPS[(trial - 1) % IPS.len()].parse()?;
         let victim = gateways.get(&victim_ip).cloned().context("victim IP unplaced")?;
@@ -212,8 +227,14 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
                 let first_bad = during.iter().find(|(_, s)| *s != Some(own[i])).map(|(t, _)| *t - cut.killed_at);
                 worst_at = first_bad.map(|t| (i, t));
             }
-            if during.iter().any(|(_, s)| s.is_some() && *s != Some(own[i])) {
+            if let Some((t, Some(other))) = during.iter().find(|(_, s)| s.is_some() && *s != Some(own[i])) {
                 changed += 1;
+                outln!(
+                    "  {} (own {}) left as {other} at +{} ms",
+                    keys[i],
+                    own[i],
+                    t.saturating_duration_since(cut.killed_at).as_millis()
+                );
             }
         }
         let gaps: Vec<u64> = recovered.values().map(|d| d.as_millis() as u64).collect();
@@ -226,14 +247,17 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
             )
         });
         outln!(
-            "trial {trial:>3}: killed {victim} ({victim_ip}, now on {}): moved {} of {pods} pods ({} used {victim_ip}), gaps {} ms; the other {}: longest gap {} ms{where_}, {changed} changed address",
+            "trial {trial:>3}: killed {victim} ({victim_ip}, now on {}): moved {} of {pods} pods ({} used {victim_ip}), gaps {} ms; the other {}: longest gap {} ms{where_}, {changed} changed address; quiet {} s before: {quiet_failed} of {quiet_all} attempts failed",
             after.get(&victim_ip).map_or("?", String::as_str),
             moved.len(),
             users.len(),
             gaps.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
             pods - users.len(),
             worst.as_millis(),
+            QUIET.as_secs(),
         );
+        quiet_failed_total += quiet_failed;
+        quiet_total += quiet_all;
         moved_total += moved.len();
         expected_total += users.len();
         changed_total += changed;
@@ -265,6 +289,10 @@ fn trials_of(name: &str, trials: usize, pods: usize) -> anyhow::Result<ExitCode>
         "the other pods: longest gap per trial p50 {} ms, max {} ms; {changed_total} changed address",
         percentile(&others_worst, 50.0),
         others_worst.last().copied().unwrap_or(0)
+    );
+    outln!(
+        "control: {quiet_failed_total} of {quiet_total} attempts failed in the quiet windows ({} s before each kill, no gateway dying)",
+        QUIET.as_secs()
     );
     Ok(if moved_total == expected_total && changed_total == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
