@@ -2431,13 +2431,43 @@ mod tests {
     /// One step of a random history.
     #[derive(Debug, Clone)]
     enum Op {
-        Pod { ns: usize, name: usize, app: usize, node: usize, ip6: bool, dup: bool },
-        DeletePod { ns: usize, name: usize },
-        Namespace { ns: usize, env: usize },
-        Egress { name: usize, ns_env: Option<usize>, app: Option<usize>, dest: usize, pool: bool, created: i64 },
-        DeleteEgress { name: usize },
-        NodeLabel { node: usize, gw: bool },
-        Live { node: usize, up: bool },
+        Pod {
+            ns: usize,
+            name: usize,
+            app: usize,
+            node: usize,
+            ip6: bool,
+            dup: bool,
+        },
+        DeletePod {
+            ns: usize,
+            name: usize,
+        },
+        Namespace {
+            ns: usize,
+            env: usize,
+        },
+        /// `ips`: 0 a static IP, 1 one from pool `p`, 2 one from each of `p` and `q` (spread),
+        /// 3 one from each of `p` and `p6` (dual-stack).
+        Egress {
+            name: usize,
+            ns_env: Option<usize>,
+            app: Option<usize>,
+            dest: usize,
+            ips: usize,
+            created: i64,
+        },
+        DeleteEgress {
+            name: usize,
+        },
+        NodeLabel {
+            node: usize,
+            gw: bool,
+        },
+        Live {
+            node: usize,
+            up: bool,
+        },
     }
 
     const NS: [&str; 3] = ["prod", "staging", "default"];
@@ -2452,8 +2482,8 @@ mod tests {
                 .prop_map(|(ns, name, app, node, ip6, dup)| Op::Pod { ns, name, app, node, ip6, dup }),
             1 => (0..3usize, 0..6usize).prop_map(|(ns, name)| Op::DeletePod { ns, name }),
             1 => (0..3usize, 0..2usize).prop_map(|(ns, env)| Op::Namespace { ns, env }),
-            3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, any::<bool>(), 0..4i64)
-                .prop_map(|(name, ns_env, app, dest, pool, created)| Op::Egress { name, ns_env, app, dest, pool, created }),
+            3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, 0..4usize, 0..4i64)
+                .prop_map(|(name, ns_env, app, dest, ips, created)| Op::Egress { name, ns_env, app, dest, ips, created }),
             1 => (0..5usize).prop_map(|name| Op::DeleteEgress { name }),
             1 => (0..6usize, any::<bool>()).prop_map(|(node, gw)| Op::NodeLabel { node, gw }),
             1 => (0..6usize, any::<bool>()).prop_map(|(node, up)| Op::Live { node, up }),
@@ -2485,9 +2515,14 @@ mod tests {
             Op::Namespace { ns, env } => {
                 ix.apply(Change::Namespaces(Event::Apply(mk_ns(NS[ns], &[("env", ENVS[env])]))))
             }
-            Op::Egress { name, ns_env, app, dest, pool, created } => {
-                let ip = (!pool).then(|| format!("10.10.0.{}", 104 + name % 3));
-                let mut e = mk_egress(&format!("e{name}"), pool.then_some("p"), ip.as_deref());
+            Op::Egress { name, ns_env, app, dest, ips, created } => {
+                let ip = (ips == 0).then(|| format!("10.10.0.{}", 104 + name % 3));
+                let mut e = mk_egress(&format!("e{name}"), (ips == 1).then_some("p"), ip.as_deref());
+                match ips {
+                    2 => e.spec.external_ip_pools = vec!["p".into(), "q".into()],
+                    3 => e.spec.external_ip_pools = vec!["p".into(), "p6".into()],
+                    _ => {}
+                }
                 e.spec.applied_to.namespace_selector = ns_env.map(|i| mk_match(&[("env", ENVS[i])]));
                 e.spec.applied_to.pod_selector = app.map(|i| mk_match(&[("app", APPS[i])]));
                 e.spec.destination_cidrs = DESTS[dest].iter().map(|s| s.to_string()).collect();
@@ -2525,6 +2560,9 @@ mod tests {
             let mut pool = mk_pool("p", &[("10.10.0.11", "10.10.0.13")], &[]);
             pool.spec.node_selector = mk_match(&[("network-role", "egress-gateway")]);
             ix.apply(Change::Pools(Event::Apply(pool)));
+            // Any node for `q`; IPv6 for `p6` (nodes without IPv6: its IPs go unplaced).
+            ix.apply(Change::Pools(Event::Apply(mk_pool("q", &[("10.10.0.14", "10.10.0.16")], &[]))));
+            ix.apply(Change::Pools(Event::Apply(mk_pool("p6", &[], &["fd00:10::/125"]))));
             for (i, op) in ops.into_iter().enumerate() {
                 run(&mut ix, op);
                 if i % check_every == 0 {
@@ -2532,6 +2570,8 @@ mod tests {
                 }
             }
             assert_same_as_planner(&mut ix);
+            // The generated Egresses are all valid (several IPs, dual-stack included).
+            prop_assert!(ix.validation_problems().is_empty(), "{:?}", ix.validation_problems());
             let (pools, egresses) = ix.all_objects();
             let nodes: Vec<Node> = ix.nodes.clone();
             let (_, whole) = planner::plan_objects(&pools, &egresses, &nodes, &[], &[], &ix.live, &ix.config);

@@ -572,8 +572,10 @@ pub(crate) fn partition(matched: &[usize], egresses: &[&Egress], family: Family)
         if !e.serves(family) {
             continue;
         }
-        entries.extend(e.excluded.iter().map(|x| (x.prefix_len(), i, false, Span::of_net(x))));
-        entries.extend(e.destinations.iter().map(|d| (d.prefix_len(), i, true, Span::of_net(d))));
+        // A dual-stack Egress lists blocks of both families: only this family's count here.
+        let of_family = |n: &&IpNet| Family::of_net(n) == family;
+        entries.extend(e.excluded.iter().filter(of_family).map(|x| (x.prefix_len(), i, false, Span::of_net(x))));
+        entries.extend(e.destinations.iter().filter(of_family).map(|d| (d.prefix_len(), i, true, Span::of_net(d))));
     }
     entries.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut claimed = SpanSet::new();
@@ -1271,6 +1273,32 @@ mod tests {
             .map(|r| format!("{} {} {}", r.source_ip, r.destination, r.egress))
             .collect();
         assert_eq!(web1, vec!["10.244.1.10 0.0.0.0/0 e4", "fd00:244:1::10 ::/0 e6"]);
+    }
+
+    #[test]
+    fn a_dual_stack_egress_steers_each_family_with_its_own_ip() {
+        let mut f = Fixture::lab();
+        f.pods[0].ips.push("fd00:244:1::10".parse().unwrap());
+        for (i, n) in f.nodes.iter_mut().enumerate() {
+            n.internal_ips.push(format!("fd00:10:10::{}", 101 + i).parse().unwrap());
+        }
+        f.pools.push(mk_pool("p6", &[], &["fd00:10::/124"]));
+        f.pools.push(mk_pool("p4", &[("10.10.0.11", "10.10.0.20")], &[]));
+        let mut e = ns_egress("dual", "prod", Some("web"), None, None);
+        e.spec.external_ip_pools = vec!["p4".into(), "p6".into()];
+        f.egresses = vec![e];
+        let p = f.plan();
+        let web1: Vec<String> = p
+            .rules
+            .iter()
+            .filter(|r| r.source_node.as_deref() == Some("node-1"))
+            .map(|r| format!("{} {} {}", r.source_ip, r.destination, r.egress_ip.unwrap()))
+            .collect();
+        assert_eq!(web1, vec!["10.244.1.10 0.0.0.0/0 10.10.0.11", "fd00:244:1::10 ::/0 fd00:10::1"]);
+        let o = outcome(&p, "dual");
+        assert_eq!(o.ips.len(), 2);
+        assert_ne!(o.ips[0].node, o.ips[1].node, "each IP on its own gateway: {o:?}");
+        assert!(o.ips.iter().all(|i| i.node.is_some()));
     }
 
     #[test]

@@ -630,6 +630,28 @@ fn several_egress_ips_spread_pods_over_gateways_and_a_dead_gateway_moves_only_it
     }
 }
 
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn one_dual_stack_egress_and_ciliums_several_gateways() {
+    let lab = Lab::up();
+    // Antrea's dual-stack form: one pool per family, each IP on its own gateway.
+    lab.apply("examples/several-ips/dual-stack.yaml");
+    let e = lab.wait_egress("prod-web-dual", |e| gateways_of(e).iter().all(|(_, n)| n.is_some()));
+    let g = gateways_of(&e);
+    assert_eq!(g.iter().map(|(ip, _)| ip.as_str()).collect::<Vec<_>>(), ["10.10.0.45", "fd00:10:10::d1"], "{e:#}");
+    assert_ne!(g[0].1, g[1].1, "{e:#}");
+    for pod in ["prod/web-1", "prod/web-2"] {
+        assert_eq!(lab.whoami(pod, "db-a"), "10.10.0.45", "{pod}");
+        assert_eq!(lab.whoami(pod, "db-a6"), "fd00:10:10::d1", "{pod}");
+    }
+    // Cilium's egressGateways: the spread pods leave through both gateways' IPs.
+    lab.apply("examples/several-ips/pods.yaml");
+    lab.apply("examples/several-ips/cilium.yaml");
+    lab.wait_egress("spread-cilium", |e| gateways_of(e).iter().filter(|(_, n)| n.is_some()).count() == 2);
+    let seen: BTreeSet<String> = (0..8).map(|i| lab.whoami(&format!("spread/app-{i}"), "db-a")).collect();
+    assert_eq!(seen, BTreeSet::from(["10.10.0.50".to_string(), "10.10.0.51".to_string()]));
+}
+
 /// Bits per second iperf3 received from `pod` to db-a (the first two seconds left out).
 fn iperf(lab: &Lab, pod: &str, secs: u32) -> f64 {
     let out = exec(lab, pod, &["iperf3", "-c", "203.0.113.5", "-t", &secs.to_string(), "-O", "2", "-J"]);
