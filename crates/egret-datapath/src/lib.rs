@@ -138,6 +138,8 @@ pub struct SyncReport {
     pub skipped: Vec<nft::Skip>,
     /// Addresses announced (gratuitous ARP / unsolicited NA; repeats follow in the background).
     pub announced: Vec<IpAddr>,
+    /// When their first announcement went out (the moment a new holder takes over).
+    pub announced_at: Option<Instant>,
     /// Addresses whose first announcement failed on every try (the repeats still follow).
     pub announce_failed: Vec<IpAddr>,
     /// Established flows whose conntrack entries were deleted because the plan now steers
@@ -443,6 +445,7 @@ impl Datapath {
         if !to_announce.is_empty() {
             let ips: Vec<IpAddr> = to_announce.into_iter().collect();
             report.announce_failed = announce_all(&cfg, &links, &ips, self.hosting.clone())?;
+            report.announced_at = Some(Instant::now());
             report.announced = ips;
         }
 

@@ -322,6 +322,9 @@ impl Loop {
             .context("starting the heartbeat thread")?;
         let mut conflicts_seen: HashSet<(IpAddr, Vec<String>)> = HashSet::new();
         let mut announced: Option<(Vec<IpAddr>, bool)> = None;
+        // When the last sync sent the first gratuitous ARP / NA of IPs it started hosting: a
+        // take-over is timed to it, not to the end of the sync (which then ends changed flows).
+        let mut arp_at: Option<Instant> = None;
         // Work only when something may have changed: a store or membership event (wake), a
         // change of the live set or of the right to host, a failed sync to retry, or the
         // periodic check that repairs drift made behind our back.
@@ -372,6 +375,7 @@ impl Loop {
                             health_of_sync.record(result.is_ok(), Instant::now());
                             match result {
                                 Ok(r) => {
+                                    arp_at = r.announced_at;
                                     metrics.syncs.get_or_create(&vec![("result".into(), "ok".into())]).inc();
                                     metrics.last_sync.set(unix_seconds());
                                     for (map, n) in &r.map_elements {
@@ -521,7 +525,7 @@ impl Loop {
                     match rt.block_on(handle.announce(state.0.clone(), state.1)) {
                         Ok(()) => {
                             let before = announced.as_ref().map(|a| a.0.as_slice()).unwrap_or_default();
-                            for (ip, took) in deaths.takeovers(before, &state.0, Instant::now()) {
+                            for (ip, took) in deaths.takeovers(before, &state.0, arp_at.unwrap_or_else(Instant::now)) {
                                 let egresses = last.as_ref().map(|p| p.egresses_of_ip(ip)).unwrap_or_default();
                                 info!(%ip, %egresses, took_ms = took.as_millis() as u64, "took over an egress IP of a dead node");
                                 metrics.failovers.get_or_create(&vec![("egress_ip".into(), ip.to_string())]).inc();
