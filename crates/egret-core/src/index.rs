@@ -218,6 +218,10 @@ struct Group {
     version: u64,
 }
 
+/// A gateway asking for the rules it serves: its name and the ranks of the Egresses with an
+/// IP on it.
+type Served<'a> = (&'a str, &'a BTreeSet<usize>);
+
 /// The rules one group contributes to one node's plan.
 type GroupRules = Arc<Vec<Rule>>;
 
@@ -1523,7 +1527,7 @@ impl Index {
         // Per rank and family.
         let mut resolved: Vec<Option<Resolved>> = vec![None; 2 * self.objects.as_ref().map_or(0, |o| o.order.len())];
         for (gid, keys) in &local {
-            self.cached_group_rules(*gid, None, keys, None, &mut old, &mut cache, &mut resolved, &mut rules);
+            self.cached_group_rules(*gid, None, keys, &mut old, &mut cache, &mut resolved, &mut rules);
         }
         // Egresses this node is the gateway of, by rank.
         let served: Vec<(Arc<str>, usize)> = match (&self.outcomes, &self.objects) {
@@ -1538,16 +1542,7 @@ impl Index {
             served.iter().flat_map(|(name, _)| self.egress_groups.get(name).into_iter().flatten().copied()).collect();
         let ranks: BTreeSet<usize> = served.iter().map(|(_, r)| *r).collect();
         for gid in gids {
-            self.cached_group_rules(
-                gid,
-                Some(node),
-                &[],
-                Some(&ranks),
-                &mut old,
-                &mut cache,
-                &mut resolved,
-                &mut rules,
-            );
+            self.cached_group_rules(gid, Some((node, &ranks)), &[], &mut old, &mut cache, &mut resolved, &mut rules);
         }
         self.plan_cache.push((node.to_string(), cache));
         if self.plan_cache.len() > CACHED_NODES {
@@ -1558,28 +1553,27 @@ impl Index {
 
     /// [`Index::group_rules`] through the node's cache: a group unchanged since the node's
     /// last plan (same version, same epoch) gives its rules again without recomputing them.
-    /// `served_by` is the node when it serves the group as a gateway: the group's pods on other
+    /// `served` is given when the node serves the group as a gateway: the group's pods on other
     /// nodes then count (gathered only when recomputing); otherwise `keys` are the pods.
     #[allow(clippy::too_many_arguments)]
     fn cached_group_rules(
         &mut self,
         gid: GroupId,
-        served_by: Option<&str>,
+        served: Option<Served>,
         keys: &[PodId],
-        only: Option<&BTreeSet<usize>>,
         old: &mut NodeCache,
         cache: &mut NodeCache,
         resolved: &mut [Option<Resolved>],
         out: &mut Vec<GroupRules>,
     ) {
         let Some(version) = self.groups.get(&gid).map(|g| g.version) else { return };
-        let key = (gid, served_by.is_some());
+        let key = (gid, served.is_some());
         let group = match old.groups.remove(&key) {
             Some((v, r)) if v == version => r,
             _ => {
                 let remote: Vec<PodId>;
-                let keys = match served_by {
-                    Some(node) => {
+                let keys = match served {
+                    Some((node, _)) => {
                         remote = self
                             .groups
                             .get(&gid)
@@ -1592,7 +1586,7 @@ impl Index {
                     None => keys,
                 };
                 let mut fresh = Vec::new();
-                self.group_rules(gid, keys, only.map(|o| (served_by.unwrap_or_default(), o)), resolved, &mut fresh);
+                self.group_rules(gid, keys, served, resolved, &mut fresh);
                 Arc::new(fresh)
             }
         };
@@ -1600,13 +1594,13 @@ impl Index {
         cache.groups.insert(key, (version, group));
     }
 
-    /// The rules of some pods of one group (only those decided by an Egress in `only`, when
-    /// given with the gateway asking, and whose pods use an IP on that gateway).
+    /// The rules of some pods of one group (for a gateway, `served`: only those decided by an
+    /// Egress it serves, whose pods use an IP on it).
     fn group_rules(
         &mut self,
         gid: GroupId,
         keys: &[PodId],
-        only: Option<(&str, &BTreeSet<usize>)>,
+        served: Option<Served>,
         resolved: &mut [Option<Resolved>],
         out: &mut Vec<Rule>,
     ) {
@@ -1645,8 +1639,7 @@ impl Index {
                 .collect()
         };
         let per_node = matched.iter().any(|(_, n)| n.is_some());
-        let gateway_asking = only.map(|(node, _)| node);
-        let only = only.map(|(_, o)| o);
+        let (gateway_asking, only) = (served.map(|(node, _)| node), served.map(|(_, ranks)| ranks));
         let mut resolve = |i: usize, family: Family| -> Resolved {
             let at = 2 * i + usize::from(family == Family::V6);
             if let Some(Some(r)) = resolved.get(at) {

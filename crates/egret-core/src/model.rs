@@ -240,6 +240,17 @@ impl Egress {
         self.families.contains(&family)
     }
 
+    /// The spec field that lists its IPs: several pools are listed only in `externalIPPools`,
+    /// several IPs of one pool (or none) in `egressIPs`; one IP in `egressIP`.
+    pub fn ips_field(&self) -> &'static str {
+        let pools: std::collections::BTreeSet<Option<&String>> = self.ips.iter().map(|s| s.pool.as_ref()).collect();
+        match (self.ips.len(), pools.len()) {
+            (0 | 1, _) => "spec.egressIP",
+            (_, 1) => "spec.egressIPs",
+            _ => "spec.externalIPPools",
+        }
+    }
+
     /// The overlap tie-break order: older first, then by name.
     pub fn age_key(&self) -> (Option<&Time>, &str) {
         (self.created.as_ref(), &self.name)

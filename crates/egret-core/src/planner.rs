@@ -104,6 +104,8 @@ pub struct EgressOutcome {
     pub conditions: Vec<Condition>,
     /// Its bandwidth limit, enforced on each gateway.
     pub bandwidth: Option<crate::model::Bandwidth>,
+    /// The spec field listing its IPs (see [`Egress::ips_field`]), for messages.
+    pub ips_field: &'static str,
 }
 
 /// Shown as its status is: `egressIP` and `egressNode` of the first IP, and every IP under
@@ -146,6 +148,21 @@ impl EgressOutcome {
     /// Whether `node` hosts any of its IPs.
     pub fn served_by(&self, node: &str) -> bool {
         self.ips.iter().any(|i| i.node.as_deref() == Some(node))
+    }
+
+    /// What `IPAssigned` adds when its pool IPs have fewer gateways than IPs (fewer live
+    /// eligible nodes than IPs): `None` while each is on a node of its own.
+    pub fn sharing_note(&self) -> Option<String> {
+        let hosts: Vec<&str> = self.ips.iter().filter(|i| i.from_pool).filter_map(|i| i.node.as_deref()).collect();
+        let distinct: BTreeSet<&str> = hosts.iter().copied().collect();
+        (distinct.len() < hosts.len()).then(|| {
+            format!(
+                "{}: {} egress IPs share {} gateways: fewer live eligible nodes than egress IPs, so some share a gateway",
+                self.ips_field,
+                hosts.len(),
+                distinct.len()
+            )
+        })
     }
 }
 
@@ -530,31 +547,20 @@ pub(crate) fn gateways_with(
                 ips.push(IpOutcome { ip: a.ip, node, from_pool: a.from_pool, subnet });
             }
         }
-        let mut assigned = combine(assigned);
+        let mut o = EgressOutcome {
+            name: e.name.clone(),
+            ips,
+            conditions: combine(allocated).into_iter().chain(combine(assigned)).collect(),
+            bandwidth: e.bandwidth,
+            ips_field: e.ips_field(),
+        };
         // Fewer live eligible nodes than IPs: some share a gateway (said on the object).
-        let hosts: Vec<&str> = ips.iter().filter(|i| i.from_pool).filter_map(|i| i.node.as_deref()).collect();
-        let distinct: BTreeSet<&str> = hosts.iter().copied().collect();
-        if let Some(c) = assigned.as_mut()
-            && distinct.len() < hosts.len()
+        if let Some(note) = o.sharing_note()
+            && let Some(c) = o.conditions.iter_mut().find(|c| c.type_ == egret_api::v1alpha1::IP_ASSIGNED)
         {
-            // Several pools are listed only in externalIPPools; several IPs of one pool in egressIPs.
-            let pools: BTreeSet<Option<&String>> = e.ips.iter().map(|s| s.pool.as_ref()).collect();
-            let field = if pools.len() > 1 { "spec.externalIPPools" } else { "spec.egressIPs" };
-            c.message.push_str(&format!(
-                "; {field}: {} egress IPs share {} gateways: fewer live eligible nodes than egress IPs",
-                hosts.len(),
-                distinct.len()
-            ));
+            c.message = format!("{}; {note}", c.message);
         }
-        out.insert(
-            e.name.clone(),
-            EgressOutcome {
-                name: e.name.clone(),
-                ips,
-                conditions: combine(allocated).into_iter().chain(assigned).collect(),
-                bandwidth: e.bandwidth,
-            },
-        );
+        out.insert(e.name.clone(), o);
     }
     out
 }

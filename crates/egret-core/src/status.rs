@@ -86,9 +86,8 @@ pub fn egress_statuses(
                             .map(|(ip, n, _)| format!("{ip} is hosted on node {}", n.as_deref().unwrap_or("")))
                             .collect();
                         c.message = each.join("; ");
-                        let nodes: BTreeSet<&Option<String>> = per.iter().map(|p| &p.1).collect();
-                        if nodes.len() < per.len() {
-                            c.message.push_str("; fewer live eligible nodes than egress IPs: some share a gateway");
+                        if let Some(note) = o.sharing_note() {
+                            c.message = format!("{}; {note}", c.message);
                         }
                     }
                 }
