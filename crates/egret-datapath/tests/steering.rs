@@ -187,15 +187,7 @@ fn a_kernel_made_neighbour_entry_for_a_peer_is_replaced_not_a_sync_failure() {
     egret_netns::require_privileged();
     let spec = TopologySpec::new("steer-neigh", 2).pod("web-1", 1, WEB1);
     let topo = Topology::build(&spec).unwrap();
-    let mut c = Cluster::new(2, &[2]);
-    c.pod("default", "web-1", "web", 1, WEB1).pool("pool", "10.10.0.11", "10.10.0.20").egress(
-        "eg-web",
-        "web",
-        "pool",
-        &[],
-        &[],
-    );
-    let plan = c.plan();
+    let plan = Cluster::web_egress(2, &[2]).plan();
     let eip = egress_ip(&plan, "eg-web");
     let mut dps = datapaths(2);
     sync_all(&topo, &mut dps, &plan);

@@ -115,6 +115,13 @@ impl Lab {
         }
     }
 
+    /// Waits until the named Egress has a gateway; returns the Egress and its node.
+    fn wait_placed(&self, name: &str) -> (serde_json::Value, String) {
+        let e = self.wait_egress(name, |e| e["status"]["egressNode"].is_string());
+        let node = e["status"]["egressNode"].as_str().unwrap_or_default().to_string();
+        (e, node)
+    }
+
     fn pod_netns(&self, pod: &str) -> egret_netns::Netns {
         egret_netns::Netns::attach(&format!("egret-lab-{}-p-{}", self.name, pod.replace('/', "-"))).unwrap()
     }
@@ -179,7 +186,7 @@ fn seed_002_ha_example() {
     lab.apply("examples/seed-002-ha/egress.yaml");
     seed_002_ha_sources(&lab);
     for name in ["egress-prod-web", "egress-staging-web"] {
-        let e = lab.wait_egress(name, |e| e["status"]["egressNode"].is_string());
+        let (e, _) = lab.wait_placed(name);
         assert_eq!(condition(&e, "IPAssigned")["status"], "True");
     }
     let table = lab.ok(&["get", "egress", "--store", &lab.store()]);
@@ -372,8 +379,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
 fn restarts_keep_allocations_and_connections() {
     let lab = Lab::up();
     lab.apply("examples/seed-002-ha/egress.yaml");
-    let before = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
-    let gateway = before["status"]["egressNode"].as_str().unwrap().to_string();
+    let (before, gateway) = lab.wait_placed("egress-prod-web");
     let mut conn = egret_netns::WhoamiConn::open(
         &lab.pod_netns("prod/web-2"),
         "203.0.113.5:8080".parse().unwrap(),
@@ -385,7 +391,7 @@ fn restarts_keep_allocations_and_connections() {
     lab.ok(&["lab", "restart", "node-2"]);
     lab.ok(&["lab", "restart", &gateway]);
     conn.echo("still there after restarts").unwrap();
-    let after = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
+    let (after, _) = lab.wait_placed("egress-prod-web");
     assert_eq!(after["status"]["egressIP"], before["status"]["egressIP"]);
     assert_eq!(lab.egress("egress-staging-web")["status"]["egressIP"], "10.10.0.12");
     assert_eq!(lab.whoami("prod/web-1", "db-a"), "10.10.0.11");
@@ -449,13 +455,8 @@ fn holders(lab: &Lab, ip: &str) -> Vec<String> {
 fn failover_moves_the_ip_and_the_routers_neighbour_entry() {
     let lab = Lab::up();
     lab.apply("examples/seed-002-ha/egress.yaml");
-    let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
-    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
-    let staging_gw =
-        lab.wait_egress("egress-staging-web", |e| e["status"]["egressNode"].is_string())["status"]["egressNode"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let (_, gw) = lab.wait_placed("egress-prod-web");
+    let (_, staging_gw) = lab.wait_placed("egress-staging-web");
     let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
     assert_eq!(lab.whoami(probe, "db-a"), "10.10.0.11");
     // Read from the kernels of the probe's node and of the gateway: the probe's traffic goes
@@ -522,9 +523,8 @@ fn dual_stack_pods_leave_with_each_familys_egress_ip_and_ipv6_fails_over_and_fai
     let lab = Lab::up();
     lab.apply("examples/seed-002-ha/egress.yaml");
     lab.apply("examples/dual-stack/egress.yaml");
-    let e = lab.wait_egress("egress-prod-web-v6", |e| e["status"]["egressNode"].is_string());
+    let (e, gw) = lab.wait_placed("egress-prod-web-v6");
     assert_eq!(e["status"]["egressIP"], "fd00:10:10::e1", "the /124's first usable address: {e:#}");
-    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
     // Each family its own Egress: IPv4 and IPv6 from the same dual-stack pods.
     for pod in ["prod/web-1", "prod/web-2"] {
         assert_eq!(lab.whoami(pod, "db-a"), "10.10.0.11", "{pod}");
@@ -666,10 +666,10 @@ fn antreas_bandwidth_holds_an_egress_to_its_rate_and_leaves_others_on_the_gatewa
     let _server =
         egret_netns::Netns::attach(&format!("egret-lab-{}-x", lab.name)).unwrap().spawn("iperf3", &["-s"]).unwrap();
     lab.apply("examples/bandwidth/egress.yaml");
-    let limited = lab.wait_egress("egress-prod-web-limited", |e| e["status"]["egressNode"].is_string());
-    let free = lab.wait_egress("egress-client", |e| e["status"]["egressNode"].is_string());
-    assert_eq!(limited["status"]["egressNode"], "node-3");
-    assert_eq!(free["status"]["egressNode"], "node-3", "both through the same gateway");
+    let (limited, limited_gw) = lab.wait_placed("egress-prod-web-limited");
+    let (_, free_gw) = lab.wait_placed("egress-client");
+    assert_eq!(limited_gw, "node-3");
+    assert_eq!(free_gw, "node-3", "both through the same gateway");
     assert_eq!(lab.whoami("prod/web-1", "db-a"), limited["status"]["egressIP"].as_str().unwrap());
     let got = iperf(&lab, "prod/web-1", 8);
     assert!((90e6..=110e6).contains(&got), "100Mbps Egress: {:.1} Mbit/s, not within 10%", got / 1e6);
@@ -748,9 +748,8 @@ fn subnet_forwarded(lab: &Lab) -> u64 {
 fn antreas_egress_subnet_leaves_through_its_own_router_and_fails_over() {
     let lab = Lab::up();
     lab.apply("examples/egress-subnet/egress.yaml");
-    let e = lab.wait_egress("egress-prod-web-subnet", |e| e["status"]["egressNode"].is_string());
+    let (e, gw) = lab.wait_placed("egress-prod-web-subnet");
     assert_eq!(e["status"]["egressIP"], "192.0.2.10");
-    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
     let before = subnet_forwarded(&lab);
     assert_eq!(lab.whoami("prod/web-1", "db-a"), "192.0.2.10");
     assert_eq!(lab.whoami("prod/web-2", "db-a"), "192.0.2.10");
@@ -782,8 +781,7 @@ fn antreas_egress_subnet_leaves_through_its_own_router_and_fails_over() {
 
 /// The gateway of egress-prod-web (once assigned) and a pod it serves on another node.
 fn gateway_and_probe(lab: &Lab) -> (String, &'static str) {
-    let e = lab.wait_egress("egress-prod-web", |e| e["status"]["egressNode"].is_string());
-    let gw = e["status"]["egressNode"].as_str().unwrap().to_string();
+    let (_, gw) = lab.wait_placed("egress-prod-web");
     let probe = if gw == "node-2" { "prod/web-1" } else { "prod/web-2" };
     (gw, probe)
 }

@@ -102,15 +102,22 @@ impl Drop for Probe {
     }
 }
 
+/// The address every attempt of the probe's last `window` saw, when there were at least three
+/// and they all agree (attempts finish within [`ATTEMPT_TIMEOUT`]: those started in the
+/// window and that timeout before now have reported).
+pub(super) fn settled_on(probe: &Probe, window: Duration) -> Option<IpAddr> {
+    let recent = probe.since(Instant::now() - window - ATTEMPT_TIMEOUT);
+    let first = recent.first().and_then(|(_, s)| *s);
+    (recent.len() >= 3 && recent.iter().all(|(_, s)| *s == first)).then_some(first).flatten()
+}
+
 /// Waits until every attempt started in the last `window` saw `ip` (and there were some).
 fn wait_steady(probe: &Probe, ip: IpAddr, window: Duration, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         std::thread::sleep(window / 2);
         let now = Instant::now();
-        // Attempts finish within ATTEMPT_TIMEOUT; those of the last window+timeout have reported.
-        let recent = probe.since(now - window - ATTEMPT_TIMEOUT);
-        if recent.len() >= 3 && recent.iter().all(|(_, s)| *s == Some(ip)) {
+        if settled_on(probe, window) == Some(ip) {
             return Ok(());
         }
         if now > deadline {

@@ -23,7 +23,7 @@
 //!
 //! Then the node is brought back, takes its IP back, and the probes stop.
 
-use super::bench::{ATTEMPT_TIMEOUT, Probe, longest_outage};
+use super::bench::{ATTEMPT_TIMEOUT, Probe, longest_outage, settled_on};
 use super::state::LabState;
 use super::{percentile, power_off, power_on, reports};
 use anyhow::{Context, bail};
@@ -133,15 +133,7 @@ fn steady(probes: &[(String, Probe)], window: Duration, limit: Duration) -> anyh
     let deadline = Instant::now() + limit;
     loop {
         std::thread::sleep(window / 2);
-        let since = Instant::now() - window - ATTEMPT_TIMEOUT;
-        let seen: Vec<Option<IpAddr>> = probes
-            .iter()
-            .map(|(_, p)| {
-                let recent = p.since(since);
-                let first = recent.first().and_then(|(_, s)| *s);
-                (recent.len() >= 3 && recent.iter().all(|(_, s)| *s == first)).then_some(first).flatten()
-            })
-            .collect();
+        let seen: Vec<Option<IpAddr>> = probes.iter().map(|(_, p)| settled_on(p, window)).collect();
         if seen.iter().all(Option::is_some) {
             return Ok(seen.into_iter().flatten().collect());
         }
