@@ -12,6 +12,9 @@
 //!   masquerade rewrites the pod to an address on node-1's tunnel device (198.19.0.1, in place
 //!   of node-1's own address there); plain routes (router -> node-2, node-2 -> tunnel) carry the
 //!   replies back the same way. Conntrack and a masquerade are on the path, as on any node.
+//! - **hooks**: the baseline plus, on both nodes, a table with Egret's three base chains
+//!   (filter prerouting and forward at -150, nat postrouting at 90) holding no rule: what
+//!   hooking into netfilter at all costs, the floor of any nftables datapath.
 //! - **egret**: both nodes synced by `Datapath::sync` for one Egress (nft table `inet egret`,
 //!   marks, fwmark rules, VXLAN, SNAT to the egress IP on node-2).
 //! - **firewall**: as egret, plus an egress firewall on node-1 (one ClusterEgressPolicy allowing
@@ -59,6 +62,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Variant {
     Baseline,
+    Hooks,
     Egret,
     Firewall,
     Scale,
@@ -68,6 +72,7 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Variant::Baseline => "baseline",
+            Variant::Hooks => "hooks",
             Variant::Egret => "egret",
             Variant::Firewall => "firewall",
             Variant::Scale => "scale",
@@ -158,18 +163,30 @@ fn program(topo: &Topology, dps: &mut [Datapath], plans: &[NodePlan]) -> Duratio
 struct Baseline {
     table: String,
     ipv6: bool,
+    hooks: bool,
 }
+
+/// The `hooks` variant's table: base chains at Egret's hooks and priorities, with no rule.
+const FLOOR_TABLE: &str = "egret_floor";
 
 const N1_TUNNEL: &str = "198.19.0.1/32";
 const N1_TUNNEL6: &str = "fd00:198:19::1/128";
 
 impl Baseline {
-    fn apply(topo: &Topology, dps: &[Datapath], ipv6: bool) -> Baseline {
+    fn apply(topo: &Topology, dps: &[Datapath], ipv6: bool, hooks: bool) -> Baseline {
         let cfg = egret_datapath::Config::default();
         let (n1_ip, n2_ip) = (egret_netns::node_ip(1).to_string(), egret_netns::node_ip(2));
         let table = cfg.table(dps[0].peer_id(n2_ip).expect("node-1 has a local id for node-2")).to_string();
         for i in 1..=2 {
             topo.node(i).ns.exec("nft", &["delete", "table", "inet", "egret"]).unwrap();
+            if hooks {
+                let ruleset = format!(
+                    "table inet {FLOOR_TABLE} {{\n chain prerouting {{ type filter hook prerouting priority -150; }}\n \
+                     chain forward {{ type filter hook forward priority -150; }}\n \
+                     chain postrouting_nat {{ type nat hook postrouting priority 90; }}\n}}\n"
+                );
+                topo.node(i).ns.exec_stdin("nft", &["-f", "-"], &ruleset).unwrap();
+            }
         }
         let n1 = &topo.node(1).ns;
         if ipv6 {
@@ -188,7 +205,7 @@ impl Baseline {
                 N1_TUNNEL6.trim_end_matches("/128"),
                 "baseline goes through the tunnel and node-2"
             );
-            return Baseline { table, ipv6 };
+            return Baseline { table, ipv6, hooks };
         }
         n1.ip(&["rule", "add", "from", &WEB1.to_string(), "lookup", &table, "pref", "1600"]).unwrap();
         // Add before deleting: removing a device's last IPv4 address flushes its routes and
@@ -200,11 +217,16 @@ impl Baseline {
         topo.router.ip(&["route", "add", N1_TUNNEL, "via", &n2_ip.to_string()]).unwrap();
         let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, to(DB_A, 8080), T).unwrap();
         assert_eq!(seen.to_string(), N1_TUNNEL.trim_end_matches("/32"), "baseline goes through the tunnel and node-2");
-        Baseline { table, ipv6 }
+        Baseline { table, ipv6, hooks }
     }
 
     fn undo(self, topo: &Topology) {
         let cfg = egret_datapath::Config::default();
+        if self.hooks {
+            for i in 1..=2 {
+                topo.node(i).ns.exec("nft", &["delete", "table", "inet", FLOOR_TABLE]).unwrap();
+            }
+        }
         if self.ipv6 {
             let n1 = &topo.node(1).ns;
             n1.ip(&["-6", "rule", "del", "pref", "1600", "lookup", &self.table]).unwrap();
@@ -244,11 +266,11 @@ fn main() {
     let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
     let (only_variant, only_measure) = (flag("--only"), flag("--measure"));
     let known = if scale {
-        &["baseline", "egret", "firewall", "scale"][..]
+        &["baseline", "hooks", "egret", "firewall", "scale"][..]
     } else if ipv6 {
-        &["baseline", "egret"][..]
+        &["baseline", "hooks", "egret"][..]
     } else {
-        &["baseline", "egret", "firewall"][..]
+        &["baseline", "hooks", "egret", "firewall"][..]
     };
     if only_variant.as_deref().is_some_and(|v| !known.contains(&v)) {
         eprintln!("--only: one of {}", known.join(", "));
@@ -287,7 +309,7 @@ fn main() {
         );
         plans.insert(Variant::Scale, np);
     }
-    let mut variants = vec![Variant::Baseline, Variant::Egret, Variant::Firewall];
+    let mut variants = vec![Variant::Baseline, Variant::Hooks, Variant::Egret, Variant::Firewall];
     if ipv6 {
         // The firewall variant's policies are IPv4's.
         variants.retain(|v| *v != Variant::Firewall);
@@ -308,7 +330,8 @@ fn main() {
         for v in order {
             let plan = plans.get(&v).unwrap_or(&plans[&Variant::Egret]);
             let synced = program(&topo, &mut dps, plan);
-            let baseline = (v == Variant::Baseline).then(|| Baseline::apply(&topo, &dps, ipv6));
+            let baseline = matches!(v, Variant::Baseline | Variant::Hooks)
+                .then(|| Baseline::apply(&topo, &dps, ipv6, v == Variant::Hooks));
             if baseline.is_none() {
                 let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, (dst, 8080).into(), T).unwrap();
                 assert_eq!(seen, eip);

@@ -338,6 +338,8 @@ pub const MAP_EXIT4: &str = "exit4";
 const CHAIN_FROM_TUNNEL: &str = "from_tunnel";
 /// Regular chain for what leaves through the tunnel (forward jumps there).
 const CHAIN_INTO_TUNNEL: &str = "into_tunnel";
+/// Flows without Egret's conntrack mark: steering's classification.
+const CHAIN_CLASSIFY: &str = "classify";
 
 /// Name of the chain that records "arrived from the peer with local id `id`" in the
 /// conntrack mark.
@@ -550,37 +552,43 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
     // `parse_table` notices a rule left with the index of a device that is gone, so a
     // re-created tunnel device gets its rules again.
     pre.push(rule(vec![matches("==", meta("iif"), json!(vx)), verdict_goto(CHAIN_FROM_TUNNEL)]));
+    // No Egret bits in the conntrack mark: a flow Egret has not steered (yet), or not
+    // Egret's at all (the tunnel's outer packets, the node's own traffic). Classified in a
+    // chain of its own, so these packets skip the marked flows' rules below and marked
+    // flows skip the classification.
+    pre.push(rule(vec![matches("==", json!({"&": [ct("mark"), mask]}), json!(0)), verdict_goto(CHAIN_CLASSIFY)]));
     // Gateway, reply direction of a flow that came through the tunnel: mark it so policy
     // routing sends it back through the tunnel to the node it came from.
-    pre.push(rule(vec![matches("==", ct("direction"), json!("reply")), ct_marked(), restore()]));
+    pre.push(rule(vec![matches("==", ct("direction"), json!("reply")), restore()]));
     // Pod's node, later packets of a flow already steered into the tunnel (original direction:
     // replies with Egret's bits left the rule above): the conntrack mark holds the gateway;
     // count and go, skipping the cluster and steering lookups. Counted by source when the
     // source has one Egress here (a miss leaves the rule), else by source and destination.
     for f in both {
-        pre.push(rule(vec![
-            ct_marked(),
-            count_by(payload(proto(f), "saddr"), fam_name(f, MAP_COUNTERS_SRC)),
-            restore(),
-        ]));
-        pre.push(rule(vec![ct_marked(), count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)), restore()]));
+        pre.push(rule(vec![count_by(payload(proto(f), "saddr"), fam_name(f, MAP_COUNTERS_SRC)), restore()]));
+        pre.push(rule(vec![count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)), restore()]));
     }
+    // A marked flow the maps no longer know (its source's treatment changed; the sync deletes
+    // such flows, this covers the moment before): classified again, never let out unsteered.
+    pre.push(rule(vec![verdict_goto(CHAIN_CLASSIFY)]));
+    t.chains.insert("prerouting".into(), Chain { hook: hook("filter", "prerouting", PRIO_MANGLE), rules: pre });
+    let mut classify = Vec::new();
     for f in both {
         // Not a source Egret steers (the node's own traffic, the tunnel's outer packets, pods
         // without an Egress): one hash lookup, instead of the cluster and the two steering
         // lookups below, is all Egret costs it.
-        pre.push(rule(vec![
+        classify.push(rule(vec![
             matches("!=", payload(proto(f), "saddr"), set_ref(&fam_name(f, SET_SOURCES))),
             json!({"return": null}),
         ]));
-        pre.push(rule(vec![
+        classify.push(rule(vec![
             matches("==", payload(proto(f), "daddr"), set_ref(&fam_name(f, SET_CLUSTER))),
             json!({"return": null}),
         ]));
-        pre.push(rule(vec![count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS))]));
-        pre.push(rule(vec![json!({"vmap": {"key": saddr_daddr(f), "data": set_ref(&fam_name(f, MAP_STEER))}})]));
+        classify.push(rule(vec![count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS))]));
+        classify.push(rule(vec![json!({"vmap": {"key": saddr_daddr(f), "data": set_ref(&fam_name(f, MAP_STEER))}})]));
     }
-    t.chains.insert("prerouting".into(), Chain { hook: hook("filter", "prerouting", PRIO_MANGLE), rules: pre });
+    t.chains.insert(CHAIN_CLASSIFY.into(), Chain { hook: None, rules: classify });
 
     // Gateway, new flow from the tunnel: remember the origin node (inner source MAC is the
     // origin's VXLAN device, derived from its underlay address). Tested on the conntrack mark,
@@ -598,6 +606,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             json!({"vmap": {"key": saddr_daddr(Family::V4), "data": set_ref(MAP_EXIT4)}}),
         ]));
     }
+    // Replies to a local pod (steered out through another node): nothing to count.
+    from.push(rule(vec![matches("==", ct("direction"), json!("reply")), json!({"return": null})]));
     // Steered traffic to count here at the gateway; replies to a local pod are not counted.
     // Either way nothing to steer and no cluster lookup (the end of a chain entered by goto
     // ends the base chain). A flow this node SNATed (`ct status snat`: what came through the

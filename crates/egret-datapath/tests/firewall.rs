@@ -227,3 +227,52 @@ fn ipv6_connections_are_decided_by_the_ipv6_maps() {
     assert_eq!(count("ClusterEgressPolicy web defaultAction"), Some(1));
     assert!(count("ClusterEgressPolicy web rule db").unwrap_or(0) >= 1, "the allow rule decided the IPv6 SYN");
 }
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_one_way_udp_flow_is_decided_once_and_a_denied_one_dropped_every_packet() {
+    use std::net::{SocketAddr, UdpSocket};
+    egret_netns::require_privileged();
+    let spec = TopologySpec::new("fw-oneway", 1).pod("web-1", 1, WEB1);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(1, &[]);
+    c.pod("default", "web-1", "web", 1, WEB1);
+    let udp = POLICY.replace("ports: [{port: 8080, endPort: 8081}]", "ports: [{port: 5353, protocol: UDP}]");
+    let np = with_policies(c.plan().node_plans().remove("node-1").unwrap(), &udp);
+    let mut dp = datapaths(1).remove(0);
+    sync_np(&topo, &mut dp, &np);
+    // A receiver that never answers: the flows stay one-way ("new" in conntrack).
+    let sink = topo
+        .outside
+        .run(|| {
+            let s = UdpSocket::bind(SocketAddr::from((DB_A, 5353))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            s
+        })
+        .unwrap();
+    let web1 = &topo.pod("web-1").unwrap().ns;
+    let sender = web1.run(|| UdpSocket::bind(SocketAddr::from((WEB1, 0))).unwrap()).unwrap();
+    const N: u64 = 20;
+    for _ in 0..N {
+        sender.send_to(b"one way", SocketAddr::from((DB_A, 5353))).unwrap();
+        sender.send_to(b"denied", SocketAddr::from((DB_A, 5354))).unwrap();
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 64];
+    while sink.recv_from(&mut buf).is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, N, "every datagram of the allowed flow arrives");
+    let counters = topo.node(1).ns.run(|| dp.counters()).unwrap().unwrap();
+    let idx = egret_datapath::audit::AuditIndex::from_plan(&np);
+    let by_rule: Vec<(String, u64)> = idx
+        .decisions()
+        .iter()
+        .filter_map(|(chain, d)| counters.get(chain).map(|c| (d.by.to_string(), c.packets)))
+        .collect();
+    // The allowed flow's first packet was decided; its entry was then confirmed, and the
+    // rest followed it. The denied flow never got an entry: each packet was decided, and
+    // dropped.
+    assert!(by_rule.contains(&("ClusterEgressPolicy web rule db".into(), 1)), "{by_rule:?}");
+    assert!(by_rule.contains(&("ClusterEgressPolicy web defaultAction".into(), N)), "{by_rule:?}");
+}

@@ -313,6 +313,12 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
             ],
         },
     );
+    if plan.firewall.is_empty() {
+        // No pod here is governed: no base chain, so this node's packets never pass a hook
+        // of the firewall's (each hook costs every packet, one-way UDP flows stay "new"
+        // and would pay the cluster lookup each time).
+        return;
+    }
     let ret = || json!({"return": null});
     t.chains.insert(
         CHAIN_FIREWALL.into(),
@@ -327,6 +333,9 @@ pub(super) fn add(t: &mut Table, cfg: &Config, plan: &NodePlan, _skipped: &mut S
                 // Rules decide new connections; established ones follow conntrack (a policy
                 // change that denies one ends its entry).
                 rule(vec![matches("!=", ct("state"), json!("new")), ret()]),
+                // A flow that never sees a reply (one-way UDP) stays "new" for every packet;
+                // once its first packet passed, its entry is confirmed: decided already.
+                rule(vec![matches("in", ct("status"), json!("confirmed")), ret()]),
                 // Pod, service and node networks are the CNI's NetworkPolicy domain.
                 rule(vec![matches("==", payload("ip", "daddr"), set_ref(super::SET_CLUSTER4)), ret()]),
                 rule(vec![matches("==", payload("ip6", "daddr"), set_ref(SET_CLUSTER6)), ret()]),
@@ -450,6 +459,16 @@ mod tests {
         // Steering skips the proxy's mark only where the chain exists.
         assert_eq!(n.chains["prerouting"].rules.len(), t.chains["prerouting"].rules.len() + 1);
         assert!(n.sets.keys().any(|k| k.starts_with("fq4_")) && n.sets.keys().any(|k| k.starts_with("fq6_")));
+    }
+
+    #[test]
+    fn a_node_without_governed_pods_has_no_firewall_hook() {
+        let (cfg, ids) = (Config::default(), PeerIds::recovered([]));
+        let (governed, _) = crate::nft::desired(&cfg, &plan(2, 1), &ids);
+        assert!(governed.chains[CHAIN_FIREWALL].hook.is_some());
+        let (none, _) = crate::nft::desired(&cfg, &NodePlan { node: "node-1".into(), ..NodePlan::default() }, &ids);
+        assert!(!none.chains.contains_key(CHAIN_FIREWALL));
+        assert!(none.chains.values().all(|c| c.hook.as_ref().is_none_or(|h| h.prio != PRIO_FIREWALL)));
     }
 
     #[test]
