@@ -12,8 +12,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The largest id; 0 means "no peer" (Egret's mark bits clear), and [`DNS_PROXY_ID`] is taken.
-pub const MAX_ID: u16 = u16::MAX - 1;
+/// The largest id; 0 means "no peer" (Egret's mark bits clear), and [`LOCAL_ID`] and
+/// [`DNS_PROXY_ID`] are taken.
+pub const MAX_ID: u16 = u16::MAX - 2;
+
+/// The conntrack mark value (as an id) of a flow that leaves from this node, its gateway:
+/// "steered, out here", so its later packets skip the steering lookups like tunnelled ones.
+pub const LOCAL_ID: u16 = u16::MAX - 1;
 
 /// The mark value (as an id) of DNS queries handed to the node's DNS proxy.
 pub const DNS_PROXY_ID: u16 = u16::MAX;
@@ -49,14 +54,15 @@ fn after(id: u16) -> u16 {
 }
 
 impl<K: Ord + Clone> LocalIds<K> {
-    /// An assignment read back from the kernel after a restart. Entries with id 0 and second
+    /// An assignment read back from the kernel after a restart. Entries with id 0 or above
+    /// [`MAX_ID`] (a reserved value) and second
     /// claims on one id (only possible if someone else edited Egret's state) are dropped, so
     /// the result is always a valid assignment; the cursor continues after the largest id.
     pub fn recovered(found: impl IntoIterator<Item = (K, u16)>) -> LocalIds<K> {
         let mut ids = BTreeMap::new();
         let mut taken = BTreeSet::new();
         for (k, id) in found {
-            if id != 0 && !ids.contains_key(&k) && taken.insert(id) {
+            if (1..=MAX_ID).contains(&id) && !ids.contains_key(&k) && taken.insert(id) {
                 ids.insert(k, id);
             }
         }

@@ -150,6 +150,22 @@ impl EgressOutcome {
         self.ips.iter().any(|i| i.node.as_deref() == Some(node))
     }
 
+    /// The share of its bandwidth limit that gateway `node` enforces: the limit is the whole
+    /// Egress's, so with its IPs on several gateways each holds the part of its own IPs
+    /// (rate and burst times the IPs it hosts over the IPs with a gateway). `None` without a
+    /// limit or when `node` hosts none of its IPs.
+    pub fn bandwidth_on(&self, node: &str) -> Option<crate::model::Bandwidth> {
+        let bw = self.bandwidth?;
+        let placed = self.ips.iter().filter(|i| i.node.is_some()).count() as u128;
+        let here = self.ips.iter().filter(|i| i.node.as_deref() == Some(node)).count() as u128;
+        if here == 0 {
+            return None;
+        }
+        // u128: rate times a count never overflows; at least 1, as a zero limit means none.
+        let part = |v: u64| u64::try_from(u128::from(v) * here / placed).unwrap_or(v).max(1);
+        Some(crate::model::Bandwidth { rate_bps: part(bw.rate_bps), burst_bits: part(bw.burst_bits) })
+    }
+
     /// What `IPAssigned` adds when its pool IPs have fewer gateways than IPs (fewer live
     /// eligible nodes than IPs): `None` while each is on a node of its own.
     pub fn sharing_note(&self) -> Option<String> {
@@ -875,9 +891,10 @@ impl Plan {
         let mut counters: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         // Tunnel peers a node needs: the gateways of its pods, and the origins of what it SNATs.
         let mut peers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        // Bandwidth limits by Egress name, given to the gateway that SNATs the Egress's traffic.
-        let limits: BTreeMap<&str, crate::model::Bandwidth> =
-            self.egresses.iter().filter_map(|e| Some((e.name.as_str(), e.bandwidth?))).collect();
+        // Egresses with a bandwidth limit, by name: each gateway that SNATs an Egress's traffic
+        // gets its share of the limit.
+        let limits: BTreeMap<&str, &EgressOutcome> =
+            self.egresses.iter().filter(|e| e.bandwidth.is_some()).map(|e| (e.name.as_str(), e)).collect();
         for r in &self.rules {
             if let Some(src) = r.source_node.as_deref()
                 && let Some(np) = out.get_mut(src)
@@ -908,10 +925,11 @@ impl Plan {
                     egress: r.egress.to_string(),
                     egress_ip: ip,
                 });
-                if let Some(bw) = limits.get(&*r.egress)
+                if let Some(e) = limits.get(&*r.egress)
                     && !np.bandwidth.contains_key(&*r.egress)
+                    && let Some(bw) = e.bandwidth_on(gw)
                 {
-                    np.bandwidth.insert(r.egress.to_string(), *bw);
+                    np.bandwidth.insert(r.egress.to_string(), bw);
                 }
                 push(counters.entry(gw).or_default(), &r.egress);
                 if let Some(src) = r.source_node.as_deref()
@@ -1166,6 +1184,54 @@ mod tests {
                 assert!(np.bandwidth.is_empty(), "{node}: {:?}", np.bandwidth);
             }
         }
+    }
+
+    #[test]
+    fn a_bandwidth_limit_is_the_egress_total_each_gateway_enforcing_the_share_of_its_ips() {
+        let mut f = Fixture::lab();
+        for (name, ip) in [("a", "10.10.0.40"), ("b", "10.10.0.41"), ("c", "10.10.0.42")] {
+            f.pools.push(mk_pool(name, &[(ip, ip)], &[]));
+        }
+        let mut e = ns_egress("e", "prod", Some("web"), None, None);
+        e.spec.external_ip_pools = vec!["a".into(), "b".into(), "c".into()];
+        e.spec.bandwidth = Some(api::Bandwidth { rate: "90Mbps".into(), burst: "30Mb".into() });
+        f.egresses = vec![e];
+        let shares = |p: &Plan| -> BTreeMap<String, u64> {
+            p.node_plans().into_iter().filter_map(|(n, np)| Some((n, np.bandwidth.get("e")?.rate_bps))).collect()
+        };
+        // Each gateway's share, and what the node plans of the gateways with traffic hold.
+        let check = |p: &Plan| -> BTreeMap<String, u64> {
+            let o = outcome(p, "e");
+            let all: BTreeMap<String, u64> = o
+                .ips
+                .iter()
+                .filter_map(|i| i.node.clone())
+                .map(|n| {
+                    let bw = o.bandwidth_on(&n).unwrap();
+                    (n, bw.rate_bps)
+                })
+                .collect();
+            for (n, rate) in shares(p) {
+                assert_eq!(all.get(&n), Some(&rate), "{n}: the plan holds the gateway's share");
+            }
+            assert!(!shares(p).is_empty(), "some gateway carries the pods' traffic");
+            all
+        };
+        let p = f.plan();
+        let gws: Vec<String> = outcome(&p, "e").ips.iter().filter_map(|i| i.node.clone()).collect();
+        let want: BTreeMap<String, u64> = gws.iter().map(|g| (g.clone(), 30_000_000)).collect();
+        assert_eq!(want.len(), 3, "{gws:?}");
+        assert_eq!(check(&p), want, "three gateways, a third each");
+        assert_eq!(outcome(&p, "e").bandwidth_on(&gws[0]).unwrap().burst_bits, 10_000_000, "the burst is shared");
+        assert_eq!(outcome(&p, "e").bandwidth_on("no-such-node"), None);
+        // Two gateways left (no other live node): one holds two of the IPs, and two thirds
+        // of the limit.
+        f.live = gws[..2].iter().cloned().collect();
+        let s = check(&f.plan());
+        assert_eq!(s.values().sum::<u64>(), 90_000_000, "{s:?}");
+        let mut rates: Vec<u64> = s.values().copied().collect();
+        rates.sort();
+        assert_eq!(rates, [30_000_000, 60_000_000]);
     }
 
     #[test]

@@ -338,6 +338,8 @@ pub const MAP_EXIT4: &str = "exit4";
 const CHAIN_FROM_TUNNEL: &str = "from_tunnel";
 /// Regular chain for what leaves through the tunnel (forward jumps there).
 const CHAIN_INTO_TUNNEL: &str = "into_tunnel";
+/// Marks a flow leaving from this node (its gateway) as steered, out here.
+pub const CHAIN_LOCAL: &str = "out_here";
 /// Flows without Egret's conntrack mark: steering's classification.
 const CHAIN_CLASSIFY: &str = "classify";
 
@@ -382,6 +384,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
         // goto: a restored packet needs nothing else from Egret's chain.
         restore_elems.insert(format!("{m} : goto {}", mark_chain(id)), raw(&json!([m, verdict_goto(&mark_chain(id))])));
     }
+
+    // This node is the gateway: the conntrack mark says "out here", so the flow's later
+    // packets (and its replies) skip the steering lookups like tunnelled flows; restored, the
+    // value sets no packet mark (plain routing).
+    let local_mark = cfg.mark(egret_core::ids::LOCAL_ID);
+    t.chains.insert(
+        CHAIN_LOCAL.into(),
+        Chain { hook: None, rules: vec![rule(vec![set_bits(ct("mark"), mask, local_mark), json!({"accept": null})])] },
+    );
+    restore_elems.insert(format!("{local_mark} : accept"), raw(&json!([local_mark, {"accept": null}])));
 
     // Egress subnets: a chain per subnet setting the packet mark its policy routing follows.
     let mut exits: BTreeMap<IpAddr, String> = BTreeMap::new();
@@ -439,7 +451,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             // Leaving by an egress subnet from here: marked for its exit route.
             SteerAction::Local => match exit {
                 Some(c) => ((format!("goto {c}"), verdict_goto(c)), s.egress.clone()),
-                None => (("accept".to_string(), json!({"accept": null})), s.egress.clone()),
+                None => ((format!("goto {CHAIN_LOCAL}"), verdict_goto(CHAIN_LOCAL)), s.egress.clone()),
             },
             SteerAction::Tunnel { gateway } if peer_ids.contains_key(gateway.as_str()) => {
                 let c = tunnel_chain(peer_ids[gateway.as_str()]);
@@ -1443,13 +1455,15 @@ mod tests {
         let (_, expr) = &t.chains[&tunnel_chain(7)].rules[0];
         let m = cfg.mark(7);
         assert_eq!(expr[0]["mangle"]["value"], json!({"|": [{"&": [meta("mark"), !cfg.mark_mask()]}, m]}));
-        assert_eq!(t.sets[MAP_RESTORE].elems.len(), 1);
+        let restore: Vec<String> = t.sets[MAP_RESTORE].elems.keys().cloned().collect();
+        let local = cfg.mark(egret_core::ids::LOCAL_ID);
+        assert_eq!(restore, vec![format!("{local}-{local} : accept"), format!("{m}-{m} : goto mark_7")]);
         assert_eq!(ids_in(&t), vec![(Ipv4Addr::new(10, 10, 0, 102), 7)], "ids are recoverable");
         assert_eq!(t.sets[MAP_PEERS].elems.keys().next().unwrap(), "0e:67:0a:0a:00:66 : jump from_node_7");
         // SNAT runs before a CNI masquerade at srcnat (100).
         assert_eq!(t.chains["postrouting_nat"].hook.as_ref().unwrap().prio, 90);
         // Restored packets only get the packet mark: their conntrack mark already names the peer.
-        assert_eq!(t.sets[MAP_RESTORE].elems.keys().next().unwrap(), &format!("{m}-{m} : goto mark_7"));
+        assert!(t.sets[MAP_RESTORE].elems.contains_key(&format!("{m}-{m} : goto mark_7")));
         // Egret's bits are cleared after routing, in forward: no postrouting filter hook.
         assert!(
             !t.chains.values().any(|c| c.hook.as_ref().is_some_and(|h| h.hook == "postrouting" && h.kind == "filter"))

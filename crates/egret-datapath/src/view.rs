@@ -108,6 +108,7 @@ pub fn read(t: &Table) -> KernelView {
                 "accept" => Path::Local,
                 // Out through this node, by an egress subnet's router.
                 other if other.starts_with("goto exit_") => Path::Local,
+                "goto out_here" => Path::Local,
                 "drop" => Path::Drop,
                 other => match other.strip_prefix("goto to_node_").and_then(|id| id.parse::<u16>().ok()) {
                     Some(id) => Path::Tunnel(by_id.get(&id).copied(), id),

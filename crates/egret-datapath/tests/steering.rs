@@ -41,9 +41,19 @@ fn selected_pods_leave_with_the_egress_ip_from_any_node_and_others_with_their_no
     // MSS clamped for the tunnel (1450 - 40 = 1410, minus TCP timestamps).
     let mss = conn.mss().unwrap();
     assert!(mss <= 1410, "MSS {mss} not clamped");
-    // Selected pod on the gateway node itself.
+    // Selected pod on the gateway node itself: its flow's conntrack mark says "out here", so
+    // its later packets skip the steering lookups (and take no tunnel), and it keeps working.
     let web2 = &topo.pod("web-2").unwrap().ns;
     assert_eq!(whoami(web2, to(BAD_HOST, WHOAMI_PORT), T).unwrap(), eip);
+    let mut local = WhoamiConn::open(web2, to(DB_A, WHOAMI_PORT), T).unwrap();
+    assert_eq!(local.seen, eip);
+    local.echo(&"y".repeat(4000)).unwrap();
+    let flows = topo.node(2).ns.exec("conntrack", &["-L", "-p", "tcp", "-s", &WEB2.to_string()]).unwrap();
+    let out_here = format!("mark={}", egret_datapath::Config::default().mark(egret_core::ids::LOCAL_ID));
+    assert!(
+        flows.lines().any(|l| l.contains(&format!("dst={DB_A}")) && l.contains(&out_here)),
+        "{out_here} expected:\n{flows}"
+    );
     // Unselected pod: its node's IP, through the CNI masquerade, with an unclamped MSS.
     let client = &topo.pod("client-1").unwrap().ns;
     let plain = WhoamiConn::open(client, to(DB_A, WHOAMI_PORT), T).unwrap();
