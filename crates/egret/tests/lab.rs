@@ -676,6 +676,26 @@ fn antreas_bandwidth_holds_an_egress_to_its_rate_and_leaves_others_on_the_gatewa
     let other = iperf(&lab, "default/client-1", 4);
     assert!(other > 500e6, "the unlimited Egress on the same gateway: {:.1} Mbit/s", other / 1e6);
 
+    // The limit is the Egress's total: with one IP on node-3 and one on node-4, each gateway
+    // holds half of it, so a pod gets about 50 Mbit/s through either.
+    let dir = tempfile::tempdir().unwrap();
+    let two = std::fs::read_to_string(root().join("examples/bandwidth/egress.yaml")).unwrap().replace(
+        "  externalIPPool: node-3-pool\n  bandwidth:",
+        "  externalIPPools: [node-3-pool, node-4-pool]\n  bandwidth:",
+    ) + "---\napiVersion: crd.antrea.io/v1beta1\nkind: ExternalIPPool\nmetadata: {name: node-4-pool}\n\
+           spec:\n  ipRanges: [{start: 10.10.0.41, end: 10.10.0.45}]\n  \
+           nodeSelector: {matchLabels: {kubernetes.io/hostname: node-4}}\n";
+    assert!(two.contains("externalIPPools: [node-3-pool, node-4-pool]"));
+    lab.apply(&write(dir.path(), "two.yaml", &two));
+    let e = lab.wait_egress("egress-prod-web-limited", |e| {
+        let nodes: Vec<Option<String>> = gateways_of(e).into_iter().map(|(_, n)| n).collect();
+        nodes == [Some("node-3".to_string()), Some("node-4".to_string())]
+    });
+    let ips: Vec<String> = gateways_of(&e).into_iter().map(|(ip, _)| ip).collect();
+    assert!(ips.contains(&lab.whoami("prod/web-1", "db-a")), "{ips:?}");
+    let half = iperf(&lab, "prod/web-1", 8);
+    assert!((45e6..=55e6).contains(&half), "half of 100Mbps: {:.1} Mbit/s, not within 10%", half / 1e6);
+
     // A rate that does not parse is refused with its field, and nothing changes.
     let dir = tempfile::tempdir().unwrap();
     let bad = std::fs::read_to_string(root().join("examples/bandwidth/egress.yaml"))
