@@ -34,6 +34,17 @@ fn sync_np(topo: &Topology, dp: &mut egret_datapath::Datapath, np: &NodePlan) ->
     topo.node(1).ns.run(|| dp.sync(np)).unwrap().unwrap_or_else(|e| panic!("sync node-1: {e}"))
 }
 
+/// Packets counted by each decision of `np`'s firewall on `node`, named as the audit log names
+/// them (`ClusterEgressPolicy web rule db`).
+fn packets_by_decision(node: &Netns, dp: &egret_datapath::Datapath, np: &NodePlan) -> Vec<(String, u64)> {
+    let counters = node.run(|| dp.counters()).unwrap().unwrap();
+    egret_datapath::audit::AuditIndex::from_plan(np)
+        .decisions()
+        .iter()
+        .filter_map(|(chain, d)| counters.get(chain).map(|c| (d.by.to_string(), c.packets)))
+        .collect()
+}
+
 /// Refused at once (a TCP reset), not left to time out.
 fn refused(ns: &Netns, to: std::net::SocketAddr) -> bool {
     let t = Instant::now();
@@ -154,12 +165,7 @@ fn audited_connections_reach_the_nflog_reader_once_each_and_rules_count_them() {
     assert_eq!((allow.rule.as_deref(), allow.verdict), (Some("db"), policy::Verdict::Allow));
 
     // The decision chains' counters: one connection each.
-    let counters = node.run(|| dp.counters()).unwrap().unwrap();
-    let by_rule: Vec<(String, u64)> = idx
-        .decisions()
-        .iter()
-        .filter_map(|(chain, d)| counters.get(chain).map(|c| (d.by.to_string(), c.packets)))
-        .collect();
+    let by_rule = packets_by_decision(node, &dp, &np);
     assert!(by_rule.contains(&("ClusterEgressPolicy web rule db".into(), 1)), "{by_rule:?}");
     assert!(by_rule.contains(&("ClusterEgressPolicy web defaultAction".into(), 1)), "{by_rule:?}");
 }
@@ -263,13 +269,7 @@ fn a_one_way_udp_flow_is_decided_once_and_a_denied_one_dropped_every_packet() {
         got += 1;
     }
     assert_eq!(got, N, "every datagram of the allowed flow arrives");
-    let counters = topo.node(1).ns.run(|| dp.counters()).unwrap().unwrap();
-    let idx = egret_datapath::audit::AuditIndex::from_plan(&np);
-    let by_rule: Vec<(String, u64)> = idx
-        .decisions()
-        .iter()
-        .filter_map(|(chain, d)| counters.get(chain).map(|c| (d.by.to_string(), c.packets)))
-        .collect();
+    let by_rule = packets_by_decision(&topo.node(1).ns, &dp, &np);
     // The allowed flow's first packet was decided; its entry was then confirmed, and the
     // rest followed it. The denied flow never got an entry: each packet was decided, and
     // dropped.
