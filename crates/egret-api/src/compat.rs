@@ -6,7 +6,7 @@
 
 use crate::v1alpha1::{
     AppliedTo, Egress, EgressGateway, EgressPeer, EgressPolicy, EgressPolicySpec, EgressPort, EgressRule, EgressSpec,
-    EgressStatus, ExternalIPPool, ExternalIPPoolSpec, IPRange,
+    EgressStatus, ExternalIPPool, ExternalIPPoolSpec, GatewayNode, IPRange,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
@@ -196,7 +196,7 @@ pub struct CiliumGateway {
     /// Nodes that may act as the gateway.
     #[serde(default)]
     pub node_selector: Option<LabelSelector>,
-    /// Source IP to use.
+    /// Source IP to use; absent (with no `interface`): the gateway node's own address.
     #[serde(default, rename = "egressIP")]
     pub egress_ip: Option<String>,
     /// Interface whose first address is used; not supported yet.
@@ -346,7 +346,9 @@ fn split_namespace_label(
 /// one Egress per source selector using that IP, so the IP also fails over between the selected
 /// gateways (which Cilium OSS does not do). With `egressGateways` (several gateways), gateway
 /// `i` becomes pool `cilium-<policy>-<i>`, and each Egress lists them all in
-/// `externalIPPools`: pods spread over the gateways by a stable hash, as in Cilium.
+/// `externalIPPools`: pods spread over the gateways by a stable hash, as in Cilium. A gateway
+/// without `egressIP` (and without `interface`) becomes a `gatewayNodes` entry: the egress IP
+/// is the chosen gateway node's own address, as Cilium uses its default-route address.
 pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     let name = name_of(&c.metadata);
     let gateways: Vec<(&CiliumGateway, String)> = match (&c.spec.egress_gateway, c.spec.egress_gateways.as_slice()) {
@@ -365,7 +367,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
     }
     let several = !c.spec.egress_gateways.is_empty();
     let mut out = Vec::new();
-    let (mut pools, mut ips) = (Vec::new(), Vec::new());
+    let (mut pools, mut ips, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (gw, at)) in gateways.iter().enumerate() {
         if gw.interface.is_some() && gw.egress_ip.is_some() {
             return Err(unsupported(at, "egressIP and interface are mutually exclusive"));
@@ -377,10 +379,9 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
             ));
         }
         let Some(ip) = gw.egress_ip.clone() else {
-            return Err(unsupported(
-                &format!("{at}.egressIP"),
-                "is required (Egret does not yet pick the gateway's default-route address)",
-            ));
+            // Neither egressIP nor interface: the gateway's own address, as in Cilium.
+            nodes.push(GatewayNode { node_selector: gw.node_selector.clone().unwrap_or_default(), ip_family: None });
+            continue;
         };
         if ips.contains(&ip) {
             return Err(unsupported(&format!("{at}.egressIP"), &format!("{ip} is already another gateway's")));
@@ -418,6 +419,7 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
             spec.egress_ip = ips.first().cloned();
             spec.external_ip_pool = pools.first().cloned();
         }
+        spec.gateway_nodes = nodes.clone();
         let mut e = Egress::new(&eg_name, spec);
         e.metadata = carry_meta(&c.metadata, eg_name);
         out.push(Translated::Egress(Box::new(e)));
@@ -751,6 +753,31 @@ spec:
         let mut twice = c.clone();
         twice.spec.egress_gateways[1].egress_ip = Some("10.168.60.100".into());
         assert_eq!(cilium_policy(&twice).unwrap_err().field, "spec.egressGateways[1].egressIP");
+    }
+
+    #[test]
+    fn a_cilium_gateway_without_egress_ip_uses_the_gateway_nodes_address() {
+        let mut c: CiliumPolicy = serde_yaml_ng::from_str(SEED_004).unwrap();
+        c.spec.egress_gateway.as_mut().unwrap().egress_ip = None;
+        let out = cilium_policy(&c).unwrap();
+        assert_eq!(out.len(), 1, "no pool: nothing to allocate");
+        let Translated::Egress(e) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(e.spec.egress_ip, None);
+        assert_eq!(e.spec.external_ip_pool, None);
+        let want = c.spec.egress_gateway.as_ref().unwrap().node_selector.clone().unwrap();
+        assert_eq!(e.spec.gateway_nodes, [GatewayNode { node_selector: want, ip_family: None }]);
+
+        // Several gateways, one with an egressIP and one without: a pool and a gateway node.
+        let mut several = c.clone();
+        let gw = several.spec.egress_gateway.take().unwrap();
+        let mut with_ip = gw.clone();
+        with_ip.egress_ip = Some("10.168.60.100".into());
+        several.spec.egress_gateways = vec![with_ip, gw];
+        let out = cilium_policy(&several).unwrap();
+        let Translated::Egress(e) = &out[1] else { panic!("{out:?}") };
+        assert_eq!(e.spec.external_ip_pools, ["cilium-egress-sample-0"]);
+        assert_eq!(e.spec.egress_ips, ["10.168.60.100"]);
+        assert_eq!(e.spec.gateway_nodes.len(), 1);
     }
 
     #[test]

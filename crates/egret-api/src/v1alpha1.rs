@@ -124,6 +124,13 @@ pub struct EgressSpec {
     /// (`egressIPs[i]` when given, allocated otherwise).
     #[serde(default, rename = "externalIPPools", skip_serializing_if = "Vec::is_empty")]
     pub external_ip_pools: Vec<String>,
+    /// Egress IPs that are gateway nodes' own addresses (Cilium's gateway without `egressIP`):
+    /// each entry is one egress IP, the `InternalIP` of one node its `nodeSelector` matches,
+    /// chosen by a stable hash and moving to another matching node (with that node's address)
+    /// when the gateway dies. Nothing is allocated or hosted. May be combined with the fields
+    /// above; pods spread over all the Egress's IPs alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_nodes: Vec<GatewayNode>,
     /// Destinations steered through the gateway (default: everything outside the cluster).
     #[serde(default, rename = "destinationCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub destination_cidrs: Vec<String>,
@@ -137,6 +144,19 @@ pub struct EgressSpec {
     /// A limit on the total rate of the Egress's traffic through its gateway (Antrea's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
+}
+
+/// One egress IP that is a gateway node's own address.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct GatewayNode {
+    /// The nodes that may be the gateway (every node when empty).
+    #[serde(default)]
+    pub node_selector: LabelSelector,
+    /// `IPv4` (default) or `IPv6`: which of the node's `InternalIP`s is the egress IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<String>,
 }
 
 /// A rate limit: traffic beyond `rate` (after a `burst`) is dropped at the gateway, as Antrea's

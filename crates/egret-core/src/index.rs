@@ -2441,7 +2441,7 @@ mod tests {
             env: usize,
         },
         /// `ips`: 0 a static IP, 1 one from pool `p`, 2 one from each of `p` and `q` (spread),
-        /// 3 one from each of `p` and `p6` (dual-stack).
+        /// 3 one from each of `p` and `p6` (dual-stack), 4 two gateway nodes' own addresses.
         Egress {
             name: usize,
             ns_env: Option<usize>,
@@ -2475,7 +2475,7 @@ mod tests {
                 .prop_map(|(ns, name, app, node, ip6, dup)| Op::Pod { ns, name, app, node, ip6, dup }),
             1 => (0..3usize, 0..6usize).prop_map(|(ns, name)| Op::DeletePod { ns, name }),
             1 => (0..3usize, 0..2usize).prop_map(|(ns, env)| Op::Namespace { ns, env }),
-            3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, 0..4usize, 0..4i64)
+            3 => (0..5usize, proptest::option::of(0..2usize), proptest::option::of(0..3usize), 0..3usize, 0..5usize, 0..4i64)
                 .prop_map(|(name, ns_env, app, dest, ips, created)| Op::Egress { name, ns_env, app, dest, ips, created }),
             1 => (0..5usize).prop_map(|name| Op::DeleteEgress { name }),
             1 => (0..6usize, any::<bool>()).prop_map(|(node, gw)| Op::NodeLabel { node, gw }),
@@ -2514,6 +2514,10 @@ mod tests {
                 match ips {
                     2 => e.spec.external_ip_pools = vec!["p".into(), "q".into()],
                     3 => e.spec.external_ip_pools = vec!["p".into(), "p6".into()],
+                    4 => {
+                        let node_selector = mk_match(&[("network-role", "egress-gateway")]);
+                        e.spec.gateway_nodes = vec![api::GatewayNode { node_selector, ip_family: None }; 2];
+                    }
                     _ => {}
                 }
                 e.spec.applied_to.namespace_selector = ns_env.map(|i| mk_match(&[("env", ENVS[i])]));

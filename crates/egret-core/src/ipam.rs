@@ -43,8 +43,9 @@ pub struct Usage {
 /// The outcome of an allocation round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocations {
-    /// Per Egress, per egress IP of its spec (in order): the IP or why it has none.
-    pub egresses: BTreeMap<String, Vec<Result<Allocated, AllocFailure>>>,
+    /// Per Egress, per egress IP of its spec (in order): the IP or why it has none; `None` for
+    /// a gateway node's own address (`gatewayNodes`), which is not allocated.
+    pub egresses: BTreeMap<String, Vec<Option<Result<Allocated, AllocFailure>>>>,
     /// Per pool: its usage.
     pub usage: BTreeMap<String, Usage>,
 }
@@ -153,8 +154,8 @@ pub fn allocate(pools: &BTreeMap<String, Pool>, egresses: &BTreeMap<String, Egre
 
     let mut out = Allocations::default();
     for (name, s) in slots {
-        // Every spec has a pool or a static IP (validation), so every slot is decided.
-        out.egresses.insert(name.to_string(), s.into_iter().flatten().collect());
+        // Every spec with a pool or a static IP is decided; gateway nodes' addresses are not.
+        out.egresses.insert(name.to_string(), s);
     }
     for (name, pool) in pools {
         let used = state.get(name.as_str()).map_or(0, |s| s.used.len() as u128);
@@ -204,13 +205,13 @@ mod tests {
 
     /// The first IP an Egress has.
     fn first_ip(a: &Allocations, egress: &str) -> Option<IpAddr> {
-        a.egresses.get(egress).into_iter().flatten().find_map(|r| r.as_ref().ok()).map(|a| a.ip)
+        a.egresses.get(egress).into_iter().flatten().flatten().find_map(|r| r.as_ref().ok()).map(|a| a.ip)
     }
 
     fn ips(a: &Allocations) -> Vec<(String, String)> {
         a.egresses
             .iter()
-            .flat_map(|(k, v)| v.iter().map(move |v| (k, v)))
+            .flat_map(|(k, v)| v.iter().flatten().map(move |v| (k, v)))
             .map(|(k, v)| (k.clone(), v.as_ref().map(|a| a.ip.to_string()).unwrap_or_else(|e| e.reason.to_string())))
             .collect()
     }
@@ -254,7 +255,7 @@ mod tests {
         let r = run(vec![cidr_pool("fd00::/124")], n_egresses(16));
         assert_eq!(first_ip(&r, "e00"), Some("fd00::1".parse().unwrap()));
         assert_eq!(first_ip(&r, "e14"), Some("fd00::f".parse().unwrap()));
-        assert_eq!(r.egresses["e15"][0].as_ref().unwrap_err().reason, "PoolExhausted");
+        assert_eq!(r.egresses["e15"][0].clone().unwrap().unwrap_err().reason, "PoolExhausted");
         assert_eq!(r.usage["p"].total, 15);
     }
 
@@ -289,7 +290,7 @@ mod tests {
         // One more Egress than addresses: the last is refused, the others keep theirs.
         eg.push(mk_egress("e06", Some("p"), None));
         let r = run(vec![mk_pool("p", &[("10.0.0.1", "10.0.0.3"), ("10.0.0.10", "10.0.0.12")], &[])], eg);
-        assert_eq!(r.egresses["e06"][0].as_ref().unwrap_err().reason, "PoolExhausted");
+        assert_eq!(r.egresses["e06"][0].clone().unwrap().unwrap_err().reason, "PoolExhausted");
         assert_eq!(first_ip(&r, "e03"), Some("10.0.0.12".parse().unwrap()));
     }
 
@@ -325,7 +326,7 @@ mod tests {
         eg[0].status = Some(api::EgressStatus { egress_ip: Some("10.0.0.1".into()), ..Default::default() });
         eg[1].spec.egress_ip = Some("10.0.0.1".into());
         let r = run(vec![cidr_pool("10.0.0.0/29")], eg);
-        let f = r.egresses["e01"][0].as_ref().unwrap_err();
+        let f = r.egresses["e01"][0].clone().unwrap().unwrap_err();
         assert_eq!(f.reason, "IPConflict");
         assert!(f.message.contains("e00"));
     }
@@ -344,7 +345,7 @@ mod tests {
     fn static_without_pool_needs_no_allocation() {
         let e = mk_egress("s", None, Some("10.10.0.104"));
         let r = run(vec![], vec![e]);
-        assert_eq!(r.egresses["s"][0], Ok(Allocated { ip: "10.10.0.104".parse().unwrap(), from_pool: false }));
+        assert_eq!(r.egresses["s"][0], Some(Ok(Allocated { ip: "10.10.0.104".parse().unwrap(), from_pool: false })));
     }
 
     #[test]

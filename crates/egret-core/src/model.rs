@@ -221,7 +221,7 @@ pub struct Bandwidth {
 }
 
 /// One egress IP of an Egress as its spec asks for it: a static address, an allocation from a
-/// pool, or a static address inside a pool.
+/// pool, a static address inside a pool, or a gateway node's own address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpSpec {
     /// The static address (`egressIP`, `egressIPs[i]`).
@@ -232,6 +232,9 @@ pub struct IpSpec {
     pub family: Family,
     /// The address the Egress's status records for it (an earlier allocation to restore).
     pub status_ip: Option<IpAddr>,
+    /// `gatewayNodes[i].nodeSelector`: the egress IP is the `InternalIP` (of `family`) of the
+    /// matching node chosen as the gateway; `ip` and `pool` are then absent.
+    pub gateway_nodes: Option<Selector>,
 }
 
 impl Egress {
@@ -243,8 +246,12 @@ impl Egress {
     /// The spec field that lists its IPs: several pools are listed only in `externalIPPools`,
     /// several IPs of one pool (or none) in `egressIPs`; one IP in `egressIP`.
     pub fn ips_field(&self) -> &'static str {
-        let pools: std::collections::BTreeSet<Option<&String>> = self.ips.iter().map(|s| s.pool.as_ref()).collect();
-        match (self.ips.len(), pools.len()) {
+        if !self.ips.is_empty() && self.ips.iter().all(|s| s.gateway_nodes.is_some()) {
+            return "spec.gatewayNodes";
+        }
+        let addressed: Vec<&IpSpec> = self.ips.iter().filter(|s| s.gateway_nodes.is_none()).collect();
+        let pools: std::collections::BTreeSet<Option<&String>> = addressed.iter().map(|s| s.pool.as_ref()).collect();
+        match (addressed.len(), pools.len()) {
             (0 | 1, _) => "spec.egressIP",
             (_, 1) => "spec.egressIPs",
             _ => "spec.externalIPPools",

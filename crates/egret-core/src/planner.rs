@@ -485,6 +485,78 @@ fn ip_conditions(
     (allocated, assigned, node)
 }
 
+/// The key a gateway-node slot is placed by: an address in the discard-only prefix `100::/64`
+/// (RFC 6666) derived from the Egress name and the slot, used as a hash seed only. Placement
+/// hashes egress IPs; a slot has none until its node is chosen.
+fn slot_key(egress: &str, slot: usize) -> IpAddr {
+    let h = xxhash_rust::xxh3::xxh3_64_with_seed(egress.as_bytes(), slot as u64);
+    IpAddr::V6(std::net::Ipv6Addr::from((0x0100_u128 << 112) | u128::from(h)))
+}
+
+/// Where the gateway-node slots of `e` (`gatewayNodes`, in spec order) are: each the chosen
+/// node's name and its `InternalIP` of the slot's family, or `None` without a live matching
+/// node. The slots are placed as one group ([`placement::place_group`]), so they are on
+/// different nodes while there are enough, and a death moves only the dead node's slot.
+fn place_gateway_nodes(inp: &Inputs, e: &Egress) -> Vec<Option<(IpAddr, String)>> {
+    let slots: Vec<(usize, &crate::model::IpSpec, &crate::selector::Selector)> =
+        e.ips.iter().enumerate().filter_map(|(i, s)| s.gateway_nodes.as_ref().map(|sel| (i, s, sel))).collect();
+    if slots.is_empty() {
+        return Vec::new();
+    }
+    let sets: Vec<(BTreeSet<String>, BTreeSet<String>)> = slots
+        .iter()
+        .map(|(_, spec, sel)| {
+            let all: BTreeSet<String> = inp
+                .nodes
+                .iter()
+                .filter(|n| sel.matches(&n.labels) && n.ip(spec.family).is_some())
+                .map(|n| n.name.clone())
+                .collect();
+            let live = all.iter().filter(|n| inp.live.contains(*n)).cloned().collect();
+            (live, all)
+        })
+        .collect();
+    let requests: Vec<Request> = slots
+        .iter()
+        .zip(&sets)
+        .map(|((i, _, _), (eligible, universe))| Request { ip: slot_key(&e.name, *i), eligible, universe })
+        .collect();
+    placement::place_group(&requests)
+        .into_iter()
+        .zip(&slots)
+        .map(|(node, (_, spec, _))| {
+            let node = node?;
+            let ip = inp.nodes.iter().find(|n| n.name == node)?.ip(spec.family)?;
+            Some((ip, node))
+        })
+        .collect()
+}
+
+/// The conditions of the gateway-node slot `e.ips[i]` placed `at` (its address and node).
+fn gateway_node_conditions(
+    e: &Egress,
+    i: usize,
+    spec: &crate::model::IpSpec,
+    at: Option<&(IpAddr, String)>,
+) -> (Condition, Condition) {
+    use egret_api::v1alpha1::{IP_ALLOCATED, IP_ASSIGNED};
+    // Its index among gatewayNodes: the slots come after every other spec, in order.
+    let k = i - e.ips.iter().take_while(|s| s.gateway_nodes.is_none()).count();
+    let field = format!("spec.gatewayNodes[{k}]");
+    let allocated =
+        cond(IP_ALLOCATED, true, "GatewayNode", format!("{field}: the {} address of a gateway node", spec.family));
+    let assigned = match at {
+        Some((ip, node)) => cond(IP_ASSIGNED, true, "Assigned", format!("{ip} is the address of gateway node {node}")),
+        None => cond(
+            IP_ASSIGNED,
+            false,
+            "NoEligibleNode",
+            format!("no live node matches {field}.nodeSelector and has an {} InternalIP", spec.family),
+        ),
+    };
+    (allocated, assigned)
+}
+
 /// One condition from those of an Egress's several IPs: true when all are, with the first
 /// false one's reason, and every message.
 fn combine(mut each: Vec<Condition>) -> Option<Condition> {
@@ -515,7 +587,7 @@ pub(crate) fn gateways_with(
         let allocs = inp.allocations.egresses.get(&e.name).map(Vec::as_slice).unwrap_or_default();
         let mut group = Vec::new();
         for (spec, alloc) in e.ips.iter().zip(allocs) {
-            let (Ok(a), Some(pool)) = (alloc, spec.pool.as_ref().and_then(|p| inp.pools.get(p))) else {
+            let (Some(Ok(a)), Some(pool)) = (alloc, spec.pool.as_ref().and_then(|p| inp.pools.get(p))) else {
                 continue;
             };
             let ip = a.ip;
@@ -554,7 +626,16 @@ pub(crate) fn gateways_with(
     for e in inp.egresses.values() {
         let allocs = inp.allocations.egresses.get(&e.name).map(Vec::as_slice).unwrap_or_default();
         let (mut allocated, mut assigned, mut ips) = (Vec::new(), Vec::new(), Vec::new());
-        for (spec, alloc) in e.ips.iter().zip(allocs) {
+        let mut on_nodes = place_gateway_nodes(inp, e).into_iter();
+        for (i, (spec, alloc)) in e.ips.iter().zip(allocs).enumerate() {
+            let Some(alloc) = alloc else {
+                let at = on_nodes.next().flatten();
+                let (a, b) = gateway_node_conditions(e, i, spec, at.as_ref());
+                allocated.push(a);
+                assigned.push(b);
+                ips.extend(at.map(|(ip, node)| IpOutcome { ip, node: Some(node), from_pool: false, subnet: None }));
+                continue;
+            };
             let (a, b, node) = ip_conditions(inp, &live_nodes, spec, alloc, &placed);
             allocated.push(a);
             assigned.push(b);
@@ -1147,6 +1228,71 @@ mod tests {
         f.egresses = vec![ns_egress("e", "prod", Some("web"), None, Some("192.0.2.9"))];
         let p = f.plan();
         assert!(outcome(&p, "e").conditions.iter().any(|c| c.reason == "NoNodeHasIP"));
+    }
+
+    fn gateway_nodes_egress(name: &str, slots: usize) -> api::Egress {
+        let mut e = ns_egress(name, "prod", None, None, None);
+        let node_selector = mk_match(&[("network-role", "egress-gateway")]);
+        e.spec.gateway_nodes = vec![api::GatewayNode { node_selector, ip_family: None }; slots];
+        e
+    }
+
+    #[test]
+    fn a_gateway_node_slot_leaves_with_the_chosen_nodes_own_address_and_follows_it() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![gateway_nodes_egress("e", 1)];
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        let gw = o.egress_node().unwrap().to_string();
+        assert!(["node-4", "node-5", "node-6"].contains(&gw.as_str()), "{gw}");
+        let own = f.nodes.iter().find(|n| n.name == gw).unwrap().internal_ips[0];
+        assert_eq!(o.egress_ip(), Some(own));
+        let reasons: Vec<&str> = o.conditions.iter().map(|c| c.reason).collect();
+        assert_eq!(reasons, ["GatewayNode", "Assigned"]);
+        let plans = p.node_plans();
+        assert!(plans.values().all(|np| np.hosted.is_empty()), "its own address: nothing to host");
+        assert!(!plans[&gw].snat.is_empty() && plans[&gw].snat.iter().all(|s| s.egress_ip == own));
+        assert!(rows(&p).iter().all(|r| r.ends_with(&format!("{own} {gw}"))), "{:?}", rows(&p));
+
+        // The gateway dies: another selected node, with its own address.
+        f.live.remove(&gw);
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        let next = o.egress_node().unwrap().to_string();
+        assert_ne!(next, gw);
+        assert_eq!(o.egress_ip(), f.nodes.iter().find(|n| n.name == next).map(|n| n.internal_ips[0]));
+
+        // None left: IPAssigned says why, and the pods fail closed with no address.
+        for n in ["node-4", "node-5", "node-6"] {
+            f.live.remove(n);
+        }
+        let p = f.plan();
+        let assigned = outcome(&p, "e").conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap().clone();
+        assert_eq!((assigned.status, assigned.reason), ("False", "NoEligibleNode"));
+        assert!(assigned.message.contains("spec.gatewayNodes[0].nodeSelector"), "{}", assigned.message);
+        assert_eq!(
+            rows(&p),
+            vec!["10.244.1.10 0.0.0.0/0 - DROP", "10.244.2.10 0.0.0.0/0 - DROP", "10.244.3.10 0.0.0.0/0 - DROP"]
+        );
+    }
+
+    #[test]
+    fn gateway_node_slots_take_different_nodes_and_a_death_moves_only_its_own() {
+        let mut f = Fixture::lab();
+        f.egresses = vec![gateway_nodes_egress("e", 2)];
+        let nodes_of =
+            |p: &Plan| -> Vec<String> { outcome(p, "e").ips.iter().filter_map(|i| i.node.clone()).collect() };
+        let before = nodes_of(&f.plan());
+        assert_eq!(before.len(), 2);
+        assert_ne!(before[0], before[1]);
+        // The node no slot uses dies: nothing moves. One slot's node dies: only that slot moves.
+        let spare = ["node-4", "node-5", "node-6"].into_iter().find(|n| !before.iter().any(|b| b == n)).unwrap();
+        f.live.remove(spare);
+        assert_eq!(nodes_of(&f.plan()), before);
+        f.live.insert(spare.into());
+        f.live.remove(&before[1]);
+        let after = nodes_of(&f.plan());
+        assert_eq!((after[0].as_str(), after[1].as_str()), (before[0].as_str(), spare));
     }
 
     #[test]

@@ -402,10 +402,10 @@ fn egress_ips(
             spec.external_ip_pool.as_ref(),
             "spec.externalIPPool".into(),
         ));
-    } else {
+    } else if spec.gateway_nodes.is_empty() {
         sink.push(
             "spec",
-            "none of egressIP, egressIPs, externalIPPool and externalIPPools is set; set egressIP (static), externalIPPool (allocated), or both",
+            "none of egressIP, egressIPs, externalIPPool, externalIPPools and gatewayNodes is set; set egressIP (static), externalIPPool (allocated), both, or gatewayNodes (a gateway node's own address)",
         );
     }
     // Addresses recorded in status, to restore allocations from.
@@ -452,7 +452,22 @@ fn egress_ips(
             }
         }
         let Some(family) = family else { continue };
-        out.push(IpSpec { ip, pool: pname.cloned(), family, status_ip });
+        out.push(IpSpec { ip, pool: pname.cloned(), family, status_ip, gateway_nodes: None });
+    }
+    for (i, g) in spec.gateway_nodes.iter().enumerate() {
+        let at = format!("spec.gatewayNodes[{i}]");
+        let selector = compile(&g.node_selector, &format!("{at}.nodeSelector"), sink);
+        let family = match g.ip_family.as_deref() {
+            None | Some("IPv4") => Family::V4,
+            Some("IPv6") => Family::V6,
+            Some(other) => {
+                sink.push(format!("{at}.ipFamily"), format!("unknown value {other:?}; allowed: IPv4, IPv6"));
+                continue;
+            }
+        };
+        if let Some(selector) = selector {
+            out.push(IpSpec { ip: None, pool: None, family, status_ip: None, gateway_nodes: Some(selector) });
+        }
     }
     out
 }
@@ -917,6 +932,42 @@ mod tests {
             &|e| e.spec.applied_to.namespace_selector = Some(mk_expr("env", "In", &[])),
             "spec.appliedTo.namespaceSelector.matchExpressions[0].values",
         );
+        let gateway = |sel: LabelSelector, family: Option<&str>| {
+            vec![api::GatewayNode { node_selector: sel, ip_family: family.map(String::from) }]
+        };
+        check(
+            &|e| e.spec.gateway_nodes = gateway(mk_expr("role", "Exists", &["x"]), None),
+            "spec.gatewayNodes[0].nodeSelector.matchExpressions[0].values",
+        );
+        assert!(
+            check(
+                &|e| e.spec.gateway_nodes = gateway(LabelSelector::default(), Some("IPv5")),
+                "spec.gatewayNodes[0].ipFamily"
+            )
+            .contains("IPv4, IPv6")
+        );
+    }
+
+    #[test]
+    fn gateway_nodes_are_egress_ips_of_their_family_after_the_others() {
+        let pool = mk_pool("p", &[("10.0.0.1", "10.0.0.10")], &[]);
+        let mut e = mk_egress("e", None, None);
+        e.spec.gateway_nodes = vec![
+            api::GatewayNode { node_selector: mk_match(&[("gw", "a")]), ip_family: None },
+            api::GatewayNode { node_selector: LabelSelector::default(), ip_family: Some("IPv6".into()) },
+        ];
+        let v = validate(std::slice::from_ref(&pool), std::slice::from_ref(&e));
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let m = &v.egresses["e"];
+        assert_eq!(m.families, [Family::V4, Family::V6]);
+        assert!(m.ips.iter().all(|s| s.gateway_nodes.is_some() && s.ip.is_none() && s.pool.is_none()));
+        assert_eq!(m.ips_field(), "spec.gatewayNodes");
+        // With a pool: the pool's IP first, then the gateway nodes.
+        e.spec.external_ip_pool = Some("p".into());
+        let v = validate(std::slice::from_ref(&pool), &[e]);
+        let m = &v.egresses["e"];
+        assert_eq!(m.ips.iter().map(|s| s.gateway_nodes.is_some()).collect::<Vec<_>>(), [false, true, true]);
+        assert_eq!(m.ips_field(), "spec.egressIP");
     }
 
     #[test]

@@ -652,6 +652,56 @@ fn one_dual_stack_egress_and_ciliums_several_gateways() {
     assert_eq!(seen, BTreeSet::from(["10.10.0.50".to_string(), "10.10.0.51".to_string()]));
 }
 
+/// The lab's address of `node` (node-N is 10.10.0.10N).
+fn node_address(node: &str) -> String {
+    format!("10.10.0.{}", 100 + node.trim_start_matches("node-").parse::<u32>().unwrap())
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_cilium_gateway_without_egress_ip_leaves_with_the_gateway_nodes_own_address_and_fails_over() {
+    let lab = Lab::up();
+    lab.apply("examples/gateway-node/cilium.yaml");
+    let (e, gw) = lab.wait_placed("egress-gateway-node");
+    assert!(["node-4", "node-5", "node-6"].contains(&gw.as_str()), "{e:#}");
+    let own = node_address(&gw);
+    assert_eq!(e["status"]["egressIP"], own.as_str(), "{e:#}");
+    assert_eq!(condition(&e, "IPAllocated")["reason"], "GatewayNode");
+    lab.wait_source("default/mediabot-1", "db-a", &own, "the mediabot never left with its gateway's address");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101", "unselected: its own node's address");
+    // Nothing is hosted: the address is the node's own.
+    assert!(holders(&lab, &own).is_empty(), "{:?}", holders(&lab, &own));
+    let view = lab.ok(&["get", "datapath", "--node", "node-1"]);
+    assert!(view.contains("Drift against the plan: none"), "{view}");
+
+    // The gateway dies: another gateway node takes over, with its own address.
+    lab.ok(&["lab", "kill-node", &gw]);
+    let moved = lab.wait_egress("egress-gateway-node", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    let next = moved["status"]["egressNode"].as_str().unwrap().to_string();
+    assert_eq!(moved["status"]["egressIP"], node_address(&next).as_str(), "{moved:#}");
+    lab.wait_source("default/mediabot-1", "db-a", &node_address(&next), &format!("no way out after killing {gw}"));
+    // Back: the first gateway is the best-scoring node again.
+    lab.ok(&["lab", "restore-node", &gw]);
+    lab.wait_egress("egress-gateway-node", |e| e["status"]["egressNode"] == gw.as_str());
+    lab.wait_source("default/mediabot-1", "db-a", &own, &format!("did not go back to {gw}"));
+
+    // Egret's own form, two gateway nodes: each web pod leaves with one of their addresses.
+    lab.apply("examples/gateway-node/egress.yaml");
+    let e = lab.wait_egress("prod-web-gateway-nodes", |e| gateways_of(e).iter().all(|(_, n)| n.is_some()));
+    let g = gateways_of(&e);
+    assert_eq!(g.len(), 2, "{e:#}");
+    assert_ne!(g[0].1, g[1].1, "two different gateways: {e:#}");
+    for (ip, node) in &g {
+        assert_eq!(ip, &node_address(node.as_deref().unwrap()), "{e:#}");
+    }
+    for pod in ["prod/web-1", "prod/web-2"] {
+        let seen = lab.whoami(pod, "db-a");
+        assert!(g.iter().any(|(ip, _)| *ip == seen), "{pod} left as {seen}: {e:#}");
+    }
+}
+
 /// Bits per second iperf3 received from `pod` to db-a (the first two seconds left out).
 fn iperf(lab: &Lab, pod: &str, secs: u32) -> f64 {
     let out = exec(lab, pod, &["iperf3", "-c", "203.0.113.5", "-t", &secs.to_string(), "-O", "2", "-J"]);
