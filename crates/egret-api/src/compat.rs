@@ -199,7 +199,7 @@ pub struct CiliumGateway {
     /// Source IP to use; absent (with no `interface`): the gateway node's own address.
     #[serde(default, rename = "egressIP")]
     pub egress_ip: Option<String>,
-    /// Interface whose first address is used; not supported yet.
+    /// Interface whose first IPv4 address is used (and which the traffic leaves by).
     #[serde(default)]
     pub interface: Option<String>,
 }
@@ -372,15 +372,14 @@ pub fn cilium_policy(c: &CiliumPolicy) -> Result<Vec<Translated>, CompatError> {
         if gw.interface.is_some() && gw.egress_ip.is_some() {
             return Err(unsupported(at, "egressIP and interface are mutually exclusive"));
         }
-        if gw.interface.is_some() {
-            return Err(unsupported(
-                &format!("{at}.interface"),
-                "choosing the IP by interface is not supported yet; set egressIP",
-            ));
-        }
         let Some(ip) = gw.egress_ip.clone() else {
-            // Neither egressIP nor interface: the gateway's own address, as in Cilium.
-            nodes.push(GatewayNode { node_selector: gw.node_selector.clone().unwrap_or_default(), ip_family: None });
+            // No egressIP: the gateway's own address (of `interface`, or its InternalIP), as in
+            // Cilium.
+            nodes.push(GatewayNode {
+                node_selector: gw.node_selector.clone().unwrap_or_default(),
+                ip_family: None,
+                interface: gw.interface.clone(),
+            });
             continue;
         };
         if ips.contains(&ip) {
@@ -765,7 +764,7 @@ spec:
         assert_eq!(e.spec.egress_ip, None);
         assert_eq!(e.spec.external_ip_pool, None);
         let want = c.spec.egress_gateway.as_ref().unwrap().node_selector.clone().unwrap();
-        assert_eq!(e.spec.gateway_nodes, [GatewayNode { node_selector: want, ip_family: None }]);
+        assert_eq!(e.spec.gateway_nodes, [GatewayNode { node_selector: want, ip_family: None, interface: None }]);
 
         // Several gateways, one with an egressIP and one without: a pool and a gateway node.
         let mut several = c.clone();
@@ -781,12 +780,15 @@ spec:
     }
 
     #[test]
-    fn cilium_interface_is_a_named_error() {
+    fn a_cilium_interface_is_a_gateway_node_entry_and_not_with_egress_ip() {
         let mut c: CiliumPolicy = serde_yaml_ng::from_str(SEED_004).unwrap();
         let gw = c.spec.egress_gateway.as_mut().unwrap();
-        gw.egress_ip = None;
         gw.interface = Some("eth1".into());
-        assert_eq!(cilium_policy(&c).unwrap_err().field, "spec.egressGateway.interface");
+        assert_eq!(cilium_policy(&c).unwrap_err().field, "spec.egressGateway", "egressIP and interface");
+        c.spec.egress_gateway.as_mut().unwrap().egress_ip = None;
+        let out = cilium_policy(&c).unwrap();
+        let Translated::Egress(e) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(e.spec.gateway_nodes[0].interface.as_deref(), Some("eth1"));
     }
 
     #[test]

@@ -154,9 +154,14 @@ pub struct GatewayNode {
     /// The nodes that may be the gateway (every node when empty).
     #[serde(default)]
     pub node_selector: LabelSelector,
-    /// `IPv4` (default) or `IPv6`: which of the node's `InternalIP`s is the egress IP.
+    /// `IPv4` (default) or `IPv6`: which of the node's addresses is the egress IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_family: Option<String>,
+    /// The interface the egress IP is taken from (Cilium's `egressGateway.interface`): its first
+    /// address of the family, as the node's agent publishes it, and the traffic leaves through
+    /// that interface. Absent: the node's `InternalIP`, leaving by the node's routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// A rate limit: traffic beyond `rate` (after a `burst`) is dropped at the gateway, as Antrea's

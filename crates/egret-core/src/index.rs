@@ -753,6 +753,13 @@ impl Index {
         }
     }
 
+    /// The interfaces valid Egresses take egress IPs from (`gatewayNodes[].interface`): those
+    /// whose addresses agents publish on their Node.
+    pub fn named_interfaces(&mut self) -> BTreeSet<String> {
+        let v = &self.objects().validated;
+        v.egresses.values().flat_map(|e| &e.ips).filter_map(|s| s.interface.clone()).collect()
+    }
+
     /// Validation problems of the Egret objects (translated ones included).
     pub fn validation_problems(&mut self) -> &[Problem] {
         &self.objects().validated.problems
@@ -2516,7 +2523,8 @@ mod tests {
                     3 => e.spec.external_ip_pools = vec!["p".into(), "p6".into()],
                     4 => {
                         let node_selector = mk_match(&[("network-role", "egress-gateway")]);
-                        e.spec.gateway_nodes = vec![api::GatewayNode { node_selector, ip_family: None }; 2];
+                        e.spec.gateway_nodes =
+                            vec![api::GatewayNode { node_selector, ip_family: None, interface: None }; 2];
                     }
                     _ => {}
                 }

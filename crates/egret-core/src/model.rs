@@ -6,6 +6,7 @@ use crate::selector::{Labels, Selector};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A node of the cluster.
@@ -21,12 +22,52 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
     /// `spec.podCIDRs` (or `spec.podCIDR`).
     pub pod_cidrs: Vec<IpNet>,
+    /// Addresses of its interfaces that Egresses name (`gatewayNodes[].interface`), as its agent
+    /// publishes them in the [`INTERFACES_ANNOTATION`], by interface name, in the interface's
+    /// order.
+    pub interfaces: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// The Node annotation in which a node's agent publishes the addresses of the interfaces that
+/// Egresses name: JSON `{"eth1": ["198.18.0.14"]}`.
+pub const INTERFACES_ANNOTATION: &str = "egret.dev/interfaces";
+
+/// The interfaces' addresses in an [`INTERFACES_ANNOTATION`] value; what does not parse is left
+/// out (the agent rewrites the annotation on its next sync).
+pub fn parse_interfaces(text: &str) -> BTreeMap<String, Vec<IpAddr>> {
+    let parsed: BTreeMap<String, Vec<String>> = serde_json::from_str(text).unwrap_or_default();
+    parsed.into_iter().map(|(name, ips)| (name, ips.iter().filter_map(|ip| ip.parse().ok()).collect())).collect()
+}
+
+#[cfg(test)]
+#[test]
+fn interface_addresses_round_trip_through_the_annotation_and_bad_text_is_none() {
+    let mut m = BTreeMap::new();
+    m.insert("eth1".to_string(), vec!["198.18.0.15".parse().unwrap(), "fd00:18::15".parse().unwrap()]);
+    let text = format_interfaces(&m);
+    assert_eq!(text, r#"{"eth1":["198.18.0.15","fd00:18::15"]}"#);
+    assert_eq!(parse_interfaces(&text), m);
+    assert!(parse_interfaces("not json").is_empty());
+    // An address that does not parse is left out, the others kept.
+    assert_eq!(parse_interfaces(r#"{"eth1":["x","198.18.0.15"]}"#)["eth1"].len(), 1);
+}
+
+/// The value of an [`INTERFACES_ANNOTATION`] for these addresses.
+pub fn format_interfaces(interfaces: &BTreeMap<String, Vec<IpAddr>>) -> String {
+    let text: BTreeMap<&String, Vec<String>> =
+        interfaces.iter().map(|(n, ips)| (n, ips.iter().map(IpAddr::to_string).collect())).collect();
+    serde_json::to_string(&text).unwrap_or_default()
 }
 
 impl Node {
     /// The node's underlay address of `family`.
     pub fn ip(&self, family: Family) -> Option<IpAddr> {
         self.internal_ips.iter().find(|ip| Family::of(ip) == family).copied()
+    }
+
+    /// The first address of `family` of its interface `name` (as published by its agent).
+    pub fn interface_ip(&self, name: &str, family: Family) -> Option<IpAddr> {
+        self.interfaces.get(name)?.iter().find(|ip| Family::of(ip) == family).copied()
     }
 
     /// Builds the model from a core/v1 Node. Unparseable addresses are skipped: they cannot be
@@ -55,6 +96,13 @@ impl Node {
             internal_ips: parse(true),
             addresses: parse(false),
             pod_cidrs,
+            interfaces: n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INTERFACES_ANNOTATION))
+                .map(|t| parse_interfaces(t))
+                .unwrap_or_default(),
         }
     }
 }
@@ -235,6 +283,9 @@ pub struct IpSpec {
     /// `gatewayNodes[i].nodeSelector`: the egress IP is the `InternalIP` (of `family`) of the
     /// matching node chosen as the gateway; `ip` and `pool` are then absent.
     pub gateway_nodes: Option<Selector>,
+    /// `gatewayNodes[i].interface`: the address is that interface's, and the traffic leaves
+    /// through it.
+    pub interface: Option<String>,
 }
 
 impl Egress {

@@ -91,6 +91,10 @@ pub struct IpOutcome {
     /// The egress subnet of its pool.
     #[serde(skip)]
     pub subnet: Option<crate::model::Subnet>,
+    /// The gateway's interface it is the address of (`gatewayNodes[].interface`), which its
+    /// traffic leaves by.
+    #[serde(skip)]
+    pub interface: Option<String>,
 }
 
 /// What happens to one Egress.
@@ -358,6 +362,15 @@ pub struct Hosted {
     pub subnet: Option<crate::model::Subnet>,
 }
 
+/// An egress IP that is the address of one of the gateway's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct InterfaceExit {
+    /// The address.
+    pub ip: IpAddr,
+    /// The interface (its name on the node).
+    pub interface: String,
+}
+
 /// What one node's datapath must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct NodePlan {
@@ -378,6 +391,10 @@ pub struct NodePlan {
     pub snat: Vec<Snat>,
     /// Egress IPs hosted here.
     pub hosted: Vec<Hosted>,
+    /// Egress IPs that are addresses of this node's interfaces (`gatewayNodes[].interface`):
+    /// what is SNATed to one leaves through its interface.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interface_exits: Vec<InterfaceExit>,
     /// Bandwidth limits of the Egresses whose traffic this node SNATs (it is their gateway).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub bandwidth: BTreeMap<String, crate::model::Bandwidth>,
@@ -509,7 +526,7 @@ fn place_gateway_nodes(inp: &Inputs, e: &Egress) -> Vec<Option<(IpAddr, String)>
             let all: BTreeSet<String> = inp
                 .nodes
                 .iter()
-                .filter(|n| sel.matches(&n.labels) && n.ip(spec.family).is_some())
+                .filter(|n| sel.matches(&n.labels) && gateway_node_ip(n, spec).is_some())
                 .map(|n| n.name.clone())
                 .collect();
             let live = all.iter().filter(|n| inp.live.contains(*n)).cloned().collect();
@@ -526,10 +543,19 @@ fn place_gateway_nodes(inp: &Inputs, e: &Egress) -> Vec<Option<(IpAddr, String)>
         .zip(&slots)
         .map(|(node, (_, spec, _))| {
             let node = node?;
-            let ip = inp.nodes.iter().find(|n| n.name == node)?.ip(spec.family)?;
+            let ip = gateway_node_ip(inp.nodes.iter().find(|n| n.name == node)?, spec)?;
             Some((ip, node))
         })
         .collect()
+}
+
+/// The address a gateway-node slot takes on node `n`: the first of its family on the slot's
+/// interface, or the node's `InternalIP`.
+fn gateway_node_ip(n: &Node, spec: &crate::model::IpSpec) -> Option<IpAddr> {
+    match &spec.interface {
+        Some(i) => n.interface_ip(i, spec.family),
+        None => n.ip(spec.family),
+    }
 }
 
 /// The conditions of the gateway-node slot `e.ips[i]` placed `at` (its address and node).
@@ -543,15 +569,30 @@ fn gateway_node_conditions(
     // Its index among gatewayNodes: the slots come after every other spec, in order.
     let k = i - e.ips.iter().take_while(|s| s.gateway_nodes.is_none()).count();
     let field = format!("spec.gatewayNodes[{k}]");
-    let allocated =
-        cond(IP_ALLOCATED, true, "GatewayNode", format!("{field}: the {} address of a gateway node", spec.family));
-    let assigned = match at {
-        Some((ip, node)) => cond(IP_ASSIGNED, true, "Assigned", format!("{ip} is the address of gateway node {node}")),
-        None => cond(
+    let (what, lacking) = match &spec.interface {
+        Some(i) => (
+            format!("the {} address of interface {i} of a gateway node", spec.family),
+            format!(
+                "an {} address on interface {i} (published by its agent in the {} annotation)",
+                spec.family,
+                crate::model::INTERFACES_ANNOTATION
+            ),
+        ),
+        None => (format!("the {} address of a gateway node", spec.family), format!("an {} InternalIP", spec.family)),
+    };
+    let allocated = cond(IP_ALLOCATED, true, "GatewayNode", format!("{field}: {what}"));
+    let assigned = match (at, &spec.interface) {
+        (Some((ip, node)), Some(i)) => {
+            cond(IP_ASSIGNED, true, "Assigned", format!("{ip} is the address of interface {i} of gateway node {node}"))
+        }
+        (Some((ip, node)), None) => {
+            cond(IP_ASSIGNED, true, "Assigned", format!("{ip} is the address of gateway node {node}"))
+        }
+        (None, _) => cond(
             IP_ASSIGNED,
             false,
             "NoEligibleNode",
-            format!("no live node matches {field}.nodeSelector and has an {} InternalIP", spec.family),
+            format!("no live node matches {field}.nodeSelector and has {lacking}"),
         ),
     };
     (allocated, assigned)
@@ -633,7 +674,13 @@ pub(crate) fn gateways_with(
                 let (a, b) = gateway_node_conditions(e, i, spec, at.as_ref());
                 allocated.push(a);
                 assigned.push(b);
-                ips.extend(at.map(|(ip, node)| IpOutcome { ip, node: Some(node), from_pool: false, subnet: None }));
+                ips.extend(at.map(|(ip, node)| IpOutcome {
+                    ip,
+                    node: Some(node),
+                    from_pool: false,
+                    subnet: None,
+                    interface: spec.interface.clone(),
+                }));
                 continue;
             };
             let (a, b, node) = ip_conditions(inp, &live_nodes, spec, alloc, &placed);
@@ -641,7 +688,7 @@ pub(crate) fn gateways_with(
             assigned.push(b);
             if let Ok(a) = alloc {
                 let subnet = spec.pool.as_ref().and_then(|p| inp.pools.get(p)).and_then(|p| p.subnet);
-                ips.push(IpOutcome { ip: a.ip, node, from_pool: a.from_pool, subnet });
+                ips.push(IpOutcome { ip: a.ip, node, from_pool: a.from_pool, subnet, interface: None });
             }
         }
         let mut o = EgressOutcome {
@@ -1022,6 +1069,14 @@ impl Plan {
         }
         for e in &self.egresses {
             for i in &e.ips {
+                if let (Some(node), Some(interface)) = (&i.node, &i.interface)
+                    && let Some(np) = out.get_mut(node)
+                {
+                    let exit = InterfaceExit { ip: i.ip, interface: interface.clone() };
+                    if !np.interface_exits.contains(&exit) {
+                        np.interface_exits.push(exit);
+                    }
+                }
                 // Static IPs outside pools are already configured on their node.
                 let (Some(node), true) = (&i.node, i.from_pool) else {
                     continue;
@@ -1233,7 +1288,7 @@ mod tests {
     fn gateway_nodes_egress(name: &str, slots: usize) -> api::Egress {
         let mut e = ns_egress(name, "prod", None, None, None);
         let node_selector = mk_match(&[("network-role", "egress-gateway")]);
-        e.spec.gateway_nodes = vec![api::GatewayNode { node_selector, ip_family: None }; slots];
+        e.spec.gateway_nodes = vec![api::GatewayNode { node_selector, ip_family: None, interface: None }; slots];
         e
     }
 
@@ -1274,6 +1329,34 @@ mod tests {
             rows(&p),
             vec!["10.244.1.10 0.0.0.0/0 - DROP", "10.244.2.10 0.0.0.0/0 - DROP", "10.244.3.10 0.0.0.0/0 - DROP"]
         );
+    }
+
+    #[test]
+    fn an_interface_slot_takes_the_interfaces_address_on_nodes_that_published_one() {
+        let mut f = Fixture::lab();
+        // Only node-5 and node-6 published an eth1 address (node-6 IPv6 only).
+        for (n, ips) in [("node-5", vec!["198.18.0.15"]), ("node-6", vec!["fd00:18::16"])] {
+            let node = f.nodes.iter_mut().find(|x| x.name == n).unwrap();
+            node.interfaces.insert("eth1".into(), ips.iter().map(|i| i.parse().unwrap()).collect());
+        }
+        let mut e = gateway_nodes_egress("e", 1);
+        e.spec.gateway_nodes[0].interface = Some("eth1".into());
+        f.egresses = vec![e];
+        let p = f.plan();
+        let o = outcome(&p, "e");
+        assert_eq!(o.egress_node(), Some("node-5"));
+        assert_eq!(o.egress_ip(), Some("198.18.0.15".parse().unwrap()));
+        let plans = p.node_plans();
+        let exit = InterfaceExit { ip: "198.18.0.15".parse().unwrap(), interface: "eth1".into() };
+        assert_eq!(plans["node-5"].interface_exits, [exit]);
+        assert!(plans["node-5"].snat.iter().all(|s| s.egress_ip.to_string() == "198.18.0.15"));
+        assert!(plans.iter().filter(|(n, _)| *n != "node-5").all(|(_, np)| np.interface_exits.is_empty()));
+        // node-5 dies: no other node has an IPv4 address on eth1.
+        f.live.remove("node-5");
+        let p = f.plan();
+        let assigned = outcome(&p, "e").conditions.iter().find(|c| c.type_ == "IPAssigned").unwrap().clone();
+        assert_eq!(assigned.reason, "NoEligibleNode");
+        assert!(assigned.message.contains("interface eth1"), "{}", assigned.message);
     }
 
     #[test]

@@ -83,7 +83,15 @@ pub fn egress_statuses(
                         c.reason = "Assigned".into();
                         let each: Vec<String> = per
                             .iter()
-                            .map(|(ip, n, _)| format!("{ip} is hosted on node {}", n.as_deref().unwrap_or("")))
+                            .zip(&o.ips)
+                            .map(|((ip, n, _), i)| {
+                                let n = n.as_deref().unwrap_or("");
+                                match (&i.interface, i.from_pool) {
+                                    (_, true) => format!("{ip} is hosted on node {n}"),
+                                    (Some(dev), false) => format!("{ip} is the address of interface {dev} of node {n}"),
+                                    (None, false) => format!("{ip} is the address of node {n}"),
+                                }
+                            })
                             .collect();
                         c.message = each.join("; ");
                         if let Some(note) = o.sharing_note() {

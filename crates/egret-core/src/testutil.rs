@@ -62,6 +62,7 @@ pub fn mk_node(name: &str, ip: &str, pod_cidr: &str, kv: &[(&str, &str)]) -> Nod
         internal_ips: vec![ip.parse().unwrap()],
         addresses: vec![ip.parse().unwrap()],
         pod_cidrs: vec![pod_cidr.parse().unwrap()],
+        interfaces: Default::default(),
     }
 }
 

@@ -452,7 +452,7 @@ fn egress_ips(
             }
         }
         let Some(family) = family else { continue };
-        out.push(IpSpec { ip, pool: pname.cloned(), family, status_ip, gateway_nodes: None });
+        out.push(IpSpec { ip, pool: pname.cloned(), family, status_ip, gateway_nodes: None, interface: None });
     }
     for (i, g) in spec.gateway_nodes.iter().enumerate() {
         let at = format!("spec.gatewayNodes[{i}]");
@@ -465,11 +465,47 @@ fn egress_ips(
                 continue;
             }
         };
+        let interface = match g.interface.as_deref().map(|n| (n, interface_name(n))) {
+            Some((_, Err(m))) => {
+                sink.push(format!("{at}.interface"), m);
+                continue;
+            }
+            Some((_, Ok(()))) if family == Family::V6 => {
+                sink.push(
+                    format!("{at}.interface"),
+                    "an IPv6 egress IP taken from an interface is not supported yet (IPv4 only, as in Cilium)",
+                );
+                continue;
+            }
+            Some((n, Ok(()))) => Some(n.to_string()),
+            None => None,
+        };
         if let Some(selector) = selector {
-            out.push(IpSpec { ip: None, pool: None, family, status_ip: None, gateway_nodes: Some(selector) });
+            out.push(IpSpec {
+                ip: None,
+                pool: None,
+                family,
+                status_ip: None,
+                gateway_nodes: Some(selector),
+                interface,
+            });
         }
     }
     out
+}
+
+/// Whether `name` can name a Linux network interface: 1 to 15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`.
+fn interface_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(format!("{name:?} is not an interface name: 1 to 15 characters, without '/', ':' or whitespace"));
+    }
+    Ok(())
 }
 
 fn validate_egress(
@@ -933,7 +969,7 @@ mod tests {
             "spec.appliedTo.namespaceSelector.matchExpressions[0].values",
         );
         let gateway = |sel: LabelSelector, family: Option<&str>| {
-            vec![api::GatewayNode { node_selector: sel, ip_family: family.map(String::from) }]
+            vec![api::GatewayNode { node_selector: sel, ip_family: family.map(String::from), interface: None }]
         };
         check(
             &|e| e.spec.gateway_nodes = gateway(mk_expr("role", "Exists", &["x"]), None),
@@ -946,6 +982,23 @@ mod tests {
             )
             .contains("IPv4, IPv6")
         );
+        for bad in ["", "a-name-of-16-chr", "eth/1", "eth 1", ".."] {
+            let reason = check(
+                &|e| {
+                    e.spec.gateway_nodes = gateway(LabelSelector::default(), None);
+                    e.spec.gateway_nodes[0].interface = Some(bad.into());
+                },
+                "spec.gatewayNodes[0].interface",
+            );
+            assert!(reason.contains("not an interface name"), "{bad:?}: {reason}");
+        }
+        check(
+            &|e| {
+                e.spec.gateway_nodes = gateway(LabelSelector::default(), Some("IPv6"));
+                e.spec.gateway_nodes[0].interface = Some("eth1".into());
+            },
+            "spec.gatewayNodes[0].interface",
+        );
     }
 
     #[test]
@@ -953,8 +1006,12 @@ mod tests {
         let pool = mk_pool("p", &[("10.0.0.1", "10.0.0.10")], &[]);
         let mut e = mk_egress("e", None, None);
         e.spec.gateway_nodes = vec![
-            api::GatewayNode { node_selector: mk_match(&[("gw", "a")]), ip_family: None },
-            api::GatewayNode { node_selector: LabelSelector::default(), ip_family: Some("IPv6".into()) },
+            api::GatewayNode { node_selector: mk_match(&[("gw", "a")]), ip_family: None, interface: None },
+            api::GatewayNode {
+                node_selector: LabelSelector::default(),
+                ip_family: Some("IPv6".into()),
+                interface: None,
+            },
         ];
         let v = validate(std::slice::from_ref(&pool), std::slice::from_ref(&e));
         assert!(v.problems.is_empty(), "{:?}", v.problems);

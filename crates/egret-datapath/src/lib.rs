@@ -271,6 +271,18 @@ pub fn read_table(cfg: &Config) -> Result<Option<nft::Table>, DatapathError> {
     }
 }
 
+/// The plan's interface exits as this network namespace's kernel resolves them (for
+/// [`view::drift`]; a sync does the same).
+pub fn resolve_exits(cfg: &Config, plan: &NodePlan) -> Result<link::Exits, DatapathError> {
+    runtime()?.block_on(async { Net::connect()?.resolve_exits(cfg, plan).await })
+}
+
+/// The addresses of the interfaces `names` in this network namespace (see
+/// [`Net::interface_addresses`]).
+pub fn interface_addresses(names: &BTreeSet<String>) -> Result<BTreeMap<String, Vec<IpAddr>>, DatapathError> {
+    runtime()?.block_on(async { Net::connect()?.interface_addresses(names).await })
+}
+
 impl Datapath {
     /// A datapath with these settings. Touches nothing yet.
     pub fn new(cfg: Config) -> Result<Datapath, DatapathError> {
@@ -314,7 +326,9 @@ impl Datapath {
                 PeerIds::recovered(found)
             }
         };
-        let needed = link::needed_ids(plan);
+        // Interface exits: their interface and next hop, looked up here.
+        let exits = rt.block_on(async { Net::connect()?.resolve_exits(&cfg, plan).await })?;
+        let needed = link::needed_ids(plan, &exits);
         let ids = match prev.allocate(&needed) {
             Ok(ids) => ids,
             Err(e) => {
@@ -324,7 +338,7 @@ impl Datapath {
         };
         self.ids = Some(ids.clone());
 
-        let (want_nft, skipped) = nft::desired(&cfg, plan, &ids);
+        let (want_nft, skipped) = nft::desired(&cfg, plan, &ids, &exits);
         let want_nft = nft::normalise(want_nft);
         report.skipped = skipped;
         if link::needs_ipv6(plan)
@@ -344,7 +358,7 @@ impl Datapath {
                 None => tracing::warn!(node = %plan.node, "{}", s.why),
             }
         }
-        let want_items = link::desired(&cfg, plan, &ids);
+        let want_items = link::desired(&cfg, plan, &ids, &exits);
 
         // 1. Links, addresses, tunnel and routing (rtnetlink).
         let (links, added_hosted) = rt.block_on(async {
@@ -365,6 +379,18 @@ impl Datapath {
             // Forwarding, and loose reverse-path filtering on the tunnel only: pod sources
             // arrive through it although the main table routes them elsewhere.
             net.ensure_inet_conf(&cfg.vxlan_name, 1, 2, &mut report.changes).await?;
+            // Interface exits: replies to their egress IPs arrive there and are forwarded to
+            // the pods, from sources the main table routes by another interface.
+            let exit_devs: BTreeSet<&str> = plan
+                .interface_exits
+                .iter()
+                .filter(|e| exits.via.contains_key(&e.ip))
+                .map(|e| e.interface.as_str())
+                .filter(|d| *d != cfg.underlay)
+                .collect();
+            for dev in exit_devs {
+                net.ensure_inet_conf(dev, 1, 2, &mut report.changes).await?;
+            }
             let have = net.read(&cfg, &links).await?;
             if let Some(last) = &self.last_items {
                 let now: BTreeSet<Item> = have.keys().cloned().collect();

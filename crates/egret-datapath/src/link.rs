@@ -50,6 +50,9 @@ pub enum Item {
     /// The exit of an egress subnet: in one of Egret's tables, `default via GATEWAY` on the
     /// underlay, on-link: (table, gateway).
     ExitRoute(u32, Ipv4Addr),
+    /// The exit of an interface's egress IP: in one of Egret's tables, `default via NEXT_HOP`
+    /// on that interface, on-link: (table, next hop, interface index).
+    InterfaceExitRoute(u32, Ipv4Addr, u32),
 }
 
 impl fmt::Display for Item {
@@ -71,6 +74,7 @@ impl fmt::Display for Item {
             Item::Rule6(p, m, k, t) => write!(f, "rule (IPv6) pref {p} fwmark {m:#x}/{k:#x} table {t}"),
             Item::Hosted(a, l) => write!(f, "hosted address {a}/{l}"),
             Item::ExitRoute(t, g) => write!(f, "route 0.0.0.0/0 via {g} onlink (underlay) table {t}"),
+            Item::InterfaceExitRoute(t, g, i) => write!(f, "route 0.0.0.0/0 via {g} onlink dev #{i} table {t}"),
         }
     }
 }
@@ -106,11 +110,24 @@ pub fn subnets(plan: &NodePlan) -> BTreeSet<egret_core::model::Subnet> {
     plan.hosted.iter().filter_map(|h| h.subnet).collect()
 }
 
-/// Everything a local id is needed for, by its key: tunnel peers (their underlay address) and
-/// egress subnets (their gateway), one id space (the mark and table per id).
-pub fn needed_ids(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
+/// The interface exits of a plan as resolved on this node (see [`Net::resolve_exits`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exits {
+    /// Egress IP -> (interface index, next hop of the interface's default route).
+    pub via: BTreeMap<IpAddr, (u32, Ipv4Addr)>,
+    /// Egress IPs whose interface gives no way out, with why: their traffic is dropped.
+    pub unresolved: BTreeMap<IpAddr, String>,
+    /// The underlay's index: an exit through it is the same route as an egress subnet's.
+    pub underlay: u32,
+}
+
+/// Everything a local id is needed for, by its key: tunnel peers (their underlay address),
+/// egress subnets (their gateway) and interface exits (their next hop), one id space (the mark
+/// and table per id).
+pub fn needed_ids(plan: &NodePlan, exits: &Exits) -> BTreeSet<Ipv4Addr> {
     let mut out: BTreeSet<Ipv4Addr> = tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
     out.extend(subnets(plan).into_iter().map(|s| s.gateway));
+    out.extend(exits.via.values().map(|(_, hop)| *hop));
     out
 }
 
@@ -167,8 +184,9 @@ pub fn needs_ipv6(plan: &NodePlan) -> bool {
     plan.steer.iter().any(|s| s.source.is_ipv6()) || plan.snat.iter().any(|s| s.source.is_ipv6())
 }
 
-/// What the kernel must hold for `plan`, with `ids` the local ids of its peers (pure).
-pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
+/// What the kernel must hold for `plan`, with `ids` the local ids of its peers and `exits` its
+/// interface exits as resolved here (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits: &Exits) -> BTreeSet<Item> {
     let v6 = needs_ipv6(plan);
     let mut out = BTreeSet::new();
     if let Some(me) = local_address(plan) {
@@ -198,6 +216,16 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> BTreeSet<Item> {
     for s in subnets(plan) {
         let Some(id) = ids.get(&s.gateway) else { continue };
         out.insert(Item::ExitRoute(cfg.table(id), s.gateway));
+        out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
+    }
+    // Interface exits: the same, through the interface's next hop.
+    for (dev, hop) in exits.via.values() {
+        let Some(id) = ids.get(hop) else { continue };
+        out.insert(if *dev == exits.underlay {
+            Item::ExitRoute(cfg.table(id), *hop)
+        } else {
+            Item::InterfaceExitRoute(cfg.table(id), *hop, *dev)
+        });
         out.insert(Item::Rule(cfg.rule_priority, cfg.mark(id), cfg.mark_mask(), cfg.table(id)));
     }
     out
@@ -264,6 +292,92 @@ impl Net {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(nl(format!("get link {name}"))(e)),
         }
+    }
+
+    /// The addresses of the interfaces `names` that exist, in the kernel's order (the primary
+    /// first), without IPv6 link-local ones and without the egress IPs Egret hosts: what an
+    /// agent publishes for `gatewayNodes[].interface`.
+    pub async fn interface_addresses(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, Vec<IpAddr>>, DatapathError> {
+        let mut by_index: BTreeMap<u32, &String> = BTreeMap::new();
+        for n in names {
+            if let Some(l) = self.link(n).await? {
+                by_index.insert(l.header.index, n);
+            }
+        }
+        let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        if by_index.is_empty() {
+            return Ok(out);
+        }
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(a) = addrs.try_next().await.map_err(nl("dump addresses"))? {
+            let Some(name) = by_index.get(&a.header.index) else { continue };
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let ours = a
+                .attributes
+                .iter()
+                .any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
+            match ip {
+                Some(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => {}
+                Some(ip) if !ours => out.entry((*name).clone()).or_default().push(ip),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves the plan's interface exits: each egress IP's interface, and the next hop of the
+    /// interface's default route in the main table (the lowest metric). An IP whose interface
+    /// does not exist, or has no such route, or that is IPv6, is unresolved (its traffic is
+    /// dropped, never sent another way).
+    pub async fn resolve_exits(&self, cfg: &Config, plan: &NodePlan) -> Result<Exits, DatapathError> {
+        let mut out = Exits::default();
+        if plan.interface_exits.is_empty() {
+            return Ok(out);
+        }
+        out.underlay = self.link(&cfg.underlay).await?.map_or(u32::MAX, |l| l.header.index);
+        // Default routes of the main table with a gateway: (interface, metric, next hop).
+        let mut defaults: Vec<(u32, u32, Ipv4Addr)> = Vec::new();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("dump routes"))? {
+            if route_table(&r) != u32::from(libc::RT_TABLE_MAIN) || r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let metric =
+                r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
+            if let (_, Some(IpAddr::V4(g)), Some(oif)) = route_fields(&r) {
+                defaults.push((oif, metric.unwrap_or(0), g));
+            }
+        }
+        for e in &plan.interface_exits {
+            if e.ip.is_ipv6() {
+                out.unresolved
+                    .insert(e.ip, format!("{}: IPv6 egress IPs of an interface are not supported", e.interface));
+                continue;
+            }
+            let Some(link) = self.link(&e.interface).await? else {
+                out.unresolved.insert(e.ip, format!("interface {} does not exist", e.interface));
+                continue;
+            };
+            let dev = link.header.index;
+            match defaults.iter().filter(|(oif, _, _)| *oif == dev).min_by_key(|(_, metric, _)| *metric) {
+                Some((_, _, hop)) => {
+                    out.via.insert(e.ip, (dev, *hop));
+                }
+                None => {
+                    out.unresolved.insert(
+                        e.ip,
+                        format!("interface {} has no default route with a gateway in the main table", e.interface),
+                    );
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Sets the IPv4 `forwarding` and `rp_filter` of device `name` over netlink (`RTM_SETLINK`
@@ -487,6 +601,13 @@ impl Net {
                     (_, Some(IpAddr::V4(g)), Some(oif)) if oif == links.underlay && len == 0 => {
                         Item::ExitRoute(table, g)
                     }
+                    // Leaving by another interface than the tunnel: an interface exit (read
+                    // with Egret's devices known only).
+                    (_, Some(IpAddr::V4(g)), Some(oif))
+                        if len == 0 && links.vxlan != u32::MAX && oif != links.vxlan =>
+                    {
+                        Item::InterfaceExitRoute(table, g, oif)
+                    }
                     (dst, gw, _) if v6 => Item::Route6(
                         table,
                         dst.and_then(v6_of).unwrap_or(Ipv6Addr::UNSPECIFIED),
@@ -595,6 +716,16 @@ impl Net {
                     .build();
                 self.handle.route().add(msg).execute().await
             }
+            Item::InterfaceExitRoute(table, gw, dev) => {
+                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(*table)
+                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                    .output_interface(*dev)
+                    .gateway(*gw)
+                    .onlink()
+                    .build();
+                self.handle.route().add(msg).execute().await
+            }
             Item::Rule(prio, mark, mask, table) => {
                 self.add_rule(AddressFamily::Inet, *prio, *mark, *mask, *table).await
             }
@@ -661,7 +792,9 @@ impl Net {
             .await?
             .into_keys()
             .filter_map(|i| match i {
-                Item::Route(table, _, 0, Some(gw)) | Item::ExitRoute(table, gw) => Some((gw, cfg.table_id(table)?)),
+                Item::Route(table, _, 0, Some(gw))
+                | Item::ExitRoute(table, gw)
+                | Item::InterfaceExitRoute(table, gw, _) => Some((gw, cfg.table_id(table)?)),
                 _ => None,
             })
             .collect())
@@ -797,7 +930,8 @@ mod tests {
         assert_eq!(peers, vec![("node-2".to_string(), Ipv4Addr::new(10, 10, 0, 102))]);
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         let ids = PeerIds::recovered([(Ipv4Addr::new(10, 10, 0, 102), 9)]);
-        let items: Vec<String> = desired(&cfg, &plan, &ids).iter().map(|i| i.to_string()).collect();
+        let items: Vec<String> =
+            desired(&cfg, &plan, &ids, &Default::default()).iter().map(|i| i.to_string()).collect();
         assert_eq!(
             items,
             vec![
@@ -809,6 +943,37 @@ mod tests {
                 "hosted address 10.10.0.11/32",
             ]
         );
+    }
+
+    #[test]
+    fn an_interface_exit_routes_by_its_next_hop_on_its_interface_or_on_the_underlay() {
+        let cfg = Config::default();
+        let ip: IpAddr = "198.18.0.14".parse().unwrap();
+        let hop = Ipv4Addr::new(198, 18, 0, 1);
+        let plan = NodePlan {
+            node: "node-4".into(),
+            interface_exits: vec![egret_core::planner::InterfaceExit { ip, interface: "eth1".into() }],
+            ..NodePlan::default()
+        };
+        let mut exits = Exits { underlay: 2, ..Exits::default() };
+        exits.via.insert(ip, (7, hop));
+        assert_eq!(needed_ids(&plan, &exits), BTreeSet::from([hop]));
+        let ids = PeerIds::recovered([(hop, 3)]);
+        let items: Vec<String> = desired(&cfg, &plan, &ids, &exits).iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            items,
+            [
+                "rule pref 1700 fwmark 0x30000/0xffff0000 table 241631235",
+                "route 0.0.0.0/0 via 198.18.0.1 onlink dev #7 table 241631235"
+            ]
+        );
+        // Through the underlay it is the route an egress subnet's exit is.
+        exits.via.insert(ip, (2, hop));
+        assert!(desired(&cfg, &plan, &ids, &exits).contains(&Item::ExitRoute(cfg.table(3), hop)));
+        // Unresolved: nothing in routing (nft drops its traffic).
+        let none = Exits { unresolved: BTreeMap::from([(ip, "no route".to_string())]), ..Exits::default() };
+        assert!(needed_ids(&plan, &none).is_empty());
+        assert!(desired(&cfg, &plan, &PeerIds::default(), &none).is_empty());
     }
 
     /// The items of one peer depend only on that peer and its local id: other nodes joining
@@ -842,7 +1007,7 @@ mod tests {
             let p = plan(range.map(peer).collect());
             let needed = tunnel_peers(&p).0.into_iter().map(|(_, ip)| ip).collect();
             ids = ids.allocate(&needed).unwrap();
-            let items = desired(&cfg, &p, &ids);
+            let items = desired(&cfg, &p, &ids, &Default::default());
             let rules = items.iter().filter(|i| matches!(i, Item::Rule(..))).count();
             assert_eq!(rules, needed.len(), "one rule (and table) per peer, all distinct");
             let mine = of(&items, watched);

@@ -349,8 +349,13 @@ pub fn origin_chain(id: u16) -> String {
     format!("from_node_{id}")
 }
 
-/// Builds the desired table for `plan`, with `ids` the local ids of its peers (pure).
-pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped) {
+/// Drops what would leave by an interface exit that gives no way out (see
+/// [`crate::link::Exits::unresolved`]): never sent another way.
+const CHAIN_NO_EXIT: &str = "no_exit";
+
+/// Builds the desired table for `plan`, with `ids` the local ids of its peers and `exits` its
+/// interface exits as resolved on this node (pure).
+pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate::link::Exits) -> (Table, Skipped) {
     let (peers, skipped_peers) = tunnel_peers(plan);
     let mut skipped: Skipped = skipped_peers.into_iter().map(Skip::new).collect();
     let mask = cfg.mark_mask();
@@ -410,6 +415,33 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds) -> (Table, Skipped)
             Chain { hook: None, rules: vec![rule(vec![set_bits(meta("mark"), mask, cfg.mark(id))])] },
         );
         exits.insert(h.ip, c);
+    }
+    // Interface exits: the same, through the interface's next hop; fail closed without one.
+    for e in &plan.interface_exits {
+        match (exits_here.via.get(&e.ip), exits_here.unresolved.get(&e.ip)) {
+            (Some((_, hop)), _) => {
+                let Some(id) = ids.get(hop) else {
+                    skipped.push(Skip::new(format!("exit of {} via {hop} has no local id", e.ip)));
+                    continue;
+                };
+                let c = exit_chain(id, *hop);
+                t.chains.insert(
+                    c.clone(),
+                    Chain { hook: None, rules: vec![rule(vec![set_bits(meta("mark"), mask, cfg.mark(id))])] },
+                );
+                exits.insert(e.ip, c);
+            }
+            (None, why) => {
+                let why = why.map_or("not resolved", String::as_str);
+                skipped.push(Skip::new(format!(
+                    "egress IP {} leaves by no interface ({why}): its traffic is dropped",
+                    e.ip
+                )));
+                t.chains
+                    .insert(CHAIN_NO_EXIT.into(), Chain { hook: None, rules: vec![rule(vec![json!({"drop": null})])] });
+                exits.insert(e.ip, CHAIN_NO_EXIT.into());
+            }
+        }
     }
 
     // Both families: the same sets and maps, one of each per family (`4`/`6` suffix), and for
@@ -1429,8 +1461,8 @@ mod tests {
     #[test]
     fn rules_do_not_grow_with_pods_or_egresses() {
         let cfg = Config::default();
-        let (small, _) = desired(&cfg, &plan(1), &ids());
-        let (big, _) = desired(&cfg, &plan(5000), &ids());
+        let (small, _) = desired(&cfg, &plan(1), &ids(), &Default::default());
+        let (big, _) = desired(&cfg, &plan(5000), &ids(), &Default::default());
         assert_eq!(rule_count(&small), rule_count(&big));
         assert_eq!(big.sets[MAP_STEER4].elems.len(), 5000);
         assert_eq!(big.sets[SET_SOURCES4].elems.len(), 5000, "every steered source, once");
@@ -1441,7 +1473,7 @@ mod tests {
     #[test]
     fn steering_entries_map_to_tunnel_chains_drop_and_snat() {
         let cfg = Config::default();
-        let (t, skipped) = desired(&cfg, &plan(2), &ids());
+        let (t, skipped) = desired(&cfg, &plan(2), &ids(), &Default::default());
         assert!(skipped.is_empty(), "the IPv6 cluster CIDR is the firewall's, not skipped: {skipped:?}");
         let t = normalise(t);
         let steer: Vec<&String> = t.sets[MAP_STEER4].elems.keys().collect();
@@ -1487,7 +1519,7 @@ mod tests {
             egress: "eg-6".into(),
             egress_ip: "fd00:10:10::e1".parse().unwrap(),
         });
-        let (t, skipped) = desired(&cfg, &p, &ids());
+        let (t, skipped) = desired(&cfg, &p, &ids(), &Default::default());
         assert!(skipped.is_empty(), "{skipped:?}");
         let t = normalise(t);
         assert_eq!(t.sets[MAP_STEER4].elems.len(), 1);
@@ -1505,13 +1537,52 @@ mod tests {
     }
 
     #[test]
+    fn an_interface_exit_marks_its_traffic_for_its_route_and_fails_closed_unresolved() {
+        let cfg = Config::default();
+        let mut p = plan(0);
+        // The gateway's SNAT to an interface's address, from a tunnelled pod and a local one.
+        let ip: IpAddr = "198.18.0.14".parse().unwrap();
+        p.snat[0].egress_ip = ip;
+        p.steer.push(Steer {
+            source: "10.244.1.10".parse().unwrap(),
+            destination: "0.0.0.0/0".parse().unwrap(),
+            egress: "eg-9".into(),
+            action: SteerAction::Local,
+            egress_ip: Some(ip),
+        });
+        p.interface_exits = vec![egret_core::planner::InterfaceExit { ip, interface: "eth1".into() }];
+        let hop = Ipv4Addr::new(198, 18, 0, 1);
+        let mut exits = crate::link::Exits::default();
+        exits.via.insert(ip, (7, hop));
+        let ids = PeerIds::recovered([(Ipv4Addr::new(10, 10, 0, 102), 7), (hop, 3)]);
+        let (t, skipped) = desired(&cfg, &p, &ids, &exits);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let t = normalise(t);
+        let c = exit_chain(3, hop);
+        assert!(t.chains.contains_key(&c));
+        assert!(t.sets[MAP_STEER4].elems.keys().any(|k| k.ends_with(&format!(": goto {c}"))));
+        assert!(t.sets[MAP_EXIT4].elems.keys().all(|k| k.ends_with(&format!(": jump {c}"))));
+        assert_eq!(t.sets[MAP_EXIT4].elems.len(), 1);
+        assert!(ids_in(&t).contains(&(hop, 3)), "the exit's id is recoverable");
+        // No way out by the interface: dropped, never routed another way.
+        let mut none = crate::link::Exits::default();
+        none.unresolved.insert(ip, "interface eth1 does not exist".into());
+        let (t, skipped) = desired(&cfg, &p, &ids, &none);
+        assert!(skipped.iter().any(|s| s.why.contains("eth1 does not exist")), "{skipped:?}");
+        let t = normalise(t);
+        assert!(t.sets[MAP_STEER4].elems.keys().any(|k| k.ends_with(": goto no_exit")));
+        assert!(t.sets[MAP_EXIT4].elems.keys().all(|k| k.ends_with(": jump no_exit")));
+        assert_eq!(t.chains[CHAIN_NO_EXIT].rules[0].1, json!([{"drop": null}]));
+    }
+
+    #[test]
     fn a_bandwidth_limit_is_one_chain_per_egress_and_rules_only_where_needed() {
         let cfg = Config::default();
-        let (without, _) = desired(&cfg, &plan(2), &ids());
+        let (without, _) = desired(&cfg, &plan(2), &ids(), &Default::default());
         let mut p = plan(2);
         p.bandwidth
             .insert("eg-9".into(), egret_core::model::Bandwidth { rate_bps: 100_000_000, burst_bits: 200_000_000 });
-        let (with, _) = desired(&cfg, &p, &ids());
+        let (with, _) = desired(&cfg, &p, &ids(), &Default::default());
         assert_eq!(without.chains["forward"].rules.len(), 1, "no lookup without a limit");
         assert_eq!(with.chains["forward"].rules.len(), 3, "one lookup per family");
         let (_, expr) = &with.chains[&bandwidth_chain("eg-9")].rules[0];
@@ -1526,7 +1597,7 @@ mod tests {
     #[test]
     fn dropped_traffic_counts_on_its_own_counter_per_reason() {
         let cfg = Config::default();
-        let (t, _) = desired(&cfg, &plan(2), &ids());
+        let (t, _) = desired(&cfg, &plan(2), &ids(), &Default::default());
         let t = normalise(t);
         // Pod .0 is steered (its Egress's counter), pod .1 has no gateway (a drop counter).
         let counters: Vec<&String> = t.sets[MAP_COUNTERS4].elems.keys().collect();
@@ -1544,7 +1615,7 @@ mod tests {
         // Without the tunnel: the reason says so.
         let mut p = plan(1);
         p.peers.clear();
-        let (t, _) = desired(&cfg, &p, &ids());
+        let (t, _) = desired(&cfg, &p, &ids(), &Default::default());
         assert!(t.counters.contains(&dropped_counter("eg-0", DropReason::NoTunnel)), "{:?}", t.counters);
         assert!(!t.counters.iter().any(|c| c.starts_with("dropped_nogateway")));
     }
@@ -1568,7 +1639,7 @@ mod tests {
         let cfg = Config::default();
         let mut p = plan(1);
         p.peers.clear();
-        let (t, skipped) = desired(&cfg, &p, &ids());
+        let (t, skipped) = desired(&cfg, &p, &ids(), &Default::default());
         let t = normalise(t);
         assert!(t.sets[MAP_STEER4].elems.keys().all(|k| k.ends_with(": drop")));
         assert!(skipped.iter().any(|s| s.why.contains("dropped") && s.egress.as_deref() == Some("eg-0")));
@@ -1577,7 +1648,7 @@ mod tests {
     #[test]
     fn transaction_touches_only_differences() {
         let cfg = Config::default();
-        let want = normalise(desired(&cfg, &plan(10), &ids()).0);
+        let want = normalise(desired(&cfg, &plan(10), &ids(), &Default::default()).0);
         // Fresh: everything in one transaction.
         let all = transaction(&want, None);
         assert!(all.len() > 10);
@@ -1585,7 +1656,7 @@ mod tests {
         assert!(transaction(&want, Some(&want)).is_empty());
         // One pod fewer: one element deletion per map, no flush, no counter touched.
         let have = want.clone();
-        let want2 = normalise(desired(&cfg, &plan(9), &ids()).0);
+        let want2 = normalise(desired(&cfg, &plan(9), &ids(), &Default::default()).0);
         let cmds = json_of(&transaction(&want2, Some(&have)));
         let text = serde_json::to_string(&cmds).unwrap();
         assert!(!text.contains("flush") && !text.contains("\"counter\":{\"family"), "{text}");
@@ -1594,7 +1665,7 @@ mod tests {
         let mut p = plan(10);
         p.egresses.retain(|e| e != "eg-0");
         p.steer.retain(|s| s.egress != "eg-0");
-        let cmds = json_of(&transaction(&normalise(desired(&cfg, &p, &ids()).0), Some(&have)));
+        let cmds = json_of(&transaction(&normalise(desired(&cfg, &p, &ids(), &Default::default()).0), Some(&have)));
         let pos = |needle: &str| cmds.iter().position(|c| c.to_string().contains(needle)).unwrap_or(usize::MAX);
         assert!(pos("\"element\"") < pos("\"counter\""), "{cmds:?}");
     }
@@ -1602,7 +1673,7 @@ mod tests {
     #[test]
     fn read_back_parses_into_the_same_model() {
         let cfg = Config::default();
-        let want = normalise(desired(&cfg, &plan(3), &ids()).0);
+        let want = normalise(desired(&cfg, &plan(3), &ids(), &Default::default()).0);
         // What nft 1.0.6 prints for such a table (abridged to the parts the model reads).
         let doc = json!({"nftables": [
             {"metainfo": {"version": "1.0.6"}},

@@ -109,7 +109,7 @@ pub fn read(t: &Table) -> KernelView {
                 // Out through this node, by an egress subnet's router.
                 other if other.starts_with("goto exit_") => Path::Local,
                 "goto out_here" => Path::Local,
-                "drop" => Path::Drop,
+                "drop" | "goto no_exit" => Path::Drop,
                 other => match other.strip_prefix("goto to_node_").and_then(|id| id.parse::<u16>().ok()) {
                     Some(id) => Path::Tunnel(by_id.get(&id).copied(), id),
                     None => Path::Other(other.to_string()),
@@ -134,10 +134,15 @@ pub fn read(t: &Table) -> KernelView {
 
 /// How Egret's table `have` differs from what `plan` asks for, one line per difference (empty:
 /// none). The tunnel ids are those the table holds, with new ones for peers it lacks.
-pub fn drift(cfg: &Config, plan: &NodePlan, have: &Table) -> Result<Vec<String>, egret_core::ids::Exhausted> {
-    let needed: BTreeSet<Ipv4Addr> = crate::link::needed_ids(plan);
+pub fn drift(
+    cfg: &Config,
+    plan: &NodePlan,
+    exits: &crate::link::Exits,
+    have: &Table,
+) -> Result<Vec<String>, egret_core::ids::Exhausted> {
+    let needed: BTreeSet<Ipv4Addr> = crate::link::needed_ids(plan, exits);
     let ids = PeerIds::recovered(nft::ids_in(have)).allocate(&needed)?;
-    let (want, _) = nft::desired(cfg, plan, &ids);
+    let (want, _) = nft::desired(cfg, plan, &ids, exits);
     Ok(nft::describe(&nft::normalise(want), Some(have)))
 }
 
@@ -195,7 +200,7 @@ mod tests {
         let cfg = Config::default();
         let needed = BTreeSet::from(["10.10.0.102".parse().unwrap()]);
         let ids = PeerIds::default().allocate(&needed).unwrap();
-        nft::normalise(nft::desired(&cfg, plan, &ids).0)
+        nft::normalise(nft::desired(&cfg, plan, &ids, &Default::default()).0)
     }
 
     #[test]
@@ -235,12 +240,12 @@ mod tests {
     fn drift_is_what_the_table_lacks_or_holds_beyond_the_plan() {
         let p = plan();
         let t = table(&p);
-        assert_eq!(drift(&Config::default(), &p, &t).unwrap(), Vec::<String>::new());
+        assert_eq!(drift(&Config::default(), &p, &Default::default(), &t).unwrap(), Vec::<String>::new());
         let mut edited = t.clone();
         let steer = edited.sets.get_mut(MAP_STEER4).unwrap();
         let first = steer.elems.keys().next().unwrap().clone();
         steer.elems.remove(&first);
-        let d = drift(&Config::default(), &p, &edited).unwrap();
+        let d = drift(&Config::default(), &p, &Default::default(), &edited).unwrap();
         assert!(!d.is_empty() && d.iter().any(|l| l.contains(MAP_STEER4)), "{d:?}");
     }
 

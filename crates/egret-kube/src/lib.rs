@@ -41,6 +41,7 @@ pub mod foreign;
 mod keyset;
 pub mod lease;
 pub mod lenient;
+pub mod node;
 pub mod slim;
 pub mod source;
 pub mod status;

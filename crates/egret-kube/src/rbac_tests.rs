@@ -488,9 +488,12 @@ async fn sync_source(server: &TestServer, config: SourceConfig, kinds: &[Kind]) 
 }
 
 /// The agent: the source only.
+/// The agent: the source, and its interfaces published on its Node.
 async fn agent_requests(config: SourceConfig, kinds: &[Kind]) -> Vec<Request> {
     let server = world(config.antrea || config.cilium).await;
     sync_source(&server, config, kinds).await.abort();
+    let client = server.client().unwrap();
+    crate::node::annotate(&client, "node-1", egret_core::model::INTERFACES_ANNOTATION, "{}").await.unwrap();
     server.requests()
 }
 

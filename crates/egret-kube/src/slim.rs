@@ -2,7 +2,7 @@
 //!
 //! They implement `kube::Resource` (through k8s-openapi's static kind, group and version of the
 //! full types) so the kube-rs watcher can list and watch them, but deserialize only the fields
-//! Egret's model reads: serde skips `managedFields`, annotations, container specs and conditions
+//! Egret's model reads: serde skips `managedFields`, annotations (but Egret's own), container specs and conditions
 //! while parsing, so they are never allocated. The model types ([`egret_core::model`]) are built
 //! from these and the slim objects are dropped at once.
 
@@ -22,6 +22,42 @@ struct SlimMeta {
     namespace: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     resource_version: Option<String>,
+    /// Only Egret's own annotations (a node's published interfaces); the others are skipped
+    /// while parsing.
+    #[serde(default, deserialize_with = "egret_annotations")]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The `egret.dev/` annotations of a map of annotations, skipping the values of the others.
+fn egret_annotations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of annotations")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k.starts_with("egret.dev/") {
+                    out.insert(k.into_owned(), m.next_value::<String>()?);
+                } else {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok((!out.is_empty()).then_some(out))
+        }
+    }
+    d.deserialize_option(Visit)
 }
 
 fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
@@ -31,6 +67,7 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         namespace: m.namespace,
         labels: m.labels,
         resource_version: m.resource_version,
+        annotations: m.annotations,
         ..ObjectMeta::default()
     })
 }
@@ -203,6 +240,13 @@ impl From<SlimNode> for model::Node {
             name: n.metadata.name.unwrap_or_default(),
             labels: n.metadata.labels.unwrap_or_default(),
             pod_cidrs,
+            interfaces: n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(model::INTERFACES_ANNOTATION))
+                .map(|t| model::parse_interfaces(t))
+                .unwrap_or_default(),
         }
     }
 }

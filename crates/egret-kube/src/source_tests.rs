@@ -283,6 +283,16 @@ fn slim_types_give_the_same_model_as_full_objects() {
         let slim: SlimNode = serde_json::from_value(v).unwrap();
         assert_eq!(model::Node::from(slim), model::Node::from_k8s(&full));
     }
+    // A node's published interfaces are read; other annotations are skipped.
+    let mut annotated = node("node-1", "192.168.0.1", "10.244.1.0/24");
+    annotated["metadata"]["annotations"] =
+        serde_json::json!({model::INTERFACES_ANNOTATION: r#"{"eth1":["198.18.0.11"]}"#, "other": "x"});
+    let full: k8s_openapi::api::core::v1::Node = serde_json::from_value(annotated.clone()).unwrap();
+    let slim: SlimNode = serde_json::from_value(annotated).unwrap();
+    assert_eq!(slim.metadata.annotations.as_ref().map(|a| a.len()), Some(1), "only Egret's");
+    let m = model::Node::from(slim);
+    assert_eq!(m, model::Node::from_k8s(&full));
+    assert_eq!(m.interface_ip("eth1", egret_core::net::Family::V4), Some("198.18.0.11".parse().unwrap()));
     let slim: SlimPod = serde_json::from_value(pod("prod", "a", None, "10.0.0.1")).unwrap();
     assert_eq!(slim.metadata.annotations, None, "annotations are not even parsed");
     assert_eq!(slim.metadata.managed_fields, None);

@@ -19,8 +19,9 @@ mod whoami;
 pub use ns::{KillOnDrop, Netns, unique_prefix};
 pub use topology::{
     BAD_HOST, BAD_HOST6, DB_A, DB_A6, EGRESS_SUBNET_GW, EGRESS_SUBNET_PORT, NODE_NET, NODE_NET6, Node, OUTSIDE_NET6,
-    POD_NET, POD_NET6, Pod, PodSpec, ROUTER_IP, ROUTER_IP6, Topology, TopologySpec, egress_subnet_forwarded, node_ip,
-    node_ip6, node_name, plumb_pod, pod_cidr, pod_cidr6, pod_ip6,
+    POD_NET, POD_NET6, Pod, PodSpec, ROUTER_IP, ROUTER_IP6, Topology, TopologySpec, UPLINK2_DEV, UPLINK2_GW,
+    UPLINK2_METRIC, egress_subnet_forwarded, node_ip, node_ip6, node_name, node_uplink2_ip, plumb_pod, pod_cidr,
+    pod_cidr6, pod_ip6, uplink2_forwarded,
 };
 pub use whoami::{WHOAMI_PORT, Whoami, WhoamiConn, whoami};
 

@@ -7,7 +7,8 @@
 //!                                        │  fd00:10:10::10N/64    2001:db8:113::5/64, ::8/64)
 //!                                        │                          │
 //!              router ns: br0 10.10.0.1/24, fd00:10:10::1/64 ────── out0 (203.0.113.1/24, …,
-//!                                                                        2001:db8:113::1/64)
+//!                         br1 192.168.100.1/24 (each node's eth1,           2001:db8:113::1/64)
+//!                             192.168.100.10N/24: a second uplink)
 //! ```
 //!
 //! Dual-stack throughout: every node, pod and outside host has an IPv4 and an IPv6 address.
@@ -41,6 +42,15 @@ pub const OUTSIDE_NET6: &str = "2001:db8:113::/64";
 pub const EGRESS_SUBNET_GW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// The router's port on the egress subnet (in the router's namespace).
 pub const EGRESS_SUBNET_PORT: &str = "egw0";
+/// The router's address on the second uplink, 192.168.100.0/24: every node's `eth1` is on a
+/// segment of its own (bridge `br1` in the router), with a default route of lower priority,
+/// the shape of a gateway node with a dedicated egress interface (Cilium's
+/// `egressGateway.interface`).
+pub const UPLINK2_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+/// The nodes' second uplink interface.
+pub const UPLINK2_DEV: &str = "eth1";
+/// The metric of the nodes' default route by the second uplink (the node network's is 0).
+pub const UPLINK2_METRIC: &str = "200";
 /// The node network.
 pub const NODE_NET: &str = "10.10.0.0/24";
 /// The IPv6 node network.
@@ -53,6 +63,11 @@ pub const POD_NET6: &str = "fd00:10:244::/48";
 /// The underlay address of node `i` (1-based): `10.10.0.(100+i)`.
 pub fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 100 + i as u8)
+}
+
+/// The address of node `i` (1-based) on the second uplink: `192.168.100.(100+i)`.
+pub fn node_uplink2_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, 100 + i as u8)
 }
 
 /// The IPv6 underlay address of node `i` (1-based): `fd00:10:10::1XX` (hex digits reading
@@ -231,6 +246,18 @@ pub fn egress_subnet_forwarded(router: &Netns) -> Result<u64, Error> {
         .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
 }
 
+/// Packets the router namespace `router` forwarded that came in by the nodes' second uplink.
+pub fn uplink2_forwarded(router: &Netns) -> Result<u64, Error> {
+    let out = router.exec("nft", &["list", "counter", "inet", "lab", "uplink2"])?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == "packets")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
+}
+
 /// A built topology. Dropping it stops the servers and deletes every namespace (and so every
 /// link) it created, pods first, router last.
 #[derive(Debug)]
@@ -274,12 +301,17 @@ impl Topology {
         // br0 answers ARP only for its own addresses, as separate routers would: else it also
         // answers for the subnet's gateway, and traffic would not reach the subnet's port.
         router.sysctl("net.ipv4.conf.br0.arp_ignore", "1")?;
-        // Packets the router forwards that came in by the subnet's port (not its ARP or ND).
+        // The second uplink's segment.
+        router.ip(&["link", "add", "br1", "type", "bridge"])?;
+        router.ip(&["addr", "add", &format!("{UPLINK2_GW}/24"), "dev", "br1"])?;
+        router.ip(&["link", "set", "br1", "up"])?;
+        // Packets the router forwards that came in by the subnet's port (not its ARP or ND),
+        // and by the second uplink.
         router.exec_stdin(
             "nft",
             &["-f", "-"],
             &format!(
-                "table inet lab {{\n counter egress_subnet {{}}\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  iifname {EGRESS_SUBNET_PORT} counter name egress_subnet\n }}\n}}\n"
+                "table inet lab {{\n counter egress_subnet {{}}\n counter uplink2 {{}}\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  iifname {EGRESS_SUBNET_PORT} counter name egress_subnet\n  iifname br1 counter name uplink2\n }}\n}}\n"
             ),
         )?;
         router.ip(&["link", "set", "br0", "up"])?;
@@ -343,6 +375,13 @@ impl Topology {
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &ROUTER_IP6.to_string()])?;
+            // The second uplink: a way out the node's routing does not use by itself.
+            let port2 = format!("m{i}");
+            router.ip(&["link", "add", &port2, "type", "veth", "peer", "name", UPLINK2_DEV, "netns", ns.name()])?;
+            router.ip(&["link", "set", &port2, "master", "br1", "up"])?;
+            ns.ip(&["addr", "add", &format!("{}/24", node_uplink2_ip(i)), "dev", UPLINK2_DEV])?;
+            ns.ip(&["link", "set", UPLINK2_DEV, "up"])?;
+            ns.ip(&["route", "add", "default", "via", &UPLINK2_GW.to_string(), "metric", UPLINK2_METRIC])?;
             // The pods' default gateway: a node-local address answered by ARP on every veth
             // (a CNI plugin puts its own on its bridge or veths).
             if spec.cni.is_none() {

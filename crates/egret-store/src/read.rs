@@ -529,9 +529,9 @@ metadata: {name: prod, labels: {kubernetes.io/metadata.name: prod}}
         let (_, e) = load("just: a map\n");
         assert!(e[0].to_string().contains("apiVersion and kind are required"));
         let (_, e) = load(
-            "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: c}\nspec: {selectors: [{podSelector: {}}], egressGateway: {interface: eth1}}\n",
+            "apiVersion: cilium.io/v2\nkind: CiliumEgressGatewayPolicy\nmetadata: {name: c}\nspec: {selectors: [{podSelector: {}}], egressGateway: {interface: eth1, egressIP: 10.0.0.1}}\n",
         );
-        assert!(e[0].to_string().contains("spec.egressGateway.interface"), "{}", e[0]);
+        assert!(e[0].to_string().contains("spec.egressGateway: egressIP and interface"), "{}", e[0]);
     }
 
     #[test]

@@ -245,7 +245,23 @@ impl Store {
                 n.metadata.creation_timestamp = o.metadata.creation_timestamp.clone();
             },
         );
-        merge(&mut cur.nodes, new.nodes, |d| key_of("Node", None, &d.metadata.name), &mut changes, keep_created);
+        merge(
+            &mut cur.nodes,
+            new.nodes,
+            |d| key_of("Node", None, &d.metadata.name),
+            &mut changes,
+            |o, n| {
+                keep_created(o, n);
+                // What the node's agent published stays unless the applied object says otherwise
+                // (as with another field manager's field under `kubectl apply`).
+                let key = egret_core::model::INTERFACES_ANNOTATION;
+                if let Some(v) = o.metadata.annotations.as_ref().and_then(|a| a.get(key))
+                    && n.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(key))
+                {
+                    n.metadata.annotations.get_or_insert_with(Default::default).insert(key.to_string(), v.clone());
+                }
+            },
+        );
         merge(
             &mut cur.namespaces,
             new.namespaces,
@@ -393,6 +409,24 @@ impl Store {
             }
         }
         Ok(written)
+    }
+
+    /// Sets one annotation of a Node (under the lock), re-reading its file first so a
+    /// concurrent change is never lost: how an agent publishes facts only its node knows.
+    /// `false` when the Node does not exist or already has that value.
+    pub fn annotate_node(&self, node: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        let lock = self.lock()?;
+        let k = key_of("Node", None, &Some(node.to_string()));
+        let Some(mut n) = self.read_one::<k8s_openapi::api::core::v1::Node>(&k)? else {
+            return Ok(false);
+        };
+        let annotations = n.metadata.annotations.get_or_insert_with(Default::default);
+        if annotations.get(key).map(String::as_str) == Some(value) {
+            return Ok(false);
+        }
+        annotations.insert(key.to_string(), value.to_string());
+        self.put(&lock, &k, &n)?;
+        Ok(true)
     }
 
     fn read_one<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, StoreError> {
@@ -622,6 +656,30 @@ mod tests {
         assert!(p[0].reason.contains("10.10.0.11"));
         let grown = POOL.replace("end: 10.10.0.20", "end: 10.10.0.30");
         assert_eq!(store.apply(objs(&grown)).unwrap().changes.len(), 1);
+    }
+
+    #[test]
+    fn an_agent_annotates_its_node_and_a_later_apply_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {a: b}}\nstatus: {addresses: [{type: InternalIP, address: 10.10.0.101}]}\n";
+        store.apply(objs(node)).unwrap();
+        let key = egret_core::model::INTERFACES_ANNOTATION;
+        assert!(store.annotate_node("node-1", key, r#"{"eth1":["198.18.0.11"]}"#).unwrap());
+        assert!(!store.annotate_node("node-1", key, r#"{"eth1":["198.18.0.11"]}"#).unwrap(), "unchanged");
+        assert!(!store.annotate_node("node-9", key, "{}").unwrap(), "no such node");
+        let read = |s: &Store| {
+            let (o, _) = s.load();
+            egret_core::model::Node::from_k8s(&o.nodes[0].object)
+        };
+        assert_eq!(
+            read(&store).interface_ip("eth1", egret_core::net::Family::V4),
+            Some("198.18.0.11".parse().unwrap())
+        );
+        // Re-applying the Node (spec and labels) keeps what the agent published.
+        store.apply(objs(&node.replace("a: b", "a: c"))).unwrap();
+        assert_eq!(read(&store).interfaces.len(), 1);
+        assert_eq!(read(&store).labels["a"], "c");
     }
 
     #[test]

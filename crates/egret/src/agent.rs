@@ -294,6 +294,8 @@ const LOOP_STALL: Duration = Duration::from_secs(30);
 struct Loop {
     /// Where reports go, when there is a store.
     store: Option<Store>,
+    /// Where this node's own facts are published (its Node).
+    publisher: crate::publish::Publisher,
     objects: Objects,
     node: String,
     args: AgentArgs,
@@ -309,7 +311,19 @@ struct Loop {
 
 impl Loop {
     fn run(self, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-        let Loop { store, mut objects, node, args, health, metrics, membership, audit_index, dns, dns_metrics } = self;
+        let Loop {
+            store,
+            publisher,
+            mut objects,
+            node,
+            args,
+            health,
+            metrics,
+            membership,
+            audit_index,
+            dns,
+            dns_metrics,
+        } = self;
         let mut dns_restored = false;
         let mut dp = Datapath::new(args.datapath_config())?;
         let mut last: Option<NodePlan> = None;
@@ -364,6 +378,11 @@ impl Loop {
                 dirty = false;
                 // A source that is gone for good ends the loop, so the agent exits and restarts.
                 objects.poll()?;
+                // Failing to publish is logged and retried: only Egresses taking an IP from an
+                // interface of this node depend on it.
+                if let Err(e) = crate::publish::interfaces(&mut objects, &node, &publisher) {
+                    warn!("publishing the addresses of interfaces on node {node}: {e:#}");
+                }
                 match compute(&mut objects, &node, &live, may_host, &mut logged) {
                     Ok((np, stamp)) => {
                         in_store = true;
@@ -749,13 +768,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         internal_cidrs: Vec::new(),
         reserved: args.reserved_ips.clone(),
     };
-    let mut objects = match (args.source, &store) {
+    let (mut objects, publisher) = match (args.source, &store) {
         (SourceKind::Store, Some(store)) => {
             let mut objects = Objects::store(store.clone(), config);
             if args.enforce_network_policy {
                 objects.index.enforce_network_policies();
             }
-            objects
+            (objects, crate::publish::Publisher::Store(store.clone()))
         }
         _ => {
             let kube = crate::objects::KubeArgs { network_policies: args.enforce_network_policy, ..args.kube.clone() };
@@ -764,10 +783,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             // serves on other nodes. docs/architecture.md weighs this against endpoint groups.
             rt.block_on(async {
                 let client = egret_kube::client(args.kube.kubeconfig.as_deref()).await?;
-                Objects::kubernetes(client, &kube, None, config, move || {
+                let publisher = crate::publish::Publisher::Kube(client.clone(), rt.handle().clone());
+                let objects = Objects::kubernetes(client, &kube, None, config, move || {
                     let _ = wake.send(());
                 })
-                .await
+                .await?;
+                anyhow::Ok((objects, publisher))
             })?
         }
     };
@@ -814,6 +835,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let health_addr = args.health_addr;
     let worker = Loop {
         store,
+        publisher,
         objects,
         node,
         args,

@@ -19,6 +19,7 @@ mod lab;
 mod metrics;
 mod objects;
 mod offline;
+mod publish;
 mod serve;
 mod snat;
 mod table;

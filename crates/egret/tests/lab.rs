@@ -702,6 +702,39 @@ fn a_cilium_gateway_without_egress_ip_leaves_with_the_gateway_nodes_own_address_
     }
 }
 
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_cilium_gateway_interface_leaves_with_that_interfaces_address_through_it_and_fails_over() {
+    let lab = Lab::up();
+    let router = egret_netns::Netns::attach(&format!("egret-lab-{}-r", lab.name)).unwrap();
+    let before = egret_netns::uplink2_forwarded(&router).unwrap();
+    lab.apply("examples/gateway-node/interface.yaml");
+    let (e, gw) = lab.wait_placed("egress-interface");
+    let eth1 = |node: &str| format!("192.168.100.{}", 100 + node.trim_start_matches("node-").parse::<u32>().unwrap());
+    assert_eq!(e["status"]["egressIP"], eth1(&gw).as_str(), "{e:#}");
+    assert!(condition(&e, "IPAssigned")["message"].as_str().unwrap().contains("interface eth1"), "{e:#}");
+    lab.wait_source(
+        "default/mediabot-1",
+        "db-a",
+        &eth1(&gw),
+        "the mediabot never left with the gateway's eth1 address",
+    );
+    assert!(egret_netns::uplink2_forwarded(&router).unwrap() > before, "it left by the second uplink");
+    assert_eq!(lab.whoami("default/client-1", "db-a"), "10.10.0.101", "unselected: its node's address, by eth0");
+    let view = lab.ok(&["get", "datapath", "--node", &gw]);
+    assert!(view.contains("Drift against the plan: none"), "{view}");
+
+    // The gateway dies: another gateway node, with its own eth1 address.
+    lab.ok(&["lab", "kill-node", &gw]);
+    let moved = lab.wait_egress("egress-interface", |e| {
+        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
+    });
+    let next = moved["status"]["egressNode"].as_str().unwrap().to_string();
+    assert_eq!(moved["status"]["egressIP"], eth1(&next).as_str(), "{moved:#}");
+    lab.wait_source("default/mediabot-1", "db-a", &eth1(&next), &format!("no way out after killing {gw}"));
+    lab.ok(&["lab", "restore-node", &gw]);
+}
+
 /// Bits per second iperf3 received from `pod` to db-a (the first two seconds left out).
 fn iperf(lab: &Lab, pod: &str, secs: u32) -> f64 {
     let out = exec(lab, pod, &["iperf3", "-c", "203.0.113.5", "-t", &secs.to_string(), "-O", "2", "-J"]);

@@ -25,6 +25,7 @@ pub fn node(i: usize) -> Node {
         internal_ips: vec![ip],
         addresses: vec![ip],
         pod_cidrs: vec![format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().unwrap()],
+        interfaces: Default::default(),
     }
 }
 

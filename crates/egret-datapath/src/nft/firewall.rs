@@ -447,14 +447,14 @@ mod tests {
         let ids = PeerIds::recovered([]);
         let cfg = Config::default();
         let plain = plan(2, 1);
-        let (t, _) = crate::nft::desired(&cfg, &plain, &ids);
+        let (t, _) = crate::nft::desired(&cfg, &plain, &ids, &Default::default());
         assert!(!t.chains.contains_key(CHAIN_DNS));
         let y = "apiVersion: egret.dev/v1alpha1\nkind: ClusterEgressPolicy\nmetadata: {name: n}\nspec:\n  appliedTo: {namespaceSelector: {}}\n  rules: [{name: r, action: Allow, to: {fqdns: [api.github.test]}, ports: [{port: 443}]}]\n  defaultAction: Deny\n";
         let v = policy::validate_policies(&[serde_yaml_ng::from_str(y).unwrap()], &[]);
         assert!(v.problems.is_empty(), "{:?}", v.problems);
         let mut named = plain.clone();
         named.firewall.sets[0].compiled = Arc::new(policy::compile(&[&v.policies[0]]));
-        let (n, _) = crate::nft::desired(&cfg, &named, &ids);
+        let (n, _) = crate::nft::desired(&cfg, &named, &ids, &Default::default());
         assert_eq!(n.chains[CHAIN_DNS].rules.len(), 6, "UDP and TCP handed over, the rest dropped, per family");
         // Steering skips the proxy's mark only where the chain exists.
         assert_eq!(n.chains["prerouting"].rules.len(), t.chains["prerouting"].rules.len() + 1);
@@ -464,9 +464,14 @@ mod tests {
     #[test]
     fn a_node_without_governed_pods_has_no_firewall_hook() {
         let (cfg, ids) = (Config::default(), PeerIds::recovered([]));
-        let (governed, _) = crate::nft::desired(&cfg, &plan(2, 1), &ids);
+        let (governed, _) = crate::nft::desired(&cfg, &plan(2, 1), &ids, &Default::default());
         assert!(governed.chains[CHAIN_FIREWALL].hook.is_some());
-        let (none, _) = crate::nft::desired(&cfg, &NodePlan { node: "node-1".into(), ..NodePlan::default() }, &ids);
+        let (none, _) = crate::nft::desired(
+            &cfg,
+            &NodePlan { node: "node-1".into(), ..NodePlan::default() },
+            &ids,
+            &Default::default(),
+        );
         assert!(!none.chains.contains_key(CHAIN_FIREWALL));
         assert!(none.chains.values().all(|c| c.hook.as_ref().is_none_or(|h| h.prio != PRIO_FIREWALL)));
     }
@@ -475,8 +480,8 @@ mod tests {
     fn rules_grow_with_policy_sets_only_never_with_pods_or_rules() {
         let cfg = Config::default();
         let ids = PeerIds::recovered([]);
-        let (small, _) = crate::nft::desired(&cfg, &plan(1, 2), &ids);
-        let (big, skipped) = crate::nft::desired(&cfg, &plan(5000, 2), &ids);
+        let (small, _) = crate::nft::desired(&cfg, &plan(1, 2), &ids, &Default::default());
+        let (big, skipped) = crate::nft::desired(&cfg, &plan(5000, 2), &ids, &Default::default());
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(rules(&small), rules(&big));
         assert_eq!(big.sets[MAP_PODS4].elems.len(), 5000);
@@ -502,7 +507,7 @@ mod tests {
             FirewallPod { ip: "fd00:10:244:1::5".parse().unwrap(), pod: "ns/a".into(), set: 0 },
         ];
         p.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap(), "fd00:10:244::/48".parse().unwrap()];
-        let (t, skipped) = crate::nft::desired(&Config::default(), &p, &PeerIds::recovered([]));
+        let (t, skipped) = crate::nft::desired(&Config::default(), &p, &PeerIds::recovered([]), &Default::default());
         assert!(skipped.is_empty(), "{skipped:?}");
         let t = crate::nft::normalise(t);
         let chain = set_chain(&p.firewall.sets[0]);

@@ -51,6 +51,7 @@ impl Cluster {
                     internal_ips: vec![IpAddr::V4(node_ip(i)), IpAddr::V6(node_ip6(i))],
                     addresses: vec![IpAddr::V4(node_ip(i)), IpAddr::V6(node_ip6(i))],
                     pod_cidrs: vec![pod_cidr(i).into(), pod_cidr6(i).into()],
+                    interfaces: Default::default(),
                 }
             })
             .collect();

@@ -116,7 +116,10 @@ pub fn get(lab: &str, node: Option<&str>) -> anyhow::Result<ExitCode> {
         .collect();
     objects.index.set_live(&live);
     let drift = match objects.index.node_plan(node) {
-        Some(plan) => Some(view::drift(&cfg, &plan, &have)?),
+        Some(plan) => {
+            let exits = ns.run(|| egret_datapath::resolve_exits(&cfg, &plan))??;
+            Some(view::drift(&cfg, &plan, &exits, &have)?)
+        }
         None => None,
     };
     print!("{}", render(node, &view::read(&have), &names, drift.as_deref()));
