@@ -236,7 +236,12 @@ pub fn plumb_pod(node: &Netns, pod_cidr: Ipv4Net, pod: &Netns, ip: Ipv4Addr, vet
 /// Packets the router namespace `router` forwarded that came in by its egress subnet port
 /// (also for a lab's router, attached by name).
 pub fn egress_subnet_forwarded(router: &Netns) -> Result<u64, Error> {
-    let out = router.exec("nft", &["list", "counter", "inet", "lab", "egress_subnet"])?;
+    router_counter(router, "egress_subnet")
+}
+
+/// The packets of the router's counter `name` (table `inet lab`).
+fn router_counter(router: &Netns, name: &str) -> Result<u64, Error> {
+    let out = router.exec("nft", &["list", "counter", "inet", "lab", name])?;
     let words: Vec<&str> = out.split_whitespace().collect();
     words
         .iter()
@@ -248,14 +253,7 @@ pub fn egress_subnet_forwarded(router: &Netns) -> Result<u64, Error> {
 
 /// Packets the router namespace `router` forwarded that came in by the nodes' second uplink.
 pub fn uplink2_forwarded(router: &Netns) -> Result<u64, Error> {
-    let out = router.exec("nft", &["list", "counter", "inet", "lab", "uplink2"])?;
-    let words: Vec<&str> = out.split_whitespace().collect();
-    words
-        .iter()
-        .position(|w| *w == "packets")
-        .and_then(|i| words.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error::Protocol(format!("no packet count in {out:?}")))
+    router_counter(router, "uplink2")
 }
 
 /// A built topology. Dropping it stops the servers and deletes every namespace (and so every
