@@ -82,6 +82,22 @@ seen default/mediabot-1; seen default/client-1
 get
 run lab delete -f examples/seed-004-cilium/policy.yaml --name "$lab"
 
+say "Seed 004's other two ways: no egressIP (the gateway's own address), interface eth1 (its address, through it)"
+run lab apply -f examples/gateway-node/cilium.yaml --name "$lab"
+sleep 0.5; seen default/mediabot-1
+get
+run lab delete -f examples/gateway-node/cilium.yaml --name "$lab"
+run lab apply -f examples/gateway-node/interface.yaml --name "$lab"
+# The gateway's agent first publishes its eth1 address on its Node.
+for _ in $(seq 1 40); do
+  out=$("$egret" lab whoami default/mediabot-1 --timeout-ms 200 --name "$lab" 2>/dev/null || true)
+  case "$out" in 192.168.100.*) break ;; esac
+  sleep 0.1
+done
+seen default/mediabot-1
+get
+run lab delete -f examples/gateway-node/interface.yaml --name "$lab"
+
 say "Seed 000: app=web reaches database A (203.0.113.5) as 198.51.100.100; other traffic unchanged"
 run lab apply -f examples/seed-000-web-to-db/egress.yaml --name "$lab"
 seen prod/web-1 db-a; seen prod/web-1 bad-host; seen default/malicious-1 db-a
