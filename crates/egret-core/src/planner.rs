@@ -536,7 +536,8 @@ fn place_gateway_nodes(inp: &Inputs, e: &Egress) -> Vec<Option<(IpAddr, String)>
     let requests: Vec<Request> = slots
         .iter()
         .zip(&sets)
-        .map(|((i, _, _), (eligible, universe))| Request { ip: slot_key(&e.name, *i), eligible, universe })
+        .enumerate()
+        .map(|(k, (_, (eligible, universe)))| Request { ip: slot_key(&e.name, k), eligible, universe })
         .collect();
     placement::place_group(&requests)
         .into_iter()

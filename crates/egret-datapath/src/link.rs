@@ -121,6 +121,29 @@ pub struct Exits {
     pub underlay: u32,
 }
 
+impl Exits {
+    /// Moves to `unresolved` the exits whose next hop already keys another table (`taken`: a
+    /// tunnel peer's address or an egress subnet's gateway), or that of an exit by another
+    /// interface: one table cannot route by both, and their traffic must not leave by the
+    /// other's way.
+    fn drop_conflicts(&mut self, taken: &BTreeSet<Ipv4Addr>) {
+        let clash: Vec<IpAddr> = self
+            .via
+            .iter()
+            .filter(|(_, (dev, hop))| taken.contains(hop) || self.via.values().any(|(d, h)| h == hop && d != dev))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in clash {
+            if let Some((_, hop)) = self.via.remove(&ip) {
+                self.unresolved.insert(
+                    ip,
+                    format!("its interface's next hop {hop} is also a tunnel peer, an egress subnet's gateway or another interface's next hop"),
+                );
+            }
+        }
+    }
+}
+
 /// Everything a local id is needed for, by its key: tunnel peers (their underlay address),
 /// egress subnets (their gateway) and interface exits (their next hop), one id space (the mark
 /// and table per id).
@@ -377,6 +400,9 @@ impl Net {
                 }
             }
         }
+        let mut taken: BTreeSet<Ipv4Addr> = tunnel_peers(plan).0.into_iter().map(|(_, ip)| ip).collect();
+        taken.extend(subnets(plan).into_iter().map(|s| s.gateway));
+        out.drop_conflicts(&taken);
         Ok(out)
     }
 
@@ -970,6 +996,15 @@ mod tests {
         // Through the underlay it is the route an egress subnet's exit is.
         exits.via.insert(ip, (2, hop));
         assert!(desired(&cfg, &plan, &ids, &exits).contains(&Item::ExitRoute(cfg.table(3), hop)));
+        // A next hop that keys another table, or another interface's: unresolved.
+        let mut clash = exits.clone();
+        clash.drop_conflicts(&BTreeSet::from([hop]));
+        assert!(clash.via.is_empty() && clash.unresolved.contains_key(&ip));
+        let mut two = exits.clone();
+        let other: IpAddr = "198.18.0.99".parse().unwrap();
+        two.via.insert(other, (9, hop));
+        two.drop_conflicts(&BTreeSet::new());
+        assert_eq!(two.unresolved.len(), 2, "both, by different interfaces");
         // Unresolved: nothing in routing (nft drops its traffic).
         let none = Exits { unresolved: BTreeMap::from([(ip, "no route".to_string())]), ..Exits::default() };
         assert!(needed_ids(&plan, &none).is_empty());

@@ -7,17 +7,12 @@ use kube::api::{Api, Patch, PatchParams};
 /// The field manager of the agents' writes.
 pub const AGENT_MANAGER: &str = "egret-agent";
 
-/// Sets annotation `key` of Node `node` to `value` by server-side apply (field manager
-/// [`AGENT_MANAGER`], forced: the annotation is the agent's alone), leaving every other field
-/// to its owner.
+/// Sets annotation `key` of Node `node` to `value` by a JSON merge patch of that annotation
+/// alone (field manager [`AGENT_MANAGER`]), leaving every other field as it is. A merge patch,
+/// not an apply: it never creates a Node that does not exist.
 pub async fn annotate(client: &Client, node: &str, key: &str, value: &str) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": node, "annotations": {key: value}},
-    });
-    Api::<Node>::all(client.clone())
-        .patch(node, &PatchParams::apply(AGENT_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    let params = PatchParams { field_manager: Some(AGENT_MANAGER.into()), ..PatchParams::default() };
+    Api::<Node>::all(client.clone()).patch(node, &params, &Patch::Merge(&patch)).await?;
     Ok(())
 }

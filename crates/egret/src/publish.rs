@@ -40,6 +40,11 @@ fn to_publish(local: &BTreeMap<String, Vec<IpAddr>>, published: &BTreeMap<String
 /// what the Node says (nothing is read or written while no Egress names one and the Node
 /// lists none). The next change of the objects, or the periodic check, sees an address change.
 pub fn interfaces(objects: &mut Objects, node: &str, publisher: &Publisher) -> anyhow::Result<()> {
+    // Before every kind's first listing, "no Egress names an interface" may only mean that
+    // the Egresses (or their pools) are not listed yet: publishing then would clear the Node.
+    if !objects.index.is_synced() || !objects.loaded_clean {
+        return Ok(());
+    }
     let named = objects.index.named_interfaces();
     let published = objects.index.nodes().find(|n| n.name == node).map(|n| n.interfaces.clone()).unwrap_or_default();
     if named.is_empty() && published.is_empty() {
