@@ -327,7 +327,12 @@ impl Datapath {
             }
         };
         // Interface exits: their interface and next hop, looked up here.
-        let exits = rt.block_on(async { Net::connect()?.resolve_exits(&cfg, plan).await })?;
+        // (No netlink connection for it on a node without any, nearly every node.)
+        let exits = if plan.interface_exits.is_empty() {
+            link::Exits::default()
+        } else {
+            rt.block_on(async { Net::connect()?.resolve_exits(&cfg, plan).await })?
+        };
         let needed = link::needed_ids(plan, &exits);
         let ids = match prev.allocate(&needed) {
             Ok(ids) => ids,

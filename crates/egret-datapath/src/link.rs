@@ -254,6 +254,23 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits: &Exits) -> B
     out
 }
 
+/// The address of an address message, unless it is an IPv6 link-local one (the kernel's own).
+fn address_of(a: &AddressMessage) -> Option<IpAddr> {
+    let ip = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })?;
+    match ip {
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => None,
+        ip => Some(ip),
+    }
+}
+
+/// Whether the address carries Egret's address protocol (an egress IP it put there).
+fn marked_ours(a: &AddressMessage) -> bool {
+    a.attributes.iter().any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO))
+}
+
 fn link_alias(m: &LinkMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfAlias(n) => Some(n.as_str()),
@@ -337,18 +354,10 @@ impl Net {
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs.try_next().await.map_err(nl("dump addresses"))? {
             let Some(name) = by_index.get(&a.header.index) else { continue };
-            let ip = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let ours = a
-                .attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
-            match ip {
-                Some(IpAddr::V6(v6)) if v6.segments()[0] & 0xffc0 == 0xfe80 => {}
-                Some(ip) if !ours => out.entry((*name).clone()).or_default().push(ip),
-                _ => {}
+            if let Some(ip) = address_of(&a)
+                && !marked_ours(&a)
+            {
+                out.entry((*name).clone()).or_default().push(ip);
             }
         }
         Ok(out)
@@ -559,22 +568,9 @@ impl Net {
         let mut out = BTreeMap::new();
         let mut addrs = self.handle.address().get().execute();
         while let Some(a) = addrs.try_next().await.map_err(nl("dump addresses"))? {
-            let ip = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let Some(ip) = ip else { continue };
-            // Link-local IPv6 addresses are the kernel's own.
-            if let IpAddr::V6(v6) = ip
-                && v6.segments()[0] & 0xffc0 == 0xfe80
-            {
-                continue;
-            }
+            let Some(ip) = address_of(&a) else { continue };
             let len = a.header.prefix_len;
-            let marked = a
-                .attributes
-                .iter()
-                .any(|x| matches!(x, AddressAttribute::Protocol(AddressProtocol::Other(p)) if *p == ADDR_PROTO));
+            let marked = marked_ours(&a);
             if a.header.index == links.vxlan {
                 if let IpAddr::V4(v4) = ip {
                     out.insert(Item::TunnelAddr(v4, len), Raw::Addr(a));
@@ -732,26 +728,8 @@ impl Net {
                 }
                 self.handle.route().add(b.build()).execute().await
             }
-            Item::ExitRoute(table, gw) => {
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(*table)
-                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-                    .output_interface(links.underlay)
-                    .gateway(*gw)
-                    .onlink()
-                    .build();
-                self.handle.route().add(msg).execute().await
-            }
-            Item::InterfaceExitRoute(table, gw, dev) => {
-                let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .table_id(*table)
-                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-                    .output_interface(*dev)
-                    .gateway(*gw)
-                    .onlink()
-                    .build();
-                self.handle.route().add(msg).execute().await
-            }
+            Item::ExitRoute(table, gw) => self.add_exit_route(*table, *gw, links.underlay).await,
+            Item::InterfaceExitRoute(table, gw, dev) => self.add_exit_route(*table, *gw, *dev).await,
             Item::Rule(prio, mark, mask, table) => {
                 self.add_rule(AddressFamily::Inet, *prio, *mark, *mask, *table).await
             }
@@ -774,6 +752,18 @@ impl Net {
             .replace()
             .execute()
             .await
+    }
+
+    /// An exit's route: `default via GW dev DEV onlink` in `table`.
+    async fn add_exit_route(&self, table: u32, gw: Ipv4Addr, dev: u32) -> Result<(), rtnetlink::Error> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(dev)
+            .gateway(gw)
+            .onlink()
+            .build();
+        self.handle.route().add(msg).execute().await
     }
 
     /// A rule `fwmark MARK/MASK lookup TABLE` at `prio` of `family`.
