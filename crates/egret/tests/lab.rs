@@ -654,7 +654,24 @@ fn one_dual_stack_egress_and_ciliums_several_gateways() {
 
 /// The lab's address of `node` (node-N is 10.10.0.10N).
 fn node_address(node: &str) -> String {
-    format!("10.10.0.{}", 100 + node.trim_start_matches("node-").parse::<u32>().unwrap())
+    egret_netns::node_ip(node.trim_start_matches("node-").parse().unwrap()).to_string()
+}
+
+/// The address of `node` on the lab's second uplink, eth1 (node-N is 192.168.100.10N).
+fn eth1_address(node: &str) -> String {
+    egret_netns::node_uplink2_ip(node.trim_start_matches("node-").parse().unwrap()).to_string()
+}
+
+/// Kills `gw`, the gateway of a gateway-node Egress: another gateway node takes over, shown in
+/// the status with its own address (`address` of the node), and the mediabot leaves with it.
+/// Returns the new gateway.
+fn fails_over_with_the_new_gateways_address(lab: &Lab, egress: &str, gw: &str, address: fn(&str) -> String) -> String {
+    lab.ok(&["lab", "kill-node", gw]);
+    let moved = lab.wait_egress(egress, |e| e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw);
+    let next = moved["status"]["egressNode"].as_str().unwrap().to_string();
+    assert_eq!(moved["status"]["egressIP"], address(&next).as_str(), "{moved:#}");
+    lab.wait_source("default/mediabot-1", "db-a", &address(&next), &format!("no way out after killing {gw}"));
+    next
 }
 
 #[test]
@@ -675,13 +692,7 @@ fn a_cilium_gateway_without_egress_ip_leaves_with_the_gateway_nodes_own_address_
     assert!(view.contains("Drift against the plan: none"), "{view}");
 
     // The gateway dies: another gateway node takes over, with its own address.
-    lab.ok(&["lab", "kill-node", &gw]);
-    let moved = lab.wait_egress("egress-gateway-node", |e| {
-        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
-    });
-    let next = moved["status"]["egressNode"].as_str().unwrap().to_string();
-    assert_eq!(moved["status"]["egressIP"], node_address(&next).as_str(), "{moved:#}");
-    lab.wait_source("default/mediabot-1", "db-a", &node_address(&next), &format!("no way out after killing {gw}"));
+    fails_over_with_the_new_gateways_address(&lab, "egress-gateway-node", &gw, node_address);
     // Back: the first gateway is the best-scoring node again.
     lab.ok(&["lab", "restore-node", &gw]);
     lab.wait_egress("egress-gateway-node", |e| e["status"]["egressNode"] == gw.as_str());
@@ -710,7 +721,7 @@ fn a_cilium_gateway_interface_leaves_with_that_interfaces_address_through_it_and
     let before = egret_netns::uplink2_forwarded(&router).unwrap();
     lab.apply("examples/gateway-node/interface.yaml");
     let (e, gw) = lab.wait_placed("egress-interface");
-    let eth1 = |node: &str| format!("192.168.100.{}", 100 + node.trim_start_matches("node-").parse::<u32>().unwrap());
+    let eth1 = eth1_address;
     assert_eq!(e["status"]["egressIP"], eth1(&gw).as_str(), "{e:#}");
     assert!(condition(&e, "IPAssigned")["message"].as_str().unwrap().contains("interface eth1"), "{e:#}");
     lab.wait_source(
@@ -725,13 +736,7 @@ fn a_cilium_gateway_interface_leaves_with_that_interfaces_address_through_it_and
     assert!(view.contains("Drift against the plan: none"), "{view}");
 
     // The gateway dies: another gateway node, with its own eth1 address.
-    lab.ok(&["lab", "kill-node", &gw]);
-    let moved = lab.wait_egress("egress-interface", |e| {
-        e["status"]["egressNode"].is_string() && e["status"]["egressNode"] != gw.as_str()
-    });
-    let next = moved["status"]["egressNode"].as_str().unwrap().to_string();
-    assert_eq!(moved["status"]["egressIP"], eth1(&next).as_str(), "{moved:#}");
-    lab.wait_source("default/mediabot-1", "db-a", &eth1(&next), &format!("no way out after killing {gw}"));
+    fails_over_with_the_new_gateways_address(&lab, "egress-interface", &gw, eth1_address);
     lab.ok(&["lab", "restore-node", &gw]);
 }
 
