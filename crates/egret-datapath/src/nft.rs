@@ -625,6 +625,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
             matches("!=", payload(proto(f), "saddr"), set_ref(&fam_name(f, SET_SOURCES))),
             json!({"return": null}),
         ]));
+        if f == Family::V4 {
+            // A steered pod answering a connection it accepted (from outside, through a
+            // NodePort or LoadBalancer keeping the client's address): Egress governs what pods
+            // start, so the reply leaves as the CNI sends it; steered, it would reach the
+            // client from the egress IP and break the connection. Once, after the IPv4
+            // source test: IPv6 packets meet it too, and no unsteered IPv4 packet pays it.
+            classify.push(rule(vec![matches("==", ct("direction"), json!("reply")), json!({"return": null})]));
+        }
         classify.push(rule(vec![
             matches("==", payload(proto(f), "daddr"), set_ref(&fam_name(f, SET_CLUSTER))),
             json!({"return": null}),
@@ -1468,6 +1476,18 @@ mod tests {
         assert_eq!(big.sets[SET_SOURCES4].elems.len(), 5000, "every steered source, once");
         assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
         assert!(big.counters.contains("eg-2") && big.counters.contains("eg-9"));
+    }
+
+    #[test]
+    fn replies_are_never_classified_but_unsteered_sources_leave_first() {
+        let (t, _) = desired(&Config::default(), &plan(1), &ids(), &Default::default());
+        let rules: Vec<String> = t.chains[CHAIN_CLASSIFY].rules.iter().map(|(_, e)| e.to_string()).collect();
+        let reply = rules.iter().position(|r| r.contains("\"direction\"") && r.contains("\"reply\"")).unwrap();
+        assert_eq!(reply, 1, "right after the IPv4 source test: {rules:#?}");
+        assert!(rules[0].contains(SET_SOURCES4) && rules[reply].contains("return"));
+        // Before any counting or steering of either family.
+        assert!(rules.iter().skip(reply).any(|r| r.contains(MAP_STEER6)));
+        assert!(rules.iter().take(reply).all(|r| !r.contains(MAP_STEER4) && !r.contains(MAP_COUNTERS4)));
     }
 
     #[test]

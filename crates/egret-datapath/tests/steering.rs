@@ -117,6 +117,45 @@ fn excluded_outside_destination_and_cluster_internal_traffic_are_not_steered() {
 
 #[test]
 #[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
+fn a_steered_pod_answers_a_connection_from_outside_with_its_own_address() {
+    egret_netns::require_privileged();
+    // A client outside reaching pods directly (as through a NodePort or LoadBalancer that
+    // keeps the client's address; the lab's router routes each pod CIDR to its node).
+    let spec = TopologySpec::new("steer-inbound", 2).pod("web-1", 1, WEB1).pod("web-2", 2, WEB2);
+    let topo = Topology::build(&spec).unwrap();
+    let mut c = Cluster::new(2, &[2]);
+    c.pod("default", "web-1", "web", 1, WEB1)
+        .pod("default", "web-2", "web", 2, WEB2)
+        .pool("pool", "10.10.0.11", "10.10.0.20")
+        .egress("eg-web", "web", "pool", &[], &[]);
+    let plan = c.plan();
+    assert_eq!(gateway(&plan, "eg-web"), Some(2));
+    let eip = egress_ip(&plan, "eg-web");
+    let mut dps = datapaths(2);
+    sync_all(&topo, &mut dps, &plan);
+
+    // web-1 (steered through the tunnel) and web-2 (on its gateway) serve a connection from
+    // outside: the reply leaves as the connection came, so the client talks to the pod, and
+    // the pod sees the client's own address.
+    for (name, ip) in [("web-1", WEB1), ("web-2", WEB2)] {
+        let pod = &topo.pod(name).unwrap().ns;
+        let server = Whoami::start(pod, 9002).unwrap();
+        let mut conn = WhoamiConn::open(&topo.outside, to(ip, 9002), T)
+            .unwrap_or_else(|e| panic!("connecting to {name} from outside: {e}"));
+        conn.echo(&"z".repeat(4000)).unwrap();
+        assert!(
+            matches!(conn.seen, std::net::IpAddr::V4(v) if v.octets()[..3] == [203, 0, 113]),
+            "{name} saw {}: the client's own address expected",
+            conn.seen
+        );
+        drop(server);
+        // The pod's own connections out are still steered.
+        assert_eq!(whoami(pod, to(DB_A, WHOAMI_PORT), T).unwrap(), eip);
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and EGRET_PRIVILEGED_TESTS=1"]
 fn an_egress_without_gateway_drops_its_traffic_and_never_leaks_the_node_ip() {
     egret_netns::require_privileged();
     let spec = TopologySpec::new("steer-drop", 2).pod("web-1", 1, WEB1).pod("client-1", 1, CLIENT1);
