@@ -1,6 +1,6 @@
 //! Per-packet cost of Egret's datapath: the same tunnel path with and without Egret's rules.
 //!
-//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS [--scale | --ipv6] [--only VARIANT] [--measure M]]`
+//! `cargo run --release -p egret-datapath --example throughput [-- SECONDS ROUNDS [--scale | --ipv6] [--only VARIANT[,VARIANT...]] [--measure M] [--no-tunnel-tso] [--underlay-gro] [--mtu N]]`
 //! (root, `nft` and `iperf3` needed). Topology: pod web-1 on node-1, gateway node-2, iperf3
 //! server and a TCP acceptor on db-a (203.0.113.5) behind the router; every address lives in
 //! network namespaces this program creates and removes.
@@ -43,6 +43,23 @@
 //! CPU figures a ratio above 100% means Egret costs more. SIGINT, SIGTERM or SIGHUP stop it
 //! after the measure under way; the whole rounds so far are summarised and every namespace is
 //! removed.
+//!
+//! Link settings, applied once to the whole lab before the first round, so every variant of a
+//! run shares them (what a cluster's NICs and MTU choice change; `ethtool` needed for the first
+//! two):
+//! - `--no-tunnel-tso`: the nodes' underlay devices lose UDP-tunnel segmentation
+//!   (`tx-udp_tnl-segmentation`, `tx-udp_tnl-csum-segmentation` off), as on a NIC without it:
+//!   the tunnel's large TCP packets are cut to the MTU on the pod's node, and the gateway gets
+//!   one packet per MTU. By default the lab's veths carry them whole from end to end.
+//! - `--underlay-gro`: GRO on the nodes' underlay devices (`gro on`; off by default on a veth),
+//!   so a node aggregates the tunnel packets it receives before they pass its hooks.
+//! - `--mtu N`: every link of the lab N bytes, the tunnel device N - 50 (its MSS clamp follows).
+//!
+//! `--patch DIR` adds a variant, **patched**: egret, then on each node i the shell script
+//! `DIR/node<i>.up` (if present) run in the node's namespace before measuring, and
+//! `DIR/node<i>.down` after; the next variant's sync puts Egret's own rules back. For trying a
+//! change of the ruleset side by side with the real one before writing it in `nft.rs`; the
+//! changes tried so far are in `examples/patches/` (docs/datapath.md has what each gave).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -66,6 +83,7 @@ enum Variant {
     Egret,
     Firewall,
     Scale,
+    Patched,
 }
 
 impl Variant {
@@ -76,6 +94,7 @@ impl Variant {
             Variant::Egret => "egret",
             Variant::Firewall => "firewall",
             Variant::Scale => "scale",
+            Variant::Patched => "patched",
         }
     }
 }
@@ -245,8 +264,68 @@ impl Baseline {
     }
 }
 
+/// The link settings of a run (see the module doc).
+#[derive(Default)]
+struct Links {
+    no_tunnel_tso: bool,
+    underlay_gro: bool,
+    mtu: Option<u32>,
+}
+
+impl Links {
+    fn describe(&self) -> String {
+        let mut d = vec![if self.no_tunnel_tso { "no UDP-tunnel TSO" } else { "UDP-tunnel TSO" }.to_string()];
+        d.push(if self.underlay_gro { "underlay GRO on" } else { "underlay GRO off" }.to_string());
+        d.push(format!("MTU {}", self.mtu.unwrap_or(1500)));
+        d.join(", ")
+    }
+
+    /// Once, after the tunnel device exists: the nodes' underlay features, every link's MTU.
+    fn apply(&self, topo: &Topology) {
+        let cfg = egret_datapath::Config::default();
+        for node in &topo.nodes {
+            let mut features = Vec::new();
+            if self.no_tunnel_tso {
+                features.extend(["tx-udp_tnl-segmentation", "off", "tx-udp_tnl-csum-segmentation", "off"]);
+            }
+            if self.underlay_gro {
+                features.extend(["gro", "on"]);
+            }
+            if !features.is_empty() {
+                let mut args = vec!["-K", cfg.underlay.as_str()];
+                args.extend(features);
+                node.ns.exec("ethtool", &args).unwrap();
+            }
+        }
+        let Some(mtu) = self.mtu else { return };
+        let all = [&topo.router, &topo.outside]
+            .into_iter()
+            .chain(topo.nodes.iter().map(|n| &n.ns))
+            .chain(topo.pods.iter().map(|p| &p.ns));
+        for ns in all {
+            let links = ns.ip(&["-o", "link", "show"]).unwrap();
+            let names: Vec<&str> = links
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n))
+                .filter(|n| *n != "lo" && *n != cfg.vxlan_name)
+                .collect();
+            // Bridges last: a bridge's MTU may not exceed its ports'.
+            let (bridges, others): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| n.starts_with("br"));
+            for n in others.into_iter().chain(bridges) {
+                ns.ip(&["link", "set", "dev", n, "mtu", &mtu.to_string()]).unwrap();
+            }
+        }
+        for node in &topo.nodes {
+            node.ns.ip(&["link", "set", "dev", &cfg.vxlan_name, "mtu", &(mtu - 50).to_string()]).unwrap();
+        }
+    }
+}
+
 fn main() {
-    if let Some(why) = egret_netns::skip_reason(&["ip", "nft", "iperf3"]) {
+    let needs_ethtool = std::env::args().any(|a| a == "--no-tunnel-tso" || a == "--underlay-gro");
+    let tools: &[&str] = if needs_ethtool { &["ip", "nft", "iperf3", "ethtool"] } else { &["ip", "nft", "iperf3"] };
+    if let Some(why) = egret_netns::skip_reason(tools) {
         eprintln!("cannot run: {why}");
         std::process::exit(2);
     }
@@ -257,29 +336,54 @@ fn main() {
         eprintln!("--scale and --ipv6: one or the other");
         std::process::exit(2);
     }
-    let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let secs = args.first().copied().unwrap_or(4);
-    let rounds = args.get(1).copied().unwrap_or(9);
-    // `--only NAME` / `--measure M`: one variant / one measure alone, e.g. to profile it.
-    // Checked before anything is built: `exit` would skip the namespaces' drop guards.
     let argv: Vec<String> = std::env::args().collect();
     let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
+    // The two leading numbers: a flag's value (`--mtu 9000`) is not one of them.
+    let args: Vec<u32> = argv
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, _)| !["--only", "--measure", "--mtu", "--patch"].contains(&argv[i - 1].as_str()))
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
+    let secs = args.first().copied().unwrap_or(4);
+    let rounds = args.get(1).copied().unwrap_or(9);
+    // `--only NAME[,NAME...]` / `--measure M`: some variants / one measure alone, e.g. to profile it.
+    // Checked before anything is built: `exit` would skip the namespaces' drop guards.
     let (only_variant, only_measure) = (flag("--only"), flag("--measure"));
     let known = if scale {
-        &["baseline", "hooks", "egret", "firewall", "scale"][..]
+        &["baseline", "hooks", "egret", "firewall", "scale", "patched"][..]
     } else if ipv6 {
-        &["baseline", "hooks", "egret"][..]
+        &["baseline", "hooks", "egret", "patched"][..]
     } else {
-        &["baseline", "hooks", "egret", "firewall"][..]
+        &["baseline", "hooks", "egret", "firewall", "patched"][..]
     };
-    if only_variant.as_deref().is_some_and(|v| !known.contains(&v)) {
-        eprintln!("--only: one of {}", known.join(", "));
+    if only_variant.as_deref().is_some_and(|v| v.split(',').any(|v| !known.contains(&v))) {
+        eprintln!("--only: one or several (comma-separated) of {}", known.join(", "));
         std::process::exit(2);
     }
     if only_measure.as_deref().is_some_and(|m| !["bulk", "udp64", "udp512", "conns"].contains(&m)) {
         eprintln!("--measure: one of bulk, udp64, udp512, conns");
         std::process::exit(2);
     }
+    let mtu = match flag("--mtu").map(|m| m.parse::<u32>()) {
+        None => None,
+        Some(Ok(m)) if (1280..=65_000).contains(&m) => Some(m),
+        Some(_) => {
+            eprintln!("--mtu: a number of bytes, 1280..=65000");
+            std::process::exit(2);
+        }
+    };
+    let patch = flag("--patch").map(std::path::PathBuf::from);
+    if let Some(dir) = patch.as_ref().filter(|d| !d.join("node1.up").is_file() && !d.join("node2.up").is_file()) {
+        eprintln!("--patch: {} holds neither node1.up nor node2.up", dir.display());
+        std::process::exit(2);
+    }
+    let links = Links {
+        no_tunnel_tso: argv.iter().any(|a| a == "--no-tunnel-tso"),
+        underlay_gro: argv.iter().any(|a| a == "--underlay-gro"),
+        mtu,
+    };
 
     let topo = Topology::build(&TopologySpec::new("bench-tput", 2).pod("web-1", 1, WEB1)).unwrap();
     let one = if ipv6 { ipv6_plan() } else { Cluster::web_egress(2, &[2]).plan() };
@@ -317,11 +421,18 @@ fn main() {
     if scale {
         variants.push(Variant::Scale);
     }
+    if patch.is_some() {
+        variants.push(Variant::Patched);
+    }
     if let Some(only) = &only_variant {
-        variants.retain(|v| v.name() == only);
+        variants.retain(|v| only.split(',').any(|o| o == v.name()));
     }
 
     let mut dps = datapaths(2);
+    // The tunnel device exists once a node is synced.
+    program(&topo, &mut dps, &plans[&Variant::Egret]);
+    links.apply(&topo);
+    println!("links: {}", links.describe());
     let mut results: BTreeMap<Variant, Vec<[f64; 8]>> = BTreeMap::new();
     let mut done_rounds = 0;
     'rounds: for round in 0..rounds as usize {
@@ -332,6 +443,15 @@ fn main() {
             let synced = program(&topo, &mut dps, plan);
             let baseline = matches!(v, Variant::Baseline | Variant::Hooks)
                 .then(|| Baseline::apply(&topo, &dps, ipv6, v == Variant::Hooks));
+            let patched = |step: &str| {
+                for (i, node) in topo.nodes.iter().enumerate() {
+                    let script = patch.iter().map(|d| d.join(format!("node{}.{step}", i + 1))).find(|f| f.is_file());
+                    if let Some(f) = script.filter(|_| v == Variant::Patched) {
+                        node.ns.exec("sh", &[&f.to_string_lossy()]).unwrap();
+                    }
+                }
+            };
+            patched("up");
             if baseline.is_none() {
                 let seen = egret_netns::whoami(&topo.pod("web-1").unwrap().ns, (dst, 8080).into(), T).unwrap();
                 assert_eq!(seen, eip);
@@ -340,6 +460,7 @@ fn main() {
             if let Some(b) = baseline {
                 b.undo(&topo);
             }
+            patched("down");
             println!(
                 "round {} {:>8}: bulk {:.2} Gbit/s, UDP64 {:.0}/s, UDP512 {:.0}/s, {:.0} conn/s; CPU {:.0} us/MB, {:.2} us/datagram (64 B), {:.2} us/datagram (512 B), {:.1} us/conn (synced in {} ms)",
                 round + 1,
@@ -377,6 +498,10 @@ fn main() {
     let col = |v: Variant, k: usize| results[&v].iter().map(|m| m[k]).collect::<Vec<f64>>();
     println!("\n{rounds} rounds x {secs} s per measure and variant");
     for (k, what) in MEASURES.iter().enumerate() {
+        if variants.iter().all(|&v| col(v, k).iter().all(|x| x.is_nan())) {
+            println!("{what}: not measured (--measure)");
+            continue;
+        }
         println!("{what}:");
         if !results.contains_key(&Variant::Baseline) {
             for &v in &variants {
