@@ -55,7 +55,7 @@
 //!   so a node aggregates the tunnel packets it receives before they pass its hooks.
 //! - `--mtu N`: every link of the lab N bytes, the tunnel device N - 50 (its MSS clamp follows).
 //!
-//! `--patch DIR` adds a variant, **patched**: egret, then on each node i the shell script
+//! `--patch DIR` adds a variant, **patched**: egret (with `--scale`: scale), then on each node i the shell script
 //! `DIR/node<i>.up` (if present) run in the node's namespace before measuring, and
 //! `DIR/node<i>.down` after; the next variant's sync puts Egret's own rules back. For trying a
 //! change of the ruleset side by side with the real one before writing it in `nft.rs`; the
@@ -439,7 +439,9 @@ fn main() {
         let mut order = variants.clone();
         order.rotate_left(round % variants.len());
         for v in order {
-            let plan = plans.get(&v).unwrap_or(&plans[&Variant::Egret]);
+            // The patched variant patches what the run is about: at scale, the scale plan.
+            let base = if v == Variant::Patched && scale { Variant::Scale } else { Variant::Egret };
+            let plan = plans.get(&v).unwrap_or(&plans[&base]);
             let synced = program(&topo, &mut dps, plan);
             let baseline = matches!(v, Variant::Baseline | Variant::Hooks)
                 .then(|| Baseline::apply(&topo, &dps, ipv6, v == Variant::Hooks));

@@ -30,6 +30,8 @@ const MAP_SNAT: &str = "snat";
 const MAP_COUNTERS_SRC: &str = "counters_src";
 const MAP_COUNTERS: &str = "counters";
 const MAP_CONNS: &str = "conns";
+const MAP_SNAT_SRC: &str = "snat_src";
+const MAP_CONNS_SRC: &str = "conns_src";
 const MAP_BANDWIDTH: &str = "bandwidth";
 
 /// Gateway: (pod . destination) -> `jump bw_<egress>` for Egresses with a bandwidth limit.
@@ -72,6 +74,15 @@ pub const MAP_COUNTERS_SRC6: &str = "counters_src6";
 pub const MAP_COUNTERS6: &str = "counters6";
 /// The IPv6 twin of [`MAP_CONNS4`].
 pub const MAP_CONNS6: &str = "conns6";
+/// Gateway: pod -> egress IP, for sources whose every `snat4` entry here names one Egress and
+/// one egress IP: their new connections are SNATed by a hash lookup.
+pub const MAP_SNAT_SRC4: &str = "snat_src4";
+/// The IPv6 twin of [`MAP_SNAT_SRC4`].
+pub const MAP_SNAT_SRC6: &str = "snat_src6";
+/// Gateway: pod -> its Egress's `conns_<egress>` counter, for the sources of [`MAP_SNAT_SRC4`].
+pub const MAP_CONNS_SRC4: &str = "conns_src4";
+/// The IPv6 twin of [`MAP_CONNS_SRC4`].
+pub const MAP_CONNS_SRC6: &str = "conns_src6";
 
 /// The name of the counter of new connections leaving through `egress` on its gateway (Egress
 /// names never hold `_`, so these never meet an Egress's own counter).
@@ -506,6 +517,8 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
     }
     let mut conn_names = BTreeSet::new();
     let mut exit_elems = BTreeMap::new();
+    // What each source's SNAT entries here name: (Egress, egress IP).
+    let mut snat_by_source: BTreeMap<IpAddr, BTreeSet<(String, IpAddr)>> = BTreeMap::new();
     for s in &plan.snat {
         let (src, dst, eip) = (s.source, s.destination, s.egress_ip);
         if src.is_ipv6() != matches!(dst, IpNet::V6(_)) || src.is_ipv6() != eip.is_ipv6() {
@@ -530,17 +543,36 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
         }
         conn_names.insert(conn);
         add_counter(src, key_text, &key, &s.egress, f);
+        snat_by_source.entry(src).or_default().insert((s.egress.clone(), eip));
+    }
+    // New connections of a source SNATed here under one Egress to one IP are counted and
+    // SNATed by source alone (hash lookups), for flows Egret steered (tunnel arrivals and local
+    // pods marked "out here"): the pair maps' concatenated-interval lookups grow with the
+    // entries, and every new connection paid two of them.
+    for (src, uses) in &snat_by_source {
+        let [(egress, eip)] = uses.iter().collect::<Vec<_>>()[..] else { continue };
+        let f = &mut fam[at(Family::of(src))];
+        let e = json!([src.to_string(), eip.to_string()]);
+        f.snat_src.insert(e.to_string(), raw(&e));
+        let e = json!([src.to_string(), conns_counter(egress)]);
+        f.conns_src.insert(e.to_string(), raw(&e));
     }
     // Established flows of a source with one Egress here are counted by source alone: a hash
     // lookup whatever the number of entries, where the concatenated-interval lookup of
     // `counters4` grows with them. (Only on paths where the packet is known to be steered:
     // the source alone does not tell whether a destination is.)
+    // A source SNATed here is counted by source only if it is SNATed by source too: then what
+    // arrives from it through the tunnel is always SNATed, never dropped, and is counted from
+    // its first packet.
     for (src, names) in &by_source {
         let Some(one) =
             names.first().filter(|n| names.len() == 1 && matches!(counter_kind(n), Some(CounterKind::Egress(_))))
         else {
             continue;
         };
+        if snat_by_source.get(src).is_some_and(|uses| uses.len() != 1) {
+            continue;
+        }
         let e = json!([src.to_string(), one]);
         fam[at(Family::of(src))].counters_src.insert(e.to_string(), raw(&e));
     }
@@ -660,23 +692,17 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
     }
     // Replies to a local pod (steered out through another node): nothing to count.
     from.push(rule(vec![matches("==", ct("direction"), json!("reply")), json!({"return": null})]));
-    // Steered traffic to count here at the gateway; replies to a local pod are not counted.
-    // Either way nothing to steer and no cluster lookup (the end of a chain entered by goto
-    // ends the base chain). A flow this node SNATed (`ct status snat`: what came through the
-    // tunnel is SNATed by Egret or dropped) of a source with one Egress here is counted by
-    // source alone.
+    // Steered traffic to count here at the gateway (original direction: replies left at the
+    // rule above). Nothing to steer and no cluster lookup (the end of a chain entered by goto
+    // ends the base chain). A source in `counters_src` here is SNATed by source (see
+    // MAP_SNAT_SRC4), so what it sends through the tunnel always leaves SNATed: counted by
+    // source from its first packet.
     for f in both {
         from.push(rule(vec![
-            matches("==", ct("direction"), json!("original")),
-            matches("in", ct("status"), json!("snat")),
             count_by(payload(proto(f), "saddr"), fam_name(f, MAP_COUNTERS_SRC)),
             json!({"return": null}),
         ]));
-        from.push(rule(vec![
-            matches("==", ct("direction"), json!("original")),
-            count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)),
-            json!({"return": null}),
-        ]));
+        from.push(rule(vec![count_by(saddr_daddr(f), fam_name(f, MAP_COUNTERS)), json!({"return": null})]));
     }
     t.chains.insert(CHAIN_FROM_TUNNEL.into(), Chain { hook: None, rules: from });
     let mut forward = vec![rule(vec![matches("==", meta("oif"), json!(vx)), verdict_goto(CHAIN_INTO_TUNNEL)])];
@@ -739,7 +765,14 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
             json!({"snat": {"family": proto(f), "addr": payload(proto(f), "saddr")}}),
         ]));
         // A new connection leaving through an Egress here (this hook sees only a connection's
-        // first packet): count it for its Egress.
+        // first packet): count it for its Egress, and SNAT it. By source alone when the source
+        // has one Egress and one IP here and Egret steered the flow (a miss leaves the rule).
+        post.push(rule(vec![
+            matches("!=", meta("oif"), json!(vx)),
+            ct_marked(),
+            count_by(payload(proto(f), "saddr"), fam_name(f, MAP_CONNS_SRC)),
+            json!({"snat": {"family": proto(f), "addr": {"map": {"key": payload(proto(f), "saddr"), "data": set_ref(&fam_name(f, MAP_SNAT_SRC))}}}}),
+        ]));
         post.push(rule(vec![matches("!=", meta("oif"), json!(vx)), count_by(saddr_daddr(f), fam_name(f, MAP_CONNS))]));
         post.push(rule(vec![
             matches("!=", meta("oif"), json!(vx)),
@@ -811,6 +844,8 @@ struct Fam {
     counters: BTreeMap<String, Elem>,
     counters_src: BTreeMap<String, Elem>,
     conns: BTreeMap<String, Elem>,
+    snat_src: BTreeMap<String, Elem>,
+    conns_src: BTreeMap<String, Elem>,
     bandwidth: BTreeMap<String, Elem>,
 }
 
@@ -825,6 +860,8 @@ impl Fam {
             counters: BTreeMap::new(),
             counters_src: BTreeMap::new(),
             conns: BTreeMap::new(),
+            snat_src: BTreeMap::new(),
+            conns_src: BTreeMap::new(),
             bandwidth: BTreeMap::new(),
         }
     }
@@ -848,6 +885,8 @@ impl Fam {
         t.sets.insert(fam_name(f, MAP_COUNTERS), set(Some(json!("counter")), &pair, &interval, self.counters));
         t.sets.insert(fam_name(f, MAP_COUNTERS_SRC), set(Some(json!("counter")), &addr, &vec![], self.counters_src));
         t.sets.insert(fam_name(f, MAP_CONNS), set(Some(json!("counter")), &pair, &interval, self.conns));
+        t.sets.insert(fam_name(f, MAP_SNAT_SRC), set(Some(addr.clone()), &addr, &vec![], self.snat_src));
+        t.sets.insert(fam_name(f, MAP_CONNS_SRC), set(Some(json!("counter")), &addr, &vec![], self.conns_src));
         t.sets.insert(fam_name(f, MAP_BANDWIDTH), set(Some(json!("verdict")), &pair, &interval, self.bandwidth));
     }
 }
@@ -1476,6 +1515,51 @@ mod tests {
         assert_eq!(big.sets[SET_SOURCES4].elems.len(), 5000, "every steered source, once");
         assert_eq!(big.sets[MAP_COUNTERS4].elems.len(), 5001);
         assert!(big.counters.contains("eg-2") && big.counters.contains("eg-9"));
+    }
+
+    #[test]
+    fn new_connections_of_a_source_with_one_egress_and_ip_are_counted_and_snated_by_source() {
+        let mut p = plan(0);
+        let snat = |src: &str, dst: &str, egress: &str, ip: &str| Snat {
+            source: src.parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            egress: egress.into(),
+            egress_ip: ip.parse().unwrap(),
+        };
+        // 10.244.2.10: eg-9 to two blocks, one IP. 10.244.2.11: two Egresses, two IPs.
+        p.snat.push(snat("10.244.2.10", "198.51.100.0/24", "eg-9", "10.10.0.11"));
+        p.snat.push(snat("10.244.2.11", "203.0.113.0/24", "eg-9", "10.10.0.11"));
+        p.snat.push(snat("10.244.2.11", "198.51.100.0/24", "eg-8", "10.10.0.12"));
+        let (t, _) = desired(&Config::default(), &p, &ids(), &Default::default());
+        let keys = |m: &str| t.sets[m].elems.values().map(|e| e.get().to_string()).collect::<Vec<_>>();
+        assert_eq!(keys(MAP_SNAT_SRC4), vec![r#"["10.244.2.10","10.10.0.11"]"#]);
+        assert_eq!(keys(MAP_CONNS_SRC4), vec![r#"["10.244.2.10","conns_eg-9"]"#]);
+        // Counted by source from its first packet through the tunnel only where SNATed by
+        // source: never for the source with two Egresses.
+        assert_eq!(keys(MAP_COUNTERS_SRC4), vec![r#"["10.244.2.10","eg-9"]"#]);
+        assert_eq!(t.sets[MAP_SNAT4].elems.len(), 4, "the pair maps keep every entry");
+        // The by-source rule comes before the pair rules, for Egret's flows only.
+        let post: Vec<String> = t.chains["postrouting_nat"].rules.iter().map(|(_, e)| e.to_string()).collect();
+        let by_src = post.iter().position(|r| r.contains(MAP_SNAT_SRC4)).unwrap();
+        let by_pair = post.iter().position(|r| r.contains(MAP_CONNS4)).unwrap();
+        assert!(by_src < by_pair && post[by_src].contains(MAP_CONNS_SRC4) && post[by_src].contains("\"ct\""));
+    }
+
+    #[test]
+    fn a_source_with_one_egress_but_two_ips_here_is_not_counted_by_source() {
+        let mut p = plan(0);
+        for (dst, ip) in [("203.0.113.0/24", "10.10.0.11"), ("198.51.100.0/24", "10.10.0.12")] {
+            p.snat.push(Snat {
+                source: "10.244.2.12".parse().unwrap(),
+                destination: dst.parse().unwrap(),
+                egress: "eg-9".into(),
+                egress_ip: ip.parse().unwrap(),
+            });
+        }
+        let (t, _) = desired(&Config::default(), &p, &ids(), &Default::default());
+        let has = |m: &str| t.sets[m].elems.values().any(|e| e.get().contains("10.244.2.12"));
+        assert!(!has(MAP_SNAT_SRC4) && !has(MAP_CONNS_SRC4) && !has(MAP_COUNTERS_SRC4));
+        assert!(has(MAP_COUNTERS4) && has(MAP_SNAT4));
     }
 
     #[test]
