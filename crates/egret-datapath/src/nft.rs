@@ -550,7 +550,7 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
     // pods marked "out here"): the pair maps' concatenated-interval lookups grow with the
     // entries, and every new connection paid two of them.
     for (src, uses) in &snat_by_source {
-        let [(egress, eip)] = uses.iter().collect::<Vec<_>>()[..] else { continue };
+        let Some((egress, eip)) = uses.first().filter(|_| uses.len() == 1) else { continue };
         let f = &mut fam[at(Family::of(src))];
         let e = json!([src.to_string(), eip.to_string()]);
         f.snat_src.insert(e.to_string(), raw(&e));
@@ -560,10 +560,9 @@ pub fn desired(cfg: &Config, plan: &NodePlan, ids: &PeerIds, exits_here: &crate:
     // Established flows of a source with one Egress here are counted by source alone: a hash
     // lookup whatever the number of entries, where the concatenated-interval lookup of
     // `counters4` grows with them. (Only on paths where the packet is known to be steered:
-    // the source alone does not tell whether a destination is.)
-    // A source SNATed here is counted by source only if it is SNATed by source too: then what
-    // arrives from it through the tunnel is always SNATed, never dropped, and is counted from
-    // its first packet.
+    // the source alone does not tell whether a destination is.) A source SNATed here must be
+    // SNATed by source too: then what it sends through the tunnel from a known peer always leaves
+    // SNATed, whatever its destination, and is counted from its first packet.
     for (src, names) in &by_source {
         let Some(one) =
             names.first().filter(|n| names.len() == 1 && matches!(counter_kind(n), Some(CounterKind::Egress(_))))
