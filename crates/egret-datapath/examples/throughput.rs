@@ -55,9 +55,10 @@
 //!   so a node aggregates the tunnel packets it receives before they pass its hooks.
 //! - `--mtu N`: every link of the lab N bytes, the tunnel device N - 50 (its MSS clamp follows).
 //!
-//! `--patch DIR` adds a variant, **patched**: egret (with `--scale`: scale), then on each node i the shell script
-//! `DIR/node<i>.up` (if present) run in the node's namespace before measuring, and
-//! `DIR/node<i>.down` after; the next variant's sync puts Egret's own rules back. For trying a
+//! `--patch DIR` adds a variant, **patched**: egret (with `--scale`: scale), then on each node
+//! i the shell script `DIR/node<i>.up`, or else `DIR/all.up`, run in the node's namespace
+//! before measuring, and `node<i>.down` / `all.down` after; the next variant's sync puts
+//! Egret's own rules back. For trying a
 //! change of the ruleset side by side with the real one before writing it in `nft.rs`; the
 //! changes tried so far are in `examples/patches/` (docs/datapath.md has what each gave).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -336,14 +337,18 @@ fn main() {
         eprintln!("--scale and --ipv6: one or the other");
         std::process::exit(2);
     }
+    // The flags that take a value; the two leading numbers are the other numeric arguments.
+    const VALUED: [&str; 4] = ["--only", "--measure", "--mtu", "--patch"];
     let argv: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned();
-    // The two leading numbers: a flag's value (`--mtu 9000`) is not one of them.
+    let flag = |name: &str| {
+        debug_assert!(VALUED.contains(&name));
+        argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).cloned()
+    };
     let args: Vec<u32> = argv
         .iter()
         .enumerate()
         .skip(1)
-        .filter(|(i, _)| !["--only", "--measure", "--mtu", "--patch"].contains(&argv[i - 1].as_str()))
+        .filter(|(i, _)| !VALUED.contains(&argv[i - 1].as_str()))
         .filter_map(|(_, a)| a.parse().ok())
         .collect();
     let secs = args.first().copied().unwrap_or(4);
@@ -375,8 +380,10 @@ fn main() {
         }
     };
     let patch = flag("--patch").map(std::path::PathBuf::from);
-    if let Some(dir) = patch.as_ref().filter(|d| !d.join("node1.up").is_file() && !d.join("node2.up").is_file()) {
-        eprintln!("--patch: {} holds neither node1.up nor node2.up", dir.display());
+    if let Some(dir) =
+        patch.as_ref().filter(|d| ["node1", "node2", "all"].iter().all(|n| !d.join(format!("{n}.up")).is_file()))
+    {
+        eprintln!("--patch: {} holds none of node1.up, node2.up, all.up", dir.display());
         std::process::exit(2);
     }
     let links = Links {
@@ -421,6 +428,8 @@ fn main() {
     if scale {
         variants.push(Variant::Scale);
     }
+    // The patched variant patches what the run is about: at scale, the scale plan.
+    let patched_base = if scale { Variant::Scale } else { Variant::Egret };
     if patch.is_some() {
         variants.push(Variant::Patched);
     }
@@ -429,8 +438,10 @@ fn main() {
     }
 
     let mut dps = datapaths(2);
-    // The tunnel device exists once a node is synced.
-    program(&topo, &mut dps, &plans[&Variant::Egret]);
+    if links.mtu.is_some() {
+        // The tunnel device, whose MTU follows, exists once a node is synced.
+        program(&topo, &mut dps, &plans[&Variant::Egret]);
+    }
     links.apply(&topo);
     println!("links: {}", links.describe());
     let mut results: BTreeMap<Variant, Vec<[f64; 8]>> = BTreeMap::new();
@@ -439,15 +450,17 @@ fn main() {
         let mut order = variants.clone();
         order.rotate_left(round % variants.len());
         for v in order {
-            // The patched variant patches what the run is about: at scale, the scale plan.
-            let base = if v == Variant::Patched && scale { Variant::Scale } else { Variant::Egret };
-            let plan = plans.get(&v).unwrap_or(&plans[&base]);
+            let unplanned = if v == Variant::Patched { patched_base } else { Variant::Egret };
+            let plan = plans.get(&v).unwrap_or(&plans[&unplanned]);
             let synced = program(&topo, &mut dps, plan);
             let baseline = matches!(v, Variant::Baseline | Variant::Hooks)
                 .then(|| Baseline::apply(&topo, &dps, ipv6, v == Variant::Hooks));
             let patched = |step: &str| {
                 for (i, node) in topo.nodes.iter().enumerate() {
-                    let script = patch.iter().map(|d| d.join(format!("node{}.{step}", i + 1))).find(|f| f.is_file());
+                    let script = patch
+                        .iter()
+                        .flat_map(|d| [d.join(format!("node{}.{step}", i + 1)), d.join(format!("all.{step}"))])
+                        .find(|f| f.is_file());
                     if let Some(f) = script.filter(|_| v == Variant::Patched) {
                         node.ns.exec("sh", &[&f.to_string_lossy()]).unwrap();
                     }
@@ -505,33 +518,32 @@ fn main() {
             continue;
         }
         println!("{what}:");
-        if !results.contains_key(&Variant::Baseline) {
-            for &v in &variants {
-                println!("  {:>8}: median {:.2}, spread {}", v.name(), median(col(v, k)), spread(&col(v, k)));
-            }
-            continue;
-        }
-        let base = col(Variant::Baseline, k);
+        let base = results.contains_key(&Variant::Baseline).then(|| col(Variant::Baseline, k));
         for &v in &variants {
             let c = col(v, k);
-            if v == Variant::Baseline {
-                println!("  {:>8}: median {:.2}, spread {}", v.name(), median(c.clone()), spread(&c));
-                continue;
+            match &base {
+                Some(base) if v != Variant::Baseline => {
+                    let r = ratios(&c, base);
+                    println!(
+                        "  {:>8}: median {:.2}, spread {}; vs baseline: ratio of medians {:.1}%, per round median {:.1}% ({}%)",
+                        v.name(),
+                        median(c.clone()),
+                        spread(&c),
+                        100.0 * median(c.clone()) / median(base.clone()),
+                        median(r.clone()),
+                        spread(&r)
+                    );
+                }
+                _ => println!("  {:>8}: median {:.2}, spread {}", v.name(), median(c.clone()), spread(&c)),
             }
-            let r = ratios(&c, &base);
-            println!(
-                "  {:>8}: median {:.2}, spread {}; vs baseline: ratio of medians {:.1}%, per round median {:.1}% ({}%)",
-                v.name(),
-                median(c.clone()),
-                spread(&c),
-                100.0 * median(c.clone()) / median(base.clone()),
-                median(r.clone()),
-                spread(&r)
-            );
         }
-        if variants.contains(&Variant::Scale) && variants.contains(&Variant::Egret) {
-            let r = ratios(&col(Variant::Scale, k), &col(Variant::Egret, k));
-            println!("     scale/egret: per round median {:.1}% ({}%)", median(r.clone()), spread(&r));
+        // Side by side with what they change: scale with one Egress, the patch with its base.
+        for (a, b) in [(Variant::Scale, Variant::Egret), (Variant::Patched, patched_base)] {
+            if variants.contains(&a) && variants.contains(&b) {
+                let r = ratios(&col(a, k), &col(b, k));
+                let name = format!("{}/{}", a.name(), b.name());
+                println!("  {name:>16}: per round median {:.1}% ({}%)", median(r.clone()), spread(&r));
+            }
         }
     }
 }
